@@ -1,0 +1,6 @@
+//! sidekick: keeps one containerised app instance registered in etcd while it is healthy, and rolls
+//! it to new versions offered by an Omaha v3 update service without downtime.
+//!
+//! The binary (`src/main.rs`) parses the command line and wires the production implementations;
+//! everything else lives in this library so integration tests can drive each module against real
+//! servers.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("sidekick {}", env!("CARGO_PKG_VERSION"));
+}
