@@ -1,0 +1,69 @@
+//! Command-line interface: global options and subcommands.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::ConfigSources;
+use crate::logging::LogTarget;
+
+/// Keeps one app instance registered in etcd and rolls it to new versions without downtime.
+#[derive(Debug, Parser)]
+#[command(name = "sidekick", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file, applied after the drop-in directories; may be repeated, later wins.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    pub config: Vec<PathBuf>,
+
+    /// The systemd unit this sidekick serves (overrides instance.unit).
+    #[arg(long, value_name = "UNIT", global = true)]
+    pub unit: Option<String>,
+
+    /// Root under which the drop-in directories are searched (for tests and image builds).
+    #[arg(
+        long,
+        value_name = "DIR",
+        global = true,
+        hide = true,
+        env = "SIDEKICK_CONFIG_ROOT",
+        default_value = "/"
+    )]
+    pub config_root: PathBuf,
+
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings, -qq errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub quiet: u8,
+
+    /// Where logs go.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub log: LogTarget,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print the effective settings with their sources.
+    CheckConfig,
+}
+
+impl Cli {
+    /// `-v` count minus `-q` count.
+    pub fn verbosity(&self) -> i8 {
+        i8::try_from(i16::from(self.verbose) - i16::from(self.quiet)).unwrap_or(0)
+    }
+
+    /// Configuration sources named on the command line.
+    pub fn config_sources(&self) -> ConfigSources {
+        ConfigSources {
+            root: self.config_root.clone(),
+            files: self.config.clone(),
+            unit: self.unit.clone(),
+        }
+    }
+}

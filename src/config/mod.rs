@@ -1,0 +1,163 @@
+//! Configuration: TOML drop-ins, `--config` files and flags, turned into validated [`Settings`].
+//!
+//! Three stages, as in zincati: [`fragments`] (one file as written, every key optional, unknown keys
+//! refused), [`inputs`] (fragments merged over the defaults in precedence order, with the origin of
+//! every value), and [`settings`] (validated, typed). Precedence, lowest first: built-in defaults;
+//! `*.toml` drop-ins from `/usr/lib`, `/run` and `/etc` under `sidekick/config.d`, applied in file
+//! name order, where a file hides one of the same name in a lower directory and a symlink to
+//! `/dev/null` hides it altogether; each `--config FILE` in order; then flags.
+
+pub mod fragments;
+pub mod inputs;
+pub mod settings;
+pub mod sources;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use inputs::{Input, Origin, Origins};
+pub use settings::*;
+
+/// A configuration that cannot be used, naming the file, line and key where it can.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("failed to read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {}{message}", path.display(), key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
+    #[error("{}key `{key}`: {message}", origin.as_ref().map(|o| format!("{o}: ")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        origin: Option<Origin>,
+        message: String,
+    },
+}
+
+/// Where to look for configuration: the root of the drop-in directories (`/` in production, a
+/// temp dir in tests), explicit files, and flag values.
+#[derive(Debug, Clone)]
+pub struct ConfigSources {
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub unit: Option<String>,
+}
+
+/// The validated settings together with the merged input they came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    pub input: Input,
+    pub origins: Origins,
+    /// Every file that contributed, in the order applied.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads, merges and validates the configuration from `sources`.
+pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let mut files = sources::dropin_files(&sources.root)?;
+    files.extend(sources.files.iter().cloned());
+    let mut input = Input::default();
+    let mut origins = Origins::new();
+    for path in &files {
+        let parsed = sources::parse_file(path)?;
+        input.overlay(parsed.fragment, path, &parsed.lines, &mut origins);
+    }
+    if let Some(unit) = &sources.unit {
+        input.instance.unit = Some(unit.clone());
+        origins.insert("instance.unit".into(), Origin::Flag("--unit"));
+    }
+    let settings = Settings::validate(input.clone(), &origins)?;
+    Ok(LoadedConfig {
+        settings,
+        input,
+        origins,
+        files,
+    })
+}
+
+impl LoadedConfig {
+    /// The effective settings as TOML; a value set away from its default is followed by a comment
+    /// naming where it was set, and derived values say so.
+    pub fn render(&self) -> String {
+        let mut shown = self.input.clone();
+        let mut derived = Vec::new();
+        let mut derive = |slot: &mut String, key: &'static str, value: &str| {
+            if slot.is_empty() && !value.is_empty() {
+                *slot = value.to_string();
+                derived.push(key);
+            }
+        };
+        let mut name = shown.instance.name.take().unwrap_or_default();
+        derive(&mut name, "instance.name", &self.settings.instance.name);
+        shown.instance.name = Some(name);
+        let mut service = shown.instance.service.take().unwrap_or_default();
+        derive(
+            &mut service,
+            "instance.service",
+            &self.settings.instance.service,
+        );
+        shown.instance.service = Some(service);
+        shown.instance.unit = Some(self.settings.instance.unit.clone());
+        derive(
+            &mut shown.registration.prefix,
+            "registration.prefix",
+            &self.settings.registration.prefix,
+        );
+        derive(
+            &mut shown.slot.group,
+            "slot.group",
+            &self.settings.slot.group,
+        );
+
+        let defaults = toml::Table::try_from(Input::default()).unwrap_or_default();
+        let body = toml::to_string(&shown).unwrap_or_default();
+        let mut out = String::from("# sidekick effective configuration\n");
+        if self.files.is_empty() {
+            out.push_str("# no configuration files were read\n");
+        }
+        for file in &self.files {
+            let _ = writeln!(out, "# read {}", file.display());
+        }
+        let mut section = String::new();
+        for line in body.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+                out.push('\n');
+            }
+            out.push_str(line);
+            if let Some((key, value)) = line.split_once(" = ") {
+                let path = format!("{section}.{key}");
+                let default = defaults
+                    .get(&section)
+                    .and_then(|table| table.get(key))
+                    .map(|value| value.to_string());
+                let is_default = default.as_deref() == Some(value);
+                if let Some(origin) = self.origins.get(&path).filter(|_| !is_default) {
+                    let _ = write!(out, "  # from {origin}");
+                } else if derived.contains(&path.as_str()) {
+                    out.push_str("  # derived");
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The production config root.
+pub fn system_root() -> &'static Path {
+    Path::new("/")
+}
+
+#[cfg(test)]
+mod tests;

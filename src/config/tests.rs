@@ -1,0 +1,275 @@
+//! Precedence, masking and error reporting of the configuration loader, on files in a temp root.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+fn sources(root: &Path, files: Vec<PathBuf>, unit: Option<&str>) -> ConfigSources {
+    ConfigSources {
+        root: root.to_path_buf(),
+        files,
+        unit: unit.map(String::from),
+    }
+}
+
+const MINIMAL: &str = "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\n[update]\nenabled = false\n";
+
+#[test]
+fn precedence_runs_usr_lib_then_run_then_etc_then_config_files_then_flags() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(&r.join("usr/lib/sidekick/config.d/10-base.toml"), MINIMAL);
+    // Same name in /run hides the /usr/lib file completely: its drain is not applied.
+    write(
+        &r.join("usr/lib/sidekick/config.d/20-swap.toml"),
+        "[swap]\ndrain = \"9s\"\n",
+    );
+    write(
+        &r.join("run/sidekick/config.d/20-swap.toml"),
+        "[swap]\nstart_timeout = \"7s\"\n",
+    );
+    // /etc beats /run for the same name.
+    write(
+        &r.join("run/sidekick/config.d/30-etcd.toml"),
+        "[etcd]\ntimeout = \"3s\"\n",
+    );
+    write(
+        &r.join("etc/sidekick/config.d/30-etcd.toml"),
+        "[etcd]\ntimeout = \"4s\"\n",
+    );
+    // File-name order across directories: 40 (usr/lib) applies after 30 (etc).
+    write(
+        &r.join("usr/lib/sidekick/config.d/40-late.toml"),
+        "[health]\nrise = 5\n",
+    );
+    write(
+        &r.join("etc/sidekick/config.d/35-early.toml"),
+        "[health]\nrise = 4\nfall = 3\n",
+    );
+    // A /dev/null link masks a lower file of the same name.
+    write(
+        &r.join("usr/lib/sidekick/config.d/50-masked.toml"),
+        "[health]\nfall = 9\n",
+    );
+    fs::create_dir_all(r.join("etc/sidekick/config.d")).unwrap();
+    symlink("/dev/null", r.join("etc/sidekick/config.d/50-masked.toml")).unwrap();
+    // Non-toml files are ignored.
+    write(&r.join("etc/sidekick/config.d/README"), "not toml = [");
+
+    let first = write(&r.join("a.toml"), "[slot]\nmax = 2\nttl = \"10s\"\n");
+    let second = write(
+        &r.join("b.toml"),
+        "[slot]\nmax = 3\n[instance]\nunit = \"web@2.service\"\n",
+    );
+
+    let loaded = load(&sources(r, vec![first.clone(), second.clone()], None)).unwrap();
+    let s = &loaded.settings;
+    assert_eq!(
+        s.swap.drain,
+        Duration::from_secs(5),
+        "hidden /usr/lib file must not apply"
+    );
+    assert_eq!(s.swap.start_timeout, Duration::from_secs(7));
+    assert_eq!(s.etcd.timeout, Duration::from_secs(4));
+    assert_eq!(s.health.rise.get(), 5);
+    assert_eq!(s.health.fall.get(), 3, "masked file must not apply");
+    assert_eq!(s.slot.max.get(), 3, "later --config wins");
+    assert_eq!(s.slot.ttl, Duration::from_secs(10));
+    assert_eq!(s.instance.unit, "web@2.service");
+    assert_eq!(
+        loaded.origins["slot.max"],
+        Origin::File {
+            path: second.clone(),
+            line: 2
+        }
+    );
+    assert_eq!(
+        loaded.origins["etcd.timeout"],
+        Origin::File {
+            path: r.join("etc/sidekick/config.d/30-etcd.toml"),
+            line: 2
+        }
+    );
+    assert!(!loaded.files.iter().any(|f| f.ends_with("50-masked.toml")));
+
+    let flagged = load(&sources(r, vec![first, second], Some("api@7"))).unwrap();
+    assert_eq!(
+        flagged.settings.instance.unit, "api@7.service",
+        "flag beats files"
+    );
+    assert_eq!(flagged.settings.instance.name, "api-7");
+    assert_eq!(flagged.settings.instance.service, "api");
+    assert_eq!(flagged.origins["instance.unit"], Origin::Flag("--unit"));
+}
+
+#[test]
+fn defaults_fill_derived_names_prefix_and_slot_group() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write(
+        &root.path().join("c.toml"),
+        "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\nlayout = \"traefik\"\n[update]\nserver = \"http://127.0.0.1:8000/v1/update/\"\napp_id = \"e96281a6-d1af-4bde-9a0a-97b76e56dc57\"\n",
+    );
+    let s = load(&sources(root.path(), vec![file], None))
+        .unwrap()
+        .settings;
+    assert_eq!(s.instance.name, "web-1");
+    assert_eq!(s.instance.service, "web");
+    assert_eq!(s.registration.prefix, "traefik");
+    assert_eq!(s.slot.group, "e96281a6-d1af-4bde-9a0a-97b76e56dc57/stable");
+    assert_eq!(
+        s.health.check,
+        HealthCheck::Http {
+            url: "http://127.0.0.1:8080/".parse().unwrap()
+        }
+    );
+    assert_eq!(s.update.interval, Duration::from_secs(300));
+    assert_eq!(s.swap.prepull, ["docker", "pull", "{image}"]);
+}
+
+fn error_for(text: &str) -> (PathBuf, ConfigError) {
+    let root = tempfile::tempdir().unwrap();
+    let file = write(&root.path().join("bad.toml"), text);
+    let err = load(&sources(root.path(), vec![file.clone()], None)).unwrap_err();
+    (file, err)
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let (file, err) =
+        error_for("[instance]\nunit = \"web@1\"\n\n[registration]\nport = 80\nprot = 81\n");
+    match &err {
+        ConfigError::Parse {
+            path,
+            line,
+            key,
+            message,
+        } => {
+            assert_eq!(path, &file);
+            assert_eq!(*line, 6);
+            assert_eq!(key.as_deref(), Some("registration.prot"));
+            assert!(message.contains("unknown field `prot`"), "{message}");
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:6: key `registration.prot`", file.display()))
+    );
+}
+
+#[test]
+fn unknown_section_names_its_line() {
+    let (_, err) = error_for("[instance]\nunit = \"web@1\"\n[registraton]\nport = 80\n");
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 3, key: Some(k), .. } if k == "registraton"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn wrong_type_names_file_line_and_key() {
+    let (_, err) = error_for("[instance]\nunit = \"web@1\"\n[registration]\nport = \"eighty\"\n");
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 4, key: Some(k), .. } if k == "registration.port"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bad_duration_names_file_line_and_key() {
+    let (_, err) = error_for("[instance]\nunit = \"web@1\"\n[swap]\ndrain = \"5 parsecs\"\n");
+    assert!(
+        matches!(&err, ConfigError::Parse { line: 4, key: Some(k), .. } if k == "swap.drain"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn invalid_value_names_file_line_and_key() {
+    let (file, err) = error_for(
+        MINIMAL
+            .replace("port = 8080", "port = 8080\nttl = \"2s\"")
+            .as_str(),
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{}:5: key `registration.ttl`: must be at least 5s",
+            file.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_unit_says_how_to_set_it() {
+    let (_, err) = error_for("[update]\nenabled = false\n");
+    assert_eq!(
+        err.to_string(),
+        "key `instance.unit`: required: set it in a config file or pass --unit"
+    );
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let (file, err) = error_for("[instance]\nunit = \"web@1\n");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:2:", file.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn render_marks_values_set_by_files_and_derived_values() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write(&root.path().join("c.toml"), MINIMAL);
+    let rendered = load(&sources(root.path(), vec![file.clone()], None))
+        .unwrap()
+        .render();
+    let from = |line: usize| format!("# from {}:{line}", file.display());
+    assert!(
+        rendered.contains(&format!("unit = \"web@1.service\"  {}", from(2))),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!("port = 8080  {}", from(4))),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!("enabled = false  {}", from(6))),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("name = \"web-1\"  # derived"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("drain = \"5s\"\n"),
+        "defaults carry no comment: {rendered}"
+    );
+    let reparsed: toml::Table = toml::from_str(&rendered).unwrap();
+    assert_eq!(reparsed["registration"]["port"].as_integer(), Some(8080));
+}
+
+#[test]
+fn value_equal_to_default_carries_no_source_comment() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write(
+        &root.path().join("c.toml"),
+        &format!("{MINIMAL}[swap]\ndrain = \"5s\"\n"),
+    );
+    let rendered = load(&sources(root.path(), vec![file], None))
+        .unwrap()
+        .render();
+    assert!(rendered.contains("drain = \"5s\"\n"), "{rendered}");
+}

@@ -1,0 +1,74 @@
+//! Log output: the systemd journal with structured fields when stderr is the journal (or when
+//! asked), human-readable lines on stderr otherwise.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Where log records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTarget {
+    /// The journal when stderr is connected to it, else stderr.
+    Auto,
+    /// The systemd journal, with fields such as UNIT= and VERSION=.
+    Journald,
+    /// Plain lines on stderr.
+    Stderr,
+}
+
+/// Installs the global subscriber. `verbosity` is `-v` count minus `-q` count; `RUST_LOG`, when
+/// set, takes precedence over both.
+pub fn init(target: LogTarget, verbosity: i8) {
+    let level = match verbosity {
+        i8::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let use_journal = match target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    if use_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("sidekick".into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(err) => eprintln!("sidekick: journal not reachable ({err}); logging to stderr"),
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+}
+
+/// True when `JOURNAL_STREAM` names the device and inode of our stderr, as systemd documents.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
