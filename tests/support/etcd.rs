@@ -1,0 +1,223 @@
+//! Real etcd 3.4 (`/usr/bin/etcd`, Debian `etcd-server`): one member or a 3-member cluster on free
+//! loopback ports, data in a temp dir. Members can be stopped, killed and restarted on the same
+//! data dir for fault tests. Readiness means a linearizable `get` answers (a leader exists).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use super::{Need, ProcessGuard, SignalTarget, free_port, poll_until, temp_dir};
+
+/// What etcd tests need from the machine.
+pub const NEEDS: &[Need] = &[Need::Binary("etcd")];
+
+/// How long a member (or a cluster) may take to answer after start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One etcd member process; stopped on drop.
+pub struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    initial_cluster: String,
+    cluster_token: String,
+    process: Option<ProcessGuard>,
+}
+
+impl EtcdMember {
+    /// The member's name (`--name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ProcessGuard::is_running)
+    }
+
+    /// Last lines of this member's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        super::tail(&self.log, lines)
+    }
+
+    /// Starts the process (no readiness wait). A restart reuses the data dir and ports.
+    fn spawn(&mut self) {
+        assert!(self.process.is_none(), "{} already running", self.name);
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.cluster_token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        self.process = Some(ProcessGuard::spawn(
+            &format!("etcd {}", self.name),
+            &mut cmd,
+            &self.log,
+            SignalTarget::Group,
+        ));
+    }
+
+    /// Stops the member gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// Kills the member with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts a stopped member again on the same data dir and ports (no readiness wait; use
+    /// [`EtcdMember::wait_ready`] or the cluster's).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Waits until this member serves a linearizable read (needs a cluster leader).
+    pub async fn wait_ready(&mut self) {
+        let endpoint = self.endpoint();
+        let ready = poll_until(READY_TIMEOUT, &format!("etcd {} ready", self.name), || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut c = connect(&[endpoint]).await?;
+                c.get("sidekick-test-readiness", None).await.map(|_| ())
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            panic!("{e}\n--- etcd {} log ---\n{}", self.name, self.log_tail(30));
+        }
+    }
+}
+
+/// A running etcd cluster of one or more members in one temp dir; every member stops on drop.
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd and waits until it answers.
+    pub async fn start() -> Etcd {
+        Etcd::start_cluster(1).await
+    }
+
+    /// Starts an `n`-member cluster (use 3 for failover tests) and waits until every member
+    /// answers a linearizable read.
+    pub async fn start_cluster(n: usize) -> Etcd {
+        assert!(n > 0, "a cluster needs a member");
+        let dir = temp_dir("etcd");
+        let token = dir
+            .path()
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sidekick-test".into());
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<EtcdMember> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| EtcdMember {
+                name: format!("m{i}"),
+                client_port,
+                peer_port,
+                data_dir: dir.path().join(format!("m{i}.etcd")),
+                log: dir.path().join(format!("m{i}.log")),
+                initial_cluster: initial_cluster.clone(),
+                cluster_token: token.clone(),
+                process: None,
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            m.wait_ready().await;
+        }
+        Etcd { members, _dir: dir }
+    }
+
+    /// The client URL of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::endpoint).collect()
+    }
+
+    /// The client URL of the first member (the only one for a single-member etcd).
+    pub fn endpoint(&self) -> String {
+        self.members[0].endpoint()
+    }
+
+    /// The members, for fault tests (`stop`, `kill`, `restart`).
+    pub fn members_mut(&mut self) -> &mut [EtcdMember] {
+        &mut self.members
+    }
+
+    /// One member, for fault tests.
+    pub fn member(&mut self, i: usize) -> &mut EtcdMember {
+        &mut self.members[i]
+    }
+
+    /// A client connected to every member, with a status RPC already answered.
+    pub async fn client(&self) -> Client {
+        let endpoints = self.endpoints();
+        let mut c = connect(&endpoints).await.expect("connect to etcd");
+        c.status().await.expect("etcd status");
+        c
+    }
+
+    /// Stops every member gracefully.
+    pub fn stop(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+    }
+
+    /// Restarts every stopped member on its data dir and waits until all answer.
+    pub async fn restart(&mut self) {
+        for m in &mut self.members {
+            if !m.is_running() {
+                m.stop();
+                m.spawn();
+            }
+        }
+        for m in &mut self.members {
+            m.wait_ready().await;
+        }
+    }
+}
+
+/// A client with short timeouts; `Client::connect` is lazy, so callers must still make an RPC.
+pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(opts)).await
+}

@@ -1,0 +1,330 @@
+//! Test environment: starts real servers (etcd, systemd in a throw-away container, Traefik, an image
+//! registry) and app images on free loopback ports in temp dirs, and stops every one of them again
+//! through drop guards, also when a test panics. See `TESTING.md` in the shared docs.
+//!
+//! Used by integration tests as `mod support;`. Not every test binary uses every helper.
+#![allow(dead_code)]
+
+pub mod etcd;
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Env var that turns a missing prerequisite from a skip into a failure (set by `.ci/run`).
+pub const REQUIRE_E2E_ENV: &str = "SIDEKICK_REQUIRE_E2E";
+
+/// How often `poll_until` retries.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A free TCP port on 127.0.0.1, never handed out twice by this process.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Default::default);
+    loop {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if handed_out.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A fresh temp dir (removed on drop) whose name starts with `sidekick-<what>-`.
+pub fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sidekick-{what}-"))
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// Calls `attempt` every 100 ms until it returns `Ok` or `timeout` passes; the error names `what`
+/// and the last failure.
+pub async fn poll_until<T, E, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, String>
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match tokio::time::timeout(timeout, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => format!("{e:?}"),
+            Err(_) => "attempt timed out".to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {timeout:?}; last: {last}"));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Blocking variant of [`poll_until`] for guards and other sync code.
+pub fn poll_until_blocking<T, E: Debug>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) => format!("{e:?}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {timeout:?}; last: {last}"));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// How a [`ProcessGuard`] delivers its stop signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// The whole process group the guard created (the child is its leader).
+    Group,
+    /// Only the child's pid (e.g. `systemd-nspawn`, which powers its container off on SIGTERM).
+    Pid,
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) and reaped when
+/// the guard drops, also during a panic. The child leads its own process group.
+pub struct ProcessGuard {
+    name: String,
+    child: Option<Child>,
+    target: SignalTarget,
+    log: Option<PathBuf>,
+}
+
+impl ProcessGuard {
+    /// Spawns `cmd` in a new process group, stdin from /dev/null, stdout+stderr appended to `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path, target: SignalTarget) -> Self {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup log fd");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        ProcessGuard {
+            name: name.to_string(),
+            child: Some(child),
+            target,
+            log: Some(log.to_path_buf()),
+        }
+    }
+
+    /// The child's pid (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The last `lines` lines of the child's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.log
+            .as_deref()
+            .map(|p| tail(p, lines))
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to the child (or its group) without waiting.
+    pub fn signal(&self, signal: i32) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        let target = match self.target {
+            SignalTarget::Group => -pid,
+            SignalTarget::Pid => pid,
+        };
+        // SAFETY: plain kill(2) on a pid/pgid this guard created and has not reaped yet.
+        unsafe {
+            libc::kill(target, signal);
+        }
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; always reaps. Idempotent.
+    pub fn stop_within(&mut self, grace: Duration) {
+        if self.child.is_none() {
+            return;
+        }
+        if self.is_running() {
+            self.signal(libc::SIGTERM);
+            let name = self.name.clone();
+            let exited = poll_until_blocking(grace, &name, || match self.is_running() {
+                false => Ok(()),
+                true => Err("still running"),
+            });
+            if exited.is_err() {
+                eprintln!(
+                    "{} ignored SIGTERM for {grace:?}; sending SIGKILL",
+                    self.name
+                );
+            }
+        }
+        // Even after the leader exited, members of its group may linger: kill the group.
+        if self.target == SignalTarget::Group || self.is_running() {
+            self.signal(libc::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// [`Self::stop_within`] with the default grace period.
+    pub fn stop(&mut self) {
+        self.stop_within(STOP_GRACE);
+    }
+
+    /// SIGKILL to the child (or its group) and reap it, as a crash would.
+    pub fn kill(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `lines` lines of a text file (empty if unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Something a test needs from the machine.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// An executable, by absolute path or name on `PATH`.
+    Binary(&'static str),
+    /// Running as root (systemd-nspawn, docker socket).
+    Root,
+    /// A Docker daemon that answers `docker info`.
+    Docker,
+}
+
+impl Need {
+    /// `None` when met, else why not.
+    fn missing(self) -> Option<String> {
+        match self {
+            Need::Binary(name) => find_binary(name)
+                .is_none()
+                .then(|| format!("`{name}` not found on PATH (run scripts/setup)")),
+            // SAFETY: geteuid has no preconditions.
+            Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
+            Need::Docker => docker_unavailable().clone(),
+        }
+    }
+}
+
+/// Returns true when every need is met. Otherwise prints one line
+/// `SKIPPED: <test>: <why>` and returns false (the test should `return`), or panics when
+/// `SIDEKICK_REQUIRE_E2E=1`. The test name is the current libtest thread's name.
+pub fn prerequisites_met(needs: &[Need]) -> bool {
+    let why: Vec<String> = needs.iter().filter_map(|n| n.missing()).collect();
+    if why.is_empty() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    let why = why.join("; ");
+    if std::env::var(REQUIRE_E2E_ENV).is_ok_and(|v| v == "1") {
+        panic!("{test}: missing prerequisite ({REQUIRE_E2E_ENV}=1): {why}");
+    }
+    // Straight to fd 2: libtest captures `println!`/`eprintln!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+    false
+}
+
+/// Resolves `name` (absolute, or searched on `PATH`) to an executable file.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_exec(p))
+}
+
+/// `Some(reason)` when the Docker daemon does not answer; checked once per process.
+fn docker_unavailable() -> &'static Option<String> {
+    static CHECK: OnceLock<Option<String>> = OnceLock::new();
+    CHECK.get_or_init(|| {
+        if find_binary("docker").is_none() {
+            return Some("`docker` CLI not found on PATH".to_string());
+        }
+        match Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "docker daemon does not answer: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run docker: {e}")),
+        }
+    })
+}
+
+/// Runs a command to completion; panics with its output when it fails. Returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
