@@ -7,4 +7,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod etcd;
 pub mod logging;

@@ -332,6 +332,16 @@ impl Settings {
                 return Err(check.fail("etcd.key_file", "needs etcd.cert_file as well"));
             }
         };
+        let uses_tls = endpoints.iter().any(|url| url.scheme() == "https");
+        if uses_tls && etcd.ca_file.is_none() {
+            return Err(check.fail("etcd.ca_file", "required for https:// endpoints"));
+        }
+        if !uses_tls && (etcd.ca_file.is_some() || client_cert.is_some()) {
+            return Err(check.fail(
+                "etcd.endpoints",
+                "must be https:// when etcd.ca_file or etcd.cert_file is set",
+            ));
+        }
         let etcd = EtcdSettings {
             endpoints,
             timeout: check.positive("etcd.timeout", etcd.timeout)?,
