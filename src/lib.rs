@@ -4,3 +4,6 @@
 //! The binary (`src/main.rs`) parses the command line and wires the production implementations;
 //! everything else lives in this library so integration tests can drive each module against real
 //! servers.
+
+pub mod identity;
+pub mod omaha;
