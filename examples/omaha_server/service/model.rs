@@ -376,10 +376,10 @@ impl App {
     }
 
     fn complete(&mut self, machine_id: &str) {
-        if let Some(instance) = self.instances.get_mut(machine_id) {
-            if let Some(version) = &instance.last_update_version {
-                instance.version = version.clone();
-            }
+        if let Some(instance) = self.instances.get_mut(machine_id)
+            && let Some(version) = &instance.last_update_version
+        {
+            instance.version = version.clone();
         }
         self.set_status(machine_id, InstanceStatus::Complete);
     }
