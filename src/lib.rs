@@ -8,4 +8,6 @@
 pub mod cli;
 pub mod config;
 pub mod etcd;
+pub mod identity;
 pub mod logging;
+pub mod omaha;

@@ -1,0 +1,216 @@
+//! An update source without a server: offers the release described by a local file (or set by a
+//! test) and records the events it is sent. Used by `run --dry-run` and by unit tests.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use semver::Version;
+use serde::Deserialize;
+
+use super::UpdateSource;
+use super::client::OmahaError;
+use super::protocol::{CheckOutcome, Event, UpdateOffer};
+
+/// The release a local file describes, e.g. `version = "2.0.0"` and `codebase = "example/web:2.0.0"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRelease {
+    /// The offered version (validated later, like a server's).
+    pub version: String,
+    /// What `{codebase}` renders to.
+    pub codebase: String,
+    /// What `{name}` renders to.
+    #[serde(default)]
+    pub name: String,
+    /// Package SHA-256, hex or base64.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Package size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+impl LocalRelease {
+    /// Reads a release from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, OmahaError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OmahaError::ReleaseFile(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| OmahaError::ReleaseFile(format!("{}: {e}", path.display())))
+    }
+
+    fn offer(&self) -> UpdateOffer {
+        UpdateOffer {
+            version: self.version.clone(),
+            codebase: self.codebase.clone(),
+            name: self.name.clone(),
+            size: self.size,
+            sha1: None,
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
+/// An event the in-memory source was sent, with the version the instance reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// The `version` the request carried.
+    pub version: Version,
+    /// The event.
+    pub event: Event,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    release: Option<LocalRelease>,
+    scripted: VecDeque<CheckOutcome>,
+    events: Vec<RecordedEvent>,
+}
+
+/// An update source held in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryUpdateSource {
+    state: Mutex<MemoryState>,
+}
+
+impl InMemoryUpdateSource {
+    /// A source offering `release` to any instance running an older version.
+    pub fn new(release: Option<LocalRelease>) -> Self {
+        Self {
+            state: Mutex::new(MemoryState {
+                release,
+                ..MemoryState::default()
+            }),
+        }
+    }
+
+    /// A source offering the release described in a TOML file.
+    pub fn from_release_file(path: &Path) -> Result<Self, OmahaError> {
+        Ok(Self::new(Some(LocalRelease::from_file(path)?)))
+    }
+
+    /// Replaces the offered release.
+    pub fn set_release(&self, release: Option<LocalRelease>) {
+        self.lock().release = release;
+    }
+
+    /// Queues an outcome returned by the next check instead of the release logic.
+    pub fn push_outcome(&self, outcome: CheckOutcome) {
+        self.lock().scripted.push_back(outcome);
+    }
+
+    /// The events sent so far, oldest first.
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        self.lock().events.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        // The state stays consistent under panics: every mutation is a single assignment or push.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn decide(&self, current: &Version) -> CheckOutcome {
+        let mut state = self.lock();
+        if let Some(outcome) = state.scripted.pop_front() {
+            return outcome;
+        }
+        match &state.release {
+            // A release that is not semver is still offered, so the caller's validation refuses it.
+            Some(release) => match Version::parse(&release.version) {
+                Ok(v) if v.cmp_precedence(current).is_le() => CheckOutcome::NoUpdate,
+                _ => CheckOutcome::Update(release.offer()),
+            },
+            None => CheckOutcome::NoUpdate,
+        }
+    }
+}
+
+impl UpdateSource for InMemoryUpdateSource {
+    async fn check(
+        &self,
+        current: &Version,
+        _interactive: bool,
+    ) -> Result<CheckOutcome, OmahaError> {
+        Ok(self.decide(current))
+    }
+
+    async fn send_event(&self, current: &Version, event: Event) -> Result<(), OmahaError> {
+        self.lock().events.push(RecordedEvent {
+            version: current.clone(),
+            event,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str) -> LocalRelease {
+        LocalRelease {
+            version: version.into(),
+            codebase: "example/web:2.0.0".into(),
+            name: String::new(),
+            sha256: None,
+            size: None,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn offers_a_newer_release_and_nothing_otherwise() {
+        let source = InMemoryUpdateSource::new(Some(release("2.0.0")));
+        let older = block_on(source.check(&Version::new(1, 0, 0), false)).unwrap();
+        assert!(matches!(older, CheckOutcome::Update(ref o) if o.version == "2.0.0"));
+        let same = block_on(source.check(&Version::new(2, 0, 0), false)).unwrap();
+        assert_eq!(same, CheckOutcome::NoUpdate);
+        source.set_release(None);
+        let none = block_on(source.check(&Version::new(1, 0, 0), false)).unwrap();
+        assert_eq!(none, CheckOutcome::NoUpdate);
+    }
+
+    #[test]
+    fn scripted_outcomes_come_first_and_events_are_recorded() {
+        let source = InMemoryUpdateSource::new(None);
+        let hold = CheckOutcome::OnHold {
+            reason: "error-updatesDisabled".into(),
+        };
+        source.push_outcome(hold.clone());
+        assert_eq!(
+            block_on(source.check(&Version::new(1, 0, 0), true)).unwrap(),
+            hold
+        );
+        block_on(source.send_event(&Version::new(1, 0, 0), Event::PrepullStarted)).unwrap();
+        assert_eq!(source.events()[0].event, Event::PrepullStarted);
+    }
+
+    #[test]
+    fn reads_a_release_file_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("release.toml");
+        std::fs::write(
+            &good,
+            "version = \"2.0.0\"\ncodebase = \"example/web:2.0.0\"\n",
+        )
+        .unwrap();
+        assert_eq!(LocalRelease::from_file(&good).unwrap(), release("2.0.0"));
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(
+            &bad,
+            "version = \"2.0.0\"\ncodebase = \"x\"\nimage = \"y\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            LocalRelease::from_file(&bad).unwrap_err().kind(),
+            "release-file"
+        );
+    }
+}
