@@ -98,7 +98,13 @@ fn lock_file(path: &str) -> File {
 /// Absolute path of the docker CLI, for unit files (it must live under `/usr` to be visible in
 /// the systemd container).
 pub fn docker_path() -> PathBuf {
-    find_binary("docker").expect("docker CLI on PATH")
+    let docker = find_binary("docker").expect("docker CLI on PATH");
+    assert!(
+        docker.starts_with("/usr/"),
+        "{} is not under /usr, so units in the systemd container cannot run it",
+        docker.display()
+    );
+    docker
 }
 
 /// A container name unique to this process and call, e.g. `sidekick-test-app-1234-7`.

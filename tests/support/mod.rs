@@ -3,6 +3,21 @@
 //! through drop guards, also when a test panics. See `TESTING.md` in the shared docs.
 //!
 //! Used by integration tests as `mod support;`. Not every test binary uses every helper.
+//!
+//! ```ignore
+//! mod support;
+//! use support::{etcd::{self, Etcd}, prerequisites_met};
+//!
+//! #[tokio::test]
+//! async fn deregisters_within_a_second_when_unit_stops() {
+//!     if !prerequisites_met(&[etcd::NEEDS, support::systemd::NEEDS].concat()) {
+//!         return; // printed `SKIPPED: <test>: <why>`; panics instead with SIDEKICK_REQUIRE_E2E=1
+//!     }
+//!     let etcd = Etcd::start().await;                     // stopped when `etcd` drops
+//!     let systemd = support::systemd::Systemd::start().await;
+//!     // ... etcd.endpoint(), systemd.bus_address(), systemd.unit_dir() ...
+//! }
+//! ```
 #![allow(dead_code)]
 
 pub mod etcd;
@@ -66,7 +81,8 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match tokio::time::timeout(timeout, attempt()).await {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match tokio::time::timeout(remaining.max(POLL_INTERVAL), attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => format!("{e:?}"),
             Err(_) => "attempt timed out".to_string(),
