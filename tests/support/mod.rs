@@ -170,11 +170,20 @@ impl ProcessGuard {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// True while the child has not exited.
+    /// True while the child has not exited. Does not reap it: until the guard reaps it, its pid
+    /// (and so its process group id) cannot be reused by an unrelated process.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        // SAFETY: zeroed siginfo_t is a valid out-parameter; WNOWAIT leaves the child unreaped.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            if libc::waitid(libc::P_PID, child.id(), &mut info, flags) != 0 {
+                return false; // already reaped (ECHILD)
+            }
+            info.si_pid() == 0
         }
     }
 
