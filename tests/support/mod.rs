@@ -3,9 +3,28 @@
 //! through drop guards, also when a test panics. See `TESTING.md` in the shared docs.
 //!
 //! Used by integration tests as `mod support;`. Not every test binary uses every helper.
+//!
+//! ```ignore
+//! mod support;
+//! use support::{etcd::{self, Etcd}, prerequisites_met};
+//!
+//! #[tokio::test]
+//! async fn deregisters_within_a_second_when_unit_stops() {
+//!     if !prerequisites_met(&[etcd::NEEDS, support::systemd::NEEDS].concat()) {
+//!         return; // printed `SKIPPED: <test>: <why>`; panics instead with SIDEKICK_REQUIRE_E2E=1
+//!     }
+//!     let etcd = Etcd::start().await;                     // stopped when `etcd` drops
+//!     let systemd = support::systemd::Systemd::start().await;
+//!     // ... etcd.endpoint(), systemd.bus_address(), systemd.unit_dir() ...
+//! }
+//! ```
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod images;
+pub mod registry;
+pub mod systemd;
+pub mod traefik;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -62,7 +81,8 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match tokio::time::timeout(timeout, attempt()).await {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match tokio::time::timeout(remaining.max(POLL_INTERVAL), attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => format!("{e:?}"),
             Err(_) => "attempt timed out".to_string(),
@@ -98,7 +118,8 @@ pub fn poll_until_blocking<T, E: Debug>(
 pub enum SignalTarget {
     /// The whole process group the guard created (the child is its leader).
     Group,
-    /// Only the child's pid (e.g. `systemd-nspawn`, which powers its container off on SIGTERM).
+    /// Only the child's pid; the child runs in a new session (`setsid`), as `systemd-nspawn`
+    /// wants, which powers its container off on SIGTERM to its pid.
     Pid,
 }
 
@@ -120,10 +141,19 @@ impl ProcessGuard {
             .open(log)
             .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
         let err = out.try_clone().expect("dup log fd");
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        match target {
+            SignalTarget::Group => {
+                cmd.process_group(0);
+            }
+            // SAFETY: setsid(2) is async-signal-safe; it runs in the child between fork and exec.
+            SignalTarget::Pid => unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            },
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
@@ -140,11 +170,20 @@ impl ProcessGuard {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// True while the child has not exited.
+    /// True while the child has not exited. Does not reap it: until the guard reaps it, its pid
+    /// (and so its process group id) cannot be reused by an unrelated process.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        // SAFETY: zeroed siginfo_t is a valid out-parameter; WNOWAIT leaves the child unreaped.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            if libc::waitid(libc::P_PID, child.id(), &mut info, flags) != 0 {
+                return false; // already reaped (ECHILD)
+            }
+            info.si_pid() == 0
         }
     }
 
@@ -327,4 +366,37 @@ pub fn run(cmd: &mut Command) -> String {
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A reqwest client for tests: ring as the rustls provider, no proxies, 5 s timeout.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("build reqwest client")
+}
+
+/// GET `url`; returns the status code and body, or the transport error as text.
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    let response = http_client()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// Polls `url` until it answers 2xx; returns that body.
+pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> Result<String, String> {
+    poll_until(timeout, &format!("GET {url} answers 2xx"), || async {
+        match http_get(url).await? {
+            (200..=299, body) => Ok(body),
+            (status, body) => Err(format!("status {status}: {body}")),
+        }
+    })
+    .await
 }
