@@ -50,6 +50,16 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print the effective settings with their sources.
     CheckConfig,
+    /// Check once for an update and print the answer as one JSON object (exit 0 when the check
+    /// completed, 1 on error).
+    UpdateCheck {
+        /// The version the instance runs (default: SIDEKICK_VERSION of the unit, read over D-Bus).
+        #[arg(long, value_name = "VERSION")]
+        current_version: Option<String>,
+        /// Mark the check as asked for by an operator (installsource="ondemandupdate").
+        #[arg(long)]
+        interactive: bool,
+    },
 }
 
 impl Cli {

@@ -6,8 +6,10 @@
 //! servers.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod etcd;
 pub mod identity;
 pub mod logging;
 pub mod omaha;
+pub mod systemd;

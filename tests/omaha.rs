@@ -14,6 +14,10 @@ mod injection;
 mod requests;
 #[path = "omaha/responses.rs"]
 mod responses;
+#[path = "omaha/update_check_cli.rs"]
+mod update_check_cli;
+
+mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;

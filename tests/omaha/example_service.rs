@@ -2,7 +2,7 @@
 
 use super::*;
 
-struct LocalService {
+pub(crate) struct LocalService {
     base: Url,
     http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
@@ -15,7 +15,7 @@ impl Drop for LocalService {
 }
 
 impl LocalService {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         let state = Arc::new(service::ServerState::in_memory());
@@ -30,7 +30,7 @@ impl LocalService {
         }
     }
 
-    async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -50,7 +50,7 @@ impl LocalService {
         serde_json::from_str(&text).unwrap()
     }
 
-    async fn setup_app(&self, app: &str, policy: serde_json::Value) {
+    pub(crate) async fn setup_app(&self, app: &str, policy: serde_json::Value) {
         use reqwest::Method;
         self.admin(
             Method::PUT,
@@ -70,10 +70,15 @@ impl LocalService {
         .await;
     }
 
-    async fn publish(&self, app: &str, version: &str) {
+    pub(crate) async fn publish(&self, app: &str, version: &str) {
+        self.publish_url(app, version, &format!("registry.example.com/web:{version}"))
+            .await;
+    }
+
+    pub(crate) async fn publish_url(&self, app: &str, version: &str, url: &str) {
         let package = serde_json::json!({
             "version": version,
-            "url": format!("registry.example.com/web:{version}"),
+            "url": url,
             "filename": "web.tar",
             "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
             "hash_sha256": "3aed3129de50b959a97e4913ba485bd60e72d2bb6aa377d5ed404103f0680043",
@@ -83,12 +88,16 @@ impl LocalService {
         self.admin(reqwest::Method::POST, &path, package).await;
     }
 
-    fn source(&self, app: AppInstance) -> HttpUpdateSource {
+    pub(crate) fn endpoint(&self) -> Url {
+        self.base.join("v1/update/").unwrap()
+    }
+
+    pub(crate) fn source(&self, app: AppInstance) -> HttpUpdateSource {
         let endpoint = self.base.join("v1/update/").unwrap();
         HttpUpdateSource::new(endpoint, app, short_timeouts(), None).unwrap()
     }
 
-    async fn instances(&self, app: &str) -> Vec<serde_json::Value> {
+    pub(crate) async fn instances(&self, app: &str) -> Vec<serde_json::Value> {
         let url = self
             .base
             .join(&format!("api/apps/{app}/instances"))
@@ -105,7 +114,7 @@ impl LocalService {
         serde_json::from_str(&text).unwrap()
     }
 
-    async fn raw(&self, body: &str) -> String {
+    pub(crate) async fn raw(&self, body: &str) -> String {
         let url = self.base.join("v1/update/").unwrap();
         let response = self
             .http
@@ -118,7 +127,7 @@ impl LocalService {
     }
 }
 
-fn relaxed_policy() -> serde_json::Value {
+pub(crate) fn relaxed_policy() -> serde_json::Value {
     serde_json::json!({"max_updates_per_period": 10, "period_interval": "1h", "update_timeout": "1h"})
 }
 

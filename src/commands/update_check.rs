@@ -1,0 +1,134 @@
+//! `sidekick update-check`: one update check against the configured Omaha service, printed as one
+//! JSON object. It sends no events, except the error event for an offer it refuses.
+
+use std::path::Path;
+
+use semver::Version;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::identity;
+use crate::omaha::{
+    AppInstance, CheckOutcome, Event, HttpTimeouts, HttpUpdateSource, UpdateSource, validate_offer,
+};
+use crate::systemd::environment::{VERSION_VARIABLE, service_environment, variable};
+
+/// The result of one check, as printed.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum CheckReport {
+    Update {
+        version: String,
+        image: String,
+        sha256: Option<String>,
+    },
+    NoUpdate,
+    OnHold {
+        reason: String,
+    },
+    Error {
+        kind: String,
+        detail: String,
+    },
+}
+
+impl CheckReport {
+    fn error(kind: &str, detail: impl ToString) -> Self {
+        CheckReport::Error {
+            kind: kind.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// True when the check itself completed (update, no update or on hold).
+    pub fn completed(&self) -> bool {
+        !matches!(self, CheckReport::Error { .. })
+    }
+}
+
+/// Runs one check; `current_version` overrides the version read from the unit over D-Bus.
+pub async fn update_check(
+    settings: &Settings,
+    current_version: Option<&str>,
+    interactive: bool,
+) -> CheckReport {
+    let current = match current_version {
+        Some(raw) => Version::parse(raw)
+            .map_err(|err| format!("--current-version `{raw}` is not a semantic version: {err}")),
+        None => unit_version(&settings.instance.unit).await,
+    };
+    let current = match current {
+        Ok(version) => version,
+        Err(detail) => return CheckReport::error("current-version", detail),
+    };
+    let Some(server) = settings.update.server.clone() else {
+        return CheckReport::error("config", "update.server is not set");
+    };
+    let instance = match app_instance(settings) {
+        Ok(instance) => instance,
+        Err(err) => return CheckReport::error("identity", err),
+    };
+    let ca_file = settings.update.ca_file.as_deref();
+    let source = match HttpUpdateSource::new(server, instance, HttpTimeouts::default(), ca_file) {
+        Ok(source) => source,
+        Err(err) => return CheckReport::error(err.kind(), err),
+    };
+    match source.check(&current, interactive).await {
+        Err(err) => CheckReport::error(err.kind(), err),
+        Ok(CheckOutcome::NoUpdate) => CheckReport::NoUpdate,
+        Ok(CheckOutcome::OnHold { reason }) => CheckReport::OnHold { reason },
+        Ok(CheckOutcome::Error { kind, detail }) => CheckReport::error(kind.as_str(), detail),
+        Ok(CheckOutcome::Update(offer)) => {
+            let update = &settings.update;
+            match validate_offer(&offer, &current, &update.image, update.pin_digest) {
+                Ok(valid) => CheckReport::Update {
+                    version: valid.version.to_string(),
+                    image: valid.image.as_str().to_string(),
+                    sha256: valid.sha256,
+                },
+                Err(refusal) => {
+                    tracing::warn!(error = %refusal, "refused the offered update");
+                    let event = Event::Failed {
+                        error_code: refusal.error_code(),
+                    };
+                    if let Err(err) = source.send_event(&current, event).await {
+                        tracing::warn!(error = %err, "failed to report the refused offer");
+                    }
+                    CheckReport::error(refusal.kind(), refusal)
+                }
+            }
+        }
+    }
+}
+
+/// The instance as the update service knows it.
+pub fn app_instance(settings: &Settings) -> Result<AppInstance, identity::IdentityError> {
+    let update = &settings.update;
+    Ok(AppInstance {
+        app_id: update.app_id.clone(),
+        track: update.track.clone(),
+        arch: update.arch.clone(),
+        machine_id: identity::read_app_machine_id(
+            Path::new(identity::MACHINE_ID_PATH),
+            &update.app_id,
+            &settings.instance.name,
+        )?,
+        boot_id: identity::read_boot_id(Path::new(identity::BOOT_ID_PATH))?,
+    })
+}
+
+/// The version the unit runs, from `SIDEKICK_VERSION` in its environment.
+async fn unit_version(unit: &str) -> Result<Version, String> {
+    let conn = zbus::Connection::system()
+        .await
+        .map_err(|err| format!("failed to connect to the system bus: {err}"))?;
+    let environment = service_environment(&conn, unit)
+        .await
+        .map_err(|err| format!("failed to read the environment of {unit}: {err}"))?;
+    let raw = variable(&environment, VERSION_VARIABLE).ok_or_else(|| {
+        format!("{unit} sets no {VERSION_VARIABLE}; set it in the unit or pass --current-version")
+    })?;
+    Version::parse(raw).map_err(|err| {
+        format!("{unit} has {VERSION_VARIABLE}={raw}, which is not a semantic version: {err}")
+    })
+}
