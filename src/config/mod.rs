@@ -11,6 +11,7 @@ pub mod fragments;
 pub mod inputs;
 pub mod settings;
 pub mod sources;
+mod validate;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

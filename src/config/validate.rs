@@ -1,0 +1,465 @@
+//! Turning merged input into [`Settings`]: every check names the key and where its value came
+//! from.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::ConfigError;
+use super::inputs::{Input, Origins};
+use super::settings::*;
+
+/// Builds validation errors that point at the key's origin.
+struct Check<'a> {
+    origins: &'a Origins,
+}
+
+impl Check<'_> {
+    fn fail(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.origins.get(key).cloned(),
+            message: message.into(),
+        }
+    }
+
+    fn positive(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
+        if value.is_zero() {
+            return Err(self.fail(key, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+
+    fn at_least(&self, key: &str, value: Duration, min: Duration) -> Result<Duration, ConfigError> {
+        if value < min {
+            let min = humantime::format_duration(min);
+            return Err(self.fail(key, format!("must be at least {min}")));
+        }
+        Ok(value)
+    }
+
+    fn non_zero(&self, key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {
+        NonZeroU32::new(value).ok_or_else(|| self.fail(key, "must be at least 1"))
+    }
+
+    fn http_url(&self, key: &str, value: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(value).map_err(|err| {
+            self.fail(
+                key,
+                format!("`{value}` must be an http:// or https:// URL ({err})"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(self.fail(key, format!("`{value}` must be an http:// or https:// URL")));
+        }
+        Ok(url)
+    }
+
+    fn absolute(&self, key: &str, value: PathBuf) -> Result<PathBuf, ConfigError> {
+        if !value.is_absolute() {
+            return Err(self.fail(
+                key,
+                format!("`{}` must be an absolute path", value.display()),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Two keys that make sense only together: both set, or neither.
+    fn both<A, B>(
+        &self,
+        (a_key, a): (&str, Option<A>),
+        (b_key, b): (&str, Option<B>),
+    ) -> Result<Option<(A, B)>, ConfigError> {
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(self.fail(a_key, format!("needs {b_key} as well"))),
+            (None, Some(_)) => Err(self.fail(b_key, format!("needs {a_key} as well"))),
+        }
+    }
+
+    fn word(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let ok = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(self.fail(
+                key,
+                format!(
+                    "`{value}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
+                ),
+            ));
+        }
+        Ok(value.to_string())
+    }
+}
+
+/// Unit name as systemctl would take it: no suffix means `.service`.
+fn normalise_unit(unit: &str) -> String {
+    if unit.contains('.') {
+        unit.to_string()
+    } else {
+        format!("{unit}.service")
+    }
+}
+
+fn valid_unit_name(unit: &str) -> bool {
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '@' | '-' | '\\');
+    !unit.is_empty() && unit.len() <= 255 && !unit.starts_with('@') && unit.chars().all(allowed)
+}
+
+fn default_prefix(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Seed => "/services",
+        Layout::Traefik => "traefik",
+        Layout::Skydns => "/skydns",
+        Layout::Vulcand => "/vulcand",
+    }
+}
+
+fn valid_host(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+            }))
+}
+
+/// Placeholders outside `allowed` in a template like `{codebase}:{version}`.
+fn unknown_placeholder<'a>(template: &'a str, allowed: &[&str]) -> Option<&'a str> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Some(&rest[open..]);
+        };
+        let name = &after[..close];
+        if !allowed.contains(&name) {
+            return Some(name);
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
+impl Settings {
+    /// Validates merged input; `origins` lets errors name the file and line of a bad value.
+    pub fn validate(input: Input, origins: &Origins) -> Result<Settings, ConfigError> {
+        let check = Check { origins };
+        let Input {
+            instance,
+            etcd,
+            registration,
+            health,
+            update,
+            slot,
+            swap,
+            daemon,
+        } = input;
+
+        let unit = instance.unit.ok_or_else(|| {
+            check.fail(
+                "instance.unit",
+                "required: set it in a config file or pass --unit",
+            )
+        })?;
+        let unit = normalise_unit(&unit);
+        if !valid_unit_name(&unit) {
+            return Err(check.fail(
+                "instance.unit",
+                format!("`{unit}` is not a valid systemd unit name"),
+            ));
+        }
+        let stem = unit
+            .rsplit_once('.')
+            .map_or(unit.as_str(), |(stem, _)| stem);
+        let name = match instance.name {
+            Some(name) => check.word("instance.name", &name)?,
+            None => check.word("instance.name", &stem.replace('@', "-"))?,
+        };
+        let service = match instance.service {
+            Some(service) => check.word("instance.service", &service)?,
+            None => check.word("instance.service", stem.split('@').next().unwrap_or(stem))?,
+        };
+
+        if etcd.endpoints.is_empty() {
+            return Err(check.fail("etcd.endpoints", "needs at least one endpoint"));
+        }
+        let endpoints = etcd
+            .endpoints
+            .iter()
+            .map(|endpoint| check.http_url("etcd.endpoints", endpoint))
+            .collect::<Result<Vec<_>, _>>()?;
+        let auth = check
+            .both(
+                ("etcd.username", etcd.username),
+                ("etcd.password_file", etcd.password_file),
+            )?
+            .map(|(username, password_file)| EtcdAuth {
+                username,
+                password_file,
+            });
+        let client_cert = check
+            .both(
+                ("etcd.cert_file", etcd.cert_file),
+                ("etcd.key_file", etcd.key_file),
+            )?
+            .map(|(cert_file, key_file)| ClientCert {
+                cert_file,
+                key_file,
+            });
+        let uses_tls = endpoints.iter().any(|url| url.scheme() == "https");
+        if uses_tls && etcd.ca_file.is_none() {
+            return Err(check.fail("etcd.ca_file", "required for https:// endpoints"));
+        }
+        if !uses_tls && (etcd.ca_file.is_some() || client_cert.is_some()) {
+            return Err(check.fail(
+                "etcd.endpoints",
+                "must be https:// when etcd.ca_file or etcd.cert_file is set",
+            ));
+        }
+        let etcd = EtcdSettings {
+            endpoints,
+            timeout: check.positive("etcd.timeout", etcd.timeout)?,
+            auth,
+            ca_file: etcd.ca_file,
+            client_cert,
+        };
+
+        let port = match (registration.port, registration.enabled) {
+            (Some(0), _) => {
+                return Err(check.fail("registration.port", "must be between 1 and 65535"));
+            }
+            (Some(port), _) => port,
+            (None, true) => {
+                return Err(
+                    check.fail("registration.port", "required when registration is enabled")
+                );
+            }
+            (None, false) => 0,
+        };
+        if registration.layout == Layout::Skydns
+            && registration.enabled
+            && registration.domain.is_empty()
+        {
+            return Err(check.fail(
+                "registration.domain",
+                "required by the skydns layout, e.g. \"web.example.com\"",
+            ));
+        }
+        if !registration.domain.is_empty() && !valid_host(&registration.domain) {
+            return Err(check.fail(
+                "registration.domain",
+                format!("`{}` is not a DNS name", registration.domain),
+            ));
+        }
+        if !matches!(registration.scheme.as_str(), "http" | "https") {
+            return Err(check.fail(
+                "registration.scheme",
+                format!("`{}` must be \"http\" or \"https\"", registration.scheme),
+            ));
+        }
+        let host = match registration.host.as_str() {
+            "" => None,
+            host if valid_host(host) => Some(host.to_string()),
+            host => {
+                return Err(check.fail(
+                    "registration.host",
+                    format!("`{host}` is neither an IP address nor a host name"),
+                ));
+            }
+        };
+        let prefix = match registration.prefix.as_str() {
+            "" => default_prefix(registration.layout).to_string(),
+            prefix if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(check.fail("registration.prefix", "must not contain whitespace"));
+            }
+            prefix => prefix.trim_end_matches('/').to_string(),
+        };
+        let registration = RegistrationSettings {
+            enabled: registration.enabled,
+            layout: registration.layout,
+            prefix,
+            domain: registration.domain,
+            host,
+            port,
+            scheme: registration.scheme,
+            ttl: check.at_least("registration.ttl", registration.ttl, MIN_LEASE_TTL)?,
+        };
+
+        let probe_port = |kind: &str| {
+            if port == 0 {
+                Err(check.fail(
+                    "health.url",
+                    format!("required for a {kind} check when registration.port is unset"),
+                ))
+            } else {
+                Ok(port)
+            }
+        };
+        let health_check = match health.check {
+            CheckKind::None => HealthCheck::None,
+            CheckKind::Http if health.url.is_empty() => HealthCheck::Http {
+                url: check.http_url(
+                    "health.url",
+                    &format!("http://127.0.0.1:{}/", probe_port("http")?),
+                )?,
+            },
+            CheckKind::Http => HealthCheck::Http {
+                url: check.http_url("health.url", &health.url)?,
+            },
+            CheckKind::Tcp if health.url.is_empty() => HealthCheck::Tcp {
+                address: format!("127.0.0.1:{}", probe_port("tcp")?),
+            },
+            CheckKind::Tcp => {
+                let valid = health.url.rsplit_once(':').is_some_and(|(host, port)| {
+                    valid_host(host.trim_matches(['[', ']']))
+                        && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if !valid {
+                    return Err(check.fail(
+                        "health.url",
+                        format!("`{}` must be host:port for a tcp check", health.url),
+                    ));
+                }
+                HealthCheck::Tcp {
+                    address: health.url,
+                }
+            }
+        };
+        let health = HealthSettings {
+            check: health_check,
+            interval: check.positive("health.interval", health.interval)?,
+            timeout: check.positive("health.timeout", health.timeout)?,
+            rise: check.non_zero("health.rise", health.rise)?,
+            fall: check.non_zero("health.fall", health.fall)?,
+        };
+
+        let server = match (update.server.as_str(), update.enabled) {
+            ("", true) => {
+                return Err(check.fail("update.server", "required when updates are enabled"));
+            }
+            ("", false) => None,
+            (server, _) => Some(check.http_url("update.server", server)?),
+        };
+        if update.enabled && update.app_id.trim().is_empty() {
+            return Err(check.fail("update.app_id", "required when updates are enabled"));
+        }
+        if update.app_id.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '&' | '"' | '\'')
+        }) {
+            return Err(check.fail(
+                "update.app_id",
+                "must not contain whitespace, quotes or XML markup",
+            ));
+        }
+        if let Some(name) = unknown_placeholder(&update.image, &["codebase", "name", "version"]) {
+            return Err(check.fail(
+                "update.image",
+                format!("unknown placeholder `{name}`: use {{codebase}}, {{name}} or {{version}}"),
+            ));
+        }
+        let update = UpdateSettings {
+            enabled: update.enabled,
+            server,
+            track: check.word("update.track", &update.track)?,
+            arch: check.word("update.arch", &update.arch)?,
+            app_id: update.app_id,
+            interval: check.at_least("update.interval", update.interval, MIN_UPDATE_INTERVAL)?,
+            image: update.image,
+            pin_digest: update.pin_digest,
+            ca_file: update.ca_file,
+        };
+
+        // Without an app id (updates off) the group only labels status output: use the service.
+        let group = match (slot.group.is_empty(), update.app_id.is_empty()) {
+            (false, _) => slot.group,
+            (true, false) => format!("{}/{}", update.app_id, update.track),
+            (true, true) => format!("{}/{}", service, update.track),
+        };
+        if group.chars().any(|c| c.is_whitespace() || c.is_control()) || group.starts_with('/') {
+            return Err(check.fail(
+                "slot.group",
+                format!("`{group}` must not contain whitespace or start with `/`"),
+            ));
+        }
+        let fleetlock_url = match (slot.fleetlock_url.as_str(), slot.backend) {
+            ("", SlotBackend::Fleetlock) => {
+                return Err(check.fail("slot.fleetlock_url", "required by the fleetlock backend"));
+            }
+            ("", _) => None,
+            (url, _) => Some(check.http_url("slot.fleetlock_url", url)?),
+        };
+        let slot = SlotSettings {
+            backend: slot.backend,
+            max: check.non_zero("slot.max", slot.max)?,
+            group,
+            ttl: check.at_least("slot.ttl", slot.ttl, MIN_LEASE_TTL)?,
+            fleetlock_url,
+        };
+
+        if swap
+            .prepull
+            .first()
+            .is_some_and(|program| program.trim().is_empty())
+        {
+            return Err(check.fail("swap.prepull", "the first element must name a program"));
+        }
+        if let Some(name) = swap
+            .prepull
+            .iter()
+            .find_map(|arg| unknown_placeholder(arg, &["image"]))
+        {
+            return Err(check.fail(
+                "swap.prepull",
+                format!("unknown placeholder `{name}`: only {{image}} is known"),
+            ));
+        }
+        let swap = SwapSettings {
+            drain: swap.drain,
+            start_timeout: check.positive("swap.start_timeout", swap.start_timeout)?,
+            verify_timeout: check.positive("swap.verify_timeout", swap.verify_timeout)?,
+            prepull: swap.prepull,
+            dropin_dir: check.absolute("swap.dropin_dir", swap.dropin_dir)?,
+        };
+
+        let metrics = match daemon.metrics.as_str() {
+            "" => None,
+            address => Some(address.parse::<SocketAddr>().map_err(|_| {
+                check.fail(
+                    "daemon.metrics",
+                    format!("`{address}` must be an address like 127.0.0.1:9527"),
+                )
+            })?),
+        };
+        let daemon = DaemonSettings {
+            state_dir: check.absolute("daemon.state_dir", daemon.state_dir)?,
+            metrics,
+        };
+
+        Ok(Settings {
+            instance: InstanceSettings {
+                unit,
+                name,
+                service,
+            },
+            etcd,
+            registration,
+            health,
+            update,
+            slot,
+            swap,
+            daemon,
+        })
+    }
+}
