@@ -50,6 +50,17 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print the effective settings with their sources.
     CheckConfig,
+    /// Show update slot holders and halted groups from etcd.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a slot or resume a halted group.
+    Slots {
+        #[command(subcommand)]
+        action: crate::commands::slots::SlotsAction,
+    },
 }
 
 impl Cli {

@@ -6,6 +6,8 @@
 //! servers.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod etcd;
 pub mod logging;
+pub mod slot;

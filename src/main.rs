@@ -1,12 +1,13 @@
 //! The `sidekick` binary: parses the command line, loads the configuration once and runs the
 //! chosen command.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use sidekick::cli::{Cli, Command};
-use sidekick::{config, logging};
+use sidekick::{commands, config, logging};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 const EXIT_CONFIG: u8 = 2;
@@ -16,6 +17,24 @@ fn main() -> ExitCode {
     logging::init(cli.log, cli.verbosity());
     match cli.command {
         Command::CheckConfig => check_config(&cli),
+        Command::Status { json } => block_on(commands::status::run(&cli.config_sources(), json)),
+        Command::Slots { ref action } => {
+            block_on(commands::slots::run(&cli.config_sources(), action))
+        }
+    }
+}
+
+/// Runs an async command on a runtime built only for commands that need one.
+fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(err) => {
+            eprintln!("sidekick: failed to start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,30 @@
+//! Bodies of the one-shot subcommands (`status`, `slots`): each loads the configuration, talks
+//! to etcd or the FleetLock server, prints what it found or did, and returns the exit code.
+
+pub mod slots;
+pub mod status;
+
+use std::process::ExitCode;
+
+use crate::config::{self, ConfigSources, Settings};
+
+/// Exit code for an unusable configuration (as in `main`).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The validated settings, or the exit code after printing why there are none.
+pub fn load_settings(sources: &ConfigSources) -> Result<Settings, ExitCode> {
+    config::load(sources)
+        .map(|loaded| loaded.settings)
+        .map_err(|err| {
+            eprintln!("sidekick: invalid configuration: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+/// A connected etcd client, or failure after printing why.
+pub async fn connect(settings: &Settings) -> Result<etcd_client::Client, ExitCode> {
+    crate::etcd::connect(&settings.etcd).await.map_err(|err| {
+        eprintln!("sidekick: {err:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,506 @@
+//! The etcd backend: a lease-bound counting semaphore.
+//!
+//! Slot `n` of a group is `/sidekick/slots/<group>/<n>` for `n < max`, valued with a JSON
+//! [`SlotValue`] and bound to the holder's own lease ([`SlotLease`]). A key is created only by a
+//! transaction that also checks, atomically:
+//! - the key does not exist (`create_revision == 0`);
+//! - no key under the group's prefix was created or changed since the snapshot in which this
+//!   holder counted fewer than `max` holders (a range compare on `mod_revision`), so two
+//!   contenders that both saw a free slot cannot both commit;
+//! - the group has no halt marker.
+//!
+//! The count includes every key of the group, also at indexes `>= max` left over from a larger
+//! limit: lowering `max` evicts nobody, yet no newcomer is let in until the holders drop below the
+//! new limit. Raising `max` opens the new indexes at once. Keys are deleted only by transactions
+//! that compare the value, which names the holder.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
+};
+use tokio::sync::{Mutex, Notify};
+
+use super::halt::{self, HaltMarker};
+use super::lease::SlotLease;
+use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
+use crate::config::SlotSettings;
+
+/// Prefix of every slot group.
+pub const SLOT_PREFIX: &str = "/sidekick/slots/";
+/// An acquire gives up (reports busy) after this many lost races in a row.
+const MAX_RACES: u32 = 64;
+/// Pause when the watch cannot be opened, so a waiter does not spin while etcd is down.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// The key prefix of `group`, ending in `/`.
+pub fn group_prefix(group: &str) -> String {
+    format!("{SLOT_PREFIX}{group}/")
+}
+
+/// The key of slot `index` of `group`.
+pub fn slot_key(group: &str, index: u32) -> String {
+    format!("{SLOT_PREFIX}{group}/{index}")
+}
+
+/// One key of a group as read from etcd.
+#[derive(Debug, Clone)]
+pub struct SlotEntry {
+    pub key: String,
+    /// `None` for a key that is not a number; it still counts as a holder.
+    pub index: Option<u32>,
+    /// `None` for a value that is not ours; it still counts as a holder.
+    pub value: Option<SlotValue>,
+    pub raw: Vec<u8>,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+impl SlotEntry {
+    fn from_kv(kv: &KeyValue, prefix: &str) -> Option<SlotEntry> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let rest = key.strip_prefix(prefix)?;
+        // Keys of a nested group (`<group>/<sub>/<n>`) belong to that group.
+        if rest.contains('/') {
+            return None;
+        }
+        Some(SlotEntry {
+            index: rest.parse().ok(),
+            value: serde_json::from_slice(kv.value()).ok(),
+            raw: kv.value().to_vec(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+            key,
+        })
+    }
+
+    /// The holder id named in the value, if the value is ours.
+    pub fn holder(&self) -> Option<&str> {
+        self.value.as_ref().map(|v| v.holder.as_str())
+    }
+}
+
+/// The group's holders and halt marker at one revision.
+#[derive(Debug)]
+struct Snapshot {
+    revision: i64,
+    slots: Vec<SlotEntry>,
+    halt: Option<HaltMarker>,
+}
+
+/// Ops that read a snapshot: the group's keys and its halt marker.
+fn snapshot_ops(group: &str) -> [TxnOp; 2] {
+    [
+        TxnOp::get(group_prefix(group), Some(GetOptions::new().with_prefix())),
+        TxnOp::get(halt::halt_key(group), None),
+    ]
+}
+
+fn parse_snapshot(group: &str, resp: &TxnResponse) -> Snapshot {
+    let prefix = group_prefix(group);
+    let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
+        TxnOpResponse::Get(get) => Some(get),
+        _ => None,
+    });
+    let slots = gets
+        .next()
+        .map(|g| {
+            g.kvs()
+                .iter()
+                .filter_map(|kv| SlotEntry::from_kv(kv, &prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    let halt = gets
+        .next()
+        .and_then(|g| g.kvs().first().map(|kv| halt::decode(kv.value())));
+    Snapshot {
+        revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        slots,
+        halt,
+    }
+}
+
+/// Every key of `group` now.
+pub async fn read_group(client: &mut Client, group: &str) -> Result<Vec<SlotEntry>, SlotError> {
+    let prefix = group_prefix(group);
+    let resp = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| SlotEntry::from_kv(kv, &prefix))
+        .collect())
+}
+
+/// Deletes every slot of `group` whose value names `holder`, each in a transaction that compares
+/// the value read; returns the keys deleted. Used by release and by `sidekick slots release`.
+pub async fn release_holder(
+    client: &mut Client,
+    group: &str,
+    holder: &str,
+) -> Result<Vec<String>, SlotError> {
+    let mut released = Vec::new();
+    for entry in read_group(client, group).await? {
+        if entry.holder() != Some(holder) {
+            continue;
+        }
+        let txn = Txn::new()
+            .when([Compare::value(
+                entry.key.as_str(),
+                CompareOp::Equal,
+                entry.raw.clone(),
+            )])
+            .and_then([TxnOp::delete(entry.key.as_str(), None)]);
+        if client.txn(txn).await?.succeeded() {
+            released.push(entry.key);
+        }
+    }
+    Ok(released)
+}
+
+/// This holder's state behind the lock: its lease and the key it holds.
+#[derive(Debug, Default)]
+struct HolderState {
+    lease: Option<SlotLease>,
+    key: Option<String>,
+    /// Revision of the last snapshot, where a waiter's watch starts.
+    seen_revision: i64,
+}
+
+/// An update slot in an etcd group, for one holder.
+pub struct EtcdSlots {
+    client: Client,
+    group: String,
+    who: SlotHolder,
+    ttl: Duration,
+    max: AtomicU32,
+    max_changed: Notify,
+    state: Mutex<HolderState>,
+    requests: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EtcdSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSlots")
+            .field("group", &self.group)
+            .field("who", &self.who)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdSlots {
+    /// A holder of `group` allowing `max` holders, with its lease TTL.
+    pub fn new(
+        client: Client,
+        group: impl Into<String>,
+        max: NonZeroU32,
+        ttl: Duration,
+        who: SlotHolder,
+    ) -> EtcdSlots {
+        EtcdSlots {
+            client,
+            group: group.into(),
+            who,
+            ttl,
+            max: AtomicU32::new(max.get()),
+            max_changed: Notify::new(),
+            state: Mutex::new(HolderState::default()),
+            requests: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A holder configured from `[slot]`.
+    pub fn from_settings(client: Client, settings: &SlotSettings, who: SlotHolder) -> EtcdSlots {
+        EtcdSlots::new(client, &settings.group, settings.max, settings.ttl, who)
+    }
+
+    /// The group this holder competes in.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Changes the limit (e.g. after a configuration reload) and wakes a waiting acquire.
+    pub fn set_max(&self, max: NonZeroU32) {
+        self.max.store(max.get(), Ordering::SeqCst);
+        self.max_changed.notify_waiters();
+    }
+
+    /// etcd requests this holder has made, not counting keepalive pings (for the benchmark).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Follows this holder's lease, to learn at once when a held slot is lost.
+    pub async fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<Holding>> {
+        self.state
+            .lock()
+            .await
+            .lease
+            .as_ref()
+            .map(SlotLease::subscribe)
+    }
+
+    fn client(&self) -> Client {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.client.clone()
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, SlotError> {
+        let resp = self
+            .client()
+            .txn(Txn::new().and_then(snapshot_ops(&self.group)))
+            .await?;
+        Ok(parse_snapshot(&self.group, &resp))
+    }
+
+    /// The live lease of this holder, granted afresh when there is none or it was lost.
+    async fn live_lease(&self, state: &mut HolderState) -> Result<i64, SlotError> {
+        if let Some(lease) = &state.lease
+            && lease.state() == Holding::Held
+        {
+            return Ok(lease.id());
+        }
+        state.lease = None;
+        let lease = SlotLease::grant(&self.client(), self.ttl).await?;
+        let id = lease.id();
+        state.lease = Some(lease);
+        Ok(id)
+    }
+
+    /// Commits `put` if `cmp` holds; otherwise returns a fresh snapshot to retry from.
+    async fn commit(&self, cmp: Vec<Compare>, put: TxnOp) -> Result<Option<Snapshot>, SlotError> {
+        let txn = Txn::new()
+            .when(cmp)
+            .and_then([put])
+            .or_else(snapshot_ops(&self.group));
+        let resp = self.client().txn(txn).await?;
+        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp)))
+    }
+
+    fn value(&self, version: &str, since: String) -> Result<Vec<u8>, SlotError> {
+        let value = SlotValue {
+            holder: self.who.holder.clone(),
+            instance: self.who.instance.clone(),
+            version: version.to_string(),
+            since,
+        };
+        serde_json::to_vec(&value).map_err(|source| SlotError::Malformed {
+            key: group_prefix(&self.group),
+            source,
+        })
+    }
+}
+
+impl SlotLock for EtcdSlots {
+    async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
+        let mut state = self.state.lock().await;
+        let mut snap = self.snapshot().await?;
+        let halt_key = halt::halt_key(&self.group);
+        for _ in 0..MAX_RACES {
+            state.seen_revision = snap.revision;
+            if let Some(h) = snap.halt.take() {
+                return Ok(Acquisition::Halted {
+                    version: h.version,
+                    reason: h.reason,
+                });
+            }
+            let lease_alive = state.lease.as_ref().filter(|l| l.state() == Holding::Held);
+            let mine = snap
+                .slots
+                .iter()
+                .find(|s| s.holder() == Some(self.who.holder.as_str()));
+            if let Some(entry) = mine {
+                if lease_alive.is_some_and(|l| l.id() == entry.lease) {
+                    state.key = Some(entry.key.clone());
+                    return Ok(Acquisition::Acquired);
+                }
+                // Ours, but bound to a lease we do not keep alive (a previous run, or a lease
+                // we lost track of): re-bind it to our live lease, keeping the slot.
+                let since = entry.value.as_ref().map(|v| v.since.clone());
+                let (key, raw) = (entry.key.clone(), entry.raw.clone());
+                let lease = self.live_lease(&mut state).await?;
+                let value = self.value(version, since.unwrap_or_else(super::now_rfc3339))?;
+                let cmp = vec![Compare::value(key.as_str(), CompareOp::Equal, raw)];
+                let put = TxnOp::put(
+                    key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                );
+                match self.commit(cmp, put).await? {
+                    None => {
+                        state.key = Some(key);
+                        return Ok(Acquisition::Acquired);
+                    }
+                    Some(next) => {
+                        snap = next;
+                        continue;
+                    }
+                }
+            }
+            let max = self.max.load(Ordering::SeqCst);
+            let held = snap.slots.len();
+            let Some(index) = (0..max).find(|n| snap.slots.iter().all(|s| s.index != Some(*n)))
+            else {
+                return Ok(busy(held, max));
+            };
+            if held >= max as usize {
+                return Ok(busy(held, max));
+            }
+            let key = slot_key(&self.group, index);
+            let lease = self.live_lease(&mut state).await?;
+            let value = self.value(version, super::now_rfc3339())?;
+            let prefix = group_prefix(&self.group);
+            let cmp = vec![
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(prefix.as_str(), CompareOp::Less, snap.revision + 1)
+                    .with_prefix(),
+                Compare::create_revision(halt_key.as_str(), CompareOp::Equal, 0),
+            ];
+            let put = TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            match self.commit(cmp, put).await? {
+                None => {
+                    tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
+                    state.key = Some(key);
+                    return Ok(Acquisition::Acquired);
+                }
+                // Lost a race: someone else wrote under the prefix; retry on what they left.
+                Some(next) => snap = next,
+            }
+        }
+        Ok(Acquisition::Busy {
+            detail: format!("lost {MAX_RACES} races in a row for a slot"),
+        })
+    }
+
+    async fn release(&self) -> Result<(), SlotError> {
+        let mut state = self.state.lock().await;
+        let released = release_holder(&mut self.client(), &self.group, &self.who.holder).await?;
+        for key in &released {
+            tracing::info!(group = %self.group, %key, "update slot released");
+        }
+        state.key = None;
+        if let Some(lease) = state.lease.take() {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            lease.revoke(&self.client).await?;
+        }
+        Ok(())
+    }
+
+    async fn release_stale(&self) -> Result<(), SlotError> {
+        // Release works by holder id, whatever lease the key is bound to.
+        self.release().await
+    }
+
+    async fn held(&self) -> Result<Holding, SlotError> {
+        let state = self.state.lock().await;
+        let (Some(lease), Some(key)) = (&state.lease, &state.key) else {
+            return Ok(Holding::NotHeld);
+        };
+        if let lost @ Holding::Lost { .. } = lease.state() {
+            return Ok(lost);
+        }
+        let resp = self.client().get(key.as_str(), None).await?;
+        let ours = resp.kvs().first().is_some_and(|kv| {
+            let value: Option<SlotValue> = serde_json::from_slice(kv.value()).ok();
+            kv.lease() == lease.id() && value.is_some_and(|v| v.holder == self.who.holder)
+        });
+        Ok(match ours {
+            true => Holding::Held,
+            false => Holding::Lost {
+                reason: format!("{key} was removed or re-bound by someone else"),
+            },
+        })
+    }
+
+    async fn halt(&self, version: &str, reason: &str) -> Result<(), SlotError> {
+        let marker = HaltMarker {
+            version: version.to_string(),
+            reason: reason.to_string(),
+            instance: self.who.instance.clone(),
+            since: super::now_rfc3339(),
+        };
+        if halt::put(&mut self.client(), &self.group, &marker).await? {
+            tracing::warn!(group = %self.group, version, reason, "update group halted");
+        }
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), SlotError> {
+        halt::remove(&mut self.client(), &self.group).await?;
+        Ok(())
+    }
+
+    async fn wait_for_change(&self, timeout: Duration) {
+        let from = self.state.lock().await.seen_revision + 1;
+        let timeout = with_jitter(timeout);
+        tokio::select! {
+            _ = tokio::time::sleep(timeout) => {}
+            _ = self.max_changed.notified() => {}
+            opened = self.wait_for_delete(from) => {
+                if opened.is_err() {
+                    tokio::time::sleep(WATCH_RETRY.min(timeout)).await;
+                }
+            }
+        }
+    }
+}
+
+impl EtcdSlots {
+    /// Returns at the first delete under the group's prefix or of its halt marker since `from`.
+    async fn wait_for_delete(&self, from: i64) -> Result<(), SlotError> {
+        let opts = || {
+            WatchOptions::new()
+                .with_start_revision(from)
+                .with_filters([WatchFilterType::NoPut])
+        };
+        let mut stream = self
+            .client()
+            .watch(group_prefix(&self.group), Some(opts().with_prefix()))
+            .await?;
+        stream
+            .watch(halt::halt_key(&self.group), Some(opts()))
+            .await?;
+        while let Some(resp) = stream.message().await? {
+            // A compacted start revision: the snapshot is stale anyway, so retry now.
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Ok(());
+            }
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn busy(held: usize, max: u32) -> Acquisition {
+    Acquisition::Busy {
+        detail: format!("{held} of {max} slots held"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        assert_eq!(group_prefix("app/stable"), "/sidekick/slots/app/stable/");
+        assert_eq!(slot_key("app/stable", 2), "/sidekick/slots/app/stable/2");
+    }
+}
