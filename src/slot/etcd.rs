@@ -171,6 +171,8 @@ struct HolderState {
     key: Option<String>,
     /// Revision of the last snapshot, where a waiter's watch starts.
     seen_revision: i64,
+    /// The limit that snapshot was judged by; a waiter retries at once when it changed.
+    seen_max: u32,
 }
 
 /// An update slot in an etcd group, for one holder.
@@ -345,6 +347,7 @@ impl SlotLock for EtcdSlots {
                 }
             }
             let max = self.max.load(Ordering::SeqCst);
+            state.seen_max = max;
             let held = snap.slots.len();
             let Some(index) = (0..max).find(|n| snap.slots.iter().all(|s| s.index != Some(*n)))
             else {
@@ -442,11 +445,21 @@ impl SlotLock for EtcdSlots {
     }
 
     async fn wait_for_change(&self, timeout: Duration) {
-        let from = self.state.lock().await.seen_revision + 1;
+        let max_changed = self.max_changed.notified();
+        tokio::pin!(max_changed);
+        // Registered before comparing, so a `set_max` in between is not missed.
+        max_changed.as_mut().enable();
+        let (from, seen_max) = {
+            let state = self.state.lock().await;
+            (state.seen_revision + 1, state.seen_max)
+        };
+        if seen_max != self.max.load(Ordering::SeqCst) {
+            return;
+        }
         let timeout = with_jitter(timeout);
         tokio::select! {
             _ = tokio::time::sleep(timeout) => {}
-            _ = self.max_changed.notified() => {}
+            _ = max_changed => {}
             opened = self.wait_for_delete(from) => {
                 if opened.is_err() {
                     tokio::time::sleep(WATCH_RETRY.min(timeout)).await;
