@@ -57,9 +57,26 @@ struct Replay {
     acquired_by: HashSet<String>,
 }
 
-async fn contention(limit: u32) {
+/// 30 contenders on `limit`; with `leftover`, a holder from an earlier limit of 3 sits at index 2
+/// for the whole run (the limit was lowered under it) and must count toward `limit`.
+async fn contention(limit: u32, leftover: bool) {
     let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let early: Vec<EtcdSlots> = ["e0", "e1", "e2"]
+        .iter()
+        .map(|id| slots(&client, max(3), id))
+        .collect();
+    if leftover {
+        for e in &early {
+            assert_eq!(e.acquire("1.0.0").await.unwrap(), Acquisition::Acquired);
+        }
+        early[0].release().await.unwrap();
+        early[1].release().await.unwrap();
+    }
     let mut watch_client = etcd.client().await;
+    // The replay starts from what is held now (the leftover), then follows every change; no
+    // contender runs yet, so nothing changes between these two reads.
+    let now = read_group(&mut watch_client, GROUP).await.unwrap();
     let from = revision(&mut watch_client).await + 1;
     let mut stream = watch_client
         .watch(
@@ -68,7 +85,14 @@ async fn contention(limit: u32) {
         )
         .await
         .expect("watch");
-    let replay = Arc::new(Mutex::new(Replay::default()));
+    let replay = Arc::new(Mutex::new(Replay {
+        most: now.len(),
+        holders: now.iter().map(|s| s.key.clone()).collect(),
+        acquired_by: now
+            .iter()
+            .filter_map(|s| s.holder().map(String::from))
+            .collect(),
+    }));
     let watcher = {
         let replay = replay.clone();
         tokio::spawn(async move {
@@ -112,9 +136,11 @@ async fn contention(limit: u32) {
     for c in contenders {
         c.await.expect("contender task");
     }
+    early[2].release().await.unwrap();
+    let everyone = if leftover { 31 } else { 30 };
     poll_until(Duration::from_secs(10), "watcher saw every release", || {
         let r = replay.lock().unwrap();
-        let done = r.holders.is_empty() && r.acquired_by.len() == 30;
+        let done = r.holders.is_empty() && r.acquired_by.len() == everyone;
         async move { if done { Ok(()) } else { Err("not yet") } }
     })
     .await
@@ -134,7 +160,7 @@ async fn thirty_contenders_never_exceed_max_2_and_all_acquire() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
-    contention(2).await;
+    contention(2, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -142,7 +168,7 @@ async fn thirty_contenders_never_exceed_max_1_and_all_acquire() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
-    contention(1).await;
+    contention(1, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,7 +176,15 @@ async fn thirty_contenders_never_exceed_max_3_and_all_acquire() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
-    contention(3).await;
+    contention(3, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_contenders_on_max_2_count_a_leftover_holder_above_the_limit() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    contention(2, true).await;
 }
 
 const HELPER_ENDPOINT: &str = "SIDEKICK_TEST_SLOT_HOLDER_ENDPOINT";
