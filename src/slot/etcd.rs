@@ -20,149 +20,21 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
 };
 use tokio::sync::{Mutex, Notify};
 
 use super::halt::{self, HaltMarker};
+pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
+use super::keys::{Snapshot, parse_snapshot, snapshot_ops};
 use super::lease::SlotLease;
 use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
 use crate::config::SlotSettings;
 
-/// Prefix of every slot group.
-pub const SLOT_PREFIX: &str = "/sidekick/slots/";
 /// An acquire gives up (reports busy) after this many lost races in a row.
 const MAX_RACES: u32 = 64;
 /// Pause when the watch cannot be opened, so a waiter does not spin while etcd is down.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
-
-/// The key prefix of `group`, ending in `/`.
-pub fn group_prefix(group: &str) -> String {
-    format!("{SLOT_PREFIX}{group}/")
-}
-
-/// The key of slot `index` of `group`.
-pub fn slot_key(group: &str, index: u32) -> String {
-    format!("{SLOT_PREFIX}{group}/{index}")
-}
-
-/// One key of a group as read from etcd.
-#[derive(Debug, Clone)]
-pub struct SlotEntry {
-    pub key: String,
-    /// `None` for a key that is not a number; it still counts as a holder.
-    pub index: Option<u32>,
-    /// `None` for a value that is not ours; it still counts as a holder.
-    pub value: Option<SlotValue>,
-    pub raw: Vec<u8>,
-    pub lease: i64,
-    pub mod_revision: i64,
-}
-
-impl SlotEntry {
-    fn from_kv(kv: &KeyValue, prefix: &str) -> Option<SlotEntry> {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let rest = key.strip_prefix(prefix)?;
-        // Keys of a nested group (`<group>/<sub>/<n>`) belong to that group.
-        if rest.contains('/') {
-            return None;
-        }
-        Some(SlotEntry {
-            index: rest.parse().ok(),
-            value: serde_json::from_slice(kv.value()).ok(),
-            raw: kv.value().to_vec(),
-            lease: kv.lease(),
-            mod_revision: kv.mod_revision(),
-            key,
-        })
-    }
-
-    /// The holder id named in the value, if the value is ours.
-    pub fn holder(&self) -> Option<&str> {
-        self.value.as_ref().map(|v| v.holder.as_str())
-    }
-}
-
-/// The group's holders and halt marker at one revision.
-#[derive(Debug)]
-struct Snapshot {
-    revision: i64,
-    slots: Vec<SlotEntry>,
-    halt: Option<HaltMarker>,
-}
-
-/// Ops that read a snapshot: the group's keys and its halt marker.
-fn snapshot_ops(group: &str) -> [TxnOp; 2] {
-    [
-        TxnOp::get(group_prefix(group), Some(GetOptions::new().with_prefix())),
-        TxnOp::get(halt::halt_key(group), None),
-    ]
-}
-
-fn parse_snapshot(group: &str, resp: &TxnResponse) -> Snapshot {
-    let prefix = group_prefix(group);
-    let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
-        TxnOpResponse::Get(get) => Some(get),
-        _ => None,
-    });
-    let slots = gets
-        .next()
-        .map(|g| {
-            g.kvs()
-                .iter()
-                .filter_map(|kv| SlotEntry::from_kv(kv, &prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    let halt = gets
-        .next()
-        .and_then(|g| g.kvs().first().map(|kv| halt::decode(kv.value())));
-    Snapshot {
-        revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-        slots,
-        halt,
-    }
-}
-
-/// Every key of `group` now.
-pub async fn read_group(client: &mut Client, group: &str) -> Result<Vec<SlotEntry>, SlotError> {
-    let prefix = group_prefix(group);
-    let resp = client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| SlotEntry::from_kv(kv, &prefix))
-        .collect())
-}
-
-/// Deletes every slot of `group` whose value names `holder`, each in a transaction that compares
-/// the value read; returns the keys deleted. Used by release and by `sidekick slots release`.
-pub async fn release_holder(
-    client: &mut Client,
-    group: &str,
-    holder: &str,
-) -> Result<Vec<String>, SlotError> {
-    let mut released = Vec::new();
-    for entry in read_group(client, group).await? {
-        if entry.holder() != Some(holder) {
-            continue;
-        }
-        let txn = Txn::new()
-            .when([Compare::value(
-                entry.key.as_str(),
-                CompareOp::Equal,
-                entry.raw.clone(),
-            )])
-            .and_then([TxnOp::delete(entry.key.as_str(), None)]);
-        if client.txn(txn).await?.succeeded() {
-            released.push(entry.key);
-        }
-    }
-    Ok(released)
-}
 
 /// This holder's state behind the lock: its lease and the key it holds.
 #[derive(Debug, Default)]
@@ -504,16 +376,5 @@ impl EtcdSlots {
 fn busy(held: usize, max: u32) -> Acquisition {
     Acquisition::Busy {
         detail: format!("{held} of {max} slots held"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_follow_the_documented_layout() {
-        assert_eq!(group_prefix("app/stable"), "/sidekick/slots/app/stable/");
-        assert_eq!(slot_key("app/stable", 2), "/sidekick/slots/app/stable/2");
     }
 }

@@ -15,6 +15,7 @@
 pub mod etcd;
 pub mod fleetlock;
 pub mod halt;
+pub mod keys;
 pub mod lease;
 pub mod memory;
 
