@@ -119,7 +119,7 @@ async fn keep_alive(
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = id, error = %e, "lease check failed; retrying");
-                    sleep(with_jitter(reopen_wait)).await;
+                    sleep(reopen_jitter(reopen_wait)).await;
                     reopen_wait = (reopen_wait * 2).min(REOPEN_WAIT_MAX);
                     continue;
                 }
@@ -133,7 +133,7 @@ async fn keep_alive(
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 tracing::debug!(lease = id, error = %e, "keepalive stream did not open; retrying");
-                sleep(with_jitter(reopen_wait)).await;
+                sleep(reopen_jitter(reopen_wait)).await;
                 reopen_wait = (reopen_wait * 2).min(REOPEN_WAIT_MAX);
                 continue;
             }
@@ -165,6 +165,6 @@ async fn keep_alive(
 }
 
 /// `d` plus up to 50% random jitter, so many holders do not reconnect in lockstep.
-fn with_jitter(d: Duration) -> Duration {
+fn reopen_jitter(d: Duration) -> Duration {
     d + Duration::from_millis(fastrand::u64(0..=d.as_millis() as u64 / 2))
 }
