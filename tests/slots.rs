@@ -1,35 +1,36 @@
-//! Update slots against a real etcd: safety under contention, a crashed holder, idempotence,
-//! changing the limit and an etcd restart. FleetLock and the `status`/`slots` commands live in
-//! the submodules so everything links into this one test binary.
+//! Update slots against a real etcd: a crashed holder, idempotence, changing the limit and an
+//! etcd restart here; contention, FleetLock and the `status`/`slots` commands in the submodules,
+//! so everything links into this one test binary.
 
 mod support;
 
 #[path = "slots/commands.rs"]
 mod commands;
+#[path = "slots/contention.rs"]
+mod contention;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, WatchOptions};
-use sidekick::slot::etcd::{group_prefix, read_group};
-use sidekick::slot::{Acquisition, EtcdSlots, Holding, SlotHolder, SlotLock, SlotValue};
+use etcd_client::Client;
+use sidekick::slot::etcd::read_group;
+use sidekick::slot::{Acquisition, EtcdSlots, Holding, SlotHolder, SlotLock};
 use support::etcd::{self, Etcd};
 use support::{ProcessGuard, SignalTarget, poll_until, prerequisites_met, temp_dir};
 
 /// The shortest slot TTL the configuration accepts.
-const TTL: Duration = Duration::from_secs(5);
-const GROUP: &str = "web/stable";
+pub const TTL: Duration = Duration::from_secs(5);
+pub const GROUP: &str = "web/stable";
 
-fn one() -> NonZeroU32 {
+pub fn one() -> NonZeroU32 {
     NonZeroU32::MIN
 }
 
-fn max(n: u32) -> NonZeroU32 {
+pub fn max(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).expect("non-zero")
 }
 
@@ -44,147 +45,9 @@ pub fn slots(client: &Client, limit: NonZeroU32, id: &str) -> EtcdSlots {
     EtcdSlots::new(client.clone(), GROUP, limit, TTL, who(id))
 }
 
-async fn revision(client: &mut Client) -> i64 {
+pub async fn revision(client: &mut Client) -> i64 {
     let resp = client.get("revision-probe", None).await.expect("get");
     resp.header().expect("header").revision()
-}
-
-/// Replays every put and delete under the group's prefix in revision order.
-#[derive(Default)]
-struct Replay {
-    holders: HashSet<String>,
-    most: usize,
-    acquired_by: HashSet<String>,
-}
-
-/// 30 contenders on `limit`; with `leftover`, a holder from an earlier limit of 3 sits at index 2
-/// for the whole run (the limit was lowered under it) and must count toward `limit`.
-async fn contention(limit: u32, leftover: bool) {
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let early: Vec<EtcdSlots> = ["e0", "e1", "e2"]
-        .iter()
-        .map(|id| slots(&client, max(3), id))
-        .collect();
-    if leftover {
-        for e in &early {
-            assert_eq!(e.acquire("1.0.0").await.unwrap(), Acquisition::Acquired);
-        }
-        early[0].release().await.unwrap();
-        early[1].release().await.unwrap();
-    }
-    let mut watch_client = etcd.client().await;
-    // The replay starts from what is held now (the leftover), then follows every change; no
-    // contender runs yet, so nothing changes between these two reads.
-    let now = read_group(&mut watch_client, GROUP).await.unwrap();
-    let from = revision(&mut watch_client).await + 1;
-    let mut stream = watch_client
-        .watch(
-            group_prefix(GROUP),
-            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-        )
-        .await
-        .expect("watch");
-    let replay = Arc::new(Mutex::new(Replay {
-        most: now.len(),
-        holders: now.iter().map(|s| s.key.clone()).collect(),
-        acquired_by: now
-            .iter()
-            .filter_map(|s| s.holder().map(String::from))
-            .collect(),
-    }));
-    let watcher = {
-        let replay = replay.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(resp)) = stream.message().await {
-                let mut r = replay.lock().unwrap();
-                for event in resp.events() {
-                    let kv = event.kv().expect("event kv");
-                    let key = kv.key_str().unwrap().to_string();
-                    match event.event_type() {
-                        EventType::Put => {
-                            let v: SlotValue = serde_json::from_slice(kv.value()).unwrap();
-                            r.acquired_by.insert(v.holder);
-                            r.holders.insert(key);
-                        }
-                        EventType::Delete => {
-                            r.holders.remove(&key);
-                        }
-                    }
-                    r.most = r.most.max(r.holders.len());
-                }
-            }
-        })
-    };
-
-    let mut contenders = Vec::new();
-    for i in 0..30 {
-        let client = etcd.client().await;
-        contenders.push(tokio::spawn(async move {
-            let me = slots(&client, max(limit), &format!("c{i}"));
-            let got = me.acquire_within("2.0.0", Duration::from_secs(90)).await;
-            assert_eq!(
-                got.expect("acquire"),
-                Acquisition::Acquired,
-                "contender {i}"
-            );
-            // Holding the slot for a while is the workload, not a wait for a condition.
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(20..=200))).await;
-            me.release().await.expect("release");
-        }));
-    }
-    for c in contenders {
-        c.await.expect("contender task");
-    }
-    early[2].release().await.unwrap();
-    let everyone = if leftover { 31 } else { 30 };
-    poll_until(Duration::from_secs(10), "watcher saw every release", || {
-        let r = replay.lock().unwrap();
-        let done = r.holders.is_empty() && r.acquired_by.len() == everyone;
-        async move { if done { Ok(()) } else { Err("not yet") } }
-    })
-    .await
-    .unwrap();
-    watcher.abort();
-    let r = replay.lock().unwrap();
-    assert!(
-        r.most <= limit as usize,
-        "saw {} holders, max {limit}",
-        r.most
-    );
-    assert_eq!(r.most, limit as usize, "the limit was never reached");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thirty_contenders_never_exceed_max_2_and_all_acquire() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    contention(2, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thirty_contenders_never_exceed_max_1_and_all_acquire() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    contention(1, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thirty_contenders_never_exceed_max_3_and_all_acquire() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    contention(3, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thirty_contenders_on_max_2_count_a_leftover_holder_above_the_limit() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    contention(2, true).await;
 }
 
 const HELPER_ENDPOINT: &str = "SIDEKICK_TEST_SLOT_HOLDER_ENDPOINT";
