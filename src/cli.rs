@@ -60,6 +60,17 @@ pub enum Command {
         #[arg(long)]
         interactive: bool,
     },
+    /// Show update slot holders and halted groups from etcd.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a slot or resume a halted group.
+    Slots {
+        #[command(subcommand)]
+        action: crate::commands::slots::SlotsAction,
+    },
 }
 
 impl Cli {

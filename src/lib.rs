@@ -12,4 +12,5 @@ pub mod etcd;
 pub mod identity;
 pub mod logging;
 pub mod omaha;
+pub mod slot;
 pub mod systemd;

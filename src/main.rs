@@ -1,6 +1,7 @@
 //! The `sidekick` binary: parses the command line, loads the configuration once and runs the
 //! chosen command.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -21,51 +22,29 @@ fn main() -> ExitCode {
         Command::UpdateCheck {
             ref current_version,
             interactive,
-        } => update_check(&cli, current_version.as_deref(), interactive),
-    }
-}
-
-/// Loads the configuration, or reports why not; the caller exits with [`EXIT_CONFIG`].
-fn load_settings(cli: &Cli) -> Option<config::Settings> {
-    match config::load(&cli.config_sources()) {
-        Ok(loaded) => Some(loaded.settings),
-        Err(err) => {
-            eprintln!("sidekick: invalid configuration: {err}");
-            None
+        } => block_on(commands::update_check::run(
+            &cli.config_sources(),
+            current_version.as_deref(),
+            interactive,
+        )),
+        Command::Status { json } => block_on(commands::status::run(&cli.config_sources(), json)),
+        Command::Slots { ref action } => {
+            block_on(commands::slots::run(&cli.config_sources(), action))
         }
     }
 }
 
-/// A runtime for commands that do I/O; one worker is plenty for one instance.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// Runs an async command on a runtime built only for commands that need one.
+fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-}
-
-fn update_check(cli: &Cli, current_version: Option<&str>, interactive: bool) -> ExitCode {
-    let Some(settings) = load_settings(cli) else {
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let report = match runtime() {
-        Ok(rt) => rt.block_on(commands::update_check::update_check(
-            &settings,
-            current_version,
-            interactive,
-        )),
-        Err(err) => commands::update_check::CheckReport::Error {
-            kind: "runtime".into(),
-            detail: err.to_string(),
-        },
-    };
-    match serde_json::to_string(&report) {
-        Ok(json) => println!("{json}"),
-        Err(err) => eprintln!("sidekick: failed to print the report: {err}"),
-    }
-    if report.completed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(err) => {
+            eprintln!("sidekick: failed to start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,3 +1,32 @@
-//! The bodies of the subcommands; `main.rs` parses, loads the configuration and dispatches here.
+//! Bodies of the one-shot subcommands (`update-check`, `status`, `slots`): each loads the
+//! configuration, talks to the update service, etcd or the FleetLock server, prints what it found
+//! or did, and returns the exit code.
 
+pub mod slots;
+pub mod status;
 pub mod update_check;
+
+use std::process::ExitCode;
+
+use crate::config::{self, ConfigSources, Settings};
+
+/// Exit code for an unusable configuration (as in `main`).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The validated settings, or the exit code after printing why there are none.
+pub fn load_settings(sources: &ConfigSources) -> Result<Settings, ExitCode> {
+    config::load(sources)
+        .map(|loaded| loaded.settings)
+        .map_err(|err| {
+            eprintln!("sidekick: invalid configuration: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+/// A connected etcd client, or failure after printing why.
+pub async fn connect(settings: &Settings) -> Result<etcd_client::Client, ExitCode> {
+    crate::etcd::connect(&settings.etcd).await.map_err(|err| {
+        eprintln!("sidekick: {err:#}");
+        ExitCode::FAILURE
+    })
+}

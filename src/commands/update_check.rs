@@ -2,11 +2,12 @@
 //! JSON object. It sends no events, except the error event for an offer it refuses.
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use semver::Version;
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{ConfigSources, Settings};
 use crate::identity;
 use crate::omaha::{
     AppInstance, CheckOutcome, Event, HttpTimeouts, HttpUpdateSource, UpdateSource, validate_offer,
@@ -43,6 +44,28 @@ impl CheckReport {
     /// True when the check itself completed (update, no update or on hold).
     pub fn completed(&self) -> bool {
         !matches!(self, CheckReport::Error { .. })
+    }
+}
+
+/// `sidekick update-check`: prints the report; exit 0 when the check completed, 1 on error.
+pub async fn run(
+    sources: &ConfigSources,
+    current_version: Option<&str>,
+    interactive: bool,
+) -> ExitCode {
+    let settings = match super::load_settings(sources) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let report = update_check(&settings, current_version, interactive).await;
+    match serde_json::to_string(&report) {
+        Ok(json) => println!("{json}"),
+        Err(err) => eprintln!("sidekick: failed to print the report: {err}"),
+    }
+    if report.completed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,0 +1,197 @@
+//! Benchmark of the etcd slot backend (not a test): starts its own etcd on free loopback ports in
+//! a temp dir, runs 100 contenders on `max = 5`, prints a table and stops etcd again.
+//!
+//! Run: `cargo run --release --example slot_bench`
+
+use std::net::TcpListener;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
+
+const CONTENDERS: usize = 100;
+const MAX: u32 = 5;
+const ROUNDS: usize = 3;
+const HOLD: Duration = Duration::from_millis(20);
+const FREE_SAMPLES: usize = 200;
+const TTL: Duration = Duration::from_secs(10);
+const GROUP: &str = "bench/stable";
+
+/// The etcd process, killed on drop, and its data dir, removed after it.
+struct EtcdProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_etcd() -> anyhow::Result<(EtcdProcess, String)> {
+    let dir = tempfile::tempdir()?;
+    let (client, peer) = (free_port()?, free_port()?);
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+    let child = Command::new("etcd")
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("bench={peer_url}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let etcd = EtcdProcess { child, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = Client::connect([client_url.as_str()], None).await
+            && c.get("ready", None).await.is_ok()
+        {
+            return Ok((etcd, client_url));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "etcd did not answer within 30s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn holder(endpoint: &str, id: usize) -> anyhow::Result<EtcdSlots> {
+    let client = Client::connect([endpoint], None).await?;
+    let who = SlotHolder {
+        holder: format!("holder-{id}"),
+        instance: format!("web-{id}"),
+    };
+    let max = NonZeroU32::new(MAX).unwrap_or(NonZeroU32::MIN);
+    Ok(EtcdSlots::new(client, GROUP, max, TTL, who))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (_etcd, endpoint) = start_etcd().await?;
+
+    // 1. A slot is free: one holder acquires and releases, again and again.
+    let solo = holder(&endpoint, 0).await?;
+    let mut free = Vec::new();
+    let mut free_requests = 0;
+    for _ in 0..FREE_SAMPLES {
+        let before = solo.requests();
+        let started = Instant::now();
+        anyhow::ensure!(solo.acquire("2.0.0").await? == Acquisition::Acquired);
+        free.push(started.elapsed());
+        free_requests += solo.requests() - before;
+        solo.release().await?;
+    }
+    free.sort();
+
+    // 2. 100 contenders on max = 5, each acquiring ROUNDS times; releases and acquires are
+    // timestamped so each acquire after a wait is matched to the release just before it.
+    let releases = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let mut tasks = Vec::new();
+    for id in 1..=CONTENDERS {
+        let me = holder(&endpoint, id).await?;
+        let releases = releases.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut waited_acquires = Vec::new();
+            let mut requests = 0;
+            for _ in 0..ROUNDS {
+                let before = me.requests();
+                let first = me.acquire("2.0.0").await?;
+                let got = match first {
+                    Acquisition::Acquired => Instant::now(),
+                    _ => {
+                        let r = me.acquire_within("2.0.0", Duration::from_secs(300)).await?;
+                        anyhow::ensure!(r == Acquisition::Acquired, "not acquired: {r:?}");
+                        let at = Instant::now();
+                        waited_acquires.push(at);
+                        at
+                    }
+                };
+                requests += me.requests() - before;
+                tokio::time::sleep(HOLD.saturating_sub(got.elapsed())).await;
+                me.release().await?;
+                if let Ok(mut r) = releases.lock() {
+                    r.push(Instant::now());
+                }
+            }
+            Ok::<_, anyhow::Error>((waited_acquires, requests))
+        }));
+    }
+    let started = Instant::now();
+    let mut waited = Vec::new();
+    let mut contended_requests = 0;
+    for t in tasks {
+        let (w, r) = t.await??;
+        waited.extend(w);
+        contended_requests += r;
+    }
+    let elapsed = started.elapsed();
+    let releases = releases.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut handover: Vec<Duration> = waited
+        .iter()
+        .filter_map(|at| {
+            let before = releases.iter().filter(|r| *r <= at).max()?;
+            Some(at.duration_since(*before))
+        })
+        .collect();
+    handover.sort();
+    let acquires = CONTENDERS * ROUNDS;
+
+    println!(
+        "slot_bench: {CONTENDERS} contenders, max = {MAX}, hold {HOLD:?}, {ROUNDS} rounds each, etcd on loopback"
+    );
+    println!();
+    println!("| measure | p50 | p99 | samples |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| acquire latency, slot free | {} | {} | {} |",
+        ms(percentile(&free, 0.5)),
+        ms(percentile(&free, 0.99)),
+        free.len()
+    );
+    println!(
+        "| hand-over, release -> next waiter's acquire | {} | {} | {} |",
+        ms(percentile(&handover, 0.5)),
+        ms(percentile(&handover, 0.99)),
+        handover.len()
+    );
+    println!();
+    println!("| etcd requests per acquire (client side) | mean |");
+    println!("| --- | --- |");
+    println!(
+        "| slot free | {:.1} |",
+        free_requests as f64 / FREE_SAMPLES as f64
+    );
+    println!(
+        "| {CONTENDERS} contenders on max = {MAX} (incl. failed tries and watches) | {:.1} |",
+        contended_requests as f64 / acquires as f64
+    );
+    println!();
+    println!(
+        "{acquires} contended acquires in {:.2} s ({:.0} hand-overs/s)",
+        elapsed.as_secs_f64(),
+        acquires as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! `sidekick status`: what etcd says about update slots and halts, as aligned tables or JSON.
+//!
+//! The report is a list of sections, each gathered on its own and rendered as one table; a new
+//! section (e.g. registrations) is a field in [`StatusReport`], a gather step in [`gather`] and
+//! one entry in [`StatusReport::sections`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use etcd_client::{Client, GetOptions};
+use serde::Serialize;
+
+use crate::config::ConfigSources;
+use crate::slot::etcd::SLOT_PREFIX;
+use crate::slot::{SlotError, SlotValue, halt};
+
+/// Everything `status` shows.
+#[derive(Debug, Default, Serialize)]
+pub struct StatusReport {
+    pub slot_groups: Vec<SlotGroupStatus>,
+    pub halts: Vec<HaltStatus>,
+}
+
+/// One slot group and its holders.
+#[derive(Debug, Serialize)]
+pub struct SlotGroupStatus {
+    pub group: String,
+    pub holders: Vec<HolderStatus>,
+}
+
+/// One held slot.
+#[derive(Debug, Serialize)]
+pub struct HolderStatus {
+    pub slot: String,
+    pub holder: String,
+    pub instance: String,
+    pub version: String,
+    pub since: String,
+    /// Seconds left on the holder's lease; `None` for a key with no lease (not ours).
+    pub ttl_left: Option<i64>,
+}
+
+/// One halted group.
+#[derive(Debug, Serialize)]
+pub struct HaltStatus {
+    pub group: String,
+    pub version: String,
+    pub reason: String,
+    pub instance: String,
+    pub since: String,
+}
+
+/// A titled table of rows.
+pub struct Section {
+    pub title: &'static str,
+    pub headers: &'static [&'static str],
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Section {
+    /// The title, then the header and rows with columns padded to their widest cell.
+    pub fn render(&self) -> String {
+        let mut out = format!("{}\n", self.title);
+        if self.rows.is_empty() {
+            out.push_str("  (none)\n");
+            return out;
+        }
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&headers).chain(&self.rows) {
+            let mut line = String::from(" ");
+            for (cell, w) in row.iter().zip(&widths) {
+                let _ = write!(line, " {cell:<w$} ");
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl StatusReport {
+    /// The report as tables, in display order.
+    pub fn sections(&self) -> Vec<Section> {
+        let holders = self
+            .slot_groups
+            .iter()
+            .flat_map(|g| {
+                g.holders.iter().map(|h| {
+                    vec![
+                        g.group.clone(),
+                        h.slot.clone(),
+                        h.instance.clone(),
+                        h.version.clone(),
+                        h.since.clone(),
+                        h.ttl_left.map_or("-".into(), |t| format!("{t}s")),
+                        h.holder.clone(),
+                    ]
+                })
+            })
+            .collect();
+        let halts = self
+            .halts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.group.clone(),
+                    h.version.clone(),
+                    h.instance.clone(),
+                    h.since.clone(),
+                    h.reason.clone(),
+                ]
+            })
+            .collect();
+        vec![
+            Section {
+                title: "UPDATE SLOTS",
+                headers: &[
+                    "GROUP", "SLOT", "INSTANCE", "VERSION", "SINCE", "TTL", "HOLDER",
+                ],
+                rows: holders,
+            },
+            Section {
+                title: "HALTS",
+                headers: &["GROUP", "VERSION", "INSTANCE", "SINCE", "REASON"],
+                rows: halts,
+            },
+        ]
+    }
+
+    /// All sections, separated by blank lines.
+    pub fn render_table(&self) -> String {
+        let sections: Vec<String> = self.sections().iter().map(Section::render).collect();
+        sections.join("\n")
+    }
+}
+
+/// Reads every slot group under `/sidekick/slots/` with its holders' lease TTLs.
+pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, SlotError> {
+    let resp = client
+        .get(SLOT_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut groups: BTreeMap<String, Vec<HolderStatus>> = BTreeMap::new();
+    let mut ttls: BTreeMap<i64, i64> = BTreeMap::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let Some((group, slot)) = key
+            .strip_prefix(SLOT_PREFIX)
+            .and_then(|rest| rest.rsplit_once('/'))
+        else {
+            continue;
+        };
+        let value: SlotValue = serde_json::from_slice(kv.value()).unwrap_or_else(|_| SlotValue {
+            holder: String::from_utf8_lossy(kv.value()).into_owned(),
+            instance: "?".into(),
+            version: "?".into(),
+            since: String::new(),
+        });
+        let ttl_left = match kv.lease() {
+            0 => None,
+            lease => match ttls.get(&lease) {
+                Some(ttl) => Some(*ttl),
+                None => {
+                    let ttl = client.lease_time_to_live(lease, None).await?.ttl();
+                    ttls.insert(lease, ttl);
+                    Some(ttl)
+                }
+            },
+        };
+        groups
+            .entry(group.to_string())
+            .or_default()
+            .push(HolderStatus {
+                slot: slot.to_string(),
+                holder: value.holder,
+                instance: value.instance,
+                version: value.version,
+                since: value.since,
+                ttl_left,
+            });
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(group, holders)| SlotGroupStatus { group, holders })
+        .collect())
+}
+
+/// Gathers every section of the report from etcd.
+pub async fn gather(client: &mut Client) -> Result<StatusReport, SlotError> {
+    let halts = halt::list(client)
+        .await?
+        .into_iter()
+        .map(|(group, m)| HaltStatus {
+            group,
+            version: m.version,
+            reason: m.reason,
+            instance: m.instance,
+            since: m.since,
+        })
+        .collect();
+    Ok(StatusReport {
+        slot_groups: slot_groups(client).await?,
+        halts,
+    })
+}
+
+/// `sidekick status [--json]`.
+pub async fn run(sources: &ConfigSources, json: bool) -> ExitCode {
+    let settings = match super::load_settings(sources) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut client = match super::connect(&settings).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = match gather(&mut client).await {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("sidekick: failed to read status from etcd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("sidekick: failed to encode status: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render_table());
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_to_the_widest_cell() {
+        let section = Section {
+            title: "T",
+            headers: &["A", "LONG HEADER"],
+            rows: vec![vec!["wide cell".into(), "x".into()]],
+        };
+        assert_eq!(
+            section.render(),
+            "T\n  A          LONG HEADER\n  wide cell  x\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_section_says_none() {
+        let text = StatusReport::default().render_table();
+        assert_eq!(text, "UPDATE SLOTS\n  (none)\n\nHALTS\n  (none)\n");
+    }
+}

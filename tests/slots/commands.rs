@@ -1,0 +1,215 @@
+//! The halt marker with `sidekick slots resume`, and the `status` and `slots` commands, run as
+//! an operator would run them against a populated etcd.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use etcd_client::Client;
+use sidekick::slot::etcd::read_group;
+use sidekick::slot::{Acquisition, EtcdSlots, SlotLock};
+
+use super::support::etcd::{self, Etcd};
+use super::support::{free_port, prerequisites_met, temp_dir};
+use super::{GROUP, TTL, max, one, slots, who};
+
+/// A configuration for `sidekick` pointing at `endpoint`, written under `dir`.
+fn config(dir: &Path, endpoint: &str) -> String {
+    let path = dir.join("sidekick.toml");
+    let text = format!(
+        "[instance]\nunit = \"web@1.service\"\n\n[etcd]\nendpoints = [\"{endpoint}\"]\n\
+         timeout = \"2s\"\n\n[registration]\nenabled = false\n\n[health]\ncheck = \"none\"\n\n\
+         [update]\nenabled = false\n\n[slot]\ngroup = \"{GROUP}\"\n"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+fn sidekick(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sidekick"))
+        .args(args)
+        .env("SIDEKICK_CONFIG_ROOT", dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("sidekick binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn halt_blocks_acquire_until_slots_resume_removes_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = temp_dir("slots-halt");
+    let cfg = config(dir.path(), &etcd.endpoint());
+    let failed = slots(&client, one(), "failed");
+    let next = slots(&client, one(), "next");
+
+    failed
+        .halt("3.0.0", "not healthy within 60s")
+        .await
+        .unwrap();
+    let halted = Acquisition::Halted {
+        version: "3.0.0".into(),
+        reason: "not healthy within 60s".into(),
+    };
+    assert_eq!(next.acquire("3.0.0").await.unwrap(), halted);
+    assert_eq!(failed.acquire("3.0.0").await.unwrap(), halted);
+
+    let out = stdout(&sidekick(
+        dir.path(),
+        &["slots", "resume", "--config", &cfg],
+    ));
+    assert_eq!(
+        out.trim(),
+        format!(
+            "resumed group {GROUP} (was halted at version 3.0.0 by web-failed: not healthy within 60s)"
+        )
+    );
+    assert_eq!(next.acquire("3.0.0").await.unwrap(), Acquisition::Acquired);
+
+    let again = stdout(&sidekick(
+        dir.path(),
+        &["slots", "resume", "--config", &cfg],
+    ));
+    assert_eq!(
+        again.trim(),
+        format!("group {GROUP} is not halted; nothing to resume")
+    );
+}
+
+/// Two groups with holders and one halt.
+async fn populate(client: &Client) -> Vec<EtcdSlots> {
+    let web1 = slots(client, max(2), "id-web-1");
+    let web2 = slots(client, max(2), "id-web-2");
+    let api = EtcdSlots::new(client.clone(), "api/beta", one(), TTL, who("id-api-1"));
+    for s in [&web1, &web2, &api] {
+        assert_eq!(s.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    }
+    api.halt("2.0.0", "rolled back").await.unwrap();
+    vec![web1, web2, api]
+}
+
+#[tokio::test]
+async fn status_shows_holders_and_halts_as_an_aligned_table_and_as_json() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let _held = populate(&etcd.client().await).await;
+    let dir = temp_dir("slots-status");
+    let cfg = config(dir.path(), &etcd.endpoint());
+
+    let table = stdout(&sidekick(dir.path(), &["status", "--config", &cfg]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "UPDATE SLOTS", "{table}");
+    let header = lines[1];
+    let rows: Vec<&str> = lines[2..5].to_vec();
+    assert!(rows[0].contains("api/beta") && rows[0].contains("web-id-api-1"));
+    assert!(rows[1].contains("web/stable") && rows[1].contains("web-id-web-1"));
+    assert!(rows[2].contains("web/stable") && rows[2].contains("web-id-web-2"));
+    for column in ["INSTANCE", "VERSION", "TTL", "HOLDER"] {
+        let at = header.find(column).expect(column);
+        for row in &rows {
+            assert_eq!(
+                &row[at - 2..at],
+                "  ",
+                "column {column} misaligned:\n{table}"
+            );
+        }
+    }
+    assert!(rows[1].contains("2.0.0") && rows[1].contains("id-web-1"));
+    assert!(table.contains("\nHALTS\n"), "{table}");
+    let halt_row = table.lines().last().unwrap();
+    assert!(
+        halt_row.contains("api/beta") && halt_row.contains("rolled back"),
+        "{table}"
+    );
+
+    let json = stdout(&sidekick(
+        dir.path(),
+        &["status", "--json", "--config", &cfg],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).expect("status --json parses");
+    let groups = v["slot_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[1]["group"], "web/stable");
+    let holder = &groups[1]["holders"][0];
+    assert_eq!(holder["slot"], "0");
+    assert_eq!(holder["instance"], "web-id-web-1");
+    assert_eq!(holder["version"], "2.0.0");
+    assert!(humantime::parse_rfc3339(holder["since"].as_str().unwrap()).is_ok());
+    let ttl = holder["ttl_left"].as_i64().unwrap();
+    assert!((1..=5).contains(&ttl), "ttl_left {ttl}");
+    assert_eq!(v["halts"][0]["group"], "api/beta");
+    assert_eq!(v["halts"][0]["reason"], "rolled back");
+    assert_eq!(v["halts"][0]["instance"], "web-id-api-1");
+}
+
+#[tokio::test]
+async fn slots_release_clears_only_the_named_holder() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let _held = populate(&client).await;
+    let dir = temp_dir("slots-release");
+    let cfg = config(dir.path(), &etcd.endpoint());
+
+    let args = ["slots", "release", "--holder", "id-web-1", "--config", &cfg];
+    let out = stdout(&sidekick(dir.path(), &args));
+    assert_eq!(
+        out.trim(),
+        "released /sidekick/slots/web/stable/0 held by id-web-1"
+    );
+    let left = read_group(&mut client, GROUP).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].holder(), Some("id-web-2"));
+    assert_eq!(read_group(&mut client, "api/beta").await.unwrap().len(), 1);
+
+    let again = stdout(&sidekick(dir.path(), &args));
+    assert_eq!(
+        again.trim(),
+        "no slot of group web/stable is held by id-web-1; nothing to release"
+    );
+
+    let api = [
+        "slots", "release", "--holder", "id-api-1", "--group", "api/beta", "--config", &cfg,
+    ];
+    stdout(&sidekick(dir.path(), &api));
+    assert!(
+        read_group(&mut client, "api/beta")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn status_and_slots_exit_non_zero_when_etcd_is_unreachable() {
+    let dir = temp_dir("slots-down");
+    let cfg = config(dir.path(), &format!("http://127.0.0.1:{}", free_port()));
+    for args in [
+        vec!["status", "--config", &cfg],
+        vec!["slots", "resume", "--config", &cfg],
+        vec!["slots", "release", "--holder", "x", "--config", &cfg],
+    ] {
+        let out = sidekick(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("etcd"), "{args:?}: {err}");
+    }
+}
