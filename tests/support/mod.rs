@@ -6,6 +6,10 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod images;
+pub mod registry;
+pub mod systemd;
+pub mod traefik;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -98,7 +102,8 @@ pub fn poll_until_blocking<T, E: Debug>(
 pub enum SignalTarget {
     /// The whole process group the guard created (the child is its leader).
     Group,
-    /// Only the child's pid (e.g. `systemd-nspawn`, which powers its container off on SIGTERM).
+    /// Only the child's pid; the child runs in a new session (`setsid`), as `systemd-nspawn`
+    /// wants, which powers its container off on SIGTERM to its pid.
     Pid,
 }
 
@@ -120,10 +125,19 @@ impl ProcessGuard {
             .open(log)
             .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
         let err = out.try_clone().expect("dup log fd");
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        match target {
+            SignalTarget::Group => {
+                cmd.process_group(0);
+            }
+            // SAFETY: setsid(2) is async-signal-safe; it runs in the child between fork and exec.
+            SignalTarget::Pid => unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            },
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
@@ -327,4 +341,37 @@ pub fn run(cmd: &mut Command) -> String {
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A reqwest client for tests: ring as the rustls provider, no proxies, 5 s timeout.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("build reqwest client")
+}
+
+/// GET `url`; returns the status code and body, or the transport error as text.
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    let response = http_client()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// Polls `url` until it answers 2xx; returns that body.
+pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> Result<String, String> {
+    poll_until(timeout, &format!("GET {url} answers 2xx"), || async {
+        match http_get(url).await? {
+            (200..=299, body) => Ok(body),
+            (status, body) => Err(format!("status {status}: {body}")),
+        }
+    })
+    .await
 }

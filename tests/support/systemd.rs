@@ -1,0 +1,217 @@
+//! systemd 252 as PID 1 of a throw-away `systemd-nspawn -D / --volatile=yes` container, exactly as
+//! TESTING.md describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
+//! through a bind-mounted directory, a temp unit directory bound at `/etc/systemd/system` and the
+//! host's `/run/docker.sock` bound in.
+//!
+//! NEVER start systemd any other way: run directly on the host (even in `unshare`) it takes over
+//! the host's `/tmp`, services and consoles.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::Connection;
+use zbus::proxy::CacheProperties;
+use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
+
+use super::{Need, ProcessGuard, SignalTarget, poll_until, temp_dir};
+
+/// What systemd tests need from the machine.
+pub const NEEDS: &[Need] = &[Need::Root, Need::Binary("systemd-nspawn")];
+
+/// Booting takes a few seconds; much more on a loaded 2-core machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// The container powers off on SIGTERM; give its services time to stop.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a unit job (start, restart, stop) may take.
+const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+/// The host's Docker socket, bound into the container when it exists.
+const DOCKER_SOCKET: &str = "/run/docker.sock";
+
+/// A running systemd container; powered off (SIGTERM to `systemd-nspawn`) on drop.
+pub struct Systemd {
+    process: ProcessGuard,
+    bus_address: String,
+    dir: tempfile::TempDir,
+}
+
+impl Systemd {
+    /// Boots the container and waits until `Manager.Version` answers on its bus.
+    pub async fn start() -> Systemd {
+        let dir = temp_dir("systemd");
+        let bus = dir.path().join("bus");
+        let units = dir.path().join("units");
+        std::fs::create_dir_all(&bus).expect("create bus dir");
+        std::fs::create_dir_all(&units).expect("create unit dir");
+        // Unique, so parallel containers do not share nspawn's per-machine state under /run.
+        let suffix = dir.path().file_name().unwrap_or_default().to_string_lossy();
+        let machine = format!("sk-{}-{}", std::process::id(), suffix.replace('.', "-"));
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args(["-D", "/", "--volatile=yes", "--register=no", "--keep-unit"])
+            .arg(format!("--machine={machine}"))
+            .arg(format!("--bind={}:/run/dbus", bus.display()))
+            .arg(format!("--bind={}:/etc/systemd/system", units.display()));
+        if Path::new(DOCKER_SOCKET).exists() {
+            cmd.arg(format!("--bind={DOCKER_SOCKET}"));
+        }
+        cmd.args(["-b", "--", "--unit=basic.target", "systemd.firstboot=off"]);
+        let log = dir.path().join("nspawn.log");
+        let process = ProcessGuard::spawn("systemd-nspawn", &mut cmd, &log, SignalTarget::Pid);
+        let bus_address = format!("unix:path={}", bus.join("system_bus_socket").display());
+        let mut systemd = Systemd {
+            process,
+            bus_address,
+            dir,
+        };
+        systemd.wait_ready().await;
+        systemd
+    }
+
+    async fn wait_ready(&mut self) {
+        let socket = self.bus_dir().join("system_bus_socket");
+        let address = self.bus_address.clone();
+        let ready = poll_until(BOOT_TIMEOUT, "systemd Manager.Version answers", || {
+            let (socket, address) = (socket.clone(), address.clone());
+            async move {
+                if !socket.exists() {
+                    return Err("no bus socket yet".to_string());
+                }
+                let conn = connect(&address).await.map_err(|e| e.to_string())?;
+                let mgr = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+                mgr.version().await.map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            panic!("{e}\n--- nspawn log ---\n{}", self.log_tail(40));
+        }
+    }
+
+    /// The container's system bus, `unix:path=<tmp>/bus/system_bus_socket`.
+    pub fn bus_address(&self) -> &str {
+        &self.bus_address
+    }
+
+    /// Host directory that appears in the container as `/run/dbus` (handy for scripts).
+    pub fn bus_dir(&self) -> PathBuf {
+        self.dir.path().join("bus")
+    }
+
+    /// Host directory bound at the container's `/etc/systemd/system`.
+    pub fn unit_dir(&self) -> PathBuf {
+        self.dir.path().join("units")
+    }
+
+    /// Writes `/etc/systemd/system/<name>` (call [`Systemd::reload`] afterwards).
+    pub fn write_unit(&self, name: &str, contents: &str) {
+        std::fs::write(self.unit_dir().join(name), contents).expect("write unit file");
+    }
+
+    /// Writes `/etc/systemd/system/<unit>.d/<file>` (call [`Systemd::reload`] afterwards).
+    pub fn write_dropin(&self, unit: &str, file: &str, contents: &str) {
+        let dir = self.unit_dir().join(format!("{unit}.d"));
+        std::fs::create_dir_all(&dir).expect("create drop-in dir");
+        std::fs::write(dir.join(file), contents).expect("write drop-in");
+    }
+
+    /// A new connection to the container's system bus.
+    pub async fn connection(&self) -> Connection {
+        connect(&self.bus_address)
+            .await
+            .expect("connect to the container's bus")
+    }
+
+    /// A Manager proxy on a new connection, already `Subscribe()`d to unit signals.
+    pub async fn manager(&self) -> ManagerProxy<'static> {
+        let conn = self.connection().await;
+        let mgr = ManagerProxy::new(&conn).await.expect("manager proxy");
+        mgr.subscribe().await.expect("Manager.Subscribe");
+        mgr
+    }
+
+    /// `Manager.Reload()` (daemon-reload).
+    pub async fn reload(&self) {
+        self.manager().await.reload().await.expect("Manager.Reload");
+    }
+
+    /// Last lines of the container's console log (systemd's boot and unit messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// Powers the container off (SIGTERM to `systemd-nspawn`) and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.process.stop_within(POWEROFF_TIMEOUT);
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects to a bus address such as `unix:path=/tmp/x/bus/system_bus_socket`.
+pub async fn connect(address: &str) -> zbus::Result<Connection> {
+    zbus::connection::Builder::address(address).build().await
+}
+
+/// Which unit job to run and wait for.
+#[derive(Clone, Copy, Debug)]
+pub enum Job {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Runs `job` on `unit` with mode "replace" and waits for its `JobRemoved`; returns its result
+/// (`done`, `failed`, `timeout`, ...).
+pub async fn run_job(mgr: &ManagerProxy<'_>, job: Job, unit: &str) -> String {
+    let mut removed = mgr.receive_job_removed().await.expect("JobRemoved stream");
+    let (name, mode) = (unit.to_string(), "replace".to_string());
+    let path = match job {
+        Job::Start => mgr.start_unit(name, mode).await,
+        Job::Stop => mgr.stop_unit(name, mode).await,
+        Job::Restart => mgr.restart_unit(name, mode).await,
+    }
+    .unwrap_or_else(|e| panic!("{job:?} {unit}: {e}"));
+    let wait = async {
+        while let Some(signal) = removed.next().await {
+            let args = signal.args().expect("JobRemoved args");
+            if args.job.as_str() == path.as_str() {
+                return args.result.clone();
+            }
+        }
+        panic!("JobRemoved stream ended");
+    };
+    tokio::time::timeout(JOB_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{job:?} {unit}: no JobRemoved within {JOB_TIMEOUT:?}"))
+}
+
+/// The unit's current `ActiveState` (fresh, not cached).
+pub async fn active_state(conn: &Connection, unit: &str) -> String {
+    let mgr = ManagerProxy::new(conn).await.expect("manager proxy");
+    let path = mgr.load_unit(unit.to_string()).await.expect("LoadUnit");
+    let unit = UnitProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("unit proxy");
+    unit.active_state().await.expect("ActiveState")
+}
+
+/// The service's `Environment` property as systemd reports it now (fresh, not cached).
+pub async fn service_environment(conn: &Connection, unit: &str) -> Vec<String> {
+    let mgr = ManagerProxy::new(conn).await.expect("manager proxy");
+    let path = mgr.load_unit(unit.to_string()).await.expect("LoadUnit");
+    let service = ServiceProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("service proxy");
+    service.environment().await.expect("Service.Environment")
+}
