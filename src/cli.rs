@@ -50,6 +50,16 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and print the effective settings with their sources.
     CheckConfig,
+    /// Keep the instance registered in etcd while its unit is active and healthy.
+    Run(RunArgs),
+}
+
+/// Options of `sidekick run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Read everything, write nothing: log each registration instead of writing it to etcd.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Cli {

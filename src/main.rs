@@ -6,16 +6,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use sidekick::cli::{Cli, Command};
-use sidekick::{config, logging};
+use sidekick::{commands, config, logging};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     logging::init(cli.log, cli.verbosity());
-    match cli.command {
+    match &cli.command {
         Command::CheckConfig => check_config(&cli),
+        Command::Run(args) => commands::run::main(&cli, args),
     }
 }
 

@@ -1,0 +1,3 @@
+//! Subcommand bodies, one module each; `main.rs` dispatches to them.
+
+pub mod run;
