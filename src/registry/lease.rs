@@ -18,7 +18,7 @@ use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Desired, Entry, Published};
 use crate::backoff::{Backoff, MAX_DELAY};
@@ -347,7 +347,7 @@ impl RegistrationLease {
         }
         info!(instance = %self.instance, lease = format!("{:x}", held.id), ttl = ?held.ttl,
             keys = %entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","),
-            "registered");
+            etcd_requests = self.requests.load(Ordering::Relaxed), "registered");
         held.entries = entries;
         held.suspect = false;
         Ok(held)
@@ -381,6 +381,7 @@ impl RegistrationLease {
                     self.count();
                     keeper.keep_alive().await.map_err(rpc("lease keepalive"))?;
                     unanswered = true;
+                    debug!(etcd_requests = self.requests.load(Ordering::Relaxed), "keepalive sent");
                 }
                 message = stream.message() => match message {
                     Ok(Some(answer)) if answer.ttl() > 0 => unanswered = false,
