@@ -366,6 +366,10 @@ impl RegistrationLease {
             .lease_keep_alive(id)
             .await
             .map_err(rpc("lease keepalive"))?;
+        debug!(
+            etcd_requests = self.requests.load(Ordering::Relaxed),
+            "keepalive stream open"
+        );
         let period = (ttl / 3).max(Duration::from_millis(500));
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
