@@ -71,6 +71,16 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::commands::slots::SlotsAction,
     },
+    /// Keep the instance registered in etcd while its unit is active and healthy.
+    Run(RunArgs),
+}
+
+/// Options of `sidekick run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Read everything, write nothing: log each registration instead of writing it to etcd.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Cli {

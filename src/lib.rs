@@ -5,12 +5,16 @@
 //! everything else lives in this library so integration tests can drive each module against real
 //! servers.
 
+pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod etcd;
+pub mod health;
 pub mod identity;
 pub mod logging;
 pub mod omaha;
+pub mod registry;
 pub mod slot;
 pub mod systemd;

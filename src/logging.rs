@@ -1,6 +1,7 @@
 //! Log output: the systemd journal with structured fields when stderr is the journal (or when
 //! asked), human-readable lines on stderr otherwise.
 
+use std::io::IsTerminal as _;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -52,6 +53,7 @@ pub fn init(target: LogTarget, verbosity: i8) {
     }
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     tracing_subscriber::registry().with(filter).with(fmt).init();
 }

@@ -9,28 +9,24 @@ use clap::Parser;
 use sidekick::cli::{Cli, Command};
 use sidekick::{commands, config, logging};
 
-/// Exit code for an unusable configuration (also clap's code for bad flags).
-const EXIT_CONFIG: u8 = 2;
-
 fn main() -> ExitCode {
     // reqwest is built without a default provider so that ring is the only one in the tree.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     logging::init(cli.log, cli.verbosity());
-    match cli.command {
+    match &cli.command {
         Command::CheckConfig => check_config(&cli),
+        Command::Run(args) => commands::run::main(&cli, args),
         Command::UpdateCheck {
-            ref current_version,
+            current_version,
             interactive,
         } => block_on(commands::update_check::run(
             &cli.config_sources(),
             current_version.as_deref(),
-            interactive,
+            *interactive,
         )),
-        Command::Status { json } => block_on(commands::status::run(&cli.config_sources(), json)),
-        Command::Slots { ref action } => {
-            block_on(commands::slots::run(&cli.config_sources(), action))
-        }
+        Command::Status { json } => block_on(commands::status::run(&cli.config_sources(), *json)),
+        Command::Slots { action } => block_on(commands::slots::run(&cli.config_sources(), action)),
     }
 }
 
@@ -56,7 +52,7 @@ fn check_config(cli: &Cli) -> ExitCode {
         }
         Err(err) => {
             eprintln!("sidekick: invalid configuration: {err}");
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(commands::EXIT_CONFIG)
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Bodies of the one-shot subcommands (`update-check`, `status`, `slots`): each loads the
+//! Bodies of the subcommands (`run`; the one-shot `update-check`, `status`, `slots`): each loads the
 //! configuration, talks to the update service, etcd or the FleetLock server, prints what it found
 //! or did, and returns the exit code.
 
+pub mod run;
 pub mod slots;
 pub mod status;
 pub mod update_check;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use crate::config::{self, ConfigSources, Settings};
 
-/// Exit code for an unusable configuration (as in `main`).
+/// Exit code for an unusable configuration (also clap's code for bad flags).
 pub const EXIT_CONFIG: u8 = 2;
 
 /// The validated settings, or the exit code after printing why there are none.

@@ -1,0 +1,8 @@
+//! The agent: a pure state machine that decides ([`state`]) and the tokio loop that observes the
+//! unit and the probe and carries the decisions out through the seams ([`driver`]).
+
+pub mod driver;
+pub mod state;
+
+pub use driver::{Driver, DriverReport};
+pub use state::{Action, Agent, Observation, Phase};

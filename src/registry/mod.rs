@@ -1,0 +1,211 @@
+//! Registration of this instance in etcd: the [`Registry`] seam, the etcd implementation
+//! ([`EtcdRegistry`], backed by a supervised lease in [`lease`]) and an in-memory one
+//! ([`MemoryRegistry`]) for unit tests and `--dry-run`.
+//!
+//! Registering and deregistering only state what should be published; the registry converges
+//! etcd to it in the background and never gives up while etcd is unreachable. See
+//! `docs/registration.md` for the operator's view.
+
+pub mod address;
+pub mod layout;
+pub mod lease;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::EtcdSettings;
+pub use layout::{Announce, Entry, KeyLayout, Listed};
+use lease::RegistrationLease;
+
+/// What the caller wants published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Desired {
+    /// No registration.
+    Absent,
+    /// These keys and values, all on one lease.
+    Present(Vec<Entry>),
+    /// Withdraw the registration and stop.
+    Shutdown,
+}
+
+/// What is published in etcd right now, as far as the registry knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Nothing of ours is in etcd (never written, revoked, or expired).
+    Absent,
+    /// The keys are written on this lease and kept alive.
+    Registered { lease: i64 },
+    /// etcd does not answer; the last error. A lease may still hold keys until it expires.
+    Unreachable { error: String },
+}
+
+/// Publishes one instance's registration. Methods only state intent and return at once.
+pub trait Registry: Send {
+    /// Publishes `entries` (replacing any previous registration of this instance).
+    fn register(&mut self, entries: Vec<Entry>);
+    /// Withdraws the registration.
+    fn deregister(&mut self);
+    /// Follows what is actually published.
+    fn published(&self) -> watch::Receiver<Published>;
+    /// etcd requests made so far (RPCs and keepalive messages).
+    fn requests(&self) -> u64;
+    /// Withdraws the registration (revoking the lease) and stops, waiting at most `deadline`.
+    fn shutdown(self, deadline: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The etcd registry: a background task holding the registration lease.
+pub struct EtcdRegistry {
+    desired: watch::Sender<Desired>,
+    published: watch::Receiver<Published>,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EtcdRegistry {
+    /// Starts the lease task for `instance` on the current tokio runtime; connects lazily.
+    pub fn start(etcd: EtcdSettings, instance: String, ttl: Duration) -> EtcdRegistry {
+        let (desired, desired_rx) = watch::channel(Desired::Absent);
+        let (published_tx, published) = watch::channel(Published::Absent);
+        let requests = Arc::new(AtomicU64::new(0));
+        let lease = RegistrationLease::new(
+            etcd,
+            instance,
+            ttl,
+            desired_rx,
+            published_tx,
+            requests.clone(),
+        );
+        let task = tokio::spawn(lease.run());
+        EtcdRegistry {
+            desired,
+            published,
+            requests,
+            task,
+        }
+    }
+}
+
+impl Registry for EtcdRegistry {
+    fn register(&mut self, entries: Vec<Entry>) {
+        self.desired.send_replace(Desired::Present(entries));
+    }
+
+    fn deregister(&mut self) {
+        self.desired.send_replace(Desired::Absent);
+    }
+
+    fn published(&self) -> watch::Receiver<Published> {
+        self.published.clone()
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    async fn shutdown(self, deadline: Duration) {
+        self.desired.send_replace(Desired::Shutdown);
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!("registration not withdrawn within {deadline:?}; its lease will expire");
+            task.abort();
+        }
+    }
+}
+
+/// An in-memory registry: records every change, logs what it would write (`--dry-run`).
+#[derive(Debug, Clone)]
+pub struct MemoryRegistry {
+    state: Arc<Mutex<Option<Vec<Entry>>>>,
+    history: Arc<Mutex<Vec<Desired>>>,
+    published: watch::Sender<Published>,
+    log: bool,
+}
+
+impl MemoryRegistry {
+    /// A silent registry for tests.
+    pub fn new() -> MemoryRegistry {
+        MemoryRegistry {
+            state: Arc::default(),
+            history: Arc::default(),
+            published: watch::channel(Published::Absent).0,
+            log: false,
+        }
+    }
+
+    /// A registry that logs each write it would make (`--dry-run`).
+    pub fn logging() -> MemoryRegistry {
+        MemoryRegistry {
+            log: true,
+            ..MemoryRegistry::new()
+        }
+    }
+
+    /// The entries published now.
+    pub fn current(&self) -> Option<Vec<Entry>> {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every register/deregister/shutdown call, in order.
+    pub fn history(&self) -> Vec<Desired> {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, desired: Desired) {
+        let entries = match &desired {
+            Desired::Present(entries) => Some(entries.clone()),
+            Desired::Absent | Desired::Shutdown => None,
+        };
+        if self.log {
+            match &entries {
+                Some(entries) => {
+                    for (key, value) in entries {
+                        tracing::info!("dry run: would put {key} = {value} on a lease");
+                    }
+                }
+                None => tracing::info!("dry run: would revoke the registration lease"),
+            }
+        }
+        self.published.send_replace(match entries {
+            Some(_) => Published::Registered { lease: 0 },
+            None => Published::Absent,
+        });
+        if let Ok(mut state) = self.state.lock() {
+            *state = entries;
+        }
+        if let Ok(mut history) = self.history.lock() {
+            history.push(desired);
+        }
+    }
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        MemoryRegistry::new()
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn register(&mut self, entries: Vec<Entry>) {
+        self.record(Desired::Present(entries));
+    }
+
+    fn deregister(&mut self) {
+        self.record(Desired::Absent);
+    }
+
+    fn published(&self) -> watch::Receiver<Published> {
+        self.published.subscribe()
+    }
+
+    fn requests(&self) -> u64 {
+        0
+    }
+
+    async fn shutdown(self, _deadline: Duration) {
+        self.record(Desired::Shutdown);
+    }
+}
