@@ -1,8 +1,9 @@
-//! `sidekick status`: what etcd says about update slots and halts, as aligned tables or JSON.
+//! `sidekick status`: what etcd says about registrations (under the configured layout), update
+//! slots and halts, as aligned tables or JSON.
 //!
 //! The report is a list of sections, each gathered on its own and rendered as one table; a new
-//! section (e.g. registrations) is a field in [`StatusReport`], a gather step in [`gather`] and
-//! one entry in [`StatusReport::sections`].
+//! section is a field in [`StatusReport`], a gather step in [`gather`] and one entry in
+//! [`StatusReport::sections`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,14 +13,27 @@ use etcd_client::{Client, GetOptions};
 use serde::Serialize;
 
 use crate::config::ConfigSources;
+use crate::registry::KeyLayout;
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
 
 /// Everything `status` shows.
 #[derive(Debug, Default, Serialize)]
 pub struct StatusReport {
+    pub registrations: Vec<RegistrationStatus>,
     pub slot_groups: Vec<SlotGroupStatus>,
     pub halts: Vec<HaltStatus>,
+}
+
+/// One registration found under the configured layout's prefix.
+#[derive(Debug, Serialize)]
+pub struct RegistrationStatus {
+    pub service: String,
+    pub instance: String,
+    pub host: String,
+    pub port: u16,
+    /// Seconds left on the registration's lease; `None` for a key with no lease.
+    pub ttl_left: Option<i64>,
 }
 
 /// One slot group and its holders.
@@ -99,7 +113,7 @@ impl StatusReport {
                         h.instance.clone(),
                         h.version.clone(),
                         h.since.clone(),
-                        h.ttl_left.map_or("-".into(), |t| format!("{t}s")),
+                        ttl_cell(h.ttl_left),
                         h.holder.clone(),
                     ]
                 })
@@ -118,7 +132,25 @@ impl StatusReport {
                 ]
             })
             .collect();
+        let registrations = self
+            .registrations
+            .iter()
+            .map(|r| {
+                vec![
+                    r.service.clone(),
+                    r.instance.clone(),
+                    r.host.clone(),
+                    r.port.to_string(),
+                    ttl_cell(r.ttl_left),
+                ]
+            })
+            .collect();
         vec![
+            Section {
+                title: "REGISTRATIONS",
+                headers: &["SERVICE", "INSTANCE", "HOST", "PORT", "TTL"],
+                rows: registrations,
+            },
             Section {
                 title: "UPDATE SLOTS",
                 headers: &[
@@ -141,13 +173,62 @@ impl StatusReport {
     }
 }
 
+fn ttl_cell(ttl_left: Option<i64>) -> String {
+    ttl_left.map_or("-".into(), |t| format!("{t}s"))
+}
+
+/// Seconds left on each lease, asked once per lease.
+#[derive(Default)]
+struct LeaseTtls(BTreeMap<i64, i64>);
+
+impl LeaseTtls {
+    async fn of(&mut self, client: &mut Client, lease: i64) -> Result<Option<i64>, SlotError> {
+        if lease == 0 {
+            return Ok(None);
+        }
+        if let Some(ttl) = self.0.get(&lease) {
+            return Ok(Some(*ttl));
+        }
+        let ttl = client.lease_time_to_live(lease, None).await?.ttl();
+        self.0.insert(lease, ttl);
+        Ok(Some(ttl))
+    }
+}
+
+/// Reads every registration of `layout`, with its lease's TTL.
+pub async fn registrations(
+    client: &mut Client,
+    layout: &KeyLayout,
+) -> Result<Vec<RegistrationStatus>, SlotError> {
+    let resp = client
+        .get(layout.list_prefix(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut ttls = LeaseTtls::default();
+    let mut found = Vec::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let value = String::from_utf8_lossy(kv.value());
+        let Some(listed) = layout.parse(&key, &value) else {
+            continue;
+        };
+        found.push(RegistrationStatus {
+            service: listed.service,
+            instance: listed.instance,
+            host: listed.host,
+            port: listed.port,
+            ttl_left: ttls.of(client, kv.lease()).await?,
+        });
+    }
+    Ok(found)
+}
+
 /// Reads every slot group under `/sidekick/slots/` with its holders' lease TTLs.
 pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, SlotError> {
     let resp = client
         .get(SLOT_PREFIX, Some(GetOptions::new().with_prefix()))
         .await?;
     let mut groups: BTreeMap<String, Vec<HolderStatus>> = BTreeMap::new();
-    let mut ttls: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut ttls = LeaseTtls::default();
     for kv in resp.kvs() {
         let key = String::from_utf8_lossy(kv.key());
         let Some((group, slot)) = key
@@ -162,17 +243,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
             version: "?".into(),
             since: String::new(),
         });
-        let ttl_left = match kv.lease() {
-            0 => None,
-            lease => match ttls.get(&lease) {
-                Some(ttl) => Some(*ttl),
-                None => {
-                    let ttl = client.lease_time_to_live(lease, None).await?.ttl();
-                    ttls.insert(lease, ttl);
-                    Some(ttl)
-                }
-            },
-        };
+        let ttl_left = ttls.of(client, kv.lease()).await?;
         groups
             .entry(group.to_string())
             .or_default()
@@ -192,7 +263,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
 }
 
 /// Gathers every section of the report from etcd.
-pub async fn gather(client: &mut Client) -> Result<StatusReport, SlotError> {
+pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusReport, SlotError> {
     let halts = halt::list(client)
         .await?
         .into_iter()
@@ -205,6 +276,7 @@ pub async fn gather(client: &mut Client) -> Result<StatusReport, SlotError> {
         })
         .collect();
     Ok(StatusReport {
+        registrations: registrations(client, layout).await?,
         slot_groups: slot_groups(client).await?,
         halts,
     })
@@ -220,7 +292,8 @@ pub async fn run(sources: &ConfigSources, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let report = match gather(&mut client).await {
+    let layout = KeyLayout::from_settings(&settings.registration);
+    let report = match gather(&mut client, &layout).await {
         Ok(r) => r,
         Err(err) => {
             eprintln!("sidekick: failed to read status from etcd: {err}");

@@ -17,7 +17,7 @@ fn config(dir: &Path, endpoint: &str) -> String {
     let path = dir.join("sidekick.toml");
     let text = format!(
         "[instance]\nunit = \"web@1.service\"\n\n[etcd]\nendpoints = [\"{endpoint}\"]\n\
-         timeout = \"2s\"\n\n[registration]\nenabled = false\n\n[health]\ncheck = \"none\"\n\n\
+         timeout = \"2s\"\n\n[registration]\nenabled = false\nport = 8080\n\n[health]\ncheck = \"none\"\n\n\
          [update]\nenabled = false\n\n[slot]\ngroup = \"{GROUP}\"\n"
     );
     std::fs::write(&path, text).expect("write config");
@@ -102,20 +102,41 @@ async fn populate(client: &Client) -> Vec<EtcdSlots> {
 }
 
 #[tokio::test]
-async fn status_shows_holders_and_halts_as_an_aligned_table_and_as_json() {
+async fn status_shows_registrations_holders_and_halts_as_aligned_tables_and_as_json() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
     let etcd = Etcd::start().await;
-    let _held = populate(&etcd.client().await).await;
+    let mut client = etcd.client().await;
+    let _held = populate(&client).await;
+    // One registration in the configured (seed) layout, and a key under its prefix that is not one.
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    let with_lease = etcd_client::PutOptions::new().with_lease(lease);
+    let registration = r#"{"host":"10.0.0.5","port":8080}"#;
+    client
+        .put("/services/web/web-1", registration, Some(with_lease))
+        .await
+        .unwrap();
+    client
+        .put("/services/web", "not a registration", None)
+        .await
+        .unwrap();
     let dir = temp_dir("slots-status");
     let cfg = config(dir.path(), &etcd.endpoint());
 
     let table = stdout(&sidekick(dir.path(), &["status", "--config", &cfg]));
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0], "UPDATE SLOTS", "{table}");
-    let header = lines[1];
-    let rows: Vec<&str> = lines[2..5].to_vec();
+    assert_eq!(lines[0], "REGISTRATIONS", "{table}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["SERVICE", "INSTANCE", "HOST", "PORT", "TTL"]
+    );
+    let cells: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(&cells[..4], ["web", "web-1", "10.0.0.5", "8080"], "{table}");
+    assert_eq!(lines[3], "", "{table}");
+    assert_eq!(lines[4], "UPDATE SLOTS", "{table}");
+    let header = lines[5];
+    let rows: Vec<&str> = lines[6..9].to_vec();
     assert!(rows[0].contains("api/beta") && rows[0].contains("web-id-api-1"));
     assert!(rows[1].contains("web/stable") && rows[1].contains("web-id-web-1"));
     assert!(rows[2].contains("web/stable") && rows[2].contains("web-id-web-2"));
@@ -142,6 +163,18 @@ async fn status_shows_holders_and_halts_as_an_aligned_table_and_as_json() {
         &["status", "--json", "--config", &cfg],
     ));
     let v: serde_json::Value = serde_json::from_str(&json).expect("status --json parses");
+    assert_eq!(
+        v["registrations"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
+    assert_eq!(v["registrations"][0]["host"], "10.0.0.5");
+    assert_eq!(v["registrations"][0]["port"], 8080);
+    let reg_ttl = v["registrations"][0]["ttl_left"].as_i64().unwrap();
+    assert!(
+        (1..=30).contains(&reg_ttl),
+        "registration ttl_left {reg_ttl}"
+    );
     let groups = v["slot_groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
     assert_eq!(groups[1]["group"], "web/stable");
