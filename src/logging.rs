@@ -39,9 +39,17 @@ pub fn init(target: LogTarget, verbosity: i8) {
     if use_journal {
         match tracing_journald::layer() {
             Ok(layer) => {
+                // syslog's meaning of the levels (INFO 6, DEBUG 7), as `journalctl -p` expects;
+                // the crate's default puts INFO at 5 (notice) and DEBUG at 6.
+                let priorities = tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    ..tracing_journald::PriorityMappings::new()
+                };
                 let layer = layer
                     .with_field_prefix(None)
-                    .with_syslog_identifier("sidekick".into());
+                    .with_syslog_identifier("sidekick".into())
+                    .with_priority_mappings(priorities);
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(layer)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, info_span};
 
 use crate::agent::{Agent, Driver, DriverReport};
 use crate::cli::{Cli, RunArgs};
@@ -33,6 +33,9 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every record carries the unit: the journal gets UNIT= on each entry. The runtime is
+    // single-threaded, so the span stays entered for every task it polls.
+    let _instance = info_span!("instance", unit = %settings.instance.unit).entered();
     let started = Instant::now();
     match runtime.block_on(run(settings, args.dry_run)) {
         Ok(report) => {
