@@ -1,19 +1,34 @@
-//! The one retry policy: exponential backoff with jitter and a cap. Used wherever the daemon waits
-//! for an outside system (etcd, the system bus) to come back.
+//! The one retry policy: exponential backoff with jitter and a cap, from `backon` (the `backoff`
+//! crate is unmaintained: RUSTSEC-2025-0012). Used wherever the daemon waits for an outside
+//! system (etcd, the system bus) to come back.
 
 use std::time::Duration;
 
-/// First retry delay.
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// First retry delay (the upper end of its jitter range).
 pub const INITIAL_DELAY: Duration = Duration::from_millis(250);
 /// No retry waits longer than this.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Exponential delays, doubling from [`INITIAL_DELAY`] up to a cap, each drawn uniformly from the
 /// upper half of the current step so retries of many sidekicks spread out ("equal jitter").
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Backoff {
-    step: Duration,
     cap: Duration,
+    delays: ExponentialBackoff,
+}
+
+/// backon's jitter adds up to one more delay on top of each delay, so steps run at half the
+/// bounds: `[step, 2 * step)` with `2 * step` from [`INITIAL_DELAY`] up to `cap`.
+fn delays(cap: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(INITIAL_DELAY / 2)
+        .with_max_delay(cap / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 impl Backoff {
@@ -21,28 +36,27 @@ impl Backoff {
     pub fn new(cap: Duration) -> Backoff {
         let cap = cap.clamp(INITIAL_DELAY, MAX_DELAY);
         Backoff {
-            step: INITIAL_DELAY,
             cap,
+            delays: delays(cap),
         }
     }
 
-    /// Changes the cap, keeping the current step where it still fits.
+    /// Changes the cap; a new cap starts the steps over.
     pub fn set_cap(&mut self, cap: Duration) {
-        self.cap = cap.clamp(INITIAL_DELAY, MAX_DELAY);
-        self.step = self.step.min(self.cap);
+        let cap = cap.clamp(INITIAL_DELAY, MAX_DELAY);
+        if cap != self.cap {
+            *self = Backoff::new(cap);
+        }
     }
 
     /// The delay before the next retry; grows the next one.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.step.min(self.cap);
-        self.step = (step * 2).min(self.cap);
-        let half = step / 2;
-        half + half.mul_f64(fastrand::f64())
+        self.delays.next().unwrap_or(self.cap).min(self.cap)
     }
 
     /// Starts over after a success.
     pub fn reset(&mut self) {
-        self.step = INITIAL_DELAY;
+        self.delays = delays(self.cap);
     }
 }
 
@@ -64,6 +78,30 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
         assert!(delays[9] >= Duration::from_secs(1));
         backoff.reset();
+        assert!(backoff.next_delay() <= INITIAL_DELAY);
+    }
+
+    #[test]
+    fn delays_at_the_cap_spread_over_its_upper_half() {
+        let mut backoff = Backoff::new(Duration::from_secs(4));
+        let capped: Vec<Duration> = (0..40).map(|_| backoff.next_delay()).skip(10).collect();
+        assert!(
+            capped.iter().all(|d| *d >= Duration::from_secs(2)),
+            "{capped:?}"
+        );
+        assert!(
+            capped.iter().any(|d| *d != capped[0]),
+            "jittered: {capped:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_cap_starts_over_and_bounds_the_next_delay() {
+        let mut backoff = Backoff::new(MAX_DELAY);
+        for _ in 0..10 {
+            backoff.next_delay();
+        }
+        backoff.set_cap(Duration::from_secs(1));
         assert!(backoff.next_delay() <= INITIAL_DELAY);
     }
 
