@@ -4,17 +4,21 @@
 //! Nebraska counts one instance per `machineid` and per app (reference §5.2–5.3), so two sidekicks
 //! on one host must never share an id, and an id must survive restarts. The id is therefore a keyed
 //! hash, in the spirit of systemd's `sd_id128_get_machine_app_specific()`: HMAC-SHA256 keyed with
-//! the host's `/etc/machine-id`, over a domain tag, the Omaha app id and the instance name,
-//! truncated to 128 bits and written as 32 lowercase hex characters (never braced: Nebraska treats
-//! braced UUIDs as fake instances).
+//! the host's `/etc/machine-id`, over a domain tag, the Omaha app id and the app's systemd unit
+//! name, truncated to 128 bits and written as 32 lowercase hex characters (never braced: Nebraska
+//! treats braced UUIDs as fake instances).
 //!
-//! The app id is part of the message so that the same instance name under two apps (or two
-//! update services) does not give correlatable ids, and the raw host machine id never leaves the
-//! host. Changing the app id or the instance name yields a new instance in Nebraska, by design.
+//! The unit name (`web@1.service`) is what tells two instances on one host apart; the instance
+//! name derived from it is not, since `web@1` and `web-1` would share it. The app id is part of
+//! the message so that one unit under two apps does not give correlatable ids; it is hashed in the
+//! form Nebraska compares it (trimmed, braces stripped, lowercase), so spelling it differently does
+//! not make a new instance. The raw host machine id never leaves the host.
 
 use std::path::Path;
 
 use ring::hmac;
+
+use crate::omaha::protocol::normalise_app_id;
 
 /// Where systemd keeps the host's machine id.
 pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
@@ -43,32 +47,29 @@ pub enum IdentityError {
     /// The boot id was not a UUID.
     #[error("boot id is not a UUID: {0:?}")]
     InvalidBootId(String),
-    /// The instance name was empty.
-    #[error("instance name is empty")]
-    EmptyInstanceName,
+    /// The unit name was empty.
+    #[error("unit name is empty")]
+    EmptyUnit,
 }
 
-/// Derives the app-specific machine id from the host machine id's text, the app id and the instance name.
+/// Derives the app-specific machine id from the host machine id's text, the app id and the unit.
 pub fn app_machine_id(
     host_machine_id: &str,
     app_id: &str,
-    instance_name: &str,
+    unit: &str,
 ) -> Result<String, IdentityError> {
     let host = host_machine_id.trim();
     if host.len() != 32 || !host.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(IdentityError::InvalidMachineId(host.to_owned()));
     }
-    if instance_name.is_empty() {
-        return Err(IdentityError::EmptyInstanceName);
+    if unit.is_empty() {
+        return Err(IdentityError::EmptyUnit);
     }
+    let app_id = normalise_app_id(app_id);
     let key = hmac::Key::new(hmac::HMAC_SHA256, host.to_ascii_lowercase().as_bytes());
     let mut context = hmac::Context::with_key(&key);
     // Length-prefixed fields, so ("ab", "c") and ("a", "bc") never collide.
-    for field in [
-        MACHINE_ID_DOMAIN,
-        app_id.as_bytes(),
-        instance_name.as_bytes(),
-    ] {
+    for field in [MACHINE_ID_DOMAIN, app_id.as_bytes(), unit.as_bytes()] {
         context.update(&(field.len() as u64).to_be_bytes());
         context.update(field);
     }
@@ -80,10 +81,10 @@ pub fn app_machine_id(
 pub fn read_app_machine_id(
     machine_id_path: &Path,
     app_id: &str,
-    instance_name: &str,
+    unit: &str,
 ) -> Result<String, IdentityError> {
     let host = read_to_string(machine_id_path)?;
-    app_machine_id(&host, app_id, instance_name)
+    app_machine_id(&host, app_id, unit)
 }
 
 /// Formats a kernel boot id as the braced, lowercase UUID the `bootid` attribute carries.
@@ -132,31 +133,54 @@ mod tests {
 
     #[test]
     fn machine_id_is_32_lowercase_hex_without_braces() {
-        let id = app_machine_id(HOST, APP, "web-1").unwrap();
+        let id = app_machine_id(HOST, APP, "web@1.service").unwrap();
         assert!(is_32_lower_hex(&id), "{id}");
     }
 
     #[test]
     fn machine_id_is_stable_across_calls_and_trailing_newline() {
-        let a = app_machine_id(HOST, APP, "web-1").unwrap();
-        let b = app_machine_id(&format!("{HOST}\n"), APP, "web-1").unwrap();
+        let a = app_machine_id(HOST, APP, "web@1.service").unwrap();
+        let b = app_machine_id(&format!("{HOST}\n"), APP, "web@1.service").unwrap();
         assert_eq!(a, b);
     }
 
     #[test]
     fn two_instances_on_one_host_get_distinct_ids() {
-        let a = app_machine_id(HOST, APP, "web-1").unwrap();
-        let b = app_machine_id(HOST, APP, "web-2").unwrap();
+        let a = app_machine_id(HOST, APP, "web@1.service").unwrap();
+        let b = app_machine_id(HOST, APP, "web@2.service").unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
-    fn same_instance_name_under_another_app_or_host_gets_another_id() {
-        let base = app_machine_id(HOST, APP, "web-1").unwrap();
-        assert_ne!(base, app_machine_id(HOST, "other-app", "web-1").unwrap());
+    fn same_unit_under_another_app_or_host_gets_another_id() {
+        let base = app_machine_id(HOST, APP, "web@1.service").unwrap();
+        assert_ne!(
+            base,
+            app_machine_id(HOST, "other-app", "web@1.service").unwrap()
+        );
         let other_host = "0123456789abcdef0123456789abcdef";
-        assert_ne!(base, app_machine_id(other_host, APP, "web-1").unwrap());
+        assert_ne!(
+            base,
+            app_machine_id(other_host, APP, "web@1.service").unwrap()
+        );
         assert_ne!(base, HOST, "the host id must not leak");
+    }
+
+    #[test]
+    fn units_whose_instance_names_coincide_get_distinct_ids() {
+        let a = app_machine_id(HOST, APP, "web@1.service").unwrap();
+        let b = app_machine_id(HOST, APP, "web-1.service").unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn app_id_spelled_as_nebraska_would_accept_it_gives_the_same_id() {
+        let plain = app_machine_id(HOST, APP, "web@1.service").unwrap();
+        let braced = format!("{{{}}}", APP.to_ascii_uppercase());
+        assert_eq!(
+            plain,
+            app_machine_id(HOST, &braced, "web@1.service").unwrap()
+        );
     }
 
     #[test]
@@ -167,9 +191,9 @@ mod tests {
     }
 
     #[test]
-    fn rejects_malformed_host_id_and_empty_name() {
-        assert!(app_machine_id("", APP, "web-1").is_err());
-        assert!(app_machine_id("not-hex-not-hex-not-hex-not-hex!", APP, "web-1").is_err());
+    fn rejects_malformed_host_id_and_empty_unit() {
+        assert!(app_machine_id("", APP, "web@1.service").is_err());
+        assert!(app_machine_id("not-hex-not-hex-not-hex-not-hex!", APP, "web@1.service").is_err());
         assert!(app_machine_id(HOST, APP, "").is_err());
     }
 
@@ -178,9 +202,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("machine-id");
         std::fs::write(&path, format!("{HOST}\n")).unwrap();
-        let from_file = read_app_machine_id(&path, APP, "web-1").unwrap();
-        assert_eq!(from_file, app_machine_id(HOST, APP, "web-1").unwrap());
-        assert!(read_app_machine_id(&dir.path().join("missing"), APP, "web-1").is_err());
+        let from_file = read_app_machine_id(&path, APP, "web@1.service").unwrap();
+        assert_eq!(
+            from_file,
+            app_machine_id(HOST, APP, "web@1.service").unwrap()
+        );
+        assert!(read_app_machine_id(&dir.path().join("missing"), APP, "web@1.service").is_err());
     }
 
     #[test]

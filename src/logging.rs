@@ -23,14 +23,8 @@ pub enum LogTarget {
 /// Installs the global subscriber. `verbosity` is `-v` count minus `-q` count; `RUST_LOG`, when
 /// set, takes precedence over both.
 pub fn init(target: LogTarget, verbosity: i8) {
-    let level = match verbosity {
-        i8::MIN..=-2 => "error",
-        -1 => "warn",
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level_for(verbosity)));
     let use_journal = match target {
         LogTarget::Journald => true,
         LogTarget::Stderr => false,
@@ -66,6 +60,17 @@ pub fn init(target: LogTarget, verbosity: i8) {
     tracing_subscriber::registry().with(filter).with(fmt).init();
 }
 
+/// The level shown by default: info, one step per `-v` or `-q`.
+fn level_for(verbosity: i8) -> &'static str {
+    match verbosity {
+        i8::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    }
+}
+
 /// True when `JOURNAL_STREAM` names the device and inode of our stderr, as systemd documents.
 fn stderr_is_journal() -> bool {
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
@@ -81,4 +86,18 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_v_or_q_moves_the_level_one_step() {
+        let levels: Vec<&str> = (-3..=3).map(level_for).collect();
+        assert_eq!(
+            levels,
+            ["error", "error", "warn", "info", "debug", "trace", "trace"]
+        );
+    }
 }

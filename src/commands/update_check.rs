@@ -134,7 +134,7 @@ pub fn app_instance(settings: &Settings) -> Result<AppInstance, identity::Identi
         machine_id: identity::read_app_machine_id(
             Path::new(identity::MACHINE_ID_PATH),
             &update.app_id,
-            &settings.instance.name,
+            &settings.instance.unit,
         )?,
         boot_id: identity::read_boot_id(Path::new(identity::BOOT_ID_PATH))?,
     })

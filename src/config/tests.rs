@@ -116,7 +116,7 @@ fn defaults_fill_derived_names_prefix_and_slot_group() {
     let root = tempfile::tempdir().unwrap();
     let file = write(
         &root.path().join("c.toml"),
-        "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\nlayout = \"traefik\"\n[update]\nserver = \"http://127.0.0.1:8000/v1/update/\"\napp_id = \"e96281a6-d1af-4bde-9a0a-97b76e56dc57\"\n",
+        "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\nlayout = \"traefik\"\n[update]\nserver = \"http://127.0.0.1:8000/v1/update/\"\napp_id = \"6a6e5b4c-0000-4000-8000-00000000beef\"\n",
     );
     let s = load(&sources(root.path(), vec![file], None))
         .unwrap()
@@ -124,7 +124,7 @@ fn defaults_fill_derived_names_prefix_and_slot_group() {
     assert_eq!(s.instance.name, "web-1");
     assert_eq!(s.instance.service, "web");
     assert_eq!(s.registration.prefix, "traefik");
-    assert_eq!(s.slot.group, "e96281a6-d1af-4bde-9a0a-97b76e56dc57/stable");
+    assert_eq!(s.slot.group, "6a6e5b4c-0000-4000-8000-00000000beef/stable");
     assert_eq!(
         s.health.check,
         HealthCheck::Http {

@@ -220,7 +220,7 @@ impl Settings {
             });
         let uses_tls = endpoints.iter().any(|url| url.scheme() == "https");
         if uses_tls && etcd.ca_file.is_none() {
-            return Err(check.fail("etcd.ca_file", "required for https:// endpoints"));
+            return Err(check.fail("etcd.endpoints", "https:// endpoints need etcd.ca_file"));
         }
         if !uses_tls && (etcd.ca_file.is_some() || client_cert.is_some()) {
             return Err(check.fail(

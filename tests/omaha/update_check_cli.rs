@@ -8,6 +8,7 @@ use super::*;
 struct CheckRun {
     code: Option<i32>,
     json: serde_json::Value,
+    stderr: String,
 }
 
 fn config_for(dir: &std::path::Path, server: &LocalService, app: &str) -> PathBuf {
@@ -26,6 +27,17 @@ async fn update_check(
     extra: &[&str],
     bus: Option<&str>,
 ) -> CheckRun {
+    update_check_logging(config, unit, extra, bus, None).await
+}
+
+/// As [`update_check`], with `RUST_LOG` set to `rust_log` when given.
+async fn update_check_logging(
+    config: &std::path::Path,
+    unit: &str,
+    extra: &[&str],
+    bus: Option<&str>,
+    rust_log: Option<&str>,
+) -> CheckRun {
     let root = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidekick"));
     cmd.args(["update-check", "--config"])
@@ -36,6 +48,9 @@ async fn update_check(
         .env_remove("RUST_LOG");
     if let Some(bus) = bus {
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
+    }
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
     }
     let out = cmd.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -48,6 +63,7 @@ async fn update_check(
     CheckRun {
         code: out.status.code(),
         json,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -140,6 +156,31 @@ async fn update_check_refuses_an_offer_with_a_malicious_codebase_and_reports_it(
             && e["error_code"] == error_code::OFFER_REFUSED),
         "a 3/0 event with the refusal code was sent: {events:?}"
     );
+    // The refusal is logged as a warning: -q keeps warnings, -qq hides them, RUST_LOG wins.
+    let args = ["--current-version", "1.0.0"];
+    let logged = |run: &CheckRun| run.stderr.contains("refused the offered update");
+    assert!(
+        logged(&run),
+        "default level shows the warning: {}",
+        run.stderr
+    );
+    let quiet = update_check(&config, "web@1", &[&["-q"][..], &args].concat(), None).await;
+    assert!(logged(&quiet), "-q still shows warnings: {}", quiet.stderr);
+    let quieter = update_check(&config, "web@1", &[&["-qq"][..], &args].concat(), None).await;
+    assert!(
+        !logged(&quieter),
+        "-qq shows errors only: {}",
+        quieter.stderr
+    );
+    let env = update_check_logging(
+        &config,
+        "web@1",
+        &[&["-qq"][..], &args].concat(),
+        None,
+        Some("warn"),
+    )
+    .await;
+    assert!(logged(&env), "RUST_LOG overrides -qq: {}", env.stderr);
 }
 
 #[tokio::test]
