@@ -8,6 +8,8 @@ mod service;
 mod example_service;
 #[path = "omaha/faults.rs"]
 mod faults;
+#[path = "omaha/https.rs"]
+mod https;
 #[path = "omaha/injection.rs"]
 mod injection;
 #[path = "omaha/requests.rs"]

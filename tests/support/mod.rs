@@ -22,6 +22,7 @@
 
 pub mod etcd;
 pub mod images;
+pub mod pki;
 pub mod registry;
 pub mod systemd;
 pub mod traefik;
