@@ -20,6 +20,9 @@ use super::{Need, ProcessGuard, SignalTarget, poll_until, temp_dir};
 /// What systemd tests need from the machine.
 pub const NEEDS: &[Need] = &[Need::Root, Need::Binary("systemd-nspawn")];
 
+/// What [`Systemd::systemctl`] needs besides [`NEEDS`].
+pub const SYSTEMCTL_NEEDS: &[Need] = &[Need::Binary("nsenter"), Need::Binary("systemctl")];
+
 /// Booting takes a few seconds; much more on a loaded 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The container powers off on SIGTERM; give its services time to stop.
@@ -133,6 +136,30 @@ impl Systemd {
     /// `Manager.Reload()` (daemon-reload).
     pub async fn reload(&self) {
         self.manager().await.reload().await.expect("Manager.Reload");
+    }
+
+    /// The container's PID 1 (systemd) as the host sees it: `systemd-nspawn`'s child.
+    pub fn init_pid(&self) -> u32 {
+        let nspawn = self.process.pid();
+        let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+            .expect("read systemd-nspawn's children");
+        let mut pids = children.split_whitespace();
+        match (pids.next(), pids.next()) {
+            (Some(pid), None) => pid.parse().expect("pid"),
+            _ => panic!("systemd-nspawn {nspawn} has children {children:?}, not just PID 1"),
+        }
+    }
+
+    /// Runs `systemctl ARGS` inside the container, where it talks to systemd over
+    /// `/run/systemd/private`, not the system bus: the way to reach systemd while the bus is down.
+    /// Returns stdout; panics when it fails.
+    pub fn systemctl(&self, args: &[&str]) -> String {
+        let target = self.init_pid().to_string();
+        super::run(
+            Command::new("nsenter")
+                .args(["--target", &target, "--mount", "--pid", "--", "systemctl"])
+                .args(args),
+        )
     }
 
     /// Last lines of the container's console log (systemd's boot and unit messages).
