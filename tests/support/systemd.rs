@@ -1,7 +1,8 @@
 //! systemd 252 as PID 1 of a throw-away `systemd-nspawn -D / --volatile=yes` container, exactly as
 //! TESTING.md describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
 //! through a bind-mounted directory, a temp unit directory bound at `/etc/systemd/system` and the
-//! host's `/run/docker.sock` bound in.
+//! host's `/run/docker.sock` bound in. Each container starts in a cgroup of its own, so parallel
+//! containers do not share (and kill) each other's unit cgroups.
 //!
 //! NEVER start systemd any other way: run directly on the host (even in `unshare`) it takes over
 //! the host's `/tmp`, services and consoles.
@@ -15,6 +16,7 @@ use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
+use super::cgroup::ContainerCgroup;
 use super::{Need, ProcessGuard, SignalTarget, poll_until, temp_dir};
 
 /// What systemd tests need from the machine.
@@ -37,6 +39,8 @@ pub struct Systemd {
     process: ProcessGuard,
     bus_address: String,
     dir: tempfile::TempDir,
+    /// Removed after `process` stops (fields drop in order).
+    _cgroup: ContainerCgroup,
 }
 
 impl Systemd {
@@ -59,6 +63,8 @@ impl Systemd {
             cmd.arg(format!("--bind={DOCKER_SOCKET}"));
         }
         cmd.args(["-b", "--", "--unit=basic.target", "systemd.firstboot=off"]);
+        let cgroup = ContainerCgroup::create(&machine);
+        cgroup.enter_on_spawn(&mut cmd);
         let log = dir.path().join("nspawn.log");
         let process = ProcessGuard::spawn("systemd-nspawn", &mut cmd, &log, SignalTarget::Pid);
         let bus_address = format!("unix:path={}", bus.join("system_bus_socket").display());
@@ -66,6 +72,7 @@ impl Systemd {
             process,
             bus_address,
             dir,
+            _cgroup: cgroup,
         };
         systemd.wait_ready().await;
         systemd
