@@ -328,7 +328,7 @@ async fn sigterm_removes_the_key_and_exits_zero_within_two_seconds() {
     assert_eq!(count_keys(&client, "/services/").await, 0);
 }
 
-/// The D-Bus connection cut and restored (`tests/registration/resilience.rs`).
+/// The D-Bus connection cut and restored, and `run --dry-run` (`tests/registration/resilience.rs`).
 #[path = "registration/resilience.rs"]
 mod resilience;
 

@@ -1,5 +1,5 @@
-//! The sidekick against a system bus that goes away and comes back, with the real etcd and the
-//! real systemd container.
+//! The sidekick against a system bus that goes away and comes back, and `run --dry-run`, each
+//! against the real etcd and the real systemd container.
 //!
 //! The bus is cut the way it goes in production: `dbus.service` restarts (a package upgrade), or
 //! `dbus.socket` and `dbus.service` stop for a while. Either way `dbus-daemon` exits and every
@@ -9,15 +9,17 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
+use etcd_client::{Client, GetOptions};
 
 use super::harness::{
-    SLEEP_UNIT, Sidekick, config, count_keys, deleted, start_unit, wait_for_key, watch,
+    SLEEP_UNIT, Sidekick, app_unit, config, count_keys, deleted, start_unit, wait_for_key, watch,
+    web_root,
 };
 use super::support::etcd::{self, Etcd};
+use super::support::images::{self, Container};
 use super::support::systemd::{self, Job, Systemd};
-use super::support::{poll_until, prerequisites_met, temp_dir};
-use super::{DEREGISTER_BUDGET, REGISTER_TIMEOUT, SEED_KEY};
+use super::support::{free_port, poll_until, prerequisites_met, temp_dir};
+use super::{DEREGISTER_BUDGET, REGISTER_TIMEOUT, SEED_KEY, STOP_BUDGET};
 
 /// `dbus-daemon` restarting, systemd rejoining the bus and the sidekick's reconnect backoff
 /// (capped at 5 s) together.
@@ -153,4 +155,71 @@ async fn a_unit_stopped_while_the_bus_is_down_is_deregistered_when_the_bus_retur
     );
     wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
     assert_eq!(count_keys(&client, "/services/").await, 1);
+}
+
+#[tokio::test]
+async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_etcd() {
+    if !prerequisites_met(&super::needs_app()) {
+        return;
+    }
+    let dir = temp_dir("reg-dry-run");
+    let www = web_root();
+    let port = free_port();
+    let container = Container::guard(&images::unique_name("reg"));
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let systemd = Systemd::start().await;
+    let mgr = start_unit(&systemd, &app_unit(container.name(), port, www.path())).await;
+    let mut sidekick = Sidekick::start_with(
+        &systemd,
+        dir.path(),
+        "sk",
+        &config(&etcd.endpoint(), "seed", port, 10, "check = \"http\""),
+        &["--dry-run"],
+    );
+
+    let put = format!(r#"would put {SEED_KEY} = {{"host":"127.0.0.1","port":{port}}}"#);
+    wait_for_log(&sidekick, "dry-run registration logged", |log| {
+        log.contains(&put)
+    })
+    .await;
+    assert_etcd_untouched(&client).await;
+
+    assert_eq!(
+        systemd::run_job(&mgr, Job::Stop, "web@1.service").await,
+        "done"
+    );
+    let log = wait_for_log(&sidekick, "dry-run deregistration logged", |log| {
+        log.contains("would revoke the registration lease")
+    })
+    .await;
+    assert!(
+        log.contains("unit active and healthy: registering"),
+        "{log}"
+    );
+    assert_etcd_untouched(&client).await;
+
+    sidekick.signal(libc::SIGTERM);
+    let status = sidekick.wait_exit(STOP_BUDGET * 2).await.expect("exited");
+    assert!(status.success(), "exit status {status}");
+    assert_etcd_untouched(&client).await;
+}
+
+/// No key anywhere in the keyspace and no lease granted.
+async fn assert_etcd_untouched(client: &Client) {
+    let mut client = client.clone();
+    let all = GetOptions::new().with_all_keys();
+    let got = client.get("", Some(all)).await.expect("get all keys");
+    let keys: Vec<_> = got
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap_or("?"))
+        .collect();
+    assert!(keys.is_empty(), "etcd has keys: {keys:?}");
+    let leases = client.leases().await.expect("list leases");
+    assert!(
+        leases.leases().is_empty(),
+        "leases granted: {:?}",
+        leases.leases()
+    );
 }
