@@ -203,6 +203,9 @@ async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_
     let status = sidekick.wait_exit(STOP_BUDGET * 2).await.expect("exited");
     assert!(status.success(), "exit status {status}");
     assert_etcd_untouched(&client).await;
+    // Shutdown after the deregistration has nothing left to revoke.
+    let log = sidekick.log();
+    assert_eq!(log.matches("would revoke").count(), 1, "{log}");
 }
 
 /// No key anywhere in the keyspace and no lease granted.
