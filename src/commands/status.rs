@@ -334,6 +334,9 @@ mod tests {
     #[test]
     fn an_empty_section_says_none() {
         let text = StatusReport::default().render_table();
-        assert_eq!(text, "UPDATE SLOTS\n  (none)\n\nHALTS\n  (none)\n");
+        assert_eq!(
+            text,
+            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nHALTS\n  (none)\n"
+        );
     }
 }
