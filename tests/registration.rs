@@ -328,6 +328,10 @@ async fn sigterm_removes_the_key_and_exits_zero_within_two_seconds() {
     assert_eq!(count_keys(&client, "/services/").await, 0);
 }
 
+/// The D-Bus connection cut and restored, and `run --dry-run` (`tests/registration/resilience.rs`).
+#[path = "registration/resilience.rs"]
+mod resilience;
+
 /// etcd with TLS, client certificates and auth (`tests/registration/secure.rs`).
 #[path = "registration/secure.rs"]
 mod secure;

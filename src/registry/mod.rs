@@ -166,7 +166,11 @@ impl MemoryRegistry {
                         tracing::info!("dry run: would put {key} = {value} on a lease");
                     }
                 }
-                None => tracing::info!("dry run: would revoke the registration lease"),
+                // The etcd registry has no lease to revoke when nothing is registered.
+                None if self.current().is_some() => {
+                    tracing::info!("dry run: would revoke the registration lease")
+                }
+                None => {}
             }
         }
         self.published.send_replace(match entries {

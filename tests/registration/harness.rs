@@ -22,6 +22,17 @@ pub struct Sidekick {
 impl Sidekick {
     /// Starts `sidekick run --config <config>` following units on the container's bus.
     pub fn start(systemd: &Systemd, dir: &Path, name: &str, config: &str) -> Sidekick {
+        Sidekick::start_with(systemd, dir, name, config, &[])
+    }
+
+    /// [`Sidekick::start`] with `extra` arguments to `run` (e.g. `--dry-run`).
+    pub fn start_with(
+        systemd: &Systemd,
+        dir: &Path,
+        name: &str,
+        config: &str,
+        extra: &[&str],
+    ) -> Sidekick {
         use std::os::unix::process::CommandExt;
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).expect("write config");
@@ -33,6 +44,7 @@ impl Sidekick {
         let child = Command::new(env!("CARGO_BIN_EXE_sidekick"))
             .args(["run", "--log", "stderr", "--config"])
             .arg(&config_path)
+            .args(extra)
             .env("DBUS_SYSTEM_BUS_ADDRESS", systemd.bus_address())
             .env("SIDEKICK_CONFIG_ROOT", &root)
             .env_remove("NOTIFY_SOCKET")

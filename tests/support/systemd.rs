@@ -1,7 +1,8 @@
 //! systemd 252 as PID 1 of a throw-away `systemd-nspawn -D / --volatile=yes` container, exactly as
 //! TESTING.md describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
 //! through a bind-mounted directory, a temp unit directory bound at `/etc/systemd/system` and the
-//! host's `/run/docker.sock` bound in.
+//! host's `/run/docker.sock` bound in. Each container starts in a cgroup of its own, so parallel
+//! containers do not share (and kill) each other's unit cgroups.
 //!
 //! NEVER start systemd any other way: run directly on the host (even in `unshare`) it takes over
 //! the host's `/tmp`, services and consoles.
@@ -15,10 +16,14 @@ use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
+use super::cgroup::ContainerCgroup;
 use super::{Need, ProcessGuard, SignalTarget, poll_until, temp_dir};
 
 /// What systemd tests need from the machine.
 pub const NEEDS: &[Need] = &[Need::Root, Need::Binary("systemd-nspawn")];
+
+/// What [`Systemd::systemctl`] needs besides [`NEEDS`].
+pub const SYSTEMCTL_NEEDS: &[Need] = &[Need::Binary("nsenter"), Need::Binary("systemctl")];
 
 /// Booting takes a few seconds; much more on a loaded 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,6 +39,8 @@ pub struct Systemd {
     process: ProcessGuard,
     bus_address: String,
     dir: tempfile::TempDir,
+    /// Removed after `process` stops (fields drop in order).
+    _cgroup: ContainerCgroup,
 }
 
 impl Systemd {
@@ -56,6 +63,8 @@ impl Systemd {
             cmd.arg(format!("--bind={DOCKER_SOCKET}"));
         }
         cmd.args(["-b", "--", "--unit=basic.target", "systemd.firstboot=off"]);
+        let cgroup = ContainerCgroup::create(&machine);
+        cgroup.enter_on_spawn(&mut cmd);
         let log = dir.path().join("nspawn.log");
         let process = ProcessGuard::spawn("systemd-nspawn", &mut cmd, &log, SignalTarget::Pid);
         let bus_address = format!("unix:path={}", bus.join("system_bus_socket").display());
@@ -63,6 +72,7 @@ impl Systemd {
             process,
             bus_address,
             dir,
+            _cgroup: cgroup,
         };
         systemd.wait_ready().await;
         systemd
@@ -133,6 +143,30 @@ impl Systemd {
     /// `Manager.Reload()` (daemon-reload).
     pub async fn reload(&self) {
         self.manager().await.reload().await.expect("Manager.Reload");
+    }
+
+    /// The container's PID 1 (systemd) as the host sees it: `systemd-nspawn`'s child.
+    pub fn init_pid(&self) -> u32 {
+        let nspawn = self.process.pid();
+        let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+            .expect("read systemd-nspawn's children");
+        let mut pids = children.split_whitespace();
+        match (pids.next(), pids.next()) {
+            (Some(pid), None) => pid.parse().expect("pid"),
+            _ => panic!("systemd-nspawn {nspawn} has children {children:?}, not just PID 1"),
+        }
+    }
+
+    /// Runs `systemctl ARGS` inside the container, where it talks to systemd over
+    /// `/run/systemd/private`, not the system bus: the way to reach systemd while the bus is down.
+    /// Returns stdout; panics when it fails.
+    pub fn systemctl(&self, args: &[&str]) -> String {
+        let target = self.init_pid().to_string();
+        super::run(
+            Command::new("nsenter")
+                .args(["--target", &target, "--mount", "--pid", "--", "systemctl"])
+                .args(args),
+        )
     }
 
     /// Last lines of the container's console log (systemd's boot and unit messages).
