@@ -23,13 +23,14 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
 };
 use tokio::sync::{Mutex, Notify};
+use url::Url;
 
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
 use super::keys::{Snapshot, parse_snapshot, snapshot_ops};
-use super::lease::SlotLease;
+use super::lease::{LeaseOwner, SlotLease};
 use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
-use crate::config::SlotSettings;
+use crate::config::Settings;
 
 /// An acquire gives up (reports busy) after this many lost races in a row.
 const MAX_RACES: u32 = 64;
@@ -52,6 +53,8 @@ pub struct EtcdSlots {
     client: Client,
     group: String,
     who: SlotHolder,
+    /// The etcd endpoint(s), for log lines.
+    endpoint: String,
     ttl: Duration,
     max: AtomicU32,
     max_changed: Notify,
@@ -82,6 +85,7 @@ impl EtcdSlots {
             client,
             group: group.into(),
             who,
+            endpoint: String::new(),
             ttl,
             max: AtomicU32::new(max.get()),
             max_changed: Notify::new(),
@@ -90,9 +94,18 @@ impl EtcdSlots {
         }
     }
 
-    /// A holder configured from `[slot]`.
-    pub fn from_settings(client: Client, settings: &SlotSettings, who: SlotHolder) -> EtcdSlots {
-        EtcdSlots::new(client, &settings.group, settings.max, settings.ttl, who)
+    /// A holder configured from `[slot]`, naming the `[etcd]` endpoints in its log lines.
+    pub fn from_settings(client: Client, settings: &Settings, who: SlotHolder) -> EtcdSlots {
+        let slot = &settings.slot;
+        let endpoints: Vec<&str> = settings.etcd.endpoints.iter().map(Url::as_str).collect();
+        EtcdSlots::new(client, &slot.group, slot.max, slot.ttl, who)
+            .with_endpoint(endpoints.join(","))
+    }
+
+    /// Names the etcd endpoint(s) in this holder's log lines.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> EtcdSlots {
+        self.endpoint = endpoint.into();
+        self
     }
 
     /// The group this holder competes in.
@@ -142,7 +155,12 @@ impl EtcdSlots {
             return Ok(lease.id());
         }
         state.lease = None;
-        let lease = SlotLease::grant(&self.client(), self.ttl).await?;
+        let owner = LeaseOwner {
+            group: self.group.clone(),
+            holder: self.who.holder.clone(),
+            endpoint: self.endpoint.clone(),
+        };
+        let lease = SlotLease::grant(&self.client(), self.ttl, owner).await?;
         let id = lease.id();
         state.lease = Some(lease);
         Ok(id)
