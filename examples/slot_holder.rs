@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         holder: holder.clone(),
         instance: format!("web-{holder}"),
     };
-    let slots = EtcdSlots::new(client, group.as_str(), NonZeroU32::MIN, ttl, who);
+    let slots =
+        EtcdSlots::new(client, group.as_str(), NonZeroU32::MIN, ttl, who).with_endpoint(endpoint);
     match slots
         .acquire_within("2.0.0", Duration::from_secs(30))
         .await?

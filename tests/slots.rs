@@ -1,6 +1,6 @@
-//! Update slots against a real etcd: a crashed holder, idempotence, changing the limit and an
-//! etcd restart here; contention, FleetLock and the `status`/`slots` commands in the submodules,
-//! so everything links into this one test binary.
+//! Update slots against a real etcd: a crashed holder, idempotence and changing the limit here;
+//! contention, etcd outages, FleetLock and the `status`/`slots` commands in the submodules, so
+//! everything links into this one test binary.
 
 mod support;
 
@@ -10,6 +10,8 @@ mod commands;
 mod contention;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
+#[path = "slots/outage.rs"]
+mod outage;
 
 use std::num::NonZeroU32;
 use std::process::Command;
@@ -234,85 +236,4 @@ async fn lowering_max_evicts_nobody_and_raising_it_admits_a_waiter_at_once() {
         raised.elapsed()
     );
     assert_eq!(read_group(&mut client, GROUP).await.unwrap().len(), 2);
-}
-
-/// Polls for two TTLs: whenever `holder` believes it holds the slot, nobody else can take it.
-async fn assert_never_two_believers(holder: &EtcdSlots, other: &EtcdSlots) -> Holding {
-    let end = Instant::now() + 2 * TTL + Duration::from_secs(1);
-    let mut last = Holding::NotHeld;
-    let mut other_got = false;
-    while Instant::now() < end {
-        if let Ok(h) = holder.held().await {
-            last = h;
-        }
-        if let Ok(Acquisition::Acquired) = other.acquire("2.0.0").await {
-            other_got = true;
-        }
-        if other_got {
-            let now = holder.held().await;
-            assert!(
-                !matches!(now, Ok(Holding::Held)),
-                "both believe they hold the slot"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    last
-}
-
-#[tokio::test]
-async fn etcd_restart_while_held_leaves_the_holder_holding_or_knowing_it_lost() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    let mut etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let holder = slots(&client, one(), "holder");
-    let other = slots(&etcd.client().await, one(), "other");
-    assert_eq!(
-        holder.acquire("2.0.0").await.unwrap(),
-        Acquisition::Acquired
-    );
-
-    etcd.member(0).kill();
-    etcd.restart().await;
-    let outcome = assert_never_two_believers(&holder, &other).await;
-    // A quick restart keeps the lease (etcd resets TTLs on start): the holder keeps its slot.
-    assert_eq!(outcome, Holding::Held);
-}
-
-#[tokio::test]
-async fn etcd_down_longer_than_ttl_makes_the_holder_report_lost() {
-    if !prerequisites_met(etcd::NEEDS) {
-        return;
-    }
-    let mut etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let holder = slots(&client, one(), "holder");
-    assert_eq!(
-        holder.acquire("2.0.0").await.unwrap(),
-        Acquisition::Acquired
-    );
-
-    etcd.member(0).kill();
-    let lost = poll_until(
-        TTL + Duration::from_secs(3),
-        "holder reports lost",
-        || async {
-            match holder.held().await {
-                Ok(Holding::Lost { reason }) => Ok(reason),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-    .unwrap();
-    assert!(lost.contains("TTL"), "{lost}");
-    etcd.restart().await;
-    let other = slots(&etcd.client().await, one(), "other");
-    assert_never_two_believers(&holder, &other).await;
-    let got = other
-        .acquire_within("2.0.0", 2 * TTL + Duration::from_secs(2))
-        .await;
-    assert_eq!(got.unwrap(), Acquisition::Acquired);
 }

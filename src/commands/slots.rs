@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::config::{ConfigSources, Settings, SlotBackend};
+use url::Url;
+
+use crate::slot::fleetlock::halt_record;
 use crate::slot::{FleetLockSlots, SlotHolder, SlotLock, etcd, halt};
 
 /// What to do to a slot group.
@@ -56,15 +59,19 @@ async fn release(settings: &Settings, group: &str, holder: &str) -> Result<Strin
     if let (SlotBackend::Fleetlock, Some(base)) =
         (settings.slot.backend, &settings.slot.fleetlock_url)
     {
-        let who = SlotHolder {
-            holder: holder.to_string(),
-            instance: String::new(),
-        };
-        let unlocked = match FleetLockSlots::new(base, group, &who) {
-            Ok(client) => client.release_stale().await,
-            Err(err) => Err(err),
-        };
-        return match unlocked {
+        let client = fleetlock_client(settings, base, group, holder, "")?;
+        match client.halt_record() {
+            Ok(Some(r)) if r.holder == holder => {
+                return fail(format!(
+                    "{holder} halted group {group} at version {} ({}) and keeps its lock; \
+                     `sidekick slots resume` lifts the halt and unlocks it",
+                    r.marker.version, r.marker.reason
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => return fail(format!("failed to read the halt of group {group}: {err}")),
+        }
+        return match client.unlock().await {
             Ok(()) => Ok(format!(
                 "unlocked {holder} in FleetLock group {group} at {base}"
             )),
@@ -84,12 +91,10 @@ async fn release(settings: &Settings, group: &str, holder: &str) -> Result<Strin
 }
 
 async fn resume(settings: &Settings, group: &str) -> Result<String, ExitCode> {
-    if settings.slot.backend == SlotBackend::Fleetlock {
-        return fail(
-            "the fleetlock backend has no halt marker: a halted instance keeps its lock; \
-             release it with `sidekick slots release --holder ID`"
-                .into(),
-        );
+    if let (SlotBackend::Fleetlock, Some(base)) =
+        (settings.slot.backend, &settings.slot.fleetlock_url)
+    {
+        return resume_fleetlock(settings, base, group).await;
     }
     let mut client = super::connect(settings).await?;
     match halt::remove(&mut client, group).await {
@@ -102,7 +107,60 @@ async fn resume(settings: &Settings, group: &str) -> Result<String, ExitCode> {
     }
 }
 
-fn fail(message: String) -> Result<String, ExitCode> {
+/// FleetLock keeps no halt on the server: this host's record names the holder whose lock was
+/// kept; unlock it, then remove the record.
+async fn resume_fleetlock(
+    settings: &Settings,
+    base: &Url,
+    group: &str,
+) -> Result<String, ExitCode> {
+    let path = halt_record::path(&settings.daemon.state_dir, group);
+    let record = match halt_record::read(&path) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Ok(format!(
+                "group {group} is not halted on this host ({} does not exist); nothing to resume",
+                path.display()
+            ));
+        }
+        Err(err) => return fail(format!("failed to read the halt of group {group}: {err}")),
+    };
+    let client = fleetlock_client(
+        settings,
+        base,
+        group,
+        &record.holder,
+        &record.marker.instance,
+    )?;
+    let m = &record.marker;
+    match client.resume().await {
+        Ok(()) => Ok(format!(
+            "resumed FleetLock group {group} (was halted at version {} by {}: {}); unlocked {} at {base}",
+            m.version, m.instance, m.reason, record.holder
+        )),
+        Err(err) => fail(format!("failed to resume group {group}: {err}")),
+    }
+}
+
+fn fleetlock_client(
+    settings: &Settings,
+    base: &Url,
+    group: &str,
+    holder: &str,
+    instance: &str,
+) -> Result<FleetLockSlots, ExitCode> {
+    let who = SlotHolder {
+        holder: holder.to_string(),
+        instance: instance.to_string(),
+    };
+    FleetLockSlots::new(base, group, &who, &settings.daemon.state_dir).or_else(|err| {
+        fail(format!(
+            "failed to set up the FleetLock client for {base}: {err}"
+        ))
+    })
+}
+
+fn fail<T>(message: String) -> Result<T, ExitCode> {
     eprintln!("sidekick: {message}");
     Err(ExitCode::FAILURE)
 }

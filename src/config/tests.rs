@@ -273,3 +273,39 @@ fn value_equal_to_default_carries_no_source_comment() {
         .render();
     assert!(rendered.contains("drain = \"5s\"\n"), "{rendered}");
 }
+
+/// FleetLock servers accept groups matching `^[a-zA-Z0-9.-]+$` only: the fleetlock backend
+/// defaults to `<app_id>-<track>` and refuses a group with `/`, naming the key and its line.
+#[test]
+fn fleetlock_backend_defaults_to_a_protocol_group_and_refuses_a_slash() {
+    const FLEETLOCK: &str = "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\n\
+        [update]\nserver = \"http://127.0.0.1:8000/v1/update/\"\napp_id = \"e96281a6-d1af-4bde-9a0a-97b76e56dc57\"\n\
+        [slot]\nbackend = \"fleetlock\"\nfleetlock_url = \"http://127.0.0.1:9090/\"\n";
+    let root = tempfile::tempdir().unwrap();
+    let file = write(&root.path().join("c.toml"), FLEETLOCK);
+    let s = load(&sources(root.path(), vec![file], None))
+        .unwrap()
+        .settings;
+    assert_eq!(s.slot.group, "e96281a6-d1af-4bde-9a0a-97b76e56dc57-stable");
+
+    let (file, err) = error_for(&format!("{FLEETLOCK}group = \"web/stable\"\n"));
+    match &err {
+        ConfigError::Invalid {
+            key,
+            origin,
+            message,
+        } => {
+            assert_eq!(key, "slot.group");
+            assert!(message.contains("^[a-zA-Z0-9.-]+$"), "{message}");
+            assert!(
+                origin
+                    .as_ref()
+                    .is_some_and(|o| o.to_string().contains(&format!("{}:11", file.display()))),
+                "{origin:?}"
+            );
+        }
+        other => panic!("expected an invalid slot.group, got {other:?}"),
+    }
+    let (_, err) = error_for(&format!("{FLEETLOCK}group = \"web_1\"\n"));
+    assert!(err.to_string().contains("slot.group"), "{err}");
+}

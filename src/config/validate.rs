@@ -2,102 +2,14 @@
 //! from.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use url::Url;
+mod check;
+mod slot;
 
 use super::ConfigError;
 use super::inputs::{Input, Origins};
 use super::settings::*;
-
-/// Builds validation errors that point at the key's origin.
-struct Check<'a> {
-    origins: &'a Origins,
-}
-
-impl Check<'_> {
-    fn fail(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            key: key.to_string(),
-            origin: self.origins.get(key).cloned(),
-            message: message.into(),
-        }
-    }
-
-    fn positive(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
-        if value.is_zero() {
-            return Err(self.fail(key, "must be longer than zero"));
-        }
-        Ok(value)
-    }
-
-    fn at_least(&self, key: &str, value: Duration, min: Duration) -> Result<Duration, ConfigError> {
-        if value < min {
-            let min = humantime::format_duration(min);
-            return Err(self.fail(key, format!("must be at least {min}")));
-        }
-        Ok(value)
-    }
-
-    fn non_zero(&self, key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {
-        NonZeroU32::new(value).ok_or_else(|| self.fail(key, "must be at least 1"))
-    }
-
-    fn http_url(&self, key: &str, value: &str) -> Result<Url, ConfigError> {
-        let url = Url::parse(value).map_err(|err| {
-            self.fail(
-                key,
-                format!("`{value}` must be an http:// or https:// URL ({err})"),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(self.fail(key, format!("`{value}` must be an http:// or https:// URL")));
-        }
-        Ok(url)
-    }
-
-    fn absolute(&self, key: &str, value: PathBuf) -> Result<PathBuf, ConfigError> {
-        if !value.is_absolute() {
-            return Err(self.fail(
-                key,
-                format!("`{}` must be an absolute path", value.display()),
-            ));
-        }
-        Ok(value)
-    }
-
-    /// Two keys that make sense only together: both set, or neither.
-    fn both<A, B>(
-        &self,
-        (a_key, a): (&str, Option<A>),
-        (b_key, b): (&str, Option<B>),
-    ) -> Result<Option<(A, B)>, ConfigError> {
-        match (a, b) {
-            (Some(a), Some(b)) => Ok(Some((a, b))),
-            (None, None) => Ok(None),
-            (Some(_), None) => Err(self.fail(a_key, format!("needs {b_key} as well"))),
-            (None, Some(_)) => Err(self.fail(b_key, format!("needs {a_key} as well"))),
-        }
-    }
-
-    fn word(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let ok = !value.is_empty()
-            && value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(self.fail(
-                key,
-                format!(
-                    "`{value}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
-                ),
-            ));
-        }
-        Ok(value.to_string())
-    }
-}
+use check::Check;
 
 /// Unit name as systemctl would take it: no suffix means `.service`.
 fn normalise_unit(unit: &str) -> String {
@@ -381,32 +293,7 @@ impl Settings {
             ca_file: update.ca_file,
         };
 
-        // Without an app id (updates off) the group only labels status output: use the service.
-        let group = match (slot.group.is_empty(), update.app_id.is_empty()) {
-            (false, _) => slot.group,
-            (true, false) => format!("{}/{}", update.app_id, update.track),
-            (true, true) => format!("{}/{}", service, update.track),
-        };
-        if group.chars().any(|c| c.is_whitespace() || c.is_control()) || group.starts_with('/') {
-            return Err(check.fail(
-                "slot.group",
-                format!("`{group}` must not contain whitespace or start with `/`"),
-            ));
-        }
-        let fleetlock_url = match (slot.fleetlock_url.as_str(), slot.backend) {
-            ("", SlotBackend::Fleetlock) => {
-                return Err(check.fail("slot.fleetlock_url", "required by the fleetlock backend"));
-            }
-            ("", _) => None,
-            (url, _) => Some(check.http_url("slot.fleetlock_url", url)?),
-        };
-        let slot = SlotSettings {
-            backend: slot.backend,
-            max: check.non_zero("slot.max", slot.max)?,
-            group,
-            ttl: check.at_least("slot.ttl", slot.ttl, MIN_LEASE_TTL)?,
-            fleetlock_url,
-        };
+        let slot = slot::validate(&check, slot, &update, &service)?;
 
         if swap
             .prepull

@@ -12,24 +12,25 @@
 //! The count includes every key of the group, also at indexes `>= max` left over from a larger
 //! limit: lowering `max` evicts nobody, yet no newcomer is let in until the holders drop below the
 //! new limit. Raising `max` opens the new indexes at once. Keys are deleted only by transactions
-//! that compare the value, which names the holder.
+//! that compare the value, which names the holder. A holder keeps a lease only while it holds a
+//! slot or is about to write one: an acquire that ends without a slot revokes it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
-};
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions};
 use tokio::sync::{Mutex, Notify};
+use url::Url;
+
+mod acquire;
 
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
-use super::keys::{Snapshot, parse_snapshot, snapshot_ops};
 use super::lease::SlotLease;
 use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
-use crate::config::SlotSettings;
+use crate::config::Settings;
 
 /// An acquire gives up (reports busy) after this many lost races in a row.
 const MAX_RACES: u32 = 64;
@@ -52,6 +53,8 @@ pub struct EtcdSlots {
     client: Client,
     group: String,
     who: SlotHolder,
+    /// The etcd endpoint(s), for log lines.
+    endpoint: String,
     ttl: Duration,
     max: AtomicU32,
     max_changed: Notify,
@@ -82,6 +85,7 @@ impl EtcdSlots {
             client,
             group: group.into(),
             who,
+            endpoint: String::new(),
             ttl,
             max: AtomicU32::new(max.get()),
             max_changed: Notify::new(),
@@ -90,9 +94,18 @@ impl EtcdSlots {
         }
     }
 
-    /// A holder configured from `[slot]`.
-    pub fn from_settings(client: Client, settings: &SlotSettings, who: SlotHolder) -> EtcdSlots {
-        EtcdSlots::new(client, &settings.group, settings.max, settings.ttl, who)
+    /// A holder configured from `[slot]`, naming the `[etcd]` endpoints in its log lines.
+    pub fn from_settings(client: Client, settings: &Settings, who: SlotHolder) -> EtcdSlots {
+        let slot = &settings.slot;
+        let endpoints: Vec<&str> = settings.etcd.endpoints.iter().map(Url::as_str).collect();
+        EtcdSlots::new(client, &slot.group, slot.max, slot.ttl, who)
+            .with_endpoint(endpoints.join(","))
+    }
+
+    /// Names the etcd endpoint(s) in this holder's log lines.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> EtcdSlots {
+        self.endpoint = endpoint.into();
+        self
     }
 
     /// The group this holder competes in.
@@ -120,142 +133,18 @@ impl EtcdSlots {
             .as_ref()
             .map(SlotLease::subscribe)
     }
-
-    fn client(&self) -> Client {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.client.clone()
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, SlotError> {
-        let resp = self
-            .client()
-            .txn(Txn::new().and_then(snapshot_ops(&self.group)))
-            .await?;
-        Ok(parse_snapshot(&self.group, &resp))
-    }
-
-    /// The live lease of this holder, granted afresh when there is none or it was lost.
-    async fn live_lease(&self, state: &mut HolderState) -> Result<i64, SlotError> {
-        if let Some(lease) = &state.lease
-            && lease.state() == Holding::Held
-        {
-            return Ok(lease.id());
-        }
-        state.lease = None;
-        let lease = SlotLease::grant(&self.client(), self.ttl).await?;
-        let id = lease.id();
-        state.lease = Some(lease);
-        Ok(id)
-    }
-
-    /// Commits `put` if `cmp` holds; otherwise returns a fresh snapshot to retry from.
-    async fn commit(&self, cmp: Vec<Compare>, put: TxnOp) -> Result<Option<Snapshot>, SlotError> {
-        let txn = Txn::new()
-            .when(cmp)
-            .and_then([put])
-            .or_else(snapshot_ops(&self.group));
-        let resp = self.client().txn(txn).await?;
-        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp)))
-    }
-
-    fn value(&self, version: &str, since: String) -> Result<Vec<u8>, SlotError> {
-        let value = SlotValue {
-            holder: self.who.holder.clone(),
-            instance: self.who.instance.clone(),
-            version: version.to_string(),
-            since,
-        };
-        serde_json::to_vec(&value).map_err(|source| SlotError::Malformed {
-            key: group_prefix(&self.group),
-            source,
-        })
-    }
 }
 
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
-        let mut snap = self.snapshot().await?;
-        let halt_key = halt::halt_key(&self.group);
-        for _ in 0..MAX_RACES {
-            state.seen_revision = snap.revision;
-            if let Some(h) = snap.halt.take() {
-                return Ok(Acquisition::Halted {
-                    version: h.version,
-                    reason: h.reason,
-                });
-            }
-            let lease_alive = state.lease.as_ref().filter(|l| l.state() == Holding::Held);
-            let mine = snap
-                .slots
-                .iter()
-                .find(|s| s.holder() == Some(self.who.holder.as_str()));
-            if let Some(entry) = mine {
-                if lease_alive.is_some_and(|l| l.id() == entry.lease) {
-                    state.key = Some(entry.key.clone());
-                    return Ok(Acquisition::Acquired);
-                }
-                // Ours, but bound to a lease we do not keep alive (a previous run, or a lease
-                // we lost track of): re-bind it to our live lease, keeping the slot.
-                let since = entry.value.as_ref().map(|v| v.since.clone());
-                let (key, raw) = (entry.key.clone(), entry.raw.clone());
-                let lease = self.live_lease(&mut state).await?;
-                let value = self.value(version, since.unwrap_or_else(super::now_rfc3339))?;
-                let cmp = vec![Compare::value(key.as_str(), CompareOp::Equal, raw)];
-                let put = TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(lease)),
-                );
-                match self.commit(cmp, put).await? {
-                    None => {
-                        state.key = Some(key);
-                        return Ok(Acquisition::Acquired);
-                    }
-                    Some(next) => {
-                        snap = next;
-                        continue;
-                    }
-                }
-            }
-            let max = self.max.load(Ordering::SeqCst);
-            state.seen_max = max;
-            let held = snap.slots.len();
-            let Some(index) = (0..max).find(|n| snap.slots.iter().all(|s| s.index != Some(*n)))
-            else {
-                return Ok(busy(held, max));
-            };
-            if held >= max as usize {
-                return Ok(busy(held, max));
-            }
-            let key = slot_key(&self.group, index);
-            let lease = self.live_lease(&mut state).await?;
-            let value = self.value(version, super::now_rfc3339())?;
-            let prefix = group_prefix(&self.group);
-            let cmp = vec![
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Compare::mod_revision(prefix.as_str(), CompareOp::Less, snap.revision + 1)
-                    .with_prefix(),
-                Compare::create_revision(halt_key.as_str(), CompareOp::Equal, 0),
-            ];
-            let put = TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            );
-            match self.commit(cmp, put).await? {
-                None => {
-                    tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
-                    state.key = Some(key);
-                    return Ok(Acquisition::Acquired);
-                }
-                // Lost a race: someone else wrote under the prefix; retry on what they left.
-                Some(next) => snap = next,
-            }
+        let outcome = self.try_acquire(&mut state, version).await;
+        // A lease granted for a race this holder lost, or for a slot it no longer has, would
+        // only be kept alive for nothing: give it back.
+        if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
+            self.drop_idle_lease(&mut state).await;
         }
-        Ok(Acquisition::Busy {
-            detail: format!("lost {MAX_RACES} races in a row for a slot"),
-        })
+        outcome
     }
 
     async fn release(&self) -> Result<(), SlotError> {
@@ -370,11 +259,5 @@ impl EtcdSlots {
             }
         }
         Ok(())
-    }
-}
-
-fn busy(held: usize, max: u32) -> Acquisition {
-    Acquisition::Busy {
-        detail: format!("{held} of {max} slots held"),
     }
 }

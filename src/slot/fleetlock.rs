@@ -2,18 +2,27 @@
 //! (<https://coreos.github.io/zincati/development/fleetlock/protocol/>).
 //!
 //! `POST <base>/v1/pre-reboot` takes a slot and `POST <base>/v1/steady-state` gives it back, both
-//! with the header `fleet-lock-protocol: true` and the body `{"client_params":{"id":…,"group":…}}`.
-//! Any 2xx is a grant; anything else is not, and the server's `{"kind":…,"value":…}` is logged.
-//! airlock answers "all slots locked" with 500 `failed_lock`, other servers with 423: both are
-//! simply "busy". The protocol has no halt marker: a halted holder keeps its lock instead, which
-//! stops the group the way zincati and airlock intend, until `resume` unlocks it.
+//! with the header `fleet-lock-protocol: true` and the body `{"client_params":{"id":…,"group":…}}`,
+//! where the group matches `^[a-zA-Z0-9.-]+$`. Any 2xx is a grant. "Slots full" is busy: airlock
+//! answers it with 500 `failed_lock`, other servers with 423, and any 5xx is worth a retry. Any
+//! other answer (400 `unknown_group`, `invalid_client_identity`, 405, a redirect not followed)
+//! will not change by retrying, so it is an error. The server's `{"kind":…,"value":…}` is logged either way.
+//!
+//! The protocol has no halt marker: a halted instance keeps its lock and records the halt under
+//! `daemon.state_dir` ([`halt_record`]), so the halt survives restarts and only `slots resume`
+//! lifts it.
 
+pub mod halt_record;
+
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use self::halt_record::HaltRecord;
+use super::halt::HaltMarker;
 use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, with_jitter};
 
 /// Lock endpoint, relative to the base URL.
@@ -43,6 +52,24 @@ struct ErrorBody {
     value: String,
 }
 
+/// Whether `group` is a FleetLock group name (`^[a-zA-Z0-9.-]+$`).
+pub fn valid_group(group: &str) -> bool {
+    !group.is_empty()
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+}
+
+/// `name` with every character a FleetLock group may not contain replaced by `-`.
+pub fn sanitise_group(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.is_ascii_alphanumeric() || c == '.' {
+            true => c,
+            false => '-',
+        })
+        .collect()
+}
+
 /// `endpoint` under `base`, also when `base` lacks its trailing `/` (zincati's old bug dropped
 /// the last path segment of such a base).
 pub fn endpoint_url(base: &Url, endpoint: &str) -> Result<Url, SlotError> {
@@ -65,6 +92,14 @@ pub struct Refusal {
     pub value: String,
 }
 
+impl Refusal {
+    /// "Slots full" (423, or any 5xx such as airlock's 500 `failed_lock`): retry later. Any
+    /// other refusal (a 4xx, a redirect not followed) is the request's own fault.
+    pub fn is_busy(&self) -> bool {
+        self.status == 423 || self.status >= 500
+    }
+}
+
 /// A FleetLock client for one holder id and group.
 #[derive(Debug)]
 pub struct FleetLockSlots {
@@ -73,13 +108,25 @@ pub struct FleetLockSlots {
     unlock_url: Url,
     group: String,
     id: String,
+    instance: String,
     held: AtomicBool,
-    halted: AtomicBool,
+    /// Where this host records a halt of the group.
+    halt_path: PathBuf,
 }
 
 impl FleetLockSlots {
-    /// A client of the server at `base` for `who.holder` in `group`.
-    pub fn new(base: &Url, group: impl Into<String>, who: &SlotHolder) -> Result<Self, SlotError> {
+    /// A client of the server at `base` for `who.holder` in `group`, recording halts under
+    /// `state_dir`.
+    pub fn new(
+        base: &Url,
+        group: impl Into<String>,
+        who: &SlotHolder,
+        state_dir: &Path,
+    ) -> Result<Self, SlotError> {
+        let group = group.into();
+        if !valid_group(&group) {
+            return Err(SlotError::Group(group));
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -92,10 +139,11 @@ impl FleetLockSlots {
             http,
             lock_url: endpoint_url(base, PRE_REBOOT)?,
             unlock_url: endpoint_url(base, STEADY_STATE)?,
-            group: group.into(),
+            halt_path: halt_record::path(state_dir, &group),
+            group,
             id: who.holder.clone(),
+            instance: who.instance.clone(),
             held: AtomicBool::new(false),
-            halted: AtomicBool::new(false),
         })
     }
 
@@ -142,7 +190,14 @@ impl FleetLockSlots {
         }))
     }
 
-    async fn unlock(&self) -> Result<(), SlotError> {
+    /// The halt recorded for this group on this host, if any.
+    pub fn halt_record(&self) -> Result<Option<HaltRecord>, SlotError> {
+        halt_record::read(&self.halt_path)
+    }
+
+    /// Unlocks this holder id at the server, halted or not: for an operator clearing a holder
+    /// that is gone. [`SlotLock::release`] keeps the lock of a halted group instead.
+    pub async fn unlock(&self) -> Result<(), SlotError> {
         match self.post(&self.unlock_url).await? {
             None => {
                 self.held.store(false, Ordering::SeqCst);
@@ -160,28 +215,44 @@ impl FleetLockSlots {
 
 impl SlotLock for FleetLockSlots {
     async fn acquire(&self, _version: &str) -> Result<Acquisition, SlotError> {
+        if let Some(r) = self.halt_record()? {
+            return Ok(Acquisition::Halted {
+                version: r.marker.version,
+                reason: r.marker.reason,
+            });
+        }
         // The lock is recursive on the server, so asking again while held is harmless.
         match self.post(&self.lock_url).await? {
             None => {
                 self.held.store(true, Ordering::SeqCst);
                 Ok(Acquisition::Acquired)
             }
-            Some(r) => Ok(Acquisition::Busy {
+            Some(r) if r.is_busy() => Ok(Acquisition::Busy {
                 detail: format!("HTTP {}: {}: {}", r.status, r.kind, r.value),
+            }),
+            Some(r) => Err(SlotError::Refused {
+                url: self.lock_url.to_string(),
+                status: r.status,
+                kind: r.kind,
+                value: r.value,
             }),
         }
     }
 
     async fn release(&self) -> Result<(), SlotError> {
-        if self.halted.load(Ordering::SeqCst) {
-            tracing::warn!(group = %self.group, "group halted: keeping the FleetLock lock");
+        // Only the lock of the instance that halted is kept; a sibling on this host gives its
+        // lock back (and can take no new one: acquire sees the record).
+        if let Some(r) = self.halt_record()?.filter(|r| r.holder == self.id) {
+            tracing::warn!(group = %self.group, version = %r.marker.version,
+                path = %self.halt_path.display(),
+                "group halted: keeping the FleetLock lock until `sidekick slots resume`");
             return Ok(());
         }
         self.unlock().await
     }
 
     async fn release_stale(&self) -> Result<(), SlotError> {
-        self.unlock().await
+        self.release().await
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {
@@ -192,15 +263,31 @@ impl SlotLock for FleetLockSlots {
     }
 
     async fn halt(&self, version: &str, reason: &str) -> Result<(), SlotError> {
-        tracing::warn!(group = %self.group, version, reason,
-            "update group halted: this instance keeps its FleetLock lock");
-        self.halted.store(true, Ordering::SeqCst);
+        let record = HaltRecord {
+            holder: self.id.clone(),
+            marker: HaltMarker {
+                version: version.to_string(),
+                reason: reason.to_string(),
+                instance: self.instance.clone(),
+                since: super::now_rfc3339(),
+            },
+        };
+        if halt_record::write_new(&self.halt_path, &record)? {
+            tracing::warn!(group = %self.group, version, reason,
+                path = %self.halt_path.display(),
+                "update group halted: this instance keeps its FleetLock lock");
+        }
         Ok(())
     }
 
     async fn resume(&self) -> Result<(), SlotError> {
-        self.halted.store(false, Ordering::SeqCst);
-        self.unlock().await
+        if self.halt_record()?.is_none() {
+            return Ok(());
+        }
+        // Unlock first: if that fails, the record stays and the group stays halted.
+        self.unlock().await?;
+        halt_record::remove(&self.halt_path)?;
+        Ok(())
     }
 
     async fn wait_for_change(&self, timeout: Duration) {
@@ -227,6 +314,32 @@ mod tests {
             endpoint_url(&root, STEADY_STATE).unwrap().as_str(),
             "http://h:9090/v1/steady-state"
         );
+    }
+
+    #[test]
+    fn groups_follow_the_protocol_pattern() {
+        for good in ["web", "default", "e96281a6-stable", "a.b-c"] {
+            assert!(valid_group(good), "{good}");
+        }
+        for bad in ["", "web/stable", "web stable", "web_1", "wëb"] {
+            assert!(!valid_group(bad), "{bad}");
+        }
+        assert_eq!(sanitise_group("web@1_x/stable"), "web-1-x-stable");
+    }
+
+    #[test]
+    fn only_423_and_5xx_refusals_are_busy() {
+        let refusal = |status| Refusal {
+            status,
+            kind: String::new(),
+            value: String::new(),
+        };
+        for busy in [423, 500, 503] {
+            assert!(refusal(busy).is_busy(), "{busy}");
+        }
+        for error in [301, 400, 401, 404, 405] {
+            assert!(!refusal(error).is_busy(), "{error}");
+        }
     }
 
     #[test]

@@ -5,14 +5,15 @@
 //! after an error, and the lease declared lost when the server says its TTL is gone *or* when no
 //! answer came within one TTL of the last request it answered. The deadline counts from when that
 //! request was *sent*, so the holder gives up no later than the server could expire the lease:
-//! it never believes it holds a slot that someone else may already have taken.
+//! it never believes it holds a slot that someone else may already have taken. No pause between
+//! retries outlasts that deadline, however fast failing calls come back.
 
 use std::time::Duration;
 
 use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
 use super::{Holding, SlotError};
 
@@ -22,6 +23,15 @@ const REOPEN_WAIT: Duration = Duration::from_millis(500);
 const REOPEN_WAIT_MAX: Duration = Duration::from_secs(2);
 /// `lease_time_to_live` reports whole seconds; assume the remainder was rounded up.
 const TTL_ROUNDING: Duration = Duration::from_secs(1);
+
+/// Whose lease it is, for the log lines about it.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseOwner {
+    pub group: String,
+    pub holder: String,
+    /// The etcd endpoint(s) the lease is kept alive at.
+    pub endpoint: String,
+}
 
 /// A granted lease, kept alive by a background task until revoked or dropped.
 #[derive(Debug)]
@@ -33,7 +43,11 @@ pub struct SlotLease {
 
 impl SlotLease {
     /// Grants a lease of `ttl` (rounded up to whole seconds) and starts keeping it alive.
-    pub async fn grant(client: &Client, ttl: Duration) -> Result<SlotLease, SlotError> {
+    pub async fn grant(
+        client: &Client,
+        ttl: Duration,
+        owner: LeaseOwner,
+    ) -> Result<SlotLease, SlotError> {
         let mut client = client.clone();
         let secs = i64::try_from(ttl.as_secs_f64().ceil() as u64)
             .unwrap_or(i64::MAX)
@@ -44,7 +58,7 @@ impl SlotLease {
         let deadline = sent + secs_duration(granted.ttl());
         let (tx, state) = watch::channel(Holding::Held);
         let ttl = secs_duration(granted.ttl());
-        let task = tokio::spawn(keep_alive(client, granted.id(), ttl, deadline, tx));
+        let task = tokio::spawn(keep_alive(client, granted.id(), owner, ttl, deadline, tx));
         Ok(SlotLease {
             id: granted.id(),
             state,
@@ -62,7 +76,8 @@ impl SlotLease {
         self.state.borrow().clone()
     }
 
-    /// Follows the lease state, for a driver that must react when the slot is lost.
+    /// Follows the lease state, for a driver that must react when the slot is lost. Every answered
+    /// keepalive re-sends `Held`, so a follower also sees when the lease was last known alive.
     pub fn subscribe(&self) -> watch::Receiver<Holding> {
         self.state.clone()
     }
@@ -94,14 +109,19 @@ fn secs_duration(ttl: i64) -> Duration {
 async fn keep_alive(
     mut client: Client,
     id: i64,
+    owner: LeaseOwner,
     granted_ttl: Duration,
     mut deadline: Instant,
     state: watch::Sender<Holding>,
 ) {
-    let lost = |reason: String| {
-        tracing::warn!(lease = id, %reason, "update slot lost");
-        state.send_replace(Holding::Lost { reason });
+    let lost = |reason: &str| {
+        tracing::warn!(lease = id, group = %owner.group, holder = %owner.holder,
+            endpoint = %owner.endpoint, reason, "update slot lost");
+        state.send_replace(Holding::Lost {
+            reason: reason.to_string(),
+        });
     };
+    const NO_ANSWER: &str = "no answer from etcd within the lease TTL";
     let mut reopen_wait = REOPEN_WAIT;
     // A fresh grant needs no check; after a stream error it does.
     let mut check = false;
@@ -111,16 +131,17 @@ async fn keep_alive(
         if check {
             let sent = Instant::now();
             match timeout_at(deadline, client.lease_time_to_live(id, None)).await {
-                Err(_) => return lost("no answer from etcd within the lease TTL".into()),
-                Ok(Ok(resp)) if resp.ttl() <= 0 => return lost("the lease expired".into()),
+                Err(_) => return lost(NO_ANSWER),
+                Ok(Ok(resp)) if resp.ttl() <= 0 => return lost("the lease expired"),
                 Ok(Ok(resp)) => {
                     let until = sent + secs_duration(resp.ttl()).saturating_sub(TTL_ROUNDING);
                     deadline = deadline.max(until);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = id, error = %e, "lease check failed; retrying");
-                    sleep(reopen_jitter(reopen_wait)).await;
-                    reopen_wait = (reopen_wait * 2).min(REOPEN_WAIT_MAX);
+                    if !pause_before(deadline, &mut reopen_wait).await {
+                        return lost(NO_ANSWER);
+                    }
                     continue;
                 }
             }
@@ -129,32 +150,37 @@ async fn keep_alive(
         let sent = Instant::now();
         let (mut keeper, mut stream) = match timeout_at(deadline, client.lease_keep_alive(id)).await
         {
-            Err(_) => return lost("no answer from etcd within the lease TTL".into()),
+            Err(_) => return lost(NO_ANSWER),
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 tracing::debug!(lease = id, error = %e, "keepalive stream did not open; retrying");
-                sleep(reopen_jitter(reopen_wait)).await;
-                reopen_wait = (reopen_wait * 2).min(REOPEN_WAIT_MAX);
+                if !pause_before(deadline, &mut reopen_wait).await {
+                    return lost(NO_ANSWER);
+                }
                 continue;
             }
         };
         reopen_wait = REOPEN_WAIT;
         // Opening the stream renewed the lease to its full TTL (it checks the answer's ttl > 0).
         deadline = deadline.max(sent + granted_ttl);
+        state.send_replace(Holding::Held);
         let mut ttl = granted_ttl;
         loop {
             sleep(ttl / 3).await;
             let sent = Instant::now();
-            if keeper.keep_alive().await.is_err() {
-                break;
+            match timeout_at(deadline, keeper.keep_alive()).await {
+                Err(_) => return lost(NO_ANSWER),
+                Ok(Err(_)) => break,
+                Ok(Ok(())) => {}
             }
             match timeout_at(deadline, stream.message()).await {
-                Err(_) => return lost("no keepalive answer within the lease TTL".into()),
+                Err(_) => return lost("no keepalive answer within the lease TTL"),
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                     ttl = secs_duration(resp.ttl());
                     deadline = sent + ttl;
+                    state.send_replace(Holding::Held);
                 }
-                Ok(Ok(Some(_))) => return lost("the lease expired".into()),
+                Ok(Ok(Some(_))) => return lost("the lease expired"),
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     tracing::debug!(lease = id, "keepalive stream closed; re-opening");
                     break;
@@ -162,6 +188,19 @@ async fn keep_alive(
             }
         }
     }
+}
+
+/// Waits before the next re-open attempt, but never past `deadline`; doubles `wait` up to its
+/// cap. Returns false when the deadline came first: the lease may be gone by now.
+async fn pause_before(deadline: Instant, wait: &mut Duration) -> bool {
+    let until = Instant::now() + reopen_jitter(*wait);
+    *wait = (*wait * 2).min(REOPEN_WAIT_MAX);
+    if until >= deadline {
+        sleep_until(deadline).await;
+        return false;
+    }
+    sleep_until(until).await;
+    true
 }
 
 /// `d` plus up to 50% random jitter, so many holders do not reconnect in lockstep.

@@ -86,6 +86,13 @@ pub enum SlotError {
     },
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("FleetLock group `{0}` must match ^[a-zA-Z0-9.-]+$")]
+    Group(String),
+    #[error("failed to access {}: {source}", path.display())]
+    State {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl SlotError {
@@ -98,6 +105,8 @@ impl SlotError {
             SlotError::Refused { .. } => "refused",
             SlotError::Url { .. } => "url",
             SlotError::Unsupported(_) => "unsupported",
+            SlotError::Group(_) => "group",
+            SlotError::State { .. } => "state",
         }
     }
 }

@@ -24,7 +24,7 @@ fn config(dir: &Path, endpoint: &str) -> String {
     path.display().to_string()
 }
 
-fn sidekick(dir: &Path, args: &[&str]) -> Output {
+pub fn sidekick(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sidekick"))
         .args(args)
         .env("SIDEKICK_CONFIG_ROOT", dir)
@@ -33,7 +33,7 @@ fn sidekick(dir: &Path, args: &[&str]) -> Output {
         .expect("sidekick binary runs")
 }
 
-fn stdout(out: &Output) -> String {
+pub fn stdout(out: &Output) -> String {
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -150,3 +150,49 @@ async fn thirty_contenders_on_max_2_count_a_leftover_holder_above_the_limit() {
     }
     contention(2, true).await;
 }
+
+/// Contenders that lose the race for the last slot give back the lease they granted for it: only
+/// the winner's lease is left in etcd. Rounds repeat until some loser really raced (granted a
+/// lease and lost the commit), which shows in its request count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contenders_that_lose_the_race_keep_no_idle_lease() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    const CONTENDERS: usize = 10;
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    for round in 0..5 {
+        let start = Arc::new(tokio::sync::Barrier::new(CONTENDERS));
+        let mut tasks = Vec::new();
+        for i in 0..CONTENDERS {
+            let (client, start) = (etcd.client().await, start.clone());
+            tasks.push(tokio::spawn(async move {
+                let me = slots(&client, max(1), &format!("r{round}c{i}"));
+                start.wait().await;
+                let got = me.acquire("2.0.0").await.expect("acquire");
+                (got, me)
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut raced = false;
+        for task in tasks {
+            let (got, me) = task.await.expect("contender task");
+            match got {
+                Acquisition::Acquired => winners.push(me),
+                // A loser that only read the full group made one request.
+                _ => raced |= me.requests() > 1,
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        let leases = client.leases().await.expect("list leases").leases().len();
+        let group = read_group(&mut client, GROUP).await.unwrap();
+        let held: Vec<_> = group.iter().map(|s| s.holder()).collect();
+        assert_eq!(leases, 1, "round {round}: leases of {held:?} and of losers");
+        winners[0].release().await.unwrap();
+        if raced {
+            return;
+        }
+    }
+    panic!("no contender lost a race in 5 rounds; the test proved nothing");
+}

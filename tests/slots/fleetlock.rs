@@ -1,8 +1,11 @@
 //! The FleetLock backend against a server written here from the protocol description (airlock
-//! itself cannot be built here): header and body checks, recursive lock, per-group slots, and the
-//! refusals real servers send (airlock's 500 `failed_lock`, a 423, 400 `unknown_group`).
+//! itself cannot be built here): header and body checks, recursive lock, per-group slots, the
+//! refusals real servers send (airlock's 500 `failed_lock` and a 423 are busy; 400
+//! `unknown_group` and `invalid_client_identity` are errors), and a halt that outlives a restart
+//! until `sidekick slots resume`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -15,6 +18,8 @@ use serde_json::{Value, json};
 use sidekick::slot::{Acquisition, FleetLockSlots, SlotError, SlotLock};
 use url::Url;
 
+use super::commands::{sidekick, stdout};
+use super::support::temp_dir;
 use super::who;
 
 /// A FleetLock server's state: slots and holders per group, and how "full" is answered.
@@ -107,8 +112,8 @@ async fn serve(full_status: StatusCode) -> (Url, Shared) {
     (base, state)
 }
 
-fn client(base: &Url, group: &str, id: &str) -> FleetLockSlots {
-    FleetLockSlots::new(base, group, &who(id)).expect("FleetLock client")
+fn client(base: &Url, group: &str, id: &str, state_dir: &Path) -> FleetLockSlots {
+    FleetLockSlots::new(base, group, &who(id), state_dir).expect("FleetLock client")
 }
 
 fn holders(state: &Shared) -> Vec<String> {
@@ -126,8 +131,9 @@ async fn busy_detail(slot: &FleetLockSlots) -> String {
 #[tokio::test]
 async fn fleetlock_locks_recursively_and_unlocks_on_a_base_without_trailing_slash() {
     let (base, state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let a = client(&base, "web", "a");
-    let b = client(&base, "web", "b");
+    let dir = temp_dir("fleetlock");
+    let a = client(&base, "web", "a", dir.path());
+    let b = client(&base, "web", "b", dir.path());
 
     assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
@@ -150,8 +156,9 @@ async fn fleetlock_locks_recursively_and_unlocks_on_a_base_without_trailing_slas
 #[tokio::test]
 async fn fleetlock_slots_full_as_423_is_busy() {
     let (base, _state) = serve(StatusCode::LOCKED).await;
-    let a = client(&base, "web", "a");
-    let b = client(&base, "web", "b");
+    let dir = temp_dir("fleetlock");
+    let a = client(&base, "web", "a", dir.path());
+    let b = client(&base, "web", "b", dir.path());
     assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     let detail = busy_detail(&b).await;
     assert!(
@@ -160,19 +167,125 @@ async fn fleetlock_slots_full_as_423_is_busy() {
     );
 }
 
+/// A refusal that retrying cannot change is an error, not "busy" retried forever.
+fn assert_refused(got: Result<Acquisition, SlotError>, kind: &str) {
+    match got {
+        Err(err @ SlotError::Refused { status: 400, .. }) => {
+            assert_eq!(err.kind(), "refused");
+            assert!(err.to_string().contains(kind), "{err}");
+        }
+        other => panic!("expected a 400 {kind} error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn fleetlock_unknown_group_is_400_not_granted_and_unlock_reports_it() {
+async fn fleetlock_unknown_group_and_bad_identity_are_errors_not_busy() {
     let (base, _state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let stray = client(&base, "no-such-group", "a");
-    let detail = busy_detail(&stray).await;
-    assert!(
-        detail.contains("400") && detail.contains("unknown_group"),
-        "{detail}"
-    );
+    let dir = temp_dir("fleetlock");
+    let stray = client(&base, "no-such-group", "a", dir.path());
+    assert_refused(stray.acquire("2.0.0").await, "unknown_group");
     match stray.release_stale().await {
         Err(err @ SlotError::Refused { status: 400, .. }) => assert_eq!(err.kind(), "refused"),
         other => panic!("expected a 400 refusal, got {other:?}"),
     }
+    let nameless = client(&base, "web", "", dir.path());
+    assert_refused(nameless.acquire("2.0.0").await, "invalid_client_identity");
+}
+
+#[tokio::test]
+async fn fleetlock_client_refuses_a_group_the_protocol_does_not_allow() {
+    let base = Url::parse("http://127.0.0.1:9/").unwrap();
+    let dir = temp_dir("fleetlock");
+    let err = FleetLockSlots::new(&base, "web/stable", &who("a"), dir.path()).unwrap_err();
+    assert_eq!(err.kind(), "group", "{err}");
+}
+
+/// A configuration for the fleetlock backend at `base`, with its state under `dir`.
+fn fleetlock_config(dir: &Path, base: &Url) -> String {
+    let path = dir.join("sidekick.toml");
+    let text = format!(
+        "[instance]\nunit = \"web@1.service\"\n\n[registration]\nenabled = false\nport = 8080\n\n\
+         [health]\ncheck = \"none\"\n\n[update]\nenabled = false\n\n[daemon]\nstate_dir = \"{}\"\n\n\
+         [slot]\nbackend = \"fleetlock\"\nfleetlock_url = \"{base}\"\ngroup = \"web\"\n",
+        dir.join("state").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+/// Runs `sidekick` off the runtime's threads, so the in-process server keeps answering it.
+async fn run_sidekick(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (dir, args) = (
+        dir.to_path_buf(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sidekick(&dir, &args)
+    })
+    .await
+    .expect("sidekick runs")
+}
+
+#[tokio::test]
+async fn fleetlock_halt_keeps_the_lock_across_a_restart_until_slots_resume() {
+    let (base, state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let dir = temp_dir("fleetlock-halt");
+    let cfg = fleetlock_config(dir.path(), &base);
+    let state_dir = dir.path().join("state");
+    let failed = client(&base, "web", "failed", &state_dir);
+    let sibling = client(&base, "web", "sibling", &state_dir);
+    let next = client(&base, "web", "next", &dir.path().join("other-host"));
+    assert_eq!(
+        failed.acquire("3.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    failed
+        .halt("3.0.0", "not healthy within 60s")
+        .await
+        .unwrap();
+    failed.release().await.unwrap();
+    assert_eq!(holders(&state), ["failed"], "release gave up a halted lock");
+
+    // The daemon restarts: the halt is still there, and the stale-slot release keeps the lock.
+    let restarted = client(&base, "web", "failed", &state_dir);
+    restarted.release_stale().await.unwrap();
+    assert_eq!(
+        holders(&state),
+        ["failed"],
+        "release_stale gave up a halted lock"
+    );
+    let halted = Acquisition::Halted {
+        version: "3.0.0".into(),
+        reason: "not healthy within 60s".into(),
+    };
+    assert_eq!(restarted.acquire("3.0.0").await.unwrap(), halted);
+    // Another instance on this host is halted too; one elsewhere finds the slot taken.
+    assert_eq!(sibling.acquire("3.0.0").await.unwrap(), halted);
+    assert!(busy_detail(&next).await.contains("failed_lock"));
+
+    // `slots release` of the halted holder points at resume instead of lifting the halt.
+    let out = run_sidekick(
+        dir.path(),
+        &["slots", "release", "--holder", "failed", "--config", &cfg],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slots resume"));
+    assert_eq!(holders(&state), ["failed"]);
+
+    let out = stdout(&run_sidekick(dir.path(), &["slots", "resume", "--config", &cfg]).await);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "resumed FleetLock group web (was halted at version 3.0.0 by web-failed: \
+             not healthy within 60s); unlocked failed at {base}"
+        )
+    );
+    assert!(holders(&state).is_empty());
+    assert_eq!(next.acquire("3.0.0").await.unwrap(), Acquisition::Acquired);
+    let out = stdout(&run_sidekick(dir.path(), &["slots", "resume", "--config", &cfg]).await);
+    assert!(out.contains("not halted"), "{out}");
 }
 
 #[tokio::test]
@@ -182,7 +295,8 @@ async fn fleetlock_server_that_is_down_is_an_error_not_a_refusal() {
         super::support::free_port()
     ))
     .unwrap();
-    let err = client(&base, "web", "a")
+    let dir = temp_dir("fleetlock");
+    let err = client(&base, "web", "a", dir.path())
         .acquire("2.0.0")
         .await
         .unwrap_err();

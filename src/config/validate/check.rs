@@ -1,0 +1,103 @@
+//! [`Check`]: the typed checks of single values, each failing with the key and where its value
+//! came from.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::config::ConfigError;
+use crate::config::inputs::Origins;
+
+/// Builds validation errors that point at the key's origin.
+pub(super) struct Check<'a> {
+    pub(super) origins: &'a Origins,
+}
+
+impl Check<'_> {
+    pub(super) fn fail(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin: self.origins.get(key).cloned(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn positive(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
+        if value.is_zero() {
+            return Err(self.fail(key, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+
+    pub(super) fn at_least(
+        &self,
+        key: &str,
+        value: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        if value < min {
+            let min = humantime::format_duration(min);
+            return Err(self.fail(key, format!("must be at least {min}")));
+        }
+        Ok(value)
+    }
+
+    pub(super) fn non_zero(&self, key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {
+        NonZeroU32::new(value).ok_or_else(|| self.fail(key, "must be at least 1"))
+    }
+
+    pub(super) fn http_url(&self, key: &str, value: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(value).map_err(|err| {
+            self.fail(
+                key,
+                format!("`{value}` must be an http:// or https:// URL ({err})"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(self.fail(key, format!("`{value}` must be an http:// or https:// URL")));
+        }
+        Ok(url)
+    }
+
+    pub(super) fn absolute(&self, key: &str, value: PathBuf) -> Result<PathBuf, ConfigError> {
+        if !value.is_absolute() {
+            return Err(self.fail(
+                key,
+                format!("`{}` must be an absolute path", value.display()),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Two keys that make sense only together: both set, or neither.
+    pub(super) fn both<A, B>(
+        &self,
+        (a_key, a): (&str, Option<A>),
+        (b_key, b): (&str, Option<B>),
+    ) -> Result<Option<(A, B)>, ConfigError> {
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(self.fail(a_key, format!("needs {b_key} as well"))),
+            (None, Some(_)) => Err(self.fail(b_key, format!("needs {a_key} as well"))),
+        }
+    }
+
+    pub(super) fn word(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let ok = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(self.fail(
+                key,
+                format!(
+                    "`{value}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
+                ),
+            ));
+        }
+        Ok(value.to_string())
+    }
+}
