@@ -83,6 +83,15 @@ fn rpc(op: &'static str) -> impl FnOnce(etcd_client::Error) -> LeaseError {
     }
 }
 
+/// The configured endpoints as one comma-separated string, for connecting and for log lines.
+pub fn endpoint_list(etcd: &EtcdSettings) -> String {
+    etcd.endpoints
+        .iter()
+        .map(|u| u.as_str().trim_end_matches('/'))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The lease we hold and the entries written on it.
 #[derive(Debug)]
 struct Held {
@@ -117,12 +126,7 @@ impl RegistrationLease {
         published: watch::Sender<Published>,
         requests: Arc<AtomicU64>,
     ) -> RegistrationLease {
-        let endpoint = etcd
-            .endpoints
-            .iter()
-            .map(|u| u.as_str().trim_end_matches('/'))
-            .collect::<Vec<_>>()
-            .join(",");
+        let endpoint = endpoint_list(&etcd);
         RegistrationLease {
             etcd,
             endpoint,
@@ -153,6 +157,7 @@ impl RegistrationLease {
                 Ok(()) => {}
                 Err(LeaseError::Gone(id)) => {
                     warn!(instance = %self.instance, endpoint = %self.endpoint, lease = format!("{id:x}"),
+                        error = %LeaseError::Gone(id), kind = "lease_gone",
                         "registration lease is gone (expired or revoked); granting a new one");
                     self.held = None;
                     self.published.send_replace(Published::Absent);
@@ -247,6 +252,7 @@ impl RegistrationLease {
                 "could not revoke the registration lease on shutdown; it expires within its TTL")
             }
             Err(_) => warn!(instance = %self.instance, endpoint = %self.endpoint,
+                error = format!("no answer within {REVOKE_TIMEOUT:?}"),
                 "revoking the registration lease timed out on shutdown; it expires within its TTL"),
         }
         self.published.send_replace(Published::Absent);

@@ -59,6 +59,8 @@ pub trait Registry: Send {
 
 /// The etcd registry: a background task holding the registration lease.
 pub struct EtcdRegistry {
+    instance: String,
+    endpoint: String,
     desired: watch::Sender<Desired>,
     published: watch::Receiver<Published>,
     requests: Arc<AtomicU64>,
@@ -71,9 +73,10 @@ impl EtcdRegistry {
         let (desired, desired_rx) = watch::channel(Desired::Absent);
         let (published_tx, published) = watch::channel(Published::Absent);
         let requests = Arc::new(AtomicU64::new(0));
+        let endpoint = lease::endpoint_list(&etcd);
         let lease = RegistrationLease::new(
             etcd,
-            instance,
+            instance.clone(),
             ttl,
             desired_rx,
             published_tx,
@@ -81,6 +84,8 @@ impl EtcdRegistry {
         );
         let task = tokio::spawn(lease.run());
         EtcdRegistry {
+            instance,
+            endpoint,
             desired,
             published,
             requests,
@@ -110,7 +115,9 @@ impl Registry for EtcdRegistry {
         self.desired.send_replace(Desired::Shutdown);
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            tracing::warn!("registration not withdrawn within {deadline:?}; its lease will expire");
+            tracing::warn!(instance = %self.instance, endpoint = %self.endpoint,
+                error = format!("no answer within {deadline:?}"),
+                "registration not withdrawn on shutdown; its lease expires within its TTL");
             task.abort();
         }
     }
