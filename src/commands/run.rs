@@ -125,7 +125,7 @@ async fn drive<R: Registry>(
         ),
         registry,
         probe,
-        unit: units.active_state(),
+        unit: units.unit_state(),
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),
