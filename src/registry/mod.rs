@@ -7,6 +7,7 @@
 //! `docs/registration.md` for the operator's view.
 
 pub mod address;
+pub mod error;
 pub mod layout;
 pub mod lease;
 
@@ -30,6 +31,15 @@ pub enum Desired {
     Present(Vec<Entry>),
     /// Withdraw the registration and stop.
     Shutdown,
+}
+
+/// What the caller wants, and how many deregistrations it has asked for so far: a lease granted
+/// before the latest deregistration is revoked even when a registration follows at once, which a
+/// channel holding only the latest [`Desired`] would hide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub desired: Desired,
+    pub withdrawals: u64,
 }
 
 /// What is published in etcd right now, as far as the registry knows.
@@ -61,7 +71,7 @@ pub trait Registry: Send {
 pub struct EtcdRegistry {
     instance: String,
     endpoint: String,
-    desired: watch::Sender<Desired>,
+    desired: watch::Sender<Intent>,
     published: watch::Receiver<Published>,
     requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -70,7 +80,10 @@ pub struct EtcdRegistry {
 impl EtcdRegistry {
     /// Starts the lease task for `instance` on the current tokio runtime; connects lazily.
     pub fn start(etcd: EtcdSettings, instance: String, ttl: Duration) -> EtcdRegistry {
-        let (desired, desired_rx) = watch::channel(Desired::Absent);
+        let (desired, desired_rx) = watch::channel(Intent {
+            desired: Desired::Absent,
+            withdrawals: 0,
+        });
         let (published_tx, published) = watch::channel(Published::Absent);
         let requests = Arc::new(AtomicU64::new(0));
         let endpoint = lease::endpoint_list(&etcd);
@@ -96,11 +109,15 @@ impl EtcdRegistry {
 
 impl Registry for EtcdRegistry {
     fn register(&mut self, entries: Vec<Entry>) {
-        self.desired.send_replace(Desired::Present(entries));
+        self.desired
+            .send_modify(|intent| intent.desired = Desired::Present(entries));
     }
 
     fn deregister(&mut self) {
-        self.desired.send_replace(Desired::Absent);
+        self.desired.send_modify(|intent| {
+            intent.desired = Desired::Absent;
+            intent.withdrawals += 1;
+        });
     }
 
     fn published(&self) -> watch::Receiver<Published> {
@@ -112,7 +129,8 @@ impl Registry for EtcdRegistry {
     }
 
     async fn shutdown(self, deadline: Duration) {
-        self.desired.send_replace(Desired::Shutdown);
+        self.desired
+            .send_modify(|intent| intent.desired = Desired::Shutdown);
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
             tracing::warn!(instance = %self.instance, endpoint = %self.endpoint,
