@@ -23,21 +23,29 @@ use super::{DEREGISTER_BUDGET, REGISTER_TIMEOUT, SEED_KEY, STOP_BUDGET};
 
 /// `dbus-daemon` restarting, systemd rejoining the bus and the sidekick's reconnect backoff
 /// (capped at 5 s) together.
-const BUS_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const BUS_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Logged by the unit watch when its connection ends (`src/systemd/watch.rs`).
-const BUS_LOST: &str = "system bus connection lost";
+pub(super) const BUS_LOST: &str = "system bus connection lost";
 /// Logged (debug) by the unit watch each time it has subscribed and read the state.
 const FOLLOWING: &str = "following unit over D-Bus";
 /// Logged by the unit watch when a reconnect attempt fails.
-const BUS_RETRY: &str = "cannot follow the unit over D-Bus";
+pub(super) const BUS_RETRY: &str = "cannot follow the unit over D-Bus";
 
 /// Starts etcd, the container with the sleeping `web@1.service` and a sidekick (seed layout, no
 /// health check) and waits for its registration; returns the key's lease.
 async fn registered_sleeper(dir: &std::path::Path) -> (Etcd, Client, Systemd, Sidekick, i64) {
+    registered_unit(dir, SLEEP_UNIT).await
+}
+
+/// [`registered_sleeper`] with `unit_file` as `web@.service`.
+pub(super) async fn registered_unit(
+    dir: &std::path::Path,
+    unit_file: &str,
+) -> (Etcd, Client, Systemd, Sidekick, i64) {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let systemd = Systemd::start().await;
-    start_unit(&systemd, SLEEP_UNIT).await;
+    start_unit(&systemd, unit_file).await;
     let sidekick = Sidekick::start(
         &systemd,
         dir,
@@ -49,7 +57,11 @@ async fn registered_sleeper(dir: &std::path::Path) -> (Etcd, Client, Systemd, Si
 }
 
 /// Polls the sidekick's log until `what` holds; the log.
-async fn wait_for_log(sidekick: &Sidekick, what: &str, holds: impl Fn(&str) -> bool) -> String {
+pub(super) async fn wait_for_log(
+    sidekick: &Sidekick,
+    what: &str,
+    holds: impl Fn(&str) -> bool,
+) -> String {
     let seen = poll_until(BUS_RETURN_TIMEOUT, what, || {
         let log = sidekick.log();
         let ok = holds(&log);
@@ -60,7 +72,7 @@ async fn wait_for_log(sidekick: &Sidekick, what: &str, holds: impl Fn(&str) -> b
 }
 
 /// The key's lease now, or `None` when it is absent.
-async fn lease_of(client: &Client, key: &str) -> Option<i64> {
+pub(super) async fn lease_of(client: &Client, key: &str) -> Option<i64> {
     let got = client.clone().get(key, None).await.expect("etcd get");
     got.kvs().first().map(|kv| kv.lease())
 }
