@@ -1,12 +1,14 @@
 //! Registration of this instance in etcd: the [`Registry`] seam, the etcd implementation
-//! ([`EtcdRegistry`], backed by a supervised lease in [`lease`]) and an in-memory one
-//! ([`MemoryRegistry`]) for unit tests and `--dry-run`.
+//! ([`EtcdRegistry`], backed by a supervised lease in [`lease`]), the read-only one of `--dry-run`
+//! ([`DryRunRegistry`], in [`dry_run`]) and an in-memory one ([`MemoryRegistry`]) for unit tests
+//! and runs with registration disabled.
 //!
 //! Registering and deregistering only state what should be published; the registry converges
 //! etcd to it in the background and never gives up while etcd is unreachable. See
 //! `docs/registration.md` for the operator's view.
 
 pub mod address;
+pub mod dry_run;
 pub mod error;
 pub mod layout;
 pub mod lease;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::EtcdSettings;
+pub use dry_run::DryRunRegistry;
 pub use layout::{Announce, Entry, KeyLayout, Listed};
 use lease::RegistrationLease;
 
@@ -141,13 +144,12 @@ impl Registry for EtcdRegistry {
     }
 }
 
-/// An in-memory registry: records every change, logs what it would write (`--dry-run`).
+/// An in-memory registry: records every change.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     state: Arc<Mutex<Option<Vec<Entry>>>>,
     history: Arc<Mutex<Vec<Desired>>>,
     published: watch::Sender<Published>,
-    log: bool,
 }
 
 impl MemoryRegistry {
@@ -157,15 +159,6 @@ impl MemoryRegistry {
             state: Arc::default(),
             history: Arc::default(),
             published: watch::channel(Published::Absent).0,
-            log: false,
-        }
-    }
-
-    /// A registry that logs each write it would make (`--dry-run`).
-    pub fn logging() -> MemoryRegistry {
-        MemoryRegistry {
-            log: true,
-            ..MemoryRegistry::new()
         }
     }
 
@@ -184,20 +177,6 @@ impl MemoryRegistry {
             Desired::Present(entries) => Some(entries.clone()),
             Desired::Absent | Desired::Shutdown => None,
         };
-        if self.log {
-            match &entries {
-                Some(entries) => {
-                    for (key, value) in entries {
-                        tracing::info!("dry run: would put {key} = {value} on a lease");
-                    }
-                }
-                // The etcd registry has no lease to revoke when nothing is registered.
-                None if self.current().is_some() => {
-                    tracing::info!("dry run: would revoke the registration lease")
-                }
-                None => {}
-            }
-        }
         self.published.send_replace(match entries {
             Some(_) => Published::Registered { lease: 0 },
             None => Published::Absent,
