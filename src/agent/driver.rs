@@ -2,6 +2,7 @@
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
 //! ([`Registry`], [`Probe`]). Reports progress with sd_notify STATUS.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::state::{self, Action, Agent, Observation};
 use crate::health::Probe;
 use crate::registry::{Entry, Published, Registry};
-use crate::systemd::ActiveState;
+use crate::systemd::{ActiveState, UnitState};
 
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
@@ -29,8 +30,8 @@ pub struct Driver<R: Registry, P: Probe> {
     pub agent: Agent,
     pub registry: R,
     pub probe: P,
-    /// The bound unit's `ActiveState`, deduplicated.
-    pub unit: watch::Receiver<ActiveState>,
+    /// The bound unit's `ActiveState` and departures from `active`, deduplicated.
+    pub unit: watch::Receiver<UnitState>,
     /// The registration's keys and values.
     pub entries: Vec<Entry>,
     /// Probe period while the unit is active.
@@ -49,9 +50,13 @@ impl<R: Registry, P: Probe> Driver<R, P> {
         let mut status = String::new();
         notify(&[sd_notify::NotifyState::Ready]);
         let initial = self.unit.borrow_and_update().clone();
-        let mut pending = (initial != ActiveState::Unknown).then_some(Observation::Unit(initial));
+        let mut departures = initial.departures;
+        let mut pending = VecDeque::new();
+        if initial.active != ActiveState::Unknown {
+            pending.push_back(Observation::Unit(initial.active));
+        }
         loop {
-            let observation = match pending.take() {
+            let observation = match pending.pop_front() {
                 Some(observation) => observation,
                 None => {
                     let probing = self.agent.probing();
@@ -59,7 +64,17 @@ impl<R: Registry, P: Probe> Driver<R, P> {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
                         changed = self.unit.changed(), if unit_open => match changed {
-                            Ok(()) => Observation::Unit(self.unit.borrow_and_update().clone()),
+                            Ok(()) => {
+                                let now = self.unit.borrow_and_update().clone();
+                                // A departure whose states were coalesced away still counts.
+                                if now.departures != departures {
+                                    departures = now.departures;
+                                    pending.push_back(Observation::Unit(now.active));
+                                    Observation::LeftActive
+                                } else {
+                                    Observation::Unit(now.active)
+                                }
+                            }
                             Err(_) => {
                                 warn!(instance = %self.instance, "unit watch ended; keeping the last known state");
                                 unit_open = false;
@@ -182,7 +197,7 @@ mod tests {
             agent: Agent::new(HealthStreak::new(n(2), n(1)), false),
             registry: registry.clone(),
             probe: Switch(probe),
-            unit: units.active_state(),
+            unit: units.unit_state(),
             entries: vec![("k".into(), "v".into())],
             interval: Duration::from_millis(10),
             instance: "web-1".into(),
@@ -202,5 +217,45 @@ mod tests {
         run.await.unwrap();
         assert_eq!(registry.history().last(), Some(&Desired::Shutdown));
         assert_eq!(registry.current(), None);
+    }
+
+    #[tokio::test]
+    async fn a_restart_seen_only_as_active_again_deregisters_and_waits_for_rise() {
+        let units = MemoryUnits::new(ActiveState::Active);
+        let registry = MemoryRegistry::new();
+        let (_healthy, probe) = watch::channel(true);
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let driver = Driver {
+            agent: Agent::new(HealthStreak::new(n(2), n(2)), false),
+            registry: registry.clone(),
+            probe: Switch(probe),
+            unit: units.unit_state(),
+            entries: vec![("k".into(), "v".into())],
+            interval: Duration::from_millis(10),
+            instance: "web-1".into(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(driver.run(async {
+            let _ = stopped.await;
+        }));
+        wait_for(&registry, true).await;
+        let before = registry.history().len();
+        // All three before the driver runs again: it sees only the latest value.
+        units.set(ActiveState::Deactivating);
+        units.set(ActiveState::Activating);
+        units.set(ActiveState::Active);
+        let mut published = registry.published();
+        let again = published.wait_for(|_| registry.history().len() >= before + 2);
+        tokio::time::timeout(Duration::from_secs(5), again)
+            .await
+            .expect("deregistered and registered again in time")
+            .expect("registry alive");
+        let entries = vec![("k".to_string(), "v".to_string())];
+        assert_eq!(
+            registry.history()[before..],
+            [Desired::Absent, Desired::Present(entries)]
+        );
+        let _ = stop.send(());
+        run.await.unwrap();
     }
 }

@@ -29,6 +29,9 @@ impl Phase {
 pub enum Observation {
     /// The unit's `ActiveState` changed.
     Unit(ActiveState),
+    /// The unit left `active` since the last observation, whether or not that state was seen
+    /// (it may be `active` again already: the next [`Observation::Unit`] says).
+    LeftActive,
     /// One probe ran.
     Probe { passed: bool },
     /// SIGTERM or SIGINT.
@@ -109,6 +112,10 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             agent.registered = false;
             return (agent, vec![Action::Stop]);
         }
+        Observation::LeftActive => {
+            agent.health.reset();
+            agent.unit = ActiveState::Unknown;
+        }
         Observation::Unit(state) => {
             if !state.is_active() {
                 // A restarted unit must prove itself healthy again.
@@ -138,7 +145,7 @@ mod tests {
 
     use super::*;
     use ActiveState::*;
-    use Observation::{Probe, Shutdown, Unit};
+    use Observation::{LeftActive, Probe, Shutdown, Unit};
 
     const PASS: Observation = Probe { passed: true };
     const FAIL: Observation = Probe { passed: false };
@@ -207,6 +214,33 @@ mod tests {
                 (PASS, &[Action::Register]),
             ],
         );
+    }
+
+    #[test]
+    fn a_departure_never_seen_as_a_state_still_deregisters_and_resets_health() {
+        let a = run(
+            agent(2, 2, false),
+            &[
+                (Unit(Active), &[]),
+                (PASS, &[]),
+                (PASS, &[Action::Register]),
+                // deactivating -> activating -> active, delivered as one change
+                (LeftActive, &[Action::Deregister]),
+                (Unit(Active), &[]),
+                (PASS, &[]),
+                (PASS, &[Action::Register]),
+            ],
+        );
+        assert!(a.registered);
+        let a = run(
+            agent(1, 1, true),
+            &[
+                (Unit(Active), &[Action::Register]),
+                (LeftActive, &[Action::Deregister]),
+                (Unit(Active), &[Action::Register]),
+            ],
+        );
+        assert!(a.registered);
     }
 
     #[test]

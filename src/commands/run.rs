@@ -13,7 +13,9 @@ use crate::cli::{Cli, RunArgs};
 use crate::config::{HealthCheck, Settings};
 use crate::health::{HealthProbe, HealthStreak};
 use crate::registry::address::announced_host;
-use crate::registry::{Announce, Entry, EtcdRegistry, KeyLayout, MemoryRegistry, Registry};
+use crate::registry::{
+    Announce, DryRunRegistry, Entry, EtcdRegistry, KeyLayout, MemoryRegistry, Registry,
+};
 use crate::systemd::{Bus, DbusUnits, UnitManager};
 
 /// Loads the configuration and runs the daemon on a single-threaded runtime (the work is all
@@ -87,15 +89,19 @@ pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<DriverRepo
         layout = ?registration.layout,
         "following the unit"
     );
-    let report = if dry_run || !registration.enabled {
-        if !registration.enabled {
-            info!("registration.enabled is false: following the unit without registering");
-        }
-        let registry = if dry_run {
-            MemoryRegistry::logging()
-        } else {
-            MemoryRegistry::new()
-        };
+    let report = if !registration.enabled {
+        info!("registration.enabled is false: following the unit without registering");
+        drive(
+            &settings,
+            MemoryRegistry::new(),
+            probe,
+            &units,
+            entries,
+            shutdown,
+        )
+        .await
+    } else if dry_run {
+        let registry = DryRunRegistry::start(settings.etcd.clone(), settings.instance.name.clone());
         drive(&settings, registry, probe, &units, entries, shutdown).await
     } else {
         let registry = EtcdRegistry::start(
@@ -125,7 +131,7 @@ async fn drive<R: Registry>(
         ),
         registry,
         probe,
-        unit: units.active_state(),
+        unit: units.unit_state(),
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),

@@ -8,89 +8,53 @@
 //! by instance, so a re-put on a new lease replaces the old key: one instance never has two live
 //! registrations. Deregistration revokes the lease, which deletes every key at once.
 //!
+//! Deregistration never waits behind an RPC: connecting, checking, granting and writing race the
+//! desired state, and whatever is under way is abandoned the moment it changes. The lease id is
+//! chosen here, before the grant, so even a grant or a write whose answer never came is revoked by
+//! id. A lease granted before a deregistration was asked for is revoked before any new
+//! registration, even when the registration is asked for again at once (a unit that restarted).
+//!
 //! Protocol: <https://etcd.io/docs/v3.4/learning/api/#lease-api>.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use thiserror::Error;
+use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{Desired, Entry, Published};
+mod keepalive;
+
+use super::error::{LeaseError, describe, rpc};
+use super::{Desired, Entry, Intent, Published};
 use crate::backoff::{Backoff, MAX_DELAY};
 use crate::config::EtcdSettings;
 
 /// How long shutdown may spend revoking before it leaves the lease to expire.
 const REVOKE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// Why the registration is not (or no longer) held.
-#[derive(Debug, Error)]
-pub enum LeaseError {
-    #[error("cannot reach etcd: {0}")]
-    Connect(String),
-    #[error("{op} failed: {detail}")]
-    Rpc { op: &'static str, detail: String },
-    #[error("lease {0:x} is gone (expired or revoked)")]
-    Gone(i64),
-    #[error("keepalive stream ended")]
-    StreamEnded,
-    #[error("no keepalive answer within one keepalive interval")]
-    Stalled,
+/// The configured endpoints as one comma-separated string, for connecting and for log lines.
+pub fn endpoint_list(etcd: &EtcdSettings) -> String {
+    etcd.endpoints
+        .iter()
+        .map(|u| u.as_str().trim_end_matches('/'))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-impl LeaseError {
-    /// Short stable name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LeaseError::Connect(_) => "connect",
-            LeaseError::Rpc { .. } => "rpc",
-            LeaseError::Gone(_) => "lease_gone",
-            LeaseError::StreamEnded => "stream_ended",
-            LeaseError::Stalled => "stalled",
-        }
-    }
-}
-
-/// An etcd error with its causes: etcd-client's errors do not expose `source()`, so the useful
-/// part (a TLS or auth failure) would be lost in `Display` alone.
-pub fn describe(err: &etcd_client::Error) -> String {
-    let inner: Option<&dyn std::error::Error> = match err {
-        etcd_client::Error::TransportError(e) => Some(e),
-        etcd_client::Error::GRpcStatus(e) => Some(e),
-        _ => None,
-    };
-    let mut text = err.to_string();
-    let mut cause = inner.and_then(std::error::Error::source);
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}
-
-fn rpc(op: &'static str) -> impl FnOnce(etcd_client::Error) -> LeaseError {
-    move |e| LeaseError::Rpc {
-        op,
-        detail: describe(&e),
-    }
-}
-
-/// The lease we hold and the entries written on it.
+/// The lease we hold (or asked for) and the entries written on it.
 #[derive(Debug)]
 struct Held {
     id: i64,
     ttl: Duration,
     entries: Vec<Entry>,
-    /// After a failure: check the lease and re-put before trusting it again.
+    /// After a failure or an unanswered call: check the lease and re-put before trusting it.
     suspect: bool,
+    /// etcd answered the grant; until then the lease may or may not exist.
+    granted: bool,
+    /// [`Intent::withdrawals`] when it was granted: a later deregistration revokes it.
+    withdrawals: u64,
 }
 
 /// The background task that converges etcd to the desired registration.
@@ -99,7 +63,7 @@ pub struct RegistrationLease {
     endpoint: String,
     instance: String,
     ttl: Duration,
-    desired: watch::Receiver<Desired>,
+    desired: watch::Receiver<Intent>,
     published: watch::Sender<Published>,
     requests: Arc<AtomicU64>,
     client: Option<Client>,
@@ -113,16 +77,11 @@ impl RegistrationLease {
         etcd: EtcdSettings,
         instance: String,
         ttl: Duration,
-        desired: watch::Receiver<Desired>,
+        desired: watch::Receiver<Intent>,
         published: watch::Sender<Published>,
         requests: Arc<AtomicU64>,
     ) -> RegistrationLease {
-        let endpoint = etcd
-            .endpoints
-            .iter()
-            .map(|u| u.as_str().trim_end_matches('/'))
-            .collect::<Vec<_>>()
-            .join(",");
+        let endpoint = endpoint_list(&etcd);
         RegistrationLease {
             etcd,
             endpoint,
@@ -140,19 +99,26 @@ impl RegistrationLease {
     /// Runs until [`Desired::Shutdown`]; never returns early on etcd errors.
     pub async fn run(mut self) {
         loop {
-            let desired = self.desired.borrow_and_update().clone();
-            let outcome = match desired {
+            let intent = self.desired.borrow_and_update().clone();
+            let outdated = self
+                .held
+                .as_ref()
+                .is_some_and(|held| held.withdrawals != intent.withdrawals);
+            let outcome = match intent.desired {
                 Desired::Shutdown => {
                     self.shut_down().await;
                     return;
                 }
+                // Deregistration was asked for since this lease was granted: it goes first.
+                _ if outdated => self.revoke_held().await,
                 Desired::Absent => self.withdraw().await,
-                Desired::Present(entries) => self.hold(entries).await,
+                Desired::Present(entries) => self.hold(entries, intent.withdrawals).await,
             };
             match outcome {
-                Ok(()) => {}
+                Ok(()) | Err(LeaseError::Superseded) => {}
                 Err(LeaseError::Gone(id)) => {
                     warn!(instance = %self.instance, endpoint = %self.endpoint, lease = format!("{id:x}"),
+                        error = %LeaseError::Gone(id), kind = "lease_gone",
                         "registration lease is gone (expired or revoked); granting a new one");
                     self.held = None;
                     self.published.send_replace(Published::Absent);
@@ -191,6 +157,14 @@ impl RegistrationLease {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `Superseded` when the desired state changed since the loop read it.
+    fn still_wanted(&self) -> Result<(), LeaseError> {
+        match self.desired.has_changed() {
+            Ok(false) => Ok(()),
+            _ => Err(LeaseError::Superseded),
+        }
+    }
+
     /// The client, connecting and probing with a real call first if needed.
     async fn client(&mut self) -> Result<Client, LeaseError> {
         if let Some(client) = &self.client {
@@ -214,24 +188,24 @@ impl RegistrationLease {
         Ok(client)
     }
 
-    /// Revokes the lease, if any; the keys on it go with it.
+    /// Revokes the lease, if any, then waits for the desired state to change.
     async fn withdraw(&mut self) -> Result<(), LeaseError> {
-        if let Some(held) = &self.held {
-            let id = held.id;
+        self.revoke_held().await?;
+        let _ = self.desired.changed().await;
+        Ok(())
+    }
+
+    /// Revokes the lease we hold or asked for, if any; the keys on it go with it.
+    async fn revoke_held(&mut self) -> Result<(), LeaseError> {
+        if let Some(id) = self.held.as_ref().map(|held| held.id) {
             let mut client = self.client().await?;
             self.count();
-            match client.lease_revoke(id).await {
-                Ok(_) => {}
-                // Already gone: nothing left to withdraw.
-                Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("not found") => {}
-                Err(e) => return Err(rpc("lease revoke")(e)),
-            }
+            revoke(&mut client, id).await?;
             info!(instance = %self.instance, lease = format!("{id:x}"), "deregistered: lease revoked");
             self.held = None;
         }
         self.backoff.reset();
         self.published.send_replace(Published::Absent);
-        let _ = self.desired.changed().await;
         Ok(())
     }
 
@@ -247,6 +221,7 @@ impl RegistrationLease {
                 "could not revoke the registration lease on shutdown; it expires within its TTL")
             }
             Err(_) => warn!(instance = %self.instance, endpoint = %self.endpoint,
+                error = format!("no answer within {REVOKE_TIMEOUT:?}"),
                 "revoking the registration lease timed out on shutdown; it expires within its TTL"),
         }
         self.published.send_replace(Published::Absent);
@@ -258,72 +233,105 @@ impl RegistrationLease {
         };
         let mut client = self.client().await?;
         self.count();
-        client.lease_revoke(id).await.map_err(rpc("lease revoke"))?;
+        revoke(&mut client, id).await?;
         self.held = None;
         Ok(())
     }
 
     /// Makes sure `entries` are written on a live lease, then keeps it alive until the desired
-    /// state changes or something fails.
-    async fn hold(&mut self, entries: Vec<Entry>) -> Result<(), LeaseError> {
-        let mut client = self.client().await?;
-        if let Some(held) = &self.held
-            && held.suspect
-        {
-            let id = held.id;
-            self.count();
-            let ttl = client
-                .lease_time_to_live(id, None)
-                .await
-                .map_err(rpc("lease time-to-live"))?
-                .ttl();
-            if ttl <= 0 {
-                return Err(LeaseError::Gone(id));
-            }
-        }
-        let held = match self.held.take() {
-            Some(held) => held,
-            None => self.grant(&mut client).await?,
+    /// state changes or something fails. Every step before the keepalive is abandoned as soon as
+    /// the desired state changes, so a deregistration never waits for an RPC in flight.
+    async fn hold(&mut self, entries: Vec<Entry>, withdrawals: u64) -> Result<(), LeaseError> {
+        let mut changed = self.desired.clone();
+        let established = tokio::select! {
+            biased;
+            _ = changed.changed() => Err(LeaseError::Superseded),
+            established = self.establish(entries, withdrawals) => established,
         };
-        let held = self.put(&mut client, held, entries).await?;
-        let (id, ttl) = (held.id, held.ttl);
-        self.held = Some(held);
+        let (mut client, id, ttl) = established?;
         self.backoff.reset();
         self.published
             .send_replace(Published::Registered { lease: id });
         self.keep_alive(&mut client, id, ttl).await
     }
 
-    async fn grant(&mut self, client: &mut Client) -> Result<Held, LeaseError> {
+    /// Connects, checks or grants the lease and writes `entries` on it; the client, lease and TTL.
+    async fn establish(
+        &mut self,
+        entries: Vec<Entry>,
+        withdrawals: u64,
+    ) -> Result<(Client, i64, Duration), LeaseError> {
+        let mut client = self.client().await?;
+        if let Some(held) = &self.held
+            && held.suspect
+        {
+            let (id, granted) = (held.id, held.granted);
+            self.count();
+            let alive = client
+                .lease_time_to_live(id, None)
+                .await
+                .map_err(rpc("lease time-to-live"))?;
+            match (alive.ttl() > 0, granted) {
+                (true, _) => {
+                    if let Some(held) = &mut self.held
+                        && !granted
+                    {
+                        // The grant went through; only its answer was lost.
+                        held.granted = true;
+                        held.ttl = granted_ttl(alive.granted_ttl());
+                    }
+                }
+                (false, true) => return Err(LeaseError::Gone(id)),
+                // Never granted after all: grant afresh.
+                (false, false) => self.held = None,
+            }
+        }
+        if self.held.is_none() {
+            self.grant(&mut client, withdrawals).await?;
+        }
+        self.put(&mut client, entries).await?;
+        let held = self.held.as_ref().ok_or(LeaseError::Superseded)?;
+        Ok((client, held.id, held.ttl))
+    }
+
+    /// Grants a lease under an id chosen here, recorded before the call: a grant whose answer is
+    /// lost can still be checked and revoked by that id.
+    async fn grant(&mut self, client: &mut Client, withdrawals: u64) -> Result<(), LeaseError> {
+        self.still_wanted()?;
         let requested = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        // etcd lease ids are positive; a collision fails the grant and the next attempt retries.
+        let id = fastrand::i64(1..i64::MAX);
+        self.held = Some(Held {
+            id,
+            ttl: self.ttl,
+            entries: Vec::new(),
+            suspect: true,
+            granted: false,
+            withdrawals,
+        });
         self.count();
         let granted = client
-            .lease_grant(requested, None)
+            .lease_grant(requested, Some(LeaseGrantOptions::new().with_id(id)))
             .await
             .map_err(rpc("lease grant"))?;
         // The server may grant a different TTL (e.g. its minimum); keep alive by what it granted.
-        let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
+        let ttl = granted_ttl(granted.ttl());
         if ttl != self.ttl {
             info!(instance = %self.instance, "etcd granted a {ttl:?} lease instead of {:?}", self.ttl);
         }
-        Ok(Held {
-            id: granted.id(),
-            ttl,
-            entries: Vec::new(),
-            suspect: true,
-        })
+        if let Some(held) = &mut self.held {
+            held.ttl = ttl;
+            held.granted = true;
+        }
+        Ok(())
     }
 
-    /// Writes `entries` on the lease in one transaction, deleting keys of an earlier set that the
-    /// new one no longer has. Skipped when nothing changed and the lease is trusted.
-    async fn put(
-        &mut self,
-        client: &mut Client,
-        mut held: Held,
-        entries: Vec<Entry>,
-    ) -> Result<Held, LeaseError> {
+    /// Writes `entries` on the held lease in one transaction, deleting keys of an earlier set that
+    /// the new one no longer has. Skipped when nothing changed and the lease is trusted.
+    async fn put(&mut self, client: &mut Client, entries: Vec<Entry>) -> Result<(), LeaseError> {
+        let held = self.held.as_mut().ok_or(LeaseError::Superseded)?;
         if !held.suspect && held.entries == entries {
-            return Ok(held);
+            return Ok(());
         }
         let stale = held
             .entries
@@ -338,62 +346,36 @@ impl RegistrationLease {
             )
         });
         let ops: Vec<TxnOp> = stale.chain(puts).collect();
+        // Until etcd answers, what is written is unknown: the next attempt checks first.
+        held.suspect = true;
+        let id = held.id;
+        self.still_wanted()?;
         self.count();
-        let put = client.txn(Txn::new().and_then(ops)).await;
-        if let Err(e) = put {
-            // Keep the lease id: the next attempt checks it before granting another.
-            self.held = Some(held);
-            return Err(rpc("registration txn")(e));
-        }
-        info!(instance = %self.instance, lease = format!("{:x}", held.id), ttl = ?held.ttl,
+        client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(rpc("registration txn"))?;
+        info!(instance = %self.instance, lease = format!("{id:x}"),
             keys = %entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","),
             etcd_requests = self.requests.load(Ordering::Relaxed), "registered");
-        held.entries = entries;
-        held.suspect = false;
-        Ok(held)
-    }
-
-    /// Sends a keepalive every TTL/3 and reads the answers, until the desired state changes
-    /// (`Ok`) or the stream or lease fails (`Err`).
-    async fn keep_alive(
-        &mut self,
-        client: &mut Client,
-        id: i64,
-        ttl: Duration,
-    ) -> Result<(), LeaseError> {
-        self.count();
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(id)
-            .await
-            .map_err(rpc("lease keepalive"))?;
-        debug!(
-            etcd_requests = self.requests.load(Ordering::Relaxed),
-            "keepalive stream open"
-        );
-        let period = (ttl / 3).max(Duration::from_millis(500));
-        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut unanswered = false;
-        // `keeper` sent one keepalive on open: its answer is the first message.
-        loop {
-            tokio::select! {
-                _ = self.desired.changed() => return Ok(()),
-                _ = tick.tick() => {
-                    if unanswered {
-                        return Err(LeaseError::Stalled);
-                    }
-                    self.count();
-                    keeper.keep_alive().await.map_err(rpc("lease keepalive"))?;
-                    unanswered = true;
-                    debug!(etcd_requests = self.requests.load(Ordering::Relaxed), "keepalive sent");
-                }
-                message = stream.message() => match message {
-                    Ok(Some(answer)) if answer.ttl() > 0 => unanswered = false,
-                    Ok(Some(_)) => return Err(LeaseError::Gone(id)),
-                    Ok(None) => return Err(LeaseError::StreamEnded),
-                    Err(e) => return Err(rpc("lease keepalive")(e)),
-                },
-            }
+        if let Some(held) = &mut self.held {
+            held.entries = entries;
+            held.suspect = false;
         }
+        Ok(())
+    }
+}
+
+/// A TTL in seconds from etcd as a duration of at least one second.
+fn granted_ttl(seconds: i64) -> Duration {
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1))
+}
+
+/// `LeaseRevoke`; a lease that is already gone counts as revoked.
+async fn revoke(client: &mut Client, id: i64) -> Result<(), LeaseError> {
+    match client.lease_revoke(id).await {
+        Ok(_) => Ok(()),
+        Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("not found") => Ok(()),
+        Err(e) => Err(rpc("lease revoke")(e)),
     }
 }

@@ -1,12 +1,15 @@
 //! Registration of this instance in etcd: the [`Registry`] seam, the etcd implementation
-//! ([`EtcdRegistry`], backed by a supervised lease in [`lease`]) and an in-memory one
-//! ([`MemoryRegistry`]) for unit tests and `--dry-run`.
+//! ([`EtcdRegistry`], backed by a supervised lease in [`lease`]), the read-only one of `--dry-run`
+//! ([`DryRunRegistry`], in [`dry_run`]) and an in-memory one ([`MemoryRegistry`]) for unit tests
+//! and runs with registration disabled.
 //!
 //! Registering and deregistering only state what should be published; the registry converges
 //! etcd to it in the background and never gives up while etcd is unreachable. See
 //! `docs/registration.md` for the operator's view.
 
 pub mod address;
+pub mod dry_run;
+pub mod error;
 pub mod layout;
 pub mod lease;
 
@@ -18,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::EtcdSettings;
+pub use dry_run::DryRunRegistry;
 pub use layout::{Announce, Entry, KeyLayout, Listed};
 use lease::RegistrationLease;
 
@@ -30,6 +34,15 @@ pub enum Desired {
     Present(Vec<Entry>),
     /// Withdraw the registration and stop.
     Shutdown,
+}
+
+/// What the caller wants, and how many deregistrations it has asked for so far: a lease granted
+/// before the latest deregistration is revoked even when a registration follows at once, which a
+/// channel holding only the latest [`Desired`] would hide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub desired: Desired,
+    pub withdrawals: u64,
 }
 
 /// What is published in etcd right now, as far as the registry knows.
@@ -59,7 +72,9 @@ pub trait Registry: Send {
 
 /// The etcd registry: a background task holding the registration lease.
 pub struct EtcdRegistry {
-    desired: watch::Sender<Desired>,
+    instance: String,
+    endpoint: String,
+    desired: watch::Sender<Intent>,
     published: watch::Receiver<Published>,
     requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -68,12 +83,16 @@ pub struct EtcdRegistry {
 impl EtcdRegistry {
     /// Starts the lease task for `instance` on the current tokio runtime; connects lazily.
     pub fn start(etcd: EtcdSettings, instance: String, ttl: Duration) -> EtcdRegistry {
-        let (desired, desired_rx) = watch::channel(Desired::Absent);
+        let (desired, desired_rx) = watch::channel(Intent {
+            desired: Desired::Absent,
+            withdrawals: 0,
+        });
         let (published_tx, published) = watch::channel(Published::Absent);
         let requests = Arc::new(AtomicU64::new(0));
+        let endpoint = lease::endpoint_list(&etcd);
         let lease = RegistrationLease::new(
             etcd,
-            instance,
+            instance.clone(),
             ttl,
             desired_rx,
             published_tx,
@@ -81,6 +100,8 @@ impl EtcdRegistry {
         );
         let task = tokio::spawn(lease.run());
         EtcdRegistry {
+            instance,
+            endpoint,
             desired,
             published,
             requests,
@@ -91,11 +112,15 @@ impl EtcdRegistry {
 
 impl Registry for EtcdRegistry {
     fn register(&mut self, entries: Vec<Entry>) {
-        self.desired.send_replace(Desired::Present(entries));
+        self.desired
+            .send_modify(|intent| intent.desired = Desired::Present(entries));
     }
 
     fn deregister(&mut self) {
-        self.desired.send_replace(Desired::Absent);
+        self.desired.send_modify(|intent| {
+            intent.desired = Desired::Absent;
+            intent.withdrawals += 1;
+        });
     }
 
     fn published(&self) -> watch::Receiver<Published> {
@@ -107,22 +132,24 @@ impl Registry for EtcdRegistry {
     }
 
     async fn shutdown(self, deadline: Duration) {
-        self.desired.send_replace(Desired::Shutdown);
+        self.desired
+            .send_modify(|intent| intent.desired = Desired::Shutdown);
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            tracing::warn!("registration not withdrawn within {deadline:?}; its lease will expire");
+            tracing::warn!(instance = %self.instance, endpoint = %self.endpoint,
+                error = format!("no answer within {deadline:?}"),
+                "registration not withdrawn on shutdown; its lease expires within its TTL");
             task.abort();
         }
     }
 }
 
-/// An in-memory registry: records every change, logs what it would write (`--dry-run`).
+/// An in-memory registry: records every change.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     state: Arc<Mutex<Option<Vec<Entry>>>>,
     history: Arc<Mutex<Vec<Desired>>>,
     published: watch::Sender<Published>,
-    log: bool,
 }
 
 impl MemoryRegistry {
@@ -132,15 +159,6 @@ impl MemoryRegistry {
             state: Arc::default(),
             history: Arc::default(),
             published: watch::channel(Published::Absent).0,
-            log: false,
-        }
-    }
-
-    /// A registry that logs each write it would make (`--dry-run`).
-    pub fn logging() -> MemoryRegistry {
-        MemoryRegistry {
-            log: true,
-            ..MemoryRegistry::new()
         }
     }
 
@@ -159,20 +177,6 @@ impl MemoryRegistry {
             Desired::Present(entries) => Some(entries.clone()),
             Desired::Absent | Desired::Shutdown => None,
         };
-        if self.log {
-            match &entries {
-                Some(entries) => {
-                    for (key, value) in entries {
-                        tracing::info!("dry run: would put {key} = {value} on a lease");
-                    }
-                }
-                // The etcd registry has no lease to revoke when nothing is registered.
-                None if self.current().is_some() => {
-                    tracing::info!("dry run: would revoke the registration lease")
-                }
-                None => {}
-            }
-        }
         self.published.send_replace(match entries {
             Some(_) => Published::Registered { lease: 0 },
             None => Published::Absent,

@@ -14,7 +14,7 @@ pub use watch::{Bus, DbusUnits};
 /// A unit's `ActiveState` as systemd reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActiveState {
-    /// Not read yet (no bus connection so far).
+    /// Not read yet (no bus connection so far), or not known since the unit left `active`.
     Unknown,
     Active,
     Reloading,
@@ -68,38 +68,161 @@ impl fmt::Display for ActiveState {
     }
 }
 
+/// The bound unit as the agent follows it: its `ActiveState` and how often it has left `active`.
+///
+/// The state alone is not enough: a channel that keeps only the latest value (and a bus that was
+/// down for a while) can turn `active → deactivating → activating → active` into `active` again.
+/// `departures` still counts that restart, so the agent deregisters and re-checks health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    pub active: ActiveState,
+    /// Times the unit left `active` since following began, seen as a state or not.
+    pub departures: u64,
+}
+
+/// Folds observed `ActiveState` values (and, for `active`, the unit's
+/// `ActiveEnterTimestampMonotonic`) into a [`UnitState`], deduplicating repeats.
+#[derive(Debug, Clone)]
+pub struct UnitTracker {
+    state: UnitState,
+    /// `ActiveEnterTimestampMonotonic` of the activation last seen, while active.
+    active_since: Option<u64>,
+}
+
+impl UnitTracker {
+    /// Nothing observed yet: state unknown, no departures.
+    pub fn new() -> UnitTracker {
+        UnitTracker {
+            state: UnitState {
+                active: ActiveState::Unknown,
+                departures: 0,
+            },
+            active_since: None,
+        }
+    }
+
+    /// The state so far.
+    pub fn state(&self) -> &UnitState {
+        &self.state
+    }
+
+    /// Takes one observation; true when the [`UnitState`] changed. `entered` is the unit's
+    /// `ActiveEnterTimestampMonotonic` where known: `active` with a new one means the unit left
+    /// `active` and came back while nobody was looking (a restart between two reads).
+    pub fn observe(&mut self, active: ActiveState, entered: Option<u64>) -> bool {
+        let was_active = self.state.active.is_active();
+        let reactivated = matches!((self.active_since, entered), (Some(a), Some(b)) if a != b);
+        let left = was_active && (!active.is_active() || reactivated);
+        if !active.is_active() {
+            self.active_since = None;
+        } else if entered.is_some() {
+            self.active_since = entered;
+        }
+        if left {
+            self.state.departures += 1;
+        }
+        let changed = left || self.state.active != active;
+        self.state.active = active;
+        changed
+    }
+}
+
+impl Default for UnitTracker {
+    fn default() -> Self {
+        UnitTracker::new()
+    }
+}
+
 /// The bound unit, as the agent sees it.
 pub trait UnitManager: Send {
-    /// Follows the unit's `ActiveState`; holds the latest value, each change once.
-    fn active_state(&self) -> tokio::sync::watch::Receiver<ActiveState>;
+    /// Follows the unit; holds the latest [`UnitState`], each change once.
+    fn unit_state(&self) -> tokio::sync::watch::Receiver<UnitState>;
 }
 
 /// An in-memory unit whose state tests set by hand.
 #[derive(Debug, Clone)]
 pub struct MemoryUnits {
-    state: tokio::sync::watch::Sender<ActiveState>,
+    state: tokio::sync::watch::Sender<UnitState>,
+    tracker: std::sync::Arc<std::sync::Mutex<UnitTracker>>,
 }
 
 impl MemoryUnits {
     /// A unit in `initial` state.
     pub fn new(initial: ActiveState) -> MemoryUnits {
+        let mut tracker = UnitTracker::new();
+        tracker.observe(initial, Some(0));
         MemoryUnits {
-            state: tokio::sync::watch::channel(initial).0,
+            state: tokio::sync::watch::channel(tracker.state().clone()).0,
+            tracker: std::sync::Arc::new(std::sync::Mutex::new(tracker)),
         }
     }
 
-    /// Changes the state (deduplicated like the D-Bus watch).
+    /// Changes the state (deduplicated like the D-Bus watch). `active` counts as the same
+    /// activation as before unless the unit left `active` in between.
     pub fn set(&self, state: ActiveState) {
-        self.state.send_if_modified(|current| {
-            let changed = *current != state;
-            *current = state;
-            changed
-        });
+        let Ok(mut tracker) = self.tracker.lock() else {
+            return;
+        };
+        if tracker.observe(state, None) {
+            self.state.send_replace(tracker.state().clone());
+        }
     }
 }
 
 impl UnitManager for MemoryUnits {
-    fn active_state(&self) -> tokio::sync::watch::Receiver<ActiveState> {
+    fn unit_state(&self) -> tokio::sync::watch::Receiver<UnitState> {
         self.state.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActiveState::*;
+    use super::*;
+
+    #[test]
+    fn tracker_counts_every_departure_from_active_and_dedups_repeats() {
+        let mut t = UnitTracker::new();
+        assert!(t.observe(Activating, None));
+        assert!(t.observe(Active, Some(10)));
+        assert!(
+            !t.observe(Active, Some(10)),
+            "a repeated value is no change"
+        );
+        assert!(
+            !t.observe(Active, None),
+            "no timestamp: the same activation"
+        );
+        assert_eq!(t.state().departures, 0);
+        assert!(t.observe(Reloading, None));
+        assert!(t.observe(Active, Some(10)));
+        assert_eq!(t.state().departures, 1, "reloading leaves active");
+        // A restart whose intermediate states were never seen: a new activation timestamp.
+        assert!(t.observe(Active, Some(20)));
+        assert_eq!(
+            *t.state(),
+            UnitState {
+                active: Active,
+                departures: 2
+            }
+        );
+        assert!(t.observe(Failed, None));
+        assert!(!t.observe(Failed, None));
+        assert!(t.observe(Active, Some(30)));
+        assert_eq!(t.state().departures, 3);
+    }
+
+    #[test]
+    fn memory_units_coalesce_like_a_watch_but_keep_the_departure() {
+        let units = MemoryUnits::new(Active);
+        let mut rx = units.unit_state();
+        rx.borrow_and_update();
+        units.set(Deactivating);
+        units.set(Activating);
+        units.set(Active);
+        assert!(rx.has_changed().unwrap());
+        let seen = rx.borrow_and_update().clone();
+        assert_eq!(seen.active, Active);
+        assert_eq!(seen.departures, 1);
     }
 }

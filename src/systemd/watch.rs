@@ -4,6 +4,11 @@
 //! unit's `PropertiesChanged` signals. systemd repeats values (e.g. `active` again after a
 //! reload), so changes are deduplicated. After a bus disconnect the task reconnects with backoff
 //! and re-reads the state; until then the last known state stands.
+//!
+//! Every departure from `active` is counted ([`UnitTracker`]), also one whose intermediate states
+//! were never seen: `ActiveEnterTimestampMonotonic` (sent with every unit `PropertiesChanged`)
+//! differs when the unit is `active` again after a restart, whether the restart happened between
+//! two signals or while the bus was down.
 
 use std::time::Duration;
 
@@ -16,11 +21,14 @@ use zbus::names::InterfaceName;
 use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::{ActiveState, UnitManager};
+use super::{ActiveState, UnitManager, UnitState, UnitTracker};
 use crate::backoff::Backoff;
 
 const SYSTEMD_SERVICE: &str = "org.freedesktop.systemd1";
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+const ACTIVE_STATE: &str = "ActiveState";
+/// Changes with each activation: tells a restart from a repeated `active`.
+const ACTIVE_ENTERED: &str = "ActiveEnterTimestampMonotonic";
 /// Reconnect attempts to the bus back off up to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
@@ -47,14 +55,14 @@ fn at(step: &'static str) -> impl FnOnce(zbus::Error) -> BusError {
 
 /// The unit followed over D-Bus by a background task.
 pub struct DbusUnits {
-    state: watch::Receiver<ActiveState>,
+    state: watch::Receiver<UnitState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl DbusUnits {
     /// Starts following `unit` on `bus` on the current tokio runtime.
     pub fn start(bus: Bus, unit: String) -> DbusUnits {
-        let (tx, state) = watch::channel(ActiveState::Unknown);
+        let (tx, state) = watch::channel(UnitTracker::new().state().clone());
         let task = tokio::spawn(follow(bus, unit, tx));
         DbusUnits { state, task }
     }
@@ -67,16 +75,18 @@ impl Drop for DbusUnits {
 }
 
 impl UnitManager for DbusUnits {
-    fn active_state(&self) -> watch::Receiver<ActiveState> {
+    fn unit_state(&self) -> watch::Receiver<UnitState> {
         self.state.clone()
     }
 }
 
 /// Reconnects forever; each connection follows the unit until the bus goes away.
-async fn follow(bus: Bus, unit: String, tx: watch::Sender<ActiveState>) {
+async fn follow(bus: Bus, unit: String, tx: watch::Sender<UnitState>) {
     let mut backoff = Backoff::new(MAX_RECONNECT_DELAY);
+    // Outlives connections: the activation seen before a disconnect is compared after it.
+    let mut tracker = UnitTracker::new();
     loop {
-        let outcome = follow_once(&bus, &unit, &tx, &mut backoff).await;
+        let outcome = follow_once(&bus, &unit, &tx, &mut tracker, &mut backoff).await;
         let delay = backoff.next_delay();
         match outcome {
             Ok(()) => {
@@ -90,21 +100,33 @@ async fn follow(bus: Bus, unit: String, tx: watch::Sender<ActiveState>) {
     }
 }
 
-fn publish(tx: &watch::Sender<ActiveState>, unit: &str, state: ActiveState) {
-    tx.send_if_modified(|current| {
-        if *current == state {
-            return false;
-        }
-        info!(unit = %unit, "unit is {state} (was {current})");
-        *current = state;
-        true
-    });
+/// Folds one observation into the tracker and publishes the state when it changed.
+fn publish(
+    tx: &watch::Sender<UnitState>,
+    tracker: &mut UnitTracker,
+    unit: &str,
+    state: ActiveState,
+    entered: Option<u64>,
+) {
+    let before = tracker.state().clone();
+    if !tracker.observe(state, entered) {
+        return;
+    }
+    let now = tracker.state().clone();
+    if now.active == before.active {
+        info!(unit = %unit, departures = now.departures,
+            "unit is {} again: it left {} and came back between two reads", now.active, before.active);
+    } else {
+        info!(unit = %unit, departures = now.departures, "unit is {} (was {})", now.active, before.active);
+    }
+    tx.send_replace(now);
 }
 
 async fn follow_once(
     bus: &Bus,
     unit: &str,
-    tx: &watch::Sender<ActiveState>,
+    tx: &watch::Sender<UnitState>,
+    tracker: &mut UnitTracker,
     backoff: &mut Backoff,
 ) -> Result<(), BusError> {
     let conn = match bus {
@@ -136,35 +158,51 @@ async fn follow_once(
         .receive_properties_changed()
         .await
         .map_err(at("PropertiesChanged match"))?;
-    let current = read_active_state(&properties).await?;
+    let (current, entered) = read_state(&properties).await?;
     debug!(unit = %unit, path = %path.as_str(), "following unit over D-Bus");
-    publish(tx, unit, ActiveState::parse(&current));
+    publish(tx, tracker, unit, current, entered);
     backoff.reset();
     while let Some(signal) = changes.next().await {
         let Ok(args) = signal.args() else { continue };
         if args.interface_name().as_str() != UNIT_INTERFACE {
             continue;
         }
-        let changed = args.changed_properties().get("ActiveState");
-        let value = match changed.map(<&str>::try_from) {
-            Some(Ok(value)) => value.to_string(),
-            // Invalidated or an unexpected type: ask for the value.
-            _ if changed.is_some() || args.invalidated_properties().contains(&"ActiveState") => {
-                read_active_state(&properties).await?
+        let changed = args.changed_properties();
+        let state = changed.get(ACTIVE_STATE);
+        let entered = changed
+            .get(ACTIVE_ENTERED)
+            .and_then(|v| u64::try_from(v).ok());
+        let (state, entered) = match (state.map(<&str>::try_from), entered) {
+            (Some(Ok(value)), Some(entered)) => (ActiveState::parse(value), Some(entered)),
+            (Some(Ok(value)), None) if value != "active" => (ActiveState::parse(value), None),
+            // Invalidated, an unexpected type, or `active` without its timestamp: ask for both.
+            _ if state.is_some() || args.invalidated_properties().contains(&ACTIVE_STATE) => {
+                read_state(&properties).await?
             }
             _ => continue,
         };
-        publish(tx, unit, ActiveState::parse(&value));
+        publish(tx, tracker, unit, state, entered);
     }
     Ok(())
 }
 
-/// `Get(Unit, ActiveState)`, uncached.
-async fn read_active_state(properties: &PropertiesProxy<'_>) -> Result<String, BusError> {
-    let interface = InterfaceName::from_static_str_unchecked(UNIT_INTERFACE);
+/// `ActiveState` and, when active, `ActiveEnterTimestampMonotonic`; uncached.
+async fn read_state(
+    properties: &PropertiesProxy<'_>,
+) -> Result<(ActiveState, Option<u64>), BusError> {
+    let interface = || InterfaceName::from_static_str_unchecked(UNIT_INTERFACE);
     let value = properties
-        .get(interface, "ActiveState")
+        .get(interface(), ACTIVE_STATE)
         .await
         .map_err(|e| at("Get ActiveState")(e.into()))?;
-    String::try_from(value).map_err(at("ActiveState value"))
+    let state = ActiveState::parse(&String::try_from(value).map_err(at("ActiveState value"))?);
+    if !state.is_active() {
+        return Ok((state, None));
+    }
+    let value = properties
+        .get(interface(), ACTIVE_ENTERED)
+        .await
+        .map_err(|e| at("Get ActiveEnterTimestampMonotonic")(e.into()))?;
+    let entered = u64::try_from(value).map_err(at("ActiveEnterTimestampMonotonic value"))?;
+    Ok((state, Some(entered)))
 }

@@ -23,21 +23,29 @@ use super::{DEREGISTER_BUDGET, REGISTER_TIMEOUT, SEED_KEY, STOP_BUDGET};
 
 /// `dbus-daemon` restarting, systemd rejoining the bus and the sidekick's reconnect backoff
 /// (capped at 5 s) together.
-const BUS_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const BUS_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Logged by the unit watch when its connection ends (`src/systemd/watch.rs`).
-const BUS_LOST: &str = "system bus connection lost";
+pub(super) const BUS_LOST: &str = "system bus connection lost";
 /// Logged (debug) by the unit watch each time it has subscribed and read the state.
 const FOLLOWING: &str = "following unit over D-Bus";
 /// Logged by the unit watch when a reconnect attempt fails.
-const BUS_RETRY: &str = "cannot follow the unit over D-Bus";
+pub(super) const BUS_RETRY: &str = "cannot follow the unit over D-Bus";
 
 /// Starts etcd, the container with the sleeping `web@1.service` and a sidekick (seed layout, no
 /// health check) and waits for its registration; returns the key's lease.
 async fn registered_sleeper(dir: &std::path::Path) -> (Etcd, Client, Systemd, Sidekick, i64) {
+    registered_unit(dir, SLEEP_UNIT).await
+}
+
+/// [`registered_sleeper`] with `unit_file` as `web@.service`.
+pub(super) async fn registered_unit(
+    dir: &std::path::Path,
+    unit_file: &str,
+) -> (Etcd, Client, Systemd, Sidekick, i64) {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     let systemd = Systemd::start().await;
-    start_unit(&systemd, SLEEP_UNIT).await;
+    start_unit(&systemd, unit_file).await;
     let sidekick = Sidekick::start(
         &systemd,
         dir,
@@ -49,7 +57,11 @@ async fn registered_sleeper(dir: &std::path::Path) -> (Etcd, Client, Systemd, Si
 }
 
 /// Polls the sidekick's log until `what` holds; the log.
-async fn wait_for_log(sidekick: &Sidekick, what: &str, holds: impl Fn(&str) -> bool) -> String {
+pub(super) async fn wait_for_log(
+    sidekick: &Sidekick,
+    what: &str,
+    holds: impl Fn(&str) -> bool,
+) -> String {
     let seen = poll_until(BUS_RETURN_TIMEOUT, what, || {
         let log = sidekick.log();
         let ok = holds(&log);
@@ -60,7 +72,7 @@ async fn wait_for_log(sidekick: &Sidekick, what: &str, holds: impl Fn(&str) -> b
 }
 
 /// The key's lease now, or `None` when it is absent.
-async fn lease_of(client: &Client, key: &str) -> Option<i64> {
+pub(super) async fn lease_of(client: &Client, key: &str) -> Option<i64> {
     let got = client.clone().get(key, None).await.expect("etcd get");
     got.kvs().first().map(|kv| kv.lease())
 }
@@ -157,8 +169,11 @@ async fn a_unit_stopped_while_the_bus_is_down_is_deregistered_when_the_bus_retur
     assert_eq!(count_keys(&client, "/services/").await, 1);
 }
 
+/// A registration left by someone else, read (never replaced) by the dry run.
+const OLD_VALUE: &str = r#"{"host":"10.9.9.9","port":1}"#;
+
 #[tokio::test]
-async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_etcd() {
+async fn dry_run_reads_etcd_logs_the_registration_against_the_current_value_and_writes_nothing() {
     if !prerequisites_met(&super::needs_app()) {
         return;
     }
@@ -168,6 +183,8 @@ async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_
     let container = Container::guard(&images::unique_name("reg"));
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
+    client.clone().put(SEED_KEY, OLD_VALUE, None).await.unwrap();
+    let revision = store_revision(&client).await;
     let systemd = Systemd::start().await;
     let mgr = start_unit(&systemd, &app_unit(container.name(), port, www.path())).await;
     let mut sidekick = Sidekick::start_with(
@@ -178,12 +195,15 @@ async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_
         &["--dry-run"],
     );
 
-    let put = format!(r#"would put {SEED_KEY} = {{"host":"127.0.0.1","port":{port}}}"#);
-    wait_for_log(&sidekick, "dry-run registration logged", |log| {
+    let put = format!(
+        r#"would put {SEED_KEY} = {{"host":"127.0.0.1","port":{port}}} (now: {OLD_VALUE})"#
+    );
+    let log = wait_for_log(&sidekick, "dry-run registration logged", |log| {
         log.contains(&put)
     })
     .await;
-    assert_etcd_untouched(&client).await;
+    assert!(log.contains("dry run: etcd answers"), "{log}");
+    assert_etcd_untouched(&client, revision).await;
 
     assert_eq!(
         systemd::run_job(&mgr, Job::Stop, "web@1.service").await,
@@ -197,28 +217,71 @@ async fn dry_run_logs_the_registration_and_deregistration_and_writes_nothing_to_
         log.contains("unit active and healthy: registering"),
         "{log}"
     );
-    assert_etcd_untouched(&client).await;
+    assert_etcd_untouched(&client, revision).await;
 
     sidekick.signal(libc::SIGTERM);
     let status = sidekick.wait_exit(STOP_BUDGET * 2).await.expect("exited");
     assert!(status.success(), "exit status {status}");
-    assert_etcd_untouched(&client).await;
+    assert_etcd_untouched(&client, revision).await;
     // Shutdown after the deregistration has nothing left to revoke.
     let log = sidekick.log();
     assert_eq!(log.matches("would revoke").count(), 1, "{log}");
 }
 
-/// No key anywhere in the keyspace and no lease granted.
-async fn assert_etcd_untouched(client: &Client) {
+#[tokio::test]
+async fn dry_run_without_etcd_says_so_on_each_retry_and_still_follows_the_unit() {
+    if !prerequisites_met(&[etcd::NEEDS, systemd::NEEDS].concat()) {
+        return;
+    }
+    let dir = temp_dir("reg-dry-run-down");
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, SLEEP_UNIT).await;
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut sidekick = Sidekick::start_with(
+        &systemd,
+        dir.path(),
+        "sk",
+        &config(&nowhere, "seed", 8080, 10, "check = \"none\""),
+        &["--dry-run"],
+    );
+    let put = format!("would put {SEED_KEY} = ");
+    let log = wait_for_log(
+        &sidekick,
+        "two retries and the registration logged",
+        |log| log.matches("dry run: etcd unreachable").count() >= 2 && log.contains(&put),
+    )
+    .await;
+    let line = log.lines().find(|l| l.contains(&put)).unwrap_or_default();
+    assert!(line.contains("(now: unknown"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("etcd unreachable"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&nowhere) && line.contains("instance=web-1"),
+        "{line}"
+    );
+    assert!(sidekick.is_running(), "{log}");
+}
+
+/// The store revision (it moves with every write).
+async fn store_revision(client: &Client) -> i64 {
+    let got = client.clone().get(SEED_KEY, None).await.expect("etcd get");
+    got.header().expect("response header").revision()
+}
+
+/// Only the pre-existing key, unchanged; no write since `revision`; no lease granted.
+async fn assert_etcd_untouched(client: &Client, revision: i64) {
     let mut client = client.clone();
     let all = GetOptions::new().with_all_keys();
     let got = client.get("", Some(all)).await.expect("get all keys");
     let keys: Vec<_> = got
         .kvs()
         .iter()
-        .map(|kv| kv.key_str().unwrap_or("?"))
+        .map(|kv| (kv.key_str().unwrap_or("?"), kv.value_str().unwrap_or("?")))
         .collect();
-    assert!(keys.is_empty(), "etcd has keys: {keys:?}");
+    assert_eq!(keys, [(SEED_KEY, OLD_VALUE)], "etcd keys changed");
+    assert_eq!(store_revision(&client).await, revision, "etcd written");
     let leases = client.leases().await.expect("list leases");
     assert!(
         leases.leases().is_empty(),

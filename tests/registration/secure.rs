@@ -1,10 +1,16 @@
 //! etcd 3.4 serving TLS only, requiring client certificates (`--client-cert-auth`) and with auth
-//! enabled (user `root`), and the certificates for it, made with the `openssl` CLI.
+//! enabled (user `root`), the certificates for it, made with the `openssl` CLI, and the test that
+//! registers against it.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use super::REGISTER_TIMEOUT;
+use super::harness::{SLEEP_UNIT, Sidekick, start_unit};
+use super::support::etcd;
+use super::support::systemd::{self, Systemd};
+use super::support::{Need, prerequisites_met, temp_dir};
 pub use crate::support::pki::Pki;
 use crate::support::{ProcessGuard, SignalTarget, free_port, poll_until};
 
@@ -94,4 +100,84 @@ impl SecureEtcd {
     pub fn get(&self, key: &str) -> Result<String, String> {
         self.etcdctl(&["get", "--print-value-only", key], true)
     }
+}
+
+#[tokio::test]
+async fn tls_client_cert_and_auth_register_and_a_wrong_ca_or_password_keeps_retrying() {
+    let needs = [
+        etcd::NEEDS,
+        systemd::NEEDS,
+        &[Need::Binary("openssl"), Need::Binary("etcdctl")],
+    ]
+    .concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let dir = temp_dir("reg-tls");
+    let pki = Pki::generate(dir.path());
+    let etcd = SecureEtcd::start(&pki, dir.path()).await;
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, SLEEP_UNIT).await;
+
+    let sidekick = |name: &str, ca: &Path, password: &str| {
+        let password_file = dir.path().join(format!("{name}.password"));
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let config = format!(
+            "[instance]\nunit = \"web@1.service\"\nname = \"{name}\"\n\
+             [etcd]\nendpoints = [\"{}\"]\ntimeout = \"2s\"\nusername = \"root\"\n\
+             password_file = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             [registration]\nhost = \"127.0.0.1\"\nport = 8080\nttl = \"10s\"\n\
+             [health]\ncheck = \"none\"\n[update]\nenabled = false\n",
+            etcd.endpoint(),
+            password_file.display(),
+            ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display(),
+        );
+        Sidekick::start(&systemd, dir.path(), name, &config)
+    };
+    let mut good = sidekick("web-good", &pki.ca, ROOT_PASSWORD);
+    let mut bad_ca = sidekick("web-badca", &pki.other_ca, ROOT_PASSWORD);
+    let mut bad_password = sidekick("web-badpw", &pki.ca, "not-the-password");
+
+    let registered = poll_until(REGISTER_TIMEOUT, "good sidekick registered", || async {
+        let value = etcd.get("/services/web/web-good")?;
+        if value.contains("127.0.0.1") {
+            Ok(value)
+        } else {
+            Err(format!("value {value:?}"))
+        }
+    })
+    .await;
+    registered.unwrap_or_else(|e| panic!("{e}\n{}", good.log()));
+    assert_eq!(etcd.get("/services/web/web-badca").unwrap_or_default(), "");
+
+    for (sk, clear) in [
+        (&mut bad_ca, "certificate"),
+        (&mut bad_password, "authentication failed"),
+    ] {
+        let retried = poll_until(REGISTER_TIMEOUT, "three failures logged", || {
+            let log = sk.log();
+            async move {
+                let failures = log.matches("etcd registration failed").count();
+                if failures >= 3 {
+                    Ok(log)
+                } else {
+                    Err(format!("{failures} failures so far"))
+                }
+            }
+        })
+        .await;
+        let log = retried.unwrap_or_else(|e| panic!("{e}\n{}", sk.log()));
+        let line = log
+            .lines()
+            .find(|l| l.contains("etcd registration failed"))
+            .unwrap_or_default();
+        assert!(line.to_lowercase().contains(clear), "unclear error: {line}");
+        assert!(line.contains(&etcd.endpoint()), "no endpoint: {line}");
+        assert!(line.contains("instance=web-bad"), "no instance: {line}");
+        assert!(sk.is_running(), "gave up:\n{log}");
+    }
+    assert!(good.is_running());
+    assert_eq!(etcd.get("/services/web/web-badpw").unwrap_or_default(), "");
 }

@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod etcd;
 pub mod images;
 pub mod pki;
+pub mod proxy;
 pub mod registry;
 pub mod systemd;
 pub mod traefik;
