@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use sidekick::cli::{Cli, Command};
-use sidekick::{commands, config, logging};
+use sidekick::{commands, logging};
 
 fn main() -> ExitCode {
     // reqwest is built without a default provider so that ring is the only one in the tree.
@@ -45,14 +45,11 @@ fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
 }
 
 fn check_config(cli: &Cli) -> ExitCode {
-    match config::load(&cli.config_sources()) {
+    match commands::load_config(&cli.config_sources()) {
         Ok(loaded) => {
             print!("{}", loaded.render());
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("sidekick: invalid configuration: {err}");
-            ExitCode::from(commands::EXIT_CONFIG)
-        }
+        Err(code) => code,
     }
 }

@@ -9,19 +9,22 @@ pub mod update_check;
 
 use std::process::ExitCode;
 
-use crate::config::{self, ConfigSources, Settings};
+use crate::config::{self, ConfigSources, LoadedConfig, Settings};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 pub const EXIT_CONFIG: u8 = 2;
 
+/// The loaded configuration, or [`EXIT_CONFIG`] after printing why it cannot be used.
+pub fn load_config(sources: &ConfigSources) -> Result<LoadedConfig, ExitCode> {
+    config::load(sources).map_err(|err| {
+        eprintln!("sidekick: invalid configuration: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 /// The validated settings, or the exit code after printing why there are none.
 pub fn load_settings(sources: &ConfigSources) -> Result<Settings, ExitCode> {
-    config::load(sources)
-        .map(|loaded| loaded.settings)
-        .map_err(|err| {
-            eprintln!("sidekick: invalid configuration: {err}");
-            ExitCode::from(EXIT_CONFIG)
-        })
+    load_config(sources).map(|loaded| loaded.settings)
 }
 
 /// A connected etcd client, or failure after printing why.
