@@ -6,6 +6,7 @@
 //! servers.
 
 pub mod agent;
+pub mod atomic_file;
 pub mod backoff;
 pub mod cli;
 pub mod commands;

@@ -4,6 +4,7 @@
 //! with [`zbus::Connection::system`], which honours `DBUS_SYSTEM_BUS_ADDRESS`; never `systemctl`. The [`UnitManager`] seam has the D-Bus
 //! implementation ([`DbusUnits`], in [`watch`]) and an in-memory one ([`MemoryUnits`]).
 
+pub mod control;
 pub mod environment;
 pub mod watch;
 

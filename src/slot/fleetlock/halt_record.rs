@@ -4,8 +4,8 @@
 //! exists the instance that halted never unlocks (not on release, not on start), and no
 //! instance of the group on this host takes a slot. Only `sidekick slots resume` removes it.
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write as _};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,20 +54,11 @@ pub fn write_new(path: &Path, record: &HaltRecord) -> Result<bool, SlotError> {
     if read(path)?.is_some() {
         return Ok(false);
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
     let json = serde_json::to_vec_pretty(record).map_err(|source| SlotError::Malformed {
         key: path.display().to_string(),
         source,
     })?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(&json).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
+    crate::atomic_file::write(path, &json).map_err(io_error(path))?;
     Ok(true)
 }
 
