@@ -118,6 +118,10 @@ impl<R: Registry, P: Probe> Driver<R, P> {
                         self.registry.shutdown(SHUTDOWN_DEADLINE).await;
                         return DriverReport { etcd_requests };
                     }
+                    // Nothing feeds offers to the agent yet, so no swap step reaches here.
+                    Action::Swap(action) => {
+                        warn!(instance = %self.instance, ?action, "swap step ignored: this driver does not swap");
+                    }
                 }
             }
             self.report_status(&mut status, &published.borrow());

@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod state;
+pub mod swap;
 
 pub use driver::{Driver, DriverReport};
 pub use state::{Action, Agent, Observation, Phase};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DropIn {
     /// Value of `SIDEKICK_IMAGE`.
     pub image: String,
@@ -20,7 +20,8 @@ pub struct DropIn {
 }
 
 /// The drop-in file as it was before the swap wrote it, so a rollback can put it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "contents", rename_all = "kebab-case")]
 pub enum PreviousDropIn {
     /// There was none: a rollback removes the file.
     Absent,
