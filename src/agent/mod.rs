@@ -2,6 +2,7 @@
 //! unit and the probe and carries the decisions out through the seams ([`driver`]).
 
 pub mod driver;
+pub mod journal;
 pub mod state;
 pub mod swap;
 

@@ -42,6 +42,8 @@ pub struct Failure {
     pub code: u32,
     /// For the halt marker and the log.
     pub reason: String,
+    /// Whether the version is to blame: halt the group and denylist it once rolled back.
+    pub halt: bool,
 }
 
 /// Where the swap is.
@@ -251,6 +253,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             let failure = Failure {
                 code: error_code::SWAP_FAILED,
                 reason: format!("restart onto {} failed: {error}", phase.plan.new.version),
+                halt: true,
             };
             roll_back(&mut phase, failure)
         }
@@ -262,6 +265,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                         "{} not healthy within the verify timeout",
                         phase.plan.new.version
                     ),
+                    halt: true,
                 };
                 roll_back(&mut phase, failure)
             }
@@ -269,6 +273,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 let failure = Failure {
                     code: error_code::UNHEALTHY_AFTER_SWAP,
                     reason: format!("the unit failed on {}", phase.plan.new.version),
+                    halt: true,
                 };
                 roll_back(&mut phase, failure)
             }
@@ -345,17 +350,19 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
     let mut actions = vec![SwapAction::Register];
     match stage {
         Stage::VerifyingOld { failure, .. } => {
-            let version = phase.plan.new.version.clone();
-            actions.extend([
-                SwapAction::SendEvent(Event::Failed {
-                    error_code: failure.code,
-                }),
-                SwapAction::Halt {
-                    version: version.clone(),
-                    reason: failure.reason,
-                },
-                SwapAction::Denylist { version },
-            ]);
+            actions.push(SwapAction::SendEvent(Event::Failed {
+                error_code: failure.code,
+            }));
+            if failure.halt {
+                let version = phase.plan.new.version.clone();
+                actions.extend([
+                    SwapAction::Halt {
+                        version: version.clone(),
+                        reason: failure.reason,
+                    },
+                    SwapAction::Denylist { version },
+                ]);
+            }
         }
         _ => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
     }
@@ -364,7 +371,7 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
 }
 
 /// Gives up on the new version: the previous drop-in back, and a restart onto it.
-fn roll_back(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
+pub(super) fn roll_back(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
     phase.unit_active = false;
     let action = SwapAction::RestoreAndRestart {
         previous: phase.previous.clone(),

@@ -51,6 +51,7 @@ fn failure(code: u32, reason: &str) -> Failure {
     Failure {
         code,
         reason: reason.into(),
+        halt: true,
     }
 }
 
