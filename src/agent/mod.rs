@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod journal;
+pub mod poll;
 pub mod state;
 pub mod swap;
 
