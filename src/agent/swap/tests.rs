@@ -674,3 +674,17 @@ fn status_names_the_target_and_the_step() {
         assert_eq!(at(3, stage).status(), line);
     }
 }
+
+#[test]
+fn a_departure_clears_the_count_at_once_and_a_repeated_active_keeps_it() {
+    let phase = run(
+        at(3, Stage::Verifying { passes: 0 }),
+        &[(PASS, &[]), (PASS, &[]), (O::Unit(Active), &[])],
+    );
+    assert_eq!(phase.stage, Stage::Verifying { passes: 2 });
+    for departure in [O::Unit(Deactivating), O::LeftActive] {
+        let (after, _) = step(phase.clone(), departure.clone());
+        assert_eq!(after.stage, Stage::Verifying { passes: 0 }, "{departure:?}");
+        assert!(!after.unit_active);
+    }
+}
