@@ -71,16 +71,24 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::commands::slots::SlotsAction,
     },
-    /// Keep the instance registered in etcd while its unit is active and healthy.
+    /// The daemon: keep the instance registered in etcd while its unit is active and healthy.
     Run(RunArgs),
 }
 
 /// Options of `sidekick run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Read everything, write nothing: log each registration instead of writing it to etcd.
+    /// Read everything, write nothing: print each write it would make as `dry-run: would …`.
+    /// With no configuration at all it runs on embedded defaults with no server.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop after one pass: the registration decided and one update check followed through.
+    #[arg(long)]
+    pub once: bool,
+    /// Release list offered by the in-memory update service of a dry run on embedded defaults
+    /// (default: the compiled-in copy of examples/releases.toml).
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub releases: Option<PathBuf>,
 }
 
 impl Cli {

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dry_run;
 pub mod etcd;
 pub mod health;
 pub mod identity;

@@ -1,8 +1,9 @@
 //! The agent: a pure state machine that decides ([`state`]) and the tokio loop that observes the
 //! unit and the probe and carries the decisions out through the seams ([`driver`]).
 
+pub mod cycle;
 pub mod driver;
 pub mod state;
 
-pub use driver::{Driver, DriverReport};
+pub use driver::{Driver, DriverOptions, DriverReport, Seams};
 pub use state::{Action, Agent, Observation, Phase};

@@ -86,6 +86,34 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
     })
 }
 
+/// The example configuration a dry run uses when there is none (`config/embedded.toml`).
+pub const EMBEDDED: &str = include_str!("embedded.toml");
+/// How the embedded configuration is named in messages.
+pub const EMBEDDED_NAME: &str = "(embedded defaults)";
+
+/// Whether `sources` name no configuration at all: no file, no drop-in, no `--unit`.
+pub fn is_absent(sources: &ConfigSources) -> Result<bool, ConfigError> {
+    Ok(sources.files.is_empty()
+        && sources.unit.is_none()
+        && sources::dropin_files(&sources.root)?.is_empty())
+}
+
+/// The embedded example configuration, validated like a file.
+pub fn load_embedded() -> Result<LoadedConfig, ConfigError> {
+    let path = PathBuf::from(EMBEDDED_NAME);
+    let parsed = sources::parse_text(&path, EMBEDDED)?;
+    let mut input = Input::default();
+    let mut origins = Origins::new();
+    input.overlay(parsed.fragment, &path, &parsed.lines, &mut origins);
+    let settings = Settings::validate(input.clone(), &origins)?;
+    Ok(LoadedConfig {
+        settings,
+        input,
+        origins,
+        files: vec![path],
+    })
+}
+
 impl LoadedConfig {
     /// The effective settings as TOML; a value set away from its default is followed by a comment
     /// naming where it was set, and derived values say so.

@@ -172,6 +172,15 @@ impl HttpUpdateSource {
         &self.instance
     }
 
+    /// The endpoint without its query string or credentials, safe for logs.
+    pub fn redacted_url(&self) -> String {
+        let mut url = self.endpoint.clone();
+        url.set_query(None);
+        let _ = url.set_password(None);
+        let _ = url.set_username("");
+        url.to_string()
+    }
+
     /// POSTs one request document and returns the response body, capped and non-empty.
     pub async fn exchange(&self, request: String) -> Result<String, OmahaError> {
         // reqwest's own total timeout covers the body too; this guard also bounds our own reads.

@@ -8,6 +8,7 @@
 //! `docs/registration.md` for the operator's view.
 
 pub mod address;
+pub mod any;
 pub mod dry_run;
 pub mod error;
 pub mod layout;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::EtcdSettings;
+pub use any::AnyRegistry;
 pub use dry_run::DryRunRegistry;
 pub use layout::{Announce, Entry, KeyLayout, Listed};
 use lease::RegistrationLease;

@@ -6,12 +6,15 @@
 //!   and bound to the holder's own lease, so a dead holder frees its slot within one TTL.
 //! - [`fleetlock::FleetLockSlots`]: a client of an airlock-compatible FleetLock server
 //!   (<https://coreos.github.io/zincati/development/fleetlock/protocol/>).
-//! - [`memory::MemorySlots`]: in-process, for unit tests and `--dry-run`.
+//! - [`memory::MemorySlots`]: in-process, for unit tests; [`dry_run::DryRunSlots`] prints what
+//!   `--dry-run` would take.
 //!
 //! A failed update halts its group with a marker ([`halt`]) that blocks every acquire until an
 //! operator runs `sidekick slots resume`. Acquire and release are idempotent for one holder id,
 //! and "release whatever this instance still holds" is one call, [`SlotLock::release_stale`].
 
+pub mod any;
+pub mod dry_run;
 pub mod etcd;
 pub mod fleetlock;
 pub mod halt;
@@ -25,6 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use any::AnySlots;
+pub use dry_run::DryRunSlots;
 pub use etcd::EtcdSlots;
 pub use fleetlock::FleetLockSlots;
 pub use memory::MemorySlots;
