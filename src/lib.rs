@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod health;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod omaha;
 pub mod registry;
 pub mod slot;

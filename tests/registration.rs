@@ -340,3 +340,7 @@ mod secure;
 /// (`tests/registration/restarts.rs`).
 #[path = "registration/restarts.rs"]
 mod restarts;
+
+/// `daemon.metrics` scraped by a real Prometheus.
+#[path = "registration/metrics.rs"]
+mod metrics;

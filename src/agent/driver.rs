@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::cycle::UpdatePass;
 use super::state::{self, Action, Agent, Observation};
 use crate::health::Probe;
+use crate::metrics::Metrics;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, UnitState};
@@ -48,6 +49,8 @@ pub struct DriverOptions {
     pub instance: String,
     /// Stop after one whole pass (registration decided, one update pass) instead of running on.
     pub once: bool,
+    /// Where the loop reports its phase, registration and update checks, if anywhere.
+    pub metrics: Option<Metrics>,
 }
 
 /// The loop: observes, asks [`state::next`], acts.
@@ -188,12 +191,22 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
     async fn update_pass(&mut self) -> Option<Instant> {
         let updates = self.seams.updates.as_mut()?;
         let (outcome, delay) = updates.run().await;
+        if let Some(metrics) = &self.options.metrics {
+            metrics.update_checked(outcome.label());
+            if let Some(running) = updates.running() {
+                metrics.set_version(&running.to_string());
+            }
+        }
         debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
         (!self.options.once).then(|| Instant::now() + delay)
     }
 
     /// Sends STATUS when the line changed.
     fn report_status(&self, last: &mut String, published: &Published) {
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_phase(self.agent.phase.label());
+            metrics.set_registered(matches!(published, Published::Registered { .. }));
+        }
         let mut line = self.agent.status();
         if let Published::Unreachable { error } = published {
             line.push_str(&format!(" (etcd unreachable: {error})"));
@@ -272,6 +285,7 @@ mod tests {
             interval: Duration::from_millis(10),
             instance: "web-1".into(),
             once: false,
+            metrics: None,
         };
         Driver::new(agent, seams, options)
     }

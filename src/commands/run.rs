@@ -19,6 +19,7 @@ use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, HealthCheck, LoadedConfig, Settings};
 use crate::health::{HealthProbe, HealthStreak};
+use crate::metrics::Metrics;
 use crate::omaha::{
     AnyUpdateSource, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, ReleaseList,
     UpdateBackend,
@@ -201,11 +202,23 @@ async fn run(settings: Settings, world: World, args: &RunArgs) -> anyhow::Result
         unit,
         updates,
     };
+    let metrics = match settings.daemon.metrics {
+        Some(listen) => {
+            let metrics = Metrics::new();
+            let (bound, _) = crate::metrics::serve(listen, metrics.clone())
+                .await
+                .with_context(|| format!("failed to serve metrics on {listen}"))?;
+            info!("serving Prometheus metrics at http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     let options = DriverOptions {
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),
         once: args.once,
+        metrics,
     };
     let report = Driver::new(agent, seams, options).run(shutdown).await;
     drop(follower);
