@@ -1,7 +1,8 @@
 //! Acting on the bound unit during a swap: the version drop-in, `Reload()`, `RestartUnit` and the
 //! pre-pull as a transient unit. The [`UnitControl`] seam has the D-Bus implementation
 //! ([`DbusUnitControl`], through the `zbus_systemd` proxies, never `systemctl`) and an in-memory
-//! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe drop-in values ([`dropin`]).
+//! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
+//! drop-in values ([`dropin`]).
 
 mod dbus;
 pub mod dropin;

@@ -139,3 +139,30 @@ async fn prepull_docker_pull_fetches_the_image_from_the_local_registry() {
     );
     assert_no_prepull_unit_remains(&systemd).await;
 }
+
+#[tokio::test]
+async fn prepull_abandoned_by_its_caller_is_stopped_and_gone() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    let control = control_for(&systemd, "app.service").await;
+    let sleep = argv(&["/usr/bin/sleep", "600"]);
+    // Boxed, so that `drop` below drops the future itself.
+    let mut pull = Box::pin(control.run_transient(&sleep, JOB_TIMEOUT));
+    // A running oneshot is `activating` until its command exits.
+    let started = poll_until(JOB_TIMEOUT, "the pre-pull unit runs", || async {
+        let units = prepull_units(&systemd).await;
+        match units.as_slice() {
+            [(_, state)] if state == "activating" => Ok(()),
+            _ => Err(units),
+        }
+    });
+    tokio::select! {
+        ended = &mut pull => panic!("the pre-pull ended on its own: {ended:?}"),
+        started = started => started.unwrap(),
+    }
+    // The caller gives up (as the daemon does on shutdown): dropping the future stops the unit.
+    drop(pull);
+    assert_no_prepull_unit_remains(&systemd).await;
+}

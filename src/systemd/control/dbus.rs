@@ -82,21 +82,6 @@ impl DbusUnitControl {
         &self.dropin
     }
 
-    async fn subscribe(&self) -> Result<(), ControlError> {
-        match self.manager.subscribe().await {
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == ALREADY_SUBSCRIBED => {
-                Ok(())
-            }
-            other => other.map_err(ControlError::from),
-        }
-    }
-
-    /// Subscribed, with a `JobRemoved` stream that sees every job queued after it returns.
-    async fn job_signals(&self) -> Result<JobRemovedStream, ControlError> {
-        self.subscribe().await?;
-        Ok(self.manager.receive_job_removed().await?)
-    }
-
     async fn on_file<T: Send + 'static>(
         &self,
         work: impl FnOnce(PathBuf) -> Result<T, ControlError> + Send + 'static,
@@ -132,40 +117,70 @@ impl DbusUnitControl {
         read.await
             .unwrap_or_else(|err| format!("exit status unknown ({err})"))
     }
+}
 
-    /// Stops a transient unit that ran past its timeout and waits for the stop job, so nothing
-    /// keeps running; then clears a failed state so systemd forgets the unit.
-    async fn stop_transient(&self, unit: &str, removed: &mut JobRemovedStream) {
-        match self
-            .manager
-            .stop_unit(unit.to_string(), "replace".into())
-            .await
-        {
-            Ok(job) => {
-                let limit = transient::STOP_TIMEOUT + STOP_SLACK;
-                match wait_removed(removed, &job, limit).await {
-                    Ok(Some(result)) => {
-                        debug!(unit, result, "stopped the timed-out transient unit")
-                    }
-                    Ok(None) => warn!(
-                        unit,
-                        "the timed-out transient unit did not stop within {limit:?}"
-                    ),
-                    Err(err) => {
-                        warn!(unit, error = %err, "lost track of the transient unit's stop job")
-                    }
-                }
-            }
-            Err(err) => warn!(unit, error = %err, "cannot stop the timed-out transient unit"),
-        }
-        self.forget(unit).await;
+/// Subscribed, with a `JobRemoved` stream that sees every job queued after it returns.
+async fn job_signals(manager: &ManagerProxy<'_>) -> Result<JobRemovedStream, ControlError> {
+    match manager.subscribe().await {
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == ALREADY_SUBSCRIBED => {}
+        other => other?,
     }
+    Ok(manager.receive_job_removed().await?)
+}
 
-    /// `ResetFailedUnit`, so a failed transient unit is collected; a unit already gone is fine.
-    async fn forget(&self, unit: &str) {
-        if let Err(err) = self.manager.reset_failed_unit(unit.to_string()).await {
-            debug!(unit, error = %err, "transient unit not reset (already gone?)");
-        }
+/// Stops a transient unit and waits for the stop job, so nothing keeps running; then clears a
+/// failed state so systemd forgets the unit. Failures are logged: there is nothing else to do.
+async fn stop_transient(manager: &ManagerProxy<'_>, unit: &str) {
+    let stopped = async {
+        let mut removed = job_signals(manager).await?;
+        let job = manager
+            .stop_unit(unit.to_string(), "replace".into())
+            .await?;
+        wait_removed(&mut removed, &job, transient::STOP_TIMEOUT + STOP_SLACK).await
+    };
+    match stopped.await {
+        Ok(Some(result)) => debug!(unit, result, "stopped the transient unit"),
+        Ok(None) => warn!(unit, "the transient unit did not stop in time"),
+        Err(err) => warn!(unit, error = %err, "cannot stop the transient unit"),
+    }
+    forget(manager, unit).await;
+}
+
+/// `ResetFailedUnit`, so a failed transient unit is collected; a unit already gone is fine.
+async fn forget(manager: &ManagerProxy<'_>, unit: &str) {
+    if let Err(err) = manager.reset_failed_unit(unit.to_string()).await {
+        debug!(unit, error = %err, "transient unit not reset (already gone?)");
+    }
+}
+
+/// Stops the transient unit when its caller stops waiting for it (the future is dropped, e.g.
+/// on shutdown), unless [`StopOnDrop::disarm`] was called.
+struct StopOnDrop {
+    manager: ManagerProxy<'static>,
+    unit: Option<String>,
+}
+
+impl StopOnDrop {
+    fn disarm(&mut self) {
+        self.unit = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(unit) = self.unit.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(
+                unit,
+                "abandoned transient unit left running: no runtime to stop it"
+            );
+            return;
+        };
+        let manager = self.manager.clone();
+        info!(unit, "stopping the abandoned transient unit");
+        runtime.spawn(async move { stop_transient(&manager, &unit).await });
     }
 }
 
@@ -220,7 +235,7 @@ impl UnitControl for DbusUnitControl {
     }
 
     async fn restart(&self, timeout: Duration) -> Result<(), ControlError> {
-        let mut removed = self.job_signals().await?;
+        let mut removed = job_signals(&self.manager).await?;
         let job = self
             .manager
             .restart_unit(self.unit.clone(), "replace".into())
@@ -254,30 +269,50 @@ impl UnitControl for DbusUnitControl {
             argv.join(" ")
         );
         let properties = transient::properties(&program, argv, description)?;
-        let mut removed = self.job_signals().await?;
-        let job = self
+        let mut removed = job_signals(&self.manager).await?;
+        // Armed before the call: a caller that gives up while it is in flight stops the unit.
+        let mut guard = StopOnDrop {
+            manager: self.manager.clone(),
+            unit: Some(name.clone()),
+        };
+        let job = match self
             .manager
             .start_transient_unit(name.clone(), "fail".into(), properties, Vec::new())
-            .await?;
+            .await
+        {
+            Ok(job) => job,
+            Err(err) => {
+                guard.disarm();
+                return Err(err.into());
+            }
+        };
         debug!(unit = %name, job = job.as_str(), argv = ?argv, "transient unit started");
-        match wait_removed(&mut removed, &job, timeout).await? {
-            Some(result) if result == "done" => Ok(()),
-            Some(result) => {
+        let ended = wait_removed(&mut removed, &job, timeout).await;
+        match ended {
+            Ok(Some(result)) if result == "done" => {
+                guard.disarm();
+                Ok(())
+            }
+            Ok(Some(result)) => {
+                guard.disarm();
                 let status = self.exit_status(&name).await;
-                self.forget(&name).await;
+                forget(&self.manager, &name).await;
                 Err(ControlError::CommandFailed {
                     unit: name,
                     result,
                     status,
                 })
             }
-            None => {
-                self.stop_transient(&name, &mut removed).await;
+            Ok(None) => {
+                stop_transient(&self.manager, &name).await;
+                guard.disarm();
                 Err(ControlError::Timeout {
                     unit: name,
                     timeout,
                 })
             }
+            // Lost track of it (the bus went away): the guard stops it if it can.
+            Err(err) => Err(err),
         }
     }
 
