@@ -261,3 +261,49 @@ async fn restart_whose_start_hangs_past_the_timeout_is_a_timeout() {
         "activating"
     );
 }
+
+#[tokio::test]
+async fn rollback_after_a_start_timeout_restores_the_dropin_and_its_restart_replaces_the_stuck_job()
+{
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    // Version 3.0.0 never finishes starting; any other version starts at once.
+    let hang_on_3 = "ExecStartPre=/usr/bin/sh -c 'test \"$$SIDEKICK_VERSION\" != 3.0.0 || \
+                     exec /usr/bin/sleep infinity'\n";
+    systemd.write_unit(
+        "app.service",
+        &APP_UNIT.replace("[Service]\n", &format!("[Service]\n{hang_on_3}")),
+    );
+    systemd.reload().await;
+    let control = control_for(&systemd, "app.service").await;
+    control.restart(JOB_TIMEOUT).await.expect("start on 1.0.0");
+    assert_eq!(started_with(&systemd), "1.0.0 app:1.0.0");
+
+    let previous = control.write_dropin(&dropin("3.0.0")).await.unwrap();
+    control.reload().await.unwrap();
+    let err = control
+        .restart(Duration::from_secs(2))
+        .await
+        .expect_err("3.0.0 hangs in ExecStartPre");
+    assert_eq!(err.kind(), "timeout", "{err}");
+    let conn = systemd.connection().await;
+    assert_eq!(
+        systemd::active_state(&conn, "app.service").await,
+        "activating"
+    );
+
+    // The rollback: previous drop-in back, reload, restart with mode `replace`. The old start's
+    // record goes first, so the one read below proves a fresh start.
+    std::fs::remove_file(systemd.bus_dir().join("app.env")).unwrap();
+    control.restore_dropin(&previous).await.unwrap();
+    control.reload().await.unwrap();
+    control
+        .restart(JOB_TIMEOUT)
+        .await
+        .expect("restart on 1.0.0");
+    assert_eq!(systemd::active_state(&conn, "app.service").await, "active");
+    assert_eq!(started_with(&systemd), "1.0.0 app:1.0.0");
+    assert_eq!(control.running().await.unwrap(), running("1.0.0"));
+}
