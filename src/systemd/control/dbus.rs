@@ -154,7 +154,8 @@ async fn forget(manager: &ManagerProxy<'_>, unit: &str) {
 }
 
 /// Stops the transient unit when its caller stops waiting for it (the future is dropped, e.g.
-/// on shutdown), unless [`StopOnDrop::disarm`] was called.
+/// when the swap is abandoned), unless [`StopOnDrop::disarm`] was called. A process that exits
+/// right after may not get to send the stop.
 struct StopOnDrop {
     manager: ManagerProxy<'static>,
     unit: Option<String>,
