@@ -126,3 +126,98 @@ async fn a_closed_port_is_a_connect_error() {
     let error = source.check(&v("1.0.0"), false).await.unwrap_err();
     assert_eq!(error.kind(), "connect", "{error}");
 }
+
+/// Answers 200 and then drips a body at one byte per second, forever: the read timeout never
+/// trips, only a total one can end it.
+async fn dripping_server() -> Url {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!(
+        "http://{}/v1/update/",
+        listener.local_addr().unwrap()
+    ))
+    .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head =
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: 100000\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while socket.write_all(b" ").await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_body_dripped_at_one_byte_per_second_ends_at_the_total_timeout() {
+    let endpoint = dripping_server().await;
+    let timeouts = HttpTimeouts {
+        connect: Duration::from_secs(1),
+        read: Duration::from_secs(30),
+        total: Duration::from_secs(2),
+    };
+    let source = HttpUpdateSource::new(endpoint, instance(APP, "web-1"), timeouts, None).unwrap();
+    let started = Instant::now();
+    let error = source.check(&v("1.0.0"), false).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error.kind(), "timeout", "{error}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn update_check_as_a_whole_ends_at_its_limit_against_a_dripping_server() {
+    let endpoint = dripping_server().await;
+    let dir = support::temp_dir("update-check-drip");
+    let config = dir.path().join("web.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\nunit = \"web@1.service\"\n[registration]\nenabled = false\n\
+             [health]\ncheck = \"none\"\n[update]\nserver = \"{endpoint}\"\napp_id = \"{APP}\"\n"
+        ),
+    )
+    .unwrap();
+    let sources = sidekick::config::ConfigSources {
+        root: dir.path().to_path_buf(),
+        files: vec![config],
+        unit: None,
+    };
+    let settings = sidekick::config::load(&sources)
+        .expect("valid config")
+        .settings;
+    // Per-request totals longer than the limit: the limit alone must end the command.
+    let timeouts = HttpTimeouts {
+        connect: Duration::from_secs(60),
+        read: Duration::from_secs(60),
+        total: Duration::from_secs(60),
+    };
+    let started = Instant::now();
+    let report = sidekick::commands::update_check::update_check_within(
+        &settings,
+        Some("1.0.0"),
+        false,
+        timeouts,
+        Duration::from_secs(2),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(
+        json.contains("\"kind\":\"timeout\"") && json.contains("within 2s"),
+        "{json}"
+    );
+    // The CLI's own figures: every request and the whole command stay under a minute.
+    assert!(sidekick::commands::update_check::UPDATE_CHECK_LIMIT < Duration::from_secs(60));
+    assert!(HttpTimeouts::default().total <= sidekick::commands::update_check::UPDATE_CHECK_LIMIT);
+}
