@@ -1,7 +1,8 @@
 //! Nothing the harness starts outlives a test process that is SIGKILLed: drop guards never run
 //! then, so `tests/support/reaper.rs` must end etcd, Traefik, the registry, the systemd
 //! container, sidekicks and app containers. The test runs itself as a child process that starts
-//! all of them, kills that child with SIGKILL, and checks that every one is gone.
+//! all of them, kills that child with SIGKILL, and checks that every one is gone, its temp dirs
+//! too.
 
 mod support;
 
@@ -43,6 +44,7 @@ struct Report {
     ports: Vec<(String, u16)>,
     pids: Vec<(String, u32)>,
     containers: Vec<String>,
+    dirs: Vec<PathBuf>,
 }
 
 impl Report {
@@ -60,6 +62,7 @@ impl Report {
                     report.pids.push((what.into(), pid.parse().expect("pid")));
                 }
                 (Some("container"), Some(name), None) => report.containers.push(name.into()),
+                (Some("dir"), Some(path), None) => report.dirs.push(path.into()),
                 _ => {}
             }
         }
@@ -112,6 +115,7 @@ async fn hold_servers_until_killed(report: &Path) -> ! {
         format!("pid systemd {}", systemd.init_pid()),
         format!("pid sidekick {}", sidekick.pid()),
         format!("container {}", app.name()),
+        format!("dir {}", dir.path().display()),
     ];
     let tmp = report.with_extension("tmp");
     std::fs::write(&tmp, lines.join("\n") + "\n").expect("write report");
@@ -166,6 +170,11 @@ fn still_running(report: &Report) -> Vec<String> {
             alive.push(format!("container {name}"));
         }
     }
+    for dir in &report.dirs {
+        if dir.exists() {
+            alive.push(format!("temp dir {}", dir.display()));
+        }
+    }
     alive
 }
 
@@ -205,7 +214,7 @@ async fn nothing_the_harness_starts_outlives_a_sigkilled_test_process() {
     let before = still_running(&report);
     assert_eq!(
         before.len(),
-        7,
+        8,
         "not everything ran before the kill: {before:?}"
     );
 

@@ -64,11 +64,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh temp dir (removed on drop) whose name starts with `sidekick-<what>-`.
+/// Also removed by the [`reaper`] if the test process is killed before the guard runs.
 pub fn temp_dir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("sidekick-{what}-"))
         .tempdir()
-        .expect("create temp dir")
+        .expect("create temp dir");
+    reaper::watch(&reaper::Leftover::Directory(dir.path().to_path_buf()));
+    dir
 }
 
 /// Calls `attempt` every 100 ms until it returns `Ok` or `timeout` passes; the error names `what`

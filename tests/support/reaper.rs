@@ -8,8 +8,9 @@
 //!   stdin, a pipe only this process holds (close-on-exec, so children do not keep it open). When
 //!   this process dies, however it dies, the guardian reads EOF and kills what is still listed:
 //!   process groups (grandchildren that no death signal reaches), cgroups (the systemd container
-//!   and every unit in it) and Docker containers (which belong to dockerd, not to us). Guards
-//!   [`forget`] what they have cleaned up themselves, so a reused pid is never hit.
+//!   and every unit in it), Docker containers (which belong to dockerd, not to us) and, last,
+//!   temp dirs. Guards [`forget`] what they have cleaned up themselves, so a reused pid is never
+//!   hit; a temp dir already removed is simply not there any more.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -29,6 +30,8 @@ pub enum Leftover {
     Cgroup(PathBuf),
     /// `docker rm -f NAME`.
     DockerContainer(String),
+    /// `rm -rf DIR`, after everything else: a temp dir whose guard never ran.
+    Directory(PathBuf),
 }
 
 impl Leftover {
@@ -38,6 +41,7 @@ impl Leftover {
             Leftover::Process(pid) => format!("pid {pid}"),
             Leftover::Cgroup(dir) => format!("cgroup {}", dir.display()),
             Leftover::DockerContainer(name) => format!("docker {name}"),
+            Leftover::Directory(dir) => format!("dir {}", dir.display()),
         }
     }
 }
@@ -64,6 +68,11 @@ printf '%s\n' "$entries" | while IFS= read -r e; do
     pid\ *) kill -TERM "${e#pid }" ;;
     cgroup\ *) kill_cgroup "${e#cgroup }" ;;
     docker\ *) docker rm -f "${e#docker }" ;;
+  esac
+done >/dev/null 2>&1
+printf '%s\n' "$entries" | while IFS= read -r e; do
+  case "$e" in
+    dir\ /*) rm -rf -- "${e#dir }" ;;
   esac
 done >/dev/null 2>&1
 "#;
