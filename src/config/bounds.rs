@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use super::settings::{MIN_LEASE_TTL, MIN_UPDATE_INTERVAL};
+
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -45,7 +47,7 @@ const fn bounds(key: &'static str, min: Duration, max: Duration) -> DurationBoun
 const fn lease(key: &'static str) -> DurationBounds {
     DurationBounds {
         key,
-        min: secs(5),
+        min: MIN_LEASE_TTL,
         max: secs(DAY),
         whole_seconds: true,
     }
@@ -57,7 +59,7 @@ pub const DURATION_BOUNDS: [DurationBounds; 9] = [
     lease("registration.ttl"),
     bounds("health.interval", ms(100), secs(HOUR)),
     bounds("health.timeout", ms(100), secs(5 * MINUTE)),
-    bounds("update.interval", secs(10), secs(7 * DAY)),
+    bounds("update.interval", MIN_UPDATE_INTERVAL, secs(7 * DAY)),
     lease("slot.ttl"),
     bounds("swap.drain", Duration::ZERO, secs(HOUR)),
     bounds("swap.start_timeout", secs(1), secs(HOUR)),
