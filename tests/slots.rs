@@ -10,6 +10,10 @@ mod commands;
 mod contention;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
+#[path = "slots/fleetlock_replay.rs"]
+mod fleetlock_replay;
+#[path = "slots/fleetlock_server.rs"]
+mod fleetlock_server;
 #[path = "slots/outage.rs"]
 mod outage;
 
