@@ -65,6 +65,8 @@ pub enum Holding {
 pub enum SlotError {
     #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
+    #[error("cannot reach etcd: {0}")]
+    Connect(String),
     #[error("malformed value at {key}: {source}")]
     Malformed {
         key: String,
@@ -100,6 +102,7 @@ impl SlotError {
     pub fn kind(&self) -> &'static str {
         match self {
             SlotError::Etcd(_) => "etcd",
+            SlotError::Connect(_) => "connect",
             SlotError::Malformed { .. } => "malformed",
             SlotError::Http { .. } => "http",
             SlotError::Refused { .. } => "refused",

@@ -6,20 +6,26 @@ use std::sync::atomic::Ordering;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{EtcdSlots, HolderState, MAX_RACES};
+use crate::etcd::lease::LeaseState;
 use crate::slot::halt;
 use crate::slot::keys::{Snapshot, group_prefix, parse_snapshot, slot_key, snapshot_ops};
-use crate::slot::lease::{LeaseOwner, SlotLease};
-use crate::slot::{Acquisition, Holding, SlotError, SlotValue};
+use crate::slot::lease::SlotLease;
+use crate::slot::{Acquisition, SlotError, SlotValue};
 
 impl EtcdSlots {
-    pub(super) fn client(&self) -> Client {
+    /// The client of the shared connection, counting the request about to be made.
+    pub(super) async fn client(&self) -> Result<Client, SlotError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.client.clone()
+        self.etcd
+            .client()
+            .await
+            .map_err(|e| SlotError::Connect(format!("{e:#}")))
     }
 
     pub(super) async fn snapshot(&self) -> Result<Snapshot, SlotError> {
         let resp = self
             .client()
+            .await?
             .txn(Txn::new().and_then(snapshot_ops(&self.group)))
             .await?;
         Ok(parse_snapshot(&self.group, &resp))
@@ -28,17 +34,16 @@ impl EtcdSlots {
     /// The live lease of this holder, granted afresh when there is none or it was lost.
     pub(super) async fn live_lease(&self, state: &mut HolderState) -> Result<i64, SlotError> {
         if let Some(lease) = &state.lease
-            && lease.state() == Holding::Held
+            && lease.state() == LeaseState::Alive
         {
             return Ok(lease.id());
         }
         state.lease = None;
-        let owner = LeaseOwner {
-            group: self.group.clone(),
-            holder: self.who.holder.clone(),
-            endpoint: self.endpoint.clone(),
-        };
-        let lease = SlotLease::grant(&self.client(), self.ttl, owner).await?;
+        let owner = format!("slot {} holder {}", self.group, self.who.holder);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let lease = SlotLease::grant(&self.etcd, self.ttl, None, &owner)
+            .await
+            .map_err(|e| SlotError::Connect(format!("{e:#}")))?;
         let id = lease.id();
         state.lease = Some(lease);
         Ok(id)
@@ -54,7 +59,7 @@ impl EtcdSlots {
             .when(cmp)
             .and_then([put])
             .or_else(snapshot_ops(&self.group));
-        let resp = self.client().txn(txn).await?;
+        let resp = self.client().await?.txn(txn).await?;
         Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp)))
     }
 
@@ -87,7 +92,10 @@ impl EtcdSlots {
                     reason: h.reason,
                 });
             }
-            let lease_alive = state.lease.as_ref().filter(|l| l.state() == Holding::Held);
+            let lease_alive = state
+                .lease
+                .as_ref()
+                .filter(|l| l.state() == LeaseState::Alive);
             let mine = snap
                 .slots
                 .iter()
@@ -167,7 +175,7 @@ impl EtcdSlots {
             return;
         };
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(err) = lease.revoke(&self.client).await {
+        if let Err(err) = lease.revoke(&self.etcd).await {
             tracing::debug!(group = %self.group, error = %err,
                 "idle slot lease not revoked; it expires within its TTL");
         }
