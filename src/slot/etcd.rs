@@ -24,11 +24,14 @@ use etcd_client::{EventType, WatchFilterType, WatchOptions};
 use tokio::sync::{Mutex, Notify};
 
 mod acquire;
+mod queue;
 
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
 use super::lease::{HoldingWatch, SlotLease};
-use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
+use super::{
+    Acquisition, Holding, SlotError, SlotHolder, SlotHost, SlotLock, SlotValue, with_jitter,
+};
 use crate::config::SlotSettings;
 use crate::etcd::EtcdConnection;
 use crate::etcd::lease::LeaseState;
@@ -47,6 +50,10 @@ struct HolderState {
     seen_revision: i64,
     /// The limit that snapshot was judged by; a waiter retries at once when it changed.
     seen_max: u32,
+    /// This holder's place in the group's queue, while it waits in line.
+    queued: Option<acquire::Queued>,
+    /// The snapshot the last busy answer was judged by.
+    last: Option<super::keys::Snapshot>,
 }
 
 /// An update slot in an etcd group, for one holder.
@@ -54,6 +61,7 @@ pub struct EtcdSlots {
     etcd: EtcdConnection,
     group: String,
     who: SlotHolder,
+    host: SlotHost,
     ttl: Duration,
     max: AtomicU32,
     max_changed: Notify,
@@ -84,6 +92,7 @@ impl EtcdSlots {
             etcd: etcd.into(),
             group: group.into(),
             who,
+            host: SlotHost::this(),
             ttl,
             max: AtomicU32::new(max.get()),
             max_changed: Notify::new(),
@@ -95,6 +104,12 @@ impl EtcdSlots {
     /// A holder configured from `[slot]`, over the shared etcd connection.
     pub fn from_settings(etcd: EtcdConnection, slot: &SlotSettings, who: SlotHolder) -> EtcdSlots {
         EtcdSlots::new(etcd, &slot.group, slot.max, slot.ttl, who)
+    }
+
+    /// Names the host written into slot values (default: this host).
+    pub fn with_host(mut self, host: SlotHost) -> EtcdSlots {
+        self.host = host;
+        self
     }
 
     /// The group this holder competes in.
@@ -127,7 +142,14 @@ impl EtcdSlots {
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
-        let outcome = self.try_acquire(&mut state, version).await;
+        let outcome = match self.snapshot(state.queued.clone().as_ref()).await {
+            Ok(snap) => {
+                let queued = state.queued.clone();
+                self.try_acquire(&mut state, version, queued.as_ref(), snap)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         // A lease granted for a race this holder lost, or for a slot it no longer has, would
         // only be kept alive for nothing: give it back.
         if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
@@ -161,6 +183,20 @@ impl SlotLock for EtcdSlots {
             None => Ok(()),
         };
         self.note(released.and(revoked)).await
+    }
+
+    /// Waits in the group's queue (first come, first served) instead of retrying.
+    async fn acquire_within(
+        &self,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<Acquisition, SlotError> {
+        let mut state = self.state.lock().await;
+        let outcome = self.queued_acquire(&mut state, version, deadline).await;
+        if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
+            self.drop_idle_lease(&mut state).await;
+        }
+        self.note(outcome).await
     }
 
     async fn release_stale(&self) -> Result<(), SlotError> {
