@@ -12,6 +12,10 @@ mod contention;
 mod fleetlock;
 #[path = "slots/outage.rs"]
 mod outage;
+#[path = "slots/queue.rs"]
+mod queue;
+#[path = "slots/release.rs"]
+mod release;
 
 use std::num::NonZeroU32;
 use std::process::Command;

@@ -99,9 +99,7 @@ async fn set_max(settings: &Settings, group: &str, max: u32) -> Result<String, E
     }
     let mut client = super::connect(settings).await?;
     match limit::set(&mut client, group, max).await {
-        Ok(Some(was)) => Ok(format!(
-            "stored limit {max} for group {group} (was {was})"
-        )),
+        Ok(Some(was)) => Ok(format!("stored limit {max} for group {group} (was {was})")),
         Ok(None) => Ok(format!(
             "stored limit {max} for group {group} (was slot.max of each sidekick)"
         )),

@@ -396,7 +396,10 @@ mod tests {
             rows: vec![vec!["web\u{1b}[2J\r\u{7}-1".into()]],
         };
         let text = section.render();
-        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
         assert!(text.contains("web\\u{1b}[2J\\u{d}\\u{7}-1"), "{text:?}");
     }
 }

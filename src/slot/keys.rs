@@ -37,7 +37,10 @@ pub const QUEUE_PREFIX: &str = "/sidekick/queue/";
 /// The queue prefix of `group`, ending in `/`. The group's `/` are escaped, so a nested group's
 /// waiters never fall under its parent's prefix.
 pub fn queue_prefix(group: &str) -> String {
-    format!("{QUEUE_PREFIX}{}/", group.replace('%', "%25").replace('/', "%2F"))
+    format!(
+        "{QUEUE_PREFIX}{}/",
+        group.replace('%', "%25").replace('/', "%2F")
+    )
 }
 
 /// The queue key of the waiter on lease `lease`.
@@ -120,7 +123,9 @@ pub(super) struct Snapshot {
 pub(super) fn snapshot_ops(group: &str, queued: Option<i64>) -> Vec<TxnOp> {
     let queue = || GetOptions::new().with_prefix().with_keys_only();
     let newest = match queued {
-        Some(rev) => queue().with_limit(1).with_max_create_revision((rev - 1).max(1)),
+        Some(rev) => queue()
+            .with_limit(1)
+            .with_max_create_revision((rev - 1).max(1)),
         None => queue().with_limit(2),
     };
     vec![

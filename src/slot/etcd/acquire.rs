@@ -96,7 +96,13 @@ impl EtcdSlots {
     }
 
     /// The slot write plus, for a queued holder, leaving the queue in the same transaction.
-    fn put_ops(&self, key: &str, value: Vec<u8>, lease: i64, queued: Option<&Queued>) -> Vec<TxnOp> {
+    fn put_ops(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+        queued: Option<&Queued>,
+    ) -> Vec<TxnOp> {
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
         let leave = queued.map(|q| TxnOp::delete(q.key.as_str(), None));
         std::iter::once(put).chain(leave).collect()
@@ -190,7 +196,10 @@ impl EtcdSlots {
             let lease = self.live_lease(state).await?;
             let value = self.value(version, crate::slot::now_rfc3339())?;
             let ops = self.put_ops(&key, value, lease, queued);
-            match self.commit(self.admission(&key, &snap, queued), ops, queued).await? {
+            match self
+                .commit(self.admission(&key, &snap, queued), ops, queued)
+                .await?
+            {
                 None => {
                     tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
                     state.key = Some(key);
@@ -225,8 +234,10 @@ impl EtcdSlots {
             },
             match queued {
                 None => Compare::create_revision(queue.as_str(), CompareOp::Equal, 0).with_prefix(),
-                Some(q) => Compare::create_revision(queue.as_str(), CompareOp::Greater, q.revision - 1)
-                    .with_prefix(),
+                Some(q) => {
+                    Compare::create_revision(queue.as_str(), CompareOp::Greater, q.revision - 1)
+                        .with_prefix()
+                }
             },
         ]
     }

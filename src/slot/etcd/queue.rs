@@ -16,7 +16,7 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOp
 use tokio::time::{Instant, sleep_until};
 
 use super::acquire::{DUPLICATE, Queued};
-use super::{EtcdSlots, HolderState};
+use super::{EtcdSlots, HolderState, WATCH_RETRY};
 use crate::slot::keys::{
     Snapshot, group_prefix, limit_key, parse_snapshot, queue_key, snapshot_ops,
 };
@@ -192,7 +192,15 @@ impl EtcdSlots {
             Ok(Wake::Recheck)
         };
         tokio::select! {
-            wake = watched => wake,
+            wake = watched => match wake {
+                Ok(wake) => Ok(wake),
+                Err(err) => {
+                    // No watch (etcd busy or away): look again after a pause, not in a spin.
+                    tracing::debug!(group = %self.group, error = %err, "slot queue watch failed");
+                    tokio::time::sleep(WATCH_RETRY.min(end.saturating_duration_since(Instant::now()))).await;
+                    Ok(Wake::Recheck)
+                }
+            },
             _ = lease.lost() => {
                 state.queued = None;
                 Ok(Wake::Recheck)
@@ -203,4 +211,3 @@ impl EtcdSlots {
         }
     }
 }
-
