@@ -340,3 +340,7 @@ mod secure;
 /// (`tests/registration/restarts.rs`).
 #[path = "registration/restarts.rs"]
 mod restarts;
+
+/// Self-healing registrations, duplicate instances and the real registry's fault promises.
+#[path = "registration/heal.rs"]
+mod heal;

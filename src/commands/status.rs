@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::ConfigSources;
 use crate::registry::KeyLayout;
+use crate::registry::duplicate::{self, DuplicateRecord};
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
 
@@ -24,6 +25,8 @@ pub struct StatusReport {
     pub slot_groups: Vec<SlotGroupStatus>,
     /// Limits stored with `sidekick slots set-max`, by group.
     pub slot_limits: Vec<SlotLimitStatus>,
+    /// Instances kept out of a registration another live instance holds.
+    pub duplicates: Vec<DuplicateRecord>,
     pub halts: Vec<HaltStatus>,
 }
 
@@ -186,6 +189,22 @@ impl StatusReport {
                     .collect(),
             },
             Section {
+                title: "DUPLICATE INSTANCES",
+                headers: &["KEY", "HELD BY", "KEPT OUT", "SINCE"],
+                rows: self
+                    .duplicates
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.key.clone(),
+                            d.held_by.clone(),
+                            d.host.clone(),
+                            d.since.clone(),
+                        ]
+                    })
+                    .collect(),
+            },
+            Section {
                 title: "HALTS",
                 headers: &["GROUP", "VERSION", "INSTANCE", "SINCE", "REASON"],
                 rows: halts,
@@ -326,6 +345,7 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
         registrations: registrations(client, layout).await?,
         slot_groups: slot_groups(client).await?,
         slot_limits,
+        duplicates: duplicate::list(client).await?,
         halts,
     })
 }
@@ -384,7 +404,7 @@ mod tests {
         let text = StatusReport::default().render_table();
         assert_eq!(
             text,
-            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nHALTS\n  (none)\n"
+            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
         );
     }
 

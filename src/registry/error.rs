@@ -13,6 +13,8 @@ pub enum LeaseError {
     Gone(i64),
     #[error("registration lease lost: {0}")]
     Lost(String),
+    #[error("duplicate instance: {key} is held by another live instance on {other_host}")]
+    Duplicate { key: String, other_host: String },
     /// Not a failure: the desired registration changed while a step was under way.
     #[error("the desired registration changed")]
     Superseded,
@@ -26,6 +28,7 @@ impl LeaseError {
             LeaseError::Rpc { .. } => "rpc",
             LeaseError::Gone(_) => "lease_gone",
             LeaseError::Lost(_) => "lease_lost",
+            LeaseError::Duplicate { .. } => "duplicate",
             LeaseError::Superseded => "superseded",
         }
     }

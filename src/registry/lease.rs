@@ -16,9 +16,11 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, LeaseGrantOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+mod write;
 
 use super::error::{LeaseError, rpc};
 use super::{Desired, Entry, Intent, Published};
@@ -44,6 +46,8 @@ struct Held {
     withdrawals: u64,
     /// Keeps the lease alive once it is known to exist.
     keeper: Option<LeaseKeeper>,
+    /// The revision the entries were last written at; the watch on them starts after it.
+    revision: i64,
 }
 
 /// The background task that converges etcd to the desired registration.
@@ -108,8 +112,55 @@ impl RegistrationLease {
                     self.orphan = Some(id);
                     self.published.send_replace(Published::Absent);
                 }
+                Err(LeaseError::Duplicate { key, other_host }) => {
+                    self.kept_out(key, other_host).await;
+                }
                 Err(err) => self.retry_after(err).await,
             }
+        }
+    }
+
+    /// Another live instance holds `key`: says so, then waits for it to go away (the key is
+    /// deleted), for the TTL, or for the desired state to change.
+    async fn kept_out(&mut self, key: String, other_host: String) {
+        tracing::error!(instance = %self.instance, key = %key, other_host = %other_host,
+            kind = "duplicate",
+            "duplicate instance: another live instance holds this registration; not overwriting it, retrying every TTL");
+        self.published.send_replace(Published::Duplicate {
+            key: key.clone(),
+            other_host,
+        });
+        if let Some(held) = &mut self.held {
+            held.suspect = true;
+        }
+        let retry = write::duplicate_retry(self.ttl);
+        let gone = async {
+            // Only a delete counts here: the other instance's own writes are not ours to undo.
+            let mut stream = loop {
+                match self.etcd.client().await {
+                    Ok(mut client) => match client.watch(key.as_str(), None).await {
+                        Ok(stream) => break stream,
+                        Err(_) => std::future::pending::<()>().await,
+                    },
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            while let Ok(Some(resp)) = stream.message().await {
+                let deleted = resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                if deleted || resp.canceled() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let mut desired = self.desired.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = desired.changed() => {}
+            _ = gone => {}
         }
     }
 
@@ -220,12 +271,27 @@ impl RegistrationLease {
             _ = changed.changed() => Err(LeaseError::Superseded),
             established = self.establish(entries, withdrawals) => established,
         };
-        let (id, mut lease) = established?;
+        let (id, mut lease, revision) = established?;
         self.backoff.reset();
         self.published
             .send_replace(Published::Registered { lease: id });
+        let keys: Vec<String> = self
+            .held
+            .as_ref()
+            .map(|h| h.entries.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        let mut desired = self.desired.clone();
         tokio::select! {
-            _ = self.desired.changed() => Ok(()),
+            _ = desired.changed() => Ok(()),
+            changed = self.foreign_change(&keys, id, revision + 1) => {
+                let what = changed?;
+                tracing::warn!(instance = %self.instance, change = %what,
+                    "registration changed by someone else; putting it back");
+                if let Some(held) = &mut self.held {
+                    held.suspect = true;
+                }
+                Ok(())
+            }
             reason = lease.lost() => {
                 // Not renewed by its deadline: etcd may have expired it, or may still have it
                 // (a restart resets TTLs). The next attempt asks etcd before granting anew.
@@ -244,7 +310,7 @@ impl RegistrationLease {
         &mut self,
         entries: Vec<Entry>,
         withdrawals: u64,
-    ) -> Result<(i64, crate::etcd::lease::LeaseWatch), LeaseError> {
+    ) -> Result<(i64, crate::etcd::lease::LeaseWatch, i64), LeaseError> {
         let mut client = self.client().await?;
         if let Some(held) = &self.held
             && (held.suspect || held.keeper.is_none())
@@ -290,14 +356,14 @@ impl RegistrationLease {
             }
             self.grant(&mut client, withdrawals).await?;
         }
-        self.put(&mut client, entries).await?;
+        let revision = self.put(&mut client, entries).await?;
         let held = self.held.as_ref().ok_or(LeaseError::Superseded)?;
         let watch = held
             .keeper
             .as_ref()
             .map(LeaseKeeper::subscribe)
             .ok_or(LeaseError::Superseded)?;
-        Ok((held.id, watch))
+        Ok((held.id, watch, revision))
     }
 
     /// Grants a lease under an id chosen here, recorded before the call: a grant whose answer is
@@ -314,6 +380,7 @@ impl RegistrationLease {
             granted: false,
             withdrawals,
             keeper: None,
+            revision: 0,
         });
         self.etcd.count();
         let sent = boot_now();
@@ -340,45 +407,6 @@ impl RegistrationLease {
             held.ttl = ttl;
             held.granted = true;
             held.keeper = Some(keeper);
-        }
-        Ok(())
-    }
-
-    /// Writes `entries` on the held lease in one transaction, deleting keys of an earlier set that
-    /// the new one no longer has. Skipped when nothing changed and the lease is trusted.
-    async fn put(&mut self, client: &mut Client, entries: Vec<Entry>) -> Result<(), LeaseError> {
-        let held = self.held.as_mut().ok_or(LeaseError::Superseded)?;
-        if !held.suspect && held.entries == entries {
-            return Ok(());
-        }
-        let stale = held
-            .entries
-            .iter()
-            .filter(|(key, _)| !entries.iter().any(|(k, _)| k == key))
-            .map(|(key, _)| TxnOp::delete(key.as_str(), None));
-        let puts = entries.iter().map(|(key, value)| {
-            TxnOp::put(
-                key.as_str(),
-                value.as_str(),
-                Some(PutOptions::new().with_lease(held.id)),
-            )
-        });
-        let ops: Vec<TxnOp> = stale.chain(puts).collect();
-        // Until etcd answers, what is written is unknown: the next attempt checks first.
-        held.suspect = true;
-        let id = held.id;
-        self.still_wanted()?;
-        self.etcd.count();
-        if let Err(err) = client.txn(Txn::new().and_then(ops)).await {
-            self.etcd.failed(&err).await;
-            return Err(rpc("registration txn")(err));
-        }
-        info!(instance = %self.instance, lease = format!("{id:x}"),
-            keys = %entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","),
-            etcd_requests = self.etcd.requests(), "registered");
-        if let Some(held) = &mut self.held {
-            held.entries = entries;
-            held.suspect = false;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod dry_run;
+pub mod duplicate;
 pub mod error;
 pub mod layout;
 pub mod lease;
@@ -55,6 +56,9 @@ pub enum Published {
     Registered { lease: i64 },
     /// etcd does not answer; the last error. A lease may still hold keys until it expires.
     Unreachable { error: String },
+    /// Another live instance holds `key` (named `other_host` in its value): nothing is written
+    /// until it goes away.
+    Duplicate { key: String, other_host: String },
 }
 
 /// Publishes one instance's registration. Methods only state intent and return at once.

@@ -150,7 +150,11 @@ async fn tls_client_cert_and_auth_register_and_a_wrong_ca_or_password_keeps_retr
     })
     .await;
     registered.unwrap_or_else(|e| panic!("{e}\n{}", good.log()));
-    assert_eq!(etcd.get("/services/web/web-badca").unwrap_or_default(), "");
+    // An etcdctl that fails is a failed test, not an absent key.
+    assert_eq!(
+        etcd.get("/services/web/web-badca").expect("etcdctl get"),
+        ""
+    );
 
     for (sk, clear) in [
         (&mut bad_ca, "certificate"),
@@ -179,5 +183,8 @@ async fn tls_client_cert_and_auth_register_and_a_wrong_ca_or_password_keeps_retr
         assert!(sk.is_running(), "gave up:\n{log}");
     }
     assert!(good.is_running());
-    assert_eq!(etcd.get("/services/web/web-badpw").unwrap_or_default(), "");
+    assert_eq!(
+        etcd.get("/services/web/web-badpw").expect("etcdctl get"),
+        ""
+    );
 }
