@@ -344,3 +344,7 @@ mod restarts;
 /// Self-healing registrations, duplicate instances and the real registry's fault promises.
 #[path = "registration/heal.rs"]
 mod heal;
+
+/// Expiring auth tokens (`tests/registration/auth.rs`).
+#[path = "registration/auth.rs"]
+mod auth;
