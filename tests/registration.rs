@@ -348,3 +348,7 @@ mod heal;
 /// Expiring auth tokens (`tests/registration/auth.rs`).
 #[path = "registration/auth.rs"]
 mod auth;
+
+/// A 3-member cluster losing its leader or its quorum (`tests/registration/cluster.rs`).
+#[path = "registration/cluster.rs"]
+mod cluster;
