@@ -16,6 +16,10 @@ mod fleetlock_replay;
 mod fleetlock_server;
 #[path = "slots/outage.rs"]
 mod outage;
+#[path = "slots/queue.rs"]
+mod queue;
+#[path = "slots/release.rs"]
+mod release;
 
 use std::num::NonZeroU32;
 use std::process::Command;
