@@ -219,6 +219,7 @@ async fn nothing_the_harness_starts_outlives_a_sigkilled_test_process() {
     );
 
     // SIGKILL: no drop guard, no panic handler, no atexit runs in the child.
+    let killed = std::time::Instant::now();
     child.kill();
     let gone = poll_until(GONE_TIMEOUT, "everything the child started is gone", || {
         let alive = still_running(&report);
@@ -233,4 +234,8 @@ async fn nothing_the_harness_starts_outlives_a_sigkilled_test_process() {
     if let Err(e) = gone {
         panic!("{e}\n--- child log ---\n{}", child.log_tail(40));
     }
+    eprintln!(
+        "everything was gone {:?} after the SIGKILL",
+        killed.elapsed()
+    );
 }

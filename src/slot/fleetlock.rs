@@ -4,7 +4,7 @@
 //! `POST <base>/v1/pre-reboot` takes a slot and `POST <base>/v1/steady-state` gives it back, both
 //! with the header `fleet-lock-protocol: true` and the body `{"client_params":{"id":…,"group":…}}`,
 //! where the group matches `^[a-zA-Z0-9.-]+$`. Any 2xx is a grant. Servers disagree on how they
-//! say "slots full" (see `reference/fleetlock/` in the design notes): airlock answers 500 with the
+//! say "slots full" (recorded in `tests/fixtures/fleetlock/`): airlock answers 500 with the
 //! kind `failed_lock`, heathcliff26/fleetlock answers 423 `all_slots_full`. So busy is the kind
 //! `failed_lock` (any status) or the status 423 (any kind). Every other answer is an error naming
 //! the server's `kind` and `value`: airlock's 400 `unknown_group` and heathcliff26's 500 `error`

@@ -140,3 +140,36 @@ fn update_image_knows_only_its_placeholders() {
     let (text, line) = config_with("update.image", "\"{codebase}:{tag}\"");
     assert_rejected(&text, line, "update.image", "unknown placeholder `tag`");
 }
+
+#[test]
+fn registration_host_domain_and_scheme_are_checked() {
+    let (text, line) = config_with("registration.host", "\"10.0.0.5:80\"");
+    let why = "is neither an IP address nor a host name";
+    assert_rejected(&text, line, "registration.host", why);
+    let (text, line) = config_with("registration.domain", "\"web_1.example\"");
+    assert_rejected(&text, line, "registration.domain", "is not a DNS name");
+    let (text, line) = config_with("registration.scheme", "\"ftp\"");
+    assert_rejected(
+        &text,
+        line,
+        "registration.scheme",
+        "must be \"http\" or \"https\"",
+    );
+}
+
+#[test]
+fn paths_are_absolute_and_prepull_and_metrics_are_well_formed() {
+    let (text, line) = config_with("daemon.state_dir", "\"var/lib/sidekick\"");
+    assert_rejected(&text, line, "daemon.state_dir", "must be an absolute path");
+    let (text, line) = config_with("swap.dropin_dir", "\"etc/systemd/system\"");
+    assert_rejected(&text, line, "swap.dropin_dir", "must be an absolute path");
+    let (text, line) = config_with("swap.prepull", "[\"docker\", \"pull\", \"{img}\"]");
+    assert_rejected(&text, line, "swap.prepull", "unknown placeholder `img`");
+    let (text, line) = config_with("daemon.metrics", "\"localhost\"");
+    assert_rejected(
+        &text,
+        line,
+        "daemon.metrics",
+        "must be an address like 127.0.0.1:9527",
+    );
+}
