@@ -229,6 +229,7 @@ async fn run(
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),
+        unit_name: settings.instance.unit.clone(),
         once: args.once,
         metrics,
     };
