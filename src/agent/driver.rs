@@ -10,10 +10,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::cycle::UpdatePass;
 use super::state::{self, Action, Agent, Observation};
 use crate::health::Probe;
+use crate::metrics::Metrics;
 use crate::registry::{Entry, Published, Registry};
-use crate::systemd::{ActiveState, UnitState};
+use crate::systemd::control::UnitControl;
+use crate::systemd::{ActiveState, LoadState, UnitState};
 
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
@@ -25,31 +28,67 @@ pub struct DriverReport {
     pub etcd_requests: u64,
 }
 
-/// The loop's inputs and seams.
-pub struct Driver<R: Registry, P: Probe> {
-    pub agent: Agent,
+/// The outside world the loop acts on, built once by the command that runs it.
+pub struct Seams<R: Registry, P: Probe, C: UnitControl> {
     pub registry: R,
     pub probe: P,
     /// The bound unit's `ActiveState` and departures from `active`, deduplicated.
     pub unit: watch::Receiver<UnitState>,
+    /// Update checks and slots; `None` when this run does not look for updates.
+    pub updates: Option<UpdatePass<C>>,
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
     /// The registration's keys and values.
     pub entries: Vec<Entry>,
     /// Probe period while the unit is active.
     pub interval: Duration,
     /// Instance name for log lines.
     pub instance: String,
+    /// The bound unit's name, for status lines.
+    pub unit_name: String,
+    /// Stop after one whole pass (registration decided, one update pass) instead of running on.
+    pub once: bool,
+    /// Where the loop reports its phase, registration and update checks, if anywhere.
+    pub metrics: Option<Metrics>,
 }
 
-impl<R: Registry, P: Probe> Driver<R, P> {
-    /// Runs until `shutdown` resolves, then deregisters and returns.
+/// The loop: observes, asks [`state::next`], acts.
+pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
+    agent: Agent,
+    seams: Seams<R, P, C>,
+    options: DriverOptions,
+}
+
+/// How long `--once` waits for the unit's first state before it goes on without it.
+pub const ONCE_UNIT_WAIT: Duration = Duration::from_secs(10);
+
+impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
+    /// A driver starting from `agent` over `seams`.
+    pub fn new(agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
+        Driver {
+            agent,
+            seams,
+            options,
+        }
+    }
+
+    /// Runs until `shutdown` resolves (or, with `once`, one pass is done), then deregisters and
+    /// returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> DriverReport {
         tokio::pin!(shutdown);
-        let mut published = self.registry.published();
+        let mut published = self.seams.registry.published();
         let mut unit_open = true;
         let mut next_probe = Instant::now();
+        let started = Instant::now();
+        // The first pass waits until the unit's state is known and the registration settled, so
+        // its lines follow the registration's.
+        let mut next_pass = Some(started);
         let mut status = String::new();
         notify(&[sd_notify::NotifyState::Ready]);
-        let initial = self.unit.borrow_and_update().clone();
+        let initial = self.seams.unit.borrow_and_update().clone();
         let mut departures = initial.departures;
         let mut pending = VecDeque::new();
         if initial.active != ActiveState::Unknown {
@@ -60,12 +99,14 @@ impl<R: Registry, P: Probe> Driver<R, P> {
                 Some(observation) => observation,
                 None => {
                     let probing = self.agent.probing();
+                    let settled = self.settled(&published.borrow(), started);
+                    let pass_at = next_pass.filter(|_| settled && self.seams.updates.is_some());
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
-                        changed = self.unit.changed(), if unit_open => match changed {
+                        changed = self.seams.unit.changed(), if unit_open => match changed {
                             Ok(()) => {
-                                let now = self.unit.borrow_and_update().clone();
+                                let now = self.seams.unit.borrow_and_update().clone();
                                 // A departure whose states were coalesced away still counts.
                                 if now.departures != departures {
                                     departures = now.departures;
@@ -76,17 +117,30 @@ impl<R: Registry, P: Probe> Driver<R, P> {
                                 }
                             }
                             Err(_) => {
-                                warn!(instance = %self.instance, "unit watch ended; keeping the last known state");
+                                warn!(instance = %self.options.instance, "unit watch ended; keeping the last known state");
                                 unit_open = false;
                                 continue;
                             }
                         },
-                        passed = probe_at(&mut self.probe, next_probe, &self.instance), if probing => {
-                            next_probe = Instant::now() + self.interval;
+                        passed = probe_at(&mut self.seams.probe, next_probe, &self.options.instance), if probing => {
+                            next_probe = Instant::now() + self.options.interval;
                             Observation::Probe { passed }
                         }
                         _ = published.changed() => {
                             self.report_status(&mut status, &published.borrow_and_update());
+                            continue;
+                        }
+                        _ = sleep_until_some(pass_at), if pass_at.is_some() => {
+                            next_pass = self.update_pass().await;
+                            if next_pass.is_none() {
+                                pending.push_back(Observation::Shutdown);
+                            }
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(started + ONCE_UNIT_WAIT),
+                            if self.options.once && !settled => {
+                            warn!(instance = %self.options.instance,
+                                "the unit's state is not known after {ONCE_UNIT_WAIT:?}; going on without it");
                             continue;
                         }
                     }
@@ -102,20 +156,20 @@ impl<R: Registry, P: Probe> Driver<R, P> {
             for action in actions {
                 match action {
                     Action::Register => {
-                        info!(instance = %self.instance, "unit active and healthy: registering");
-                        self.registry.register(self.entries.clone());
+                        info!(instance = %self.options.instance, "unit active and healthy: registering");
+                        self.seams.registry.register(self.options.entries.clone());
                     }
                     Action::Deregister => {
-                        info!(instance = %self.instance, "{}: deregistering", self.agent.status());
-                        self.registry.deregister();
+                        info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
+                        self.seams.registry.deregister();
                     }
                     Action::Stop => {
                         notify(&[
                             sd_notify::NotifyState::Stopping,
                             sd_notify::NotifyState::Status("stopping: deregistering"),
                         ]);
-                        let etcd_requests = self.registry.requests();
-                        self.registry.shutdown(SHUTDOWN_DEADLINE).await;
+                        let etcd_requests = self.seams.registry.requests();
+                        self.seams.registry.shutdown(SHUTDOWN_DEADLINE).await;
                         return DriverReport { etcd_requests };
                     }
                     // Nothing feeds offers to the agent yet, so no swap step reaches here.
@@ -128,17 +182,63 @@ impl<R: Registry, P: Probe> Driver<R, P> {
         }
     }
 
+    /// Whether the registration has caught up with the agent's decision on a known unit state
+    /// (or `--once` waited long enough for one).
+    fn settled(&self, published: &Published, started: Instant) -> bool {
+        if self.options.once && started.elapsed() >= ONCE_UNIT_WAIT {
+            return true;
+        }
+        let known = self.agent.unit != ActiveState::Unknown;
+        let caught_up = self.agent.registered == matches!(published, Published::Registered { .. });
+        known && caught_up
+    }
+
+    /// Runs one update pass; returns when the next one is due, or `None` when `once` is done.
+    async fn update_pass(&mut self) -> Option<Instant> {
+        let updates = self.seams.updates.as_mut()?;
+        let (outcome, delay) = updates.run().await;
+        if let Some(metrics) = &self.options.metrics {
+            metrics.update_checked(outcome.label());
+            if let Some(running) = updates.running() {
+                metrics.set_version(&running.to_string());
+            }
+        }
+        debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
+        (!self.options.once).then(|| Instant::now() + delay)
+    }
+
     /// Sends STATUS when the line changed.
     fn report_status(&self, last: &mut String, published: &Published) {
-        let mut line = self.agent.status();
-        if let Published::Unreachable { error } = published {
-            line.push_str(&format!(" (etcd unreachable: {error})"));
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_phase(self.agent.phase.label());
+            metrics.set_registered(matches!(published, Published::Registered { .. }));
         }
+        let load = self.seams.unit.borrow().load.clone();
+        let line = status_line(&self.agent, published, &load, &self.options.unit_name);
         if *last != line {
-            debug!(instance = %self.instance, "status: {line}");
+            debug!(instance = %self.options.instance, "status: {line}");
             notify(&[sd_notify::NotifyState::Status(&line)]);
             *last = line;
         }
+    }
+}
+
+/// The sd_notify STATUS line: what is true of the registration, and why not when it is not.
+fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &str) -> String {
+    match published {
+        _ if load.is_unusable() => format!("not registered: unit {unit} is {load}"),
+        Published::Unreachable { error } if agent.registered => {
+            format!("not registered: etcd unreachable ({error})")
+        }
+        _ => agent.status(),
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -166,6 +266,7 @@ mod tests {
     use super::*;
     use crate::health::{HealthStreak, ProbeError};
     use crate::registry::{Desired, MemoryRegistry};
+    use crate::systemd::control::MemoryUnitControl;
     use crate::systemd::{MemoryUnits, UnitManager};
 
     /// A probe whose answers the test flips.
@@ -179,6 +280,61 @@ mod tests {
                 false => Err(ProbeError::Timeout(Duration::ZERO)),
             }
         }
+    }
+
+    /// A driver over in-memory seams that does not look for updates.
+    fn driver(
+        agent: Agent,
+        registry: MemoryRegistry,
+        probe: Switch,
+        units: &MemoryUnits,
+    ) -> Driver<MemoryRegistry, Switch, MemoryUnitControl> {
+        let seams = Seams {
+            registry,
+            probe,
+            unit: units.unit_state(),
+            updates: None,
+        };
+        let options = DriverOptions {
+            entries: vec![("k".into(), "v".into())],
+            interval: Duration::from_millis(10),
+            instance: "web-1".into(),
+            unit_name: "web@1.service".into(),
+            once: false,
+            metrics: None,
+        };
+        Driver::new(agent, seams, options)
+    }
+
+    #[test]
+    fn status_says_not_registered_while_etcd_is_unreachable_or_the_unit_unusable() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let mut agent = Agent::new(HealthStreak::new(n(1), n(1)), true);
+        agent.unit = ActiveState::Active;
+        agent.registered = true;
+        let unreachable = Published::Unreachable {
+            error: "connection refused".into(),
+        };
+        let loaded = LoadState::Loaded;
+        assert_eq!(
+            status_line(&agent, &unreachable, &loaded, "web@1.service"),
+            "not registered: etcd unreachable (connection refused)"
+        );
+        let registered = Published::Registered { lease: 7 };
+        assert_eq!(
+            status_line(&agent, &registered, &loaded, "web@1.service"),
+            "registered"
+        );
+        assert_eq!(
+            status_line(&agent, &registered, &LoadState::NotFound, "web@1.service"),
+            "not registered: unit web@1.service is not-found"
+        );
+        agent.registered = false;
+        agent.unit = ActiveState::Inactive;
+        assert_eq!(
+            status_line(&agent, &unreachable, &loaded, "web@1.service"),
+            "not registered: unit is inactive"
+        );
     }
 
     async fn wait_for(registry: &MemoryRegistry, want: bool) {
@@ -197,15 +353,12 @@ mod tests {
         let (healthy, probe) = watch::channel(true);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let n = |v| NonZeroU32::new(v).unwrap();
-        let driver = Driver {
-            agent: Agent::new(HealthStreak::new(n(2), n(1)), false),
-            registry: registry.clone(),
-            probe: Switch(probe),
-            unit: units.unit_state(),
-            entries: vec![("k".into(), "v".into())],
-            interval: Duration::from_millis(10),
-            instance: "web-1".into(),
-        };
+        let driver = driver(
+            Agent::new(HealthStreak::new(n(2), n(1)), false),
+            registry.clone(),
+            Switch(probe),
+            &units,
+        );
         let run = tokio::spawn(driver.run(async {
             let _ = stopped.await;
         }));
@@ -229,15 +382,12 @@ mod tests {
         let registry = MemoryRegistry::new();
         let (_healthy, probe) = watch::channel(true);
         let n = |v| NonZeroU32::new(v).unwrap();
-        let driver = Driver {
-            agent: Agent::new(HealthStreak::new(n(2), n(2)), false),
-            registry: registry.clone(),
-            probe: Switch(probe),
-            unit: units.unit_state(),
-            entries: vec![("k".into(), "v".into())],
-            interval: Duration::from_millis(10),
-            instance: "web-1".into(),
-        };
+        let driver = driver(
+            Agent::new(HealthStreak::new(n(2), n(2)), false),
+            registry.clone(),
+            Switch(probe),
+            &units,
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(driver.run(async {
             let _ = stopped.await;

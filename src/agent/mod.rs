@@ -1,11 +1,12 @@
 //! The agent: a pure state machine that decides ([`state`]) and the tokio loop that observes the
 //! unit and the probe and carries the decisions out through the seams ([`driver`]).
 
+pub mod cycle;
 pub mod driver;
 pub mod journal;
 pub mod poll;
 pub mod state;
 pub mod swap;
 
-pub use driver::{Driver, DriverReport};
+pub use driver::{Driver, DriverOptions, DriverReport, Seams};
 pub use state::{Action, Agent, Observation, Phase};

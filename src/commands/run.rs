@@ -1,5 +1,11 @@
 //! `sidekick run`: the daemon. Keeps the instance registered in etcd exactly while its unit is
 //! active and healthy, until SIGTERM or SIGINT; then revokes the lease and exits 0.
+//!
+//! `--dry-run` reads everything and writes nothing: each write is printed as `dry-run: would …`.
+//! With no configuration at all, the dry run runs on the embedded defaults
+//! (`config/embedded.toml`) over in-memory seams: an active unit running 1.0.0, a registry and
+//! slots that write nowhere, and an update service offering the newest release of a release list.
+//! `--once` stops after one pass.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -8,22 +14,83 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, info_span};
 
-use crate::agent::{Agent, Driver, DriverReport};
+use crate::agent::cycle::UpdatePass;
+use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
 use crate::cli::{Cli, RunArgs};
-use crate::config::{HealthCheck, Settings};
+use crate::config::{self, HealthCheck, LoadedConfig, Settings};
 use crate::health::{HealthProbe, HealthStreak};
-use crate::registry::address::announced_host;
-use crate::registry::{
-    Announce, DryRunRegistry, Entry, EtcdRegistry, KeyLayout, MemoryRegistry, Registry,
+use crate::metrics::Metrics;
+use crate::omaha::{
+    AnyUpdateSource, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, ReleaseList,
+    UpdateBackend,
 };
-use crate::systemd::{Bus, DbusUnits, UnitManager};
+use crate::registry::address::announced_host;
+use crate::registry::{Announce, AnyRegistry, KeyLayout};
+use crate::slot::{AnySlots, DryRunSlots, SlotHolder};
+use crate::systemd::control::{MemoryUnitControl, RunningVersion};
+use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
+use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
+
+/// The version and image the embedded example unit runs.
+const EMBEDDED_RUNNING: (&str, &str) = ("1.0.0", "registry.example.com/web:1.0.0");
+
+/// What `run` talks to.
+enum World {
+    /// The configured etcd, systemd and update service.
+    Configured,
+    /// Nothing outside the process: the embedded defaults of a dry run, offering these releases.
+    Embedded(ReleaseList),
+}
 
 /// Loads the configuration and runs the daemon on a single-threaded runtime (the work is all
 /// waiting; one thread keeps the footprint small).
 pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
-    let settings = match super::load_settings(&cli.config_sources()) {
-        Ok(settings) => settings,
+    let sources = cli.config_sources();
+    let embedded = args.dry_run && matches!(config::is_absent(&sources), Ok(true));
+    let loaded = if embedded {
+        config::load_embedded().map_err(|err| {
+            eprintln!("sidekick: invalid embedded configuration: {err}");
+            ExitCode::from(super::EXIT_CONFIG)
+        })
+    } else {
+        super::load_config(&sources)
+    };
+    let settings = match loaded {
+        Ok(LoadedConfig { settings, .. }) => settings,
         Err(code) => return code,
+    };
+    let world = if embedded {
+        let releases = match &args.releases {
+            Some(path) => ReleaseList::from_file(path),
+            None => ReleaseList::built_in(),
+        };
+        match releases {
+            Ok(releases) => {
+                info!("no configuration found: dry run on the embedded defaults, with no server");
+                World::Embedded(releases)
+            }
+            Err(err) => {
+                eprintln!("sidekick: unusable release list: {err}");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        }
+    } else {
+        if args.releases.is_some() {
+            eprintln!(
+                "sidekick: --releases applies only to a dry run on the embedded defaults, \
+                 and a configuration was found"
+            );
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+        World::Configured
+    };
+    // An address that cannot be announced is a configuration problem: exit 2, no restart loop.
+    let host = match announced_host(settings.registration.host.as_deref()) {
+        Ok(host) => host,
+        Err(err) => {
+            eprintln!("sidekick: invalid configuration: {err}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,7 +106,7 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
     // single-threaded, so the span stays entered for every task it polls.
     let _instance = info_span!("instance", unit = %settings.instance.unit).entered();
     let started = Instant::now();
-    match runtime.block_on(run(settings, args.dry_run)) {
+    match runtime.block_on(run(settings, host, world, args)) {
         Ok(report) => {
             info!(
                 etcd_requests = report.etcd_requests,
@@ -55,8 +122,13 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
     }
 }
 
-/// Wires the production seams from `settings` and drives them until a stop signal.
-pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<DriverReport> {
+/// Wires the seams of `world` from `settings` and drives them until a stop signal (or one pass).
+async fn run(
+    settings: Settings,
+    host: String,
+    world: World,
+    args: &RunArgs,
+) -> anyhow::Result<DriverReport> {
     let mut terminate = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
     let shutdown = async move {
@@ -65,13 +137,8 @@ pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<DriverRepo
             _ = interrupt.recv() => info!("SIGINT: stopping"),
         }
     };
-    if settings.update.enabled {
-        info!(
-            "update.enabled is set, but this version does not handle updates yet: registration only"
-        );
-    }
+    let dry_run = args.dry_run;
     let registration = &settings.registration;
-    let host = announced_host(registration.host.as_deref())?;
     let entries = KeyLayout::from_settings(registration).entries(&Announce {
         service: settings.instance.service.clone(),
         instance: settings.instance.name.clone(),
@@ -81,7 +148,54 @@ pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<DriverRepo
     });
     let probe = HealthProbe::from_settings(&settings.health)
         .context("failed to set up the health check")?;
-    let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
+    let etcd = match world {
+        World::Configured => Some(&settings.etcd),
+        World::Embedded(_) => None,
+    };
+    let registry = AnyRegistry::from_settings(registration, etcd, &settings.instance.name, dry_run);
+    if !registration.enabled {
+        info!("registration.enabled is false: following the unit without registering");
+    }
+    // The unit follower lives as long as the run: dropping it ends its watch.
+    let (follower, updates): (Box<dyn UnitManager>, _) = match world {
+        World::Embedded(releases) => {
+            let (version, image) = EMBEDDED_RUNNING;
+            info!(
+                unit = %settings.instance.unit,
+                "the embedded unit is active and runs {VERSION_VARIABLE}={version} {IMAGE_VARIABLE}={image}"
+            );
+            let source = InMemoryUpdateSource::new(releases.newest().cloned());
+            let control = MemoryUnitControl::new(RunningVersion {
+                version: Some(version.to_string()),
+                image: Some(image.to_string()),
+            });
+            let pass = UpdatePass::new(
+                AnyUpdateSource::new(UpdateBackend::Memory(source), true),
+                dry_run_slots(&settings),
+                control,
+                settings.update.clone(),
+            );
+            (Box::new(MemoryUnits::new(ActiveState::Active)), Some(pass))
+        }
+        World::Configured => {
+            let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
+            let pass = if settings.update.enabled && dry_run {
+                configured_dry_run_updates(&settings).unwrap_or_else(|err| {
+                    tracing::warn!("{err:#}; the dry run goes on without update checks");
+                    None
+                })
+            } else {
+                if settings.update.enabled {
+                    info!(
+                        "update.enabled is set, but this version does not apply updates yet: registration only"
+                    );
+                }
+                None
+            };
+            (Box::new(units), pass)
+        }
+    };
+    let unit = follower.unit_state();
     info!(
         instance = %settings.instance.name,
         unit = %settings.instance.unit,
@@ -89,52 +203,76 @@ pub async fn run(settings: Settings, dry_run: bool) -> anyhow::Result<DriverRepo
         layout = ?registration.layout,
         "following the unit"
     );
-    let report = if !registration.enabled {
-        info!("registration.enabled is false: following the unit without registering");
-        drive(
-            &settings,
-            MemoryRegistry::new(),
-            probe,
-            &units,
-            entries,
-            shutdown,
-        )
-        .await
-    } else if dry_run {
-        let registry = DryRunRegistry::start(settings.etcd.clone(), settings.instance.name.clone());
-        drive(&settings, registry, probe, &units, entries, shutdown).await
-    } else {
-        let registry = EtcdRegistry::start(
-            settings.etcd.clone(),
-            settings.instance.name.clone(),
-            registration.ttl,
-        );
-        drive(&settings, registry, probe, &units, entries, shutdown).await
-    };
-    Ok(report)
-}
-
-/// Builds the driver around `registry` and runs it.
-async fn drive<R: Registry>(
-    settings: &Settings,
-    registry: R,
-    probe: HealthProbe,
-    units: &DbusUnits,
-    entries: Vec<Entry>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> DriverReport {
     let health = &settings.health;
-    let driver = Driver {
-        agent: Agent::new(
-            HealthStreak::new(health.rise, health.fall),
-            health.check == HealthCheck::None,
-        ),
+    let agent = Agent::new(
+        HealthStreak::new(health.rise, health.fall),
+        health.check == HealthCheck::None,
+    );
+    let seams = Seams {
         registry,
         probe,
-        unit: units.unit_state(),
+        unit,
+        updates,
+    };
+    let metrics = match settings.daemon.metrics {
+        Some(listen) => {
+            let metrics = Metrics::new();
+            let (bound, _) = crate::metrics::serve(listen, metrics.clone())
+                .await
+                .with_context(|| format!("failed to serve metrics on {listen}"))?;
+            info!("serving Prometheus metrics at http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
+    let options = DriverOptions {
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),
+        unit_name: settings.instance.unit.clone(),
+        once: args.once,
+        metrics,
     };
-    driver.run(shutdown).await
+    let report = Driver::new(agent, seams, options).run(shutdown).await;
+    drop(follower);
+    Ok(report)
+}
+
+/// The slots of a dry run: print what would be taken, take nothing.
+fn dry_run_slots(settings: &Settings) -> AnySlots {
+    let who = SlotHolder {
+        holder: settings.instance.name.clone(),
+        instance: settings.instance.name.clone(),
+    };
+    AnySlots::DryRun(DryRunSlots::new(
+        settings.slot.group.clone(),
+        settings.slot.max,
+        who,
+    ))
+}
+
+/// The update pass of a dry run against the configured service: it names the service and sends
+/// nothing to it.
+fn configured_dry_run_updates(
+    settings: &Settings,
+) -> anyhow::Result<Option<UpdatePass<MemoryUnitControl>>> {
+    let Some(server) = settings.update.server.clone() else {
+        return Ok(None);
+    };
+    let instance = super::update_check::app_instance(settings)
+        .context("failed to identify the instance to the update service")?;
+    let source = HttpUpdateSource::new(
+        server,
+        instance,
+        HttpTimeouts::default(),
+        settings.update.ca_file.as_deref(),
+    )
+    .context("failed to set up the update client")?;
+    // The pass never asks this control: a dry run sends no check to a real service.
+    Ok(Some(UpdatePass::new(
+        AnyUpdateSource::new(UpdateBackend::Http(source), true),
+        dry_run_slots(settings),
+        MemoryUnitControl::default(),
+        settings.update.clone(),
+    )))
 }

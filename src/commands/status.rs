@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::ConfigSources;
 use crate::registry::KeyLayout;
+use crate::registry::duplicate::{self, DuplicateRecord};
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
 
@@ -22,7 +23,18 @@ use crate::slot::{SlotError, SlotValue, halt};
 pub struct StatusReport {
     pub registrations: Vec<RegistrationStatus>,
     pub slot_groups: Vec<SlotGroupStatus>,
+    /// Limits stored with `sidekick slots set-max`, by group.
+    pub slot_limits: Vec<SlotLimitStatus>,
+    /// Instances kept out of a registration another live instance holds.
+    pub duplicates: Vec<DuplicateRecord>,
     pub halts: Vec<HaltStatus>,
+}
+
+/// A group's limit stored in etcd (authoritative over `slot.max`).
+#[derive(Debug, Serialize)]
+pub struct SlotLimitStatus {
+    pub group: String,
+    pub max: u32,
 }
 
 /// One registration found under the configured layout's prefix.
@@ -51,6 +63,8 @@ pub struct HolderStatus {
     pub instance: String,
     pub version: String,
     pub since: String,
+    /// The holder's hostname, when its value names one.
+    pub host: Option<String>,
     /// Seconds left on the holder's lease; `None` for a key with no lease (not ours).
     pub ttl_left: Option<i64>,
 }
@@ -80,14 +94,20 @@ impl Section {
             out.push_str("  (none)\n");
             return out;
         }
+        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        // Values come from etcd: no escape sequence of theirs reaches the terminal.
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|row| row.iter().map(|cell| printable(cell)).collect())
+            .collect();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
-        for row in &self.rows {
+        for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        for row in std::iter::once(&headers).chain(&self.rows) {
+        for row in std::iter::once(&headers).chain(&rows) {
             let mut line = String::from(" ");
             for (cell, w) in row.iter().zip(&widths) {
                 let _ = write!(line, " {cell:<w$} ");
@@ -114,6 +134,7 @@ impl StatusReport {
                         h.version.clone(),
                         h.since.clone(),
                         ttl_cell(h.ttl_left),
+                        h.host.clone().unwrap_or_else(|| "-".into()),
                         h.holder.clone(),
                     ]
                 })
@@ -154,9 +175,34 @@ impl StatusReport {
             Section {
                 title: "UPDATE SLOTS",
                 headers: &[
-                    "GROUP", "SLOT", "INSTANCE", "VERSION", "SINCE", "TTL", "HOLDER",
+                    "GROUP", "SLOT", "INSTANCE", "VERSION", "SINCE", "TTL", "HOST", "HOLDER",
                 ],
                 rows: holders,
+            },
+            Section {
+                title: "SLOT LIMITS (stored)",
+                headers: &["GROUP", "MAX"],
+                rows: self
+                    .slot_limits
+                    .iter()
+                    .map(|l| vec![l.group.clone(), l.max.to_string()])
+                    .collect(),
+            },
+            Section {
+                title: "DUPLICATE INSTANCES",
+                headers: &["KEY", "HELD BY", "KEPT OUT", "SINCE"],
+                rows: self
+                    .duplicates
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.key.clone(),
+                            d.held_by.clone(),
+                            d.host.clone(),
+                            d.since.clone(),
+                        ]
+                    })
+                    .collect(),
             },
             Section {
                 title: "HALTS",
@@ -171,6 +217,19 @@ impl StatusReport {
         let sections: Vec<String> = self.sections().iter().map(Section::render).collect();
         sections.join("\n")
     }
+}
+
+/// `text` with every control character (ESC, CR, BEL, …) shown as its `\u{…}` escape.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn ttl_cell(ttl_left: Option<i64>) -> String {
@@ -242,6 +301,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
             instance: "?".into(),
             version: "?".into(),
             since: String::new(),
+            host: None,
         });
         let ttl_left = ttls.of(client, kv.lease()).await?;
         groups
@@ -253,6 +313,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
                 instance: value.instance,
                 version: value.version,
                 since: value.since,
+                host: value.host.map(|h| h.hostname),
                 ttl_left,
             });
     }
@@ -275,9 +336,16 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
             since: m.since,
         })
         .collect();
+    let slot_limits = crate::slot::limit::list(client)
+        .await?
+        .into_iter()
+        .map(|(group, max)| SlotLimitStatus { group, max })
+        .collect();
     Ok(StatusReport {
         registrations: registrations(client, layout).await?,
         slot_groups: slot_groups(client).await?,
+        slot_limits,
+        duplicates: duplicate::list(client).await?,
         halts,
     })
 }
@@ -336,7 +404,22 @@ mod tests {
         let text = StatusReport::default().render_table();
         assert_eq!(
             text,
-            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nHALTS\n  (none)\n"
+            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
         );
+    }
+
+    #[test]
+    fn control_characters_from_etcd_never_reach_the_terminal() {
+        let section = Section {
+            title: "T",
+            headers: &["A"],
+            rows: vec![vec!["web\u{1b}[2J\r\u{7}-1".into()]],
+        };
+        let text = section.render();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("web\\u{1b}[2J\\u{d}\\u{7}-1"), "{text:?}");
     }
 }

@@ -7,8 +7,10 @@
 //! name order, where a file hides one of the same name in a lower directory and a symlink to
 //! `/dev/null` hides it altogether; each `--config FILE` in order; then flags.
 
+pub mod bounds;
 pub mod fragments;
 pub mod inputs;
+pub mod secrets;
 pub mod settings;
 pub mod sources;
 mod validate;
@@ -20,6 +22,7 @@ use thiserror::Error;
 
 pub use inputs::{Input, Origin, Origins};
 pub use settings::*;
+pub use validate::valid_host;
 
 /// A configuration that cannot be used, naming the file, line and key where it can.
 #[derive(Debug, Error)]
@@ -83,6 +86,34 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         input,
         origins,
         files,
+    })
+}
+
+/// The example configuration a dry run uses when there is none (`config/embedded.toml`).
+pub const EMBEDDED: &str = include_str!("embedded.toml");
+/// How the embedded configuration is named in messages.
+pub const EMBEDDED_NAME: &str = "(embedded defaults)";
+
+/// Whether `sources` name no configuration at all: no file, no drop-in, no `--unit`.
+pub fn is_absent(sources: &ConfigSources) -> Result<bool, ConfigError> {
+    Ok(sources.files.is_empty()
+        && sources.unit.is_none()
+        && sources::dropin_files(&sources.root)?.is_empty())
+}
+
+/// The embedded example configuration, validated like a file.
+pub fn load_embedded() -> Result<LoadedConfig, ConfigError> {
+    let path = PathBuf::from(EMBEDDED_NAME);
+    let parsed = sources::parse_text(&path, EMBEDDED)?;
+    let mut input = Input::default();
+    let mut origins = Origins::new();
+    input.overlay(parsed.fragment, &path, &parsed.lines, &mut origins);
+    let settings = Settings::validate(input.clone(), &origins)?;
+    Ok(LoadedConfig {
+        settings,
+        input,
+        origins,
+        files: vec![path],
     })
 }
 
@@ -160,5 +191,7 @@ pub fn system_root() -> &'static Path {
     Path::new("/")
 }
 
+#[cfg(test)]
+mod duration_props;
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,55 @@ impl LocalRelease {
     }
 }
 
+/// A list of releases as `examples/releases.toml` writes it: `[[release]]` tables.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseList {
+    pub release: Vec<LocalRelease>,
+}
+
+/// The release list compiled into the binary (`examples/releases.toml`).
+pub const BUILT_IN_RELEASES: &str = include_str!("../../examples/releases.toml");
+
+impl ReleaseList {
+    /// The list compiled into the binary.
+    pub fn built_in() -> Result<Self, OmahaError> {
+        Self::parse(BUILT_IN_RELEASES, "the built-in release list")
+    }
+
+    /// Reads a list from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, OmahaError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OmahaError::ReleaseFile(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, OmahaError> {
+        let list: ReleaseList =
+            toml::from_str(text).map_err(|e| OmahaError::ReleaseFile(format!("{origin}: {e}")))?;
+        if let Some(bad) = list
+            .release
+            .iter()
+            .find(|r| Version::parse(&r.version).is_err())
+        {
+            return Err(OmahaError::ReleaseFile(format!(
+                "{origin}: version `{}` is not a semantic version",
+                bad.version
+            )));
+        }
+        Ok(list)
+    }
+
+    /// The release with the highest version, if any.
+    pub fn newest(&self) -> Option<&LocalRelease> {
+        self.release
+            .iter()
+            .filter_map(|r| Version::parse(&r.version).ok().map(|v| (v, r)))
+            .max_by(|(a, _), (b, _)| a.cmp_precedence(b))
+            .map(|(_, r)| r)
+    }
+}
+
 /// An event the in-memory source was sent, with the version the instance reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
@@ -211,6 +260,32 @@ mod tests {
         assert_eq!(
             LocalRelease::from_file(&bad).unwrap_err().kind(),
             "release-file"
+        );
+    }
+
+    #[test]
+    fn the_built_in_list_offers_its_newest_release() {
+        let list = ReleaseList::built_in().unwrap();
+        assert!(list.release.len() >= 2);
+        assert_eq!(list.newest().unwrap().version, "2.0.0");
+    }
+
+    #[test]
+    fn a_release_list_picks_by_semver_and_refuses_a_bad_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("releases.toml");
+        let entry = |v: &str| format!("[[release]]\nversion = \"{v}\"\ncodebase = \"c\"\n");
+        std::fs::write(&path, [entry("1.10.0"), entry("1.9.0")].concat()).unwrap();
+        let list = ReleaseList::from_file(&path).unwrap();
+        assert_eq!(list.newest().unwrap().version, "1.10.0");
+        std::fs::write(&path, entry("latest")).unwrap();
+        let err = ReleaseList::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("`latest` is not a semantic version"), "{err}");
+        assert!(err.contains("releases.toml"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        assert!(
+            ReleaseList::from_file(&path).is_err(),
+            "no [[release]] at all"
         );
     }
 }

@@ -8,6 +8,7 @@
 //! an offer before anything acts on it; [`schedule`] paces the polls. This module never decides
 //! policy: the agent does.
 
+pub mod any;
 pub mod client;
 pub mod image;
 pub mod memory;
@@ -19,9 +20,10 @@ use std::future::Future;
 
 use semver::Version;
 
+pub use any::{AnyUpdateSource, UpdateBackend};
 pub use client::{HttpTimeouts, HttpUpdateSource, MAX_RESPONSE_BYTES, OmahaError};
 pub use image::{ImageReference, ImageReferenceError};
-pub use memory::{InMemoryUpdateSource, LocalRelease, RecordedEvent};
+pub use memory::{InMemoryUpdateSource, LocalRelease, RecordedEvent, ReleaseList};
 pub use offer::{OfferRefusal, ValidatedUpdate, validate_offer};
 pub use protocol::{
     AppInstance, CheckOutcome, Event, InstallSource, ResponseErrorKind, UpdateOffer, error_code,

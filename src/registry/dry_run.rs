@@ -1,8 +1,9 @@
-//! `run --dry-run` against the configured etcd: every read, no write. It connects with the
+//! `run --dry-run`: every read, no write. Against the configured etcd it connects with the
 //! configured TLS and credentials, proves etcd answers (`Status`), reads the current value of each
-//! key a registration would write and logs `would put KEY = VALUE (now: …)`. It never grants,
-//! puts, runs a txn or revokes. When etcd does not answer it says so once per retry, backing off
-//! like the real registry, and keeps following the unit.
+//! key a registration would write and prints `dry-run: would register KEY = VALUE … (now: …)`. It
+//! never grants, puts, runs a txn or revokes. When etcd does not answer it says so once per retry,
+//! backing off like the real registry, and keeps following the unit. With no etcd at all (the
+//! embedded defaults) it prints the same lines without reading anything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::lease::endpoint_list;
 use super::{Entry, Published, Registry};
 use crate::backoff::{Backoff, MAX_DELAY};
 use crate::config::EtcdSettings;
+use crate::dry_run::would;
+use crate::etcd::endpoint_list;
 
 /// What the driver asked for, in order: a dry run logs each step, none may be coalesced away.
 #[derive(Debug)]
@@ -35,14 +37,16 @@ pub struct DryRunRegistry {
 }
 
 impl DryRunRegistry {
-    /// Starts the reader for `instance` on the current tokio runtime; connects at once.
-    pub fn start(etcd: EtcdSettings, instance: String) -> DryRunRegistry {
+    /// Starts the reader for `instance` on the current tokio runtime; connects at once to `etcd`,
+    /// or reads nothing when there is none. `ttl` is the lease a real registration would take.
+    pub fn start(etcd: Option<EtcdSettings>, instance: String, ttl: Duration) -> DryRunRegistry {
         let (commands, rx) = mpsc::unbounded_channel();
         let (published_tx, published) = watch::channel(Published::Absent);
         let requests = Arc::new(AtomicU64::new(0));
         let reader = Reader {
-            endpoint: endpoint_list(&etcd),
+            endpoint: etcd.as_ref().map(endpoint_list).unwrap_or_default(),
             etcd,
+            ttl,
             instance,
             commands: rx,
             published: published_tx,
@@ -87,7 +91,8 @@ impl Registry for DryRunRegistry {
 }
 
 struct Reader {
-    etcd: EtcdSettings,
+    etcd: Option<EtcdSettings>,
+    ttl: Duration,
     endpoint: String,
     instance: String,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -101,7 +106,7 @@ struct Reader {
 
 impl Reader {
     async fn run(mut self) {
-        let mut connect_at = Some(Instant::now());
+        let mut connect_at = self.etcd.is_some().then(Instant::now);
         loop {
             let command = match connect_at {
                 Some(at) => tokio::select! {
@@ -136,11 +141,12 @@ impl Reader {
 
     /// Connects and asks for `Status`; `None` on success, else when to try again.
     async fn connect(&mut self) -> Option<Instant> {
-        if self.etcd.auth.is_some() {
+        let etcd = self.etcd.clone()?;
+        if etcd.auth.is_some() {
             self.count(); // Authenticate, made by connect.
         }
         self.count();
-        match crate::etcd::connect(&self.etcd).await {
+        match crate::etcd::connect(&etcd).await {
             Ok(client) => {
                 info!(instance = %self.instance, endpoint = %self.endpoint,
                     "dry run: etcd answers; reading only, writing nothing");
@@ -168,7 +174,12 @@ impl Reader {
     /// not answer, logs the puts without it and returns when to reconnect.
     async fn log_puts(&mut self, entries: &[Entry]) -> Option<Instant> {
         let mut failed = None;
+        let ttl = humantime::format_duration(self.ttl);
         for (key, value) in entries {
+            if self.etcd.is_none() {
+                would(format_args!("register {key} = {value} (on a {ttl} lease)"));
+                continue;
+            }
             let now = match (&self.client, &failed) {
                 (Some(client), None) => {
                     self.count();
@@ -185,7 +196,9 @@ impl Reader {
                 }
                 _ => "unknown, etcd did not answer".to_string(),
             };
-            info!(instance = %self.instance, "dry run: would put {key} = {value} (now: {now})");
+            would(format_args!(
+                "register {key} = {value} (on a {ttl} lease; now: {now})"
+            ));
         }
         failed.map(|error| self.unreachable(&error))
     }
@@ -193,7 +206,7 @@ impl Reader {
     /// The revoke a real registry would make, if something would be registered.
     fn log_revoke(&mut self) {
         if self.present.take().is_some() {
-            info!(instance = %self.instance, "dry run: would revoke the registration lease");
+            would("deregister: revoke the registration lease, deleting its keys");
         }
         self.published.send_replace(Published::Absent);
     }

@@ -196,7 +196,7 @@ async fn dry_run_reads_etcd_logs_the_registration_against_the_current_value_and_
     );
 
     let put = format!(
-        r#"would put {SEED_KEY} = {{"host":"127.0.0.1","port":{port}}} (now: {OLD_VALUE})"#
+        r#"dry-run: would register {SEED_KEY} = {{"host":"127.0.0.1","port":{port}}} (on a 10s lease; now: {OLD_VALUE})"#
     );
     let log = wait_for_log(&sidekick, "dry-run registration logged", |log| {
         log.contains(&put)
@@ -210,7 +210,7 @@ async fn dry_run_reads_etcd_logs_the_registration_against_the_current_value_and_
         "done"
     );
     let log = wait_for_log(&sidekick, "dry-run deregistration logged", |log| {
-        log.contains("would revoke the registration lease")
+        log.contains("dry-run: would deregister: revoke the registration lease")
     })
     .await;
     assert!(
@@ -225,7 +225,7 @@ async fn dry_run_reads_etcd_logs_the_registration_against_the_current_value_and_
     assert_etcd_untouched(&client, revision).await;
     // Shutdown after the deregistration has nothing left to revoke.
     let log = sidekick.log();
-    assert_eq!(log.matches("would revoke").count(), 1, "{log}");
+    assert_eq!(log.matches("would deregister").count(), 1, "{log}");
 }
 
 #[tokio::test]
@@ -244,7 +244,7 @@ async fn dry_run_without_etcd_says_so_on_each_retry_and_still_follows_the_unit()
         &config(&nowhere, "seed", 8080, 10, "check = \"none\""),
         &["--dry-run"],
     );
-    let put = format!("would put {SEED_KEY} = ");
+    let put = format!("dry-run: would register {SEED_KEY} = ");
     let log = wait_for_log(
         &sidekick,
         "two retries and the registration logged",
@@ -252,7 +252,7 @@ async fn dry_run_without_etcd_says_so_on_each_retry_and_still_follows_the_unit()
     )
     .await;
     let line = log.lines().find(|l| l.contains(&put)).unwrap_or_default();
-    assert!(line.contains("(now: unknown"), "{line}");
+    assert!(line.contains("; now: unknown"), "{line}");
     let line = log
         .lines()
         .find(|l| l.contains("etcd unreachable"))

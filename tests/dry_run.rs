@@ -1,0 +1,322 @@
+//! `sidekick run --dry-run` with no configuration and no server: the daemon's whole pass on the
+//! embedded defaults, printed as `dry-run: would …` lines, writing nothing and listening nowhere.
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The registration the embedded defaults make: the seed layout for `web@1.service` on port 8080.
+const EMBEDDED_KEY: &str = "/services/web/web-1";
+const EMBEDDED_VALUE: &str = r#"{"host":"127.0.0.1","port":8080}"#;
+
+/// A scratch world for one run: an empty config root, working directory and TMPDIR.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["root", "cwd", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        Scratch { dir }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sidekick"));
+        command
+            .args(args)
+            .current_dir(self.dir.path().join("cwd"))
+            .env("SIDEKICK_CONFIG_ROOT", self.dir.path().join("root"))
+            .env("TMPDIR", self.dir.path().join("tmp"))
+            .env("HOME", self.dir.path().join("cwd"))
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("sidekick runs")
+    }
+
+    /// Every file under the scratch dirs: the run must leave none.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        walk(self.dir.path(), &mut found);
+        found
+    }
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, found);
+        } else {
+            found.push(path);
+        }
+    }
+}
+
+/// Names in the places a real run writes to (state dir, drop-in dir), to compare before and after.
+fn system_places() -> Vec<String> {
+    let mut names = Vec::new();
+    for dir in ["/var/lib/sidekick", "/etc/systemd/system/web@1.service.d"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries {
+                names.push(entry.unwrap().path().display().to_string());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn once_on_embedded_defaults_prints_each_step_writes_nothing_and_exits_0() {
+    let scratch = Scratch::new();
+    let before = system_places();
+    let out = scratch.run(&["run", "--dry-run", "--once"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.starts_with("dry-run: would ")),
+        "every line starts with `dry-run: would`:\n{stdout}"
+    );
+    let register = format!("dry-run: would register {EMBEDDED_KEY} = {EMBEDDED_VALUE} ");
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
+    };
+    let steps = [
+        position(&register),
+        position(
+            "would check for updates at the in-memory release list: 2.0.0 offered (running 1.0.0), image registry.example.com/web:2.0.0",
+        ),
+        position(
+            "would take an update slot of group 6a6e5b4c-0000-4000-8000-00000000beef/stable (at most 1 updating at once) to update to 2.0.0",
+        ),
+        position("would release the update slot"),
+        position("would deregister: revoke the registration lease"),
+    ];
+    assert!(steps.is_sorted(), "steps out of order:\n{stdout}");
+    assert!(stderr.contains("no configuration found"), "{stderr}");
+
+    assert_eq!(
+        scratch.files(),
+        Vec::<PathBuf>::new(),
+        "the dry run wrote files"
+    );
+    assert_eq!(
+        system_places(),
+        before,
+        "the dry run wrote into the state or drop-in dir"
+    );
+}
+
+#[test]
+fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
+    let scratch = Scratch::new();
+    let list = scratch.dir.path().join("releases.toml");
+    std::fs::write(
+        &list,
+        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n\
+         [[release]]\nversion = \"1.5.0\"\ncodebase = \"localhost:5000/web\"\n",
+    )
+    .unwrap();
+    let out = scratch.run(&[
+        "run",
+        "--dry-run",
+        "--once",
+        "--releases",
+        list.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3.1.0 offered (running 1.0.0), image localhost:5000/web:3.1.0"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &list,
+        "[[release]]\nversion = \"latest\"\ncodebase = \"x\"\n",
+    )
+    .unwrap();
+    let out = scratch.run(&[
+        "run",
+        "--dry-run",
+        "--once",
+        "--releases",
+        list.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("releases.toml") && stderr.contains("`latest`"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).is_empty(),
+        "nothing happens after a bad release list"
+    );
+}
+
+#[test]
+fn a_found_configuration_replaces_the_embedded_defaults() {
+    let scratch = Scratch::new();
+    // --unit is configuration: the embedded defaults no longer apply, so [update] must be set.
+    let out = scratch.run(&["run", "--dry-run", "--once", "--unit", "api@2.service"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    assert!(!stderr.contains("embedded defaults"), "{stderr}");
+}
+
+/// Inodes of the listening sockets in this network namespace (TCP, UDP bound, Unix listeners).
+fn listening_socket_inodes() -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/net/{table}")) else {
+            continue;
+        };
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            if cols.get(3) == Some(&"0A") {
+                inodes.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    for table in ["udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/net/{table}")) else {
+            continue;
+        };
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            inodes.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/unix") {
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // Flags 00010000 is __SO_ACCEPTCON: a listening socket.
+            let listening = cols.get(3).is_some_and(|f| *f == "00010000");
+            if listening {
+                inodes.extend(cols.get(6).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    inodes
+}
+
+/// Inodes of the sockets `pid` holds open.
+fn socket_inodes_of(pid: u32) -> HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn without_once_the_dry_run_keeps_running_listens_nowhere_and_stops_on_sigterm() {
+    let scratch = Scratch::new();
+    let mut command = scratch.command(&["run", "--dry-run"]);
+    // Dies with this test process even when it is SIGKILLed. The death signal follows the
+    // spawning thread, this test's, which outlives the child: `Running` kills it first.
+    // SAFETY: prctl(2) is async-signal-safe.
+    unsafe {
+        command.pre_exec(
+            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        );
+    }
+    let mut child = Running(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sidekick starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(err) => panic!("no line with `{needle}`: {err}"),
+        }
+    };
+    wait_for("would release the update slot");
+    // The check sees a listener: this test process's own.
+    let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(
+        !socket_inodes_of(std::process::id()).is_disjoint(&listening_socket_inodes()),
+        "the listening-socket check must see this test's own listener"
+    );
+    drop(own);
+    // Still running after its first pass, holding no listening socket.
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "exited after one pass without --once"
+    );
+    let held = socket_inodes_of(child.0.id());
+    let listening = listening_socket_inodes();
+    assert!(
+        held.is_disjoint(&listening),
+        "listening sockets held: {:?}",
+        held.intersection(&listening).collect::<Vec<_>>()
+    );
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    wait_for("would deregister: revoke the registration lease");
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    reader.join().unwrap();
+    assert_eq!(
+        scratch.files(),
+        Vec::<PathBuf>::new(),
+        "the dry run wrote files"
+    );
+}
