@@ -3,6 +3,7 @@
 
 pub mod cycle;
 pub mod driver;
+pub mod execute;
 pub mod journal;
 pub mod poll;
 pub mod state;

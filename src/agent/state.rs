@@ -25,6 +25,7 @@ impl Phase {
     pub fn label(&self) -> &'static str {
         match self {
             Phase::Serving => "serving",
+            Phase::Updating(_) => "updating",
             Phase::Stopping => "stopping",
         }
     }
@@ -196,6 +197,16 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
         }
         agent.registered = agent.wants_registration();
     }
+    (agent, actions)
+}
+
+/// Resumes a journaled swap at start ([`super::journal::recover`]): the agent enters it with
+/// the actions recovery decided.
+pub fn resume(mut agent: Agent, swap: SwapPhase, actions: Vec<SwapAction>) -> (Agent, Vec<Action>) {
+    if swap.stage != swap::Stage::Finished {
+        agent.phase = Phase::Updating(swap);
+    }
+    let actions = actions.into_iter().map(Action::from).collect();
     (agent, actions)
 }
 
