@@ -252,6 +252,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         if batch.is_empty() {
             return None;
         }
+        // Events report the version the instance ran before the swap.
         let current = match &self.agent.phase {
             Phase::Updating(swap) => {
                 updates.journal(swap);
@@ -262,7 +263,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             }
             _ => None,
         };
-        let current = current.or_else(|| updates.running().cloned())?;
+        let current = current
+            .or_else(|| updates.running().cloned())
+            .unwrap_or_else(|| semver::Version::new(0, 0, 0));
         for action in &batch {
             match action {
                 SwapAction::StartVerifyDeadline => {

@@ -9,6 +9,7 @@ use crate::agent::cycle::{SwapConfig, UpdatePass};
 use crate::agent::execute::StepSettings;
 use crate::agent::journal::Journal;
 use crate::agent::poll::Denylist;
+use crate::agent::swap::{SwapPhase, SwapPlan};
 use crate::config::UpdateSettings;
 use crate::health::{HealthStreak, ProbeError};
 use crate::omaha::{
@@ -101,6 +102,17 @@ fn release(version: &str) -> LocalRelease {
 /// A registered sidekick for an active unit running 1.0.0, checking every 50 ms, then offered
 /// `offered`; the unit is unhealthy while it runs `bad`.
 async fn start(offered: &str, bad: &'static str, drain: Duration) -> World {
+    start_after(offered, bad, drain, None).await
+}
+
+/// As [`start`], after an earlier life left `journaled` in the journal with the unit running
+/// its new version.
+async fn start_after(
+    offered: &str,
+    bad: &'static str,
+    drain: Duration,
+    journaled: Option<SwapPhase>,
+) -> World {
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
         version: Some("1.0.0".into()),
@@ -132,6 +144,10 @@ async fn start(offered: &str, bad: &'static str, drain: Duration) -> World {
         journal: Journal::new(dir.path(), "web-1"),
         denylist: Denylist::load(dir.path(), "web-1").unwrap(),
     };
+    if let Some(phase) = &journaled {
+        Journal::new(dir.path(), "web-1").write(phase).unwrap();
+        control.write_dropin(&phase.plan.new).await.unwrap();
+    }
     let restarting = Restarting {
         inner: control.clone(),
         units: units.clone(),
@@ -371,5 +387,75 @@ async fn a_slot_lost_during_the_drain_means_no_restart_and_registered_again() {
             Desired::Present(entries)
         ]
     );
+    world.finish().await;
+}
+
+fn journaled(stage: Stage) -> SwapPhase {
+    let dropin = |version: &str| DropIn {
+        image: format!("example/web:{version}"),
+        version: version.into(),
+    };
+    SwapPhase {
+        plan: SwapPlan {
+            old: dropin("1.0.0"),
+            new: dropin("2.0.0"),
+            rise: 2,
+        },
+        stage,
+        previous: Some(PreviousDropIn::Absent),
+        slot_held: true,
+        unit_active: false,
+    }
+}
+
+#[tokio::test]
+async fn a_start_after_a_crash_mid_restart_verifies_the_new_version_and_finishes_with_3_1() {
+    let world = start_after(
+        "2.0.0",
+        "none",
+        Duration::from_millis(20),
+        Some(journaled(Stage::Restarting)),
+    )
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    assert_eq!(world.events(), [Event::UpdateComplete]);
+    // The set-up's own drop-in write only: no restart, no rollback.
+    assert_eq!(
+        world.control.calls().len(),
+        1,
+        "{:?}",
+        world.control.calls()
+    );
+    assert!(world.slots.holders().is_empty());
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_reports_3_0() {
+    let failure = crate::agent::swap::Failure {
+        code: error_code::UNHEALTHY_AFTER_SWAP,
+        reason: "2.0.0 not healthy".into(),
+        halt: true,
+    };
+    let world = start_after(
+        "2.0.0",
+        "2.0.0",
+        Duration::from_millis(20),
+        Some(journaled(Stage::RollingBack { failure })),
+    )
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    assert_eq!(
+        world.events(),
+        [Event::Failed {
+            error_code: error_code::UNHEALTHY_AFTER_SWAP
+        }]
+    );
+    let running = world.control.running().await.unwrap();
+    assert_eq!(running.version.as_deref(), Some("1.0.0"));
+    let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
+    assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
     world.finish().await;
 }
