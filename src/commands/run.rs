@@ -14,7 +14,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, info_span};
 
-use crate::agent::cycle::UpdatePass;
+use crate::agent::cycle::{SwapConfig, UpdatePass};
+use crate::agent::execute::StepSettings;
+use crate::agent::journal::Journal;
+use crate::agent::poll::Denylist;
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, HealthCheck, LoadedConfig, Settings};
@@ -27,7 +30,7 @@ use crate::omaha::{
 use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, KeyLayout};
 use crate::slot::{AnySlots, DryRunSlots, SlotHolder};
-use crate::systemd::control::{MemoryUnitControl, RunningVersion};
+use crate::systemd::control::{DryRunUnitControl, RunningVersion};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
@@ -165,17 +168,25 @@ async fn run(
                 "the embedded unit is active and runs {VERSION_VARIABLE}={version} {IMAGE_VARIABLE}={image}"
             );
             let source = InMemoryUpdateSource::new(releases.newest().cloned());
-            let control = MemoryUnitControl::new(RunningVersion {
-                version: Some(version.to_string()),
-                image: Some(image.to_string()),
-            });
+            let units = MemoryUnits::new(ActiveState::Active);
+            // The swap's unit calls are printed, and played on the in-memory unit.
+            let control = DryRunUnitControl::new(
+                &settings.instance.unit,
+                &settings.swap.dropin_dir,
+                RunningVersion {
+                    version: Some(version.to_string()),
+                    image: Some(image.to_string()),
+                },
+                units.clone(),
+            );
             let pass = UpdatePass::new(
                 AnyUpdateSource::new(UpdateBackend::Memory(source), true),
                 dry_run_slots(&settings),
                 control,
                 settings.update.clone(),
-            );
-            (Box::new(MemoryUnits::new(ActiveState::Active)), Some(pass))
+            )
+            .with_swaps(dry_run_swaps(&settings)?);
+            (Box::new(units), Some(pass))
         }
         World::Configured => {
             let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
@@ -238,6 +249,30 @@ async fn run(
     Ok(report)
 }
 
+/// How a dry run swaps: with the configured steps, writing no journal and no denylist.
+fn dry_run_swaps(settings: &Settings) -> anyhow::Result<SwapConfig> {
+    let swap = &settings.swap;
+    let health = &settings.health;
+    let state_dir = &settings.daemon.state_dir;
+    let instance = &settings.instance.name;
+    Ok(SwapConfig {
+        steps: StepSettings {
+            prepull: swap.prepull.clone(),
+            drain: swap.drain,
+            start_timeout: swap.start_timeout,
+        },
+        verify_timeout: swap.verify_timeout,
+        rise: match health.check {
+            HealthCheck::None => 0,
+            _ => health.rise.get(),
+        },
+        journal: Journal::new(state_dir, instance),
+        denylist: Denylist::load(state_dir, instance)
+            .context("failed to read the update denylist")?,
+        dry_run: true,
+    })
+}
+
 /// The slots of a dry run: print what would be taken, take nothing.
 fn dry_run_slots(settings: &Settings) -> AnySlots {
     let who = SlotHolder {
@@ -255,7 +290,7 @@ fn dry_run_slots(settings: &Settings) -> AnySlots {
 /// nothing to it.
 fn configured_dry_run_updates(
     settings: &Settings,
-) -> anyhow::Result<Option<UpdatePass<MemoryUnitControl>>> {
+) -> anyhow::Result<Option<UpdatePass<DryRunUnitControl>>> {
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
@@ -272,7 +307,12 @@ fn configured_dry_run_updates(
     Ok(Some(UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), true),
         dry_run_slots(settings),
-        MemoryUnitControl::default(),
+        DryRunUnitControl::new(
+            &settings.instance.unit,
+            &settings.swap.dropin_dir,
+            RunningVersion::default(),
+            MemoryUnits::new(ActiveState::Unknown),
+        ),
         settings.update.clone(),
     )))
 }

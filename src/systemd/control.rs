@@ -6,6 +6,7 @@
 
 mod dbus;
 pub mod dropin;
+mod dry_run;
 mod transient;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use dbus::DbusUnitControl;
+pub use dry_run::DryRunUnitControl;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

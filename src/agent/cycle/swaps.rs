@@ -24,6 +24,8 @@ pub struct SwapConfig {
     pub rise: u32,
     pub journal: Journal,
     pub denylist: Denylist,
+    /// `--dry-run`: the journal is neither written nor read, and the denylist not written.
+    pub dry_run: bool,
 }
 
 pub(super) struct Swaps {
@@ -69,6 +71,18 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         };
         let denylist = &swaps.config.denylist;
         let result = poll::check(&self.seams.source, &current, &rules, denylist, false).await;
+        if self.seams.source.dry_run() {
+            let line = match &result {
+                CheckResult::Offer(update) => format!(
+                    "{} offered (running {current}), image {}",
+                    update.version,
+                    update.image.as_str()
+                ),
+                other => format!("{} (running {current})", other.summary()),
+            };
+            let source = self.seams.source.describe();
+            crate::dry_run::would(format_args!("check for updates at {source}: {line}"));
+        }
         let (delay, changed) = swaps.poller.record(&result);
         if changed {
             info!(current = %current, next_in = ?delay, "update check: {}", result.summary());
@@ -108,6 +122,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// Records `phase` before its side effects.
     pub fn journal(&self, phase: &SwapPhase) {
         if let Some(swaps) = &self.swaps
+            && !swaps.config.dry_run
             && let Err(err) = swaps.config.journal.write(phase)
         {
             error!(error = %err, kind = err.kind(), "failed to journal the swap step; a crash now would leave it unrecorded");
@@ -117,6 +132,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// Removes the journal: the swap is over.
     pub fn clear_journal(&self) {
         if let Some(swaps) = &self.swaps
+            && !swaps.config.dry_run
             && let Err(err) = swaps.config.journal.clear()
         {
             error!(error = %err, kind = err.kind(), "failed to remove the swap journal");
@@ -128,6 +144,10 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         let Some(swaps) = self.swaps.as_mut() else {
             return;
         };
+        if swaps.config.dry_run {
+            crate::dry_run::would(format_args!("add {version} to the local denylist"));
+            return;
+        }
         match Version::parse(version) {
             Ok(version) => {
                 if let Err(err) = swaps.config.denylist.add(&version) {
@@ -141,7 +161,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// On start: the journaled swap, resumed from what systemd says runs. An unreadable journal
     /// is an error (never discarded).
     pub async fn recover(&mut self) -> anyhow::Result<Option<(SwapPhase, Vec<SwapAction>)>> {
-        let Some(swaps) = &self.swaps else {
+        let Some(swaps) = self.swaps.as_ref().filter(|s| !s.config.dry_run) else {
             return Ok(None);
         };
         let Some(phase) = swaps.config.journal.read()? else {

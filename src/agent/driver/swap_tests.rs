@@ -143,6 +143,7 @@ async fn start_after(
         rise: 2,
         journal: Journal::new(dir.path(), "web-1"),
         denylist: Denylist::load(dir.path(), "web-1").unwrap(),
+        dry_run: false,
     };
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
