@@ -256,3 +256,64 @@ async fn lowering_the_stored_limit_evicts_nobody_and_raising_it_admits_the_waite
         raised.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_abandoned_wait_leaves_the_queue_and_does_not_block_the_waiters_behind_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    let c = Arc::new(slots(&client, one(), "c"));
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    // The caller gives up on b's wait by dropping it, as a `select!` would.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        b.acquire_within("2.0.0", Duration::from_secs(60)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "b was not waiting: {gave_up:?}");
+    let queued = || {
+        let mut client = client.clone();
+        async move {
+            let q = client
+                .get(
+                    queue_prefix(GROUP),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(q.count())
+        }
+    };
+    poll_until(Duration::from_secs(2), "b left the queue", || async {
+        match queued().await? {
+            0 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    })
+    .await
+    .unwrap();
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire_within("2.0.0", Duration::from_secs(30)).await })
+    };
+    poll_until(Duration::from_secs(5), "c is queued", || async {
+        match queued().await? {
+            1 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    })
+    .await
+    .unwrap();
+    let released = std::time::Instant::now();
+    a.release().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Acquisition::Acquired);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+}

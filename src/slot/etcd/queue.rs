@@ -88,6 +88,8 @@ impl EtcdSlots {
             return Ok((queued, snap));
         }
         let lease = self.live_lease(state).await?;
+        self.waiting_lease
+            .store(lease, std::sync::atomic::Ordering::SeqCst);
         let key = queue_key(&self.group, lease);
         let value = serde_json::json!({
             "holder": self.who.holder,
