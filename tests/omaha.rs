@@ -4,6 +4,8 @@
 #[path = "../examples/omaha_server/service/mod.rs"]
 mod service;
 
+#[path = "omaha/ca_roots.rs"]
+mod ca_roots;
 #[path = "omaha/example_service.rs"]
 mod example_service;
 #[path = "omaha/faults.rs"]
