@@ -169,6 +169,18 @@ impl Systemd {
         )
     }
 
+    /// Runs `argv` inside the container (its mount and PID namespaces, as root) and returns its
+    /// output, whether it succeeded or not.
+    pub fn exec(&self, argv: &[&str]) -> std::process::Output {
+        let target = self.init_pid().to_string();
+        Command::new("nsenter")
+            .args(["--target", &target, "--mount", "--pid", "--"])
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {argv:?}: {e}"))
+    }
+
     /// Last lines of the container's console log (systemd's boot and unit messages).
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
