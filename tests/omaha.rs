@@ -18,6 +18,8 @@ mod injection;
 mod requests;
 #[path = "omaha/responses.rs"]
 mod responses;
+#[path = "omaha/shipped_examples.rs"]
+mod shipped_examples;
 #[path = "omaha/update_check_cli.rs"]
 mod update_check_cli;
 
