@@ -28,6 +28,20 @@ fn version_flag_prints_the_crate_version() {
 }
 
 #[test]
+fn help_says_what_this_version_does_status_shows_registrations_and_no_rolling_update_is_claimed() {
+    let root = tempfile::tempdir().unwrap();
+    let out = sidekick(root.path(), &["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Show registrations, update slot holders and halted groups"),
+        "{help}"
+    );
+    assert!(!help.to_lowercase().contains("rolls"), "{help}");
+    assert!(!help.to_lowercase().contains("without downtime"), "{help}");
+}
+
+#[test]
 fn check_config_prints_effective_settings_with_their_sources() {
     let root = tempfile::tempdir().unwrap();
     let config = example_config();

@@ -1,5 +1,5 @@
 //! systemd 252 as PID 1 of a throw-away `systemd-nspawn -D / --volatile=yes` container, exactly as
-//! TESTING.md describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
+//! the README's test section describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
 //! through a bind-mounted directory, a temp unit directory bound at `/etc/systemd/system` and the
 //! host's `/run/docker.sock` bound in. Each container starts in a cgroup of its own, so parallel
 //! containers do not share (and kill) each other's unit cgroups.
