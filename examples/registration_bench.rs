@@ -3,7 +3,7 @@
 //! registration for 60 s next to the seed's `etcdctl` shell loop doing the same job.
 //!
 //! `cargo build --release --bin sidekick && cargo run --release --example registration_bench`
-//! (needs root: systemd runs in a throw-away nspawn container, see TESTING.md).
+//! (needs root: systemd runs in a throw-away nspawn container, see the README's test section).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]

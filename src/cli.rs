@@ -7,7 +7,8 @@ use clap::{ArgAction, Parser, Subcommand};
 use crate::config::ConfigSources;
 use crate::logging::LogTarget;
 
-/// Keeps one app instance registered in etcd and rolls it to new versions without downtime.
+/// Keeps one app instance registered in etcd while its unit is active and healthy, and checks an
+/// Omaha update service for its new versions.
 #[derive(Debug, Parser)]
 #[command(name = "sidekick", version, about, propagate_version = true)]
 pub struct Cli {
@@ -60,7 +61,7 @@ pub enum Command {
         #[arg(long)]
         interactive: bool,
     },
-    /// Show update slot holders and halted groups from etcd.
+    /// Show registrations, update slot holders and halted groups from etcd.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]

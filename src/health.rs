@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use thiserror::Error;
+use url::Url;
 
 use crate::config::{HealthCheck, HealthSettings};
 
@@ -54,9 +55,7 @@ impl HealthProbe {
     /// The probe `[health]` configures.
     pub fn from_settings(settings: &HealthSettings) -> anyhow::Result<HealthProbe> {
         Ok(match &settings.check {
-            HealthCheck::Http { url } => {
-                HealthProbe::Http(HttpProbe::new(url.as_str(), settings.timeout)?)
-            }
+            HealthCheck::Http { url } => HealthProbe::Http(HttpProbe::new(url, settings.timeout)?),
             HealthCheck::Tcp { address } => {
                 HealthProbe::Tcp(TcpProbe::new(address.clone(), settings.timeout))
             }
@@ -85,15 +84,15 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     /// A probe of `url` that gives up after `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<HttpProbe> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+    pub fn new(url: &Url, timeout: Duration) -> anyhow::Result<HttpProbe> {
+        let client = crate::http_tls::client_builder(url, Vec::new())
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(timeout)
             .pool_max_idle_per_host(0)
             .user_agent(concat!("sidekick/", env!("CARGO_PKG_VERSION"), " health"))
-            .build()?;
+            .build()
+            .map_err(|e| anyhow::anyhow!(crate::http_tls::explain(error_chain(&e))))?;
         Ok(HttpProbe {
             client,
             url: url.to_string(),
@@ -279,8 +278,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let probe =
-            |path: &str| HttpProbe::new(&format!("{base}{path}"), Duration::from_millis(300));
+        let probe = |path: &str| {
+            let url = Url::parse(&format!("{base}{path}")).unwrap();
+            HttpProbe::new(&url, Duration::from_millis(300))
+        };
         assert!(probe("/ok").unwrap().check().await.is_ok());
         assert!(probe("/moved").unwrap().check().await.is_ok());
         let gone = probe("/gone").unwrap().check().await.unwrap_err();

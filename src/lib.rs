@@ -14,6 +14,7 @@ pub mod config;
 pub mod dry_run;
 pub mod etcd;
 pub mod health;
+pub mod http_tls;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

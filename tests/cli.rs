@@ -35,6 +35,20 @@ fn version_flag_prints_the_crate_version() {
 }
 
 #[test]
+fn help_says_what_this_version_does_status_shows_registrations_and_no_rolling_update_is_claimed() {
+    let root = tempfile::tempdir().unwrap();
+    let out = sidekick(root.path(), &["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Show registrations, update slot holders and halted groups"),
+        "{help}"
+    );
+    assert!(!help.to_lowercase().contains("rolls"), "{help}");
+    assert!(!help.to_lowercase().contains("without downtime"), "{help}");
+}
+
+#[test]
 fn check_config_prints_effective_settings_with_their_sources() {
     let root = tempfile::tempdir().unwrap();
     let config = example_config();
@@ -48,19 +62,25 @@ fn check_config_prints_effective_settings_with_their_sources() {
     );
     assert!(stdout.contains(&format!("# read {config}")), "{stdout}");
     assert!(
-        stdout.contains(&format!("layout = \"traefik\"  # from {config}:11")),
+        stdout.contains(&format!("layout = \"traefik\"  # from {config}:12")),
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("port = 8081  # from {config}:12")),
+        stdout.contains(&format!("port = 8081  # from {config}:13")),
         "{stdout}"
     );
-    assert!(stdout.contains("name = \"web-1\"  # derived"), "{stdout}");
+    assert!(
+        stdout.contains("name = \"example-web-1\"  # derived"),
+        "{stdout}"
+    );
     // Values left at their defaults carry no source.
     assert!(stdout.contains("drain = \"5s\"\n"), "{stdout}");
     // The output is itself valid TOML a user can start from.
     let table: toml::Table = toml::from_str(&stdout).expect("output parses as TOML");
-    assert_eq!(table["instance"]["unit"].as_str(), Some("web@1.service"));
+    assert_eq!(
+        table["instance"]["unit"].as_str(),
+        Some("example-web@1.service")
+    );
 }
 
 #[test]

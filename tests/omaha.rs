@@ -4,6 +4,8 @@
 #[path = "../examples/omaha_server/service/mod.rs"]
 mod service;
 
+#[path = "omaha/ca_roots.rs"]
+mod ca_roots;
 #[path = "omaha/example_service.rs"]
 mod example_service;
 #[path = "omaha/faults.rs"]
@@ -16,6 +18,8 @@ mod injection;
 mod requests;
 #[path = "omaha/responses.rs"]
 mod responses;
+#[path = "omaha/shipped_examples.rs"]
+mod shipped_examples;
 #[path = "omaha/update_check_cli.rs"]
 mod update_check_cli;
 

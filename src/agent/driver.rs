@@ -383,7 +383,7 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
     match probe.check().await {
         Ok(()) => true,
         Err(err) => {
-            warn!(instance = %instance, error = %err, kind = err.kind(), "health check failed");
+            warn!(instance = %instance, kind = err.kind(), "health check failed: {err}");
             false
         }
     }

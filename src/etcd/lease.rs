@@ -367,3 +367,43 @@ fn lease_not_found(err: &anyhow::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(deadline: Duration) -> Shared {
+        let (state, _) = watch::channel(LeaseState::Alive);
+        let nanos = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+        Shared {
+            deadline: AtomicU64::new(nanos),
+            lost: AtomicBool::new(false),
+            state,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_alive_until_its_deadline_on_the_boot_clock() {
+        let s = shared(boot_now() + Duration::from_secs(60));
+        assert_eq!(s.current(), LeaseState::Alive);
+        s.extend(boot_now() + Duration::from_secs(120));
+        assert!(s.remaining() > Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_passed_deadline_is_lost_without_the_task_and_stays_lost() {
+        let s = shared(boot_now().saturating_sub(Duration::from_millis(1)));
+        assert!(matches!(s.current(), LeaseState::Lost { .. }));
+        // A late answer cannot revive it: someone else may hold what it guarded by now.
+        s.extend(boot_now() + Duration::from_secs(60));
+        assert!(matches!(s.current(), LeaseState::Lost { .. }));
+        assert!(matches!(*s.state.borrow(), LeaseState::Lost { .. }));
+    }
+
+    #[test]
+    fn grant_ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(4500)), 5);
+        assert_eq!(ttl_secs(Duration::from_secs(5)), 5);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+    }
+}

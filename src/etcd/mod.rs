@@ -262,3 +262,43 @@ impl From<Client> for EtcdConnection {
         EtcdConnection::from_client(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(endpoint: &str) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: vec![endpoint.parse().expect("url")],
+            timeout: Duration::from_secs(1),
+            auth: None,
+            ca_file: None,
+            client_cert: None,
+        }
+    }
+
+    #[test]
+    fn https_without_a_ca_file_is_verified_against_the_system_roots() {
+        let system = SYSTEM_CA_BUNDLES.iter().any(|p| Path::new(p).exists())
+            || std::env::var_os("SSL_CERT_FILE").is_some();
+        let options = connect_options(&settings("https://127.0.0.1:2379"));
+        assert_eq!(options.is_ok(), system, "{options:?}");
+        assert!(system_roots().is_ok() == system);
+    }
+
+    #[test]
+    fn endpoints_are_joined_once_without_trailing_slashes() {
+        let mut s = settings("http://127.0.0.1:2379/");
+        s.endpoints
+            .push("http://127.0.0.2:2379".parse().expect("url"));
+        assert_eq!(
+            endpoint_list(&s),
+            "http://127.0.0.1:2379,http://127.0.0.2:2379"
+        );
+        let etcd = EtcdConnection::new(s);
+        assert_eq!(
+            etcd.endpoint(),
+            "http://127.0.0.1:2379,http://127.0.0.2:2379"
+        );
+    }
+}

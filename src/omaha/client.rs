@@ -141,26 +141,23 @@ impl HttpUpdateSource {
                 "endpoint {endpoint} is not http or https"
             )));
         }
-        // reqwest is built without a default provider; a second install is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .user_agent(super::protocol::UPDATER_VERSION)
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.read)
-            .timeout(timeouts.total)
-            .redirect(reqwest::redirect::Policy::none());
+        let mut extra_roots = Vec::new();
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 OmahaError::Setup(format!("failed to read CA file {}: {e}", path.display()))
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 OmahaError::Setup(format!("CA file {} is not PEM: {e}", path.display()))
             })?;
-            builder = builder.tls_certs_merge(certs);
         }
-        let http = builder
+        let http = crate::http_tls::client_builder(&endpoint, extra_roots)
+            .user_agent(super::protocol::UPDATER_VERSION)
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .timeout(timeouts.total)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| OmahaError::Setup(error_chain(&e)))?;
+            .map_err(|e| OmahaError::Setup(crate::http_tls::explain(error_chain(&e))))?;
         Ok(Self {
             http,
             endpoint,

@@ -1,8 +1,8 @@
 //! The Omaha v3 wire format as Nebraska and CoreUpdate speak it: request building and tolerant
 //! response classification. Pure: no I/O, no clock, no randomness.
 //!
-//! Byte-level facts come from `reference/omaha-nebraska.md` (§2 requests, §3 events, §4 responses);
-//! the protocol itself is <https://github.com/google/omaha/blob/main/doc/ServerProtocolV3.md>.
+//! Byte-level facts (requests, events, responses) come from Nebraska's Omaha handler
+//! (<https://github.com/flatcar/nebraska>), recorded in `tests/fixtures/omaha/`; the protocol itself is <https://github.com/google/omaha/blob/main/doc/ServerProtocolV3.md>.
 
 mod request;
 mod response;

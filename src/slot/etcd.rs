@@ -17,7 +17,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchFilterType, WatchOptions};
@@ -67,6 +67,8 @@ pub struct EtcdSlots {
     max_changed: Notify,
     state: Mutex<HolderState>,
     requests: Arc<AtomicU64>,
+    /// The lease of a wait in line under way (0: none), revoked if that wait is abandoned.
+    waiting_lease: AtomicI64,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -98,6 +100,7 @@ impl EtcdSlots {
             max_changed: Notify::new(),
             state: Mutex::new(HolderState::default()),
             requests: Arc::new(AtomicU64::new(0)),
+            waiting_lease: AtomicI64::new(0),
         }
     }
 
@@ -142,6 +145,13 @@ impl EtcdSlots {
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
+        let alive = state
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.state() == LeaseState::Alive);
+        if !alive {
+            state.queued = None;
+        }
         let outcome = match self.snapshot(state.queued.clone().as_ref()).await {
             Ok(snap) => {
                 let queued = state.queued.clone();
@@ -185,14 +195,22 @@ impl SlotLock for EtcdSlots {
         self.note(released.and(revoked)).await
     }
 
-    /// Waits in the group's queue (first come, first served) instead of retrying.
+    /// Waits in the group's queue (first come, first served) instead of retrying. Holds this
+    /// holder's state for the whole wait. A wait that is dropped unfinished revokes its lease, so
+    /// its place in line never blocks the group.
     async fn acquire_within(
         &self,
         version: &str,
         deadline: Duration,
     ) -> Result<Acquisition, SlotError> {
+        let mut abandoned = AbandonedWait {
+            slots: self,
+            finished: false,
+        };
         let mut state = self.state.lock().await;
         let outcome = self.queued_acquire(&mut state, version, deadline).await;
+        abandoned.finished = true;
+        self.waiting_lease.store(0, Ordering::SeqCst);
         if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
             self.drop_idle_lease(&mut state).await;
         }
@@ -268,6 +286,31 @@ impl SlotLock for EtcdSlots {
                     tokio::time::sleep(WATCH_RETRY.min(timeout)).await;
                 }
             }
+        }
+    }
+}
+
+/// Revokes the lease of a wait in line that was dropped before it finished (e.g. the caller's
+/// `select!` took another branch), so its queue key does not block the waiters behind it.
+struct AbandonedWait<'a> {
+    slots: &'a EtcdSlots,
+    finished: bool,
+}
+
+impl Drop for AbandonedWait<'_> {
+    fn drop(&mut self) {
+        let lease = self.slots.waiting_lease.swap(0, Ordering::SeqCst);
+        if self.finished || lease == 0 {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let etcd = self.slots.etcd.clone();
+            runtime.spawn(async move {
+                if let Err(err) = crate::etcd::lease::revoke(&etcd, lease).await {
+                    tracing::debug!(error = %format!("{err:#}"),
+                        "lease of an abandoned slot wait not revoked; it expires within its TTL");
+                }
+            });
         }
     }
 }

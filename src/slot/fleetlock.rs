@@ -147,8 +147,7 @@ impl FleetLockSlots {
         if !valid_group(&group) {
             return Err(SlotError::Group(group));
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http_tls::client_builder(base, Vec::new())
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|source| SlotError::Http {

@@ -206,7 +206,7 @@ async fn a_stored_limit_of_one_holds_against_a_process_configured_with_max_3() {
 }
 
 #[tokio::test]
-async fn lowering_the_stored_limit_evicts_nobody_and_raising_it_admits_the_waiter() {
+async fn lowering_the_stored_limit_evicts_nobody_and_admits_nobody_until_holders_drop_below_it() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
@@ -218,17 +218,59 @@ async fn lowering_the_stored_limit_evicts_nobody_and_raising_it_admits_the_waite
     assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     assert_eq!(b.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     assert_eq!(limit::set(&mut client, GROUP, 1).await.unwrap(), Some(2));
-    a.release().await.unwrap();
+    // Two holders, limit 1: nobody is evicted, and a newcomer configured with max = 5 waits.
     let c = Arc::new(slots(&client, max(5), "c"));
-    // One holder left with the limit at 1: the newcomer waits, whatever its own slot.max.
     let got = c.acquire_within("2.0.0", Duration::from_millis(300)).await;
     assert!(matches!(got.unwrap(), Acquisition::Busy { .. }));
-    assert_eq!(b.held().await.unwrap(), sidekick::slot::Holding::Held);
+    for h in [&a, &b] {
+        assert_eq!(h.held().await.unwrap(), sidekick::slot::Holding::Held);
+    }
+    // One holder left, still at the limit: the waiter stays out until the last one leaves.
+    a.release().await.unwrap();
     let waiting = {
         let c = c.clone();
         tokio::spawn(async move { c.acquire_within("2.0.0", Duration::from_secs(30)).await })
     };
-    poll_until(Duration::from_secs(5), "c is queued", || {
+    let busy = tokio::time::timeout(Duration::from_millis(500), async {
+        while !waiting.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(busy.is_err(), "admitted above the stored limit");
+    let released = std::time::Instant::now();
+    b.release().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Acquisition::Acquired);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+    // Raised again: the next attempt is admitted next to the holder.
+    limit::set(&mut client, GROUP, 2).await.unwrap();
+    let d = slots(&client, one(), "d");
+    assert_eq!(d.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+}
+
+#[tokio::test]
+async fn an_abandoned_wait_leaves_the_queue_and_does_not_block_the_waiters_behind_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    let c = Arc::new(slots(&client, one(), "c"));
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    // The caller gives up on b's wait by dropping it, as a `select!` would.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        b.acquire_within("2.0.0", Duration::from_secs(60)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "b was not waiting: {gave_up:?}");
+    let queued = || {
         let mut client = client.clone();
         async move {
             let q = client
@@ -238,21 +280,35 @@ async fn lowering_the_stored_limit_evicts_nobody_and_raising_it_admits_the_waite
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if q.count() == 1 {
-                Ok(())
-            } else {
-                Err(format!("{} queued", q.count()))
-            }
+            Ok::<_, String>(q.count())
+        }
+    };
+    poll_until(Duration::from_secs(2), "b left the queue", || async {
+        match queued().await? {
+            0 => Ok(()),
+            n => Err(format!("{n} queued")),
         }
     })
     .await
     .unwrap();
-    let raised = std::time::Instant::now();
-    limit::set(&mut client, GROUP, 2).await.unwrap();
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire_within("2.0.0", Duration::from_secs(30)).await })
+    };
+    poll_until(Duration::from_secs(5), "c is queued", || async {
+        match queued().await? {
+            1 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    })
+    .await
+    .unwrap();
+    let released = std::time::Instant::now();
+    a.release().await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), Acquisition::Acquired);
     assert!(
-        raised.elapsed() < Duration::from_secs(2),
+        released.elapsed() < Duration::from_secs(2),
         "{:?}",
-        raised.elapsed()
+        released.elapsed()
     );
 }

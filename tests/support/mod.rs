@@ -1,6 +1,6 @@
 //! Test environment: starts real servers (etcd, systemd in a throw-away container, Traefik, an image
 //! registry) and app images on free loopback ports in temp dirs, and stops every one of them again
-//! through drop guards, also when a test panics. See `TESTING.md` in the shared docs.
+//! through drop guards, also when a test panics. See the README's test section.
 //!
 //! Used by integration tests as `mod support;`. Not every test binary uses every helper.
 //!

@@ -1,5 +1,5 @@
 //! systemd 252 as PID 1 of a throw-away `systemd-nspawn -D / --volatile=yes` container, exactly as
-//! TESTING.md describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
+//! the README's test section describes: tmpfs root, host `/usr` read-only, host network, its system bus exported
 //! through a bind-mounted directory, a temp unit directory bound at `/etc/systemd/system` and the
 //! host's `/run/docker.sock` bound in. Each container starts in a cgroup of its own, so parallel
 //! containers do not share (and kill) each other's unit cgroups.
@@ -167,6 +167,18 @@ impl Systemd {
                 .args(["--target", &target, "--mount", "--pid", "--", "systemctl"])
                 .args(args),
         )
+    }
+
+    /// Runs `argv` inside the container (its mount and PID namespaces, as root) and returns its
+    /// output, whether it succeeded or not.
+    pub fn exec(&self, argv: &[&str]) -> std::process::Output {
+        let target = self.init_pid().to_string();
+        Command::new("nsenter")
+            .args(["--target", &target, "--mount", "--pid", "--"])
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {argv:?}: {e}"))
     }
 
     /// Last lines of the container's console log (systemd's boot and unit messages).

@@ -8,9 +8,9 @@ use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp,
 use tracing::info;
 
 use super::RegistrationLease;
-use crate::registry::Entry;
 use crate::registry::duplicate::{DuplicateRecord, host_of, record_key};
 use crate::registry::error::{LeaseError, rpc};
+use crate::registry::{Entry, Published};
 
 impl RegistrationLease {
     /// Writes `entries` on the held lease in one transaction, deleting keys of an earlier set that
@@ -190,6 +190,50 @@ impl RegistrationLease {
             self.etcd.failed(&err).await;
         }
         found
+    }
+
+    /// Another live instance holds `key`: says so, then waits for it to go away (the key is
+    /// deleted), for the TTL, or for the desired state to change.
+    pub(super) async fn kept_out(&mut self, key: String, other_host: String) {
+        tracing::error!(instance = %self.instance, key = %key, other_host = %other_host,
+            kind = "duplicate",
+            "duplicate instance: another live instance holds this registration; not overwriting it, retrying every TTL");
+        self.published.send_replace(Published::Duplicate {
+            key: key.clone(),
+            other_host,
+        });
+        if let Some(held) = &mut self.held {
+            held.suspect = true;
+        }
+        let retry = duplicate_retry(self.ttl);
+        let gone = async {
+            // Only a delete counts here: the other instance's own writes are not ours to undo.
+            let mut stream = loop {
+                match self.etcd.client().await {
+                    Ok(mut client) => match client.watch(key.as_str(), None).await {
+                        Ok(stream) => break stream,
+                        Err(_) => std::future::pending::<()>().await,
+                    },
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            while let Ok(Some(resp)) = stream.message().await {
+                let deleted = resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                if deleted || resp.canceled() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let mut desired = self.desired.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = desired.changed() => {}
+            _ = gone => {}
+        }
     }
 
     /// Returns when one of our keys is deleted, or changed by someone else, after `from`; an

@@ -2,8 +2,10 @@
 //!
 //! A waiter puts a key on its own lease under the group's queue prefix; its creation revision is
 //! its place in line. Each waiter watches only the key just ahead of it; the first in line watches
-//! the slots and the stored limit. A release therefore wakes one waiter, not all of them, and the
-//! etcd requests per contended acquire do not grow with the number of waiters. Only the first in
+//! the group's slots. A release therefore wakes one waiter, not all of them, and the etcd requests
+//! per contended acquire do not grow with the number of waiters. A raised stored limit is read at
+//! the first waiter's next look (a release, or [`RETRY_AFTER`]); watching the limit key as well
+//! would cost every contended acquire one more request. Only the first in
 //! line may take a slot (its transaction checks that no queue key is older than its own, and
 //! deletes its own key as it takes the slot), so slots are granted first come, first served.
 //!
@@ -17,9 +19,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::acquire::{DUPLICATE, Queued};
 use super::{EtcdSlots, HolderState, WATCH_RETRY};
-use crate::slot::keys::{
-    Snapshot, group_prefix, limit_key, parse_snapshot, queue_key, snapshot_ops,
-};
+use crate::slot::keys::{Snapshot, group_prefix, parse_snapshot, queue_key, snapshot_ops};
 use crate::slot::{Acquisition, RETRY_AFTER, SlotError, with_jitter};
 
 /// What woke a waiter.
@@ -88,6 +88,8 @@ impl EtcdSlots {
             return Ok((queued, snap));
         }
         let lease = self.live_lease(state).await?;
+        self.waiting_lease
+            .store(lease, std::sync::atomic::Ordering::SeqCst);
         let key = queue_key(&self.group, lease);
         let value = serde_json::json!({
             "holder": self.who.holder,
@@ -132,8 +134,8 @@ impl EtcdSlots {
     }
 
     /// Waits for what can let this waiter in: the key just ahead of it going away or, first in
-    /// line, a slot being freed or the stored limit changing. Also wakes when the lease is lost,
-    /// after [`RETRY_AFTER`], or at `end`.
+    /// line, a slot being freed. Also wakes when the lease is lost, when the configured limit
+    /// changes, after [`RETRY_AFTER`], or at `end`.
     async fn wait_in_line(
         &self,
         state: &mut HolderState,
@@ -161,16 +163,6 @@ impl EtcdSlots {
             let mut stream = client
                 .watch(watched_key, Some(options.with_start_revision(from)))
                 .await?;
-            if ahead.is_none() {
-                self.requests
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                stream
-                    .watch(
-                        limit_key(&self.group),
-                        Some(WatchOptions::new().with_start_revision(from)),
-                    )
-                    .await?;
-            }
             let prefix = group_prefix(&self.group);
             while let Some(resp) = stream.message().await? {
                 if resp.canceled() || resp.compact_revision() > 0 {
@@ -183,8 +175,7 @@ impl EtcdSlots {
                         .strip_prefix(prefix.as_str())
                         .is_some_and(|rest| rest.contains('/'));
                     let slot_freed = event.event_type() == EventType::Delete && !nested;
-                    let limit_changed = key == limit_key(&self.group);
-                    if slot_freed || limit_changed || ahead.is_some() {
+                    if slot_freed || ahead.is_some() {
                         return Ok(Wake::Changed);
                     }
                 }
