@@ -1,10 +1,11 @@
 //! The swap of the bound unit to a new version, as a pure sub-machine of the agent
 //! ([`super::state::Phase::Updating`]): `step(phase, observation) -> (phase, actions)`, no I/O.
 //!
-//! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull, 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart,
-//! verify, register, 3/1, release; and on failure: restore the previous drop-in, restart, verify
-//! the old version, register, 3/0, halt the group, denylist the version, release. Slow actions are
-//! futures in the driver whose results come back as [`SwapObservation`]s.
+//! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull,
+//! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register, 3/1, release;
+//! and on failure: restore the previous drop-in, restart, verify the old version, register, 3/0,
+//! halt the group, denylist the version, release. Slow actions are futures in the driver whose
+//! results come back as [`SwapObservation`]s.
 //!
 //! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
 //! journal cleared, no event: the next start's poll meets the offer again). From deregistration
