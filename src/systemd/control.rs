@@ -4,6 +4,7 @@
 //! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
 //! drop-in values ([`dropin`]).
 
+mod any;
 mod dbus;
 pub mod dropin;
 mod dry_run;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use any::AnyUnitControl;
 pub use dbus::DbusUnitControl;
 pub use dry_run::DryRunUnitControl;
 
