@@ -1,6 +1,9 @@
 //! The tokio loop around the state machine: turns unit changes, probe results and signals into
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
-//! ([`Registry`], [`Probe`]). Reports progress with sd_notify STATUS.
+//! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
+//! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
+//! come back as observations, so deregistration and SIGTERM stay instant. Reports progress with
+//! sd_notify STATUS.
 
 use std::collections::VecDeque;
 use std::future::Future;
