@@ -109,12 +109,15 @@ fn once_on_embedded_defaults_prints_each_step_writes_nothing_and_exits_0() {
         "would take an update slot of group 6a6e5b4c-0000-4000-8000-00000000beef/stable (at most 1 updating at once) to update to 2.0.0",
         "would send event 800/1",
         "would deregister: revoke the registration lease",
+        "would wait 5s (swap.drain) for the load balancer to stop routing here",
         "would write /etc/systemd/system/web@1.service.d/50-sidekick.conf setting SIDEKICK_IMAGE=registry.example.com/web:2.0.0 SIDEKICK_VERSION=2.0.0",
         "would reload systemd",
         "would restart web@1.service",
+        "would verify web@1.service: active, and no health check configured, within 1m",
+        // Registered again and confirmed before the success is reported and the slot released.
+        register.as_str(),
         "would send event 3/1",
         "would release the update slot",
-        register.as_str(),
         "would deregister: revoke the registration lease",
     ];
     let mut from = 0;

@@ -17,6 +17,7 @@ use super::cycle::UpdatePass;
 use super::execute::SlowStep;
 use super::state::{self, Action, Agent, Observation, Phase};
 use super::swap::{Stage, SwapAction, SwapObservation};
+use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
 use crate::registry::{Entry, Published, Registry};
@@ -140,9 +141,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                         _ = published.changed() => {
                             let now = published.borrow_and_update().clone();
                             self.report_status(&mut status, &now);
-                            match self.confirms_deregistration(&now) {
-                                true => Observation::Swap(SwapObservation::Deregistered),
-                                false => continue,
+                            match self.confirmation(&now) {
+                                Some(confirmed) => Observation::Swap(confirmed),
+                                None => continue,
                             }
                         }
                         answer = run_slow(&mut slow), if slow.is_some() => {
@@ -231,8 +232,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             {
                 verify_at = None;
             }
-            if self.confirms_deregistration(&published.borrow()) {
-                pending.push_back(Observation::Swap(SwapObservation::Deregistered));
+            if let Some(confirmed) = self.confirmation(&published.borrow()) {
+                pending.push_back(Observation::Swap(confirmed));
             }
             if was_updating && self.agent.phase == Phase::Serving {
                 info!(instance = %self.options.instance, "swap over");
@@ -272,7 +273,24 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         for action in &batch {
             match action {
                 SwapAction::StartVerifyDeadline => {
-                    *verify_at = updates.verify_timeout().map(|t| Instant::now() + t);
+                    let timeout = updates.verify_timeout();
+                    *verify_at = timeout.map(|t| Instant::now() + t);
+                    if updates.dry_run() {
+                        let health = match self.agent.unchecked {
+                            true => "no health check configured".to_string(),
+                            false => format!(
+                                "the health check passing {} times in a row",
+                                self.agent.health.progress().1
+                            ),
+                        };
+                        let within = timeout.map_or("no limit".to_string(), |t| {
+                            humantime::format_duration(t).to_string()
+                        });
+                        would(format_args!(
+                            "verify {}: active, and {health}, within {within}",
+                            self.options.unit_name
+                        ));
+                    }
                 }
                 SwapAction::Denylist { version } => updates.deny(version),
                 SwapAction::ClearJournal => updates.clear_journal(),
@@ -283,10 +301,19 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     }
 
     /// The swap waits for etcd to confirm the deregistration, and this is it.
-    fn confirms_deregistration(&self, published: &Published) -> bool {
-        let deregistering =
-            matches!(&self.agent.phase, Phase::Updating(s) if s.stage == Stage::Deregistering);
-        deregistering && *published == Published::Absent
+    /// What etcd confirms that the swap waits for: its deregistration gone, or its registration
+    /// back after verification.
+    fn confirmation(&self, published: &Published) -> Option<SwapObservation> {
+        let Phase::Updating(swap) = &self.agent.phase else {
+            return None;
+        };
+        match (&swap.stage, published) {
+            (Stage::Deregistering, Published::Absent) => Some(SwapObservation::Deregistered),
+            (Stage::Registering { .. }, Published::Registered { .. }) if self.agent.registered => {
+                Some(SwapObservation::Registered)
+            }
+            _ => None,
+        }
     }
 
     /// On start: a swap left in the journal, resumed; an unreadable journal stops updates here.

@@ -11,6 +11,7 @@ use semver::Version;
 use tracing::{error, info, warn};
 
 use super::swap::{SlotAnswer, SwapAction, SwapObservation};
+use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, UpdateSource};
 use crate::slot::{Acquisition, AnySlots, Holding, RETRY_AFTER, SlotLock};
 use crate::systemd::control::{ControlError, UnitControl};
@@ -117,6 +118,12 @@ async fn step<C: UnitControl>(
             SwapObservation::Slot(answer)
         }
         SwapAction::Drain => {
+            if seams.source.dry_run() {
+                would(format_args!(
+                    "wait {} (swap.drain) for the load balancer to stop routing here",
+                    humantime::format_duration(settings.drain)
+                ));
+            }
             tokio::time::sleep(settings.drain).await;
             SwapObservation::DrainElapsed
         }

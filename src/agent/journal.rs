@@ -142,6 +142,7 @@ impl Journal {
 ///   blaming the version (3/0 [`error_code::GENERIC`], no halt).
 /// - Rolling back, or stranded: restore and restart the old version again, keeping the recorded
 ///   failure.
+/// - Registering (verified, not yet confirmed in etcd): register again, then report and release.
 /// - Releasing: release again.
 pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
@@ -181,6 +182,10 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
         Stage::RollingBack { failure }
         | Stage::VerifyingOld { failure, .. }
         | Stage::Stranded { failure, .. } => swap::roll_back(&mut phase, failure),
+        // Verified before the stop: registered again once healthy, then reported and released.
+        Stage::Registering { failure } => {
+            (Stage::Registering { failure }, vec![SwapAction::Register])
+        }
         Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
     };
     phase.stage = stage;

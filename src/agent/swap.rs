@@ -2,7 +2,8 @@
 //! ([`super::state::Phase::Updating`]): `step(phase, observation) -> (phase, actions)`, no I/O.
 //!
 //! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull,
-//! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register, 3/1, release;
+//! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register (confirmed by
+//! etcd), 3/1, release;
 //! and on failure: restore the previous drop-in, restart, verify the old version, register, 3/0,
 //! halt the group, denylist the version, release. Slow actions are futures in the driver whose
 //! results come back as [`SwapObservation`]s.
@@ -71,6 +72,10 @@ pub enum Stage {
     RollingBack { failure: Failure },
     /// Waiting for the old version to be active and healthy again.
     VerifyingOld { failure: Failure, passes: u32 },
+    /// Verified (the new version, or the old one after a rollback when `failure` is set):
+    /// registering again, waiting for etcd to confirm before the events and the release, so the
+    /// next instance never leaves rotation while this one is not back.
+    Registering { failure: Option<Failure> },
     /// Registered again (on the new or the old version), events sent; giving the slot back.
     Releasing,
     /// The old version could not be brought back: deregistered, slot kept, the group held.
@@ -115,7 +120,11 @@ impl SwapPhase {
     pub fn allows_registration(&self) -> bool {
         matches!(
             self.stage,
-            Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished
+            Stage::Prepulling
+                | Stage::AcquiringSlot { .. }
+                | Stage::Registering { .. }
+                | Stage::Releasing
+                | Stage::Finished
         )
     }
 
@@ -146,6 +155,13 @@ impl SwapPhase {
             Stage::VerifyingOld { passes, .. } => format!(
                 "rolling back {to} to {}: verifying, health {passes}/{}",
                 self.plan.old.version, self.plan.rise
+            ),
+            Stage::Registering { failure: None } => {
+                format!("updating to {to}: verified, registering again")
+            }
+            Stage::Registering { failure: Some(_) } => format!(
+                "update to {to} rolled back: {} verified, registering again",
+                self.plan.old.version
             ),
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
             Stage::Stranded { failure, why } => format!(
@@ -230,18 +246,18 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             phase.unit_active = false;
             (Stage::Restarting, vec![SwapAction::Restart])
         }
-        (Stage::WritingDropIn, O::DropInWritten(Err(_))) => {
+        (Stage::WritingDropIn, O::DropInWritten(Err(error))) => {
             // The atomic write left the old drop-in in place: nothing to roll back, and the
             // version is not to blame, so no halt and no denylist.
-            let event = Event::Failed {
-                error_code: error_code::SWAP_FAILED,
+            let failure = Failure {
+                code: error_code::SWAP_FAILED,
+                reason: format!("writing the drop-in failed: {error}"),
+                halt: false,
             };
-            let actions = vec![
-                SwapAction::Register,
-                SwapAction::SendEvent(event),
-                SwapAction::ReleaseSlot { retry: false },
-            ];
-            (Stage::Releasing, actions)
+            let stage = Stage::Registering {
+                failure: Some(failure),
+            };
+            (stage, vec![SwapAction::Register])
         }
         (Stage::Restarting, O::Restarted(Ok(()))) => {
             let stage = Stage::Verifying { passes: 0 };
@@ -300,6 +316,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 verified(&phase, Stage::VerifyingOld { failure, passes })
             }
         },
+        (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
         (Stage::Releasing, O::SlotReleased(Ok(()))) => {
             phase.slot_held = false;
             (Stage::Finished, vec![SwapAction::ClearJournal])
@@ -347,9 +364,19 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
     if !phase.unit_active || passes < phase.plan.rise {
         return (stage, Vec::new());
     }
-    let mut actions = vec![SwapAction::Register];
-    match stage {
-        Stage::VerifyingOld { failure, .. } => {
+    let failure = match stage {
+        Stage::VerifyingOld { failure, .. } => Some(failure),
+        _ => None,
+    };
+    (Stage::Registering { failure }, vec![SwapAction::Register])
+}
+
+/// etcd confirmed the registration: report the outcome, halt and denylist a failed version, and
+/// give the slot back.
+fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
+    let mut actions = Vec::new();
+    match failure {
+        Some(failure) => {
             actions.push(SwapAction::SendEvent(Event::Failed {
                 error_code: failure.code,
             }));
@@ -364,7 +391,7 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
                 ]);
             }
         }
-        _ => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
+        None => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
     }
     actions.push(SwapAction::ReleaseSlot { retry: false });
     (Stage::Releasing, actions)

@@ -114,6 +114,11 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         ))
     }
 
+    /// Whether this is a dry run: steps are printed, nothing is written.
+    pub fn dry_run(&self) -> bool {
+        self.seams.source.dry_run()
+    }
+
     /// `swap.verify_timeout`.
     pub fn verify_timeout(&self) -> Option<Duration> {
         self.swaps.as_ref().map(|s| s.config.verify_timeout)

@@ -188,8 +188,10 @@ fn recovery_with_the_new_version_running_verifies_it_and_finishes_with_3_1() {
             swap::SwapObservation::Unit(crate::systemd::ActiveState::Active),
         );
         let (phase, _) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
-        let (_, actions) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
-        assert_eq!(actions[1], SwapAction::SendEvent(Event::UpdateComplete));
+        let (phase, actions) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+        assert_eq!(actions, [SwapAction::Register]);
+        let (_, actions) = swap::step(phase, swap::SwapObservation::Registered);
+        assert_eq!(actions[0], SwapAction::SendEvent(Event::UpdateComplete));
     }
 }
 
@@ -215,11 +217,12 @@ fn recovery_with_the_old_version_running_rolls_back_without_blaming_the_version(
                 swap::SwapObservation::Unit(crate::systemd::ActiveState::Active),
             );
             let (phase, _) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
-            let (_, actions) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+            let (phase, actions) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+            assert_eq!(actions, [SwapAction::Register]);
+            let (_, actions) = swap::step(phase, swap::SwapObservation::Registered);
             assert_eq!(
                 actions,
                 [
-                    SwapAction::Register,
                     SwapAction::SendEvent(Event::Failed { error_code: 1 }),
                     SwapAction::ReleaseSlot { retry: false },
                 ]

@@ -263,6 +263,14 @@ fn a_verified_swap_registers_once_and_returns_to_serving_after_the_release() {
         1
     );
     assert!(a.registered);
+    let (a, actions) = next(a, swap(SwapObservation::Registered));
+    assert_eq!(
+        actions,
+        [
+            Action::Swap(SwapAction::SendEvent(crate::omaha::Event::UpdateComplete)),
+            Action::Swap(SwapAction::ReleaseSlot { retry: false })
+        ]
+    );
     let (a, actions) = next(a, swap(SwapObservation::SlotReleased(Ok(()))));
     assert_eq!(actions, [Action::Swap(SwapAction::ClearJournal)]);
     assert_eq!(a.phase, Phase::Serving);

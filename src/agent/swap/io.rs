@@ -27,6 +27,8 @@ pub enum SwapObservation {
     Slot(SlotAnswer),
     /// etcd confirmed the registration is gone.
     Deregistered,
+    /// etcd confirmed the registration is back.
+    Registered,
     DrainElapsed,
     /// The fence: whether the slot is still held (lease alive and the key ours).
     Fenced {
@@ -81,7 +83,8 @@ pub enum SwapAction {
     Restart,
     /// Start the `swap.verify_timeout` clock; answers [`SwapObservation::VerifyDeadline`].
     StartVerifyDeadline,
-    /// Publish the registration.
+    /// Publish the registration; after verification answers [`SwapObservation::Registered`]
+    /// once etcd confirms.
     Register,
     /// Set the group's halt marker.
     Halt {

@@ -102,10 +102,12 @@ fn the_happy_path_sends_13_14_800_3_1_in_order_and_releases_the_slot_last() {
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (PASS, &[]),
+            (PASS, &[A::Register]),
+            // Nothing more until etcd confirms the registration: a probe changes nothing.
+            (PASS, &[]),
             (
-                PASS,
+                O::Registered,
                 &[
-                    A::Register,
                     A::SendEvent(Event::UpdateComplete),
                     A::ReleaseSlot { retry: false },
                 ],
@@ -199,18 +201,18 @@ fn a_failed_dropin_write_registers_again_and_reports_errorcode_5_without_a_halt(
         &[
             (
                 O::DropInWritten(Err("read-only file system".into())),
-                &[A::Register, failed(5), A::ReleaseSlot { retry: false }],
+                &[A::Register],
             ),
+            (O::Registered, &[failed(5), A::ReleaseSlot { retry: false }]),
             (O::SlotReleased(Ok(())), &[A::ClearJournal]),
         ],
     );
     assert_eq!(phase.stage, Stage::Finished);
 }
 
-/// The rollback's tail once the old version is verified: register, 3/0, halt, denylist, release.
+/// The rollback's tail once the old version is registered again: 3/0, halt, denylist, release.
 fn rolled_back(code: u32, reason: &str) -> Vec<A> {
     vec![
-        A::Register,
         failed(code),
         A::Halt {
             version: "2.0.0".into(),
@@ -239,7 +241,8 @@ fn a_failed_restart_restores_the_previous_dropin_and_halts_with_errorcode_5() {
             ),
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
-            (PASS, &rolled_back(5, reason)),
+            (PASS, &[A::Register]),
+            (O::Registered, &rolled_back(5, reason)),
             (O::SlotReleased(Ok(())), &[A::ClearJournal]),
         ],
     );
@@ -257,7 +260,8 @@ fn a_new_version_not_healthy_in_time_rolls_back_with_errorcode_1001() {
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (PASS, &[]),
-            (PASS, &rolled_back(1001, reason)),
+            (PASS, &[A::Register]),
+            (O::Registered, &rolled_back(1001, reason)),
         ],
     );
     assert_eq!(phase.stage, Stage::Releasing);
@@ -450,18 +454,10 @@ fn without_a_health_check_an_active_unit_is_verified() {
         phase,
         &[
             (O::Unit(Active), &[]),
-            (
-                O::Restarted(Ok(())),
-                &[
-                    A::StartVerifyDeadline,
-                    A::Register,
-                    A::SendEvent(Event::UpdateComplete),
-                    A::ReleaseSlot { retry: false },
-                ],
-            ),
+            (O::Restarted(Ok(())), &[A::StartVerifyDeadline, A::Register]),
         ],
     );
-    assert_eq!(phase.stage, Stage::Releasing);
+    assert_eq!(phase.stage, Stage::Registering { failure: None });
     // Active only after it.
     let mut phase = at(0, Stage::Restarting);
     phase.unit_active = false;
@@ -470,10 +466,10 @@ fn without_a_health_check_an_active_unit_is_verified() {
         &[
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Activating), &[]),
+            (O::Unit(Active), &[A::Register]),
             (
-                O::Unit(Active),
+                O::Registered,
                 &[
-                    A::Register,
                     A::SendEvent(Event::UpdateComplete),
                     A::ReleaseSlot { retry: false },
                 ],
@@ -492,7 +488,8 @@ fn without_a_health_check_an_active_unit_is_verified() {
         old,
         &[
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
-            (O::Unit(Active), &rolled_back(5, "r")),
+            (O::Unit(Active), &[A::Register]),
+            (O::Registered, &rolled_back(5, "r")),
         ],
     );
 }
