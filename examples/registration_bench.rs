@@ -161,7 +161,10 @@ fn start_sidekick(systemd: &Systemd, dir: &Path, etcd: &str) -> Group {
         .arg(&config)
         .env("DBUS_SYSTEM_BUS_ADDRESS", systemd.bus_address())
         .env("SIDEKICK_CONFIG_ROOT", dir.join("root"))
-        .env("RUST_LOG", "info,sidekick::registry=debug")
+        .env(
+            "RUST_LOG",
+            "info,sidekick::registry=debug,sidekick::etcd=debug",
+        )
         .env_remove("NOTIFY_SOCKET");
     Group::spawn(&mut cmd, &dir.join("sidekick.log"))
 }

@@ -344,6 +344,8 @@ async fn keep_alive(
                     if keeper.keep_alive().await.is_err() {
                         break;
                     }
+                    tracing::debug!(lease = format!("{id:x}"), etcd_requests = etcd.requests(),
+                        "keepalive sent");
                     pending = Some(sent);
                     next_send += period;
                 }

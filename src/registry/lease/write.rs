@@ -264,6 +264,8 @@ impl RegistrationLease {
                 .await
                 .map_err(rpc("registration watch"))?;
         }
+        tracing::debug!(instance = %self.instance, etcd_requests = self.etcd.requests(),
+            "watching the registration's keys");
         loop {
             let resp = stream
                 .message()
