@@ -1,5 +1,6 @@
 //! Benchmark of the etcd slot backend (not a test): starts its own etcd on free loopback ports in
-//! a temp dir, runs 100 contenders on `max = 5`, prints a table and stops etcd again.
+//! a temp dir, runs 100 and then 1,000 contenders on `max = 5` (each waiting in the group's queue
+//! with `acquire_within`), prints a table and stops etcd again.
 //!
 //! Run: `cargo run --release --example slot_bench`
 
@@ -12,12 +13,13 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
 
-const CONTENDERS: usize = 100;
+/// (contenders, rounds each).
+const RUNS: [(usize, usize); 2] = [(100, 3), (1000, 1)];
 const MAX: u32 = 5;
-const ROUNDS: usize = 3;
 const HOLD: Duration = Duration::from_millis(20);
 const FREE_SAMPLES: usize = 200;
-const TTL: Duration = Duration::from_secs(10);
+/// Long enough that a thousand keepalives do not load the machine being measured.
+const TTL: Duration = Duration::from_secs(60);
 const GROUP: &str = "bench/stable";
 
 /// The etcd process, killed on drop, and its data dir, removed after it.
@@ -105,62 +107,12 @@ async fn main() -> anyhow::Result<()> {
     }
     free.sort();
 
-    // 2. 100 contenders on max = 5, each acquiring ROUNDS times; releases and acquires are
-    // timestamped so each acquire after a wait is matched to the release just before it.
-    let releases = Arc::new(Mutex::new(Vec::<Instant>::new()));
-    let mut tasks = Vec::new();
-    for id in 1..=CONTENDERS {
-        let me = holder(&endpoint, id).await?;
-        let releases = releases.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut waited_acquires = Vec::new();
-            let mut requests = 0;
-            for _ in 0..ROUNDS {
-                let before = me.requests();
-                let first = me.acquire("2.0.0").await?;
-                let got = match first {
-                    Acquisition::Acquired => Instant::now(),
-                    _ => {
-                        let r = me.acquire_within("2.0.0", Duration::from_secs(300)).await?;
-                        anyhow::ensure!(r == Acquisition::Acquired, "not acquired: {r:?}");
-                        let at = Instant::now();
-                        waited_acquires.push(at);
-                        at
-                    }
-                };
-                requests += me.requests() - before;
-                tokio::time::sleep(HOLD.saturating_sub(got.elapsed())).await;
-                me.release().await?;
-                if let Ok(mut r) = releases.lock() {
-                    r.push(Instant::now());
-                }
-            }
-            Ok::<_, anyhow::Error>((waited_acquires, requests))
-        }));
+    let mut rows = Vec::new();
+    for (contenders, rounds) in RUNS {
+        rows.push(contended(&endpoint, contenders, rounds).await?);
     }
-    let started = Instant::now();
-    let mut waited = Vec::new();
-    let mut contended_requests = 0;
-    for t in tasks {
-        let (w, r) = t.await??;
-        waited.extend(w);
-        contended_requests += r;
-    }
-    let elapsed = started.elapsed();
-    let releases = releases.lock().map(|r| r.clone()).unwrap_or_default();
-    let mut handover: Vec<Duration> = waited
-        .iter()
-        .filter_map(|at| {
-            let before = releases.iter().filter(|r| *r <= at).max()?;
-            Some(at.duration_since(*before))
-        })
-        .collect();
-    handover.sort();
-    let acquires = CONTENDERS * ROUNDS;
 
-    println!(
-        "slot_bench: {CONTENDERS} contenders, max = {MAX}, hold {HOLD:?}, {ROUNDS} rounds each, etcd on loopback"
-    );
+    println!("slot_bench: max = {MAX}, hold {HOLD:?}, etcd on loopback");
     println!();
     println!("| measure | p50 | p99 | samples |");
     println!("| --- | --- | --- | --- |");
@@ -170,28 +122,105 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&free, 0.99)),
         free.len()
     );
-    println!(
-        "| hand-over, release -> next waiter's acquire | {} | {} | {} |",
-        ms(percentile(&handover, 0.5)),
-        ms(percentile(&handover, 0.99)),
-        handover.len()
-    );
+    for row in &rows {
+        println!(
+            "| hand-over, release -> next waiter's acquire, {} contenders | {} | {} | {} |",
+            row.contenders,
+            ms(percentile(&row.handover, 0.5)),
+            ms(percentile(&row.handover, 0.99)),
+            row.handover.len()
+        );
+    }
     println!();
-    println!("| etcd requests per acquire (client side) | mean |");
+    println!("| etcd requests per acquire (client side, incl. queueing and watches) | mean |");
     println!("| --- | --- |");
     println!(
         "| slot free | {:.1} |",
         free_requests as f64 / FREE_SAMPLES as f64
     );
-    println!(
-        "| {CONTENDERS} contenders on max = {MAX} (incl. failed tries and watches) | {:.1} |",
-        contended_requests as f64 / acquires as f64
-    );
+    for row in &rows {
+        println!(
+            "| {} contenders on max = {MAX} | {:.1} |",
+            row.contenders,
+            row.requests as f64 / row.acquires as f64
+        );
+    }
     println!();
-    println!(
-        "{acquires} contended acquires in {:.2} s ({:.0} hand-overs/s)",
-        elapsed.as_secs_f64(),
-        acquires as f64 / elapsed.as_secs_f64()
-    );
+    for row in &rows {
+        println!(
+            "{} contenders: {} contended acquires in {:.2} s ({:.0} hand-overs/s)",
+            row.contenders,
+            row.acquires,
+            row.elapsed.as_secs_f64(),
+            row.acquires as f64 / row.elapsed.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// What one contended run measured.
+struct Contended {
+    contenders: usize,
+    acquires: usize,
+    requests: u64,
+    handover: Vec<Duration>,
+    elapsed: Duration,
+}
+
+/// `contenders` holders on max = 5, each acquiring `rounds` times in line; releases and acquires
+/// are timestamped so each acquire is matched to the release just before it.
+async fn contended(endpoint: &str, contenders: usize, rounds: usize) -> anyhow::Result<Contended> {
+    let releases = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let mut tasks = Vec::new();
+    for id in 1..=contenders {
+        let me = holder(endpoint, id).await?;
+        let releases = releases.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acquired = Vec::new();
+            let mut requests = 0;
+            for _ in 0..rounds {
+                let before = me.requests();
+                let r = me.acquire_within("2.0.0", Duration::from_secs(600)).await?;
+                anyhow::ensure!(r == Acquisition::Acquired, "not acquired: {r:?}");
+                let at = Instant::now();
+                acquired.push(at);
+                requests += me.requests() - before;
+                tokio::time::sleep(HOLD.saturating_sub(at.elapsed())).await;
+                me.release().await?;
+                if let Ok(mut r) = releases.lock() {
+                    r.push(Instant::now());
+                }
+            }
+            Ok::<_, anyhow::Error>((acquired, requests))
+        }));
+        // Join in waves, so etcd is not asked for a thousand leases in one instant.
+        if id % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let started = Instant::now();
+    let mut acquired = Vec::new();
+    let mut requests = 0;
+    for t in tasks {
+        let (a, r) = t.await??;
+        acquired.extend(a);
+        requests += r;
+    }
+    let elapsed = started.elapsed();
+    let releases = releases.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut handover: Vec<Duration> = acquired
+        .iter()
+        .filter_map(|at| {
+            let before = releases.iter().filter(|r| *r <= at).max()?;
+            Some(at.duration_since(*before))
+        })
+        .collect();
+    handover.sort();
+    Ok(Contended {
+        contenders,
+        acquires: contenders * rounds,
+        requests,
+        handover,
+        elapsed,
+    })
 }

@@ -21,8 +21,7 @@ async fn main() -> anyhow::Result<()> {
         holder: holder.clone(),
         instance: format!("web-{holder}"),
     };
-    let slots =
-        EtcdSlots::new(client, group.as_str(), NonZeroU32::MIN, ttl, who).with_endpoint(endpoint);
+    let slots = EtcdSlots::new(client, group.as_str(), NonZeroU32::MIN, ttl, who);
     match slots
         .acquire_within("2.0.0", Duration::from_secs(30))
         .await?

@@ -67,13 +67,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Release a slot or resume a halted group.
+    /// Release a slot, resume a halted group, or store a group's limit.
     Slots {
         #[command(subcommand)]
-        action: crate::commands::slots::SlotsAction,
+        action: SlotsAction,
     },
     /// The daemon: keep the instance registered in etcd while its unit is active and healthy.
     Run(RunArgs),
+}
+
+/// What `sidekick slots` does to a slot group.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SlotsAction {
+    /// Release the slot held by a holder id (to clear a holder known to be gone).
+    Release {
+        /// The holder id, as shown by `sidekick status`.
+        #[arg(long, value_name = "ID")]
+        holder: String,
+        /// The slot group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Remove the halt marker of a group, so updates go on.
+    Resume {
+        /// The slot group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Store the group's limit in etcd, for every sidekick of the group (overrides slot.max;
+    /// lowering it evicts no holder).
+    SetMax {
+        /// The slot group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// How many instances of the group may update at once.
+        #[arg(value_name = "N")]
+        max: std::num::NonZeroU32,
+    },
 }
 
 /// Options of `sidekick run`.

@@ -17,6 +17,7 @@ pub mod health;
 pub mod http_tls;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod omaha;
 pub mod registry;
 pub mod slot;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use sidekick::cli::{Cli, Command};
+use sidekick::registry::address;
 use sidekick::{commands, logging};
 
 fn main() -> ExitCode {
@@ -44,12 +45,20 @@ fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
+/// Also checks `$COREOS_PUBLIC_IPV4` when it would be the announced address.
 fn check_config(cli: &Cli) -> ExitCode {
-    match commands::load_config(&cli.config_sources()) {
-        Ok(loaded) => {
-            print!("{}", loaded.render());
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    let loaded = match commands::load_config(&cli.config_sources()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let registration = &loaded.settings.registration;
+    if registration.enabled
+        && registration.host.is_none()
+        && let Err(err) = address::check_public_ipv4_env()
+    {
+        eprintln!("sidekick: invalid configuration: {err}");
+        return ExitCode::from(commands::EXIT_CONFIG);
     }
+    print!("{}", loaded.render());
+    ExitCode::SUCCESS
 }

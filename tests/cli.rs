@@ -1,5 +1,12 @@
-//! The `sidekick` binary's configuration commands, run as a user would run them.
+//! The `sidekick` binary's configuration commands, run as a user would run them; the duration
+//! bounds and the rules of the README's configuration table in the submodules.
 
+#[path = "cli/bounds.rs"]
+mod bounds;
+#[path = "cli/rules.rs"]
+mod rules;
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -101,7 +108,40 @@ fn check_config_reads_dropins_under_the_config_root_and_flags_win() {
     );
 }
 
-fn assert_rejected(text: &str, line: usize, key: &str, detail: &str) {
+/// A valid configuration with `key = value` added (or replacing the same key), and the line the
+/// key is on.
+fn config_with(key: &str, value: &str) -> (String, usize) {
+    let (section, name) = key.split_once('.').expect("section.key");
+    let mut sections: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "instance",
+            vec![("unit".into(), "\"web@1.service\"".into())],
+        ),
+        ("registration", vec![("port".into(), "8080".into())]),
+        ("update", vec![("enabled".into(), "false".into())]),
+    ];
+    match sections.iter_mut().find(|(s, _)| *s == section) {
+        Some((_, keys)) => match keys.iter_mut().find(|(k, _)| k == name) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => keys.push((name.to_string(), value.to_string())),
+        },
+        None => sections.push((section, vec![(name.to_string(), value.to_string())])),
+    }
+    let (mut text, mut line) = (String::new(), 0);
+    for (s, keys) in &sections {
+        text.push_str(&format!("[{s}]\n"));
+        for (k, v) in keys {
+            text.push_str(&format!("{k} = {v}\n"));
+            if *s == section && k == name {
+                line = text.lines().count();
+            }
+        }
+    }
+    (text, line)
+}
+
+/// Runs `check-config` on `text`; the file and the output.
+fn check_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf, Output) {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("bad.toml");
     std::fs::write(&file, text).unwrap();
@@ -109,6 +149,23 @@ fn assert_rejected(text: &str, line: usize, key: &str, detail: &str) {
         root.path(),
         &["check-config", "--config", file.to_str().unwrap()],
     );
+    (root, file, out)
+}
+
+/// `check-config` exits 2 with `detail` on stderr and nothing on stdout.
+fn assert_refused(text: &str, detail: &str) {
+    let (_root, _file, out) = check_config(text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed on stdout for a bad config"
+    );
+    assert!(stderr.contains(detail), "want {detail:?} in {stderr}");
+}
+
+fn assert_rejected(text: &str, line: usize, key: &str, detail: &str) {
+    let (_root, file, out) = check_config(text);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(
@@ -157,5 +214,107 @@ fn check_config_rejects_an_invalid_value_with_exit_2() {
         6,
         "etcd.endpoints",
         "must be an http:// or https:// URL",
+    );
+}
+
+/// A config every command refuses: an unknown key.
+const BAD_CONFIG: &str = "[instance]\nunit = \"web@1\"\n[registration]\nprot = 8080\n";
+
+#[test]
+fn a_bad_configuration_exits_2_for_run_update_check_status_and_slots() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("bad.toml");
+    std::fs::write(&file, BAD_CONFIG).unwrap();
+    let config = file.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["run"],
+        &["run", "--dry-run"],
+        &["update-check"],
+        &["status"],
+        &["slots", "resume"],
+        &["slots", "release", "--holder", "x"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--config", config]);
+        let out = sidekick(root.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+        let at = format!("{config}:4: key `registration.prot`");
+        assert!(stderr.contains(&at), "{command:?}: want {at:?} in {stderr}");
+    }
+}
+
+#[test]
+fn check_config_warns_about_a_password_file_others_can_read_as_ssh_does() {
+    let root = tempfile::tempdir().unwrap();
+    let password = root.path().join("password");
+    std::fs::write(&password, "secret").unwrap();
+    let (text, _) = config_with("etcd.username", "\"root\"");
+    let text = text.replace(
+        "username = \"root\"",
+        &format!(
+            "username = \"root\"\npassword_file = \"{}\"",
+            password.display()
+        ),
+    );
+    let file = root.path().join("auth.toml");
+    std::fs::write(&file, text).unwrap();
+    let args = [
+        "check-config",
+        "--log",
+        "stderr",
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o600, false)] {
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = sidekick(root.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{mode:o}: {stderr}");
+        let warning = format!(
+            "etcd.password_file {} is accessible by group or others",
+            password.display()
+        );
+        assert_eq!(
+            stderr.contains(&warning) && stderr.contains("WARN"),
+            warned,
+            "{mode:o}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_a_coreos_public_ipv4_that_is_not_a_host_with_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    let (text, _) = config_with("registration.port", "8080");
+    let file = root.path().join("web.toml");
+    std::fs::write(&file, text).unwrap();
+    let command = |command: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sidekick"))
+            .args([command, "--config", file.to_str().unwrap()])
+            .env("SIDEKICK_CONFIG_ROOT", root.path())
+            .env("COREOS_PUBLIC_IPV4", value)
+            .output()
+            .expect("sidekick binary runs")
+    };
+    let run = |value: &str| command("check-config", value);
+    // `run` refuses it the same way before starting anything, so systemd does not restart it.
+    for out in [run("10.0.0.5:8080"), command("run", "10.0.0.5:8080")] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(
+                "$COREOS_PUBLIC_IPV4 = \"10.0.0.5:8080\" is neither an IP address nor a host name"
+            ),
+            "{stderr}"
+        );
+    }
+    let out = run("10.0.0.5");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -253,9 +254,20 @@ impl Drop for Running {
 #[test]
 fn without_once_the_dry_run_keeps_running_listens_nowhere_and_stops_on_sigterm() {
     let scratch = Scratch::new();
+    let mut command = scratch.command(&["run", "--dry-run"]);
+    // Dies with this test process even when it is SIGKILLed. The death signal follows the
+    // spawning thread, this test's, which outlives the child: `Running` kills it first.
+    // SAFETY: prctl(2) is async-signal-safe.
+    unsafe {
+        command.pre_exec(
+            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        );
+    }
     let mut child = Running(
-        scratch
-            .command(&["run", "--dry-run"])
+        command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -347,3 +347,19 @@ mod secure;
 /// (`tests/registration/restarts.rs`).
 #[path = "registration/restarts.rs"]
 mod restarts;
+
+/// `daemon.metrics` scraped by a real Prometheus.
+#[path = "registration/metrics.rs"]
+mod metrics;
+
+/// Self-healing registrations, duplicate instances and the real registry's fault promises.
+#[path = "registration/heal.rs"]
+mod heal;
+
+/// Expiring auth tokens (`tests/registration/auth.rs`).
+#[path = "registration/auth.rs"]
+mod auth;
+
+/// A 3-member cluster losing its leader or its quorum (`tests/registration/cluster.rs`).
+#[path = "registration/cluster.rs"]
+mod cluster;

@@ -10,8 +10,16 @@ mod commands;
 mod contention;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
+#[path = "slots/fleetlock_replay.rs"]
+mod fleetlock_replay;
+#[path = "slots/fleetlock_server.rs"]
+mod fleetlock_server;
 #[path = "slots/outage.rs"]
 mod outage;
+#[path = "slots/queue.rs"]
+mod queue;
+#[path = "slots/release.rs"]
+mod release;
 
 use std::num::NonZeroU32;
 use std::process::Command;

@@ -47,6 +47,21 @@ pub enum PassOutcome {
     },
 }
 
+impl PassOutcome {
+    /// A short stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PassOutcome::NotChecked => "not-checked",
+            PassOutcome::UnknownVersion { .. } => "unknown-version",
+            PassOutcome::NoUpdate => "no-update",
+            PassOutcome::OnHold { .. } => "on-hold",
+            PassOutcome::Failed { .. } => "error",
+            PassOutcome::Refused { .. } => "refused",
+            PassOutcome::Offered { .. } => "update",
+        }
+    }
+}
+
 /// The slot step of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotOutcome {
@@ -73,6 +88,8 @@ pub struct UpdatePass<C: UnitControl> {
     control: C,
     settings: UpdateSettings,
     schedule: PollSchedule,
+    /// The version the unit ran at the last pass that could read it.
+    running: Option<Version>,
 }
 
 impl<C: UnitControl> UpdatePass<C> {
@@ -90,7 +107,13 @@ impl<C: UnitControl> UpdatePass<C> {
             control,
             settings,
             schedule,
+            running: None,
         }
+    }
+
+    /// The version the unit ran at the last pass that could read it.
+    pub fn running(&self) -> Option<&Version> {
+        self.running.as_ref()
     }
 
     /// Runs one pass; returns its outcome and the delay before the next one.
@@ -114,7 +137,10 @@ impl<C: UnitControl> UpdatePass<C> {
             return PassOutcome::NotChecked;
         }
         let current = match self.running_version().await {
-            Ok(version) => version,
+            Ok(version) => {
+                self.running = Some(version.clone());
+                version
+            }
             Err(error) => {
                 warn!(error = %error, "cannot check for updates: the running version is unknown");
                 return PassOutcome::UnknownVersion { error };

@@ -13,9 +13,10 @@ use tracing::{debug, info, warn};
 use super::cycle::UpdatePass;
 use super::state::{self, Action, Agent, Observation};
 use crate::health::Probe;
+use crate::metrics::Metrics;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
-use crate::systemd::{ActiveState, UnitState};
+use crate::systemd::{ActiveState, LoadState, UnitState};
 
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
@@ -46,8 +47,12 @@ pub struct DriverOptions {
     pub interval: Duration,
     /// Instance name for log lines.
     pub instance: String,
+    /// The bound unit's name, for status lines.
+    pub unit_name: String,
     /// Stop after one whole pass (registration decided, one update pass) instead of running on.
     pub once: bool,
+    /// Where the loop reports its phase, registration and update checks, if anywhere.
+    pub metrics: Option<Metrics>,
 }
 
 /// The loop: observes, asks [`state::next`], acts.
@@ -188,21 +193,40 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
     async fn update_pass(&mut self) -> Option<Instant> {
         let updates = self.seams.updates.as_mut()?;
         let (outcome, delay) = updates.run().await;
+        if let Some(metrics) = &self.options.metrics {
+            metrics.update_checked(outcome.label());
+            if let Some(running) = updates.running() {
+                metrics.set_version(&running.to_string());
+            }
+        }
         debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
         (!self.options.once).then(|| Instant::now() + delay)
     }
 
     /// Sends STATUS when the line changed.
     fn report_status(&self, last: &mut String, published: &Published) {
-        let mut line = self.agent.status();
-        if let Published::Unreachable { error } = published {
-            line.push_str(&format!(" (etcd unreachable: {error})"));
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_phase(self.agent.phase.label());
+            metrics.set_registered(matches!(published, Published::Registered { .. }));
         }
+        let load = self.seams.unit.borrow().load.clone();
+        let line = status_line(&self.agent, published, &load, &self.options.unit_name);
         if *last != line {
             debug!(instance = %self.options.instance, "status: {line}");
             notify(&[sd_notify::NotifyState::Status(&line)]);
             *last = line;
         }
+    }
+}
+
+/// The sd_notify STATUS line: what is true of the registration, and why not when it is not.
+fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &str) -> String {
+    match published {
+        _ if load.is_unusable() => format!("not registered: unit {unit} is {load}"),
+        Published::Unreachable { error } if agent.registered => {
+            format!("not registered: etcd unreachable ({error})")
+        }
+        _ => agent.status(),
     }
 }
 
@@ -271,9 +295,42 @@ mod tests {
             entries: vec![("k".into(), "v".into())],
             interval: Duration::from_millis(10),
             instance: "web-1".into(),
+            unit_name: "web@1.service".into(),
             once: false,
+            metrics: None,
         };
         Driver::new(agent, seams, options)
+    }
+
+    #[test]
+    fn status_says_not_registered_while_etcd_is_unreachable_or_the_unit_unusable() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let mut agent = Agent::new(HealthStreak::new(n(1), n(1)), true);
+        agent.unit = ActiveState::Active;
+        agent.registered = true;
+        let unreachable = Published::Unreachable {
+            error: "connection refused".into(),
+        };
+        let loaded = LoadState::Loaded;
+        assert_eq!(
+            status_line(&agent, &unreachable, &loaded, "web@1.service"),
+            "not registered: etcd unreachable (connection refused)"
+        );
+        let registered = Published::Registered { lease: 7 };
+        assert_eq!(
+            status_line(&agent, &registered, &loaded, "web@1.service"),
+            "registered"
+        );
+        assert_eq!(
+            status_line(&agent, &registered, &LoadState::NotFound, "web@1.service"),
+            "not registered: unit web@1.service is not-found"
+        );
+        agent.registered = false;
+        agent.unit = ActiveState::Inactive;
+        assert_eq!(
+            status_line(&agent, &unreachable, &loaded, "web@1.service"),
+            "not registered: unit is inactive"
+        );
     }
 
     async fn wait_for(registry: &MemoryRegistry, want: bool) {

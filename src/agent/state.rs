@@ -18,6 +18,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// A short stable name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Stopping => "stopping",
+        }
+    }
+
     /// Whether the instance may be registered in this phase.
     pub fn allows_registration(&self) -> bool {
         matches!(self, Phase::Serving)

@@ -15,11 +15,16 @@ use crate::config::{self, ConfigSources, LoadedConfig, Settings};
 pub const EXIT_CONFIG: u8 = 2;
 
 /// The loaded configuration, or [`EXIT_CONFIG`] after printing why it cannot be used.
+/// Secret files that others can read are logged as warnings, as ssh does.
 pub fn load_config(sources: &ConfigSources) -> Result<LoadedConfig, ExitCode> {
-    config::load(sources).map_err(|err| {
+    let loaded = config::load(sources).map_err(|err| {
         eprintln!("sidekick: invalid configuration: {err}");
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    for warning in config::secrets::secret_file_warnings(&loaded.settings) {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded)
 }
 
 /// The validated settings, or the exit code after printing why there are none.

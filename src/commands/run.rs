@@ -19,6 +19,7 @@ use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, HealthCheck, LoadedConfig, Settings};
 use crate::health::{HealthProbe, HealthStreak};
+use crate::metrics::Metrics;
 use crate::omaha::{
     AnyUpdateSource, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, ReleaseList,
     UpdateBackend,
@@ -83,6 +84,14 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
         }
         World::Configured
     };
+    // An address that cannot be announced is a configuration problem: exit 2, no restart loop.
+    let host = match announced_host(settings.registration.host.as_deref()) {
+        Ok(host) => host,
+        Err(err) => {
+            eprintln!("sidekick: invalid configuration: {err}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,7 +106,7 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
     // single-threaded, so the span stays entered for every task it polls.
     let _instance = info_span!("instance", unit = %settings.instance.unit).entered();
     let started = Instant::now();
-    match runtime.block_on(run(settings, world, args)) {
+    match runtime.block_on(run(settings, host, world, args)) {
         Ok(report) => {
             info!(
                 etcd_requests = report.etcd_requests,
@@ -114,7 +123,12 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
 }
 
 /// Wires the seams of `world` from `settings` and drives them until a stop signal (or one pass).
-async fn run(settings: Settings, world: World, args: &RunArgs) -> anyhow::Result<DriverReport> {
+async fn run(
+    settings: Settings,
+    host: String,
+    world: World,
+    args: &RunArgs,
+) -> anyhow::Result<DriverReport> {
     let mut terminate = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
     let shutdown = async move {
@@ -125,7 +139,6 @@ async fn run(settings: Settings, world: World, args: &RunArgs) -> anyhow::Result
     };
     let dry_run = args.dry_run;
     let registration = &settings.registration;
-    let host = announced_host(registration.host.as_deref())?;
     let entries = KeyLayout::from_settings(registration).entries(&Announce {
         service: settings.instance.service.clone(),
         instance: settings.instance.name.clone(),
@@ -201,11 +214,24 @@ async fn run(settings: Settings, world: World, args: &RunArgs) -> anyhow::Result
         unit,
         updates,
     };
+    let metrics = match settings.daemon.metrics {
+        Some(listen) => {
+            let metrics = Metrics::new();
+            let (bound, _) = crate::metrics::serve(listen, metrics.clone())
+                .await
+                .with_context(|| format!("failed to serve metrics on {listen}"))?;
+            info!("serving Prometheus metrics at http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     let options = DriverOptions {
         entries,
         interval: health.interval,
         instance: settings.instance.name.clone(),
+        unit_name: settings.instance.unit.clone(),
         once: args.once,
+        metrics,
     };
     let report = Driver::new(agent, seams, options).run(shutdown).await;
     drop(follower);

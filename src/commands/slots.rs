@@ -1,34 +1,14 @@
-//! `sidekick slots release|resume`: an operator's hands on the update slots of a group.
+//! `sidekick slots release|resume|set-max`: an operator's hands on the update slots of a group.
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use crate::cli::SlotsAction;
 
 use crate::config::{ConfigSources, Settings, SlotBackend};
 use url::Url;
 
 use crate::slot::fleetlock::halt_record;
-use crate::slot::{FleetLockSlots, SlotHolder, SlotLock, etcd, halt};
-
-/// What to do to a slot group.
-#[derive(Debug, Clone, Subcommand)]
-pub enum SlotsAction {
-    /// Release the slot held by a holder id (to clear a holder known to be gone).
-    Release {
-        /// The holder id, as shown by `sidekick status`.
-        #[arg(long, value_name = "ID")]
-        holder: String,
-        /// The slot group (default: slot.group from the configuration).
-        #[arg(long, value_name = "GROUP")]
-        group: Option<String>,
-    },
-    /// Remove the halt marker of a group, so updates go on.
-    Resume {
-        /// The slot group (default: slot.group from the configuration).
-        #[arg(long, value_name = "GROUP")]
-        group: Option<String>,
-    },
-}
+use crate::slot::{FleetLockSlots, SlotHolder, SlotLock, etcd, halt, limit};
 
 /// `sidekick slots ...`.
 pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
@@ -44,6 +24,10 @@ pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
         SlotsAction::Resume { group } => {
             let group = group.as_deref().unwrap_or(&settings.slot.group);
             resume(&settings, group).await
+        }
+        SlotsAction::SetMax { group, max } => {
+            let group = group.as_deref().unwrap_or(&settings.slot.group);
+            set_max(&settings, group, max.get()).await
         }
     };
     match result {
@@ -104,6 +88,22 @@ async fn resume(settings: &Settings, group: &str) -> Result<String, ExitCode> {
         )),
         Ok(None) => Ok(format!("group {group} is not halted; nothing to resume")),
         Err(err) => fail(format!("failed to resume group {group}: {err}")),
+    }
+}
+
+async fn set_max(settings: &Settings, group: &str, max: u32) -> Result<String, ExitCode> {
+    if settings.slot.backend == SlotBackend::Fleetlock {
+        return fail(format!(
+            "group {group} uses the FleetLock backend: its limit is the FleetLock server's setting"
+        ));
+    }
+    let mut client = super::connect(settings).await?;
+    match limit::set(&mut client, group, max).await {
+        Ok(Some(was)) => Ok(format!("stored limit {max} for group {group} (was {was})")),
+        Ok(None) => Ok(format!(
+            "stored limit {max} for group {group} (was slot.max of each sidekick)"
+        )),
+        Err(err) => fail(format!("failed to store the limit of group {group}: {err}")),
     }
 }
 

@@ -6,7 +6,6 @@
 //! [`StatusReport::sections`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use etcd_client::{Client, GetOptions};
@@ -14,15 +13,30 @@ use serde::Serialize;
 
 use crate::config::ConfigSources;
 use crate::registry::KeyLayout;
+use crate::registry::duplicate::{self, DuplicateRecord};
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
+
+mod table;
+pub use table::{Section, printable};
 
 /// Everything `status` shows.
 #[derive(Debug, Default, Serialize)]
 pub struct StatusReport {
     pub registrations: Vec<RegistrationStatus>,
     pub slot_groups: Vec<SlotGroupStatus>,
+    /// Limits stored with `sidekick slots set-max`, by group.
+    pub slot_limits: Vec<SlotLimitStatus>,
+    /// Instances kept out of a registration another live instance holds.
+    pub duplicates: Vec<DuplicateRecord>,
     pub halts: Vec<HaltStatus>,
+}
+
+/// A group's limit stored in etcd (authoritative over `slot.max`).
+#[derive(Debug, Serialize)]
+pub struct SlotLimitStatus {
+    pub group: String,
+    pub max: u32,
 }
 
 /// One registration found under the configured layout's prefix.
@@ -51,6 +65,8 @@ pub struct HolderStatus {
     pub instance: String,
     pub version: String,
     pub since: String,
+    /// The holder's hostname, when its value names one.
+    pub host: Option<String>,
     /// Seconds left on the holder's lease; `None` for a key with no lease (not ours).
     pub ttl_left: Option<i64>,
 }
@@ -63,40 +79,6 @@ pub struct HaltStatus {
     pub reason: String,
     pub instance: String,
     pub since: String,
-}
-
-/// A titled table of rows.
-pub struct Section {
-    pub title: &'static str,
-    pub headers: &'static [&'static str],
-    pub rows: Vec<Vec<String>>,
-}
-
-impl Section {
-    /// The title, then the header and rows with columns padded to their widest cell.
-    pub fn render(&self) -> String {
-        let mut out = format!("{}\n", self.title);
-        if self.rows.is_empty() {
-            out.push_str("  (none)\n");
-            return out;
-        }
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        for row in std::iter::once(&headers).chain(&self.rows) {
-            let mut line = String::from(" ");
-            for (cell, w) in row.iter().zip(&widths) {
-                let _ = write!(line, " {cell:<w$} ");
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
 }
 
 impl StatusReport {
@@ -114,6 +96,7 @@ impl StatusReport {
                         h.version.clone(),
                         h.since.clone(),
                         ttl_cell(h.ttl_left),
+                        h.host.clone().unwrap_or_else(|| "-".into()),
                         h.holder.clone(),
                     ]
                 })
@@ -154,9 +137,34 @@ impl StatusReport {
             Section {
                 title: "UPDATE SLOTS",
                 headers: &[
-                    "GROUP", "SLOT", "INSTANCE", "VERSION", "SINCE", "TTL", "HOLDER",
+                    "GROUP", "SLOT", "INSTANCE", "VERSION", "SINCE", "TTL", "HOST", "HOLDER",
                 ],
                 rows: holders,
+            },
+            Section {
+                title: "SLOT LIMITS (stored)",
+                headers: &["GROUP", "MAX"],
+                rows: self
+                    .slot_limits
+                    .iter()
+                    .map(|l| vec![l.group.clone(), l.max.to_string()])
+                    .collect(),
+            },
+            Section {
+                title: "DUPLICATE INSTANCES",
+                headers: &["KEY", "HELD BY", "KEPT OUT", "SINCE"],
+                rows: self
+                    .duplicates
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.key.clone(),
+                            d.held_by.clone(),
+                            d.host.clone(),
+                            d.since.clone(),
+                        ]
+                    })
+                    .collect(),
             },
             Section {
                 title: "HALTS",
@@ -242,6 +250,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
             instance: "?".into(),
             version: "?".into(),
             since: String::new(),
+            host: None,
         });
         let ttl_left = ttls.of(client, kv.lease()).await?;
         groups
@@ -253,6 +262,7 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
                 instance: value.instance,
                 version: value.version,
                 since: value.since,
+                host: value.host.map(|h| h.hostname),
                 ttl_left,
             });
     }
@@ -275,9 +285,16 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
             since: m.since,
         })
         .collect();
+    let slot_limits = crate::slot::limit::list(client)
+        .await?
+        .into_iter()
+        .map(|(group, max)| SlotLimitStatus { group, max })
+        .collect();
     Ok(StatusReport {
         registrations: registrations(client, layout).await?,
         slot_groups: slot_groups(client).await?,
+        slot_limits,
+        duplicates: duplicate::list(client).await?,
         halts,
     })
 }
@@ -319,24 +336,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn columns_align_to_the_widest_cell() {
-        let section = Section {
-            title: "T",
-            headers: &["A", "LONG HEADER"],
-            rows: vec![vec!["wide cell".into(), "x".into()]],
-        };
-        assert_eq!(
-            section.render(),
-            "T\n  A          LONG HEADER\n  wide cell  x\n"
-        );
-    }
-
-    #[test]
     fn an_empty_section_says_none() {
         let text = StatusReport::default().render_table();
         assert_eq!(
             text,
-            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nHALTS\n  (none)\n"
+            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use semver::Version;
 use serde::Serialize;
@@ -69,11 +70,53 @@ pub async fn run(
     }
 }
 
+/// The longest a whole `update-check` takes: reading the unit's version, the check, and the
+/// event for a refused offer, each request also bounded by [`HttpTimeouts::default`].
+pub const UPDATE_CHECK_LIMIT: Duration = Duration::from_secs(55);
+
 /// Runs one check; `current_version` overrides the version read from the unit over D-Bus.
 pub async fn update_check(
     settings: &Settings,
     current_version: Option<&str>,
     interactive: bool,
+) -> CheckReport {
+    let timeouts = HttpTimeouts::default();
+    update_check_within(
+        settings,
+        current_version,
+        interactive,
+        timeouts,
+        UPDATE_CHECK_LIMIT,
+    )
+    .await
+}
+
+/// [`update_check`] with its own per-request `timeouts` and overall `limit` (tests use short ones).
+pub async fn update_check_within(
+    settings: &Settings,
+    current_version: Option<&str>,
+    interactive: bool,
+    timeouts: HttpTimeouts,
+    limit: Duration,
+) -> CheckReport {
+    let check = check_once(settings, current_version, interactive, timeouts);
+    match tokio::time::timeout(limit, check).await {
+        Ok(report) => report,
+        Err(_) => CheckReport::error(
+            "timeout",
+            format!(
+                "update-check did not finish within {}",
+                humantime::format_duration(limit)
+            ),
+        ),
+    }
+}
+
+async fn check_once(
+    settings: &Settings,
+    current_version: Option<&str>,
+    interactive: bool,
+    timeouts: HttpTimeouts,
 ) -> CheckReport {
     let current = match current_version {
         Some(raw) => Version::parse(raw)
@@ -92,7 +135,7 @@ pub async fn update_check(
         Err(err) => return CheckReport::error("identity", err),
     };
     let ca_file = settings.update.ca_file.as_deref();
-    let source = match HttpUpdateSource::new(server, instance, HttpTimeouts::default(), ca_file) {
+    let source = match HttpUpdateSource::new(server, instance, timeouts, ca_file) {
         Ok(source) => source,
         Err(err) => return CheckReport::error(err.kind(), err),
     };

@@ -7,8 +7,10 @@
 //! name order, where a file hides one of the same name in a lower directory and a symlink to
 //! `/dev/null` hides it altogether; each `--config FILE` in order; then flags.
 
+pub mod bounds;
 pub mod fragments;
 pub mod inputs;
+pub mod secrets;
 pub mod settings;
 pub mod sources;
 mod validate;
@@ -20,6 +22,7 @@ use thiserror::Error;
 
 pub use inputs::{Input, Origin, Origins};
 pub use settings::*;
+pub use validate::valid_host;
 
 /// A configuration that cannot be used, naming the file, line and key where it can.
 #[derive(Debug, Error)]
@@ -188,5 +191,7 @@ pub fn system_root() -> &'static Path {
     Path::new("/")
 }
 
+#[cfg(test)]
+mod duration_props;
 #[cfg(test)]
 mod tests;

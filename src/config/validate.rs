@@ -5,26 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 
 mod check;
 mod slot;
+mod unit;
 
 use super::ConfigError;
 use super::inputs::{Input, Origins};
 use super::settings::*;
 use check::Check;
-
-/// Unit name as systemctl would take it: no suffix means `.service`.
-fn normalise_unit(unit: &str) -> String {
-    if unit.contains('.') {
-        unit.to_string()
-    } else {
-        format!("{unit}.service")
-    }
-}
-
-fn valid_unit_name(unit: &str) -> bool {
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '@' | '-' | '\\');
-    !unit.is_empty() && unit.len() <= 255 && !unit.starts_with('@') && unit.chars().all(allowed)
-}
+use unit::{normalise_unit, unit_problem};
 
 fn default_prefix(layout: Layout) -> &'static str {
     match layout {
@@ -35,7 +22,8 @@ fn default_prefix(layout: Layout) -> &'static str {
     }
 }
 
-fn valid_host(host: &str) -> bool {
+/// An IP address or a DNS host name: what `registration.host` and `$COREOS_PUBLIC_IPV4` accept.
+pub fn valid_host(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
         || (!host.is_empty()
             && host.len() <= 253
@@ -86,11 +74,8 @@ impl Settings {
             )
         })?;
         let unit = normalise_unit(&unit);
-        if !valid_unit_name(&unit) {
-            return Err(check.fail(
-                "instance.unit",
-                format!("`{unit}` is not a valid systemd unit name"),
-            ));
+        if let Some(problem) = unit_problem(&unit) {
+            return Err(check.fail("instance.unit", problem));
         }
         let stem = unit
             .rsplit_once('.')
@@ -142,7 +127,7 @@ impl Settings {
         }
         let etcd = EtcdSettings {
             endpoints,
-            timeout: check.positive("etcd.timeout", etcd.timeout)?,
+            timeout: check.duration("etcd.timeout", etcd.timeout)?,
             auth,
             ca_file: etcd.ca_file,
             client_cert,
@@ -206,7 +191,7 @@ impl Settings {
             host,
             port,
             scheme: registration.scheme,
-            ttl: check.at_least("registration.ttl", registration.ttl, MIN_LEASE_TTL)?,
+            ttl: check.duration("registration.ttl", registration.ttl)?,
         };
 
         let probe_port = |kind: &str| {
@@ -251,8 +236,8 @@ impl Settings {
         };
         let health = HealthSettings {
             check: health_check,
-            interval: check.positive("health.interval", health.interval)?,
-            timeout: check.positive("health.timeout", health.timeout)?,
+            interval: check.duration("health.interval", health.interval)?,
+            timeout: check.duration("health.timeout", health.timeout)?,
             rise: check.non_zero("health.rise", health.rise)?,
             fall: check.non_zero("health.fall", health.fall)?,
         };
@@ -287,7 +272,7 @@ impl Settings {
             track: check.word("update.track", &update.track)?,
             arch: check.word("update.arch", &update.arch)?,
             app_id: update.app_id,
-            interval: check.at_least("update.interval", update.interval, MIN_UPDATE_INTERVAL)?,
+            interval: check.duration("update.interval", update.interval)?,
             image: update.image,
             pin_digest: update.pin_digest,
             ca_file: update.ca_file,
@@ -313,9 +298,9 @@ impl Settings {
             ));
         }
         let swap = SwapSettings {
-            drain: swap.drain,
-            start_timeout: check.positive("swap.start_timeout", swap.start_timeout)?,
-            verify_timeout: check.positive("swap.verify_timeout", swap.verify_timeout)?,
+            drain: check.duration("swap.drain", swap.drain)?,
+            start_timeout: check.duration("swap.start_timeout", swap.start_timeout)?,
+            verify_timeout: check.duration("swap.verify_timeout", swap.verify_timeout)?,
             prepull: swap.prepull,
             dropin_dir: check.absolute("swap.dropin_dir", swap.dropin_dir)?,
         };

@@ -1,23 +1,58 @@
 //! The address this instance announces: `registration.host`, else `$COREOS_PUBLIC_IPV4` (set by
 //! CoreOS/Flatcar's metadata agent), else the first non-loopback IPv4 address of an interface
-//! that is up, as the kernel lists them (`getifaddrs(3)`).
+//! that is up, as the kernel lists them (`getifaddrs(3)`). `$COREOS_PUBLIC_IPV4` is checked like
+//! `registration.host`: a value that is neither an IP address nor a host name is an error, never
+//! announced.
 
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
+use crate::config::valid_host;
+
 /// Environment variable naming the host's public IPv4 on CoreOS-style hosts.
 pub const PUBLIC_IPV4_ENV: &str = "COREOS_PUBLIC_IPV4";
 
-/// No address to announce.
+/// No usable address to announce.
 #[derive(Debug, Error)]
-#[error(
-    "no address to announce: registration.host is unset, ${PUBLIC_IPV4_ENV} is unset and no \
-     interface has a non-loopback IPv4 address ({detail}); set registration.host"
-)]
-pub struct NoAddress {
-    detail: String,
+pub enum AddressError {
+    #[error(
+        "no address to announce: registration.host is unset, ${PUBLIC_IPV4_ENV} is unset and no \
+         interface has a non-loopback IPv4 address ({detail}); set registration.host"
+    )]
+    NoAddress { detail: String },
+    #[error(
+        "${PUBLIC_IPV4_ENV} = {value:?} is neither an IP address nor a host name; fix it (often in \
+         /etc/environment) or set registration.host"
+    )]
+    InvalidPublicIpv4 { value: String },
+}
+
+impl AddressError {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AddressError::NoAddress { .. } => "no_address",
+            AddressError::InvalidPublicIpv4 { .. } => "invalid_public_ipv4",
+        }
+    }
+}
+
+/// `$COREOS_PUBLIC_IPV4` as given (trimmed), if set and not empty; an error if it is not a host.
+pub fn public_ipv4(value: Option<&str>) -> Result<Option<String>, AddressError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) if valid_host(v) => Ok(Some(v.to_string())),
+        Some(v) => Err(AddressError::InvalidPublicIpv4 {
+            value: v.chars().take(256).collect(),
+        }),
+    }
+}
+
+/// Checks `$COREOS_PUBLIC_IPV4` of this process, for `check-config`.
+pub fn check_public_ipv4_env() -> Result<Option<String>, AddressError> {
+    public_ipv4(std::env::var(PUBLIC_IPV4_ENV).ok().as_deref())
 }
 
 /// An interface address as the kernel reports it.
@@ -29,30 +64,29 @@ pub struct InterfaceAddress {
 }
 
 /// Picks the announced host from the configured value, the environment value and the
-/// interfaces, in that order.
+/// interfaces, in that order; an invalid environment value is an error even when interfaces
+/// would give an address, so a typo is seen instead of silently announcing another address.
 pub fn choose_host(
     configured: Option<&str>,
-    public_ipv4: Option<&str>,
+    env_value: Option<&str>,
     interfaces: &[InterfaceAddress],
-) -> Option<String> {
+) -> Result<Option<String>, AddressError> {
     if let Some(host) = configured.filter(|h| !h.is_empty()) {
-        return Some(host.to_string());
+        return Ok(Some(host.to_string()));
     }
-    if let Some(ip) = public_ipv4.map(str::trim).filter(|h| !h.is_empty()) {
-        return Some(ip.to_string());
+    if let Some(ip) = public_ipv4(env_value)? {
+        return Ok(Some(ip));
     }
-    interfaces
+    Ok(interfaces
         .iter()
         .find(|i| i.up && !i.address.is_loopback() && !i.address.is_unspecified())
-        .map(|i| i.address.to_string())
+        .map(|i| i.address.to_string()))
 }
 
 /// Resolves the announced host for production: reads the environment and the interfaces.
-pub fn announced_host(configured: Option<&str>) -> Result<String, NoAddress> {
-    if configured.is_some_and(|h| !h.is_empty()) {
-        return choose_host(configured, None, &[]).ok_or_else(|| NoAddress {
-            detail: String::new(),
-        });
+pub fn announced_host(configured: Option<&str>) -> Result<String, AddressError> {
+    if let Some(host) = configured.filter(|h| !h.is_empty()) {
+        return Ok(host.to_string());
     }
     let env = std::env::var(PUBLIC_IPV4_ENV).ok();
     let (interfaces, detail) = match interface_addresses() {
@@ -62,7 +96,7 @@ pub fn announced_host(configured: Option<&str>) -> Result<String, NoAddress> {
         }
         Err(e) => (Vec::new(), format!("getifaddrs failed: {e}")),
     };
-    choose_host(None, env.as_deref(), &interfaces).ok_or(NoAddress { detail })
+    choose_host(None, env.as_deref(), &interfaces)?.ok_or(AddressError::NoAddress { detail })
 }
 
 /// IPv4 addresses of all interfaces, in the kernel's order.
@@ -121,8 +155,8 @@ mod tests {
     fn configured_host_wins_over_environment_and_interfaces() {
         let ifaces = [iface("eth0", [10, 0, 0, 5], true)];
         assert_eq!(
-            choose_host(Some("web.internal"), Some("192.0.2.1"), &ifaces).as_deref(),
-            Some("web.internal")
+            choose_host(Some("web.internal"), Some("192.0.2.1"), &ifaces).unwrap(),
+            Some("web.internal".into())
         );
     }
 
@@ -130,9 +164,34 @@ mod tests {
     fn coreos_public_ipv4_comes_before_interfaces() {
         let ifaces = [iface("eth0", [10, 0, 0, 5], true)];
         assert_eq!(
-            choose_host(None, Some("192.0.2.1"), &ifaces).as_deref(),
-            Some("192.0.2.1")
+            choose_host(None, Some(" 192.0.2.1\n"), &ifaces).unwrap(),
+            Some("192.0.2.1".into())
         );
+    }
+
+    #[test]
+    fn coreos_public_ipv4_is_validated_like_registration_host() {
+        let ifaces = [iface("eth0", [10, 0, 0, 5], true)];
+        for bad in [
+            "10.0.0.5:80",
+            "http://10.0.0.5",
+            "a b",
+            "host_name",
+            "-x",
+            "\u{1b}[31m",
+        ] {
+            match choose_host(None, Some(bad), &ifaces) {
+                Err(err @ AddressError::InvalidPublicIpv4 { .. }) => {
+                    assert!(err.to_string().contains("COREOS_PUBLIC_IPV4"), "{err}");
+                    assert_eq!(err.kind(), "invalid_public_ipv4");
+                }
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+        for good in ["10.1.2.3", "::1", "web-1.internal"] {
+            assert_eq!(public_ipv4(Some(good)).unwrap(), Some(good.to_string()));
+        }
+        assert_eq!(public_ipv4(Some("  ")).unwrap(), None);
     }
 
     #[test]
@@ -143,10 +202,10 @@ mod tests {
             iface("eth0", [10, 0, 0, 5], true),
         ];
         assert_eq!(
-            choose_host(None, None, &ifaces).as_deref(),
-            Some("10.0.0.5")
+            choose_host(None, None, &ifaces).unwrap(),
+            Some("10.0.0.5".into())
         );
-        assert_eq!(choose_host(None, Some(""), &ifaces[..2]), None);
+        assert_eq!(choose_host(None, Some(""), &ifaces[..2]).unwrap(), None);
     }
 
     #[test]

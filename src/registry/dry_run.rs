@@ -14,11 +14,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::lease::endpoint_list;
 use super::{Entry, Published, Registry};
 use crate::backoff::{Backoff, MAX_DELAY};
 use crate::config::EtcdSettings;
 use crate::dry_run::would;
+use crate::etcd::endpoint_list;
 
 /// What the driver asked for, in order: a dry run logs each step, none may be coalesced away.
 #[derive(Debug)]

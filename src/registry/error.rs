@@ -11,10 +11,10 @@ pub enum LeaseError {
     Rpc { op: &'static str, detail: String },
     #[error("lease {0:x} is gone (expired or revoked)")]
     Gone(i64),
-    #[error("keepalive stream ended")]
-    StreamEnded,
-    #[error("no keepalive answer within one keepalive interval")]
-    Stalled,
+    #[error("registration lease lost: {0}")]
+    Lost(String),
+    #[error("duplicate instance: {key} is held by another live instance on {other_host}")]
+    Duplicate { key: String, other_host: String },
     /// Not a failure: the desired registration changed while a step was under way.
     #[error("the desired registration changed")]
     Superseded,
@@ -27,8 +27,8 @@ impl LeaseError {
             LeaseError::Connect(_) => "connect",
             LeaseError::Rpc { .. } => "rpc",
             LeaseError::Gone(_) => "lease_gone",
-            LeaseError::StreamEnded => "stream_ended",
-            LeaseError::Stalled => "stalled",
+            LeaseError::Lost(_) => "lease_lost",
+            LeaseError::Duplicate { .. } => "duplicate",
             LeaseError::Superseded => "superseded",
         }
     }

@@ -10,18 +10,20 @@
 pub mod address;
 pub mod any;
 pub mod dry_run;
+pub mod duplicate;
 pub mod error;
 pub mod layout;
 pub mod lease;
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::config::EtcdSettings;
+use crate::etcd::EtcdConnection;
 pub use any::AnyRegistry;
 pub use dry_run::DryRunRegistry;
 pub use layout::{Announce, Entry, KeyLayout, Listed};
@@ -56,6 +58,9 @@ pub enum Published {
     Registered { lease: i64 },
     /// etcd does not answer; the last error. A lease may still hold keys until it expires.
     Unreachable { error: String },
+    /// Another live instance holds `key` (named `other_host` in its value): nothing is written
+    /// until it goes away.
+    Duplicate { key: String, other_host: String },
 }
 
 /// Publishes one instance's registration. Methods only state intent and return at once.
@@ -75,10 +80,9 @@ pub trait Registry: Send {
 /// The etcd registry: a background task holding the registration lease.
 pub struct EtcdRegistry {
     instance: String,
-    endpoint: String,
+    etcd: EtcdConnection,
     desired: watch::Sender<Intent>,
     published: watch::Receiver<Published>,
-    requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,23 +94,20 @@ impl EtcdRegistry {
             withdrawals: 0,
         });
         let (published_tx, published) = watch::channel(Published::Absent);
-        let requests = Arc::new(AtomicU64::new(0));
-        let endpoint = lease::endpoint_list(&etcd);
+        let etcd = EtcdConnection::new(etcd);
         let lease = RegistrationLease::new(
-            etcd,
+            etcd.clone(),
             instance.clone(),
             ttl,
             desired_rx,
             published_tx,
-            requests.clone(),
         );
         let task = tokio::spawn(lease.run());
         EtcdRegistry {
             instance,
-            endpoint,
+            etcd,
             desired,
             published,
-            requests,
             task,
         }
     }
@@ -130,7 +131,7 @@ impl Registry for EtcdRegistry {
     }
 
     fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.etcd.requests()
     }
 
     async fn shutdown(self, deadline: Duration) {
@@ -138,7 +139,7 @@ impl Registry for EtcdRegistry {
             .send_modify(|intent| intent.desired = Desired::Shutdown);
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            tracing::warn!(instance = %self.instance, endpoint = %self.endpoint,
+            tracing::warn!(instance = %self.instance, endpoint = %self.etcd.endpoint(),
                 error = format!("no answer within {deadline:?}"),
                 "registration not withdrawn on shutdown; its lease expires within its TTL");
             task.abort();
@@ -146,11 +147,15 @@ impl Registry for EtcdRegistry {
     }
 }
 
-/// An in-memory registry: records every change.
+/// How many changes the in-memory registry remembers: it also serves daemons that run for months
+/// with registration disabled, so its history must not grow without end.
+pub const MEMORY_HISTORY: usize = 64;
+
+/// An in-memory registry: records the last [`MEMORY_HISTORY`] changes.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     state: Arc<Mutex<Option<Vec<Entry>>>>,
-    history: Arc<Mutex<Vec<Desired>>>,
+    history: Arc<Mutex<VecDeque<Desired>>>,
     published: watch::Sender<Published>,
 }
 
@@ -169,9 +174,12 @@ impl MemoryRegistry {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Every register/deregister/shutdown call, in order.
+    /// The last [`MEMORY_HISTORY`] register/deregister/shutdown calls, oldest first.
     pub fn history(&self) -> Vec<Desired> {
-        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn record(&self, desired: Desired) {
@@ -187,7 +195,10 @@ impl MemoryRegistry {
             *state = entries;
         }
         if let Ok(mut history) = self.history.lock() {
-            history.push(desired);
+            if history.len() == MEMORY_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(desired);
         }
     }
 }
@@ -217,5 +228,23 @@ impl Registry for MemoryRegistry {
 
     async fn shutdown(self, _deadline: Duration) {
         self.record(Desired::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_history_keeps_only_the_latest_changes() {
+        let mut registry = MemoryRegistry::new();
+        for _ in 0..MEMORY_HISTORY * 3 {
+            registry.register(Vec::new());
+            registry.deregister();
+        }
+        let history = registry.history();
+        assert_eq!(history.len(), MEMORY_HISTORY);
+        assert_eq!(history.last(), Some(&Desired::Absent));
+        assert_eq!(registry.current(), None);
     }
 }

@@ -17,20 +17,24 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchFilterType, WatchOptions};
+use etcd_client::{EventType, WatchFilterType, WatchOptions};
 use tokio::sync::{Mutex, Notify};
-use url::Url;
 
 mod acquire;
+mod queue;
 
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
-use super::lease::SlotLease;
-use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, SlotValue, with_jitter};
-use crate::config::Settings;
+use super::lease::{HoldingWatch, SlotLease};
+use super::{
+    Acquisition, Holding, SlotError, SlotHolder, SlotHost, SlotLock, SlotValue, with_jitter,
+};
+use crate::config::SlotSettings;
+use crate::etcd::EtcdConnection;
+use crate::etcd::lease::LeaseState;
 
 /// An acquire gives up (reports busy) after this many lost races in a row.
 const MAX_RACES: u32 = 64;
@@ -46,20 +50,25 @@ struct HolderState {
     seen_revision: i64,
     /// The limit that snapshot was judged by; a waiter retries at once when it changed.
     seen_max: u32,
+    /// This holder's place in the group's queue, while it waits in line.
+    queued: Option<acquire::Queued>,
+    /// The snapshot the last busy answer was judged by.
+    last: Option<super::keys::Snapshot>,
 }
 
 /// An update slot in an etcd group, for one holder.
 pub struct EtcdSlots {
-    client: Client,
+    etcd: EtcdConnection,
     group: String,
     who: SlotHolder,
-    /// The etcd endpoint(s), for log lines.
-    endpoint: String,
+    host: SlotHost,
     ttl: Duration,
     max: AtomicU32,
     max_changed: Notify,
     state: Mutex<HolderState>,
     requests: Arc<AtomicU64>,
+    /// The lease of a wait in line under way (0: none), revoked if that wait is abandoned.
+    waiting_lease: AtomicI64,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -75,36 +84,34 @@ impl std::fmt::Debug for EtcdSlots {
 impl EtcdSlots {
     /// A holder of `group` allowing `max` holders, with its lease TTL.
     pub fn new(
-        client: Client,
+        etcd: impl Into<EtcdConnection>,
         group: impl Into<String>,
         max: NonZeroU32,
         ttl: Duration,
         who: SlotHolder,
     ) -> EtcdSlots {
         EtcdSlots {
-            client,
+            etcd: etcd.into(),
             group: group.into(),
             who,
-            endpoint: String::new(),
+            host: SlotHost::this(),
             ttl,
             max: AtomicU32::new(max.get()),
             max_changed: Notify::new(),
             state: Mutex::new(HolderState::default()),
             requests: Arc::new(AtomicU64::new(0)),
+            waiting_lease: AtomicI64::new(0),
         }
     }
 
-    /// A holder configured from `[slot]`, naming the `[etcd]` endpoints in its log lines.
-    pub fn from_settings(client: Client, settings: &Settings, who: SlotHolder) -> EtcdSlots {
-        let slot = &settings.slot;
-        let endpoints: Vec<&str> = settings.etcd.endpoints.iter().map(Url::as_str).collect();
-        EtcdSlots::new(client, &slot.group, slot.max, slot.ttl, who)
-            .with_endpoint(endpoints.join(","))
+    /// A holder configured from `[slot]`, over the shared etcd connection.
+    pub fn from_settings(etcd: EtcdConnection, slot: &SlotSettings, who: SlotHolder) -> EtcdSlots {
+        EtcdSlots::new(etcd, &slot.group, slot.max, slot.ttl, who)
     }
 
-    /// Names the etcd endpoint(s) in this holder's log lines.
-    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> EtcdSlots {
-        self.endpoint = endpoint.into();
+    /// Names the host written into slot values (default: this host).
+    pub fn with_host(mut self, host: SlotHost) -> EtcdSlots {
+        self.host = host;
         self
     }
 
@@ -125,40 +132,89 @@ impl EtcdSlots {
     }
 
     /// Follows this holder's lease, to learn at once when a held slot is lost.
-    pub async fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<Holding>> {
+    pub async fn subscribe(&self) -> Option<HoldingWatch> {
         self.state
             .lock()
             .await
             .lease
             .as_ref()
-            .map(SlotLease::subscribe)
+            .map(|lease| HoldingWatch::new(lease.subscribe()))
     }
 }
 
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
-        let outcome = self.try_acquire(&mut state, version).await;
+        let alive = state
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.state() == LeaseState::Alive);
+        if !alive {
+            state.queued = None;
+        }
+        let outcome = match self.snapshot(state.queued.clone().as_ref()).await {
+            Ok(snap) => {
+                let queued = state.queued.clone();
+                self.try_acquire(&mut state, version, queued.as_ref(), snap)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         // A lease granted for a race this holder lost, or for a slot it no longer has, would
         // only be kept alive for nothing: give it back.
         if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
             self.drop_idle_lease(&mut state).await;
         }
-        outcome
+        self.note(outcome).await
     }
 
     async fn release(&self) -> Result<(), SlotError> {
         let mut state = self.state.lock().await;
-        let released = release_holder(&mut self.client(), &self.group, &self.who.holder).await?;
-        for key in &released {
-            tracing::info!(group = %self.group, %key, "update slot released");
+        let released = match self.client().await {
+            Ok(mut client) => release_holder(&mut client, &self.group, &self.who.holder).await,
+            Err(err) => Err(err),
+        };
+        if let Ok(keys) = &released {
+            for key in keys {
+                tracing::info!(group = %self.group, %key, "update slot released");
+            }
         }
         state.key = None;
-        if let Some(lease) = state.lease.take() {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            lease.revoke(&self.client).await?;
+        // Revoke even when the delete failed: revoking deletes the key too, and a lease kept
+        // alive after a failed release would hold the slot for the life of the process.
+        let revoked = match state.lease.take() {
+            Some(lease) => {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                lease
+                    .revoke(&self.etcd)
+                    .await
+                    .map_err(|e| SlotError::Connect(format!("{e:#}")))
+            }
+            None => Ok(()),
+        };
+        self.note(released.and(revoked)).await
+    }
+
+    /// Waits in the group's queue (first come, first served) instead of retrying. Holds this
+    /// holder's state for the whole wait. A wait that is dropped unfinished revokes its lease, so
+    /// its place in line never blocks the group.
+    async fn acquire_within(
+        &self,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<Acquisition, SlotError> {
+        let mut abandoned = AbandonedWait {
+            slots: self,
+            finished: false,
+        };
+        let mut state = self.state.lock().await;
+        let outcome = self.queued_acquire(&mut state, version, deadline).await;
+        abandoned.finished = true;
+        self.waiting_lease.store(0, Ordering::SeqCst);
+        if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
+            self.drop_idle_lease(&mut state).await;
         }
-        Ok(())
+        self.note(outcome).await
     }
 
     async fn release_stale(&self) -> Result<(), SlotError> {
@@ -171,10 +227,13 @@ impl SlotLock for EtcdSlots {
         let (Some(lease), Some(key)) = (&state.lease, &state.key) else {
             return Ok(Holding::NotHeld);
         };
-        if let lost @ Holding::Lost { .. } = lease.state() {
-            return Ok(lost);
+        if let lost @ LeaseState::Lost { .. } = lease.state() {
+            return Ok(lost.into());
         }
-        let resp = self.client().get(key.as_str(), None).await?;
+        let resp = match self.client().await?.get(key.as_str(), None).await {
+            Ok(resp) => resp,
+            Err(err) => return self.note(Err(err.into())).await,
+        };
         let ours = resp.kvs().first().is_some_and(|kv| {
             let value: Option<SlotValue> = serde_json::from_slice(kv.value()).ok();
             kv.lease() == lease.id() && value.is_some_and(|v| v.holder == self.who.holder)
@@ -194,15 +253,16 @@ impl SlotLock for EtcdSlots {
             instance: self.who.instance.clone(),
             since: super::now_rfc3339(),
         };
-        if halt::put(&mut self.client(), &self.group, &marker).await? {
+        let created = halt::put(&mut self.client().await?, &self.group, &marker).await;
+        if let Ok(true) = created {
             tracing::warn!(group = %self.group, version, reason, "update group halted");
         }
-        Ok(())
+        self.note(created.map(|_| ())).await
     }
 
     async fn resume(&self) -> Result<(), SlotError> {
-        halt::remove(&mut self.client(), &self.group).await?;
-        Ok(())
+        let removed = halt::remove(&mut self.client().await?, &self.group).await;
+        self.note(removed.map(|_| ())).await
     }
 
     async fn wait_for_change(&self, timeout: Duration) {
@@ -230,7 +290,40 @@ impl SlotLock for EtcdSlots {
     }
 }
 
+/// Revokes the lease of a wait in line that was dropped before it finished (e.g. the caller's
+/// `select!` took another branch), so its queue key does not block the waiters behind it.
+struct AbandonedWait<'a> {
+    slots: &'a EtcdSlots,
+    finished: bool,
+}
+
+impl Drop for AbandonedWait<'_> {
+    fn drop(&mut self) {
+        let lease = self.slots.waiting_lease.swap(0, Ordering::SeqCst);
+        if self.finished || lease == 0 {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let etcd = self.slots.etcd.clone();
+            runtime.spawn(async move {
+                if let Err(err) = crate::etcd::lease::revoke(&etcd, lease).await {
+                    tracing::debug!(error = %format!("{err:#}"),
+                        "lease of an abandoned slot wait not revoked; it expires within its TTL");
+                }
+            });
+        }
+    }
+}
+
 impl EtcdSlots {
+    /// Passes `outcome` through; after a transport error the next request connects afresh.
+    async fn note<T>(&self, outcome: Result<T, SlotError>) -> Result<T, SlotError> {
+        if let Err(SlotError::Etcd(err)) = &outcome {
+            self.etcd.failed(err).await;
+        }
+        outcome
+    }
+
     /// Returns at the first delete under the group's prefix or of its halt marker since `from`.
     async fn wait_for_delete(&self, from: i64) -> Result<(), SlotError> {
         let opts = || {
@@ -240,6 +333,7 @@ impl EtcdSlots {
         };
         let mut stream = self
             .client()
+            .await?
             .watch(group_prefix(&self.group), Some(opts().with_prefix()))
             .await?;
         stream

@@ -3,10 +3,13 @@
 //!
 //! `POST <base>/v1/pre-reboot` takes a slot and `POST <base>/v1/steady-state` gives it back, both
 //! with the header `fleet-lock-protocol: true` and the body `{"client_params":{"id":…,"group":…}}`,
-//! where the group matches `^[a-zA-Z0-9.-]+$`. Any 2xx is a grant. "Slots full" is busy: airlock
-//! answers it with 500 `failed_lock`, other servers with 423, and any 5xx is worth a retry. Any
-//! other answer (400 `unknown_group`, `invalid_client_identity`, 405, a redirect not followed)
-//! will not change by retrying, so it is an error. The server's `{"kind":…,"value":…}` is logged either way.
+//! where the group matches `^[a-zA-Z0-9.-]+$`. Any 2xx is a grant. Servers disagree on how they
+//! say "slots full" (recorded in `tests/fixtures/fleetlock/`): airlock answers 500 with the
+//! kind `failed_lock`, heathcliff26/fleetlock answers 423 `all_slots_full`. So busy is the kind
+//! `failed_lock` (any status) or the status 423 (any kind). Every other answer is an error naming
+//! the server's `kind` and `value`: airlock's 400 `unknown_group` and heathcliff26's 500 `error`
+//! for an unknown group alike, so a misconfigured group fails instead of waiting forever. Error
+//! bodies are read up to [`MAX_ERROR_BODY`] bytes.
 //!
 //! The protocol has no halt marker: a halted instance keeps its lock and records the halt under
 //! `daemon.state_dir` ([`halt_record`]), so the halt survives restarts and only `slots resume`
@@ -31,6 +34,10 @@ pub const PRE_REBOOT: &str = "v1/pre-reboot";
 pub const STEADY_STATE: &str = "v1/steady-state";
 /// Per-request timeout; the server only touches its etcd (airlock's txn timeout is 3 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an error body that is read; the rest is dropped.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// airlock's kind for "all slots currently locked".
+const KIND_FAILED_LOCK: &str = "failed_lock";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -93,11 +100,24 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// "Slots full" (423, or any 5xx such as airlock's 500 `failed_lock`): retry later. Any
-    /// other refusal (a 4xx, a redirect not followed) is the request's own fault.
+    /// "Slots full", to retry later: the kind `failed_lock` (airlock, 500) or the status 423
+    /// (heathcliff26/fleetlock, `all_slots_full`). Anything else is an error.
     pub fn is_busy(&self) -> bool {
-        self.status == 423 || self.status >= 500
+        self.status == 423 || self.kind == KIND_FAILED_LOCK
     }
+}
+
+/// The first `cap` bytes of `resp`'s body; reading stops there, so a huge body costs no memory.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == cap {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// A FleetLock client for one holder id and group.
@@ -175,10 +195,10 @@ impl FleetLockSlots {
         if status.is_success() {
             return Ok(None);
         }
-        let text = resp.text().await.map_err(http_err)?;
-        let err: ErrorBody = serde_json::from_str(&text).unwrap_or_else(|_| ErrorBody {
+        let text = read_capped(resp, MAX_ERROR_BODY).await.map_err(http_err)?;
+        let err: ErrorBody = serde_json::from_slice(&text).unwrap_or_else(|_| ErrorBody {
             kind: String::new(),
-            value: text.chars().take(200).collect(),
+            value: String::from_utf8_lossy(&text).chars().take(200).collect(),
         });
         tracing::info!(url = %url, status = status.as_u16(), kind = %err.kind, value = %err.value,
             "FleetLock server did not grant");
@@ -327,17 +347,31 @@ mod tests {
     }
 
     #[test]
-    fn only_423_and_5xx_refusals_are_busy() {
-        let refusal = |status| Refusal {
+    fn only_failed_lock_and_423_refusals_are_busy() {
+        let refusal = |status, kind: &str| Refusal {
             status,
-            kind: String::new(),
+            kind: kind.to_string(),
             value: String::new(),
         };
-        for busy in [423, 500, 503] {
-            assert!(refusal(busy).is_busy(), "{busy}");
+        for (status, kind) in [
+            (500, "failed_lock"),
+            (409, "failed_lock"),
+            (423, "all_slots_full"),
+            (423, ""),
+        ] {
+            assert!(refusal(status, kind).is_busy(), "{status} {kind}");
         }
-        for error in [301, 400, 401, 404, 405] {
-            assert!(!refusal(error).is_busy(), "{error}");
+        for (status, kind) in [
+            (500, "error"),
+            (500, "failed_sem_init"),
+            (503, ""),
+            (400, "unknown_group"),
+            (400, "invalid_client_identity"),
+            (301, ""),
+            (404, ""),
+            (405, ""),
+        ] {
+            assert!(!refusal(status, kind).is_busy(), "{status} {kind}");
         }
     }
 

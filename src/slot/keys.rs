@@ -1,8 +1,10 @@
-//! The etcd key layout of slot groups, `/sidekick/slots/<group>/<n>`, and reading and clearing
-//! a group's keys.
+//! The etcd key layout of slot groups: the slots `/sidekick/slots/<group>/<n>`, the stored limit
+//! `/sidekick/limits/<group>` and the waiters' queue `/sidekick/queue/<escaped group>/<lease>`;
+//! reading a group's snapshot and clearing a holder's keys.
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 
 use super::halt::{self, HaltMarker};
@@ -19,6 +21,48 @@ pub fn group_prefix(group: &str) -> String {
 /// The key of slot `index` of `group`.
 pub fn slot_key(group: &str, index: u32) -> String {
     format!("{SLOT_PREFIX}{group}/{index}")
+}
+
+/// Prefix of every stored limit.
+pub const LIMIT_PREFIX: &str = "/sidekick/limits/";
+
+/// The key holding `group`'s limit, set by `sidekick slots set-max`.
+pub fn limit_key(group: &str) -> String {
+    format!("{LIMIT_PREFIX}{group}")
+}
+
+/// Prefix of every waiters' queue.
+pub const QUEUE_PREFIX: &str = "/sidekick/queue/";
+
+/// The queue prefix of `group`, ending in `/`. The group's `/` are escaped, so a nested group's
+/// waiters never fall under its parent's prefix.
+pub fn queue_prefix(group: &str) -> String {
+    format!(
+        "{QUEUE_PREFIX}{}/",
+        group.replace('%', "%25").replace('/', "%2F")
+    )
+}
+
+/// The queue key of the waiter on lease `lease`.
+pub fn queue_key(group: &str, lease: i64) -> String {
+    format!("{}{lease:016x}", queue_prefix(group))
+}
+
+/// A limit stored in etcd, and the revision it was read at (for the acquire's compare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredLimit {
+    pub max: u32,
+    pub mod_revision: i64,
+}
+
+/// Parses a stored limit: a positive decimal number.
+pub fn parse_limit(raw: &[u8]) -> Option<u32> {
+    std::str::from_utf8(raw)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
 }
 
 /// One key of a group as read from etcd.
@@ -58,23 +102,63 @@ impl SlotEntry {
     }
 }
 
-/// The group's holders and halt marker at one revision.
+/// The group's holders, halt marker, stored limit and queue at one revision.
 #[derive(Debug)]
 pub(super) struct Snapshot {
     pub revision: i64,
     pub slots: Vec<SlotEntry>,
     pub halt: Option<HaltMarker>,
+    /// `None` when no limit is stored: the configured `slot.max` applies.
+    pub limit: Option<StoredLimit>,
+    /// The first waiter of the queue (key, creation revision), if any.
+    pub head: Option<(String, i64)>,
+    /// The waiter just ahead of the one whose queue key was created at the revision asked for.
+    pub ahead: Option<(String, i64)>,
 }
 
-/// Ops that read a snapshot: the group's keys and its halt marker.
-pub(super) fn snapshot_ops(group: &str) -> [TxnOp; 2] {
-    [
+/// Ops that read a snapshot: the group's keys, its halt marker, its stored limit, the head of its
+/// queue and, for a waiter queued at revision `queued`, the waiter just ahead of it. With
+/// `queued == None` the last op reads the two newest waiters: after a put of the waiter's own key
+/// in the same transaction, those are the waiter and the one just ahead.
+pub(super) fn snapshot_ops(group: &str, queued: Option<i64>) -> Vec<TxnOp> {
+    let queue = || GetOptions::new().with_prefix().with_keys_only();
+    let newest = match queued {
+        Some(rev) => queue()
+            .with_limit(1)
+            .with_max_create_revision((rev - 1).max(1)),
+        None => queue().with_limit(2),
+    };
+    vec![
         TxnOp::get(group_prefix(group), Some(GetOptions::new().with_prefix())),
         TxnOp::get(halt::halt_key(group), None),
+        TxnOp::get(limit_key(group), None),
+        TxnOp::get(
+            queue_prefix(group),
+            Some(
+                queue()
+                    .with_limit(1)
+                    .with_sort(SortTarget::Create, SortOrder::Ascend),
+            ),
+        ),
+        TxnOp::get(
+            queue_prefix(group),
+            Some(newest.with_sort(SortTarget::Create, SortOrder::Descend)),
+        ),
     ]
 }
 
-pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse) -> Snapshot {
+/// The first key of a get's answer, with its creation revision.
+fn first_key(get: Option<&etcd_client::GetResponse>) -> Option<(String, i64)> {
+    let kv = get?.kvs().first()?;
+    Some((
+        String::from_utf8_lossy(kv.key()).into_owned(),
+        kv.create_revision(),
+    ))
+}
+
+/// Reads a snapshot from `resp` (made of [`snapshot_ops`], perhaps after other ops). `queued` is
+/// the creation revision of the waiter's queue key: `ahead` is the newest key created before it.
+pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, queued: Option<i64>) -> Snapshot {
     let prefix = group_prefix(group);
     let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
         TxnOpResponse::Get(get) => Some(get),
@@ -92,10 +176,30 @@ pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse) -> Snapshot {
     let halt = gets
         .next()
         .and_then(|g| g.kvs().first().map(|kv| halt::decode(kv.value())));
+    let limit = gets.next().and_then(|g| {
+        let kv = g.kvs().first()?;
+        Some(StoredLimit {
+            // A value that is not a positive number admits nobody until it is fixed.
+            max: parse_limit(kv.value()).unwrap_or(0),
+            mod_revision: kv.mod_revision(),
+        })
+    });
+    let head = first_key(gets.next().as_ref());
+    let ahead = gets.next().and_then(|g| {
+        let before = queued?;
+        let kv = g.kvs().iter().find(|kv| kv.create_revision() < before)?;
+        Some((
+            String::from_utf8_lossy(kv.key()).into_owned(),
+            kv.create_revision(),
+        ))
+    });
     Snapshot {
         revision: resp.header().map(|h| h.revision()).unwrap_or(0),
         slots,
         halt,
+        limit,
+        head,
+        ahead,
     }
 }
 
@@ -146,5 +250,25 @@ mod tests {
     fn keys_follow_the_documented_layout() {
         assert_eq!(group_prefix("app/stable"), "/sidekick/slots/app/stable/");
         assert_eq!(slot_key("app/stable", 2), "/sidekick/slots/app/stable/2");
+        assert_eq!(limit_key("app/stable"), "/sidekick/limits/app/stable");
+        assert_eq!(
+            queue_key("app/stable", 0x2a),
+            "/sidekick/queue/app%2Fstable/000000000000002a"
+        );
+    }
+
+    #[test]
+    fn a_nested_groups_queue_is_not_under_its_parents_prefix() {
+        assert!(!queue_prefix("app/stable/eu").starts_with(&queue_prefix("app/stable")));
+        assert!(!queue_prefix("a%2Fb").starts_with(&queue_prefix("a/b")));
+    }
+
+    #[test]
+    fn stored_limits_are_positive_numbers() {
+        assert_eq!(parse_limit(b"3"), Some(3));
+        assert_eq!(parse_limit(b" 2\n"), Some(2));
+        assert_eq!(parse_limit(b"0"), None);
+        assert_eq!(parse_limit(b"-1"), None);
+        assert_eq!(parse_limit(b"many"), None);
     }
 }

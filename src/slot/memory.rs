@@ -88,6 +88,7 @@ impl SlotLock for MemorySlots {
             instance: self.who.instance.clone(),
             version: version.to_string(),
             since: super::now_rfc3339(),
+            host: None,
         };
         group.holders.insert(self.who.holder.clone(), value);
         Ok(Acquisition::Acquired)

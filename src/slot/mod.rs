@@ -20,6 +20,7 @@ pub mod fleetlock;
 pub mod halt;
 pub mod keys;
 pub mod lease;
+pub mod limit;
 pub mod memory;
 
 use std::future::Future;
@@ -70,6 +71,8 @@ pub enum Holding {
 pub enum SlotError {
     #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
+    #[error("cannot reach etcd: {0}")]
+    Connect(String),
     #[error("malformed value at {key}: {source}")]
     Malformed {
         key: String,
@@ -105,6 +108,7 @@ impl SlotError {
     pub fn kind(&self) -> &'static str {
         match self {
             SlotError::Etcd(_) => "etcd",
+            SlotError::Connect(_) => "connect",
             SlotError::Malformed { .. } => "malformed",
             SlotError::Http { .. } => "http",
             SlotError::Refused { .. } => "refused",
@@ -125,6 +129,38 @@ pub struct SlotValue {
     pub version: String,
     /// When the slot was taken, RFC 3339.
     pub since: String,
+    /// The host the holder runs on; absent in values written by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<SlotHost>,
+}
+
+/// Which running host holds a slot: two machines cloned with one `/etc/machine-id` compute the
+/// same holder id, but not the same hostname and boot id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotHost {
+    pub hostname: String,
+    pub boot_id: String,
+}
+
+impl SlotHost {
+    /// This host, from `/proc` (empty fields where it cannot be read).
+    pub fn this() -> SlotHost {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        SlotHost {
+            hostname: read("/proc/sys/kernel/hostname"),
+            boot_id: read(crate::identity::BOOT_ID_PATH),
+        }
+    }
+}
+
+impl std::fmt::Display for SlotHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (boot {})", self.hostname, self.boot_id)
+    }
 }
 
 /// The current time as RFC 3339 (UTC, seconds).
@@ -213,12 +249,25 @@ mod tests {
             instance: "web-1".into(),
             version: "2.0.0".into(),
             since: "2026-01-01T00:00:00Z".into(),
+            host: Some(SlotHost {
+                hostname: "node-a".into(),
+                boot_id: "b0".into(),
+            }),
         };
         let json = serde_json::to_value(&v).unwrap();
-        for field in ["holder", "instance", "version", "since"] {
+        for field in ["holder", "instance", "version", "since", "host"] {
             assert!(json.get(field).is_some(), "{field} missing in {json}");
         }
         assert_eq!(serde_json::from_value::<SlotValue>(json).unwrap(), v);
+    }
+
+    #[test]
+    fn a_value_without_host_from_an_older_version_still_reads() {
+        let v: SlotValue = serde_json::from_str(
+            r#"{"holder":"a","instance":"web-1","version":"2.0.0","since":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(v.host, None);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Acting on the bound unit during a swap: the version drop-in, `Reload()`, `RestartUnit` and the
-//! pre-pull as a transient unit. The [`UnitControl`] seam has the D-Bus implementation (through
-//! the `zbus_systemd` proxies, never `systemctl`) and an in-memory one ([`MemoryUnitControl`])
-//! for unit tests and `--dry-run`.
+//! pre-pull as a transient unit. The [`UnitControl`] seam has the D-Bus implementation
+//! ([`DbusUnitControl`], through the `zbus_systemd` proxies, never `systemctl`) and an in-memory
+//! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
+//! drop-in values ([`dropin`]).
+
+mod dbus;
+pub mod dropin;
+mod transient;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,6 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use thiserror::Error;
+
+pub use dbus::DbusUnitControl;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +46,13 @@ pub enum ControlError {
         job: String,
         result: String,
     },
+    /// A transient unit's command did not exit 0; `status` says how it ended.
+    #[error("{unit}: the command {status} (job result `{result}`)")]
+    CommandFailed {
+        unit: String,
+        result: String,
+        status: String,
+    },
     #[error("{unit}: no job result within {timeout:?}")]
     Timeout { unit: String, timeout: Duration },
     #[error("failed to write {}: {source}", path.display())]
@@ -56,6 +70,7 @@ impl ControlError {
         match self {
             ControlError::Bus(_) => "bus",
             ControlError::JobFailed { .. } => "job-failed",
+            ControlError::CommandFailed { .. } => "command-failed",
             ControlError::Timeout { .. } => "timeout",
             ControlError::File { .. } => "file",
             ControlError::Invalid(_) => "invalid",
@@ -158,19 +173,13 @@ impl MemoryUnitControl {
     }
 }
 
-fn render(dropin: &DropIn) -> String {
-    format!(
-        "[Service]\nEnvironment=SIDEKICK_IMAGE={}\nEnvironment=SIDEKICK_VERSION={}\n",
-        dropin.image, dropin.version
-    )
-}
-
 impl UnitControl for MemoryUnitControl {
     async fn write_dropin(&self, dropin: &DropIn) -> Result<PreviousDropIn, ControlError> {
         let mut state = self.lock();
         state.calls.push(ControlCall::WriteDropIn(dropin.clone()));
+        dropin::render(dropin)?;
         let previous = match state.dropin.replace(dropin.clone()) {
-            Some(old) => PreviousDropIn::Contents(render(&old)),
+            Some(old) => PreviousDropIn::Contents(dropin::render(&old)?),
             None => PreviousDropIn::Absent,
         };
         Ok(previous)
@@ -282,5 +291,17 @@ mod tests {
         control.fail_restart(true);
         assert!(control.restart(Duration::from_secs(1)).await.is_err());
         assert_eq!(control.calls().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn memory_control_refuses_the_same_unsafe_values_as_the_dbus_one() {
+        let control = MemoryUnitControl::new(RunningVersion::default());
+        let unsafe_dropin = DropIn {
+            image: "web:2\nExecStartPre=/bin/false".into(),
+            version: "2.0.0".into(),
+        };
+        let err = control.write_dropin(&unsafe_dropin).await.unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        assert_eq!(control.running().await.unwrap(), RunningVersion::default());
     }
 }

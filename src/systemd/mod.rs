@@ -69,6 +69,49 @@ impl fmt::Display for ActiveState {
     }
 }
 
+/// A unit's `LoadState`: whether systemd has a unit file for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadState {
+    /// Not read yet.
+    Unknown,
+    Loaded,
+    /// No unit file of that name: a typo in `instance.unit`, or the unit is not installed.
+    NotFound,
+    /// Linked to `/dev/null`: it cannot start until unmasked.
+    Masked,
+    /// `error`, `bad-setting`, `stub`, `merged` or a state this version does not know.
+    Other(String),
+}
+
+impl LoadState {
+    /// Parses systemd's spelling.
+    pub fn parse(value: &str) -> LoadState {
+        match value {
+            "loaded" => LoadState::Loaded,
+            "not-found" => LoadState::NotFound,
+            "masked" => LoadState::Masked,
+            other => LoadState::Other(other.to_string()),
+        }
+    }
+
+    /// True when the unit cannot run as named: `not-found` or `masked`.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, LoadState::NotFound | LoadState::Masked)
+    }
+}
+
+impl fmt::Display for LoadState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadState::Unknown => "unknown",
+            LoadState::Loaded => "loaded",
+            LoadState::NotFound => "not-found",
+            LoadState::Masked => "masked",
+            LoadState::Other(s) => s,
+        })
+    }
+}
+
 /// The bound unit as the agent follows it: its `ActiveState` and how often it has left `active`.
 ///
 /// The state alone is not enough: a channel that keeps only the latest value (and a bus that was
@@ -79,6 +122,9 @@ pub struct UnitState {
     pub active: ActiveState,
     /// Times the unit left `active` since following began, seen as a state or not.
     pub departures: u64,
+    /// Whether systemd knows the unit; `not-found` or `masked` explains an `inactive` that
+    /// never changes, for `STATUS=` and `status`.
+    pub load: LoadState,
 }
 
 /// Folds observed `ActiveState` values (and, for `active`, the unit's
@@ -97,6 +143,7 @@ impl UnitTracker {
             state: UnitState {
                 active: ActiveState::Unknown,
                 departures: 0,
+                load: LoadState::Unknown,
             },
             active_since: None,
         }
@@ -105,6 +152,13 @@ impl UnitTracker {
     /// The state so far.
     pub fn state(&self) -> &UnitState {
         &self.state
+    }
+
+    /// Takes the unit's `LoadState`; true when it changed.
+    pub fn observe_load(&mut self, load: LoadState) -> bool {
+        let changed = self.state.load != load;
+        self.state.load = load;
+        changed
     }
 
     /// Takes one observation; true when the [`UnitState`] changed. `entered` is the unit's
@@ -204,13 +258,28 @@ mod tests {
             *t.state(),
             UnitState {
                 active: Active,
-                departures: 2
+                departures: 2,
+                load: LoadState::Unknown,
             }
         );
         assert!(t.observe(Failed, None));
         assert!(!t.observe(Failed, None));
         assert!(t.observe(Active, Some(30)));
         assert_eq!(t.state().departures, 3);
+    }
+
+    #[test]
+    fn load_states_parse_and_only_not_found_and_masked_are_unusable() {
+        assert_eq!(LoadState::parse("not-found"), LoadState::NotFound);
+        assert_eq!(LoadState::parse("masked").to_string(), "masked");
+        assert!(LoadState::NotFound.is_unusable() && LoadState::Masked.is_unusable());
+        for fine in ["loaded", "stub", "bad-setting"] {
+            assert!(!LoadState::parse(fine).is_unusable(), "{fine}");
+        }
+        let mut t = UnitTracker::new();
+        assert!(t.observe_load(LoadState::NotFound));
+        assert!(!t.observe_load(LoadState::NotFound));
+        assert_eq!(t.state().load, LoadState::NotFound);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! were never seen: `ActiveEnterTimestampMonotonic` (sent with every unit `PropertiesChanged`)
 //! differs when the unit is `active` again after a restart, whether the restart happened between
 //! two signals or while the bus was down.
+//!
+//! `LoadState` is followed too: a unit that is `not-found` (no unit file: a typo, or not
+//! installed) or `masked` would otherwise look `inactive` forever. Entering either is logged once
+//! as a WARN naming the unit, and the [`UnitState`] carries it for `STATUS=` and `status`.
+//! systemd sends no `PropertiesChanged` when a daemon-reload gives a unit its file, so after each
+//! `Manager.Reloading(false)` the unit is loaded again and both states are re-read.
 
 use std::time::Duration;
 
@@ -21,12 +27,13 @@ use zbus::names::InterfaceName;
 use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::{ActiveState, UnitManager, UnitState, UnitTracker};
+use super::{ActiveState, LoadState, UnitManager, UnitState, UnitTracker};
 use crate::backoff::Backoff;
 
 const SYSTEMD_SERVICE: &str = "org.freedesktop.systemd1";
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const ACTIVE_STATE: &str = "ActiveState";
+const LOAD_STATE: &str = "LoadState";
 /// Changes with each activation: tells a restart from a repeated `active`.
 const ACTIVE_ENTERED: &str = "ActiveEnterTimestampMonotonic";
 /// Reconnect attempts to the bus back off up to this.
@@ -100,6 +107,29 @@ async fn follow(bus: Bus, unit: String, tx: watch::Sender<UnitState>) {
     }
 }
 
+/// Folds a `LoadState` into the tracker; warns once on entering `not-found` or `masked`.
+fn publish_load(
+    tx: &watch::Sender<UnitState>,
+    tracker: &mut UnitTracker,
+    unit: &str,
+    load: LoadState,
+) {
+    let before = tracker.state().load.clone();
+    if !tracker.observe_load(load) {
+        return;
+    }
+    let now = tracker.state().load.clone();
+    match &now {
+        LoadState::NotFound => warn!(unit = %unit, load_state = %now,
+            "unit {unit} is not-found: systemd has no unit file of that name; check instance.unit \
+             or install the unit, then `systemctl daemon-reload`"),
+        LoadState::Masked => warn!(unit = %unit, load_state = %now,
+            "unit {unit} is masked: it cannot start until `systemctl unmask {unit}`"),
+        _ => info!(unit = %unit, "unit load state is {now} (was {before})"),
+    }
+    tx.send_replace(tracker.state().clone());
+}
+
 /// Folds one observation into the tracker and publishes the state when it changed.
 fn publish(
     tx: &watch::Sender<UnitState>,
@@ -158,16 +188,48 @@ async fn follow_once(
         .receive_properties_changed()
         .await
         .map_err(at("PropertiesChanged match"))?;
+    let load = read_load_state(&properties).await?;
     let (current, entered) = read_state(&properties).await?;
     debug!(unit = %unit, path = %path.as_str(), "following unit over D-Bus");
+    publish_load(tx, tracker, unit, load);
     publish(tx, tracker, unit, current, entered);
     backoff.reset();
-    while let Some(signal) = changes.next().await {
+    let mut reloads = manager
+        .receive_reloading()
+        .await
+        .map_err(at("Manager.Reloading match"))?;
+    loop {
+        let signal = tokio::select! {
+            signal = changes.next() => signal,
+            reload = reloads.next() => {
+                let Some(reload) = reload else { break };
+                // `true` announces the reload; the unit is worth reading once it is done.
+                if reload.args().is_ok_and(|a| !a.active) {
+                    manager.load_unit(unit.to_string()).await.map_err(at("Manager.LoadUnit"))?;
+                    let load = read_load_state(&properties).await?;
+                    publish_load(tx, tracker, unit, load);
+                    let (state, entered) = read_state(&properties).await?;
+                    publish(tx, tracker, unit, state, entered);
+                }
+                continue;
+            }
+        };
+        let Some(signal) = signal else { break };
         let Ok(args) = signal.args() else { continue };
         if args.interface_name().as_str() != UNIT_INTERFACE {
             continue;
         }
         let changed = args.changed_properties();
+        if let Some(load) = changed.get(LOAD_STATE) {
+            let load = match <&str>::try_from(load) {
+                Ok(value) => LoadState::parse(value),
+                Err(_) => read_load_state(&properties).await?,
+            };
+            publish_load(tx, tracker, unit, load);
+        } else if args.invalidated_properties().contains(&LOAD_STATE) {
+            let load = read_load_state(&properties).await?;
+            publish_load(tx, tracker, unit, load);
+        }
         let state = changed.get(ACTIVE_STATE);
         let entered = changed
             .get(ACTIVE_ENTERED)
@@ -184,6 +246,17 @@ async fn follow_once(
         publish(tx, tracker, unit, state, entered);
     }
     Ok(())
+}
+
+/// `LoadState`, uncached.
+async fn read_load_state(properties: &PropertiesProxy<'_>) -> Result<LoadState, BusError> {
+    let interface = InterfaceName::from_static_str_unchecked(UNIT_INTERFACE);
+    let value = properties
+        .get(interface, LOAD_STATE)
+        .await
+        .map_err(|e| at("Get LoadState")(e.into()))?;
+    let value = String::try_from(value).map_err(at("LoadState value"))?;
+    Ok(LoadState::parse(&value))
 }
 
 /// `ActiveState` and, when active, `ActiveEnterTimestampMonotonic`; uncached.

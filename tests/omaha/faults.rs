@@ -126,3 +126,178 @@ async fn a_closed_port_is_a_connect_error() {
     let error = source.check(&v("1.0.0"), false).await.unwrap_err();
     assert_eq!(error.kind(), "connect", "{error}");
 }
+
+/// Answers 200 and then drips a body at one byte per second, forever: the read timeout never
+/// trips, only a total one can end it.
+async fn dripping_server() -> Url {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!(
+        "http://{}/v1/update/",
+        listener.local_addr().unwrap()
+    ))
+    .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head =
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: 100000\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while socket.write_all(b" ").await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_body_dripped_at_one_byte_per_second_ends_at_the_total_timeout() {
+    let endpoint = dripping_server().await;
+    let timeouts = HttpTimeouts {
+        connect: Duration::from_secs(1),
+        read: Duration::from_secs(30),
+        total: Duration::from_secs(2),
+    };
+    let source = HttpUpdateSource::new(endpoint, instance(APP, "web-1"), timeouts, None).unwrap();
+    let started = Instant::now();
+    let error = source.check(&v("1.0.0"), false).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error.kind(), "timeout", "{error}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn update_check_as_a_whole_ends_at_its_limit_against_a_dripping_server() {
+    let endpoint = dripping_server().await;
+    let dir = support::temp_dir("update-check-drip");
+    let config = dir.path().join("web.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\nunit = \"web@1.service\"\n[registration]\nenabled = false\n\
+             [health]\ncheck = \"none\"\n[update]\nserver = \"{endpoint}\"\napp_id = \"{APP}\"\n"
+        ),
+    )
+    .unwrap();
+    let sources = sidekick::config::ConfigSources {
+        root: dir.path().to_path_buf(),
+        files: vec![config],
+        unit: None,
+    };
+    let settings = sidekick::config::load(&sources)
+        .expect("valid config")
+        .settings;
+    // Per-request totals longer than the limit: the limit alone must end the command.
+    let timeouts = HttpTimeouts {
+        connect: Duration::from_secs(60),
+        read: Duration::from_secs(60),
+        total: Duration::from_secs(60),
+    };
+    let started = Instant::now();
+    let report = sidekick::commands::update_check::update_check_within(
+        &settings,
+        Some("1.0.0"),
+        false,
+        timeouts,
+        Duration::from_secs(2),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(
+        json.contains("\"kind\":\"timeout\"") && json.contains("within 2s"),
+        "{json}"
+    );
+    // The CLI's own figures: every request and the whole command stay under a minute.
+    assert!(sidekick::commands::update_check::UPDATE_CHECK_LIMIT < Duration::from_secs(60));
+    assert!(HttpTimeouts::default().total <= sidekick::commands::update_check::UPDATE_CHECK_LIMIT);
+}
+
+/// Answers every request with 200 and `body`.
+async fn answering_server(body: String) -> Url {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!(
+        "http://{}/v1/update/",
+        listener.local_addr().unwrap()
+    ))
+    .unwrap();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+fn offer_app(app: &str, version: &str) -> String {
+    format!(
+        "<app appid=\"{app}\" status=\"ok\"><updatecheck status=\"ok\"><urls><url codebase=\"r/web\"/>\
+         </urls><manifest version=\"{version}\"><packages><package name=\"p\"/></packages>\
+         </manifest></updatecheck></app>"
+    )
+}
+
+#[tokio::test]
+async fn fuzzer_found_answers_parse_tolerantly_and_a_500_kb_version_is_refused() {
+    let other = "<app appid=\"other\" status=\"ok\"><updatecheck status=\"noupdate\"/></app>";
+    let wrap = |apps: String| {
+        format!("<?xml version=\"1.0\"?><response protocol=\"3.0\">{apps}</response>")
+    };
+    let separated = wrap(format!(
+        "{other}<daystart elapsed_seconds=\"1\"/>{}",
+        offer_app(APP, "2.0.0")
+    ));
+    let two_checks = wrap(format!(
+        "<app appid=\"{APP}\" status=\"ok\"><updatecheck status=\"noupdate\"/><event status=\"ok\"/>\
+         <updatecheck status=\"noupdate\"/></app>"
+    ));
+    let huge = format!("2.0.0-{}", "a".repeat(500 * 1024));
+    let huge_version = wrap(offer_app(APP, &huge));
+    let check = |body: String| async move {
+        let endpoint = answering_server(body).await;
+        let source =
+            HttpUpdateSource::new(endpoint, instance(APP, "web-1"), short_timeouts(), None)
+                .unwrap();
+        source.check(&v("1.0.0"), false).await.expect("an answer")
+    };
+    match check(separated).await {
+        CheckOutcome::Update(offer) => assert_eq!(offer.version, "2.0.0"),
+        other => panic!("apps separated by another element: {other:?}"),
+    }
+    assert_eq!(check(two_checks).await, CheckOutcome::NoUpdate);
+    match check(huge_version).await {
+        CheckOutcome::Error {
+            kind: ResponseErrorKind::InvalidResponse,
+            detail,
+        } => {
+            assert!(detail.contains("longer than the 128 accepted"), "{detail}");
+            assert!(
+                detail.len() < 300,
+                "the version is echoed: {} bytes",
+                detail.len()
+            );
+        }
+        other => panic!("a 500 KB version was not refused: {other:?}"),
+    }
+}

@@ -33,6 +33,7 @@ impl Sidekick {
         config: &str,
         extra: &[&str],
     ) -> Sidekick {
+        use crate::support::reaper::{self, Leftover};
         use std::os::unix::process::CommandExt;
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config).expect("write config");
@@ -41,8 +42,8 @@ impl Sidekick {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("dup log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sidekick"))
-            .args(["run", "--log", "stderr", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekick"));
+        cmd.args(["run", "--log", "stderr", "--config"])
             .arg(&config_path)
             .args(extra)
             .env("DBUS_SYSTEM_BUS_ADDRESS", systemd.bus_address())
@@ -52,9 +53,9 @@ impl Sidekick {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .process_group(0)
-            .spawn()
-            .expect("spawn sidekick");
+            .process_group(0);
+        let child = reaper::spawn(&mut cmd, libc::SIGKILL).expect("spawn sidekick");
+        reaper::watch(&Leftover::ProcessGroup(child.id()));
         Sidekick {
             child: Some(child),
             log,
@@ -96,6 +97,8 @@ impl Sidekick {
         })
         .await
         .ok()?;
+        let gone = crate::support::reaper::Leftover::ProcessGroup(self.pid() as u32);
+        crate::support::reaper::forget(&gone);
         self.child = None;
         Some(status)
     }
@@ -110,6 +113,8 @@ impl Drop for Sidekick {
                 libc::kill(child.id() as i32, libc::SIGKILL);
             }
             let _ = child.wait();
+            let gone = crate::support::reaper::Leftover::ProcessGroup(child.id());
+            crate::support::reaper::forget(&gone);
         }
         if std::thread::panicking() {
             eprintln!("--- sidekick log ---\n{}", self.log());

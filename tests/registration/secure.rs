@@ -27,6 +27,11 @@ pub struct SecureEtcd {
 impl SecureEtcd {
     /// Starts etcd in `dir`, waits until it answers, adds `root` and enables auth.
     pub async fn start(pki: &Pki, dir: &Path) -> SecureEtcd {
+        SecureEtcd::start_with(pki, dir, &[]).await
+    }
+
+    /// [`SecureEtcd::start`] with `extra` etcd flags (e.g. `--auth-token-ttl=5`).
+    pub async fn start_with(pki: &Pki, dir: &Path, extra: &[&str]) -> SecureEtcd {
         let (client_port, peer_port) = (free_port(), free_port());
         let endpoint = format!("https://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
@@ -44,7 +49,8 @@ impl SecureEtcd {
             .arg(&pki.server_key)
             .arg("--trusted-ca-file")
             .arg(&pki.ca)
-            .arg("--client-cert-auth");
+            .arg("--client-cert-auth")
+            .args(extra);
         let process = ProcessGuard::spawn(
             "etcd tls",
             &mut cmd,
@@ -94,6 +100,16 @@ impl SecureEtcd {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
+    }
+
+    /// The remaining TTL of `lease`, read as root.
+    pub fn lease_ttl(&self, lease: i64) -> Result<String, String> {
+        self.etcdctl(&["lease", "timetolive", &format!("{lease:x}")], true)
+    }
+
+    /// `etcdctl get -w json key`, read as root.
+    pub fn get_json(&self, key: &str) -> Result<String, String> {
+        self.etcdctl(&["get", "-w", "json", key], true)
     }
 
     /// The value of `key` ("" when absent), read as root.
@@ -150,7 +166,11 @@ async fn tls_client_cert_and_auth_register_and_a_wrong_ca_or_password_keeps_retr
     })
     .await;
     registered.unwrap_or_else(|e| panic!("{e}\n{}", good.log()));
-    assert_eq!(etcd.get("/services/web/web-badca").unwrap_or_default(), "");
+    // An etcdctl that fails is a failed test, not an absent key.
+    assert_eq!(
+        etcd.get("/services/web/web-badca").expect("etcdctl get"),
+        ""
+    );
 
     for (sk, clear) in [
         (&mut bad_ca, "certificate"),
@@ -179,5 +199,8 @@ async fn tls_client_cert_and_auth_register_and_a_wrong_ca_or_password_keeps_retr
         assert!(sk.is_running(), "gave up:\n{log}");
     }
     assert!(good.is_running());
-    assert_eq!(etcd.get("/services/web/web-badpw").unwrap_or_default(), "");
+    assert_eq!(
+        etcd.get("/services/web/web-badpw").expect("etcdctl get"),
+        ""
+    );
 }

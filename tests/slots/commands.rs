@@ -246,3 +246,57 @@ fn status_and_slots_exit_non_zero_when_etcd_is_unreachable() {
         assert!(err.contains("etcd"), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn slots_set_max_stores_the_limit_and_status_shows_it_without_control_characters() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let dir = temp_dir("slots-set-max");
+    let cfg = config(dir.path(), &etcd.endpoint());
+    let out = stdout(&sidekick(
+        dir.path(),
+        &["slots", "set-max", "2", "--config", &cfg],
+    ));
+    assert!(
+        out.contains(&format!("stored limit 2 for group {GROUP}")),
+        "{out}"
+    );
+    let stored = client
+        .get("/sidekick/limits/web/stable", None)
+        .await
+        .unwrap();
+    assert_eq!(stored.kvs()[0].value(), b"2");
+    let zero = sidekick(dir.path(), &["slots", "set-max", "0", "--config", &cfg]);
+    assert_eq!(zero.status.code(), Some(2), "a limit of 0 is refused");
+
+    // A value written by someone else, with a terminal escape in it.
+    let hostile =
+        r#"{"holder":"x","instance":"web-1\u001b]0;owned\u0007","version":"2.0.0","since":""}"#;
+    client
+        .put(format!("/sidekick/slots/{GROUP}/0"), hostile, None)
+        .await
+        .unwrap();
+    let table = stdout(&sidekick(dir.path(), &["status", "--config", &cfg]));
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert!(table.contains("web-1\\u{1b}]0;owned\\u{7}"), "{table}");
+    assert!(table.contains("SLOT LIMITS (stored)"), "{table}");
+    let limits = table
+        .lines()
+        .skip_while(|l| !l.starts_with("SLOT LIMITS"))
+        .nth(2)
+        .unwrap_or_default();
+    assert_eq!(limits.split_whitespace().collect::<Vec<_>>(), [GROUP, "2"]);
+    let json = stdout(&sidekick(
+        dir.path(),
+        &["status", "--json", "--config", &cfg],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["slot_limits"][0]["group"], GROUP);
+    assert_eq!(v["slot_limits"][0]["max"], 2);
+}

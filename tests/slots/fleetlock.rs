@@ -1,116 +1,20 @@
-//! The FleetLock backend against a server written here from the protocol description (airlock
-//! itself cannot be built here): header and body checks, recursive lock, per-group slots, the
-//! refusals real servers send (airlock's 500 `failed_lock` and a 423 are busy; 400
-//! `unknown_group` and `invalid_client_identity` are errors), and a halt that outlives a restart
-//! until `sidekick slots resume`.
+//! The FleetLock backend against a test server that answers like the two real servers recorded
+//! in `tests/fixtures/fleetlock/` (airlock and heathcliff26/fleetlock): recursive lock, per-group
+//! slots, "busy" in both servers' shapes (airlock's 500 `failed_lock`, heathcliff26's 423),
+//! errors in both shapes (airlock's 400 `unknown_group`, heathcliff26's 500 `error`), a capped
+//! error body, and a halt that outlives a restart until `sidekick slots resume`.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use serde_json::{Value, json};
 use sidekick::slot::{Acquisition, FleetLockSlots, SlotError, SlotLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use super::commands::{sidekick, stdout};
+use super::fleetlock_server::{Flavour, Shared, serve};
 use super::support::temp_dir;
 use super::who;
-
-/// A FleetLock server's state: slots and holders per group, and how "full" is answered.
-struct Server {
-    groups: HashMap<String, (usize, BTreeSet<String>)>,
-    full_status: StatusCode,
-    requests: usize,
-}
-
-type Shared = Arc<Mutex<Server>>;
-
-fn error(status: StatusCode, kind: &str, value: &str) -> Response {
-    (status, axum::Json(json!({"kind": kind, "value": value}))).into_response()
-}
-
-/// Checks the header and body as airlock does; `Ok((group, id))` or why the 400 is sent.
-fn identity(headers: &HeaderMap, body: &Bytes) -> Result<(String, String), &'static str> {
-    let bad = |why| why;
-    if headers
-        .get("fleet-lock-protocol")
-        .and_then(|v| v.to_str().ok())
-        != Some("true")
-    {
-        return Err(bad("wrong 'fleet-lock-protocol' header"));
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|_| bad("body is not JSON"))?;
-    let params = &v["client_params"];
-    let (Some(group), Some(id)) = (params["group"].as_str(), params["id"].as_str()) else {
-        return Err(bad("missing client_params"));
-    };
-    if group.is_empty() || id.is_empty() {
-        return Err(bad("empty group or id"));
-    }
-    Ok((group.to_string(), id.to_string()))
-}
-
-async fn pre_reboot(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let (group, id) = match identity(&headers, &body) {
-        Ok(x) => x,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_client_identity", why),
-    };
-    let mut s = s.lock().unwrap();
-    s.requests += 1;
-    let full_status = s.full_status;
-    let Some((slots, holders)) = s.groups.get_mut(&group) else {
-        return error(StatusCode::BAD_REQUEST, "unknown_group", &group);
-    };
-    // Recursive: a holder that asks again keeps its lock.
-    if holders.contains(&id) || holders.len() < *slots {
-        holders.insert(id);
-        return StatusCode::OK.into_response();
-    }
-    let value = format!("all {slots} semaphore slots currently locked");
-    error(full_status, "failed_lock", &value)
-}
-
-async fn steady_state(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let (group, id) = match identity(&headers, &body) {
-        Ok(x) => x,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_client_identity", why),
-    };
-    let mut s = s.lock().unwrap();
-    s.requests += 1;
-    match s.groups.get_mut(&group) {
-        Some((_, holders)) => {
-            holders.remove(&id);
-            StatusCode::OK.into_response()
-        }
-        None => error(StatusCode::BAD_REQUEST, "unknown_group", &group),
-    }
-}
-
-/// Serves the protocol under `/fleetlock` on a free port; returns the base URL *without* a
-/// trailing slash (the case zincati once got wrong) and the shared state.
-async fn serve(full_status: StatusCode) -> (Url, Shared) {
-    let state = Arc::new(Mutex::new(Server {
-        groups: HashMap::from([("web".to_string(), (1, BTreeSet::new()))]),
-        full_status,
-        requests: 0,
-    }));
-    let routes = Router::new()
-        .route("/v1/pre-reboot", post(pre_reboot))
-        .route("/v1/steady-state", post(steady_state))
-        .with_state(state.clone());
-    let app = Router::new().nest("/fleetlock", routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let base = Url::parse(&format!("http://127.0.0.1:{port}/fleetlock")).unwrap();
-    (base, state)
-}
 
 fn client(base: &Url, group: &str, id: &str, state_dir: &Path) -> FleetLockSlots {
     FleetLockSlots::new(base, group, &who(id), state_dir).expect("FleetLock client")
@@ -130,7 +34,7 @@ async fn busy_detail(slot: &FleetLockSlots) -> String {
 
 #[tokio::test]
 async fn fleetlock_locks_recursively_and_unlocks_on_a_base_without_trailing_slash() {
-    let (base, state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let (base, state) = serve(Flavour::Airlock).await;
     let dir = temp_dir("fleetlock");
     let a = client(&base, "web", "a", dir.path());
     let b = client(&base, "web", "b", dir.path());
@@ -154,42 +58,129 @@ async fn fleetlock_locks_recursively_and_unlocks_on_a_base_without_trailing_slas
 }
 
 #[tokio::test]
-async fn fleetlock_slots_full_as_423_is_busy() {
-    let (base, _state) = serve(StatusCode::LOCKED).await;
+async fn fleetlock_heathcliff_slots_full_as_423_all_slots_full_is_busy() {
+    let (base, _state) = serve(Flavour::Heathcliff).await;
     let dir = temp_dir("fleetlock");
     let a = client(&base, "web", "a", dir.path());
     let b = client(&base, "web", "b", dir.path());
     assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     let detail = busy_detail(&b).await;
     assert!(
-        detail.contains("423") && detail.contains("failed_lock"),
+        detail.contains("423") && detail.contains("all_slots_full"),
         "{detail}"
     );
+    a.release()
+        .await
+        .expect("heathcliff26's 200 with a body is a grant");
+    assert_eq!(b.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
 }
 
-/// A refusal that retrying cannot change is an error, not "busy" retried forever.
-fn assert_refused(got: Result<Acquisition, SlotError>, kind: &str) {
+/// A refusal that retrying cannot change is an error naming the server's kind and value, not
+/// "busy" retried forever.
+fn assert_refused(got: Result<Acquisition, SlotError>, status: u16, kind: &str, value: &str) {
     match got {
-        Err(err @ SlotError::Refused { status: 400, .. }) => {
+        Err(err @ SlotError::Refused { .. }) => {
             assert_eq!(err.kind(), "refused");
-            assert!(err.to_string().contains(kind), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("HTTP {status}")), "{text}");
+            assert!(text.contains(kind) && text.contains(value), "{text}");
         }
-        other => panic!("expected a 400 {kind} error, got {other:?}"),
+        other => panic!("expected a {status} {kind} error, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn fleetlock_unknown_group_and_bad_identity_are_errors_not_busy() {
-    let (base, _state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
+async fn fleetlock_airlock_unknown_group_400_and_bad_identity_are_errors_not_busy() {
+    let (base, _state) = serve(Flavour::Airlock).await;
     let dir = temp_dir("fleetlock");
     let stray = client(&base, "no-such-group", "a", dir.path());
-    assert_refused(stray.acquire("2.0.0").await, "unknown_group");
+    let unknown = "unknown group \"no-such-group\"";
+    assert_refused(stray.acquire("2.0.0").await, 400, "unknown_group", unknown);
     match stray.release_stale().await {
         Err(err @ SlotError::Refused { status: 400, .. }) => assert_eq!(err.kind(), "refused"),
         other => panic!("expected a 400 refusal, got {other:?}"),
     }
     let nameless = client(&base, "web", "", dir.path());
-    assert_refused(nameless.acquire("2.0.0").await, "invalid_client_identity");
+    let why = "empty client ID";
+    assert_refused(
+        nameless.acquire("2.0.0").await,
+        400,
+        "invalid_client_identity",
+        why,
+    );
+}
+
+#[tokio::test]
+async fn fleetlock_heathcliff_unknown_group_500_error_is_an_error_not_busy() {
+    let (base, _state) = serve(Flavour::Heathcliff).await;
+    let dir = temp_dir("fleetlock");
+    let stray = client(&base, "no-such-group", "a", dir.path());
+    let why = "An unexpected error occured";
+    assert_refused(stray.acquire("2.0.0").await, 500, "error", why);
+    let nameless = client(&base, "web", "", dir.path());
+    let why = "The value of id is empty";
+    assert_refused(nameless.acquire("2.0.0").await, 400, "bad_request", why);
+}
+
+#[tokio::test]
+async fn fleetlock_airlock_with_its_etcd_down_is_an_error_not_busy() {
+    let (base, state) = serve(Flavour::Airlock).await;
+    let dir = temp_dir("fleetlock");
+    state.lock().unwrap().etcd_down = true;
+    let a = client(&base, "web", "a", dir.path());
+    let why = "failed to initialize semaphore manager";
+    assert_refused(a.acquire("2.0.0").await, 500, "failed_sem_init", why);
+}
+
+/// A server that answers 500 with a body that never ends: 1 MiB of it, then silence.
+async fn endless_error_server() -> Url {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let filler = vec![b'x'; 64 * 1024];
+                for _ in 0..16 {
+                    if conn.write_all(&filler).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap()
+}
+
+#[tokio::test]
+async fn fleetlock_error_body_is_read_only_up_to_64_kib() {
+    let base = endless_error_server().await;
+    let dir = temp_dir("fleetlock");
+    let started = Instant::now();
+    let got = client(&base, "web", "a", dir.path()).acquire("2.0.0").await;
+    // Reading to the end would wait for the 10 s request timeout and fail as "http".
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match got {
+        Err(SlotError::Refused {
+            status: 500,
+            kind,
+            value,
+            ..
+        }) => {
+            assert_eq!(kind, "");
+            assert!(value.len() <= 200 && value.starts_with("xxx"), "{value}");
+        }
+        other => panic!("expected a 500 refusal, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -229,7 +220,7 @@ async fn run_sidekick(dir: &Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn fleetlock_halt_keeps_the_lock_across_a_restart_until_slots_resume() {
-    let (base, state) = serve(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let (base, state) = serve(Flavour::Airlock).await;
     let dir = temp_dir("fleetlock-halt");
     let cfg = fleetlock_config(dir.path(), &base);
     let state_dir = dir.path().join("state");

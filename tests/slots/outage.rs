@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use sidekick::slot::etcd::read_group;
+use sidekick::slot::lease::HoldingWatch;
 use sidekick::slot::{Acquisition, EtcdSlots, Holding, SlotLock};
-use tokio::sync::watch;
 use tokio::time::{interval, timeout};
 
 use super::support::etcd::{self, Etcd};
@@ -26,10 +26,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 const MARGIN: Duration = Duration::from_secs(1);
 
 /// Whether an instance believes right now that it holds its slot, from its own lease state.
-fn believes_held(belief: &Option<watch::Receiver<Holding>>) -> bool {
+fn believes_held(belief: &Option<HoldingWatch>) -> bool {
     belief
         .as_ref()
-        .is_some_and(|rx| *rx.borrow() == Holding::Held)
+        .is_some_and(|rx| rx.borrow() == Holding::Held)
 }
 
 /// Runs `outage` while, for `span`, `other` keeps trying to take the group's one slot from
@@ -117,23 +117,19 @@ async fn assert_never_two_believers(
     let expected = (span.as_millis() / SAMPLE_EVERY.as_millis()) as usize;
     assert!(samples >= expected / 2, "{samples} samples of {expected}");
     assert!(answers > 0, "etcd never answered the checker");
-    let last = |b: &Option<watch::Receiver<Holding>>| b.as_ref().map(|rx| rx.borrow().clone());
+    let last = |b: &Option<HoldingWatch>| b.as_ref().map(HoldingWatch::borrow);
     let holder_last = last(&holder_belief).unwrap_or(Holding::NotHeld);
     (holder_last, last(&other_belief.into_inner()))
 }
 
 /// Follows one holder's own lease state until it reports the slot lost. Returns when it last
 /// announced a renewal (or when following began), when it reported lost, and why.
-async fn follow_until_lost(mut belief: watch::Receiver<Holding>) -> (Instant, Instant, String) {
-    belief.borrow_and_update();
+async fn follow_until_lost(mut belief: HoldingWatch) -> (Instant, Instant, String) {
     let mut renewed = Instant::now();
     loop {
-        belief
-            .changed()
-            .await
-            .expect("the lease task ended without reporting lost");
+        let state = belief.changed().await;
         let now = Instant::now();
-        match &*belief.borrow_and_update() {
+        match &state {
             Holding::Held => renewed = now,
             Holding::Lost { reason } => return (renewed, now, reason.clone()),
             Holding::NotHeld => panic!("a held lease turned into NotHeld"),

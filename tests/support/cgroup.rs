@@ -47,6 +47,10 @@ impl ContainerCgroup {
             }
         }
         assert!(!dirs.is_empty(), "no cgroup hierarchy found in {own:?}");
+        // Killed by the reaper if the test process dies with the container still running.
+        for dir in &dirs {
+            super::reaper::watch(&super::reaper::Leftover::Cgroup(dir.clone()));
+        }
         ContainerCgroup { dirs }
     }
 
@@ -85,6 +89,7 @@ impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
             remove_tree(dir);
+            super::reaper::forget(&super::reaper::Leftover::Cgroup(dir.clone()));
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct Container {
 impl Container {
     /// Guards a container (that exists now or will later) by name.
     pub fn guard(name: &str) -> Container {
+        // Docker containers belong to dockerd: only the reaper removes them after a SIGKILL.
+        super::reaper::watch(&super::reaper::Leftover::DockerContainer(name.to_string()));
         Container {
             name: name.to_string(),
         }
@@ -141,6 +143,7 @@ impl Drop for Container {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+        super::reaper::forget(&super::reaper::Leftover::DockerContainer(self.name.clone()));
     }
 }
 

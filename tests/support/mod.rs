@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod images;
 pub mod pki;
 pub mod proxy;
+pub mod reaper;
 pub mod registry;
 pub mod systemd;
 pub mod traefik;
@@ -63,11 +64,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh temp dir (removed on drop) whose name starts with `sidekick-<what>-`.
+/// Also removed by the [`reaper`] if the test process is killed before the guard runs.
 pub fn temp_dir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("sidekick-{what}-"))
         .tempdir()
-        .expect("create temp dir")
+        .expect("create temp dir");
+    reaper::watch(&reaper::Leftover::Directory(dir.path().to_path_buf()));
+    dir
 }
 
 /// Calls `attempt` every 100 ms until it returns `Ok` or `timeout` passes; the error names `what`
@@ -127,7 +131,8 @@ pub enum SignalTarget {
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) and reaped when
-/// the guard drops, also during a panic. The child leads its own process group.
+/// the guard drops, also during a panic. The child leads its own process group. When the test
+/// process is killed outright, [`reaper`] ends the child instead.
 pub struct ProcessGuard {
     name: String,
     child: Option<Child>,
@@ -157,9 +162,14 @@ impl ProcessGuard {
                 });
             },
         }
-        let child = cmd
-            .spawn()
+        // nspawn powers its container off on SIGTERM; everything else just dies.
+        let death_signal = match target {
+            SignalTarget::Group => libc::SIGKILL,
+            SignalTarget::Pid => libc::SIGTERM,
+        };
+        let child = reaper::spawn(cmd, death_signal)
             .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        reaper::watch(&leftover(target, child.id()));
         ProcessGuard {
             name: name.to_string(),
             child: Some(child),
@@ -237,8 +247,14 @@ impl ProcessGuard {
         if self.target == SignalTarget::Group || self.is_running() {
             self.signal(libc::SIGKILL);
         }
+        self.reap();
+    }
+
+    /// Waits for the child and tells the reaper it is gone. Idempotent.
+    fn reap(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
+            reaper::forget(&leftover(self.target, child.id()));
         }
     }
 
@@ -252,9 +268,15 @@ impl ProcessGuard {
         if self.child.is_some() {
             self.signal(libc::SIGKILL);
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
+        self.reap();
+    }
+}
+
+/// What the reaper must end for a child spawned with `target`.
+fn leftover(target: SignalTarget, pid: u32) -> reaper::Leftover {
+    match target {
+        SignalTarget::Group => reaper::Leftover::ProcessGroup(pid),
+        SignalTarget::Pid => reaper::Leftover::Process(pid),
     }
 }
 

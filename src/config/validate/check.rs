@@ -8,6 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::config::ConfigError;
+use crate::config::bounds::duration_bounds;
 use crate::config::inputs::Origins;
 
 /// Builds validation errors that point at the key's origin.
@@ -24,24 +25,15 @@ impl Check<'_> {
         }
     }
 
-    pub(super) fn positive(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
-        if value.is_zero() {
-            return Err(self.fail(key, "must be longer than zero"));
+    /// A duration within the bounds [`crate::config::bounds`] lists for `key`.
+    pub(super) fn duration(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
+        let Some(bounds) = duration_bounds(key) else {
+            return Err(self.fail(key, "has no documented bounds (a bug: add it to bounds.rs)"));
+        };
+        match bounds.refusal(value) {
+            Some(why) => Err(self.fail(key, why)),
+            None => Ok(value),
         }
-        Ok(value)
-    }
-
-    pub(super) fn at_least(
-        &self,
-        key: &str,
-        value: Duration,
-        min: Duration,
-    ) -> Result<Duration, ConfigError> {
-        if value < min {
-            let min = humantime::format_duration(min);
-            return Err(self.fail(key, format!("must be at least {min}")));
-        }
-        Ok(value)
     }
 
     pub(super) fn non_zero(&self, key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {

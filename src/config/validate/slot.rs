@@ -3,7 +3,7 @@
 use super::Check;
 use crate::config::ConfigError;
 use crate::config::inputs::SlotInput;
-use crate::config::settings::{MIN_LEASE_TTL, SlotBackend, SlotSettings, UpdateSettings};
+use crate::config::settings::{SlotBackend, SlotSettings, UpdateSettings};
 use crate::slot::fleetlock;
 
 /// Validates `[slot]`. The default group is `<app_id>/<track>` (`<service>/<track>` without an
@@ -48,7 +48,7 @@ pub(super) fn validate(
         backend: slot.backend,
         max: check.non_zero("slot.max", slot.max)?,
         group,
-        ttl: check.at_least("slot.ttl", slot.ttl, MIN_LEASE_TTL)?,
+        ttl: check.duration("slot.ttl", slot.ttl)?,
         fleetlock_url,
     })
 }

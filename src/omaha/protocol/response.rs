@@ -1,9 +1,28 @@
 //! Tolerant classification of response documents (reference §4.6): declaration optional, empty or
 //! missing `<urls>`, missing acks, unknown elements and attributes, appid braced or in any case.
+//! Repeated elements need not be adjacent (quick-xml's `overlapped-lists`): our `<app>` is picked
+//! by id wherever it stands, and of several `<updatecheck>` (say, separated by an `<event/>`) the
+//! first is used.
+//!
+//! Every attribute that can reach output, a unit file or an event is bounded: an offer whose
+//! version, codebase, package name or hash is longer than its cap ([`MAX_VERSION_BYTES`] and
+//! friends) is an invalid response, never truncated into something else; server strings quoted
+//! in error details are cut to [`MAX_QUOTED_CHARS`].
 
 use serde::Deserialize;
 
 use super::{CheckOutcome, ResponseErrorKind, UpdateOffer, same_app_id};
+
+/// Longest offered version accepted (semver allows any length; real versions are short).
+pub const MAX_VERSION_BYTES: usize = 128;
+/// Longest codebase accepted: a Docker reference is at most 255 bytes of name plus tag and digest.
+pub const MAX_CODEBASE_BYTES: usize = 512;
+/// Longest package name accepted.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest package hash accepted (SHA-256 is 64 hex or 44 base64 characters).
+pub const MAX_HASH_BYTES: usize = 128;
+/// Longest server string quoted in an error detail.
+pub const MAX_QUOTED_CHARS: usize = 64;
 
 /// App statuses Nebraska uses for rollout refusals: the instance should wait, not fail (§5.5, §5.8).
 const ROLLOUT_REFUSALS: [&str; 5] = [
@@ -34,14 +53,16 @@ struct AppDoc {
     appid: String,
     #[serde(rename = "@status", default)]
     status: Option<String>,
-    updatecheck: Option<UpdateCheckDoc>,
+    #[serde(rename = "updatecheck", default)]
+    updatechecks: Vec<UpdateCheckDoc>,
 }
 
 #[derive(Debug, Deserialize)]
 struct UpdateCheckDoc {
     #[serde(rename = "@status", default)]
     status: Option<String>,
-    urls: Option<UrlsDoc>,
+    #[serde(default)]
+    urls: Vec<UrlsDoc>,
     #[serde(rename = "manifest", default)]
     manifests: Vec<ManifestDoc>,
 }
@@ -64,8 +85,10 @@ struct ManifestDoc {
     version: String,
     #[serde(rename = "@is_target", default)]
     is_target: Option<String>,
-    packages: Option<PackagesDoc>,
-    actions: Option<ActionsDoc>,
+    #[serde(default)]
+    packages: Vec<PackagesDoc>,
+    #[serde(default)]
+    actions: Vec<ActionsDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +130,9 @@ pub fn classify_check_response(body: &str, app_id: &str) -> CheckOutcome {
         Err((kind, detail)) => return error(kind, detail),
     };
     let app_status = app.status.as_deref().unwrap_or("");
-    let check_status = app.updatecheck.as_ref().and_then(|u| u.status.as_deref());
+    let mut checks = app.updatechecks;
+    let first_check = (!checks.is_empty()).then(|| checks.swap_remove(0));
+    let check_status = first_check.as_ref().and_then(|u| u.status.as_deref());
     if ROLLOUT_REFUSALS.contains(&app_status) {
         // Nebraska pairs a refusal with `error-internal`; CoreRoller sent no <updatecheck> at all.
         return match check_status {
@@ -116,7 +141,10 @@ pub fn classify_check_response(body: &str, app_id: &str) -> CheckOutcome {
             },
             Some(other) => error(
                 ResponseErrorKind::ServerStatus,
-                format!("app status {app_status:?} with updatecheck status {other:?}"),
+                format!(
+                    "app status {app_status:?} with updatecheck status {:?}",
+                    quoted(other)
+                ),
             ),
         };
     }
@@ -129,10 +157,10 @@ pub fn classify_check_response(body: &str, app_id: &str) -> CheckOutcome {
     if app_status != "ok" {
         return error(
             ResponseErrorKind::ServerStatus,
-            format!("app status {app_status:?}"),
+            format!("app status {:?}", quoted(app_status)),
         );
     }
-    let Some(check) = app.updatecheck else {
+    let Some(check) = first_check else {
         return error(
             ResponseErrorKind::InvalidResponse,
             "no <updatecheck>".into(),
@@ -143,7 +171,7 @@ pub fn classify_check_response(body: &str, app_id: &str) -> CheckOutcome {
         Some("ok") => offer_from(check),
         other => error(
             ResponseErrorKind::ServerStatus,
-            format!("updatecheck status {:?}", other.unwrap_or("")),
+            format!("updatecheck status {:?}", quoted(other.unwrap_or(""))),
         ),
     }
 }
@@ -151,7 +179,7 @@ pub fn classify_check_response(body: &str, app_id: &str) -> CheckOutcome {
 /// The `status` of the `<app>` answering `app_id`, or why there is none; used to log event acks.
 pub fn response_app_status(body: &str, app_id: &str) -> Result<String, String> {
     match find_app(body, app_id) {
-        Ok(app) => Ok(app.status.unwrap_or_default()),
+        Ok(app) => Ok(quoted(&app.status.unwrap_or_default())),
         Err((_, detail)) => Err(detail),
     }
 }
@@ -219,7 +247,7 @@ fn offer_from(check: UpdateCheckDoc) -> CheckOutcome {
             "update without a <package>".into(),
         );
     };
-    CheckOutcome::Update(UpdateOffer {
+    let offer = UpdateOffer {
         version: manifest.version,
         codebase,
         name: package.name,
@@ -229,7 +257,40 @@ fn offer_from(check: UpdateCheckDoc) -> CheckOutcome {
             .hash_sha256
             .filter(|h| !h.is_empty())
             .or(action_sha256),
+    };
+    match oversized(&offer) {
+        Some(detail) => error(ResponseErrorKind::InvalidResponse, detail),
+        None => CheckOutcome::Update(offer),
+    }
+}
+
+/// The first attribute of `offer` longer than its cap, described.
+fn oversized(offer: &UpdateOffer) -> Option<String> {
+    let fields = [
+        ("manifest version", Some(&offer.version), MAX_VERSION_BYTES),
+        ("url codebase", Some(&offer.codebase), MAX_CODEBASE_BYTES),
+        ("package name", Some(&offer.name), MAX_NAME_BYTES),
+        ("package hash", offer.sha1.as_ref(), MAX_HASH_BYTES),
+        ("package hash_sha256", offer.sha256.as_ref(), MAX_HASH_BYTES),
+    ];
+    fields.into_iter().find_map(|(what, value, cap)| {
+        let value = value?;
+        (value.len() > cap).then(|| {
+            format!(
+                "offered {what} is {} bytes, longer than the {cap} accepted (starts {:?})",
+                value.len(),
+                quoted(value)
+            )
+        })
     })
+}
+
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters, marked with `…` when cut.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// True when nothing but whitespace and an XML declaration remains.
@@ -247,109 +308,5 @@ fn error(kind: ResponseErrorKind, detail: String) -> CheckOutcome {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const APP: &str = "6a6e5b4c-0000-4000-8000-00000000beef";
-
-    fn wrap(app: &str) -> String {
-        format!(
-            "<response protocol=\"3.0\" server=\"t\"><daystart elapsed_seconds=\"0\"/>{app}</response>"
-        )
-    }
-
-    #[test]
-    fn declaration_only_is_an_empty_document() {
-        let outcome = classify_check_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", APP);
-        assert!(matches!(
-            outcome,
-            CheckOutcome::Error {
-                kind: ResponseErrorKind::EmptyDocument,
-                ..
-            }
-        ));
-        assert!(is_empty_document("  "));
-    }
-
-    #[test]
-    fn garbage_is_a_parse_error() {
-        let outcome = classify_check_response("<response><app", APP);
-        assert!(matches!(
-            outcome,
-            CheckOutcome::Error {
-                kind: ResponseErrorKind::Parse,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn another_apps_answer_is_not_ours() {
-        let body =
-            wrap("<app appid=\"other\" status=\"ok\"><updatecheck status=\"noupdate\"/></app>");
-        assert!(matches!(
-            classify_check_response(&body, APP),
-            CheckOutcome::Error {
-                kind: ResponseErrorKind::InvalidResponse,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn refusal_without_updatecheck_is_on_hold() {
-        let body = wrap(&format!(
-            "<app appid=\"{APP}\" status=\"error-updatesDisabled\"/>"
-        ));
-        assert_eq!(
-            classify_check_response(&body, APP),
-            CheckOutcome::OnHold {
-                reason: "error-updatesDisabled".into()
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_updatecheck_status_is_an_error() {
-        let body = wrap(&format!(
-            "<app appid=\"{APP}\" status=\"ok\"><updatecheck status=\"error-osnotsupported\"/></app>"
-        ));
-        assert!(matches!(
-            classify_check_response(&body, APP),
-            CheckOutcome::Error {
-                kind: ResponseErrorKind::ServerStatus,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn ok_without_codebase_is_invalid() {
-        let body = wrap(&format!(
-            "<app appid=\"{APP}\" status=\"ok\"><updatecheck status=\"ok\"><urls/>\
-             <manifest version=\"2.0.0\"><packages><package name=\"x\"/></packages></manifest>\
-             </updatecheck></app>"
-        ));
-        assert!(matches!(
-            classify_check_response(&body, APP),
-            CheckOutcome::Error {
-                kind: ResponseErrorKind::InvalidResponse,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn action_sha256_is_used_when_the_package_has_none() {
-        let body = wrap(&format!(
-            "<app appid=\"{APP}\" status=\"ok\"><updatecheck status=\"ok\"><urls><url codebase=\"r/a\"/></urls>\
-             <manifest version=\"2.0.0\"><packages><package name=\"p\" size=\"x\"/></packages>\
-             <actions><action event=\"postinstall\" sha256=\"abc=\"/></actions></manifest></updatecheck></app>"
-        ));
-        let CheckOutcome::Update(offer) = classify_check_response(&body, APP) else {
-            panic!("expected an update");
-        };
-        assert_eq!(offer.sha256.as_deref(), Some("abc="));
-        assert_eq!(offer.size, None);
-    }
-}
+#[path = "response_tests.rs"]
+mod tests;

@@ -1,61 +1,84 @@
 //! Taking a slot: the group snapshot, the compare-and-create transaction and the lease it binds
-//! the key to, for [`EtcdSlots::acquire`](super::EtcdSlots).
+//! the key to, for [`EtcdSlots::acquire`](super::EtcdSlots) and the queued wait in [`super::queue`].
 
 use std::sync::atomic::Ordering;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{EtcdSlots, HolderState, MAX_RACES};
+use crate::etcd::lease::LeaseState;
 use crate::slot::halt;
-use crate::slot::keys::{Snapshot, group_prefix, parse_snapshot, slot_key, snapshot_ops};
-use crate::slot::lease::{LeaseOwner, SlotLease};
-use crate::slot::{Acquisition, Holding, SlotError, SlotValue};
+use crate::slot::keys::{
+    Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
+};
+use crate::slot::lease::SlotLease;
+use crate::slot::{Acquisition, SlotError, SlotValue};
+
+/// How a busy answer about a duplicate holder begins.
+pub(super) const DUPLICATE: &str = "duplicate holder";
+
+/// This holder's place in the group's queue.
+#[derive(Debug, Clone)]
+pub(super) struct Queued {
+    pub key: String,
+    /// Creation revision of the queue key: its place in line.
+    pub revision: i64,
+}
 
 impl EtcdSlots {
-    pub(super) fn client(&self) -> Client {
+    /// The client of the shared connection, counting the request about to be made.
+    pub(super) async fn client(&self) -> Result<Client, SlotError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.client.clone()
+        self.etcd
+            .client()
+            .await
+            .map_err(|e| SlotError::Connect(format!("{e:#}")))
     }
 
-    pub(super) async fn snapshot(&self) -> Result<Snapshot, SlotError> {
+    /// The group as it is now; `queued` names this holder's place in line, if it has one.
+    pub(super) async fn snapshot(&self, queued: Option<&Queued>) -> Result<Snapshot, SlotError> {
+        let at = queued.map(|q| q.revision);
         let resp = self
             .client()
-            .txn(Txn::new().and_then(snapshot_ops(&self.group)))
+            .await?
+            .txn(Txn::new().and_then(snapshot_ops(&self.group, at)))
             .await?;
-        Ok(parse_snapshot(&self.group, &resp))
+        Ok(parse_snapshot(&self.group, &resp, at))
     }
 
     /// The live lease of this holder, granted afresh when there is none or it was lost.
     pub(super) async fn live_lease(&self, state: &mut HolderState) -> Result<i64, SlotError> {
         if let Some(lease) = &state.lease
-            && lease.state() == Holding::Held
+            && lease.state() == LeaseState::Alive
         {
             return Ok(lease.id());
         }
         state.lease = None;
-        let owner = LeaseOwner {
-            group: self.group.clone(),
-            holder: self.who.holder.clone(),
-            endpoint: self.endpoint.clone(),
-        };
-        let lease = SlotLease::grant(&self.client(), self.ttl, owner).await?;
+        state.queued = None;
+        let owner = format!("slot {} holder {}", self.group, self.who.holder);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let lease = SlotLease::grant(&self.etcd, self.ttl, None, &owner)
+            .await
+            .map_err(|e| SlotError::Connect(format!("{e:#}")))?;
         let id = lease.id();
         state.lease = Some(lease);
         Ok(id)
     }
 
-    /// Commits `put` if `cmp` holds; otherwise returns a fresh snapshot to retry from.
+    /// Commits `ops` if `cmp` holds; otherwise returns a fresh snapshot to retry from.
     pub(super) async fn commit(
         &self,
         cmp: Vec<Compare>,
-        put: TxnOp,
+        ops: Vec<TxnOp>,
+        queued: Option<&Queued>,
     ) -> Result<Option<Snapshot>, SlotError> {
+        let at = queued.map(|q| q.revision);
         let txn = Txn::new()
             .when(cmp)
-            .and_then([put])
-            .or_else(snapshot_ops(&self.group));
-        let resp = self.client().txn(txn).await?;
-        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp)))
+            .and_then(ops)
+            .or_else(snapshot_ops(&self.group, at));
+        let resp = self.client().await?.txn(txn).await?;
+        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp, at)))
     }
 
     pub(super) fn value(&self, version: &str, since: String) -> Result<Vec<u8>, SlotError> {
@@ -64,6 +87,7 @@ impl EtcdSlots {
             instance: self.who.instance.clone(),
             version: version.to_string(),
             since,
+            host: Some(self.host.clone()),
         };
         serde_json::to_vec(&value).map_err(|source| SlotError::Malformed {
             key: group_prefix(&self.group),
@@ -71,23 +95,36 @@ impl EtcdSlots {
         })
     }
 
-    /// One acquire attempt under the state lock; `state.key` ends up naming the slot held, if any.
+    /// The slot write plus, for a queued holder, leaving the queue in the same transaction.
+    fn put_ops(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+        queued: Option<&Queued>,
+    ) -> Vec<TxnOp> {
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+        let leave = queued.map(|q| TxnOp::delete(q.key.as_str(), None));
+        std::iter::once(put).chain(leave).collect()
+    }
+
+    /// Acquires from `snap` on: a slot of ours is kept (re-bound to our lease if needed, also in
+    /// a halted group); otherwise, if it is our turn (nobody queued, or we are first in line), the
+    /// group is not halted and fewer than the limit hold a slot, a free one is created. Lost
+    /// races retry on the snapshot the failed commit read. `state.key` ends up naming the slot.
     pub(super) async fn try_acquire(
         &self,
         state: &mut HolderState,
         version: &str,
+        queued: Option<&Queued>,
+        mut snap: Snapshot,
     ) -> Result<Acquisition, SlotError> {
-        let mut snap = self.snapshot().await?;
-        let halt_key = halt::halt_key(&self.group);
         for _ in 0..MAX_RACES {
             state.seen_revision = snap.revision;
-            if let Some(h) = snap.halt.take() {
-                return Ok(Acquisition::Halted {
-                    version: h.version,
-                    reason: h.reason,
-                });
-            }
-            let lease_alive = state.lease.as_ref().filter(|l| l.state() == Holding::Held);
+            let lease_alive = state
+                .lease
+                .as_ref()
+                .filter(|l| l.state() == LeaseState::Alive);
             let mine = snap
                 .slots
                 .iter()
@@ -97,19 +134,27 @@ impl EtcdSlots {
                     state.key = Some(entry.key.clone());
                     return Ok(Acquisition::Acquired);
                 }
-                // Ours, but bound to a lease we do not keep alive (a previous run, or a lease
-                // we lost track of): re-bind it to our live lease, keeping the slot.
+                let host = entry.value.as_ref().and_then(|v| v.host.clone());
+                if let Some(other) = host.filter(|h| *h != self.host) {
+                    tracing::error!(group = %self.group, key = %entry.key, holder = %self.who.holder,
+                        other_host = %other, this_host = %self.host,
+                        "duplicate holder: another host holds this holder id's slot (cloned /etc/machine-id?); not taking it over");
+                    let detail = format!(
+                        "{DUPLICATE}: {} is held by holder id {} on {other}",
+                        entry.key, self.who.holder
+                    );
+                    state.last = Some(snap);
+                    return Ok(Acquisition::Busy { detail });
+                }
+                // Ours, from this host, but bound to a lease we do not keep alive (a previous
+                // run, or a lease we lost track of): re-bind it to our live lease.
                 let since = entry.value.as_ref().map(|v| v.since.clone());
                 let (key, raw) = (entry.key.clone(), entry.raw.clone());
                 let lease = self.live_lease(state).await?;
                 let value = self.value(version, since.unwrap_or_else(crate::slot::now_rfc3339))?;
                 let cmp = vec![Compare::value(key.as_str(), CompareOp::Equal, raw)];
-                let put = TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(lease)),
-                );
-                match self.commit(cmp, put).await? {
+                let ops = self.put_ops(&key, value, lease, queued);
+                match self.commit(cmp, ops, queued).await? {
                     None => {
                         state.key = Some(key);
                         return Ok(Acquisition::Acquired);
@@ -121,38 +166,47 @@ impl EtcdSlots {
                 }
             }
             state.key = None;
-            let max = self.max.load(Ordering::SeqCst);
-            state.seen_max = max;
+            if let Some(h) = snap.halt.take() {
+                return Ok(Acquisition::Halted {
+                    version: h.version,
+                    reason: h.reason,
+                });
+            }
+            let configured = self.max.load(Ordering::SeqCst);
+            state.seen_max = configured;
+            let max = snap.limit.map_or(configured, |l| l.max);
+            let my_turn = match (&snap.head, queued) {
+                (None, None) => true,
+                (Some((head, _)), Some(q)) => *head == q.key,
+                _ => false,
+            };
+            if !my_turn {
+                state.last = Some(snap);
+                return Ok(Acquisition::Busy {
+                    detail: "waiters are queued ahead".into(),
+                });
+            }
             let held = snap.slots.len();
-            let Some(index) = (0..max).find(|n| snap.slots.iter().all(|s| s.index != Some(*n)))
-            else {
+            let free = (0..max).find(|n| snap.slots.iter().all(|s| s.index != Some(*n)));
+            let (Some(index), true) = (free, held < max as usize) else {
+                state.last = Some(snap);
                 return Ok(busy(held, max));
             };
-            if held >= max as usize {
-                return Ok(busy(held, max));
-            }
             let key = slot_key(&self.group, index);
             let lease = self.live_lease(state).await?;
             let value = self.value(version, crate::slot::now_rfc3339())?;
-            let prefix = group_prefix(&self.group);
-            let cmp = vec![
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Compare::mod_revision(prefix.as_str(), CompareOp::Less, snap.revision + 1)
-                    .with_prefix(),
-                Compare::create_revision(halt_key.as_str(), CompareOp::Equal, 0),
-            ];
-            let put = TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            );
-            match self.commit(cmp, put).await? {
+            let ops = self.put_ops(&key, value, lease, queued);
+            match self
+                .commit(self.admission(&key, &snap, queued), ops, queued)
+                .await?
+            {
                 None => {
                     tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
                     state.key = Some(key);
+                    state.queued = None;
                     return Ok(Acquisition::Acquired);
                 }
-                // Lost a race: someone else wrote under the prefix; retry on what they left.
+                // Lost a race: someone else wrote; retry on what they left.
                 Some(next) => snap = next,
             }
         }
@@ -161,14 +215,43 @@ impl EtcdSlots {
         })
     }
 
-    /// Stops keeping the lease alive and revokes it; if etcd does not answer, it expires.
+    /// What must still hold for a slot taken on `snap` to keep the group within its limit, in
+    /// order and not halted. Holders only leave or re-bind after the snapshot unless someone
+    /// creates a key, so "no slot key created since" keeps the count. The limit must be the one
+    /// read, and the queue empty (or us first in line).
+    fn admission(&self, key: &str, snap: &Snapshot, queued: Option<&Queued>) -> Vec<Compare> {
+        let prefix = group_prefix(&self.group);
+        let limit = limit_key(&self.group);
+        let queue = queue_prefix(&self.group);
+        vec![
+            Compare::create_revision(key, CompareOp::Equal, 0),
+            Compare::create_revision(prefix.as_str(), CompareOp::Less, snap.revision + 1)
+                .with_prefix(),
+            Compare::create_revision(halt::halt_key(&self.group), CompareOp::Equal, 0),
+            match snap.limit {
+                Some(l) => Compare::mod_revision(limit.as_str(), CompareOp::Equal, l.mod_revision),
+                None => Compare::create_revision(limit.as_str(), CompareOp::Equal, 0),
+            },
+            match queued {
+                None => Compare::create_revision(queue.as_str(), CompareOp::Equal, 0).with_prefix(),
+                Some(q) => {
+                    Compare::create_revision(queue.as_str(), CompareOp::Greater, q.revision - 1)
+                        .with_prefix()
+                }
+            },
+        ]
+    }
+
+    /// Stops keeping the lease alive and revokes it (which also removes a queue key on it); if
+    /// etcd does not answer, it expires.
     pub(super) async fn drop_idle_lease(&self, state: &mut HolderState) {
+        state.queued = None;
         let Some(lease) = state.lease.take() else {
             return;
         };
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(err) = lease.revoke(&self.client).await {
-            tracing::debug!(group = %self.group, error = %err,
+        if let Err(err) = lease.revoke(&self.etcd).await {
+            tracing::debug!(group = %self.group, error = %format!("{err:#}"),
                 "idle slot lease not revoked; it expires within its TTL");
         }
     }

@@ -1,0 +1,159 @@
+//! The version drop-in on disk: `<dropin_dir>/<unit>.d/50-sidekick.conf`, its rendering, the
+//! check that refuses values which could break the unit file, and its crash-safe write and
+//! restore through [`crate::atomic_file`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{ControlError, DropIn, PreviousDropIn};
+use crate::atomic_file;
+use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
+
+/// File name of the sidekick's drop-in inside `<unit>.d/`.
+pub const DROPIN_FILE: &str = "50-sidekick.conf";
+
+/// `<dropin_dir>/<unit>.d/50-sidekick.conf`.
+pub fn dropin_path(dropin_dir: &Path, unit: &str) -> PathBuf {
+    dropin_dir.join(format!("{unit}.d")).join(DROPIN_FILE)
+}
+
+/// The drop-in's text, after checking both values with [`check_value`].
+pub fn render(dropin: &DropIn) -> Result<String, ControlError> {
+    check_value(IMAGE_VARIABLE, &dropin.image)?;
+    check_value(VERSION_VARIABLE, &dropin.version)?;
+    Ok(format!(
+        "[Service]\nEnvironment={IMAGE_VARIABLE}={}\nEnvironment={VERSION_VARIABLE}={}\n",
+        dropin.image, dropin.version
+    ))
+}
+
+/// Refuses a value that systemd would not take literally in `Environment=NAME=value`: empty,
+/// non-ASCII, whitespace or control characters (a newline would start a new directive), quotes
+/// (systemd unquotes them), `\` (escapes) and `%` (specifiers). The offer's validation already
+/// keeps such values out; this is the second line of defence at the file.
+pub fn check_value(name: &str, value: &str) -> Result<(), ControlError> {
+    if value.is_empty() {
+        return Err(ControlError::Invalid(format!(
+            "drop-in value for {name} is empty"
+        )));
+    }
+    let bad = value.char_indices().find_map(|(at, c)| {
+        let what = match c {
+            '%' => "a `%` (a unit-file specifier)",
+            '"' | '\'' => "a quote",
+            '\\' => "a backslash",
+            c if c.is_ascii_control() => "a control character",
+            c if c.is_whitespace() => "whitespace",
+            c if !c.is_ascii() => "a non-ASCII character",
+            _ => return None,
+        };
+        Some((at, what))
+    });
+    match bad {
+        None => Ok(()),
+        Some((at, what)) => Err(ControlError::Invalid(format!(
+            "drop-in value for {name} {value:?} has {what} at byte {at}; \
+             only printable ASCII without quotes, `%` or `\\` is written to a unit file"
+        ))),
+    }
+}
+
+/// Writes `contents` to `path` atomically; returns what was there before.
+pub fn replace(path: &Path, contents: &str) -> Result<PreviousDropIn, ControlError> {
+    let file_error = |source: io::Error| ControlError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let previous = match atomic_file::read(path).map_err(file_error)? {
+        None => PreviousDropIn::Absent,
+        Some(bytes) => PreviousDropIn::Contents(String::from_utf8(bytes).map_err(|_| {
+            file_error(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the existing drop-in is not UTF-8",
+            ))
+        })?),
+    };
+    atomic_file::write(path, contents.as_bytes()).map_err(file_error)?;
+    Ok(previous)
+}
+
+/// Puts `previous` back at `path` exactly, or removes the file for `Absent` (durably).
+pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlError> {
+    let file_error = |source: io::Error| ControlError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    match previous {
+        PreviousDropIn::Absent => atomic_file::remove(path).map(|_| ()),
+        PreviousDropIn::Contents(text) => atomic_file::write(path, text.as_bytes()),
+    }
+    .map_err(file_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropin(image: &str, version: &str) -> DropIn {
+        DropIn {
+            image: image.into(),
+            version: version.into(),
+        }
+    }
+
+    #[test]
+    fn renders_a_service_section_with_both_variables() {
+        let text = render(&dropin("127.0.0.1:5000/web@sha256:ab", "2.0.0-rc.1+b7")).unwrap();
+        assert_eq!(
+            text,
+            "[Service]\nEnvironment=SIDEKICK_IMAGE=127.0.0.1:5000/web@sha256:ab\n\
+             Environment=SIDEKICK_VERSION=2.0.0-rc.1+b7\n"
+        );
+    }
+
+    #[test]
+    fn refuses_values_that_could_break_the_unit_file_naming_variable_and_value() {
+        let cases = [
+            ("web:2\nExecStartPre=/bin/rm", "a control character"),
+            ("web:2\r", "a control character"),
+            ("web:2\u{7f}", "a control character"),
+            ("web:%n", "a `%`"),
+            ("web:\"2\"", "a quote"),
+            ("web:'2'", "a quote"),
+            ("web: 2", "whitespace"),
+            ("web:\t2", "a control character"),
+            ("web:\\x41", "a backslash"),
+            ("web:2\u{e9}", "a non-ASCII character"),
+            ("web:2\u{a0}", "whitespace"),
+            ("", "is empty"),
+        ];
+        for (image, what) in cases {
+            let err = render(&dropin(image, "2.0.0")).unwrap_err();
+            assert_eq!(err.kind(), "invalid", "{image:?}");
+            let text = err.to_string();
+            assert!(text.contains("SIDEKICK_IMAGE"), "{text}");
+            assert!(text.contains(what), "{image:?}: {text}");
+            if !image.is_empty() {
+                assert!(text.contains(&format!("{image:?}")), "{text}");
+            }
+        }
+        let err = render(&dropin("web:2", "2.0.0 ")).unwrap_err();
+        assert!(err.to_string().contains("SIDEKICK_VERSION"), "{err}");
+    }
+
+    #[test]
+    fn replace_returns_the_previous_contents_and_restore_puts_them_back_or_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dropin_path(dir.path(), "web@1.service");
+        assert!(path.ends_with("web@1.service.d/50-sidekick.conf"));
+        assert_eq!(replace(&path, "one\n").unwrap(), PreviousDropIn::Absent);
+        let previous = replace(&path, "two\n").unwrap();
+        assert_eq!(previous, PreviousDropIn::Contents("one\n".into()));
+        restore(&path, &previous).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        restore(&path, &PreviousDropIn::Absent).unwrap();
+        assert!(!path.exists());
+        // Restoring an absent file that is already gone is fine (a retried rollback).
+        restore(&path, &PreviousDropIn::Absent).unwrap();
+    }
+}

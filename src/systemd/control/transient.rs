@@ -1,0 +1,155 @@
+//! The pre-pull as a transient unit: its unique name, its argv (no shell; the program resolved
+//! against `PATH` when it is a bare name), the properties handed to `StartTransientUnit`, and the
+//! wording of how its main process ended.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zbus::{OwnedVariant, Variant};
+
+use super::ControlError;
+
+/// How long systemd gives the pre-pull to stop (SIGTERM) before it sends SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `sidekick-prepull-<instance>-<n>.service`, with characters a unit name cannot hold (or that
+/// would make it a template instance, `@`) replaced by `_`.
+pub fn unit_name(instance: &str, n: u32) -> String {
+    let escaped: String = instance
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | ':' | '_' | '.' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("sidekick-prepull-{escaped}-{n}.service")
+}
+
+/// The program to run: an absolute argv[0] as given (systemd reports it if it cannot run it), a
+/// bare name searched on `path` (the sidekick's `PATH`); anything else is refused.
+pub fn resolve_program(argv: &[String], path: Option<&OsStr>) -> Result<PathBuf, ControlError> {
+    let Some(program) = argv.first() else {
+        return Err(ControlError::Invalid(
+            "the pre-pull command is empty (swap.prepull)".into(),
+        ));
+    };
+    if program.starts_with('/') {
+        return Ok(PathBuf::from(program));
+    }
+    if program.is_empty() || program.contains('/') {
+        return Err(ControlError::Invalid(format!(
+            "pre-pull program {program:?} (swap.prepull) must be an absolute path or a name on PATH"
+        )));
+    }
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    path.into_iter()
+        .flat_map(std::env::split_paths)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| {
+            let searched = path.map(|p| p.to_string_lossy().into_owned());
+            ControlError::Invalid(format!(
+                "pre-pull program {program:?} (swap.prepull) not found on PATH ({})",
+                searched.as_deref().unwrap_or("PATH is not set")
+            ))
+        })
+}
+
+/// The transient unit's properties: a oneshot running `program` with `argv` (argv[0] kept as
+/// given), gone once it exits 0, kept while failed so its result can be read
+/// (`CollectMode=inactive`), and stopped within [`STOP_TIMEOUT`].
+pub fn properties(
+    program: &Path,
+    argv: &[String],
+    description: String,
+) -> Result<Vec<(String, OwnedVariant)>, ControlError> {
+    let program = program.to_str().ok_or_else(|| {
+        ControlError::Invalid(format!("pre-pull program {program:?} is not UTF-8"))
+    })?;
+    let exec_start = vec![(program.to_string(), argv.to_vec(), false)];
+    let owned = |value: Variant<'_>| OwnedVariant::try_from(value).map_err(ControlError::Bus);
+    Ok(vec![
+        ("Description".into(), owned(Variant::from(description))?),
+        ("Type".into(), owned(Variant::from("oneshot"))?),
+        ("RemainAfterExit".into(), OwnedVariant::from(false)),
+        ("CollectMode".into(), owned(Variant::from("inactive"))?),
+        (
+            "TimeoutStopUSec".into(),
+            OwnedVariant::from(STOP_TIMEOUT.as_micros() as u64),
+        ),
+        ("ExecStart".into(), owned(Variant::from(exec_start))?),
+    ])
+}
+
+/// How the main process ended, from the Service's `ExecMainCode` (a `CLD_*` code) and
+/// `ExecMainStatus`.
+pub fn describe_exit(code: i32, status: i32) -> String {
+    match code {
+        1 => format!("exited with status {status}"),
+        2 => format!("killed by signal {status}"),
+        3 => format!("dumped core on signal {status}"),
+        _ => format!("ended with code {code}, status {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn unit_names_are_unique_per_counter_and_never_template_instances() {
+        assert_eq!(unit_name("web@1", 7), "sidekick-prepull-web_1-7.service");
+        assert_eq!(unit_name("web-1", 8), "sidekick-prepull-web-1-8.service");
+        assert_eq!(unit_name("a/b c", 0), "sidekick-prepull-a_b_c-0.service");
+    }
+
+    #[test]
+    fn resolves_bare_names_on_path_and_keeps_absolute_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("puller");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths(["/nonexistent".as_ref(), dir.path()]).unwrap();
+        assert_eq!(
+            resolve_program(&argv(&["puller", "x"]), Some(&path)).unwrap(),
+            tool
+        );
+        assert_eq!(
+            resolve_program(&argv(&["/opt/x/pull"]), None).unwrap(),
+            PathBuf::from("/opt/x/pull")
+        );
+    }
+
+    #[test]
+    fn refuses_an_empty_relative_or_unknown_program_saying_why() {
+        let path = std::ffi::OsString::from("/nonexistent-a:/nonexistent-b");
+        let missing = resolve_program(&argv(&["no-such-puller"]), Some(&path)).unwrap_err();
+        let text = missing.to_string();
+        assert!(
+            text.contains("\"no-such-puller\"") && text.contains("not found on PATH"),
+            "{text}"
+        );
+        assert!(text.contains("/nonexistent-a:/nonexistent-b"), "{text}");
+        let relative = resolve_program(&argv(&["./pull"]), Some(&path)).unwrap_err();
+        assert!(relative.to_string().contains("absolute path"), "{relative}");
+        let empty = resolve_program(&[], Some(&path)).unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
+        assert_eq!(empty.kind(), "invalid");
+    }
+
+    #[test]
+    fn exit_descriptions_name_the_status_or_signal() {
+        assert_eq!(describe_exit(1, 1), "exited with status 1");
+        assert_eq!(describe_exit(2, 9), "killed by signal 9");
+    }
+}

@@ -1,0 +1,125 @@
+//! `daemon.metrics`: a real Prometheus server scrapes a registered sidekick, and `promtool check
+//! metrics` accepts what it serves.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::*;
+use crate::support::{ProcessGuard, SignalTarget, find_binary, http_get};
+
+const PROMETHEUS_NEEDS: &[Need] = &[Need::Binary("prometheus"), Need::Binary("promtool")];
+
+/// One instant-query value of `query` from the Prometheus API, once it has one.
+async fn query_value(api: &str, query: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let url = format!("{api}/api/v1/query?query={encoded}");
+    poll_until(Duration::from_secs(30), query, || {
+        let url = url.clone();
+        async move {
+            let (status, body) = http_get(&url).await?;
+            let json: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+            json["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("no value yet: {body}"))
+        }
+    })
+    .await
+    .expect("Prometheus answers the query")
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_phase_and_registration_and_promtool_accepts_the_text() {
+    let needs = [etcd::NEEDS, systemd::NEEDS, PROMETHEUS_NEEDS].concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let dir = temp_dir("reg-metrics");
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, SLEEP_UNIT).await;
+    let metrics_port = free_port();
+    let config = format!(
+        "{}[daemon]\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+        config(&etcd.endpoint(), "seed", 8080, 10, "check = \"none\"")
+    );
+    let _sidekick = Sidekick::start(&systemd, dir.path(), "sk", &config);
+    wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
+
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = poll_until(
+        Duration::from_secs(10),
+        "metrics show the registration",
+        || {
+            let url = url.clone();
+            async move {
+                let (_, text) = http_get(&url).await?;
+                match text.contains("sidekick_registered 1") {
+                    true => Ok(text),
+                    false => Err(text),
+                }
+            }
+        },
+    )
+    .await
+    .expect("metrics served");
+    assert!(
+        text.contains("sidekick_phase{phase=\"serving\"} 1"),
+        "{text}"
+    );
+    let promtool = find_binary("promtool").expect("promtool");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let prometheus_port = free_port();
+    let prometheus_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: sidekick\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(find_binary("prometheus").expect("prometheus"));
+    command.args([
+        format!("--config.file={}", prometheus_config.display()),
+        format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+        format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+    ]);
+    let _prometheus = ProcessGuard::spawn(
+        "prometheus",
+        &mut command,
+        &dir.path().join("prometheus.log"),
+        SignalTarget::Group,
+    );
+    let api = format!("http://127.0.0.1:{prometheus_port}");
+    assert_eq!(query_value(&api, "up{job=\"sidekick\"}").await, "1");
+    assert_eq!(
+        query_value(&api, "sidekick_phase{phase=\"serving\"}").await,
+        "1"
+    );
+    assert_eq!(query_value(&api, "sidekick_registered").await, "1");
+}

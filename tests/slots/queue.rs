@@ -1,0 +1,314 @@
+//! The fair queue and the stored limit against real etcd: grants follow the waiters' queue
+//! revisions, and a limit stored in etcd holds even for a process configured with a larger one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions};
+use sidekick::slot::keys::{QUEUE_PREFIX, group_prefix, queue_prefix};
+use sidekick::slot::{Acquisition, EtcdSlots, SlotLock, SlotValue, limit};
+
+use super::support::etcd::{self, Etcd};
+use super::support::{poll_until, prerequisites_met};
+use super::{GROUP, max, one, revision, slots, who};
+
+/// Every put and delete under the slots and queue prefixes, in revision order.
+#[derive(Default)]
+struct Journal {
+    /// Queue key → (holder, creation revision).
+    queued: HashMap<String, (String, i64)>,
+    /// Slot grants in revision order: (revision, holder).
+    grants: Vec<(i64, String)>,
+    /// Most slot keys alive at any revision.
+    most: usize,
+    alive: BTreeMap<String, String>,
+    released: usize,
+}
+
+/// Replays every change under `/sidekick/` from `from` into a [`Journal`].
+async fn journal(client: &Client, from: i64) -> (Arc<Mutex<Journal>>, tokio::task::JoinHandle<()>) {
+    let mut client = client.clone();
+    let mut stream = client
+        .watch(
+            "/sidekick/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await
+        .expect("watch");
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let task = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            let slots = group_prefix(GROUP);
+            let queue = queue_prefix(GROUP);
+            while let Ok(Some(resp)) = stream.message().await {
+                let mut j = journal.lock().unwrap();
+                for event in resp.events() {
+                    let kv = event.kv().expect("event kv");
+                    let key = kv.key_str().unwrap().to_string();
+                    let put = event.event_type() == EventType::Put;
+                    if key.starts_with(&queue) && put && kv.version() == 1 {
+                        let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                        let holder = v["holder"].as_str().unwrap().to_string();
+                        j.queued.insert(key, (holder, kv.create_revision()));
+                    } else if key.starts_with(&slots) && put {
+                        let v: SlotValue = serde_json::from_slice(kv.value()).unwrap();
+                        if kv.version() == 1 {
+                            j.grants.push((kv.mod_revision(), v.holder.clone()));
+                        }
+                        j.alive.insert(key, v.holder);
+                    } else if key.starts_with(&slots) {
+                        j.alive.remove(&key);
+                        j.released += 1;
+                    }
+                    j.most = j.most.max(j.alive.len());
+                }
+            }
+        })
+    };
+    (journal, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_contenders_are_granted_first_come_first_served_by_queue_revision() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    const CONTENDERS: usize = 1000;
+    const CLIENTS: usize = 20;
+    const WAVE: usize = 100;
+    let etcd = Etcd::start().await;
+    let mut watch_client = etcd.client().await;
+    let from = revision(&mut watch_client).await + 1;
+    let (journal, watcher) = journal(&watch_client, from).await;
+    // A thousand waiters start at once on two cores: allow requests more than the usual 5 s.
+    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(60));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = Client::connect(etcd.endpoints(), Some(options.clone()))
+            .await
+            .expect("connect");
+        clients.push(client);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..CONTENDERS {
+        // A long TTL keeps a thousand keepalives from loading the two cores.
+        let me = EtcdSlots::new(
+            clients[i % CLIENTS].clone(),
+            GROUP,
+            max(2),
+            Duration::from_secs(60),
+            who(&format!("c{i:04}")),
+        );
+        tasks.push(tokio::spawn(async move {
+            let got = me.acquire_within("2.0.0", Duration::from_secs(300)).await;
+            assert_eq!(got.expect("acquire"), Acquisition::Acquired, "c{i:04}");
+            me.release().await.expect("release");
+        }));
+        // Waiters join in waves, so etcd is not asked for a thousand leases in one instant.
+        if (i + 1) % WAVE == 0 {
+            let queued = i + 1;
+            poll_until(Duration::from_secs(60), "the wave is in line", || {
+                let seen = journal.lock().unwrap().queued.len();
+                async move {
+                    if seen >= queued {
+                        Ok(())
+                    } else {
+                        Err(format!("{seen} queued"))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for t in tasks {
+        t.await.expect("contender");
+    }
+    poll_until(Duration::from_secs(10), "every release replayed", || {
+        let done = journal.lock().unwrap().released == CONTENDERS;
+        async move { if done { Ok(()) } else { Err("not yet") } }
+    })
+    .await
+    .unwrap();
+    watcher.abort();
+    {
+        let j = journal.lock().unwrap();
+        assert!(j.most <= 2, "saw {} holders of 2", j.most);
+        assert_eq!(j.grants.len(), CONTENDERS, "one grant per contender");
+        // Each holder's place in line: the creation revision of its (only) queue key.
+        let mut place: HashMap<&str, i64> = HashMap::new();
+        for (holder, rev) in j.queued.values() {
+            assert!(
+                place.insert(holder, *rev).is_none(),
+                "{holder} queued twice"
+            );
+        }
+        let order: Vec<i64> = j.grants.iter().map(|(_, h)| place[h.as_str()]).collect();
+        let out_of_order: Vec<_> = order.windows(2).filter(|w| w[0] > w[1]).collect();
+        assert!(
+            out_of_order.is_empty(),
+            "grants out of queue order: {} pairs, first {:?}",
+            out_of_order.len(),
+            out_of_order.first()
+        );
+    }
+    let mut left = etcd.client().await;
+    let queue = left
+        .get(
+            QUEUE_PREFIX,
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.count(), 0, "queue keys left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_limit_of_one_holds_against_a_process_configured_with_max_3() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    assert_eq!(limit::set(&mut client, GROUP, 1).await.unwrap(), None);
+    let from = revision(&mut client).await + 1;
+    let (journal, watcher) = journal(&client, from).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        // One contender believes the limit is 3, the rest the default 1.
+        let configured = if i == 0 { max(3) } else { one() };
+        let me = slots(&client, configured, &format!("m{i}"));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let got = me.acquire_within("2.0.0", Duration::from_secs(60)).await;
+                assert_eq!(got.expect("acquire"), Acquisition::Acquired, "m{i}");
+                // Holding the slot a moment is the workload, not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(5..=40))).await;
+                me.release().await.expect("release");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("contender");
+    }
+    poll_until(Duration::from_secs(10), "every release replayed", || {
+        let done = journal.lock().unwrap().released == 24;
+        async move { if done { Ok(()) } else { Err("not yet") } }
+    })
+    .await
+    .unwrap();
+    watcher.abort();
+    let j = journal.lock().unwrap();
+    assert_eq!(j.grants.len(), 24);
+    assert_eq!(j.most, 1, "the stored limit of 1 was exceeded");
+}
+
+#[tokio::test]
+async fn lowering_the_stored_limit_evicts_nobody_and_admits_nobody_until_holders_drop_below_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    limit::set(&mut client, GROUP, 2).await.unwrap();
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    assert_eq!(b.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    assert_eq!(limit::set(&mut client, GROUP, 1).await.unwrap(), Some(2));
+    // Two holders, limit 1: nobody is evicted, and a newcomer configured with max = 5 waits.
+    let c = Arc::new(slots(&client, max(5), "c"));
+    let got = c.acquire_within("2.0.0", Duration::from_millis(300)).await;
+    assert!(matches!(got.unwrap(), Acquisition::Busy { .. }));
+    for h in [&a, &b] {
+        assert_eq!(h.held().await.unwrap(), sidekick::slot::Holding::Held);
+    }
+    // One holder left, still at the limit: the waiter stays out until the last one leaves.
+    a.release().await.unwrap();
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire_within("2.0.0", Duration::from_secs(30)).await })
+    };
+    let busy = tokio::time::timeout(Duration::from_millis(500), async {
+        while !waiting.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(busy.is_err(), "admitted above the stored limit");
+    let released = std::time::Instant::now();
+    b.release().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Acquisition::Acquired);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+    // Raised again: the next attempt is admitted next to the holder.
+    limit::set(&mut client, GROUP, 2).await.unwrap();
+    let d = slots(&client, one(), "d");
+    assert_eq!(d.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+}
+
+#[tokio::test]
+async fn an_abandoned_wait_leaves_the_queue_and_does_not_block_the_waiters_behind_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    let c = Arc::new(slots(&client, one(), "c"));
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    // The caller gives up on b's wait by dropping it, as a `select!` would.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        b.acquire_within("2.0.0", Duration::from_secs(60)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "b was not waiting: {gave_up:?}");
+    let queued = || {
+        let mut client = client.clone();
+        async move {
+            let q = client
+                .get(
+                    queue_prefix(GROUP),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(q.count())
+        }
+    };
+    poll_until(Duration::from_secs(2), "b left the queue", || async {
+        match queued().await? {
+            0 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    })
+    .await
+    .unwrap();
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire_within("2.0.0", Duration::from_secs(30)).await })
+    };
+    poll_until(Duration::from_secs(5), "c is queued", || async {
+        match queued().await? {
+            1 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    })
+    .await
+    .unwrap();
+    let released = std::time::Instant::now();
+    a.release().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Acquisition::Acquired);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+}
