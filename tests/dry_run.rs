@@ -99,24 +99,32 @@ fn once_on_embedded_defaults_prints_each_step_writes_nothing_and_exits_0() {
         "every line starts with `dry-run: would`:\n{stdout}"
     );
     let register = format!("dry-run: would register {EMBEDDED_KEY} = {EMBEDDED_VALUE} ");
-    let position = |needle: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with `{needle}`:\n{stdout}"))
-    };
+    // Every step of the swap, in order, each printed by the seam that would make it.
     let steps = [
-        position(&register),
-        position(
-            "would check for updates at the in-memory release list: 2.0.0 offered (running 1.0.0), image registry.example.com/web:2.0.0",
-        ),
-        position(
-            "would take an update slot of group 6a6e5b4c-0000-4000-8000-00000000beef/stable (at most 1 updating at once) to update to 2.0.0",
-        ),
-        position("would release the update slot"),
-        position("would deregister: revoke the registration lease"),
+        register.as_str(),
+        "would check for updates at the in-memory release list: 2.0.0 offered (running 1.0.0), image registry.example.com/web:2.0.0",
+        "would send event 13/1",
+        "would run `docker pull registry.example.com/web:2.0.0` as a transient unit",
+        "would send event 14/1",
+        "would take an update slot of group 6a6e5b4c-0000-4000-8000-00000000beef/stable (at most 1 updating at once) to update to 2.0.0",
+        "would send event 800/1",
+        "would deregister: revoke the registration lease",
+        "would write /etc/systemd/system/web@1.service.d/50-sidekick.conf setting SIDEKICK_IMAGE=registry.example.com/web:2.0.0 SIDEKICK_VERSION=2.0.0",
+        "would reload systemd",
+        "would restart web@1.service",
+        "would send event 3/1",
+        "would release the update slot",
+        register.as_str(),
+        "would deregister: revoke the registration lease",
     ];
-    assert!(steps.is_sorted(), "steps out of order:\n{stdout}");
+    let mut from = 0;
+    for step in steps {
+        from += lines[from..]
+            .iter()
+            .position(|l| l.contains(step))
+            .unwrap_or_else(|| panic!("no `{step}` after line {from}:\n{stdout}"))
+            + 1;
+    }
     assert!(stderr.contains("no configuration found"), "{stderr}");
 
     assert_eq!(

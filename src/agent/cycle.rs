@@ -4,11 +4,13 @@
 //! until it does, the daemon only runs the pass in a dry run, where every write is printed by the
 //! seam that would make it (`dry-run: would …`), so the printed steps are the pass itself.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use semver::Version;
 use tracing::{info, warn};
 
+use super::execute::SwapSeams;
 use crate::config::UpdateSettings;
 use crate::dry_run::would;
 use crate::omaha::{
@@ -16,6 +18,9 @@ use crate::omaha::{
 };
 use crate::slot::{Acquisition, AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
+
+mod swaps;
+pub use swaps::SwapConfig;
 
 /// What one pass ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,13 +88,13 @@ pub enum SlotOutcome {
 
 /// The update side of the daemon: its source, slots, the unit's control and the poll pacing.
 pub struct UpdatePass<C: UnitControl> {
-    source: AnyUpdateSource,
-    slots: AnySlots,
-    control: C,
+    seams: Arc<SwapSeams<C>>,
     settings: UpdateSettings,
     schedule: PollSchedule,
     /// The version the unit ran at the last pass that could read it.
     running: Option<Version>,
+    /// Set when this pass applies the updates it is offered (see [`swaps`]).
+    swaps: Option<swaps::Swaps>,
 }
 
 impl<C: UnitControl> UpdatePass<C> {
@@ -102,12 +107,15 @@ impl<C: UnitControl> UpdatePass<C> {
     ) -> UpdatePass<C> {
         let schedule = PollSchedule::new(settings.interval);
         UpdatePass {
-            source,
-            slots,
-            control,
+            seams: Arc::new(SwapSeams {
+                source,
+                slots,
+                control,
+            }),
             settings,
             schedule,
             running: None,
+            swaps: None,
         }
     }
 
@@ -128,8 +136,8 @@ impl<C: UnitControl> UpdatePass<C> {
     }
 
     async fn pass(&mut self) -> PassOutcome {
-        let source = self.source.describe();
-        if !self.source.may_check() {
+        let source = self.seams.source.describe();
+        if !self.seams.source.may_check() {
             would(format_args!(
                 "check for updates at {source} (not sent in a dry run: the service counts an \
                  answered offer as a granted update)"
@@ -146,7 +154,7 @@ impl<C: UnitControl> UpdatePass<C> {
                 return PassOutcome::UnknownVersion { error };
             }
         };
-        let offer = match self.source.check(&current, false).await {
+        let offer = match self.seams.source.check(&current, false).await {
             Err(err) => {
                 warn!(source = %source, error = %err, kind = err.kind(), "update check failed");
                 return PassOutcome::Failed {
@@ -183,7 +191,7 @@ impl<C: UnitControl> UpdatePass<C> {
                 let event = Event::Failed {
                     error_code: refusal.error_code(),
                 };
-                if let Err(err) = self.source.send_event(&current, event).await {
+                if let Err(err) = self.seams.source.send_event(&current, event).await {
                     warn!(error = %err, "failed to report the refused offer");
                 }
                 return PassOutcome::Refused {
@@ -207,9 +215,9 @@ impl<C: UnitControl> UpdatePass<C> {
 
     /// Takes a slot for `version` and gives it back: the place the swap goes.
     async fn slot(&self, version: &Version) -> SlotOutcome {
-        match self.slots.acquire(&version.to_string()).await {
+        match self.seams.slots.acquire(&version.to_string()).await {
             Ok(Acquisition::Acquired) => {
-                if let Err(err) = self.slots.release().await {
+                if let Err(err) = self.seams.slots.release().await {
                     warn!(error = %err, kind = err.kind(), "failed to release the update slot");
                 }
                 SlotOutcome::Taken
@@ -233,16 +241,21 @@ impl<C: UnitControl> UpdatePass<C> {
 
     /// In a dry run, prints the check and its result as one line.
     fn checked(&self, result: std::fmt::Arguments<'_>) {
-        if self.source.dry_run() {
+        if self.seams.source.dry_run() {
             would(format_args!(
                 "check for updates at {}: {result}",
-                self.source.describe()
+                self.seams.source.describe()
             ));
         }
     }
 
     async fn running_version(&self) -> Result<Version, String> {
-        let running = self.control.running().await.map_err(|e| e.to_string())?;
+        let running = self
+            .seams
+            .control
+            .running()
+            .await
+            .map_err(|e| e.to_string())?;
         let raw = running
             .version
             .ok_or_else(|| "the unit sets no SIDEKICK_VERSION".to_string())?;
@@ -312,7 +325,7 @@ mod tests {
     }
 
     fn memory_events(pass: &UpdatePass<MemoryUnitControl>) -> Vec<Event> {
-        match &pass.source.backend_for_tests() {
+        match &pass.seams.source.backend_for_tests() {
             UpdateBackend::Memory(source) => source.events().into_iter().map(|e| e.event).collect(),
             UpdateBackend::Http(_) => unreachable!("memory source"),
         }

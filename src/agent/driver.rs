@@ -1,6 +1,9 @@
 //! The tokio loop around the state machine: turns unit changes, probe results and signals into
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
-//! ([`Registry`], [`Probe`]). Reports progress with sd_notify STATUS.
+//! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
+//! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
+//! come back as observations, so deregistration and SIGTERM stay instant. Reports progress with
+//! sd_notify STATUS.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,7 +14,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cycle::UpdatePass;
-use super::state::{self, Action, Agent, Observation};
+use super::execute::SlowStep;
+use super::state::{self, Action, Agent, Observation, Phase};
+use super::swap::{Stage, SwapAction, SwapObservation};
 use crate::health::Probe;
 use crate::metrics::Metrics;
 use crate::registry::{Entry, Published, Registry};
@@ -65,7 +70,7 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
 /// How long `--once` waits for the unit's first state before it goes on without it.
 pub const ONCE_UNIT_WAIT: Duration = Duration::from_secs(10);
 
-impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
+impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// A driver starting from `agent` over `seams`.
     pub fn new(agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
         Driver {
@@ -94,13 +99,19 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
         if initial.active != ActiveState::Unknown {
             pending.push_back(Observation::Unit(initial.active));
         }
+        // The swap's slow step in flight, and its verify deadline.
+        let mut slow: Option<SlowStep> = None;
+        let mut verify_at: Option<Instant> = None;
+        let mut recovered = self.recover().await;
         loop {
             let observation = match pending.pop_front() {
                 Some(observation) => observation,
                 None => {
                     let probing = self.agent.probing();
                     let settled = self.settled(&published.borrow(), started);
-                    let pass_at = next_pass.filter(|_| settled && self.seams.updates.is_some());
+                    let serving = self.agent.phase == Phase::Serving;
+                    let pass_at =
+                        next_pass.filter(|_| settled && serving && self.seams.updates.is_some());
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
@@ -127,15 +138,32 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
                             Observation::Probe { passed }
                         }
                         _ = published.changed() => {
-                            self.report_status(&mut status, &published.borrow_and_update());
-                            continue;
+                            let now = published.borrow_and_update().clone();
+                            self.report_status(&mut status, &now);
+                            match self.confirms_deregistration(&now) {
+                                true => Observation::Swap(SwapObservation::Deregistered),
+                                false => continue,
+                            }
+                        }
+                        answer = run_slow(&mut slow), if slow.is_some() => {
+                            slow = None;
+                            match answer {
+                                Some(answer) => Observation::Swap(answer),
+                                None => continue,
+                            }
+                        }
+                        _ = sleep_until_some(verify_at), if verify_at.is_some() => {
+                            verify_at = None;
+                            Observation::Swap(SwapObservation::VerifyDeadline)
                         }
                         _ = sleep_until_some(pass_at), if pass_at.is_some() => {
-                            next_pass = self.update_pass().await;
-                            if next_pass.is_none() {
-                                pending.push_back(Observation::Shutdown);
+                            let (next, offer) = self.update_pass().await;
+                            next_pass = next;
+                            match offer {
+                                Some(plan) => Observation::Offer(plan),
+                                None if next_pass.is_none() => Observation::Shutdown,
+                                None => continue,
                             }
-                            continue;
                         }
                         _ = tokio::time::sleep_until(started + ONCE_UNIT_WAIT),
                             if self.options.once && !settled => {
@@ -151,8 +179,16 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
             if became_active {
                 next_probe = Instant::now();
             }
-            let (agent, actions) = state::next(self.agent, observation);
+            let was_updating = matches!(self.agent.phase, Phase::Updating(_));
+            let (agent, actions) = match recovered.take() {
+                Some((swap, actions)) => {
+                    pending.push_front(observation);
+                    state::resume(self.agent, swap, actions)
+                }
+                None => state::next(self.agent, observation),
+            };
             self.agent = agent;
+            let mut batch = Vec::new();
             for action in actions {
                 match action {
                     Action::Register => {
@@ -168,13 +204,101 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
                             sd_notify::NotifyState::Stopping,
                             sd_notify::NotifyState::Status("stopping: deregistering"),
                         ]);
+                        // What the swap gives back on the way out (a slot not yet used).
+                        if let Some(last) =
+                            self.swap_steps(std::mem::take(&mut batch), &mut verify_at)
+                        {
+                            let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, last).await;
+                        }
                         let etcd_requests = self.seams.registry.requests();
                         self.seams.registry.shutdown(SHUTDOWN_DEADLINE).await;
                         return DriverReport { etcd_requests };
                     }
+                    Action::Swap(action) => batch.push(action),
+                }
+            }
+            if let Some(step) = self.swap_steps(batch, &mut verify_at) {
+                // A step still in flight (an event being sent) finishes first.
+                slow = Some(match slow.take() {
+                    Some(earlier) => Box::pin(async move {
+                        let first = earlier.await;
+                        step.await.or(first)
+                    }),
+                    None => step,
+                });
+            }
+            if !matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }))
+            {
+                verify_at = None;
+            }
+            if self.confirms_deregistration(&published.borrow()) {
+                pending.push_back(Observation::Swap(SwapObservation::Deregistered));
+            }
+            if was_updating && self.agent.phase == Phase::Serving {
+                info!(instance = %self.options.instance, "swap over");
+                match self.options.once {
+                    true => pending.push_back(Observation::Shutdown),
+                    false => next_pass = next_pass.or(Some(Instant::now())),
                 }
             }
             self.report_status(&mut status, &published.borrow());
+        }
+    }
+
+    /// Journals the swap, does its quick steps at once and returns the slow ones as one future.
+    fn swap_steps(
+        &mut self,
+        batch: Vec<SwapAction>,
+        verify_at: &mut Option<Instant>,
+    ) -> Option<SlowStep> {
+        let updates = self.seams.updates.as_mut()?;
+        if batch.is_empty() {
+            return None;
+        }
+        // Events report the version the instance ran before the swap.
+        let current = match &self.agent.phase {
+            Phase::Updating(swap) => {
+                updates.journal(swap);
+                if let Stage::Stranded { .. } = swap.stage {
+                    tracing::error!(instance = %self.options.instance, "{}", swap.status());
+                }
+                semver::Version::parse(&swap.plan.old.version).ok()
+            }
+            _ => None,
+        };
+        let current = current
+            .or_else(|| updates.running().cloned())
+            .unwrap_or_else(|| semver::Version::new(0, 0, 0));
+        for action in &batch {
+            match action {
+                SwapAction::StartVerifyDeadline => {
+                    *verify_at = updates.verify_timeout().map(|t| Instant::now() + t);
+                }
+                SwapAction::Denylist { version } => updates.deny(version),
+                SwapAction::ClearJournal => updates.clear_journal(),
+                _ => {}
+            }
+        }
+        updates.steps(current, batch)
+    }
+
+    /// The swap waits for etcd to confirm the deregistration, and this is it.
+    fn confirms_deregistration(&self, published: &Published) -> bool {
+        let deregistering =
+            matches!(&self.agent.phase, Phase::Updating(s) if s.stage == Stage::Deregistering);
+        deregistering && *published == Published::Absent
+    }
+
+    /// On start: a swap left in the journal, resumed; an unreadable journal stops updates here.
+    async fn recover(&mut self) -> Option<(super::swap::SwapPhase, Vec<SwapAction>)> {
+        let updates = self.seams.updates.as_mut()?;
+        match updates.recover().await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!(instance = %self.options.instance, "{err:#}; no updates are applied until it is resolved");
+                self.seams.updates = None;
+                None
+            }
         }
     }
 
@@ -189,18 +313,28 @@ impl<R: Registry, P: Probe, C: UnitControl> Driver<R, P, C> {
         known && caught_up
     }
 
-    /// Runs one update pass; returns when the next one is due, or `None` when `once` is done.
-    async fn update_pass(&mut self) -> Option<Instant> {
-        let updates = self.seams.updates.as_mut()?;
-        let (outcome, delay) = updates.run().await;
+    /// Runs one update pass; returns when the next one is due (`None` when `once` is done) and
+    /// the swap a valid offer asks for.
+    async fn update_pass(&mut self) -> (Option<Instant>, Option<super::swap::SwapPlan>) {
+        let Some(updates) = self.seams.updates.as_mut() else {
+            return (None, None);
+        };
+        let (label, delay, plan) = if updates.swaps() {
+            let (plan, label, delay) = updates.poll().await;
+            (label, delay, plan)
+        } else {
+            let (outcome, delay) = updates.run().await;
+            debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
+            (outcome.label(), delay, None)
+        };
         if let Some(metrics) = &self.options.metrics {
-            metrics.update_checked(outcome.label());
+            metrics.update_checked(label);
             if let Some(running) = updates.running() {
                 metrics.set_version(&running.to_string());
             }
         }
-        debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
-        (!self.options.once).then(|| Instant::now() + delay)
+        let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
+        (next, plan)
     }
 
     /// Sends STATUS when the line changed.
@@ -230,6 +364,14 @@ fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &st
     }
 }
 
+/// The slow step's answer; never resolves when none is in flight.
+async fn run_slow(slow: &mut Option<SlowStep>) -> Option<SwapObservation> {
+    match slow {
+        Some(step) => step.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`; never resolves for `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -254,6 +396,10 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
+
+#[cfg(test)]
+#[path = "driver/swap_tests.rs"]
+mod swap_tests;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,11 @@
 
 pub mod cycle;
 pub mod driver;
+pub mod execute;
+pub mod journal;
+pub mod poll;
 pub mod state;
+pub mod swap;
 
 pub use driver::{Driver, DriverOptions, DriverReport, Seams};
 pub use state::{Action, Agent, Observation, Phase};

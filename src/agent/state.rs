@@ -1,10 +1,11 @@
 //! The decision: registered iff the phase allows it, the unit is `active` and the health streak
 //! is healthy (or there is no check). `next(state, observation) -> (state, actions)`, no I/O.
 //!
-//! [`Phase`] is where the update work extends the machine (Draining, Swapping, Verifying,
-//! RollingBack in DESIGN.md's "The swap"): a phase that does not allow registration keeps the
-//! instance out of the load balancer whatever the unit and probe say.
+//! [`Phase::Updating`] hands the swap to its own sub-machine ([`super::swap`]); between the
+//! swap's deregistration and its verification the phase does not allow registration, which keeps
+//! the instance out of the load balancer whatever the unit and probe say.
 
+use super::swap::{self, SwapAction, SwapObservation, SwapPhase, SwapPlan};
 use crate::health::HealthStreak;
 use crate::systemd::ActiveState;
 
@@ -13,6 +14,8 @@ use crate::systemd::ActiveState;
 pub enum Phase {
     /// Following the unit and probe; registered while both allow it.
     Serving,
+    /// Swapping the unit to a new version.
+    Updating(SwapPhase),
     /// Shutting down: deregistered, stays so.
     Stopping,
 }
@@ -22,13 +25,18 @@ impl Phase {
     pub fn label(&self) -> &'static str {
         match self {
             Phase::Serving => "serving",
+            Phase::Updating(_) => "updating",
             Phase::Stopping => "stopping",
         }
     }
 
     /// Whether the instance may be registered in this phase.
     pub fn allows_registration(&self) -> bool {
-        matches!(self, Phase::Serving)
+        match self {
+            Phase::Serving => true,
+            Phase::Updating(swap) => swap.allows_registration(),
+            Phase::Stopping => false,
+        }
     }
 }
 
@@ -44,6 +52,10 @@ pub enum Observation {
     Probe { passed: bool },
     /// SIGTERM or SIGINT.
     Shutdown,
+    /// The update policy accepted an offer: start swapping (ignored unless serving).
+    Offer(SwapPlan),
+    /// A swap step's result.
+    Swap(SwapObservation),
 }
 
 /// What the driver must do.
@@ -55,6 +67,8 @@ pub enum Action {
     Deregister,
     /// Withdraw the registration and exit.
     Stop,
+    /// A swap step other than (de)registering and stopping.
+    Swap(SwapAction),
 }
 
 /// The agent's state.
@@ -81,9 +95,10 @@ impl Agent {
         }
     }
 
-    /// Whether the probe should run now: only while the unit is active and a check is configured.
+    /// Whether the probe should run now: only while the unit is active and a check is configured
+    /// (also while a swap keeps the instance deregistered: verification needs the probe).
     pub fn probing(&self) -> bool {
-        self.phase.allows_registration() && self.unit.is_active() && !self.unchecked
+        self.phase != Phase::Stopping && self.unit.is_active() && !self.unchecked
     }
 
     /// Healthy by the rise/fall thresholds, or no check configured.
@@ -100,6 +115,7 @@ impl Agent {
     pub fn status(&self) -> String {
         match (&self.phase, self.registered) {
             (Phase::Stopping, _) => "stopping: deregistering".to_string(),
+            (Phase::Updating(swap), _) => swap.status(),
             (Phase::Serving, true) => "registered".to_string(),
             (Phase::Serving, false) if !self.unit.is_active() => {
                 format!("not registered: unit is {}", self.unit)
@@ -114,189 +130,96 @@ impl Agent {
 
 /// The next state and the actions that take the world there.
 pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) {
-    match observation {
+    let mut actions = Vec::new();
+    let forwarded = match observation {
         Observation::Shutdown => {
-            agent.phase = Phase::Stopping;
+            let phase = std::mem::replace(&mut agent.phase, Phase::Stopping);
             agent.registered = false;
+            if let Phase::Updating(swap) = phase {
+                let (_, swap_actions) = swap::step(swap, SwapObservation::Shutdown);
+                return (agent, swap_actions.into_iter().map(Action::from).collect());
+            }
             return (agent, vec![Action::Stop]);
         }
+        Observation::Offer(plan) => {
+            if agent.phase == Phase::Serving {
+                let (swap, swap_actions) = swap::start(plan);
+                agent.phase = Phase::Updating(swap);
+                actions.extend(swap_actions.into_iter().map(Action::from));
+            }
+            None
+        }
+        Observation::Swap(observation) => Some(observation),
         Observation::LeftActive => {
             agent.health.reset();
             agent.unit = ActiveState::Unknown;
+            Some(SwapObservation::LeftActive)
         }
         Observation::Unit(state) => {
             if !state.is_active() {
                 // A restarted unit must prove itself healthy again.
                 agent.health.reset();
             }
-            agent.unit = state;
+            agent.unit = state.clone();
+            Some(SwapObservation::Unit(state))
         }
         Observation::Probe { passed } => {
             if agent.probing() {
                 agent.health.record(passed);
             }
+            Some(SwapObservation::Probe { passed })
+        }
+    };
+    if let Some(observation) = forwarded {
+        match std::mem::replace(&mut agent.phase, Phase::Serving) {
+            Phase::Updating(swap) => {
+                let (swap, swap_actions) = swap::step(swap, observation);
+                if swap.stage != swap::Stage::Finished {
+                    agent.phase = Phase::Updating(swap);
+                }
+                for action in swap_actions.into_iter().map(Action::from) {
+                    match action {
+                        Action::Register => agent.registered = true,
+                        Action::Deregister => agent.registered = false,
+                        _ => {}
+                    }
+                    actions.push(action);
+                }
+            }
+            other => agent.phase = other,
         }
     }
-    let mut actions = Vec::new();
-    match (agent.registered, agent.wants_registration()) {
-        (false, true) => actions.push(Action::Register),
-        (true, false) => actions.push(Action::Deregister),
-        _ => {}
+    if agent.phase.allows_registration() {
+        match (agent.registered, agent.wants_registration()) {
+            (false, true) => actions.push(Action::Register),
+            (true, false) => actions.push(Action::Deregister),
+            _ => {}
+        }
+        agent.registered = agent.wants_registration();
     }
-    agent.registered = agent.wants_registration();
     (agent, actions)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::num::NonZeroU32;
-
-    use super::*;
-    use ActiveState::*;
-    use Observation::{LeftActive, Probe, Shutdown, Unit};
-
-    const PASS: Observation = Probe { passed: true };
-    const FAIL: Observation = Probe { passed: false };
-
-    fn agent(rise: u32, fall: u32, unchecked: bool) -> Agent {
-        let n = |v| NonZeroU32::new(v).unwrap();
-        Agent::new(HealthStreak::new(n(rise), n(fall)), unchecked)
+/// Resumes a journaled swap at start ([`super::journal::recover`]): the agent enters it with
+/// the actions recovery decided.
+pub fn resume(mut agent: Agent, swap: SwapPhase, actions: Vec<SwapAction>) -> (Agent, Vec<Action>) {
+    if swap.stage != swap::Stage::Finished {
+        agent.phase = Phase::Updating(swap);
     }
+    let actions = actions.into_iter().map(Action::from).collect();
+    (agent, actions)
+}
 
-    /// Feeds `steps` and checks the actions after each one and the final registration.
-    fn run(mut a: Agent, steps: &[(Observation, &[Action])]) -> Agent {
-        for (i, (observation, expected)) in steps.iter().enumerate() {
-            let (next_agent, actions) = next(a, observation.clone());
-            assert_eq!(actions, *expected, "step {i}: {observation:?}");
-            a = next_agent;
+impl From<SwapAction> for Action {
+    fn from(action: SwapAction) -> Action {
+        match action {
+            SwapAction::Register => Action::Register,
+            SwapAction::Deregister => Action::Deregister,
+            SwapAction::Stop => Action::Stop,
+            other => Action::Swap(other),
         }
-        a
-    }
-
-    #[test]
-    fn registers_after_rise_passes_while_active_and_deregisters_after_fall_failures() {
-        let a = run(
-            agent(2, 2, false),
-            &[
-                (Unit(Activating), &[]),
-                (Unit(Active), &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-                (PASS, &[]),
-                (FAIL, &[]),
-                (FAIL, &[Action::Deregister]),
-                (FAIL, &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-            ],
-        );
-        assert!(a.registered);
-    }
-
-    #[test]
-    fn deregisters_at_once_when_the_unit_leaves_active_in_any_way() {
-        for leaving in [Deactivating, Inactive, Failed, Activating, Reloading] {
-            let a = run(
-                agent(1, 3, false),
-                &[
-                    (Unit(Active), &[]),
-                    (PASS, &[Action::Register]),
-                    (Unit(leaving.clone()), &[Action::Deregister]),
-                ],
-            );
-            assert!(!a.registered && !a.probing(), "{leaving}");
-        }
-    }
-
-    #[test]
-    fn a_restarted_unit_must_pass_rise_checks_again() {
-        run(
-            agent(2, 2, false),
-            &[
-                (Unit(Active), &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-                (Unit(Inactive), &[Action::Deregister]),
-                (Unit(Active), &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-            ],
-        );
-    }
-
-    #[test]
-    fn a_departure_never_seen_as_a_state_still_deregisters_and_resets_health() {
-        let a = run(
-            agent(2, 2, false),
-            &[
-                (Unit(Active), &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-                // deactivating -> activating -> active, delivered as one change
-                (LeftActive, &[Action::Deregister]),
-                (Unit(Active), &[]),
-                (PASS, &[]),
-                (PASS, &[Action::Register]),
-            ],
-        );
-        assert!(a.registered);
-        let a = run(
-            agent(1, 1, true),
-            &[
-                (Unit(Active), &[Action::Register]),
-                (LeftActive, &[Action::Deregister]),
-                (Unit(Active), &[Action::Register]),
-            ],
-        );
-        assert!(a.registered);
-    }
-
-    #[test]
-    fn probe_results_while_the_unit_is_not_active_are_ignored() {
-        let a = run(
-            agent(1, 1, false),
-            &[(PASS, &[]), (Unit(Inactive), &[]), (PASS, &[])],
-        );
-        assert_eq!(a.health.progress(), (0, 1));
-    }
-
-    #[test]
-    fn without_a_check_the_active_unit_alone_registers() {
-        let a = run(
-            agent(2, 2, true),
-            &[
-                (Unit(Activating), &[]),
-                (Unit(Active), &[Action::Register]),
-                (Unit(Active), &[]),
-                (Unit(Failed), &[Action::Deregister]),
-            ],
-        );
-        assert!(!a.probing());
-    }
-
-    #[test]
-    fn shutdown_stops_and_nothing_registers_afterwards() {
-        let a = run(
-            agent(1, 1, true),
-            &[
-                (Unit(Active), &[Action::Register]),
-                (Shutdown, &[Action::Stop]),
-                (Unit(Active), &[]),
-                (PASS, &[]),
-            ],
-        );
-        assert!(!a.registered);
-        assert_eq!(a.status(), "stopping: deregistering");
-    }
-
-    #[test]
-    fn status_says_why_the_instance_is_not_registered() {
-        let (a, _) = next(agent(2, 2, false), Unit(Failed));
-        assert_eq!(a.status(), "not registered: unit is failed");
-        let (a, _) = next(a, Unit(Active));
-        let (a, _) = next(a, PASS);
-        assert_eq!(a.status(), "not registered: health check passed 1/2");
-        let (a, _) = next(a, PASS);
-        assert_eq!(a.status(), "registered");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,10 +14,14 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, info_span};
 
-use crate::agent::cycle::UpdatePass;
+use crate::agent::cycle::{SwapConfig, UpdatePass};
+use crate::agent::execute::StepSettings;
+use crate::agent::journal::Journal;
+use crate::agent::poll::Denylist;
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
 use crate::cli::{Cli, RunArgs};
-use crate::config::{self, HealthCheck, LoadedConfig, Settings};
+use crate::config::{self, HealthCheck, LoadedConfig, Settings, SlotBackend};
+use crate::etcd::EtcdConnection;
 use crate::health::{HealthProbe, HealthStreak};
 use crate::metrics::Metrics;
 use crate::omaha::{
@@ -26,8 +30,8 @@ use crate::omaha::{
 };
 use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, KeyLayout};
-use crate::slot::{AnySlots, DryRunSlots, SlotHolder};
-use crate::systemd::control::{MemoryUnitControl, RunningVersion};
+use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
+use crate::systemd::control::{AnyUnitControl, DbusUnitControl, DryRunUnitControl, RunningVersion};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
@@ -165,32 +169,40 @@ async fn run(
                 "the embedded unit is active and runs {VERSION_VARIABLE}={version} {IMAGE_VARIABLE}={image}"
             );
             let source = InMemoryUpdateSource::new(releases.newest().cloned());
-            let control = MemoryUnitControl::new(RunningVersion {
-                version: Some(version.to_string()),
-                image: Some(image.to_string()),
-            });
+            let units = MemoryUnits::new(ActiveState::Active);
+            // The swap's unit calls are printed, and played on the in-memory unit.
+            let control = AnyUnitControl::DryRun(DryRunUnitControl::new(
+                &settings.instance.unit,
+                &settings.swap.dropin_dir,
+                RunningVersion {
+                    version: Some(version.to_string()),
+                    image: Some(image.to_string()),
+                },
+                units.clone(),
+            ));
             let pass = UpdatePass::new(
                 AnyUpdateSource::new(UpdateBackend::Memory(source), true),
                 dry_run_slots(&settings),
                 control,
                 settings.update.clone(),
-            );
-            (Box::new(MemoryUnits::new(ActiveState::Active)), Some(pass))
+            )
+            .with_swaps(swap_config(&settings, true)?);
+            (Box::new(units), Some(pass))
         }
         World::Configured => {
             let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
-            let pass = if settings.update.enabled && dry_run {
+            let pass = if !settings.update.enabled {
+                None
+            } else if dry_run {
                 configured_dry_run_updates(&settings).unwrap_or_else(|err| {
                     tracing::warn!("{err:#}; the dry run goes on without update checks");
                     None
                 })
             } else {
-                if settings.update.enabled {
-                    info!(
-                        "update.enabled is set, but this version does not apply updates yet: registration only"
-                    );
-                }
-                None
+                configured_updates(&settings).await.unwrap_or_else(|err| {
+                    tracing::error!("{err:#}; no updates are applied: registration only");
+                    None
+                })
             };
             (Box::new(units), pass)
         }
@@ -238,6 +250,88 @@ async fn run(
     Ok(report)
 }
 
+/// The update pass of the daemon: the configured update service, slots and the unit over D-Bus,
+/// applying what it is offered. `None` without an update server.
+async fn configured_updates(
+    settings: &Settings,
+) -> anyhow::Result<Option<UpdatePass<AnyUnitControl>>> {
+    let Some(server) = settings.update.server.clone() else {
+        return Ok(None);
+    };
+    let instance = super::update_check::app_instance(settings)
+        .context("failed to identify the instance to the update service")?;
+    let who = SlotHolder {
+        holder: instance.machine_id.clone(),
+        instance: settings.instance.name.clone(),
+    };
+    let source = HttpUpdateSource::new(
+        server,
+        instance,
+        HttpTimeouts::default(),
+        settings.update.ca_file.as_deref(),
+    )
+    .context("failed to set up the update client")?;
+    let slot = &settings.slot;
+    let slots = match slot.backend {
+        SlotBackend::Etcd => {
+            let etcd = EtcdConnection::new(settings.etcd.clone());
+            AnySlots::Etcd(Box::new(EtcdSlots::from_settings(etcd, slot, who)))
+        }
+        SlotBackend::Fleetlock => {
+            let url = slot
+                .fleetlock_url
+                .as_ref()
+                .context("slot.backend is fleetlock but slot.fleetlock_url is not set")?;
+            let slots = FleetLockSlots::new(url, &slot.group, &who, &settings.daemon.state_dir)
+                .context("failed to set up the FleetLock client")?;
+            AnySlots::FleetLock(slots)
+        }
+        SlotBackend::None => AnySlots::Memory(MemorySlots::new(slot.max, who)),
+    };
+    let bus = zbus::Connection::system()
+        .await
+        .context("failed to connect to the system bus")?;
+    let control = DbusUnitControl::from_swap(
+        bus,
+        &settings.instance.unit,
+        &settings.instance.name,
+        &settings.swap,
+    )
+    .await
+    .context("failed to set up the unit control")?;
+    let pass = UpdatePass::new(
+        AnyUpdateSource::new(UpdateBackend::Http(source), false),
+        slots,
+        AnyUnitControl::Dbus(control),
+        settings.update.clone(),
+    );
+    Ok(Some(pass.with_swaps(swap_config(settings, false)?)))
+}
+
+/// How the pass swaps: the configured steps; a dry run writes no journal and no denylist.
+fn swap_config(settings: &Settings, dry_run: bool) -> anyhow::Result<SwapConfig> {
+    let swap = &settings.swap;
+    let health = &settings.health;
+    let state_dir = &settings.daemon.state_dir;
+    let instance = &settings.instance.name;
+    Ok(SwapConfig {
+        steps: StepSettings {
+            prepull: swap.prepull.clone(),
+            drain: swap.drain,
+            start_timeout: swap.start_timeout,
+        },
+        verify_timeout: swap.verify_timeout,
+        rise: match health.check {
+            HealthCheck::None => 0,
+            _ => health.rise.get(),
+        },
+        journal: Journal::new(state_dir, instance),
+        denylist: Denylist::load(state_dir, instance)
+            .context("failed to read the update denylist")?,
+        dry_run,
+    })
+}
+
 /// The slots of a dry run: print what would be taken, take nothing.
 fn dry_run_slots(settings: &Settings) -> AnySlots {
     let who = SlotHolder {
@@ -255,7 +349,7 @@ fn dry_run_slots(settings: &Settings) -> AnySlots {
 /// nothing to it.
 fn configured_dry_run_updates(
     settings: &Settings,
-) -> anyhow::Result<Option<UpdatePass<MemoryUnitControl>>> {
+) -> anyhow::Result<Option<UpdatePass<AnyUnitControl>>> {
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
@@ -272,7 +366,12 @@ fn configured_dry_run_updates(
     Ok(Some(UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), true),
         dry_run_slots(settings),
-        MemoryUnitControl::default(),
+        AnyUnitControl::DryRun(DryRunUnitControl::new(
+            &settings.instance.unit,
+            &settings.swap.dropin_dir,
+            RunningVersion::default(),
+            MemoryUnits::new(ActiveState::Unknown),
+        )),
         settings.update.clone(),
     )))
 }

@@ -1,5 +1,7 @@
 //! `sidekick update-check`: one update check against the configured Omaha service, printed as one
-//! JSON object. It sends no events, except the error event for an offer it refuses.
+//! JSON object. The policy (validation, denylist, the 3/0 for a refused offer) is the daemon's
+//! own, [`crate::agent::poll::check`]; it sends no events except the error event for an offer it
+//! refuses.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,11 +10,10 @@ use std::time::Duration;
 use semver::Version;
 use serde::Serialize;
 
+use crate::agent::poll::{self, CheckResult, Denylist, OfferRules};
 use crate::config::{ConfigSources, Settings};
 use crate::identity;
-use crate::omaha::{
-    AppInstance, CheckOutcome, Event, HttpTimeouts, HttpUpdateSource, UpdateSource, validate_offer,
-};
+use crate::omaha::{AppInstance, HttpTimeouts, HttpUpdateSource};
 use crate::systemd::environment::{VERSION_VARIABLE, service_environment, variable};
 
 /// The result of one check, as printed.
@@ -27,6 +28,10 @@ pub enum CheckReport {
     NoUpdate,
     OnHold {
         reason: String,
+    },
+    /// A version that failed on this instance and was rolled back; skipped until a newer one.
+    Denylisted {
+        version: String,
     },
     Error {
         kind: String,
@@ -139,30 +144,35 @@ async fn check_once(
         Ok(source) => source,
         Err(err) => return CheckReport::error(err.kind(), err),
     };
-    match source.check(&current, interactive).await {
-        Err(err) => CheckReport::error(err.kind(), err),
-        Ok(CheckOutcome::NoUpdate) => CheckReport::NoUpdate,
-        Ok(CheckOutcome::OnHold { reason }) => CheckReport::OnHold { reason },
-        Ok(CheckOutcome::Error { kind, detail }) => CheckReport::error(kind.as_str(), detail),
-        Ok(CheckOutcome::Update(offer)) => {
-            let update = &settings.update;
-            match validate_offer(&offer, &current, &update.image, update.pin_digest) {
-                Ok(valid) => CheckReport::Update {
-                    version: valid.version.to_string(),
-                    image: valid.image.as_str().to_string(),
-                    sha256: valid.sha256,
-                },
-                Err(refusal) => {
-                    tracing::warn!(error = %refusal, "refused the offered update");
-                    let event = Event::Failed {
-                        error_code: refusal.error_code(),
-                    };
-                    if let Err(err) = source.send_event(&current, event).await {
-                        tracing::warn!(error = %err, "failed to report the refused offer");
-                    }
-                    CheckReport::error(refusal.kind(), refusal)
-                }
+    let denylist = match Denylist::load(&settings.daemon.state_dir, &settings.instance.name) {
+        Ok(denylist) => denylist,
+        Err(err) => return CheckReport::error(err.kind(), err),
+    };
+    let rules = OfferRules {
+        image: settings.update.image.clone(),
+        pin_digest: settings.update.pin_digest,
+        server: settings.update.server.clone(),
+    };
+    match poll::check(&source, &current, &rules, &denylist, interactive).await {
+        CheckResult::Offer(valid) => CheckReport::Update {
+            version: valid.version.to_string(),
+            image: valid.image.as_str().to_string(),
+            sha256: valid.sha256.clone(),
+        },
+        CheckResult::NoUpdate => CheckReport::NoUpdate,
+        CheckResult::OnHold { reason } => CheckReport::OnHold { reason },
+        CheckResult::Denylisted { version } => CheckReport::Denylisted {
+            version: version.to_string(),
+        },
+        CheckResult::Refused { refusal, reported } => {
+            tracing::warn!(error = %refusal, "refused the offered update");
+            if let Err(err) = reported {
+                tracing::warn!(error = %err, "failed to report the refused offer");
             }
+            CheckReport::error(refusal.kind(), refusal)
+        }
+        CheckResult::ServerStatus { kind, detail } | CheckResult::Unreachable { kind, detail } => {
+            CheckReport::error(&kind, detail)
         }
     }
 }

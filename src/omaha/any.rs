@@ -11,6 +11,8 @@ use super::{
 use crate::dry_run::would;
 
 /// Where checks go.
+// One per process: the size of the HTTP client next to a shared in-memory handle costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum UpdateBackend {
     /// An Omaha service over HTTP(S).
     Http(HttpUpdateSource),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use semver::Version;
 use serde::Deserialize;
@@ -117,20 +117,20 @@ struct MemoryState {
     events: Vec<RecordedEvent>,
 }
 
-/// An update source held in memory.
-#[derive(Debug, Default)]
+/// An update source held in memory; clones share it (a test keeps one to read the events).
+#[derive(Debug, Default, Clone)]
 pub struct InMemoryUpdateSource {
-    state: Mutex<MemoryState>,
+    state: Arc<Mutex<MemoryState>>,
 }
 
 impl InMemoryUpdateSource {
     /// A source offering `release` to any instance running an older version.
     pub fn new(release: Option<LocalRelease>) -> Self {
         Self {
-            state: Mutex::new(MemoryState {
+            state: Arc::new(Mutex::new(MemoryState {
                 release,
                 ..MemoryState::default()
-            }),
+            })),
         }
     }
 

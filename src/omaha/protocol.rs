@@ -114,6 +114,9 @@ pub mod error_code {
     pub const OFFER_REFUSED: u32 = 34;
     /// The new version did not turn healthy and was rolled back (sidekick-specific).
     pub const UNHEALTHY_AFTER_SWAP: u32 = 1001;
+    /// The new version failed and the old one could not be brought back either: the instance
+    /// stays deregistered and keeps its slot (sidekick-specific).
+    pub const ROLLBACK_FAILED: u32 = 1002;
 }
 
 /// An update as the service offered it, not yet validated (see [`crate::omaha::validate_offer`]).

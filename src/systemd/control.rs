@@ -4,8 +4,10 @@
 //! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
 //! drop-in values ([`dropin`]).
 
+mod any;
 mod dbus;
 pub mod dropin;
+mod dry_run;
 mod transient;
 
 use std::future::Future;
@@ -15,10 +17,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use any::AnyUnitControl;
 pub use dbus::DbusUnitControl;
+pub use dry_run::DryRunUnitControl;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DropIn {
     /// Value of `SIDEKICK_IMAGE`.
     pub image: String,
@@ -27,7 +31,8 @@ pub struct DropIn {
 }
 
 /// The drop-in file as it was before the swap wrote it, so a rollback can put it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "contents", rename_all = "kebab-case")]
 pub enum PreviousDropIn {
     /// There was none: a rollback removes the file.
     Absent,

@@ -1,0 +1,462 @@
+//! The loop running whole swaps over the in-memory seams: the unit restarts when the control
+//! restarts it, and the probe fails while the unit runs a version the test calls bad.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use super::*;
+use crate::agent::cycle::{SwapConfig, UpdatePass};
+use crate::agent::execute::StepSettings;
+use crate::agent::journal::Journal;
+use crate::agent::poll::Denylist;
+use crate::agent::swap::{SwapPhase, SwapPlan};
+use crate::config::UpdateSettings;
+use crate::health::{HealthStreak, ProbeError};
+use crate::omaha::{
+    AnyUpdateSource, Event, InMemoryUpdateSource, LocalRelease, UpdateBackend, error_code,
+};
+use crate::registry::{Desired, MemoryRegistry};
+use crate::slot::{Acquisition, AnySlots, MemorySlots, SlotHolder, SlotLock};
+use crate::systemd::control::{
+    ControlCall, ControlError, DropIn, MemoryUnitControl, PreviousDropIn, RunningVersion,
+};
+use crate::systemd::{MemoryUnits, UnitManager};
+
+/// The in-memory control, plus what systemd does on a restart: the unit leaves active and
+/// comes back.
+#[derive(Clone)]
+struct Restarting {
+    inner: MemoryUnitControl,
+    units: Arc<MemoryUnits>,
+}
+
+impl UnitControl for Restarting {
+    async fn write_dropin(&self, dropin: &DropIn) -> Result<PreviousDropIn, ControlError> {
+        self.inner.write_dropin(dropin).await
+    }
+    async fn restore_dropin(&self, previous: &PreviousDropIn) -> Result<(), ControlError> {
+        self.inner.restore_dropin(previous).await
+    }
+    async fn reload(&self) -> Result<(), ControlError> {
+        self.inner.reload().await
+    }
+    async fn restart(&self, timeout: Duration) -> Result<(), ControlError> {
+        let restarted = self.inner.restart(timeout).await;
+        if restarted.is_ok() {
+            self.units.set(ActiveState::Inactive);
+            self.units.set(ActiveState::Active);
+        }
+        restarted
+    }
+    async fn run_transient(&self, argv: &[String], timeout: Duration) -> Result<(), ControlError> {
+        self.inner.run_transient(argv, timeout).await
+    }
+    async fn running(&self) -> Result<RunningVersion, ControlError> {
+        self.inner.running().await
+    }
+}
+
+/// Healthy unless the unit runs the bad version.
+struct VersionProbe {
+    control: MemoryUnitControl,
+    bad: &'static str,
+}
+
+impl Probe for VersionProbe {
+    async fn check(&mut self) -> Result<(), ProbeError> {
+        let running = self.control.running().await.ok().and_then(|r| r.version);
+        match running.as_deref() == Some(self.bad) {
+            true => Err(ProbeError::Timeout(Duration::ZERO)),
+            false => Ok(()),
+        }
+    }
+}
+
+fn who(name: &str) -> SlotHolder {
+    SlotHolder {
+        holder: name.into(),
+        instance: name.into(),
+    }
+}
+
+struct World {
+    control: MemoryUnitControl,
+    source: InMemoryUpdateSource,
+    slots: MemorySlots,
+    registry: MemoryRegistry,
+    dir: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<DriverReport>,
+}
+
+fn release(version: &str) -> LocalRelease {
+    LocalRelease {
+        version: version.into(),
+        codebase: format!("example/web:{version}"),
+        name: String::new(),
+        sha256: None,
+        size: None,
+    }
+}
+
+/// A registered sidekick for an active unit running 1.0.0, checking every 50 ms, then offered
+/// `offered`; the unit is unhealthy while it runs `bad`.
+async fn start(offered: &str, bad: &'static str, drain: Duration) -> World {
+    start_after(offered, bad, drain, None).await
+}
+
+/// As [`start`], after an earlier life left `journaled` in the journal with the unit running
+/// its new version.
+async fn start_after(
+    offered: &str,
+    bad: &'static str,
+    drain: Duration,
+    journaled: Option<SwapPhase>,
+) -> World {
+    let units = Arc::new(MemoryUnits::new(ActiveState::Active));
+    let control = MemoryUnitControl::new(RunningVersion {
+        version: Some("1.0.0".into()),
+        image: Some("example/web:1.0.0".into()),
+    });
+    let source = InMemoryUpdateSource::new(None);
+    let slots = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    let registry = MemoryRegistry::new();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = UpdateSettings {
+        enabled: true,
+        server: None,
+        app_id: "app".into(),
+        track: "stable".into(),
+        arch: "x64".into(),
+        interval: Duration::from_millis(50),
+        image: "{codebase}".into(),
+        pin_digest: false,
+        ca_file: None,
+    };
+    let swaps = SwapConfig {
+        steps: StepSettings {
+            prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+            drain,
+            start_timeout: Duration::from_secs(1),
+        },
+        verify_timeout: Duration::from_millis(500),
+        rise: 2,
+        journal: Journal::new(dir.path(), "web-1"),
+        denylist: Denylist::load(dir.path(), "web-1").unwrap(),
+        dry_run: false,
+    };
+    if let Some(phase) = &journaled {
+        Journal::new(dir.path(), "web-1").write(phase).unwrap();
+        control.write_dropin(&phase.plan.new).await.unwrap();
+    }
+    let restarting = Restarting {
+        inner: control.clone(),
+        units: units.clone(),
+    };
+    let updates = UpdatePass::new(
+        AnyUpdateSource::new(UpdateBackend::Memory(source.clone()), false),
+        AnySlots::Memory(slots.join(who("web-1"))),
+        restarting,
+        settings,
+    )
+    .with_swaps(swaps);
+    let seams = Seams {
+        registry: registry.clone(),
+        probe: VersionProbe {
+            control: control.clone(),
+            bad,
+        },
+        unit: units.unit_state(),
+        updates: Some(updates),
+    };
+    let options = DriverOptions {
+        entries: vec![("k".into(), "v".into())],
+        interval: Duration::from_millis(10),
+        instance: "web-1".into(),
+        unit_name: "web@1.service".into(),
+        once: false,
+        metrics: None,
+    };
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(Driver::new(agent, seams, options).run(async move {
+        let _ = stopped.await;
+        // The units follower lives as long as the run.
+        drop(units);
+    }));
+    eventually("registered before the offer", || registered(&registry)).await;
+    source.set_release(Some(release(offered)));
+    World {
+        control,
+        source,
+        slots,
+        registry,
+        dir,
+        stop,
+        run,
+    }
+}
+
+impl World {
+    fn events(&self) -> Vec<Event> {
+        self.source.events().into_iter().map(|e| e.event).collect()
+    }
+
+    async fn finish(self) -> (Vec<Desired>, tempfile::TempDir) {
+        let _ = self.stop.send(());
+        self.run.await.unwrap();
+        (self.registry.history(), self.dir)
+    }
+}
+
+/// Polls `done` until it holds, failing after 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn registered(registry: &MemoryRegistry) -> bool {
+    registry.current().is_some()
+}
+
+fn prepull(version: &str) -> ControlCall {
+    ControlCall::RunTransient(vec![
+        "docker".into(),
+        "pull".into(),
+        format!("example/web:{version}"),
+    ])
+}
+
+#[tokio::test]
+async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_back() {
+    let world = start("2.0.0", "none", Duration::from_millis(20)).await;
+    eventually("3/1", || world.events().contains(&Event::UpdateComplete)).await;
+    eventually("slot released and registered", || {
+        world.slots.holders().is_empty() && registered(&world.registry)
+    })
+    .await;
+    assert_eq!(
+        world.events(),
+        [
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            Event::SwapStarted,
+            Event::UpdateComplete
+        ]
+    );
+    assert_eq!(
+        world.control.calls(),
+        [
+            prepull("2.0.0"),
+            ControlCall::WriteDropIn(DropIn {
+                image: "example/web:2.0.0".into(),
+                version: "2.0.0".into()
+            }),
+            ControlCall::Reload,
+            ControlCall::Restart,
+        ]
+    );
+    let running = world.control.running().await.unwrap();
+    assert_eq!(running.version.as_deref(), Some("2.0.0"));
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    // Registered, out for the swap, registered again.
+    let entries = vec![("k".to_string(), "v".to_string())];
+    assert_eq!(
+        world.registry.history(),
+        [
+            Desired::Present(entries.clone()),
+            Desired::Absent,
+            Desired::Present(entries)
+        ]
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
+    let world = start("3.0.0", "3.0.0", Duration::from_millis(20)).await;
+    let failed = Event::Failed {
+        error_code: error_code::UNHEALTHY_AFTER_SWAP,
+    };
+    eventually("3/0", || world.events().contains(&failed)).await;
+    eventually("slot released and registered", || {
+        world.slots.holders().is_empty() && registered(&world.registry)
+    })
+    .await;
+    assert_eq!(
+        world.events(),
+        [
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            Event::SwapStarted,
+            failed
+        ]
+    );
+    let calls = world.control.calls();
+    assert_eq!(
+        calls[calls.len() - 3..],
+        [
+            ControlCall::RestoreDropIn(PreviousDropIn::Absent),
+            ControlCall::Reload,
+            ControlCall::Restart
+        ]
+    );
+    let running = world.control.running().await.unwrap();
+    assert_eq!(running.version.as_deref(), Some("1.0.0"));
+    let other = world.slots.join(who("web-2"));
+    assert!(
+        matches!(other.acquire("3.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "3.0.0"),
+        "the group is halted by 3.0.0"
+    );
+    let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
+    assert!(denylist.contains(&semver::Version::new(3, 0, 0)));
+    // Later checks meet 3.0.0 again and skip it: no second attempt.
+    let checks = world.registry.history().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        world.registry.history().len(),
+        checks,
+        "no new deregistration"
+    );
+    assert_eq!(world.events().len(), 4);
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_failed_prepull_reports_errorcode_9_takes_no_slot_and_never_deregisters() {
+    let world = start("2.0.0", "none", Duration::from_millis(20)).await;
+    world.control.fail_transient(true);
+    let failed = Event::Failed {
+        error_code: error_code::PREPULL_FAILED,
+    };
+    eventually("3/0", || world.events().contains(&failed)).await;
+    assert_eq!(world.events(), [Event::PrepullStarted, failed]);
+    assert_eq!(world.control.calls(), [prepull("2.0.0")]);
+    assert!(world.slots.holders().is_empty());
+    let (history, _dir) = world.finish().await;
+    assert!(!history.contains(&Desired::Absent), "{history:?}");
+}
+
+#[tokio::test]
+async fn a_slot_lost_during_the_drain_means_no_restart_and_registered_again() {
+    let world = start("2.0.0", "none", Duration::from_millis(300)).await;
+    eventually("deregistered for the swap", || {
+        world.registry.history().contains(&Desired::Absent)
+    })
+    .await;
+    // Someone frees our slot behind our back (an expired lease, an operator).
+    world.slots.join(who("web-1")).release().await.unwrap();
+    // The attempt is dropped and the next check tries again, from its pre-pull.
+    eventually("a second attempt", || {
+        let pulls = world
+            .events()
+            .iter()
+            .filter(|e| **e == Event::PrepullStarted)
+            .count();
+        pulls == 2
+    })
+    .await;
+    let events = world.events();
+    assert_eq!(
+        events[..4],
+        [
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            Event::SwapStarted,
+            Event::PrepullStarted
+        ]
+    );
+    let calls = world.control.calls();
+    assert_eq!(
+        calls[..2],
+        [prepull("2.0.0"), prepull("2.0.0")],
+        "no drop-in and no restart in the first attempt"
+    );
+    // Between the attempts the instance served again.
+    let entries = vec![("k".to_string(), "v".to_string())];
+    let history = world.registry.history();
+    assert_eq!(
+        history[..3],
+        [
+            Desired::Present(entries.clone()),
+            Desired::Absent,
+            Desired::Present(entries)
+        ]
+    );
+    world.finish().await;
+}
+
+fn journaled(stage: Stage) -> SwapPhase {
+    let dropin = |version: &str| DropIn {
+        image: format!("example/web:{version}"),
+        version: version.into(),
+    };
+    SwapPhase {
+        plan: SwapPlan {
+            old: dropin("1.0.0"),
+            new: dropin("2.0.0"),
+            rise: 2,
+        },
+        stage,
+        previous: Some(PreviousDropIn::Absent),
+        slot_held: true,
+        unit_active: false,
+    }
+}
+
+#[tokio::test]
+async fn a_start_after_a_crash_mid_restart_verifies_the_new_version_and_finishes_with_3_1() {
+    let world = start_after(
+        "2.0.0",
+        "none",
+        Duration::from_millis(20),
+        Some(journaled(Stage::Restarting)),
+    )
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    assert_eq!(world.events(), [Event::UpdateComplete]);
+    // The set-up's own drop-in write only: no restart, no rollback.
+    assert_eq!(
+        world.control.calls().len(),
+        1,
+        "{:?}",
+        world.control.calls()
+    );
+    assert!(world.slots.holders().is_empty());
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_reports_3_0() {
+    let failure = crate::agent::swap::Failure {
+        code: error_code::UNHEALTHY_AFTER_SWAP,
+        reason: "2.0.0 not healthy".into(),
+        halt: true,
+    };
+    let world = start_after(
+        "2.0.0",
+        "2.0.0",
+        Duration::from_millis(20),
+        Some(journaled(Stage::RollingBack { failure })),
+    )
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    assert_eq!(
+        world.events(),
+        [Event::Failed {
+            error_code: error_code::UNHEALTHY_AFTER_SWAP
+        }]
+    );
+    let running = world.control.running().await.unwrap();
+    assert_eq!(running.version.as_deref(), Some("1.0.0"));
+    let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
+    assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
+    world.finish().await;
+}

@@ -1,0 +1,185 @@
+//! Carries out the swap's slow steps ([`SwapAction`]s) through the update seams as one future per
+//! batch, whose result comes back to the loop as a [`SwapObservation`]. The loop keeps observing
+//! the unit, the probe and signals while such a future runs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use semver::Version;
+use tracing::{error, info, warn};
+
+use super::swap::{SlotAnswer, SwapAction, SwapObservation};
+use crate::omaha::{AnyUpdateSource, UpdateSource};
+use crate::slot::{Acquisition, AnySlots, Holding, RETRY_AFTER, SlotLock};
+use crate::systemd::control::{ControlError, UnitControl};
+
+/// Longest a pre-pull may take (a large image over a slow link).
+pub const PREPULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Pause before retrying a failed slot release.
+pub const RELEASE_RETRY: Duration = Duration::from_secs(5);
+
+/// A batch of swap steps in flight; `None` when none of them answers.
+pub type SlowStep = Pin<Box<dyn Future<Output = Option<SwapObservation>> + Send>>;
+
+/// What the swap acts on.
+pub struct SwapSeams<C: UnitControl> {
+    pub source: AnyUpdateSource,
+    pub slots: AnySlots,
+    pub control: C,
+}
+
+/// The swap settings the steps need.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    /// `swap.prepull`, `{image}` to be replaced.
+    pub prepull: Vec<String>,
+    pub drain: Duration,
+    pub start_timeout: Duration,
+}
+
+/// Whether the driver carries this action out itself, at once (not through [`run_steps`]).
+pub fn is_inline(action: &SwapAction) -> bool {
+    matches!(
+        action,
+        SwapAction::Register
+            | SwapAction::Deregister
+            | SwapAction::Stop
+            | SwapAction::StartVerifyDeadline
+            | SwapAction::Denylist { .. }
+            | SwapAction::ClearJournal
+    )
+}
+
+/// Runs `actions` in order (inline ones skipped); answers with the last step's observation.
+pub fn run_steps<C: UnitControl + 'static>(
+    seams: Arc<SwapSeams<C>>,
+    settings: StepSettings,
+    current: Version,
+    actions: Vec<SwapAction>,
+) -> SlowStep {
+    Box::pin(async move {
+        let mut answer = None;
+        for action in actions {
+            if let Some(observation) = step(&seams, &settings, &current, action).await {
+                answer = Some(observation);
+            }
+        }
+        answer
+    })
+}
+
+async fn step<C: UnitControl>(
+    seams: &SwapSeams<C>,
+    settings: &StepSettings,
+    current: &Version,
+    action: SwapAction,
+) -> Option<SwapObservation> {
+    let control = &seams.control;
+    let observation = match action {
+        SwapAction::SendEvent(event) => {
+            if let Err(err) = seams.source.send_event(current, event).await {
+                warn!(error = %err, kind = err.kind(), event = ?event, "failed to send an update event");
+            }
+            return None;
+        }
+        SwapAction::Halt { version, reason } => {
+            match seams.slots.halt(&version, &reason).await {
+                Ok(()) => info!(version = %version, reason = %reason, "halted the group's rollout"),
+                Err(err) => {
+                    error!(error = %err, kind = err.kind(), version = %version, "failed to halt the group's rollout")
+                }
+            }
+            return None;
+        }
+        SwapAction::Prepull { image } => {
+            let argv: Vec<String> = settings
+                .prepull
+                .iter()
+                .map(|arg| arg.replace("{image}", &image))
+                .collect();
+            let pulled = control.run_transient(&argv, PREPULL_TIMEOUT).await;
+            SwapObservation::Prepulled(pulled.map_err(|e| failed("pre-pull", &e)))
+        }
+        SwapAction::AcquireSlot { version, retry } => {
+            if retry {
+                seams.slots.wait_for_change(RETRY_AFTER).await;
+            }
+            let answer = match seams.slots.acquire(&version).await {
+                Ok(Acquisition::Acquired) => SlotAnswer::Acquired,
+                Ok(Acquisition::Busy { detail }) => SlotAnswer::Busy(detail),
+                Ok(Acquisition::Halted { version, reason }) => {
+                    SlotAnswer::Halted { version, reason }
+                }
+                Err(err) => SlotAnswer::Failed(err.to_string()),
+            };
+            SwapObservation::Slot(answer)
+        }
+        SwapAction::Drain => {
+            tokio::time::sleep(settings.drain).await;
+            SwapObservation::DrainElapsed
+        }
+        SwapAction::CheckSlot => {
+            let held = match seams.slots.held().await {
+                Ok(Holding::Held) => true,
+                Ok(other) => {
+                    warn!(holding = ?other, "the update slot is no longer held: no restart");
+                    false
+                }
+                Err(err) => {
+                    warn!(error = %err, "cannot tell whether the update slot is held: no restart");
+                    false
+                }
+            };
+            SwapObservation::Fenced { held }
+        }
+        SwapAction::WriteDropIn(dropin) => {
+            let written = control.write_dropin(&dropin).await;
+            SwapObservation::DropInWritten(written.map_err(|e| failed("drop-in write", &e)))
+        }
+        SwapAction::Restart => {
+            let restarted = restart(control, settings.start_timeout).await;
+            SwapObservation::Restarted(restarted.map_err(|e| failed("restart", &e)))
+        }
+        SwapAction::RestoreAndRestart { previous, old } => {
+            let restored = match previous {
+                Some(previous) => control.restore_dropin(&previous).await,
+                None => control.write_dropin(&old).await.map(|_| ()),
+            };
+            let restarted = match restored {
+                Ok(()) => restart(control, settings.start_timeout).await,
+                Err(err) => Err(err),
+            };
+            SwapObservation::Restarted(restarted.map_err(|e| failed("rollback", &e)))
+        }
+        SwapAction::ReleaseSlot { retry } => {
+            if retry {
+                tokio::time::sleep(RELEASE_RETRY).await;
+            }
+            let released = seams.slots.release().await.map_err(|err| {
+                warn!(error = %err, kind = err.kind(), "failed to release the update slot");
+                err.to_string()
+            });
+            SwapObservation::SlotReleased(released)
+        }
+        SwapAction::Register
+        | SwapAction::Deregister
+        | SwapAction::Stop
+        | SwapAction::StartVerifyDeadline
+        | SwapAction::Denylist { .. }
+        | SwapAction::ClearJournal => return None,
+    };
+    Some(observation)
+}
+
+async fn restart<C: UnitControl>(control: &C, timeout: Duration) -> Result<(), ControlError> {
+    control.reload().await?;
+    control.restart(timeout).await
+}
+
+/// Logs a failed step and turns it into the text the swap records.
+fn failed(what: &str, error: &ControlError) -> String {
+    warn!(error = %error, kind = error.kind(), "{what} failed");
+    error.to_string()
+}

@@ -1,0 +1,272 @@
+//! The update policy: one check against the update source, the offer validated
+//! ([`crate::omaha::validate_offer`]), a version on the local [`Denylist`] skipped, a refused
+//! offer reported with 3/0; and the pace of the checks ([`Poller`] over
+//! [`crate::omaha::PollSchedule`]): `update.interval` ±10 %, backing off up to 4 h only on
+//! transport errors, timeouts and 5xx. A server's configuration status (`error-noPackageFound`…)
+//! keeps the normal interval. Every error text has the update URL's query string redacted.
+//!
+//! The running version comes from systemd ([`running_version`] over [`UnitControl::running`]),
+//! never from the journal alone.
+
+mod denylist;
+
+use std::time::Duration;
+
+use semver::Version;
+use thiserror::Error;
+use url::Url;
+
+pub use denylist::Denylist;
+
+use super::swap::SwapPlan;
+use crate::omaha::{
+    CheckOutcome, Event, OfferRefusal, OmahaError, PollResult, PollSchedule, UpdateSource,
+    ValidatedUpdate, validate_offer,
+};
+use crate::systemd::control::{ControlError, DropIn, RunningVersion, UnitControl};
+use crate::systemd::environment::VERSION_VARIABLE;
+
+#[cfg(test)]
+mod tests;
+
+/// Why the policy could not run.
+#[derive(Debug, Error)]
+pub enum PollError {
+    #[error("failed to read what the unit runs from systemd: {0}")]
+    Control(#[from] ControlError),
+    #[error("the unit sets no {VERSION_VARIABLE}; set it (and SIDEKICK_IMAGE) in the unit")]
+    NoVersion,
+    #[error("the unit sets no SIDEKICK_IMAGE; set it in the unit next to {VERSION_VARIABLE}")]
+    NoImage,
+    #[error("the unit has {VERSION_VARIABLE}={raw}, which is not a semantic version: {source}")]
+    Version { raw: String, source: semver::Error },
+    #[error("failed to access the denylist {}: {source}", path.display())]
+    DenylistIo {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the denylist {} is unreadable: {detail}", path.display())]
+    DenylistMalformed {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+}
+
+impl PollError {
+    /// A stable short name for metrics and log fields.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Control(_) => "control",
+            PollError::NoVersion => "no-version",
+            PollError::NoImage => "no-image",
+            PollError::Version { .. } => "version",
+            PollError::DenylistIo { .. } => "denylist-io",
+            PollError::DenylistMalformed { .. } => "denylist-malformed",
+        }
+    }
+}
+
+/// How offers are turned into images: the `update` settings the policy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferRules {
+    /// The `update.image` template.
+    pub image: String,
+    /// `update.pin_digest`.
+    pub pin_digest: bool,
+    /// The update URL, whose query string never reaches a log line.
+    pub server: Option<Url>,
+}
+
+/// What one check came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// A valid offer not on the denylist: swap to it.
+    Offer(Box<ValidatedUpdate>),
+    NoUpdate,
+    /// A rollout refusal: wait, not an error.
+    OnHold {
+        reason: String,
+    },
+    /// A valid offer of a version that failed here before; skipped until a newer one comes.
+    Denylisted {
+        version: Version,
+    },
+    /// An offer that failed validation; 3/0 was sent (`reported` says whether that worked).
+    Refused {
+        refusal: OfferRefusal,
+        reported: Result<(), String>,
+    },
+    /// The service answered with a status that is not an offer (its configuration, a parse
+    /// failure, a 4xx): keep the normal interval.
+    ServerStatus {
+        kind: String,
+        detail: String,
+    },
+    /// A transport error, a timeout or a 5xx: back off.
+    Unreachable {
+        kind: String,
+        detail: String,
+    },
+}
+
+impl CheckResult {
+    /// How this result paces the next check.
+    pub fn pacing(&self) -> PollResult {
+        match self {
+            CheckResult::Unreachable { .. } => PollResult::Failure,
+            CheckResult::OnHold { .. } => PollResult::OnHold,
+            _ => PollResult::Success,
+        }
+    }
+
+    /// One line for the log and the status; the same line means nothing changed.
+    pub fn summary(&self) -> String {
+        match self {
+            CheckResult::Offer(update) => format!("offered {}", update.version),
+            CheckResult::NoUpdate => "no update".to_string(),
+            CheckResult::OnHold { reason } => format!("on hold: {reason}"),
+            CheckResult::Denylisted { version } => {
+                format!("offered {version}, which failed here before: skipped")
+            }
+            CheckResult::Refused { refusal, .. } => format!("refused the offer: {refusal}"),
+            CheckResult::ServerStatus { kind, detail } => {
+                format!("update service says {kind}: {detail}")
+            }
+            CheckResult::Unreachable { kind, detail } => {
+                format!("update service unreachable ({kind}): {detail}")
+            }
+        }
+    }
+}
+
+/// One check for an instance running `current`: validate, consult the denylist, report a
+/// refusal with 3/0.
+pub async fn check<S: UpdateSource>(
+    source: &S,
+    current: &Version,
+    rules: &OfferRules,
+    denylist: &Denylist,
+    interactive: bool,
+) -> CheckResult {
+    let redact = |text: String| redact(&text, rules.server.as_ref());
+    let offer = match source.check(current, interactive).await {
+        Err(err) => return classify_error(&err, redact(err.to_string())),
+        Ok(CheckOutcome::NoUpdate) => return CheckResult::NoUpdate,
+        Ok(CheckOutcome::OnHold { reason }) => return CheckResult::OnHold { reason },
+        Ok(CheckOutcome::Error { kind, detail }) => {
+            return CheckResult::ServerStatus {
+                kind: kind.as_str().to_string(),
+                detail: redact(detail),
+            };
+        }
+        Ok(CheckOutcome::Update(offer)) => offer,
+    };
+    match validate_offer(&offer, current, &rules.image, rules.pin_digest) {
+        Ok(update) if denylist.contains(&update.version) => CheckResult::Denylisted {
+            version: update.version,
+        },
+        Ok(update) => CheckResult::Offer(Box::new(update)),
+        Err(refusal) => {
+            let event = Event::Failed {
+                error_code: refusal.error_code(),
+            };
+            let reported = source
+                .send_event(current, event)
+                .await
+                .map_err(|err| redact(err.to_string()));
+            CheckResult::Refused { refusal, reported }
+        }
+    }
+}
+
+/// Transport errors, timeouts and 5xx back off; anything else is the server's answer.
+fn classify_error(error: &OmahaError, detail: String) -> CheckResult {
+    let kind = error.kind().to_string();
+    let transport = match error {
+        OmahaError::Connect(_)
+        | OmahaError::Timeout
+        | OmahaError::Body(_)
+        | OmahaError::Request(_) => true,
+        OmahaError::HttpStatus { status } => *status >= 500,
+        _ => false,
+    };
+    if transport {
+        CheckResult::Unreachable { kind, detail }
+    } else {
+        CheckResult::ServerStatus { kind, detail }
+    }
+}
+
+/// `text` with the query string of `server` (which may carry a token) replaced.
+pub fn redact(text: &str, server: Option<&Url>) -> String {
+    match server.and_then(Url::query) {
+        Some(query) if !query.is_empty() => text.replace(query, "REDACTED"),
+        _ => text.to_string(),
+    }
+}
+
+/// The pace of the checks and the memory of the last result, so a repeated answer is logged once.
+#[derive(Debug, Clone)]
+pub struct Poller {
+    schedule: PollSchedule,
+    last: Option<String>,
+}
+
+impl Poller {
+    /// Checks every `interval` (±10 %).
+    pub fn new(interval: Duration) -> Poller {
+        Poller {
+            schedule: PollSchedule::new(interval),
+            last: None,
+        }
+    }
+
+    /// Records a result: the delay before the next check, and whether the result differs from
+    /// the previous one (log it only then).
+    pub fn record(&mut self, result: &CheckResult) -> (Duration, bool) {
+        self.record_with(result, fastrand::f64())
+    }
+
+    /// As [`Poller::record`], with `unit_random` in `[0, 1)` choosing the jitter.
+    pub fn record_with(&mut self, result: &CheckResult, unit_random: f64) -> (Duration, bool) {
+        let delay = self.schedule.next_delay_with(result.pacing(), unit_random);
+        let summary = result.summary();
+        let changed = self.last.as_ref() != Some(&summary);
+        self.last = Some(summary);
+        (delay, changed)
+    }
+}
+
+/// The version and image the unit runs, as systemd reports them.
+pub async fn running_version<C: UnitControl>(control: &C) -> Result<(Version, DropIn), PollError> {
+    parse_running(control.running().await?)
+}
+
+/// Requires both variables and a semantic version.
+pub fn parse_running(running: RunningVersion) -> Result<(Version, DropIn), PollError> {
+    let raw = running.version.ok_or(PollError::NoVersion)?;
+    let image = running.image.ok_or(PollError::NoImage)?;
+    let version = Version::parse(&raw).map_err(|source| PollError::Version {
+        raw: raw.clone(),
+        source,
+    })?;
+    Ok((
+        version,
+        DropIn {
+            image,
+            version: raw,
+        },
+    ))
+}
+
+/// The swap for an accepted offer, from what the unit runs now.
+pub fn plan(update: &ValidatedUpdate, old: DropIn, rise: u32) -> SwapPlan {
+    SwapPlan {
+        old,
+        new: DropIn {
+            image: update.image.as_str().to_string(),
+            version: update.version.to_string(),
+        },
+        rise,
+    }
+}

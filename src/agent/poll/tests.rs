@@ -1,0 +1,308 @@
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::omaha::protocol::{ResponseErrorKind, error_code};
+use crate::omaha::{
+    AppInstance, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, LocalRelease,
+};
+use crate::systemd::control::MemoryUnitControl;
+
+fn release(version: &str) -> LocalRelease {
+    LocalRelease {
+        version: version.into(),
+        codebase: format!("example/web:{version}"),
+        name: String::new(),
+        sha256: None,
+        size: None,
+    }
+}
+
+fn rules(server: Option<&str>) -> OfferRules {
+    OfferRules {
+        image: "{codebase}".into(),
+        pin_digest: false,
+        server: server.map(|s| Url::parse(s).unwrap()),
+    }
+}
+
+fn empty_denylist(dir: &Path) -> Denylist {
+    Denylist::load(dir, "web-1").unwrap()
+}
+
+const V1: Version = Version::new(1, 0, 0);
+
+#[tokio::test]
+async fn a_valid_offer_becomes_a_swap_plan_from_what_systemd_says_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = InMemoryUpdateSource::new(Some(release("2.0.0")));
+    let control = MemoryUnitControl::new(RunningVersion {
+        version: Some("1.0.0".into()),
+        image: Some("example/web:1.0.0".into()),
+    });
+    let (current, old) = running_version(&control).await.unwrap();
+    assert_eq!(current, V1);
+    let result = check(
+        &source,
+        &current,
+        &rules(None),
+        &empty_denylist(dir.path()),
+        false,
+    )
+    .await;
+    let CheckResult::Offer(update) = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(result.pacing(), PollResult::Success);
+    assert_eq!(result.summary(), "offered 2.0.0");
+    let plan = plan(update, old.clone(), 2);
+    assert_eq!(plan.old, old);
+    assert_eq!(
+        plan.new,
+        DropIn {
+            image: "example/web:2.0.0".into(),
+            version: "2.0.0".into()
+        }
+    );
+    assert_eq!(plan.rise, 2);
+    assert!(
+        source.events().is_empty(),
+        "a valid offer sends no event by itself"
+    );
+}
+
+#[tokio::test]
+async fn a_denylisted_version_is_skipped_until_a_newer_one_is_offered_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut denylist = empty_denylist(dir.path());
+    denylist.add(&Version::new(3, 0, 0)).unwrap();
+    // A restart reads the same list.
+    let denylist = empty_denylist(dir.path());
+    assert!(denylist.contains(&Version::new(3, 0, 0)));
+    let source = InMemoryUpdateSource::new(Some(release("3.0.0")));
+    let result = check(&source, &V1, &rules(None), &denylist, false).await;
+    assert_eq!(
+        result,
+        CheckResult::Denylisted {
+            version: Version::new(3, 0, 0)
+        }
+    );
+    assert!(source.events().is_empty(), "a skip sends no event");
+    source.set_release(Some(release("3.0.1")));
+    let result = check(&source, &V1, &rules(None), &denylist, false).await;
+    assert!(matches!(result, CheckResult::Offer(ref u) if u.version == Version::new(3, 0, 1)));
+}
+
+#[test]
+fn a_malformed_denylist_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web-1.denylist.json");
+    for text in ["not json", "{\"versions\": [\"3.0\"]}"] {
+        std::fs::write(&path, text).unwrap();
+        let err = Denylist::load(dir.path(), "web-1").unwrap_err();
+        assert_eq!(err.kind(), "denylist-malformed");
+        assert!(err.to_string().contains("web-1.denylist.json"), "{err}");
+    }
+}
+
+#[test]
+fn the_denylist_keeps_the_newest_versions_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut denylist = empty_denylist(dir.path());
+    for minor in 0..40 {
+        denylist.add(&Version::new(2, minor, 0)).unwrap();
+    }
+    let denylist = empty_denylist(dir.path());
+    assert!(!denylist.contains(&Version::new(2, 7, 0)));
+    assert!(denylist.contains(&Version::new(2, 8, 0)));
+    assert!(denylist.contains(&Version::new(2, 39, 0)));
+}
+
+#[tokio::test]
+async fn a_refused_offer_sends_3_0_with_errorcode_34() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = InMemoryUpdateSource::new(Some(release("2.0")));
+    let result = check(
+        &source,
+        &V1,
+        &rules(None),
+        &empty_denylist(dir.path()),
+        false,
+    )
+    .await;
+    let CheckResult::Refused { refusal, reported } = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(refusal.kind(), "invalid-version");
+    assert_eq!(reported, &Ok(()));
+    let events = source.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].event,
+        Event::Failed {
+            error_code: error_code::OFFER_REFUSED
+        }
+    );
+    assert_eq!(events[0].version, V1);
+    assert_eq!(result.pacing(), PollResult::Success);
+}
+
+#[tokio::test]
+async fn a_configuration_status_keeps_the_interval_and_is_logged_once_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = InMemoryUpdateSource::new(None);
+    let no_package = CheckOutcome::Error {
+        kind: ResponseErrorKind::ServerStatus,
+        detail: "app status \"error-noPackageFound\"".into(),
+    };
+    source.push_outcome(no_package.clone());
+    source.push_outcome(no_package);
+    source.push_outcome(CheckOutcome::OnHold {
+        reason: "error-updatesDisabled".into(),
+    });
+    let denylist = empty_denylist(dir.path());
+    let interval = Duration::from_secs(300);
+    let mut poller = Poller::new(interval);
+    let mut logged = Vec::new();
+    for _ in 0..4 {
+        let result = check(&source, &V1, &rules(None), &denylist, false).await;
+        let (delay, changed) = poller.record_with(&result, 0.5);
+        assert_eq!(delay, interval, "{result:?}");
+        logged.push((result.summary(), changed));
+    }
+    assert_eq!(
+        logged,
+        [
+            (
+                "update service says server-status: app status \"error-noPackageFound\"".into(),
+                true
+            ),
+            (
+                "update service says server-status: app status \"error-noPackageFound\"".into(),
+                false
+            ),
+            ("on hold: error-updatesDisabled".into(), true),
+            ("no update".into(), true),
+        ]
+    );
+}
+
+fn instance() -> AppInstance {
+    AppInstance {
+        app_id: "app".into(),
+        track: "stable".into(),
+        arch: "x64".into(),
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+    }
+}
+
+/// A loopback HTTP server answering every request with `status` and an empty body.
+async fn answering(status: u16) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = vec![0u8; 65536];
+            let _ = stream.read(&mut buffer).await;
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (format!("http://{address}/v1/update/?token=s3cret"), server)
+}
+
+async fn check_against(url: &str) -> CheckResult {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules(Some(url));
+    let source = HttpUpdateSource::new(
+        Url::parse(url).unwrap(),
+        instance(),
+        HttpTimeouts::default(),
+        None,
+    )
+    .unwrap();
+    check(&source, &V1, &rules, &empty_denylist(dir.path()), false).await
+}
+
+#[tokio::test]
+async fn transport_errors_and_5xx_back_off_with_the_token_redacted() {
+    // A port nothing listens on: bind one, then close it.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = format!(
+        "http://{}/v1/update/?token=s3cret",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let (unavailable, server) = answering(503).await;
+    let interval = Duration::from_secs(60);
+    for url in [refused, unavailable] {
+        let result = check_against(&url).await;
+        assert!(
+            matches!(result, CheckResult::Unreachable { .. }),
+            "{result:?}"
+        );
+        assert!(!result.summary().contains("s3cret"), "{}", result.summary());
+        let mut poller = Poller::new(interval);
+        let delays: Vec<_> = (0..3).map(|_| poller.record_with(&result, 0.5).0).collect();
+        assert_eq!(
+            delays,
+            [interval * 2, interval * 4, interval * 8],
+            "{}",
+            result.summary()
+        );
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_4xx_answer_is_the_servers_answer_and_keeps_the_interval() {
+    let (url, server) = answering(404).await;
+    let result = check_against(&url).await;
+    assert_eq!(
+        result,
+        CheckResult::ServerStatus {
+            kind: "http-status".into(),
+            detail: "the update service answered HTTP 404".into()
+        }
+    );
+    let mut poller = Poller::new(Duration::from_secs(60));
+    assert_eq!(poller.record_with(&result, 0.5).0, Duration::from_secs(60));
+    server.abort();
+}
+
+#[test]
+fn redaction_replaces_only_the_query_string() {
+    let url = Url::parse("https://u.example/v1/update/?token=abc&x=1").unwrap();
+    assert_eq!(
+        redact(
+            "error sending request for url (https://u.example/v1/update/?token=abc&x=1)",
+            Some(&url)
+        ),
+        "error sending request for url (https://u.example/v1/update/?REDACTED)"
+    );
+    let plain = Url::parse("https://u.example/v1/update/").unwrap();
+    assert_eq!(redact("a?b", Some(&plain)), "a?b");
+    assert_eq!(redact("a?b", None), "a?b");
+}
+
+#[test]
+fn the_running_version_needs_both_variables_and_semver() {
+    let running = |version: Option<&str>, image: Option<&str>| RunningVersion {
+        version: version.map(str::to_string),
+        image: image.map(str::to_string),
+    };
+    let cases = [
+        (running(None, Some("i")), "no-version"),
+        (running(Some("1.0.0"), None), "no-image"),
+        (running(Some("1.0"), Some("i")), "version"),
+    ];
+    for (input, kind) in cases {
+        assert_eq!(parse_running(input).unwrap_err().kind(), kind);
+    }
+    let (version, old) = parse_running(running(Some("1.2.3"), Some("i:1"))).unwrap();
+    assert_eq!(version, Version::new(1, 2, 3));
+    assert_eq!(old.image, "i:1");
+}

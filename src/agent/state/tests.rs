@@ -1,0 +1,315 @@
+use std::num::NonZeroU32;
+
+use super::*;
+use ActiveState::*;
+use Observation::{LeftActive, Probe, Shutdown, Unit};
+
+const PASS: Observation = Probe { passed: true };
+const FAIL: Observation = Probe { passed: false };
+
+fn agent(rise: u32, fall: u32, unchecked: bool) -> Agent {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    Agent::new(HealthStreak::new(n(rise), n(fall)), unchecked)
+}
+
+/// Feeds `steps` and checks the actions after each one and the final registration.
+fn run(mut a: Agent, steps: &[(Observation, &[Action])]) -> Agent {
+    for (i, (observation, expected)) in steps.iter().enumerate() {
+        let (next_agent, actions) = next(a, observation.clone());
+        assert_eq!(actions, *expected, "step {i}: {observation:?}");
+        a = next_agent;
+    }
+    a
+}
+
+#[test]
+fn registers_after_rise_passes_while_active_and_deregisters_after_fall_failures() {
+    let a = run(
+        agent(2, 2, false),
+        &[
+            (Unit(Activating), &[]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            (PASS, &[]),
+            (FAIL, &[]),
+            (FAIL, &[Action::Deregister]),
+            (FAIL, &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+        ],
+    );
+    assert!(a.registered);
+}
+
+#[test]
+fn deregisters_at_once_when_the_unit_leaves_active_in_any_way() {
+    for leaving in [Deactivating, Inactive, Failed, Activating, Reloading] {
+        let a = run(
+            agent(1, 3, false),
+            &[
+                (Unit(Active), &[]),
+                (PASS, &[Action::Register]),
+                (Unit(leaving.clone()), &[Action::Deregister]),
+            ],
+        );
+        assert!(!a.registered && !a.probing(), "{leaving}");
+    }
+}
+
+#[test]
+fn a_restarted_unit_must_pass_rise_checks_again() {
+    run(
+        agent(2, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            (Unit(Inactive), &[Action::Deregister]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+        ],
+    );
+}
+
+#[test]
+fn a_departure_never_seen_as_a_state_still_deregisters_and_resets_health() {
+    let a = run(
+        agent(2, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            // deactivating -> activating -> active, delivered as one change
+            (LeftActive, &[Action::Deregister]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+        ],
+    );
+    assert!(a.registered);
+    let a = run(
+        agent(1, 1, true),
+        &[
+            (Unit(Active), &[Action::Register]),
+            (LeftActive, &[Action::Deregister]),
+            (Unit(Active), &[Action::Register]),
+        ],
+    );
+    assert!(a.registered);
+}
+
+#[test]
+fn probe_results_while_the_unit_is_not_active_are_ignored() {
+    let a = run(
+        agent(1, 1, false),
+        &[(PASS, &[]), (Unit(Inactive), &[]), (PASS, &[])],
+    );
+    assert_eq!(a.health.progress(), (0, 1));
+}
+
+#[test]
+fn without_a_check_the_active_unit_alone_registers() {
+    let a = run(
+        agent(2, 2, true),
+        &[
+            (Unit(Activating), &[]),
+            (Unit(Active), &[Action::Register]),
+            (Unit(Active), &[]),
+            (Unit(Failed), &[Action::Deregister]),
+        ],
+    );
+    assert!(!a.probing());
+}
+
+#[test]
+fn shutdown_stops_and_nothing_registers_afterwards() {
+    let a = run(
+        agent(1, 1, true),
+        &[
+            (Unit(Active), &[Action::Register]),
+            (Shutdown, &[Action::Stop]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+        ],
+    );
+    assert!(!a.registered);
+    assert_eq!(a.status(), "stopping: deregistering");
+}
+
+#[test]
+fn status_says_why_the_instance_is_not_registered() {
+    let (a, _) = next(agent(2, 2, false), Unit(Failed));
+    assert_eq!(a.status(), "not registered: unit is failed");
+    let (a, _) = next(a, Unit(Active));
+    let (a, _) = next(a, PASS);
+    assert_eq!(a.status(), "not registered: health check passed 1/2");
+    let (a, _) = next(a, PASS);
+    assert_eq!(a.status(), "registered");
+}
+
+fn plan() -> SwapPlan {
+    let dropin = |version: &str| crate::systemd::control::DropIn {
+        image: format!("example/web:{version}"),
+        version: version.into(),
+    };
+    SwapPlan {
+        old: dropin("1.0.0"),
+        new: dropin("2.0.0"),
+        rise: 1,
+    }
+}
+
+fn swap(observation: SwapObservation) -> Observation {
+    Observation::Swap(observation)
+}
+
+/// A registered agent whose swap has just deregistered the instance.
+fn deregistered_mid_swap() -> Agent {
+    let a = run(
+        agent(1, 1, false),
+        &[(Unit(Active), &[]), (PASS, &[Action::Register])],
+    );
+    let (a, _) = next(a, Observation::Offer(plan()));
+    let (a, _) = next(a, swap(SwapObservation::Prepulled(Ok(()))));
+    let (a, actions) = next(a, swap(SwapObservation::Slot(swap::SlotAnswer::Acquired)));
+    assert!(actions.contains(&Action::Deregister), "{actions:?}");
+    assert!(!a.registered);
+    a
+}
+
+#[test]
+fn an_offer_keeps_the_instance_registered_until_the_slot_is_taken() {
+    let a = run(
+        agent(1, 1, false),
+        &[(Unit(Active), &[]), (PASS, &[Action::Register])],
+    );
+    let (a, actions) = next(a, Observation::Offer(plan()));
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(a.registered && matches!(a.phase, Phase::Updating(_)));
+    // Still following the unit while pre-pulling: a failure deregisters, recovery registers.
+    let a = run(
+        a,
+        &[(FAIL, &[Action::Deregister]), (PASS, &[Action::Register])],
+    );
+    assert_eq!(
+        a.status(),
+        "updating to 2.0.0: pre-pulling example/web:2.0.0"
+    );
+    // A second offer while updating is ignored.
+    let (a, actions) = next(a, Observation::Offer(plan()));
+    assert_eq!(actions, []);
+    assert!(matches!(a.phase, Phase::Updating(_)));
+}
+
+#[test]
+fn no_registration_between_the_swaps_deregistration_and_its_verification() {
+    let a = run(
+        deregistered_mid_swap(),
+        &[
+            (PASS, &[]),
+            (Unit(Inactive), &[]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (
+                swap(SwapObservation::Deregistered),
+                &[Action::Swap(SwapAction::Drain)],
+            ),
+            (
+                swap(SwapObservation::DrainElapsed),
+                &[Action::Swap(SwapAction::CheckSlot)],
+            ),
+        ],
+    );
+    assert!(!a.registered);
+    assert!(a.probing(), "verification needs the probe");
+}
+
+#[test]
+fn a_verified_swap_registers_once_and_returns_to_serving_after_the_release() {
+    let a = run(
+        deregistered_mid_swap(),
+        &[
+            (
+                swap(SwapObservation::Deregistered),
+                &[Action::Swap(SwapAction::Drain)],
+            ),
+            (
+                swap(SwapObservation::DrainElapsed),
+                &[Action::Swap(SwapAction::CheckSlot)],
+            ),
+        ],
+    );
+    let (a, _) = next(a, swap(SwapObservation::Fenced { held: true }));
+    let written =
+        SwapObservation::DropInWritten(Ok(crate::systemd::control::PreviousDropIn::Absent));
+    let (a, _) = next(a, swap(written));
+    let a = run(
+        a,
+        &[
+            (LeftActive, &[]),
+            (Unit(Active), &[]),
+            (
+                swap(SwapObservation::Restarted(Ok(()))),
+                &[Action::Swap(SwapAction::StartVerifyDeadline)],
+            ),
+        ],
+    );
+    let (a, actions) = next(a, PASS);
+    assert_eq!(actions[0], Action::Register);
+    assert_eq!(
+        actions.iter().filter(|a| **a == Action::Register).count(),
+        1
+    );
+    assert!(a.registered);
+    let (a, actions) = next(a, swap(SwapObservation::SlotReleased(Ok(()))));
+    assert_eq!(actions, [Action::Swap(SwapAction::ClearJournal)]);
+    assert_eq!(a.phase, Phase::Serving);
+    assert_eq!(a.status(), "registered");
+}
+
+#[test]
+fn a_lost_fence_serves_again_without_a_restart() {
+    let a = run(
+        deregistered_mid_swap(),
+        &[
+            (
+                swap(SwapObservation::Deregistered),
+                &[Action::Swap(SwapAction::Drain)],
+            ),
+            (
+                swap(SwapObservation::DrainElapsed),
+                &[Action::Swap(SwapAction::CheckSlot)],
+            ),
+        ],
+    );
+    let (a, actions) = next(a, swap(SwapObservation::Fenced { held: false }));
+    assert_eq!(
+        actions,
+        [
+            Action::Register,
+            Action::Swap(SwapAction::ReleaseSlot { retry: false }),
+            Action::Swap(SwapAction::ClearJournal),
+        ]
+    );
+    assert!(a.registered && a.phase == Phase::Serving);
+}
+
+#[test]
+fn shutdown_mid_swap_stops_with_the_swaps_own_decision() {
+    let (a, actions) = next(deregistered_mid_swap(), Shutdown);
+    assert_eq!(actions, [Action::Stop]);
+    assert_eq!(a.phase, Phase::Stopping);
+    let (a, _) = next(agent(1, 1, true), Observation::Offer(plan()));
+    let (a, actions) = next(a, Shutdown);
+    assert_eq!(
+        actions,
+        [
+            Action::Swap(SwapAction::ReleaseSlot { retry: false }),
+            Action::Swap(SwapAction::ClearJournal),
+            Action::Stop,
+        ]
+    );
+    assert!(!a.registered);
+}

@@ -1,0 +1,413 @@
+//! The swap of the bound unit to a new version, as a pure sub-machine of the agent
+//! ([`super::state::Phase::Updating`]): `step(phase, observation) -> (phase, actions)`, no I/O.
+//!
+//! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull,
+//! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register, 3/1, release;
+//! and on failure: restore the previous drop-in, restart, verify the old version, register, 3/0,
+//! halt the group, denylist the version, release. Slow actions are futures in the driver whose
+//! results come back as [`SwapObservation`]s.
+//!
+//! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
+//! journal cleared, no event: the next start's poll meets the offer again). From deregistration
+//! until the release the sidekick stops at once: a rollback does not fit in the stop budget, so
+//! the journal and the slot stay, and the next start's [`super::journal::recover`] finishes or
+//! rolls back.
+
+use crate::omaha::{Event, error_code};
+use crate::systemd::ActiveState;
+use crate::systemd::control::{DropIn, PreviousDropIn};
+
+mod io;
+#[cfg(test)]
+mod tests;
+
+pub use io::{SlotAnswer, SwapAction, SwapObservation};
+
+/// What a swap moves from and to, fixed when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwapPlan {
+    /// The version and image the unit runs now, read from systemd.
+    pub old: DropIn,
+    /// The validated offer's version and image.
+    pub new: DropIn,
+    /// Health passes in a row that make a started unit verified; 0 when no check is configured
+    /// (the unit being active is enough).
+    pub rise: u32,
+}
+
+/// Why the swap gave up on the new version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// The 3/0 `errorcode` (see [`error_code`]).
+    pub code: u32,
+    /// For the halt marker and the log.
+    pub reason: String,
+    /// Whether the version is to blame: halt the group and denylist it once rolled back.
+    pub halt: bool,
+}
+
+/// Where the swap is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Stage {
+    /// 13/1 sent; the pre-pull runs as a transient unit.
+    Prepulling,
+    /// 14/1 sent; waiting for a slot while registered and serving. `waiting` says why the last
+    /// attempt did not get one.
+    AcquiringSlot { waiting: Option<String> },
+    /// Slot held, 800/1 sent; waiting for etcd to confirm the registration is gone.
+    Deregistering,
+    /// Waiting `swap.drain` for the load balancer to stop routing here.
+    Draining,
+    /// Checking the slot is still ours before touching the unit.
+    Fencing,
+    /// Writing the drop-in with the new version.
+    WritingDropIn,
+    /// `Reload()` and `RestartUnit` onto the new version.
+    Restarting,
+    /// Waiting for the unit to be active and pass `rise` checks within `swap.verify_timeout`.
+    Verifying { passes: u32 },
+    /// Restoring the previous drop-in and restarting onto the old version.
+    RollingBack { failure: Failure },
+    /// Waiting for the old version to be active and healthy again.
+    VerifyingOld { failure: Failure, passes: u32 },
+    /// Registered again (on the new or the old version), events sent; giving the slot back.
+    Releasing,
+    /// The old version could not be brought back: deregistered, slot kept, the group held.
+    Stranded { failure: Failure, why: String },
+    /// Nothing left to do: the agent is back to serving.
+    Finished,
+}
+
+/// The swap's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwapPhase {
+    pub plan: SwapPlan,
+    pub stage: Stage,
+    /// What the drop-in write replaced, once known; a rollback restores it.
+    pub previous: Option<PreviousDropIn>,
+    /// Whether this swap holds (or may hold) a slot it must give back.
+    pub slot_held: bool,
+    /// The unit's last seen state was `active`.
+    pub unit_active: bool,
+}
+
+/// Starts a swap for a validated offer: 13/1 and the pre-pull.
+pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
+    let image = plan.new.image.clone();
+    let phase = SwapPhase {
+        plan,
+        stage: Stage::Prepulling,
+        previous: None,
+        slot_held: false,
+        unit_active: true,
+    };
+    let actions = vec![
+        SwapAction::SendEvent(Event::PrepullStarted),
+        SwapAction::Prepull { image },
+    ];
+    (phase, actions)
+}
+
+impl SwapPhase {
+    /// Whether the instance may be registered: before it is deregistered for the swap and after
+    /// it is registered again.
+    pub fn allows_registration(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished
+        )
+    }
+
+    /// One line for sd_notify STATUS and logs.
+    pub fn status(&self) -> String {
+        let to = &self.plan.new.version;
+        match &self.stage {
+            Stage::Prepulling => format!("updating to {to}: pre-pulling {}", self.plan.new.image),
+            Stage::AcquiringSlot { waiting: None } => format!("updating to {to}: taking a slot"),
+            Stage::AcquiringSlot { waiting: Some(why) } => {
+                format!("updating to {to}: waiting for a slot ({why})")
+            }
+            Stage::Deregistering => format!("updating to {to}: deregistering"),
+            Stage::Draining => format!("updating to {to}: draining"),
+            Stage::Fencing => format!("updating to {to}: checking the slot is still held"),
+            Stage::WritingDropIn => format!("updating to {to}: writing the drop-in"),
+            Stage::Restarting => format!("updating to {to}: restarting the unit"),
+            Stage::Verifying { passes } => {
+                format!(
+                    "updating to {to}: verifying, health {passes}/{}",
+                    self.plan.rise
+                )
+            }
+            Stage::RollingBack { failure } => format!(
+                "rolling back {to} to {}: {}",
+                self.plan.old.version, failure.reason
+            ),
+            Stage::VerifyingOld { passes, .. } => format!(
+                "rolling back {to} to {}: verifying, health {passes}/{}",
+                self.plan.old.version, self.plan.rise
+            ),
+            Stage::Releasing => format!("update to {to} over: releasing the slot"),
+            Stage::Stranded { failure, why } => format!(
+                "ROLLBACK FAILED: {to} failed ({}) and {} could not be brought back ({why}); \
+                 staying deregistered and keeping the slot so the group stays held: \
+                 fix the unit, then restart sidekick",
+                failure.reason, self.plan.old.version
+            ),
+            Stage::Finished => format!("update to {to} over"),
+        }
+    }
+}
+
+/// The next phase and the actions that take the world there.
+pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, Vec<SwapAction>) {
+    use SwapObservation as O;
+    match &observation {
+        O::Unit(state) => phase.unit_active = state.is_active(),
+        O::LeftActive => phase.unit_active = false,
+        _ => {}
+    }
+    let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
+    let (stage, actions) = match (stage, observation) {
+        (stage, O::Shutdown) => return shutdown(phase, stage),
+        (Stage::Prepulling, O::Prepulled(Ok(()))) => {
+            phase.slot_held = true;
+            let version = phase.plan.new.version.clone();
+            let actions = vec![
+                SwapAction::SendEvent(Event::PrepullFinished),
+                SwapAction::AcquireSlot {
+                    version,
+                    retry: false,
+                },
+            ];
+            (Stage::AcquiringSlot { waiting: None }, actions)
+        }
+        (Stage::Prepulling, O::Prepulled(Err(_))) => {
+            let event = Event::Failed {
+                error_code: error_code::PREPULL_FAILED,
+            };
+            let actions = vec![SwapAction::SendEvent(event), SwapAction::ClearJournal];
+            (Stage::Finished, actions)
+        }
+        (Stage::AcquiringSlot { .. }, O::Slot(answer)) => match waiting_reason(answer) {
+            None => {
+                let actions = vec![
+                    SwapAction::SendEvent(Event::SwapStarted),
+                    SwapAction::Deregister,
+                ];
+                (Stage::Deregistering, actions)
+            }
+            Some(waiting) => {
+                let version = phase.plan.new.version.clone();
+                let actions = vec![SwapAction::AcquireSlot {
+                    version,
+                    retry: true,
+                }];
+                let stage = Stage::AcquiringSlot {
+                    waiting: Some(waiting),
+                };
+                (stage, actions)
+            }
+        },
+        (Stage::Deregistering, O::Deregistered) => (Stage::Draining, vec![SwapAction::Drain]),
+        (Stage::Draining, O::DrainElapsed) => (Stage::Fencing, vec![SwapAction::CheckSlot]),
+        (Stage::Fencing, O::Fenced { held: true }) => {
+            let dropin = SwapAction::WriteDropIn(phase.plan.new.clone());
+            (Stage::WritingDropIn, vec![dropin])
+        }
+        (Stage::Fencing, O::Fenced { held: false }) => {
+            // The slot may be someone else's now: no restart. Serve again, drop the attempt.
+            phase.slot_held = false;
+            let actions = vec![
+                SwapAction::Register,
+                SwapAction::ReleaseSlot { retry: false },
+                SwapAction::ClearJournal,
+            ];
+            (Stage::Finished, actions)
+        }
+        (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) => {
+            phase.previous = Some(previous);
+            phase.unit_active = false;
+            (Stage::Restarting, vec![SwapAction::Restart])
+        }
+        (Stage::WritingDropIn, O::DropInWritten(Err(_))) => {
+            // The atomic write left the old drop-in in place: nothing to roll back, and the
+            // version is not to blame, so no halt and no denylist.
+            let event = Event::Failed {
+                error_code: error_code::SWAP_FAILED,
+            };
+            let actions = vec![
+                SwapAction::Register,
+                SwapAction::SendEvent(event),
+                SwapAction::ReleaseSlot { retry: false },
+            ];
+            (Stage::Releasing, actions)
+        }
+        (Stage::Restarting, O::Restarted(Ok(()))) => {
+            let stage = Stage::Verifying { passes: 0 };
+            let (stage, mut actions) = verified(&phase, stage);
+            actions.insert(0, SwapAction::StartVerifyDeadline);
+            (stage, actions)
+        }
+        (Stage::Restarting, O::Restarted(Err(error))) => {
+            let failure = Failure {
+                code: error_code::SWAP_FAILED,
+                reason: format!("restart onto {} failed: {error}", phase.plan.new.version),
+                halt: true,
+            };
+            roll_back(&mut phase, failure)
+        }
+        (Stage::Verifying { passes }, observation) => match observation {
+            O::VerifyDeadline => {
+                let failure = Failure {
+                    code: error_code::UNHEALTHY_AFTER_SWAP,
+                    reason: format!(
+                        "{} not healthy within the verify timeout",
+                        phase.plan.new.version
+                    ),
+                    halt: true,
+                };
+                roll_back(&mut phase, failure)
+            }
+            O::Unit(ActiveState::Failed) => {
+                let failure = Failure {
+                    code: error_code::UNHEALTHY_AFTER_SWAP,
+                    reason: format!("the unit failed on {}", phase.plan.new.version),
+                    halt: true,
+                };
+                roll_back(&mut phase, failure)
+            }
+            other => {
+                let passes = count(&phase, passes, &other);
+                verified(&phase, Stage::Verifying { passes })
+            }
+        },
+        (Stage::RollingBack { failure }, O::Restarted(Ok(()))) => {
+            let stage = Stage::VerifyingOld { failure, passes: 0 };
+            let (stage, mut actions) = verified(&phase, stage);
+            actions.insert(0, SwapAction::StartVerifyDeadline);
+            (stage, actions)
+        }
+        (Stage::RollingBack { failure }, O::Restarted(Err(error))) => strand(
+            failure,
+            format!("restart onto the old version failed: {error}"),
+        ),
+        (Stage::VerifyingOld { failure, passes }, observation) => match observation {
+            O::VerifyDeadline => strand(failure, "not healthy within the verify timeout".into()),
+            O::Unit(ActiveState::Failed) => strand(failure, "the unit failed".into()),
+            other => {
+                let passes = count(&phase, passes, &other);
+                verified(&phase, Stage::VerifyingOld { failure, passes })
+            }
+        },
+        (Stage::Releasing, O::SlotReleased(Ok(()))) => {
+            phase.slot_held = false;
+            (Stage::Finished, vec![SwapAction::ClearJournal])
+        }
+        (Stage::Releasing, O::SlotReleased(Err(_))) => {
+            let actions = vec![SwapAction::ReleaseSlot { retry: true }];
+            (Stage::Releasing, actions)
+        }
+        // Anything else (a late answer, a unit change while the unit is being restarted on
+        // purpose, a probe outside verification) changes nothing.
+        (stage, _) => (stage, Vec::new()),
+    };
+    phase.stage = stage;
+    (phase, actions)
+}
+
+/// Counts a probe while the unit is active; a failed check or a departure starts over.
+fn count(phase: &SwapPhase, passes: u32, observation: &SwapObservation) -> u32 {
+    match observation {
+        SwapObservation::Probe { passed: true } if phase.unit_active => passes + 1,
+        SwapObservation::Probe { passed: false } => 0,
+        SwapObservation::Unit(_) | SwapObservation::LeftActive if !phase.unit_active => 0,
+        _ => passes,
+    }
+}
+
+/// Why an acquire attempt left the swap waiting; `None` when it got the slot.
+fn waiting_reason(answer: SlotAnswer) -> Option<String> {
+    match answer {
+        SlotAnswer::Acquired => None,
+        SlotAnswer::Busy(detail) => Some(format!("busy: {detail}")),
+        SlotAnswer::Halted { version, reason } => {
+            Some(format!("group halted by {version}: {reason}"))
+        }
+        SlotAnswer::Failed(error) => Some(format!("slot backend failed: {error}")),
+    }
+}
+
+/// Moves on from a verifying stage once the unit is active and has passed `rise` checks.
+fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
+    let passes = match &stage {
+        Stage::Verifying { passes } | Stage::VerifyingOld { passes, .. } => *passes,
+        _ => return (stage, Vec::new()),
+    };
+    if !phase.unit_active || passes < phase.plan.rise {
+        return (stage, Vec::new());
+    }
+    let mut actions = vec![SwapAction::Register];
+    match stage {
+        Stage::VerifyingOld { failure, .. } => {
+            actions.push(SwapAction::SendEvent(Event::Failed {
+                error_code: failure.code,
+            }));
+            if failure.halt {
+                let version = phase.plan.new.version.clone();
+                actions.extend([
+                    SwapAction::Halt {
+                        version: version.clone(),
+                        reason: failure.reason,
+                    },
+                    SwapAction::Denylist { version },
+                ]);
+            }
+        }
+        _ => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
+    }
+    actions.push(SwapAction::ReleaseSlot { retry: false });
+    (Stage::Releasing, actions)
+}
+
+/// Gives up on the new version: the previous drop-in back, and a restart onto it.
+pub(super) fn roll_back(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
+    phase.unit_active = false;
+    let action = SwapAction::RestoreAndRestart {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    };
+    (Stage::RollingBack { failure }, vec![action])
+}
+
+/// The old version cannot be brought back either: say so, keep the slot, stay deregistered.
+fn strand(failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
+    let event = Event::Failed {
+        error_code: error_code::ROLLBACK_FAILED,
+    };
+    (
+        Stage::Stranded { failure, why },
+        vec![SwapAction::SendEvent(event)],
+    )
+}
+
+/// SIGTERM: drop an attempt that has not touched the instance yet; otherwise stop at once and
+/// leave the journal and the slot to the next start.
+fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
+    match stage {
+        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+            phase.slot_held = false;
+            phase.stage = Stage::Finished;
+            let actions = vec![
+                SwapAction::ReleaseSlot { retry: false },
+                SwapAction::ClearJournal,
+                SwapAction::Stop,
+            ];
+            (phase, actions)
+        }
+        other => {
+            phase.stage = other;
+            (phase, vec![SwapAction::Stop])
+        }
+    }
+}

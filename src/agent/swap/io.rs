@@ -1,0 +1,103 @@
+//! What goes in and out of the swap machine: the observations the driver feeds it (slow
+//! actions' results, the unit and the probe) and the actions it asks for.
+
+use crate::omaha::Event;
+use crate::systemd::ActiveState;
+use crate::systemd::control::{DropIn, PreviousDropIn};
+
+/// The answer to one slot acquire attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAnswer {
+    Acquired,
+    /// Every slot taken; wait and try again.
+    Busy(String),
+    /// The group is halted; wait for `slots resume`.
+    Halted {
+        version: String,
+        reason: String,
+    },
+    /// The backend could not answer; try again.
+    Failed(String),
+}
+
+/// Something the swap needs to know: a slow action's result, or what the unit and probe did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapObservation {
+    Prepulled(Result<(), String>),
+    Slot(SlotAnswer),
+    /// etcd confirmed the registration is gone.
+    Deregistered,
+    DrainElapsed,
+    /// The fence: whether the slot is still held (lease alive and the key ours).
+    Fenced {
+        held: bool,
+    },
+    DropInWritten(Result<PreviousDropIn, String>),
+    /// `Reload()` plus the restart job's result (or the previous drop-in's restore failing).
+    Restarted(Result<(), String>),
+    /// `swap.verify_timeout` passed since the restart finished.
+    VerifyDeadline,
+    SlotReleased(Result<(), String>),
+    Unit(ActiveState),
+    LeftActive,
+    Probe {
+        passed: bool,
+    },
+    /// SIGTERM or SIGINT.
+    Shutdown,
+}
+
+/// What the driver must do for the swap, in order. It journals the new phase before performing
+/// any of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapAction {
+    SendEvent(Event),
+    /// Run `swap.prepull` for this image as a transient unit; answers [`SwapObservation::Prepulled`].
+    Prepull {
+        image: String,
+    },
+    /// One acquire attempt (after waiting for a change when `retry`); answers
+    /// [`SwapObservation::Slot`].
+    AcquireSlot {
+        version: String,
+        retry: bool,
+    },
+    /// Withdraw the registration; answers [`SwapObservation::Deregistered`] once etcd confirms.
+    Deregister,
+    /// Wait `swap.drain`; answers [`SwapObservation::DrainElapsed`].
+    Drain,
+    /// Ask the backend whether the slot is still held; answers [`SwapObservation::Fenced`].
+    CheckSlot,
+    /// Answers [`SwapObservation::DropInWritten`].
+    WriteDropIn(DropIn),
+    /// Put the previous drop-in back (or write the old version's when it is unknown), then
+    /// reload and restart; answers [`SwapObservation::Restarted`].
+    RestoreAndRestart {
+        previous: Option<PreviousDropIn>,
+        old: DropIn,
+    },
+    /// `Reload()`, then `RestartUnit` within `swap.start_timeout`; answers
+    /// [`SwapObservation::Restarted`].
+    Restart,
+    /// Start the `swap.verify_timeout` clock; answers [`SwapObservation::VerifyDeadline`].
+    StartVerifyDeadline,
+    /// Publish the registration.
+    Register,
+    /// Set the group's halt marker.
+    Halt {
+        version: String,
+        reason: String,
+    },
+    /// Skip this version until a newer one is offered.
+    Denylist {
+        version: String,
+    },
+    /// Answers [`SwapObservation::SlotReleased`] (retried after a pause on failure).
+    ReleaseSlot {
+        retry: bool,
+    },
+    /// The swap is over: remove the journal.
+    ClearJournal,
+    /// Deregister and exit (the agent's [`crate::agent::state::Action::Stop`]).
+    Stop,
+}
