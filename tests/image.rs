@@ -1,0 +1,156 @@
+//! The sidekick container image (`Dockerfile`, built by `scripts/image`): a statically linked
+//! binary `FROM scratch`, built on this machine without pulling anything, and run as the seed's
+//! "Docker sidekick container": on the host network, with the systemd container's bus directory
+//! and the host's machine id bound in, it follows a unit over D-Bus and registers the app in etcd.
+//! The image is built once per test run (the first test to need it builds it).
+
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::etcd::{self, Etcd};
+use support::systemd::{self, Job, Systemd};
+use support::{Need, free_port, images, poll_until, prerequisites_met, run, temp_dir};
+
+/// The tag the tests build; shared by the tests of one run.
+const TAG: &str = "sidekick-test/sidekick:latest";
+/// What building the image needs besides Docker.
+const BUILD_NEEDS: &[Need] = &[Need::Binary("cargo")];
+/// `docker stop`'s grace before SIGKILL; the daemon deregisters and exits well within it.
+const STOP_GRACE_SECS: &str = "10";
+
+/// Builds the image with `scripts/image` once per process; returns its tag.
+fn image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/image");
+        let out = run(Command::new(script).arg(TAG));
+        // Straight to fd 2, so the size shows in the test output (libtest captures eprintln!).
+        let _ = writeln!(std::io::stderr(), "scripts/image: {}", out.trim());
+    });
+    TAG
+}
+
+fn needs() -> Vec<Need> {
+    [images::NEEDS, BUILD_NEEDS].concat()
+}
+
+#[test]
+fn docker_build_makes_a_single_layer_scratch_image_whose_static_binary_runs() {
+    if !prerequisites_met(&needs()) {
+        return;
+    }
+    let tag = image();
+    let layers = run(Command::new("docker").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{len .RootFS.Layers}} {{.Size}}",
+        tag,
+    ]));
+    let mut fields = layers.split_whitespace();
+    assert_eq!(
+        fields.next(),
+        Some("1"),
+        "FROM scratch + one COPY: {layers}"
+    );
+    let size: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap();
+    let _ = writeln!(std::io::stderr(), "image {tag}: {size} bytes");
+    // Nothing but the binary: no libc, no shell, so a dynamic binary could not even start.
+    let version = run(Command::new("docker").args(["run", "--rm", tag, "--version"]));
+    assert_eq!(
+        version.trim(),
+        format!("sidekick {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn the_image_follows_a_unit_over_the_systemd_containers_bus_and_registers_the_app() {
+    let needs = [needs(), etcd::NEEDS.to_vec(), systemd::NEEDS.to_vec()].concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let tag = image();
+    let etcd = Etcd::start().await;
+    let systemd = Systemd::start().await;
+    // The app: a container serving HTTP on the host network, and a unit that is active.
+    let port = free_port();
+    let _app = images::run_app(&images::app_image("1.0.0"), port);
+    systemd.write_unit(
+        "web@.service",
+        "[Service]\nExecStart=/usr/bin/sleep infinity\n",
+    );
+    systemd.reload().await;
+    let mgr = systemd.manager().await;
+    assert_eq!(
+        systemd::run_job(&mgr, Job::Start, "web@1.service").await,
+        "done"
+    );
+
+    // Plain-http probe in a root with no CA bundle: it must not need one.
+    let dir = temp_dir("image");
+    let config = dir.path().join("config.d");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        config.join("10-web.toml"),
+        format!(
+            "[etcd]\nendpoints = [\"{}\"]\n[registration]\nlayout = \"traefik\"\nport = {port}\n\
+             [health]\ncheck = \"http\"\nurl = \"http://127.0.0.1:{port}/\"\ninterval = \"1s\"\n\
+             [update]\nenabled = false\n",
+            etcd.endpoint()
+        ),
+    )
+    .unwrap();
+    let sidekick = images::Container::guard(&images::unique_name("sidekick"));
+    let bind = |host: &std::path::Path, at: &str| format!("{}:{at}", host.display());
+    run(Command::new("docker")
+        .args(["run", "-d", "--network", "host", "--name", sidekick.name()])
+        .args(["-v", &bind(&systemd.bus_dir(), "/run/dbus")])
+        .args(["-v", "/etc/machine-id:/etc/machine-id:ro"])
+        .args(["-v", &bind(dir.path(), "/etc/sidekick:ro")])
+        .args(["-v", &bind(&state, "/var/lib/sidekick")])
+        .args(["-e", "COREOS_PUBLIC_IPV4=127.0.0.1"])
+        .args([tag, "run", "--unit", "web@1.service"]));
+    let logs = || {
+        let out = Command::new("docker")
+            .args(["logs", sidekick.name()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let key = "traefik/http/services/web/loadbalancer/servers/web-1/url";
+    let client = etcd.client().await;
+    let url = poll_until(Duration::from_secs(30), "the registration key", || {
+        let mut client = client.clone();
+        async move {
+            let resp = client.get(key, None).await.map_err(|e| e.to_string())?;
+            match resp.kvs().first() {
+                Some(kv) => Ok(kv.value_str().unwrap_or_default().to_string()),
+                None => Err("not registered yet".to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- sidekick container log ---\n{}", logs()));
+    assert_eq!(url, format!("http://127.0.0.1:{port}"));
+
+    // `docker stop` sends SIGTERM to the daemon (PID 1 of the container): it revokes the lease.
+    run(Command::new("docker").args(["stop", "-t", STOP_GRACE_SECS, sidekick.name()]));
+    let exit = run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        sidekick.name(),
+    ]));
+    assert_eq!(exit.trim(), "0", "{}", logs());
+    let mut client = client.clone();
+    let left = client.get(key, None).await.unwrap();
+    assert!(left.kvs().is_empty(), "still registered after docker stop");
+}
