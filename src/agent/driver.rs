@@ -20,6 +20,7 @@ use super::swap::{Stage, SwapAction, SwapObservation};
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
+use crate::registry::record::{self, InstanceRecord};
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, LoadState, UnitState};
@@ -59,6 +60,16 @@ pub struct DriverOptions {
     pub once: bool,
     /// Where the loop reports its phase, registration and update checks, if anywhere.
     pub metrics: Option<Metrics>,
+    /// Publish the fleet view's instance record with the registration: the update group and
+    /// the announced host.
+    pub record: Option<RecordOptions>,
+}
+
+/// Where the instance record goes and what it names.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub group: String,
+    pub host: String,
 }
 
 /// The loop: observes, asks [`state::next`], acts.
@@ -66,6 +77,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     agent: Agent,
     seams: Seams<R, P, C>,
     options: DriverOptions,
+    /// The instance record published with the registration, when configured.
+    record: Option<InstanceRecord>,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -74,10 +87,19 @@ pub const ONCE_UNIT_WAIT: Duration = Duration::from_secs(10);
 impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// A driver starting from `agent` over `seams`.
     pub fn new(agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
+        let record = options.record.as_ref().map(|r| InstanceRecord {
+            version: "unknown".into(),
+            phase: agent.phase.label().into(),
+            since: crate::slot::now_rfc3339(),
+            last_check: None,
+            result: None,
+            host: r.host.clone(),
+        });
         Driver {
             agent,
             seams,
             options,
+            record,
         }
     }
 
@@ -194,7 +216,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 match action {
                     Action::Register => {
                         info!(instance = %self.options.instance, "unit active and healthy: registering");
-                        self.seams.registry.register(self.options.entries.clone());
+                        self.seams.registry.register(self.entries());
                     }
                     Action::Deregister => {
                         info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
@@ -242,7 +264,49 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     false => next_pass = next_pass.or(Some(Instant::now())),
                 }
             }
+            self.refresh_record(None, None);
             self.report_status(&mut status, &published.borrow());
+        }
+    }
+
+    /// The registration's entries, with the instance record when one is published.
+    fn entries(&self) -> Vec<Entry> {
+        let mut entries = self.options.entries.clone();
+        if let (Some(options), Some(record)) = (&self.options.record, &self.record) {
+            entries.push(record::entry(
+                &options.group,
+                &self.options.instance,
+                record,
+            ));
+        }
+        entries
+    }
+
+    /// Brings the instance record up to date (phase, and a finished check's result and the
+    /// version it read); publishes it again when it changed while registered.
+    fn refresh_record(&mut self, checked: Option<&str>, version: Option<String>) {
+        let phase = self.agent.phase.label();
+        let Some(record) = self.record.as_mut() else {
+            return;
+        };
+        let before = record.clone();
+        if record.phase != phase {
+            record.phase = phase.to_string();
+            record.since = crate::slot::now_rfc3339();
+        }
+        if let Some(result) = checked {
+            record.last_check = Some(crate::slot::now_rfc3339());
+            record.result = Some(result.to_string());
+        }
+        if let Some(version) = version {
+            record.version = version;
+        }
+        // A new check time alone is not worth a write.
+        let changed = record.phase != before.phase
+            || record.version != before.version
+            || record.result != before.result;
+        if changed && self.agent.registered {
+            self.seams.registry.register(self.entries());
         }
     }
 
@@ -354,13 +418,15 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
             (outcome.label(), delay, None)
         };
+        let running = updates.running().map(ToString::to_string);
         if let Some(metrics) = &self.options.metrics {
             metrics.update_checked(label);
-            if let Some(running) = updates.running() {
-                metrics.set_version(&running.to_string());
+            if let Some(running) = &running {
+                metrics.set_version(running);
             }
         }
         let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
+        self.refresh_record(Some(label), running);
         (next, plan)
     }
 
@@ -471,6 +537,7 @@ mod tests {
             unit_name: "web@1.service".into(),
             once: false,
             metrics: None,
+            record: None,
         };
         Driver::new(agent, seams, options)
     }

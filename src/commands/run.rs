@@ -18,7 +18,7 @@ use crate::agent::cycle::{SwapConfig, UpdatePass};
 use crate::agent::execute::StepSettings;
 use crate::agent::journal::Journal;
 use crate::agent::poll::Denylist;
-use crate::agent::{Agent, Driver, DriverOptions, DriverReport, Seams};
+use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, HealthCheck, LoadedConfig, Settings, SlotBackend};
 use crate::etcd::EtcdConnection;
@@ -244,6 +244,11 @@ async fn run(
         unit_name: settings.instance.unit.clone(),
         once: args.once,
         metrics,
+        // The fleet view: who runs which version, for `sidekick status`.
+        record: (registration.enabled && settings.update.enabled).then(|| RecordOptions {
+            group: settings.slot.group.clone(),
+            host: host.clone(),
+        }),
     };
     let report = Driver::new(agent, seams, options).run(shutdown).await;
     drop(follower);

@@ -1,5 +1,6 @@
-//! `sidekick status`: what etcd says about registrations (under the configured layout), update
-//! slots and halts, as aligned tables or JSON.
+//! `sidekick status`: what etcd says about the fleet (which versions run where, each instance's
+//! phase and last check), registrations (under the configured layout), update slots and halts,
+//! as aligned tables or JSON.
 //!
 //! The report is a list of sections, each gathered on its own and rendered as one table; a new
 //! section is a field in [`StatusReport`], a gather step in [`gather`] and one entry in
@@ -14,6 +15,7 @@ use serde::Serialize;
 use crate::config::ConfigSources;
 use crate::registry::KeyLayout;
 use crate::registry::duplicate::{self, DuplicateRecord};
+use crate::registry::record::{self, InstanceRecord};
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
 
@@ -23,6 +25,8 @@ pub use table::{Section, printable};
 /// Everything `status` shows.
 #[derive(Debug, Default, Serialize)]
 pub struct StatusReport {
+    /// The instances' own records (the fleet view), by group and instance.
+    pub instances: Vec<InstanceStatus>,
     pub registrations: Vec<RegistrationStatus>,
     pub slot_groups: Vec<SlotGroupStatus>,
     /// Limits stored with `sidekick slots set-max`, by group.
@@ -30,6 +34,15 @@ pub struct StatusReport {
     /// Instances kept out of a registration another live instance holds.
     pub duplicates: Vec<DuplicateRecord>,
     pub halts: Vec<HaltStatus>,
+}
+
+/// One instance's record of itself.
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub group: String,
+    pub instance: String,
+    #[serde(flatten)]
+    pub record: InstanceRecord,
 }
 
 /// A group's limit stored in etcd (authoritative over `slot.max`).
@@ -84,6 +97,42 @@ pub struct HaltStatus {
 impl StatusReport {
     /// The report as tables, in display order.
     pub fn sections(&self) -> Vec<Section> {
+        // The rollout at a glance: how many registered instances run each version, per group.
+        let mut versions: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for i in &self.instances {
+            versions
+                .entry((i.group.as_str(), i.record.version.as_str()))
+                .or_default()
+                .push(i.instance.as_str());
+        }
+        let versions = versions
+            .into_iter()
+            .map(|((group, version), names)| {
+                vec![
+                    group.to_string(),
+                    version.to_string(),
+                    names.len().to_string(),
+                    names.join(","),
+                ]
+            })
+            .collect();
+        let instances = self
+            .instances
+            .iter()
+            .map(|i| {
+                let r = &i.record;
+                vec![
+                    i.group.clone(),
+                    i.instance.clone(),
+                    r.version.clone(),
+                    r.phase.clone(),
+                    r.since.clone(),
+                    r.last_check.clone().unwrap_or_else(|| "-".into()),
+                    r.result.clone().unwrap_or_else(|| "-".into()),
+                    r.host.clone(),
+                ]
+            })
+            .collect();
         let holders = self
             .slot_groups
             .iter()
@@ -129,6 +178,25 @@ impl StatusReport {
             })
             .collect();
         vec![
+            Section {
+                title: "VERSIONS",
+                headers: &["GROUP", "VERSION", "COUNT", "INSTANCES"],
+                rows: versions,
+            },
+            Section {
+                title: "INSTANCES",
+                headers: &[
+                    "GROUP",
+                    "INSTANCE",
+                    "VERSION",
+                    "PHASE",
+                    "SINCE",
+                    "LAST CHECK",
+                    "RESULT",
+                    "HOST",
+                ],
+                rows: instances,
+            },
             Section {
                 title: "REGISTRATIONS",
                 headers: &["SERVICE", "INSTANCE", "HOST", "PORT", "TTL"],
@@ -290,7 +358,17 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
         .into_iter()
         .map(|(group, max)| SlotLimitStatus { group, max })
         .collect();
+    let instances = record::list(client)
+        .await?
+        .into_iter()
+        .map(|(group, instance, record)| InstanceStatus {
+            group,
+            instance,
+            record,
+        })
+        .collect();
     Ok(StatusReport {
+        instances,
         registrations: registrations(client, layout).await?,
         slot_groups: slot_groups(client).await?,
         slot_limits,
@@ -340,7 +418,47 @@ mod tests {
         let text = StatusReport::default().render_table();
         assert_eq!(
             text,
-            "REGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
+            "VERSIONS\n  (none)\n\nINSTANCES\n  (none)\n\nREGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
         );
+    }
+
+    #[test]
+    fn versions_count_the_instances_running_each_version_per_group() {
+        let record = |version: &str| InstanceRecord {
+            version: version.into(),
+            phase: "serving".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            last_check: None,
+            result: Some("no-update".into()),
+            host: "10.0.0.5".into(),
+        };
+        let instance = |name: &str, version: &str| InstanceStatus {
+            group: "app/stable".into(),
+            instance: name.into(),
+            record: record(version),
+        };
+        let report = StatusReport {
+            instances: vec![
+                instance("web-1", "2.0.0"),
+                instance("web-2", "1.0.0"),
+                instance("web-3", "2.0.0"),
+            ],
+            ..StatusReport::default()
+        };
+        let text = report.render_table();
+        let line = |version: &str| {
+            text.lines()
+                .find(|l| l.contains("app/stable") && l.contains(version) && l.contains(','))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            line("2.0.0"),
+            Some(vec!["app/stable", "2.0.0", "2", "web-1,web-3"]),
+            "{text}"
+        );
+        assert!(text.contains("web-2"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["instances"][1]["version"], "1.0.0");
+        assert_eq!(json["instances"][1]["instance"], "web-2");
     }
 }

@@ -14,6 +14,7 @@ pub mod duplicate;
 pub mod error;
 pub mod layout;
 pub mod lease;
+pub mod record;
 
 use std::collections::VecDeque;
 use std::future::Future;

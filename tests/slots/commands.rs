@@ -125,7 +125,14 @@ async fn status_shows_registrations_holders_and_halts_as_aligned_tables_and_as_j
     let cfg = config(dir.path(), &etcd.endpoint());
 
     let table = stdout(&sidekick(dir.path(), &["status", "--config", &cfg]));
-    let lines: Vec<&str> = table.lines().collect();
+    let all: Vec<&str> = table.lines().collect();
+    // The fleet view's sections come first; no sidekick runs here, so they are empty.
+    assert_eq!(
+        all[..6],
+        ["VERSIONS", "  (none)", "", "INSTANCES", "  (none)", ""],
+        "{table}"
+    );
+    let lines = &all[6..];
     assert_eq!(lines[0], "REGISTRATIONS", "{table}");
     assert_eq!(
         lines[1].split_whitespace().collect::<Vec<_>>(),

@@ -176,6 +176,7 @@ async fn start_after(
         unit_name: "web@1.service".into(),
         once: false,
         metrics: None,
+        record: None,
     };
     let n = |v| NonZeroU32::new(v).unwrap();
     let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
