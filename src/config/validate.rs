@@ -115,10 +115,8 @@ impl Settings {
                 cert_file,
                 key_file,
             });
+        // https:// without etcd.ca_file trusts the system's CA roots (the etcd layer loads them).
         let uses_tls = endpoints.iter().any(|url| url.scheme() == "https");
-        if uses_tls && etcd.ca_file.is_none() {
-            return Err(check.fail("etcd.endpoints", "https:// endpoints need etcd.ca_file"));
-        }
         if !uses_tls && (etcd.ca_file.is_some() || client_cert.is_some()) {
             return Err(check.fail(
                 "etcd.endpoints",

@@ -36,13 +36,21 @@ fn etcd_cert_file_and_key_file_are_both_or_neither() {
 }
 
 #[test]
-fn https_etcd_endpoints_need_a_ca_file_and_a_ca_file_needs_https() {
-    let (text, line) = config_with("etcd.endpoints", "[\"https://127.0.0.1:2379\"]");
-    assert_rejected(
-        &text,
-        line,
-        "etcd.endpoints",
-        "https:// endpoints need etcd.ca_file",
+fn https_etcd_endpoints_trust_the_system_roots_without_a_ca_file_and_a_ca_file_needs_https() {
+    let (text, _) = config_with("etcd.endpoints", "[\"https://127.0.0.1:2379\"]");
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("web.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidekick"))
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .env("SIDEKICK_CONFIG_ROOT", root.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "https:// without etcd.ca_file uses the system roots: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let text = format!(
         "{UNIT}[registration]\nport = 80\n[update]\nenabled = false\n[etcd]\n\
