@@ -141,6 +141,16 @@ async fn a_clone_with_the_same_holder_id_on_another_host_does_not_take_over_the_
         "the first host's value stays"
     );
     assert_eq!(first.held().await.unwrap(), Holding::Held);
+    // `sidekick status` shows the refused clone among the duplicate instances.
+    let records = sidekick::registry::duplicate::list(&mut client)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].key, keys[0].key, "{records:?}");
+    assert!(
+        records[0].host.contains("node-b") && records[0].held_by.contains("node-a"),
+        "{records:?}"
+    );
 
     // The same host after a restart (a new process, no lease) re-binds its slot.
     let restarted = slots(&client, super::max(2), "same-id").with_host(host("node-a"));

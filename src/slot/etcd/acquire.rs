@@ -7,6 +7,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{EtcdSlots, HolderState, MAX_RACES};
 use crate::etcd::lease::LeaseState;
+use crate::registry::duplicate::{DuplicateRecord, record_key};
 use crate::slot::halt;
 use crate::slot::keys::{
     Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
@@ -47,6 +48,36 @@ impl EtcdSlots {
     }
 
     /// The live lease of this holder, granted afresh when there is none or it was lost.
+    /// Shows this duplicate holder in `sidekick status` (DUPLICATE INSTANCES): a record under
+    /// `/sidekick/duplicates/<slot key>` on a lease of its own that outlives a waiter's retry
+    /// period, so it stays while the clone keeps trying and goes soon after. Best effort: the
+    /// ERROR log already says it.
+    async fn record_duplicate(&self, slot_key: &str, other_host: &str) {
+        let record = DuplicateRecord {
+            key: slot_key.to_string(),
+            host: self.host.to_string(),
+            held_by: other_host.to_string(),
+            since: crate::slot::now_rfc3339(),
+        };
+        let written = async {
+            let mut client = self.client().await?;
+            let ttl = 2 * crate::slot::RETRY_AFTER.as_secs() as i64;
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let value = serde_json::to_vec(&record).map_err(|source| SlotError::Malformed {
+                key: slot_key.to_string(),
+                source,
+            })?;
+            let options = PutOptions::new().with_lease(lease);
+            client
+                .put(record_key(slot_key), value, Some(options))
+                .await?;
+            Ok::<(), SlotError>(())
+        };
+        if let Err(err) = written.await {
+            tracing::warn!(error = %err, key = %slot_key, "failed to record the duplicate holder for status");
+        }
+    }
+
     pub(super) async fn live_lease(&self, state: &mut HolderState) -> Result<i64, SlotError> {
         if let Some(lease) = &state.lease
             && lease.state() == LeaseState::Alive
@@ -143,6 +174,8 @@ impl EtcdSlots {
                         "{DUPLICATE}: {} is held by holder id {} on {other}",
                         entry.key, self.who.holder
                     );
+                    let key = entry.key.clone();
+                    self.record_duplicate(&key, &other.to_string()).await;
                     state.last = Some(snap);
                     return Ok(Acquisition::Busy { detail });
                 }
