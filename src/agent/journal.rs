@@ -138,8 +138,10 @@ impl Journal {
 /// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
 ///   release.
 /// - The drop-in may be written (write, restart, verify): when systemd reports the new version,
-///   verify it again (healthy in time: 3/1; else the usual rollback); otherwise roll back without
-///   blaming the version (3/0 [`error_code::GENERIC`], no halt).
+///   restart onto it unless the journal says the restart finished (systemd reports the new
+///   version from `Reload()` on, while the old process still runs), then verify it (healthy in
+///   time: 3/1; else the usual rollback); otherwise roll back without blaming the version (3/0
+///   [`error_code::GENERIC`], no halt).
 /// - Rolling back, or stranded: restore and restart the old version again, keeping the recorded
 ///   failure.
 /// - Registering (verified, not yet confirmed in etcd): register again, then report and release.
@@ -163,7 +165,13 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             ];
             (Stage::Releasing, actions)
         }
-        Stage::WritingDropIn | Stage::Restarting | Stage::Verifying { .. } if runs_new => {
+        // systemd reports the new version from `Reload()` on, before any restart: unless the
+        // journal says the restart finished, restart onto it again before verifying.
+        Stage::WritingDropIn | Stage::Restarting if runs_new => {
+            phase.unit_active = false;
+            (Stage::Restarting, vec![SwapAction::Restart])
+        }
+        Stage::Verifying { .. } if runs_new => {
             phase.unit_active = false;
             let actions = vec![SwapAction::StartVerifyDeadline];
             (Stage::Verifying { passes: 0 }, actions)
