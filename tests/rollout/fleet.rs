@@ -1,0 +1,476 @@
+//! The rollout environment: etcd, the local image registry with the app versions pushed, Traefik
+//! reading etcd, the example update service, the systemd container (Docker socket bound) running
+//! `web@1..N` from one template unit, and one `sidekick run` per unit as a host process with the
+//! `traefik` layout. Everything stops when the [`Fleet`] drops, sidekicks first.
+//!
+//! Shared by `tests/rollout.rs` and `examples/rollout_bench.rs`; not every item is used by each.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use etcd_client::Client;
+
+use super::load::{Load, LoadSpec};
+use super::rotation::count_keys;
+use super::update_service::{APP_ID, TRACK, UpdateService};
+use crate::support::etcd::Etcd;
+use crate::support::images::{self, Container};
+use crate::support::registry::Registry;
+use crate::support::systemd::{self, Job, Systemd};
+use crate::support::traefik::{self, Traefik};
+use crate::support::{ProcessGuard, SignalTarget, free_port, poll_until, temp_dir};
+
+/// The app's service name (the unit prefix) and the `Host` its Traefik router matches.
+pub const SERVICE: &str = "web";
+pub const HOST: &str = "web.test";
+/// Traefik server URL keys of the service, one per registered instance.
+pub const SERVERS_PREFIX: &str = "traefik/http/services/web/loadbalancer/servers/";
+/// Update slots and halt markers (DESIGN.md, "Wire formats and key layouts").
+pub const SLOTS_PREFIX: &str = "/sidekick/slots/";
+pub const HALT_PREFIX: &str = "/sidekick/halt/";
+/// The version every unit starts on (the template's default).
+pub const FIRST_VERSION: &str = "1.0.0";
+
+/// Starting units, first health checks and the first registrations, on a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How the fleet is set up.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// The `sidekick` binary to run.
+    pub sidekick: PathBuf,
+    pub instances: usize,
+    /// `update.enabled`: false for registration only.
+    pub updates: bool,
+    /// Versions pushed to the registry before anything starts (1.0.0 always is).
+    pub versions: Vec<&'static str>,
+    pub update_interval: Duration,
+    /// The update service grants at most one update per this period.
+    pub grant_period: Duration,
+    pub drain: Duration,
+    pub slot_ttl: Duration,
+    pub registration_ttl: Duration,
+    pub probe_interval: Duration,
+    pub verify_timeout: Duration,
+}
+
+impl FleetSpec {
+    /// Three instances with short timings: a 10 s poll (the shortest allowed), 5 s drain
+    /// (above Traefik's ~2 s reaction, DESIGN.md), 10 s slot and registration TTLs.
+    pub fn new(sidekick: PathBuf) -> FleetSpec {
+        FleetSpec {
+            sidekick,
+            instances: 3,
+            updates: false,
+            versions: vec![FIRST_VERSION],
+            update_interval: Duration::from_secs(10),
+            grant_period: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+            slot_ttl: Duration::from_secs(10),
+            registration_ttl: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(250),
+            verify_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// One app unit and its sidekick.
+pub struct Instance {
+    pub unit: String,
+    pub name: String,
+    pub port: u16,
+    pub config: PathBuf,
+    sidekick: Option<SidekickProcess>,
+}
+
+/// The whole environment. Fields drop in order: sidekicks, the container, the app containers,
+/// then the servers.
+pub struct Fleet {
+    pub instances: Vec<Instance>,
+    pub systemd: Systemd,
+    _containers: Vec<Container>,
+    pub traefik: Traefik,
+    pub updates: UpdateService,
+    pub registry: Registry,
+    pub client: Client,
+    pub etcd: Etcd,
+    images: BTreeMap<String, String>,
+    spec: FleetSpec,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// Starts everything and waits until every instance is registered.
+    pub async fn start(spec: FleetSpec) -> Fleet {
+        let dir = temp_dir("rollout");
+        let etcd = Etcd::start().await;
+        let client = etcd.client().await;
+        let registry = Registry::start().await;
+        let mut images = BTreeMap::new();
+        for version in std::iter::once(FIRST_VERSION).chain(spec.versions.iter().copied()) {
+            if images.contains_key(version) {
+                continue;
+            }
+            let local = images::app_image(version);
+            images.insert(
+                version.to_string(),
+                images::push(&local, &registry.address()),
+            );
+        }
+        let traefik = Traefik::start(&etcd.endpoint()).await;
+        for (key, value) in traefik::router_keys(SERVICE, HOST, SERVICE) {
+            client
+                .clone()
+                .put(key, value, None)
+                .await
+                .expect("router key");
+        }
+        let updates =
+            UpdateService::start(FIRST_VERSION, &images[FIRST_VERSION], spec.grant_period).await;
+        let systemd = Systemd::start().await;
+        let prefix = images::unique_name("rollout");
+        systemd.write_unit("web@.service", &app_unit(&prefix, &images[FIRST_VERSION]));
+        let mut fleet = Fleet {
+            instances: Vec::new(),
+            systemd,
+            _containers: (1..=spec.instances)
+                .map(|i| Container::guard(&format!("{prefix}-{i}")))
+                .collect(),
+            traefik,
+            updates,
+            registry,
+            client,
+            etcd,
+            images,
+            spec,
+            dir,
+        };
+        fleet.start_units().await;
+        fleet.start_sidekicks();
+        fleet
+            .wait_registered(fleet.instances.len(), START_TIMEOUT)
+            .await;
+        fleet
+    }
+
+    async fn start_units(&mut self) {
+        for i in 1..=self.spec.instances {
+            let unit = format!("{SERVICE}@{i}.service");
+            let port = free_port();
+            let port_conf = format!("[Service]\nEnvironment=WEB_PORT={port}\n");
+            self.systemd.write_dropin(&unit, "10-port.conf", &port_conf);
+            self.instances.push(Instance {
+                config: self.dir.path().join(format!("{SERVICE}-{i}.toml")),
+                name: format!("{SERVICE}-{i}"),
+                unit,
+                port,
+                sidekick: None,
+            });
+        }
+        self.systemd.reload().await;
+        let mgr = self.systemd.manager().await;
+        for instance in &self.instances {
+            let result = systemd::run_job(&mgr, Job::Start, &instance.unit).await;
+            assert_eq!(result, "done", "{}", self.systemd.log_tail(30));
+        }
+        for instance in &self.instances {
+            let url = format!("http://127.0.0.1:{}/", instance.port);
+            if let Err(e) = crate::support::wait_for_http_ok(&url, START_TIMEOUT).await {
+                panic!("{}: {e}\n{}", instance.unit, self.systemd.log_tail(30));
+            }
+        }
+    }
+
+    fn start_sidekicks(&mut self) {
+        for i in 0..self.instances.len() {
+            let config = self.sidekick_config(&self.instances[i]);
+            std::fs::write(&self.instances[i].config, config).expect("write sidekick config");
+            self.start_sidekick(i);
+        }
+    }
+
+    /// Starts (or starts again) the sidekick of instance `i` (0-based) on its config.
+    pub fn start_sidekick(&mut self, i: usize) {
+        let root = self.dir.path().join("config-root");
+        std::fs::create_dir_all(&root).expect("config root");
+        let instance = &mut self.instances[i];
+        let log = self.dir.path().join(format!("{}.log", instance.name));
+        let mut cmd = Command::new(&self.spec.sidekick);
+        cmd.args(["run", "--log", "stderr", "--config"])
+            .arg(&instance.config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.systemd.bus_address())
+            .env("SIDEKICK_CONFIG_ROOT", &root)
+            .env("RUST_LOG", "info,sidekick=debug")
+            .env_remove("NOTIFY_SOCKET");
+        let guard = ProcessGuard::spawn(&instance.name, &mut cmd, &log, SignalTarget::Group);
+        instance.sidekick = Some(SidekickProcess { guard, log });
+    }
+
+    /// The sidekick of instance `i` (0-based); panics when it was never started.
+    pub fn sidekick(&mut self, i: usize) -> &mut SidekickProcess {
+        self.instances[i]
+            .sidekick
+            .as_mut()
+            .expect("sidekick started")
+    }
+
+    /// SIGKILLs the sidekick of instance `i`, as a crash would.
+    pub fn kill_sidekick(&mut self, i: usize) {
+        if let Some(mut sidekick) = self.instances[i].sidekick.take() {
+            sidekick.guard.kill();
+        }
+    }
+
+    /// The sidekick config of one instance; only keys of `src/config/fragments.rs`.
+    fn sidekick_config(&self, instance: &Instance) -> String {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let spec = &self.spec;
+        format!(
+            "[instance]\nunit = \"{unit}\"\n\
+             [etcd]\nendpoints = [\"{etcd}\"]\ntimeout = \"2s\"\n\
+             [registration]\nlayout = \"traefik\"\nhost = \"127.0.0.1\"\nport = {port}\nttl = \"{reg_ttl}\"\n\
+             [health]\ncheck = \"http\"\ninterval = \"{probe}\"\ntimeout = \"1s\"\nrise = 2\nfall = 2\n\
+             [update]\nenabled = {updates}\nserver = \"{server}\"\napp_id = \"{APP_ID}\"\n\
+             track = \"{TRACK}\"\ninterval = \"{interval}\"\nimage = \"{{codebase}}\"\n\
+             [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
+             [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
+             prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
+             [daemon]\nstate_dir = \"{state}\"\n",
+            unit = instance.unit,
+            etcd = self.etcd.endpoint(),
+            port = instance.port,
+            reg_ttl = d(spec.registration_ttl),
+            probe = d(spec.probe_interval),
+            updates = spec.updates,
+            server = self.updates.endpoint(),
+            interval = d(spec.update_interval),
+            slot_ttl = d(spec.slot_ttl),
+            drain = d(spec.drain),
+            verify = d(spec.verify_timeout),
+            docker = images::docker_path().display(),
+            dropins = self.systemd.unit_dir().display(),
+            state = self.dir.path().join("state").display(),
+        )
+    }
+
+    /// The image reference of `version` in the local registry (pushed at start).
+    pub fn image(&self, version: &str) -> &str {
+        self.images
+            .get(version)
+            .unwrap_or_else(|| panic!("version {version} was not pushed: add it to the spec"))
+    }
+
+    /// Publishes `version` on the update service, pointing at its image in the registry.
+    pub async fn publish(&self, version: &str) {
+        self.updates.publish(version, self.image(version)).await;
+    }
+
+    /// Waits until `n` instances have a Traefik server key.
+    pub async fn wait_registered(&self, n: usize, timeout: Duration) {
+        let registered = poll_until(timeout, &format!("{n} instances registered"), || async {
+            match count_keys(&self.client, SERVERS_PREFIX).await {
+                count if count == n => Ok(()),
+                count => Err(format!("{count} registered")),
+            }
+        })
+        .await;
+        if let Err(e) = registered {
+            panic!("{e}\n{}", self.logs(20));
+        }
+    }
+
+    /// Waits until Traefik answers 200 through its router.
+    pub async fn wait_routed(&self, timeout: Duration) {
+        let http = crate::support::http_client();
+        let routed = poll_until(timeout, "Traefik routes to the app", || async {
+            let response = http
+                .get(self.traefik.url())
+                .header("Host", HOST)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.status().as_u16() {
+                200 => Ok(()),
+                status => Err(format!("status {status}")),
+            }
+        })
+        .await;
+        if let Err(e) = routed {
+            panic!("{e}\n{}", self.traefik.log_tail(20));
+        }
+    }
+
+    /// Waits until Traefik has sent a request to every instance (it follows etcd within seconds).
+    pub async fn wait_all_routed(&self, timeout: Duration) {
+        let http = crate::support::http_client();
+        let n = self.instances.len();
+        let all = poll_until(timeout, "Traefik routes to every instance", || async {
+            for _ in 0..n * 2 {
+                let _ = http
+                    .get(self.traefik.url())
+                    .header("Host", HOST)
+                    .send()
+                    .await;
+            }
+            match self.served_by().len() {
+                served if served == n => Ok(()),
+                served => Err(format!("{served} of {n} instances answered")),
+            }
+        })
+        .await;
+        if let Err(e) = all {
+            panic!("{e}\n{}", self.traefik.log_tail(20));
+        }
+    }
+
+    /// How many 200s each instance answered through Traefik so far, from its access log.
+    pub fn served_by(&self) -> BTreeMap<String, u64> {
+        let log = std::fs::read_to_string(self.traefik.access_log()).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for line in log.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if entry["DownstreamStatus"].as_u64() != Some(200) {
+                continue;
+            }
+            let addr = entry["ServiceAddr"].as_str().unwrap_or_default();
+            let instance = self
+                .instances
+                .iter()
+                .find(|i| addr == format!("127.0.0.1:{}", i.port));
+            if let Some(instance) = instance {
+                *out.entry(instance.name.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Starts the load generator through Traefik at `rate` requests/s for at most `max`.
+    pub fn load(&self, rate: u32, max: Duration) -> Load {
+        Load::start(LoadSpec {
+            url: format!("{}/", self.traefik.url()),
+            host: HOST.to_string(),
+            rate,
+            max_requests: u64::from(rate) * max.as_secs().max(1),
+            max_duration: max,
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// The version the unit of instance `i` runs, from `SIDEKICK_VERSION` in its environment.
+    pub async fn unit_version(&self, i: usize) -> String {
+        let conn = self.systemd.connection().await;
+        let env = systemd::service_environment(&conn, &self.instances[i].unit).await;
+        env.iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("SIDEKICK_VERSION="))
+            .unwrap_or("<unset>")
+            .to_string()
+    }
+
+    /// Restarts the unit of instance `i` over D-Bus and waits for the job; its result.
+    pub async fn restart_unit(&self, i: usize) -> String {
+        let mgr = self.systemd.manager().await;
+        systemd::run_job(&mgr, Job::Restart, &self.instances[i].unit).await
+    }
+
+    /// Runs `sidekick ARGS --config <instance 0's config>`; its stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(&self.spec.sidekick)
+            .args(args)
+            .arg("--config")
+            .arg(&self.instances[0].config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.systemd.bus_address())
+            .env("SIDEKICK_CONFIG_ROOT", self.dir.path().join("config-root"))
+            .output()
+            .expect("run sidekick");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// The Omaha machine id of instance `i`, as its sidekick derives it.
+    pub fn machine_id(&self, i: usize) -> String {
+        sidekick::identity::read_app_machine_id(
+            Path::new(sidekick::identity::MACHINE_ID_PATH),
+            APP_ID,
+            &self.instances[i].unit,
+        )
+        .expect("app machine id")
+    }
+
+    /// The last `lines` of every sidekick's log, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for instance in &self.instances {
+            if let Some(sidekick) = &instance.sidekick {
+                out.push_str(&format!(
+                    "--- {} ---\n{}\n",
+                    instance.name,
+                    sidekick.guard.log_tail(lines)
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs(60));
+        }
+    }
+}
+
+/// A running `sidekick run`; on drop it is continued (if stopped), then stopped.
+pub struct SidekickProcess {
+    guard: ProcessGuard,
+    log: PathBuf,
+}
+
+impl SidekickProcess {
+    pub fn pid(&self) -> i32 {
+        self.guard.pid() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        self.guard.signal(signal);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.guard.is_running()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SidekickProcess {
+    fn drop(&mut self) {
+        self.guard.signal(libc::SIGCONT);
+    }
+}
+
+/// `web@.service`: the app image on `127.0.0.1:${WEB_PORT}`, with the first version as default.
+fn app_unit(container_prefix: &str, first_image: &str) -> String {
+    let docker = images::docker_path();
+    let docker = docker.display();
+    format!(
+        "[Unit]\nDescription=rollout test app %i\n\
+         [Service]\n\
+         Environment=SIDEKICK_IMAGE={first_image}\n\
+         Environment=SIDEKICK_VERSION={FIRST_VERSION}\n\
+         ExecStartPre=-{docker} rm -f {container_prefix}-%i\n\
+         ExecStart={docker} run --rm --name {container_prefix}-%i -p 127.0.0.1:${{WEB_PORT}}:80 ${{SIDEKICK_IMAGE}}\n\
+         ExecStop={docker} stop -t 5 {container_prefix}-%i\n"
+    )
+}
