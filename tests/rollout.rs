@@ -14,6 +14,10 @@ mod fleet;
 mod load;
 #[path = "rollout/rotation.rs"]
 mod rotation;
+#[path = "rollout/sidekick_process.rs"]
+mod sidekick_process;
+#[path = "rollout/units.rs"]
+mod units;
 #[path = "rollout/update_service.rs"]
 mod update_service;
 
@@ -21,6 +25,10 @@ mod update_service;
 /// (`tests/rollout/rolling_update.rs`).
 #[path = "rollout/rolling_update.rs"]
 mod rolling_update;
+
+/// The swap when its sidekick is killed or paused mid-way (`tests/rollout/faults.rs`).
+#[path = "rollout/faults.rs"]
+mod faults;
 
 use std::path::PathBuf;
 use std::time::Duration;

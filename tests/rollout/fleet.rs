@@ -15,13 +15,14 @@ use etcd_client::Client;
 
 use super::load::{Load, LoadSpec};
 use super::rotation::count_keys;
-use super::update_service::{APP_ID, TRACK, UpdateService};
+use super::sidekick_process::{SidekickConfig, SidekickProcess};
+use super::update_service::{APP_ID, UpdateService};
 use crate::support::etcd::Etcd;
 use crate::support::images::{self, Container};
 use crate::support::registry::Registry;
 use crate::support::systemd::{self, Job, Systemd};
 use crate::support::traefik::{self, Traefik};
-use crate::support::{ProcessGuard, SignalTarget, free_port, poll_until, temp_dir};
+use crate::support::{free_port, poll_until, temp_dir};
 
 /// The app's service name (the unit prefix) and the `Host` its Traefik router matches.
 pub const SERVICE: &str = "web";
@@ -54,6 +55,8 @@ pub struct FleetSpec {
     pub slot_ttl: Duration,
     pub registration_ttl: Duration,
     pub probe_interval: Duration,
+    /// `health.rise`: passes in a row before an instance is registered.
+    pub rise: u32,
     pub verify_timeout: Duration,
 }
 
@@ -72,6 +75,7 @@ impl FleetSpec {
             slot_ttl: Duration::from_secs(10),
             registration_ttl: Duration::from_secs(10),
             probe_interval: Duration::from_millis(250),
+            rise: 2,
             verify_timeout: Duration::from_secs(20),
         }
     }
@@ -132,7 +136,10 @@ impl Fleet {
             UpdateService::start(FIRST_VERSION, &images[FIRST_VERSION], spec.grant_period).await;
         let systemd = Systemd::start().await;
         let prefix = images::unique_name("rollout");
-        systemd.write_unit("web@.service", &app_unit(&prefix, &images[FIRST_VERSION]));
+        systemd.write_unit(
+            "web@.service",
+            &super::units::app_unit(&prefix, &images[FIRST_VERSION]),
+        );
         let mut fleet = Fleet {
             instances: Vec::new(),
             systemd,
@@ -186,7 +193,19 @@ impl Fleet {
 
     fn start_sidekicks(&mut self) {
         for i in 0..self.instances.len() {
-            let config = self.sidekick_config(&self.instances[i]);
+            let config = SidekickConfig {
+                spec: &self.spec,
+                unit: &self.instances[i].unit,
+                port: self.instances[i].port,
+                etcd: &self.etcd.endpoint(),
+                update_server: &self.updates.endpoint(),
+                dropin_dir: &self.systemd.unit_dir(),
+                state_dir: &self
+                    .dir
+                    .path()
+                    .join(format!("state-{}", self.instances[i].name)),
+            }
+            .render();
             std::fs::write(&self.instances[i].config, config).expect("write sidekick config");
             self.start_sidekick(i);
         }
@@ -195,18 +214,23 @@ impl Fleet {
     /// Starts (or starts again) the sidekick of instance `i` (0-based) on its config.
     pub fn start_sidekick(&mut self, i: usize) {
         let root = self.dir.path().join("config-root");
-        std::fs::create_dir_all(&root).expect("config root");
         let instance = &mut self.instances[i];
         let log = self.dir.path().join(format!("{}.log", instance.name));
-        let mut cmd = Command::new(&self.spec.sidekick);
-        cmd.args(["run", "--log", "stderr", "--config"])
-            .arg(&instance.config)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.systemd.bus_address())
-            .env("SIDEKICK_CONFIG_ROOT", &root)
-            .env("RUST_LOG", "info,sidekick=debug")
-            .env_remove("NOTIFY_SOCKET");
-        let guard = ProcessGuard::spawn(&instance.name, &mut cmd, &log, SignalTarget::Group);
-        instance.sidekick = Some(SidekickProcess { guard, log });
+        instance.sidekick = Some(SidekickProcess::spawn(
+            &self.spec.sidekick,
+            &instance.config,
+            &root,
+            self.systemd.bus_address(),
+            &log,
+        ));
+    }
+
+    /// The pids of the sidekicks running now.
+    pub fn sidekick_pids(&self) -> Vec<i32> {
+        self.instances
+            .iter()
+            .filter_map(|i| i.sidekick.as_ref().map(SidekickProcess::pid))
+            .collect()
     }
 
     /// The sidekick of instance `i` (0-based); panics when it was never started.
@@ -220,40 +244,8 @@ impl Fleet {
     /// SIGKILLs the sidekick of instance `i`, as a crash would.
     pub fn kill_sidekick(&mut self, i: usize) {
         if let Some(mut sidekick) = self.instances[i].sidekick.take() {
-            sidekick.guard.kill();
+            sidekick.kill();
         }
-    }
-
-    /// The sidekick config of one instance; only keys of `src/config/fragments.rs`.
-    fn sidekick_config(&self, instance: &Instance) -> String {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
-        let spec = &self.spec;
-        format!(
-            "[instance]\nunit = \"{unit}\"\n\
-             [etcd]\nendpoints = [\"{etcd}\"]\ntimeout = \"2s\"\n\
-             [registration]\nlayout = \"traefik\"\nhost = \"127.0.0.1\"\nport = {port}\nttl = \"{reg_ttl}\"\n\
-             [health]\ncheck = \"http\"\ninterval = \"{probe}\"\ntimeout = \"1s\"\nrise = 2\nfall = 2\n\
-             [update]\nenabled = {updates}\nserver = \"{server}\"\napp_id = \"{APP_ID}\"\n\
-             track = \"{TRACK}\"\ninterval = \"{interval}\"\nimage = \"{{codebase}}\"\n\
-             [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
-             [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
-             prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
-             [daemon]\nstate_dir = \"{state}\"\n",
-            unit = instance.unit,
-            etcd = self.etcd.endpoint(),
-            port = instance.port,
-            reg_ttl = d(spec.registration_ttl),
-            probe = d(spec.probe_interval),
-            updates = spec.updates,
-            server = self.updates.endpoint(),
-            interval = d(spec.update_interval),
-            slot_ttl = d(spec.slot_ttl),
-            drain = d(spec.drain),
-            verify = d(spec.verify_timeout),
-            docker = images::docker_path().display(),
-            dropins = self.systemd.unit_dir().display(),
-            state = self.dir.path().join("state").display(),
-        )
     }
 
     /// The image reference of `version` in the local registry (pushed at start).
@@ -361,21 +353,18 @@ impl Fleet {
         })
     }
 
-    /// The version the unit of instance `i` runs, from `SIDEKICK_VERSION` in its environment.
-    pub async fn unit_version(&self, i: usize) -> String {
-        let conn = self.systemd.connection().await;
-        let env = systemd::service_environment(&conn, &self.instances[i].unit).await;
-        env.iter()
-            .rev()
-            .find_map(|e| e.strip_prefix("SIDEKICK_VERSION="))
-            .unwrap_or("<unset>")
-            .to_string()
+    /// The journal of instance `i` (`daemon.state_dir/<instance>.json`).
+    pub fn journal(&self, i: usize) -> PathBuf {
+        let name = &self.instances[i].name;
+        self.dir
+            .path()
+            .join(format!("state-{name}"))
+            .join(format!("{name}.json"))
     }
 
-    /// Restarts the unit of instance `i` over D-Bus and waits for the job; its result.
-    pub async fn restart_unit(&self, i: usize) -> String {
-        let mgr = self.systemd.manager().await;
-        systemd::run_job(&mgr, Job::Restart, &self.instances[i].unit).await
+    /// How the fleet was set up.
+    pub fn spec(&self) -> &FleetSpec {
+        &self.spec
     }
 
     /// Runs `sidekick ARGS --config <instance 0's config>`; its stdout and stderr.
@@ -414,7 +403,7 @@ impl Fleet {
                 out.push_str(&format!(
                     "--- {} ---\n{}\n",
                     instance.name,
-                    sidekick.guard.log_tail(lines)
+                    sidekick.log_tail(lines)
                 ));
             }
         }
@@ -428,49 +417,4 @@ impl Drop for Fleet {
             eprintln!("{}", self.logs(60));
         }
     }
-}
-
-/// A running `sidekick run`; on drop it is continued (if stopped), then stopped.
-pub struct SidekickProcess {
-    guard: ProcessGuard,
-    log: PathBuf,
-}
-
-impl SidekickProcess {
-    pub fn pid(&self) -> i32 {
-        self.guard.pid() as i32
-    }
-
-    pub fn signal(&self, signal: i32) {
-        self.guard.signal(signal);
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.guard.is_running()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for SidekickProcess {
-    fn drop(&mut self) {
-        self.guard.signal(libc::SIGCONT);
-    }
-}
-
-/// `web@.service`: the app image on `127.0.0.1:${WEB_PORT}`, with the first version as default.
-fn app_unit(container_prefix: &str, first_image: &str) -> String {
-    let docker = images::docker_path();
-    let docker = docker.display();
-    format!(
-        "[Unit]\nDescription=rollout test app %i\n\
-         [Service]\n\
-         Environment=SIDEKICK_IMAGE={first_image}\n\
-         Environment=SIDEKICK_VERSION={FIRST_VERSION}\n\
-         ExecStartPre=-{docker} rm -f {container_prefix}-%i\n\
-         ExecStart={docker} run --rm --name {container_prefix}-%i -p 127.0.0.1:${{WEB_PORT}}:80 ${{SIDEKICK_IMAGE}}\n\
-         ExecStop={docker} stop -t 5 {container_prefix}-%i\n"
-    )
 }
