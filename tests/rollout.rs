@@ -30,6 +30,10 @@ mod rolling_update;
 #[path = "rollout/faults.rs"]
 mod faults;
 
+/// The sidekick as a unit survives its app unit's swap (`tests/rollout/own_unit.rs`).
+#[path = "rollout/own_unit.rs"]
+mod own_unit;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -58,6 +58,9 @@ pub struct FleetSpec {
     /// `health.rise`: passes in a row before an instance is registered.
     pub rise: u32,
     pub verify_timeout: Duration,
+    /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
+    /// unit) instead of as a host process.
+    pub sidekick_units: bool,
 }
 
 impl FleetSpec {
@@ -77,6 +80,7 @@ impl FleetSpec {
             probe_interval: Duration::from_millis(250),
             rise: 2,
             verify_timeout: Duration::from_secs(20),
+            sidekick_units: false,
         }
     }
 }
@@ -156,7 +160,7 @@ impl Fleet {
             dir,
         };
         fleet.start_units().await;
-        fleet.start_sidekicks();
+        fleet.start_sidekicks().await;
         fleet
             .wait_registered(fleet.instances.len(), START_TIMEOUT)
             .await;
@@ -191,23 +195,42 @@ impl Fleet {
         }
     }
 
-    fn start_sidekicks(&mut self) {
+    /// Writes each sidekick's config and starts it as a host process, or as `sidekick@N.service`
+    /// in the container when the spec says so.
+    async fn start_sidekicks(&mut self) {
+        let in_units = self.spec.sidekick_units;
         for i in 0..self.instances.len() {
+            let name = self.instances[i].name.clone();
+            let (dropin_dir, state_dir) = match in_units {
+                true => (
+                    PathBuf::from(super::units::CONTAINER_UNIT_DIR),
+                    PathBuf::from(format!("/var/lib/sidekick/{name}")),
+                ),
+                false => (
+                    self.systemd.unit_dir(),
+                    self.dir.path().join(format!("state-{name}")),
+                ),
+            };
+            if in_units {
+                self.instances[i].config = self.systemd.unit_dir().join(format!("{name}.toml"));
+            }
             let config = SidekickConfig {
                 spec: &self.spec,
                 unit: &self.instances[i].unit,
                 port: self.instances[i].port,
                 etcd: &self.etcd.endpoint(),
                 update_server: &self.updates.endpoint(),
-                dropin_dir: &self.systemd.unit_dir(),
-                state_dir: &self
-                    .dir
-                    .path()
-                    .join(format!("state-{}", self.instances[i].name)),
+                dropin_dir: &dropin_dir,
+                state_dir: &state_dir,
             }
             .render();
             std::fs::write(&self.instances[i].config, config).expect("write sidekick config");
-            self.start_sidekick(i);
+            if !in_units {
+                self.start_sidekick(i);
+            }
+        }
+        if in_units {
+            self.start_sidekick_units().await;
         }
     }
 
@@ -399,13 +422,11 @@ impl Fleet {
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();
         for instance in &self.instances {
-            if let Some(sidekick) = &instance.sidekick {
-                out.push_str(&format!(
-                    "--- {} ---\n{}\n",
-                    instance.name,
-                    sidekick.log_tail(lines)
-                ));
-            }
+            let tail = match &instance.sidekick {
+                Some(sidekick) => sidekick.log_tail(lines),
+                None => crate::support::tail(&self.sidekick_unit_log(&instance.name), lines),
+            };
+            out.push_str(&format!("--- {} ---\n{tail}\n", instance.name));
         }
         out
     }

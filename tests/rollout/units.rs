@@ -10,6 +10,12 @@ use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
 
 use super::fleet::{FIRST_VERSION, Fleet};
+use zbus_systemd::systemd1::ServiceProxy;
+
+/// The container's unit directory (the host's `Systemd::unit_dir()`).
+pub const CONTAINER_UNIT_DIR: &str = "/etc/systemd/system";
+/// The sidekick binary, copied into the unit directory so the container can run it.
+const SIDEKICK_IN_CONTAINER: &str = "sidekick-bin";
 use crate::support::images;
 use crate::support::systemd::{self, Job};
 
@@ -50,6 +56,45 @@ impl Fleet {
             .join("50-sidekick.conf")
     }
 
+    /// Copies the sidekick into the container and starts `sidekick@1..N.service`, each `Wants=`
+    /// and `After=` its app unit (DESIGN.md: the pairing that keeps the sidekick's PID).
+    pub(super) async fn start_sidekick_units(&self) {
+        let dir = self.systemd.unit_dir();
+        std::fs::copy(&self.spec().sidekick, dir.join(SIDEKICK_IN_CONTAINER))
+            .expect("copy the sidekick binary into the unit dir");
+        self.systemd
+            .write_unit("sidekick@.service", &sidekick_unit());
+        self.systemd.reload().await;
+        let mgr = self.systemd.manager().await;
+        for i in 1..=self.instances.len() {
+            let unit = format!("sidekick@{i}.service");
+            let result = systemd::run_job(&mgr, Job::Start, &unit).await;
+            assert_eq!(result, "done", "{unit}: {}", self.systemd.log_tail(30));
+        }
+    }
+
+    /// Where `sidekick@N.service` of instance `name` (`web-N`) logs, as the host sees it.
+    pub fn sidekick_unit_log(&self, name: &str) -> PathBuf {
+        self.systemd.unit_dir().join(format!("sidekick-{name}.log"))
+    }
+
+    /// `MainPID` and `NRestarts` of `sidekick@N.service` for instance `i` (0-based).
+    pub async fn sidekick_unit_pid(&self, i: usize) -> (u32, u32) {
+        let conn = self.systemd.connection().await;
+        let mgr = ManagerProxy::new(&conn).await.expect("manager proxy");
+        let unit = format!("sidekick@{}.service", i + 1);
+        let path = mgr.load_unit(unit).await.expect("LoadUnit");
+        let service = ServiceProxy::builder(&conn)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .expect("service proxy");
+        let pid = service.main_pid().await.expect("MainPID");
+        let restarts = service.n_restarts().await.expect("NRestarts");
+        (pid, restarts)
+    }
+
     /// Restarts the unit of instance `i` over D-Bus and waits for the job; its result.
     pub async fn restart_unit(&self, i: usize) -> String {
         let mgr = self.systemd.manager().await;
@@ -69,5 +114,24 @@ pub fn app_unit(container_prefix: &str, first_image: &str) -> String {
          ExecStartPre=-{docker} rm -f {container_prefix}-%i\n\
          ExecStart={docker} run --rm --name {container_prefix}-%i -p 127.0.0.1:${{WEB_PORT}}:80 ${{SIDEKICK_IMAGE}}\n\
          ExecStop={docker} stop -t 5 {container_prefix}-%i\n"
+    )
+}
+
+/// The container's `/etc` is a fresh tmpfs without `/etc/ssl`, and the sidekick's HTTP client
+/// will not build without CA certificates (even for a plain-HTTP health check): point it at the
+/// host's, which it sees under `/usr`.
+const CA_DIR: &str = "/usr/share/ca-certificates/mozilla";
+
+/// `sidekick@.service`: the sidekick of `web@%i.service` inside the container, logging to a file
+/// in the unit directory.
+fn sidekick_unit() -> String {
+    format!(
+        "[Unit]\nDescription=sidekick for web@%i\nWants=web@%i.service\nAfter=web@%i.service\n\
+         [Service]\n\
+         Environment=RUST_LOG=info,sidekick=debug\n\
+         Environment=SSL_CERT_DIR={CA_DIR}\n\
+         ExecStart={CONTAINER_UNIT_DIR}/{SIDEKICK_IN_CONTAINER} run --log stderr --config {CONTAINER_UNIT_DIR}/web-%i.toml\n\
+         StandardOutput=append:{CONTAINER_UNIT_DIR}/sidekick-web-%i.log\n\
+         StandardError=inherit\n"
     )
 }
