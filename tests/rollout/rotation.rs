@@ -144,16 +144,23 @@ pub struct Rotation {
 
 /// Reads rotation from a [`KeyWatch`] on the Traefik server keys.
 pub fn rotation(watch: &KeyWatch) -> Rotation {
-    let mut registered: BTreeSet<String> = watch
-        .initial()
-        .keys()
+    rotation_from(watch.initial().keys(), &watch.events())
+}
+
+/// Rotation from the server keys present at the start and the events after it.
+pub fn rotation_from<'a>(
+    initial: impl IntoIterator<Item = &'a String>,
+    events: &[KeyEvent],
+) -> Rotation {
+    let mut registered: BTreeSet<String> = initial
+        .into_iter()
         .filter_map(|k| server_instance(k).map(str::to_string))
         .collect();
     let all = registered.len();
     let mut open: BTreeMap<String, usize> = BTreeMap::new();
     let mut stretches = Vec::new();
     let mut max_out_at_once = 0;
-    for event in watch.events() {
+    for event in events {
         let Some(instance) = server_instance(&event.key) else {
             continue;
         };
@@ -200,15 +207,20 @@ impl SlotHold {
 /// Slot holds from a [`KeyWatch`] on the slot prefix (holds already present at the start are
 /// left out: their beginning is unknown).
 pub fn slot_holds(watch: &KeyWatch) -> Vec<SlotHold> {
+    slot_holds_from(&watch.events())
+}
+
+/// Slot holds from the events on the slot prefix.
+pub fn slot_holds_from(events: &[KeyEvent]) -> Vec<SlotHold> {
     let mut holds: Vec<SlotHold> = Vec::new();
     let mut open: BTreeMap<String, usize> = BTreeMap::new();
-    for event in watch.events() {
+    for event in events {
         match (event.put, open.get(&event.key)) {
             (true, None) => {
                 open.insert(event.key.clone(), holds.len());
                 holds.push(SlotHold {
-                    key: event.key,
-                    value: event.value,
+                    key: event.key.clone(),
+                    value: event.value.clone(),
                     from: event.at,
                     until: None,
                 });
@@ -233,4 +245,66 @@ pub async fn count_keys(client: &Client, prefix: &str) -> usize {
         .await
         .expect("count keys");
     got.count() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(instance: &str) -> String {
+        format!("traefik/http/services/web/loadbalancer/servers/{instance}/url")
+    }
+
+    fn event(at: Instant, key: String, put: bool) -> KeyEvent {
+        KeyEvent {
+            at,
+            key,
+            put,
+            value: String::new(),
+        }
+    }
+
+    #[test]
+    fn rotation_counts_overlapping_stretches_and_closes_each_on_its_next_put() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let initial = [key("web-1"), key("web-2"), key("web-3")];
+        let events = [
+            event(t, key("web-1"), false),
+            event(t + s, key("web-1"), true),
+            event(t + 2 * s, key("web-2"), false),
+            event(t + 3 * s, key("web-3"), false),
+            event(t + 4 * s, key("web-2"), true),
+            event(t + 5 * s, "traefik/http/routers/web/rule".into(), false),
+        ];
+        let rotation = rotation_from(&initial, &events);
+        assert_eq!(rotation.max_out_at_once, 2);
+        let out: Vec<(&str, Option<Duration>)> = rotation
+            .stretches
+            .iter()
+            .map(|r| (r.instance.as_str(), r.duration()))
+            .collect();
+        assert_eq!(
+            out,
+            [("web-1", Some(s)), ("web-2", Some(2 * s)), ("web-3", None)]
+        );
+    }
+
+    #[test]
+    fn slot_holds_run_from_creation_to_deletion_and_ignore_refreshes() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let slot = "/sidekick/slots/app/g1/0".to_string();
+        let events = [
+            event(t, slot.clone(), true),
+            event(t + s, slot.clone(), true),
+            event(t + 3 * s, slot.clone(), false),
+            event(t + 4 * s, slot.clone(), true),
+        ];
+        let holds: Vec<Option<Duration>> = slot_holds_from(&events)
+            .iter()
+            .map(SlotHold::duration)
+            .collect();
+        assert_eq!(holds, [Some(3 * s), None]);
+    }
 }
