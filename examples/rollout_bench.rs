@@ -175,6 +175,18 @@ async fn swap_way(fleet: &Fleet) -> Result<Swap, String> {
     let load = fleet.load(RATE, ROLLOUT_TIMEOUT + SETTLE * 2);
     let start = Instant::now();
     fleet.publish(NEW_VERSION).await;
+    if let Err(e) = fleet
+        .wait_swap_started(&slots, fleet::SWAP_START_TIMEOUT)
+        .await
+    {
+        let load = load.finish().await;
+        let _ = sampler.finish().await;
+        return Err(format!(
+            "{e}; {} requests sent, {} failed meanwhile",
+            load.sent(),
+            load.failed()
+        ));
+    }
     let done = poll_until(ROLLOUT_TIMEOUT, "every unit on the new version", || async {
         let mut versions = Vec::new();
         for i in 0..fleet.instances.len() {

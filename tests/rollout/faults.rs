@@ -182,10 +182,10 @@ async fn holder_paused_past_its_slot_ttl_during_the_drain_does_not_restart_its_u
             )
             .await
             .map_err(|e| e.to_string())?;
-        let held = slots
-            .kvs()
-            .iter()
-            .any(|kv| kv.value_str().unwrap_or_default().contains(&holder));
+        let held = slots.kvs().iter().any(|kv| {
+            serde_json::from_slice::<Value>(kv.value())
+                .is_ok_and(|v| v["instance"].as_str() == Some(holder.as_str()))
+        });
         match held {
             false => Ok(()),
             true => Err(format!("{holder} still holds a slot")),

@@ -35,6 +35,8 @@ pub const HALT_PREFIX: &str = "/sidekick/halt/";
 /// The version every unit starts on (the template's default).
 pub const FIRST_VERSION: &str = "1.0.0";
 
+/// From a publish to the first slot taken: a poll (10 s ± 10 %), a grant period, the pre-pull.
+pub const SWAP_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starting units, first health checks and the first registrations, on a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -281,6 +283,22 @@ impl Fleet {
     /// Publishes `version` on the update service, pointing at its image in the registry.
     pub async fn publish(&self, version: &str) {
         self.updates.publish(version, self.image(version)).await;
+    }
+
+    /// Waits until some instance takes an update slot (seen on `slots`, a watch on
+    /// [`SLOTS_PREFIX`]): the first sign that a swap started after a publish.
+    pub async fn wait_swap_started(
+        &self,
+        slots: &super::rotation::KeyWatch,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        poll_until(timeout, "an instance takes an update slot", || async {
+            match slots.events().iter().any(|e| e.put) {
+                true => Ok(()),
+                false => Err("no slot taken (is the swap in this build?)"),
+            }
+        })
+        .await
     }
 
     /// Waits until `n` instances have a Traefik server key.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::fleet::{Fleet, FleetSpec, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX};
+use super::fleet::{
+    Fleet, FleetSpec, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
+};
 use super::load::LoadReport;
 use super::rotation::{KeyWatch, count_keys, rotation, slot_holds};
 use super::update_service::events;
@@ -55,6 +57,14 @@ async fn rolls_every_instance_to(fleet: &Fleet, version: &str) {
         .collect();
     let load = fleet.load(RATE, STEP_TIMEOUT + Duration::from_secs(30));
     fleet.publish(version).await;
+    if let Err(e) = fleet.wait_swap_started(&slots, SWAP_START_TIMEOUT).await {
+        let report = load.finish().await;
+        panic!(
+            "rolling to {version}: {e}; load meanwhile: {}\n{}",
+            report.describe_failures(5),
+            fleet.logs(20)
+        );
+    }
 
     let done = poll_until(
         STEP_TIMEOUT,

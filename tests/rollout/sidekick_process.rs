@@ -82,7 +82,7 @@ impl SidekickProcess {
             .arg(config)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
             .env("SIDEKICK_CONFIG_ROOT", config_root)
-            .env("RUST_LOG", "info,sidekick=debug")
+            .env("RUST_LOG", "info,sidekick::agent=debug")
             .env_remove("NOTIFY_SOCKET");
         let name = config
             .file_stem()

@@ -128,7 +128,7 @@ fn sidekick_unit() -> String {
     format!(
         "[Unit]\nDescription=sidekick for web@%i\nWants=web@%i.service\nAfter=web@%i.service\n\
          [Service]\n\
-         Environment=RUST_LOG=info,sidekick=debug\n\
+         Environment=RUST_LOG=info,sidekick::agent=debug\n\
          Environment=SSL_CERT_DIR={CA_DIR}\n\
          ExecStart={CONTAINER_UNIT_DIR}/{SIDEKICK_IN_CONTAINER} run --log stderr --config {CONTAINER_UNIT_DIR}/web-%i.toml\n\
          StandardOutput=append:{CONTAINER_UNIT_DIR}/sidekick-web-%i.log\n\
