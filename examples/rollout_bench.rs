@@ -2,12 +2,14 @@
 //! the example update service, three `web@N` units on Docker, three sidekicks), under a load of
 //! 80 requests/s through Traefik, printing two tables:
 //!
-//! - **the seed's way**: each app unit restarted in turn with `RestartUnit` while it is registered
-//!   in Traefik, no deregistration or drain first; failed requests and time out of rotation;
+//! - **by hand**: each app unit restarted in turn the seed's way (`RestartUnit` while it is
+//!   registered in Traefik, no deregistration or drain first) and drain first (the sidekick
+//!   stopped, so it deregisters, then the drain, then `RestartUnit`); failed requests and time out
+//!   of rotation;
 //! - **the swap**: 2.0.0 published and rolled out by the sidekicks; each instance's time out of
 //!   rotation against the floor (drain + restart + rise × probe interval), slot holds, the whole
 //!   rollout, requests sent and failed, and the sidekicks' RSS and CPU during and after it. When
-//!   the swap is missing from the build, the table says so and the seed's row still prints.
+//!   the swap is missing from the build, the table says so and the rows by hand still print.
 //!
 //! `cargo build --release --bin sidekick --example rollout_bench && ./target/release/examples/rollout_bench`
 //! (needs root: systemd runs in a throw-away nspawn container, see TESTING.md).
@@ -19,6 +21,8 @@ mod support;
 #[path = "omaha_server/service/mod.rs"]
 mod service;
 
+#[path = "../tests/rollout/by_hand.rs"]
+mod by_hand;
 #[path = "../tests/rollout/fleet.rs"]
 mod fleet;
 #[path = "../tests/rollout/load.rs"]
@@ -35,14 +39,15 @@ mod update_service;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use by_hand::Method;
 use fleet::{Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX};
 use load::LoadReport;
 use rotation::{KeyWatch, count_keys, rotation, slot_holds};
 use support::poll_until;
 
 const RATE: u32 = 80;
-/// Each restarted unit must answer and be registered again within this.
-const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of the load during one rolling restart by hand.
+const BY_HAND_TIMEOUT: Duration = Duration::from_secs(240);
 /// The whole rollout of three instances must end within this.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle window after the rollout, for the sidekicks' resting cost.
@@ -69,30 +74,52 @@ async fn main() {
     let mut spec = FleetSpec::new(sidekick_binary());
     spec.updates = true;
     spec.versions = vec![NEW_VERSION];
-    let fleet = Fleet::start(spec.clone()).await;
+    let mut fleet = Fleet::start(spec.clone()).await;
     fleet.wait_all_routed(Duration::from_secs(30)).await;
 
-    let seed = seed_way(&fleet).await;
+    let seed = by_hand_run(&mut fleet, Method::SeedsWay).await;
+    let drained = by_hand_run(&mut fleet, Method::DrainFirst(spec.drain)).await;
     let swap = swap_way(&fleet).await;
 
     println!("\n## rollout bench: 3 instances, {RATE} requests/s through Traefik\n");
-    println!("the seed's way: RestartUnit while registered, no deregistration or drain first");
+    println!("rolling restarts by hand, each instance routed again before the next:");
     println!(
-        "| restarts | requests | failed | restart to answering (median) | out of rotation (median) |"
+        "| method | restarts | requests | failed | restart to answering (median) | out of rotation (median) | most out at once |"
     );
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| {} | {} | {} | {:.2} s | {} |",
-        seed.restarts.len(),
-        seed.load.sent(),
-        seed.load.failed(),
-        median(&seed.restarts).as_secs_f64(),
-        median_opt(&seed.out_of_rotation).map_or("-".into(), |d| secs(Some(d))),
-    );
-    if seed.load.failed() > 0 {
-        println!("seed's way failures: {}", failure_kinds(&seed.load));
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let drain = humantime::format_duration(spec.drain);
+    for (method, run) in [
+        (
+            "the seed's way: RestartUnit while registered".to_string(),
+            &seed,
+        ),
+        (
+            format!("drain first: SIGTERM the sidekick, wait {drain}, RestartUnit"),
+            &drained,
+        ),
+    ] {
+        println!(
+            "| {method} | {} | {} | {} | {:.2} s | {} | {} |",
+            run.restarts.len(),
+            run.load.sent(),
+            run.load.failed(),
+            median(&run.restarts).as_secs_f64(),
+            median_opt(&run.out_of_rotation).map_or("-".into(), |d| secs(Some(d))),
+            run.max_out_at_once,
+        );
     }
-    let restart = median(&seed.restarts);
+    for (method, run) in [("seed's way", &seed), ("drain first", &drained)] {
+        if run.load.failed() > 0 {
+            println!("{method} failures: {}", failure_kinds(&run.load));
+        }
+    }
+    let all_restarts: Vec<Duration> = seed
+        .restarts
+        .iter()
+        .chain(&drained.restarts)
+        .copied()
+        .collect();
+    let restart = median(&all_restarts);
     let floor = spec.drain + restart + spec.probe_interval * spec.rise;
     println!(
         "\nthe swap to {NEW_VERSION} (drain {}, slot.max 1, poll {}; floor = drain + restart {:.2} s + rise {} × {} = {:.2} s)",
@@ -109,50 +136,34 @@ async fn main() {
     }
 }
 
-/// What the seed's way measured.
-struct Seed {
+/// What one rolling restart by hand measured.
+struct ByHand {
     load: LoadReport,
     restarts: Vec<Duration>,
     out_of_rotation: Vec<Duration>,
+    max_out_at_once: usize,
 }
 
-/// Restarts each unit in turn under load, waiting until it answers and is routed again.
-async fn seed_way(fleet: &Fleet) -> Seed {
+/// Restarts each unit in turn by `method` under load, each routed again before the next.
+async fn by_hand_run(fleet: &mut Fleet, method: Method) -> ByHand {
     let servers = KeyWatch::start(&fleet.client, SERVERS_PREFIX).await;
-    let load = fleet.load(RATE, RESTART_TIMEOUT * fleet.instances.len() as u32);
+    let load = fleet.load(RATE, BY_HAND_TIMEOUT);
     let mut restarts = Vec::new();
-    for (i, instance) in fleet.instances.iter().enumerate() {
-        let served_before = fleet.served_by().get(&instance.name).copied();
-        let start = Instant::now();
-        assert_eq!(fleet.restart_unit(i).await, "done", "RestartUnit");
-        let url = format!("http://127.0.0.1:{}/", instance.port);
-        support::wait_for_http_ok(&url, RESTART_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        restarts.push(start.elapsed());
-        fleet
-            .wait_registered(fleet.instances.len(), RESTART_TIMEOUT)
-            .await;
-        let routed = poll_until(RESTART_TIMEOUT, "Traefik routes to it again", || async {
-            match fleet.served_by().get(&instance.name).copied() > served_before {
-                true => Ok(()),
-                false => Err("no request answered by it yet"),
-            }
-        })
-        .await;
-        routed.unwrap_or_else(|e| panic!("{}: {e}", instance.name));
+    for i in 0..fleet.instances.len() {
+        restarts.push(by_hand::restart_instance(fleet, i, method).await);
     }
     tokio::time::sleep(SETTLE).await;
     let load = load.finish().await;
-    let out_of_rotation = rotation(&servers)
-        .stretches
-        .iter()
-        .filter_map(|s| s.duration())
-        .collect();
-    Seed {
+    let rotation = rotation(&servers);
+    ByHand {
         load,
         restarts,
-        out_of_rotation,
+        out_of_rotation: rotation
+            .stretches
+            .iter()
+            .filter_map(|s| s.duration())
+            .collect(),
+        max_out_at_once: rotation.max_out_at_once,
     }
 }
 

@@ -8,6 +8,8 @@ mod support;
 #[path = "../examples/omaha_server/service/mod.rs"]
 mod service;
 
+#[path = "rollout/by_hand.rs"]
+mod by_hand;
 #[path = "rollout/fleet.rs"]
 mod fleet;
 #[path = "rollout/load.rs"]
@@ -126,4 +128,42 @@ async fn harness_serves_three_instances_through_traefik() {
             report.sent()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_rolling_restart_by_hand_loses_no_request_through_traefik() {
+    if !prerequisites_met(&needs()) {
+        return;
+    }
+    let spec = FleetSpec::new(sidekick_binary());
+    let drain = spec.drain;
+    let mut fleet = Fleet::start(spec).await;
+    fleet.wait_all_routed(ROUTE_TIMEOUT).await;
+    let servers = rotation::KeyWatch::start(&fleet.client, SERVERS_PREFIX).await;
+    let load = fleet.load(RATE, Duration::from_secs(240));
+
+    for i in 0..fleet.instances.len() {
+        by_hand::restart_instance(&mut fleet, i, by_hand::Method::DrainFirst(drain)).await;
+    }
+    // Requests Traefik routed on its last configuration are counted too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let report = load.finish().await;
+    eprintln!("{}", report.render_timeline());
+
+    assert_eq!(report.failed(), 0, "{}", report.describe_failures(20));
+    assert!(
+        report.achieved_rate() >= 50.0,
+        "{:.1}/s",
+        report.achieved_rate()
+    );
+    let rotation = rotation::rotation(&servers);
+    assert_eq!(rotation.max_out_at_once, 1, "{:?}", rotation.stretches);
+    let mut out: Vec<&str> = rotation
+        .stretches
+        .iter()
+        .map(|s| s.instance.as_str())
+        .collect();
+    out.sort();
+    assert_eq!(out, ["web-1", "web-2", "web-3"], "{:?}", rotation.stretches);
+    assert!(rotation.stretches.iter().all(|s| s.until.is_some()));
 }

@@ -266,6 +266,13 @@ impl Fleet {
             .expect("sidekick started")
     }
 
+    /// Stops the sidekick of instance `i` with SIGTERM (it deregisters) and waits for its exit.
+    pub fn stop_sidekick(&mut self, i: usize) {
+        if let Some(mut sidekick) = self.instances[i].sidekick.take() {
+            sidekick.stop();
+        }
+    }
+
     /// SIGKILLs the sidekick of instance `i`, as a crash would.
     pub fn kill_sidekick(&mut self, i: usize) {
         if let Some(mut sidekick) = self.instances[i].sidekick.take() {

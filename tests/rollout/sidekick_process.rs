@@ -107,6 +107,11 @@ impl SidekickProcess {
         self.guard.is_running()
     }
 
+    /// SIGTERM, wait for the exit (SIGKILL after a grace period); reaped.
+    pub fn stop(&mut self) {
+        self.guard.stop();
+    }
+
     /// SIGKILL, as a crash would; reaped.
     pub fn kill(&mut self) {
         self.guard.kill();
