@@ -110,11 +110,18 @@ pub struct Fleet {
     images: BTreeMap<String, String>,
     spec: FleetSpec,
     dir: tempfile::TempDir,
+    /// Released last: the next fleet of this process starts only when this one is gone.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One fleet at a time per process: each is a systemd container, etcd, Traefik, a registry and
+/// three app containers, and the tests' timings assume the 2 cores are not shared by two.
+static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Fleet {
     /// Starts everything and waits until every instance is registered.
     pub async fn start(spec: FleetSpec) -> Fleet {
+        let one_at_a_time = ONE_FLEET.lock().await;
         let dir = temp_dir("rollout");
         let etcd = Etcd::start().await;
         let client = etcd.client().await;
@@ -160,6 +167,7 @@ impl Fleet {
             images,
             spec,
             dir,
+            _one_at_a_time: one_at_a_time,
         };
         fleet.start_units().await;
         fleet.start_sidekicks().await;
