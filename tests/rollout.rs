@@ -42,8 +42,10 @@ use std::time::Duration;
 use fleet::{FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX};
 use support::{Need, prerequisites_met};
 
-/// Requests per second through Traefik (the issue asks for at least 50).
+/// Requests per second through Traefik.
 pub const RATE: u32 = 80;
+/// The least the issue accepts.
+pub const MIN_RATE: u64 = 50;
 /// Traefik follows etcd with a provider throttle of about 2 s.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -103,10 +105,11 @@ async fn harness_serves_three_instances_through_traefik() {
     eprintln!("{}", report.render_timeline());
 
     assert_eq!(report.failed(), 0, "{}", report.describe_failures(10));
-    let floor = u64::from(RATE) * WINDOW.as_secs() * 9 / 10;
+    // The issue's floor, not the target rate: the machine's load must not fail the test.
+    let floor = MIN_RATE * WINDOW.as_secs();
     assert!(report.sent() >= floor, "sent {} < {floor}", report.sent());
     assert!(
-        report.achieved_rate() >= 50.0,
+        report.achieved_rate() >= MIN_RATE as f64,
         "{:.1} requests/s",
         report.achieved_rate()
     );
@@ -152,7 +155,7 @@ async fn drained_rolling_restart_by_hand_loses_no_request_through_traefik() {
 
     assert_eq!(report.failed(), 0, "{}", report.describe_failures(20));
     assert!(
-        report.achieved_rate() >= 50.0,
+        report.achieved_rate() >= MIN_RATE as f64,
         "{:.1}/s",
         report.achieved_rate()
     );
