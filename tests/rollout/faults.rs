@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::fleet::{FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX};
+use super::fleet::{
+    FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
+};
 use super::rotation::{KeyWatch, count_keys, rotation, server_instance};
 use super::update_service::events;
 use super::{RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
@@ -71,7 +73,10 @@ async fn sidekick_killed_at_each_swap_step_reaches_a_consistent_end_after_restar
         spec.updates = true;
         spec.versions = vec![NEW_VERSION];
         let mut fleet = Fleet::start(spec).await;
+        let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
         fleet.publish(NEW_VERSION).await;
+        let started = fleet.wait_swap_started(&slots, SWAP_START_TIMEOUT).await;
+        started.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
         let reached = poll_until(STEP_TIMEOUT, &format!("{point:?}"), || async {
             match point.reached(&fleet).await {
                 true => Ok(()),

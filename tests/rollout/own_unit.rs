@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::fleet::{Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX};
-use super::rotation::count_keys;
+use super::fleet::{Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT};
+use super::rotation::{KeyWatch, count_keys};
 use super::{needs, sidekick_binary};
 use crate::support::{poll_until, prerequisites_met};
 
@@ -28,7 +28,10 @@ async fn sidekick_unit_keeps_its_pid_across_the_swap_of_its_app_unit() {
     assert_ne!(pid, 0, "sidekick@1.service has no main process");
     let app = fleet.unit_invocation(0).await;
 
+    let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
     fleet.publish(NEW_VERSION).await;
+    let started = fleet.wait_swap_started(&slots, SWAP_START_TIMEOUT).await;
+    started.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
     let swapped = poll_until(SWAP_TIMEOUT, "web@1 swapped to 2.0.0", || async {
         let version = fleet.unit_version(0).await;
         let registered = count_keys(&fleet.client, SERVERS_PREFIX).await;
