@@ -31,6 +31,8 @@ mod load;
 mod rotation;
 #[path = "../tests/rollout/sidekick_process.rs"]
 mod sidekick_process;
+#[path = "../tests/rollout/traffic.rs"]
+mod traffic;
 #[path = "../tests/rollout/units.rs"]
 mod units;
 #[path = "../tests/rollout/update_service.rs"]

@@ -18,6 +18,8 @@ mod load;
 mod rotation;
 #[path = "rollout/sidekick_process.rs"]
 mod sidekick_process;
+#[path = "rollout/traffic.rs"]
+mod traffic;
 #[path = "rollout/units.rs"]
 mod units;
 #[path = "rollout/update_service.rs"]
