@@ -117,11 +117,6 @@ pub fn app_unit(container_prefix: &str, first_image: &str) -> String {
     )
 }
 
-/// The container's `/etc` is a fresh tmpfs without `/etc/ssl`, and the sidekick's HTTP client
-/// will not build without CA certificates (even for a plain-HTTP health check): point it at the
-/// host's, which it sees under `/usr`.
-const CA_DIR: &str = "/usr/share/ca-certificates/mozilla";
-
 /// `sidekick@.service`: the sidekick of `web@%i.service` inside the container, logging to a file
 /// in the unit directory.
 fn sidekick_unit() -> String {
@@ -129,7 +124,6 @@ fn sidekick_unit() -> String {
         "[Unit]\nDescription=sidekick for web@%i\nWants=web@%i.service\nAfter=web@%i.service\n\
          [Service]\n\
          Environment=RUST_LOG=info,sidekick::agent=debug\n\
-         Environment=SSL_CERT_DIR={CA_DIR}\n\
          ExecStart={CONTAINER_UNIT_DIR}/{SIDEKICK_IN_CONTAINER} run --log stderr --config {CONTAINER_UNIT_DIR}/web-%i.toml\n\
          StandardOutput=append:{CONTAINER_UNIT_DIR}/sidekick-web-%i.log\n\
          StandardError=inherit\n"
