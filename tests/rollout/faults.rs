@@ -32,7 +32,8 @@ enum KillPoint {
     Deregistered,
     /// The drop-in names the new version: reload and restart next.
     DropInWritten,
-    /// systemd runs the unit on the new version: verifying.
+    /// systemd reports the new version in the unit's `Environment`: true from the `Reload()`
+    /// on, so the restart may or may not have happened yet.
     UnitOnNewVersion,
     /// Registered again on the new version: 3/1 and the slot release next.
     RegisteredAgain,
