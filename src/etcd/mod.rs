@@ -8,6 +8,7 @@
 //! without `etcd.ca_file` are verified against the system's CA roots.
 
 pub mod clock;
+pub mod duplicate;
 pub mod lease;
 
 use std::path::Path;

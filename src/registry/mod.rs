@@ -10,7 +10,8 @@
 pub mod address;
 pub mod any;
 pub mod dry_run;
-pub mod duplicate;
+/// Duplicate-instance records, kept in the etcd layer so slots can write them too.
+pub use crate::etcd::duplicate;
 pub mod error;
 pub mod layout;
 pub mod lease;

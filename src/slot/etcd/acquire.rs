@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{EtcdSlots, HolderState, MAX_RACES};
+use crate::etcd::duplicate::{DuplicateRecord, record_key};
 use crate::etcd::lease::LeaseState;
-use crate::registry::duplicate::{DuplicateRecord, record_key};
 use crate::slot::halt;
 use crate::slot::keys::{
     Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
