@@ -286,6 +286,15 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// version it read); publishes it again when it changed while registered.
     fn refresh_record(&mut self, checked: Option<&str>, version: Option<String>) {
         let phase = self.agent.phase.label();
+        // Registering again after a swap: the version it verified, before any pass reads it.
+        let version = version.or_else(|| match &self.agent.phase {
+            Phase::Updating(swap) => match &swap.stage {
+                Stage::Registering { failure: None } => Some(swap.plan.new.version.clone()),
+                Stage::Registering { failure: Some(_) } => Some(swap.plan.old.version.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
         let Some(record) = self.record.as_mut() else {
             return;
         };
