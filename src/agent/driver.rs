@@ -79,6 +79,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     options: DriverOptions,
     /// The instance record published with the registration, when configured.
     record: Option<InstanceRecord>,
+    /// The record changed since the registration was last published.
+    record_dirty: bool,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -100,6 +102,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             seams,
             options,
             record,
+            record_dirty: false,
         }
     }
 
@@ -211,12 +214,15 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 None => state::next(self.agent, observation),
             };
             self.agent = agent;
+            // Before the actions: a registration they publish carries the record as it is now.
+            self.update_record(None, None);
             let mut batch = Vec::new();
             for action in actions {
                 match action {
                     Action::Register => {
                         info!(instance = %self.options.instance, "unit active and healthy: registering");
                         self.seams.registry.register(self.entries());
+                        self.record_dirty = false;
                     }
                     Action::Deregister => {
                         info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
@@ -264,7 +270,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     false => next_pass = next_pass.or(Some(Instant::now())),
                 }
             }
-            self.refresh_record(None, None);
+            self.publish_record();
             self.report_status(&mut status, &published.borrow());
         }
     }
@@ -282,9 +288,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         entries
     }
 
-    /// Brings the instance record up to date (phase, and a finished check's result and the
-    /// version it read); publishes it again when it changed while registered.
-    fn refresh_record(&mut self, checked: Option<&str>, version: Option<String>) {
+    /// Brings the instance record up to date: the phase, and a finished check's result and the
+    /// version it read. A change is published with the next registration, or by
+    /// [`Self::publish_record`].
+    fn update_record(&mut self, checked: Option<&str>, version: Option<String>) {
         let phase = self.agent.phase.label();
         // Registering again after a swap: the version it verified, before any pass reads it.
         let version = version.or_else(|| match &self.agent.phase {
@@ -311,11 +318,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             record.version = version;
         }
         // A new check time alone is not worth a write.
-        let changed = record.phase != before.phase
+        self.record_dirty |= record.phase != before.phase
             || record.version != before.version
             || record.result != before.result;
-        if changed && self.agent.registered {
+    }
+
+    /// Publishes a changed record with the registration, while registered.
+    fn publish_record(&mut self) {
+        if self.record_dirty && self.agent.registered {
             self.seams.registry.register(self.entries());
+            self.record_dirty = false;
         }
     }
 
@@ -435,7 +447,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             }
         }
         let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
-        self.refresh_record(Some(label), running);
+        self.update_record(Some(label), running);
+        self.publish_record();
         (next, plan)
     }
 

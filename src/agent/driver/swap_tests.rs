@@ -89,6 +89,27 @@ struct World {
     run: tokio::task::JoinHandle<DriverReport>,
 }
 
+/// The registry's history as a load balancer sees it: the instance record left out, and a
+/// re-publication that only changed the record folded into the one before.
+fn balancer_history(registry: &MemoryRegistry) -> Vec<Desired> {
+    let mut seen: Vec<Desired> = Vec::new();
+    for desired in registry.history() {
+        let desired = match desired {
+            Desired::Present(entries) => Desired::Present(
+                entries
+                    .into_iter()
+                    .filter(|(key, _)| !key.starts_with("/sidekick/instances/"))
+                    .collect(),
+            ),
+            other => other,
+        };
+        if seen.last() != Some(&desired) {
+            seen.push(desired);
+        }
+    }
+    seen
+}
+
 fn release(version: &str) -> LocalRelease {
     LocalRelease {
         version: version.into(),
@@ -176,7 +197,10 @@ async fn start_after(
         unit_name: "web@1.service".into(),
         once: false,
         metrics: None,
-        record: None,
+        record: Some(RecordOptions {
+            group: "app/stable".into(),
+            host: "127.0.0.1".into(),
+        }),
     };
     let n = |v| NonZeroU32::new(v).unwrap();
     let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
@@ -240,6 +264,17 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
         world.slots.holders().is_empty() && registered(&world.registry)
     })
     .await;
+    // The fleet view: the record published with the registration names the new version.
+    eventually("the instance record says 2.0.0, serving", || {
+        world.registry.current().is_some_and(|entries| {
+            entries.iter().any(|(key, value)| {
+                key == "/sidekick/instances/app/stable/web-1"
+                    && value.contains(r#""version":"2.0.0""#)
+                    && value.contains(r#""phase":"serving""#)
+            })
+        })
+    })
+    .await;
     assert_eq!(
         world.events(),
         [
@@ -268,7 +303,7 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
     // Registered, out for the swap, registered again.
     let entries = vec![("k".to_string(), "v".to_string())];
     assert_eq!(
-        world.registry.history(),
+        balancer_history(&world.registry),
         [
             Desired::Present(entries.clone()),
             Desired::Absent,
@@ -287,6 +322,17 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
     eventually("3/0", || world.events().contains(&failed)).await;
     eventually("slot released and registered", || {
         world.slots.holders().is_empty() && registered(&world.registry)
+    })
+    .await;
+    // The fleet view: the record published with the registration names the new version.
+    eventually("the instance record says 2.0.0, serving", || {
+        world.registry.current().is_some_and(|entries| {
+            entries.iter().any(|(key, value)| {
+                key == "/sidekick/instances/app/stable/web-1"
+                    && value.contains(r#""version":"2.0.0""#)
+                    && value.contains(r#""phase":"serving""#)
+            })
+        })
     })
     .await;
     assert_eq!(
@@ -380,7 +426,7 @@ async fn a_slot_lost_during_the_drain_means_no_restart_and_registered_again() {
     );
     // Between the attempts the instance served again.
     let entries = vec![("k".to_string(), "v".to_string())];
-    let history = world.registry.history();
+    let history = balancer_history(&world.registry);
     assert_eq!(
         history[..3],
         [
