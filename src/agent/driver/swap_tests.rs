@@ -324,12 +324,12 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
         world.slots.holders().is_empty() && registered(&world.registry)
     })
     .await;
-    // The fleet view: the record published with the registration names the new version.
-    eventually("the instance record says 2.0.0, serving", || {
+    // The fleet view: the record names the version rolled back to.
+    eventually("the instance record says 1.0.0 again, serving", || {
         world.registry.current().is_some_and(|entries| {
             entries.iter().any(|(key, value)| {
                 key == "/sidekick/instances/app/stable/web-1"
-                    && value.contains(r#""version":"2.0.0""#)
+                    && value.contains(r#""version":"1.0.0""#)
                     && value.contains(r#""phase":"serving""#)
             })
         })
