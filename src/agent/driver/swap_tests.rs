@@ -110,6 +110,18 @@ fn balancer_history(registry: &MemoryRegistry) -> Vec<Desired> {
     seen
 }
 
+/// Whether the published instance record names `version` and the serving phase.
+fn record_says(registry: &MemoryRegistry, version: &str) -> bool {
+    let version = format!(r#""version":"{version}""#);
+    registry.current().is_some_and(|entries| {
+        entries.iter().any(|(key, value)| {
+            key == "/sidekick/instances/app/stable/web-1"
+                && value.contains(&version)
+                && value.contains(r#""phase":"serving""#)
+        })
+    })
+}
+
 fn release(version: &str) -> LocalRelease {
     LocalRelease {
         version: version.into(),
@@ -266,13 +278,7 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
     .await;
     // The fleet view: the record published with the registration names the new version.
     eventually("the instance record says 2.0.0, serving", || {
-        world.registry.current().is_some_and(|entries| {
-            entries.iter().any(|(key, value)| {
-                key == "/sidekick/instances/app/stable/web-1"
-                    && value.contains(r#""version":"2.0.0""#)
-                    && value.contains(r#""phase":"serving""#)
-            })
-        })
+        record_says(&world.registry, "2.0.0")
     })
     .await;
     assert_eq!(
@@ -326,13 +332,7 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
     .await;
     // The fleet view: the record names the version rolled back to.
     eventually("the instance record says 1.0.0 again, serving", || {
-        world.registry.current().is_some_and(|entries| {
-            entries.iter().any(|(key, value)| {
-                key == "/sidekick/instances/app/stable/web-1"
-                    && value.contains(r#""version":"1.0.0""#)
-                    && value.contains(r#""phase":"serving""#)
-            })
-        })
+        record_says(&world.registry, "1.0.0")
     })
     .await;
     assert_eq!(
