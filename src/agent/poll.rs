@@ -107,6 +107,12 @@ pub enum CheckResult {
         kind: String,
         detail: String,
     },
+    /// The group's rollout is halted: no check was sent, since an answered offer is a grant the
+    /// service would count and time out unused. The next check after `slots resume` asks again.
+    Halted {
+        version: String,
+        reason: String,
+    },
 }
 
 impl CheckResult {
@@ -134,6 +140,9 @@ impl CheckResult {
             }
             CheckResult::Unreachable { kind, detail } => {
                 format!("update service unreachable ({kind}): {detail}")
+            }
+            CheckResult::Halted { version, reason } => {
+                format!("not checked: the group's rollout is halted by {version} ({reason})")
             }
         }
     }

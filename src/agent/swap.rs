@@ -205,6 +205,17 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             let actions = vec![SwapAction::SendEvent(event), SwapAction::ClearJournal];
             (Stage::Finished, actions)
         }
+        // A halt stops the rollout: the grant is given back untried, so the version a later
+        // check offers (after `slots resume`) is the one swapped to, not this stale one.
+        (Stage::AcquiringSlot { .. }, O::Slot(SlotAnswer::Halted { .. })) => {
+            // A holder is answered Acquired even when halted since: this answer means none held.
+            phase.slot_held = false;
+            let event = Event::Failed {
+                error_code: error_code::ROLLOUT_HALTED,
+            };
+            let actions = vec![SwapAction::SendEvent(event), SwapAction::ClearJournal];
+            (Stage::Finished, actions)
+        }
         (Stage::AcquiringSlot { .. }, O::Slot(answer)) => match waiting_reason(answer) {
             None => {
                 let actions = vec![

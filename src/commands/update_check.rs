@@ -33,6 +33,11 @@ pub enum CheckReport {
     Denylisted {
         version: String,
     },
+    /// The group's rollout is halted (by `version`, for `reason`): no check was sent.
+    Halted {
+        version: String,
+        reason: String,
+    },
     Error {
         kind: String,
         detail: String,
@@ -164,6 +169,7 @@ async fn check_once(
         CheckResult::Denylisted { version } => CheckReport::Denylisted {
             version: version.to_string(),
         },
+        CheckResult::Halted { version, reason } => CheckReport::Halted { version, reason },
         CheckResult::Refused { refusal, reported } => {
             tracing::warn!(error = %refusal, "refused the offered update");
             if let Err(err) = reported {

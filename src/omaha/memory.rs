@@ -115,6 +115,7 @@ struct MemoryState {
     release: Option<LocalRelease>,
     scripted: VecDeque<CheckOutcome>,
     events: Vec<RecordedEvent>,
+    checks: u64,
 }
 
 /// An update source held in memory; clones share it (a test keeps one to read the events).
@@ -154,6 +155,11 @@ impl InMemoryUpdateSource {
         self.lock().events.clone()
     }
 
+    /// How many checks were sent so far.
+    pub fn checks(&self) -> u64 {
+        self.lock().checks
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // The state stays consistent under panics: every mutation is a single assignment or push.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -161,6 +167,7 @@ impl InMemoryUpdateSource {
 
     fn decide(&self, current: &Version) -> CheckOutcome {
         let mut state = self.lock();
+        state.checks += 1;
         if let Some(outcome) = state.scripted.pop_front() {
             return outcome;
         }

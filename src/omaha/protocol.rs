@@ -117,6 +117,11 @@ pub mod error_code {
     /// The new version failed and the old one could not be brought back either: the instance
     /// stays deregistered and keeps its slot (sidekick-specific).
     pub const ROLLBACK_FAILED: u32 = 1002;
+    /// The group's rollout was halted while this instance waited for a slot: it gives its grant
+    /// back untried, so that after `slots resume` its next check can be offered a newer version
+    /// (Nebraska answers a granted instance with the same package until it reports an end)
+    /// (sidekick-specific).
+    pub const ROLLOUT_HALTED: u32 = 1003;
 }
 
 /// An update as the service offered it, not yet validated (see [`crate::omaha::validate_offer`]).

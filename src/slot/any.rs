@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::halt::HaltMarker;
 use super::{
     Acquisition, DryRunSlots, EtcdSlots, FleetLockSlots, Holding, MemorySlots, SlotError, SlotLock,
 };
@@ -51,6 +52,10 @@ impl SlotLock for AnySlots {
 
     async fn resume(&self) -> Result<(), SlotError> {
         dispatch!(self, s => s.resume().await)
+    }
+
+    async fn halted(&self) -> Result<Option<HaltMarker>, SlotError> {
+        dispatch!(self, s => s.halted().await)
     }
 
     async fn wait_for_change(&self, timeout: Duration) {

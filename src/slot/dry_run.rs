@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::halt::HaltMarker;
 use super::{Acquisition, Holding, MemorySlots, SlotError, SlotHolder, SlotLock};
 use crate::dry_run::would;
 
@@ -66,6 +67,10 @@ impl SlotLock for DryRunSlots {
     async fn resume(&self) -> Result<(), SlotError> {
         would(format_args!("resume group {}", self.group));
         self.memory.resume().await
+    }
+
+    async fn halted(&self) -> Result<Option<HaltMarker>, SlotError> {
+        self.memory.halted().await
     }
 
     async fn wait_for_change(&self, timeout: Duration) {

@@ -265,6 +265,11 @@ impl SlotLock for EtcdSlots {
         self.note(removed.map(|_| ())).await
     }
 
+    async fn halted(&self) -> Result<Option<HaltMarker>, SlotError> {
+        let marker = halt::get(&mut self.client().await?, &self.group).await;
+        self.note(marker).await
+    }
+
     async fn wait_for_change(&self, timeout: Duration) {
         let max_changed = self.max_changed.notified();
         tokio::pin!(max_changed);

@@ -309,6 +309,11 @@ impl SlotLock for FleetLockSlots {
         Ok(())
     }
 
+    /// Only a halt recorded on this host: the protocol has no halt marker others could see.
+    async fn halted(&self) -> Result<Option<HaltMarker>, SlotError> {
+        Ok(self.halt_record()?.map(|r| r.marker))
+    }
+
     async fn wait_for_change(&self, timeout: Duration) {
         // The protocol has no way to wait for a release: poll with jitter.
         tokio::time::sleep(with_jitter(timeout)).await;

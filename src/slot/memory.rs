@@ -130,6 +130,10 @@ impl SlotLock for MemorySlots {
         Ok(())
     }
 
+    async fn halted(&self) -> Result<Option<HaltMarker>, SlotError> {
+        Ok(self.lock().halt.clone())
+    }
+
     async fn wait_for_change(&self, timeout: Duration) {
         let _ = tokio::time::timeout(with_jitter(timeout), self.changed.notified()).await;
     }

@@ -193,6 +193,9 @@ pub trait SlotLock {
     /// Lifts a halt of the group; succeeds when there is none.
     fn resume(&self) -> impl Future<Output = Result<(), SlotError>> + Send;
 
+    /// The group's halt, if it is halted (as far as this backend can tell).
+    fn halted(&self) -> impl Future<Output = Result<Option<halt::HaltMarker>, SlotError>> + Send;
+
     /// Waits until a slot may have come free (a release, a resume) or `timeout` plus jitter
     /// passes, whichever comes first. Call between [`SlotLock::acquire`] attempts.
     fn wait_for_change(&self, timeout: Duration) -> impl Future<Output = ()> + Send;

@@ -13,6 +13,7 @@ use crate::agent::execute::{self, SlowStep, StepSettings};
 use crate::agent::journal::{self, Journal};
 use crate::agent::poll::{self, CheckResult, Denylist, OfferRules, Poller};
 use crate::agent::swap::{SwapAction, SwapPhase, SwapPlan};
+use crate::slot::SlotLock;
 use crate::systemd::control::UnitControl;
 
 /// How this instance swaps: the step settings, the verify rule, where the journal and the
@@ -70,7 +71,18 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             server: self.settings.server.clone(),
         };
         let denylist = &swaps.config.denylist;
-        let result = poll::check(&self.seams.source, &current, &rules, denylist, false).await;
+        let result = match self.seams.slots.halted().await {
+            Ok(Some(halt)) => CheckResult::Halted {
+                version: halt.version,
+                reason: halt.reason,
+            },
+            Ok(None) => poll::check(&self.seams.source, &current, &rules, denylist, false).await,
+            // Check anyway: taking the slot sees a halt too.
+            Err(err) => {
+                warn!(error = %err, kind = err.kind(), "cannot tell whether the group is halted");
+                poll::check(&self.seams.source, &current, &rules, denylist, false).await
+            }
+        };
         if self.seams.source.dry_run() {
             let line = match &result {
                 CheckResult::Offer(update) => format!(
@@ -93,6 +105,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             CheckResult::OnHold { .. } => "on-hold",
             CheckResult::Denylisted { .. } => "denylisted",
             CheckResult::Refused { .. } => "refused",
+            CheckResult::Halted { .. } => "halted",
             CheckResult::ServerStatus { .. } | CheckResult::Unreachable { .. } => "error",
         };
         let plan = match result {

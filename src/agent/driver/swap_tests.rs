@@ -135,16 +135,17 @@ fn release(version: &str) -> LocalRelease {
 /// A registered sidekick for an active unit running 1.0.0, checking every 50 ms, then offered
 /// `offered`; the unit is unhealthy while it runs `bad`.
 async fn start(offered: &str, bad: &'static str, drain: Duration) -> World {
-    start_after(offered, bad, drain, None).await
+    start_after(offered, bad, drain, None, None).await
 }
 
 /// As [`start`], after an earlier life left `journaled` in the journal with the unit running
-/// its new version.
+/// its new version, and with the group's one slot held by `slot_taken_by` before the offer.
 async fn start_after(
     offered: &str,
     bad: &'static str,
     drain: Duration,
     journaled: Option<SwapPhase>,
+    slot_taken_by: Option<&str>,
 ) -> World {
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -223,6 +224,10 @@ async fn start_after(
         drop(units);
     }));
     eventually("registered before the offer", || registered(&registry)).await;
+    if let Some(other) = slot_taken_by {
+        let taken = slots.join(who(other)).acquire(offered).await.unwrap();
+        assert_eq!(taken, Acquisition::Acquired);
+    }
     source.set_release(Some(release(offered)));
     World {
         control,
@@ -375,6 +380,70 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
 }
 
 #[tokio::test]
+async fn a_halt_while_waiting_gives_the_grant_back_and_no_check_is_sent_until_resume() {
+    let world = start_after(
+        "2.0.0",
+        "none",
+        Duration::from_millis(20),
+        None,
+        Some("web-2"),
+    )
+    .await;
+    eventually("waiting for the slot web-2 holds", || {
+        world.events() == [Event::PrepullStarted, Event::PrepullFinished]
+    })
+    .await;
+    // web-2's version failed: it halts the group, then gives its slot back.
+    let other = world.slots.join(who("web-2"));
+    other.halt("2.0.0", "unhealthy").await.unwrap();
+    other.release().await.unwrap();
+    let given_back = Event::Failed {
+        error_code: error_code::ROLLOUT_HALTED,
+    };
+    eventually("the grant given back with 3/0", || {
+        world.events().contains(&given_back)
+    })
+    .await;
+    assert!(world.slots.holders().is_empty(), "no slot taken");
+    // A later pass sees the halt and sends no check: the record says so.
+    let checks = world.source.checks();
+    eventually("a pass that found the group halted", || {
+        world.registry.current().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|(_, value)| value.contains(r#""result":"halted""#))
+        })
+    })
+    .await;
+    assert_eq!(
+        world.source.checks(),
+        checks,
+        "a check was sent while halted"
+    );
+    assert!(registered(&world.registry), "serving throughout");
+    assert!(!world.registry.history().contains(&Desired::Absent));
+    // After the resume the next check is offered the version again, and this time it swaps.
+    other.resume().await.unwrap();
+    eventually("3/1 after the resume", || {
+        world.events().contains(&Event::UpdateComplete)
+    })
+    .await;
+    assert_eq!(
+        world.events(),
+        [
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            given_back,
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            Event::SwapStarted,
+            Event::UpdateComplete
+        ]
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
 async fn a_failed_prepull_reports_errorcode_9_takes_no_slot_and_never_deregisters() {
     let world = start("2.0.0", "none", Duration::from_millis(20)).await;
     world.control.fail_transient(true);
@@ -464,6 +533,7 @@ async fn a_start_after_a_crash_mid_restart_restarts_onto_the_new_version_verifie
         "none",
         Duration::from_millis(20),
         Some(journaled(Stage::Restarting)),
+        None,
     )
     .await;
     let journal = world.dir.path().join("web-1.json");
@@ -498,6 +568,7 @@ async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_repo
         "2.0.0",
         Duration::from_millis(20),
         Some(journaled(Stage::RollingBack { failure })),
+        None,
     )
     .await;
     let journal = world.dir.path().join("web-1.json");

@@ -135,15 +135,25 @@ fn a_failed_prepull_sends_3_0_with_errorcode_9_and_takes_no_slot() {
 }
 
 #[test]
-fn a_halted_busy_or_failing_slot_backend_waits_and_retries_while_serving() {
-    let answers = [
-        (
-            SlotAnswer::Halted {
+fn a_halt_while_waiting_for_a_slot_gives_the_grant_back_untried_and_ends_the_swap() {
+    let phase = run(
+        at(1, Stage::AcquiringSlot { waiting: None }),
+        &[(
+            O::Slot(SlotAnswer::Halted {
                 version: "3.0.0".into(),
                 reason: "unhealthy".into(),
-            },
-            "group halted by 3.0.0: unhealthy",
-        ),
+            }),
+            &[failed(error_code::ROLLOUT_HALTED), A::ClearJournal],
+        )],
+    );
+    assert_eq!(phase.stage, Stage::Finished);
+    assert!(!phase.slot_held);
+    assert!(phase.allows_registration());
+}
+
+#[test]
+fn a_busy_or_failing_slot_backend_waits_and_retries_while_serving() {
+    let answers = [
         (SlotAnswer::Busy("1/1 held".into()), "busy: 1/1 held"),
         (
             SlotAnswer::Failed("etcd down".into()),
