@@ -14,6 +14,8 @@
 //! - `interrupted`: stopped mid-swap (the next start resumes it from the journal), or a resumed
 //!   swap that only had its slot to release.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::state::Phase;
@@ -97,6 +99,15 @@ impl SwapTimer {
                 metrics.swap_step(step, took);
                 if step == "slot" && stage.is_some() {
                     metrics.slot_waited(took);
+                }
+                // A unit active at once with no health check to pass is verified in the same
+                // step as the restart: its verification took no time, but it was taken.
+                match (step, label) {
+                    ("restart", Some("register")) => metrics.swap_step("verify", Duration::ZERO),
+                    ("rollback", Some("register")) => {
+                        metrics.swap_step("verify-old", Duration::ZERO)
+                    }
+                    _ => {}
                 }
             }
             if stage.is_none() {

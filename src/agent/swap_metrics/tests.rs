@@ -197,3 +197,16 @@ fn without_metrics_nothing_is_kept() {
     timer.observe(&updating(Stage::Prepulling));
     assert!(timer.current.is_none());
 }
+
+#[test]
+fn a_unit_verified_in_the_restarts_own_step_records_a_verification_of_no_time() {
+    let text = feed(&[
+        updating(Stage::Restarting),
+        updating(Stage::Registering { failure: None }),
+        updating(Stage::Releasing),
+        Phase::Serving,
+    ]);
+    has(&text, "sidekick_swap_step_seconds_count{step=\"verify\"} 1");
+    has(&text, "sidekick_swap_step_seconds_sum{step=\"verify\"} 0.0");
+    has(&text, "sidekick_swaps_total{result=\"updated\"} 1");
+}
