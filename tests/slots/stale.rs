@@ -307,7 +307,7 @@ async fn a_restarted_sidekick_unlocks_its_earlier_runs_fleetlock_lock_once_regis
     assert_eq!(key(&client, REGISTRATION_KEY).await, None);
     assert_eq!(
         locked(&state, "web"),
-        [holder.clone()],
+        vec![holder],
         "unlocked before registering"
     );
 
