@@ -1,5 +1,6 @@
-//! `daemon.metrics`: a real Prometheus server scrapes a registered sidekick, and `promtool check
-//! metrics` accepts what it serves.
+//! `daemon.metrics`: a real Prometheus server scrapes a registered sidekick; after a real swap on
+//! the systemd container (the example update service offering 2.0.0) the text counts it as
+//! `updated` and times each step; `promtool check metrics` accepts what it serves.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
