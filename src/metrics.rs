@@ -175,7 +175,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A swap ended with `result` (e.g. `updated`, `rolled-back`, `failed`).
+    /// A swap ended with `result` (the results are listed in `docs/swap.md`).
     pub fn swap_finished(&self, result: &str) {
         self.swaps
             .get_or_create(&ResultLabel {

@@ -102,6 +102,8 @@ fn once_on_embedded_defaults_prints_each_step_writes_nothing_and_exits_0() {
     // Every step of the swap, in order, each printed by the seam that would make it.
     let steps = [
         register.as_str(),
+        // Registered and healthy: what an earlier run may have left is given back first.
+        "would release any update slot of group 6a6e5b4c-0000-4000-8000-00000000beef/stable that an earlier run of web-1 left on this host",
         "would check for updates at the in-memory release list: 2.0.0 offered (running 1.0.0), image registry.example.com/web:2.0.0",
         "would send event 13/1",
         "would run `docker pull registry.example.com/web:2.0.0` as a transient unit",

@@ -352,6 +352,12 @@ mod restarts;
 #[path = "registration/metrics.rs"]
 mod metrics;
 
+/// The example update service in-process, for the swap the metrics test scrapes after.
+#[path = "../examples/omaha_server/service/mod.rs"]
+mod service;
+#[path = "rollout/update_service.rs"]
+mod update_service;
+
 /// Self-healing registrations, duplicate instances and the real registry's fault promises.
 #[path = "registration/heal.rs"]
 mod heal;

@@ -20,6 +20,14 @@ mod outage;
 mod queue;
 #[path = "slots/release.rs"]
 mod release;
+#[path = "slots/stale.rs"]
+mod stale;
+
+/// The example update service in-process, for the `sidekick run` of `stale`.
+#[path = "../examples/omaha_server/service/mod.rs"]
+mod service;
+#[path = "rollout/update_service.rs"]
+mod update_service;
 
 use std::num::NonZeroU32;
 use std::process::Command;

@@ -17,6 +17,7 @@ use super::cycle::UpdatePass;
 use super::execute::SlowStep;
 use super::state::{self, Action, Agent, Observation, Phase};
 use super::swap::{Stage, SwapAction, SwapObservation};
+use super::swap_metrics::SwapTimer;
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
@@ -81,6 +82,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     record: Option<InstanceRecord>,
     /// The record changed since the registration was last published.
     record_dirty: bool,
+    /// Times the swap's steps and counts its results.
+    swap_timer: SwapTimer,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -88,7 +91,9 @@ pub const ONCE_UNIT_WAIT: Duration = Duration::from_secs(10);
 
 impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// A driver starting from `agent` over `seams`.
-    pub fn new(agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
+    pub fn new(mut agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
+        // Only a run that swaps takes slots, so only it can have left one in an earlier life.
+        agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::swaps);
         let record = options.record.as_ref().map(|r| InstanceRecord {
             version: "unknown".into(),
             phase: agent.phase.label().into(),
@@ -100,6 +105,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         Driver {
             agent,
             seams,
+            swap_timer: SwapTimer::new(options.metrics.clone()),
             options,
             record,
             record_dirty: false,
@@ -167,7 +173,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             let now = published.borrow_and_update().clone();
                             self.report_status(&mut status, &now);
                             match self.confirmation(&now) {
-                                Some(confirmed) => Observation::Swap(confirmed),
+                                Some(confirmed) => confirmed,
                                 None => continue,
                             }
                         }
@@ -214,6 +220,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 None => state::next(self.agent, observation),
             };
             self.agent = agent;
+            self.swap_timer.observe(&self.agent.phase);
             // Before the actions: a registration they publish carries the record as it is now.
             self.update_record(None, None);
             let mut batch = Vec::new();
@@ -261,7 +268,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 verify_at = None;
             }
             if let Some(confirmed) = self.confirmation(&published.borrow()) {
-                pending.push_back(Observation::Swap(confirmed));
+                pending.push_back(confirmed);
             }
             if was_updating && self.agent.phase == Phase::Serving {
                 info!(instance = %self.options.instance, "swap over");
@@ -385,20 +392,20 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         updates.steps(current, batch)
     }
 
-    /// The swap waits for etcd to confirm the deregistration, and this is it.
-    /// What etcd confirms that the swap waits for: its deregistration gone, or its registration
-    /// back after verification.
-    fn confirmation(&self, published: &Published) -> Option<SwapObservation> {
+    /// What etcd confirms that the agent waits for: the swap's deregistration gone, or its
+    /// registration back after verification; outside a swap, the first registration after start.
+    fn confirmation(&self, published: &Published) -> Option<Observation> {
+        let registered = matches!(published, Published::Registered { .. }) && self.agent.registered;
         let Phase::Updating(swap) = &self.agent.phase else {
-            return None;
+            let first = registered && self.agent.stale_slot && self.agent.phase == Phase::Serving;
+            return first.then_some(Observation::Registered);
         };
-        match (&swap.stage, published) {
-            (Stage::Deregistering, Published::Absent) => Some(SwapObservation::Deregistered),
-            (Stage::Registering { .. }, Published::Registered { .. }) if self.agent.registered => {
-                Some(SwapObservation::Registered)
-            }
-            _ => None,
-        }
+        let confirmed = match (&swap.stage, published) {
+            (Stage::Deregistering, Published::Absent) => SwapObservation::Deregistered,
+            (Stage::Registering { .. }, _) if registered => SwapObservation::Registered,
+            _ => return None,
+        };
+        Some(Observation::Swap(confirmed))
     }
 
     /// On start: a swap left in the journal, resumed; an unreadable journal stops updates here.

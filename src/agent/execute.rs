@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use semver::Version;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::swap::{SlotAnswer, SwapAction, SwapObservation};
 use crate::dry_run::would;
@@ -20,6 +20,8 @@ use crate::systemd::control::{ControlError, UnitControl};
 pub const PREPULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Pause before retrying a failed slot release.
 pub const RELEASE_RETRY: Duration = Duration::from_secs(5);
+/// Attempts at releasing a slot an earlier run left before giving up on it for this run.
+pub const STALE_RELEASE_ATTEMPTS: u32 = 3;
 
 /// A batch of swap steps in flight; `None` when none of them answers.
 pub type SlowStep = Pin<Box<dyn Future<Output = Option<SwapObservation>> + Send>>;
@@ -170,6 +172,10 @@ async fn step<C: UnitControl>(
             });
             SwapObservation::SlotReleased(released)
         }
+        SwapAction::ReleaseStaleSlot => {
+            release_stale(&seams.slots).await;
+            return None;
+        }
         SwapAction::Register
         | SwapAction::Deregister
         | SwapAction::Stop
@@ -178,6 +184,33 @@ async fn step<C: UnitControl>(
         | SwapAction::ClearJournal => return None,
     };
     Some(observation)
+}
+
+/// Releases what an earlier run left, logging each slot; retried a few times, since a FleetLock
+/// lock left behind is freed by nothing else.
+async fn release_stale(slots: &AnySlots) {
+    for attempt in 1..=STALE_RELEASE_ATTEMPTS {
+        match slots.release_stale().await {
+            Ok(released) if released.is_empty() => {
+                debug!("no update slot left by an earlier run");
+                return;
+            }
+            Ok(released) => {
+                for slot in released {
+                    info!(slot = %slot, "released an update slot left by an earlier run");
+                }
+                return;
+            }
+            Err(err) if attempt < STALE_RELEASE_ATTEMPTS => {
+                warn!(error = %err, kind = err.kind(), attempt,
+                    "failed to release an update slot left by an earlier run; retrying");
+                tokio::time::sleep(RELEASE_RETRY).await;
+            }
+            Err(err) => warn!(error = %err, kind = err.kind(),
+                "failed to release an update slot left by an earlier run; giving up for this run \
+                 (`sidekick slots release --holder ID` frees it)"),
+        }
+    }
 }
 
 async fn restart<C: UnitControl>(control: &C, timeout: Duration) -> Result<(), ControlError> {

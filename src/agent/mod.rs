@@ -8,6 +8,7 @@ pub mod journal;
 pub mod poll;
 pub mod state;
 pub mod swap;
+pub mod swap_metrics;
 
 pub use driver::{Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 pub use state::{Action, Agent, Observation, Phase};

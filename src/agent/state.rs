@@ -4,6 +4,11 @@
 //! [`Phase::Updating`] hands the swap to its own sub-machine ([`super::swap`]); between the
 //! swap's deregistration and its verification the phase does not allow registration, which keeps
 //! the instance out of the load balancer whatever the unit and probe say.
+//!
+//! A slot an earlier run may have left under this holder id (killed while holding it, with no
+//! journal; or a FleetLock lock, which nothing else frees) is released once etcd confirms the
+//! first registration after start with no swap in flight: the instance is healthy on the version
+//! it runs by then. A swap resumed from the journal releases its own slot instead.
 
 use super::swap::{self, SwapAction, SwapObservation, SwapPhase, SwapPlan};
 use crate::health::HealthStreak;
@@ -54,6 +59,8 @@ pub enum Observation {
     Shutdown,
     /// The update policy accepted an offer: start swapping (ignored unless serving).
     Offer(SwapPlan),
+    /// etcd confirmed the registration the agent asked for, outside a swap.
+    Registered,
     /// A swap step's result.
     Swap(SwapObservation),
 }
@@ -81,6 +88,8 @@ pub struct Agent {
     pub unchecked: bool,
     /// What the agent last asked the registry for.
     pub registered: bool,
+    /// A slot an earlier run may have left is still to be released (see the module doc).
+    pub stale_slot: bool,
 }
 
 impl Agent {
@@ -92,6 +101,7 @@ impl Agent {
             health,
             unchecked,
             registered: false,
+            stale_slot: false,
         }
     }
 
@@ -149,6 +159,13 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             }
             None
         }
+        Observation::Registered => {
+            if agent.stale_slot && agent.registered && agent.phase == Phase::Serving {
+                agent.stale_slot = false;
+                actions.push(Action::Swap(SwapAction::ReleaseStaleSlot));
+            }
+            return (agent, actions);
+        }
         Observation::Swap(observation) => Some(observation),
         Observation::LeftActive => {
             agent.health.reset();
@@ -201,8 +218,9 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
 }
 
 /// Resumes a journaled swap at start ([`super::journal::recover`]): the agent enters it with
-/// the actions recovery decided.
+/// the actions recovery decided (its own release included, so no stale slot is left to release).
 pub fn resume(mut agent: Agent, swap: SwapPhase, actions: Vec<SwapAction>) -> (Agent, Vec<Action>) {
+    agent.stale_slot = false;
     if swap.stage != swap::Stage::Finished {
         agent.phase = Phase::Updating(swap);
     }

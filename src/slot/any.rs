@@ -38,7 +38,7 @@ impl SlotLock for AnySlots {
         dispatch!(self, s => s.release().await)
     }
 
-    async fn release_stale(&self) -> Result<(), SlotError> {
+    async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
         dispatch!(self, s => s.release_stale().await)
     }
 

@@ -11,6 +11,7 @@ use crate::dry_run::would;
 /// Prints slot writes; keeps what it would hold in memory so the cycle can go on.
 pub struct DryRunSlots {
     group: String,
+    who: SlotHolder,
     max: NonZeroU32,
     memory: MemorySlots,
 }
@@ -21,7 +22,8 @@ impl DryRunSlots {
         DryRunSlots {
             group,
             max,
-            memory: MemorySlots::new(max, who),
+            memory: MemorySlots::new(max, who.clone()),
+            who,
         }
     }
 }
@@ -48,8 +50,12 @@ impl SlotLock for DryRunSlots {
         self.memory.release().await
     }
 
-    async fn release_stale(&self) -> Result<(), SlotError> {
-        self.release().await
+    async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
+        would(format_args!(
+            "release any update slot of group {} that an earlier run of {} left on this host",
+            self.group, self.who.instance
+        ));
+        Ok(Vec::new())
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {

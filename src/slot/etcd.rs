@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, Notify};
 
 mod acquire;
 mod queue;
+mod stale;
 
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
@@ -217,9 +218,8 @@ impl SlotLock for EtcdSlots {
         self.note(outcome).await
     }
 
-    async fn release_stale(&self) -> Result<(), SlotError> {
-        // Release works by holder id, whatever lease the key is bound to.
-        self.release().await
+    async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
+        self.release_own_stale().await
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {

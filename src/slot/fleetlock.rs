@@ -214,6 +214,19 @@ impl FleetLockSlots {
         halt_record::read(&self.halt_path)
     }
 
+    /// Whether this instance halted the group and so keeps its lock until `slots resume`. A
+    /// sibling on this host gives its lock back (and can take no new one: acquire sees the
+    /// record).
+    fn kept_for_halt(&self) -> Result<bool, SlotError> {
+        let Some(r) = self.halt_record()?.filter(|r| r.holder == self.id) else {
+            return Ok(false);
+        };
+        tracing::warn!(group = %self.group, version = %r.marker.version,
+            path = %self.halt_path.display(),
+            "group halted: keeping the FleetLock lock until `sidekick slots resume`");
+        Ok(true)
+    }
+
     /// Unlocks this holder id at the server, halted or not: for an operator clearing a holder
     /// that is gone. [`SlotLock::release`] keeps the lock of a halted group instead.
     pub async fn unlock(&self) -> Result<(), SlotError> {
@@ -259,19 +272,23 @@ impl SlotLock for FleetLockSlots {
     }
 
     async fn release(&self) -> Result<(), SlotError> {
-        // Only the lock of the instance that halted is kept; a sibling on this host gives its
-        // lock back (and can take no new one: acquire sees the record).
-        if let Some(r) = self.halt_record()?.filter(|r| r.holder == self.id) {
-            tracing::warn!(group = %self.group, version = %r.marker.version,
-                path = %self.halt_path.display(),
-                "group halted: keeping the FleetLock lock until `sidekick slots resume`");
+        if self.kept_for_halt()? {
             return Ok(());
         }
         self.unlock().await
     }
 
-    async fn release_stale(&self) -> Result<(), SlotError> {
-        self.release().await
+    /// The server cannot say whether this id holds a lock, and airlock never frees a crashed
+    /// holder's: unlock at every start, as zincati does (unlocking a lock not held succeeds).
+    async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
+        if self.kept_for_halt()? {
+            return Ok(Vec::new());
+        }
+        self.unlock().await?;
+        Ok(vec![format!(
+            "any FleetLock lock of id {} in group {} (steady-state sent to {})",
+            self.id, self.group, self.unlock_url
+        )])
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {

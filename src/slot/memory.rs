@@ -100,8 +100,9 @@ impl SlotLock for MemorySlots {
         Ok(())
     }
 
-    async fn release_stale(&self) -> Result<(), SlotError> {
-        self.release().await
+    async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
+        // An in-process group starts empty: no earlier run can have left a slot in it.
+        Ok(Vec::new())
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {

@@ -177,8 +177,10 @@ pub trait SlotLock {
     /// Gives back this holder's slot; succeeds when none is held.
     fn release(&self) -> impl Future<Output = Result<(), SlotError>> + Send;
 
-    /// On daemon start: releases any slot this holder id still holds, e.g. from a previous run.
-    fn release_stale(&self) -> impl Future<Output = Result<(), SlotError>> + Send;
+    /// On daemon start, once the instance is healthy and no swap is in flight: releases any slot
+    /// this holder id still holds from an earlier run on this host (never a clone's slot on
+    /// another host); names each slot it released, for the log.
+    fn release_stale(&self) -> impl Future<Output = Result<Vec<String>, SlotError>> + Send;
 
     /// Whether this holder holds a slot, checked against the backend where it can be.
     fn held(&self) -> impl Future<Output = Result<Holding, SlotError>> + Send;

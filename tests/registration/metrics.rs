@@ -1,5 +1,6 @@
-//! `daemon.metrics`: a real Prometheus server scrapes a registered sidekick, and `promtool check
-//! metrics` accepts what it serves.
+//! `daemon.metrics`: a real Prometheus server scrapes a registered sidekick; after a real swap on
+//! the systemd container (the example update service offering 2.0.0) the text counts it as
+//! `updated` and times each step; `promtool check metrics` accepts what it serves.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,6 +28,32 @@ async fn query_value(api: &str, query: &str) -> String {
     })
     .await
     .expect("Prometheus answers the query")
+}
+
+/// `promtool check metrics` finds nothing wrong with `text`.
+fn assert_promtool_accepts(text: &str) {
+    let promtool = find_binary("promtool").expect("promtool");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 #[tokio::test]
@@ -69,28 +96,7 @@ async fn prometheus_scrapes_the_phase_and_registration_and_promtool_accepts_the_
         text.contains("sidekick_phase{phase=\"serving\"} 1"),
         "{text}"
     );
-    let promtool = find_binary("promtool").expect("promtool");
-    let mut check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    use std::io::Write as _;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = check.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_promtool_accepts(&text);
 
     let prometheus_port = free_port();
     let prometheus_config = dir.path().join("prometheus.yml");
@@ -122,4 +128,120 @@ async fn prometheus_scrapes_the_phase_and_registration_and_promtool_accepts_the_
         "1"
     );
     assert_eq!(query_value(&api, "sidekick_registered").await, "1");
+}
+
+/// The value of the sample `name` in classic Prometheus text, if it is there.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sleeping app with the version and image a swap replaces.
+const VERSIONED_UNIT: &str = "[Service]\n\
+    Environment=SIDEKICK_VERSION=1.0.0 SIDEKICK_IMAGE=registry.example.com/web:1.0.0\n\
+    ExecStart=/usr/bin/sleep infinity\n";
+
+#[tokio::test]
+async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() {
+    let needs = [etcd::NEEDS, systemd::NEEDS, &[Need::Binary("promtool")]].concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let dir = temp_dir("reg-swap-metrics");
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, VERSIONED_UNIT).await;
+    let updates = update_service::UpdateService::start(
+        "2.0.0",
+        "registry.example.com/web:2.0.0",
+        Duration::from_secs(3600),
+    )
+    .await;
+    let metrics_port = free_port();
+    let config = format!(
+        "[instance]\nunit = \"web@1.service\"\n\
+         [etcd]\nendpoints = [\"{etcd}\"]\ntimeout = \"2s\"\n\
+         [registration]\nlayout = \"seed\"\nhost = \"127.0.0.1\"\nport = 8080\nttl = \"10s\"\n\
+         [health]\ncheck = \"none\"\n\
+         [update]\nserver = \"{server}\"\napp_id = \"{app}\"\ntrack = \"{track}\"\n\
+         interval = \"10s\"\nimage = \"{{codebase}}\"\n\
+         [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"5s\"\n\
+         [swap]\ndrain = \"1s\"\nstart_timeout = \"30s\"\nverify_timeout = \"30s\"\n\
+         prepull = [\"/usr/bin/true\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
+         [daemon]\nstate_dir = \"{state}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+        etcd = etcd.endpoint(),
+        server = updates.endpoint(),
+        app = update_service::APP_ID,
+        track = update_service::TRACK,
+        dropins = systemd.unit_dir().display(),
+        state = dir.path().display(),
+    );
+    let _sidekick = Sidekick::start(&systemd, dir.path(), "sk", &config);
+
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = poll_until(Duration::from_secs(90), "metrics count the swap", || {
+        let url = url.clone();
+        async move {
+            let (_, text) = http_get(&url).await?;
+            match sample(&text, "sidekick_swaps_total{result=\"updated\"}") {
+                Some(_) => Ok(text),
+                None => Err(text),
+            }
+        }
+    })
+    .await
+    .expect("the swap ends and is counted");
+    let env = systemd::service_environment(&systemd.connection().await, "web@1.service").await;
+    assert!(
+        env.iter().any(|e| e == "SIDEKICK_VERSION=2.0.0"),
+        "the unit runs the new version: {env:?}"
+    );
+    assert_eq!(
+        sample(&text, "sidekick_swaps_total{result=\"updated\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    for step in [
+        "prepull",
+        "slot",
+        "deregister",
+        "drain",
+        "fence",
+        "dropin",
+        "restart",
+        "verify",
+        "register",
+        "release",
+    ] {
+        let count = sample(
+            &text,
+            &format!("sidekick_swap_step_seconds_count{{step=\"{step}\"}}"),
+        );
+        assert!(
+            count.is_some_and(|n| n >= 1.0),
+            "step {step}: {count:?}\n{text}"
+        );
+    }
+    let drained = sample(&text, "sidekick_swap_step_seconds_sum{step=\"drain\"}");
+    assert!(
+        drained.is_some_and(|s| s >= 1.0),
+        "the drain took swap.drain: {drained:?}\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "sidekick_slot_wait_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("step=\"rollback\""), "{text}");
+    assert_promtool_accepts(&text);
+    let slots = client
+        .clone()
+        .get(
+            "/sidekick/slots/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(slots.count(), 0, "the slot was given back");
 }

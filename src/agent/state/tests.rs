@@ -321,3 +321,67 @@ fn shutdown_mid_swap_stops_with_the_swaps_own_decision() {
     );
     assert!(!a.registered);
 }
+
+/// An agent that may have a slot left by an earlier run.
+fn after_restart() -> Agent {
+    let mut a = agent(2, 1, false);
+    a.stale_slot = true;
+    a
+}
+
+const RELEASE_STALE: Action = Action::Swap(SwapAction::ReleaseStaleSlot);
+
+#[test]
+fn a_slot_left_by_an_earlier_run_is_released_once_the_first_registration_is_confirmed() {
+    let a = run(
+        after_restart(),
+        &[
+            // Not registered yet (unit unknown, then not healthy): nothing to release.
+            (Observation::Registered, &[]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (Observation::Registered, &[]),
+            (PASS, &[Action::Register]),
+            (Observation::Registered, &[RELEASE_STALE]),
+            // Once per start: a later registration releases nothing.
+            (Observation::Registered, &[]),
+            (Unit(Inactive), &[Action::Deregister]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            (Observation::Registered, &[]),
+        ],
+    );
+    assert!(!a.stale_slot);
+}
+
+#[test]
+fn no_stale_release_while_a_swap_is_in_flight_and_none_after_a_resumed_one() {
+    let a = run(
+        after_restart(),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+        ],
+    );
+    // An offer came first: the swap's own acquire adopts the slot and its release frees it.
+    let (a, _) = next(a, Observation::Offer(plan()));
+    let (a, actions) = next(a, Observation::Registered);
+    assert_eq!(actions, []);
+    assert!(a.stale_slot, "still to do once the swap is over");
+
+    let (resumed, _) = resume(after_restart(), deregistered_mid_swap_phase(), Vec::new());
+    assert!(
+        !resumed.stale_slot,
+        "the journal's swap releases its own slot"
+    );
+}
+
+/// The swap phase of [`deregistered_mid_swap`].
+fn deregistered_mid_swap_phase() -> SwapPhase {
+    match deregistered_mid_swap().phase {
+        Phase::Updating(swap) => swap,
+        other => panic!("not updating: {other:?}"),
+    }
+}

@@ -101,6 +101,9 @@ pub enum SwapAction {
     },
     /// The swap is over: remove the journal.
     ClearJournal,
+    /// Not the swap's own: on start, once registered with no swap in flight, give back any slot
+    /// an earlier run left under this holder id ([`crate::slot::SlotLock::release_stale`]).
+    ReleaseStaleSlot,
     /// Deregister and exit (the agent's [`crate::agent::state::Action::Stop`]).
     Stop,
 }

@@ -1,0 +1,135 @@
+//! The swap's metrics, read off the machine's stages as the driver sees them after each step, so
+//! the pure machine ([`super::swap`]) stays free of clocks: how long the swap spent in each step
+//! (`sidekick_swap_step_seconds{step}`), how long it waited for a slot from asking to holding
+//! (`sidekick_slot_wait_seconds`), and how each swap ended (`sidekick_swaps_total{result}`).
+//!
+//! Results, from the machine's own outcomes (see `docs/swap.md`):
+//! - `updated`: the new version verified, registered again, slot released;
+//! - `rolled-back`: the new version given up, the old one registered again (restored and verified,
+//!   or never replaced when the drop-in write failed), slot released;
+//! - `stranded`: the old version could not be brought back; the slot is kept (counted on entry);
+//! - `fenced`: the slot was lost during the drain; the unit was not touched;
+//! - `prepull-failed`: the pre-pull failed; no slot was taken;
+//! - `abandoned`: stopped before the instance was deregistered; the attempt was dropped;
+//! - `interrupted`: stopped mid-swap (the next start resumes it from the journal), or a resumed
+//!   swap that only had its slot to release.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::state::Phase;
+use super::swap::Stage;
+use crate::metrics::Metrics;
+
+/// The step a stage is timed as; `None` for stages that are not steps.
+pub fn step_label(stage: &Stage) -> Option<&'static str> {
+    Some(match stage {
+        Stage::Prepulling => "prepull",
+        Stage::AcquiringSlot { .. } => "slot",
+        Stage::Deregistering => "deregister",
+        Stage::Draining => "drain",
+        Stage::Fencing => "fence",
+        Stage::WritingDropIn => "dropin",
+        Stage::Restarting => "restart",
+        Stage::Verifying { .. } => "verify",
+        Stage::RollingBack { .. } => "rollback",
+        Stage::VerifyingOld { .. } => "verify-old",
+        Stage::Registering { .. } => "register",
+        Stage::Releasing => "release",
+        Stage::Stranded { .. } | Stage::Finished => return None,
+    })
+}
+
+/// Follows the swap from step to step and feeds [`Metrics`].
+#[derive(Debug)]
+pub struct SwapTimer {
+    metrics: Option<Metrics>,
+    /// The step the swap is in and since when; `None` outside a swap.
+    current: Option<(&'static str, Instant)>,
+    /// The result the swap has earned so far (set once it registers again).
+    verdict: Option<&'static str>,
+}
+
+impl SwapTimer {
+    /// A timer feeding `metrics`; does nothing without.
+    pub fn new(metrics: Option<Metrics>) -> SwapTimer {
+        SwapTimer {
+            metrics,
+            current: None,
+            verdict: None,
+        }
+    }
+
+    /// The agent is in `phase` now.
+    pub fn observe(&mut self, phase: &Phase) {
+        self.observe_at(phase, Instant::now());
+    }
+
+    fn observe_at(&mut self, phase: &Phase, now: Instant) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let stage = match phase {
+            Phase::Updating(swap) => Some(&swap.stage),
+            Phase::Serving | Phase::Stopping => None,
+        };
+        let label = stage.and_then(step_label);
+        let previous = self.current.map(|(step, _)| step);
+        if label.is_some() && label == previous {
+            return;
+        }
+        match stage {
+            Some(Stage::Registering { failure }) => {
+                self.verdict = Some(match failure {
+                    None => "updated",
+                    Some(_) => "rolled-back",
+                });
+            }
+            Some(Stage::Stranded { .. }) if previous.is_some() => {
+                metrics.swap_finished("stranded");
+            }
+            _ => {}
+        }
+        let stopping = *phase == Phase::Stopping;
+        if let Some((step, since)) = self.current.take() {
+            let took = now.saturating_duration_since(since);
+            // A step cut short by a stop is not a step's duration.
+            if !stopping {
+                metrics.swap_step(step, took);
+                if step == "slot" && stage.is_some() {
+                    metrics.slot_waited(took);
+                }
+                // A unit active at once with no health check to pass is verified in the same
+                // step as the restart: its verification took no time, but it was taken.
+                match (step, label) {
+                    ("restart", Some("register")) => metrics.swap_step("verify", Duration::ZERO),
+                    ("rollback", Some("register")) => {
+                        metrics.swap_step("verify-old", Duration::ZERO)
+                    }
+                    _ => {}
+                }
+            }
+            if stage.is_none() {
+                metrics.swap_finished(result(step, stopping, self.verdict.take()));
+            }
+        }
+        self.current = label.map(|step| (step, now));
+    }
+}
+
+/// How a swap that left `step` for outside a swap (or a stop, when `stopping`) ended.
+fn result(step: &str, stopping: bool, verdict: Option<&'static str>) -> &'static str {
+    match (step, stopping) {
+        ("release", _) => verdict.unwrap_or("interrupted"),
+        ("prepull" | "slot", true) => "abandoned",
+        (_, true) => "interrupted",
+        ("prepull", false) => "prepull-failed",
+        ("fence", false) => "fenced",
+        (_, false) => verdict.unwrap_or("interrupted"),
+    }
+}
+
+#[cfg(test)]
+#[path = "swap_metrics/tests.rs"]
+mod tests;

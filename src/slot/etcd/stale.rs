@@ -1,0 +1,86 @@
+//! Releasing the slots an earlier run of this holder left behind ([`SlotLock::release_stale`]):
+//! the keys of the group whose value names this holder id and this host (or no host: a value
+//! written by an older version), each deleted by a transaction on the revision read, and the
+//! lease each was bound to revoked, so whatever else that run put on it (its place in the queue)
+//! goes too. A key naming this holder id on another host belongs to a clone (the duplicate-holder
+//! rule of [`super::acquire`]) and is left alone.
+//!
+//! [`SlotLock::release_stale`]: crate::slot::SlotLock::release_stale
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+use super::EtcdSlots;
+use crate::slot::SlotError;
+use crate::slot::keys::{SlotEntry, read_group};
+
+impl EtcdSlots {
+    /// Deletes this holder's slots on this host and revokes their leases; names each released.
+    pub(super) async fn release_own_stale(&self) -> Result<Vec<String>, SlotError> {
+        let mut state = self.state.lock().await;
+        let released = self.delete_own(self.own_entries().await).await;
+        let released = self.note(released).await?;
+        for (key, lease) in &released {
+            if state.key.as_deref() == Some(key.as_str()) {
+                state.key = None;
+            }
+            if *lease == 0 {
+                continue;
+            }
+            let revoked = match state.lease.take_if(|l| l.id() == *lease) {
+                Some(ours) => ours.revoke(&self.etcd).await,
+                None => crate::etcd::lease::revoke(&self.etcd, *lease).await,
+            };
+            if let Err(err) = revoked {
+                tracing::warn!(group = %self.group, %key, error = %format!("{err:#}"),
+                    "the released slot's old lease was not revoked; it expires within its TTL");
+            }
+        }
+        Ok(released
+            .into_iter()
+            .map(|(key, lease)| format!("{key} (lease {lease:x})"))
+            .collect())
+    }
+
+    /// The group's keys naming this holder id and this host; a clone's are logged and skipped.
+    async fn own_entries(&self) -> Result<Vec<SlotEntry>, SlotError> {
+        let entries = read_group(&mut self.client().await?, &self.group).await?;
+        Ok(entries
+            .into_iter()
+            .filter(|entry| entry.holder() == Some(self.who.holder.as_str()))
+            .filter(|entry| {
+                let host = entry.value.as_ref().and_then(|v| v.host.as_ref());
+                match host.filter(|h| **h != self.host) {
+                    None => true,
+                    Some(other) => {
+                        tracing::warn!(group = %self.group, key = %entry.key,
+                            holder = %self.who.holder, other_host = %other, this_host = %self.host,
+                            "a slot of this holder id is held on another host (cloned /etc/machine-id?); not releasing it");
+                        false
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Deletes each entry unless it changed since it was read; the keys deleted and their leases.
+    async fn delete_own(
+        &self,
+        entries: Result<Vec<SlotEntry>, SlotError>,
+    ) -> Result<Vec<(String, i64)>, SlotError> {
+        let mut released = Vec::new();
+        for entry in entries? {
+            let key = entry.key.as_str();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key,
+                    CompareOp::Equal,
+                    entry.mod_revision,
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            if self.client().await?.txn(txn).await?.succeeded() {
+                released.push((entry.key, entry.lease));
+            }
+        }
+        Ok(released)
+    }
+}
