@@ -10,6 +10,7 @@
 //! - `stranded`: the old version could not be brought back; the slot is kept (counted on entry);
 //! - `fenced`: the slot was lost during the drain; the unit was not touched;
 //! - `prepull-failed`: the pre-pull failed; no slot was taken;
+//! - `halted`: the group was halted while waiting for a slot; the grant was given back untried;
 //! - `abandoned`: stopped before the instance was deregistered; the attempt was dropped;
 //! - `interrupted`: stopped mid-swap (the next start resumes it from the journal), or a resumed
 //!   swap that only had its slot to release.
@@ -125,6 +126,7 @@ fn result(step: &str, stopping: bool, verdict: Option<&'static str>) -> &'static
         ("prepull" | "slot", true) => "abandoned",
         (_, true) => "interrupted",
         ("prepull", false) => "prepull-failed",
+        ("slot", false) => "halted",
         ("fence", false) => "fenced",
         (_, false) => verdict.unwrap_or("interrupted"),
     }

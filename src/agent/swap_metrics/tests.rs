@@ -133,6 +133,13 @@ fn each_early_end_has_its_own_result() {
         (
             vec![
                 updating(Stage::AcquiringSlot { waiting: None }),
+                Phase::Serving,
+            ],
+            "halted",
+        ),
+        (
+            vec![
+                updating(Stage::AcquiringSlot { waiting: None }),
                 Phase::Stopping,
             ],
             "abandoned",
