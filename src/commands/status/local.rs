@@ -138,6 +138,14 @@ mod tests {
                 state: None,
                 error: Some("no answer within 2s".into()),
             },
+            LocalDaemon {
+                socket: "/run/sidekick/evil@3/control.sock".into(),
+                state: Some(DaemonState {
+                    instance: "evil\u{1b}[2J".into(),
+                    ..DaemonState::default()
+                }),
+                error: None,
+            },
         ];
         let text = section(&daemons).render();
         let lines: Vec<&str> = text.lines().collect();
@@ -165,6 +173,8 @@ mod tests {
             lines[3].ends_with("no answer: no answer within 2s"),
             "{text}"
         );
+        // A daemon's answer is shown like etcd's values: no escape sequence reaches the terminal.
+        assert!(lines[4].starts_with("  evil\\u{1b}[2J "), "{text}");
     }
 
     #[tokio::test]
