@@ -6,6 +6,10 @@
 //! (`config/embedded.toml`) over in-memory seams: an active unit running 1.0.0, a registry and
 //! slots that write nowhere, and an update service offering the newest release of a release list.
 //! `--once` stops after one pass.
+//!
+//! The daemon (a dry run too: the socket is in its runtime directory, not etcd or a unit) answers
+//! `update-check` and `status` on its control socket, `daemon.control_socket`
+//! ([`crate::control`]); one that cannot be set up is logged and the daemon runs without it.
 
 use std::process::ExitCode;
 use std::time::Instant;
