@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::DaemonHandle;
-use super::protocol::{self, CheckReport, MAX_REQUEST_BYTES, Request, RequestError};
+use super::protocol::{self, CheckReport, MAX_REQUEST_BYTES, Request};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CLIENTS: usize = 8;
@@ -46,6 +46,8 @@ pub enum SocketError {
     NotASocket { path: PathBuf },
     #[error("another sidekick answers on {}: is this instance's daemon running twice?", path.display())]
     InUse { path: PathBuf },
+    #[error("cannot tell whether a daemon answers on {}: {source}", path.display())]
+    Probe { path: PathBuf, source: io::Error },
     #[error("failed to remove the stale socket {}: {source}", path.display())]
     Stale { path: PathBuf, source: io::Error },
     #[error("failed to listen on {}: {source}", path.display())]
@@ -59,6 +61,7 @@ impl SocketError {
             SocketError::Directory { .. } => "directory",
             SocketError::NotASocket { .. } => "not-a-socket",
             SocketError::InUse { .. } => "in-use",
+            SocketError::Probe { .. } => "probe",
             SocketError::Stale { .. } => "stale",
             SocketError::Bind { .. } => "bind",
         }
@@ -155,7 +158,7 @@ fn remove_stale(path: &Path) -> Result<(), SocketError> {
         Ok(meta) => meta,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(SocketError::Stale {
+            return Err(SocketError::Probe {
                 path: path.to_path_buf(),
                 source,
             });
@@ -185,7 +188,7 @@ fn remove_stale(path: &Path) -> Result<(), SocketError> {
                 _ => Ok(()),
             }
         }
-        Err(source) => Err(SocketError::Stale {
+        Err(source) => Err(SocketError::Probe {
             path: path.to_path_buf(),
             source,
         }),
@@ -217,58 +220,42 @@ async fn accept_loop(listener: UnixListener, file: SocketFile, daemon: DaemonHan
 
 /// Reads one request from `stream` and answers it.
 async fn answer(stream: UnixStream, uid: u32, daemon: &DaemonHandle) {
-    let peer = stream.peer_cred().map(|c| c.uid()).ok();
+    let allowed = stream
+        .peer_cred()
+        .is_ok_and(|peer| peer.uid() == 0 || peer.uid() == uid);
     let (read, mut write) = stream.into_split();
-    let answer = match peer {
-        Some(peer) if peer == 0 || peer == uid => {
-            match tokio::time::timeout(REQUEST_LIMIT, read_request(read)).await {
-                Err(_) => Some(CheckReport::error(
-                    "bad-request",
-                    format!(
-                        "no request within {}",
-                        humantime::format_duration(REQUEST_LIMIT)
-                    ),
-                )),
-                Ok(Read::Closed) => None,
-                Ok(Read::Failed(err)) => {
-                    debug!(error = %err, "control socket: failed to read a request");
-                    None
-                }
-                Ok(Read::Line(line)) => Some(match protocol::parse_request(&line) {
-                    Ok(request) => return respond(write, request, daemon).await,
-                    Err(err) => refuse(&err),
-                }),
-            }
-        }
-        _ => Some(CheckReport::error(
+    if !allowed {
+        let denied = CheckReport::error(
             "permission-denied",
             "only root and the daemon's user may use the control socket",
-        )),
-    };
-    if let Some(answer) = answer {
-        send(&mut write, &answer).await;
+        );
+        return send(&mut write, &denied).await;
     }
-}
-
-/// Answers a well-formed request.
-async fn respond(
-    mut write: tokio::net::unix::OwnedWriteHalf,
-    request: Request,
-    daemon: &DaemonHandle,
-) {
-    match request {
-        Request::State => send(&mut write, &daemon.state()).await,
-        Request::CheckNow => {
+    let line = match tokio::time::timeout(REQUEST_LIMIT, read_request(read)).await {
+        Ok(Read::Line(line)) => line,
+        Ok(Read::Closed) => return,
+        Ok(Read::Failed(err)) => {
+            debug!(error = %err, "control socket: failed to read a request");
+            return;
+        }
+        Err(_) => {
+            let limit = humantime::format_duration(REQUEST_LIMIT);
+            let late = CheckReport::error("bad-request", format!("no request within {limit}"));
+            return send(&mut write, &late).await;
+        }
+    };
+    match protocol::parse_request(&line) {
+        Ok(Request::State) => send(&mut write, &daemon.state()).await,
+        Ok(Request::CheckNow) => {
             info!("control socket: check now");
             let report = daemon.check_now(CHECK_LIMIT).await;
             send(&mut write, &report).await;
         }
+        Err(err) => {
+            debug!(kind = err.kind(), "control socket: bad request: {err}");
+            send(&mut write, &CheckReport::error("bad-request", err)).await;
+        }
     }
-}
-
-fn refuse(err: &RequestError) -> CheckReport {
-    debug!(kind = err.kind(), "control socket: bad request: {err}");
-    CheckReport::error("bad-request", err)
 }
 
 /// What reading a request came to.
@@ -314,5 +301,48 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, answer: &impl serde:
         Ok(Ok(())) => {}
         Ok(Err(err)) => debug!(error = %err, "control socket: failed to answer"),
         Err(_) => debug!("control socket: the client did not read the answer in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{DaemonState, link};
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_a_live_one_or_a_file_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web@1/control.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Left by a daemon that was killed: nobody answers on it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+        let (_link, handle) = link(DaemonState::default());
+        let served = socket.serve(handle);
+
+        let again = ControlSocket::bind(&path).unwrap_err();
+        assert_eq!(again.kind(), "in-use", "{again}");
+        assert!(path.exists(), "the live socket stays");
+        drop(served);
+        assert!(!path.exists(), "removed when the daemon stops");
+
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = ControlSocket::bind(&path).unwrap_err();
+        assert_eq!(err.kind(), "not-a-socket", "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_daemon_leaves_a_socket_that_replaced_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (_link, handle) = link(DaemonState::default());
+        let served = ControlSocket::bind(&path).unwrap().serve(handle);
+        std::fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(served);
+        assert!(path.exists(), "the other daemon's socket is not removed");
     }
 }

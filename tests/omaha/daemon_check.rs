@@ -203,7 +203,11 @@ async fn update_check_is_answered_by_the_daemon_whose_check_is_the_only_one_the_
     assert!(!stderr.contains("checking standalone"), "{stderr}");
 
     // The daemon acts on its grant: while it swaps it checks nothing more, and says why.
-    let (code, json, _) = update_check(&root, &config, &[]).await;
+    let (code, json, stderr) = update_check(&root, &config, &["--current-version", "1.0.0"]).await;
+    assert!(
+        stderr.contains("apply to a standalone check only"),
+        "a flag the daemon does not use is named: {stderr}"
+    );
     assert_eq!(code, Some(1), "{json}\n{}", daemon.log_tail(40));
     assert_eq!(json["kind"], "swap-in-progress", "{json}");
     assert_eq!(checks_seen(&server).await, 2);
