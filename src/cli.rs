@@ -20,7 +20,8 @@ pub struct Cli {
     #[arg(long, value_name = "UNIT", global = true)]
     pub unit: Option<String>,
 
-    /// Root under which the drop-in directories are searched (for tests and image builds).
+    /// Root under which the drop-in directories and the runtime directory (run/sidekick) are
+    /// found (for tests and image builds).
     #[arg(
         long,
         value_name = "DIR",
@@ -53,19 +54,34 @@ pub enum Command {
     CheckConfig,
     /// Check once for an update and print the answer as one JSON object (exit 0 when the check
     /// completed, 1 on error).
+    ///
+    /// The instance's running daemon is asked to check, over its control socket
+    /// (daemon.control_socket), and its answer is printed. With no daemon it refuses (exit 1)
+    /// unless --standalone is given: in Nebraska an update check that gets an offer is a grant,
+    /// counted against the group's limits and timed out if nobody applies the update.
     UpdateCheck {
-        /// The version the instance runs (default: SIDEKICK_VERSION of the unit, read over D-Bus).
+        /// The version the instance runs, for a standalone check (default: SIDEKICK_VERSION of
+        /// the unit, read over D-Bus).
         #[arg(long, value_name = "VERSION")]
         current_version: Option<String>,
-        /// Mark the check as asked for by an operator (installsource="ondemandupdate").
+        /// Mark a standalone check as asked for by an operator (installsource="ondemandupdate").
         #[arg(long)]
         interactive: bool,
+        /// When no daemon answers, check directly (an offer it gets is a grant the service counts
+        /// and times out).
+        #[arg(long)]
+        standalone: bool,
     },
-    /// Show registrations, update slot holders and halted groups from etcd.
+    /// Show registrations, update slot holders and halted groups from etcd, and the sidekicks
+    /// running on this host as they answer on their control sockets.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Where the local sidekicks' control sockets are looked for, as DIR/*/control.sock
+        /// (default: /run/sidekick).
+        #[arg(long, value_name = "DIR")]
+        runtime_dir: Option<PathBuf>,
     },
     /// Release a slot, resume a halted group, or store a group's limit.
     Slots {

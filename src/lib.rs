@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod dry_run;
 pub mod etcd;
 pub mod health;

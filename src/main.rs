@@ -21,12 +21,23 @@ fn main() -> ExitCode {
         Command::UpdateCheck {
             current_version,
             interactive,
+            standalone,
         } => block_on(commands::update_check::run(
             &cli.config_sources(),
             current_version.as_deref(),
             *interactive,
+            *standalone,
         )),
-        Command::Status { json } => block_on(commands::status::run(&cli.config_sources(), *json)),
+        Command::Status { json, runtime_dir } => {
+            let runtime_dir = runtime_dir
+                .clone()
+                .unwrap_or_else(|| sidekick::config::runtime_dir(&cli.config_root));
+            block_on(commands::status::run(
+                &cli.config_sources(),
+                *json,
+                &runtime_dir,
+            ))
+        }
         Command::Slots { action } => block_on(commands::slots::run(&cli.config_sources(), action)),
     }
 }

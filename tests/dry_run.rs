@@ -1,8 +1,11 @@
 //! `sidekick run --dry-run` with no configuration and no server: the daemon's whole pass on the
-//! embedded defaults, printed as `dry-run: would …` lines, writing nothing and listening nowhere.
+//! embedded defaults, printed as `dry-run: would …` lines, writing nothing and listening only on
+//! its control socket (under the config root's `run/sidekick`, removed when it stops), which
+//! answers within bounds whatever a client sends.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -42,6 +45,42 @@ impl Scratch {
 
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("sidekick runs")
+    }
+
+    /// The control socket of the embedded instance `web@1.service`.
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("root/run/sidekick/web@1/control.sock")
+    }
+
+    /// `run --dry-run` (no `--once`) with its stdout lines sent to the receiver.
+    fn start_daemon(&self) -> (Running, mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+        let mut command = self.command(&["run", "--dry-run"]);
+        // Dies with this test process even when it is SIGKILLed. The death signal follows the
+        // spawning thread, this test's, which outlives the child: `Running` kills it first.
+        // SAFETY: prctl(2) is async-signal-safe.
+        unsafe {
+            command.pre_exec(
+                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                },
+            );
+        }
+        let mut child = Running(
+            command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sidekick starts"),
+        );
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, lines, reader)
     }
 
     /// Every file under the scratch dirs: the run must leave none.
@@ -239,6 +278,15 @@ fn listening_socket_inodes() -> HashSet<u64> {
     inodes
 }
 
+/// The path a listening Unix socket was bound at.
+fn unix_socket_path(inode: u64) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
+    text.lines().skip(1).find_map(|row| {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        (cols.get(6)?.parse::<u64>().ok()? == inode).then(|| cols.get(7).map(|p| p.to_string()))?
+    })
+}
+
 /// Inodes of the sockets `pid` holds open.
 fn socket_inodes_of(pid: u32) -> HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -265,34 +313,10 @@ impl Drop for Running {
 }
 
 #[test]
-fn without_once_the_dry_run_keeps_running_listens_nowhere_and_stops_on_sigterm() {
+fn without_once_the_dry_run_keeps_running_listens_only_on_its_control_socket_and_stops_on_sigterm()
+{
     let scratch = Scratch::new();
-    let mut command = scratch.command(&["run", "--dry-run"]);
-    // Dies with this test process even when it is SIGKILLed. The death signal follows the
-    // spawning thread, this test's, which outlives the child: `Running` kills it first.
-    // SAFETY: prctl(2) is async-signal-safe.
-    unsafe {
-        command.pre_exec(
-            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            },
-        );
-    }
-    let mut child = Running(
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sidekick starts"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, lines, reader) = scratch.start_daemon();
     let wait_for = |needle: &str| loop {
         match lines.recv_timeout(Duration::from_secs(20)) {
             Ok(line) if line.contains(needle) => return line,
@@ -308,18 +332,19 @@ fn without_once_the_dry_run_keeps_running_listens_nowhere_and_stops_on_sigterm()
         "the listening-socket check must see this test's own listener"
     );
     drop(own);
-    // Still running after its first pass, holding no listening socket.
+    // Still running after its first pass, listening on nothing but its control socket.
     assert!(
         child.0.try_wait().unwrap().is_none(),
         "exited after one pass without --once"
     );
     let held = socket_inodes_of(child.0.id());
     let listening = listening_socket_inodes();
-    assert!(
-        held.is_disjoint(&listening),
-        "listening sockets held: {:?}",
-        held.intersection(&listening).collect::<Vec<_>>()
-    );
+    let paths: Vec<Option<String>> = held
+        .intersection(&listening)
+        .map(|inode| unix_socket_path(*inode))
+        .collect();
+    let socket = scratch.socket().display().to_string();
+    assert_eq!(paths, vec![Some(socket)], "listening sockets held");
     unsafe {
         libc::kill(child.0.id() as i32, libc::SIGTERM);
     }
@@ -327,9 +352,134 @@ fn without_once_the_dry_run_keeps_running_listens_nowhere_and_stops_on_sigterm()
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
     reader.join().unwrap();
+    assert!(!scratch.socket().exists(), "the socket is removed on exit");
     assert_eq!(
         scratch.files(),
         Vec::<PathBuf>::new(),
         "the dry run wrote files"
     );
+}
+
+/// How long a client waits for any answer in these tests: well past the daemon's 2 s bound.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `request` (nothing when empty) on a fresh connection to `socket` and reads until the
+/// daemon closes it; the answer and how long it took.
+fn exchange(socket: &Path, request: &[u8]) -> (String, Duration) {
+    try_exchange(socket, request).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
+}
+
+/// [`exchange`], failing when nothing listens yet.
+fn try_exchange(socket: &Path, request: &[u8]) -> std::io::Result<(String, Duration)> {
+    use std::io::{Read as _, Write as _};
+    let started = std::time::Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(ANSWER_WAIT))?;
+    if !request.is_empty() {
+        stream.write_all(request)?;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    Ok((answer, started.elapsed()))
+}
+
+/// The daemon's state, once its line satisfies `want`.
+fn state_when(socket: &Path, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer =
+            try_exchange(socket, b"{\"state\":null}\n").map_or_else(|e| e.to_string(), |a| a.0);
+        let state: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if want(&state) {
+            return state;
+        }
+        assert!(std::time::Instant::now() < deadline, "last state: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_socket_answers_state_and_check_now_and_bounds_silent_and_garbage_clients() {
+    let scratch = Scratch::new();
+    let (child, lines, _reader) = scratch.start_daemon();
+    let socket = scratch.socket();
+    // The first pass was offered 2.0.0 and the dry-run swap to it is over.
+    let state = state_when(&socket, |s| {
+        s["last_result"] == "update" && s["phase"] == "serving" && s["registered"] == true
+    });
+    assert_eq!(state["instance"], "web-1");
+    assert_eq!(state["unit"], "web@1.service");
+    assert_eq!(state["active_state"], "active");
+    assert_eq!(state["status"], "registered");
+    assert_eq!(state["version"], "1.0.0", "as the first pass read it");
+    assert_eq!(state["pid"], child.0.id());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "root only");
+
+    // Check now: the daemon runs its pass (printing its check) and answers as update-check
+    // prints. The lines so far are read first.
+    while lines.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    let (answer, _) = exchange(&socket, b"{\"check\":\"now\"}\n");
+    assert_eq!(answer, "{\"status\":\"no-update\"}\n");
+    let printed = lines
+        .recv_timeout(ANSWER_WAIT)
+        .expect("the asked pass prints its check");
+    assert!(
+        printed.contains("would check for updates at the in-memory release list: no update"),
+        "{printed}"
+    );
+
+    // A client that sends nothing gets an error when the request bound runs out.
+    let (answer, took) = exchange(&socket, b"");
+    assert!(answer.contains("no request within 2s"), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Garbage and an unknown request are refused.
+    let (answer, _) = exchange(&socket, b"\x1b[2J hello\n");
+    assert!(answer.contains("\"kind\":\"bad-request\""), "{answer}");
+    let (answer, _) = exchange(&socket, b"{\"reboot\":true}\n");
+    assert!(answer.contains("unknown request `reboot`"), "{answer}");
+
+    // 10 MB with no newline: the daemon reads 4 KiB of it, answers and hangs up.
+    let flood = std::thread::spawn({
+        let socket = socket.clone();
+        move || {
+            use std::io::{Read as _, Write as _};
+            let started = std::time::Instant::now();
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
+            stream.set_write_timeout(Some(ANSWER_WAIT)).unwrap();
+            // Stops at the first failed write: the daemon closed its end.
+            let _ = stream.write_all(&vec![b'x'; 10 << 20]);
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            (answer, started.elapsed())
+        }
+    });
+    let (answer, took) = flood.join().unwrap();
+    assert!(
+        answer.is_empty() || answer.contains("longer than 4096 bytes"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // More silent clients than the daemon serves at once (8) delay an answer by a bound or two.
+    let silent: Vec<_> = (0..12)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let (answer, took) = exchange(&socket, b"{\"state\":null}\n");
+    assert!(answer.contains("\"phase\":\"serving\""), "{answer}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    drop(silent);
+
+    // Still serving, and answering.
+    let mut child = child;
+    assert!(child.0.try_wait().unwrap().is_none(), "the daemon died");
+    let state = state_when(&socket, |s| s["phase"] == "serving");
+    assert_eq!(state["last_result"], "no-update");
+    assert_eq!(state["version"], "2.0.0", "as the asked pass read it");
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.0.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed on exit");
 }

@@ -6,6 +6,8 @@ mod service;
 
 #[path = "omaha/ca_roots.rs"]
 mod ca_roots;
+#[path = "omaha/daemon_check.rs"]
+mod daemon_check;
 #[path = "omaha/example_service.rs"]
 mod example_service;
 #[path = "omaha/faults.rs"]

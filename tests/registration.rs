@@ -369,3 +369,8 @@ mod auth;
 /// A 3-member cluster losing its leader or its quorum (`tests/registration/cluster.rs`).
 #[path = "registration/cluster.rs"]
 mod cluster;
+
+/// `status` asking the sidekicks on this host over their control sockets
+/// (`tests/registration/local_status.rs`).
+#[path = "registration/local_status.rs"]
+mod local_status;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::execute::SwapSeams;
 use crate::config::UpdateSettings;
+use crate::control::CheckReport;
 use crate::dry_run::would;
 use crate::omaha::{
     AnyUpdateSource, CheckOutcome, Event, PollResult, PollSchedule, UpdateSource, validate_offer,
@@ -48,6 +49,8 @@ pub enum PassOutcome {
     /// A valid offer, and what became of the slot.
     Offered {
         version: Version,
+        image: String,
+        sha256: Option<String>,
         slot: SlotOutcome,
     },
 }
@@ -63,6 +66,35 @@ impl PassOutcome {
             PassOutcome::Failed { .. } => "error",
             PassOutcome::Refused { .. } => "refused",
             PassOutcome::Offered { .. } => "update",
+        }
+    }
+
+    /// The outcome as `update-check` prints it.
+    pub fn report(&self) -> CheckReport {
+        match self {
+            PassOutcome::NotChecked => CheckReport::error(
+                "dry-run",
+                "a dry run sends no check to a real update service: the service counts an \
+                 answered offer as a granted update",
+            ),
+            PassOutcome::UnknownVersion { error } => CheckReport::error("unknown-version", error),
+            PassOutcome::NoUpdate => CheckReport::NoUpdate,
+            PassOutcome::OnHold { reason } => CheckReport::OnHold {
+                reason: reason.clone(),
+            },
+            PassOutcome::Failed { kind, detail } | PassOutcome::Refused { kind, detail } => {
+                CheckReport::error(kind, detail)
+            }
+            PassOutcome::Offered {
+                version,
+                image,
+                sha256,
+                ..
+            } => CheckReport::Update {
+                version: version.to_string(),
+                image: image.clone(),
+                sha256: sha256.clone(),
+            },
         }
     }
 }
@@ -95,6 +127,8 @@ pub struct UpdatePass<C: UnitControl> {
     running: Option<Version>,
     /// Set when this pass applies the updates it is offered (see [`swaps`]).
     swaps: Option<swaps::Swaps>,
+    /// The last pass's result as `update-check` prints it.
+    last_report: Option<CheckReport>,
 }
 
 impl<C: UnitControl> UpdatePass<C> {
@@ -116,7 +150,13 @@ impl<C: UnitControl> UpdatePass<C> {
             schedule,
             running: None,
             swaps: None,
+            last_report: None,
         }
+    }
+
+    /// The last pass's result as `update-check` prints it.
+    pub fn last_report(&self) -> Option<&CheckReport> {
+        self.last_report.as_ref()
     }
 
     /// The version the unit ran at the last pass that could read it.
@@ -127,6 +167,7 @@ impl<C: UnitControl> UpdatePass<C> {
     /// Runs one pass; returns its outcome and the delay before the next one.
     pub async fn run(&mut self) -> (PassOutcome, Duration) {
         let outcome = self.pass().await;
+        self.last_report = Some(outcome.report());
         let result = match &outcome {
             PassOutcome::Failed { .. } | PassOutcome::UnknownVersion { .. } => PollResult::Failure,
             PassOutcome::OnHold { .. } => PollResult::OnHold,
@@ -209,6 +250,8 @@ impl<C: UnitControl> UpdatePass<C> {
         let slot = self.slot(&valid.version).await;
         PassOutcome::Offered {
             version: valid.version,
+            image: valid.image.as_str().to_string(),
+            sha256: valid.sha256,
             slot,
         }
     }
@@ -339,8 +382,18 @@ mod tests {
             outcome,
             PassOutcome::Offered {
                 version: Version::new(2, 0, 0),
+                image: "reg/web:2.0.0".into(),
+                sha256: None,
                 slot: SlotOutcome::Taken
             }
+        );
+        assert_eq!(
+            pass.last_report(),
+            Some(&CheckReport::Update {
+                version: "2.0.0".into(),
+                image: "reg/web:2.0.0".into(),
+                sha256: None
+            })
         );
         assert!(slots.holders().is_empty(), "slot given back");
         assert!(delay >= Duration::from_secs(54) && delay <= Duration::from_secs(66));
@@ -396,6 +449,8 @@ mod tests {
             outcome,
             PassOutcome::Offered {
                 version: Version::new(2, 0, 0),
+                image: "reg/web:2.0.0".into(),
+                sha256: None,
                 slot: SlotOutcome::Halted {
                     version: "1.9.0".into(),
                     reason: "unhealthy".into()

@@ -26,6 +26,8 @@ use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, LoadState, UnitState};
 
+mod asks;
+
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
 
@@ -84,6 +86,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     record_dirty: bool,
     /// Times the swap's steps and counts its results.
     swap_timer: SwapTimer,
+    /// The control socket's asks and state, when it is served ([`Self::with_control`]).
+    asks: Option<asks::Asks>,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -109,6 +113,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             options,
             record,
             record_dirty: false,
+            asks: None,
         }
     }
 
@@ -142,8 +147,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     let probing = self.agent.probing();
                     let settled = self.settled(&published.borrow(), started);
                     let serving = self.agent.phase == Phase::Serving;
-                    let pass_at =
-                        next_pass.filter(|_| settled && serving && self.seams.updates.is_some());
+                    let can_pass = settled && serving && self.seams.updates.is_some();
+                    let pass_at = next_pass.filter(|_| can_pass);
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
@@ -196,6 +201,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                                 None if next_pass.is_none() => Observation::Shutdown,
                                 None => continue,
                             }
+                        }
+                        ask = asks::next_ask(&mut self.asks) => {
+                            if self.take_ask(ask, can_pass) {
+                                next_pass = Some(Instant::now());
+                            }
+                            continue;
                         }
                         _ = tokio::time::sleep_until(started + ONCE_UNIT_WAIT),
                             if self.options.once && !settled => {
@@ -456,6 +467,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
         self.update_record(Some(label), running);
         self.publish_record();
+        self.pass_done(label);
         (next, plan)
     }
 
@@ -467,6 +479,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         let load = self.seams.unit.borrow().load.clone();
         let line = status_line(&self.agent, published, &load, &self.options.unit_name);
+        self.show_state();
         if *last != line {
             debug!(instance = %self.options.instance, "status: {line}");
             notify(&[sd_notify::NotifyState::Status(&line)]);

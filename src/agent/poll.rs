@@ -19,6 +19,7 @@ use url::Url;
 pub use denylist::Denylist;
 
 use super::swap::SwapPlan;
+use crate::control::CheckReport;
 use crate::omaha::{
     CheckOutcome, Event, OfferRefusal, OmahaError, PollResult, PollSchedule, UpdateSource,
     ValidatedUpdate, validate_offer,
@@ -144,6 +145,33 @@ impl CheckResult {
             CheckResult::Halted { version, reason } => {
                 format!("not checked: the group's rollout is halted by {version} ({reason})")
             }
+        }
+    }
+}
+
+impl From<&CheckResult> for CheckReport {
+    /// The result as `update-check` prints it; a refused offer is an error of the refusal's kind.
+    fn from(result: &CheckResult) -> CheckReport {
+        match result {
+            CheckResult::Offer(valid) => CheckReport::Update {
+                version: valid.version.to_string(),
+                image: valid.image.as_str().to_string(),
+                sha256: valid.sha256.clone(),
+            },
+            CheckResult::NoUpdate => CheckReport::NoUpdate,
+            CheckResult::OnHold { reason } => CheckReport::OnHold {
+                reason: reason.clone(),
+            },
+            CheckResult::Denylisted { version } => CheckReport::Denylisted {
+                version: version.to_string(),
+            },
+            CheckResult::Halted { version, reason } => CheckReport::Halted {
+                version: version.clone(),
+                reason: reason.clone(),
+            },
+            CheckResult::Refused { refusal, .. } => CheckReport::error(refusal.kind(), refusal),
+            CheckResult::ServerStatus { kind, detail }
+            | CheckResult::Unreachable { kind, detail } => CheckReport::error(kind, detail),
         }
     }
 }

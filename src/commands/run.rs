@@ -6,6 +6,10 @@
 //! (`config/embedded.toml`) over in-memory seams: an active unit running 1.0.0, a registry and
 //! slots that write nowhere, and an update service offering the newest release of a release list.
 //! `--once` stops after one pass.
+//!
+//! The daemon (a dry run too: the socket is in its runtime directory, not etcd or a unit) answers
+//! `update-check` and `status` on its control socket, `daemon.control_socket`
+//! ([`crate::control`]); one that cannot be set up is logged and the daemon runs without it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -21,6 +25,8 @@ use crate::agent::poll::Denylist;
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, HealthCheck, LoadedConfig, Settings, SlotBackend};
+use crate::control::server::ControlSocket;
+use crate::control::{self, DaemonState};
 use crate::etcd::EtcdConnection;
 use crate::health::{HealthProbe, HealthStreak};
 use crate::metrics::Metrics;
@@ -52,7 +58,7 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
     let sources = cli.config_sources();
     let embedded = args.dry_run && matches!(config::is_absent(&sources), Ok(true));
     let loaded = if embedded {
-        config::load_embedded().map_err(|err| {
+        config::load_embedded(&sources.root).map_err(|err| {
             eprintln!("sidekick: invalid embedded configuration: {err}");
             ExitCode::from(super::EXIT_CONFIG)
         })
@@ -250,7 +256,31 @@ async fn run(
             host: host.clone(),
         }),
     };
-    let report = Driver::new(agent, seams, options).run(shutdown).await;
+    let mut driver = Driver::new(agent, seams, options);
+    // Removes the socket file when dropped, after the driver stopped.
+    let control = match &settings.daemon.control_socket {
+        None => {
+            info!("daemon.control_socket is off: update-check cannot ask this daemon to check");
+            None
+        }
+        Some(path) => match ControlSocket::bind(path) {
+            Ok(socket) => {
+                let (link, handle) = control::link(DaemonState::default());
+                driver = driver.with_control(link);
+                info!(path = %socket.path().display(), "answering update-check and status on the control socket");
+                Some(socket.serve(handle))
+            }
+            Err(err) => {
+                tracing::warn!(
+                    kind = err.kind(),
+                    "{err}; update-check cannot ask this daemon to check"
+                );
+                None
+            }
+        },
+    };
+    let report = driver.run(shutdown).await;
+    drop(control);
     drop(follower);
     Ok(report)
 }

@@ -1,12 +1,14 @@
 //! `sidekick status`: what etcd says about the fleet (which versions run where, each instance's
 //! phase and last check), registrations (under the configured layout), update slots and halts,
-//! as aligned tables or JSON.
+//! and what the sidekicks on this host say over their control sockets ([`local`]), as aligned
+//! tables or JSON.
 //!
 //! The report is a list of sections, each gathered on its own and rendered as one table; a new
 //! section is a field in [`StatusReport`], a gather step in [`gather`] and one entry in
 //! [`StatusReport::sections`].
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
 
 use etcd_client::{Client, GetOptions};
@@ -19,6 +21,7 @@ use crate::registry::record::{self, InstanceRecord};
 use crate::slot::etcd::SLOT_PREFIX;
 use crate::slot::{SlotError, SlotValue, halt};
 
+pub mod local;
 mod table;
 pub use table::{Section, printable};
 
@@ -34,6 +37,8 @@ pub struct StatusReport {
     /// Instances kept out of a registration another live instance holds.
     pub duplicates: Vec<DuplicateRecord>,
     pub halts: Vec<HaltStatus>,
+    /// The sidekicks on this host, as they answer on their control sockets.
+    pub local: Vec<local::LocalDaemon>,
 }
 
 /// One instance's record of itself.
@@ -239,6 +244,7 @@ impl StatusReport {
                 headers: &["GROUP", "VERSION", "INSTANCE", "SINCE", "REASON"],
                 rows: halts,
             },
+            local::section(&self.local),
         ]
     }
 
@@ -374,11 +380,13 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
         slot_limits,
         duplicates: duplicate::list(client).await?,
         halts,
+        local: Vec::new(),
     })
 }
 
-/// `sidekick status [--json]`.
-pub async fn run(sources: &ConfigSources, json: bool) -> ExitCode {
+/// `sidekick status [--json]`; the local daemons' control sockets are looked for under
+/// `runtime_dir`.
+pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> ExitCode {
     let settings = match super::load_settings(sources) {
         Ok(s) => s,
         Err(code) => return code,
@@ -388,13 +396,14 @@ pub async fn run(sources: &ConfigSources, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     let layout = KeyLayout::from_settings(&settings.registration);
-    let report = match gather(&mut client, &layout).await {
+    let mut report = match gather(&mut client, &layout).await {
         Ok(r) => r,
         Err(err) => {
             eprintln!("sidekick: failed to read status from etcd: {err}");
             return ExitCode::FAILURE;
         }
     };
+    report.local = local::gather(runtime_dir).await;
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -418,7 +427,7 @@ mod tests {
         let text = StatusReport::default().render_table();
         assert_eq!(
             text,
-            "VERSIONS\n  (none)\n\nINSTANCES\n  (none)\n\nREGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n"
+            "VERSIONS\n  (none)\n\nINSTANCES\n  (none)\n\nREGISTRATIONS\n  (none)\n\nUPDATE SLOTS\n  (none)\n\nSLOT LIMITS (stored)\n  (none)\n\nDUPLICATE INSTANCES\n  (none)\n\nHALTS\n  (none)\n\nLOCAL DAEMONS\n  (none)\n"
         );
     }
 

@@ -1,74 +1,65 @@
-//! `sidekick update-check`: one update check against the configured Omaha service, printed as one
-//! JSON object. The policy (validation, denylist, the 3/0 for a refused offer) is the daemon's
-//! own, [`crate::agent::poll::check`]; it sends no events except the error event for an offer it
-//! refuses.
+//! `sidekick update-check`: one update check, printed as one JSON object.
+//!
+//! When the instance's daemon answers on its control socket ([`crate::control`]), the daemon runs
+//! the check and this prints its answer: in Nebraska an update check that gets an offer is a
+//! grant, counted against the group's limits and timed out when nobody acts on it, so only the
+//! daemon, which acts on it, should get one. With no daemon it checks only with `--standalone`,
+//! against the configured Omaha service, with the daemon's own policy (validation, denylist, the
+//! 3/0 for a refused offer: [`crate::agent::poll::check`]); it sends no events except the error
+//! event for an offer it refuses.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use semver::Version;
-use serde::Serialize;
 
 use crate::agent::poll::{self, CheckResult, Denylist, OfferRules};
 use crate::config::{ConfigSources, Settings};
+pub use crate::control::CheckReport;
+use crate::control::client::{self, AskError};
 use crate::identity;
 use crate::omaha::{AppInstance, HttpTimeouts, HttpUpdateSource};
 use crate::systemd::environment::{VERSION_VARIABLE, service_environment, variable};
 
-/// The result of one check, as printed.
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(tag = "status", rename_all = "kebab-case")]
-pub enum CheckReport {
-    Update {
-        version: String,
-        image: String,
-        sha256: Option<String>,
-    },
-    NoUpdate,
-    OnHold {
-        reason: String,
-    },
-    /// A version that failed on this instance and was rolled back; skipped until a newer one.
-    Denylisted {
-        version: String,
-    },
-    /// The group's rollout is halted (by `version`, for `reason`): no check was sent.
-    Halted {
-        version: String,
-        reason: String,
-    },
-    Error {
-        kind: String,
-        detail: String,
-    },
-}
+/// How long `update-check` waits for the daemon's answer: its own bound on a check, and a little.
+pub const DAEMON_ANSWER_LIMIT: Duration =
+    Duration::from_secs(crate::control::server::CHECK_LIMIT.as_secs() + 5);
 
-impl CheckReport {
-    fn error(kind: &str, detail: impl ToString) -> Self {
-        CheckReport::Error {
-            kind: kind.to_string(),
-            detail: detail.to_string(),
-        }
-    }
-
-    /// True when the check itself completed (update, no update or on hold).
-    pub fn completed(&self) -> bool {
-        !matches!(self, CheckReport::Error { .. })
-    }
-}
-
-/// `sidekick update-check`: prints the report; exit 0 when the check completed, 1 on error.
+/// `sidekick update-check`: prints the report; exit 0 when the check completed, 1 on error (also
+/// when no daemon answers and `standalone` is not set).
 pub async fn run(
     sources: &ConfigSources,
     current_version: Option<&str>,
     interactive: bool,
+    standalone: bool,
 ) -> ExitCode {
     let settings = match super::load_settings(sources) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let report = update_check(&settings, current_version, interactive).await;
+    let socket = settings.daemon.control_socket.as_deref();
+    let report = match ask_daemon(socket, current_version, interactive).await {
+        Ok(report) => report,
+        Err(no_daemon) if standalone => {
+            tracing::warn!(
+                "{no_daemon}: checking standalone. An update check that gets an offer is a grant: \
+                 the update service counts it against the group's limits and times it out if no \
+                 update follows"
+            );
+            update_check(&settings, current_version, interactive).await
+        }
+        Err(no_daemon) => {
+            let detail = format!(
+                "{no_daemon}, and update-check sends no check of its own without --standalone: \
+                 in Nebraska an update check that gets an offer is a grant, counted against the \
+                 group's limits and timed out if no update follows. Start the daemon \
+                 (sidekick run), or pass --standalone to check anyway"
+            );
+            eprintln!("sidekick: {detail}");
+            CheckReport::error("no-daemon", detail)
+        }
+    };
     match serde_json::to_string(&report) {
         Ok(json) => println!("{json}"),
         Err(err) => eprintln!("sidekick: failed to print the report: {err}"),
@@ -77,6 +68,32 @@ pub async fn run(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The daemon's answer to "check now"; `Err` (why) when no daemon answers on `socket`. A daemon
+/// that is there but answers badly is an error report, never a reason to check beside it.
+async fn ask_daemon(
+    socket: Option<&Path>,
+    current_version: Option<&str>,
+    interactive: bool,
+) -> Result<CheckReport, String> {
+    let Some(path) = socket else {
+        return Err("daemon.control_socket is off, so no daemon can be asked".into());
+    };
+    match client::check_now(path, DAEMON_ANSWER_LIMIT).await {
+        Ok(report) => {
+            tracing::info!(socket = %path.display(), "the daemon checked");
+            if current_version.is_some() || interactive {
+                tracing::warn!(
+                    "--current-version and --interactive apply to a standalone check only: the \
+                     daemon checks with the version its unit runs"
+                );
+            }
+            Ok(report)
+        }
+        Err(err @ AskError::NoDaemon { .. }) => Err(err.to_string()),
+        Err(err) => Ok(CheckReport::error(err.kind(), err)),
     }
 }
 
@@ -158,29 +175,14 @@ async fn check_once(
         pin_digest: settings.update.pin_digest,
         server: settings.update.server.clone(),
     };
-    match poll::check(&source, &current, &rules, &denylist, interactive).await {
-        CheckResult::Offer(valid) => CheckReport::Update {
-            version: valid.version.to_string(),
-            image: valid.image.as_str().to_string(),
-            sha256: valid.sha256.clone(),
-        },
-        CheckResult::NoUpdate => CheckReport::NoUpdate,
-        CheckResult::OnHold { reason } => CheckReport::OnHold { reason },
-        CheckResult::Denylisted { version } => CheckReport::Denylisted {
-            version: version.to_string(),
-        },
-        CheckResult::Halted { version, reason } => CheckReport::Halted { version, reason },
-        CheckResult::Refused { refusal, reported } => {
-            tracing::warn!(error = %refusal, "refused the offered update");
-            if let Err(err) = reported {
-                tracing::warn!(error = %err, "failed to report the refused offer");
-            }
-            CheckReport::error(refusal.kind(), refusal)
-        }
-        CheckResult::ServerStatus { kind, detail } | CheckResult::Unreachable { kind, detail } => {
-            CheckReport::error(&kind, detail)
+    let result = poll::check(&source, &current, &rules, &denylist, interactive).await;
+    if let CheckResult::Refused { refusal, reported } = &result {
+        tracing::warn!(error = %refusal, "refused the offered update");
+        if let Err(err) = reported {
+            tracing::warn!(error = %err, "failed to report the refused offer");
         }
     }
+    CheckReport::from(&result)
 }
 
 /// The instance as the update service knows it.

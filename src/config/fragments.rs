@@ -139,4 +139,5 @@ pub struct SwapFragment {
 pub struct DaemonFragment {
     pub state_dir: Option<PathBuf>,
     pub metrics: Option<String>,
+    pub control_socket: Option<PathBuf>,
 }

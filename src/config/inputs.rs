@@ -138,6 +138,13 @@ pub struct SwapInput {
 pub struct DaemonInput {
     pub state_dir: PathBuf,
     pub metrics: String,
+    /// Unset: `<runtime_dir>/<unit without .service>/control.sock`; empty: no socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// Where the derived control socket goes: `run/sidekick` under the config root (a flag, not a
+    /// key, as `--unit` is for `instance.unit`).
+    #[serde(skip)]
+    pub runtime_dir: PathBuf,
 }
 
 const fn secs(n: u64) -> Duration {
@@ -204,6 +211,8 @@ impl Default for Input {
             daemon: DaemonInput {
                 state_dir: PathBuf::from("/var/lib/sidekick"),
                 metrics: String::new(),
+                control_socket: None,
+                runtime_dir: super::settings::runtime_dir(Path::new("/")),
             },
         }
     }
@@ -295,6 +304,12 @@ impl Input {
             record,
             [drain, start_timeout, verify_timeout, prepull, dropin_dir]
         );
-        overlay!(self, fragment, daemon, record, [state_dir, metrics]);
+        overlay!(
+            self,
+            fragment,
+            daemon,
+            record,
+            [state_dir, metrics, control_socket]
+        );
     }
 }

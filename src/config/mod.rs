@@ -80,6 +80,7 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         input.instance.unit = Some(unit.clone());
         origins.insert("instance.unit".into(), Origin::Flag("--unit"));
     }
+    input.daemon.runtime_dir = settings::runtime_dir(&sources.root);
     let settings = Settings::validate(input.clone(), &origins)?;
     Ok(LoadedConfig {
         settings,
@@ -101,11 +102,13 @@ pub fn is_absent(sources: &ConfigSources) -> Result<bool, ConfigError> {
         && sources::dropin_files(&sources.root)?.is_empty())
 }
 
-/// The embedded example configuration, validated like a file.
-pub fn load_embedded() -> Result<LoadedConfig, ConfigError> {
+/// The embedded example configuration, validated like a file; its runtime directory is under
+/// `root`, as a loaded one's is.
+pub fn load_embedded(root: &Path) -> Result<LoadedConfig, ConfigError> {
     let path = PathBuf::from(EMBEDDED_NAME);
     let parsed = sources::parse_text(&path, EMBEDDED)?;
     let mut input = Input::default();
+    input.daemon.runtime_dir = settings::runtime_dir(root);
     let mut origins = Origins::new();
     input.overlay(parsed.fragment, &path, &parsed.lines, &mut origins);
     let settings = Settings::validate(input.clone(), &origins)?;
@@ -150,6 +153,11 @@ impl LoadedConfig {
             "slot.group",
             &self.settings.slot.group,
         );
+        if shown.daemon.control_socket.is_none() {
+            let socket = self.settings.daemon.control_socket.clone();
+            shown.daemon.control_socket = Some(socket.unwrap_or_default());
+            derived.push("daemon.control_socket");
+        }
 
         let defaults = toml::Table::try_from(Input::default()).unwrap_or_default();
         let body = toml::to_string(&shown).unwrap_or_default();

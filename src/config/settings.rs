@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
@@ -127,4 +127,18 @@ pub struct SwapSettings {
 pub struct DaemonSettings {
     pub state_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// The local control socket (`update-check`, `status`); `None` when turned off.
+    pub control_socket: Option<PathBuf>,
 }
+
+/// The sidekicks' runtime directory under the configuration root: `/run/sidekick` in production,
+/// the parent of the shipped unit's `RuntimeDirectory=sidekick/%i`.
+pub fn runtime_dir(root: &Path) -> PathBuf {
+    root.join("run/sidekick")
+}
+
+/// The control socket's file name in an instance's runtime directory.
+pub const CONTROL_SOCKET_FILE: &str = "control.sock";
+
+/// The longest path a Unix socket can be bound at (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;

@@ -309,3 +309,58 @@ fn fleetlock_backend_defaults_to_a_protocol_group_and_refuses_a_slash() {
     let (_, err) = error_for(&format!("{FLEETLOCK}group = \"web_1\"\n"));
     assert!(err.to_string().contains("slot.group"), "{err}");
 }
+
+#[test]
+fn the_control_socket_is_derived_from_the_unit_under_the_roots_runtime_dir_or_set_or_off() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write(&root.path().join("c.toml"), MINIMAL);
+    let loaded = load(&sources(root.path(), vec![file], None)).unwrap();
+    let derived = root.path().join("run/sidekick/web@1/control.sock");
+    assert_eq!(loaded.settings.daemon.control_socket, Some(derived.clone()));
+    let rendered = loaded.render();
+    assert!(
+        rendered.contains(&format!(
+            "control_socket = \"{}\"  # derived",
+            derived.display()
+        )),
+        "{rendered}"
+    );
+    // Production: the root is `/`.
+    let mut input = loaded.input.clone();
+    input.daemon.runtime_dir = runtime_dir(Path::new("/"));
+    let settings = Settings::validate(input, &Origins::new()).unwrap();
+    assert_eq!(
+        settings.daemon.control_socket,
+        Some(PathBuf::from("/run/sidekick/web@1/control.sock"))
+    );
+
+    let set = |value: &str| {
+        let text = format!("{MINIMAL}[daemon]\ncontrol_socket = \"{value}\"\n");
+        let file = write(&root.path().join("set.toml"), &text);
+        load(&sources(root.path(), vec![file], None))
+    };
+    let explicit = set("/run/web/ctl.sock").unwrap();
+    assert_eq!(
+        explicit.settings.daemon.control_socket,
+        Some(PathBuf::from("/run/web/ctl.sock"))
+    );
+    assert!(
+        explicit
+            .render()
+            .contains("control_socket = \"/run/web/ctl.sock\"  # from")
+    );
+    assert_eq!(set("").unwrap().settings.daemon.control_socket, None);
+    let relative = set("ctl.sock").unwrap_err().to_string();
+    assert!(
+        relative.contains(
+            "set.toml:8: key `daemon.control_socket`: `ctl.sock` must be an absolute path"
+        ),
+        "{relative}"
+    );
+    let long = format!("/run/{}/control.sock", "x".repeat(100));
+    let too_long = set(&long).unwrap_err().to_string();
+    assert!(
+        too_long.contains("is 118 bytes long; a Unix socket path may have at most 107"),
+        "{too_long}"
+    );
+}

@@ -312,9 +312,20 @@ impl Settings {
                 )
             })?),
         };
+        let control_socket = match daemon.control_socket {
+            None => Some(
+                daemon
+                    .runtime_dir
+                    .join(unit.strip_suffix(".service").unwrap_or(&unit))
+                    .join(CONTROL_SOCKET_FILE),
+            ),
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(check.socket_path("daemon.control_socket", path)?),
+        };
         let daemon = DaemonSettings {
             state_dir: check.absolute("daemon.state_dir", daemon.state_dir)?,
             metrics,
+            control_socket,
         };
 
         Ok(Settings {

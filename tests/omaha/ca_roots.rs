@@ -25,6 +25,7 @@ async fn check_without_roots(dir: &Path, server: &str) -> (Option<i32>, String, 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidekick"))
         .args([
             "update-check",
+            "--standalone",
             "--unit",
             "web@1",
             "--current-version",

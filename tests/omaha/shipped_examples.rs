@@ -97,7 +97,12 @@ async fn the_example_servers_readme_publishes_an_update_the_example_config_accep
     .unwrap();
     let version = unit_environment("SIDEKICK_VERSION");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidekick"))
-        .args(["update-check", "--current-version", &version])
+        .args([
+            "update-check",
+            "--standalone",
+            "--current-version",
+            &version,
+        ])
         .arg("--config")
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config/web.toml"))
         .arg("--config")

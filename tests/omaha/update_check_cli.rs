@@ -1,5 +1,6 @@
-//! `sidekick update-check` as a user runs it: the binary against the example update service over
-//! HTTP, and reading the current version from a unit over D-Bus in the systemd container.
+//! `sidekick update-check --standalone` as a user runs it with no daemon for the instance: the
+//! binary against the example update service over HTTP, and reading the current version from a
+//! unit over D-Bus in the systemd container. (With a daemon: `daemon_check.rs`.)
 
 use super::example_service::{LocalService, relaxed_policy};
 use super::support::{self, images, prerequisites_met, systemd::Systemd};
@@ -11,7 +12,7 @@ struct CheckRun {
     stderr: String,
 }
 
-fn config_for(dir: &std::path::Path, server: &LocalService, app: &str) -> PathBuf {
+pub(crate) fn config_for(dir: &std::path::Path, server: &LocalService, app: &str) -> PathBuf {
     let path = dir.join("sidekick.toml");
     let text = format!(
         "[registration]\nport = 8080\n[update]\nserver = \"{}\"\napp_id = \"{app}\"\nimage = \"{{codebase}}\"\n",
@@ -30,7 +31,8 @@ async fn update_check(
     update_check_logging(config, unit, extra, bus, None).await
 }
 
-/// As [`update_check`], with `RUST_LOG` set to `rust_log` when given.
+/// As [`update_check`], with `RUST_LOG` set to `rust_log` when given. Standalone: the config root
+/// is a fresh temp dir, so no daemon's control socket is under it.
 async fn update_check_logging(
     config: &std::path::Path,
     unit: &str,
@@ -40,7 +42,7 @@ async fn update_check_logging(
 ) -> CheckRun {
     let root = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidekick"));
-    cmd.args(["update-check", "--config"])
+    cmd.args(["update-check", "--standalone", "--config"])
         .arg(config)
         .args(["--unit", unit])
         .args(extra)
@@ -78,6 +80,14 @@ async fn update_check_reports_no_update_then_the_published_version() {
     assert_eq!(
         (first.code, &first.json),
         (Some(0), &serde_json::json!({"status": "no-update"}))
+    );
+    // Standalone, it says why that is not the usual way.
+    assert!(
+        first.stderr.contains("checking standalone")
+            && first.stderr.contains("gets an offer is a grant")
+            && first.stderr.contains("no daemon answers on"),
+        "{}",
+        first.stderr
     );
 
     server.publish(APP, "2.0.0").await;

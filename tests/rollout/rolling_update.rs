@@ -213,7 +213,11 @@ async fn broken_version_rolls_back_and_halts(fleet: &Fleet) -> String {
 
     let (ok, status) = fleet.cli(&["status"]);
     assert!(ok, "sidekick status failed: {status}");
-    let halt_line = status.lines().find(|l| l.contains("3.0.0"));
+    let halts = status.split("\nHALTS\n").nth(1).unwrap_or_default();
+    let halt_line = halts
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find(|l| l.contains("3.0.0"));
     assert!(
         halt_line.is_some(),
         "status shows no halt at 3.0.0:\n{status}"

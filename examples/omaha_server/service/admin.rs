@@ -181,6 +181,7 @@ pub struct InstanceRow {
     update_in_progress: bool,
     last_update_version: Option<String>,
     last_events: Vec<EventRecord>,
+    update_checks: u64,
 }
 
 /// `GET /api/apps/{app}/instances`.
@@ -202,6 +203,7 @@ pub async fn list_instances(
             update_in_progress: i.update_in_progress,
             last_update_version: i.last_update_version.clone(),
             last_events: i.events.clone(),
+            update_checks: i.update_checks,
         })
         .collect();
     Ok(Json(json!(rows)))

@@ -139,6 +139,9 @@ pub struct Instance {
     pub last_update_version: Option<String>,
     #[serde(default)]
     pub events: Vec<EventRecord>,
+    /// Update checks answered for it (each one that gets an offer is a grant).
+    #[serde(default)]
+    pub update_checks: u64,
 }
 
 /// An event the server recorded.
@@ -241,6 +244,7 @@ impl App {
                 last_update_granted_ms: None,
                 last_update_version: None,
                 events: Vec::new(),
+                update_checks: 0,
             });
         instance.group = group.to_owned();
         instance.version = version.to_owned();
@@ -266,9 +270,10 @@ impl App {
             .and_then(|p| self.packages.get(p))
             .cloned();
         let reported = Version::parse(version).map_err(|_| Refusal::RegistrationFailed)?;
-        let Some(instance) = self.instances.get(machine_id) else {
+        let Some(instance) = self.instances.get_mut(machine_id) else {
             return Err(Refusal::RegistrationFailed);
         };
+        instance.update_checks += 1;
         let status = instance.status;
         if matches!(
             status,

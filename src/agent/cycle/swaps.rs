@@ -13,6 +13,7 @@ use crate::agent::execute::{self, SlowStep, StepSettings};
 use crate::agent::journal::{self, Journal};
 use crate::agent::poll::{self, CheckResult, Denylist, OfferRules, Poller};
 use crate::agent::swap::{SwapAction, SwapPhase, SwapPlan};
+use crate::control::CheckReport;
 use crate::slot::SlotLock;
 use crate::systemd::control::UnitControl;
 
@@ -61,6 +62,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
                     kind: err.kind().to_string(),
                     detail: err.to_string(),
                 };
+                self.last_report = Some(CheckReport::from(&result));
                 return (None, "unknown-version", swaps.poller.record(&result).0);
             }
         };
@@ -95,6 +97,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             let source = self.seams.source.describe();
             crate::dry_run::would(format_args!("check for updates at {source}: {line}"));
         }
+        self.last_report = Some(CheckReport::from(&result));
         let (delay, changed) = swaps.poller.record(&result);
         if changed {
             info!(current = %current, next_in = ?delay, "update check: {}", result.summary());

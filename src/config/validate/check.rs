@@ -10,6 +10,7 @@ use url::Url;
 use crate::config::ConfigError;
 use crate::config::bounds::duration_bounds;
 use crate::config::inputs::Origins;
+use crate::config::settings::MAX_SOCKET_PATH;
 
 /// Builds validation errors that point at the key's origin.
 pub(super) struct Check<'a> {
@@ -58,6 +59,22 @@ impl Check<'_> {
             return Err(self.fail(
                 key,
                 format!("`{}` must be an absolute path", value.display()),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// An absolute path short enough to bind a Unix socket at.
+    pub(super) fn socket_path(&self, key: &str, value: PathBuf) -> Result<PathBuf, ConfigError> {
+        let value = self.absolute(key, value)?;
+        let len = value.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(self.fail(
+                key,
+                format!(
+                    "`{}` is {len} bytes long; a Unix socket path may have at most {MAX_SOCKET_PATH}",
+                    value.display()
+                ),
             ));
         }
         Ok(value)
