@@ -14,8 +14,9 @@
 #     -e COREOS_PUBLIC_IPV4 \
 #     sidekick:latest run --unit web@1.service
 #
-# To apply updates it also needs the app unit's drop-in directory
-# (-v /etc/systemd/system:/etc/systemd/system). There are no CA roots in the image: http:// needs
+# To apply updates it also needs the app unit's drop-in directory, at the same path as on the host
+# (swap.dropin_dir; -v /etc/systemd/system:/etc/systemd/system). The pre-pull runs on the host as a
+# transient unit of the host's systemd, so no Docker socket is needed. There are no CA roots in the image: http:// needs
 # none; for https:// bind the host's in (-v /etc/ssl/certs:/etc/ssl/certs:ro) or set ca_file.
 # Host names resolve through the /etc/hosts and /etc/resolv.conf Docker provides (glibc's built-in
 # files and dns lookups; other NSS modules, e.g. LDAP or mDNS, are not in the image).

@@ -1,8 +1,13 @@
 //! The `sidekick` binary's configuration commands, run as a user would run them; the duration
-//! bounds and the rules of the README's configuration table in the submodules.
+//! bounds, the rules of the README's configuration table and what `status` and `slots` ask for
+//! in the submodules.
+
+mod support;
 
 #[path = "cli/bounds.rs"]
 mod bounds;
+#[path = "cli/needs.rs"]
+mod needs;
 #[path = "cli/rules.rs"]
 mod rules;
 

@@ -1,17 +1,30 @@
 //! The sidekick container image (`Dockerfile`, built by `scripts/image`): a statically linked
 //! binary `FROM scratch`, built on this machine without pulling anything, and run as the seed's
 //! "Docker sidekick container": on the host network, with the systemd container's bus directory
-//! and the host's machine id bound in, it follows a unit over D-Bus and registers the app in etcd.
+//! and the host's machine id bound in, it follows a unit over D-Bus and registers the app in etcd;
+//! with the unit drop-in directory bound in too, it applies an update (`tests/image/swap.rs`).
 //! The image is built once per test run (the first test to need it builds it).
 
 mod support;
 
+#[path = "../examples/omaha_server/service/mod.rs"]
+mod service;
+
+#[path = "rollout/rotation.rs"]
+mod rotation;
+#[path = "rollout/update_service.rs"]
+mod update_service;
+
+#[path = "image/swap.rs"]
+mod swap;
+
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use etcd_client::Client;
 use support::etcd::{self, Etcd};
 use support::systemd::{self, Job, Systemd};
 use support::{Need, free_port, images, poll_until, prerequisites_met, run, temp_dir};
@@ -22,6 +35,8 @@ const TAG: &str = "sidekick-test/sidekick:latest";
 const BUILD_NEEDS: &[Need] = &[Need::Binary("cargo")];
 /// `docker stop`'s grace before SIGKILL; the daemon deregisters and exits well within it.
 const STOP_GRACE_SECS: &str = "10";
+/// The registration of `web@1.service` in the traefik layout.
+const KEY: &str = "traefik/http/services/web/loadbalancer/servers/web-1/url";
 
 /// Builds the image with `scripts/image` once per process; returns its tag.
 fn image() -> &'static str {
@@ -37,6 +52,71 @@ fn image() -> &'static str {
 
 fn needs() -> Vec<Need> {
     [images::NEEDS, BUILD_NEEDS].concat()
+}
+
+/// Image `tag` run as the Docker sidekick of `unit`, removed on drop: host network, the systemd
+/// container's bus at `/run/dbus`, the host's machine id, `config_dir` at `/etc/sidekick` and
+/// `state_dir` at `/var/lib/sidekick`, plus `extra` `-v` bindings.
+fn run_sidekick(
+    tag: &str,
+    systemd: &Systemd,
+    config_dir: &Path,
+    state_dir: &Path,
+    extra: &[String],
+    unit: &str,
+) -> images::Container {
+    let sidekick = images::Container::guard(&images::unique_name("sidekick"));
+    let bind = |host: &Path, at: &str| format!("{}:{at}", host.display());
+    let mut docker = Command::new("docker");
+    docker
+        .args(["run", "-d", "--network", "host", "--name", sidekick.name()])
+        .args(["-v", &bind(&systemd.bus_dir(), "/run/dbus")])
+        .args(["-v", "/etc/machine-id:/etc/machine-id:ro"])
+        .args(["-v", &bind(config_dir, "/etc/sidekick:ro")])
+        .args(["-v", &bind(state_dir, "/var/lib/sidekick")]);
+    for binding in extra {
+        docker.args(["-v", binding]);
+    }
+    run(docker
+        .args(["-e", "COREOS_PUBLIC_IPV4=127.0.0.1"])
+        .args([tag, "run", "--unit", unit]));
+    sidekick
+}
+
+/// What the container wrote on stderr (the daemon's log).
+fn container_log(container: &images::Container) -> String {
+    let out = Command::new("docker")
+        .args(["logs", container.name()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls until `key` is in etcd; its value.
+async fn registered(client: &Client, key: &str, timeout: Duration) -> Result<String, String> {
+    poll_until(timeout, &format!("registration key {key}"), || {
+        let mut client = client.clone();
+        async move {
+            let resp = client.get(key, None).await.map_err(|e| e.to_string())?;
+            match resp.kvs().first() {
+                Some(kv) => Ok(kv.value_str().unwrap_or_default().to_string()),
+                None => Err("not registered".to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// `docker stop` sends SIGTERM to the daemon (PID 1 of the container); its exit code.
+fn stop(container: &images::Container) -> String {
+    run(Command::new("docker").args(["stop", "-t", STOP_GRACE_SECS, container.name()]));
+    let exit = run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        container.name(),
+    ]));
+    exit.trim().to_string()
 }
 
 #[test]
@@ -107,50 +187,22 @@ async fn the_image_follows_a_unit_over_the_systemd_containers_bus_and_registers_
         ),
     )
     .unwrap();
-    let sidekick = images::Container::guard(&images::unique_name("sidekick"));
-    let bind = |host: &std::path::Path, at: &str| format!("{}:{at}", host.display());
-    run(Command::new("docker")
-        .args(["run", "-d", "--network", "host", "--name", sidekick.name()])
-        .args(["-v", &bind(&systemd.bus_dir(), "/run/dbus")])
-        .args(["-v", "/etc/machine-id:/etc/machine-id:ro"])
-        .args(["-v", &bind(dir.path(), "/etc/sidekick:ro")])
-        .args(["-v", &bind(&state, "/var/lib/sidekick")])
-        .args(["-e", "COREOS_PUBLIC_IPV4=127.0.0.1"])
-        .args([tag, "run", "--unit", "web@1.service"]));
-    let logs = || {
-        let out = Command::new("docker")
-            .args(["logs", sidekick.name()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let sidekick = run_sidekick(tag, &systemd, dir.path(), &state, &[], "web@1.service");
 
-    let key = "traefik/http/services/web/loadbalancer/servers/web-1/url";
     let client = etcd.client().await;
-    let url = poll_until(Duration::from_secs(30), "the registration key", || {
-        let mut client = client.clone();
-        async move {
-            let resp = client.get(key, None).await.map_err(|e| e.to_string())?;
-            match resp.kvs().first() {
-                Some(kv) => Ok(kv.value_str().unwrap_or_default().to_string()),
-                None => Err("not registered yet".to_string()),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- sidekick container log ---\n{}", logs()));
+    let url = registered(&client, KEY, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- sidekick container log ---\n{}",
+                container_log(&sidekick)
+            )
+        });
     assert_eq!(url, format!("http://127.0.0.1:{port}"));
 
-    // `docker stop` sends SIGTERM to the daemon (PID 1 of the container): it revokes the lease.
-    run(Command::new("docker").args(["stop", "-t", STOP_GRACE_SECS, sidekick.name()]));
-    let exit = run(Command::new("docker").args([
-        "inspect",
-        "--format",
-        "{{.State.ExitCode}}",
-        sidekick.name(),
-    ]));
-    assert_eq!(exit.trim(), "0", "{}", logs());
+    // SIGTERM: the daemon revokes the lease and exits 0.
+    assert_eq!(stop(&sidekick), "0", "{}", container_log(&sidekick));
     let mut client = client.clone();
-    let left = client.get(key, None).await.unwrap();
+    let left = client.get(KEY, None).await.unwrap();
     assert!(left.kvs().is_empty(), "still registered after docker stop");
 }

@@ -9,32 +9,41 @@ pub mod update_check;
 
 use std::process::ExitCode;
 
-use crate::config::{self, ConfigSources, LoadedConfig, Settings};
+use crate::config::{self, ConfigError, ConfigSources, EtcdSettings, LoadedConfig, Validated};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 pub const EXIT_CONFIG: u8 = 2;
 
-/// The loaded configuration, or [`EXIT_CONFIG`] after printing why it cannot be used.
+/// The whole configuration, or [`EXIT_CONFIG`] after printing why it cannot be used.
 /// Secret files that others can read are logged as warnings, as ssh does.
 pub fn load_config(sources: &ConfigSources) -> Result<LoadedConfig, ExitCode> {
-    let loaded = config::load(sources).map_err(|err| {
-        eprintln!("sidekick: invalid configuration: {err}");
-        ExitCode::from(EXIT_CONFIG)
-    })?;
-    for warning in config::secrets::secret_file_warnings(&loaded.settings) {
-        tracing::warn!("{warning}");
-    }
+    let loaded = config::load(sources).map_err(refused)?;
+    warn_about_secrets(&loaded.settings.etcd);
     Ok(loaded)
 }
 
-/// The validated settings, or the exit code after printing why there are none.
-pub fn load_settings(sources: &ConfigSources) -> Result<Settings, ExitCode> {
-    load_config(sources).map(|loaded| loaded.settings)
+/// The settings a command reads, validated alone (see [`Validated`]), or [`EXIT_CONFIG`] after
+/// printing why they cannot be used.
+pub fn load_settings<S: Validated>(sources: &ConfigSources) -> Result<S, ExitCode> {
+    let settings = config::load_as::<S>(sources).map_err(refused)?;
+    warn_about_secrets(settings.etcd());
+    Ok(settings)
+}
+
+fn refused(err: ConfigError) -> ExitCode {
+    eprintln!("sidekick: invalid configuration: {err}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn warn_about_secrets(etcd: &EtcdSettings) {
+    for warning in config::secrets::secret_file_warnings(etcd) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// A connected etcd client, or failure after printing why.
-pub async fn connect(settings: &Settings) -> Result<etcd_client::Client, ExitCode> {
-    crate::etcd::connect(&settings.etcd).await.map_err(|err| {
+pub async fn connect(settings: &EtcdSettings) -> Result<etcd_client::Client, ExitCode> {
+    crate::etcd::connect(settings).await.map_err(|err| {
         eprintln!("sidekick: {err:#}");
         ExitCode::FAILURE
     })

@@ -149,7 +149,7 @@ async fn run(
     };
     let dry_run = args.dry_run;
     let registration = &settings.registration;
-    let entries = KeyLayout::from_settings(registration).entries(&Announce {
+    let entries = KeyLayout::from_settings(&registration.keys).entries(&Announce {
         service: settings.instance.service.clone(),
         instance: settings.instance.name.clone(),
         host: host.clone(),
@@ -218,7 +218,7 @@ async fn run(
         instance = %settings.instance.name,
         unit = %settings.instance.unit,
         address = format!("{host}:{}", registration.port),
-        layout = ?registration.layout,
+        layout = ?registration.keys.layout,
         "following the unit"
     );
     let health = &settings.health;

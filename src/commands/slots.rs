@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::SlotsAction;
 
-use crate::config::{ConfigSources, Settings, SlotBackend};
+use crate::config::{ConfigSources, SlotBackend, SlotsSettings};
 use url::Url;
 
 use crate::slot::fleetlock::halt_record;
@@ -12,23 +12,24 @@ use crate::slot::{FleetLockSlots, SlotHolder, SlotLock, etcd, halt, limit};
 
 /// `sidekick slots ...`.
 pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
-    let settings = match super::load_settings(sources) {
+    let settings = match super::load_settings::<SlotsSettings>(sources) {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let (SlotsAction::Release { group, .. }
+    | SlotsAction::Resume { group }
+    | SlotsAction::SetMax { group, .. }) = action;
+    let Some(group) = group.as_deref().or(settings.group.as_deref()) else {
+        eprintln!(
+            "sidekick: no slot group: pass --group, or set slot.group or update.app_id \
+             in the configuration"
+        );
+        return ExitCode::from(super::EXIT_CONFIG);
+    };
     let result = match action {
-        SlotsAction::Release { holder, group } => {
-            let group = group.as_deref().unwrap_or(&settings.slot.group);
-            release(&settings, group, holder).await
-        }
-        SlotsAction::Resume { group } => {
-            let group = group.as_deref().unwrap_or(&settings.slot.group);
-            resume(&settings, group).await
-        }
-        SlotsAction::SetMax { group, max } => {
-            let group = group.as_deref().unwrap_or(&settings.slot.group);
-            set_max(&settings, group, max.get()).await
-        }
+        SlotsAction::Release { holder, .. } => release(&settings, group, holder).await,
+        SlotsAction::Resume { .. } => resume(&settings, group).await,
+        SlotsAction::SetMax { max, .. } => set_max(&settings, group, max.get()).await,
     };
     match result {
         Ok(done) => {
@@ -39,10 +40,8 @@ pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
     }
 }
 
-async fn release(settings: &Settings, group: &str, holder: &str) -> Result<String, ExitCode> {
-    if let (SlotBackend::Fleetlock, Some(base)) =
-        (settings.slot.backend, &settings.slot.fleetlock_url)
-    {
+async fn release(settings: &SlotsSettings, group: &str, holder: &str) -> Result<String, ExitCode> {
+    if let (SlotBackend::Fleetlock, Some(base)) = (settings.backend, &settings.fleetlock_url) {
         let client = fleetlock_client(settings, base, group, holder, "")?;
         match client.halt_record() {
             Ok(Some(r)) if r.holder == holder => {
@@ -62,7 +61,7 @@ async fn release(settings: &Settings, group: &str, holder: &str) -> Result<Strin
             Err(err) => fail(format!("failed to unlock {holder} at {base}: {err}")),
         };
     }
-    let mut client = super::connect(settings).await?;
+    let mut client = super::connect(&settings.etcd).await?;
     match etcd::release_holder(&mut client, group, holder).await {
         Ok(keys) if keys.is_empty() => Ok(format!(
             "no slot of group {group} is held by {holder}; nothing to release"
@@ -74,13 +73,11 @@ async fn release(settings: &Settings, group: &str, holder: &str) -> Result<Strin
     }
 }
 
-async fn resume(settings: &Settings, group: &str) -> Result<String, ExitCode> {
-    if let (SlotBackend::Fleetlock, Some(base)) =
-        (settings.slot.backend, &settings.slot.fleetlock_url)
-    {
+async fn resume(settings: &SlotsSettings, group: &str) -> Result<String, ExitCode> {
+    if let (SlotBackend::Fleetlock, Some(base)) = (settings.backend, &settings.fleetlock_url) {
         return resume_fleetlock(settings, base, group).await;
     }
-    let mut client = super::connect(settings).await?;
+    let mut client = super::connect(&settings.etcd).await?;
     match halt::remove(&mut client, group).await {
         Ok(Some(m)) => Ok(format!(
             "resumed group {group} (was halted at version {} by {}: {})",
@@ -91,13 +88,13 @@ async fn resume(settings: &Settings, group: &str) -> Result<String, ExitCode> {
     }
 }
 
-async fn set_max(settings: &Settings, group: &str, max: u32) -> Result<String, ExitCode> {
-    if settings.slot.backend == SlotBackend::Fleetlock {
+async fn set_max(settings: &SlotsSettings, group: &str, max: u32) -> Result<String, ExitCode> {
+    if settings.backend == SlotBackend::Fleetlock {
         return fail(format!(
             "group {group} uses the FleetLock backend: its limit is the FleetLock server's setting"
         ));
     }
-    let mut client = super::connect(settings).await?;
+    let mut client = super::connect(&settings.etcd).await?;
     match limit::set(&mut client, group, max).await {
         Ok(Some(was)) => Ok(format!("stored limit {max} for group {group} (was {was})")),
         Ok(None) => Ok(format!(
@@ -110,11 +107,11 @@ async fn set_max(settings: &Settings, group: &str, max: u32) -> Result<String, E
 /// FleetLock keeps no halt on the server: this host's record names the holder whose lock was
 /// kept; unlock it, then remove the record.
 async fn resume_fleetlock(
-    settings: &Settings,
+    settings: &SlotsSettings,
     base: &Url,
     group: &str,
 ) -> Result<String, ExitCode> {
-    let path = halt_record::path(&settings.daemon.state_dir, group);
+    let path = halt_record::path(&settings.state_dir, group);
     let record = match halt_record::read(&path) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -143,7 +140,7 @@ async fn resume_fleetlock(
 }
 
 fn fleetlock_client(
-    settings: &Settings,
+    settings: &SlotsSettings,
     base: &Url,
     group: &str,
     holder: &str,
@@ -153,7 +150,7 @@ fn fleetlock_client(
         holder: holder.to_string(),
         instance: instance.to_string(),
     };
-    FleetLockSlots::new(base, group, &who, &settings.daemon.state_dir).or_else(|err| {
+    FleetLockSlots::new(base, group, &who, &settings.state_dir).or_else(|err| {
         fail(format!(
             "failed to set up the FleetLock client for {base}: {err}"
         ))

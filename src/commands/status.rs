@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use etcd_client::{Client, GetOptions};
 use serde::Serialize;
 
-use crate::config::ConfigSources;
+use crate::config::{ConfigSources, StatusSettings};
 use crate::registry::KeyLayout;
 use crate::registry::duplicate::{self, DuplicateRecord};
 use crate::registry::record::{self, InstanceRecord};
@@ -387,11 +387,11 @@ pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusRep
 /// `sidekick status [--json]`; the local daemons' control sockets are looked for under
 /// `runtime_dir`.
 pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> ExitCode {
-    let settings = match super::load_settings(sources) {
+    let settings = match super::load_settings::<StatusSettings>(sources) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut client = match super::connect(&settings).await {
+    let mut client = match super::connect(&settings.etcd).await {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -34,7 +34,7 @@ pub async fn run(
     interactive: bool,
     standalone: bool,
 ) -> ExitCode {
-    let settings = match super::load_settings(sources) {
+    let settings = match super::load_settings::<Settings>(sources) {
         Ok(settings) => settings,
         Err(code) => return code,
     };

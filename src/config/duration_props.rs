@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::Settings;
 use super::bounds::{DURATION_BOUNDS, ETCD_MAX_LEASE_TTL, duration_bounds};
 use super::inputs::{Input, Origins};
+use super::{Settings, Validated};
 use crate::omaha::schedule::{PollResult, PollSchedule};
 
 /// A valid input with `key` set to `value`.

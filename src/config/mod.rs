@@ -22,7 +22,7 @@ use thiserror::Error;
 
 pub use inputs::{Input, Origin, Origins};
 pub use settings::*;
-pub use validate::valid_host;
+pub use validate::{Validated, valid_host};
 
 /// A configuration that cannot be used, naming the file, line and key where it can.
 #[derive(Debug, Error)]
@@ -66,8 +66,29 @@ pub struct LoadedConfig {
     pub files: Vec<PathBuf>,
 }
 
-/// Reads, merges and validates the configuration from `sources`.
+/// Reads, merges and validates the whole configuration from `sources` (what the daemon and
+/// `check-config` need).
 pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let (input, origins, files) = merge(sources)?;
+    let settings = Settings::validate(input.clone(), &origins)?;
+    Ok(LoadedConfig {
+        settings,
+        input,
+        origins,
+        files,
+    })
+}
+
+/// Reads and merges the configuration from `sources` and validates only what `S` reads: every
+/// file must still parse, with no unknown key, but a section `S` does not read may be incomplete.
+pub fn load_as<S: Validated>(sources: &ConfigSources) -> Result<S, ConfigError> {
+    let (input, origins, _) = merge(sources)?;
+    S::validate(input, &origins)
+}
+
+/// Stages one and two: every file parsed and merged over the defaults in precedence order, then
+/// the flags; with the origin of each value and the files applied.
+fn merge(sources: &ConfigSources) -> Result<(Input, Origins, Vec<PathBuf>), ConfigError> {
     let mut files = sources::dropin_files(&sources.root)?;
     files.extend(sources.files.iter().cloned());
     let mut input = Input::default();
@@ -81,13 +102,7 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         origins.insert("instance.unit".into(), Origin::Flag("--unit"));
     }
     input.daemon.runtime_dir = settings::runtime_dir(&sources.root);
-    let settings = Settings::validate(input.clone(), &origins)?;
-    Ok(LoadedConfig {
-        settings,
-        input,
-        origins,
-        files,
-    })
+    Ok((input, origins, files))
 }
 
 /// The example configuration a dry run uses when there is none (`config/embedded.toml`).
@@ -146,7 +161,7 @@ impl LoadedConfig {
         derive(
             &mut shown.registration.prefix,
             "registration.prefix",
-            &self.settings.registration.prefix,
+            &self.settings.registration.keys.prefix,
         );
         derive(
             &mut shown.slot.group,

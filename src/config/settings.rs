@@ -14,7 +14,8 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Shortest update poll period accepted.
 pub const MIN_UPDATE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Everything the daemon and its commands need, checked once at start.
+/// Everything the daemon needs, checked once at start. Commands that read less validate less:
+/// [`StatusSettings`], [`SlotsSettings`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub instance: InstanceSettings,
@@ -63,15 +64,24 @@ pub struct ClientCert {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrationSettings {
     pub enabled: bool,
+    /// Where the registration's keys go.
+    pub keys: RegistrationKeys,
+    /// Announced address; `None` means discover it at start.
+    pub host: Option<String>,
+    pub port: u16,
+    pub ttl: Duration,
+}
+
+/// The part of `[registration]` that says where registrations live in etcd: all a reader of
+/// them (`sidekick status`) needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationKeys {
     pub layout: Layout,
     /// Key prefix with the layout's default filled in.
     pub prefix: String,
     pub domain: String,
-    /// Announced address; `None` means discover it at start.
-    pub host: Option<String>,
-    pub port: u16,
+    /// traefik: scheme of the server URL.
     pub scheme: String,
-    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,3 +152,24 @@ pub const CONTROL_SOCKET_FILE: &str = "control.sock";
 
 /// The longest path a Unix socket can be bound at (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+
+/// What `sidekick status` reads: etcd, and where registrations live. No other section is checked,
+/// so a host with only an etcd drop-in (or none: the default endpoint) can run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusSettings {
+    pub etcd: EtcdSettings,
+    pub registration: RegistrationKeys,
+}
+
+/// What `sidekick slots release|resume|set-max` read: etcd, the slot backend and the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotsSettings {
+    pub etcd: EtcdSettings,
+    pub backend: SlotBackend,
+    pub fleetlock_url: Option<Url>,
+    /// `slot.group` with its default; `None` when nothing names a group (no `slot.group`,
+    /// `update.app_id` or unit), so `--group` must.
+    pub group: Option<String>,
+    /// Where a FleetLock halt record is kept.
+    pub state_dir: PathBuf,
+}

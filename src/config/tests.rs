@@ -123,7 +123,7 @@ fn defaults_fill_derived_names_prefix_and_slot_group() {
         .settings;
     assert_eq!(s.instance.name, "web-1");
     assert_eq!(s.instance.service, "web");
-    assert_eq!(s.registration.prefix, "traefik");
+    assert_eq!(s.registration.keys.prefix, "traefik");
     assert_eq!(s.slot.group, "6a6e5b4c-0000-4000-8000-00000000beef/stable");
     assert_eq!(
         s.health.check,
@@ -362,5 +362,45 @@ fn the_control_socket_is_derived_from_the_unit_under_the_roots_runtime_dir_or_se
     assert!(
         too_long.contains("is 118 bytes long; a Unix socket path may have at most 107"),
         "{too_long}"
+    );
+}
+
+#[test]
+fn status_and_slots_settings_validate_only_what_they_read() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // No unit, no port, updates on with no server: the daemon's settings are refused.
+    let file = write(
+        &r.join("etcd.toml"),
+        "[etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n[registration]\nlayout = \"vulcand\"\n",
+    );
+    let only_etcd = sources(r, vec![file.clone()], None);
+    assert!(load(&only_etcd).is_err());
+
+    let status = load_as::<StatusSettings>(&only_etcd).unwrap();
+    assert_eq!(status.etcd.endpoints[0].as_str(), "http://10.0.0.1:2379/");
+    assert_eq!(status.registration.prefix, "/vulcand");
+
+    // The slot group defaults to the app id, else the unit's service, else nothing names it.
+    let slots = load_as::<SlotsSettings>(&only_etcd).unwrap();
+    assert_eq!(slots.group, None);
+    assert_eq!(slots.state_dir, Path::new("/var/lib/sidekick"));
+    let with_unit = sources(r, vec![file.clone()], Some("api@2"));
+    let slots = load_as::<SlotsSettings>(&with_unit).unwrap();
+    assert_eq!(slots.group.as_deref(), Some("api/stable"));
+    let app = write(&r.join("app.toml"), "[update]\napp_id = \"web-app\"\n");
+    let with_app = sources(r, vec![file.clone(), app], Some("api@2"));
+    let slots = load_as::<SlotsSettings>(&with_app).unwrap();
+    assert_eq!(slots.group.as_deref(), Some("web-app/stable"));
+
+    // A section they read is still checked, with its file and line.
+    let bad = write(&r.join("bad.toml"), "[etcd]\ntimeout = \"0s\"\n");
+    let err = load_as::<StatusSettings>(&sources(r, vec![bad], None)).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:2: key `etcd.timeout`",
+            r.join("bad.toml").display()
+        )),
+        "{err}"
     );
 }

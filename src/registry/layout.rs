@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Layout, RegistrationSettings};
+use crate::config::{Layout, RegistrationKeys};
 
 /// One etcd key and its value.
 pub type Entry = (String, String);
@@ -75,7 +75,7 @@ struct VulcandServer {
 
 impl KeyLayout {
     /// The layout configured in `[registration]`.
-    pub fn from_settings(settings: &RegistrationSettings) -> KeyLayout {
+    pub fn from_settings(settings: &RegistrationKeys) -> KeyLayout {
         KeyLayout {
             layout: settings.layout,
             prefix: settings.prefix.clone(),

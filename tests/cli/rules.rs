@@ -60,12 +60,14 @@ fn https_etcd_endpoints_trust_the_system_roots_without_a_ca_file_and_a_ca_file_n
 }
 
 #[test]
-fn registration_port_is_required_when_registration_is_enabled() {
+fn registration_port_is_required_when_registration_is_enabled_and_the_error_says_how_to_fix_it() {
     let text = format!("{UNIT}[update]\nenabled = false\n");
     // A missing key has no line: the error names the key alone.
     assert_refused(
         &text,
-        "key `registration.port`: required when registration is enabled",
+        "key `registration.port`: required while registration.enabled is true: set \
+         registration.port to the port the app listens on, or registration.enabled = false \
+         for updates only",
     );
 }
 
@@ -79,19 +81,20 @@ fn skydns_layout_needs_a_domain() {
 }
 
 #[test]
-fn update_server_and_app_id_are_required_when_updates_are_enabled() {
-    let (text, _) = config_with("update.enabled", "true");
+fn update_server_and_app_id_are_required_when_updates_are_enabled_with_a_registration_only_hint() {
+    // A registration-only configuration that forgot `update.enabled = false`.
+    let text = format!("{UNIT}[registration]\nport = 8080\n");
     assert_refused(
         &text,
-        "key `update.server`: required when updates are enabled",
+        "key `update.server`: required while update.enabled is true: set update.server (the \
+         Omaha endpoint, e.g. \"https://nebraska.example.com/v1/update/\") and update.app_id, \
+         or update.enabled = false for registration only",
     );
-    let text = text.replace(
-        "enabled = true",
-        "enabled = true\nserver = \"http://127.0.0.1:1/v1/update/\"",
-    );
+    let text = format!("{text}[update]\nserver = \"http://127.0.0.1:1/v1/update/\"\n");
     assert_refused(
         &text,
-        "key `update.app_id`: required when updates are enabled",
+        "key `update.app_id`: required while update.enabled is true: set update.app_id (the \
+         app's id in the update service), or update.enabled = false for registration only",
     );
 }
 
@@ -100,7 +103,9 @@ fn fleetlock_backend_needs_fleetlock_url_and_a_protocol_group() {
     let (text, line) = config_with("slot.backend", "\"fleetlock\"");
     assert_refused(
         &text,
-        "key `slot.fleetlock_url`: required by the fleetlock backend",
+        "key `slot.fleetlock_url`: required by the fleetlock backend: set it to the FleetLock \
+         server's base URL, e.g. \"http://fleetlock.example.com:3333/\", or choose another \
+         slot.backend",
     );
     let text = format!("{text}fleetlock_url = \"http://127.0.0.1:1/\"\ngroup = \"web/stable\"\n");
     assert_rejected(&text, line + 2, "slot.group", "is not a FleetLock group");
@@ -121,7 +126,11 @@ fn health_url_is_an_http_url_for_http_checks_and_host_port_for_tcp() {
     );
     assert_rejected(&text, 9, "health.url", "must be host:port for a tcp check");
     let text = format!("{UNIT}[registration]\nenabled = false\n[update]\nenabled = false\n");
-    assert_refused(&text, "key `health.url`: required for a http check");
+    assert_refused(
+        &text,
+        "key `health.url`: required for a http check when registration.port is unset: set \
+         health.url, or health.check = \"none\"",
+    );
 }
 
 #[test]

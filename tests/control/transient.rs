@@ -87,6 +87,31 @@ async fn prepull_of_false_resolved_on_path_fails_naming_exit_status_1() {
 }
 
 #[tokio::test]
+async fn prepull_of_a_bare_name_the_sidekick_cannot_find_is_left_to_systemd_which_says_203_exec() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    let control = control_for(&systemd, "app.service").await;
+    let err = control
+        .run_transient(&argv(&["no-such-puller", "pull"]), JOB_TIMEOUT)
+        .await
+        .unwrap_err();
+    match &err {
+        ControlError::CommandFailed { result, status, .. } => {
+            assert_eq!(result, "failed");
+            assert!(status.contains("exited with status 203"), "{status}");
+            assert!(
+                status.contains("systemd could not execute the program"),
+                "{status}"
+            );
+        }
+        other => panic!("expected CommandFailed, got {other:?}"),
+    }
+    assert_no_prepull_unit_remains(&systemd).await;
+}
+
+#[tokio::test]
 async fn prepull_hanging_past_the_timeout_is_a_timeout_and_its_unit_is_stopped_and_gone() {
     if !prerequisites_met(systemd::NEEDS) {
         return;

@@ -150,7 +150,7 @@ impl Fleet {
         let prefix = images::unique_name("rollout");
         systemd.write_unit(
             "web@.service",
-            &super::units::app_unit(&prefix, &images[FIRST_VERSION]),
+            &images::app_unit(&prefix, &images[FIRST_VERSION], FIRST_VERSION),
         );
         let mut fleet = Fleet {
             instances: Vec::new(),

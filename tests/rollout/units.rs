@@ -9,26 +9,20 @@ use std::path::PathBuf;
 use zbus::proxy::CacheProperties;
 use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
 
-use super::fleet::{FIRST_VERSION, Fleet};
+use super::fleet::Fleet;
 use zbus_systemd::systemd1::ServiceProxy;
 
 /// The container's unit directory (the host's `Systemd::unit_dir()`).
 pub const CONTAINER_UNIT_DIR: &str = "/etc/systemd/system";
 /// The sidekick binary, copied into the unit directory so the container can run it.
 const SIDEKICK_IN_CONTAINER: &str = "sidekick-bin";
-use crate::support::images;
 use crate::support::systemd::{self, Job};
 
 impl Fleet {
     /// The version the unit of instance `i` runs, from `SIDEKICK_VERSION` in its environment.
     pub async fn unit_version(&self, i: usize) -> String {
         let conn = self.systemd.connection().await;
-        let env = systemd::service_environment(&conn, &self.instances[i].unit).await;
-        env.iter()
-            .rev()
-            .find_map(|e| e.strip_prefix("SIDEKICK_VERSION="))
-            .unwrap_or("<unset>")
-            .to_string()
+        systemd::unit_version(&conn, &self.instances[i].unit).await
     }
 
     /// The unit's `InvocationID`: a new one for every start of the unit, restarts included.
@@ -100,21 +94,6 @@ impl Fleet {
         let mgr = self.systemd.manager().await;
         systemd::run_job(&mgr, Job::Restart, &self.instances[i].unit).await
     }
-}
-
-/// `web@.service`: the app image on `127.0.0.1:${WEB_PORT}`, with the first version as default.
-pub fn app_unit(container_prefix: &str, first_image: &str) -> String {
-    let docker = images::docker_path();
-    let docker = docker.display();
-    format!(
-        "[Unit]\nDescription=rollout test app %i\n\
-         [Service]\n\
-         Environment=SIDEKICK_IMAGE={first_image}\n\
-         Environment=SIDEKICK_VERSION={FIRST_VERSION}\n\
-         ExecStartPre=-{docker} rm -f {container_prefix}-%i\n\
-         ExecStart={docker} run --rm --name {container_prefix}-%i -p 127.0.0.1:${{WEB_PORT}}:80 ${{SIDEKICK_IMAGE}}\n\
-         ExecStop={docker} stop -t 5 {container_prefix}-%i\n"
-    )
 }
 
 /// `sidekick@.service`: the sidekick of `web@%i.service` inside the container, logging to a file

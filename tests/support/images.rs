@@ -147,6 +147,35 @@ impl Drop for Container {
     }
 }
 
+/// `<name>@.service` template running the app image on `127.0.0.1:${WEB_PORT}` (set it in a
+/// drop-in per instance) through the Docker socket bound into the systemd container, as
+/// container `<container_prefix>-%i`; `first_image` at `first_version` is the default the
+/// sidekick's drop-in overrides.
+pub fn app_unit(container_prefix: &str, first_image: &str, first_version: &str) -> String {
+    let docker = docker_path();
+    let docker = docker.display();
+    format!(
+        "[Unit]\nDescription=test app %i\n\
+         [Service]\n\
+         Environment=SIDEKICK_IMAGE={first_image}\n\
+         Environment=SIDEKICK_VERSION={first_version}\n\
+         ExecStartPre=-{docker} rm -f {container_prefix}-%i\n\
+         ExecStart={docker} run --rm --name {container_prefix}-%i -p 127.0.0.1:${{WEB_PORT}}:80 ${{SIDEKICK_IMAGE}}\n\
+         ExecStop={docker} stop -t 5 {container_prefix}-%i\n"
+    )
+}
+
+/// Local image tags removed on drop: what a unit or a pre-pull pulled from the local registry.
+pub struct LocalTags(pub Vec<String>);
+
+impl Drop for LocalTags {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            remove_tag(tag);
+        }
+    }
+}
+
 /// Starts `image` detached with `--network host`, serving HTTP on 127.0.0.1:`port`.
 pub fn run_app(image: &str, port: u16) -> Container {
     let container = Container::guard(&unique_name("app"));

@@ -302,6 +302,8 @@ pub enum Need {
     Root,
     /// A Docker daemon that answers `docker info`.
     Docker,
+    /// A port on 127.0.0.1 nothing listens on (e.g. a default endpoint that must be refused).
+    FreePort(u16),
 }
 
 impl Need {
@@ -314,6 +316,9 @@ impl Need {
             // SAFETY: geteuid has no preconditions.
             Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
             Need::Docker => docker_unavailable().clone(),
+            Need::FreePort(port) => TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .is_err()
+                .then(|| format!("127.0.0.1:{port} is in use on this host")),
         }
     }
 }

@@ -261,3 +261,15 @@ pub async fn service_environment(conn: &Connection, unit: &str) -> Vec<String> {
         .expect("service proxy");
     service.environment().await.expect("Service.Environment")
 }
+
+/// The version the unit runs: the last `SIDEKICK_VERSION=` of its `Environment`, `<unset>`
+/// without one.
+pub async fn unit_version(conn: &Connection, unit: &str) -> String {
+    service_environment(conn, unit)
+        .await
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("SIDEKICK_VERSION="))
+        .unwrap_or("<unset>")
+        .to_string()
+}

@@ -1,7 +1,46 @@
-//! `instance.unit`: the app's systemd service unit, as systemctl would take it.
+//! `[instance]`: the app's systemd service unit, as systemctl would take it, and the instance and
+//! service names derived from it.
+
+use super::Check;
+use crate::config::ConfigError;
+use crate::config::inputs::InstanceInput;
+use crate::config::settings::InstanceSettings;
+
+/// Validates `[instance]`: the unit is required, the names default to parts of it.
+pub(super) fn validate(
+    check: &Check,
+    instance: InstanceInput,
+) -> Result<InstanceSettings, ConfigError> {
+    let unit = instance.unit.ok_or_else(|| {
+        check.fail(
+            "instance.unit",
+            "required: set it in a config file or pass --unit",
+        )
+    })?;
+    let unit = normalise_unit(&unit);
+    if let Some(problem) = unit_problem(&unit) {
+        return Err(check.fail("instance.unit", problem));
+    }
+    let stem = unit
+        .rsplit_once('.')
+        .map_or(unit.as_str(), |(stem, _)| stem);
+    let name = match instance.name {
+        Some(name) => check.word("instance.name", &name)?,
+        None => check.word("instance.name", &stem.replace('@', "-"))?,
+    };
+    let service = match instance.service {
+        Some(service) => check.word("instance.service", &service)?,
+        None => check.word("instance.service", stem.split('@').next().unwrap_or(stem))?,
+    };
+    Ok(InstanceSettings {
+        unit,
+        name,
+        service,
+    })
+}
 
 /// Unit name as systemctl would take it: no suffix means `.service`.
-pub(super) fn normalise_unit(unit: &str) -> String {
+fn normalise_unit(unit: &str) -> String {
     if unit.contains('.') {
         unit.to_string()
     } else {
@@ -14,7 +53,7 @@ const OWN_TEMPLATE: &str = "sidekick@";
 
 /// Why `unit` (normalised) cannot be the app unit, or `None` when it can: a valid systemd name,
 /// a `.service`, an instance rather than a bare template, and not the sidekick's own unit.
-pub(super) fn unit_problem(unit: &str) -> Option<String> {
+fn unit_problem(unit: &str) -> Option<String> {
     let allowed =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '@' | '-' | '\\');
     if unit.is_empty() || unit.len() > 255 || unit.starts_with('@') || !unit.chars().all(allowed) {

@@ -1,6 +1,6 @@
-//! The pre-pull as a transient unit: its unique name, its argv (no shell; the program resolved
-//! against `PATH` when it is a bare name), the properties handed to `StartTransientUnit`, and the
-//! wording of how its main process ended.
+//! The pre-pull as a transient unit: its unique name, its argv (no shell; a bare program name
+//! resolved against the sidekick's `PATH`, else left to systemd), the properties handed to
+//! `StartTransientUnit`, and the wording of how its main process ended.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -28,7 +28,10 @@ pub fn unit_name(instance: &str, n: u32) -> String {
 }
 
 /// The program to run: an absolute argv[0] as given (systemd reports it if it cannot run it), a
-/// bare name searched on `path` (the sidekick's `PATH`); anything else is refused.
+/// bare name searched on `path` (the sidekick's `PATH`); a bare name not found there is passed
+/// on as it is, for systemd to look up on its own search path where the program runs (a
+/// sidekick in a container has no `docker` CLI of its own; the host's systemd has). Anything
+/// else is refused.
 pub fn resolve_program(argv: &[String], path: Option<&OsStr>) -> Result<PathBuf, ControlError> {
     let Some(program) = argv.first() else {
         return Err(ControlError::Invalid(
@@ -40,26 +43,24 @@ pub fn resolve_program(argv: &[String], path: Option<&OsStr>) -> Result<PathBuf,
     }
     if program.is_empty() || program.contains('/') {
         return Err(ControlError::Invalid(format!(
-            "pre-pull program {program:?} (swap.prepull) must be an absolute path or a name on PATH"
+            "pre-pull program {program:?} (swap.prepull) must be an absolute path or a bare name"
         )));
     }
     let executable = |p: &Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    path.into_iter()
+    let found = path
+        .into_iter()
         .flat_map(std::env::split_paths)
         .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate))
-        .ok_or_else(|| {
-            let searched = path.map(|p| p.to_string_lossy().into_owned());
-            ControlError::Invalid(format!(
-                "pre-pull program {program:?} (swap.prepull) not found on PATH ({})",
-                searched.as_deref().unwrap_or("PATH is not set")
-            ))
-        })
+        .find(|candidate| executable(candidate));
+    Ok(found.unwrap_or_else(|| PathBuf::from(program)))
 }
+
+/// systemd's exit status when it could not execute the command (`203/EXEC`).
+const EXIT_EXEC: i32 = 203;
 
 /// The transient unit's properties: a oneshot running `program` with `argv` (argv[0] kept as
 /// given), gone once it exits 0, kept while failed so its result can be read
@@ -91,6 +92,10 @@ pub fn properties(
 /// `ExecMainStatus`.
 pub fn describe_exit(code: i32, status: i32) -> String {
     match code {
+        1 if status == EXIT_EXEC => format!(
+            "exited with status {EXIT_EXEC} (EXEC: systemd could not execute the program; \
+             is it installed where systemd runs it, on its search path?)"
+        ),
         1 => format!("exited with status {status}"),
         2 => format!("killed by signal {status}"),
         3 => format!("dumped core on signal {status}"),
@@ -131,15 +136,19 @@ mod tests {
     }
 
     #[test]
-    fn refuses_an_empty_relative_or_unknown_program_saying_why() {
+    fn leaves_a_bare_name_not_on_path_to_systemd() {
         let path = std::ffi::OsString::from("/nonexistent-a:/nonexistent-b");
-        let missing = resolve_program(&argv(&["no-such-puller"]), Some(&path)).unwrap_err();
-        let text = missing.to_string();
-        assert!(
-            text.contains("\"no-such-puller\"") && text.contains("not found on PATH"),
-            "{text}"
-        );
-        assert!(text.contains("/nonexistent-a:/nonexistent-b"), "{text}");
+        for path in [Some(path.as_os_str()), None] {
+            assert_eq!(
+                resolve_program(&argv(&["docker", "pull"]), path).unwrap(),
+                PathBuf::from("docker")
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_an_empty_or_relative_program_saying_why() {
+        let path = std::ffi::OsString::from("/nonexistent-a:/nonexistent-b");
         let relative = resolve_program(&argv(&["./pull"]), Some(&path)).unwrap_err();
         assert!(relative.to_string().contains("absolute path"), "{relative}");
         let empty = resolve_program(&[], Some(&path)).unwrap_err();
@@ -150,6 +159,7 @@ mod tests {
     #[test]
     fn exit_descriptions_name_the_status_or_signal() {
         assert_eq!(describe_exit(1, 1), "exited with status 1");
+        assert!(describe_exit(1, 203).contains("could not execute the program"));
         assert_eq!(describe_exit(2, 9), "killed by signal 9");
     }
 }
