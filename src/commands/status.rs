@@ -391,19 +391,32 @@ pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> Exi
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut client = match super::connect(&settings.etcd).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
     let layout = KeyLayout::from_settings(&settings.registration);
-    let mut report = match gather(&mut client, &layout).await {
-        Ok(r) => r,
-        Err(err) => {
+    // The local daemons answer whether or not etcd does: with etcd down they are what is left
+    // to see, so they are shown (and the exit code says the fleet view failed).
+    let fleet = match super::connect(&settings.etcd).await {
+        Ok(mut client) => gather(&mut client, &layout).await.map_err(|err| {
             eprintln!("sidekick: failed to read status from etcd: {err}");
-            return ExitCode::FAILURE;
+        }),
+        Err(_) => Err(()),
+    };
+    let local = local::gather(runtime_dir).await;
+    let (report, code) = match fleet {
+        Ok(report) => (StatusReport { local, ..report }, ExitCode::SUCCESS),
+        Err(()) if local.is_empty() => return ExitCode::FAILURE,
+        Err(()) => {
+            let only_local = StatusReport {
+                local,
+                ..StatusReport::default()
+            };
+            if !json {
+                eprintln!("sidekick: etcd did not answer; showing only the daemons on this host");
+                print!("{}", local::section(&only_local.local).render());
+                return ExitCode::FAILURE;
+            }
+            (only_local, ExitCode::FAILURE)
         }
     };
-    report.local = local::gather(runtime_dir).await;
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -415,7 +428,7 @@ pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> Exi
     } else {
         print!("{}", report.render_table());
     }
-    ExitCode::SUCCESS
+    code
 }
 
 #[cfg(test)]

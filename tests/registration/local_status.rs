@@ -48,7 +48,7 @@ async fn status_shows_each_local_daemon_a_not_found_unit_and_a_socket_nobody_ans
     }
     let dir = temp_dir("reg-local-status");
     let run_dir = dir.path().join("run");
-    let etcd = Etcd::start().await;
+    let mut etcd = Etcd::start().await;
     let client = etcd.client().await;
     let systemd = Systemd::start().await;
     start_unit(&systemd, SLEEP_UNIT).await;
@@ -202,4 +202,24 @@ async fn status_shows_each_local_daemon_a_not_found_unit_and_a_socket_nobody_ans
             .contains("no answer: no answer from"),
         "{section}"
     );
+    // With etcd gone, the fleet view fails (exit 1) but the daemons on this host still show.
+    etcd.stop();
+    let (code, table, stderr) = status(&config, &run_dir, false).await;
+    assert_eq!(code, Some(1), "{table}{stderr}");
+    assert!(
+        stderr.contains("showing only the daemons on this host"),
+        "{stderr}"
+    );
+    assert!(table.starts_with("LOCAL DAEMONS\n"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("web-1")),
+        "{table}"
+    );
+    let (code, json, _) = status(&config, &run_dir, true).await;
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["local"].as_array().map(Vec::len), Some(4), "{json}");
+    assert_eq!(report["registrations"], serde_json::json!([]));
 }
