@@ -96,6 +96,13 @@ async fn step<C: UnitControl>(
             }
             return None;
         }
+        // `swap.prepull = []`: nothing to pull ahead; the restart pulls the image if it must.
+        SwapAction::Prepull { .. } if settings.prepull.is_empty() => {
+            if seams.source.dry_run() {
+                would(format_args!("run no pre-pull (swap.prepull is empty)"));
+            }
+            SwapObservation::Prepulled(Ok(()))
+        }
         SwapAction::Prepull { image } => {
             let argv: Vec<String> = settings
                 .prepull

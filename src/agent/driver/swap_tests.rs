@@ -135,18 +135,45 @@ fn release(version: &str) -> LocalRelease {
 /// A registered sidekick for an active unit running 1.0.0, checking every 50 ms, then offered
 /// `offered`; the unit is unhealthy while it runs `bad`.
 async fn start(offered: &str, bad: &'static str, drain: Duration) -> World {
-    start_after(offered, bad, drain, None, None).await
+    start_with(Setup::new(offered, bad, drain)).await
 }
 
-/// As [`start`], after an earlier life left `journaled` in the journal with the unit running
-/// its new version, and with the group's one slot held by `slot_taken_by` before the offer.
-async fn start_after(
-    offered: &str,
+/// How a test world starts.
+struct Setup<'a> {
+    offered: &'a str,
     bad: &'static str,
     drain: Duration,
+    /// What an earlier life left in the journal, with the unit running its new version.
     journaled: Option<SwapPhase>,
-    slot_taken_by: Option<&str>,
-) -> World {
+    /// Who holds the group's one slot before the offer.
+    slot_taken_by: Option<&'a str>,
+    /// `swap.prepull`.
+    prepull: Vec<String>,
+}
+
+impl<'a> Setup<'a> {
+    fn new(offered: &'a str, bad: &'static str, drain: Duration) -> Self {
+        Setup {
+            offered,
+            bad,
+            drain,
+            journaled: None,
+            slot_taken_by: None,
+            prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+        }
+    }
+}
+
+/// As [`start`], set up as `setup` says.
+async fn start_with(setup: Setup<'_>) -> World {
+    let Setup {
+        offered,
+        bad,
+        drain,
+        journaled,
+        slot_taken_by,
+        prepull,
+    } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
         version: Some("1.0.0".into()),
@@ -169,7 +196,7 @@ async fn start_after(
     };
     let swaps = SwapConfig {
         steps: StepSettings {
-            prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+            prepull,
             drain,
             start_timeout: Duration::from_secs(1),
         },
@@ -381,13 +408,10 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
 
 #[tokio::test]
 async fn a_halt_while_waiting_gives_the_grant_back_and_no_check_is_sent_until_resume() {
-    let world = start_after(
-        "2.0.0",
-        "none",
-        Duration::from_millis(20),
-        None,
-        Some("web-2"),
-    )
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
     .await;
     eventually("waiting for the slot web-2 holds", || {
         world.events() == [Event::PrepullStarted, Event::PrepullFinished]
@@ -439,6 +463,35 @@ async fn a_halt_while_waiting_gives_the_grant_back_and_no_check_is_sent_until_re
             Event::SwapStarted,
             Event::UpdateComplete
         ]
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn with_no_prepull_configured_the_swap_runs_no_transient_unit_and_still_reports_14_1() {
+    let world = start_with(Setup {
+        prepull: Vec::new(),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("3/1", || world.events().contains(&Event::UpdateComplete)).await;
+    assert_eq!(
+        world.events(),
+        [
+            Event::PrepullStarted,
+            Event::PrepullFinished,
+            Event::SwapStarted,
+            Event::UpdateComplete
+        ]
+    );
+    assert!(
+        !world
+            .control
+            .calls()
+            .iter()
+            .any(|c| matches!(c, ControlCall::RunTransient(_))),
+        "{:?}",
+        world.control.calls()
     );
     world.finish().await;
 }
@@ -528,13 +581,10 @@ fn journaled(stage: Stage) -> SwapPhase {
 #[tokio::test]
 async fn a_start_after_a_crash_mid_restart_restarts_onto_the_new_version_verifies_it_and_finishes_with_3_1()
  {
-    let world = start_after(
-        "2.0.0",
-        "none",
-        Duration::from_millis(20),
-        Some(journaled(Stage::Restarting)),
-        None,
-    )
+    let world = start_with(Setup {
+        journaled: Some(journaled(Stage::Restarting)),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
     .await;
     let journal = world.dir.path().join("web-1.json");
     eventually("journal cleared", || !journal.exists()).await;
@@ -563,13 +613,10 @@ async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_repo
         reason: "2.0.0 not healthy".into(),
         halt: true,
     };
-    let world = start_after(
-        "2.0.0",
-        "2.0.0",
-        Duration::from_millis(20),
-        Some(journaled(Stage::RollingBack { failure })),
-        None,
-    )
+    let world = start_with(Setup {
+        journaled: Some(journaled(Stage::RollingBack { failure })),
+        ..Setup::new("2.0.0", "2.0.0", Duration::from_millis(20))
+    })
     .await;
     let journal = world.dir.path().join("web-1.json");
     eventually("journal cleared", || !journal.exists()).await;
