@@ -192,6 +192,8 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
     })
     .await
     .expect("the swap ends and is counted");
+    // Shown with --nocapture: what an operator's scrape looks like after a swap.
+    eprintln!("--- scraped after the swap ---\n{text}");
     let env = systemd::service_environment(&systemd.connection().await, "web@1.service").await;
     assert!(
         env.iter().any(|e| e == "SIDEKICK_VERSION=2.0.0"),
