@@ -3,7 +3,7 @@
 //! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
 //! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
 //! come back as observations, so deregistration and SIGTERM stay instant. Reports progress with
-//! sd_notify STATUS.
+//! sd_notify STATUS, and pings systemd's watchdog from the loop itself, so a stuck loop is restarted.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,6 +20,7 @@ use super::swap::{Stage, SwapAction, SwapObservation};
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
+use crate::notify::{self, NotifyState, Watchdog};
 use crate::registry::record::{self, InstanceRecord};
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
@@ -118,7 +119,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // its lines follow the registration's.
         let mut next_pass = Some(started);
         let mut status = String::new();
-        notify(&[sd_notify::NotifyState::Ready]);
+        notify::ready();
+        let mut watchdog = Watchdog::from_env();
+        if let Some(period) = watchdog.period() {
+            debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
+        }
         let initial = self.seams.unit.borrow_and_update().clone();
         let mut departures = initial.departures;
         let mut pending = VecDeque::new();
@@ -128,7 +133,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // The swap's slow step in flight, and its verify deadline.
         let mut slow: Option<SlowStep> = None;
         let mut verify_at: Option<Instant> = None;
-        let mut recovered = self.recover().await;
+        let mut recovered = watchdog.awaiting(self.recover()).await;
         loop {
             let observation = match pending.pop_front() {
                 Some(observation) => observation,
@@ -141,6 +146,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
+                        _ = watchdog.due() => {
+                            watchdog.ping();
+                            continue;
+                        }
                         changed = self.seams.unit.changed(), if unit_open => match changed {
                             Ok(()) => {
                                 let now = self.seams.unit.borrow_and_update().clone();
@@ -183,7 +192,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             Observation::Swap(SwapObservation::VerifyDeadline)
                         }
                         _ = sleep_until_some(pass_at), if pass_at.is_some() => {
-                            let (next, offer) = self.update_pass().await;
+                            let (next, offer) = watchdog.awaiting(self.update_pass()).await;
                             next_pass = next;
                             match offer {
                                 Some(plan) => Observation::Offer(plan),
@@ -229,9 +238,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                         self.seams.registry.deregister();
                     }
                     Action::Stop => {
-                        notify(&[
-                            sd_notify::NotifyState::Stopping,
-                            sd_notify::NotifyState::Status("stopping: deregistering"),
+                        notify::notify(&[
+                            NotifyState::Stopping,
+                            NotifyState::Status("stopping: deregistering"),
                         ]);
                         // What the swap gives back on the way out (a slot not yet used).
                         if let Some(last) =
@@ -462,7 +471,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let line = status_line(&self.agent, published, &load, &self.options.unit_name);
         if *last != line {
             debug!(instance = %self.options.instance, "status: {line}");
-            notify(&[sd_notify::NotifyState::Status(&line)]);
+            notify::notify(&[NotifyState::Status(&line)]);
             *last = line;
         }
     }
@@ -505,11 +514,6 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
             false
         }
     }
-}
-
-/// sd_notify, ignoring errors: outside systemd there is no socket and nothing to tell.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(states);
 }
 
 #[cfg(test)]
