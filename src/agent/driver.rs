@@ -21,7 +21,7 @@ use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
 use crate::notify::{self, NotifyState, Watchdog};
-use crate::registry::record::{self, InstanceRecord};
+use crate::registry::record::InstanceRecord;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, LoadState, UnitState};
@@ -284,62 +284,6 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
     }
 
-    /// The registration's entries, with the instance record when one is published.
-    fn entries(&self) -> Vec<Entry> {
-        let mut entries = self.options.entries.clone();
-        if let (Some(options), Some(record)) = (&self.options.record, &self.record) {
-            entries.push(record::entry(
-                &options.group,
-                &self.options.instance,
-                record,
-            ));
-        }
-        entries
-    }
-
-    /// Brings the instance record up to date: the phase, and a finished check's result and the
-    /// version it read. A change is published with the next registration, or by
-    /// [`Self::publish_record`].
-    fn update_record(&mut self, checked: Option<&str>, version: Option<String>) {
-        let phase = self.agent.phase.label();
-        // Registering again after a swap: the version it verified, before any pass reads it.
-        let version = version.or_else(|| match &self.agent.phase {
-            Phase::Updating(swap) => match &swap.stage {
-                Stage::Registering { failure: None } => Some(swap.plan.new.version.clone()),
-                Stage::Registering { failure: Some(_) } => Some(swap.plan.old.version.clone()),
-                _ => None,
-            },
-            _ => None,
-        });
-        let Some(record) = self.record.as_mut() else {
-            return;
-        };
-        let before = record.clone();
-        if record.phase != phase {
-            record.phase = phase.to_string();
-            record.since = crate::slot::now_rfc3339();
-        }
-        if let Some(result) = checked {
-            record.last_check = Some(crate::slot::now_rfc3339());
-            record.result = Some(result.to_string());
-        }
-        if let Some(version) = version {
-            record.version = version;
-        }
-        // A new check time alone is not worth a write.
-        self.record_dirty |= record.phase != before.phase
-            || record.version != before.version
-            || record.result != before.result;
-    }
-
-    /// Publishes a changed record with the registration, while registered.
-    fn publish_record(&mut self) {
-        if self.record_dirty && self.agent.registered {
-            self.seams.registry.register(self.entries());
-            self.record_dirty = false;
-        }
-    }
-
     /// Journals the swap, does its quick steps at once and returns the slow ones as one future.
     fn swap_steps(
         &mut self,
@@ -515,6 +459,8 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
         }
     }
 }
+
+mod record;
 
 #[cfg(test)]
 #[path = "driver/swap_tests.rs"]
