@@ -5,6 +5,8 @@
 //! swap's deregistration and its verification the phase does not allow registration, which keeps
 //! the instance out of the load balancer whatever the unit and probe say.
 
+use std::num::NonZeroU32;
+
 use super::swap::{self, SwapAction, SwapObservation, SwapPhase, SwapPlan};
 use crate::health::HealthStreak;
 use crate::systemd::ActiveState;
@@ -56,6 +58,17 @@ pub enum Observation {
     Offer(SwapPlan),
     /// A swap step's result.
     Swap(SwapObservation),
+    /// A reloaded configuration brought these health rules.
+    Reconfigured(HealthRules),
+}
+
+/// How health is judged: the `[health]` thresholds, or no check at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthRules {
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+    /// `health.check = "none"`.
+    pub unchecked: bool,
 }
 
 /// What the driver must do.
@@ -111,6 +124,18 @@ impl Agent {
         self.phase.allows_registration() && self.unit.is_active() && self.healthy()
     }
 
+    /// Judges health by `rules` from now on, keeping the streak so far. An active instance that
+    /// served without a check, when one is added, stays healthy until it fails `fall` times:
+    /// a reload does not drop a registration on no evidence.
+    fn reconfigure(&mut self, rules: HealthRules) {
+        let trusted = self.unchecked && !rules.unchecked && self.unit.is_active();
+        self.health = self.health.with_thresholds(rules.rise, rules.fall);
+        if trusted {
+            self.health.assume_healthy();
+        }
+        self.unchecked = rules.unchecked;
+    }
+
     /// One line for sd_notify STATUS and logs.
     pub fn status(&self) -> String {
         match (&self.phase, self.registered) {
@@ -150,6 +175,10 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             None
         }
         Observation::Swap(observation) => Some(observation),
+        Observation::Reconfigured(rules) => {
+            agent.reconfigure(rules);
+            None
+        }
         Observation::LeftActive => {
             agent.health.reset();
             agent.unit = ActiveState::Unknown;
