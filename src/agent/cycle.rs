@@ -19,7 +19,9 @@ use crate::omaha::{
 use crate::slot::{Acquisition, AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
 
+mod reload;
 mod swaps;
+pub use reload::UpdateReload;
 pub use swaps::SwapConfig;
 
 /// What one pass ended with.
@@ -95,6 +97,8 @@ pub struct UpdatePass<C: UnitControl> {
     running: Option<Version>,
     /// Set when this pass applies the updates it is offered (see [`swaps`]).
     swaps: Option<swaps::Swaps>,
+    /// Settings of a reloaded configuration, in force from the next pass (see [`reload`]).
+    reloaded: Option<UpdateReload>,
 }
 
 impl<C: UnitControl> UpdatePass<C> {
@@ -116,6 +120,7 @@ impl<C: UnitControl> UpdatePass<C> {
             schedule,
             running: None,
             swaps: None,
+            reloaded: None,
         }
     }
 
@@ -126,6 +131,7 @@ impl<C: UnitControl> UpdatePass<C> {
 
     /// Runs one pass; returns its outcome and the delay before the next one.
     pub async fn run(&mut self) -> (PassOutcome, Duration) {
+        self.apply_reload();
         let outcome = self.pass().await;
         let result = match &outcome {
             PassOutcome::Failed { .. } | PassOutcome::UnknownVersion { .. } => PollResult::Failure,

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -80,8 +80,11 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     options: DriverOptions,
     /// The instance record published with the registration, when configured.
     record: Option<InstanceRecord>,
-    /// The record changed since the registration was last published.
-    record_dirty: bool,
+    /// The entries changed (the record, or a reloaded configuration's keys) since the
+    /// registration was last published.
+    unpublished: bool,
+    /// Settings of reloaded configurations, from `sidekick run`.
+    reloads: Option<mpsc::Receiver<Reconfigure<P>>>,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -103,8 +106,15 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             seams,
             options,
             record,
-            record_dirty: false,
+            unpublished: false,
+            reloads: None,
         }
+    }
+
+    /// Also puts in force the reloaded settings that arrive on `reloads`.
+    pub fn with_reloads(mut self, reloads: mpsc::Receiver<Reconfigure<P>>) -> Self {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// Runs until `shutdown` resolves (or, with `once`, one pass is done), then deregisters and
@@ -150,6 +160,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             watchdog.ping();
                             continue;
                         }
+                        reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
+                            Some(reload) => {
+                                let observation = self.reconfigure(reload, &mut next_probe, &mut next_pass);
+                                notify::ready();
+                                observation
+                            }
+                            None => {
+                                self.reloads = None;
+                                continue;
+                            }
+                        },
                         changed = self.seams.unit.changed(), if unit_open => match changed {
                             Ok(()) => {
                                 let now = self.seams.unit.borrow_and_update().clone();
@@ -231,7 +252,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     Action::Register => {
                         info!(instance = %self.options.instance, "unit active and healthy: registering");
                         self.seams.registry.register(self.entries());
-                        self.record_dirty = false;
+                        self.unpublished = false;
                     }
                     Action::Deregister => {
                         info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
@@ -279,7 +300,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     false => next_pass = next_pass.or(Some(Instant::now())),
                 }
             }
-            self.publish_record();
+            self.publish_changes();
             self.report_status(&mut status, &published.borrow());
         }
     }
@@ -401,7 +422,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
         self.update_record(Some(label), running);
-        self.publish_record();
+        self.publish_changes();
         (next, plan)
     }
 
@@ -440,6 +461,14 @@ async fn run_slow(slow: &mut Option<SlowStep>) -> Option<SwapObservation> {
     }
 }
 
+/// The next reloaded settings; never resolves without a channel.
+async fn next_reload<T>(reloads: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match reloads {
+        Some(reloads) => reloads.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`; never resolves for `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -460,11 +489,17 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
     }
 }
 
+mod reconfigure;
 mod record;
+pub use reconfigure::Reconfigure;
 
 #[cfg(test)]
 #[path = "driver/swap_tests.rs"]
 mod swap_tests;
+
+#[cfg(test)]
+#[path = "driver/reload_tests.rs"]
+mod reload_tests;
 
 #[cfg(test)]
 mod tests {

@@ -9,5 +9,5 @@ pub mod poll;
 pub mod state;
 pub mod swap;
 
-pub use driver::{Driver, DriverOptions, DriverReport, RecordOptions, Seams};
-pub use state::{Action, Agent, Observation, Phase};
+pub use driver::{Driver, DriverOptions, DriverReport, Reconfigure, RecordOptions, Seams};
+pub use state::{Action, Agent, HealthRules, Observation, Phase};

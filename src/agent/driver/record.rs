@@ -25,7 +25,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
 
     /// Brings the instance record up to date: the phase, and a finished check's result and the
     /// version it read. A change is published with the next registration, or by
-    /// [`Self::publish_record`].
+    /// [`Self::publish_changes`].
     pub(super) fn update_record(&mut self, checked: Option<&str>, version: Option<String>) {
         let phase = self.agent.phase.label();
         // Registering again after a swap: the version it verified, before any pass reads it.
@@ -53,16 +53,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             record.version = version;
         }
         // A new check time alone is not worth a write.
-        self.record_dirty |= record.phase != before.phase
+        self.unpublished |= record.phase != before.phase
             || record.version != before.version
             || record.result != before.result;
     }
 
-    /// Publishes a changed record with the registration, while registered.
-    pub(super) fn publish_record(&mut self) {
-        if self.record_dirty && self.agent.registered {
+    /// Publishes changed entries (the record's, a reload's) with the registration, while
+    /// registered: one write that replaces the keys, never a withdrawal.
+    pub(super) fn publish_changes(&mut self) {
+        if self.unpublished && self.agent.registered {
             self.seams.registry.register(self.entries());
-            self.record_dirty = false;
+            self.unpublished = false;
         }
     }
 }
