@@ -328,3 +328,35 @@ fn a_switch_of_the_check_kind_is_the_check_and_a_new_target_is_the_url() {
     };
     assert_eq!(reconcile(&tcp, moved).applied, ["health.url"]);
 }
+
+#[test]
+fn the_readme_lists_each_key_under_the_way_it_applies() {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    let section = readme
+        .split_once("### Reload")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("README has a Reload section");
+    let item = |head: &str| {
+        let start = section
+            .find(head)
+            .unwrap_or_else(|| panic!("no {head} item"));
+        let rest = &section[start..];
+        let end = rest[head.len()..]
+            .find("\n- ")
+            .map_or(rest.len(), |i| i + head.len());
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let (live, restart) = (item("- **live**"), item("- **after a restart**"));
+    for key in KEYS {
+        let quoted = format!("`{}`", key.name);
+        let (right, wrong) = match key.applies {
+            Applies::Live => (&live, &restart),
+            Applies::AtRestart => (&restart, &live),
+        };
+        assert!(right.contains(&quoted), "{quoted} missing from its item");
+        assert!(
+            !wrong.contains(&quoted),
+            "{quoted} listed under the other item"
+        );
+    }
+}
