@@ -363,3 +363,8 @@ mod auth;
 /// A 3-member cluster losing its leader or its quorum (`tests/registration/cluster.rs`).
 #[path = "registration/cluster.rs"]
 mod cluster;
+
+/// SIGHUP: a live change without a gap, an invalid file refused, a dry run
+/// (`tests/registration/reload.rs`).
+#[path = "registration/reload.rs"]
+mod reload;

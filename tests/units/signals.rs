@@ -154,3 +154,63 @@ async fn systemd_restarts_the_shipped_unit_when_its_loop_stops_pinging_the_watch
     );
     eprintln!("watchdog restart: MainPID {first} -> {second} after {took:?}");
 }
+
+#[tokio::test]
+async fn systemctl_reload_of_the_shipped_unit_rereads_the_configuration_in_the_same_process() {
+    if !prerequisites_met(&[systemd::NEEDS, systemd::SYSTEMCTL_NEEDS, IN_CONTAINER].concat()) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    let mgr = start_quiet_sidekick(&systemd, QUIET_CONFIG, None).await;
+    let pid = show(&systemd, "MainPID");
+
+    // A live key, and one that waits for a restart.
+    let edited = QUIET_CONFIG.replace("[health]\n", "[health]\ninterval = \"5s\"\n")
+        + "[daemon]\nstate_dir = \"/var/lib/sidekick/elsewhere\"\n";
+    write_host_config(&systemd, &edited);
+    // ExecReload= sends SIGHUP; the job is done once it has.
+    assert_eq!(
+        systemd::run_job(&mgr, Job::Reload, UNIT).await,
+        "done",
+        "{:#?}",
+        messages(&systemd)
+    );
+    let log = poll_until(
+        Duration::from_secs(20),
+        "the reload in the journal",
+        || async {
+            let log = messages(&systemd);
+            match log.iter().any(|m| m.contains("configuration reloaded")) {
+                true => Ok(log),
+                false => Err(log),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        log.iter()
+            .any(|m| m.contains("configuration reloaded: applied health.interval")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|m| m.contains("daemon.state_dir changed: takes effect after a restart")),
+        "{log:#?}"
+    );
+    // The same process, running on, back from reloading.
+    let settled = poll_until(
+        Duration::from_secs(10),
+        "active after the reload",
+        || async {
+            match show(&systemd, "ActiveState").as_str() {
+                "active" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    settled.unwrap_or_else(|e| panic!("{e}\n{log:#?}"));
+    assert_eq!(show(&systemd, "MainPID"), pid);
+    assert_eq!(show(&systemd, "NRestarts"), "0");
+}

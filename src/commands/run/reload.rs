@@ -90,14 +90,18 @@ impl Reloader {
                 "{key} changed: takes effect after a restart; the running value stays"
             );
         }
+        let later = applied
+            .iter()
+            .any(|key| key.starts_with("update.") || key.starts_with("swap."));
         match (applied.is_empty(), deferred.is_empty()) {
             (true, true) => info!("configuration reloaded: nothing changed"),
             (true, false) => info!("configuration reloaded: nothing applies before a restart"),
-            (false, _) => info!(
+            (false, _) if later => info!(
                 "configuration reloaded: applied {} (update and swap settings from the next \
                  update pass)",
                 applied.join(", ")
             ),
+            (false, _) => info!("configuration reloaded: applied {}", applied.join(", ")),
         }
         self.running = reconciled.settings;
         self.host = host;
