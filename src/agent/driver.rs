@@ -2,8 +2,9 @@
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
 //! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
 //! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
-//! come back as observations, so deregistration and SIGTERM stay instant. Reports progress with
-//! sd_notify STATUS, and pings systemd's watchdog from the loop itself, so a stuck loop is restarted.
+//! come back as observations, so deregistration and SIGTERM stay instant. Puts reloaded settings
+//! in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify STATUS, and pings
+//! systemd's watchdog from the loop itself, so that a stuck loop is restarted.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -161,11 +162,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             continue;
                         }
                         reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
-                            Some(reload) => {
-                                let observation = self.reconfigure(reload, &mut next_probe, &mut next_pass);
-                                notify::ready();
-                                observation
-                            }
+                            Some(reload) => self.reconfigure(reload, &mut next_probe, &mut next_pass),
                             None => {
                                 self.reloads = None;
                                 continue;

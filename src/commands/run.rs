@@ -38,6 +38,8 @@ use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
 mod reload;
+#[cfg(debug_assertions)]
+mod stall;
 use reload::Reloader;
 
 /// The version and image the embedded example unit runs.
@@ -150,7 +152,7 @@ async fn run(
         }
     };
     #[cfg(debug_assertions)]
-    stall_on_sigusr2()?;
+    stall::on_sigusr2()?;
     let dry_run = args.dry_run;
     let registration = &settings.registration;
     let entries = registration_entries(&settings, &host);
@@ -417,23 +419,4 @@ fn configured_dry_run_updates(
         )),
         settings.update.clone(),
     )))
-}
-
-/// How long the test-only stall blocks the loop: far longer than any watchdog period.
-#[cfg(debug_assertions)]
-const STALL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// TEST-ONLY hook, compiled into debug builds alone (release and image builds have none): on
-/// SIGUSR2 the runtime's one thread sleeps, blocking the driver's loop as a stuck loop would, so
-/// a test can watch systemd's watchdog restart the unit.
-#[cfg(debug_assertions)]
-fn stall_on_sigusr2() -> anyhow::Result<()> {
-    let mut stall = signal(SignalKind::user_defined2()).context("failed to handle SIGUSR2")?;
-    tokio::spawn(async move {
-        if stall.recv().await.is_some() {
-            tracing::warn!("SIGUSR2 (test hook of debug builds): blocking the loop's thread");
-            std::thread::sleep(STALL);
-        }
-    });
-    Ok(())
 }

@@ -11,6 +11,7 @@ use super::Driver;
 use crate::agent::cycle::UpdateReload;
 use crate::agent::state::{HealthRules, Observation};
 use crate::health::Probe;
+use crate::notify;
 use crate::registry::{Entry, Registry};
 use crate::systemd::control::UnitControl;
 
@@ -30,8 +31,9 @@ pub struct Reconfigure<P> {
 }
 
 impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
-    /// Puts `reload` in force and returns the observation that hands the state machine its
-    /// health rules. A shorter probe or poll period pulls the next probe or pass in.
+    /// Puts `reload` in force, tells systemd the reload is done (`READY=1`), and returns the
+    /// observation that hands the state machine its health rules. A shorter probe or poll period
+    /// pulls the next probe or pass in.
     pub(super) fn reconfigure(
         &mut self,
         reload: Reconfigure<P>,
@@ -63,6 +65,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             }
             updates.hold_reload(reload.updates);
         }
+        notify::ready();
         Observation::Reconfigured(reload.rules)
     }
 }
