@@ -158,3 +158,74 @@ impl Reloader {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BASE: &str = "[instance]\nunit = \"web@1.service\"\n\
+                        [registration]\nhost = \"127.0.0.1\"\nport = 8080\n\
+                        [health]\ncheck = \"none\"\n[update]\nenabled = false\n";
+
+    /// A reloader over one `--config` file under `dir`, running what it says now.
+    fn reloader(dir: &Path, text: &str) -> Reloader {
+        let file = dir.join("sk.toml");
+        std::fs::write(&file, text).unwrap();
+        let sources = ConfigSources {
+            root: dir.join("root"),
+            files: vec![file],
+            unit: None,
+        };
+        let running = config::load(&sources).unwrap().settings;
+        Reloader {
+            sources: Some(sources),
+            running,
+            host: "127.0.0.1".into(),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn a_live_change_is_handed_over_and_becomes_the_configuration_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reloader = reloader(dir.path(), BASE);
+        std::fs::write(dir.path().join("sk.toml"), BASE.replace("8080", "8081")).unwrap();
+        let handed = reloader.reload().unwrap().expect("something to apply");
+        assert_eq!(
+            handed.entries,
+            [(
+                "/services/web/web-1".to_string(),
+                r#"{"host":"127.0.0.1","port":8081}"#.to_string()
+            )]
+        );
+        assert!(handed.rules.unchecked);
+        assert!(
+            handed.updates.source.is_none(),
+            "no update service to reach"
+        );
+        assert_eq!(reloader.running.registration.port, 8081);
+        // The same file again: nothing to hand over.
+        assert!(reloader.reload().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_invalid_file_or_a_change_that_waits_for_a_restart_changes_nothing_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reloader = reloader(dir.path(), BASE);
+        let before = reloader.running.clone();
+        let file = dir.path().join("sk.toml");
+        std::fs::write(&file, BASE.replace("port = 8080", "port = 8081\nprot = 1")).unwrap();
+        let Err(err) = reloader.reload() else {
+            panic!("an unknown key was accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("sk.toml:6: key `registration.prot`"), "{err}");
+        assert_eq!(reloader.running, before);
+        // Only a key that needs a restart: nothing to hand over, the running value stays.
+        std::fs::write(&file, format!("{BASE}[daemon]\nstate_dir = \"/srv/sk\"\n")).unwrap();
+        assert!(reloader.reload().unwrap().is_none());
+        assert_eq!(reloader.running, before);
+    }
+}
