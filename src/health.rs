@@ -210,6 +210,26 @@ impl HealthStreak {
         *self = HealthStreak::new(self.rise, self.fall);
     }
 
+    /// The same streak judged by new thresholds (a reloaded configuration): the counts so far
+    /// stay, and a count that meets a new threshold turns the streak at once.
+    pub fn with_thresholds(self, rise: NonZeroU32, fall: NonZeroU32) -> HealthStreak {
+        let mut streak = HealthStreak { rise, fall, ..self };
+        if streak.passes >= rise.get() {
+            streak.healthy = true;
+        }
+        if streak.failures >= fall.get() {
+            streak.healthy = false;
+        }
+        streak
+    }
+
+    /// Healthy until `fall` failures in a row: for an instance that served without a check
+    /// when one is added.
+    pub fn assume_healthy(&mut self) {
+        self.healthy = true;
+        self.failures = 0;
+    }
+
     /// Healthy by the thresholds.
     pub fn is_healthy(&self) -> bool {
         self.healthy
@@ -243,6 +263,28 @@ mod tests {
         assert!(s.record(false));
         assert!(s.record(true), "a pass restarts the fall count");
         assert!(s.record(false) && s.record(false));
+        assert!(!s.record(false));
+    }
+
+    #[test]
+    fn new_thresholds_keep_the_counts_and_turn_a_streak_that_meets_them() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let mut s = streak(3, 3);
+        s.record(true);
+        s.record(true);
+        assert!(!s.is_healthy());
+        let mut s = s.with_thresholds(n(2), n(3));
+        assert!(s.is_healthy(), "two passes meet a rise of 2");
+        s.record(false);
+        s.record(false);
+        assert!(s.is_healthy());
+        assert!(
+            !s.with_thresholds(n(2), n(2)).is_healthy(),
+            "two failures meet a fall of 2"
+        );
+        let mut s = streak(3, 2);
+        s.assume_healthy();
+        assert!(s.record(false), "one failure of two");
         assert!(!s.record(false));
     }
 

@@ -19,6 +19,7 @@ pub mod http_tls;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod omaha;
 pub mod registry;
 pub mod slot;

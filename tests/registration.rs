@@ -374,3 +374,8 @@ mod cluster;
 /// (`tests/registration/local_status.rs`).
 #[path = "registration/local_status.rs"]
 mod local_status;
+
+/// SIGHUP: a live change without a gap, an invalid file refused, a dry run
+/// (`tests/registration/reload.rs`).
+#[path = "registration/reload.rs"]
+mod reload;

@@ -310,3 +310,7 @@ async fn a_bad_configuration_fails_the_shipped_sidekick_unit_once_without_restar
     assert!(restarted.is_err(), "restarted: {}", show("NRestarts"));
     assert_eq!(show("ActiveState"), "failed");
 }
+
+/// The watchdog and reload of the shipped unit (`tests/units/signals.rs`).
+#[path = "units/signals.rs"]
+mod signals;

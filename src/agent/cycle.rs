@@ -20,7 +20,9 @@ use crate::omaha::{
 use crate::slot::{Acquisition, AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
 
+mod reload;
 mod swaps;
+pub use reload::UpdateReload;
 pub use swaps::SwapConfig;
 
 /// What one pass ended with.
@@ -129,6 +131,8 @@ pub struct UpdatePass<C: UnitControl> {
     swaps: Option<swaps::Swaps>,
     /// The last pass's result as `update-check` prints it.
     last_report: Option<CheckReport>,
+    /// Settings of a reloaded configuration, in force from the next pass (see [`reload`]).
+    reloaded: Option<UpdateReload>,
 }
 
 impl<C: UnitControl> UpdatePass<C> {
@@ -151,6 +155,7 @@ impl<C: UnitControl> UpdatePass<C> {
             running: None,
             swaps: None,
             last_report: None,
+            reloaded: None,
         }
     }
 
@@ -166,6 +171,7 @@ impl<C: UnitControl> UpdatePass<C> {
 
     /// Runs one pass; returns its outcome and the delay before the next one.
     pub async fn run(&mut self) -> (PassOutcome, Duration) {
+        self.apply_reload();
         let outcome = self.pass().await;
         self.last_report = Some(outcome.report());
         let result = match &outcome {

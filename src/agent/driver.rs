@@ -2,14 +2,15 @@
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
 //! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
 //! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
-//! come back as observations, so deregistration and SIGTERM stay instant. Reports progress with
-//! sd_notify STATUS.
+//! come back as observations, so deregistration and SIGTERM stay instant. Puts reloaded settings
+//! in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify STATUS, and pings
+//! systemd's watchdog from the loop itself, so that a stuck loop is restarted.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -21,7 +22,8 @@ use super::swap_metrics::SwapTimer;
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
-use crate::registry::record::{self, InstanceRecord};
+use crate::notify::{self, NotifyState, Watchdog};
+use crate::registry::record::InstanceRecord;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, LoadState, UnitState};
@@ -82,12 +84,15 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     options: DriverOptions,
     /// The instance record published with the registration, when configured.
     record: Option<InstanceRecord>,
-    /// The record changed since the registration was last published.
-    record_dirty: bool,
+    /// The entries changed (the record, or a reloaded configuration's keys) since the
+    /// registration was last published.
+    unpublished: bool,
     /// Times the swap's steps and counts its results.
     swap_timer: SwapTimer,
     /// The control socket's asks and state, when it is served ([`Self::with_control`]).
     asks: Option<asks::Asks>,
+    /// Settings of reloaded configurations, from `sidekick run`.
+    reloads: Option<mpsc::Receiver<Reconfigure<P>>>,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -112,9 +117,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             swap_timer: SwapTimer::new(options.metrics.clone()),
             options,
             record,
-            record_dirty: false,
+            unpublished: false,
             asks: None,
+            reloads: None,
         }
+    }
+
+    /// Also puts in force the reloaded settings that arrive on `reloads`.
+    pub fn with_reloads(mut self, reloads: mpsc::Receiver<Reconfigure<P>>) -> Self {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// Runs until `shutdown` resolves (or, with `once`, one pass is done), then deregisters and
@@ -129,7 +141,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // its lines follow the registration's.
         let mut next_pass = Some(started);
         let mut status = String::new();
-        notify(&[sd_notify::NotifyState::Ready]);
+        notify::ready();
+        let mut watchdog = Watchdog::from_env();
+        if let Some(period) = watchdog.period() {
+            debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
+        }
         let initial = self.seams.unit.borrow_and_update().clone();
         let mut departures = initial.departures;
         let mut pending = VecDeque::new();
@@ -139,7 +155,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // The swap's slow step in flight, and its verify deadline.
         let mut slow: Option<SlowStep> = None;
         let mut verify_at: Option<Instant> = None;
-        let mut recovered = self.recover().await;
+        let mut recovered = watchdog.awaiting(self.recover()).await;
         loop {
             let observation = match pending.pop_front() {
                 Some(observation) => observation,
@@ -152,6 +168,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => Observation::Shutdown,
+                        _ = watchdog.due() => {
+                            watchdog.ping();
+                            continue;
+                        }
+                        reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
+                            Some(reload) => self.reconfigure(reload, &mut next_probe, &mut next_pass),
+                            None => {
+                                self.reloads = None;
+                                continue;
+                            }
+                        },
                         changed = self.seams.unit.changed(), if unit_open => match changed {
                             Ok(()) => {
                                 let now = self.seams.unit.borrow_and_update().clone();
@@ -194,7 +221,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             Observation::Swap(SwapObservation::VerifyDeadline)
                         }
                         _ = sleep_until_some(pass_at), if pass_at.is_some() => {
-                            let (next, offer) = self.update_pass().await;
+                            let (next, offer) = watchdog.awaiting(self.update_pass()).await;
                             next_pass = next;
                             match offer {
                                 Some(plan) => Observation::Offer(plan),
@@ -240,16 +267,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     Action::Register => {
                         info!(instance = %self.options.instance, "unit active and healthy: registering");
                         self.seams.registry.register(self.entries());
-                        self.record_dirty = false;
+                        self.unpublished = false;
                     }
                     Action::Deregister => {
                         info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
                         self.seams.registry.deregister();
                     }
                     Action::Stop => {
-                        notify(&[
-                            sd_notify::NotifyState::Stopping,
-                            sd_notify::NotifyState::Status("stopping: deregistering"),
+                        notify::notify(&[
+                            NotifyState::Stopping,
+                            NotifyState::Status("stopping: deregistering"),
                         ]);
                         // What the swap gives back on the way out (a slot not yet used).
                         if let Some(last) =
@@ -288,64 +315,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     false => next_pass = next_pass.or(Some(Instant::now())),
                 }
             }
-            self.publish_record();
+            self.publish_changes();
             self.report_status(&mut status, &published.borrow());
-        }
-    }
-
-    /// The registration's entries, with the instance record when one is published.
-    fn entries(&self) -> Vec<Entry> {
-        let mut entries = self.options.entries.clone();
-        if let (Some(options), Some(record)) = (&self.options.record, &self.record) {
-            entries.push(record::entry(
-                &options.group,
-                &self.options.instance,
-                record,
-            ));
-        }
-        entries
-    }
-
-    /// Brings the instance record up to date: the phase, and a finished check's result and the
-    /// version it read. A change is published with the next registration, or by
-    /// [`Self::publish_record`].
-    fn update_record(&mut self, checked: Option<&str>, version: Option<String>) {
-        let phase = self.agent.phase.label();
-        // Registering again after a swap: the version it verified, before any pass reads it.
-        let version = version.or_else(|| match &self.agent.phase {
-            Phase::Updating(swap) => match &swap.stage {
-                Stage::Registering { failure: None } => Some(swap.plan.new.version.clone()),
-                Stage::Registering { failure: Some(_) } => Some(swap.plan.old.version.clone()),
-                _ => None,
-            },
-            _ => None,
-        });
-        let Some(record) = self.record.as_mut() else {
-            return;
-        };
-        let before = record.clone();
-        if record.phase != phase {
-            record.phase = phase.to_string();
-            record.since = crate::slot::now_rfc3339();
-        }
-        if let Some(result) = checked {
-            record.last_check = Some(crate::slot::now_rfc3339());
-            record.result = Some(result.to_string());
-        }
-        if let Some(version) = version {
-            record.version = version;
-        }
-        // A new check time alone is not worth a write.
-        self.record_dirty |= record.phase != before.phase
-            || record.version != before.version
-            || record.result != before.result;
-    }
-
-    /// Publishes a changed record with the registration, while registered.
-    fn publish_record(&mut self) {
-        if self.record_dirty && self.agent.registered {
-            self.seams.registry.register(self.entries());
-            self.record_dirty = false;
         }
     }
 
@@ -466,7 +437,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
         self.update_record(Some(label), running);
-        self.publish_record();
+        self.publish_changes();
         self.pass_done(label);
         (next, plan)
     }
@@ -482,7 +453,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         self.show_state();
         if *last != line {
             debug!(instance = %self.options.instance, "status: {line}");
-            notify(&[sd_notify::NotifyState::Status(&line)]);
+            notify::notify(&[NotifyState::Status(&line)]);
             *last = line;
         }
     }
@@ -507,6 +478,14 @@ async fn run_slow(slow: &mut Option<SlowStep>) -> Option<SwapObservation> {
     }
 }
 
+/// The next reloaded settings; never resolves without a channel.
+async fn next_reload<T>(reloads: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match reloads {
+        Some(reloads) => reloads.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`; never resolves for `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -527,14 +506,17 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
     }
 }
 
-/// sd_notify, ignoring errors: outside systemd there is no socket and nothing to tell.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(states);
-}
+mod reconfigure;
+mod record;
+pub use reconfigure::Reconfigure;
 
 #[cfg(test)]
 #[path = "driver/swap_tests.rs"]
 mod swap_tests;
+
+#[cfg(test)]
+#[path = "driver/reload_tests.rs"]
+mod reload_tests;
 
 #[cfg(test)]
 mod tests {

@@ -10,5 +10,5 @@ pub mod state;
 pub mod swap;
 pub mod swap_metrics;
 
-pub use driver::{Driver, DriverOptions, DriverReport, RecordOptions, Seams};
-pub use state::{Action, Agent, Observation, Phase};
+pub use driver::{Driver, DriverOptions, DriverReport, Reconfigure, RecordOptions, Seams};
+pub use state::{Action, Agent, HealthRules, Observation, Phase};

@@ -258,6 +258,11 @@ impl Poller {
         }
     }
 
+    /// Checks every `interval` from the next delay on.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.schedule.set_interval(interval);
+    }
+
     /// Records a result: the delay before the next check, and whether the result differs from
     /// the previous one (log it only then).
     pub fn record(&mut self, result: &CheckResult) -> (Duration, bool) {

@@ -10,6 +10,8 @@
 //! first registration after start with no swap in flight: the instance is healthy on the version
 //! it runs by then. A swap resumed from the journal releases its own slot instead.
 
+use std::num::NonZeroU32;
+
 use super::swap::{self, SwapAction, SwapObservation, SwapPhase, SwapPlan};
 use crate::health::HealthStreak;
 use crate::systemd::ActiveState;
@@ -63,6 +65,17 @@ pub enum Observation {
     Registered,
     /// A swap step's result.
     Swap(SwapObservation),
+    /// A reloaded configuration brought these health rules.
+    Reconfigured(HealthRules),
+}
+
+/// How health is judged: the `[health]` thresholds, or no check at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthRules {
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+    /// `health.check = "none"`.
+    pub unchecked: bool,
 }
 
 /// What the driver must do.
@@ -121,6 +134,18 @@ impl Agent {
         self.phase.allows_registration() && self.unit.is_active() && self.healthy()
     }
 
+    /// Judges health by `rules` from now on, keeping the streak so far. An active instance that
+    /// served without a check, when one is added, stays healthy until it fails `fall` times:
+    /// a reload does not drop a registration on no evidence.
+    fn reconfigure(&mut self, rules: HealthRules) {
+        let trusted = self.unchecked && !rules.unchecked && self.unit.is_active();
+        self.health = self.health.with_thresholds(rules.rise, rules.fall);
+        if trusted {
+            self.health.assume_healthy();
+        }
+        self.unchecked = rules.unchecked;
+    }
+
     /// One line for sd_notify STATUS and logs.
     pub fn status(&self) -> String {
         match (&self.phase, self.registered) {
@@ -167,6 +192,10 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             return (agent, actions);
         }
         Observation::Swap(observation) => Some(observation),
+        Observation::Reconfigured(rules) => {
+            agent.reconfigure(rules);
+            None
+        }
         Observation::LeftActive => {
             agent.health.reset();
             agent.unit = ActiveState::Unknown;

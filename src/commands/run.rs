@@ -1,5 +1,6 @@
 //! `sidekick run`: the daemon. Keeps the instance registered in etcd exactly while its unit is
-//! active and healthy, until SIGTERM or SIGINT; then revokes the lease and exits 0.
+//! active and healthy, until SIGTERM or SIGINT; then revokes the lease and exits 0. SIGHUP reads
+//! the configuration again and puts what can change in a running process in force ([`reload`]).
 //!
 //! `--dry-run` reads everything and writes nothing: each write is printed as `dry-run: would …`.
 //! With no configuration at all, the dry run runs on the embedded defaults
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tracing::{error, info, info_span};
 
 use crate::agent::cycle::{SwapConfig, UpdatePass};
@@ -24,7 +26,7 @@ use crate::agent::journal::Journal;
 use crate::agent::poll::Denylist;
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
-use crate::config::{self, HealthCheck, LoadedConfig, Settings, SlotBackend};
+use crate::config::{self, ConfigSources, HealthCheck, LoadedConfig, Settings, SlotBackend};
 use crate::control::server::ControlSocket;
 use crate::control::{self, DaemonState};
 use crate::etcd::EtcdConnection;
@@ -35,11 +37,16 @@ use crate::omaha::{
     UpdateBackend,
 };
 use crate::registry::address::announced_host;
-use crate::registry::{Announce, AnyRegistry, KeyLayout};
+use crate::registry::{Announce, AnyRegistry, Entry, KeyLayout};
 use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
 use crate::systemd::control::{AnyUnitControl, DbusUnitControl, DryRunUnitControl, RunningVersion};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
+
+mod reload;
+#[cfg(debug_assertions)]
+mod stall;
+use reload::Reloader;
 
 /// The version and image the embedded example unit runs.
 const EMBEDDED_RUNNING: (&str, &str) = ("1.0.0", "registry.example.com/web:1.0.0");
@@ -116,7 +123,7 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
     // single-threaded, so the span stays entered for every task it polls.
     let _instance = info_span!("instance", unit = %settings.instance.unit).entered();
     let started = Instant::now();
-    match runtime.block_on(run(settings, host, world, args)) {
+    match runtime.block_on(run(settings, host, world, sources, args)) {
         Ok(report) => {
             info!(
                 etcd_requests = report.etcd_requests,
@@ -137,25 +144,24 @@ async fn run(
     settings: Settings,
     host: String,
     world: World,
+    sources: ConfigSources,
     args: &RunArgs,
 ) -> anyhow::Result<DriverReport> {
     let mut terminate = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
+    let hangups = signal(SignalKind::hangup()).context("failed to handle SIGHUP")?;
+    let configured = matches!(world, World::Configured);
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM: stopping"),
             _ = interrupt.recv() => info!("SIGINT: stopping"),
         }
     };
+    #[cfg(debug_assertions)]
+    stall::on_sigusr2()?;
     let dry_run = args.dry_run;
     let registration = &settings.registration;
-    let entries = KeyLayout::from_settings(&registration.keys).entries(&Announce {
-        service: settings.instance.service.clone(),
-        instance: settings.instance.name.clone(),
-        host: host.clone(),
-        port: registration.port,
-        ttl: registration.ttl,
-    });
+    let entries = registration_entries(&settings, &host);
     let probe = HealthProbe::from_settings(&settings.health)
         .context("failed to set up the health check")?;
     let etcd = match world {
@@ -256,7 +262,16 @@ async fn run(
             host: host.clone(),
         }),
     };
-    let mut driver = Driver::new(agent, seams, options);
+    let (reloads, reloaded) = mpsc::channel(1);
+    let reloader = Reloader {
+        root: sources.root.clone(),
+        sources: configured.then_some(sources),
+        running: settings.clone(),
+        host: host.clone(),
+        dry_run,
+    };
+    let reloading = tokio::spawn(reloader.follow(hangups, reloads));
+    let mut driver = Driver::new(agent, seams, options).with_reloads(reloaded);
     // Removes the socket file when dropped, after the driver stopped.
     let control = match &settings.daemon.control_socket {
         None => {
@@ -280,9 +295,22 @@ async fn run(
         },
     };
     let report = driver.run(shutdown).await;
+    reloading.abort();
     drop(control);
     drop(follower);
     Ok(report)
+}
+
+/// The registration's keys and values for `settings`, announcing `host`.
+fn registration_entries(settings: &Settings, host: &str) -> Vec<Entry> {
+    let registration = &settings.registration;
+    KeyLayout::from_settings(&registration.keys).entries(&Announce {
+        service: settings.instance.service.clone(),
+        instance: settings.instance.name.clone(),
+        host: host.to_string(),
+        port: registration.port,
+        ttl: registration.ttl,
+    })
 }
 
 /// The update pass of the daemon: the configured update service, slots and the unit over D-Bus,
@@ -299,13 +327,7 @@ async fn configured_updates(
         holder: instance.machine_id.clone(),
         instance: settings.instance.name.clone(),
     };
-    let source = HttpUpdateSource::new(
-        server,
-        instance,
-        HttpTimeouts::default(),
-        settings.update.ca_file.as_deref(),
-    )
-    .context("failed to set up the update client")?;
+    let source = update_client(server, instance, settings)?;
     let slot = &settings.slot;
     let slots = match slot.backend {
         SlotBackend::Etcd => {
@@ -343,23 +365,47 @@ async fn configured_updates(
     Ok(Some(pass.with_swaps(swap_config(settings, false)?)))
 }
 
+/// The client of the configured update service.
+fn update_client(
+    server: url::Url,
+    instance: crate::omaha::AppInstance,
+    settings: &Settings,
+) -> anyhow::Result<HttpUpdateSource> {
+    HttpUpdateSource::new(
+        server,
+        instance,
+        HttpTimeouts::default(),
+        settings.update.ca_file.as_deref(),
+    )
+    .context("failed to set up the update client")
+}
+
+/// The swap's slow steps as `[swap]` configures them.
+fn step_settings(settings: &Settings) -> StepSettings {
+    let swap = &settings.swap;
+    StepSettings {
+        prepull: swap.prepull.clone(),
+        drain: swap.drain,
+        start_timeout: swap.start_timeout,
+    }
+}
+
+/// The passes a swap's verification counts: `health.rise`, or 0 with no check.
+fn verify_rise(settings: &Settings) -> u32 {
+    match settings.health.check {
+        HealthCheck::None => 0,
+        _ => settings.health.rise.get(),
+    }
+}
+
 /// How the pass swaps: the configured steps; a dry run writes no journal and no denylist.
 fn swap_config(settings: &Settings, dry_run: bool) -> anyhow::Result<SwapConfig> {
-    let swap = &settings.swap;
-    let health = &settings.health;
     let state_dir = &settings.daemon.state_dir;
     let instance = &settings.instance.name;
     Ok(SwapConfig {
-        steps: StepSettings {
-            prepull: swap.prepull.clone(),
-            drain: swap.drain,
-            start_timeout: swap.start_timeout,
-        },
-        verify_timeout: swap.verify_timeout,
-        rise: match health.check {
-            HealthCheck::None => 0,
-            _ => health.rise.get(),
-        },
+        steps: step_settings(settings),
+        verify_timeout: settings.swap.verify_timeout,
+        rise: verify_rise(settings),
         journal: Journal::new(state_dir, instance),
         denylist: Denylist::load(state_dir, instance)
             .context("failed to read the update denylist")?,
@@ -390,13 +436,7 @@ fn configured_dry_run_updates(
     };
     let instance = super::update_check::app_instance(settings)
         .context("failed to identify the instance to the update service")?;
-    let source = HttpUpdateSource::new(
-        server,
-        instance,
-        HttpTimeouts::default(),
-        settings.update.ca_file.as_deref(),
-    )
-    .context("failed to set up the update client")?;
+    let source = update_client(server, instance, settings)?;
     // The pass never asks this control: a dry run sends no check to a real service.
     Ok(Some(UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), true),

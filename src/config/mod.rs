@@ -10,6 +10,7 @@
 pub mod bounds;
 pub mod fragments;
 pub mod inputs;
+pub mod reload;
 pub mod secrets;
 pub mod settings;
 pub mod sources;

@@ -38,6 +38,16 @@ impl PollSchedule {
         }
     }
 
+    /// Polls every `interval` from the next delay on, keeping the count of errors in a row.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+    }
+
+    /// The configured period.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Errors in a row since the last success or on-hold answer.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
@@ -73,6 +83,22 @@ mod tests {
     use super::*;
 
     const FIVE_MIN: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_new_interval_paces_the_next_delay_and_keeps_the_backoff() {
+        let mut s = PollSchedule::new(FIVE_MIN);
+        s.next_delay_with(PollResult::Failure, 0.5);
+        s.set_interval(Duration::from_secs(60));
+        assert_eq!(s.interval(), Duration::from_secs(60));
+        assert_eq!(s.consecutive_failures(), 1);
+        // Two errors in a row: the new interval doubled twice.
+        let backoff = s.next_delay_with(PollResult::Failure, 0.5);
+        assert_eq!(backoff, Duration::from_secs(240));
+        assert_eq!(
+            s.next_delay_with(PollResult::Success, 0.5),
+            Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn success_waits_the_interval_within_ten_percent() {

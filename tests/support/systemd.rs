@@ -209,6 +209,8 @@ pub enum Job {
     Start,
     Stop,
     Restart,
+    /// `ReloadUnit`: runs the unit's `ExecReload=`.
+    Reload,
 }
 
 /// Runs `job` on `unit` with mode "replace" and waits for its `JobRemoved`; returns its result
@@ -220,6 +222,7 @@ pub async fn run_job(mgr: &ManagerProxy<'_>, job: Job, unit: &str) -> String {
         Job::Start => mgr.start_unit(name, mode).await,
         Job::Stop => mgr.stop_unit(name, mode).await,
         Job::Restart => mgr.restart_unit(name, mode).await,
+        Job::Reload => mgr.reload_unit(name, mode).await,
     }
     .unwrap_or_else(|e| panic!("{job:?} {unit}: {e}"));
     let wait = async {

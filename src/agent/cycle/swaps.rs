@@ -35,6 +35,16 @@ pub(super) struct Swaps {
     poller: Poller,
 }
 
+impl Swaps {
+    /// Takes a reload's swap settings and poll period (between swaps).
+    pub(super) fn reload(&mut self, reload: &super::UpdateReload) {
+        self.poller.set_interval(reload.settings.interval);
+        self.config.steps = reload.steps.clone();
+        self.config.verify_timeout = reload.verify_timeout;
+        self.config.rise = reload.rise;
+    }
+}
+
 impl<C: UnitControl + 'static> UpdatePass<C> {
     /// Makes this pass apply the updates it is offered.
     pub fn with_swaps(mut self, config: SwapConfig) -> Self {
@@ -51,6 +61,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// One check: a plan for a valid offer not on the denylist, the result's label for
     /// metrics, and the delay before the next check.
     pub async fn poll(&mut self) -> (Option<SwapPlan>, &'static str, Duration) {
+        self.apply_reload();
         let Some(swaps) = self.swaps.as_mut() else {
             return (None, "not-checked", self.settings.interval);
         };

@@ -385,3 +385,87 @@ fn deregistered_mid_swap_phase() -> SwapPhase {
         other => panic!("not updating: {other:?}"),
     }
 }
+
+fn rules(rise: u32, fall: u32, unchecked: bool) -> Observation {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    Observation::Reconfigured(HealthRules {
+        rise: n(rise),
+        fall: n(fall),
+        unchecked,
+    })
+}
+
+#[test]
+fn reloaded_health_rules_keep_the_streak_and_act_only_on_what_they_change() {
+    // A lower rise registers an instance that has already passed enough checks.
+    run(
+        agent(3, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[]),
+            (rules(2, 2, false), &[Action::Register]),
+        ],
+    );
+    // A lower fall deregisters one that has already failed enough.
+    run(
+        agent(1, 3, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[Action::Register]),
+            (FAIL, &[]),
+            (rules(1, 1, false), &[Action::Deregister]),
+        ],
+    );
+    // The same or looser rules leave a registration alone.
+    let a = run(
+        agent(2, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            (rules(2, 2, false), &[]),
+            (rules(5, 4, false), &[]),
+            (FAIL, &[]),
+            (FAIL, &[]),
+            (FAIL, &[]),
+            (FAIL, &[Action::Deregister]),
+        ],
+    );
+    assert!(!a.registered);
+}
+
+#[test]
+fn dropping_the_check_registers_and_adding_one_keeps_the_registration_until_fall_failures() {
+    // An unhealthy but active instance counts as healthy once there is no check.
+    run(
+        agent(2, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (rules(2, 2, true), &[Action::Register]),
+        ],
+    );
+    // A check added to a registered instance: it must fail `fall` times to go.
+    let a = run(
+        agent(2, 2, true),
+        &[
+            (Unit(Active), &[Action::Register]),
+            (rules(2, 2, false), &[]),
+            (PASS, &[]),
+            (FAIL, &[]),
+            (FAIL, &[Action::Deregister]),
+        ],
+    );
+    assert!(a.probing());
+    // Not while the unit is down: coming back it must pass `rise` checks first.
+    run(
+        agent(2, 2, true),
+        &[
+            (Unit(Inactive), &[]),
+            (rules(2, 2, false), &[]),
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+        ],
+    );
+}
