@@ -75,7 +75,7 @@ impl Watchdog {
     }
 
     /// Awaits `work` while keeping the pings going: for a bounded step the loop itself awaits
-    /// (an update check with its own timeouts), which is waiting, not being stuck.
+    /// (the journal recovery at start), which is waiting, not being stuck.
     pub async fn awaiting<F: Future>(&mut self, work: F) -> F::Output {
         tokio::pin!(work);
         loop {

@@ -93,6 +93,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     asks: Option<asks::Asks>,
     /// Settings of reloaded configurations, from `sidekick run`.
     reloads: Option<mpsc::Receiver<Reconfigure<P>>>,
+    /// Update settings reloaded while the update pass was out running; handed to it when it is
+    /// back.
+    held_update_reload: Option<crate::agent::cycle::UpdateReload>,
 }
 
 /// How long `--once` waits for the unit's first state before it goes on without it.
@@ -120,6 +123,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             unpublished: false,
             asks: None,
             reloads: None,
+            held_update_reload: None,
         }
     }
 
@@ -154,6 +158,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         // The swap's slow step in flight, and its verify deadline.
         let mut slow: Option<SlowStep> = None;
+        // An update pass in flight: it runs beside the unit watch, the probe and the stop
+        // signal, so a unit that stops during a slow check is deregistered at once.
+        let mut passing = None;
         let mut verify_at: Option<Instant> = None;
         let mut recovered = watchdog.awaiting(self.recover()).await;
         loop {
@@ -163,6 +170,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     let probing = self.agent.probing();
                     let settled = self.settled(&published.borrow(), started);
                     let serving = self.agent.phase == Phase::Serving;
+                    // While a pass is out, `updates` is with it.
                     let can_pass = settled && serving && self.seams.updates.is_some();
                     let pass_at = next_pass.filter(|_| can_pass);
                     tokio::select! {
@@ -221,7 +229,14 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             Observation::Swap(SwapObservation::VerifyDeadline)
                         }
                         _ = sleep_until_some(pass_at), if pass_at.is_some() => {
-                            let (next, offer) = watchdog.awaiting(self.update_pass()).await;
+                            if let Some(updates) = self.seams.updates.take() {
+                                passing = Some(Box::pin(run_pass(updates)));
+                            }
+                            continue;
+                        }
+                        (updates, pass) = run_some(&mut passing), if passing.is_some() => {
+                            passing = None;
+                            let (next, offer) = self.pass_finished(updates, pass);
                             next_pass = next;
                             match offer {
                                 Some(plan) => Observation::Offer(plan),
@@ -230,7 +245,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                             }
                         }
                         ask = asks::next_ask(&mut self.asks) => {
-                            if self.take_ask(ask, can_pass) {
+                            // One that comes while a pass is out is answered with its result.
+                            if self.take_ask(ask, can_pass || passing.is_some()) {
                                 next_pass = Some(Instant::now());
                             }
                             continue;
@@ -414,21 +430,19 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         known && caught_up
     }
 
-    /// Runs one update pass; returns when the next one is due (`None` when `once` is done) and
-    /// the swap a valid offer asks for.
-    async fn update_pass(&mut self) -> (Option<Instant>, Option<super::swap::SwapPlan>) {
-        let Some(updates) = self.seams.updates.as_mut() else {
-            return (None, None);
-        };
-        let (label, delay, plan) = if updates.swaps() {
-            let (plan, label, delay) = updates.poll().await;
-            (label, delay, plan)
-        } else {
-            let (outcome, delay) = updates.run().await;
-            debug!(instance = %self.options.instance, outcome = ?outcome, next_in = ?delay, "update pass done");
-            (outcome.label(), delay, None)
-        };
+    /// Takes back the update pass that `pass` ran on; returns when the next one is due (`None`
+    /// when `once` is done) and the swap a valid offer asks for.
+    fn pass_finished(
+        &mut self,
+        mut updates: UpdatePass<C>,
+        pass: PassResult,
+    ) -> (Option<Instant>, Option<super::swap::SwapPlan>) {
+        let PassResult { label, delay, plan } = pass;
+        if let Some(reload) = self.held_update_reload.take() {
+            updates.hold_reload(reload);
+        }
         let running = updates.running().map(ToString::to_string);
+        self.seams.updates = Some(updates);
         if let Some(metrics) = &self.options.metrics {
             metrics.update_checked(label);
             if let Some(running) = &running {
@@ -467,6 +481,37 @@ fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &st
             format!("not registered: etcd unreachable ({error})")
         }
         _ => agent.status(),
+    }
+}
+
+/// What one update pass came to: its label for metrics and the record, the delay before the
+/// next one, and the swap a valid offer asks for.
+struct PassResult {
+    label: &'static str,
+    delay: Duration,
+    plan: Option<super::swap::SwapPlan>,
+}
+
+/// Runs one update pass on `updates`, taken out of the seams for the time, and gives it back.
+async fn run_pass<C: UnitControl + 'static>(
+    mut updates: UpdatePass<C>,
+) -> (UpdatePass<C>, PassResult) {
+    let (label, delay, plan) = if updates.swaps() {
+        let (plan, label, delay) = updates.poll().await;
+        (label, delay, plan)
+    } else {
+        let (outcome, delay) = updates.run().await;
+        debug!(outcome = ?outcome, next_in = ?delay, "update pass done");
+        (outcome.label(), delay, None)
+    };
+    (updates, PassResult { label, delay, plan })
+}
+
+/// The output of the future in `slot`; never resolves when there is none.
+async fn run_some<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 

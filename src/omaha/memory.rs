@@ -122,6 +122,8 @@ struct MemoryState {
 #[derive(Debug, Default, Clone)]
 pub struct InMemoryUpdateSource {
     state: Arc<Mutex<MemoryState>>,
+    /// While true, checks wait: a service that is slow to answer.
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl InMemoryUpdateSource {
@@ -132,6 +134,7 @@ impl InMemoryUpdateSource {
                 release,
                 ..MemoryState::default()
             })),
+            held: Arc::default(),
         }
     }
 
@@ -155,9 +158,20 @@ impl InMemoryUpdateSource {
         self.lock().events.clone()
     }
 
-    /// How many checks were sent so far.
+    /// How many checks were sent so far (answered or not).
     pub fn checks(&self) -> u64 {
         self.lock().checks
+    }
+
+    /// Holds every check, from now until [`Self::answer_checks`], like a service that does not
+    /// answer.
+    pub fn hold_checks(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets the held checks, and later ones, be answered.
+    pub fn answer_checks(&self) {
+        self.held.send_replace(false);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -167,7 +181,6 @@ impl InMemoryUpdateSource {
 
     fn decide(&self, current: &Version) -> CheckOutcome {
         let mut state = self.lock();
-        state.checks += 1;
         if let Some(outcome) = state.scripted.pop_front() {
             return outcome;
         }
@@ -188,6 +201,10 @@ impl UpdateSource for InMemoryUpdateSource {
         current: &Version,
         _interactive: bool,
     ) -> Result<CheckOutcome, OmahaError> {
+        self.lock().checks += 1;
+        let mut held = self.held.subscribe();
+        // The sender lives as long as `self`.
+        let _ = held.wait_for(|held| !*held).await;
         Ok(self.decide(current))
     }
 

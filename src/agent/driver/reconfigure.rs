@@ -56,14 +56,18 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             record.host = reload.host;
             self.unpublished = true;
         }
-        if let Some(updates) = self.seams.updates.as_mut() {
-            let interval = reload.updates.settings.interval;
-            if interval != updates.interval()
-                && let Some(at) = next_pass
-            {
-                *at = (*at).min(Instant::now() + interval);
+        match self.seams.updates.as_mut() {
+            Some(updates) => {
+                let interval = reload.updates.settings.interval;
+                if interval != updates.interval()
+                    && let Some(at) = next_pass
+                {
+                    *at = (*at).min(Instant::now() + interval);
+                }
+                updates.hold_reload(reload.updates);
             }
-            updates.hold_reload(reload.updates);
+            // The pass is out running (or there is none): it gets them when it is back.
+            None => self.held_update_reload = Some(reload.updates),
         }
         notify::ready();
         Observation::Reconfigured(reload.rules)

@@ -80,6 +80,7 @@ fn who(name: &str) -> SlotHolder {
 }
 
 struct World {
+    units: Arc<MemoryUnits>,
     control: MemoryUnitControl,
     source: InMemoryUpdateSource,
     slots: MemorySlots,
@@ -247,8 +248,6 @@ async fn start_with(setup: Setup<'_>) -> World {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(Driver::new(agent, seams, options).run(async move {
         let _ = stopped.await;
-        // The units follower lives as long as the run.
-        drop(units);
     }));
     eventually("registered before the offer", || registered(&registry)).await;
     if let Some(other) = slot_taken_by {
@@ -257,6 +256,7 @@ async fn start_with(setup: Setup<'_>) -> World {
     }
     source.set_release(Some(release(offered)));
     World {
+        units,
         control,
         source,
         slots,
@@ -493,6 +493,32 @@ async fn with_no_prepull_configured_the_swap_runs_no_transient_unit_and_still_re
         "{:?}",
         world.control.calls()
     );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_unit_that_stops_while_an_update_check_hangs_is_deregistered_at_once() {
+    // Offered what it runs: every pass is a check that finds no update.
+    let world = start("1.0.0", "none", Duration::from_millis(20)).await;
+    world.source.hold_checks();
+    let before = world.source.checks();
+    eventually("a check in flight, unanswered", || {
+        world.source.checks() > before
+    })
+    .await;
+    let in_flight = world.source.checks();
+    world.units.set(ActiveState::Inactive);
+    eventually("deregistered while the check hangs", || {
+        !registered(&world.registry)
+    })
+    .await;
+    assert_eq!(world.source.checks(), in_flight, "still the same check");
+    // The unit comes back while the check still hangs: registered again after `rise` passes.
+    world.units.set(ActiveState::Active);
+    eventually("registered again", || registered(&world.registry)).await;
+    assert_eq!(world.source.checks(), in_flight, "still the same check");
+    world.source.answer_checks();
+    eventually("the next check", || world.source.checks() > in_flight).await;
     world.finish().await;
 }
 
