@@ -52,6 +52,10 @@ fn every_stage() -> Vec<Stage> {
             failure: failure(true),
             passes: 1,
         },
+        Stage::Registering { failure: None },
+        Stage::Registering {
+            failure: Some(failure(true)),
+        },
         Stage::Releasing,
         Stage::Stranded {
             failure: failure(true),
@@ -273,4 +277,41 @@ fn recovery_of_a_finished_swap_only_clears_the_journal() {
     let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"));
     assert_eq!(actions, [SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
+}
+
+#[test]
+fn recovery_while_registering_again_registers_and_then_reports_the_recorded_outcome() {
+    let cases = [
+        (None, vec![SwapAction::SendEvent(Event::UpdateComplete)]),
+        (
+            Some(failure(true)),
+            vec![
+                SwapAction::SendEvent(Event::Failed {
+                    error_code: error_code::UNHEALTHY_AFTER_SWAP,
+                }),
+                SwapAction::Halt {
+                    version: "2.0.0".into(),
+                    reason: "2.0.0 not healthy".into(),
+                },
+                SwapAction::Denylist {
+                    version: "2.0.0".into(),
+                },
+            ],
+        ),
+    ];
+    for (recorded, report) in cases {
+        let stage = Stage::Registering {
+            failure: recorded.clone(),
+        };
+        for observed in [running("1.0.0"), running("2.0.0")] {
+            let (phase, actions) = recover(at(stage.clone()), &observed);
+            assert_eq!(actions, [SwapAction::Register], "{stage:?}");
+            assert_eq!(phase.stage, stage);
+            let (phase, actions) = swap::step(phase, swap::SwapObservation::Registered);
+            let mut expected = report.clone();
+            expected.push(SwapAction::ReleaseSlot { retry: false });
+            assert_eq!(actions, expected, "{stage:?}");
+            assert_eq!(phase.stage, Stage::Releasing);
+        }
+    }
 }

@@ -306,3 +306,81 @@ fn the_running_version_needs_both_variables_and_semver() {
     assert_eq!(version, Version::new(1, 2, 3));
     assert_eq!(old.image, "i:1");
 }
+
+#[test]
+fn an_update_url_with_an_empty_query_string_leaves_error_texts_unchanged() {
+    let url = Url::parse("https://u.example/v1/update/?").unwrap();
+    let text = "error sending request for url (https://u.example/v1/update/?)";
+    assert_eq!(redact(text, Some(&url)), text);
+}
+
+#[test]
+fn the_poller_waits_the_interval_within_ten_percent_and_flags_only_a_changed_answer() {
+    let interval = Duration::from_secs(300);
+    let hold = CheckResult::OnHold {
+        reason: "error-updatesDisabled".into(),
+    };
+    let answers = [
+        (CheckResult::NoUpdate, true),
+        (CheckResult::NoUpdate, false),
+        (hold.clone(), true),
+        (hold, false),
+        (CheckResult::NoUpdate, true),
+    ];
+    let mut poller = Poller::new(interval);
+    for (result, changed) in answers {
+        let (delay, flagged) = poller.record(&result);
+        assert!(
+            delay >= interval.mul_f64(0.9) && delay <= interval.mul_f64(1.1),
+            "{delay:?} after {result:?}"
+        );
+        assert_eq!(flagged, changed, "{result:?}");
+    }
+}
+
+#[test]
+fn only_an_unreachable_service_backs_off_and_a_hold_is_paced_as_a_hold() {
+    let interval = Duration::from_secs(60);
+    let unreachable = CheckResult::Unreachable {
+        kind: "connect".into(),
+        detail: "connection refused".into(),
+    };
+    let answers = [
+        (
+            CheckResult::OnHold {
+                reason: "error-updatesDisabled".into(),
+            },
+            PollResult::OnHold,
+        ),
+        (CheckResult::NoUpdate, PollResult::Success),
+        (
+            CheckResult::Denylisted {
+                version: Version::new(2, 0, 0),
+            },
+            PollResult::Success,
+        ),
+        (
+            CheckResult::ServerStatus {
+                kind: "server-status".into(),
+                detail: "app status \"error-noPackageFound\"".into(),
+            },
+            PollResult::Success,
+        ),
+        (
+            CheckResult::Halted {
+                version: "2.0.0".into(),
+                reason: "not healthy".into(),
+            },
+            PollResult::Success,
+        ),
+    ];
+    for (result, pacing) in answers {
+        assert_eq!(result.pacing(), pacing, "{result:?}");
+        // After a backoff, any answer but another failure returns to the normal interval.
+        let mut poller = Poller::new(interval);
+        assert_eq!(poller.record_with(&unreachable, 0.5).0, interval * 2);
+        assert_eq!(poller.record_with(&result, 0.5).0, interval, "{result:?}");
+        assert_eq!(poller.record_with(&unreachable, 0.5).0, interval * 2);
+    }
+    assert_eq!(unreachable.pacing(), PollResult::Failure);
+}
