@@ -98,6 +98,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     held_update_reload: Option<crate::agent::cycle::UpdateReload>,
 }
 
+/// How long the start waits for the unit's first state before it tells systemd it is ready.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
 /// How long `--once` waits for the unit's first state before it goes on without it.
 pub const ONCE_UNIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -145,7 +148,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // its lines follow the registration's.
         let mut next_pass = Some(started);
         let mut status = String::new();
-        notify::ready();
+        // READY=1 once the unit's first state is known (or, with the bus silent, after a bound
+        // the start job can wait for, with STATUS saying why).
+        let mut ready_by = Some(started + READY_WAIT);
         let mut watchdog = Watchdog::from_env();
         if let Some(period) = watchdog.period() {
             debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
@@ -178,6 +183,13 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                         _ = &mut shutdown => Observation::Shutdown,
                         _ = watchdog.due() => {
                             watchdog.ping();
+                            continue;
+                        }
+                        _ = sleep_until_some(ready_by), if ready_by.is_some() => {
+                            warn!(instance = %self.options.instance,
+                                "the unit's state is not known after {READY_WAIT:?}: ready anyway, following it when the bus answers");
+                            notify::ready();
+                            ready_by = None;
                             continue;
                         }
                         reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
@@ -260,6 +272,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     }
                 }
             };
+            if ready_by.is_some()
+                && matches!(&observation, Observation::Unit(s) if *s != ActiveState::Unknown)
+            {
+                notify::ready();
+                ready_by = None;
+            }
             let became_active = matches!(&observation, Observation::Unit(s) if s.is_active())
                 && !self.agent.unit.is_active();
             if became_active {
