@@ -60,3 +60,22 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+impl Drop for Registry {
+    /// Untags every image the host's Docker pulled from this registry (tests, pre-pulls), so
+    /// runs do not leave `127.0.0.1:<port>/…` tags behind; the images stay under their own tags.
+    fn drop(&mut self) {
+        let prefix = format!("{}/", self.address());
+        let Ok(out) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        else {
+            return;
+        };
+        for tag in String::from_utf8_lossy(&out.stdout).lines() {
+            if tag.starts_with(&prefix) {
+                super::images::remove_tag(tag);
+            }
+        }
+    }
+}
