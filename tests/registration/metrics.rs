@@ -236,6 +236,17 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
         "{text}"
     );
     assert!(!text.contains("step=\"rollback\""), "{text}");
+    // The version label follows the swap, before any later pass reads it again.
+    assert_eq!(
+        sample(&text, "sidekick_version_info{version=\"2.0.0\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sidekick_version_info{version=\"1.0.0\"}"),
+        None,
+        "{text}"
+    );
     assert_promtool_accepts(&text);
     let slots = client
         .clone()

@@ -37,6 +37,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             },
             _ => None,
         });
+        // The version metric follows a swap too, not only the update passes.
+        if let (Some(metrics), Some(version)) = (&self.options.metrics, &version) {
+            metrics.set_version(version);
+        }
         let Some(record) = self.record.as_mut() else {
             return;
         };
