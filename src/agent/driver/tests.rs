@@ -1,0 +1,155 @@
+//! The loop over in-memory seams without updates: it follows the unit and the probe, and says
+//! what is true in its status line.
+
+use std::num::NonZeroU32;
+
+use super::*;
+use crate::health::{HealthStreak, ProbeError};
+use crate::registry::{Desired, MemoryRegistry};
+use crate::systemd::control::MemoryUnitControl;
+use crate::systemd::{MemoryUnits, UnitManager};
+
+/// A probe whose answers the test flips.
+#[derive(Clone)]
+struct Switch(watch::Receiver<bool>);
+
+impl Probe for Switch {
+    async fn check(&mut self) -> Result<(), ProbeError> {
+        match *self.0.borrow() {
+            true => Ok(()),
+            false => Err(ProbeError::Timeout(Duration::ZERO)),
+        }
+    }
+}
+
+/// A driver over in-memory seams that does not look for updates.
+fn driver(
+    agent: Agent,
+    registry: MemoryRegistry,
+    probe: Switch,
+    units: &MemoryUnits,
+) -> Driver<MemoryRegistry, Switch, MemoryUnitControl> {
+    let seams = Seams {
+        registry,
+        probe,
+        unit: units.unit_state(),
+        updates: None,
+    };
+    let options = DriverOptions {
+        entries: vec![("k".into(), "v".into())],
+        interval: Duration::from_millis(10),
+        instance: "web-1".into(),
+        unit_name: "web@1.service".into(),
+        once: false,
+        metrics: None,
+        record: None,
+    };
+    Driver::new(agent, seams, options)
+}
+
+#[test]
+fn status_says_not_registered_while_etcd_is_unreachable_or_the_unit_unusable() {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let mut agent = Agent::new(HealthStreak::new(n(1), n(1)), true);
+    agent.unit = ActiveState::Active;
+    agent.registered = true;
+    let unreachable = Published::Unreachable {
+        error: "connection refused".into(),
+    };
+    let loaded = LoadState::Loaded;
+    assert_eq!(
+        status_line(&agent, &unreachable, &loaded, "web@1.service"),
+        "not registered: etcd unreachable (connection refused)"
+    );
+    let registered = Published::Registered { lease: 7 };
+    assert_eq!(
+        status_line(&agent, &registered, &loaded, "web@1.service"),
+        "registered"
+    );
+    assert_eq!(
+        status_line(&agent, &registered, &LoadState::NotFound, "web@1.service"),
+        "not registered: unit web@1.service is not-found"
+    );
+    agent.registered = false;
+    agent.unit = ActiveState::Inactive;
+    assert_eq!(
+        status_line(&agent, &unreachable, &loaded, "web@1.service"),
+        "not registered: unit is inactive"
+    );
+}
+
+async fn wait_for(registry: &MemoryRegistry, want: bool) {
+    let mut published = registry.published();
+    let wait = published.wait_for(|p| matches!(p, Published::Registered { .. }) == want);
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("registry state in time")
+        .expect("registry alive");
+}
+
+#[tokio::test]
+async fn follows_unit_and_probe_and_deregisters_on_shutdown() {
+    let units = MemoryUnits::new(ActiveState::Inactive);
+    let registry = MemoryRegistry::new();
+    let (healthy, probe) = watch::channel(true);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let driver = driver(
+        Agent::new(HealthStreak::new(n(2), n(1)), false),
+        registry.clone(),
+        Switch(probe),
+        &units,
+    );
+    let run = tokio::spawn(driver.run(async {
+        let _ = stopped.await;
+    }));
+    units.set(ActiveState::Active);
+    wait_for(&registry, true).await;
+    healthy.send_replace(false);
+    wait_for(&registry, false).await;
+    healthy.send_replace(true);
+    wait_for(&registry, true).await;
+    units.set(ActiveState::Deactivating);
+    wait_for(&registry, false).await;
+    let _ = stop.send(());
+    run.await.unwrap();
+    assert_eq!(registry.history().last(), Some(&Desired::Shutdown));
+    assert_eq!(registry.current(), None);
+}
+
+#[tokio::test]
+async fn a_restart_seen_only_as_active_again_deregisters_and_waits_for_rise() {
+    let units = MemoryUnits::new(ActiveState::Active);
+    let registry = MemoryRegistry::new();
+    let (_healthy, probe) = watch::channel(true);
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let driver = driver(
+        Agent::new(HealthStreak::new(n(2), n(2)), false),
+        registry.clone(),
+        Switch(probe),
+        &units,
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(driver.run(async {
+        let _ = stopped.await;
+    }));
+    wait_for(&registry, true).await;
+    let before = registry.history().len();
+    // All three before the driver runs again: it sees only the latest value.
+    units.set(ActiveState::Deactivating);
+    units.set(ActiveState::Activating);
+    units.set(ActiveState::Active);
+    let mut published = registry.published();
+    let again = published.wait_for(|_| registry.history().len() >= before + 2);
+    tokio::time::timeout(Duration::from_secs(5), again)
+        .await
+        .expect("deregistered and registered again in time")
+        .expect("registry alive");
+    let entries = vec![("k".to_string(), "v".to_string())];
+    assert_eq!(
+        registry.history()[before..],
+        [Desired::Absent, Desired::Present(entries)]
+    );
+    let _ = stop.send(());
+    run.await.unwrap();
+}
