@@ -1,14 +1,15 @@
-//! The agent: a pure state machine that decides ([`state`]) and the tokio loop that observes the
-//! unit and the probe and carries the decisions out through the seams ([`driver`]).
+//! The agent, in three wings (map in `docs/architecture.md`):
+//!
+//! - [`machine`]: the pure decider, no tokio, clock or I/O: the instance's state and the swap's
+//!   sub-machine, and what a start does with a journaled swap;
+//! - [`update`]: the update side through the seams: the check policy, the one update pass, the
+//!   swap's slow steps, the journal file and the denylist;
+//! - [`driver`]: the tokio loop that observes the unit, the probe, signals and the slow steps,
+//!   feeds the machine and carries its actions out.
 
-pub mod cycle;
 pub mod driver;
-pub mod execute;
-pub mod journal;
-pub mod poll;
-pub mod state;
-pub mod swap;
-pub mod swap_metrics;
+pub mod machine;
+pub mod update;
 
 pub use driver::{Driver, DriverOptions, DriverReport, Reconfigure, RecordOptions, Seams};
-pub use state::{Action, Agent, HealthRules, Observation, Phase};
+pub use machine::state::{Action, Agent, HealthRules, Observation, Phase};

@@ -20,10 +20,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, info_span};
 
-use crate::agent::cycle::{SwapConfig, UpdatePass};
-use crate::agent::execute::StepSettings;
-use crate::agent::journal::Journal;
-use crate::agent::poll::Denylist;
+use crate::agent::update::journal::Journal;
+use crate::agent::update::policy::Denylist;
+use crate::agent::update::steps::StepSettings;
+use crate::agent::update::{SwapConfig, UpdatePass};
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, ConfigSources, HealthCheck, LoadedConfig, Settings, SlotBackend};

@@ -5,7 +5,7 @@
 //! grant, counted against the group's limits and timed out when nobody acts on it, so only the
 //! daemon, which acts on it, should get one. With no daemon it checks only with `--standalone`,
 //! against the configured Omaha service, with the daemon's own policy (validation, denylist, the
-//! 3/0 for a refused offer: [`crate::agent::poll::check`]); it sends no events except the error
+//! 3/0 for a refused offer: [`crate::agent::update::policy::check`]); it sends no events except the error
 //! event for an offer it refuses.
 
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use semver::Version;
 
-use crate::agent::poll::{self, CheckResult, Denylist, OfferRules};
+use crate::agent::update::policy::{self, CheckResult, Denylist, OfferRules};
 use crate::config::{ConfigSources, Settings};
 pub use crate::control::CheckReport;
 use crate::control::client::{self, AskError};
@@ -175,7 +175,7 @@ async fn check_once(
         pin_digest: settings.update.pin_digest,
         server: settings.update.server.clone(),
     };
-    let result = poll::check(&source, &current, &rules, &denylist, interactive).await;
+    let result = policy::check(&source, &current, &rules, &denylist, interactive).await;
     if let CheckResult::Refused { refusal, reported } = &result {
         tracing::warn!(error = %refusal, "refused the offered update");
         if let Err(err) = reported {

@@ -5,7 +5,7 @@
 use tokio::sync::oneshot;
 
 use super::Driver;
-use crate::agent::state::Phase;
+use crate::agent::machine::state::Phase;
 use crate::control::{CheckAsk, CheckReport, DaemonLink, DaemonState};
 use crate::health::Probe;
 use crate::registry::{Published, Registry};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Driver;
-use crate::agent::cycle::UpdateReload;
-use crate::agent::state::{HealthRules, Observation};
+use crate::agent::machine::state::{HealthRules, Observation};
+use crate::agent::update::UpdateReload;
 use crate::health::Probe;
 use crate::notify;
 use crate::registry::{Entry, Registry};

@@ -2,8 +2,8 @@
 //! phase and the update passes, and published with the registration it belongs to.
 
 use super::Driver;
-use crate::agent::state::Phase;
-use crate::agent::swap::Stage;
+use crate::agent::machine::state::Phase;
+use crate::agent::machine::swap::Stage;
 use crate::health::Probe;
 use crate::registry::record;
 use crate::registry::{Entry, Registry};

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::{registration_entries, step_settings, update_client, verify_rise};
-use crate::agent::cycle::UpdateReload;
+use crate::agent::update::UpdateReload;
 use crate::agent::{HealthRules, Reconfigure};
 use crate::config::reload::{Reconciled, reconcile};
 use crate::config::{self, ConfigSources, HealthCheck, Settings};

@@ -1,7 +1,7 @@
 //! The pass that applies what it is offered: checks through the update policy
-//! ([`crate::agent::poll`]), hands a valid offer to the swap as a [`SwapPlan`], runs the swap's
-//! slow steps ([`crate::agent::execute`]), keeps the journal and the denylist, and on start
-//! resumes a journaled swap ([`crate::agent::journal::recover`]).
+//! ([`crate::agent::update::policy`]), hands a valid offer to the swap as a [`SwapPlan`], runs the swap's
+//! slow steps ([`crate::agent::update::steps`]), keeps the journal and the denylist, and on start
+//! resumes a journaled swap ([`crate::agent::machine::recover`]).
 
 use std::time::Duration;
 
@@ -9,10 +9,10 @@ use semver::Version;
 use tracing::{error, info, warn};
 
 use super::UpdatePass;
-use crate::agent::execute::{self, SlowStep, StepSettings};
-use crate::agent::journal::{self, Journal};
-use crate::agent::poll::{self, CheckResult, Denylist, OfferRules, Poller};
-use crate::agent::swap::{SwapAction, SwapPhase, SwapPlan};
+use crate::agent::machine::swap::{SwapAction, SwapPhase, SwapPlan};
+use crate::agent::update::journal::Journal;
+use crate::agent::update::policy::{self, CheckResult, Denylist, OfferRules, Poller};
+use crate::agent::update::steps::{self, SlowStep, StepSettings};
 use crate::control::CheckReport;
 use crate::slot::SlotLock;
 use crate::systemd::control::UnitControl;
@@ -65,7 +65,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         let Some(swaps) = self.swaps.as_mut() else {
             return (None, "not-checked", self.settings.interval);
         };
-        let (current, old) = match poll::running_version(&self.seams.control).await {
+        let (current, old) = match policy::running_version(&self.seams.control).await {
             Ok(running) => running,
             Err(err) => {
                 warn!(error = %err, kind = err.kind(), "cannot check for updates: the running version is unknown");
@@ -89,11 +89,11 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
                 version: halt.version,
                 reason: halt.reason,
             },
-            Ok(None) => poll::check(&self.seams.source, &current, &rules, denylist, false).await,
+            Ok(None) => policy::check(&self.seams.source, &current, &rules, denylist, false).await,
             // Check anyway: taking the slot sees a halt too.
             Err(err) => {
                 warn!(error = %err, kind = err.kind(), "cannot tell whether the group is halted");
-                poll::check(&self.seams.source, &current, &rules, denylist, false).await
+                policy::check(&self.seams.source, &current, &rules, denylist, false).await
             }
         };
         if self.seams.source.dry_run() {
@@ -123,7 +123,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             CheckResult::ServerStatus { .. } | CheckResult::Unreachable { .. } => "error",
         };
         let plan = match result {
-            CheckResult::Offer(update) => Some(poll::plan(&update, old, swaps.config.rise)),
+            CheckResult::Offer(update) => Some(policy::plan(&update, old, swaps.config.rise)),
             _ => None,
         };
         (plan, label, delay)
@@ -133,7 +133,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     pub fn steps(&self, current: Version, actions: Vec<SwapAction>) -> Option<SlowStep> {
         let swaps = self.swaps.as_ref()?;
         let settings = swaps.config.steps.clone();
-        Some(execute::run_steps(
+        Some(steps::run_steps(
             self.seams.clone(),
             settings,
             current,
@@ -206,6 +206,6 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             running = ?observed.version,
             "found an interrupted swap; resuming it"
         );
-        Ok(Some(journal::recover(phase, &observed)))
+        Ok(Some(crate::agent::machine::recover(phase, &observed)))
     }
 }

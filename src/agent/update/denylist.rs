@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::PollError;
+use super::policy::PollError;
 
 /// Denied versions kept at most; the oldest are forgotten first (a newer one superseded them).
 const MAX_ENTRIES: usize = 32;

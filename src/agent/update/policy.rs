@@ -8,17 +8,15 @@
 //! The running version comes from systemd ([`running_version`] over [`UnitControl::running`]),
 //! never from the journal alone.
 
-mod denylist;
-
 use std::time::Duration;
 
 use semver::Version;
 use thiserror::Error;
 use url::Url;
 
-pub use denylist::Denylist;
+pub use super::denylist::Denylist;
 
-use super::swap::SwapPlan;
+use crate::agent::machine::swap::SwapPlan;
 use crate::control::CheckReport;
 use crate::omaha::{
     CheckOutcome, Event, OfferRefusal, OmahaError, PollResult, PollSchedule, UpdateSource,

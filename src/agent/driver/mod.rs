@@ -1,7 +1,7 @@
 //! The tokio loop around the state machine: turns unit changes, probe results and signals into
 //! observations, feeds them to [`state::next`], and performs the actions through the seams
 //! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
-//! ([`super::execute`]) polled beside the unit watch, the probe and the stop signal; their results
+//! ([`crate::agent::update::steps`]) polled beside the unit watch, the probe and the stop signal; their results
 //! come back as observations, so deregistration and SIGTERM stay instant. Puts reloaded settings
 //! in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify STATUS, and pings
 //! systemd's watchdog from the loop itself, so that a stuck loop is restarted.
@@ -14,11 +14,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::cycle::UpdatePass;
-use super::execute::SlowStep;
-use super::state::{self, Action, Agent, Observation, Phase};
-use super::swap::{Stage, SwapAction, SwapObservation};
-use super::swap_metrics::SwapTimer;
+use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
+use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation};
+use crate::agent::update::UpdatePass;
+use crate::agent::update::steps::SlowStep;
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
@@ -27,8 +26,14 @@ use crate::registry::record::InstanceRecord;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
 use crate::systemd::{ActiveState, LoadState, UnitState};
+use swap_metrics::SwapTimer;
 
 mod asks;
+mod reconfigure;
+mod record;
+mod swap_metrics;
+
+pub use reconfigure::Reconfigure;
 
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
@@ -95,7 +100,7 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     reloads: Option<mpsc::Receiver<Reconfigure<P>>>,
     /// Update settings reloaded while the update pass was out running; handed to it when it is
     /// back.
-    held_update_reload: Option<crate::agent::cycle::UpdateReload>,
+    held_update_reload: Option<crate::agent::update::UpdateReload>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -425,7 +430,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     }
 
     /// On start: a swap left in the journal, resumed; an unreadable journal stops updates here.
-    async fn recover(&mut self) -> Option<(super::swap::SwapPhase, Vec<SwapAction>)> {
+    async fn recover(
+        &mut self,
+    ) -> Option<(crate::agent::machine::swap::SwapPhase, Vec<SwapAction>)> {
         let updates = self.seams.updates.as_mut()?;
         match updates.recover().await {
             Ok(found) => found,
@@ -454,7 +461,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         &mut self,
         mut updates: UpdatePass<C>,
         pass: PassResult,
-    ) -> (Option<Instant>, Option<super::swap::SwapPlan>) {
+    ) -> (
+        Option<Instant>,
+        Option<crate::agent::machine::swap::SwapPlan>,
+    ) {
         let PassResult { label, delay, plan } = pass;
         if let Some(reload) = self.held_update_reload.take() {
             updates.hold_reload(reload);
@@ -507,7 +517,7 @@ fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &st
 struct PassResult {
     label: &'static str,
     delay: Duration,
-    plan: Option<super::swap::SwapPlan>,
+    plan: Option<crate::agent::machine::swap::SwapPlan>,
 }
 
 /// Runs one update pass on `updates`, taken out of the seams for the time, and gives it back.
@@ -569,18 +579,5 @@ async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool 
     }
 }
 
-mod reconfigure;
-mod record;
-pub use reconfigure::Reconfigure;
-
 #[cfg(test)]
-#[path = "driver/swap_tests.rs"]
-mod swap_tests;
-
-#[cfg(test)]
-#[path = "driver/reload_tests.rs"]
-mod reload_tests;
-
-#[cfg(test)]
-#[path = "driver/tests.rs"]
 mod tests;

@@ -104,6 +104,6 @@ pub enum SwapAction {
     /// Not the swap's own: on start, once registered with no swap in flight, give back any slot
     /// an earlier run left under this holder id ([`crate::slot::SlotLock::release_stale`]).
     ReleaseStaleSlot,
-    /// Deregister and exit (the agent's [`crate::agent::state::Action::Stop`]).
+    /// Deregister and exit (the agent's [`crate::agent::machine::state::Action::Stop`]).
     Stop,
 }

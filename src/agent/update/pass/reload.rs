@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use super::UpdatePass;
-use crate::agent::execute::StepSettings;
+use crate::agent::update::steps::StepSettings;
 use crate::config::UpdateSettings;
 use crate::omaha::AnyUpdateSource;
 use crate::systemd::control::UnitControl;
@@ -72,7 +72,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
-    use crate::agent::cycle::PassOutcome;
+    use crate::agent::update::pass::PassOutcome;
     use crate::omaha::{InMemoryUpdateSource, LocalRelease, UpdateBackend};
     use crate::slot::{AnySlots, MemorySlots, SlotHolder};
     use crate::systemd::control::{MemoryUnitControl, RunningVersion};

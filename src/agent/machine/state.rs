@@ -246,7 +246,7 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
     (agent, actions)
 }
 
-/// Resumes a journaled swap at start ([`super::journal::recover`]): the agent enters it with
+/// Resumes a journaled swap at start ([`super::recover::recover`]): the agent enters it with
 /// the actions recovery decided (its own release included, so no stale slot is left to release).
 pub fn resume(mut agent: Agent, swap: SwapPhase, actions: Vec<SwapAction>) -> (Agent, Vec<Action>) {
     agent.stale_slot = false;

@@ -11,18 +11,18 @@
 //! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
 //! journal cleared, no event: the next start's poll meets the offer again). From deregistration
 //! until the release the sidekick stops at once: a rollback does not fit in the stop budget, so
-//! the journal and the slot stay, and the next start's [`super::journal::recover`] finishes or
+//! the journal and the slot stay, and the next start's [`super::recover::recover`] finishes or
 //! rolls back.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
-mod io;
+mod messages;
 #[cfg(test)]
 mod tests;
 
-pub use io::{SlotAnswer, SwapAction, SwapObservation};
+pub use messages::{SlotAnswer, SwapAction, SwapObservation};
 
 /// What a swap moves from and to, fixed when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,8 +1,7 @@
 //! The swap journal: the in-flight swap persisted at `<daemon.state_dir>/<instance>.json`, written
 //! atomically ([`crate::atomic_file`]) before each side effect, so a sidekick killed at any step
-//! reaches a consistent end on its next start. [`recover`] decides that end, purely: finish when
-//! the unit runs the new version (the swap's own verification then decides), else roll back; send
-//! the matching event; release the slot; clear the journal.
+//! reaches a consistent end on its next start; what that end is, [`crate::agent::machine::recover`]
+//! decides. This module is the file only.
 //!
 //! A journal that cannot be read is an error naming the file, never discarded: it may be the only
 //! record that an instance is deregistered and holds its group's slot.
@@ -12,9 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::swap::{self, Failure, Stage, SwapAction, SwapPhase};
-use crate::omaha::{Event, error_code};
-use crate::systemd::control::RunningVersion;
+use crate::agent::machine::swap::SwapPhase;
 
 /// The journal's format; a file with another one is refused.
 pub const FORMAT: u32 = 1;
@@ -131,74 +128,72 @@ impl Journal {
     }
 }
 
-/// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
-/// says the unit runs now (never the journal alone).
-///
-/// - Nothing touched the instance yet (pre-pull, slot): release the slot, no event.
-/// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
-///   release.
-/// - The drop-in may be written (write, restart, verify): when systemd reports the new version,
-///   restart onto it unless the journal says the restart finished (systemd reports the new
-///   version from `Reload()` on, while the old process still runs), then verify it (healthy in
-///   time: 3/1; else the usual rollback); otherwise roll back without blaming the version (3/0
-///   [`error_code::GENERIC`], no halt).
-/// - Rolling back, or stranded: restore and restart the old version again, keeping the recorded
-///   failure.
-/// - Registering (verified, not yet confirmed in etcd): register again, then report and release.
-/// - Releasing: release again.
-pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
-    let mut phase = journal;
-    let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
-    let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
-    let (stage, actions) = match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing => (
-            Stage::Releasing,
-            vec![SwapAction::ReleaseSlot { retry: false }],
-        ),
-        Stage::Deregistering | Stage::Draining | Stage::Fencing => {
-            let event = Event::Failed {
-                error_code: error_code::GENERIC,
-            };
-            let actions = vec![
-                SwapAction::SendEvent(event),
-                SwapAction::ReleaseSlot { retry: false },
-            ];
-            (Stage::Releasing, actions)
-        }
-        // systemd reports the new version from `Reload()` on, before any restart: unless the
-        // journal says the restart finished, restart onto it again before verifying.
-        Stage::WritingDropIn | Stage::Restarting if runs_new => {
-            phase.unit_active = false;
-            (Stage::Restarting, vec![SwapAction::Restart])
-        }
-        Stage::Verifying { .. } if runs_new => {
-            phase.unit_active = false;
-            let actions = vec![SwapAction::StartVerifyDeadline];
-            (Stage::Verifying { passes: 0 }, actions)
-        }
-        Stage::WritingDropIn | Stage::Restarting | Stage::Verifying { .. } => {
-            let failure = Failure {
-                code: error_code::GENERIC,
-                reason: format!(
-                    "the update to {} was interrupted before it ran",
-                    phase.plan.new.version
-                ),
-                halt: false,
-            };
-            swap::roll_back(&mut phase, failure)
-        }
-        Stage::RollingBack { failure }
-        | Stage::VerifyingOld { failure, .. }
-        | Stage::Stranded { failure, .. } => swap::roll_back(&mut phase, failure),
-        // Verified before the stop: registered again once healthy, then reported and released.
-        Stage::Registering { failure } => {
-            (Stage::Registering { failure }, vec![SwapAction::Register])
-        }
-        Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
-    };
-    phase.stage = stage;
-    (phase, actions)
-}
-
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::agent::machine::fixtures::{at, every_stage};
+    use crate::agent::machine::swap::Stage;
+
+    #[test]
+    fn every_journaled_step_reads_back_as_written_and_clear_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path(), "web-1");
+        assert_eq!(journal.path(), dir.path().join("web-1.json"));
+        assert_eq!(journal.read().unwrap(), None);
+        for stage in every_stage() {
+            let phase = at(stage);
+            journal.write(&phase).unwrap();
+            assert_eq!(journal.read().unwrap(), Some(phase));
+        }
+        let text = std::fs::read_to_string(journal.path()).unwrap();
+        assert!(
+            text.contains("\"format\": 1") && text.contains("\"instance\": \"web-1\""),
+            "{text}"
+        );
+        journal.clear().unwrap();
+        assert_eq!(journal.read().unwrap(), None);
+        journal.clear().unwrap();
+    }
+
+    #[test]
+    fn a_malformed_journal_is_an_error_naming_the_file_and_is_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path(), "web-1");
+        for text in [
+            "{\"format\": 1, \"instance\": \"web-1\"",
+            "",
+            "{\"format\":1}",
+        ] {
+            std::fs::write(journal.path(), text).unwrap();
+            let err = journal.read().unwrap_err();
+            assert_eq!(err.kind(), "malformed", "{text:?}");
+            assert!(
+                err.to_string()
+                    .contains(&journal.path().display().to_string()),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_to_string(journal.path()).unwrap(), text);
+        }
+        journal.write(&at(Stage::Draining)).unwrap();
+        let text = std::fs::read_to_string(journal.path()).unwrap();
+        std::fs::write(
+            journal.path(),
+            text.replace("\"format\": 1", "\"format\": 2"),
+        )
+        .unwrap();
+        let err = journal.read().unwrap_err();
+        assert_eq!(err.kind(), "format");
+        assert!(err.to_string().contains("web-1.json"), "{err}");
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_is_an_io_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("not-a-dir");
+        std::fs::write(&blocked, "").unwrap();
+        let journal = Journal::new(&blocked, "web-1");
+        let err = journal.write(&at(Stage::Prepulling)).unwrap_err();
+        assert_eq!(err.kind(), "io");
+        assert!(err.to_string().contains("not-a-dir/web-1.json"), "{err}");
+    }
+}

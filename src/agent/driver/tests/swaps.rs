@@ -5,11 +5,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::*;
-use crate::agent::cycle::{SwapConfig, UpdatePass};
-use crate::agent::execute::StepSettings;
-use crate::agent::journal::Journal;
-use crate::agent::poll::Denylist;
-use crate::agent::swap::{SwapPhase, SwapPlan};
+use crate::agent::machine::swap::{SwapPhase, SwapPlan};
+use crate::agent::update::journal::Journal;
+use crate::agent::update::policy::Denylist;
+use crate::agent::update::steps::StepSettings;
+use crate::agent::update::{SwapConfig, UpdatePass};
 use crate::config::UpdateSettings;
 use crate::health::{HealthStreak, ProbeError};
 use crate::omaha::{
@@ -634,7 +634,7 @@ async fn a_start_after_a_crash_mid_restart_restarts_onto_the_new_version_verifie
 
 #[tokio::test]
 async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_reports_3_0() {
-    let failure = crate::agent::swap::Failure {
+    let failure = crate::agent::machine::swap::Failure {
         code: error_code::UNHEALTHY_AFTER_SWAP,
         reason: "2.0.0 not healthy".into(),
         halt: true,

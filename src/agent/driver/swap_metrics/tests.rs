@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::agent::swap::{Failure, SwapPhase, SwapPlan};
+use crate::agent::machine::swap::{Failure, SwapPhase, SwapPlan};
 use crate::systemd::control::DropIn;
 
 fn updating(stage: Stage) -> Phase {

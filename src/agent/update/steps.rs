@@ -10,7 +10,7 @@ use std::time::Duration;
 use semver::Version;
 use tracing::{debug, error, info, warn};
 
-use super::swap::{SlotAnswer, SwapAction, SwapObservation};
+use crate::agent::machine::swap::{SlotAnswer, SwapAction, SwapObservation};
 use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, UpdateSource};
 use crate::slot::{Acquisition, AnySlots, Holding, RETRY_AFTER, SlotLock};

@@ -1,5 +1,5 @@
 //! The swap's metrics, read off the machine's stages as the driver sees them after each step, so
-//! the pure machine ([`super::swap`]) stays free of clocks: how long the swap spent in each step
+//! the pure machine ([`crate::agent::machine::swap`]) stays free of clocks: how long the swap spent in each step
 //! (`sidekick_swap_step_seconds{step}`), how long it waited for a slot from asking to holding
 //! (`sidekick_slot_wait_seconds`), and how each swap ended (`sidekick_swaps_total{result}`).
 //!
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::Phase;
-use super::swap::Stage;
+use crate::agent::machine::state::Phase;
+use crate::agent::machine::swap::Stage;
 use crate::metrics::Metrics;
 
 /// The step a stage is timed as; `None` for stages that are not steps.
@@ -133,5 +133,4 @@ fn result(step: &str, stopping: bool, verdict: Option<&'static str>) -> &'static
 }
 
 #[cfg(test)]
-#[path = "swap_metrics/tests.rs"]
 mod tests;

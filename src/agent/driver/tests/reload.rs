@@ -4,9 +4,9 @@
 use std::num::NonZeroU32;
 
 use super::*;
-use crate::agent::cycle::UpdateReload;
-use crate::agent::execute::StepSettings;
-use crate::agent::state::HealthRules;
+use crate::agent::machine::state::HealthRules;
+use crate::agent::update::UpdateReload;
+use crate::agent::update::steps::StepSettings;
 use crate::config::UpdateSettings;
 use crate::health::{HealthStreak, ProbeError};
 use crate::registry::{Desired, MemoryRegistry};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use semver::Version;
 use tracing::{info, warn};
 
-use super::execute::SwapSeams;
+use super::steps::SwapSeams;
 use crate::config::UpdateSettings;
 use crate::control::CheckReport;
 use crate::dry_run::would;

@@ -1,0 +1,7 @@
+//! The driver's tests over in-memory seams.
+
+use super::*;
+
+mod reload;
+mod status;
+mod swaps;

@@ -1,0 +1,69 @@
+//! Swap phases the machine's tests, the journal's and the driver's share.
+
+use super::swap::{Failure, Stage, SwapPhase, SwapPlan};
+use crate::omaha::error_code;
+use crate::systemd::control::{DropIn, PreviousDropIn};
+
+pub(crate) fn dropin(version: &str) -> DropIn {
+    DropIn {
+        image: format!("example/web:{version}"),
+        version: version.into(),
+    }
+}
+
+pub(crate) fn failure(halt: bool) -> Failure {
+    Failure {
+        code: error_code::UNHEALTHY_AFTER_SWAP,
+        reason: "2.0.0 not healthy".into(),
+        halt,
+    }
+}
+
+pub(crate) fn at(stage: Stage) -> SwapPhase {
+    SwapPhase {
+        plan: SwapPlan {
+            old: dropin("1.0.0"),
+            new: dropin("2.0.0"),
+            rise: 2,
+        },
+        stage,
+        previous: Some(PreviousDropIn::Contents(
+            "[Service]\nEnvironment=SIDEKICK_VERSION=1.0.0\n".into(),
+        )),
+        slot_held: true,
+        unit_active: true,
+    }
+}
+
+/// Every stage the driver journals before a side effect.
+pub(crate) fn every_stage() -> Vec<Stage> {
+    vec![
+        Stage::Prepulling,
+        Stage::AcquiringSlot {
+            waiting: Some("busy".into()),
+        },
+        Stage::Deregistering,
+        Stage::Draining,
+        Stage::Fencing,
+        Stage::WritingDropIn,
+        Stage::Restarting,
+        Stage::Verifying { passes: 1 },
+        Stage::RollingBack {
+            failure: failure(true),
+        },
+        Stage::VerifyingOld {
+            failure: failure(true),
+            passes: 1,
+        },
+        Stage::Registering { failure: None },
+        Stage::Registering {
+            failure: Some(failure(true)),
+        },
+        Stage::Releasing,
+        Stage::Stranded {
+            failure: failure(true),
+            why: "restart failed".into(),
+        },
+        Stage::Finished,
+    ]
+}
