@@ -20,10 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, info_span};
 
-use crate::agent::update::journal::Journal;
-use crate::agent::update::policy::Denylist;
-use crate::agent::update::steps::StepSettings;
-use crate::agent::update::{SwapConfig, UpdatePass};
+use crate::agent::update::{Denylist, Journal, StepSettings, SwapConfig, UpdatePass};
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
 use crate::config::{self, ConfigSources, HealthCheck, LoadedConfig, Settings, SlotBackend};
@@ -197,8 +194,8 @@ async fn run(
                 dry_run_slots(&settings),
                 control,
                 settings.update.clone(),
-            )
-            .with_swaps(swap_config(&settings, true)?);
+                swap_config(&settings, true)?,
+            );
             (Box::new(units), Some(pass))
         }
         World::Configured => {
@@ -356,13 +353,13 @@ async fn configured_updates(
     )
     .await
     .context("failed to set up the unit control")?;
-    let pass = UpdatePass::new(
+    Ok(Some(UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), false),
         slots,
         AnyUnitControl::Dbus(control),
         settings.update.clone(),
-    );
-    Ok(Some(pass.with_swaps(swap_config(settings, false)?)))
+        swap_config(settings, false)?,
+    )))
 }
 
 /// The client of the configured update service.
@@ -427,7 +424,7 @@ fn dry_run_slots(settings: &Settings) -> AnySlots {
 }
 
 /// The update pass of a dry run against the configured service: it names the service and sends
-/// nothing to it.
+/// nothing to it, so it is offered nothing to swap to.
 fn configured_dry_run_updates(
     settings: &Settings,
 ) -> anyhow::Result<Option<UpdatePass<AnyUnitControl>>> {
@@ -448,5 +445,6 @@ fn configured_dry_run_updates(
             MemoryUnits::new(ActiveState::Unknown),
         )),
         settings.update.clone(),
+        swap_config(settings, true)?,
     )))
 }

@@ -212,7 +212,5 @@ async fn unit_version(unit: &str) -> Result<Version, String> {
     let raw = variable(&environment, VERSION_VARIABLE).ok_or_else(|| {
         format!("{unit} sets no {VERSION_VARIABLE}; set it in the unit or pass --current-version")
     })?;
-    Version::parse(raw).map_err(|err| {
-        format!("{unit} has {VERSION_VARIABLE}={raw}, which is not a semantic version: {err}")
-    })
+    policy::parse_version(raw).map_err(|err| format!("{unit}: {err}"))
 }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
 use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation};
 use crate::agent::update::UpdatePass;
+use crate::agent::update::pass::PassResult;
 use crate::agent::update::steps::SlowStep;
 use crate::dry_run::would;
 use crate::health::Probe;
@@ -113,7 +114,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// A driver starting from `agent` over `seams`.
     pub fn new(mut agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
         // Only a run that swaps takes slots, so only it can have left one in an earlier life.
-        agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::swaps);
+        agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::checks);
         let record = options.record.as_ref().map(|r| InstanceRecord {
             version: "unknown".into(),
             phase: agent.phase.label().into(),
@@ -387,7 +388,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             match action {
                 SwapAction::StartVerifyDeadline => {
                     let timeout = updates.verify_timeout();
-                    *verify_at = timeout.map(|t| Instant::now() + t);
+                    *verify_at = Some(Instant::now() + timeout);
                     if updates.dry_run() {
                         let health = match self.agent.unchecked {
                             true => "no health check configured".to_string(),
@@ -396,9 +397,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                                 self.agent.health.progress().1
                             ),
                         };
-                        let within = timeout.map_or("no limit".to_string(), |t| {
-                            humantime::format_duration(t).to_string()
-                        });
+                        let within = humantime::format_duration(timeout);
                         would(format_args!(
                             "verify {}: active, and {health}, within {within}",
                             self.options.unit_name
@@ -410,7 +409,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 _ => {}
             }
         }
-        updates.steps(current, batch)
+        Some(updates.steps(current, batch))
     }
 
     /// What etcd confirms that the agent waits for: the swap's deregistration gone, or its
@@ -512,27 +511,12 @@ fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &st
     }
 }
 
-/// What one update pass came to: its label for metrics and the record, the delay before the
-/// next one, and the swap a valid offer asks for.
-struct PassResult {
-    label: &'static str,
-    delay: Duration,
-    plan: Option<crate::agent::machine::swap::SwapPlan>,
-}
-
 /// Runs one update pass on `updates`, taken out of the seams for the time, and gives it back.
 async fn run_pass<C: UnitControl + 'static>(
     mut updates: UpdatePass<C>,
 ) -> (UpdatePass<C>, PassResult) {
-    let (label, delay, plan) = if updates.swaps() {
-        let (plan, label, delay) = updates.poll().await;
-        (label, delay, plan)
-    } else {
-        let (outcome, delay) = updates.run().await;
-        debug!(outcome = ?outcome, next_in = ?delay, "update pass done");
-        (outcome.label(), delay, None)
-    };
-    (updates, PassResult { label, delay, plan })
+    let result = updates.poll().await;
+    (updates, result)
 }
 
 /// The output of the future in `slot`; never resolves when there is none.

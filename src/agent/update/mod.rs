@@ -15,3 +15,6 @@ pub use journal::Journal;
 pub use pass::UpdateReload;
 pub use pass::{SwapConfig, UpdatePass};
 pub use steps::StepSettings;
+
+#[cfg(test)]
+pub(crate) mod fixtures;

@@ -112,15 +112,41 @@ pub enum CheckResult {
         version: String,
         reason: String,
     },
+    /// The running version could not be read from systemd: no check was sent; back off.
+    UnknownVersion {
+        kind: String,
+        detail: String,
+    },
+    /// A dry run against a real service: no check is sent, since the service counts an answered
+    /// offer as a granted update.
+    NotChecked,
 }
 
 impl CheckResult {
     /// How this result paces the next check.
     pub fn pacing(&self) -> PollResult {
         match self {
-            CheckResult::Unreachable { .. } => PollResult::Failure,
+            CheckResult::Unreachable { .. } | CheckResult::UnknownVersion { .. } => {
+                PollResult::Failure
+            }
             CheckResult::OnHold { .. } => PollResult::OnHold,
             _ => PollResult::Success,
+        }
+    }
+
+    /// A short stable label for metrics, the instance record and the control socket: the one
+    /// table of them.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CheckResult::Offer(_) => "update",
+            CheckResult::NoUpdate => "no-update",
+            CheckResult::OnHold { .. } => "on-hold",
+            CheckResult::Denylisted { .. } => "denylisted",
+            CheckResult::Refused { .. } => "refused",
+            CheckResult::Halted { .. } => "halted",
+            CheckResult::ServerStatus { .. } | CheckResult::Unreachable { .. } => "error",
+            CheckResult::UnknownVersion { .. } => "unknown-version",
+            CheckResult::NotChecked => "not-checked",
         }
     }
 
@@ -143,6 +169,10 @@ impl CheckResult {
             CheckResult::Halted { version, reason } => {
                 format!("not checked: the group's rollout is halted by {version} ({reason})")
             }
+            CheckResult::UnknownVersion { kind, detail } => {
+                format!("not checked: the running version is unknown ({kind}): {detail}")
+            }
+            CheckResult::NotChecked => "not checked: a dry run sends no check".to_string(),
         }
     }
 }
@@ -169,7 +199,13 @@ impl From<&CheckResult> for CheckReport {
             },
             CheckResult::Refused { refusal, .. } => CheckReport::error(refusal.kind(), refusal),
             CheckResult::ServerStatus { kind, detail }
-            | CheckResult::Unreachable { kind, detail } => CheckReport::error(kind, detail),
+            | CheckResult::Unreachable { kind, detail }
+            | CheckResult::UnknownVersion { kind, detail } => CheckReport::error(kind, detail),
+            CheckResult::NotChecked => CheckReport::error(
+                "dry-run",
+                "a dry run sends no check to a real update service: the service counts an \
+                 answered offer as a granted update",
+            ),
         }
     }
 }
@@ -286,10 +322,7 @@ pub async fn running_version<C: UnitControl>(control: &C) -> Result<(Version, Dr
 pub fn parse_running(running: RunningVersion) -> Result<(Version, DropIn), PollError> {
     let raw = running.version.ok_or(PollError::NoVersion)?;
     let image = running.image.ok_or(PollError::NoImage)?;
-    let version = Version::parse(&raw).map_err(|source| PollError::Version {
-        raw: raw.clone(),
-        source,
-    })?;
+    let version = parse_version(&raw)?;
     Ok((
         version,
         DropIn {
@@ -297,6 +330,15 @@ pub fn parse_running(running: RunningVersion) -> Result<(Version, DropIn), PollE
             version: raw,
         },
     ))
+}
+
+/// The unit's `SIDEKICK_VERSION` as a semantic version: the one parser of the running version
+/// (the pass, the swap's plan and `update-check` all read it so).
+pub fn parse_version(raw: &str) -> Result<Version, PollError> {
+    Version::parse(raw).map_err(|source| PollError::Version {
+        raw: raw.to_string(),
+        source,
+    })
 }
 
 /// The swap for an accepted offer, from what the unit runs now.

@@ -6,17 +6,16 @@ use std::sync::Arc;
 
 use super::*;
 use crate::agent::machine::swap::{SwapPhase, SwapPlan};
+use crate::agent::update::fixtures::{self, step_settings, swap_config, update_settings, who};
 use crate::agent::update::journal::Journal;
 use crate::agent::update::policy::Denylist;
-use crate::agent::update::steps::StepSettings;
 use crate::agent::update::{SwapConfig, UpdatePass};
-use crate::config::UpdateSettings;
 use crate::health::{HealthStreak, ProbeError};
 use crate::omaha::{
     AnyUpdateSource, Event, InMemoryUpdateSource, LocalRelease, UpdateBackend, error_code,
 };
 use crate::registry::{Desired, MemoryRegistry};
-use crate::slot::{Acquisition, AnySlots, MemorySlots, SlotHolder, SlotLock};
+use crate::slot::{Acquisition, AnySlots, MemorySlots, SlotLock};
 use crate::systemd::control::{
     ControlCall, ControlError, DropIn, MemoryUnitControl, PreviousDropIn, RunningVersion,
 };
@@ -72,13 +71,6 @@ impl Probe for VersionProbe {
     }
 }
 
-fn who(name: &str) -> SlotHolder {
-    SlotHolder {
-        holder: name.into(),
-        instance: name.into(),
-    }
-}
-
 struct World {
     units: Arc<MemoryUnits>,
     control: MemoryUnitControl,
@@ -124,13 +116,7 @@ fn record_says(registry: &MemoryRegistry, version: &str) -> bool {
 }
 
 fn release(version: &str) -> LocalRelease {
-    LocalRelease {
-        version: version.into(),
-        codebase: format!("example/web:{version}"),
-        name: String::new(),
-        sha256: None,
-        size: None,
-    }
+    fixtures::release(version, "example/web")
 }
 
 /// A registered sidekick for an active unit running 1.0.0, checking every 50 ms, then offered
@@ -184,28 +170,10 @@ async fn start_with(setup: Setup<'_>) -> World {
     let slots = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
     let registry = MemoryRegistry::new();
     let dir = tempfile::tempdir().unwrap();
-    let settings = UpdateSettings {
-        enabled: true,
-        server: None,
-        app_id: "app".into(),
-        track: "stable".into(),
-        arch: "x64".into(),
-        interval: Duration::from_millis(50),
-        image: "{codebase}".into(),
-        pin_digest: false,
-        ca_file: None,
-    };
+    let settings = update_settings(Duration::from_millis(50));
     let swaps = SwapConfig {
-        steps: StepSettings {
-            prepull,
-            drain,
-            start_timeout: Duration::from_secs(1),
-        },
-        verify_timeout: Duration::from_millis(500),
-        rise: 2,
-        journal: Journal::new(dir.path(), "web-1"),
-        denylist: Denylist::load(dir.path(), "web-1").unwrap(),
-        dry_run: false,
+        steps: step_settings(prepull, drain),
+        ..swap_config(dir.path(), 2)
     };
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
@@ -220,8 +188,8 @@ async fn start_with(setup: Setup<'_>) -> World {
         AnySlots::Memory(slots.join(who("web-1"))),
         restarting,
         settings,
-    )
-    .with_swaps(swaps);
+        swaps,
+    );
     let seams = Seams {
         registry: registry.clone(),
         probe: VersionProbe {

@@ -58,10 +58,10 @@ impl<C: UnitControl> UpdatePass<C> {
                 }
             }
         }
-        self.schedule.set_interval(reload.settings.interval);
-        if let Some(swaps) = self.swaps.as_mut() {
-            swaps.reload(&reload);
-        }
+        self.poller.set_interval(reload.settings.interval);
+        self.config.steps = reload.steps;
+        self.config.verify_timeout = reload.verify_timeout;
+        self.config.rise = reload.rise;
         self.settings = reload.settings;
         info!("reloaded update and swap settings in force from this pass");
     }
@@ -69,103 +69,54 @@ impl<C: UnitControl> UpdatePass<C> {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroU32;
-
     use super::*;
-    use crate::agent::update::pass::PassOutcome;
-    use crate::omaha::{InMemoryUpdateSource, LocalRelease, UpdateBackend};
-    use crate::slot::{AnySlots, MemorySlots, SlotHolder};
-    use crate::systemd::control::{MemoryUnitControl, RunningVersion};
-
-    fn settings(interval: Duration) -> UpdateSettings {
-        UpdateSettings {
-            enabled: true,
-            server: None,
-            app_id: "app".into(),
-            track: "stable".into(),
-            arch: "x64".into(),
-            interval,
-            image: "{codebase}:{version}".into(),
-            pin_digest: false,
-            ca_file: None,
-        }
-    }
-
-    fn source(offered: Option<&str>) -> AnyUpdateSource {
-        let release = offered.map(|version| LocalRelease {
-            version: version.into(),
-            codebase: "reg/web".into(),
-            name: String::new(),
-            sha256: None,
-            size: None,
-        });
-        AnyUpdateSource::new(
-            UpdateBackend::Memory(InMemoryUpdateSource::new(release)),
-            false,
-        )
-    }
+    use crate::agent::update::fixtures::{
+        memory_source, pass, release, step_settings, update_settings,
+    };
 
     fn reload(interval: Duration, source: Option<AnyUpdateSource>) -> UpdateReload {
         UpdateReload {
-            settings: settings(interval),
+            settings: update_settings(interval),
             source,
-            steps: StepSettings {
-                prepull: Vec::new(),
-                drain: Duration::ZERO,
-                start_timeout: Duration::from_secs(1),
-            },
+            steps: step_settings(Vec::new(), Duration::ZERO),
             verify_timeout: Duration::from_secs(1),
             rise: 1,
         }
     }
 
-    /// A pass running 1.0.0 with nothing offered, polling every minute.
-    fn pass() -> UpdatePass<MemoryUnitControl> {
-        let who = SlotHolder {
-            holder: "web-1".into(),
-            instance: "web-1".into(),
-        };
-        let control = MemoryUnitControl::new(RunningVersion {
-            version: Some("1.0.0".into()),
-            image: None,
-        });
-        UpdatePass::new(
-            source(None),
-            AnySlots::Memory(MemorySlots::new(NonZeroU32::new(1).unwrap(), who)),
-            control,
-            settings(Duration::from_secs(60)),
-        )
+    fn offering(version: &str) -> Option<AnyUpdateSource> {
+        Some(memory_source(Some(release(version, "reg/web")), false))
     }
 
     #[tokio::test]
     async fn a_held_reload_is_in_force_from_the_next_pass_with_its_client_and_interval() {
-        let mut pass = pass();
-        assert_eq!(pass.run().await.0, PassOutcome::NoUpdate);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pass, _slots) = pass(memory_source(None, false), Some("1.0.0"), dir.path());
+        assert_eq!(pass.poll().await.label, "no-update");
         let new = Duration::from_secs(20);
-        pass.hold_reload(reload(new, Some(source(Some("2.0.0")))));
+        pass.hold_reload(reload(new, offering("2.0.0")));
         assert_eq!(pass.interval(), new);
         assert_eq!(
             pass.settings.interval,
             Duration::from_secs(60),
             "held, not in force"
         );
-        let (outcome, delay) = pass.run().await;
+        let result = pass.poll().await;
+        assert_eq!(result.label, "update", "the new client answers");
         assert!(
-            matches!(outcome, PassOutcome::Offered { .. }),
-            "the new client answers: {outcome:?}"
-        );
-        assert!(
-            delay >= new.mul_f64(0.9) && delay <= new.mul_f64(1.1),
-            "{delay:?}"
+            result.delay >= new.mul_f64(0.9) && result.delay <= new.mul_f64(1.1),
+            "{:?}",
+            result.delay
         );
     }
 
     #[tokio::test]
     async fn a_later_reload_keeps_the_client_an_earlier_one_brought() {
-        let mut pass = pass();
-        pass.hold_reload(reload(Duration::from_secs(20), Some(source(Some("2.0.0")))));
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pass, _slots) = pass(memory_source(None, false), Some("1.0.0"), dir.path());
+        pass.hold_reload(reload(Duration::from_secs(20), offering("2.0.0")));
         pass.hold_reload(reload(Duration::from_secs(30), None));
         assert_eq!(pass.interval(), Duration::from_secs(30));
-        assert!(matches!(pass.run().await.0, PassOutcome::Offered { .. }));
+        assert_eq!(pass.poll().await.label, "update");
     }
 }
