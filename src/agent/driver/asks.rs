@@ -94,8 +94,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         };
         let published = self.seams.registry.published().borrow().clone();
         let unit = self.seams.unit.borrow().clone();
-        let status =
-            super::status_line(&self.agent, &published, &unit.load, &self.options.unit_name);
+        let status = super::status::status_line(
+            &self.agent,
+            &published,
+            &unit.load,
+            &self.options.unit_name,
+        );
         let (last_check, last_result) = match &asks.last_check {
             Some((at, label)) => (Some(at.clone()), Some(label.to_string())),
             None => (None, None),
@@ -137,90 +141,5 @@ pub(super) async fn next_ask(asks: &mut Option<Asks>) -> CheckAsk {
             None => std::future::pending().await,
         },
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::num::NonZeroU32;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::agent::{Agent, DriverOptions, Seams};
-    use crate::health::{HealthStreak, ProbeError};
-    use crate::registry::MemoryRegistry;
-    use crate::systemd::control::MemoryUnitControl;
-    use crate::systemd::{ActiveState, MemoryUnits, UnitManager};
-
-    struct Healthy;
-
-    impl Probe for Healthy {
-        async fn check(&mut self) -> Result<(), ProbeError> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn without_updates_a_check_is_refused_with_the_reason_and_the_state_follows_the_unit() {
-        let units = MemoryUnits::new(ActiveState::Active);
-        let n = |v| NonZeroU32::new(v).unwrap();
-        let seams = Seams {
-            registry: MemoryRegistry::new(),
-            probe: Healthy,
-            unit: units.unit_state(),
-            updates: None,
-        };
-        let options = DriverOptions {
-            entries: vec![("k".into(), "v".into())],
-            interval: Duration::from_millis(10),
-            instance: "web-1".into(),
-            unit_name: "web@1.service".into(),
-            once: false,
-            metrics: None,
-            record: None,
-        };
-        let agent = Agent::new(HealthStreak::new(n(1), n(1)), false);
-        let (link, handle) = crate::control::link(DaemonState::default());
-        let driver =
-            Driver::<_, _, MemoryUnitControl>::new(agent, seams, options).with_control(link);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(driver.run(async {
-            let _ = stopped.await;
-        }));
-        let registered = async {
-            while !handle.state().registered {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), registered)
-            .await
-            .expect("registered in time");
-        let state = handle.state();
-        assert_eq!(
-            (
-                state.instance.as_str(),
-                state.unit.as_str(),
-                state.phase.as_str()
-            ),
-            ("web-1", "web@1.service", "serving")
-        );
-        assert_eq!(
-            (state.active_state.as_str(), state.status.as_str()),
-            ("active", "registered")
-        );
-        assert_eq!(state.last_check, None);
-
-        let report = handle.check_now(Duration::from_secs(5)).await;
-        assert!(
-            matches!(&report, CheckReport::Error { kind, .. } if kind == "updates-off"),
-            "{report:?}"
-        );
-        let _ = stop.send(());
-        run.await.unwrap();
-        let report = handle.check_now(Duration::from_secs(5)).await;
-        assert!(
-            matches!(&report, CheckReport::Error { kind, .. } if kind == "stopping"),
-            "{report:?}"
-        );
     }
 }

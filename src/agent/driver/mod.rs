@@ -1,38 +1,43 @@
-//! The tokio loop around the state machine: turns unit changes, probe results and signals into
-//! observations, feeds them to [`state::next`], and performs the actions through the seams
-//! ([`Registry`], [`Probe`], the update pass). A swap's slow steps run as one future at a time
-//! ([`crate::agent::update::steps`]) polled beside the unit watch, the probe and the stop signal; their results
-//! come back as observations, so deregistration and SIGTERM stay instant. Puts reloaded settings
-//! in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify STATUS, and pings
-//! systemd's watchdog from the loop itself, so that a stuck loop is restarted.
+//! The tokio loop around the machine: each turn waits for one thing to happen (a unit change, a
+//! probe result, a slow step's answer, an update pass back, a reload, an ask, a signal), turns it
+//! into an [`Observation`], feeds it to [`state::next`], and carries the actions out ([`act`]).
+//! A swap's slow steps run as one future at a time ([`crate::agent::update::steps`]) and an
+//! update pass runs beside the loop too, so deregistration and SIGTERM stay instant. Puts
+//! reloaded settings in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify
+//! STATUS ([`status`]), and pings systemd's watchdog from the loop itself, so that a stuck loop
+//! is restarted.
 
-use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
-use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation};
+use crate::agent::machine::state::{self, Agent, Observation, Phase};
+use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation, SwapPhase};
 use crate::agent::update::UpdatePass;
-use crate::agent::update::pass::PassResult;
-use crate::agent::update::steps::SlowStep;
-use crate::dry_run::would;
 use crate::health::Probe;
 use crate::metrics::Metrics;
-use crate::notify::{self, NotifyState, Watchdog};
+use crate::notify;
 use crate::registry::record::InstanceRecord;
 use crate::registry::{Entry, Published, Registry};
 use crate::systemd::control::UnitControl;
-use crate::systemd::{ActiveState, LoadState, UnitState};
+use crate::systemd::{ActiveState, UnitState};
+use loop_state::LoopState;
 use swap_metrics::SwapTimer;
+use wait::{next_reload, probe_at, run_slow, run_some, sleep_until_some};
 
+mod act;
 mod asks;
+mod loop_state;
+mod pass;
 mod reconfigure;
 mod record;
+mod status;
 mod swap_metrics;
+mod wait;
 
 pub use reconfigure::Reconfigure;
 
@@ -146,270 +151,176 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> DriverReport {
         tokio::pin!(shutdown);
-        let mut published = self.seams.registry.published();
-        let mut unit_open = true;
-        let mut next_probe = Instant::now();
-        let started = Instant::now();
-        // The first pass waits until the unit's state is known and the registration settled, so
-        // its lines follow the registration's.
-        let mut next_pass = Some(started);
-        let mut status = String::new();
-        // READY=1 once the unit's first state is known (or, with the bus silent, after a bound
-        // the start job can wait for, with STATUS saying why).
-        let mut ready_by = Some(started + READY_WAIT);
-        let mut watchdog = Watchdog::from_env();
-        if let Some(period) = watchdog.period() {
+        let initial = self.seams.unit.borrow_and_update().clone();
+        let mut state = LoopState::start(self.seams.registry.published(), &initial);
+        if let Some(period) = state.watchdog.period() {
             debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
         }
-        let initial = self.seams.unit.borrow_and_update().clone();
-        let mut departures = initial.departures;
-        let mut pending = VecDeque::new();
-        if initial.active != ActiveState::Unknown {
-            pending.push_back(Observation::Unit(initial.active));
-        }
-        // The swap's slow step in flight, and its verify deadline.
-        let mut slow: Option<SlowStep> = None;
-        // An update pass in flight: it runs beside the unit watch, the probe and the stop
-        // signal, so a unit that stops during a slow check is deregistered at once.
-        let mut passing = None;
-        let mut verify_at: Option<Instant> = None;
-        let mut recovered = watchdog.awaiting(self.recover()).await;
+        state.recovered = state.watchdog.awaiting(self.recover()).await;
         loop {
-            let observation = match pending.pop_front() {
+            let observation = match state.pending.pop_front() {
                 Some(observation) => observation,
-                None => {
-                    let probing = self.agent.probing();
-                    let settled = self.settled(&published.borrow(), started);
-                    let serving = self.agent.phase == Phase::Serving;
-                    // While a pass is out, `updates` is with it.
-                    let can_pass = settled && serving && self.seams.updates.is_some();
-                    let pass_at = next_pass.filter(|_| can_pass);
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => Observation::Shutdown,
-                        _ = watchdog.due() => {
-                            watchdog.ping();
-                            continue;
-                        }
-                        _ = sleep_until_some(ready_by), if ready_by.is_some() => {
-                            warn!(instance = %self.options.instance,
-                                "the unit's state is not known after {READY_WAIT:?}: ready anyway, following it when the bus answers");
-                            notify::ready();
-                            ready_by = None;
-                            continue;
-                        }
-                        reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
-                            Some(reload) => self.reconfigure(reload, &mut next_probe, &mut next_pass),
-                            None => {
-                                self.reloads = None;
-                                continue;
-                            }
-                        },
-                        changed = self.seams.unit.changed(), if unit_open => match changed {
-                            Ok(()) => {
-                                let now = self.seams.unit.borrow_and_update().clone();
-                                // A departure whose states were coalesced away still counts.
-                                if now.departures != departures {
-                                    departures = now.departures;
-                                    pending.push_back(Observation::Unit(now.active));
-                                    Observation::LeftActive
-                                } else {
-                                    Observation::Unit(now.active)
-                                }
-                            }
-                            Err(_) => {
-                                warn!(instance = %self.options.instance, "unit watch ended; keeping the last known state");
-                                unit_open = false;
-                                continue;
-                            }
-                        },
-                        passed = probe_at(&mut self.seams.probe, next_probe, &self.options.instance), if probing => {
-                            next_probe = Instant::now() + self.options.interval;
-                            Observation::Probe { passed }
-                        }
-                        _ = published.changed() => {
-                            let now = published.borrow_and_update().clone();
-                            self.report_status(&mut status, &now);
-                            match self.confirmation(&now) {
-                                Some(confirmed) => confirmed,
-                                None => continue,
-                            }
-                        }
-                        answer = run_slow(&mut slow), if slow.is_some() => {
-                            slow = None;
-                            match answer {
-                                Some(answer) => Observation::Swap(answer),
-                                None => continue,
-                            }
-                        }
-                        _ = sleep_until_some(verify_at), if verify_at.is_some() => {
-                            verify_at = None;
-                            Observation::Swap(SwapObservation::VerifyDeadline)
-                        }
-                        _ = sleep_until_some(pass_at), if pass_at.is_some() => {
-                            if let Some(updates) = self.seams.updates.take() {
-                                passing = Some(Box::pin(run_pass(updates)));
-                            }
-                            continue;
-                        }
-                        (updates, pass) = run_some(&mut passing), if passing.is_some() => {
-                            passing = None;
-                            let (next, offer) = self.pass_finished(updates, pass);
-                            next_pass = next;
-                            match offer {
-                                Some(plan) => Observation::Offer(plan),
-                                None if next_pass.is_none() => Observation::Shutdown,
-                                None => continue,
-                            }
-                        }
-                        ask = asks::next_ask(&mut self.asks) => {
-                            // One that comes while a pass is out is answered with its result.
-                            if self.take_ask(ask, can_pass || passing.is_some()) {
-                                next_pass = Some(Instant::now());
-                            }
-                            continue;
-                        }
-                        _ = tokio::time::sleep_until(started + ONCE_UNIT_WAIT),
-                            if self.options.once && !settled => {
-                            warn!(instance = %self.options.instance,
-                                "the unit's state is not known after {ONCE_UNIT_WAIT:?}; going on without it");
-                            continue;
-                        }
-                    }
-                }
+                None => match self.observe(&mut state, shutdown.as_mut()).await {
+                    Some(observation) => observation,
+                    None => continue,
+                },
             };
-            if ready_by.is_some()
-                && matches!(&observation, Observation::Unit(s) if *s != ActiveState::Unknown)
-            {
-                notify::ready();
-                ready_by = None;
+            if let Some(batch) = self.turn(observation, &mut state) {
+                return self.stop(batch, &mut state).await;
             }
-            let became_active = matches!(&observation, Observation::Unit(s) if s.is_active())
-                && !self.agent.unit.is_active();
-            if became_active {
-                next_probe = Instant::now();
-            }
-            let was_updating = matches!(self.agent.phase, Phase::Updating(_));
-            let (agent, actions) = match recovered.take() {
-                Some((swap, actions)) => {
-                    pending.push_front(observation);
-                    state::resume(self.agent, swap, actions)
-                }
-                None => state::next(self.agent, observation),
-            };
-            self.agent = agent;
-            self.swap_timer.observe(&self.agent.phase);
-            // Before the actions: a registration they publish carries the record as it is now.
-            self.update_record(None, None);
-            let mut batch = Vec::new();
-            for action in actions {
-                match action {
-                    Action::Register => {
-                        info!(instance = %self.options.instance, "unit active and healthy: registering");
-                        self.seams.registry.register(self.entries());
-                        self.unpublished = false;
-                    }
-                    Action::Deregister => {
-                        info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
-                        self.seams.registry.deregister();
-                    }
-                    Action::Stop => {
-                        notify::notify(&[
-                            NotifyState::Stopping,
-                            NotifyState::Status("stopping: deregistering"),
-                        ]);
-                        // What the swap gives back on the way out (a slot not yet used).
-                        if let Some(last) =
-                            self.swap_steps(std::mem::take(&mut batch), &mut verify_at)
-                        {
-                            let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, last).await;
-                        }
-                        let etcd_requests = self.seams.registry.requests();
-                        self.seams.registry.shutdown(SHUTDOWN_DEADLINE).await;
-                        return DriverReport { etcd_requests };
-                    }
-                    Action::Swap(action) => batch.push(action),
-                }
-            }
-            if let Some(step) = self.swap_steps(batch, &mut verify_at) {
-                // A step still in flight (an event being sent) finishes first.
-                slow = Some(match slow.take() {
-                    Some(earlier) => Box::pin(async move {
-                        let first = earlier.await;
-                        step.await.or(first)
-                    }),
-                    None => step,
-                });
-            }
-            if !matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }))
-            {
-                verify_at = None;
-            }
-            if let Some(confirmed) = self.confirmation(&published.borrow()) {
-                pending.push_back(confirmed);
-            }
-            if was_updating && self.agent.phase == Phase::Serving {
-                info!(instance = %self.options.instance, "swap over");
-                match self.options.once {
-                    true => pending.push_back(Observation::Shutdown),
-                    false => next_pass = next_pass.or(Some(Instant::now())),
-                }
-            }
-            self.publish_changes();
-            self.report_status(&mut status, &published.borrow());
         }
     }
 
-    /// Journals the swap, does its quick steps at once and returns the slow ones as one future.
-    fn swap_steps(
+    /// Waits for the next thing to happen; `None` when it needs no decision of the machine.
+    async fn observe<S: Future<Output = ()>>(
         &mut self,
-        batch: Vec<SwapAction>,
-        verify_at: &mut Option<Instant>,
-    ) -> Option<SlowStep> {
-        let updates = self.seams.updates.as_mut()?;
-        if batch.is_empty() {
-            return None;
-        }
-        // Events report the version the instance ran before the swap.
-        let current = match &self.agent.phase {
-            Phase::Updating(swap) => {
-                updates.journal(swap);
-                if let Stage::Stranded { .. } = swap.stage {
-                    tracing::error!(instance = %self.options.instance, "{}", swap.status());
-                }
-                semver::Version::parse(&swap.plan.old.version).ok()
+        state: &mut LoopState<C>,
+        mut shutdown: Pin<&mut S>,
+    ) -> Option<Observation> {
+        let probing = self.agent.probing();
+        let settled = self.settled(&state.published.borrow(), state.started);
+        let serving = self.agent.phase == Phase::Serving;
+        // While a pass is out, `updates` is with it.
+        let can_pass = settled && serving && self.seams.updates.is_some();
+        let pass_at = state.next_pass.filter(|_| can_pass);
+        let instance = &self.options.instance;
+        let observation = tokio::select! {
+            biased;
+            _ = &mut shutdown => Observation::Shutdown,
+            _ = state.watchdog.due() => {
+                state.watchdog.ping();
+                return None;
             }
-            _ => None,
-        };
-        let current = current
-            .or_else(|| updates.running().cloned())
-            .unwrap_or_else(|| semver::Version::new(0, 0, 0));
-        for action in &batch {
-            match action {
-                SwapAction::StartVerifyDeadline => {
-                    let timeout = updates.verify_timeout();
-                    *verify_at = Some(Instant::now() + timeout);
-                    if updates.dry_run() {
-                        let health = match self.agent.unchecked {
-                            true => "no health check configured".to_string(),
-                            false => format!(
-                                "the health check passing {} times in a row",
-                                self.agent.health.progress().1
-                            ),
-                        };
-                        let within = humantime::format_duration(timeout);
-                        would(format_args!(
-                            "verify {}: active, and {health}, within {within}",
-                            self.options.unit_name
-                        ));
+            _ = sleep_until_some(state.ready_by), if state.ready_by.is_some() => {
+                warn!(instance = %instance,
+                    "the unit's state is not known after {READY_WAIT:?}: ready anyway, following it when the bus answers");
+                notify::ready();
+                state.ready_by = None;
+                return None;
+            }
+            reload = next_reload(&mut self.reloads), if self.reloads.is_some() => match reload {
+                Some(reload) => self.reconfigure(reload, &mut state.next_probe, &mut state.next_pass),
+                None => {
+                    self.reloads = None;
+                    return None;
+                }
+            },
+            changed = self.seams.unit.changed(), if state.unit_open => match changed {
+                Ok(()) => {
+                    let now = self.seams.unit.borrow_and_update().clone();
+                    // A departure whose states were coalesced away still counts.
+                    if now.departures == state.departures {
+                        return Some(Observation::Unit(now.active));
                     }
+                    state.departures = now.departures;
+                    state.pending.push_back(Observation::Unit(now.active));
+                    Observation::LeftActive
                 }
-                SwapAction::Denylist { version } => updates.deny(version),
-                SwapAction::ClearJournal => updates.clear_journal(),
-                _ => {}
+                Err(_) => {
+                    warn!(instance = %instance, "unit watch ended; keeping the last known state");
+                    state.unit_open = false;
+                    return None;
+                }
+            },
+            passed = probe_at(&mut self.seams.probe, state.next_probe, instance), if probing => {
+                state.next_probe = Instant::now() + self.options.interval;
+                Observation::Probe { passed }
+            }
+            _ = state.published.changed() => {
+                let now = state.published.borrow_and_update().clone();
+                self.report_status(&mut state.status, &now);
+                return self.confirmation(&now);
+            }
+            answer = run_slow(&mut state.slow), if state.slow.is_some() => {
+                state.slow = None;
+                return answer.map(Observation::Swap);
+            }
+            _ = sleep_until_some(state.verify_at), if state.verify_at.is_some() => {
+                state.verify_at = None;
+                Observation::Swap(SwapObservation::VerifyDeadline)
+            }
+            _ = sleep_until_some(pass_at), if pass_at.is_some() => {
+                self.send_pass(state);
+                return None;
+            }
+            (updates, pass) = run_some(&mut state.passing), if state.passing.is_some() => {
+                state.passing = None;
+                let (next, offer) = self.pass_finished(updates, pass);
+                state.next_pass = next;
+                match offer {
+                    Some(plan) => Observation::Offer(plan),
+                    None if state.next_pass.is_none() => Observation::Shutdown,
+                    None => return None,
+                }
+            }
+            ask = asks::next_ask(&mut self.asks) => {
+                // One that comes while a pass is out is answered with its result.
+                if self.take_ask(ask, can_pass || state.passing.is_some()) {
+                    state.next_pass = Some(Instant::now());
+                }
+                return None;
+            }
+            _ = tokio::time::sleep_until(state.started + ONCE_UNIT_WAIT),
+                if self.options.once && !settled => {
+                warn!(instance = %instance,
+                    "the unit's state is not known after {ONCE_UNIT_WAIT:?}; going on without it");
+                return None;
+            }
+        };
+        Some(observation)
+    }
+
+    /// One turn of the machine: `observation` decided, the actions carried out, what follows
+    /// queued; when the machine stops the driver, what the swap gives back on the way out.
+    fn turn(
+        &mut self,
+        observation: Observation,
+        state: &mut LoopState<C>,
+    ) -> Option<Vec<SwapAction>> {
+        if state.ready_by.is_some()
+            && matches!(&observation, Observation::Unit(s) if *s != ActiveState::Unknown)
+        {
+            notify::ready();
+            state.ready_by = None;
+        }
+        let became_active = matches!(&observation, Observation::Unit(s) if s.is_active())
+            && !self.agent.unit.is_active();
+        if became_active {
+            state.next_probe = Instant::now();
+        }
+        let was_updating = matches!(self.agent.phase, Phase::Updating(_));
+        let agent = self.agent.clone();
+        let (agent, actions) = match state.recovered.take() {
+            Some((swap, actions)) => {
+                state.pending.push_front(observation);
+                state::resume(agent, swap, actions)
+            }
+            None => state::next(agent, observation),
+        };
+        self.agent = agent;
+        self.swap_timer.observe(&self.agent.phase);
+        // Before the actions: a registration they publish carries the record as it is now.
+        self.update_record(None, None);
+        if let Some(batch) = self.act(actions, state) {
+            return Some(batch);
+        }
+        let verifying = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }));
+        if !verifying {
+            state.verify_at = None;
+        }
+        if let Some(confirmed) = self.confirmation(&state.published.borrow()) {
+            state.pending.push_back(confirmed);
+        }
+        if was_updating && self.agent.phase == Phase::Serving {
+            info!(instance = %self.options.instance, "swap over");
+            match self.options.once {
+                true => state.pending.push_back(Observation::Shutdown),
+                false => state.next_pass = state.next_pass.or(Some(Instant::now())),
             }
         }
-        Some(updates.steps(current, batch))
+        self.publish_changes();
+        self.report_status(&mut state.status, &state.published.borrow());
+        None
     }
 
     /// What etcd confirms that the agent waits for: the swap's deregistration gone, or its
@@ -429,9 +340,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     }
 
     /// On start: a swap left in the journal, resumed; an unreadable journal stops updates here.
-    async fn recover(
-        &mut self,
-    ) -> Option<(crate::agent::machine::swap::SwapPhase, Vec<SwapAction>)> {
+    async fn recover(&mut self) -> Option<(SwapPhase, Vec<SwapAction>)> {
         let updates = self.seams.updates.as_mut()?;
         match updates.recover().await {
             Ok(found) => found,
@@ -452,114 +361,6 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let known = self.agent.unit != ActiveState::Unknown;
         let caught_up = self.agent.registered == matches!(published, Published::Registered { .. });
         known && caught_up
-    }
-
-    /// Takes back the update pass that `pass` ran on; returns when the next one is due (`None`
-    /// when `once` is done) and the swap a valid offer asks for.
-    fn pass_finished(
-        &mut self,
-        mut updates: UpdatePass<C>,
-        pass: PassResult,
-    ) -> (
-        Option<Instant>,
-        Option<crate::agent::machine::swap::SwapPlan>,
-    ) {
-        let PassResult { label, delay, plan } = pass;
-        if let Some(reload) = self.held_update_reload.take() {
-            updates.hold_reload(reload);
-        }
-        let running = updates.running().map(ToString::to_string);
-        self.seams.updates = Some(updates);
-        if let Some(metrics) = &self.options.metrics {
-            metrics.update_checked(label);
-            if let Some(running) = &running {
-                metrics.set_version(running);
-            }
-        }
-        let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
-        self.update_record(Some(label), running);
-        self.publish_changes();
-        self.pass_done(label);
-        (next, plan)
-    }
-
-    /// Sends STATUS when the line changed.
-    fn report_status(&self, last: &mut String, published: &Published) {
-        if let Some(metrics) = &self.options.metrics {
-            metrics.set_phase(self.agent.phase.label());
-            metrics.set_registered(matches!(published, Published::Registered { .. }));
-        }
-        let load = self.seams.unit.borrow().load.clone();
-        let line = status_line(&self.agent, published, &load, &self.options.unit_name);
-        self.show_state();
-        if *last != line {
-            debug!(instance = %self.options.instance, "status: {line}");
-            notify::notify(&[NotifyState::Status(&line)]);
-            *last = line;
-        }
-    }
-}
-
-/// The sd_notify STATUS line: what is true of the registration, and why not when it is not.
-fn status_line(agent: &Agent, published: &Published, load: &LoadState, unit: &str) -> String {
-    match published {
-        _ if load.is_unusable() => format!("not registered: unit {unit} is {load}"),
-        Published::Unreachable { error } if agent.registered => {
-            format!("not registered: etcd unreachable ({error})")
-        }
-        _ => agent.status(),
-    }
-}
-
-/// Runs one update pass on `updates`, taken out of the seams for the time, and gives it back.
-async fn run_pass<C: UnitControl + 'static>(
-    mut updates: UpdatePass<C>,
-) -> (UpdatePass<C>, PassResult) {
-    let result = updates.poll().await;
-    (updates, result)
-}
-
-/// The output of the future in `slot`; never resolves when there is none.
-async fn run_some<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
-    match slot {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The slow step's answer; never resolves when none is in flight.
-async fn run_slow(slow: &mut Option<SlowStep>) -> Option<SwapObservation> {
-    match slow {
-        Some(step) => step.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next reloaded settings; never resolves without a channel.
-async fn next_reload<T>(reloads: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match reloads {
-        Some(reloads) => reloads.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `at`; never resolves for `None`.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until `at`, runs the probe once and logs a failure.
-async fn probe_at<P: Probe>(probe: &mut P, at: Instant, instance: &str) -> bool {
-    tokio::time::sleep_until(at).await;
-    match probe.check().await {
-        Ok(()) => true,
-        Err(err) => {
-            warn!(instance = %instance, kind = err.kind(), "health check failed: {err}");
-            false
-        }
     }
 }
 

@@ -42,20 +42,8 @@ pub struct StepSettings {
     pub start_timeout: Duration,
 }
 
-/// Whether the driver carries this action out itself, at once (not through [`run_steps`]).
-pub fn is_inline(action: &SwapAction) -> bool {
-    matches!(
-        action,
-        SwapAction::Register
-            | SwapAction::Deregister
-            | SwapAction::Stop
-            | SwapAction::StartVerifyDeadline
-            | SwapAction::Denylist { .. }
-            | SwapAction::ClearJournal
-    )
-}
-
-/// Runs `actions` in order (inline ones skipped); answers with the last step's observation.
+/// Runs `actions` in order; answers with the last step's observation. The driver hands only the
+/// slow ones here (its `act.rs` knows which those are).
 pub fn run_steps<C: UnitControl + 'static>(
     seams: Arc<SwapSeams<C>>,
     settings: StepSettings,

@@ -6,12 +6,10 @@ use std::num::NonZeroU32;
 use super::*;
 use crate::agent::machine::state::HealthRules;
 use crate::agent::update::UpdateReload;
-use crate::agent::update::steps::StepSettings;
-use crate::config::UpdateSettings;
-use crate::health::{HealthStreak, ProbeError};
-use crate::registry::{Desired, MemoryRegistry};
+use crate::agent::update::fixtures::{step_settings, update_settings};
+use crate::health::ProbeError;
+use crate::registry::Desired;
 use crate::systemd::control::MemoryUnitControl;
-use crate::systemd::{MemoryUnits, UnitManager};
 
 /// A probe that always gives the same answer.
 struct Answer(bool);
@@ -48,23 +46,9 @@ fn reload(entries: Vec<Entry>, passes: bool, rules: HealthRules) -> Reconfigure<
         interval: Duration::from_millis(10),
         rules,
         updates: UpdateReload {
-            settings: UpdateSettings {
-                enabled: false,
-                server: None,
-                app_id: String::new(),
-                track: "stable".into(),
-                arch: "x64".into(),
-                interval: Duration::from_secs(60),
-                image: "{codebase}".into(),
-                pin_digest: false,
-                ca_file: None,
-            },
+            settings: update_settings(Duration::from_secs(60)),
             source: None,
-            steps: StepSettings {
-                prepull: Vec::new(),
-                drain: Duration::ZERO,
-                start_timeout: Duration::from_secs(1),
-            },
+            steps: step_settings(Vec::new(), Duration::ZERO),
             verify_timeout: Duration::from_secs(1),
             rise: 1,
         },
@@ -82,26 +66,18 @@ struct Running {
 async fn registered() -> Running {
     let units = MemoryUnits::new(ActiveState::Active);
     let registry = MemoryRegistry::new();
-    let seams: Seams<_, _, MemoryUnitControl> = Seams {
-        registry: registry.clone(),
-        probe: Answer(true),
-        unit: units.unit_state(),
-        updates: None,
-    };
-    let options = DriverOptions {
-        entries: entries("v1"),
-        interval: Duration::from_millis(10),
-        instance: "web-1".into(),
-        unit_name: "web@1.service".into(),
-        once: false,
-        metrics: None,
-        record: None,
-    };
-    let n = |v| NonZeroU32::new(v).unwrap();
-    let agent = Agent::new(HealthStreak::new(n(1), n(2)), false);
+    let agent = agent(1, 2, false);
     let (reloads, received) = mpsc::channel(1);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let driver = Driver::new(agent, seams, options).with_reloads(received);
+    let driver = driver::<_, MemoryUnitControl>(
+        agent,
+        registry.clone(),
+        Answer(true),
+        &units,
+        None,
+        options(entries("v1")),
+    )
+    .with_reloads(received);
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
         drop(units);

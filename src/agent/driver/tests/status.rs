@@ -1,13 +1,12 @@
 //! The loop over in-memory seams without updates: it follows the unit and the probe, and says
 //! what is true in its status line.
 
-use std::num::NonZeroU32;
-
 use super::*;
-use crate::health::{HealthStreak, ProbeError};
-use crate::registry::{Desired, MemoryRegistry};
+use crate::agent::driver::status::status_line;
+use crate::health::ProbeError;
+use crate::registry::Desired;
+use crate::systemd::LoadState;
 use crate::systemd::control::MemoryUnitControl;
-use crate::systemd::{MemoryUnits, UnitManager};
 
 /// A probe whose answers the test flips.
 #[derive(Clone)]
@@ -23,34 +22,25 @@ impl Probe for Switch {
 }
 
 /// A driver over in-memory seams that does not look for updates.
-fn driver(
+fn without_updates(
     agent: Agent,
     registry: MemoryRegistry,
     probe: Switch,
     units: &MemoryUnits,
 ) -> Driver<MemoryRegistry, Switch, MemoryUnitControl> {
-    let seams = Seams {
+    driver(
+        agent,
         registry,
         probe,
-        unit: units.unit_state(),
-        updates: None,
-    };
-    let options = DriverOptions {
-        entries: vec![("k".into(), "v".into())],
-        interval: Duration::from_millis(10),
-        instance: "web-1".into(),
-        unit_name: "web@1.service".into(),
-        once: false,
-        metrics: None,
-        record: None,
-    };
-    Driver::new(agent, seams, options)
+        units,
+        None,
+        options(vec![("k".into(), "v".into())]),
+    )
 }
 
 #[test]
 fn status_says_not_registered_while_etcd_is_unreachable_or_the_unit_unusable() {
-    let n = |v| NonZeroU32::new(v).unwrap();
-    let mut agent = Agent::new(HealthStreak::new(n(1), n(1)), true);
+    let mut agent = agent(1, 1, true);
     agent.unit = ActiveState::Active;
     agent.registered = true;
     let unreachable = Published::Unreachable {
@@ -93,13 +83,7 @@ async fn follows_unit_and_probe_and_deregisters_on_shutdown() {
     let registry = MemoryRegistry::new();
     let (healthy, probe) = watch::channel(true);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let n = |v| NonZeroU32::new(v).unwrap();
-    let driver = driver(
-        Agent::new(HealthStreak::new(n(2), n(1)), false),
-        registry.clone(),
-        Switch(probe),
-        &units,
-    );
+    let driver = without_updates(agent(2, 1, false), registry.clone(), Switch(probe), &units);
     let run = tokio::spawn(driver.run(async {
         let _ = stopped.await;
     }));
@@ -122,13 +106,7 @@ async fn a_restart_seen_only_as_active_again_deregisters_and_waits_for_rise() {
     let units = MemoryUnits::new(ActiveState::Active);
     let registry = MemoryRegistry::new();
     let (_healthy, probe) = watch::channel(true);
-    let n = |v| NonZeroU32::new(v).unwrap();
-    let driver = driver(
-        Agent::new(HealthStreak::new(n(2), n(2)), false),
-        registry.clone(),
-        Switch(probe),
-        &units,
-    );
+    let driver = without_updates(agent(2, 2, false), registry.clone(), Switch(probe), &units);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(driver.run(async {
         let _ = stopped.await;

@@ -10,16 +10,15 @@ use crate::agent::update::fixtures::{self, step_settings, swap_config, update_se
 use crate::agent::update::journal::Journal;
 use crate::agent::update::policy::Denylist;
 use crate::agent::update::{SwapConfig, UpdatePass};
-use crate::health::{HealthStreak, ProbeError};
+use crate::health::ProbeError;
 use crate::omaha::{
     AnyUpdateSource, Event, InMemoryUpdateSource, LocalRelease, UpdateBackend, error_code,
 };
-use crate::registry::{Desired, MemoryRegistry};
+use crate::registry::Desired;
 use crate::slot::{Acquisition, AnySlots, MemorySlots, SlotLock};
 use crate::systemd::control::{
     ControlCall, ControlError, DropIn, MemoryUnitControl, PreviousDropIn, RunningVersion,
 };
-use crate::systemd::{MemoryUnits, UnitManager};
 
 /// The in-memory control, plus what systemd does on a restart: the unit leaves active and
 /// comes back.
@@ -190,31 +189,27 @@ async fn start_with(setup: Setup<'_>) -> World {
         settings,
         swaps,
     );
-    let seams = Seams {
-        registry: registry.clone(),
-        probe: VersionProbe {
-            control: control.clone(),
-            bad,
-        },
-        unit: units.unit_state(),
-        updates: Some(updates),
+    let probe = VersionProbe {
+        control: control.clone(),
+        bad,
     };
     let options = DriverOptions {
-        entries: vec![("k".into(), "v".into())],
-        interval: Duration::from_millis(10),
-        instance: "web-1".into(),
-        unit_name: "web@1.service".into(),
-        once: false,
-        metrics: None,
         record: Some(RecordOptions {
             group: "app/stable".into(),
             host: "127.0.0.1".into(),
         }),
+        ..options(vec![("k".into(), "v".into())])
     };
-    let n = |v| NonZeroU32::new(v).unwrap();
-    let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
+    let driver = driver(
+        agent(2, 1, false),
+        registry.clone(),
+        probe,
+        &units,
+        Some(updates),
+        options,
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(Driver::new(agent, seams, options).run(async move {
+    let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
     }));
     eventually("registered before the offer", || registered(&registry)).await;

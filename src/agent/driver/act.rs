@@ -1,0 +1,142 @@
+//! The machine's actions carried out: the one place that knows which run inline, at once, on the
+//! loop (registration, deregistration, the stop, the verify deadline, the denylist, clearing the
+//! journal) and which are slow futures polled beside the loop ([`crate::agent::update::steps`]:
+//! events, pre-pull, slot, drain, fence, drop-in, restart, release). The swap is journaled
+//! before any of its side effects.
+
+use tokio::time::Instant;
+use tracing::info;
+
+use super::loop_state::LoopState;
+use super::{Driver, DriverReport, SHUTDOWN_DEADLINE};
+use crate::agent::machine::state::{Action, Phase};
+use crate::agent::machine::swap::{Stage, SwapAction};
+use crate::agent::update::steps::SlowStep;
+use crate::dry_run::would;
+use crate::health::Probe;
+use crate::notify::{self, NotifyState};
+use crate::registry::Registry;
+use crate::systemd::control::UnitControl;
+
+/// Whether the driver carries this swap action out itself, at once, rather than as a slow step.
+fn is_inline(action: &SwapAction) -> bool {
+    matches!(
+        action,
+        SwapAction::Register
+            | SwapAction::Deregister
+            | SwapAction::Stop
+            | SwapAction::StartVerifyDeadline
+            | SwapAction::Denylist { .. }
+            | SwapAction::ClearJournal
+    )
+}
+
+impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
+    /// Carries out `actions` in order, up to a stop: then the swap actions still to be given back
+    /// on the way out (see [`Self::stop`]).
+    pub(super) fn act(
+        &mut self,
+        actions: Vec<Action>,
+        state: &mut LoopState<C>,
+    ) -> Option<Vec<SwapAction>> {
+        let mut batch = Vec::new();
+        for action in actions {
+            match action {
+                Action::Register => {
+                    info!(instance = %self.options.instance, "unit active and healthy: registering");
+                    self.seams.registry.register(self.entries());
+                    self.unpublished = false;
+                }
+                Action::Deregister => {
+                    info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
+                    self.seams.registry.deregister();
+                }
+                Action::Stop => return Some(batch),
+                Action::Swap(action) => batch.push(action),
+            }
+        }
+        if let Some(step) = self.swap_steps(batch, &mut state.verify_at) {
+            // A step still in flight (an event being sent) finishes first.
+            state.slow = Some(match state.slow.take() {
+                Some(earlier) => Box::pin(async move {
+                    let first = earlier.await;
+                    step.await.or(first)
+                }),
+                None => step,
+            });
+        }
+        None
+    }
+
+    /// Stops: what the swap gives back on the way out (a slot not yet used), then the lease.
+    pub(super) async fn stop(
+        mut self,
+        batch: Vec<SwapAction>,
+        state: &mut LoopState<C>,
+    ) -> DriverReport {
+        notify::notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: deregistering"),
+        ]);
+        if let Some(last) = self.swap_steps(batch, &mut state.verify_at) {
+            let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, last).await;
+        }
+        let etcd_requests = self.seams.registry.requests();
+        self.seams.registry.shutdown(SHUTDOWN_DEADLINE).await;
+        DriverReport { etcd_requests }
+    }
+
+    /// Journals the swap, does its inline steps at once and returns the slow ones as one future.
+    fn swap_steps(
+        &mut self,
+        batch: Vec<SwapAction>,
+        verify_at: &mut Option<Instant>,
+    ) -> Option<SlowStep> {
+        let updates = self.seams.updates.as_mut()?;
+        if batch.is_empty() {
+            return None;
+        }
+        // Events report the version the instance ran before the swap.
+        let current = match &self.agent.phase {
+            Phase::Updating(swap) => {
+                updates.journal(swap);
+                if let Stage::Stranded { .. } = swap.stage {
+                    tracing::error!(instance = %self.options.instance, "{}", swap.status());
+                }
+                semver::Version::parse(&swap.plan.old.version).ok()
+            }
+            _ => None,
+        };
+        let current = current
+            .or_else(|| updates.running().cloned())
+            .unwrap_or_else(|| semver::Version::new(0, 0, 0));
+        let (inline, slow): (Vec<_>, Vec<_>) = batch.into_iter().partition(is_inline);
+        for action in inline {
+            match action {
+                SwapAction::StartVerifyDeadline => {
+                    let timeout = updates.verify_timeout();
+                    *verify_at = Some(Instant::now() + timeout);
+                    if updates.dry_run() {
+                        let health = match self.agent.unchecked {
+                            true => "no health check configured".to_string(),
+                            false => format!(
+                                "the health check passing {} times in a row",
+                                self.agent.health.progress().1
+                            ),
+                        };
+                        let within = humantime::format_duration(timeout);
+                        would(format_args!(
+                            "verify {}: active, and {health}, within {within}",
+                            self.options.unit_name
+                        ));
+                    }
+                }
+                SwapAction::Denylist { version } => updates.deny(&version),
+                SwapAction::ClearJournal => updates.clear_journal(),
+                // Register, Deregister and Stop reach the loop as the agent's own actions.
+                _ => {}
+            }
+        }
+        Some(updates.steps(current, slow))
+    }
+}
