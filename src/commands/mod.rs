@@ -9,7 +9,7 @@ pub mod update_check;
 
 use std::process::ExitCode;
 
-use crate::config::{self, ConfigError, ConfigSources, EtcdSettings, LoadedConfig, Validated};
+use crate::config::{self, ConfigError, ConfigSources, EtcdOptions, LoadedConfig, Validated};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 pub const EXIT_CONFIG: u8 = 2;
@@ -35,14 +35,14 @@ fn refused(err: ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn warn_about_secrets(etcd: &EtcdSettings) {
+fn warn_about_secrets(etcd: &EtcdOptions) {
     for warning in config::secrets::secret_file_warnings(etcd) {
         tracing::warn!("{warning}");
     }
 }
 
 /// A connected etcd client, or failure after printing why.
-pub async fn connect(settings: &EtcdSettings) -> Result<etcd_client::Client, ExitCode> {
+pub async fn connect(settings: &EtcdOptions) -> Result<etcd_client::Client, ExitCode> {
     crate::etcd::connect(settings).await.map_err(|err| {
         eprintln!("sidekick: {err:#}");
         ExitCode::FAILURE

@@ -101,14 +101,7 @@ pub struct UpdateFragment {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Where update slots are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlotBackend {
-    Etcd,
-    Fleetlock,
-    None,
-}
+pub use crate::slot::SlotBackend;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,14 +5,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::EtcdSettings;
+use super::EtcdOptions;
 
 /// Permission bits that let someone other than the owner at a secret.
 const NOT_OWNER_BITS: u32 = 0o077;
 
 /// One warning per secret file that group or others can access; files that cannot be read yet
 /// are left to the code that opens them.
-pub fn secret_file_warnings(etcd: &EtcdSettings) -> Vec<String> {
+pub fn secret_file_warnings(etcd: &EtcdOptions) -> Vec<String> {
     let secrets = [
         (
             "etcd.password_file",

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use super::fragments::{CheckKind, Layout, SlotBackend};
+pub use super::fragments::{CheckKind, Layout};
+// The clients' own options, composed here into `Settings`.
+pub use crate::etcd::{ClientCert, EtcdAuth, EtcdOptions};
+pub use crate::slot::{SlotBackend, SlotOptions};
 
 /// Shortest registration lease and slot lease accepted; shorter TTLs churn etcd for no gain.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(5);
@@ -19,11 +22,11 @@ pub const MIN_UPDATE_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub instance: InstanceSettings,
-    pub etcd: EtcdSettings,
+    pub etcd: EtcdOptions,
     pub registration: RegistrationSettings,
     pub health: HealthSettings,
     pub update: UpdateSettings,
-    pub slot: SlotSettings,
+    pub slot: SlotOptions,
     pub swap: SwapSettings,
     pub daemon: DaemonSettings,
 }
@@ -37,28 +40,6 @@ pub struct InstanceSettings {
     pub name: String,
     /// Service name used in keys, e.g. `web`.
     pub service: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<Url>,
-    pub timeout: Duration,
-    pub auth: Option<EtcdAuth>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<ClientCert>,
-}
-
-/// Username and the file holding the password (read when connecting, never logged).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtcdAuth {
-    pub username: String,
-    pub password_file: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientCert {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,15 +97,6 @@ pub struct UpdateSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct SlotSettings {
-    pub backend: SlotBackend,
-    pub max: NonZeroU32,
-    pub group: String,
-    pub ttl: Duration,
-    pub fleetlock_url: Option<Url>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct SwapSettings {
     pub drain: Duration,
     pub start_timeout: Duration,
@@ -157,14 +129,14 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// so a host with only an etcd drop-in (or none: the default endpoint) can run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
-    pub etcd: EtcdSettings,
+    pub etcd: EtcdOptions,
     pub registration: RegistrationKeys,
 }
 
 /// What `sidekick slots release|resume|set-max` read: etcd, the slot backend and the group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotsSettings {
-    pub etcd: EtcdSettings,
+    pub etcd: EtcdOptions,
     pub backend: SlotBackend,
     pub fleetlock_url: Option<Url>,
     /// `slot.group` with its default; `None` when nothing names a group (no `slot.group`,

@@ -23,7 +23,7 @@ pub trait Validated: Sized {
     /// Validates the sections this reads; `origins` lets errors name the file and line.
     fn validate(input: Input, origins: &Origins) -> Result<Self, ConfigError>;
     /// The etcd settings, whose secret files are checked when loading.
-    fn etcd(&self) -> &EtcdSettings;
+    fn etcd(&self) -> &EtcdOptions;
 }
 
 /// An IP address or a DNS host name: what `registration.host` and `$COREOS_PUBLIC_IPV4` accept.
@@ -86,7 +86,7 @@ impl Validated for Settings {
         })
     }
 
-    fn etcd(&self) -> &EtcdSettings {
+    fn etcd(&self) -> &EtcdOptions {
         &self.etcd
     }
 }
@@ -100,7 +100,7 @@ impl Validated for StatusSettings {
         })
     }
 
-    fn etcd(&self) -> &EtcdSettings {
+    fn etcd(&self) -> &EtcdOptions {
         &self.etcd
     }
 }
@@ -134,7 +134,7 @@ impl Validated for SlotsSettings {
         })
     }
 
-    fn etcd(&self) -> &EtcdSettings {
+    fn etcd(&self) -> &EtcdOptions {
         &self.etcd
     }
 }

@@ -10,6 +10,9 @@
 pub mod clock;
 pub mod duplicate;
 pub mod lease;
+mod options;
+
+pub use options::{ClientCert, EtcdAuth, EtcdOptions};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +25,6 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::config::EtcdSettings;
 
 /// gRPC keepalive: notices a dead connection while idle (e.g. waiting on a watch).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -40,11 +42,11 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// The configured endpoints as one comma-separated string, for connecting and for log lines.
-pub fn endpoint_list(etcd: &EtcdSettings) -> String {
+pub fn endpoint_list(etcd: &EtcdOptions) -> String {
     endpoints(etcd).join(",")
 }
 
-fn endpoints(etcd: &EtcdSettings) -> Vec<String> {
+fn endpoints(etcd: &EtcdOptions) -> Vec<String> {
     etcd.endpoints
         .iter()
         .map(|u| u.as_str().trim_end_matches('/').to_string())
@@ -69,7 +71,7 @@ fn system_roots() -> anyhow::Result<Vec<u8>> {
 }
 
 /// Connection options built from settings; reads the CA, client key pair and password files.
-pub fn connect_options(settings: &EtcdSettings) -> anyhow::Result<ConnectOptions> {
+pub fn connect_options(settings: &EtcdOptions) -> anyhow::Result<ConnectOptions> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.timeout)
         .with_timeout(settings.timeout)
@@ -114,7 +116,7 @@ pub fn connect_options(settings: &EtcdSettings) -> anyhow::Result<ConnectOptions
 
 /// Connects and proves the connection with a real call: `Client::connect` alone succeeds against
 /// a dead endpoint.
-pub async fn connect(settings: &EtcdSettings) -> anyhow::Result<Client> {
+pub async fn connect(settings: &EtcdOptions) -> anyhow::Result<Client> {
     let list = endpoint_list(settings);
     let mut client = Client::connect(endpoints(settings), Some(connect_options(settings)?))
         .await
@@ -153,7 +155,7 @@ pub struct EtcdConnection {
 
 struct Inner {
     /// `None` for a connection made from a ready client (tests, tools): it is never replaced.
-    settings: Option<EtcdSettings>,
+    settings: Option<EtcdOptions>,
     endpoint: String,
     state: Mutex<Link>,
     requests: AtomicU64,
@@ -176,7 +178,7 @@ impl std::fmt::Debug for EtcdConnection {
 
 impl EtcdConnection {
     /// A connection to the configured endpoints; connects at the first request.
-    pub fn new(settings: EtcdSettings) -> EtcdConnection {
+    pub fn new(settings: EtcdOptions) -> EtcdConnection {
         let endpoint = endpoint_list(&settings);
         EtcdConnection::build(Some(settings), endpoint, None)
     }
@@ -187,7 +189,7 @@ impl EtcdConnection {
         EtcdConnection::build(None, String::new(), Some(client))
     }
 
-    fn build(settings: Option<EtcdSettings>, endpoint: String, client: Option<Client>) -> Self {
+    fn build(settings: Option<EtcdOptions>, endpoint: String, client: Option<Client>) -> Self {
         EtcdConnection {
             inner: Arc::new(Inner {
                 settings,
@@ -268,8 +270,8 @@ impl From<Client> for EtcdConnection {
 mod tests {
     use super::*;
 
-    fn settings(endpoint: &str) -> EtcdSettings {
-        EtcdSettings {
+    fn settings(endpoint: &str) -> EtcdOptions {
+        EtcdOptions {
             endpoints: vec![endpoint.parse().expect("url")],
             timeout: Duration::from_secs(1),
             auth: None,

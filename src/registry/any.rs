@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{DryRunRegistry, Entry, EtcdRegistry, MemoryRegistry, Published, Registry};
-use crate::config::{EtcdSettings, RegistrationSettings};
+use crate::config::{EtcdOptions, RegistrationSettings};
 
 /// Any of the registries.
 pub enum AnyRegistry {
@@ -23,7 +23,7 @@ impl AnyRegistry {
     /// (against `etcd`, or against nothing when there is no etcd), else etcd.
     pub fn from_settings(
         registration: &RegistrationSettings,
-        etcd: Option<&EtcdSettings>,
+        etcd: Option<&EtcdOptions>,
         instance: &str,
         dry_run: bool,
     ) -> AnyRegistry {

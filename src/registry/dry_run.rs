@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::{Entry, Published, Registry};
 use crate::backoff::{Backoff, MAX_DELAY};
-use crate::config::EtcdSettings;
+use crate::config::EtcdOptions;
 use crate::dry_run::would;
 use crate::etcd::endpoint_list;
 
@@ -39,7 +39,7 @@ pub struct DryRunRegistry {
 impl DryRunRegistry {
     /// Starts the reader for `instance` on the current tokio runtime; connects at once to `etcd`,
     /// or reads nothing when there is none. `ttl` is the lease a real registration would take.
-    pub fn start(etcd: Option<EtcdSettings>, instance: String, ttl: Duration) -> DryRunRegistry {
+    pub fn start(etcd: Option<EtcdOptions>, instance: String, ttl: Duration) -> DryRunRegistry {
         let (commands, rx) = mpsc::unbounded_channel();
         let (published_tx, published) = watch::channel(Published::Absent);
         let requests = Arc::new(AtomicU64::new(0));
@@ -91,7 +91,7 @@ impl Registry for DryRunRegistry {
 }
 
 struct Reader {
-    etcd: Option<EtcdSettings>,
+    etcd: Option<EtcdOptions>,
     ttl: Duration,
     endpoint: String,
     instance: String,

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::EtcdSettings;
+use crate::config::EtcdOptions;
 use crate::etcd::EtcdConnection;
 pub use any::AnyRegistry;
 pub use dry_run::DryRunRegistry;
@@ -90,7 +90,7 @@ pub struct EtcdRegistry {
 
 impl EtcdRegistry {
     /// Starts the lease task for `instance` on the current tokio runtime; connects lazily.
-    pub fn start(etcd: EtcdSettings, instance: String, ttl: Duration) -> EtcdRegistry {
+    pub fn start(etcd: EtcdOptions, instance: String, ttl: Duration) -> EtcdRegistry {
         let (desired, desired_rx) = watch::channel(Intent {
             desired: Desired::Absent,
             withdrawals: 0,

@@ -27,13 +27,13 @@ mod acquire;
 mod queue;
 mod stale;
 
+use super::SlotOptions;
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
 use super::lease::{HoldingWatch, SlotLease};
 use super::{
     Acquisition, Holding, SlotError, SlotHolder, SlotHost, SlotLock, SlotValue, with_jitter,
 };
-use crate::config::SlotSettings;
 use crate::etcd::EtcdConnection;
 use crate::etcd::lease::LeaseState;
 
@@ -106,7 +106,7 @@ impl EtcdSlots {
     }
 
     /// A holder configured from `[slot]`, over the shared etcd connection.
-    pub fn from_settings(etcd: EtcdConnection, slot: &SlotSettings, who: SlotHolder) -> EtcdSlots {
+    pub fn from_settings(etcd: EtcdConnection, slot: &SlotOptions, who: SlotHolder) -> EtcdSlots {
         EtcdSlots::new(etcd, &slot.group, slot.max, slot.ttl, who)
     }
 

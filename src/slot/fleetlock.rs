@@ -17,6 +17,7 @@
 
 pub mod halt_record;
 
+use super::group_name::valid_group;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -57,24 +58,6 @@ struct ErrorBody {
     kind: String,
     #[serde(default)]
     value: String,
-}
-
-/// Whether `group` is a FleetLock group name (`^[a-zA-Z0-9.-]+$`).
-pub fn valid_group(group: &str) -> bool {
-    !group.is_empty()
-        && group
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
-}
-
-/// `name` with every character a FleetLock group may not contain replaced by `-`.
-pub fn sanitise_group(name: &str) -> String {
-    name.chars()
-        .map(|c| match c.is_ascii_alphanumeric() || c == '.' {
-            true => c,
-            false => '-',
-        })
-        .collect()
 }
 
 /// `endpoint` under `base`, also when `base` lacks its trailing `/` (zincati's old bug dropped
@@ -355,17 +338,6 @@ mod tests {
             endpoint_url(&root, STEADY_STATE).unwrap().as_str(),
             "http://h:9090/v1/steady-state"
         );
-    }
-
-    #[test]
-    fn groups_follow_the_protocol_pattern() {
-        for good in ["web", "default", "e96281a6-stable", "a.b-c"] {
-            assert!(valid_group(good), "{good}");
-        }
-        for bad in ["", "web/stable", "web stable", "web_1", "wëb"] {
-            assert!(!valid_group(bad), "{bad}");
-        }
-        assert_eq!(sanitise_group("web@1_x/stable"), "web-1-x-stable");
     }
 
     #[test]

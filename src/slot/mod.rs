@@ -17,11 +17,13 @@ pub mod any;
 pub mod dry_run;
 pub mod etcd;
 pub mod fleetlock;
+pub mod group_name;
 pub mod halt;
 pub mod keys;
 pub mod lease;
 pub mod limit;
 pub mod memory;
+pub mod options;
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub use dry_run::DryRunSlots;
 pub use etcd::EtcdSlots;
 pub use fleetlock::FleetLockSlots;
 pub use memory::MemorySlots;
+pub use options::{SlotBackend, SlotOptions};
 
 /// Who asks for a slot: the holder id (the instance's app-specific machine id) and the
 /// human-readable instance name shown by `sidekick status`.

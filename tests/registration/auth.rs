@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sidekick::config::{ClientCert, EtcdAuth, EtcdSettings};
+use sidekick::config::{ClientCert, EtcdAuth, EtcdOptions};
 use sidekick::etcd::EtcdConnection;
 use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
 
@@ -59,7 +59,7 @@ async fn registration_slots_and_status_keep_working_after_auth_tokens_expire() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", sidekick.log()));
     // A slot holder whose connection (and token) is made now, before the tokens expire.
-    let settings = EtcdSettings {
+    let settings = EtcdOptions {
         endpoints: vec![etcd.endpoint().parse().unwrap()],
         timeout: Duration::from_secs(2),
         auth: Some(EtcdAuth {

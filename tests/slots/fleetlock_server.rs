@@ -146,7 +146,7 @@ fn identity(
             if id.is_empty() {
                 return Err(bad_request("The value of id is empty"));
             }
-            if !sidekick::slot::fleetlock::valid_group(group) {
+            if !sidekick::slot::group_name::valid_group(group) {
                 return Err(bad_request(
                     "The value of group is invalid or empty. It must conform to \"^[a-zA-Z0-9.-]+$\"",
                 ));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sidekick::config::EtcdSettings;
+use sidekick::config::EtcdOptions;
 use sidekick::etcd::EtcdConnection;
 use sidekick::slot::etcd::read_group;
 use sidekick::slot::{Acquisition, EtcdSlots, Holding, SlotHost, SlotLock};
@@ -28,7 +28,7 @@ async fn a_release_whose_delete_fails_still_revokes_the_lease_and_frees_the_slot
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let proxy = HoldingProxy::start(etcd.endpoint().trim_start_matches("http://")).await;
-    let settings = EtcdSettings {
+    let settings = EtcdOptions {
         endpoints: vec![proxy.endpoint().parse().unwrap()],
         timeout: Duration::from_secs(1),
         auth: None,

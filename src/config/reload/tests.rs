@@ -7,8 +7,8 @@ use url::Url;
 
 use super::*;
 use crate::config::{
-    ClientCert, DaemonSettings, EtcdAuth, EtcdSettings, HealthCheck, HealthSettings,
-    InstanceSettings, Layout, RegistrationKeys, RegistrationSettings, SlotBackend, SlotSettings,
+    ClientCert, DaemonSettings, EtcdAuth, EtcdOptions, HealthCheck, HealthSettings,
+    InstanceSettings, Layout, RegistrationKeys, RegistrationSettings, SlotBackend, SlotOptions,
     SwapSettings, UpdateSettings,
 };
 
@@ -46,7 +46,7 @@ fn every_field(settings: &Settings) {
                 service: _,
             },
         etcd:
-            EtcdSettings {
+            EtcdOptions {
                 endpoints: _,
                 timeout: _,
                 auth: _,
@@ -88,7 +88,7 @@ fn every_field(settings: &Settings) {
                 ca_file: _,
             },
         slot:
-            SlotSettings {
+            SlotOptions {
                 backend: _,
                 max: _,
                 group: _,

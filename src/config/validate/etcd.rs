@@ -3,10 +3,10 @@
 use super::Check;
 use crate::config::ConfigError;
 use crate::config::inputs::EtcdInput;
-use crate::config::settings::{ClientCert, EtcdAuth, EtcdSettings};
+use crate::config::settings::{ClientCert, EtcdAuth, EtcdOptions};
 
 /// Validates `[etcd]`.
-pub(super) fn validate(check: &Check, etcd: EtcdInput) -> Result<EtcdSettings, ConfigError> {
+pub(super) fn validate(check: &Check, etcd: EtcdInput) -> Result<EtcdOptions, ConfigError> {
     if etcd.endpoints.is_empty() {
         return Err(check.fail("etcd.endpoints", "needs at least one endpoint"));
     }
@@ -41,7 +41,7 @@ pub(super) fn validate(check: &Check, etcd: EtcdInput) -> Result<EtcdSettings, C
             "must be https:// when etcd.ca_file or etcd.cert_file is set",
         ));
     }
-    Ok(EtcdSettings {
+    Ok(EtcdOptions {
         endpoints,
         timeout: check.duration("etcd.timeout", etcd.timeout)?,
         auth,

@@ -5,8 +5,8 @@ use url::Url;
 use super::Check;
 use crate::config::ConfigError;
 use crate::config::inputs::SlotInput;
-use crate::config::settings::{SlotBackend, SlotSettings};
-use crate::slot::fleetlock;
+use crate::config::settings::{SlotBackend, SlotOptions};
+use crate::slot::group_name;
 
 /// What names the default group: the app id (or, without one, the service) and the track.
 pub(super) struct GroupName<'a> {
@@ -19,10 +19,10 @@ pub(super) fn validate(
     check: &Check,
     slot: SlotInput,
     named_by: GroupName,
-) -> Result<SlotSettings, ConfigError> {
+) -> Result<SlotOptions, ConfigError> {
     let group = group(check, &slot, Some(named_by))?
         .ok_or_else(|| check.fail("slot.group", "required: set slot.group or update.app_id"))?;
-    Ok(SlotSettings {
+    Ok(SlotOptions {
         backend: slot.backend,
         max: check.non_zero("slot.max", slot.max)?,
         group,
@@ -52,7 +52,7 @@ pub(super) fn group(
             format!("`{group}` must not contain whitespace or start with `/`"),
         ));
     }
-    if fleetlock && !fleetlock::valid_group(&group) {
+    if fleetlock && !group_name::valid_group(&group) {
         return Err(check.fail(
             "slot.group",
             format!(
@@ -79,7 +79,7 @@ pub(super) fn fleetlock_url(check: &Check, slot: &SlotInput) -> Result<Option<Ur
 
 fn default_group(fleetlock: bool, name: &str, track: &str) -> String {
     match fleetlock {
-        true => fleetlock::sanitise_group(&format!("{name}-{track}")),
+        true => group_name::sanitise_group(&format!("{name}-{track}")),
         false => format!("{name}/{track}"),
     }
 }
