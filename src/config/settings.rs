@@ -26,6 +26,7 @@ pub struct Settings {
     pub slot: SlotSettings,
     pub swap: SwapSettings,
     pub daemon: DaemonSettings,
+    pub rollout: crate::rollout::RolloutPolicy,
 }
 
 /// The one app instance this sidekick serves.
