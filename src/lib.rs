@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod notify;
 pub mod omaha;
 pub mod registry;
+pub mod rollout;
 pub mod slot;
 pub mod systemd;

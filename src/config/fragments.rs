@@ -17,6 +17,7 @@ pub struct Fragment {
     pub slot: Option<SlotFragment>,
     pub swap: Option<SwapFragment>,
     pub daemon: Option<DaemonFragment>,
+    pub rollout: Option<super::rollout::RolloutFragment>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

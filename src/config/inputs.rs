@@ -42,6 +42,7 @@ pub struct Input {
     pub slot: SlotInput,
     pub swap: SwapInput,
     pub daemon: DaemonInput,
+    pub rollout: crate::rollout::PolicyText,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -214,6 +215,7 @@ impl Default for Input {
                 control_socket: None,
                 runtime_dir: super::settings::runtime_dir(Path::new("/")),
             },
+            rollout: crate::rollout::PolicyText::default(),
         }
     }
 }
@@ -236,11 +238,13 @@ impl Input {
     /// Applies one parsed file; `lines` maps each key path in it to its line.
     pub fn overlay(
         &mut self,
-        fragment: Fragment,
+        mut fragment: Fragment,
         path: &Path,
         lines: &BTreeMap<String, usize>,
         origins: &mut Origins,
     ) {
+        let rollout = fragment.rollout.take();
+        super::rollout::overlay(&mut self.rollout, rollout, path, lines, origins);
         let mut record = |key: &str| {
             let line = lines.get(key).copied().unwrap_or(1);
             origins.insert(

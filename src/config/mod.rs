@@ -11,6 +11,7 @@ pub mod bounds;
 pub mod fragments;
 pub mod inputs;
 pub mod reload;
+pub mod rollout;
 pub mod secrets;
 pub mod settings;
 pub mod sources;

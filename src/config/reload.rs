@@ -180,6 +180,8 @@ const KEYS: &[Key] = &[
     field!("daemon.metrics", AtRestart, daemon.metrics),
     // The socket is bound at start.
     field!("daemon.control_socket", AtRestart, daemon.control_socket),
+    // The group's policy applies from the next slot request, never mid-swap.
+    field!("rollout", Live, rollout),
 ];
 
 #[cfg(test)]

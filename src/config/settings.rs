@@ -29,6 +29,7 @@ pub struct Settings {
     pub slot: SlotOptions,
     pub swap: SwapSettings,
     pub daemon: DaemonSettings,
+    pub rollout: crate::rollout::RolloutPolicy,
 }
 
 /// The one app instance this sidekick serves.

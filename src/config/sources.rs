@@ -121,6 +121,21 @@ fn collect_keys(table: &DeTable<'_>, parent: &str, out: &mut Vec<KeySpan>) {
         if let DeValue::Table(inner) = value.get_ref() {
             collect_keys(inner, &path, out);
         }
+        // Arrays of tables (`[[rollout.window]]`): each entry's keys as `path[i].key`.
+        if let DeValue::Array(items) = value.get_ref() {
+            for (i, item) in items.iter().enumerate() {
+                if let DeValue::Table(inner) = item.get_ref() {
+                    let entry = format!("{path}[{i}]");
+                    let span = item.span();
+                    out.push(KeySpan {
+                        path: entry.clone(),
+                        key_start: span.start,
+                        whole: span,
+                    });
+                    collect_keys(inner, &entry, out);
+                }
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 mod check;
 mod etcd;
 mod registration;
+mod rollout;
 mod slot;
 mod unit;
 mod update;
@@ -74,6 +75,7 @@ impl Validated for Settings {
         let slot = slot::validate(&check, input.slot, named_by)?;
         let swap = swap(&check, input.swap)?;
         let daemon = daemon(&check, input.daemon, &instance.unit)?;
+        let rollout = super::rollout::validate(&input.rollout, origins)?;
         Ok(Settings {
             instance,
             etcd,
@@ -83,6 +85,7 @@ impl Validated for Settings {
             slot,
             swap,
             daemon,
+            rollout,
         })
     }
 

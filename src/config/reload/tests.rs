@@ -109,6 +109,7 @@ fn every_field(settings: &Settings) {
                 metrics: _,
                 control_socket: _,
             },
+        rollout: _,
     } = settings;
 }
 
@@ -262,6 +263,7 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         ("daemon.control_socket", AtRestart, |s| {
             s.daemon.control_socket = Some("/run/web/ctl.sock".into())
         }),
+        ("rollout", Live, |s| s.rollout.canary = 2),
     ]
 }
 

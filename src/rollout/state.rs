@@ -1,0 +1,240 @@
+//! The state of one version's rollout in a group, `/sidekick/rollouts/<group>/<version>` (JSON):
+//! when it started, its canaries and their results, failures, promotion, finish, and each swap's
+//! step durations. The instances write it themselves with compare-and-swap; the changes here are
+//! pure, so one read-modify-write retries them as they are.
+//!
+//! Every value read is untrusted: [`VersionState::decode`] refuses an unknown field, a bad time,
+//! a version that is not the key's, and lists past their bounds, naming the key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Swaps kept per version (a group larger than this keeps its latest swaps).
+pub const MAX_SWAPS: usize = 500;
+/// Canaries and failures kept per version.
+pub const MAX_LISTED: usize = 1000;
+
+/// One canary of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub instance: String,
+    /// When it took its slot.
+    pub since: Timestamp,
+    /// When it passed `min_healthy`.
+    #[serde(default)]
+    pub passed: Option<Timestamp>,
+    /// When it failed.
+    #[serde(default)]
+    pub failed: Option<Timestamp>,
+}
+
+/// A failed instance of the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub instance: String,
+    pub at: Timestamp,
+    /// The stage it failed in: `verify`, `min_healthy` or `monitor`.
+    pub stage: String,
+    pub reason: String,
+}
+
+/// `sidekick rollout promote` on this version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    pub at: Timestamp,
+    pub by: String,
+}
+
+/// One instance's swap to the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapRecord {
+    pub instance: String,
+    /// When it took its slot.
+    pub took_slot: Timestamp,
+    /// When it released the slot (after `min_healthy`); absent while in flight.
+    #[serde(default)]
+    pub released: Option<Timestamp>,
+    /// Milliseconds per step (`drain`, `restart`, `verify`, `min_healthy`, …).
+    #[serde(default)]
+    pub steps_ms: BTreeMap<String, u64>,
+}
+
+impl SwapRecord {
+    /// From taking the slot to releasing it, once released.
+    pub fn duration(&self) -> Option<Duration> {
+        let released = self.released?;
+        Duration::try_from(released.duration_since(self.took_slot)).ok()
+    }
+}
+
+/// The rollout of one version in one group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionState {
+    pub version: String,
+    pub started: Timestamp,
+    #[serde(default)]
+    pub canaries: Vec<Canary>,
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    #[serde(default)]
+    pub promoted: Option<Promotion>,
+    #[serde(default)]
+    pub finished: Option<Timestamp>,
+    #[serde(default)]
+    pub swaps: Vec<SwapRecord>,
+}
+
+/// A stored value that cannot be used, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed value at {key}: {message}")]
+pub struct Malformed {
+    pub key: String,
+    pub message: String,
+}
+
+impl VersionState {
+    /// A version's rollout beginning at `now`.
+    pub fn new(version: &str, now: Timestamp) -> VersionState {
+        VersionState {
+            version: version.to_string(),
+            started: now,
+            canaries: Vec::new(),
+            failures: Vec::new(),
+            promoted: None,
+            finished: None,
+            swaps: Vec::new(),
+        }
+    }
+
+    /// Parses the value at `key` and checks it is the state of `version`.
+    pub fn decode(key: &str, version: &str, raw: &[u8]) -> Result<VersionState, Malformed> {
+        let fail = |message: String| Malformed {
+            key: key.to_string(),
+            message,
+        };
+        let state: VersionState =
+            serde_json::from_slice(raw).map_err(|e| fail(format!("not a rollout state: {e}")))?;
+        if state.version != version {
+            return Err(fail(format!(
+                "names version `{}`, not the key's `{version}`",
+                state.version
+            )));
+        }
+        for (what, len, max) in [
+            ("canaries", state.canaries.len(), MAX_LISTED),
+            ("failures", state.failures.len(), MAX_LISTED),
+            ("swaps", state.swaps.len(), MAX_SWAPS),
+        ] {
+            if len > max {
+                return Err(fail(format!("{len} {what}, more than the {max} kept")));
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Canaries that passed `min_healthy`.
+    pub fn canaries_passed(&self) -> usize {
+        self.canaries.iter().filter(|c| c.passed.is_some()).count()
+    }
+
+    /// When the last canary passed, once all `wanted` have.
+    pub fn wave_passed_at(&self, wanted: u32) -> Option<Timestamp> {
+        let passed: Vec<Timestamp> = self.canaries.iter().filter_map(|c| c.passed).collect();
+        (passed.len() >= wanted as usize && wanted > 0)
+            .then(|| passed.into_iter().max())
+            .flatten()
+    }
+
+    pub fn is_canary(&self, instance: &str) -> bool {
+        self.canaries.iter().any(|c| c.instance == instance)
+    }
+
+    /// The last slot release of this version.
+    pub fn last_release(&self) -> Option<Timestamp> {
+        self.swaps.iter().filter_map(|s| s.released).max()
+    }
+
+    /// Adds `instance` as a canary, unless it is one already.
+    pub fn add_canary(&mut self, instance: &str, now: Timestamp) {
+        if !self.is_canary(instance) {
+            self.canaries.push(Canary {
+                instance: instance.to_string(),
+                since: now,
+                passed: None,
+                failed: None,
+            });
+        }
+    }
+
+    /// Marks `instance`'s canary as passed or failed at `now` (the first result stays).
+    pub fn canary_result(&mut self, instance: &str, passed: bool, now: Timestamp) {
+        if let Some(c) = self.canaries.iter_mut().find(|c| c.instance == instance)
+            && c.passed.is_none()
+            && c.failed.is_none()
+        {
+            if passed {
+                c.passed = Some(now);
+            } else {
+                c.failed = Some(now);
+            }
+        }
+    }
+
+    /// Records a failure (the failure budget counts distinct instances).
+    pub fn add_failure(&mut self, failure: Failure) {
+        if self.failures.len() < MAX_LISTED {
+            self.failures.push(failure);
+        }
+    }
+
+    /// Distinct instances that failed on this version.
+    pub fn failed_instances(&self) -> usize {
+        let mut names: Vec<&str> = self.failures.iter().map(|f| f.instance.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
+    }
+
+    /// Records a swap, keeping the latest [`MAX_SWAPS`].
+    pub fn add_swap(&mut self, swap: SwapRecord) {
+        self.swaps.push(swap);
+        if self.swaps.len() > MAX_SWAPS {
+            self.swaps.remove(0);
+        }
+    }
+}
+
+/// The p95 (nearest rank) of the last `last` released swaps of `history`, newest versions first;
+/// `None` before any.
+pub fn p95_swap(history: &[VersionState], last: usize) -> Option<Duration> {
+    let mut swaps: Vec<(Timestamp, Duration)> = history
+        .iter()
+        .flat_map(|v| &v.swaps)
+        .filter_map(|s| Some((s.released?, s.duration()?)))
+        .collect();
+    swaps.sort_by_key(|s| std::cmp::Reverse(s.0));
+    swaps.truncate(last);
+    let mut durations: Vec<Duration> = swaps.into_iter().map(|(_, d)| d).collect();
+    if durations.is_empty() {
+        return None;
+    }
+    durations.sort_unstable();
+    let rank = (durations.len() * 95).div_ceil(100);
+    durations.get(rank.saturating_sub(1)).copied()
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

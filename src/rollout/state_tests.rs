@@ -1,0 +1,152 @@
+//! The stored state of a version: decoding refuses what is not ours and names the key; the pure
+//! changes the instances make with compare-and-swap; the measured p95.
+
+use std::time::Duration;
+
+use super::*;
+
+fn at(text: &str) -> Timestamp {
+    text.parse().expect("a timestamp")
+}
+
+const KEY: &str = "/sidekick/rollouts/web/stable/2.0.0";
+
+fn swap(instance: &str, took: &str, secs: i64) -> SwapRecord {
+    let took = at(took);
+    SwapRecord {
+        instance: instance.into(),
+        took_slot: took,
+        released: Some(took + jiff::SignedDuration::from_secs(secs)),
+        steps_ms: BTreeMap::from([("drain".to_string(), 5000)]),
+    }
+}
+
+#[test]
+fn a_state_round_trips_through_its_json() {
+    let mut s = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
+    s.add_canary("web-1", at("2026-01-01T00:00:01Z"));
+    s.add_swap(swap("web-1", "2026-01-01T00:00:01Z", 30));
+    let back = VersionState::decode(KEY, "2.0.0", &s.encode()).expect("decodes");
+    assert_eq!(back, s);
+}
+
+#[test]
+fn malformed_values_are_refused_naming_the_key() {
+    let cases: [(&[u8], &str); 5] = [
+        (b"not json", "not a rollout state"),
+        (
+            br#"{"version":"2.0.0","started":"yesterday"}"#,
+            "not a rollout state",
+        ),
+        (
+            br#"{"version":"2.0.0","started":"2026-01-01T00:00:00Z","extra":1}"#,
+            "unknown field",
+        ),
+        (
+            br#"{"version":"3.0.0","started":"2026-01-01T00:00:00Z"}"#,
+            "names version `3.0.0`",
+        ),
+        (
+            br#"{"started":"2026-01-01T00:00:00Z"}"#,
+            "missing field `version`",
+        ),
+    ];
+    for (raw, why) in cases {
+        let err = VersionState::decode(KEY, "2.0.0", raw).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains(KEY) && text.contains(why), "{text}");
+    }
+}
+
+#[test]
+fn lists_past_their_bounds_are_refused() {
+    let mut s = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
+    for i in 0..=MAX_LISTED {
+        s.failures.push(Failure {
+            instance: format!("web-{i}"),
+            at: s.started,
+            stage: "verify".into(),
+            reason: "x".into(),
+        });
+    }
+    let err = VersionState::decode(KEY, "2.0.0", &s.encode()).expect_err("too many");
+    assert!(err.message.contains("1001 failures"), "{err}");
+}
+
+#[test]
+fn canaries_are_added_once_and_keep_their_first_result() {
+    let t = at("2026-01-01T00:00:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    s.add_canary("web-1", t);
+    s.add_canary("web-2", t);
+    assert_eq!(s.canaries.len(), 2);
+    assert_eq!(s.wave_passed_at(2), None);
+    s.canary_result("web-1", true, at("2026-01-01T00:01:00Z"));
+    s.canary_result("web-1", false, at("2026-01-01T00:02:00Z"));
+    assert_eq!(s.canaries[0].passed, Some(at("2026-01-01T00:01:00Z")));
+    assert_eq!(s.canaries[0].failed, None);
+    assert_eq!(s.canaries_passed(), 1);
+    s.canary_result("web-2", true, at("2026-01-01T00:03:00Z"));
+    assert_eq!(s.wave_passed_at(2), Some(at("2026-01-01T00:03:00Z")));
+    assert_eq!(s.wave_passed_at(3), None);
+    assert_eq!(s.wave_passed_at(0), None, "no wave to pass");
+    s.canary_result("web-9", true, t);
+    assert!(!s.is_canary("web-9"));
+}
+
+#[test]
+fn the_failure_budget_counts_distinct_instances() {
+    let t = at("2026-01-01T00:00:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    for instance in ["web-1", "web-1", "web-2"] {
+        s.add_failure(Failure {
+            instance: instance.into(),
+            at: t,
+            stage: "min_healthy".into(),
+            reason: "left active".into(),
+        });
+    }
+    assert_eq!(s.failures.len(), 3);
+    assert_eq!(s.failed_instances(), 2);
+}
+
+#[test]
+fn swaps_are_bounded_and_the_last_release_is_the_latest() {
+    let mut s = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
+    for i in 0..=MAX_SWAPS {
+        let mut r = swap(&format!("web-{i}"), "2026-01-01T00:00:00Z", i as i64);
+        r.instance = format!("web-{i}");
+        s.add_swap(r);
+    }
+    assert_eq!(s.swaps.len(), MAX_SWAPS);
+    assert_eq!(s.swaps[0].instance, "web-1", "the oldest went");
+    assert_eq!(
+        s.last_release(),
+        Some(at("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_secs(MAX_SWAPS as i64))
+    );
+    let mut in_flight = swap("web-x", "2026-01-01T00:00:00Z", 1);
+    in_flight.released = None;
+    assert_eq!(in_flight.duration(), None);
+}
+
+#[test]
+fn p95_is_the_nearest_rank_over_the_latest_released_swaps() {
+    let mut old = VersionState::new("1.0.0", at("2025-12-01T00:00:00Z"));
+    old.add_swap(swap("web-1", "2025-12-01T00:00:00Z", 1000));
+    let mut new = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
+    for i in 1..=20 {
+        new.add_swap(swap("web-1", &format!("2026-01-01T00:{i:02}:00Z"), i));
+    }
+    let mut in_flight = swap("web-2", "2026-01-01T01:00:00Z", 1);
+    in_flight.released = None;
+    new.add_swap(in_flight);
+    let history = [new.clone(), old.clone()];
+    // The 20 latest are 1..=20 s; rank ceil(0.95 * 20) = 19.
+    assert_eq!(p95_swap(&history, 20), Some(Duration::from_secs(19)));
+    // Over 21 the old 1000 s swap counts: rank ceil(0.95 * 21) = 20 of 21.
+    assert_eq!(p95_swap(&history, 21), Some(Duration::from_secs(20)));
+    assert_eq!(p95_swap(&history, 1), Some(Duration::from_secs(20)));
+    assert_eq!(p95_swap(&[old], 20), Some(Duration::from_secs(1000)));
+    assert_eq!(p95_swap(&[], 20), None);
+}
