@@ -196,6 +196,15 @@ pub fn push(image: &str, registry: &str) -> String {
     remote
 }
 
+/// `docker port CONTAINER`: each published port as `80/tcp -> ADDRESS:PORT`, one a line.
+pub fn docker_port(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["port", container])
+        .output()
+        .expect("run docker port");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Removes a local tag (not the image other tags still name).
 pub fn remove_tag(reference: &str) {
     let _ = Command::new("docker")
