@@ -7,16 +7,17 @@ use clap::{ArgAction, Parser, Subcommand};
 use crate::config::ConfigSources;
 use crate::logging::LogTarget;
 
-/// Keeps one app instance registered in etcd while its unit is active and healthy, and checks an
-/// Omaha update service for its new versions.
+/// Keeps one app instance registered in etcd while its unit is active and healthy, and applies the
+/// new versions an Omaha update service offers, one instance of a group at a time.
 #[derive(Debug, Parser)]
-#[command(name = "sidekick", version, about, propagate_version = true)]
+#[command(name = "sidekick", version, propagate_version = true)]
 pub struct Cli {
     /// Configuration file, applied after the drop-in directories; may be repeated, later wins.
     #[arg(long = "config", value_name = "FILE", global = true)]
     pub config: Vec<PathBuf>,
 
-    /// The systemd unit this sidekick serves (overrides instance.unit).
+    /// The systemd unit this sidekick serves (overrides instance.unit); the drop-ins of its own
+    /// directory (config.d/<unit without .service>/) are read after the shared ones.
     #[arg(long, value_name = "UNIT", global = true)]
     pub unit: Option<String>,
 
@@ -88,7 +89,13 @@ pub enum Command {
         #[command(subcommand)]
         action: SlotsAction,
     },
-    /// The daemon: keep the instance registered in etcd while its unit is active and healthy.
+    /// The daemon: keep the instance registered in etcd while its unit is active and healthy,
+    /// and apply updates.
+    ///
+    /// With update.enabled it polls the update service and applies each version it is granted:
+    /// pre-pull the image, take the group's update slot, deregister, point the unit at the new
+    /// image, restart and verify it, register again; a version that does not turn healthy is
+    /// rolled back and halts the group's rollout (docs/swap.md).
     Run(RunArgs),
 }
 

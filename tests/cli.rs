@@ -40,7 +40,7 @@ fn version_flag_prints_the_crate_version() {
 }
 
 #[test]
-fn help_says_what_this_version_does_status_shows_registrations_and_no_rolling_update_is_claimed() {
+fn help_says_status_shows_registrations_and_run_applies_updates() {
     let root = tempfile::tempdir().unwrap();
     let out = sidekick(root.path(), &["--help"]);
     assert!(out.status.success());
@@ -49,8 +49,25 @@ fn help_says_what_this_version_does_status_shows_registrations_and_no_rolling_up
         help.contains("Show registrations, update slot holders and halted groups"),
         "{help}"
     );
-    assert!(!help.to_lowercase().contains("rolls"), "{help}");
+    assert!(
+        help.contains("applies the new versions an Omaha update service offers"),
+        "{help}"
+    );
+    assert!(help.contains("and apply updates"), "{help}");
     assert!(!help.to_lowercase().contains("without downtime"), "{help}");
+    let out = sidekick(root.path(), &["run", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "pre-pull the image",
+        "update slot",
+        "rolled back",
+        "halts the group",
+    ] {
+        assert!(
+            help.contains(step),
+            "run --help does not say {step:?}: {help}"
+        );
+    }
 }
 
 #[test]
@@ -111,6 +128,31 @@ fn check_config_reads_dropins_under_the_config_root_and_flags_win() {
         stdout.contains("unit = \"web@2.service\"  # from flag --unit"),
         "{stdout}"
     );
+}
+
+#[test]
+fn check_config_unit_reads_that_instances_own_dropins_after_the_shared_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("etc/sidekick/config.d");
+    std::fs::create_dir_all(dir.join("web@2")).unwrap();
+    std::fs::write(dir.join("10-web.toml"), "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 9000\n[update]\nenabled = false\n").unwrap();
+    let own = dir.join("web@2/10-port.toml");
+    std::fs::write(&own, "[registration]\nport = 9002\n").unwrap();
+    let out = sidekick(root.path(), &["check-config", "--unit", "web@2.service"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains(&format!("# read {}", own.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("port = 9002  # from {}:2", own.display())),
+        "{stdout}"
+    );
+    let other = sidekick(root.path(), &["check-config", "--unit", "web@3.service"]);
+    let stdout = String::from_utf8_lossy(&other.stdout);
+    assert!(stdout.contains("port = 9000  # from"), "{stdout}");
+    assert!(!stdout.contains("web@2/"), "{stdout}");
 }
 
 /// A valid configuration with `key = value` added (or replacing the same key), and the line the

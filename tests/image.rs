@@ -206,3 +206,68 @@ async fn the_image_follows_a_unit_over_the_systemd_containers_bus_and_registers_
     let left = client.get(KEY, None).await.unwrap();
     assert!(left.kvs().is_empty(), "still registered after docker stop");
 }
+
+/// The instructions of the last stage of a Dockerfile, from its `FROM` on, without comments.
+fn last_stage(dockerfile: &str) -> Vec<String> {
+    let lines: Vec<String> = dockerfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    let from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    lines[from..].to_vec()
+}
+
+/// `docker build .` cannot run here (it pulls a Rust image, and nothing can be pulled), so this
+/// checks its structure: a Rust build stage compiling as `scripts/image` does, and a last stage
+/// equal to `Dockerfile.prebuilt`'s (the offline path the tests above build) but for where the
+/// binary comes from; and every file the build stage copies is in the build context.
+#[test]
+fn docker_build_dot_compiles_in_a_rust_stage_into_the_image_scripts_image_builds_offline() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let (main, prebuilt, script) = (
+        read("Dockerfile"),
+        read("Dockerfile.prebuilt"),
+        read("scripts/image"),
+    );
+    assert!(main.contains("\nFROM rust:1-bookworm AS build\n"), "{main}");
+    for flag in [
+        "--locked",
+        "--profile image",
+        "+crt-static",
+        "--bin sidekick",
+    ] {
+        assert!(main.contains(flag) && script.contains(flag), "{flag}");
+    }
+    assert!(script.contains("--file Dockerfile.prebuilt"), "{script}");
+    let (built, offline) = (last_stage(&main), last_stage(&prebuilt));
+    assert_eq!(built.len(), offline.len(), "{built:#?}\n{offline:#?}");
+    for (b, o) in built.iter().zip(&offline) {
+        if b.starts_with("COPY ") {
+            assert_eq!(b, "COPY --from=build /sidekick /usr/bin/sidekick");
+            assert!(o.ends_with("/image/sidekick /usr/bin/sidekick"), "{o}");
+        } else {
+            assert_eq!(b, o);
+        }
+    }
+    let ignore = read(".dockerignore");
+    let kept: Vec<&str> = ignore.lines().filter_map(|l| l.strip_prefix('!')).collect();
+    for line in main
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for source in &words[1..words.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "{source} is not in the repository"
+            );
+            let source = source.trim_end_matches('/');
+            assert!(
+                kept.iter().any(|k| k.trim_end_matches('/') == source),
+                ".dockerignore leaves {source} out of the context"
+            );
+        }
+    }
+}

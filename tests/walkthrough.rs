@@ -1,11 +1,13 @@
-//! `docs/walkthrough.md`, run as written: every `sh` block, in order, as root in the systemd
-//! container (systemd 252 as PID 1, the host's Docker through its socket), against a real etcd,
-//! a local image registry holding the example-web versions, and the example update service.
+//! `docs/walkthrough.md`, run as written, twice in a row: every `sh` block, in order, as root in
+//! the systemd container (systemd 252 as PID 1, the host's Docker through its socket). The
+//! document's own `examples/walkthrough/prepare` builds the images and starts the registry and
+//! etcd; the document starts Traefik and sends load through it during each rolling step.
 //!
 //! The test provides only what the walkthrough's "Before you start" asks of the machine: the
-//! binary at `/usr/bin/sidekick`, the servers, the images, the shipped files under `$SRC`, and the
-//! variables of the first block. After each section it checks, from outside and independently of
-//! the block's own waits, what the section says happened.
+//! binaries at `/usr/bin/sidekick` and `/usr/bin/traefik`, the example update service, the shipped
+//! files under `$SRC`, and the variables of the first block (free loopback ports). After each
+//! section it checks, from outside and independently of the block's own waits, what the section
+//! says happened; in each rolling step the load must have seen 0 failed requests.
 
 mod support;
 
@@ -16,20 +18,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
 
-use support::etcd::{self, Etcd};
-use support::registry::{self, Registry};
 use support::systemd::{self, Systemd};
-use support::{Need, images, prerequisites_met, run};
+use support::{Need, etcd, images, prerequisites_met, registry, traefik};
 
 /// Where the container sees the host's `Systemd::bus_dir()`.
 const SHARED: &str = "/run/dbus";
-/// The longest one block may take: a rollout over three instances with 10 s polls.
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest one block may take: longer than the document's own waits (at most 300 s), so
+/// that they time out first and print `sidekick status` and their hint.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(420);
+/// How many times the whole document runs, on the same machine.
+const RUNS: usize = 2;
 /// The walkthrough's app id (`update.app_id` of `examples/config/web.toml`).
 const APP_ID: &str = "6a6e5b4c-0000-4000-8000-00000000beef";
 const INSTANCES: [&str; 3] = ["1", "2", "3"];
@@ -38,6 +41,11 @@ const SHIPPED: &[&str] = &[
     "units/example-web@.service",
     "units/sidekick@.service",
     "examples/config/web.toml",
+    "examples/walkthrough/prepare",
+    "examples/walkthrough/load",
+    "examples/walkthrough/image/Dockerfile",
+    "examples/walkthrough/image/entrypoint.sh",
+    "examples/walkthrough/image/context",
 ];
 
 fn needs() -> Vec<Need> {
@@ -46,7 +54,10 @@ fn needs() -> Vec<Need> {
         systemd::NEEDS,
         images::NEEDS,
         registry::NEEDS,
+        traefik::NEEDS,
         &[
+            Need::Binary("etcdctl"),
+            Need::Binary("setsid"),
             Need::Binary("nsenter"),
             Need::Binary("bash"),
             Need::Binary("curl"),
@@ -127,26 +138,20 @@ fn free_port_base() -> u16 {
     panic!("no three consecutive free ports found");
 }
 
-/// Everything the walkthrough runs against.
+/// Everything the walkthrough runs against. Dropping it runs `prepare --stop` in the container
+/// (the registry, etcd and the image tags), then stops the container.
 struct World {
     systemd: Systemd,
-    etcd: Etcd,
-    client: Client,
+    etcd_endpoint: String,
+    registry: String,
     updates: String,
     env: Vec<(String, String)>,
-    _registry: Registry,
     _containers: Vec<images::Container>,
     _service: tokio::task::JoinHandle<()>,
 }
 
 impl World {
     async fn start() -> World {
-        let etcd = Etcd::start().await;
-        let client = etcd.client().await;
-        let registry = Registry::start().await;
-        for version in ["1.0.0", "2.0.0", "3.0.0", "3.0.1"] {
-            push_as_example_web(&images::app_image(version), &registry.address(), version);
-        }
         // The update service starts empty: the walkthrough's first step creates the app.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -158,20 +163,35 @@ impl World {
         });
         let systemd = Systemd::start().await;
         provide_the_machine(&systemd);
+        let etcd_endpoint = format!("http://127.0.0.1:{}", support::free_port());
+        let registry = format!("127.0.0.1:{}", support::free_port());
         let env = vec![
-            ("ETCD".to_string(), etcd.endpoint()),
+            ("ETCD".to_string(), etcd_endpoint.clone()),
             ("S".to_string(), updates.clone()),
-            ("REGISTRY".to_string(), registry.address()),
+            ("REGISTRY".to_string(), registry.clone()),
             ("PORT_BASE".to_string(), free_port_base().to_string()),
+            (
+                "LB".to_string(),
+                format!("127.0.0.1:{}", support::free_port()),
+            ),
             ("SRC".to_string(), format!("{SHARED}/src")),
+            // Not the walkthrough's: where prepare puts what it starts, and a local image tag of
+            // this process (the Docker engine is shared by concurrent test runs).
+            (
+                "ETCD_PEER_PORT".to_string(),
+                support::free_port().to_string(),
+            ),
+            (
+                "LOCAL_REPOSITORY".to_string(),
+                format!("sidekick-test/walkthrough-{}", std::process::id()),
+            ),
         ];
         World {
             systemd,
-            etcd,
-            client,
+            etcd_endpoint,
+            registry,
             updates,
             env,
-            _registry: registry,
             _containers: INSTANCES
                 .iter()
                 .map(|n| images::Container::guard(&format!("example-web-{n}")))
@@ -180,27 +200,42 @@ impl World {
         }
     }
 
-    /// Runs `prelude` and `block` in bash in the container; panics with its output on failure.
-    async fn run_block(&self, prelude: &str, block: &Block) -> String {
-        let script = format!("{prelude}\n{}", block.script);
+    fn var(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect([self.etcd_endpoint.as_str()], None)
+            .await
+            .expect("connect to the walkthrough's etcd")
+    }
+
+    /// Runs `script` in bash in the container with the walkthrough's variables set.
+    fn exec_with_env(&self, script: &str) -> std::process::Output {
         let mut argv = vec![
             "timeout".to_string(),
             BLOCK_TIMEOUT.as_secs().to_string(),
             "env".to_string(),
         ];
         argv.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
-        argv.extend(["bash", "-euo", "pipefail", "-c", &script].map(String::from));
-        let target = self.systemd.init_pid().to_string();
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("nsenter")
-                .args(["--target", &target, "--mount", "--pid", "--"])
-                .args(&argv)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("run nsenter")
-        })
-        .await
-        .expect("join the block");
+        argv.extend(["bash", "-euo", "pipefail", "-c", script].map(String::from));
+        Command::new("nsenter")
+            .args(["--target", &self.systemd.init_pid().to_string()])
+            .args(["--mount", "--pid", "--"])
+            .args(&argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// Runs `prelude` and `block` in bash in the container; panics with its output on failure.
+    async fn run_block(&self, prelude: &str, block: &Block) -> String {
+        let script = format!("{prelude}\n{}", block.script);
+        let out = tokio::task::block_in_place(|| self.exec_with_env(&script));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -228,6 +263,8 @@ impl World {
             "sidekick@*",
             "-u",
             "example-web@*",
+            "-u",
+            "example-web-lb",
         ]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -236,8 +273,8 @@ impl World {
     async fn registrations(&self) -> BTreeMap<String, String> {
         let prefix = "traefik/http/services/example-web/loadbalancer/servers/";
         let resp = self
-            .client
-            .clone()
+            .client()
+            .await
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
             .expect("read registrations");
@@ -256,8 +293,8 @@ impl World {
 
     async fn count(&self, prefix: &str) -> usize {
         let resp = self
-            .client
-            .clone()
+            .client()
+            .await
             .get(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_count_only()),
@@ -308,22 +345,39 @@ impl World {
     }
 }
 
-/// Tags the test app image of `version` as `<registry>/example-web:<version>` and pushes it.
-fn push_as_example_web(local: &str, registry: &str, version: &str) {
-    let remote = format!("{registry}/example-web:{version}");
-    run(Command::new("docker").args(["tag", local, &remote]));
-    run(Command::new("docker").args(["push", &remote]));
-    images::remove_tag(&remote);
+impl Drop for World {
+    /// What `prepare` started goes with the container; this removes its image tags too.
+    fn drop(&mut self) {
+        let stop = self.exec_with_env(&format!("{SHARED}/src/examples/walkthrough/prepare --stop"));
+        if !stop.status.success() {
+            eprintln!(
+                "walkthrough: prepare --stop failed: {}",
+                String::from_utf8_lossy(&stop.stderr)
+            );
+        }
+    }
 }
 
-/// What the walkthrough expects the machine to have: `/usr/bin/sidekick` (a read-only overlay
-/// on the container's `/usr/bin`; the host's `/usr` is not touched), Docker's unit (the engine
-/// itself is the host's, through the bound socket), and the repository's shipped files.
+/// What the walkthrough expects the machine to have: `/usr/bin/sidekick` and `/usr/bin/traefik`
+/// (a read-only overlay on the container's `/usr/bin`; the host's `/usr` is not touched), Docker's
+/// unit (the engine itself is the host's, through the bound socket), and the repository's shipped
+/// files.
 fn provide_the_machine(systemd: &Systemd) {
     let shared = systemd.bus_dir();
     let bin = shared.join("bin");
     std::fs::create_dir_all(&bin).expect("create bin dir");
     std::fs::copy(env!("CARGO_BIN_EXE_sidekick"), bin.join("sidekick")).expect("copy sidekick");
+    // setup links /usr/local/bin/traefik to pip's copy, which may live outside /usr (invisible in
+    // the container): link the real file (185 MB) where the container sees it, copy if need be.
+    // (On PATH there may be a pyenv shim first: a script that works only outside the container.)
+    let traefik = Some(PathBuf::from("/usr/local/bin/traefik"))
+        .filter(|p| p.exists())
+        .or_else(|| support::find_binary("traefik"))
+        .expect("traefik at /usr/local/bin/traefik (scripts/setup) or on PATH");
+    let traefik = std::fs::canonicalize(&traefik).expect("resolve traefik");
+    if std::fs::hard_link(&traefik, bin.join("traefik")).is_err() {
+        std::fs::copy(&traefik, bin.join("traefik")).expect("copy traefik");
+    }
     let lower = format!("lowerdir={SHARED}/bin:/usr/bin");
     let mounted = systemd.exec(&[
         "mount", "-t", "overlay", "overlay", "-o", &lower, "/usr/bin",
@@ -341,8 +395,40 @@ fn provide_the_machine(systemd: &Systemd) {
     }
 }
 
+/// `(sent, failed)` of the load loop's `load: N requests, M failed` line in a block's output.
+fn load_count(output: &str) -> Option<(u64, u64)> {
+    let line = output.lines().find(|l| l.starts_with("load: "))?;
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+#[test]
+fn the_load_count_is_read_from_the_load_loops_summary() {
+    let output = "VERSIONS\n...\nload: 812 requests, 3 failed\n  +4s: 502\n";
+    assert_eq!(load_count(output), Some((812, 3)));
+    assert_eq!(load_count("no load here"), None);
+}
+
+/// The load's `(sent, failed)` requests in one section.
+type LoadCount = Option<(u64, u64)>;
+
+/// One run's figures: each section's time, and the load's count in rolling steps.
+#[derive(Default)]
+struct RunReport {
+    sections: Vec<(String, Duration, LoadCount)>,
+}
+
+impl RunReport {
+    fn total(&self) -> Duration {
+        self.sections.iter().map(|s| s.1).sum()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_command_of_the_walkthrough_runs_and_does_what_it_says() {
+async fn every_command_of_the_walkthrough_runs_twice_and_does_what_it_says() {
     if !prerequisites_met(&needs()) {
         return;
     }
@@ -351,32 +437,62 @@ async fn every_command_of_the_walkthrough_runs_and_does_what_it_says() {
     let (prelude, steps) = blocks.split_first().expect("a variables block");
     let world = World::start().await;
 
-    let mut last_section = String::new();
-    for block in steps {
-        let output = world.run_block(&prelude.script, block).await;
-        eprintln!("--- {} ---\n{output}", block.section);
-        // Checked once the section's last block ran.
-        let is_last = steps
-            .iter()
-            .rev()
-            .find(|b| b.section == block.section)
-            .is_some_and(|b| std::ptr::eq(b, block));
-        if !is_last {
-            continue;
+    let mut reports = Vec::new();
+    for run in 1..=RUNS {
+        let mut report = RunReport::default();
+        let mut started = Instant::now();
+        let mut output = String::new();
+        for (i, block) in steps.iter().enumerate() {
+            let out = world.run_block(&prelude.script, block).await;
+            eprintln!("--- run {run}: {} ---\n{out}", block.section);
+            output.push_str(&out);
+            // Checked once the section's last block ran.
+            let is_last = steps.get(i + 1).is_none_or(|b| b.section != block.section);
+            if !is_last {
+                continue;
+            }
+            let load = check_section(&world, &block.section, &output).await;
+            report
+                .sections
+                .push((block.section.clone(), started.elapsed(), load));
+            started = Instant::now();
+            output.clear();
         }
-        check_section(&world, &block.section, &output).await;
-        last_section = block.section.clone();
+        let last = report
+            .sections
+            .last()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        assert!(last.starts_with("6."), "{last}");
+        reports.push(report);
     }
-    assert!(last_section.starts_with("6."), "{last_section}");
-    drop(world.etcd);
+    for (run, report) in reports.iter().enumerate() {
+        eprintln!("walkthrough run {}: {:.0?} in all", run + 1, report.total());
+        for (section, took, load) in &report.sections {
+            let load = load.map_or(String::new(), |(sent, failed)| {
+                format!(", load {sent} requests, {failed} failed")
+            });
+            eprintln!("  {took:>8.1?}  {section}{load}");
+        }
+    }
 }
 
-/// What each section says happened, seen from outside.
-async fn check_section(world: &World, section: &str, output: &str) {
+/// What each section says happened, seen from outside; the load's count in a rolling step.
+async fn check_section(world: &World, section: &str, output: &str) -> Option<(u64, u64)> {
     let step = section.split('.').next().unwrap_or_default();
+    if step == "Before you start" {
+        check_prepared(world).await;
+        return None;
+    }
     let (versions, registered) = (world.versions().await, world.registrations().await);
-    let base: u16 = world.env[3].1.parse().expect("PORT_BASE");
+    let base: u16 = world.var("PORT_BASE").parse().expect("PORT_BASE");
     let all = |v: &str| vec![v.to_string(); INSTANCES.len()];
+    let load = load_count(output);
+    if ["3", "4", "5"].contains(&step) {
+        let (sent, failed) = load.unwrap_or_else(|| panic!("no load count in {output}"));
+        assert!(sent > 0, "the load sent nothing: {output}");
+        assert_eq!(failed, 0, "requests failed during step {step}: {output}");
+    }
     match step {
         "1" => {
             let url = format!("{}/api/apps/{APP_ID}/instances", world.updates);
@@ -397,6 +513,20 @@ async fn check_section(world: &World, section: &str, output: &str) {
             assert_eq!(registered, expected);
             assert_eq!(versions, all("1.0.0"));
             assert!(output.contains("VERSIONS"), "{output}");
+            // check-config --unit shows the port instance 2's daemon registered with.
+            let shown = format!("port = {}", base + 2);
+            assert!(
+                output.lines().any(|l| l.starts_with(&shown)),
+                "check-config --unit example-web@2.service does not show {shown:?}: {output}"
+            );
+            let environment = world.systemd.exec(&["cat", "/etc/environment"]);
+            let environment = String::from_utf8_lossy(&environment.stdout);
+            assert!(!environment.contains("COREOS_PUBLIC_IPV4"), "{environment}");
+            // The app unit publishes on loopback only, as its default BIND_ADDRESS says.
+            let published = images::docker_port("example-web-1");
+            assert!(published.starts_with("80/tcp -> 127.0.0.1:"), "{published}");
+            // Traefik answers with an instance's page.
+            assert!(output.contains("<h1>example-web 1.0.0</h1>"), "{output}");
         }
         "3" => {
             assert_eq!(versions, all("2.0.0"), "{}", world.journal_tail());
@@ -438,7 +568,33 @@ async fn check_section(world: &World, section: &str, output: &str) {
         "6" => {
             assert!(registered.is_empty(), "still registered: {registered:?}");
             assert_eq!(world.count("/sidekick/instances/").await, 0);
+            assert_eq!(world.count("traefik/http/routers/").await, 0);
+            let url = format!("{}/api/apps/{APP_ID}/instances", world.updates);
+            let listing = support::http_get(&url).await.expect("list instances");
+            assert_eq!(listing.0, 404, "the app is still there: {listing:?}");
+            let left = world.systemd.exec(&[
+                "sh",
+                "-c",
+                "ls -d /etc/systemd/system/example-web@* /etc/systemd/system/sidekick@* \
+                 /etc/sidekick/config.d/* /var/lib/sidekick/example-web-* 2>/dev/null; true",
+            ]);
+            let left = String::from_utf8_lossy(&left.stdout);
+            assert!(left.trim().is_empty(), "left behind:\n{left}");
         }
         other => panic!("a section the test does not know: {other:?}"),
     }
+    load
+}
+
+/// After `prepare`: the registry holds the four versions and etcd answers.
+async fn check_prepared(world: &World) {
+    let url = format!("http://{}/v2/example-web/tags/list", world.registry);
+    let (status, tags) = support::http_get(&url).await.expect("list tags");
+    assert_eq!(status, 200, "{tags}");
+    for version in ["1.0.0", "2.0.0", "3.0.0", "3.0.1"] {
+        assert!(tags.contains(&format!("\"{version}\"")), "{tags}");
+    }
+    let health = format!("{}/health", world.etcd_endpoint);
+    let (status, body) = support::http_get(&health).await.expect("etcd health");
+    assert_eq!(status, 200, "{body}");
 }

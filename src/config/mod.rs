@@ -5,7 +5,8 @@
 //! every value), and [`settings`] (validated, typed). Precedence, lowest first: built-in defaults;
 //! `*.toml` drop-ins from `/usr/lib`, `/run` and `/etc` under `sidekick/config.d`, applied in file
 //! name order, where a file hides one of the same name in a lower directory and a symlink to
-//! `/dev/null` hides it altogether; each `--config FILE` in order; then flags.
+//! `/dev/null` hides it altogether; then the bound unit's own drop-ins from `<instance>/` in those
+//! directories (see [`sources::dropin_files_for`]); each `--config FILE` in order; then flags.
 
 pub mod bounds;
 pub mod fragments;
@@ -91,13 +92,35 @@ pub fn load_as<S: Validated>(sources: &ConfigSources) -> Result<S, ConfigError> 
 /// Stages one and two: every file parsed and merged over the defaults in precedence order, then
 /// the flags; with the origin of each value and the files applied.
 fn merge(sources: &ConfigSources) -> Result<(Input, Origins, Vec<PathBuf>), ConfigError> {
-    let mut files = sources::dropin_files(&sources.root)?;
-    files.extend(sources.files.iter().cloned());
+    let shared = sources::dropin_files(&sources.root)?;
+    let mut parsed = shared
+        .iter()
+        .map(|path| sources::parse_file(path).map(|file| (path.clone(), file)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The instance's own drop-ins: of the unit the flag names, else the one the shared drop-ins
+    // name (the last that sets it, as the merge would).
+    let unit = sources.unit.clone().or_else(|| {
+        parsed.iter().rev().find_map(|(_, file)| {
+            let instance = file.fragment.instance.as_ref()?;
+            instance.unit.clone()
+        })
+    });
+    if let Some(unit) = &unit {
+        let applied = sources::dropin_files_for(&sources.root, unit)?;
+        parsed.retain(|(path, _)| applied.contains(path));
+        for path in applied.iter().filter(|path| !shared.contains(path)) {
+            parsed.push((path.clone(), sources::parse_file(path)?));
+        }
+    }
+    for path in &sources.files {
+        parsed.push((path.clone(), sources::parse_file(path)?));
+    }
     let mut input = Input::default();
     let mut origins = Origins::new();
-    for path in &files {
-        let parsed = sources::parse_file(path)?;
-        input.overlay(parsed.fragment, path, &parsed.lines, &mut origins);
+    let mut files = Vec::with_capacity(parsed.len());
+    for (path, file) in parsed {
+        input.overlay(file.fragment, &path, &file.lines, &mut origins);
+        files.push(path);
     }
     if let Some(unit) = &sources.unit {
         input.instance.unit = Some(unit.clone());

@@ -1,5 +1,6 @@
-//! Finding and parsing configuration files: drop-in directories with systemd's masking rule, then
-//! `--config` files, each parsed with key positions kept for error messages.
+//! Finding and parsing configuration files: drop-in directories with systemd's masking rule, the
+//! bound unit's own drop-in directory after them, then `--config` files, each parsed with key
+//! positions kept for error messages.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,9 +24,46 @@ pub const DROPIN_DIRS: [&str; 3] = [
 /// A file hides one of the same name in a lower directory; a symlink to `/dev/null` hides it and
 /// contributes nothing, as systemd does for its own drop-ins.
 pub fn dropin_files(root: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    Ok(visible(dropins_by_name(root, "")?))
+}
+
+/// The per-instance drop-ins of `unit` (`example-web@2.service` or `example-web@2`): the
+/// `*.toml` files of `<dir>/<instance>/` in the same three directories, where `<instance>` is the
+/// unit name without `.service` (the sidekick unit's `%i`). They apply after every shared drop-in,
+/// in file-name order, with the same masking among themselves; the names they use also hide the
+/// shared drop-ins of those names (as an instance's systemd drop-in hides its template's).
+/// Returns the shared files that still apply, then the instance files.
+pub fn dropin_files_for(root: &Path, unit: &str) -> Result<Vec<PathBuf>, ConfigError> {
+    let instance = instance_dir_name(unit);
+    let shared = dropins_by_name(root, "")?;
+    let Some(instance) = instance else {
+        return Ok(visible(shared));
+    };
+    let own = dropins_by_name(root, instance)?;
+    let mut files: Vec<PathBuf> = visible(
+        shared
+            .into_iter()
+            .filter(|(name, _)| !own.contains_key(name))
+            .collect(),
+    );
+    files.extend(visible(own));
+    Ok(files)
+}
+
+/// The per-instance directory name of `unit`, or `None` for a name that cannot be one (empty,
+/// `.`/`..`, or with a `/`): such a unit is refused later by validation with its own message.
+pub fn instance_dir_name(unit: &str) -> Option<&str> {
+    let name = unit.strip_suffix(".service").unwrap_or(unit);
+    let usable = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+    usable.then_some(name)
+}
+
+/// Every `*.toml` in `<dir>/<sub>` of the three directories by file name, a higher directory's
+/// file replacing a lower one's.
+fn dropins_by_name(root: &Path, sub: &str) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     for dir in DROPIN_DIRS {
-        let dir = root.join(dir);
+        let dir = root.join(dir).join(sub);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
@@ -42,10 +80,15 @@ pub fn dropin_files(root: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             }
         }
     }
-    Ok(by_name
+    Ok(by_name)
+}
+
+/// The files of `by_name` in name order, without those masked by a `/dev/null` link.
+fn visible(by_name: BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
+    by_name
         .into_values()
         .filter(|path| !is_masked(path))
-        .collect())
+        .collect()
 }
 
 fn is_masked(path: &Path) -> bool {

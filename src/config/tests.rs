@@ -404,3 +404,80 @@ fn status_and_slots_settings_validate_only_what_they_read() {
         "{err}"
     );
 }
+
+#[test]
+fn instance_dropins_apply_after_shared_ones_and_hide_shared_files_of_their_name() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let shared = r.join("etc/sidekick/config.d");
+    write(&shared.join("10-base.toml"), MINIMAL);
+    write(&shared.join("20-site.toml"), "[swap]\ndrain = \"9s\"\n");
+    // A shared file sorting after the instance's files still applies before them.
+    write(
+        &shared.join("90-late.toml"),
+        "[registration]\nport = 9000\n",
+    );
+    write(
+        &r.join("usr/lib/sidekick/config.d/web@2/10-port.toml"),
+        "[registration]\nport = 7000\n",
+    );
+    // /etc beats /usr/lib for the same name in the instance directory too.
+    write(
+        &shared.join("web@2/10-port.toml"),
+        "[registration]\nport = 8082\n[health]\nrise = 4\n",
+    );
+    // The instance's 20-site.toml hides the shared one: its drain does not apply.
+    write(
+        &shared.join("web@2/20-site.toml"),
+        "[etcd]\ntimeout = \"3s\"\n",
+    );
+    // A /dev/null link in the instance directory hides a shared file for this instance only.
+    write(&shared.join("30-rise.toml"), "[health]\nfall = 7\n");
+    symlink("/dev/null", shared.join("web@2/30-rise.toml")).unwrap();
+    write(
+        &shared.join("web@3/10-port.toml"),
+        "[registration]\nport = 8083\n",
+    );
+
+    let two = load(&sources(r, vec![], Some("web@2.service"))).unwrap();
+    assert_eq!(two.settings.registration.port, 8082);
+    assert_eq!(two.settings.health.rise.get(), 4);
+    assert_eq!(two.settings.health.fall.get(), 2, "masked for web@2");
+    assert_eq!(two.settings.swap.drain, Duration::from_secs(5), "hidden");
+    assert_eq!(two.settings.etcd.timeout, Duration::from_secs(3));
+    assert_eq!(
+        two.origins["registration.port"],
+        Origin::File {
+            path: shared.join("web@2/10-port.toml"),
+            line: 2
+        }
+    );
+    assert_eq!(
+        two.files.last().unwrap(),
+        &shared.join("web@2/20-site.toml")
+    );
+
+    // Another instance sees only its own directory; the flag may omit ".service".
+    let three = load(&sources(r, vec![], Some("web@3"))).unwrap();
+    assert_eq!(three.settings.registration.port, 8083);
+    assert_eq!(three.settings.swap.drain, Duration::from_secs(9));
+    assert_eq!(three.settings.health.fall.get(), 7);
+
+    // The unit named in a shared drop-in (10-base: web@1) selects web@1/, which does not exist.
+    let one = load(&sources(r, vec![], None)).unwrap();
+    assert_eq!(one.settings.registration.port, 9000);
+
+    // --config files still win over the instance's drop-ins.
+    let file = write(&r.join("x.toml"), "[registration]\nport = 8999\n");
+    let flagged = load(&sources(r, vec![file], Some("web@2.service"))).unwrap();
+    assert_eq!(flagged.settings.registration.port, 8999);
+}
+
+#[test]
+fn an_instance_name_that_cannot_be_a_directory_reads_no_instance_dropins() {
+    assert_eq!(sources::instance_dir_name("web@2.service"), Some("web@2"));
+    assert_eq!(sources::instance_dir_name("web@2"), Some("web@2"));
+    assert_eq!(sources::instance_dir_name("../x.service"), None);
+    assert_eq!(sources::instance_dir_name(".service"), None);
+    assert_eq!(sources::instance_dir_name(".."), None);
+}

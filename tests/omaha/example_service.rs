@@ -269,3 +269,32 @@ async fn the_example_service_answers_byte_for_byte_like_nebraska() {
         fixture("g-malformed-request.xml")
     );
 }
+
+#[tokio::test]
+async fn admin_answers_end_with_a_newline_and_a_deleted_app_is_gone() {
+    let server = LocalService::start().await;
+    server.setup_app(APP, relaxed_policy()).await;
+    let get = |path: String| {
+        let url = server.base.join(&path).unwrap();
+        let http = server.http.clone();
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, listing) = get(format!("api/apps/{APP}/instances")).await;
+    assert_eq!((status, listing.as_str()), (200, "[]\n"));
+
+    let url = server.base.join(&format!("api/apps/{APP}")).unwrap();
+    let deleted = server.http.delete(url.clone()).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    assert!(deleted.text().await.unwrap().ends_with("}\n"));
+    let (status, error) = get(format!("api/apps/{APP}/instances")).await;
+    assert_eq!(status, 404, "{error}");
+    assert!(
+        error.contains("no app") && error.ends_with("}\n"),
+        "{error:?}"
+    );
+    let again = server.http.delete(url).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+}

@@ -1,5 +1,6 @@
-//! App images built `FROM scratch` with the host's static `/bin/busybox`, and containers run from
-//! them. `1.0.0`, `2.0.0` and `3.0.1` serve a page naming their version at `/`; `3.0.0` starts and serves
+//! App images built `FROM scratch` with the host's static `/bin/busybox` from the files under
+//! `examples/walkthrough/image/` (the walkthrough's `prepare` builds the same ones), and containers
+//! run from them. `1.0.0`, `2.0.0` and `3.0.1` serve a page naming their version at `/`; `3.0.0` starts and serves
 //! `/version`, but `/` answers 404, so an HTTP health check on `/` fails. Containers run with
 //! `--network host`, so each takes its port from env `PORT` (and address from `ADDR`, default
 //! 0.0.0.0); PID 1 is a busybox sh that traps SIGTERM, so `docker stop` returns at once.
@@ -28,22 +29,8 @@ pub const BROKEN_VERSION: &str = "3.0.0";
 const BUSYBOX: &str = "/bin/busybox";
 /// Serialises builds across parallel test binaries (the tag is shared machine-wide).
 const BUILD_LOCK: &str = "/tmp/sidekick-test-images.lock";
-
-const DOCKERFILE: &str = r#"FROM scratch
-COPY busybox /bin/busybox
-COPY www /www
-COPY entrypoint.sh /entrypoint.sh
-ENV PORT=80 ADDR=0.0.0.0
-STOPSIGNAL SIGTERM
-ENTRYPOINT ["/bin/busybox", "sh", "/entrypoint.sh"]
-"#;
-
-// PID 1 ignores SIGTERM unless it handles it: trap it, stop httpd, exit 0.
-const ENTRYPOINT: &str = r#"trap 'kill -TERM "$httpd" 2>/dev/null; wait "$httpd"; exit 0' TERM INT
-/bin/busybox httpd -f -p "$ADDR:$PORT" -h /www &
-httpd=$!
-wait "$httpd"
-"#;
+/// Assembles an image's build context; the walkthrough's `prepare` builds the same images with it.
+const CONTEXT_SCRIPT: &str = "examples/walkthrough/image/context";
 
 /// The image reference for `version`, e.g. `sidekick-test/app:1.0.0`, built on first use in this
 /// process. Panics for a version other than 1.0.0, 2.0.0, 3.0.0 or 3.0.1.
@@ -69,17 +56,13 @@ pub fn app_image(version: &str) -> String {
     image
 }
 
+/// The build context of `version`, from the files committed under `examples/walkthrough/image/`.
 fn write_context(dir: &Path, version: &str) {
-    std::fs::write(dir.join("Dockerfile"), DOCKERFILE).unwrap();
-    std::fs::write(dir.join("entrypoint.sh"), ENTRYPOINT).unwrap();
-    std::fs::copy(BUSYBOX, dir.join("busybox")).expect("copy /bin/busybox");
-    let www = dir.join("www");
-    std::fs::create_dir(&www).unwrap();
-    std::fs::write(www.join("version"), format!("{version}\n")).unwrap();
-    if version != BROKEN_VERSION {
-        let page = format!("<html><body><h1>sidekick test app {version}</h1></body></html>\n");
-        std::fs::write(www.join("index.html"), page).unwrap();
-    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(CONTEXT_SCRIPT);
+    run(Command::new(&script)
+        .env("BUSYBOX", BUSYBOX)
+        .arg(dir)
+        .arg(version));
 }
 
 /// An exclusive `flock` on `path`, released when the file is dropped.
@@ -211,6 +194,15 @@ pub fn push(image: &str, registry: &str) -> String {
         String::from_utf8_lossy(&pushed.stderr)
     );
     remote
+}
+
+/// `docker port CONTAINER`: each published port as `80/tcp -> ADDRESS:PORT`, one a line.
+pub fn docker_port(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["port", container])
+        .output()
+        .expect("run docker port");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Removes a local tag (not the image other tags still name).

@@ -1,5 +1,6 @@
-//! The admin JSON API: create or replace apps, packages, channels and groups, publish a version,
-//! set a group's policy, and list instances.
+//! The admin JSON API: create, replace or delete apps, create or replace packages, channels and
+//! groups, publish a version, set a group's policy, and list instances. Every JSON answer ends
+//! with a newline.
 
 use std::sync::Arc;
 
@@ -70,6 +71,40 @@ pub async fn put_app(
         store.apps.entry(app_key(&app)).or_default().name = name.clone();
         Ok(json!({ "app": app_key(&app), "name": name }))
     })
+}
+
+/// `DELETE /api/apps/{app}`: removes the app with its packages, channels, groups and instances
+/// (the walkthrough's clean-up); 404 when there is none.
+pub async fn delete_app(
+    State(state): State<Arc<ServerState>>,
+    Path(app): Path<String>,
+) -> AdminResult {
+    state.mutate(|store| {
+        store
+            .apps
+            .remove(&app_key(&app))
+            .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("no app {app}")))?;
+        Ok(json!({ "deleted": app_key(&app) }))
+    })
+}
+
+/// Ends every JSON answer with a newline, so `curl` output in a terminal ends its line.
+pub async fn end_json_with_newline(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut text = bytes.to_vec();
+    text.push(b'\n');
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// `PUT /api/apps/{app}/packages/{package}`.

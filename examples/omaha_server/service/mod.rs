@@ -85,7 +85,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/update", post(omaha_endpoint))
         .route("/v1/update/", post(omaha_endpoint))
-        .route("/api/apps/{app}", put(admin::put_app))
+        .route(
+            "/api/apps/{app}",
+            put(admin::put_app).delete(admin::delete_app),
+        )
         .route(
             "/api/apps/{app}/packages/{package}",
             put(admin::put_package),
@@ -104,6 +107,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
             put(admin::put_policy),
         )
         .route("/api/apps/{app}/instances", get(admin::list_instances))
+        .layer(axum::middleware::map_response(admin::end_json_with_newline))
         .with_state(state)
 }
 
