@@ -88,6 +88,8 @@ mod tests {
             image: "{codebase}:{version}".into(),
             pin_digest: false,
             ca_file: None,
+            allow_insecure: false,
+            allowed_repositories: Vec::new(),
         }
     }
 

@@ -58,6 +58,8 @@ fn reload(entries: Vec<Entry>, passes: bool, rules: HealthRules) -> Reconfigure<
                 image: "{codebase}".into(),
                 pin_digest: false,
                 ca_file: None,
+                allow_insecure: false,
+                allowed_repositories: Vec::new(),
             },
             source: None,
             steps: StepSettings {

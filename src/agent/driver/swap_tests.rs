@@ -194,6 +194,8 @@ async fn start_with(setup: Setup<'_>) -> World {
         image: "{codebase}".into(),
         pin_digest: false,
         ca_file: None,
+        allow_insecure: false,
+        allowed_repositories: Vec::new(),
     };
     let swaps = SwapConfig {
         steps: StepSettings {
