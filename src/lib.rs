@@ -24,3 +24,4 @@ pub mod omaha;
 pub mod registry;
 pub mod slot;
 pub mod systemd;
+pub mod terminal_text;
