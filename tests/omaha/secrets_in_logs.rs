@@ -210,3 +210,110 @@ async fn no_planted_etcd_password_reaches_a_log_line_of_a_broken_etcd() {
         assert_eq!(leaked(&text), Vec::<&str>::new(), "{args:?}: {text}");
     }
 }
+
+/// The daemon's unit: sleeps, running version 1.0.0.
+const DAEMON_UNIT: &str = "[Service]\n\
+    Environment=SIDEKICK_VERSION=1.0.0\n\
+    Environment=SIDEKICK_IMAGE=registry.example.com/web:1.0.0\n\
+    ExecStart=/usr/bin/sleep infinity\n";
+
+/// Runs `sidekick run` at trace level on `config` against `systemd` until its log satisfies
+/// `done`; returns the whole log.
+async fn daemon_log(
+    systemd: &super::support::systemd::Systemd,
+    dir: &std::path::Path,
+    name: &str,
+    config: &str,
+    done: fn(&str) -> bool,
+) -> String {
+    use super::support::{ProcessGuard, SignalTarget, poll_until};
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sidekick"));
+    cmd.args(["run", "--log", "stderr", "--config"])
+        .arg(&path)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", systemd.bus_address())
+        .env("SIDEKICK_CONFIG_ROOT", dir)
+        .env("RUST_LOG", "trace")
+        .env_remove("NOTIFY_SOCKET");
+    let log = dir.join(format!("{name}.log"));
+    let mut daemon = ProcessGuard::spawn("sidekick", &mut cmd, &log, SignalTarget::Group);
+    poll_until(Duration::from_secs(60), name, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { if done(&text) { Ok(()) } else { Err("not yet") } }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let shown: Vec<&str> = text.lines().filter(|l| !l.contains("TRACE")).collect();
+        panic!("{e}\n{}", shown.join("\n"))
+    });
+    daemon.stop();
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[tokio::test]
+async fn the_daemon_logs_no_planted_secret_against_a_failing_update_service_and_a_broken_etcd() {
+    use super::support::systemd::{self as container, Job, Systemd};
+    if !super::support::prerequisites_met(container::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    systemd.write_unit("web@1.service", DAEMON_UNIT);
+    systemd.reload().await;
+    let started = container::run_job(&systemd.manager().await, Job::Start, "web@1.service").await;
+    assert_eq!(started, "done");
+
+    let dir = support::temp_dir("secrets-daemon");
+    let password_file = dir.path().join("etcd-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (state, dropins) = (dir.path().join("state"), dir.path().join("dropins"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&dropins).unwrap();
+    let common = format!(
+        "[instance]\nunit = \"web@1.service\"\n[health]\ncheck = \"none\"\n\
+         [etcd]\nendpoints = [\"{}\"]\nusername = \"sidekick\"\npassword_file = \"{}\"\n\
+         timeout = \"1s\"\n[slot]\nbackend = \"none\"\n\
+         [swap]\nprepull = []\ndropin_dir = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n",
+        broken_etcd().await,
+        password_file.display(),
+        dropins.display(),
+        state.display()
+    );
+    let server = secret_url(&hostile_service(Hostile::Failing).await);
+    // Updates only: the first check is answered 500 (the pass runs once registration is settled,
+    // so this daemon registers nothing).
+    let updates = format!(
+        "{common}[registration]\nenabled = false\n\
+         [update]\nserver = \"{server}\"\napp_id = \"{APP}\"\ninterval = \"10s\"\n"
+    );
+    let update_log = daemon_log(&systemd, dir.path(), "updates", &updates, |text| {
+        text.contains("update service unreachable (http-status)")
+    })
+    .await;
+    assert!(update_log.contains("sending update check"), "{update_log}");
+    // Registration against the broken etcd, with the secret update URL configured too.
+    let registration = format!(
+        "{common}[registration]\nport = 8080\nhost = \"127.0.0.1\"\n\
+         [update]\nserver = \"{server}\"\napp_id = \"{APP}\"\n"
+    );
+    let etcd_log = daemon_log(&systemd, dir.path(), "etcd", &registration, |text| {
+        text.matches("etcd registration failed").count() >= 2
+    })
+    .await;
+    for (name, log) in [("updates", &update_log), ("etcd", &etcd_log)] {
+        for (n, line) in log.lines().enumerate() {
+            assert_eq!(
+                leaked(line),
+                Vec::<&str>::new(),
+                "{name} line {}: {line}",
+                n + 1
+            );
+        }
+    }
+}
