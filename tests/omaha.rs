@@ -26,6 +26,8 @@ mod secrets_in_logs;
 mod shipped_examples;
 #[path = "omaha/update_check_cli.rs"]
 mod update_check_cli;
+#[path = "omaha/update_trust.rs"]
+mod update_trust;
 
 mod support;
 
