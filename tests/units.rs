@@ -113,6 +113,7 @@ async fn systemd_analyze_security_rates_the_shipped_sidekick_unit_at_most_2_5() 
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|score| score.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no overall score in:\n{report}"));
+    eprintln!("systemd-analyze security {unit}: {overall}");
     assert!(
         overall <= MAX_EXPOSURE,
         "exposure {overall} > {MAX_EXPOSURE}:\n{report}"
