@@ -25,3 +25,4 @@ pub mod registry;
 pub mod rollout;
 pub mod slot;
 pub mod systemd;
+pub mod terminal_text;

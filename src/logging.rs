@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use url::Url;
 
 /// Where log records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +61,18 @@ pub fn init(target: LogTarget, verbosity: i8) {
     tracing_subscriber::registry().with(filter).with(fmt).init();
 }
 
+/// `url` as it may appear in a log line or an error: userinfo and query string (where tokens
+/// and passwords are put) dropped, the fragment too. Every URL the sidekick logs passes here.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    // Both fail only for URLs that cannot have userinfo (`cannot-be-a-base`), which have none.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
 /// The level shown by default: info, one step per `-v` or `-q`.
 fn level_for(verbosity: i8) -> &'static str {
     match verbosity {
@@ -91,6 +104,21 @@ fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_scheme_host_and_path_only() {
+        let url = Url::parse(
+            "https://user:hunter2@updates.example.com:8443/v1/update/?token=s3cret#frag",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        assert_eq!(shown, "https://updates.example.com:8443/v1/update/");
+        for secret in ["user", "hunter2", "s3cret", "token", "frag"] {
+            assert!(!shown.contains(secret), "{shown} shows {secret}");
+        }
+        let plain = Url::parse("http://127.0.0.1:2379/").unwrap();
+        assert_eq!(redact_url(&plain), "http://127.0.0.1:2379/");
+    }
 
     #[test]
     fn each_v_or_q_moves_the_level_one_step() {

@@ -30,6 +30,10 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long one connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog (a scraper needs one).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest life of one connection, keep-alive included, so idle ones cannot hold every slot.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
@@ -253,10 +257,17 @@ pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    if let Some(warning) = exposure_warning(listen) {
+        warn!("{warning}");
+    }
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -275,13 +286,30 @@ pub async fn serve(
                     .header_read_timeout(REQUEST_TIMEOUT)
                     .timer(hyper_util::rt::TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service);
-                if let Err(err) = connection.await {
-                    debug!(peer = %peer, error = %err, "metrics connection ended with an error");
+                match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        debug!(peer = %peer, error = %err, "metrics connection ended with an error")
+                    }
+                    Err(_) => debug!(peer = %peer, "metrics connection closed at its lifetime"),
                 }
+                drop(slot);
             });
         }
     });
     Ok((bound, task))
+}
+
+/// The warning for a metrics address others can reach: the metrics carry no secret, but they
+/// show versions and rollout state, and anyone who reaches the port can use up its connections.
+pub fn exposure_warning(listen: SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "daemon.metrics listens on {listen}, which is not loopback: anyone who reaches it can \
+             read the instance's version and rollout state; bind 127.0.0.1 and let the scraper \
+             come through a local agent, or firewall the port"
+        )
+    })
 }
 
 fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -351,6 +379,9 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+#[cfg(test)]
+#[path = "metrics/serve_tests.rs"]
+mod serve_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

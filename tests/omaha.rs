@@ -20,10 +20,14 @@ mod injection;
 mod requests;
 #[path = "omaha/responses.rs"]
 mod responses;
+#[path = "omaha/secrets_in_logs.rs"]
+mod secrets_in_logs;
 #[path = "omaha/shipped_examples.rs"]
 mod shipped_examples;
 #[path = "omaha/update_check_cli.rs"]
 mod update_check_cli;
+#[path = "omaha/update_trust.rs"]
+mod update_trust;
 
 mod support;
 

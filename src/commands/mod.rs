@@ -15,10 +15,14 @@ use crate::config::{self, ConfigError, ConfigSources, EtcdOptions, LoadedConfig,
 pub const EXIT_CONFIG: u8 = 2;
 
 /// The whole configuration, or [`EXIT_CONFIG`] after printing why it cannot be used.
-/// Secret files that others can read are logged as warnings, as ssh does.
+/// Secret files that others can read are logged as warnings, as ssh does, and so is an update
+/// service accepted over plain http (`update.allow_insecure`).
 pub fn load_config(sources: &ConfigSources) -> Result<LoadedConfig, ExitCode> {
     let loaded = config::load(sources).map_err(refused)?;
     warn_about_secrets(&loaded.settings.etcd);
+    if let Some(warning) = config::insecure_warning(&loaded.settings.update) {
+        tracing::warn!("{warning}");
+    }
     Ok(loaded)
 }
 

@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::slot::fleetlock::halt_record;
 use crate::slot::{FleetLockSlots, SlotHolder, SlotLock, etcd, halt, limit};
+use crate::terminal_text::{MAX_LINE_CHARS, sanitize, sanitize_to};
 
 /// `sidekick slots ...`.
 pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
@@ -33,7 +34,7 @@ pub async fn run(sources: &ConfigSources, action: &SlotsAction) -> ExitCode {
     };
     match result {
         Ok(done) => {
-            println!("{done}");
+            println!("{}", sanitize_to(&done, MAX_LINE_CHARS));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -48,7 +49,8 @@ async fn release(settings: &SlotsSettings, group: &str, holder: &str) -> Result<
                 return fail(format!(
                     "{holder} halted group {group} at version {} ({}) and keeps its lock; \
                      `sidekick slots resume` lifts the halt and unlocks it",
-                    r.marker.version, r.marker.reason
+                    sanitize(&r.marker.version),
+                    sanitize(&r.marker.reason)
                 ));
             }
             Ok(_) => {}
@@ -79,9 +81,13 @@ async fn resume(settings: &SlotsSettings, group: &str) -> Result<String, ExitCod
     }
     let mut client = super::connect(&settings.etcd).await?;
     match halt::remove(&mut client, group).await {
+        // The marker was written by whoever could write to etcd: each value is shown escaped
+        // and capped (so is the whole line, in `run`).
         Ok(Some(m)) => Ok(format!(
             "resumed group {group} (was halted at version {} by {}: {})",
-            m.version, m.instance, m.reason
+            sanitize(&m.version),
+            sanitize(&m.instance),
+            sanitize(&m.reason)
         )),
         Ok(None) => Ok(format!("group {group} is not halted; nothing to resume")),
         Err(err) => fail(format!("failed to resume group {group}: {err}")),
@@ -133,7 +139,10 @@ async fn resume_fleetlock(
     match client.resume().await {
         Ok(()) => Ok(format!(
             "resumed FleetLock group {group} (was halted at version {} by {}: {}); unlocked {} at {base}",
-            m.version, m.instance, m.reason, record.holder
+            sanitize(&m.version),
+            sanitize(&m.instance),
+            sanitize(&m.reason),
+            sanitize(&record.holder)
         )),
         Err(err) => fail(format!("failed to resume group {group}: {err}")),
     }
@@ -158,6 +167,6 @@ fn fleetlock_client(
 }
 
 fn fail<T>(message: String) -> Result<T, ExitCode> {
-    eprintln!("sidekick: {message}");
+    eprintln!("sidekick: {}", sanitize_to(&message, MAX_LINE_CHARS));
     Err(ExitCode::FAILURE)
 }

@@ -100,6 +100,8 @@ pub struct UpdateFragment {
     pub image: Option<String>,
     pub pin_digest: Option<bool>,
     pub ca_file: Option<PathBuf>,
+    pub allow_insecure: Option<bool>,
+    pub allowed_repositories: Option<Vec<String>>,
 }
 
 pub use crate::slot::SlotBackend;

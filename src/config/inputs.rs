@@ -111,6 +111,8 @@ pub struct UpdateInput {
     pub pin_digest: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    pub allow_insecure: bool,
+    pub allowed_repositories: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -194,6 +196,8 @@ impl Default for Input {
                 image: "{codebase}".into(),
                 pin_digest: false,
                 ca_file: None,
+                allow_insecure: false,
+                allowed_repositories: Vec::new(),
             },
             slot: SlotInput {
                 backend: SlotBackend::Etcd,
@@ -291,7 +295,17 @@ impl Input {
             update,
             record,
             [
-                enabled, server, app_id, track, arch, interval, image, pin_digest, ca_file
+                enabled,
+                server,
+                app_id,
+                track,
+                arch,
+                interval,
+                image,
+                pin_digest,
+                ca_file,
+                allow_insecure,
+                allowed_repositories
             ]
         );
         overlay!(

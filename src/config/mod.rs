@@ -25,7 +25,7 @@ use thiserror::Error;
 
 pub use inputs::{Input, Origin, Origins};
 pub use settings::*;
-pub use validate::{Validated, valid_host};
+pub use validate::{Validated, insecure_warning, valid_host};
 
 /// A configuration that cannot be used, naming the file, line and key where it can.
 #[derive(Debug, Error)]

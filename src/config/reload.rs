@@ -164,6 +164,12 @@ const KEYS: &[Key] = &[
     field!("update.image", Live, update.image),
     field!("update.pin_digest", Live, update.pin_digest),
     field!("update.ca_file", Live, update.ca_file),
+    field!("update.allow_insecure", Live, update.allow_insecure),
+    field!(
+        "update.allowed_repositories",
+        Live,
+        update.allowed_repositories
+    ),
     // A held slot is bound to these; the stored limit (`sidekick slots set-max`) changes live.
     field!("slot.backend", AtRestart, slot.backend),
     field!("slot.max", AtRestart, slot.max),

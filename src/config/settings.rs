@@ -95,6 +95,10 @@ pub struct UpdateSettings {
     pub image: String,
     pub pin_digest: bool,
     pub ca_file: Option<PathBuf>,
+    /// `http://` to a host other than loopback, accepted (with a warning at every start).
+    pub allow_insecure: bool,
+    /// Repositories an offer may name besides the one the unit runs.
+    pub allowed_repositories: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

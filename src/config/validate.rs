@@ -17,6 +17,7 @@ use super::inputs::{DaemonInput, Input, Origins, SwapInput};
 use super::settings::*;
 use check::Check;
 use slot::GroupName;
+pub use update::insecure_warning;
 
 /// Settings validated from the merged input: only the sections they read are checked, so a
 /// command is not refused for a key it never uses.

@@ -114,7 +114,7 @@ impl ControlSocket {
                 path: path.to_path_buf(),
                 dev: meta.dev(),
                 ino: meta.ino(),
-                uid: meta.uid(),
+                uid: effective_uid(),
             },
         })
     }
@@ -150,6 +150,13 @@ impl Drop for ServedSocket {
             warn!(path = %self.file.path.display(), error = %err, "failed to remove the control socket");
         }
     }
+}
+
+/// The daemon's effective user id: who it acts as, whoever ends up owning the socket file (a
+/// file's owner can be changed after the bind; the process's identity cannot).
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail (POSIX).
+    unsafe { libc::geteuid() }
 }
 
 /// Removes a socket file at `path` that no daemon answers on; refuses anything else there.
@@ -332,6 +339,34 @@ mod tests {
         let err = ControlSocket::bind(&path).unwrap_err();
         assert_eq!(err.kind(), "not-a-socket", "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    }
+
+    #[tokio::test]
+    async fn the_answered_user_is_the_daemons_own_not_the_socket_files_owner() {
+        if effective_uid() != 0 {
+            eprintln!("SKIPPED: needs root to create a socket file owned by another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("control.sock");
+        let runtime = tokio::runtime::Handle::current();
+        // The file is created under another filesystem uid (per thread on Linux), so its owner is
+        // not the daemon's user: only the process's own identity may decide who is answered.
+        let bound = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let _entered = runtime.enter();
+                // SAFETY: setfsuid only changes this thread's filesystem uid.
+                unsafe { libc::setfsuid(65534) };
+                ControlSocket::bind(&path)
+            }
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().uid(), 65534);
+        assert_eq!(bound.file.uid, 0, "the daemon's euid, not the file's owner");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use super::protocol::{
     AppInstance, CheckOutcome, Event, InstallSource, classify_check_response, event_request,
     response_app_status, update_check_request,
 };
+use crate::logging::redact_url;
 
 /// Largest response body accepted; larger ones are refused without being buffered whole.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -86,6 +87,8 @@ impl OmahaError {
     }
 
     fn from_reqwest(error: reqwest::Error, while_reading_body: bool) -> Self {
+        // reqwest's text names the full URL, query and userinfo included: tokens live there.
+        let error = error.without_url();
         if error.is_timeout() {
             Self::Timeout
         } else if error.is_connect() {
@@ -138,7 +141,8 @@ impl HttpUpdateSource {
     ) -> Result<Self, OmahaError> {
         if !matches!(endpoint.scheme(), "http" | "https") {
             return Err(OmahaError::Setup(format!(
-                "endpoint {endpoint} is not http or https"
+                "endpoint {} is not http or https",
+                redact_url(&endpoint)
             )));
         }
         let mut extra_roots = Vec::new();
@@ -173,11 +177,7 @@ impl HttpUpdateSource {
 
     /// The endpoint without its query string or credentials, safe for logs.
     pub fn redacted_url(&self) -> String {
-        let mut url = self.endpoint.clone();
-        url.set_query(None);
-        let _ = url.set_password(None);
-        let _ = url.set_username("");
-        url.to_string()
+        redact_url(&self.endpoint)
     }
 
     /// POSTs one request document and returns the response body, capped and non-empty.
@@ -240,7 +240,7 @@ impl UpdateSource for HttpUpdateSource {
     ) -> Result<CheckOutcome, OmahaError> {
         let source = InstallSource::from_interactive(interactive);
         let request = update_check_request(&self.instance, current, source);
-        tracing::debug!(endpoint = %self.endpoint, %current, "sending update check");
+        tracing::debug!(endpoint = %self.redacted_url(), %current, "sending update check");
         let body = self.exchange(request).await?;
         let outcome = classify_check_response(&body, &self.instance.app_id);
         tracing::debug!(?outcome, "update check answered");

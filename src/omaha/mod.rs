@@ -5,7 +5,8 @@
 //!
 //! [`protocol`] builds requests and classifies responses without I/O; [`client`] speaks HTTP;
 //! [`memory`] is the server-less source for `--dry-run` and tests; [`offer`] and [`image`] validate
-//! an offer before anything acts on it; [`schedule`] paces the polls. This module never decides
+//! an offer before anything acts on it, [`repository_policy`] keeps it to the repositories the
+//! unit may run; [`schedule`] paces the polls. This module never decides
 //! policy: the agent does.
 
 pub mod any;
@@ -14,6 +15,7 @@ pub mod image;
 pub mod memory;
 pub mod offer;
 pub mod protocol;
+pub mod repository_policy;
 pub mod schedule;
 
 use std::future::Future;
@@ -28,6 +30,7 @@ pub use offer::{OfferRefusal, ValidatedUpdate, validate_offer};
 pub use protocol::{
     AppInstance, CheckOutcome, Event, InstallSource, ResponseErrorKind, UpdateOffer, error_code,
 };
+pub use repository_policy::check_repository;
 pub use schedule::{PollResult, PollSchedule};
 
 /// Where update offers come from and progress events go.

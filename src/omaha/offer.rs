@@ -48,6 +48,21 @@ pub enum OfferRefusal {
     /// `hash_sha256` is neither 64 hex characters nor base64 of 32 bytes.
     #[error("package sha256 {0:?} is neither hex nor base64 of 32 bytes")]
     Sha256(String),
+    /// `update.pin_digest` is on and the offer carries no `hash_sha256` to pin.
+    #[error("update.pin_digest is on and the offer has no package sha256 to pin the image to")]
+    Unpinned,
+    /// The offered image is in a repository the unit does not run and no
+    /// `update.allowed_repositories` entry names.
+    #[error(
+        "offered image {offered} is not in the repository the unit runs ({running}) nor in \
+         update.allowed_repositories"
+    )]
+    Repository {
+        /// The offered image's repository.
+        offered: String,
+        /// The repository of the image the unit runs.
+        running: String,
+    },
 }
 
 impl OfferRefusal {
@@ -59,6 +74,8 @@ impl OfferRefusal {
             Self::Template(_) => "invalid-template",
             Self::Image(_) => "invalid-image",
             Self::Sha256(_) => "invalid-sha256",
+            Self::Unpinned => "unpinned",
+            Self::Repository { .. } => "repository-not-allowed",
         }
     }
 
@@ -76,9 +93,11 @@ pub fn validate_offer(
     pin_digest: bool,
 ) -> Result<ValidatedUpdate, OfferRefusal> {
     let version = parse_offered_version(&offer.version, current)?;
-    // An unreadable hash only matters when it is about to become the pinned digest.
+    // An unreadable hash only matters when it is about to become the pinned digest; a missing
+    // one then refuses the offer too (pinning fails closed).
     let sha256 = match offer.sha256.as_deref().map(sha256_hex) {
         Some(Err(refusal)) if pin_digest => return Err(refusal),
+        None if pin_digest => return Err(OfferRefusal::Unpinned),
         Some(Ok(hex)) => Some(hex),
         _ => None,
     };
@@ -234,6 +253,23 @@ mod tests {
         assert!(validate_offer(&o, &current, "{codebase}", true).is_err());
         let unpinned = validate_offer(&o, &current, "{codebase}", false).unwrap();
         assert_eq!(unpinned.sha256, None);
+    }
+
+    #[test]
+    fn pin_digest_refuses_an_offer_without_sha256() {
+        let mut o = offer("2.0.0", "example/web:2.0.0", "");
+        o.sha256 = None;
+        let current = Version::new(1, 0, 0);
+        let refusal = validate_offer(&o, &current, DEFAULT_IMAGE_TEMPLATE, true).unwrap_err();
+        assert_eq!(refusal, OfferRefusal::Unpinned);
+        assert_eq!(refusal.kind(), "unpinned");
+        assert_eq!(refusal.error_code(), 34);
+        assert!(
+            refusal.to_string().contains("update.pin_digest"),
+            "{refusal}"
+        );
+        let unpinned = validate_offer(&o, &current, DEFAULT_IMAGE_TEMPLATE, false).unwrap();
+        assert_eq!(unpinned.image.as_str(), "example/web:2.0.0");
     }
 
     #[test]

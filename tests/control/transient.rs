@@ -133,6 +133,29 @@ async fn prepull_hanging_past_the_timeout_is_a_timeout_and_its_unit_is_stopped_a
     assert_no_prepull_unit_remains(&systemd).await;
 }
 
+/// Succeeds only inside the pre-pull's sandbox: no new privileges, no capability, and neither
+/// /etc nor /var writable (the container's /etc is a writable tmpfs outside it).
+const SANDBOX_PROBE: &str = "grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status \
+    && grep -q '^CapBnd:[[:space:]]*0000000000000000' /proc/self/status \
+    && ! touch /etc/sidekick-prepull-probe 2>/dev/null \
+    && ! mkdir -p /var/lib/sidekick-prepull-probe 2>/dev/null";
+
+#[tokio::test]
+async fn prepull_runs_sandboxed_read_only_without_privileges() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    let control = control_for(&systemd, "app.service").await;
+    control
+        .run_transient(&argv(&["/bin/sh", "-c", SANDBOX_PROBE]), JOB_TIMEOUT)
+        .await
+        .expect("the probe passes only inside the sandbox");
+    let out = systemd.exec(&["test", "-e", "/etc/sidekick-prepull-probe"]);
+    assert!(!out.status.success(), "the probe wrote /etc");
+    assert_no_prepull_unit_remains(&systemd).await;
+}
+
 #[tokio::test]
 async fn prepull_docker_pull_fetches_the_image_from_the_local_registry() {
     let needs = [systemd::NEEDS, images::NEEDS, registry::NEEDS].concat();

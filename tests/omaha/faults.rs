@@ -223,7 +223,7 @@ async fn update_check_as_a_whole_ends_at_its_limit_against_a_dripping_server() {
 }
 
 /// Answers every request with 200 and `body`.
-async fn answering_server(body: String) -> Url {
+pub(super) async fn answering_server(body: String) -> Url {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = Url::parse(&format!(
         "http://{}/v1/update/",
@@ -250,7 +250,7 @@ async fn answering_server(body: String) -> Url {
     url
 }
 
-fn offer_app(app: &str, version: &str) -> String {
+pub(super) fn offer_app(app: &str, version: &str) -> String {
     format!(
         "<app appid=\"{app}\" status=\"ok\"><updatecheck status=\"ok\"><urls><url codebase=\"r/web\"/>\
          </urls><manifest version=\"{version}\"><packages><package name=\"p\"/></packages>\

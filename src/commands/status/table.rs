@@ -42,17 +42,10 @@ impl Section {
     }
 }
 
-/// `text` with every control character (ESC, CR, BEL, …) shown as its `\u{…}` escape.
+/// One cell as the terminal may show it: see [`crate::terminal_text`] (control, format and bidi
+/// characters escaped, length capped).
 pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::terminal_text::sanitize(text)
 }
 
 #[cfg(test)]
@@ -85,5 +78,21 @@ mod tests {
             "{text:?}"
         );
         assert!(text.contains("web\\u{1b}[2J\\u{d}\\u{7}-1"), "{text:?}");
+    }
+
+    #[test]
+    fn bidi_characters_are_escaped_and_cells_are_capped() {
+        let section = Section {
+            title: "T",
+            headers: &["A", "B"],
+            rows: vec![vec!["1.0.0\u{202e}evil".into(), "x".repeat(10_000)]],
+        };
+        let text = section.render();
+        assert!(text.contains("1.0.0\\u{202e}evil"), "{text:?}");
+        assert!(
+            text.lines().all(|line| line.chars().count() < 400),
+            "{text:?}"
+        );
+        assert!(text.contains("more characters]"), "{text:?}");
     }
 }

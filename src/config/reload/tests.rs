@@ -86,6 +86,8 @@ fn every_field(settings: &Settings) {
                 image: _,
                 pin_digest: _,
                 ca_file: _,
+                allow_insecure: _,
+                allowed_repositories: _,
             },
         slot:
             SlotOptions {
@@ -225,6 +227,12 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         ("update.pin_digest", Live, |s| s.update.pin_digest = true),
         ("update.ca_file", Live, |s| {
             s.update.ca_file = Some("/etc/ca.pem".into())
+        }),
+        ("update.allow_insecure", Live, |s| {
+            s.update.allow_insecure = true
+        }),
+        ("update.allowed_repositories", Live, |s| {
+            s.update.allowed_repositories = vec!["registry.example.com/web".into()]
         }),
         ("slot.backend", AtRestart, |s| {
             s.slot.backend = SlotBackend::None

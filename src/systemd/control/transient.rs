@@ -1,6 +1,6 @@
 //! The pre-pull as a transient unit: its unique name, its argv (no shell; a bare program name
 //! resolved against the sidekick's `PATH`, else left to systemd), the properties handed to
-//! `StartTransientUnit`, and the wording of how its main process ended.
+//! `StartTransientUnit` (a sandbox included), and the wording of how its main process ended.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -59,6 +59,28 @@ pub fn resolve_program(argv: &[String], path: Option<&OsStr>) -> Result<PathBuf,
     Ok(found.unwrap_or_else(|| PathBuf::from(program)))
 }
 
+/// The pre-pull's sandbox, as (property, value) pairs of `StartTransientUnit`: the puller runs as
+/// root with no capability and no way to gain one, sees the file system read-only (a Docker-style
+/// puller only talks to its daemon's socket; home stays readable for registry credentials in
+/// `~/.docker/config.json`), a private /tmp and no devices, and cannot touch the kernel.
+pub const SANDBOX_FLAGS: &[(&str, bool)] = &[
+    ("NoNewPrivileges", true),
+    ("PrivateTmp", true),
+    ("PrivateDevices", true),
+    ("ProtectKernelTunables", true),
+    ("ProtectKernelModules", true),
+    ("ProtectKernelLogs", true),
+    ("ProtectControlGroups", true),
+    ("ProtectClock", true),
+    ("ProtectHostname", true),
+    ("RestrictSUIDSGID", true),
+    ("RestrictRealtime", true),
+    ("LockPersonality", true),
+];
+/// The string-valued part of the sandbox.
+pub const SANDBOX_MODES: &[(&str, &str)] =
+    &[("ProtectSystem", "strict"), ("ProtectHome", "read-only")];
+
 /// systemd's exit status when it could not execute the command (`203/EXEC`).
 const EXIT_EXEC: i32 = 203;
 
@@ -75,7 +97,16 @@ pub fn properties(
     })?;
     let exec_start = vec![(program.to_string(), argv.to_vec(), false)];
     let owned = |value: Variant<'_>| OwnedVariant::try_from(value).map_err(ControlError::Bus);
-    Ok(vec![
+    let mut sandbox = Vec::new();
+    for (name, on) in SANDBOX_FLAGS {
+        sandbox.push((name.to_string(), OwnedVariant::from(*on)));
+    }
+    for (name, mode) in SANDBOX_MODES {
+        sandbox.push((name.to_string(), owned(Variant::from(*mode))?));
+    }
+    // No capability: talking to a root-owned socket needs none.
+    sandbox.push(("CapabilityBoundingSet".into(), OwnedVariant::from(0u64)));
+    let unit = vec![
         ("Description".into(), owned(Variant::from(description))?),
         ("Type".into(), owned(Variant::from("oneshot"))?),
         ("RemainAfterExit".into(), OwnedVariant::from(false)),
@@ -85,7 +116,8 @@ pub fn properties(
             OwnedVariant::from(STOP_TIMEOUT.as_micros() as u64),
         ),
         ("ExecStart".into(), owned(Variant::from(exec_start))?),
-    ])
+    ];
+    Ok(unit.into_iter().chain(sandbox).collect())
 }
 
 /// How the main process ended, from the Service's `ExecMainCode` (a `CLD_*` code) and
@@ -154,6 +186,28 @@ mod tests {
         let empty = resolve_program(&[], Some(&path)).unwrap_err();
         assert!(empty.to_string().contains("empty"), "{empty}");
         assert_eq!(empty.kind(), "invalid");
+    }
+
+    #[test]
+    fn the_transient_unit_is_sandboxed() {
+        let props = properties(
+            Path::new("/usr/bin/docker"),
+            &argv(&["docker", "pull", "x"]),
+            "pre-pull".into(),
+        )
+        .unwrap();
+        let value = |name: &str| {
+            props
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{name} is set"))
+        };
+        for name in ["NoNewPrivileges", "PrivateTmp", "ProtectKernelTunables"] {
+            assert!(bool::try_from(value(name)).unwrap(), "{name}");
+        }
+        assert_eq!(String::try_from(value("ProtectSystem")).unwrap(), "strict");
+        assert_eq!(u64::try_from(value("CapabilityBoundingSet")).unwrap(), 0);
     }
 
     #[test]
