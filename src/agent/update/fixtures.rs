@@ -24,6 +24,8 @@ pub(crate) fn update_settings(interval: Duration) -> UpdateSettings {
         image: "{codebase}:{version}".into(),
         pin_digest: false,
         ca_file: None,
+        allow_insecure: false,
+        allowed_repositories: Vec::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::super::rollout::{RolloutSettings, validate as policy};
 use super::{ConfigError, Input, Origins, SlotsSettings, Validated, check::Check, swap};
-use crate::config::EtcdSettings;
+use crate::etcd::EtcdOptions;
 
 impl Validated for RolloutSettings {
     fn validate(input: Input, origins: &Origins) -> Result<RolloutSettings, ConfigError> {
@@ -15,7 +15,7 @@ impl Validated for RolloutSettings {
         })
     }
 
-    fn etcd(&self) -> &EtcdSettings {
+    fn etcd(&self) -> &EtcdOptions {
         &self.slots.etcd
     }
 }
