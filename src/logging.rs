@@ -73,6 +73,29 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
+/// [`redact_url`] for text that may not parse as a URL (a typo in a configured value):
+/// everything from `?` or `#` on is dropped, and so is whatever comes before the authority's
+/// last `@` (before the text's last `@` when there is no `://`).
+pub fn redact_url_text(text: &str) -> String {
+    if let Ok(url) = Url::parse(text) {
+        return redact_url(&url);
+    }
+    let end = text.find(['?', '#']).unwrap_or(text.len());
+    let text = &text[..end];
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text
+            .rfind('@')
+            .map_or(text, |at| &text[at + 1..])
+            .to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
+}
+
 /// The level shown by default: info, one step per `-v` or `-q`.
 fn level_for(verbosity: i8) -> &'static str {
     match verbosity {
@@ -118,6 +141,24 @@ mod tests {
         }
         let plain = Url::parse("http://127.0.0.1:2379/").unwrap();
         assert_eq!(redact_url(&plain), "http://127.0.0.1:2379/");
+    }
+
+    #[test]
+    fn unparsable_url_text_loses_userinfo_and_query_too() {
+        for (text, shown) in [
+            ("htp//user:hunter2@host/x?token=s3cret", "host/x"),
+            (
+                "http://user:hunter2@exa mple.com/v1/?token=s3cret",
+                "http://exa mple.com/v1/",
+            ),
+            ("://:hunter2@host:99999/#s3cret", "://host:99999/"),
+            (
+                "https://u:hunter2@example.com/?token=s3cret",
+                "https://example.com/",
+            ),
+        ] {
+            assert_eq!(redact_url_text(text), shown, "{text}");
+        }
     }
 
     #[test]

@@ -42,14 +42,16 @@ impl Check<'_> {
     }
 
     pub(super) fn http_url(&self, key: &str, value: &str) -> Result<Url, ConfigError> {
+        // The error is logged: a token or password in the value must not be.
+        let shown = crate::logging::redact_url_text(value);
         let url = Url::parse(value).map_err(|err| {
             self.fail(
                 key,
-                format!("`{value}` must be an http:// or https:// URL ({err})"),
+                format!("`{shown}` must be an http:// or https:// URL ({err})"),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(self.fail(key, format!("`{value}` must be an http:// or https:// URL")));
+            return Err(self.fail(key, format!("`{shown}` must be an http:// or https:// URL")));
         }
         Ok(url)
     }

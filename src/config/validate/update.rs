@@ -162,6 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_server_url_is_named_without_its_secrets() {
+        for server in [
+            "ftp://user:hunter2@updates.example.com/?token=s3cret",
+            "http://user:hunter2@exa mple.com/?token=s3cret",
+            "http://user:hunter2@nebraska.example.com/?token=s3cret",
+        ] {
+            let err = load_update(&format!("server = \"{server}\"")).expect_err(server);
+            let text = err.to_string();
+            assert!(text.contains("update.server"), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("s3cret"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn https_and_loopback_http_need_no_allowance_and_get_no_warning() {
         for server in [
             "https://nebraska.example.com/v1/update/",
