@@ -183,5 +183,4 @@ const KEYS: &[Key] = &[
 ];
 
 #[cfg(test)]
-#[path = "reload/tests.rs"]
 mod tests;
