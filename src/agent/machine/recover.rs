@@ -9,7 +9,8 @@ use crate::systemd::control::RunningVersion;
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
 ///
-/// - Nothing touched the instance yet (pre-pull, slot): release the slot, no event.
+/// - Pre-pulling: no slot was asked for; clear the journal, no event.
+/// - Nothing touched the instance yet (slot): release the slot, no event.
 /// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
 ///   release.
 /// - The drop-in may be written (write, restart, verify): when systemd reports the new version,
@@ -26,7 +27,10 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
     let (stage, actions) = match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing => (
+        // No slot was asked for yet: nothing to release (a release could only hit another
+        // holder's key).
+        Stage::Prepulling => (Stage::Finished, vec![SwapAction::ClearJournal]),
+        Stage::AcquiringSlot { .. } | Stage::Releasing => (
             Stage::Releasing,
             vec![SwapAction::ReleaseSlot { retry: false }],
         ),
@@ -95,12 +99,20 @@ mod tests {
     }
 
     #[test]
+    fn recovery_while_prepulling_only_clears_the_journal_and_sends_no_release() {
+        let journaled = SwapPhase {
+            slot_held: false,
+            ..at(Stage::Prepulling)
+        };
+        let (phase, actions) = recover(journaled, &running("1.0.0"));
+        assert_eq!(actions, [SwapAction::ClearJournal]);
+        assert_eq!(phase.stage, Stage::Finished);
+        assert!(phase.allows_registration());
+    }
+
+    #[test]
     fn recovery_before_deregistering_only_gives_the_slot_back() {
-        for stage in [
-            Stage::Prepulling,
-            Stage::AcquiringSlot { waiting: None },
-            Stage::Releasing,
-        ] {
+        for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
             let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
             assert_eq!(
                 actions,

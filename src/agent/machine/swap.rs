@@ -434,13 +434,14 @@ fn strand(failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
 fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
     match stage {
         Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+            // A release from a stage that holds no slot could only hit another holder's key.
+            let mut actions = match phase.slot_held {
+                true => vec![SwapAction::ReleaseSlot { retry: false }],
+                false => Vec::new(),
+            };
+            actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;
-            let actions = vec![
-                SwapAction::ReleaseSlot { retry: false },
-                SwapAction::ClearJournal,
-                SwapAction::Stop,
-            ];
             (phase, actions)
         }
         other => {
