@@ -9,8 +9,8 @@ use tracing::info;
 
 use super::loop_state::LoopState;
 use super::{Driver, DriverReport, SHUTDOWN_DEADLINE};
-use crate::agent::machine::state::{Action, Phase};
-use crate::agent::machine::swap::{Stage, SwapAction};
+use crate::agent::machine::state::{Action, Observation, Phase};
+use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation};
 use crate::agent::update::steps::SlowStep;
 use crate::dry_run::would;
 use crate::health::Probe;
@@ -39,6 +39,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         actions: Vec<Action>,
         state: &mut LoopState<C>,
     ) -> Option<Vec<SwapAction>> {
+        if !self.journaled(&actions, state) {
+            return None;
+        }
         let mut batch = Vec::new();
         for action in actions {
             match action {
@@ -66,6 +69,38 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             });
         }
         None
+    }
+
+    /// Journals the swap's phase before any of `actions` runs; false when they must not run. The
+    /// journal fails closed: a phase it cannot record before the deregistration drops the attempt
+    /// (the machine is told, nothing of the batch is done). A stop goes ahead unrecorded.
+    fn journaled(&mut self, actions: &[Action], state: &mut LoopState<C>) -> bool {
+        let (Phase::Updating(swap), Some(updates)) = (&self.agent.phase, &self.seams.updates)
+        else {
+            return true;
+        };
+        if actions.is_empty() {
+            return true;
+        }
+        let Err(err) = updates.journal(swap) else {
+            return true;
+        };
+        let stopping = actions.iter().any(|a| matches!(a, Action::Stop));
+        let before_deregistration = matches!(
+            swap.stage,
+            Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Deregistering
+        );
+        if before_deregistration && !stopping {
+            tracing::error!(instance = %self.options.instance, error = %err, kind = err.kind(),
+                "failed to journal the swap before the deregistration: dropping the attempt, staying registered");
+            state
+                .pending
+                .push_back(Observation::Swap(SwapObservation::JournalFailed));
+            return false;
+        }
+        tracing::error!(instance = %self.options.instance, error = %err, kind = err.kind(),
+            "failed to journal the swap step; a crash now would leave it unrecorded");
+        true
     }
 
     /// Stops: what the swap gives back on the way out (a slot not yet used), then the lease.
@@ -99,7 +134,6 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // Events report the version the instance ran before the swap.
         let current = match &self.agent.phase {
             Phase::Updating(swap) => {
-                updates.journal(swap);
                 if let Stage::Stranded { .. } = swap.stage {
                     tracing::error!(instance = %self.options.instance, "{}", swap.status());
                 }

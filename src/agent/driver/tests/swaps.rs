@@ -135,6 +135,8 @@ struct Setup<'a> {
     slot_taken_by: Option<&'a str>,
     /// `swap.prepull`.
     prepull: Vec<String>,
+    /// The journal's directory turns into a file once the loop runs: every journal write fails.
+    journal_blocked: bool,
 }
 
 impl<'a> Setup<'a> {
@@ -146,6 +148,7 @@ impl<'a> Setup<'a> {
             journaled: None,
             slot_taken_by: None,
             prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+            journal_blocked: false,
         }
     }
 }
@@ -159,6 +162,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         journaled,
         slot_taken_by,
         prepull,
+        journal_blocked,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -170,10 +174,15 @@ async fn start_with(setup: Setup<'_>) -> World {
     let registry = MemoryRegistry::new();
     let dir = tempfile::tempdir().unwrap();
     let settings = update_settings(Duration::from_millis(50));
-    let swaps = SwapConfig {
+    let mut swaps = SwapConfig {
         steps: step_settings(prepull, drain),
         ..swap_config(dir.path(), 2)
     };
+    // Readable at start (there is none), unwritable once the loop runs.
+    let journal_dir = dir.path().join("journal");
+    if journal_blocked {
+        swaps.journal = Journal::new(&journal_dir, "web-1");
+    }
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
         control.write_dropin(&phase.plan.new).await.unwrap();
@@ -213,6 +222,9 @@ async fn start_with(setup: Setup<'_>) -> World {
         let _ = stopped.await;
     }));
     eventually("registered before the offer", || registered(&registry)).await;
+    if journal_blocked {
+        std::fs::write(&journal_dir, "a file where the journal's directory goes").unwrap();
+    }
     if let Some(other) = slot_taken_by {
         let taken = slots.join(who(other)).acquire(offered).await.unwrap();
         assert_eq!(taken, Acquisition::Acquired);
@@ -620,4 +632,32 @@ async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_repo
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
     world.finish().await;
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_drops_the_attempt_before_anything_is_done() {
+    let world = start_with(Setup {
+        journal_blocked: true,
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    // Offered again at every check, dropped every time.
+    let checks = world.source.checks();
+    eventually("two more checks", || world.source.checks() >= checks + 2).await;
+    assert_eq!(world.events(), [], "no event for an attempt never recorded");
+    assert_eq!(
+        world.control.calls(),
+        [],
+        "no pre-pull, no drop-in, no restart"
+    );
+    assert!(world.slots.holders().is_empty());
+    assert!(registered(&world.registry));
+    let (history, _dir) = world.finish().await;
+    let withdrawn = history[..history.len() - 1]
+        .iter()
+        .any(|d| matches!(d, Desired::Absent));
+    assert!(
+        !withdrawn,
+        "never deregistered before the stop: {history:?}"
+    );
 }
