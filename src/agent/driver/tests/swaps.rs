@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::*;
+use crate::agent::driver::act::JOURNAL_RETRY;
 use crate::agent::machine::swap::{SwapPhase, SwapPlan};
 use crate::agent::update::fixtures::{self, step_settings, swap_config, update_settings, who};
 use crate::agent::update::journal::Journal;
@@ -137,6 +138,8 @@ struct Setup<'a> {
     prepull: Vec<String>,
     /// The journal's directory turns into a file once the loop runs: every journal write fails.
     journal_blocked: bool,
+    /// The journal lives in its own directory, so that a test can block it ([`World::block_journal`]).
+    journal_apart: bool,
 }
 
 impl<'a> Setup<'a> {
@@ -149,6 +152,7 @@ impl<'a> Setup<'a> {
             slot_taken_by: None,
             prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
             journal_blocked: false,
+            journal_apart: false,
         }
     }
 }
@@ -163,6 +167,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         slot_taken_by,
         prepull,
         journal_blocked,
+        journal_apart,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -180,7 +185,7 @@ async fn start_with(setup: Setup<'_>) -> World {
     };
     // Readable at start (there is none), unwritable once the loop runs.
     let journal_dir = dir.path().join("journal");
-    if journal_blocked {
+    if journal_blocked || journal_apart {
         swaps.journal = Journal::new(&journal_dir, "web-1");
     }
     if let Some(phase) = &journaled {
@@ -243,6 +248,21 @@ async fn start_with(setup: Setup<'_>) -> World {
 }
 
 impl World {
+    /// Every journal write fails from now on (the journal's directory moves away and a file takes
+    /// its place); needs `Setup::journal_apart`.
+    fn block_journal(&self) {
+        let journal = self.dir.path().join("journal");
+        std::fs::rename(&journal, self.dir.path().join("journal.away")).unwrap();
+        std::fs::write(&journal, "a file where the journal's directory goes").unwrap();
+    }
+
+    /// Undoes [`Self::block_journal`].
+    fn unblock_journal(&self) {
+        let journal = self.dir.path().join("journal");
+        std::fs::remove_file(&journal).unwrap();
+        std::fs::rename(self.dir.path().join("journal.away"), &journal).unwrap();
+    }
+
     fn events(&self) -> Vec<Event> {
         self.source.events().into_iter().map(|e| e.event).collect()
     }
@@ -660,4 +680,43 @@ async fn a_journal_that_cannot_be_written_drops_the_attempt_before_anything_is_d
         !withdrawn,
         "never deregistered before the stop: {history:?}"
     );
+}
+
+#[tokio::test]
+async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_it_is_written() {
+    let world = start_with(Setup {
+        journal_apart: true,
+        ..Setup::new("2.0.0", "none", Duration::from_millis(300))
+    })
+    .await;
+    eventually("deregistered for the swap", || {
+        world.registry.history().contains(&Desired::Absent)
+    })
+    .await;
+    // Draining now: the fence's record (the next write) fails.
+    world.block_journal();
+    let writes_drop_in = |calls: &[ControlCall]| {
+        calls
+            .iter()
+            .any(|c| matches!(c, ControlCall::WriteDropIn(_)))
+    };
+    // Held over the drain and more than one retry: nothing further happens unrecorded. (An
+    // absence can only be watched for a while.)
+    tokio::time::sleep(Duration::from_millis(300) + JOURNAL_RETRY + JOURNAL_RETRY / 2).await;
+    assert!(
+        !writes_drop_in(&world.control.calls()),
+        "the drop-in was written with its step unrecorded: {:?}",
+        world.control.calls()
+    );
+    assert!(
+        !registered(&world.registry),
+        "held in place: still out of the load balancer"
+    );
+    world.unblock_journal();
+    eventually("3/1 once the journal takes the record", || {
+        world.events().contains(&Event::UpdateComplete)
+    })
+    .await;
+    assert!(writes_drop_in(&world.control.calls()));
+    world.finish().await;
 }
