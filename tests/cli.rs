@@ -365,3 +365,53 @@ fn check_config_refuses_a_coreos_public_ipv4_that_is_not_a_host_with_exit_2() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_second_run_for_the_same_unit_exits_2_naming_the_held_journal_lock() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let file = root.path().join("web.toml");
+    let text = format!(
+        "{}\n[daemon]\nstate_dir = \"{}\"\ncontrol_socket = \"\"\n",
+        std::fs::read_to_string(example_config()).unwrap(),
+        state.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    // The first daemon of the unit, as far as the lock goes.
+    let first = sidekick::agent::update::Journal::new(&state, "example-web-1")
+        .lock()
+        .unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_sidekick"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("SIDEKICK_CONFIG_ROOT", root.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "a second daemon of the unit ran on: {stderr}"
+    );
+    assert!(
+        stderr.contains("another sidekick runs for this instance")
+            && stderr.contains("example-web-1.lock"),
+        "{stderr}"
+    );
+    drop(first);
+}

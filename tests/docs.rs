@@ -1,6 +1,6 @@
 //! The shipped docs and units point only at things that exist: relative links resolve inside the
-//! repository, nothing names a file that is not in it, and each unit's `Documentation=` is a doc
-//! the operator guide installs.
+//! repository, nothing names a file that is not in it, every `src/…` path README.md and docs/*.md
+//! name exists, and each unit's `Documentation=` is a doc the operator guide installs.
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,65 @@ fn relative_links_in_the_docs_resolve_inside_the_repository() {
         }
     }
     assert!(broken.is_empty(), "links to nothing: {broken:#?}");
+}
+
+/// README.md and docs/*.md: the docs that describe the source tree.
+fn source_docs() -> Vec<PathBuf> {
+    let mut files = vec![repo().join("README.md")];
+    for entry in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Every `src/…` path in `text`: from `src/` (not inside a longer word) up to the first
+/// character that cannot be part of a path, without a sentence's closing `.`.
+fn source_paths(text: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (at, _) in text.match_indices("src/") {
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '.')) {
+            continue;
+        }
+        let path: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'))
+            .collect();
+        paths.push(path.trim_end_matches('.').to_string());
+    }
+    paths
+}
+
+#[test]
+fn source_paths_are_read_whole_and_not_from_inside_other_paths() {
+    let text = "see `src/agent/machine/swap.rs`, src/slot/. and examples/x/src/main.rs";
+    assert_eq!(
+        source_paths(text),
+        vec!["src/agent/machine/swap.rs", "src/slot/"]
+    );
+}
+
+#[test]
+fn every_source_path_the_docs_name_exists() {
+    let mut missing = Vec::new();
+    let mut named = 0;
+    for file in source_docs() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for path in source_paths(&text) {
+            named += 1;
+            if !repo().join(&path).exists() {
+                missing.push(format!("{} names {path}", relative(&file)));
+            }
+        }
+    }
+    assert!(
+        named > 0,
+        "the docs name no source path at all: is the scan broken?"
+    );
+    assert!(missing.is_empty(), "paths to nothing: {missing:#?}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, info_span};
 
+use crate::agent::update::journal::{JournalError, JournalLock};
 use crate::agent::update::{Denylist, Journal, StepSettings, SwapConfig, UpdatePass};
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
@@ -97,6 +98,11 @@ pub fn main(cli: &Cli, args: &RunArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_CONFIG);
         }
         World::Configured
+    };
+    // One daemon per unit: a second one would swap the same unit beside the first.
+    let _journal_lock = match lock_journal(&settings, &world, args.dry_run) {
+        Ok(lock) => lock,
+        Err(code) => return code,
     };
     // An address that cannot be announced is a configuration problem: exit 2, no restart loop.
     let host = match announced_host(settings.registration.host.as_deref()) {
@@ -296,6 +302,30 @@ async fn run(
     drop(control);
     drop(follower);
     Ok(report)
+}
+
+/// The exclusive lock on this instance's journal, for a daemon that applies updates (a dry run
+/// writes no journal and takes none). A second daemon of the unit exits 2 saying so; a lock that
+/// cannot be taken for another reason is logged, and the swap's journal writes will say more.
+fn lock_journal(
+    settings: &Settings,
+    world: &World,
+    dry_run: bool,
+) -> Result<Option<JournalLock>, ExitCode> {
+    if dry_run || !settings.update.enabled || !matches!(world, World::Configured) {
+        return Ok(None);
+    }
+    match Journal::new(&settings.daemon.state_dir, &settings.instance.name).lock() {
+        Ok(lock) => Ok(Some(lock)),
+        Err(err @ JournalError::Locked { .. }) => {
+            eprintln!("sidekick: {err}");
+            Err(ExitCode::from(super::EXIT_CONFIG))
+        }
+        Err(err) => {
+            tracing::warn!(kind = err.kind(), "{err}");
+            Ok(None)
+        }
+    }
 }
 
 /// The registration's keys and values for `settings`, announcing `host`.

@@ -191,5 +191,4 @@ const KEYS: &[Key] = &[
 ];
 
 #[cfg(test)]
-#[path = "reload/tests.rs"]
 mod tests;

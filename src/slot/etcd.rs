@@ -171,10 +171,12 @@ impl SlotLock for EtcdSlots {
 
     async fn release(&self) -> Result<(), SlotError> {
         let mut state = self.state.lock().await;
-        let released = match self.client().await {
-            Ok(mut client) => release_holder(&mut client, &self.group, &self.who.holder).await,
-            Err(err) => Err(err),
+        let held = match (&state.key, &state.lease) {
+            (Some(key), Some(lease)) => Some((key.as_str(), lease.id())),
+            _ => None,
         };
+        // Only our own key: a clone's (the same holder id on another host) stays.
+        let released = self.delete_ours(held).await;
         if let Ok(keys) = &released {
             for key in keys {
                 tracing::info!(group = %self.group, %key, "update slot released");

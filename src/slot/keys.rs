@@ -23,6 +23,12 @@ pub fn slot_key(group: &str, index: u32) -> String {
     format!("{SLOT_PREFIX}{group}/{index}")
 }
 
+/// The group and slot index of a slot key (`/sidekick/slots/<group>/<n>`); `None` for any other
+/// key. A group may hold `/`: the index is what follows the last one.
+pub fn parse_slot_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(SLOT_PREFIX)?.rsplit_once('/')
+}
+
 /// Prefix of every stored limit.
 pub const LIMIT_PREFIX: &str = "/sidekick/limits/";
 
@@ -245,6 +251,16 @@ pub async fn release_holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_key_parses_back_to_its_group_and_index() {
+        assert_eq!(
+            parse_slot_key(&slot_key("app/stable", 3)),
+            Some(("app/stable", "3"))
+        );
+        assert_eq!(parse_slot_key("/sidekick/limits/app/stable"), None);
+        assert_eq!(parse_slot_key("/sidekick/slots/nogroup"), None);
+    }
 
     #[test]
     fn keys_follow_the_documented_layout() {

@@ -160,3 +160,26 @@ async fn a_clone_with_the_same_holder_id_on_another_host_does_not_take_over_the_
     );
     assert_eq!(read_group(&mut client, GROUP).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_clones_release_leaves_the_slot_another_host_holds() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let first = slots(&client, super::max(2), "same-id").with_host(host("node-a"));
+    let clone = slots(&client, super::max(2), "same-id").with_host(host("node-b"));
+    assert_eq!(first.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    // A clone that holds nothing (refused as a duplicate, or never asked) releases.
+    let got = clone.acquire("2.0.0").await.unwrap();
+    assert!(matches!(got, Acquisition::Busy { .. }), "{got:?}");
+    clone.release().await.unwrap();
+    let keys = read_group(&mut client, GROUP).await.unwrap();
+    assert_eq!(keys.len(), 1, "the other host's slot stays: {keys:?}");
+    assert_eq!(keys[0].value.clone().unwrap().host, Some(host("node-a")));
+    assert_eq!(first.held().await.unwrap(), Holding::Held);
+    // Its own release still frees it.
+    first.release().await.unwrap();
+    assert!(read_group(&mut client, GROUP).await.unwrap().is_empty());
+}

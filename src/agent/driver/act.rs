@@ -9,14 +9,17 @@ use tracing::info;
 
 use super::loop_state::LoopState;
 use super::{Driver, DriverReport, SHUTDOWN_DEADLINE};
-use crate::agent::machine::state::{Action, Phase};
-use crate::agent::machine::swap::{Stage, SwapAction};
+use crate::agent::machine::state::{Action, Observation, Phase};
+use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation};
 use crate::agent::update::steps::SlowStep;
 use crate::dry_run::would;
 use crate::health::Probe;
 use crate::notify::{self, NotifyState};
 use crate::registry::Registry;
 use crate::systemd::control::UnitControl;
+
+/// How long a swap held on a failed journal write waits before writing again.
+pub const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the driver carries this swap action out itself, at once, rather than as a slow step.
 fn is_inline(action: &SwapAction) -> bool {
@@ -39,6 +42,19 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         actions: Vec<Action>,
         state: &mut LoopState<C>,
     ) -> Option<Vec<SwapAction>> {
+        let stopping = actions.iter().any(|a| matches!(a, Action::Stop));
+        // Held actions go first: what follows them waits with them.
+        let actions = match state.unrecorded.take() {
+            Some((mut held, at)) if !stopping => {
+                held.extend(actions);
+                state.unrecorded = Some((held, at));
+                return None;
+            }
+            _ => actions,
+        };
+        if !self.journaled(&actions, state) {
+            return None;
+        }
         let mut batch = Vec::new();
         for action in actions {
             match action {
@@ -66,6 +82,55 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             });
         }
         None
+    }
+
+    /// Journals the swap's phase before any of `actions` runs; false when they must not run. The
+    /// journal fails closed: a phase it cannot record before the deregistration drops the attempt
+    /// (the machine is told, nothing of the batch is done); after it, the actions are held in
+    /// place and the write is tried again every [`JOURNAL_RETRY`] before any of them runs. A stop
+    /// goes ahead unrecorded.
+    fn journaled(&mut self, actions: &[Action], state: &mut LoopState<C>) -> bool {
+        let (Phase::Updating(swap), Some(updates)) = (&self.agent.phase, &self.seams.updates)
+        else {
+            return true;
+        };
+        if actions.is_empty() {
+            return true;
+        }
+        let Err(err) = updates.journal(swap) else {
+            return true;
+        };
+        let stopping = actions.iter().any(|a| matches!(a, Action::Stop));
+        let before_deregistration = matches!(
+            swap.stage,
+            Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Deregistering
+        );
+        if before_deregistration && !stopping {
+            tracing::error!(instance = %self.options.instance, error = %err, kind = err.kind(),
+                "failed to journal the swap before the deregistration: dropping the attempt, staying registered");
+            state
+                .pending
+                .push_back(Observation::Swap(SwapObservation::JournalFailed));
+            return false;
+        }
+        if stopping {
+            tracing::error!(instance = %self.options.instance, error = %err, kind = err.kind(),
+                "failed to journal the swap step on the way out; the next start resumes from the last record");
+            return true;
+        }
+        tracing::error!(instance = %self.options.instance, error = %err, kind = err.kind(),
+            "failed to journal the swap step: holding the swap in place, trying again in {JOURNAL_RETRY:?}");
+        state.unrecorded = Some((actions.to_vec(), Instant::now() + JOURNAL_RETRY));
+        false
+    }
+
+    /// Tries the held actions again: their journal write first.
+    pub(super) fn retry_unrecorded(&mut self, state: &mut LoopState<C>) {
+        if let Some((held, _)) = state.unrecorded.take() {
+            // Held actions never stop the driver: a stop goes ahead unrecorded.
+            let stop = self.act(held, state);
+            debug_assert!(stop.is_none(), "a stop is never held");
+        }
     }
 
     /// Stops: what the swap gives back on the way out (a slot not yet used), then the lease.
@@ -99,7 +164,6 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // Events report the version the instance ran before the swap.
         let current = match &self.agent.phase {
             Phase::Updating(swap) => {
-                updates.journal(swap);
                 if let Stage::Stranded { .. } = swap.stage {
                     tracing::error!(instance = %self.options.instance, "{}", swap.status());
                 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::READY_WAIT;
-use crate::agent::machine::state::Observation;
+use crate::agent::machine::state::{Action, Observation};
 use crate::agent::machine::swap::{SwapAction, SwapPhase};
 use crate::agent::update::UpdatePass;
 use crate::agent::update::pass::PassResult;
@@ -50,6 +50,9 @@ pub(super) struct LoopState<C: UnitControl> {
     pub(super) recovered: Option<(SwapPhase, Vec<SwapAction>)>,
     /// The last STATUS line sent.
     pub(super) status: String,
+    /// Actions held in place because the journal could not record the swap's phase after the
+    /// deregistration, and when the write is tried again.
+    pub(super) unrecorded: Option<(Vec<Action>, Instant)>,
 }
 
 impl<C: UnitControl> LoopState<C> {
@@ -79,6 +82,7 @@ impl<C: UnitControl> LoopState<C> {
             passing: None,
             recovered: None,
             status: String::new(),
+            unrecorded: None,
         }
     }
 }

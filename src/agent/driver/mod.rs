@@ -253,6 +253,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     None => return None,
                 }
             }
+            _ = sleep_until_some(state.unrecorded.as_ref().map(|(_, at)| *at)), if state.unrecorded.is_some() => {
+                self.retry_unrecorded(state);
+                return None;
+            }
             ask = asks::next_ask(&mut self.asks) => {
                 // One that comes while a pass is out is answered with its result.
                 if self.take_ask(ask, can_pass || state.passing.is_some()) {

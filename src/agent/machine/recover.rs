@@ -9,7 +9,8 @@ use crate::systemd::control::RunningVersion;
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
 ///
-/// - Nothing touched the instance yet (pre-pull, slot): release the slot, no event.
+/// - Pre-pulling: no slot was asked for; clear the journal, no event.
+/// - Nothing touched the instance yet (slot): release the slot, no event.
 /// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
 ///   release.
 /// - The drop-in may be written (write, restart, verify): when systemd reports the new version,
@@ -26,7 +27,10 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
     let (stage, actions) = match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing => (
+        // No slot was asked for yet: nothing to release (a release could only hit another
+        // holder's key).
+        Stage::Prepulling => (Stage::Finished, vec![SwapAction::ClearJournal]),
+        Stage::AcquiringSlot { .. } | Stage::Releasing => (
             Stage::Releasing,
             vec![SwapAction::ReleaseSlot { retry: false }],
         ),
@@ -76,4 +80,204 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::agent::machine::fixtures::{at, dropin, failure};
+
+    fn running(version: &str) -> RunningVersion {
+        RunningVersion {
+            version: Some(version.into()),
+            image: Some(format!("example/web:{version}")),
+        }
+    }
+
+    fn restore() -> SwapAction {
+        SwapAction::RestoreAndRestart {
+            previous: at(Stage::Finished).previous,
+            old: dropin("1.0.0"),
+        }
+    }
+
+    #[test]
+    fn recovery_while_prepulling_only_clears_the_journal_and_sends_no_release() {
+        let journaled = SwapPhase {
+            slot_held: false,
+            ..at(Stage::Prepulling)
+        };
+        let (phase, actions) = recover(journaled, &running("1.0.0"));
+        assert_eq!(actions, [SwapAction::ClearJournal]);
+        assert_eq!(phase.stage, Stage::Finished);
+        assert!(phase.allows_registration());
+    }
+
+    #[test]
+    fn recovery_before_deregistering_only_gives_the_slot_back() {
+        for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
+            let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+            assert_eq!(
+                actions,
+                [SwapAction::ReleaseSlot { retry: false }],
+                "{stage:?}"
+            );
+            assert_eq!(phase.stage, Stage::Releasing);
+            assert!(phase.allows_registration());
+        }
+    }
+
+    #[test]
+    fn recovery_after_deregistering_but_before_the_dropin_serves_again_and_reports_3_0_generic() {
+        for stage in [Stage::Deregistering, Stage::Draining, Stage::Fencing] {
+            let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+            assert_eq!(
+                actions,
+                [
+                    SwapAction::SendEvent(Event::Failed { error_code: 1 }),
+                    SwapAction::ReleaseSlot { retry: false },
+                ],
+                "{stage:?}"
+            );
+            assert_eq!(phase.stage, Stage::Releasing);
+        }
+    }
+
+    #[test]
+    fn recovery_with_the_new_version_running_verifies_it_and_finishes_with_3_1() {
+        for stage in [
+            Stage::WritingDropIn,
+            Stage::Restarting,
+            Stage::Verifying { passes: 1 },
+        ] {
+            let (mut phase, actions) = recover(at(stage.clone()), &running("2.0.0"));
+            if stage != (Stage::Verifying { passes: 1 }) {
+                // Reloaded but maybe not restarted: restart onto the new version first.
+                assert_eq!(actions, [SwapAction::Restart], "{stage:?}");
+                assert_eq!(phase.stage, Stage::Restarting);
+                let (next, actions) = swap::step(phase, swap::SwapObservation::Restarted(Ok(())));
+                assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{stage:?}");
+                phase = next;
+            } else {
+                assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{stage:?}");
+            }
+            assert_eq!(phase.stage, Stage::Verifying { passes: 0 });
+            assert!(!phase.unit_active, "the unit must be seen active again");
+            let (phase, _) = swap::step(
+                phase,
+                swap::SwapObservation::Unit(crate::systemd::ActiveState::Active),
+            );
+            let (phase, _) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+            let (phase, actions) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+            assert_eq!(actions, [SwapAction::Register]);
+            let (_, actions) = swap::step(phase, swap::SwapObservation::Registered);
+            assert_eq!(actions[0], SwapAction::SendEvent(Event::UpdateComplete));
+        }
+    }
+
+    #[test]
+    fn recovery_with_the_old_version_running_rolls_back_without_blaming_the_version() {
+        for observed in [running("1.0.0"), RunningVersion::default()] {
+            for stage in [
+                Stage::WritingDropIn,
+                Stage::Restarting,
+                Stage::Verifying { passes: 1 },
+            ] {
+                let (phase, actions) = recover(at(stage.clone()), &observed);
+                assert_eq!(actions, [restore()], "{stage:?}");
+                let Stage::RollingBack { failure } = &phase.stage else {
+                    panic!("{stage:?} recovered to {:?}", phase.stage);
+                };
+                assert_eq!(failure.code, error_code::GENERIC);
+                assert!(!failure.halt);
+                // Once the old version is back: 3/0 generic, and neither halt nor denylist.
+                let (phase, _) = swap::step(phase, swap::SwapObservation::Restarted(Ok(())));
+                let (phase, _) = swap::step(
+                    phase,
+                    swap::SwapObservation::Unit(crate::systemd::ActiveState::Active),
+                );
+                let (phase, _) = swap::step(phase, swap::SwapObservation::Probe { passed: true });
+                let (phase, actions) =
+                    swap::step(phase, swap::SwapObservation::Probe { passed: true });
+                assert_eq!(actions, [SwapAction::Register]);
+                let (_, actions) = swap::step(phase, swap::SwapObservation::Registered);
+                assert_eq!(
+                    actions,
+                    [
+                        SwapAction::SendEvent(Event::Failed { error_code: 1 }),
+                        SwapAction::ReleaseSlot { retry: false },
+                    ]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recovery_mid_rollback_restores_again_and_keeps_the_recorded_failure() {
+        for stage in [
+            Stage::RollingBack {
+                failure: failure(true),
+            },
+            Stage::VerifyingOld {
+                failure: failure(true),
+                passes: 1,
+            },
+            Stage::Stranded {
+                failure: failure(true),
+                why: "w".into(),
+            },
+        ] {
+            for observed in [running("1.0.0"), running("2.0.0")] {
+                let (phase, actions) = recover(at(stage.clone()), &observed);
+                assert_eq!(actions, [restore()], "{stage:?}");
+                assert_eq!(
+                    phase.stage,
+                    Stage::RollingBack {
+                        failure: failure(true)
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recovery_of_a_finished_swap_only_clears_the_journal() {
+        let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"));
+        assert_eq!(actions, [SwapAction::ClearJournal]);
+        assert_eq!(phase.stage, Stage::Finished);
+    }
+
+    #[test]
+    fn recovery_while_registering_again_registers_and_then_reports_the_recorded_outcome() {
+        let cases = [
+            (None, vec![SwapAction::SendEvent(Event::UpdateComplete)]),
+            (
+                Some(failure(true)),
+                vec![
+                    SwapAction::SendEvent(Event::Failed {
+                        error_code: error_code::UNHEALTHY_AFTER_SWAP,
+                    }),
+                    SwapAction::Halt {
+                        version: "2.0.0".into(),
+                        reason: "2.0.0 not healthy".into(),
+                    },
+                    SwapAction::Denylist {
+                        version: "2.0.0".into(),
+                    },
+                ],
+            ),
+        ];
+        for (recorded, report) in cases {
+            let stage = Stage::Registering {
+                failure: recorded.clone(),
+            };
+            for observed in [running("1.0.0"), running("2.0.0")] {
+                let (phase, actions) = recover(at(stage.clone()), &observed);
+                assert_eq!(actions, [SwapAction::Register], "{stage:?}");
+                assert_eq!(phase.stage, stage);
+                let (phase, actions) = swap::step(phase, swap::SwapObservation::Registered);
+                let mut expected = report.clone();
+                expected.push(SwapAction::ReleaseSlot { retry: false });
+                assert_eq!(actions, expected, "{stage:?}");
+                assert_eq!(phase.stage, Stage::Releasing);
+            }
+        }
+    }
+}

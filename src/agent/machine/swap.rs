@@ -186,6 +186,20 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
     let (stage, actions) = match (stage, observation) {
         (stage, O::Shutdown) => return shutdown(phase, stage),
+        // The journal fails closed: an attempt it cannot record before the deregistration is
+        // dropped (release what may be held, stay registered, no event).
+        (
+            Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Deregistering,
+            O::JournalFailed,
+        ) => {
+            let mut actions = match phase.slot_held {
+                true => vec![SwapAction::ReleaseSlot { retry: false }],
+                false => Vec::new(),
+            };
+            actions.push(SwapAction::ClearJournal);
+            phase.slot_held = false;
+            (Stage::Finished, actions)
+        }
         (Stage::Prepulling, O::Prepulled(Ok(()))) => {
             phase.slot_held = true;
             let version = phase.plan.new.version.clone();
@@ -434,13 +448,14 @@ fn strand(failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
 fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
     match stage {
         Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+            // A release from a stage that holds no slot could only hit another holder's key.
+            let mut actions = match phase.slot_held {
+                true => vec![SwapAction::ReleaseSlot { retry: false }],
+                false => Vec::new(),
+            };
+            actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;
-            let actions = vec![
-                SwapAction::ReleaseSlot { retry: false },
-                SwapAction::ClearJournal,
-                SwapAction::Stop,
-            ];
             (phase, actions)
         }
         other => {

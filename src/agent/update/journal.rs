@@ -35,6 +35,12 @@ pub enum JournalError {
     },
     #[error("the swap journal {} has format {found}, this sidekick reads format {FORMAT}", path.display())]
     Format { path: PathBuf, found: u32 },
+    #[error(
+        "another sidekick runs for this instance: its journal lock {} is held; one daemon per \
+         unit (check `systemctl status` for a second sidekick of this unit)",
+        path.display()
+    )]
+    Locked { path: PathBuf },
 }
 
 impl JournalError {
@@ -44,6 +50,7 @@ impl JournalError {
             JournalError::Io { .. } => "io",
             JournalError::Malformed { .. } => "malformed",
             JournalError::Format { .. } => "format",
+            JournalError::Locked { .. } => "locked",
         }
     }
 }
@@ -55,6 +62,12 @@ struct Record {
     format: u32,
     instance: String,
     swap: SwapPhase,
+}
+
+/// The exclusive lock on an instance's journal, held while it lives: one daemon per unit.
+#[derive(Debug)]
+pub struct JournalLock {
+    _file: std::fs::File,
 }
 
 /// One instance's journal file.
@@ -76,6 +89,36 @@ impl Journal {
     /// Where the journal lives.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the journal's lock lives: beside the journal, not on it, since each write replaces
+    /// the journal's file (a lock on it would be left on the old one) and the end of a swap
+    /// removes it.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+
+    /// Takes the exclusive lock on this instance's journal (`flock`), for as long as the returned
+    /// value lives; refused with [`JournalError::Locked`] while another process holds it.
+    pub fn lock(&self) -> Result<JournalLock, JournalError> {
+        let path = self.lock_path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| self.io(source))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(JournalLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked { path }),
+            Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io { path, source }),
+        }
     }
 
     /// Records the swap's phase, replacing the previous record atomically.
@@ -133,6 +176,30 @@ mod tests {
     use super::*;
     use crate::agent::machine::fixtures::{at, every_stage};
     use crate::agent::machine::swap::Stage;
+
+    #[test]
+    fn a_second_lock_on_an_instances_journal_is_refused_naming_the_file_until_the_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path(), "web-1");
+        let held = journal.lock().unwrap();
+        // A second daemon of the same unit: its own open of the lock file.
+        let err = Journal::new(dir.path(), "web-1").lock().unwrap_err();
+        assert!(matches!(err, JournalError::Locked { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains(&journal.lock_path().display().to_string()),
+            "{err}"
+        );
+        // Another instance on the same host is not excluded.
+        let other = Journal::new(dir.path(), "web-2").lock();
+        assert!(other.is_ok(), "{other:?}");
+        drop(held);
+        assert!(journal.lock().is_ok(), "free once the first daemon is gone");
+        // The journal itself is written and removed beside the lock.
+        journal.write(&at(Stage::Draining)).unwrap();
+        journal.clear().unwrap();
+        assert!(journal.lock_path().exists());
+    }
 
     #[test]
     fn every_journaled_step_reads_back_as_written_and_clear_removes_the_file() {

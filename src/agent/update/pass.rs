@@ -14,7 +14,7 @@ use std::time::Duration;
 use semver::Version;
 use tracing::{error, info, warn};
 
-use super::journal::Journal;
+use super::journal::{Journal, JournalError};
 use super::policy::{self, CheckResult, Denylist, OfferRules, Poller};
 use super::steps::{self, SlowStep, StepSettings, SwapSeams};
 use crate::agent::machine::swap::{SwapAction, SwapPhase, SwapPlan};
@@ -204,12 +204,11 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         self.config.verify_timeout
     }
 
-    /// Records `phase` before its side effects.
-    pub fn journal(&self, phase: &SwapPhase) {
-        if !self.config.dry_run
-            && let Err(err) = self.config.journal.write(phase)
-        {
-            error!(error = %err, kind = err.kind(), "failed to journal the swap step; a crash now would leave it unrecorded");
+    /// Records `phase` before its side effects (nothing in a dry run).
+    pub fn journal(&self, phase: &SwapPhase) -> Result<(), JournalError> {
+        match self.config.dry_run {
+            true => Ok(()),
+            false => self.config.journal.write(phase),
         }
     }
 

@@ -5,7 +5,13 @@
 //! goes too. A key naming this holder id on another host belongs to a clone (the duplicate-holder
 //! rule of [`super::acquire`]) and is left alone.
 //!
+//!
+//! A release ([`SlotLock::release`]) deletes only this holder's own key the same way: the key it
+//! holds, compared on the value read and on its lease; or, holding none (the first release after
+//! a restart), the keys of this holder id on this host, compared on the value and lease read.
+//!
 //! [`SlotLock::release_stale`]: crate::slot::SlotLock::release_stale
+//! [`SlotLock::release`]: crate::slot::SlotLock::release
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
@@ -39,6 +45,33 @@ impl EtcdSlots {
             .into_iter()
             .map(|(key, lease)| format!("{key} (lease {lease:x})"))
             .collect())
+    }
+
+    /// Deletes this holder's own slot (see the module doc): `held` is the key and lease it holds,
+    /// if any. A clone's key (this holder id on another host) is never touched.
+    pub(super) async fn delete_ours(
+        &self,
+        held: Option<(&str, i64)>,
+    ) -> Result<Vec<String>, SlotError> {
+        let mut released = Vec::new();
+        for entry in self.own_entries().await? {
+            let lease = match held {
+                Some((key, _)) if key != entry.key => continue,
+                Some((_, lease)) => lease,
+                None => entry.lease,
+            };
+            let key = entry.key.as_str();
+            let txn = Txn::new()
+                .when([
+                    Compare::value(key, CompareOp::Equal, entry.raw.clone()),
+                    Compare::lease(key, CompareOp::Equal, lease),
+                ])
+                .and_then([TxnOp::delete(key, None)]);
+            if self.client().await?.txn(txn).await?.succeeded() {
+                released.push(entry.key);
+            }
+        }
+        Ok(released)
     }
 
     /// The group's keys naming this holder id and this host; a clone's are logged and skipped.

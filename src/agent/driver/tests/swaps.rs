@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::*;
+use crate::agent::driver::act::JOURNAL_RETRY;
 use crate::agent::machine::swap::{SwapPhase, SwapPlan};
 use crate::agent::update::fixtures::{self, step_settings, swap_config, update_settings, who};
 use crate::agent::update::journal::Journal;
@@ -135,6 +136,10 @@ struct Setup<'a> {
     slot_taken_by: Option<&'a str>,
     /// `swap.prepull`.
     prepull: Vec<String>,
+    /// The journal's directory turns into a file once the loop runs: every journal write fails.
+    journal_blocked: bool,
+    /// The journal lives in its own directory, so that a test can block it ([`World::block_journal`]).
+    journal_apart: bool,
 }
 
 impl<'a> Setup<'a> {
@@ -146,6 +151,8 @@ impl<'a> Setup<'a> {
             journaled: None,
             slot_taken_by: None,
             prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+            journal_blocked: false,
+            journal_apart: false,
         }
     }
 }
@@ -159,6 +166,8 @@ async fn start_with(setup: Setup<'_>) -> World {
         journaled,
         slot_taken_by,
         prepull,
+        journal_blocked,
+        journal_apart,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -170,10 +179,15 @@ async fn start_with(setup: Setup<'_>) -> World {
     let registry = MemoryRegistry::new();
     let dir = tempfile::tempdir().unwrap();
     let settings = update_settings(Duration::from_millis(50));
-    let swaps = SwapConfig {
+    let mut swaps = SwapConfig {
         steps: step_settings(prepull, drain),
         ..swap_config(dir.path(), 2)
     };
+    // Readable at start (there is none), unwritable once the loop runs.
+    let journal_dir = dir.path().join("journal");
+    if journal_blocked || journal_apart {
+        swaps.journal = Journal::new(&journal_dir, "web-1");
+    }
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
         control.write_dropin(&phase.plan.new).await.unwrap();
@@ -213,6 +227,9 @@ async fn start_with(setup: Setup<'_>) -> World {
         let _ = stopped.await;
     }));
     eventually("registered before the offer", || registered(&registry)).await;
+    if journal_blocked {
+        std::fs::write(&journal_dir, "a file where the journal's directory goes").unwrap();
+    }
     if let Some(other) = slot_taken_by {
         let taken = slots.join(who(other)).acquire(offered).await.unwrap();
         assert_eq!(taken, Acquisition::Acquired);
@@ -231,6 +248,21 @@ async fn start_with(setup: Setup<'_>) -> World {
 }
 
 impl World {
+    /// Every journal write fails from now on (the journal's directory moves away and a file takes
+    /// its place); needs `Setup::journal_apart`.
+    fn block_journal(&self) {
+        let journal = self.dir.path().join("journal");
+        std::fs::rename(&journal, self.dir.path().join("journal.away")).unwrap();
+        std::fs::write(&journal, "a file where the journal's directory goes").unwrap();
+    }
+
+    /// Undoes [`Self::block_journal`].
+    fn unblock_journal(&self) {
+        let journal = self.dir.path().join("journal");
+        std::fs::remove_file(&journal).unwrap();
+        std::fs::rename(self.dir.path().join("journal.away"), &journal).unwrap();
+    }
+
     fn events(&self) -> Vec<Event> {
         self.source.events().into_iter().map(|e| e.event).collect()
     }
@@ -619,5 +651,72 @@ async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_repo
     assert_eq!(running.version.as_deref(), Some("1.0.0"));
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_drops_the_attempt_before_anything_is_done() {
+    let world = start_with(Setup {
+        journal_blocked: true,
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    // Offered again at every check, dropped every time.
+    let checks = world.source.checks();
+    eventually("two more checks", || world.source.checks() >= checks + 2).await;
+    assert_eq!(world.events(), [], "no event for an attempt never recorded");
+    assert_eq!(
+        world.control.calls(),
+        [],
+        "no pre-pull, no drop-in, no restart"
+    );
+    assert!(world.slots.holders().is_empty());
+    assert!(registered(&world.registry));
+    let (history, _dir) = world.finish().await;
+    let withdrawn = history[..history.len() - 1]
+        .iter()
+        .any(|d| matches!(d, Desired::Absent));
+    assert!(
+        !withdrawn,
+        "never deregistered before the stop: {history:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_it_is_written() {
+    let world = start_with(Setup {
+        journal_apart: true,
+        ..Setup::new("2.0.0", "none", Duration::from_millis(300))
+    })
+    .await;
+    eventually("deregistered for the swap", || {
+        world.registry.history().contains(&Desired::Absent)
+    })
+    .await;
+    // Draining now: the fence's record (the next write) fails.
+    world.block_journal();
+    let writes_drop_in = |calls: &[ControlCall]| {
+        calls
+            .iter()
+            .any(|c| matches!(c, ControlCall::WriteDropIn(_)))
+    };
+    // Held over the drain and more than one retry: nothing further happens unrecorded. (An
+    // absence can only be watched for a while.)
+    tokio::time::sleep(Duration::from_millis(300) + JOURNAL_RETRY + JOURNAL_RETRY / 2).await;
+    assert!(
+        !writes_drop_in(&world.control.calls()),
+        "the drop-in was written with its step unrecorded: {:?}",
+        world.control.calls()
+    );
+    assert!(
+        !registered(&world.registry),
+        "held in place: still out of the load balancer"
+    );
+    world.unblock_journal();
+    eventually("3/1 once the journal takes the record", || {
+        world.events().contains(&Event::UpdateComplete)
+    })
+    .await;
+    assert!(writes_drop_in(&world.control.calls()));
     world.finish().await;
 }

@@ -309,15 +309,12 @@ fn shutdown_mid_swap_stops_with_the_swaps_own_decision() {
     let (a, actions) = next(deregistered_mid_swap(), Shutdown);
     assert_eq!(actions, [Action::Stop]);
     assert_eq!(a.phase, Phase::Stopping);
+    // Pre-pulling, no slot asked for yet: nothing to release.
     let (a, _) = next(agent(1, 1, true), Observation::Offer(plan()));
     let (a, actions) = next(a, Shutdown);
     assert_eq!(
         actions,
-        [
-            Action::Swap(SwapAction::ReleaseSlot { retry: false }),
-            Action::Swap(SwapAction::ClearJournal),
-            Action::Stop,
-        ]
+        [Action::Swap(SwapAction::ClearJournal), Action::Stop]
     );
     assert!(!a.registered);
 }

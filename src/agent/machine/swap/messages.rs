@@ -47,6 +47,9 @@ pub enum SwapObservation {
     },
     /// SIGTERM or SIGINT.
     Shutdown,
+    /// The journal could not record the phase before the deregistration: nothing of the batch
+    /// was done.
+    JournalFailed,
 }
 
 /// What the driver must do for the swap, in order. It journals the new phase before performing

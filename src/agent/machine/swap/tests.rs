@@ -521,13 +521,47 @@ fn a_failed_release_is_retried_until_it_succeeds() {
 }
 
 #[test]
+fn a_journal_failure_before_the_deregistration_drops_the_attempt_with_no_event() {
+    let cases = [
+        (Stage::Prepulling, false, &[A::ClearJournal][..]),
+        (
+            Stage::AcquiringSlot { waiting: None },
+            true,
+            &[A::ReleaseSlot { retry: false }, A::ClearJournal][..],
+        ),
+        (
+            Stage::Deregistering,
+            true,
+            &[A::ReleaseSlot { retry: false }, A::ClearJournal][..],
+        ),
+    ];
+    for (stage, held, expected) in cases {
+        let phase = SwapPhase {
+            slot_held: held,
+            ..at(1, stage.clone())
+        };
+        let phase = run(phase, &[(O::JournalFailed, expected)]);
+        assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
+        assert!(phase.allows_registration() && !phase.slot_held, "{stage:?}");
+    }
+}
+
+#[test]
+fn shutdown_from_a_stage_that_holds_no_slot_sends_no_release() {
+    // A release from a holder that holds nothing can only hit someone else's key.
+    for stage in [Stage::Prepulling, Stage::Finished] {
+        let phase = SwapPhase {
+            slot_held: false,
+            ..at(1, stage.clone())
+        };
+        let phase = run(phase, &[(O::Shutdown, &[A::ClearJournal, A::Stop])]);
+        assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
+    }
+}
+
+#[test]
 fn shutdown_before_deregistering_drops_the_attempt_and_gives_the_slot_back() {
-    for stage in [
-        Stage::Prepulling,
-        Stage::AcquiringSlot { waiting: None },
-        Stage::Releasing,
-        Stage::Finished,
-    ] {
+    for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
         let phase = run(
             at(1, stage.clone()),
             &[(
