@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Serialises walkthrough runs across worktrees and test binaries on this machine.
+const MACHINE_LOCK: &str = "/tmp/sidekick-walkthrough.lock";
+
 /// Three consecutive free loopback ports after the returned base.
 fn free_port_base() -> u16 {
     for _ in 0..50 {
@@ -26,10 +29,14 @@ pub(super) struct World {
     pub(super) env: Vec<(String, String)>,
     _containers: Vec<images::Container>,
     _service: tokio::task::JoinHandle<()>,
+    /// Held for the whole test: the shipped unit names its containers `example-web-<n>` on the
+    /// one Docker engine, so two walkthroughs at once would stop each other's apps.
+    _machine_wide: std::fs::File,
 }
 
 impl World {
     pub(super) async fn start() -> World {
+        let machine_wide = tokio::task::block_in_place(|| images::lock_file(MACHINE_LOCK));
         // The update service starts empty: the walkthrough's first step creates the app.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -75,6 +82,7 @@ impl World {
                 .map(|n| images::Container::guard(&format!("example-web-{n}")))
                 .collect(),
             _service: service_task,
+            _machine_wide: machine_wide,
         }
     }
 
