@@ -155,6 +155,18 @@ fn check_config_unit_reads_that_instances_own_dropins_after_the_shared_ones() {
     assert!(!stdout.contains("web@2/"), "{stdout}");
 }
 
+#[test]
+fn status_with_unit_reads_that_instances_dropins_so_the_flag_is_not_ignored() {
+    let root = tempfile::tempdir().unwrap();
+    let own = root.path().join("etc/sidekick/config.d/web@2/10-etcd.toml");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+    std::fs::write(&own, "[etcd]\ntimeout = \"banana\"\n").unwrap();
+    let out = sidekick(root.path(), &["status", "--unit", "web@2.service"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}:2", own.display())), "{stderr}");
+}
+
 /// A valid configuration with `key = value` added (or replacing the same key), and the line the
 /// key is on.
 fn config_with(key: &str, value: &str) -> (String, usize) {

@@ -66,7 +66,7 @@ fn write_context(dir: &Path, version: &str) {
 }
 
 /// An exclusive `flock` on `path`, released when the file is dropped.
-fn lock_file(path: &str) -> File {
+pub fn lock_file(path: &str) -> File {
     let file = File::options()
         .create(true)
         .append(true)
