@@ -379,3 +379,7 @@ mod local_status;
 /// (`tests/registration/reload.rs`).
 #[path = "registration/reload.rs"]
 mod reload;
+
+/// The etcd behaviours the sidekick rests on, per etcd version (`tests/registration/etcd_versions.rs`).
+#[path = "registration/etcd_versions.rs"]
+mod etcd_versions;

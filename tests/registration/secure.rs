@@ -35,7 +35,7 @@ impl SecureEtcd {
         let (client_port, peer_port) = (free_port(), free_port());
         let endpoint = format!("https://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut cmd = Command::new("etcd");
+        let mut cmd = Command::new(etcd::binary().unwrap_or_else(|e| panic!("{e}")));
         cmd.args(["--name", "tls", "--data-dir"])
             .arg(dir.join("etcd-data"))
             .args(["--listen-client-urls", &endpoint])

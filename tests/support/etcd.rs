@@ -1,17 +1,90 @@
-//! Real etcd 3.4 (`/usr/bin/etcd`, Debian `etcd-server`): one member or a 3-member cluster on free
-//! loopback ports, data in a temp dir. Members can be stopped, killed and restarted on the same
-//! data dir for fault tests. Readiness means a linearizable `get` answers (a leader exists).
+//! Real etcd: one member or a 3-member cluster on free loopback ports, data in a temp dir.
+//! Members can be stopped, killed and restarted on the same data dir for fault tests. Readiness
+//! means a linearizable `get` answers (a leader exists).
+//!
+//! Which etcd: `SIDEKICK_ETCD_VERSION` (default [`DEFAULT_VERSION`]) names the version, found as
+//! `$SIDEKICK_TEST_TOOLS/etcd/<version>/etcd` (default tools dir `/opt/sidekick-test-tools`, where
+//! `scripts/setup` unpacks Debian's 3.5.16 and 3.5.30) or as the system's `/usr/bin/etcd` (Debian
+//! 12's 3.4.23) when that reports the version. The binary must report the version asked for;
+//! otherwise etcd tests skip, or fail with `SIDEKICK_REQUIRE_E2E=1`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
 use super::{Need, ProcessGuard, SignalTarget, free_port, poll_until, temp_dir};
 
-/// What etcd tests need from the machine.
-pub const NEEDS: &[Need] = &[Need::Binary("etcd")];
+/// What etcd tests need from the machine: the etcd binary of the chosen version.
+pub const NEEDS: &[Need] = &[Need::Etcd];
+
+/// Env var naming the etcd version the tests run against.
+pub const VERSION_ENV: &str = "SIDEKICK_ETCD_VERSION";
+/// The version tests run against when [`VERSION_ENV`] is unset (Debian unstable's).
+pub const DEFAULT_VERSION: &str = "3.5.30";
+/// Every version the test command runs (`scripts/test` runs the registration, slots and control
+/// suites on each).
+pub const TESTED_VERSIONS: &[&str] = &["3.4.23", "3.5.16", "3.5.30"];
+/// Env var naming the test tools dir (as in `scripts/setup`).
+const TOOLS_ENV: &str = "SIDEKICK_TEST_TOOLS";
+const DEFAULT_TOOLS: &str = "/opt/sidekick-test-tools";
+/// Debian 12's `etcd-server` (3.4.23).
+const SYSTEM_BINARY: &str = "/usr/bin/etcd";
+
+/// The etcd version tests run against ([`VERSION_ENV`], else [`DEFAULT_VERSION`]).
+pub fn version() -> String {
+    std::env::var(VERSION_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_VERSION.to_string())
+}
+
+/// True when the chosen etcd is older than `major.minor` (e.g. `older_than(3, 5)` on 3.4.23).
+pub fn older_than(major: u32, minor: u32) -> bool {
+    let v = version();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) < (major, minor)
+}
+
+/// The etcd binary of the chosen [`version`], checked once per process by its `--version`.
+pub fn binary() -> Result<&'static Path, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let want = version();
+            let tools = std::env::var(TOOLS_ENV).unwrap_or_else(|_| DEFAULT_TOOLS.to_string());
+            let candidates = [
+                Path::new(&tools).join("etcd").join(&want).join("etcd"),
+                PathBuf::from(SYSTEM_BINARY),
+            ];
+            let mut seen = Vec::new();
+            for path in candidates {
+                match reported_version(&path) {
+                    Some(got) if got == want => return Ok(path),
+                    Some(got) => seen.push(format!("{} is {got}", path.display())),
+                    None => seen.push(format!("no {}", path.display())),
+                }
+            }
+            Err(format!(
+                "etcd {want} ({VERSION_ENV}) not found: {} (run scripts/setup)",
+                seen.join(", ")
+            ))
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+/// What `etcd --version` at `path` reports, if it runs.
+fn reported_version(path: &Path) -> Option<String> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .map(|v| v.trim().to_string())
+}
 
 /// How long a member (or a cluster) may take to answer after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +112,11 @@ impl EtcdMember {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The process id while it runs (for benchmarks reading `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ProcessGuard::pid)
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(ProcessGuard::is_running)
@@ -54,7 +132,7 @@ impl EtcdMember {
         assert!(self.process.is_none(), "{} already running", self.name);
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new("etcd");
+        let mut cmd = Command::new(binary().unwrap_or_else(|e| panic!("{e}")));
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -178,6 +256,11 @@ impl Etcd {
     /// The members, for fault tests (`stop`, `kill`, `restart`).
     pub fn members_mut(&mut self) -> &mut [EtcdMember] {
         &mut self.members
+    }
+
+    /// The process id of every running member (for benchmarks reading `/proc`).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(EtcdMember::pid).collect()
     }
 
     /// One member, for fault tests.

@@ -298,6 +298,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
 pub enum Need {
     /// An executable, by absolute path or name on `PATH`.
     Binary(&'static str),
+    /// The etcd binary of the version `SIDEKICK_ETCD_VERSION` names (see [`etcd::binary`]).
+    Etcd,
     /// Running as root (systemd-nspawn, docker socket).
     Root,
     /// A Docker daemon that answers `docker info`.
@@ -313,6 +315,7 @@ impl Need {
             Need::Binary(name) => find_binary(name)
                 .is_none()
                 .then(|| format!("`{name}` not found on PATH (run scripts/setup)")),
+            Need::Etcd => etcd::binary().err(),
             // SAFETY: geteuid has no preconditions.
             Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
             Need::Docker => docker_unavailable().clone(),

@@ -1,0 +1,174 @@
+//! The fleet simulation's table: figures computed from the agents' timestamps, the monitor's
+//! one-second samples and the keepalive probe.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Requests/s the simulation's own observers send (one count, one probe keepalive).
+const OBSERVER_RATE: f64 = 2.0;
+
+use super::{PHASE_ROLLOUT, PHASE_STEADY, Sample, Shared, Sim, percentile};
+
+/// etcd requests/s between the first and last sample of `phase`, CPU % of one core, peak RSS.
+fn window(samples: &[Sample], phase: u8) -> Option<(f64, f64, u64, f64)> {
+    let w: Vec<&Sample> = samples.iter().filter(|s| s.phase == phase).collect();
+    let (first, last) = (w.first()?, w.last()?);
+    let secs = last.at.duration_since(first.at).as_secs_f64();
+    if secs <= 0.0 {
+        return None;
+    }
+    // Less the monitor's own count and the probe's keepalive, one each per second.
+    let rate = ((last.requests - first.requests) / secs - OBSERVER_RATE).max(0.0);
+    // Clock ticks are 1/100 s on Linux.
+    let cpu = (last.cpu_ticks - first.cpu_ticks) as f64 / 100.0 / secs * 100.0;
+    let rss = w.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let watchers = w.iter().map(|s| s.watchers).fold(0.0, f64::max);
+    Some((rate, cpu, rss, watchers))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn probe_p99(probes: &[(u8, f64)], phase: u8) -> String {
+    let mut ms: Vec<f64> = probes
+        .iter()
+        .filter(|p| p.0 == phase)
+        .map(|p| p.1)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    format!("{:.1} ms ({} probes)", percentile(&ms, 0.99), ms.len())
+}
+
+/// Hand-over: each acquire after the first `max` against the latest release before it.
+fn handovers(shared: &Shared, max: usize) -> (Vec<f64>, f64) {
+    let mut acquires = shared.acquires.lock().unwrap().clone();
+    acquires.sort_by_key(|a| a.0);
+    let releases = shared.releases.lock().unwrap().clone();
+    let contended = acquires.iter().skip(max);
+    let mut ms: Vec<f64> = contended
+        .clone()
+        .filter_map(|(at, _)| {
+            let before: &Instant = releases.iter().filter(|r| *r <= at).max()?;
+            Some(at.duration_since(*before).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let n = contended.clone().count().max(1);
+    let per_acquire = contended.map(|a| a.1).sum::<u64>() as f64 / n as f64;
+    (ms, per_acquire)
+}
+
+pub fn print(
+    sim: Sim,
+    ramp: Duration,
+    leases: usize,
+    rollout: Option<Duration>,
+    shared: &Shared,
+    samples: &[Sample],
+    probes: &[(u8, f64)],
+) {
+    let version = super::support::etcd::version();
+    let ttl = sim.ttl.as_secs_f64();
+    println!(
+        "\nfleet_sim: {} agents, {} etcd {version} member(s) on loopback, TTL {ttl:.0} s, {}",
+        sim.agents,
+        sim.members,
+        if sim.slots {
+            format!("slot.max = {}, swap {:?}", sim.max, sim.swap)
+        } else {
+            "registration only".to_string()
+        }
+    );
+    println!("\n| figure | measured | goal |\n| --- | --- | --- |");
+    println!(
+        "| all agents registered after start ({} started per second) | {:.1} s | |",
+        sim.ramp,
+        ramp.as_secs_f64()
+    );
+    let ended = shared.ended.load(Ordering::SeqCst);
+    let retries = shared.retries.load(Ordering::SeqCst);
+    let first = shared
+        .first_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_default();
+    println!(
+        "| agents ended in an error / etcd requests retried | {ended} / {retries} {first} | 0 / 0 |"
+    );
+    if let Some(rollout) = rollout {
+        let rounds = sim.agents.div_ceil(sim.max as usize) as f64;
+        let ideal = rounds * sim.swap.as_secs_f64();
+        println!(
+            "| rollout time vs the ideal ⌈N/max⌉ × swap | {:.1} s vs {ideal:.0} s = {:.3} × ideal | ≤ 1.10 × ideal |",
+            rollout.as_secs_f64(),
+            rollout.as_secs_f64() / ideal
+        );
+    }
+    if let Some((rate, cpu, rss, watchers)) = window(samples, PHASE_STEADY) {
+        let per_agent = rate * ttl / sim.agents as f64;
+        println!(
+            "| etcd requests/s, steady | {rate:.0} /s = {per_agent:.2} per agent per TTL | ≤ 3 per agent per TTL |"
+        );
+        println!("| etcd CPU (all members), steady | {cpu:.1} % of one core | |");
+        println!("| etcd RSS (all members), steady | {} | |", mib(rss));
+        println!("| leases / watchers, steady | {leases} / {watchers:.0} | |");
+    }
+    if let Some((rate, cpu, rss, watchers)) = window(samples, PHASE_ROLLOUT) {
+        println!("| etcd requests/s, rollout | {rate:.0} /s | |");
+        println!("| etcd CPU (all members), rollout | {cpu:.1} % of one core | |");
+        println!("| etcd RSS (all members), rollout peak | {} | |", mib(rss));
+        println!("| watchers, rollout peak | {watchers:.0} | |");
+    }
+    println!(
+        "| keepalive answer p99, steady | {} | ≤ 50 ms |",
+        probe_p99(probes, PHASE_STEADY)
+    );
+    if sim.slots {
+        println!(
+            "| keepalive answer p99, rollout | {} | ≤ 50 ms |",
+            probe_p99(probes, PHASE_ROLLOUT)
+        );
+        let (ms, per_acquire) = handovers(shared, sim.max as usize);
+        println!(
+            "| slot hand-over p50 / p99 ({} hand-overs) | {:.1} ms / {:.1} ms | p99 ≤ 20 ms |",
+            ms.len(),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99)
+        );
+        println!("| etcd requests per contended acquire (client side) | {per_acquire:.1} | ≤ 6 |");
+        let during: Vec<i64> = samples
+            .iter()
+            .filter(|s| s.phase == PHASE_ROLLOUT)
+            .map(|s| s.present)
+            .collect();
+        let floor = sim.agents as i64 - sim.max as i64;
+        let answered: Vec<i64> = during.iter().copied().filter(|p| *p >= 0).collect();
+        let min = answered.iter().copied().min().unwrap_or(-1);
+        let below = answered.iter().filter(|p| **p < floor).count();
+        println!(
+            "| registrations present vs expected, every second | min {min} of {}, {below} of {} seconds below N − max = {floor} ({} counts unanswered within 5 s, shown as -1) | never fewer than N − max |",
+            sim.agents,
+            answered.len(),
+            during.len() - answered.len()
+        );
+        let series: Vec<String> = during.iter().map(i64::to_string).collect();
+        println!(
+            "\nregistrations present each second of the rollout: {}",
+            series.join(" ")
+        );
+    } else {
+        let present: Vec<i64> = samples
+            .iter()
+            .filter(|s| s.phase == PHASE_STEADY)
+            .map(|s| s.present)
+            .collect();
+        let min = present.iter().copied().min().unwrap_or(-1);
+        println!(
+            "| registrations present, every second (steady) | min {min} of {} over {} s | N |",
+            sim.agents,
+            present.len()
+        );
+    }
+}
