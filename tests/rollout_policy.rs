@@ -4,18 +4,24 @@
 
 mod support;
 
+#[path = "rollout_policy/store.rs"]
+mod store_tests;
+#[path = "rollout_policy/waiter.rs"]
+mod waiter;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use jiff::Timestamp;
 use sidekick::registry::record::{InstanceRecord, key as record_key};
 use sidekick::rollout::state::VersionState;
-use sidekick::rollout::store::{self, KEPT_VERSIONS};
+use sidekick::rollout::store;
 use sidekick::slot::halt::{self, HaltMarker};
 use support::etcd::{self, Etcd};
 use support::{prerequisites_met, temp_dir};
+use waiter::Waiter;
 
 const GROUP: &str = "web/stable";
 
@@ -87,72 +93,6 @@ async fn put_instance(client: &mut Client, name: &str, version: &str) {
         .expect("put record");
 }
 
-/// A `rollout status --wait` running in the background, its output read line by line; killed
-/// on drop.
-struct Waiter {
-    child: std::process::Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-    read: String,
-}
-
-/// How a waiter ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Waiter {
-    fn spawn(mut cmd: Command) -> Waiter {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        Waiter {
-            child,
-            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
-            read: String::new(),
-        }
-    }
-
-    /// Blocks until the first line is printed (the test's etcd client keeps no runtime task
-    /// waiting meanwhile).
-    fn first_line(&mut self) -> String {
-        let line = self.lines.next().expect("a first line").expect("utf-8");
-        self.read = format!("{line}\n");
-        line
-    }
-
-    /// Blocks until the waiter exits.
-    fn finish(mut self) -> Ended {
-        for line in self.lines.by_ref() {
-            self.read.push_str(&line.expect("utf-8"));
-            self.read.push('\n');
-        }
-        let stderr = self.child.stderr.take().map(|mut e| {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut e, &mut text);
-            text
-        });
-        let status = self.child.wait().expect("waiter ends");
-        Ended {
-            code: status.code(),
-            stdout: std::mem::take(&mut self.read),
-            stderr: stderr.unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn start() -> Option<(Etcd, Client)> {
     if !prerequisites_met(etcd::NEEDS) {
         return None;
@@ -160,106 +100,6 @@ async fn start() -> Option<(Etcd, Client)> {
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     Some((etcd, client))
-}
-
-#[tokio::test]
-async fn concurrent_compare_and_swap_writers_lose_no_canary() {
-    let Some((_etcd, client)) = start().await else {
-        return;
-    };
-    let now = Timestamp::now();
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let mut c = client.clone();
-            tokio::spawn(async move {
-                store::update_version(&mut c, GROUP, "2.0.0", |current| {
-                    let mut s = current
-                        .cloned()
-                        .unwrap_or_else(|| VersionState::new("2.0.0", now));
-                    s.add_canary(&format!("web-{i}"), now);
-                    Some(s)
-                })
-                .await
-                .expect("update")
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let mut c = client.clone();
-    let (state, _) = store::get_version(&mut c, GROUP, "2.0.0")
-        .await
-        .expect("read")
-        .expect("exists");
-    assert_eq!(state.canaries.len(), 8, "{state:?}");
-    assert_eq!(state.started, now);
-}
-
-#[tokio::test]
-async fn a_new_version_prunes_the_group_to_its_newest_fifty() {
-    let Some((_etcd, mut client)) = start().await else {
-        return;
-    };
-    let base = Timestamp::now();
-    for i in 0..KEPT_VERSIONS + 2 {
-        let started = base + jiff::SignedDuration::from_secs(i as i64);
-        put_state(
-            &mut client,
-            &VersionState::new(&format!("1.0.{i}"), started),
-        )
-        .await;
-    }
-    // A nested group's state is not this group's to prune.
-    client
-        .put("/sidekick/rollouts/web/stable/canary/1.0.0", "{}", None)
-        .await
-        .expect("put");
-    let newest = base + jiff::SignedDuration::from_secs(1000);
-    store::update_version(&mut client, GROUP, "2.0.0", |_| {
-        Some(VersionState::new("2.0.0", newest))
-    })
-    .await
-    .expect("update");
-    let snap = store::read_group(&mut client, GROUP).await.expect("read");
-    assert_eq!(snap.versions.len(), KEPT_VERSIONS);
-    assert_eq!(snap.versions[0].version, "2.0.0");
-    assert_eq!(
-        snap.versions.last().map(|v| v.version.as_str()),
-        Some("1.0.3")
-    );
-    let nested = client
-        .get("/sidekick/rollouts/web/stable/canary/1.0.0", None)
-        .await
-        .expect("get");
-    assert_eq!(nested.kvs().len(), 1);
-}
-
-#[tokio::test]
-async fn malformed_values_in_etcd_are_errors_naming_their_key() {
-    let Some((_etcd, mut client)) = start().await else {
-        return;
-    };
-    let cases = [
-        (store::policy_key(GROUP), "{\"canary\": \"many\"}"),
-        (store::paused_key(GROUP), "yes"),
-        (
-            store::version_key(GROUP, "2.0.0"),
-            "{\"version\":\"9.9.9\",\"started\":\"2026-01-01T00:00:00Z\"}",
-        ),
-    ];
-    for (key, value) in cases {
-        client.put(key.as_str(), value, None).await.expect("put");
-        let err = store::read_group(&mut client, GROUP)
-            .await
-            .expect_err("refused")
-            .to_string();
-        assert!(err.contains(&key), "{err}");
-        client.delete(key.as_str(), None).await.expect("delete");
-    }
-    store::read_group(&mut client, GROUP)
-        .await
-        .expect("clean again");
 }
 
 #[tokio::test]
