@@ -97,6 +97,73 @@ pub enum Command {
     /// image, restart and verify it, register again; a version that does not turn healthy is
     /// rolled back and halts the group's rollout (docs/swap.md).
     Run(RunArgs),
+    /// The group's rollout policy (stored in etcd, over [rollout]), pause, promotion, history
+    /// and status.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
+}
+
+/// What `sidekick rollout` does to a group's rollout.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolloutAction {
+    /// Store the group's policy in etcd for every sidekick of the group (authoritative over
+    /// [rollout]): the stored one (else this configuration's) with KEY=VALUE changed;
+    /// window=DAYS/HH:MM/MINUTES adds a window, window=none removes them. --clear removes it.
+    Set {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Remove the stored policy: each sidekick's [rollout] applies again.
+        #[arg(long, conflicts_with = "settings")]
+        clear: bool,
+        #[arg(value_name = "KEY=VALUE", required_unless_present = "clear")]
+        settings: Vec<String>,
+    },
+    /// Take no new slot in the group until `rollout resume` (swaps under way finish).
+    Pause {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Lift a pause and a halt of the group.
+    Resume {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Let the rest of the group follow the canaries (promote = "manual").
+    Promote {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// The version (default: the newest started).
+        #[arg(value_name = "VERSION")]
+        target: Option<String>,
+    },
+    /// Each recorded version of the group, newest first.
+    History {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// The group's newest rollout: stage, instances on it, canaries, failures, pause and halt.
+    Status {
+        /// The group (default: slot.group from the configuration).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Block until the rollout is done (exit 0), halted or failed (1), awaiting promotion
+        /// (3), or --timeout passes (4), following etcd's watch events.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30m (default: no limit).
+        #[arg(long, value_name = "DURATION", requires = "wait", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
 }
 
 /// What `sidekick slots` does to a slot group.

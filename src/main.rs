@@ -39,6 +39,9 @@ fn main() -> ExitCode {
             ))
         }
         Command::Slots { action } => block_on(commands::slots::run(&cli.config_sources(), action)),
+        Command::Rollout { action } => {
+            block_on(commands::rollout::run(&cli.config_sources(), action))
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod decide;
 pub mod policy;
 pub mod state;
+pub mod store;
 pub mod window;
 
 pub use policy::{PolicyError, PolicyText, Promote, RolloutPolicy, Window, ZoneName};

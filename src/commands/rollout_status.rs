@@ -1,0 +1,253 @@
+//! `sidekick rollout status [--json] [--wait [--timeout D]]`: the group's newest rollout as the
+//! pure [`stage`] sees it; `--wait` follows etcd watch events (and the next time a stage can
+//! change by itself: a bake's end, a window's opening) until the stage ends the wait.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use etcd_client::{Client, WatchOptions};
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::config::rollout::RolloutSettings;
+use crate::rollout::decide::{GroupView, MEASURED_SWAPS, Stage, stage, swap_floor};
+use crate::rollout::state::p95_swap;
+use crate::rollout::store::{self, GroupSnapshot};
+use crate::rollout::window::{Schedule, WindowState};
+
+/// Exit code of `--wait` when the timeout passes.
+pub const EXIT_TIMEOUT: u8 = 4;
+
+pub struct How {
+    pub json: bool,
+    pub wait: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// What the status shows of one snapshot.
+struct Report {
+    stage: Option<Stage>,
+    line: String,
+    json: serde_json::Value,
+}
+
+fn fmt_time(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "never within a week".into(), |t| t.to_string())
+}
+
+fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Timestamp) -> Report {
+    let policy = store::effective(snap.stored_policy.as_ref(), &settings.policy);
+    let source = if snap.stored_policy.is_some() {
+        "stored"
+    } else {
+        "configured"
+    };
+    let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
+    let floor = swap_floor(
+        settings.swap_bounds,
+        Default::default(),
+        Default::default(),
+        policy.min_healthy,
+    );
+    let estimate = p95_swap(&snap.versions, MEASURED_SWAPS).unwrap_or(floor);
+    let window = match schedule.state_at(now) {
+        WindowState::Unrestricted => "no window".to_string(),
+        WindowState::Open { closes, .. } => format!("window open until {}", fmt_time(closes)),
+        WindowState::Closed { opens } => format!("next window opens {}", fmt_time(opens)),
+    };
+    let mut json = json!({
+        "group": group,
+        "policy_source": source,
+        "policy": policy.to_text(),
+        "paused": snap.paused,
+        "halt": snap.halt,
+        "swap_estimate_secs": estimate.as_secs_f64(),
+        "window": window,
+        "instances": snap.instances.len(),
+    });
+    let mut head = format!("group {group}: policy {source}; {window}");
+    if let Some(p) = &snap.paused {
+        head.push_str(&format!("; paused by {} since {}", p.by, p.since));
+    }
+    if let Some(h) = &snap.halt {
+        head.push_str(&format!(
+            "; halted at {} by {}: {}",
+            h.version, h.instance, h.reason
+        ));
+    }
+    let Some(target) = snap.versions.first() else {
+        json["stage"] = json!("none");
+        return Report {
+            stage: None,
+            line: format!("{head}; no rollout recorded"),
+            json,
+        };
+    };
+    let serving = snap
+        .instances
+        .iter()
+        .filter(|(_, r)| r.version == target.version)
+        .count();
+    let view = GroupView {
+        policy,
+        paused: snap.paused.is_some(),
+        halted: snap.halt.as_ref().map(|h| h.reason.as_str()),
+        version: Some(target),
+        last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
+        swap_estimate: estimate,
+    };
+    let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
+    json["version"] = json!(target.version);
+    json["stage"] = json!(stage.name());
+    json["detail"] = json!(detail(&stage));
+    json["serving"] = json!(serving);
+    json["canaries"] = json!({"wanted": policy.canary, "claimed": target.canaries.len(), "passed": target.canaries_passed()});
+    json["failures"] = json!(target.failures.len());
+    json["promoted"] = json!(target.promoted);
+    let line = format!(
+        "{head}; version {}: {}; {serving} of {} instances serve it; canaries {}/{} passed; \
+         failures {}/{}",
+        target.version,
+        detail(&stage),
+        snap.instances.len(),
+        target.canaries_passed(),
+        policy.canary,
+        target.failed_instances(),
+        policy.max_failures
+    );
+    Report {
+        stage: Some(stage),
+        line,
+        json,
+    }
+}
+
+fn detail(stage: &Stage) -> String {
+    match stage {
+        Stage::Done => "done".into(),
+        Stage::Halted(why) => format!("halted: {why}"),
+        Stage::Failed { failed, max } => {
+            format!("failed: {failed} instances failed (max_failures {max})")
+        }
+        Stage::Paused => "paused".into(),
+        Stage::AwaitingPromotion => "awaiting promotion (`sidekick rollout promote`)".into(),
+        Stage::Canaries {
+            passed,
+            failed,
+            wanted,
+        } => {
+            format!("canaries: {passed} of {wanted} passed, {failed} failed")
+        }
+        Stage::Baking { until } => format!("baking until {until}"),
+        Stage::WaitingForWindow { opens } => {
+            format!("waiting for a window that opens {}", fmt_time(*opens))
+        }
+        Stage::WindowTooShort { closes, needs } => format!(
+            "the window closes at {closes}, before a swap of {} would end",
+            humantime::format_duration(*needs)
+        ),
+        Stage::Rolling => "rolling".into(),
+    }
+}
+
+/// When the stage can change without an etcd event.
+fn wakes_at(stage: Option<&Stage>) -> Option<Timestamp> {
+    match stage? {
+        Stage::Baking { until } => Some(*until),
+        Stage::WaitingForWindow { opens } => *opens,
+        _ => None,
+    }
+}
+
+fn print(how: &How, r: &Report) {
+    if how.json {
+        println!("{}", r.json);
+    } else {
+        println!("{}", r.line);
+    }
+}
+
+pub async fn run(
+    client: &mut Client,
+    settings: &RolloutSettings,
+    group: &str,
+    how: How,
+) -> ExitCode {
+    let read = |client: &mut Client| {
+        let mut c = client.clone();
+        async move { store::read_group(&mut c, group).await }
+    };
+    let mut snap = match read(client).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sidekick: failed to read the rollout of group {group}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shown = report(settings, group, &snap, Timestamp::now());
+    print(&how, &shown);
+    if !how.wait {
+        return ExitCode::SUCCESS;
+    }
+    let deadline = how.timeout.map(|t| tokio::time::Instant::now() + t);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(snap.revision + 1);
+    let mut stream = match client.watch("/sidekick/", Some(options)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sidekick: failed to watch etcd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    loop {
+        if let Some(code) = shown.stage.as_ref().and_then(Stage::wait_exit) {
+            return ExitCode::from(code);
+        }
+        let wake = wakes_at(shown.stage.as_ref()).map(|t| {
+            let left = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
+            tokio::time::Instant::now() + left + Duration::from_millis(10)
+        });
+        let until = match (deadline, wake) {
+            (Some(d), Some(w)) => Some(d.min(w)),
+            (d, w) => d.or(w),
+        };
+        let sleep = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = stream.message() => match message {
+                Ok(Some(resp)) if resp.canceled() => {
+                    eprintln!("sidekick: etcd cancelled the watch: {}", resp.cancel_reason());
+                    return ExitCode::FAILURE;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    eprintln!("sidekick: the etcd watch ended");
+                    return ExitCode::FAILURE;
+                }
+            },
+            () = sleep => {
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    eprintln!("sidekick: rollout of group {group} not done within the timeout");
+                    return ExitCode::from(EXIT_TIMEOUT);
+                }
+            }
+        }
+        snap = match read(client).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sidekick: failed to read the rollout of group {group}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let next = report(settings, group, &snap, Timestamp::now());
+        if next.line != shown.line {
+            print(&how, &next);
+        }
+        shown = next;
+    }
+}

@@ -1,0 +1,351 @@
+//! The rollout policy and state against a real etcd: the store's compare-and-swap, bounds and
+//! refusals of malformed values, and the `sidekick rollout` commands as an operator or a
+//! pipeline runs them (including `status --wait` and its exit codes, driven by etcd's watch).
+
+mod support;
+
+#[path = "rollout_policy/store.rs"]
+mod store_tests;
+#[path = "rollout_policy/waiter.rs"]
+mod waiter;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use jiff::Timestamp;
+use sidekick::registry::record::{InstanceRecord, key as record_key};
+use sidekick::rollout::state::VersionState;
+use sidekick::rollout::store;
+use sidekick::slot::halt::{self, HaltMarker};
+use support::etcd::{self, Etcd};
+use support::{prerequisites_met, temp_dir};
+use waiter::Waiter;
+
+const GROUP: &str = "web/stable";
+
+/// A configuration naming the group and etcd at `endpoint`, with `extra` appended.
+fn config(dir: &Path, endpoint: &str, extra: &str) -> String {
+    let path = dir.join("sidekick.toml");
+    let text = format!(
+        "[instance]\nunit = \"web@1.service\"\n\n[etcd]\nendpoints = [\"{endpoint}\"]\n\
+         timeout = \"2s\"\n\n[registration]\nenabled = false\nport = 8080\n\n[health]\n\
+         check = \"none\"\n\n[update]\nenabled = false\n\n[slot]\ngroup = \"{GROUP}\"\n{extra}"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+fn command(dir: &Path, cfg: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekick"));
+    cmd.arg("rollout")
+        .args(args)
+        .args(["--config", cfg])
+        .env("SIDEKICK_CONFIG_ROOT", dir)
+        .env("USER", "ops")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn rollout(dir: &Path, cfg: &str, args: &[&str]) -> Output {
+    command(dir, cfg, args).output().expect("sidekick runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn put_state(client: &mut Client, state: &VersionState) {
+    client
+        .put(
+            store::version_key(GROUP, &state.version),
+            state.encode(),
+            None,
+        )
+        .await
+        .expect("put state");
+}
+
+async fn put_instance(client: &mut Client, name: &str, version: &str) {
+    let record = InstanceRecord {
+        version: version.into(),
+        phase: "serving".into(),
+        since: Timestamp::now().to_string(),
+        last_check: None,
+        result: None,
+        host: "127.0.0.1".into(),
+    };
+    let value = serde_json::to_string(&record).expect("json");
+    client
+        .put(record_key(GROUP, name), value, None)
+        .await
+        .expect("put record");
+}
+
+async fn start() -> Option<(Etcd, Client)> {
+    if !prerequisites_met(etcd::NEEDS) {
+        return None;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    Some((etcd, client))
+}
+
+#[tokio::test]
+async fn set_stores_a_policy_over_the_configured_one_and_clear_removes_it() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-set");
+    let cfg = config(
+        dir.path(),
+        &etcd.endpoint(),
+        "\n[rollout]\nmin_healthy = \"25s\"\n",
+    );
+    let out = ok(rollout(
+        dir.path(),
+        &cfg,
+        &[
+            "set",
+            "canary=1",
+            "promote=manual",
+            "window=Mon,Tue/02:00/120",
+        ],
+    ));
+    assert!(out.contains("over each sidekick's [rollout]"), "{out}");
+    let snap = store::read_group(&mut client, GROUP).await.expect("read");
+    let stored = snap.stored_policy.expect("stored");
+    assert_eq!(stored.canary, 1);
+    assert_eq!(
+        stored.min_healthy,
+        Duration::from_secs(25),
+        "based on the configured policy"
+    );
+    assert_eq!(stored.windows.len(), 1);
+    // A second set starts from the stored policy.
+    let out = ok(rollout(dir.path(), &cfg, &["set", "max_failures=2"]));
+    assert!(out.contains("replacing the stored one"), "{out}");
+    let stored = store::read_group(&mut client, GROUP)
+        .await
+        .expect("read")
+        .stored_policy
+        .expect("stored");
+    assert_eq!((stored.canary, stored.max_failures.get()), (1, 2));
+    // Bad edits are a bad configuration (exit 2) and store nothing.
+    for bad in ["speed=1", "canary=5000", "window=Mon", "promote"] {
+        let out = rollout(dir.path(), &cfg, &["set", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+    }
+    let out = ok(rollout(dir.path(), &cfg, &["set", "--clear"]));
+    assert!(out.contains("removed the stored rollout policy"), "{out}");
+    assert!(
+        store::read_group(&mut client, GROUP)
+            .await
+            .expect("read")
+            .stored_policy
+            .is_none()
+    );
+    let out = ok(rollout(dir.path(), &cfg, &["set", "--clear"]));
+    assert!(out.contains("nothing to remove"), "{out}");
+}
+
+#[tokio::test]
+async fn pause_holds_and_resume_lifts_the_pause_and_a_halt() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-pause");
+    let cfg = config(dir.path(), &etcd.endpoint(), "");
+    let out = ok(rollout(dir.path(), &cfg, &["pause"]));
+    assert!(out.contains("group web/stable is paused (by ops"), "{out}");
+    put_state(&mut client, &VersionState::new("2.0.0", Timestamp::now())).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(rollout(dir.path(), &cfg, &["status", "--json"]))).expect("json");
+    assert_eq!(status["stage"], "paused", "{status}");
+    assert_eq!(status["paused"]["by"], "ops");
+    let marker = HaltMarker {
+        version: "2.0.0".into(),
+        reason: "not healthy within 60s".into(),
+        instance: "web-1".into(),
+        since: Timestamp::now().to_string(),
+    };
+    assert!(halt::put(&mut client, GROUP, &marker).await.expect("halt"));
+    let out = ok(rollout(dir.path(), &cfg, &["resume"]));
+    assert!(
+        out.contains(
+            "lifted the pause by ops and the halt at version 2.0.0 by web-1: not healthy within 60s"
+        ),
+        "{out}"
+    );
+    let snap = store::read_group(&mut client, GROUP).await.expect("read");
+    assert!(snap.paused.is_none() && snap.halt.is_none());
+    let out = ok(rollout(dir.path(), &cfg, &["resume"]));
+    assert!(out.contains("neither paused nor halted"), "{out}");
+}
+
+#[tokio::test]
+async fn promote_marks_the_newest_version_and_history_shows_it() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-promote");
+    let cfg = config(dir.path(), &etcd.endpoint(), "");
+    let out = rollout(dir.path(), &cfg, &["promote"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no rollout is recorded in group web/stable")
+    );
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    put_state(&mut client, &VersionState::new("1.0.0", t0)).await;
+    let mut new = VersionState::new("2.0.0", t0 + jiff::SignedDuration::from_secs(60));
+    new.add_canary("web-1", t0);
+    new.canary_result("web-1", true, t0);
+    put_state(&mut client, &new).await;
+    let out = ok(rollout(dir.path(), &cfg, &["promote"]));
+    assert!(
+        out.contains("version 2.0.0 of group web/stable is promoted (by ops"),
+        "{out}"
+    );
+    let (state, _) = store::get_version(&mut client, GROUP, "2.0.0")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(state.promoted.expect("promoted").by, "ops");
+    let out = ok(rollout(dir.path(), &cfg, &["history"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("2.0.0  started")
+            && lines[0].contains("canaries 1/1 passed")
+            && lines[0].contains("promoted"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("1.0.0  started"), "{out}");
+    let out = rollout(dir.path(), &cfg, &["promote", "9.9.9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn status_wait_exits_3_awaiting_promotion_then_0_when_every_instance_serves_it() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-wait");
+    let cfg = config(
+        dir.path(),
+        &etcd.endpoint(),
+        "\n[rollout]\ncanary = 1\npromote = \"manual\"\n",
+    );
+    let t0 = Timestamp::now();
+    let mut state = VersionState::new("2.0.0", t0);
+    state.add_canary("web-1", t0);
+    state.canary_result("web-1", true, t0);
+    put_state(&mut client, &state).await;
+    put_instance(&mut client, "web-1", "2.0.0").await;
+    put_instance(&mut client, "web-2", "1.0.0").await;
+    let out = rollout(dir.path(), &cfg, &["status", "--wait", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("awaiting promotion (`sidekick rollout promote`); 1 of 2 instances serve it"),
+        "{}",
+        text(&out)
+    );
+
+    ok(rollout(dir.path(), &cfg, &["promote"]));
+    let started = Instant::now();
+    let mut waiter = Waiter::spawn(command(
+        dir.path(),
+        &cfg,
+        &["status", "--wait", "--timeout", "30s"],
+    ));
+    // The first line is printed once the waiter has read etcd; its watch goes on from there.
+    let first = waiter.first_line();
+    assert!(first.contains("2.0.0: rolling; 1 of 2"), "{first}");
+    put_instance(&mut client, "web-2", "2.0.0").await;
+    let out = waiter.finish();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the watch, not the timeout, ended it"
+    );
+    assert!(out.stdout.contains("done; 2 of 2"), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[tokio::test]
+async fn status_wait_exits_1_on_a_halt_and_4_on_the_timeout() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-wait-halt");
+    let cfg = config(dir.path(), &etcd.endpoint(), "");
+    put_state(&mut client, &VersionState::new("2.0.0", Timestamp::now())).await;
+    put_instance(&mut client, "web-1", "1.0.0").await;
+    let started = Instant::now();
+    let out = rollout(dir.path(), &cfg, &["status", "--wait", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    let mut waiter = Waiter::spawn(command(dir.path(), &cfg, &["status", "--wait", "--json"]));
+    let first: serde_json::Value = serde_json::from_str(&waiter.first_line()).expect("json");
+    assert_eq!(first["stage"], "rolling", "{first}");
+    let marker = HaltMarker {
+        version: "2.0.0".into(),
+        reason: "left active during min_healthy".into(),
+        instance: "web-1".into(),
+        since: Timestamp::now().to_string(),
+    };
+    halt::put(&mut client, GROUP, &marker).await.expect("halt");
+    let out = waiter.finish();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().expect("a line")).expect("json");
+    assert_eq!(last["stage"], "halted", "{last}");
+    assert_eq!(last["halt"]["reason"], "left active during min_healthy");
+}
+
+#[tokio::test]
+async fn status_names_the_next_window_and_no_group_is_a_bad_configuration() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-window");
+    // A one-minute window a day before now (UTC): closed now, opens within the day.
+    let now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let yesterday = now.yesterday().expect("yesterday");
+    let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        [yesterday.weekday().to_monday_zero_offset() as usize];
+    let start = format!("{:02}:{:02}", yesterday.hour(), yesterday.minute());
+    let extra = format!(
+        "\n[[rollout.window]]\ndays = [\"{day}\"]\nstart_time = \"{start}\"\nlength_minutes = 1\n"
+    );
+    let cfg = config(dir.path(), &etcd.endpoint(), &extra);
+    put_state(&mut client, &VersionState::new("2.0.0", Timestamp::now())).await;
+    let out = ok(rollout(dir.path(), &cfg, &["status"]));
+    assert!(out.contains("next window opens 20"), "{out}");
+    assert!(out.contains("waiting for a window that opens 20"), "{out}");
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(
+        &bare,
+        format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.endpoint()),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sidekick"))
+        .args(["rollout", "status", "--config", &bare.display().to_string()])
+        .env("SIDEKICK_CONFIG_ROOT", dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
