@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use etcd_client::{Client, GetOptions};
-use sidekick::config::EtcdSettings;
 use sidekick::etcd::EtcdConnection;
+use sidekick::etcd::EtcdOptions;
 use sidekick::registry::record::{self, InstanceRecord};
 use sidekick::registry::{EtcdRegistry, Published, Registry};
 use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
@@ -160,7 +160,7 @@ async fn wait_published(
 async fn agent(
     id: usize,
     sim: Sim,
-    settings: EtcdSettings,
+    settings: EtcdOptions,
     mut offer: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -345,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
     let sim = Sim::from_args()?;
     raise_fd_limit(); // each agent holds its own etcd connections, as separate sidekicks would
     let etcd = Arc::new(Etcd::start_cluster(sim.members).await);
-    let settings = EtcdSettings {
+    let settings = EtcdOptions {
         endpoints: etcd
             .endpoints()
             .iter()
