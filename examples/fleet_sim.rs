@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
+use observe::{keepalive_probe, monitor};
 use sidekick::etcd::EtcdConnection;
 use sidekick::etcd::EtcdOptions;
 use sidekick::registry::record::{self, InstanceRecord};
@@ -117,17 +118,6 @@ impl Shared {
     }
 }
 
-/// One second of the monitor's view.
-struct Sample {
-    at: Instant,
-    phase: u8,
-    present: i64,
-    requests: f64,
-    watchers: f64,
-    cpu_ticks: u64,
-    rss_kib: u64,
-}
-
 fn entries(name: &str, version: &str) -> Vec<(String, String)> {
     let record = InstanceRecord {
         version: version.to_string(),
@@ -209,116 +199,6 @@ async fn agent(
     stop.wait_for(|s| *s).await?;
     registry.shutdown(Duration::from_secs(10)).await;
     Ok(())
-}
-
-/// Sum of a Prometheus metric family's samples in etcd's `/metrics` text.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// utime + stime (clock ticks) and VmRSS (KiB) of `pid`.
-fn proc_usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    // After ")": state is field 0, utime field 11, stime field 12.
-    (tick(11) + tick(12), rss)
-}
-
-/// Every second: registrations present, etcd's request and watcher counters, CPU and RSS.
-async fn monitor(
-    etcd: Arc<Etcd>,
-    mut client: Client,
-    phase: Arc<AtomicU8>,
-    out: Arc<Mutex<Vec<Sample>>>,
-) {
-    let http = support::http_client();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let present = client
-            .get(
-                PREFIX,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map(|r| r.count())
-            .unwrap_or(-1);
-        let (mut requests, mut watchers) = (0.0, 0.0);
-        for ep in etcd.endpoints() {
-            let text = match http.get(format!("{ep}/metrics")).send().await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            requests += metric_sum(&text, "grpc_server_msg_received_total");
-            watchers += metric_sum(&text, "etcd_debugging_mvcc_watcher_total");
-        }
-        let (mut cpu_ticks, mut rss_kib) = (0, 0);
-        for pid in etcd.pids() {
-            let (c, r) = proc_usage(pid);
-            cpu_ticks += c;
-            rss_kib += r;
-        }
-        out.lock().unwrap().push(Sample {
-            at: Instant::now(),
-            phase: phase.load(Ordering::SeqCst),
-            present,
-            requests,
-            watchers,
-            cpu_ticks,
-            rss_kib,
-        });
-    }
-}
-
-/// A client of its own sends one keepalive a second and times the answer; a failed one counts
-/// as an answer at the failure and the probe starts over on a new lease.
-async fn keepalive_probe(
-    mut client: Client,
-    phase: Arc<AtomicU8>,
-    out: Arc<Mutex<Vec<(u8, f64)>>>,
-) {
-    loop {
-        let Ok(lease) = client.lease_grant(60, None).await else {
-            continue;
-        };
-        let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease.id()).await else {
-            continue;
-        };
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let started = Instant::now();
-            let ok =
-                keeper.keep_alive().await.is_ok() && matches!(stream.message().await, Ok(Some(_)));
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            out.lock().unwrap().push((phase.load(Ordering::SeqCst), ms));
-            if !ok {
-                break;
-            }
-        }
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -463,5 +343,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[path = "fleet_sim/observe.rs"]
+mod observe;
 #[path = "fleet_sim/report.rs"]
 mod report;

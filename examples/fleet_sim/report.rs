@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// Requests/s the simulation's own observers send (one count, one probe keepalive).
 const OBSERVER_RATE: f64 = 2.0;
 
-use super::{PHASE_ROLLOUT, PHASE_STEADY, Sample, Shared, Sim, percentile};
+use super::observe::Sample;
+use super::{PHASE_ROLLOUT, PHASE_STEADY, Shared, Sim, percentile};
 
 /// etcd requests/s between the first and last sample of `phase`, CPU % of one core, peak RSS.
 fn window(samples: &[Sample], phase: u8) -> Option<(f64, f64, u64, f64)> {
