@@ -1,11 +1,13 @@
 //! The `sidekick` binary's configuration commands, run as a user would run them; the duration
-//! bounds, the rules of the README's configuration table and what `status` and `slots` ask for
-//! in the submodules.
+//! bounds, the rules of the README's configuration table, what `status` and `slots` ask for and
+//! what they say with etcd down in the submodules.
 
 mod support;
 
 #[path = "cli/bounds.rs"]
 mod bounds;
+#[path = "cli/etcd_down.rs"]
+mod etcd_down;
 #[path = "cli/needs.rs"]
 mod needs;
 #[path = "cli/rules.rs"]

@@ -12,6 +12,7 @@ pub mod update_check;
 use std::process::ExitCode;
 
 use crate::config::{self, ConfigError, ConfigSources, EtcdOptions, LoadedConfig, Validated};
+use crate::terminal_text::{MAX_LINE_CHARS, sanitize_to};
 
 /// Exit code for an unusable configuration (also clap's code for bad flags).
 pub const EXIT_CONFIG: u8 = 2;
@@ -47,10 +48,32 @@ fn warn_about_secrets(etcd: &EtcdOptions) {
     }
 }
 
-/// A connected etcd client, or failure after printing why.
+/// A connected etcd client, or failure after printing why in one line (the endpoints and the
+/// cause; the client's full error only with `-v`).
 pub async fn connect(settings: &EtcdOptions) -> Result<etcd_client::Client, ExitCode> {
-    crate::etcd::connect(settings).await.map_err(|err| {
-        eprintln!("sidekick: {err:#}");
+    connect_or_why(settings).await.map_err(|why| {
+        eprintln!("sidekick: {}", sanitize_to(&why, MAX_LINE_CHARS));
         ExitCode::FAILURE
     })
+}
+
+/// A connected etcd client, or the one line saying why not, unescaped (for a command that shows
+/// the failure itself, as `status --json` does).
+pub async fn connect_or_why(settings: &EtcdOptions) -> Result<etcd_client::Client, String> {
+    crate::etcd::connect(settings)
+        .await
+        .map_err(|err| format!("{err:#}"))
+}
+
+/// A slot or etcd request's failure as one line: an etcd error says its cause in a few words
+/// ([`crate::etcd::describe`]) rather than the client's nested debug text, which goes to the
+/// DEBUG log (`-v`).
+pub fn slot_error_line(err: &crate::slot::SlotError) -> String {
+    match err {
+        crate::slot::SlotError::Etcd(e) => {
+            tracing::debug!("etcd request failed: {e:?}");
+            format!("etcd request failed: {}", crate::etcd::describe(e))
+        }
+        other => other.to_string(),
+    }
 }

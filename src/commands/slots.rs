@@ -70,7 +70,8 @@ async fn release(settings: &SlotsSettings, group: &str, holder: &str) -> Result<
         )),
         Ok(keys) => Ok(format!("released {} held by {holder}", keys.join(", "))),
         Err(err) => fail(format!(
-            "failed to release {holder} in group {group}: {err}"
+            "failed to release {holder} in group {group}: {}",
+            super::slot_error_line(&err)
         )),
     }
 }
@@ -90,7 +91,10 @@ async fn resume(settings: &SlotsSettings, group: &str) -> Result<String, ExitCod
             sanitize(&m.reason)
         )),
         Ok(None) => Ok(format!("group {group} is not halted; nothing to resume")),
-        Err(err) => fail(format!("failed to resume group {group}: {err}")),
+        Err(err) => fail(format!(
+            "failed to resume group {group}: {}",
+            super::slot_error_line(&err)
+        )),
     }
 }
 
@@ -106,7 +110,10 @@ async fn set_max(settings: &SlotsSettings, group: &str, max: u32) -> Result<Stri
         Ok(None) => Ok(format!(
             "stored limit {max} for group {group} (was slot.max of each sidekick)"
         )),
-        Err(err) => fail(format!("failed to store the limit of group {group}: {err}")),
+        Err(err) => fail(format!(
+            "failed to store the limit of group {group}: {}",
+            super::slot_error_line(&err)
+        )),
     }
 }
 

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use crate::config::{ConfigSources, StatusSettings};
 use crate::registry::KeyLayout;
+use crate::terminal_text::{MAX_LINE_CHARS, sanitize_to};
 
 mod keys;
 pub mod local;
@@ -21,8 +22,8 @@ mod table;
 
 pub use keys::{gather, registrations, slot_groups};
 pub use model::{
-    HaltStatus, HolderStatus, InstanceStatus, RegistrationStatus, SlotGroupStatus, SlotLimitStatus,
-    StatusReport,
+    EtcdDownReport, HaltStatus, HolderStatus, InstanceStatus, RegistrationStatus, SlotGroupStatus,
+    SlotLimitStatus, StatusReport,
 };
 pub use table::{Section, printable};
 
@@ -35,29 +36,22 @@ pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> Exi
     };
     let layout = KeyLayout::from_settings(&settings.registration);
     // The local daemons answer whether or not etcd does: with etcd down they are what is left
-    // to see, so they are shown (and the exit code says the fleet view failed).
-    let fleet = match super::connect(&settings.etcd).await {
+    // to see, so they are shown, with one line on stderr saying why the fleet view is missing
+    // (and `etcd_error` in JSON), and exit code 1.
+    let fleet = match super::connect_or_why(&settings.etcd).await {
         Ok(mut client) => gather(&mut client, &layout).await.map_err(|err| {
-            eprintln!("sidekick: failed to read status from etcd: {err}");
+            format!(
+                "failed to read status from etcd at {}: {}",
+                crate::etcd::endpoint_list(&settings.etcd),
+                super::slot_error_line(&err)
+            )
         }),
-        Err(_) => Err(()),
+        Err(why) => Err(why),
     };
     let local = local::gather(runtime_dir).await;
-    let (report, code) = match fleet {
-        Ok(report) => (StatusReport { local, ..report }, ExitCode::SUCCESS),
-        Err(()) if local.is_empty() => return ExitCode::FAILURE,
-        Err(()) => {
-            let only_local = StatusReport {
-                local,
-                ..StatusReport::default()
-            };
-            if !json {
-                eprintln!("sidekick: etcd did not answer; showing only the daemons on this host");
-                print!("{}", local::section(&only_local.local).render());
-                return ExitCode::FAILURE;
-            }
-            (only_local, ExitCode::FAILURE)
-        }
+    let report = match fleet {
+        Ok(report) => StatusReport { local, ..report },
+        Err(why) => return etcd_down(&why, &local, json),
     };
     if json {
         match serde_json::to_string_pretty(&report) {
@@ -70,5 +64,25 @@ pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> Exi
     } else {
         print!("{}", report.render_table());
     }
-    code
+    ExitCode::SUCCESS
+}
+
+/// `status` when etcd could not be read: what this host's daemons say, the reason on stderr.
+fn etcd_down(why: &str, local: &[local::LocalDaemon], json: bool) -> ExitCode {
+    // etcd's own messages are shown escaped, as one line.
+    let why = sanitize_to(why, MAX_LINE_CHARS);
+    eprintln!("sidekick: {why}");
+    if json {
+        let report = EtcdDownReport {
+            etcd_error: &why,
+            local,
+        };
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("sidekick: failed to encode status: {err}"),
+        }
+    } else {
+        print!("{}", local::section(local).render());
+    }
+    ExitCode::FAILURE
 }

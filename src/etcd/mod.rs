@@ -116,16 +116,79 @@ pub fn connect_options(settings: &EtcdOptions) -> anyhow::Result<ConnectOptions>
 
 /// Connects and proves the connection with a real call: `Client::connect` alone succeeds against
 /// a dead endpoint.
+/// A failure is one line naming the endpoints and the cause ([`describe`]); the client's full
+/// error is logged at DEBUG (`-v`).
 pub async fn connect(settings: &EtcdOptions) -> anyhow::Result<Client> {
     let list = endpoint_list(settings);
+    let unreachable = |err: etcd_client::Error| {
+        tracing::debug!("etcd at {list}: {err:?}");
+        anyhow::anyhow!(
+            "etcd at {list} did not answer within {} ({})",
+            humantime::format_duration(settings.timeout),
+            describe(&err)
+        )
+    };
     let mut client = Client::connect(endpoints(settings), Some(connect_options(settings)?))
         .await
-        .with_context(|| format!("failed to connect to etcd at {list}"))?;
-    client
-        .status()
-        .await
-        .with_context(|| format!("etcd at {list} did not answer"))?;
+        .map_err(&unreachable)?;
+    client.status().await.map_err(&unreachable)?;
     Ok(client)
+}
+
+/// Why an etcd call failed, in a few words a person can act on (`connection refused`, `no
+/// answer`, `authentication failed: …`), instead of the client's nested debug text.
+pub fn describe(err: &etcd_client::Error) -> String {
+    use etcd_client::Error;
+    match err {
+        Error::GRpcStatus(status) => {
+            if let Some(io) = io_cause(std::error::Error::source(status)) {
+                return io;
+            }
+            let message = status.message();
+            match i32::from(status.code()) {
+                GRPC_DEADLINE_EXCEEDED | GRPC_CANCELLED => "no answer".to_string(),
+                GRPC_UNAUTHENTICATED => format!("authentication failed: {message}"),
+                GRPC_PERMISSION_DENIED => format!("permission denied: {message}"),
+                _ if message.is_empty() => format!("gRPC status {}", i32::from(status.code())),
+                _ => message.to_string(),
+            }
+        }
+        Error::TransportError(transport) => io_cause(std::error::Error::source(transport))
+            .or_else(|| innermost(std::error::Error::source(transport)))
+            .unwrap_or_else(|| transport.to_string()),
+        Error::IoError(io) => io_text(io),
+        other => other.to_string(),
+    }
+}
+
+/// The first I/O error in a source chain, as [`io_text`].
+fn io_cause(mut source: Option<&(dyn std::error::Error + 'static)>) -> Option<String> {
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io_text(io));
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// The last error in a source chain (the most specific one, e.g. a TLS verification failure).
+fn innermost(mut source: Option<&(dyn std::error::Error + 'static)>) -> Option<String> {
+    let mut last = None;
+    while let Some(err) = source {
+        last = Some(err.to_string());
+        source = err.source();
+    }
+    last
+}
+
+/// `connection refused`, `timed out`, …: the kind when it says it all, else the error's text.
+fn io_text(io: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match io.kind() {
+        ErrorKind::Other | ErrorKind::InvalidData | ErrorKind::InvalidInput => io.to_string(),
+        kind => kind.to_string(),
+    }
 }
 
 /// Whether `err` means the connection itself is broken (as opposed to a refused request), so the
@@ -143,9 +206,12 @@ pub fn is_transport(err: &etcd_client::Error) -> bool {
 }
 
 /// gRPC status codes (tonic is not a direct dependency, so its `Code` cannot be named here).
+const GRPC_CANCELLED: i32 = 1;
 const GRPC_UNKNOWN: i32 = 2;
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAVAILABLE: i32 = 14;
+const GRPC_UNAUTHENTICATED: i32 = 16;
 
 /// A shared, lazily (re)connected etcd client. Cheap to clone.
 #[derive(Clone)]

@@ -207,8 +207,8 @@ async fn status_shows_each_local_daemon_a_not_found_unit_and_a_socket_nobody_ans
     let (code, table, stderr) = status(&config, &run_dir, false).await;
     assert_eq!(code, Some(1), "{table}{stderr}");
     assert!(
-        stderr.contains("showing only the daemons on this host"),
-        "{stderr}"
+        stderr.contains("did not answer within") && stderr.lines().count() == 1,
+        "one line naming what failed: {stderr}"
     );
     assert!(table.starts_with("LOCAL DAEMONS\n"), "{table}");
     assert!(
@@ -221,5 +221,9 @@ async fn status_shows_each_local_daemon_a_not_found_unit_and_a_socket_nobody_ans
     assert_eq!(code, Some(1));
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["local"].as_array().map(Vec::len), Some(4), "{json}");
-    assert_eq!(report["registrations"], serde_json::json!([]));
+    assert!(report["etcd_error"].is_string(), "{json}");
+    assert!(
+        report.get("registrations").is_none(),
+        "no fleet fields: {json}"
+    );
 }

@@ -23,6 +23,14 @@ pub struct StatusReport {
     pub local: Vec<local::LocalDaemon>,
 }
 
+/// What `status --json` shows when etcd could not be read: the local daemons and why, with no
+/// fleet fields (an empty list would claim an empty fleet).
+#[derive(Debug, Serialize)]
+pub struct EtcdDownReport<'a> {
+    pub etcd_error: &'a str,
+    pub local: &'a [local::LocalDaemon],
+}
+
 /// One instance's record of itself.
 #[derive(Debug, Serialize)]
 pub struct InstanceStatus {
