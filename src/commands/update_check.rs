@@ -20,7 +20,9 @@ pub use crate::control::CheckReport;
 use crate::control::client::{self, AskError};
 use crate::identity;
 use crate::omaha::{AppInstance, HttpTimeouts, HttpUpdateSource};
-use crate::systemd::environment::{VERSION_VARIABLE, service_environment, variable};
+use crate::systemd::environment::{
+    IMAGE_VARIABLE, VERSION_VARIABLE, service_environment, variable,
+};
 
 /// How long `update-check` waits for the daemon's answer: its own bound on a check, and a little.
 pub const DAEMON_ANSWER_LIMIT: Duration =
@@ -145,13 +147,15 @@ async fn check_once(
     interactive: bool,
     timeouts: HttpTimeouts,
 ) -> CheckReport {
+    // With --current-version the unit is not read, so no running repository is enforced.
     let current = match current_version {
         Some(raw) => Version::parse(raw)
+            .map(|version| (version, None))
             .map_err(|err| format!("--current-version `{raw}` is not a semantic version: {err}")),
         None => unit_version(&settings.instance.unit).await,
     };
-    let current = match current {
-        Ok(version) => version,
+    let (current, running_image) = match current {
+        Ok(running) => running,
         Err(detail) => return CheckReport::error("current-version", detail),
     };
     let Some(server) = settings.update.server.clone() else {
@@ -170,11 +174,7 @@ async fn check_once(
         Ok(denylist) => denylist,
         Err(err) => return CheckReport::error(err.kind(), err),
     };
-    let rules = OfferRules {
-        image: settings.update.image.clone(),
-        pin_digest: settings.update.pin_digest,
-        server: settings.update.server.clone(),
-    };
+    let rules = OfferRules::new(&settings.update, running_image);
     let result = policy::check(&source, &current, &rules, &denylist, interactive).await;
     if let CheckResult::Refused { refusal, reported } = &result {
         tracing::warn!(error = %refusal, "refused the offered update");
@@ -201,8 +201,9 @@ pub fn app_instance(settings: &Settings) -> Result<AppInstance, identity::Identi
     })
 }
 
-/// The version the unit runs, from `SIDEKICK_VERSION` in its environment.
-async fn unit_version(unit: &str) -> Result<Version, String> {
+/// The version the unit runs, from `SIDEKICK_VERSION` in its environment, and when it sets one, its
+/// `SIDEKICK_IMAGE`.
+async fn unit_version(unit: &str) -> Result<(Version, Option<String>), String> {
     let conn = zbus::Connection::system()
         .await
         .map_err(|err| format!("failed to connect to the system bus: {err}"))?;
@@ -212,5 +213,7 @@ async fn unit_version(unit: &str) -> Result<Version, String> {
     let raw = variable(&environment, VERSION_VARIABLE).ok_or_else(|| {
         format!("{unit} sets no {VERSION_VARIABLE}; set it in the unit or pass --current-version")
     })?;
-    policy::parse_version(raw).map_err(|err| format!("{unit}: {err}"))
+    let version = policy::parse_version(raw).map_err(|err| format!("{unit}: {err}"))?;
+    let image = variable(&environment, IMAGE_VARIABLE).map(str::to_string);
+    Ok((version, image))
 }

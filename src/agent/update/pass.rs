@@ -145,11 +145,8 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             }
         };
         self.running = Some(current.clone());
-        let rules = OfferRules {
-            image: self.settings.image.clone(),
-            pin_digest: self.settings.pin_digest,
-            server: self.settings.server.clone(),
-        };
+        // Offers may move the unit only within the repository it runs now.
+        let rules = OfferRules::new(&self.settings, Some(old.image.clone()));
         let denylist = &self.config.denylist;
         let result = match self.seams.slots.halted().await {
             Ok(Some(halt)) => CheckResult::Halted {

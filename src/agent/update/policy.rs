@@ -1,6 +1,7 @@
 //! The update policy: one check against the update source, the offer validated
-//! ([`crate::omaha::validate_offer`]), a version on the local [`Denylist`] skipped, a refused
-//! offer reported with 3/0; and the pace of the checks ([`Poller`] over
+//! ([`crate::omaha::validate_offer`]) and kept to the repository the unit runs or one
+//! `update.allowed_repositories` lists ([`crate::omaha::check_repository`]), a version on the
+//! local [`Denylist`] skipped, a refused offer reported with 3/0; and the pace of the checks ([`Poller`] over
 //! [`crate::omaha::PollSchedule`]): `update.interval` ±10 %, backing off up to 4 h only on
 //! transport errors, timeouts and 5xx. A server's configuration status (`error-noPackageFound`…)
 //! keeps the normal interval. Every error text has the update URL's query string redacted.
@@ -20,7 +21,7 @@ use crate::agent::machine::swap::SwapPlan;
 use crate::control::CheckReport;
 use crate::omaha::{
     CheckOutcome, Event, OfferRefusal, OmahaError, PollResult, PollSchedule, UpdateSource,
-    ValidatedUpdate, validate_offer,
+    ValidatedUpdate, check_repository, validate_offer,
 };
 use crate::systemd::control::{ControlError, DropIn, RunningVersion, UnitControl};
 use crate::systemd::environment::VERSION_VARIABLE;
@@ -74,6 +75,40 @@ pub struct OfferRules {
     pub pin_digest: bool,
     /// The update URL, whose query string never reaches a log line.
     pub server: Option<Url>,
+    /// `update.allowed_repositories`: repositories an offer may name besides the running one.
+    pub allowed_repositories: Vec<String>,
+    /// The image the unit runs (its `SIDEKICK_IMAGE`, read back from systemd): an offer may
+    /// change its tag or digest, not its repository, unless `allowed_repositories` lists the
+    /// offered one. The update pass always knows it (a unit without `SIDEKICK_IMAGE` is not
+    /// checked at all, [`PollError::NoImage`]). `None` only for `update-check --current-version`,
+    /// which swaps nothing and does not read the unit: then no repository is enforced.
+    pub running_image: Option<String>,
+}
+
+impl OfferRules {
+    /// The `update` settings' rules for a unit running `running_image`.
+    pub fn new(settings: &crate::config::UpdateSettings, running_image: Option<String>) -> Self {
+        OfferRules {
+            image: settings.image.clone(),
+            pin_digest: settings.pin_digest,
+            server: settings.server.clone(),
+            allowed_repositories: settings.allowed_repositories.clone(),
+            running_image,
+        }
+    }
+
+    /// `offer` validated against `current`, then kept to the allowed repositories.
+    fn validate(
+        &self,
+        offer: &crate::omaha::UpdateOffer,
+        current: &Version,
+    ) -> Result<ValidatedUpdate, OfferRefusal> {
+        let update = validate_offer(offer, current, &self.image, self.pin_digest)?;
+        if let Some(running) = &self.running_image {
+            check_repository(&update.image, running, &self.allowed_repositories)?;
+        }
+        Ok(update)
+    }
 }
 
 /// What one check came to.
@@ -232,7 +267,7 @@ pub async fn check<S: UpdateSource>(
         }
         Ok(CheckOutcome::Update(offer)) => offer,
     };
-    match validate_offer(&offer, current, &rules.image, rules.pin_digest) {
+    match rules.validate(&offer, current) {
         Ok(update) if denylist.contains(&update.version) => CheckResult::Denylisted {
             version: update.version,
         },

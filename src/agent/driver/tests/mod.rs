@@ -10,6 +10,7 @@ use crate::systemd::{MemoryUnits, UnitManager};
 
 mod asks;
 mod reload;
+mod repository;
 mod status;
 mod swaps;
 

@@ -140,3 +140,54 @@ async fn a_dry_run_against_a_real_service_sends_no_check() {
         pass.last_report()
     );
 }
+
+/// The kind of the error `update-check` would print for the pass's last result.
+fn report_kind(pass: &UpdatePass<crate::systemd::control::MemoryUnitControl>) -> Option<&str> {
+    match pass.last_report() {
+        Some(CheckReport::Error { kind, .. }) => Some(kind),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn an_offer_naming_another_registry_is_refused_as_repository_not_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    // The unit runs reg/web:1.0.0; the offer moves it to another registry's web.
+    let source = memory_source(Some(release("2.0.0", "evil.example.net/web")), false);
+    let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
+    let result = pass.poll().await;
+    assert_eq!((result.label, result.plan.is_none()), ("refused", true));
+    assert_eq!(report_kind(&pass), Some("repository-not-allowed"));
+    let Some(CheckReport::Error { detail, .. }) = pass.last_report() else {
+        unreachable!("an error report")
+    };
+    assert!(
+        detail.contains("evil.example.net/web") && detail.contains("reg/web"),
+        "{detail}"
+    );
+    assert_eq!(
+        events(&pass),
+        vec![Event::Failed {
+            error_code: error_code::OFFER_REFUSED
+        }]
+    );
+    assert!(pass.seams.control.calls().is_empty(), "nothing written");
+}
+
+#[tokio::test]
+async fn allowed_repositories_widen_the_offers_the_pass_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = memory_source(Some(release("2.0.0", "mirror.example.com/team/web")), false);
+    let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
+    pass.settings.allowed_repositories = vec!["mirror.example.com/team/web".into()];
+    let result = pass.poll().await;
+    assert_eq!(result.label, "update", "{:?}", pass.last_report());
+    let plan = result.plan.expect("a plan for the listed repository");
+    assert_eq!(plan.new.image, "mirror.example.com/team/web:2.0.0");
+    // The list widens to what it names, nothing more.
+    let source = memory_source(Some(release("2.0.0", "mirror.example.com/team/db")), false);
+    let (mut other, _slots) = self::pass(source, Some("1.0.0"), dir.path());
+    other.settings.allowed_repositories = vec!["mirror.example.com/team/web".into()];
+    assert_eq!(other.poll().await.label, "refused");
+    assert_eq!(report_kind(&other), Some("repository-not-allowed"));
+}

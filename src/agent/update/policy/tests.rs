@@ -24,6 +24,8 @@ fn rules(server: Option<&str>) -> OfferRules {
         image: "{codebase}".into(),
         pin_digest: false,
         server: server.map(|s| Url::parse(s).unwrap()),
+        allowed_repositories: Vec::new(),
+        running_image: Some("example/web:1.0.0".into()),
     }
 }
 
