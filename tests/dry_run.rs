@@ -189,8 +189,8 @@ fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
     let list = scratch.dir.path().join("releases.toml");
     std::fs::write(
         &list,
-        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n\
-         [[release]]\nversion = \"1.5.0\"\ncodebase = \"localhost:5000/web\"\n",
+        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"registry.example.com/web\"\n\
+         [[release]]\nversion = \"1.5.0\"\ncodebase = \"registry.example.com/web\"\n",
     )
     .unwrap();
     let out = scratch.run(&[
@@ -203,9 +203,31 @@ fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("3.1.0 offered (running 1.0.0), image localhost:5000/web:3.1.0"),
+        stdout.contains("3.1.0 offered (running 1.0.0), image registry.example.com/web:3.1.0"),
         "{stdout}"
     );
+
+    // The in-memory unit runs registry.example.com/web: a release naming another repository is
+    // refused (update.allowed_repositories is empty), and nothing is written for it.
+    std::fs::write(
+        &list,
+        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n",
+    )
+    .unwrap();
+    let out = scratch.run(&[
+        "run",
+        "--dry-run",
+        "--once",
+        "--releases",
+        list.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("refused the offer: offered image localhost:5000/web is not in the repository the unit runs (registry.example.com/web)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("would restart"), "{stdout}");
 
     std::fs::write(
         &list,
