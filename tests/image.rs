@@ -226,19 +226,26 @@ fn last_stage(dockerfile: &str) -> Vec<String> {
 fn docker_build_dot_compiles_in_a_rust_stage_into_the_image_scripts_image_builds_offline() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
-    let (main, prebuilt, script) = (
+    let (main, prebuilt, script, static_binary) = (
         read("Dockerfile"),
         read("Dockerfile.prebuilt"),
         read("scripts/image"),
+        read("scripts/static-binary"),
     );
     assert!(main.contains("\nFROM rust:1-bookworm AS build\n"), "{main}");
+    // scripts/image builds the binary through scripts/static-binary (scripts/package uses it
+    // too): the build stage of Dockerfile compiles with the same flags.
+    assert!(script.contains("scripts/static-binary"), "{script}");
     for flag in [
         "--locked",
         "--profile image",
         "+crt-static",
         "--bin sidekick",
     ] {
-        assert!(main.contains(flag) && script.contains(flag), "{flag}");
+        assert!(
+            main.contains(flag) && static_binary.contains(flag),
+            "{flag}"
+        );
     }
     assert!(script.contains("--file Dockerfile.prebuilt"), "{script}");
     let (built, offline) = (last_stage(&main), last_stage(&prebuilt));
