@@ -162,9 +162,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The version a test app page names: `<h1>sidekick test app 2.0.0</h1>`.
+/// The version a test app page names: `<h1>example-web 2.0.0</h1>` (the page
+/// `examples/walkthrough/image/context` writes for every image the tests build).
 pub fn page_version(body: &str) -> Option<&str> {
-    let rest = body.split("sidekick test app ").nth(1)?;
+    let rest = body.split("<h1>example-web ").nth(1)?;
     let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))?;
     Some(&rest[..end]).filter(|v| !v.is_empty())
 }
@@ -283,9 +284,9 @@ mod tests {
 
     #[test]
     fn page_version_reads_the_version_the_test_app_names() {
-        let page = "<html><body><h1>sidekick test app 3.0.1</h1></body></html>\n";
+        let page = "<html><body><h1>example-web 3.0.1</h1></body></html>\n";
         assert_eq!(page_version(page), Some("3.0.1"));
-        assert_eq!(page_version("sidekick test app 1.0.0\n"), Some("1.0.0"));
+        assert_eq!(page_version("<h1>example-web 1.0.0</h1>\n"), Some("1.0.0"));
         assert_eq!(page_version("hello"), None);
     }
 }
