@@ -187,19 +187,21 @@ fn once_on_embedded_defaults_prints_each_step_writes_nothing_and_exits_0() {
 fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
     let scratch = Scratch::new();
     let list = scratch.dir.path().join("releases.toml");
-    std::fs::write(
-        &list,
+    // One `run --dry-run --once` against `releases` as the release list.
+    let offer = |releases: &str| {
+        std::fs::write(&list, releases).unwrap();
+        scratch.run(&[
+            "run",
+            "--dry-run",
+            "--once",
+            "--releases",
+            list.to_str().unwrap(),
+        ])
+    };
+    let out = offer(
         "[[release]]\nversion = \"3.1.0\"\ncodebase = \"registry.example.com/web\"\n\
          [[release]]\nversion = \"1.5.0\"\ncodebase = \"registry.example.com/web\"\n",
-    )
-    .unwrap();
-    let out = scratch.run(&[
-        "run",
-        "--dry-run",
-        "--once",
-        "--releases",
-        list.to_str().unwrap(),
-    ]);
+    );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
@@ -209,18 +211,7 @@ fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
 
     // The in-memory unit runs registry.example.com/web: a release naming another repository is
     // refused (update.allowed_repositories is empty), and nothing is written for it.
-    std::fs::write(
-        &list,
-        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n",
-    )
-    .unwrap();
-    let out = scratch.run(&[
-        "run",
-        "--dry-run",
-        "--once",
-        "--releases",
-        list.to_str().unwrap(),
-    ]);
+    let out = offer("[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n");
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
@@ -229,18 +220,7 @@ fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
     );
     assert!(!stdout.contains("would restart"), "{stdout}");
 
-    std::fs::write(
-        &list,
-        "[[release]]\nversion = \"latest\"\ncodebase = \"x\"\n",
-    )
-    .unwrap();
-    let out = scratch.run(&[
-        "run",
-        "--dry-run",
-        "--once",
-        "--releases",
-        list.to_str().unwrap(),
-    ]);
+    let out = offer("[[release]]\nversion = \"latest\"\ncodebase = \"x\"\n");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
