@@ -122,6 +122,25 @@ pub mod error_code {
     /// (Nebraska answers a granted instance with the same package until it reports an end)
     /// (sidekick-specific).
     pub const ROLLOUT_HALTED: u32 = 1003;
+    /// An operator stopped or restarted the unit during the swap: the attempt was given up and
+    /// the version is not blamed (sidekick-specific).
+    pub const OPERATOR_ACTION: u32 = 1004;
+    /// The slot was lost (the fence found it gone) before the unit was touched: the attempt was
+    /// given up, not the version's fault (sidekick-specific).
+    pub const SLOT_LOST: u32 = 1005;
+    /// The sidekick stopped (SIGTERM) before the instance was deregistered: the grant is given
+    /// back untried (sidekick-specific).
+    pub const INTERRUPTED: u32 = 1006;
+    /// The offered version is on this instance's denylist (it failed here before): the grant is
+    /// given back untried (sidekick-specific).
+    pub const DENYLISTED: u32 = 1007;
+    /// The new version passed verification but failed inside `rollout.min_healthy` (left active,
+    /// restarted, or failed `fall` probes) and was rolled back (sidekick-specific).
+    pub const MIN_HEALTHY_FAILED: u32 = 1008;
+    /// A start found the update service holding a grant for this instance
+    /// (`error-updateInProgressOnInstance`) with no swap journaled for it: the stale grant is
+    /// ended so the instance can be offered updates again (sidekick-specific).
+    pub const STALE_GRANT: u32 = 1009;
 }
 
 /// An update as the service offered it, not yet validated (see [`crate::omaha::validate_offer`]).
