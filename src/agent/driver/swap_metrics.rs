@@ -36,6 +36,7 @@ pub fn step_label(stage: &Stage) -> Option<&'static str> {
         Stage::Verifying { .. } => "verify",
         Stage::RollingBack { .. } => "rollback",
         Stage::VerifyingOld { .. } => "verify-old",
+        Stage::StandingDown { .. } => "stand-down",
         Stage::Registering { .. } => "register",
         Stage::Releasing => "release",
         Stage::Stranded { .. } | Stage::Finished => return None,
@@ -155,6 +156,7 @@ mod tests {
             previous: None,
             slot_held: true,
             unit_active: true,
+            unit_stopped: false,
         })
     }
 
