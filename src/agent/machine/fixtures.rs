@@ -32,6 +32,7 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         )),
         slot_held: true,
         unit_active: true,
+        unit_stopped: false,
     }
 }
 

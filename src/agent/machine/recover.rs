@@ -9,8 +9,8 @@ use crate::systemd::control::RunningVersion;
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
 ///
-/// - Pre-pulling: no slot was asked for; clear the journal, no event.
-/// - Nothing touched the instance yet (slot): release the slot, no event.
+/// - Pre-pulling: no slot was asked for; 3/0 [`error_code::INTERRUPTED`], clear the journal.
+/// - Nothing touched the instance yet (slot): release the slot, 3/0 [`error_code::INTERRUPTED`].
 /// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
 ///   release.
 /// - The drop-in may be written (write, restart, verify): when systemd reports the new version,
@@ -21,6 +21,8 @@ use crate::systemd::control::RunningVersion;
 /// - Rolling back, or stranded: restore and restart the old version again, keeping the recorded
 ///   failure.
 /// - Registering (verified, not yet confirmed in etcd): register again, then report and release.
+/// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
+///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: release again.
 pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
@@ -29,11 +31,27 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     let (stage, actions) = match stage {
         // No slot was asked for yet: nothing to release (a release could only hit another
         // holder's key).
-        Stage::Prepulling => (Stage::Finished, vec![SwapAction::ClearJournal]),
-        Stage::AcquiringSlot { .. } | Stage::Releasing => (
+        // 13/1 was sent: the update service holds the grant until a 3/x ends it.
+        Stage::Prepulling => (
+            Stage::Finished,
+            vec![interrupted(), SwapAction::ClearJournal],
+        ),
+        Stage::AcquiringSlot { .. } => (
+            Stage::Releasing,
+            vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
+        ),
+        Stage::Releasing => (
             Stage::Releasing,
             vec![SwapAction::ReleaseSlot { retry: false }],
         ),
+        // An operator stopped the unit: put the previous drop-in back again, still no restart.
+        Stage::StandingDown { failure } => {
+            let action = SwapAction::RestoreDropIn {
+                previous: phase.previous.clone(),
+                old: phase.plan.old.clone(),
+            };
+            (Stage::StandingDown { failure }, vec![action])
+        }
         Stage::Deregistering | Stage::Draining | Stage::Fencing => {
             let event = Event::Failed {
                 error_code: error_code::GENERIC,
@@ -79,6 +97,13 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     (phase, actions)
 }
 
+/// 3/0 for an attempt that changed nothing before the sidekick stopped.
+fn interrupted() -> SwapAction {
+    SwapAction::SendEvent(Event::Failed {
+        error_code: error_code::INTERRUPTED,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,26 +124,30 @@ mod tests {
     }
 
     #[test]
-    fn recovery_while_prepulling_only_clears_the_journal_and_sends_no_release() {
+    fn recovery_while_prepulling_ends_the_grant_with_3_0_interrupted_and_sends_no_release() {
         let journaled = SwapPhase {
             slot_held: false,
             ..at(Stage::Prepulling)
         };
         let (phase, actions) = recover(journaled, &running("1.0.0"));
-        assert_eq!(actions, [SwapAction::ClearJournal]);
+        assert_eq!(actions, [interrupted(), SwapAction::ClearJournal]);
         assert_eq!(phase.stage, Stage::Finished);
         assert!(phase.allows_registration());
     }
 
     #[test]
-    fn recovery_before_deregistering_only_gives_the_slot_back() {
-        for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
+    fn recovery_before_deregistering_gives_the_slot_back_and_ends_an_open_grant() {
+        let release = SwapAction::ReleaseSlot { retry: false };
+        for (stage, expected) in [
+            (
+                Stage::AcquiringSlot { waiting: None },
+                vec![release.clone(), interrupted()],
+            ),
+            // The 3/x was sent before the release.
+            (Stage::Releasing, vec![release.clone()]),
+        ] {
             let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
-            assert_eq!(
-                actions,
-                [SwapAction::ReleaseSlot { retry: false }],
-                "{stage:?}"
-            );
+            assert_eq!(actions, expected, "{stage:?}");
             assert_eq!(phase.stage, Stage::Releasing);
             assert!(phase.allows_registration());
         }

@@ -8,11 +8,22 @@
 //! halt the group, denylist the version, release. Slow actions are futures in the driver whose
 //! results come back as [`SwapObservation`]s.
 //!
-//! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
-//! journal cleared, no event: the next start's poll meets the offer again). From deregistration
-//! until the release the sidekick stops at once: a rollback does not fit in the stop budget, so
-//! the journal and the slot stay, and the next start's [`super::recover::recover`] finishes or
-//! rolls back.
+//! Every grant ends in exactly one terminal 3/x: the update service holds a granted instance
+//! (`error-updateInProgressOnInstance`) until it gets one. An attempt given up for a reason that is
+//! not the version's fault reports 3/0 with its own errorcode and neither halts nor denylists:
+//! a lost fence ([`error_code::SLOT_LOST`]), SIGTERM while nothing was changed yet
+//! ([`error_code::INTERRUPTED`]), an operator's action ([`error_code::OPERATOR_ACTION`]).
+//!
+//! SIGTERM mid-swap: until the drop-in is written nothing was changed, so the attempt is dropped
+//! (slot released, 3/0, journal cleared). From the drop-in write until the release the sidekick
+//! stops at once: a rollback does not fit in the stop budget, so the journal and the slot stay,
+//! and the next start's [`super::recover::recover`] finishes or rolls back.
+//!
+//! Operator actions: the sidekick never starts a unit an operator stopped. The unit leaving
+//! `active` before the drop-in is written gives the attempt up; stopped while the drop-in is
+//! written, or while the new version is verified (`inactive`), or a restart job of ours
+//! `canceled` by another job, the previous drop-in is put back with no restart
+//! ([`Stage::StandingDown`]). A unit that *fails* is still the version's failure.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
@@ -21,6 +32,8 @@ use crate::systemd::control::{DropIn, PreviousDropIn};
 mod messages;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
 
@@ -78,6 +91,9 @@ pub enum Stage {
     Registering { failure: Option<Failure> },
     /// Registered again (on the new or the old version), events sent; giving the slot back.
     Releasing,
+    /// An operator stopped (or restarted) the unit after the drop-in was written: putting the
+    /// previous drop-in back, with no restart; then 3/0 and the release. `failure.halt` is false.
+    StandingDown { failure: Failure },
     /// The old version could not be brought back: deregistered, slot kept, the group held.
     Stranded { failure: Failure, why: String },
     /// Nothing left to do: the agent is back to serving.
@@ -95,6 +111,10 @@ pub struct SwapPhase {
     pub slot_held: bool,
     /// The unit's last seen state was `active`.
     pub unit_active: bool,
+    /// The unit's last seen state was `inactive`: stopped, by an operator unless a restart job of
+    /// ours is running.
+    #[serde(default)]
+    pub unit_stopped: bool,
 }
 
 /// Starts a swap for a validated offer: 13/1 and the pre-pull.
@@ -106,6 +126,7 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         previous: None,
         slot_held: false,
         unit_active: true,
+        unit_stopped: false,
     };
     let actions = vec![
         SwapAction::SendEvent(Event::PrepullStarted),
@@ -163,6 +184,10 @@ impl SwapPhase {
                 "update to {to} rolled back: {} verified, registering again",
                 self.plan.old.version
             ),
+            Stage::StandingDown { failure } => format!(
+                "update to {to} given up: {}; putting the {} drop-in back, not restarting",
+                failure.reason, self.plan.old.version
+            ),
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
             Stage::Stranded { failure, why } => format!(
                 "ROLLBACK FAILED: {to} failed ({}) and {} could not be brought back ({why}); \
@@ -179,7 +204,10 @@ impl SwapPhase {
 pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, Vec<SwapAction>) {
     use SwapObservation as O;
     match &observation {
-        O::Unit(state) => phase.unit_active = state.is_active(),
+        O::Unit(state) => {
+            phase.unit_active = state.is_active();
+            phase.unit_stopped = *state == ActiveState::Inactive;
+        }
         O::LeftActive => phase.unit_active = false,
         _ => {}
     }
@@ -199,6 +227,11 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.push(SwapAction::ClearJournal);
             phase.slot_held = false;
             (Stage::Finished, actions)
+        }
+        // The unit left `active` before anything was changed: an operator's stop or restart (or a
+        // crash of the old version). No restart: give the attempt up, serve again if wanted.
+        (stage, observation) if untouched(&stage) && departed(&observation) => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::Prepulling, O::Prepulled(Ok(()))) => {
             phase.slot_held = true;
@@ -258,13 +291,19 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         }
         (Stage::Fencing, O::Fenced { held: false }) => {
             // The slot may be someone else's now: no restart. Serve again, drop the attempt.
-            phase.slot_held = false;
-            let actions = vec![
-                SwapAction::Register,
-                SwapAction::ReleaseSlot { retry: false },
-                SwapAction::ClearJournal,
-            ];
-            (Stage::Finished, actions)
+            given_up(
+                &mut phase,
+                error_code::SLOT_LOST,
+                vec![SwapAction::Register],
+            )
+        }
+        // Stopped while the drop-in was written: put it back, do not start the unit.
+        (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) if !phase.unit_active => {
+            phase.previous = Some(previous);
+            stand_down(&phase, "the unit was stopped before the restart")
+        }
+        (Stage::WritingDropIn, O::DropInWritten(Err(_))) if !phase.unit_active => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) => {
             phase.previous = Some(previous);
@@ -290,6 +329,9 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.insert(0, SwapAction::StartVerifyDeadline);
             (stage, actions)
         }
+        (Stage::Restarting, O::RestartCanceled) => {
+            stand_down(&phase, "the restart job was canceled by another job")
+        }
         (Stage::Restarting, O::Restarted(Err(error))) => {
             let failure = Failure {
                 code: error_code::SWAP_FAILED,
@@ -299,6 +341,15 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             roll_back(&mut phase, failure)
         }
         (Stage::Verifying { passes }, observation) => match observation {
+            // systemd sends the unit's state before the restart job's end and the loop reads the
+            // unit first, so `inactive` seen here is a stop after our restart finished.
+            O::Unit(ActiveState::Inactive) => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
+            // A stop seen while our restart job ran, after it was done.
+            O::VerifyDeadline if phase.unit_stopped => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
             O::VerifyDeadline => {
                 let failure = Failure {
                     code: error_code::UNHEALTHY_AFTER_SWAP,
@@ -341,6 +392,10 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 verified(&phase, Stage::VerifyingOld { failure, passes })
             }
         },
+        (Stage::StandingDown { failure }, O::DropInRestored(_)) => {
+            // A failed restore is logged by the step; the unit stays stopped either way.
+            given_up(&mut phase, failure.code, Vec::new())
+        }
         (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
         (Stage::Releasing, O::SlotReleased(Ok(()))) => {
             phase.slot_held = false;
@@ -356,6 +411,59 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     };
     phase.stage = stage;
     (phase, actions)
+}
+
+/// Whether the swap has changed nothing on the instance yet (the drop-in not being written).
+fn untouched(stage: &Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Prepulling
+            | Stage::AcquiringSlot { .. }
+            | Stage::Deregistering
+            | Stage::Draining
+            | Stage::Fencing
+    )
+}
+
+/// Whether the unit left `active` (an unknown state is no news).
+fn departed(observation: &SwapObservation) -> bool {
+    match observation {
+        SwapObservation::LeftActive => true,
+        SwapObservation::Unit(state) => !state.is_active() && *state != ActiveState::Unknown,
+        _ => false,
+    }
+}
+
+/// Gives an attempt up that is not the version's fault: `first`, then the slot back (when one may
+/// be held) and 3/0 with `code`, which ends the grant; no halt, no denylist. Registration follows
+/// the unit again.
+fn given_up(phase: &mut SwapPhase, code: u32, first: Vec<SwapAction>) -> (Stage, Vec<SwapAction>) {
+    let mut actions = first;
+    if phase.slot_held {
+        // Before the event: the group need not wait for the update service.
+        actions.push(SwapAction::ReleaseSlot { retry: false });
+    }
+    phase.slot_held = false;
+    actions.extend([
+        SwapAction::SendEvent(Event::Failed { error_code: code }),
+        SwapAction::ClearJournal,
+    ]);
+    (Stage::Finished, actions)
+}
+
+/// An operator stopped the unit after the drop-in was written: put the previous one back, no
+/// restart.
+fn stand_down(phase: &SwapPhase, why: &str) -> (Stage, Vec<SwapAction>) {
+    let failure = Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: why.to_string(),
+        halt: false,
+    };
+    let action = SwapAction::RestoreDropIn {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    };
+    (Stage::StandingDown { failure }, vec![action])
 }
 
 /// Counts a probe while the unit is active; a failed check or a departure starts over.
@@ -443,16 +551,24 @@ fn strand(failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
     )
 }
 
-/// SIGTERM: drop an attempt that has not touched the instance yet; otherwise stop at once and
-/// leave the journal and the slot to the next start.
+/// SIGTERM: drop an attempt that has not touched the instance yet (the slot back, 3/0
+/// [`error_code::INTERRUPTED`] to end the grant); otherwise stop at once and leave the journal and
+/// the slot to the next start. The driver bounds what is sent on the way out by its stop deadline;
+/// a 3/0 that does not make it is sent by the next start, which finds the grant with no journal.
 fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
+    let interrupted = untouched(&stage);
     match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+        stage if interrupted || matches!(stage, Stage::Releasing | Stage::Finished) => {
             // A release from a stage that holds no slot could only hit another holder's key.
             let mut actions = match phase.slot_held {
                 true => vec![SwapAction::ReleaseSlot { retry: false }],
                 false => Vec::new(),
             };
+            if interrupted {
+                actions.push(SwapAction::SendEvent(Event::Failed {
+                    error_code: error_code::INTERRUPTED,
+                }));
+            }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;
