@@ -154,6 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
+        let stage = Stage::StandingDown {
+            failure: Failure {
+                code: error_code::OPERATOR_ACTION,
+                reason: "stopped".into(),
+                halt: false,
+            },
+        };
+        // Whatever systemd reports: the operator's stop stands.
+        for observed in ["1.0.0", "2.0.0"] {
+            let (phase, actions) = recover(at(stage.clone()), &running(observed));
+            assert_eq!(
+                actions,
+                [SwapAction::RestoreDropIn {
+                    previous: at(Stage::Finished).previous,
+                    old: dropin("1.0.0"),
+                }]
+            );
+            assert_eq!(phase.stage, stage);
+        }
+    }
+
+    #[test]
     fn recovery_after_deregistering_but_before_the_dropin_serves_again_and_reports_3_0_generic() {
         for stage in [Stage::Deregistering, Stage::Draining, Stage::Fencing] {
             let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));

@@ -238,3 +238,6 @@ fn failed(what: &str, error: &ControlError) -> String {
     warn!(error = %error, kind = error.kind(), "{what} failed");
     error.to_string()
 }
+
+#[cfg(test)]
+mod tests;

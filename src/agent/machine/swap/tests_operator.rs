@@ -184,3 +184,118 @@ fn sigterm_after_the_deregistration_with_nothing_changed_releases_and_ends_the_g
         assert!(!phase.slot_held, "{stage:?}");
     }
 }
+
+fn standing_down(why: &str) -> Stage {
+    Stage::StandingDown {
+        failure: Failure {
+            code: error_code::OPERATOR_ACTION,
+            reason: why.into(),
+            halt: false,
+        },
+    }
+}
+
+fn restore_only() -> A {
+    A::RestoreDropIn {
+        previous: Some(PreviousDropIn::Absent),
+        old: dropin("1.0.0"),
+    }
+}
+
+/// What a stand-down ends with once the drop-in is back: the slot, then the 3/0.
+fn after_restore() -> Vec<A> {
+    vec![
+        A::ReleaseSlot { retry: false },
+        failed(error_code::OPERATOR_ACTION),
+        A::ClearJournal,
+    ]
+}
+
+#[test]
+fn a_stop_during_the_dropin_write_restores_it_then_releases_and_reports_operator_action() {
+    let (phase, actions) = feed(
+        at(Stage::WritingDropIn),
+        &[
+            O::LeftActive,
+            O::Unit(Inactive),
+            O::DropInWritten(Ok(PreviousDropIn::Absent)),
+        ],
+    );
+    assert_eq!(actions, [restore_only()]);
+    assert_eq!(
+        phase.stage,
+        standing_down("the unit was stopped before the restart")
+    );
+    assert!(!phase.allows_registration(), "the drop-in is not back yet");
+    let (phase, actions) = step(phase, O::DropInRestored(Ok(())));
+    assert_eq!(actions, after_restore());
+    assert_eq!(phase.stage, Stage::Finished);
+    // The write failed: the old drop-in is still in place, nothing to put back.
+    let (_, actions) = feed(
+        at(Stage::WritingDropIn),
+        &[O::LeftActive, O::DropInWritten(Err("disk full".into()))],
+    );
+    assert_eq!(actions, after_restore());
+}
+
+#[test]
+fn a_restart_job_canceled_by_another_job_restores_the_dropin_without_a_restart() {
+    let (phase, actions) = feed(
+        at(Stage::Restarting),
+        &[O::LeftActive, O::Unit(Inactive), O::RestartCanceled],
+    );
+    assert_eq!(actions, [restore_only()]);
+    assert!(!blames_or_starts(&actions));
+    let (_, actions) = step(phase, O::DropInRestored(Ok(())));
+    assert_eq!(actions, after_restore());
+}
+
+#[test]
+fn a_stop_while_verifying_restores_the_dropin_and_reports_operator_action() {
+    let (phase, actions) = feed(
+        at(Stage::Verifying { passes: 0 }),
+        &[O::LeftActive, O::Unit(Deactivating), O::Unit(Inactive)],
+    );
+    assert_eq!(actions, [restore_only()]);
+    // The deadline and late probes change nothing while the drop-in goes back.
+    let (phase, late) = feed(phase, &[O::VerifyDeadline, O::Probe { passed: false }]);
+    assert_eq!(late, []);
+    let (phase, actions) = step(phase, O::DropInRestored(Ok(())));
+    assert_eq!(actions, after_restore());
+    assert!(phase.allows_registration());
+}
+
+#[test]
+fn a_stop_seen_while_the_restart_job_ran_after_it_was_done_is_an_operators() {
+    // Our own job takes the unit through inactive: no decision until its result.
+    let (phase, actions) = feed(at(Stage::Restarting), &[O::LeftActive, O::Unit(Inactive)]);
+    assert_eq!(actions, []);
+    let (phase, actions) = step(phase, O::Restarted(Ok(())));
+    assert_eq!(actions, [A::StartVerifyDeadline]);
+    // Still inactive when the verification time is up: stopped, not unhealthy.
+    let (_, actions) = step(phase, O::VerifyDeadline);
+    assert_eq!(actions, [restore_only()]);
+}
+
+#[test]
+fn a_unit_that_fails_while_verifying_is_still_the_versions_failure() {
+    let (phase, actions) = feed(
+        at(Stage::Verifying { passes: 0 }),
+        &[O::LeftActive, O::Unit(ActiveState::Failed)],
+    );
+    assert!(
+        matches!(actions[..], [A::RestoreAndRestart { .. }]),
+        "{actions:?}"
+    );
+    assert!(matches!(phase.stage, Stage::RollingBack { ref failure } if failure.halt));
+}
+
+#[test]
+fn status_says_an_operators_stop_is_respected() {
+    let phase = at(standing_down("the unit was stopped while it was verified"));
+    assert_eq!(
+        phase.status(),
+        "update to 2.0.0 given up: the unit was stopped while it was verified; \
+         putting the 1.0.0 drop-in back, not restarting"
+    );
+}
