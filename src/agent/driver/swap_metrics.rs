@@ -38,6 +38,7 @@ pub fn step_label(stage: &Stage) -> Option<&'static str> {
         Stage::VerifyingOld { .. } => "verify-old",
         Stage::Registering { .. } => "register",
         Stage::Releasing => "release",
+        Stage::Reacquiring { .. } => "reacquire",
         Stage::Stranded { .. } | Stage::Finished => return None,
     })
 }
@@ -155,6 +156,7 @@ mod tests {
             previous: None,
             slot_held: true,
             unit_active: true,
+            halt: Default::default(),
         })
     }
 
