@@ -36,6 +36,7 @@ pub fn step_label(stage: &Stage) -> Option<&'static str> {
         Stage::Verifying { .. } => "verify",
         Stage::RollingBack { .. } => "rollback",
         Stage::VerifyingOld { .. } => "verify-old",
+        Stage::StandingDown { .. } => "stand-down",
         Stage::Registering { .. } => "register",
         Stage::Releasing => "release",
         Stage::Reacquiring { .. } => "reacquire",
@@ -157,6 +158,7 @@ mod tests {
             slot_held: true,
             unit_active: true,
             halt: Default::default(),
+            unit_stopped: false,
         })
     }
 

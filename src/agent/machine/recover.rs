@@ -13,8 +13,8 @@ use crate::systemd::control::RunningVersion;
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
 ///
-/// - Pre-pulling: no slot was asked for; clear the journal, no event.
-/// - Nothing touched the instance yet (slot): release the slot, no event.
+/// - Pre-pulling: no slot was asked for; 3/0 [`error_code::INTERRUPTED`], clear the journal.
+/// - Nothing touched the instance yet (slot): release the slot, 3/0 [`error_code::INTERRUPTED`].
 /// - Deregistered but the unit untouched (drain, fence): serve again, 3/0 [`error_code::GENERIC`],
 ///   release.
 /// - The drop-in may be written (write, restart, verify): take the slot again first; then, when
@@ -28,6 +28,8 @@ use crate::systemd::control::RunningVersion;
 ///   machine's own rule (active and `rise` passes): the new version verifies for 3/1, the old
 ///   one for the recorded failure (or 3/0 generic when none was recorded); a recorded rollback
 ///   that finds the new version running rolls back again, slot first.
+/// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
+///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again.
 pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
@@ -42,12 +44,28 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     let (stage, actions) = match stage {
         // No slot was asked for yet: nothing to release (a release could only hit another
         // holder's key).
-        Stage::Prepulling => (Stage::Finished, vec![SwapAction::ClearJournal]),
-        Stage::AcquiringSlot { .. } | Stage::Releasing => {
+        // 13/1 was sent: the update service holds the grant until a 3/x ends it.
+        Stage::Prepulling => (
+            Stage::Finished,
+            vec![interrupted(), SwapAction::ClearJournal],
+        ),
+        Stage::AcquiringSlot { .. } => (
+            Stage::Releasing,
+            vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
+        ),
+        Stage::Releasing => {
             let first = phase
                 .halt_action(false)
                 .unwrap_or(SwapAction::ReleaseSlot { retry: false });
             (Stage::Releasing, vec![first])
+        }
+        // An operator stopped the unit: put the previous drop-in back again, still no restart.
+        Stage::StandingDown { failure } => {
+            let action = SwapAction::RestoreDropIn {
+                previous: phase.previous.clone(),
+                old: phase.plan.old.clone(),
+            };
+            (Stage::StandingDown { failure }, vec![action])
         }
         Stage::Deregistering | Stage::Draining | Stage::Fencing => {
             let event = Event::Failed {
@@ -68,7 +86,7 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             reacquire(&mut phase, Stage::Verifying { passes: 0 })
         }
         Stage::WritingDropIn | Stage::Restarting | Stage::Verifying { .. } => {
-            let failure = interrupted(&phase);
+            let failure = unjudged(&phase);
             reacquire(&mut phase, Stage::RollingBack { failure })
         }
         Stage::RollingBack { failure }
@@ -82,12 +100,12 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             verify_again(&mut phase, Stage::Verifying { passes: 0 })
         }
         Stage::Registering { failure } if !runs_new => {
-            let failure = failure.unwrap_or_else(|| interrupted(&phase));
+            let failure = failure.unwrap_or_else(|| unjudged(&phase));
             verify_again(&mut phase, Stage::VerifyingOld { failure, passes: 0 })
         }
         // A rollback was verified, yet the new version runs: roll back again, slot first.
         Stage::Registering { failure } => {
-            let failure = failure.unwrap_or_else(|| interrupted(&phase));
+            let failure = failure.unwrap_or_else(|| unjudged(&phase));
             reacquire(&mut phase, Stage::RollingBack { failure })
         }
         Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
@@ -96,8 +114,15 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
     (phase, actions)
 }
 
+/// 3/0 for an attempt that changed nothing before the sidekick stopped.
+fn interrupted() -> SwapAction {
+    SwapAction::SendEvent(Event::Failed {
+        error_code: error_code::INTERRUPTED,
+    })
+}
+
 /// The failure of a swap interrupted before its version could be judged: 3/0 generic, no halt.
-fn interrupted(phase: &SwapPhase) -> Failure {
+fn unjudged(phase: &SwapPhase) -> Failure {
     Failure {
         code: error_code::GENERIC,
         reason: format!(

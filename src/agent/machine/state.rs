@@ -62,7 +62,8 @@ pub enum Observation {
     Probe { passed: bool },
     /// SIGTERM or SIGINT.
     Shutdown,
-    /// The update policy accepted an offer: start swapping (ignored unless serving).
+    /// The update policy accepted an offer: start swapping (ignored unless serving, the unit
+    /// active and the instance registered).
     Offer(SwapPlan),
     /// etcd confirmed the registration the agent asked for, outside a swap.
     Registered,
@@ -180,7 +181,10 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             return (agent, vec![Action::Stop]);
         }
         Observation::Offer(plan) => {
-            if agent.phase == Phase::Serving {
+            // No swap for a unit that does not serve: an operator's stopped unit is not started,
+            // a failed one not blamed on the next version (the grant stays with the service, which
+            // offers it again while the instance reports no progress on it).
+            if agent.phase == Phase::Serving && agent.unit.is_active() && agent.registered {
                 let (swap, swap_actions) = swap::start(plan);
                 agent.phase = Phase::Updating(swap);
                 actions.extend(swap_actions.into_iter().map(Action::from));
@@ -289,3 +293,5 @@ impl From<SwapAction> for Action {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_operator;

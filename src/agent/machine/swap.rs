@@ -15,11 +15,22 @@
 //! without a held slot checked right before it: the rollback fences as the forward restart does,
 //! and a slot found lost there is taken again ([`Stage::Reacquiring`]) before the unit is touched.
 //!
-//! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
-//! journal cleared, no event: the next start's poll meets the offer again). From deregistration
-//! until the release the sidekick stops at once: a rollback does not fit in the stop budget, so
-//! the journal and the slot stay, and the next start's [`super::recover::recover`] finishes or
-//! rolls back.
+//! Every grant ends in exactly one terminal 3/x: the update service holds a granted instance
+//! (`error-updateInProgressOnInstance`) until it gets one. An attempt given up for a reason that is
+//! not the version's fault reports 3/0 with its own errorcode and neither halts nor denylists:
+//! a lost fence ([`error_code::SLOT_LOST`]), SIGTERM while nothing was changed yet
+//! ([`error_code::INTERRUPTED`]), an operator's action ([`error_code::OPERATOR_ACTION`]).
+//!
+//! SIGTERM mid-swap: until the drop-in is written nothing was changed, so the attempt is dropped
+//! (slot released, 3/0, journal cleared). From the drop-in write until the release the sidekick
+//! stops at once: a rollback does not fit in the stop budget, so the journal and the slot stay,
+//! and the next start's [`super::recover::recover`] finishes or rolls back.
+//!
+//! Operator actions: the sidekick never starts a unit an operator stopped. The unit leaving
+//! `active` before the drop-in is written gives the attempt up; stopped while the drop-in is
+//! written, or while the new version is verified (`inactive`), or a restart job of ours
+//! `canceled` by another job, the previous drop-in is put back with no restart
+//! ([`Stage::StandingDown`]). A unit that *fails* is still the version's failure.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
@@ -30,6 +41,7 @@ mod messages;
 mod tests;
 #[cfg(test)]
 mod tests_halt;
+mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
 
@@ -103,6 +115,9 @@ pub enum Stage {
     Registering { failure: Option<Failure> },
     /// Registered again (on the new or the old version), events sent; giving the slot back.
     Releasing,
+    /// An operator stopped (or restarted) the unit after the drop-in was written: putting the
+    /// previous drop-in back, with no restart; then 3/0 and the release. `failure.halt` is false.
+    StandingDown { failure: Failure },
     /// The old version could not be brought back: deregistered, slot kept, the group held.
     Stranded { failure: Failure, why: String },
     /// Resumed after a stop (or the rollback's fence found the slot gone): taking the slot
@@ -130,6 +145,10 @@ pub struct SwapPhase {
     /// The group's halt this swap owes or has confirmed.
     #[serde(default)]
     pub halt: GroupHalt,
+    /// The unit's last seen state was `inactive`: stopped, by an operator unless a restart job of
+    /// ours is running.
+    #[serde(default)]
+    pub unit_stopped: bool,
 }
 
 /// Starts a swap for a validated offer: 13/1 and the pre-pull.
@@ -142,6 +161,7 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         slot_held: false,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        unit_stopped: false,
     };
     let actions = vec![
         SwapAction::SendEvent(Event::PrepullStarted),
@@ -199,6 +219,10 @@ impl SwapPhase {
                 "update to {to} rolled back: {} verified, registering again",
                 self.plan.old.version
             ),
+            Stage::StandingDown { failure } => format!(
+                "update to {to} given up: {}; putting the {} drop-in back, not restarting",
+                failure.reason, self.plan.old.version
+            ),
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
             Stage::Stranded { failure, why } => format!(
                 "ROLLBACK FAILED: {to} failed ({}) and {} could not be brought back ({why}); \
@@ -244,7 +268,10 @@ impl SwapPhase {
 pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, Vec<SwapAction>) {
     use SwapObservation as O;
     match &observation {
-        O::Unit(state) => phase.unit_active = state.is_active(),
+        O::Unit(state) => {
+            phase.unit_active = state.is_active();
+            phase.unit_stopped = *state == ActiveState::Inactive;
+        }
         O::LeftActive => phase.unit_active = false,
         O::GroupHalted(Ok(())) => phase.halt = GroupHalt::Confirmed,
         _ => {}
@@ -265,6 +292,11 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.push(SwapAction::ClearJournal);
             phase.slot_held = false;
             (Stage::Finished, actions)
+        }
+        // The unit left `active` before anything was changed: an operator's stop or restart (or a
+        // crash of the old version). No restart: give the attempt up, serve again if wanted.
+        (stage, observation) if untouched(&stage) && departed(&observation) => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::Prepulling, O::Prepulled(Ok(()))) => {
             phase.slot_held = true;
@@ -324,13 +356,19 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         }
         (Stage::Fencing, O::Fenced { held: false }) => {
             // The slot may be someone else's now: no restart. Serve again, drop the attempt.
-            phase.slot_held = false;
-            let actions = vec![
-                SwapAction::Register,
-                SwapAction::ReleaseSlot { retry: false },
-                SwapAction::ClearJournal,
-            ];
-            (Stage::Finished, actions)
+            given_up(
+                &mut phase,
+                error_code::SLOT_LOST,
+                vec![SwapAction::Register],
+            )
+        }
+        // Stopped while the drop-in was written: put it back, do not start the unit.
+        (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) if !phase.unit_active => {
+            phase.previous = Some(previous);
+            stand_down(&phase, "the unit was stopped before the restart")
+        }
+        (Stage::WritingDropIn, O::DropInWritten(Err(_))) if !phase.unit_active => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) => {
             phase.previous = Some(previous);
@@ -356,6 +394,9 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.insert(0, SwapAction::StartVerifyDeadline);
             (stage, actions)
         }
+        (Stage::Restarting, O::RestartCanceled) => {
+            stand_down(&phase, "the restart job was canceled by another job")
+        }
         (Stage::Restarting, O::Restarted(Err(error))) => {
             let failure = Failure {
                 code: error_code::SWAP_FAILED,
@@ -365,6 +406,15 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             fail(&mut phase, failure)
         }
         (Stage::Verifying { passes }, observation) => match observation {
+            // systemd sends the unit's state before the restart job's end and the loop reads the
+            // unit first, so `inactive` seen here is a stop after our restart finished.
+            O::Unit(ActiveState::Inactive) => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
+            // A stop seen while our restart job ran, after it was done.
+            O::VerifyDeadline if phase.unit_stopped => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
             O::VerifyDeadline => {
                 let failure = Failure {
                     code: error_code::UNHEALTHY_AFTER_SWAP,
@@ -445,6 +495,10 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 verified(&phase, Stage::VerifyingOld { failure, passes })
             }
         },
+        (Stage::StandingDown { failure }, O::DropInRestored(_)) => {
+            // A failed restore is logged by the step; the unit stays stopped either way.
+            given_up(&mut phase, failure.code, Vec::new())
+        }
         (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
         // The release waits for the halt: confirmed now, or tried again.
         (Stage::Releasing, O::GroupHalted(Ok(()))) => (
@@ -469,6 +523,59 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     };
     phase.stage = stage;
     (phase, actions)
+}
+
+/// Whether the swap has changed nothing on the instance yet (the drop-in not being written).
+fn untouched(stage: &Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Prepulling
+            | Stage::AcquiringSlot { .. }
+            | Stage::Deregistering
+            | Stage::Draining
+            | Stage::Fencing
+    )
+}
+
+/// Whether the unit left `active` (an unknown state is no news).
+fn departed(observation: &SwapObservation) -> bool {
+    match observation {
+        SwapObservation::LeftActive => true,
+        SwapObservation::Unit(state) => !state.is_active() && *state != ActiveState::Unknown,
+        _ => false,
+    }
+}
+
+/// Gives an attempt up that is not the version's fault: `first`, then the slot back (when one may
+/// be held) and 3/0 with `code`, which ends the grant; no halt, no denylist. Registration follows
+/// the unit again.
+fn given_up(phase: &mut SwapPhase, code: u32, first: Vec<SwapAction>) -> (Stage, Vec<SwapAction>) {
+    let mut actions = first;
+    if phase.slot_held {
+        // Before the event: the group need not wait for the update service.
+        actions.push(SwapAction::ReleaseSlot { retry: false });
+    }
+    phase.slot_held = false;
+    actions.extend([
+        SwapAction::SendEvent(Event::Failed { error_code: code }),
+        SwapAction::ClearJournal,
+    ]);
+    (Stage::Finished, actions)
+}
+
+/// An operator stopped the unit after the drop-in was written: put the previous one back, no
+/// restart.
+fn stand_down(phase: &SwapPhase, why: &str) -> (Stage, Vec<SwapAction>) {
+    let failure = Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: why.to_string(),
+        halt: false,
+    };
+    let action = SwapAction::RestoreDropIn {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    };
+    (Stage::StandingDown { failure }, vec![action])
 }
 
 /// Counts a probe while the unit is active; a failed check or a departure starts over.
@@ -606,21 +713,30 @@ fn strand(phase: &mut SwapPhase, failure: Failure, why: String) -> (Stage, Vec<S
     (Stage::Stranded { failure, why }, actions)
 }
 
-/// SIGTERM: drop an attempt that has not touched the instance yet; otherwise stop at once and
-/// leave the journal and the slot to the next start. An owed halt is sent on the way out (and
-/// stays journaled until confirmed, so the next start sends it again).
+/// SIGTERM: drop an attempt that has not touched the instance yet (the slot back, 3/0
+/// [`error_code::INTERRUPTED`] to end the grant); otherwise stop at once and leave the journal and
+/// the slot to the next start. The driver bounds what is sent on the way out by its stop deadline;
+/// a 3/0 that does not make it is sent by the next start, which finds the grant with no journal.
+/// An owed halt is sent on the way out (and stays journaled until confirmed, so the next start
+/// sends it again).
 fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
     if let Some(halt) = phase.halt_action(false) {
         phase.stage = stage;
         return (phase, vec![halt, SwapAction::Stop]);
     }
+    let interrupted = untouched(&stage);
     match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+        stage if interrupted || matches!(stage, Stage::Releasing | Stage::Finished) => {
             // A release from a stage that holds no slot could only hit another holder's key.
             let mut actions = match phase.slot_held {
                 true => vec![SwapAction::ReleaseSlot { retry: false }],
                 false => Vec::new(),
             };
+            if interrupted {
+                actions.push(SwapAction::SendEvent(Event::Failed {
+                    error_code: error_code::INTERRUPTED,
+                }));
+            }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;

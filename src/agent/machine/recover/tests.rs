@@ -52,28 +52,55 @@ fn run(mut phase: SwapPhase, steps: &[(O, &[SwapAction])]) -> SwapPhase {
 const PASS: O = O::Probe { passed: true };
 
 #[test]
-fn recovery_while_prepulling_only_clears_the_journal_and_sends_no_release() {
+fn recovery_while_prepulling_ends_the_grant_with_3_0_interrupted_and_sends_no_release() {
     let journaled = SwapPhase {
         slot_held: false,
         ..at(Stage::Prepulling)
     };
     let (phase, actions) = recover(journaled, &running("1.0.0"));
-    assert_eq!(actions, [SwapAction::ClearJournal]);
+    assert_eq!(actions, [interrupted(), SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
     assert!(phase.allows_registration());
 }
 
 #[test]
-fn recovery_before_deregistering_only_gives_the_slot_back() {
-    for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
+fn recovery_before_deregistering_gives_the_slot_back_and_ends_an_open_grant() {
+    let release = SwapAction::ReleaseSlot { retry: false };
+    for (stage, expected) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            vec![release.clone(), interrupted()],
+        ),
+        // The 3/x was sent before the release.
+        (Stage::Releasing, vec![release.clone()]),
+    ] {
         let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
-        assert_eq!(
-            actions,
-            [SwapAction::ReleaseSlot { retry: false }],
-            "{stage:?}"
-        );
+        assert_eq!(actions, expected, "{stage:?}");
         assert_eq!(phase.stage, Stage::Releasing);
         assert!(phase.allows_registration());
+    }
+}
+
+#[test]
+fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
+    let stage = Stage::StandingDown {
+        failure: Failure {
+            code: error_code::OPERATOR_ACTION,
+            reason: "stopped".into(),
+            halt: false,
+        },
+    };
+    // Whatever systemd reports: the operator's stop stands.
+    for observed in ["1.0.0", "2.0.0"] {
+        let (phase, actions) = recover(at(stage.clone()), &running(observed));
+        assert_eq!(
+            actions,
+            [SwapAction::RestoreDropIn {
+                previous: at(Stage::Finished).previous,
+                old: dropin("1.0.0"),
+            }]
+        );
+        assert_eq!(phase.stage, stage);
     }
 }
 

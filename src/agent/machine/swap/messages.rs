@@ -37,6 +37,11 @@ pub enum SwapObservation {
     DropInWritten(Result<PreviousDropIn, String>),
     /// `Reload()` plus the restart job's result (or the previous drop-in's restore failing).
     Restarted(Result<(), String>),
+    /// The restart job ended `canceled`: another job replaced it, an operator's stop or restart
+    /// (ours run one at a time, so it is never our own). Not the version's failure.
+    RestartCanceled,
+    /// The previous drop-in is back (with `Reload()`), the unit not restarted.
+    DropInRestored(Result<(), String>),
     /// `swap.verify_timeout` passed since the restart finished.
     VerifyDeadline,
     SlotReleased(Result<(), String>),
@@ -80,6 +85,13 @@ pub enum SwapAction {
     /// Put the previous drop-in back (or write the old version's when it is unknown), then
     /// reload and restart; answers [`SwapObservation::Restarted`].
     RestoreAndRestart {
+        previous: Option<PreviousDropIn>,
+        old: DropIn,
+    },
+    /// Put the previous drop-in back (or write the old version's when it is unknown) and
+    /// `Reload()`, with no restart: an operator stopped the unit; answers
+    /// [`SwapObservation::DropInRestored`].
+    RestoreDropIn {
         previous: Option<PreviousDropIn>,
         old: DropIn,
     },

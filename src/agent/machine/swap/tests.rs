@@ -27,6 +27,7 @@ fn at(rise: u32, stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        unit_stopped: false,
     }
 }
 
@@ -197,6 +198,7 @@ fn a_slot_lost_before_the_restart_registers_again_and_never_restarts() {
             &[
                 A::Register,
                 A::ReleaseSlot { retry: false },
+                failed(error_code::SLOT_LOST),
                 A::ClearJournal,
             ],
         )],
@@ -577,33 +579,40 @@ fn shutdown_from_a_stage_that_holds_no_slot_sends_no_release() {
             slot_held: false,
             ..at(1, stage.clone())
         };
-        let phase = run(phase, &[(O::Shutdown, &[A::ClearJournal, A::Stop])]);
+        let expected = match stage {
+            Stage::Prepulling => vec![failed(error_code::INTERRUPTED), A::ClearJournal, A::Stop],
+            _ => vec![A::ClearJournal, A::Stop],
+        };
+        let phase = run(phase, &[(O::Shutdown, &expected)]);
         assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
     }
 }
 
 #[test]
 fn shutdown_before_deregistering_drops_the_attempt_and_gives_the_slot_back() {
-    for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
-        let phase = run(
-            at(1, stage.clone()),
-            &[(
-                O::Shutdown,
-                &[A::ReleaseSlot { retry: false }, A::ClearJournal, A::Stop],
-            )],
-        );
+    let release = A::ReleaseSlot { retry: false };
+    let interrupted = failed(error_code::INTERRUPTED);
+    for (stage, expected) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            vec![release.clone(), interrupted, A::ClearJournal, A::Stop],
+        ),
+        (
+            Stage::Releasing,
+            vec![release.clone(), A::ClearJournal, A::Stop],
+        ),
+    ] {
+        let phase = run(at(1, stage.clone()), &[(O::Shutdown, &expected)]);
         assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
         assert!(!phase.slot_held, "{stage:?}");
     }
 }
 
 #[test]
-fn shutdown_after_deregistering_stops_at_once_and_leaves_journal_and_slot_to_the_next_start() {
+fn shutdown_once_the_dropin_may_be_written_stops_at_once_and_leaves_journal_and_slot_to_the_next_start()
+ {
     let failure = failure(1001, "r");
     for stage in [
-        Stage::Deregistering,
-        Stage::Draining,
-        Stage::Fencing,
         Stage::WritingDropIn,
         Stage::Restarting,
         Stage::Verifying { passes: 0 },
