@@ -41,6 +41,7 @@ mod messages;
 mod tests;
 #[cfg(test)]
 mod tests_halt;
+#[cfg(test)]
 mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
