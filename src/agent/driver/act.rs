@@ -1,8 +1,9 @@
 //! The machine's actions carried out: the one place that knows which run inline, at once, on the
 //! loop (registration, deregistration, the stop, the verify deadline, the denylist, clearing the
 //! journal) and which are slow futures polled beside the loop ([`crate::agent::update::steps`]:
-//! events, pre-pull, slot, drain, fence, drop-in, restart, release). The swap is journaled
-//! before any of its side effects.
+//! events, pre-pull, slot, drain, fence, drop-in, restart, halt, release). The swap is journaled
+//! before any of its side effects. A halt runs beside whatever step is still in flight, never
+//! behind it.
 
 use tokio::time::Instant;
 use tracing::info;
@@ -71,9 +72,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 Action::Swap(action) => batch.push(action),
             }
         }
+        let halting = batch.iter().any(|a| matches!(a, SwapAction::Halt { .. }));
         if let Some(step) = self.swap_steps(batch, &mut state.verify_at) {
-            // A step still in flight (an event being sent) finishes first.
             state.slow = Some(match state.slow.take() {
+                // The halt never waits behind a step still in flight (an event being sent can
+                // take 45 s): both run at once. The machine asks for a halt only when nothing it
+                // waits for is in flight, so the earlier step's answer, if any, is stale.
+                Some(earlier) if halting => Box::pin(async move {
+                    let (first, answer) = tokio::join!(earlier, step);
+                    answer.or(first)
+                }),
+                // Otherwise a step still in flight (an event being sent) finishes first.
                 Some(earlier) => Box::pin(async move {
                     let first = earlier.await;
                     step.await.or(first)

@@ -39,6 +39,7 @@ pub fn step_label(stage: &Stage) -> Option<&'static str> {
         Stage::StandingDown { .. } => "stand-down",
         Stage::Registering { .. } => "register",
         Stage::Releasing => "release",
+        Stage::Reacquiring { .. } => "reacquire",
         Stage::Stranded { .. } | Stage::Finished => return None,
     })
 }
@@ -156,6 +157,7 @@ mod tests {
             previous: None,
             slot_held: true,
             unit_active: true,
+            halt: Default::default(),
             unit_stopped: false,
         })
     }

@@ -20,6 +20,8 @@ use crate::systemd::control::{ControlError, DropIn, PreviousDropIn, UnitControl}
 pub const PREPULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Pause before retrying a failed slot release.
 pub const RELEASE_RETRY: Duration = Duration::from_secs(5);
+/// Pause before retrying a failed halt (the release waits for it).
+pub const HALT_RETRY: Duration = Duration::from_secs(5);
 /// Attempts at releasing a slot an earlier run left before giving up on it for this run.
 pub const STALE_RELEASE_ATTEMPTS: u32 = 3;
 
@@ -75,14 +77,21 @@ async fn step<C: UnitControl>(
             }
             return None;
         }
-        SwapAction::Halt { version, reason } => {
-            match seams.slots.halt(&version, &reason).await {
-                Ok(()) => info!(version = %version, reason = %reason, "halted the group's rollout"),
-                Err(err) => {
-                    error!(error = %err, kind = err.kind(), version = %version, "failed to halt the group's rollout")
-                }
+        SwapAction::Halt {
+            version,
+            reason,
+            retry,
+        } => {
+            if retry {
+                tokio::time::sleep(HALT_RETRY).await;
             }
-            return None;
+            let halted = seams.slots.halt(&version, &reason).await;
+            match &halted {
+                Ok(()) => info!(version = %version, reason = %reason, "halted the group's rollout"),
+                Err(err) => error!(error = %err, kind = err.kind(), version = %version,
+                    "failed to halt the group's rollout; the slot is kept until the halt is confirmed"),
+            }
+            SwapObservation::GroupHalted(halted.map_err(|err| err.to_string()))
         }
         // `swap.prepull = []`: nothing to pull ahead; the restart pulls the image if it must.
         SwapAction::Prepull { .. } if settings.prepull.is_empty() => {

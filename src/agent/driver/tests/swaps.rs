@@ -190,6 +190,8 @@ async fn start_with(setup: Setup<'_>) -> World {
     }
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
+        // The earlier run's slot, still held (restarted within `slot.ttl`).
+        slots.acquire(&phase.plan.new.version).await.unwrap();
         control.write_dropin(&phase.plan.new).await.unwrap();
     }
     let restarting = Restarting {
@@ -600,6 +602,7 @@ fn journaled(stage: Stage) -> SwapPhase {
         previous: Some(PreviousDropIn::Absent),
         slot_held: true,
         unit_active: false,
+        halt: Default::default(),
         unit_stopped: false,
     }
 }

@@ -45,6 +45,8 @@ pub enum SwapObservation {
     /// `swap.verify_timeout` passed since the restart finished.
     VerifyDeadline,
     SlotReleased(Result<(), String>),
+    /// The slot backend's answer to [`SwapAction::Halt`].
+    GroupHalted(Result<(), String>),
     Unit(ActiveState),
     LeftActive,
     Probe {
@@ -101,10 +103,12 @@ pub enum SwapAction {
     /// Publish the registration; after verification answers [`SwapObservation::Registered`]
     /// once etcd confirms.
     Register,
-    /// Set the group's halt marker.
+    /// Set the group's halt marker (after a pause when `retry`); answers
+    /// [`SwapObservation::GroupHalted`]. Idempotent.
     Halt {
         version: String,
         reason: String,
+        retry: bool,
     },
     /// Skip this version until a newer one is offered.
     Denylist {
