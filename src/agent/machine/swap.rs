@@ -451,7 +451,9 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         // The slot went after the forward fence: no restart until it is ours again.
         (Stage::RollingBack { failure }, O::Fenced { held: false }) => {
             let resume = Stage::RollingBack { failure };
-            reacquire(&mut phase, resume)
+            let (stage, mut actions) = reacquire(&mut phase, resume);
+            actions.insert(0, SwapAction::NoteSlotLost);
+            (stage, actions)
         }
         (Stage::Reacquiring { resume, .. }, O::GroupHalted(_)) => {
             let stage = Stage::Reacquiring {

@@ -226,10 +226,13 @@ fn a_rollback_whose_fence_finds_the_slot_gone_takes_it_again_before_restoring() 
             (O::GroupHalted(Ok(())), &[A::CheckSlot]),
             (
                 O::Fenced { held: false },
-                &[A::AcquireSlot {
-                    version: "2.0.0".into(),
-                    retry: false,
-                }],
+                &[
+                    A::NoteSlotLost,
+                    A::AcquireSlot {
+                        version: "2.0.0".into(),
+                        retry: false,
+                    },
+                ],
             ),
             (
                 O::Slot(SlotAnswer::Busy("1 of 1 slots held".into())),
