@@ -530,3 +530,30 @@ fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
     assert_eq!(actions, [Action::Register]);
     assert!(agent.registered);
 }
+
+/// The halt's record survives the journal (serde), and a phase written before it existed reads
+/// with none, which recovery then owes again for a blamed version.
+#[test]
+fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
+    let owed = SwapPhase {
+        halt: GroupHalt::Owed { reason: "r".into() },
+        ..at(Stage::Reacquiring {
+            resume: Box::new(Stage::RollingBack {
+                failure: failure(true),
+            }),
+            waiting: None,
+        })
+    };
+    let text = serde_json::to_string(&owed).unwrap();
+    assert_eq!(serde_json::from_str::<SwapPhase>(&text).unwrap(), owed);
+    let mut older = serde_json::to_value(at(Stage::RollingBack {
+        failure: failure(true),
+    }))
+    .unwrap();
+    older.as_object_mut().unwrap().remove("halt");
+    let older: SwapPhase = serde_json::from_value(older).unwrap();
+    assert_eq!(older.halt, GroupHalt::NotNeeded);
+    let (phase, actions) = recover(older, &running("1.0.0"));
+    assert_eq!(actions, [halt("2.0.0 not healthy", false)]);
+    assert!(matches!(phase.halt, GroupHalt::Owed { .. }));
+}
