@@ -213,7 +213,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
                     O::Registered,
                     &[
                         SwapAction::SendEvent(Event::UpdateComplete),
-                        SwapAction::ReleaseSlot { retry: false },
+                        SwapAction::CheckSlot,
                     ],
                 ),
             ],
@@ -250,7 +250,7 @@ fn recovery_with_the_old_version_running_rolls_back_with_the_slot_and_without_bl
                         O::Registered,
                         &[
                             SwapAction::SendEvent(Event::Failed { error_code: 1 }),
-                            SwapAction::ReleaseSlot { retry: false },
+                            SwapAction::CheckSlot,
                         ],
                     ),
                 ],
@@ -309,8 +309,9 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
                         O::GroupHalted(Err("etcd down".into())),
                         &[halt(reason, true)],
                     ),
+                    (O::GroupHalted(Ok(())), &[SwapAction::CheckSlot]),
                     (
-                        O::GroupHalted(Ok(())),
+                        O::Fenced { held: true },
                         &[SwapAction::ReleaseSlot { retry: false }],
                     ),
                 ],
@@ -405,13 +406,7 @@ fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
     };
     let (phase, actions) = recover(journaled, &running("1.0.0"));
     assert_eq!(actions, [halt("r", false)]);
-    run(
-        phase,
-        &[(
-            O::GroupHalted(Ok(())),
-            &[SwapAction::ReleaseSlot { retry: false }],
-        )],
-    );
+    run(phase, &[(O::GroupHalted(Ok(())), &[SwapAction::CheckSlot])]);
 }
 
 #[test]
@@ -445,7 +440,8 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
     let denylist = SwapAction::Denylist {
         version: "2.0.0".into(),
     };
-    let release = SwapAction::ReleaseSlot { retry: false };
+    // The slot is checked before its release.
+    let release = SwapAction::CheckSlot;
     let cases: [(Option<Failure>, &str, Vec<SwapAction>); 3] = [
         // Verified new version, and it runs: 3/1.
         (
