@@ -31,6 +31,7 @@ fn is_inline(action: &SwapAction) -> bool {
             | SwapAction::Stop
             | SwapAction::StartVerifyDeadline
             | SwapAction::Denylist { .. }
+            | SwapAction::NoteSlotLost
             | SwapAction::ClearJournal
     )
 }
@@ -215,6 +216,13 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     }
                 }
                 SwapAction::Denylist { version } => updates.deny(&version),
+                SwapAction::NoteSlotLost => {
+                    tracing::error!(instance = %self.options.instance,
+                        "the update slot was lost after the fence (lease lapsed or key gone) while the unit was swapped: no restart until it is taken again; nothing released for it");
+                    if let Some(metrics) = &self.options.metrics {
+                        metrics.slot_lost_after_fence();
+                    }
+                }
                 SwapAction::ClearJournal => updates.clear_journal(),
                 // Register, Deregister and Stop reach the loop as the agent's own actions.
                 _ => {}

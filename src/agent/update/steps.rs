@@ -193,6 +193,7 @@ async fn step<C: UnitControl>(
         | SwapAction::Stop
         | SwapAction::StartVerifyDeadline
         | SwapAction::Denylist { .. }
+        | SwapAction::NoteSlotLost
         | SwapAction::ClearJournal => return None,
     };
     Some(observation)

@@ -118,6 +118,10 @@ pub enum SwapAction {
     ReleaseSlot {
         retry: bool,
     },
+    /// The slot was found lost after the fence (the lease lapsed or the key went while the unit
+    /// was being swapped): log it and count it. Nothing is released for it: the key may be
+    /// another holder's now.
+    NoteSlotLost,
     /// The swap is over: remove the journal.
     ClearJournal,
     /// Not the swap's own: on start, once registered with no swap in flight, give back any slot
