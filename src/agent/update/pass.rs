@@ -21,7 +21,7 @@ use crate::agent::machine::swap::{SwapAction, SwapPhase, SwapPlan};
 use crate::config::UpdateSettings;
 use crate::control::CheckReport;
 use crate::dry_run::would;
-use crate::omaha::AnyUpdateSource;
+use crate::omaha::{AnyUpdateSource, Event, UpdateSource, error_code};
 use crate::slot::{AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
 
@@ -63,6 +63,9 @@ pub struct UpdatePass<C: UnitControl> {
     last_report: Option<CheckReport>,
     /// Settings of a reloaded configuration, in force from the next pass (see [`reload`]).
     reloaded: Option<UpdateReload>,
+    /// Set by a start that found no journal, until the service first answers a check: a grant
+    /// it holds for this instance then was left by an earlier run (see [`Self::ask`]).
+    stale_grant_possible: bool,
 }
 
 impl<C: UnitControl + 'static> UpdatePass<C> {
@@ -86,6 +89,7 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             running: None,
             last_report: None,
             reloaded: None,
+            stale_grant_possible: false,
         }
     }
 
@@ -147,19 +151,19 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         self.running = Some(current.clone());
         // Offers may move the unit only within the repository it runs now.
         let rules = OfferRules::new(&self.settings, Some(old.image.clone()));
-        let denylist = &self.config.denylist;
         let result = match self.seams.slots.halted().await {
             Ok(Some(halt)) => CheckResult::Halted {
                 version: halt.version,
                 reason: halt.reason,
             },
-            Ok(None) => policy::check(source, &current, &rules, denylist, false).await,
+            Ok(None) => self.ask(&current, &rules).await,
             // Check anyway: taking the slot sees a halt too.
             Err(err) => {
                 warn!(error = %err, kind = err.kind(), "cannot tell whether the group is halted");
-                policy::check(source, &current, &rules, denylist, false).await
+                self.ask(&current, &rules).await
             }
         };
+        let source = &self.seams.source;
         if source.dry_run() {
             let line = match &result {
                 CheckResult::Offer(update) => format!(
@@ -179,6 +183,35 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             _ => None,
         };
         (result, plan)
+    }
+
+    /// One check sent to the service, and every grant it answers with that no swap takes given
+    /// back with one 3/0: a stale grant found at start ([`error_code::STALE_GRANT`], then the
+    /// check is asked again) and a denylisted offer ([`error_code::DENYLISTED`]). The service
+    /// keeps an instance with a grant locked (`error-updateInProgressOnInstance`) until it ends.
+    async fn ask(&mut self, current: &Version, rules: &OfferRules) -> CheckResult {
+        let source = &self.seams.source;
+        let denylist = &self.config.denylist;
+        let mut result = policy::check(source, current, rules, denylist, false).await;
+        if self.stale_grant_possible && answered(&result) {
+            // Once: a grant the service holds after that is this run's own.
+            self.stale_grant_possible = false;
+            if matches!(&result, CheckResult::OnHold { reason } if reason == UPDATE_IN_PROGRESS) {
+                warn!(
+                    "the update service holds a grant for this instance that no journaled swap \
+                     accounts for (an earlier run stopped mid-swap): ending it with 3/0 \
+                     (errorcode {}) and checking again",
+                    error_code::STALE_GRANT
+                );
+                give_back(source, current, error_code::STALE_GRANT).await;
+                result = policy::check(source, current, rules, denylist, false).await;
+            }
+        }
+        if let CheckResult::Denylisted { version } = &result {
+            info!(version = %version, "giving the grant of a denylisted version back with 3/0 (errorcode {})", error_code::DENYLISTED);
+            give_back(source, current, error_code::DENYLISTED).await;
+        }
+        result
     }
 
     /// Runs the slow steps of `actions` for an instance reporting `current` to the service.
@@ -241,6 +274,8 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             return Ok(None);
         }
         let Some(phase) = self.config.journal.read()? else {
+            // No swap of ours is in flight: a grant the service still holds is stale.
+            self.stale_grant_possible = true;
             return Ok(None);
         };
         let observed = self.seams.control.running().await?;
@@ -251,6 +286,30 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             "found an interrupted swap; resuming it"
         );
         Ok(Some(crate::agent::machine::recover(phase, &observed)))
+    }
+}
+
+/// The app status with which the service refuses a check while it holds a grant for the instance
+/// (Nebraska's `ErrUpdateInProgressOnInstance`).
+pub const UPDATE_IN_PROGRESS: &str = "error-updateInProgressOnInstance";
+
+/// Whether the service answered the check (not a transport failure, nor no check at all).
+fn answered(result: &CheckResult) -> bool {
+    !matches!(
+        result,
+        CheckResult::Unreachable { .. }
+            | CheckResult::UnknownVersion { .. }
+            | CheckResult::Halted { .. }
+            | CheckResult::NotChecked
+    )
+}
+
+/// Ends the service's grant for this instance with 3/0 and `code`; a failure is logged (the next
+/// grant is given back again).
+async fn give_back(source: &AnyUpdateSource, current: &Version, code: u32) {
+    let event = Event::Failed { error_code: code };
+    if let Err(err) = source.send_event(current, event).await {
+        warn!(error = %err, kind = err.kind(), errorcode = code, "failed to give a grant back with 3/0");
     }
 }
 
