@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ struct Group {
     max: u32,
     holders: BTreeMap<String, SlotValue>,
     halt: Option<HaltMarker>,
+    /// Slots released and halts lifted so far: etcd's deletes, which wake a waiter.
+    deletes: u64,
 }
 
 /// One holder's view of a shared in-memory group; [`MemorySlots::join`] adds another holder.
@@ -24,6 +27,9 @@ pub struct MemorySlots {
     group: Arc<Mutex<Group>>,
     changed: Arc<Notify>,
     who: SlotHolder,
+    /// The group's deletes when this holder last read it (at an acquire): as etcd's waiter
+    /// watches from the revision it last read, a release since then is not missed.
+    seen: Arc<AtomicU64>,
 }
 
 impl MemorySlots {
@@ -33,11 +39,13 @@ impl MemorySlots {
             max: max.get(),
             holders: BTreeMap::new(),
             halt: None,
+            deletes: 0,
         };
         MemorySlots {
             group: Arc::new(Mutex::new(group)),
             changed: Arc::new(Notify::new()),
             who,
+            seen: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -45,6 +53,7 @@ impl MemorySlots {
     pub fn join(&self, who: SlotHolder) -> MemorySlots {
         MemorySlots {
             who,
+            seen: Arc::new(AtomicU64::new(0)),
             ..self.clone()
         }
     }
@@ -71,6 +80,7 @@ impl SlotLock for MemorySlots {
         // etcd's order (`slot::etcd::acquire`): a slot of ours is kept, also in a halted group;
         // then the halt; then the limit.
         let mut group = self.lock();
+        self.seen.store(group.deletes, Ordering::SeqCst);
         if group.holders.contains_key(&self.who.holder) {
             return Ok(Acquisition::Acquired);
         }
@@ -97,7 +107,11 @@ impl SlotLock for MemorySlots {
     }
 
     async fn release(&self) -> Result<(), SlotError> {
-        self.lock().holders.remove(&self.who.holder);
+        let mut group = self.lock();
+        if group.holders.remove(&self.who.holder).is_some() {
+            group.deletes += 1;
+        }
+        drop(group);
         self.changed.notify_waiters();
         Ok(())
     }
@@ -128,7 +142,11 @@ impl SlotLock for MemorySlots {
     }
 
     async fn resume(&self) -> Result<(), SlotError> {
-        self.lock().halt = None;
+        let mut group = self.lock();
+        if group.halt.take().is_some() {
+            group.deletes += 1;
+        }
+        drop(group);
         self.changed.notify_waiters();
         Ok(())
     }
@@ -138,7 +156,14 @@ impl SlotLock for MemorySlots {
     }
 
     async fn wait_for_change(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(with_jitter(timeout), self.changed.notified()).await;
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        // Registered before comparing, so a release in between is not missed.
+        changed.as_mut().enable();
+        if self.lock().deletes > self.seen.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(with_jitter(timeout), changed).await;
     }
 }
 
@@ -205,6 +230,27 @@ mod tests {
             b.acquire("2").await.unwrap(),
             Acquisition::Halted { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_release_since_the_last_attempt_wakes_the_wait_at_once_as_etcds_watch_does() {
+        let a = MemorySlots::new(one(), who("a"));
+        let b = a.join(who("b"));
+        a.acquire("2").await.unwrap();
+        assert!(matches!(
+            b.acquire("2").await.unwrap(),
+            Acquisition::Busy { .. }
+        ));
+        // Released before b starts waiting: etcd's watch from b's last read revision sees it.
+        a.release().await.unwrap();
+        let started = std::time::Instant::now();
+        b.wait_for_change(Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(b.acquire("2").await.unwrap(), Acquisition::Acquired);
     }
 
     #[tokio::test]
