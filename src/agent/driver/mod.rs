@@ -31,6 +31,7 @@ use wait::{next_reload, probe_at, run_slow, run_some, sleep_until_some};
 
 mod act;
 mod asks;
+mod journaling;
 mod loop_state;
 mod pass;
 mod reconfigure;
@@ -107,6 +108,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     /// Update settings reloaded while the update pass was out running; handed to it when it is
     /// back.
     held_update_reload: Option<crate::agent::update::UpdateReload>,
+    /// A test's watchdog period and the count of its pings.
+    #[cfg(test)]
+    test_watchdog: Option<(Duration, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -138,6 +142,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             asks: None,
             reloads: None,
             held_update_reload: None,
+            #[cfg(test)]
+            test_watchdog: None,
         }
     }
 
@@ -153,6 +159,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         tokio::pin!(shutdown);
         let initial = self.seams.unit.borrow_and_update().clone();
         let mut state = LoopState::start(self.seams.registry.published(), &initial);
+        #[cfg(test)]
+        if let Some((period, _)) = &self.test_watchdog {
+            state.watchdog = crate::notify::Watchdog::every(Some(*period));
+        }
         if let Some(period) = state.watchdog.period() {
             debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
         }
@@ -189,6 +199,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             _ = &mut shutdown => Observation::Shutdown,
             _ = state.watchdog.due() => {
                 state.watchdog.ping();
+                #[cfg(test)]
+                if let Some((_, pings)) = &self.test_watchdog {
+                    pings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 return None;
             }
             _ = sleep_until_some(state.ready_by), if state.ready_by.is_some() => {
@@ -229,7 +243,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             _ = state.published.changed() => {
                 let now = state.published.borrow_and_update().clone();
                 self.report_status(&mut state.status, &now);
-                return self.confirmation(&now);
+                // Told once the actions waiting for the journal ran (`journaling`).
+                return self.confirmation(&now).filter(|_| Self::journal_idle(state));
+            }
+            written = run_some(&mut state.recording), if state.recording.is_some() => {
+                self.recorded(written, state);
+                return None;
             }
             answer = run_slow(&mut state.slow), if state.slow.is_some() => {
                 state.slow = None;
@@ -254,7 +273,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 }
             }
             _ = sleep_until_some(state.unrecorded.as_ref().map(|(_, at)| *at)), if state.unrecorded.is_some() => {
-                self.retry_unrecorded(state);
+                self.retry_held(state);
                 return None;
             }
             ask = asks::next_ask(&mut self.asks) => {
@@ -305,14 +324,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         self.swap_timer.observe(&self.agent.phase);
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
-        if let Some(batch) = self.act(actions, state) {
+        if let Some(batch) = self.dispatch(actions, state) {
             return Some(batch);
         }
         let verifying = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }));
         if !verifying {
             state.verify_at = None;
         }
-        if let Some(confirmed) = self.confirmation(&state.published.borrow()) {
+        if Self::journal_idle(state)
+            && let Some(confirmed) = self.confirmation(&state.published.borrow())
+        {
             state.pending.push_back(confirmed);
         }
         if was_updating && self.agent.phase == Phase::Serving {

@@ -9,6 +9,7 @@
 //! offer as a granted update.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use semver::Version;
@@ -24,8 +25,11 @@ use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, Event, UpdateSource, error_code};
 use crate::slot::{AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
+use disk::DiskWriter;
 
+mod disk;
 mod reload;
+pub use disk::{JournalStore, JournalWrite};
 pub use reload::UpdateReload;
 
 /// How this instance swaps: the step settings, the verify rule, where the journal and the
@@ -66,6 +70,10 @@ pub struct UpdatePass<C: UnitControl> {
     /// Set by a start that found no journal, until the service first answers a check: a grant
     /// it holds for this instance then was left by an earlier run (see [`Self::ask`]).
     stale_grant_possible: bool,
+    /// The journal's and the denylist's writes, off the driver's task.
+    disk: DiskWriter,
+    /// See [`Self::recorded`].
+    recorded_ahead: AtomicBool,
 }
 
 impl<C: UnitControl + 'static> UpdatePass<C> {
@@ -85,11 +93,13 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             }),
             poller: Poller::new(settings.interval),
             settings,
-            config,
             running: None,
             last_report: None,
             reloaded: None,
             stale_grant_possible: false,
+            disk: DiskWriter::spawn(config.journal.clone()),
+            recorded_ahead: AtomicBool::new(false),
+            config,
         }
     }
 
@@ -234,24 +244,50 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         self.config.verify_timeout
     }
 
-    /// Records `phase` before its side effects (nothing in a dry run).
+    /// Records `phase` off the driver's task (nothing in a dry run): the answer says whether it
+    /// is on disk. A record asked for after another is made after it.
+    pub fn record(&self, phase: &SwapPhase) -> JournalWrite {
+        match self.config.dry_run {
+            true => Box::pin(std::future::ready(Ok(()))),
+            false => self.disk.record(phase),
+        }
+    }
+
+    /// Marks the driver's next [`Self::journal`] as answered by a [`Self::record`] that succeeded
+    /// (for the phase the actions it guards were decided in), so that it writes nothing more on
+    /// the driver's task; [`Self::forget_recorded`] withdraws a mark nothing used.
+    pub fn recorded(&self) {
+        self.recorded_ahead.store(true, Ordering::SeqCst);
+    }
+
+    /// Withdraws an unused [`Self::recorded`].
+    pub fn forget_recorded(&self) {
+        self.recorded_ahead.store(false, Ordering::SeqCst);
+    }
+
+    /// Records `phase` before its side effects (nothing in a dry run): answered at once when the
+    /// driver already had it recorded off its task ([`Self::recorded`]); otherwise written here,
+    /// on the caller's task.
     pub fn journal(&self, phase: &SwapPhase) -> Result<(), JournalError> {
+        if self.recorded_ahead.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
         match self.config.dry_run {
             true => Ok(()),
             false => self.config.journal.write(phase),
         }
     }
 
-    /// Removes the journal: the swap is over.
+    /// Removes the journal, off the driver's task, after the records asked for before: the swap
+    /// is over.
     pub fn clear_journal(&self) {
-        if !self.config.dry_run
-            && let Err(err) = self.config.journal.clear()
-        {
-            error!(error = %err, kind = err.kind(), "failed to remove the swap journal");
+        if !self.config.dry_run {
+            self.disk.clear();
         }
     }
 
-    /// Denies `version` on this instance until a newer one is offered.
+    /// Denies `version` on this instance until a newer one is offered: at once for the next
+    /// check, on disk off the driver's task.
     pub fn deny(&mut self, version: &str) {
         if self.config.dry_run {
             crate::dry_run::would(format_args!("add {version} to the local denylist"));
@@ -259,12 +295,18 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         }
         match Version::parse(version) {
             Ok(version) => {
-                if let Err(err) = self.config.denylist.add(&version) {
-                    error!(error = %err, kind = err.kind(), "failed to denylist {version}");
-                }
+                self.config.denylist.insert(&version);
+                self.disk.save_denylist(self.config.denylist.clone());
             }
             Err(err) => error!(error = %err, "cannot denylist {version:?}: not semver"),
         }
+    }
+
+    /// Has the journal written through `store` from now on (a test's slow or failing disk).
+    #[cfg(test)]
+    pub(crate) fn with_journal_store(mut self, store: impl JournalStore) -> Self {
+        self.disk = DiskWriter::spawn(store);
+        self
     }
 
     /// On start: the journaled swap, resumed from what systemd says runs. An unreadable journal

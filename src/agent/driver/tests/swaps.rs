@@ -140,6 +140,10 @@ struct Setup<'a> {
     journal_blocked: bool,
     /// The journal lives in its own directory, so that a test can block it ([`World::block_journal`]).
     journal_apart: bool,
+    /// The journal is written through this gate: a disk that can be made to hang.
+    journal_gate: Option<JournalGate>,
+    /// The loop pings a watchdog every 10 ms and counts the pings here.
+    watchdog: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<'a> Setup<'a> {
@@ -153,6 +157,8 @@ impl<'a> Setup<'a> {
             prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
             journal_blocked: false,
             journal_apart: false,
+            journal_gate: None,
+            watchdog: None,
         }
     }
 }
@@ -168,6 +174,8 @@ async fn start_with(setup: Setup<'_>) -> World {
         prepull,
         journal_blocked,
         journal_apart,
+        journal_gate,
+        watchdog,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -196,13 +204,17 @@ async fn start_with(setup: Setup<'_>) -> World {
         inner: control.clone(),
         units: units.clone(),
     };
-    let updates = UpdatePass::new(
+    let journal = swaps.journal.clone();
+    let mut updates = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Memory(source.clone()), false),
         AnySlots::Memory(slots.join(who("web-1"))),
         restarting,
         settings,
         swaps,
     );
+    if let Some(gate) = journal_gate {
+        updates = updates.with_journal_store(gate.over(journal));
+    }
     let probe = VersionProbe {
         control: control.clone(),
         bad,
@@ -214,7 +226,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         }),
         ..options(vec![("k".into(), "v".into())])
     };
-    let driver = driver(
+    let mut driver = driver(
         agent(2, 1, false),
         registry.clone(),
         probe,
@@ -222,6 +234,9 @@ async fn start_with(setup: Setup<'_>) -> World {
         Some(updates),
         options,
     );
+    if let Some(pings) = watchdog {
+        driver.test_watchdog = Some((Duration::from_millis(10), pings));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
@@ -718,5 +733,123 @@ async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_i
     })
     .await;
     assert!(writes_drop_in(&world.control.calls()));
+    world.finish().await;
+}
+
+/// A disk that hangs on demand: journal records wait while the gate is shut. Opens on drop, so
+/// that a failing test does not leave the writer thread hanging.
+#[derive(Clone, Default)]
+struct JournalGate {
+    shut: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// Records waiting at the gate now.
+    stuck: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The gate in front of a journal.
+struct Gated {
+    gate: JournalGate,
+    journal: Journal,
+}
+
+impl JournalGate {
+    fn over(&self, journal: Journal) -> Gated {
+        Gated {
+            gate: self.clone(),
+            journal,
+        }
+    }
+
+    fn set(&self, shut: bool) {
+        let (lock, changed) = &*self.shut;
+        *lock.lock().unwrap() = shut;
+        changed.notify_all();
+    }
+
+    fn stuck(&self) -> u64 {
+        self.stuck.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn pass(&self) {
+        let (lock, changed) = &*self.shut;
+        let mut shut = lock.lock().unwrap();
+        if *shut {
+            self.stuck.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while *shut {
+                shut = changed.wait(shut).unwrap();
+            }
+            self.stuck.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Opens the gate when the test ends, however it ends.
+struct OpenOnDrop(JournalGate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl crate::agent::update::pass::JournalStore for Gated {
+    fn write(&self, swap: &SwapPhase) -> Result<(), crate::agent::update::journal::JournalError> {
+        self.gate.pass();
+        self.journal.write(swap)
+    }
+    fn clear(&self) -> Result<(), crate::agent::update::journal::JournalError> {
+        self.gate.pass();
+        self.journal.clear()
+    }
+}
+
+// Multi-threaded: a record made on the loop's task would stall the loop, not this test's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_journal_delays_neither_a_deregistration_nor_the_watchdog_and_the_swap_waits_for_it()
+ {
+    let gate = JournalGate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        journal_gate: Some(gate.clone()),
+        watchdog: Some(pings.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("waiting for the slot web-2 holds", || {
+        world.events() == [Event::PrepullStarted, Event::PrepullFinished]
+    })
+    .await;
+    // The disk hangs; the unit fails while the swap waits for its slot.
+    gate.set(true);
+    world.units.set(ActiveState::Failed);
+    eventually("deregistered while the disk hangs", || {
+        !registered(&world.registry)
+    })
+    .await;
+    let before = pings.load(std::sync::atomic::Ordering::SeqCst);
+    eventually("watchdog pings while the disk hangs", || {
+        pings.load(std::sync::atomic::Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    // web-2 gives its slot back and the unit is back: the swap goes on only as its records are
+    // made, and none of its steps ran while they could not be.
+    world.units.set(ActiveState::Active);
+    world.slots.join(who("web-2")).release().await.unwrap();
+    eventually("a record waiting at the gate", || gate.stuck() > 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !world.events().contains(&Event::SwapStarted),
+        "a swap step ran with its phase unrecorded: {:?}",
+        world.events()
+    );
+    assert!(gate.stuck() > 0, "still hanging");
+    gate.set(false);
+    eventually("3/1 once the disk answers", || {
+        world.events().contains(&Event::UpdateComplete)
+    })
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
     world.finish().await;
 }
