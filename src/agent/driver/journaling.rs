@@ -36,6 +36,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             return self.act(actions, state);
         }
         let actions = self.deregister_now(actions, state);
+        let actions = Self::after_the_pass(actions, state);
         if actions.is_empty() {
             return None;
         }
@@ -148,6 +149,20 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             held.extend(later.actions);
         }
         state.unrecorded = Some((held, Instant::now() + JOURNAL_RETRY));
+    }
+
+    /// Keeps the release of a slot an earlier run left until the update pass is back: the
+    /// slots are with it while it is out, and a FleetLock lock left behind is freed by nothing
+    /// else. Returns the other actions.
+    fn after_the_pass(actions: Vec<Action>, state: &mut LoopState<C>) -> Vec<Action> {
+        if state.passing.is_none() {
+            return actions;
+        }
+        let (stale, others): (Vec<_>, Vec<_>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Swap(SwapAction::ReleaseStaleSlot)));
+        state.after_pass.extend(stale);
+        others
     }
 
     /// Carries out at once a deregistration the unit or the probe asks for (the phase allows a

@@ -59,6 +59,9 @@ pub(super) struct LoopState<C: UnitControl> {
     pub(super) waiting: VecDeque<Waiting>,
     /// The record of the first waiting batch's phase, in flight off the loop's task.
     pub(super) recording: Option<JournalWrite>,
+    /// Actions that need the update pass's seams, kept while it is out (see
+    /// [`super::journaling`]).
+    pub(super) after_pass: Vec<Action>,
 }
 
 /// One turn's actions waiting for the journal.
@@ -99,6 +102,7 @@ impl<C: UnitControl> LoopState<C> {
             unrecorded: None,
             waiting: VecDeque::new(),
             recording: None,
+            after_pass: Vec::new(),
         }
     }
 }

@@ -266,6 +266,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 state.passing = None;
                 let (next, offer) = self.pass_finished(updates, pass);
                 state.next_pass = next;
+                let kept = std::mem::take(&mut state.after_pass);
+                if !kept.is_empty() {
+                    let stop = self.dispatch(kept, state);
+                    debug_assert!(stop.is_none(), "a stop is never kept for the pass");
+                }
                 match offer {
                     Some(plan) => Observation::Offer(plan),
                     None if state.next_pass.is_none() => Observation::Shutdown,

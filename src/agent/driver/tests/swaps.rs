@@ -853,3 +853,60 @@ async fn a_hanging_journal_delays_neither_a_deregistration_nor_the_watchdog_and_
     eventually("journal cleared", || !journal.exists()).await;
     world.finish().await;
 }
+
+#[tokio::test]
+async fn a_slot_an_earlier_run_left_is_released_even_when_the_registration_comes_while_a_pass_is_out()
+ {
+    // The unit is inactive at start, so the first pass goes out before the registration; its
+    // check hangs until the registration is confirmed.
+    let units = Arc::new(MemoryUnits::new(ActiveState::Inactive));
+    let control = MemoryUnitControl::new(RunningVersion {
+        version: Some("1.0.0".into()),
+        image: Some("example/web:1.0.0".into()),
+    });
+    let source = InMemoryUpdateSource::new(Some(release("1.0.0")));
+    source.hold_checks();
+    let slots = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    // An earlier run of web-1 took the slot and was killed with it.
+    let earlier = slots.join(who("web-1"));
+    assert_eq!(
+        earlier.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let updates = UpdatePass::new(
+        AnyUpdateSource::new(UpdateBackend::Memory(source.clone()), false),
+        AnySlots::Memory(slots.join(who("web-1"))),
+        control.clone(),
+        update_settings(Duration::from_millis(50)),
+        swap_config(dir.path(), 2),
+    );
+    let registry = MemoryRegistry::new();
+    let driver = driver(
+        agent(1, 1, true),
+        registry.clone(),
+        VersionProbe {
+            control,
+            bad: "none",
+        },
+        &units,
+        Some(updates),
+        options(vec![("k".into(), "v".into())]),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(driver.run(async move {
+        let _ = stopped.await;
+    }));
+    eventually("a check out and hanging", || source.checks() > 0).await;
+    units.set(ActiveState::Active);
+    eventually("registered while the pass is out", || registered(&registry)).await;
+    assert_eq!(slots.holders(), ["web-1"], "the pass still holds the seams");
+    source.answer_checks();
+    eventually(
+        "the earlier run's slot released once the pass is back",
+        || slots.holders().is_empty(),
+    )
+    .await;
+    let _ = stop.send(());
+    run.await.unwrap();
+}
