@@ -62,6 +62,8 @@ pub(super) struct LoopState<C: UnitControl> {
     /// Actions that need the update pass's seams, kept while it is out (see
     /// [`super::journaling`]).
     pub(super) after_pass: Vec<Action>,
+    /// When STATUS is sent again while a swap runs ([`super::status::STATUS_REFRESH`]).
+    pub(super) status_at: Option<Instant>,
 }
 
 /// One turn's actions waiting for the journal.
@@ -103,6 +105,7 @@ impl<C: UnitControl> LoopState<C> {
             waiting: VecDeque::new(),
             recording: None,
             after_pass: Vec::new(),
+            status_at: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::agent::machine::state::{self, Agent, Observation, Phase};
-use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation, SwapPhase};
+use crate::agent::machine::swap::{SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase};
 use crate::agent::update::UpdatePass;
 use crate::health::Probe;
 use crate::metrics::Metrics;
@@ -254,6 +254,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 state.slow = None;
                 return answer.map(Observation::Swap);
             }
+            _ = sleep_until_some(state.status_at), if state.status_at.is_some() => {
+                state.status_at = self.updating().then(|| Instant::now() + status::STATUS_REFRESH);
+                self.report_status(&mut state.status, &state.published.borrow());
+                return None;
+            }
             _ = sleep_until_some(state.verify_at), if state.verify_at.is_some() => {
                 state.verify_at = None;
                 Observation::Swap(SwapObservation::VerifyDeadline)
@@ -316,7 +321,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         if became_active {
             state.next_probe = Instant::now();
         }
-        let was_updating = matches!(self.agent.phase, Phase::Updating(_));
+        let was_updating = self.updating();
+        if let (Observation::Swap(SwapObservation::Slot(answer)), Some(metrics)) =
+            (&observation, &self.options.metrics)
+        {
+            metrics.slot_attempted(slot_answer_label(answer));
+        }
         let agent = self.agent.clone();
         let (agent, actions) = match state.recovered.take() {
             Some((swap, actions)) => {
@@ -350,7 +360,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         self.publish_changes();
         self.report_status(&mut state.status, &state.published.borrow());
+        state.status_at = match self.updating() {
+            true => state
+                .status_at
+                .or(Some(Instant::now() + status::STATUS_REFRESH)),
+            false => None,
+        };
         None
+    }
+
+    fn updating(&self) -> bool {
+        matches!(self.agent.phase, Phase::Updating(_))
     }
 
     /// What etcd confirms that the agent waits for: the swap's deregistration gone, or its
@@ -391,6 +411,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let known = self.agent.unit != ActiveState::Unknown;
         let caught_up = self.agent.registered == matches!(published, Published::Registered { .. });
         known && caught_up
+    }
+}
+
+/// The `slot_attempts` label of a slot answer.
+fn slot_answer_label(answer: &SlotAnswer) -> &'static str {
+    match answer {
+        SlotAnswer::Acquired => "acquired",
+        SlotAnswer::Busy(_) => "busy",
+        SlotAnswer::Halted { .. } => "halted",
+        SlotAnswer::Failed(_) => "failed",
     }
 }
 

@@ -144,6 +144,8 @@ struct Setup<'a> {
     journal_gate: Option<JournalGate>,
     /// The loop pings a watchdog every 10 ms and counts the pings here.
     watchdog: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The loop reports to these metrics.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl<'a> Setup<'a> {
@@ -159,6 +161,7 @@ impl<'a> Setup<'a> {
             journal_apart: false,
             journal_gate: None,
             watchdog: None,
+            metrics: None,
         }
     }
 }
@@ -176,6 +179,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         journal_apart,
         journal_gate,
         watchdog,
+        metrics,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -220,6 +224,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         bad,
     };
     let options = DriverOptions {
+        metrics,
         record: Some(RecordOptions {
             group: "app/stable".into(),
             host: "127.0.0.1".into(),
@@ -909,4 +914,53 @@ async fn a_slot_an_earlier_run_left_is_released_even_when_the_registration_comes
     .await;
     let _ = stop.send(());
     run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_wait_shows_in_the_metrics_with_its_attempts_and_the_time_it_began() {
+    let metrics = crate::metrics::Metrics::new();
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        metrics: Some(metrics.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("a busy attempt counted", || {
+        metrics
+            .encode()
+            .contains("sidekick_slot_attempts_total{result=\"busy\"} 1")
+    })
+    .await;
+    let text = metrics.encode();
+    let started = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sidekick_swap_step_started_timestamp_seconds{step=\"slot\"} ")
+        })
+        .unwrap_or_else(|| panic!("no start time of the slot wait in\n{text}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let started: u64 = started.parse().unwrap();
+    assert!(started <= now && now - started < 60, "{started} vs {now}");
+    // web-2 gives its slot back: the swap goes on and ends, and no step is current any more.
+    world.slots.join(who("web-2")).release().await.unwrap();
+    eventually("3/1", || world.events().contains(&Event::UpdateComplete)).await;
+    eventually("swap over", || {
+        metrics
+            .encode()
+            .contains("sidekick_swaps_total{result=\"updated\"} 1")
+    })
+    .await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekick_slot_attempts_total{result=\"acquired\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sidekick_swap_step_started_timestamp_seconds{"),
+        "{text}"
+    );
+    world.finish().await;
 }
