@@ -140,6 +140,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             state
                 .pending
                 .push_back(Observation::Swap(SwapObservation::JournalFailed));
+            // Staying registered: a registration the batch carried still goes out (the agent
+            // counts it done), the swap's steps do not.
+            let registers: Vec<Action> = batch
+                .actions
+                .into_iter()
+                .filter(|a| matches!(a, Action::Register))
+                .collect();
+            if !registers.is_empty() {
+                self.run_recorded(registers, state);
+            }
             return;
         }
         error!(instance = %instance, error = %err, kind = err.kind(),

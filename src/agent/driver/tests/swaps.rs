@@ -407,6 +407,9 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
         matches!(other.acquire("3.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "3.0.0"),
         "the group is halted by 3.0.0"
     );
+    // Saved off the loop's task, before the journal's removal.
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(3, 0, 0)));
     // Later checks meet 3.0.0 again and skip it: no second attempt.

@@ -17,8 +17,9 @@ use super::super::journal::{Journal, JournalError};
 use crate::agent::machine::swap::SwapPhase;
 
 /// How long dropping the writer waits for the writes still queued (a stop's journal removal):
-/// inside the stop budget, and bounded, so a stuck disk cannot hold the exit.
-pub const FLUSH_WAIT: Duration = Duration::from_millis(1000);
+/// bounded, so a stuck disk cannot hold the exit past the stop budget; a removal that did not
+/// make it leaves a journal the next start resumes and finishes.
+pub const FLUSH_WAIT: Duration = Duration::from_millis(300);
 
 /// Where the journal goes: the file, or a test's stand-in for a slow or failing disk.
 pub trait JournalStore: Send + 'static {
