@@ -1,5 +1,6 @@
 //! The loop's own state between two turns: what it waits for next (the probe, the next update
-//! pass, the verify deadline, READY=1), what is in flight (a slow swap step, an update pass), the
+//! pass, the verify deadline, READY=1, the next STATUS), what is in flight (a slow swap step, an
+//! update pass, a journal record), the actions waiting for the journal or for the pass, the
 //! observations queued for the machine, and what the last turn reported.
 
 use std::collections::VecDeque;

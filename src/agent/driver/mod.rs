@@ -1,6 +1,7 @@
 //! The tokio loop around the machine: each turn waits for one thing to happen (a unit change, a
 //! probe result, a slow step's answer, an update pass back, a reload, an ask, a signal), turns it
-//! into an [`Observation`], feeds it to [`state::next`], and carries the actions out ([`act`]).
+//! into an [`Observation`], feeds it to [`state::next`], and carries the actions out ([`act`])
+//! once the swap's phase they belong to is recorded off the loop's task ([`journaling`]).
 //! A swap's slow steps run as one future at a time ([`crate::agent::update::steps`]) and an
 //! update pass runs beside the loop too, so deregistration and SIGTERM stay instant. Puts
 //! reloaded settings in force as they arrive ([`Reconfigure`]). Reports progress with sd_notify
