@@ -967,3 +967,36 @@ async fn a_slot_wait_shows_in_the_metrics_with_its_attempts_and_the_time_it_bega
     );
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_journal_record_hanging_stops_within_the_stop_budget() {
+    let gate = JournalGate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        journal_gate: Some(gate.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("waiting for the slot web-2 holds", || {
+        world.events() == [Event::PrepullStarted, Event::PrepullFinished]
+    })
+    .await;
+    gate.set(true);
+    // web-2 lets go: the next attempt's record hangs at the gate.
+    world.slots.join(who("web-2")).release().await.unwrap();
+    eventually("a record waiting at the gate", || gate.stuck() > 0).await;
+    let asked = Instant::now();
+    let _ = world.stop.send(());
+    world.run.await.unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the stop waited {took:?} for a hanging disk"
+    );
+    assert!(gate.stuck() > 0, "still hanging when the driver was gone");
+    assert!(
+        world.registry.current().is_none(),
+        "deregistered on the way out"
+    );
+}
