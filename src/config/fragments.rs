@@ -102,6 +102,8 @@ pub struct UpdateFragment {
     pub ca_file: Option<PathBuf>,
     pub allow_insecure: Option<bool>,
     pub allowed_repositories: Option<Vec<String>>,
+    pub verify_digest: Option<bool>,
+    pub allow_major_jump: Option<bool>,
 }
 
 pub use crate::slot::SlotBackend;

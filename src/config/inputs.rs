@@ -113,6 +113,8 @@ pub struct UpdateInput {
     pub ca_file: Option<PathBuf>,
     pub allow_insecure: bool,
     pub allowed_repositories: Vec<String>,
+    pub verify_digest: bool,
+    pub allow_major_jump: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,6 +200,8 @@ impl Default for Input {
                 ca_file: None,
                 allow_insecure: false,
                 allowed_repositories: Vec::new(),
+                verify_digest: false,
+                allow_major_jump: false,
             },
             slot: SlotInput {
                 backend: SlotBackend::Etcd,
@@ -305,7 +309,9 @@ impl Input {
                 pin_digest,
                 ca_file,
                 allow_insecure,
-                allowed_repositories
+                allowed_repositories,
+                verify_digest,
+                allow_major_jump
             ]
         );
         overlay!(

@@ -26,6 +26,8 @@ pub(crate) fn update_settings(interval: Duration) -> UpdateSettings {
         ca_file: None,
         allow_insecure: false,
         allowed_repositories: Vec::new(),
+        verify_digest: false,
+        allow_major_jump: false,
     }
 }
 
