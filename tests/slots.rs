@@ -12,6 +12,8 @@ mod contention;
 mod fleetlock;
 #[path = "slots/fleetlock_replay.rs"]
 mod fleetlock_replay;
+#[path = "slots/fleetlock_secrets.rs"]
+mod fleetlock_secrets;
 #[path = "slots/fleetlock_server.rs"]
 mod fleetlock_server;
 #[path = "slots/outage.rs"]
