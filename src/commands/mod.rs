@@ -46,6 +46,9 @@ fn warn_about_secrets(etcd: &EtcdOptions) {
     for warning in config::secrets::secret_file_warnings(etcd) {
         tracing::warn!("{warning}");
     }
+    if let Some(warning) = config::etcd_insecure_warning(etcd) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// A connected etcd client, or failure after printing why in one line (the endpoints and the

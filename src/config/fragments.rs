@@ -39,6 +39,7 @@ pub struct EtcdFragment {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub allow_insecure: Option<bool>,
 }
 
 /// Key/value layout of a registration, named as load balancers know them.

@@ -70,6 +70,7 @@ pub struct EtcdInput {
     pub cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -169,6 +170,7 @@ impl Default for Input {
                 ca_file: None,
                 cert_file: None,
                 key_file: None,
+                allow_insecure: false,
             },
             registration: RegistrationInput {
                 enabled: true,
@@ -276,7 +278,8 @@ impl Input {
                 password_file,
                 ca_file,
                 cert_file,
-                key_file
+                key_file,
+                allow_insecure
             ]
         );
         overlay!(
