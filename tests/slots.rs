@@ -16,6 +16,8 @@ mod fleetlock_replay;
 mod fleetlock_secrets;
 #[path = "slots/fleetlock_server.rs"]
 mod fleetlock_server;
+#[path = "slots/limit_cap.rs"]
+mod limit_cap;
 #[path = "slots/outage.rs"]
 mod outage;
 #[path = "slots/queue.rs"]
