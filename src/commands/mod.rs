@@ -2,6 +2,7 @@
 //! configuration, talks to the update service, etcd or the FleetLock server, prints what it found
 //! or did, and returns the exit code.
 
+pub mod etcd_role;
 pub mod rollout;
 mod rollout_status;
 pub mod run;
