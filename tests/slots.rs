@@ -8,6 +8,8 @@ mod support;
 mod commands;
 #[path = "slots/contention.rs"]
 mod contention;
+#[path = "slots/etcd_role.rs"]
+mod etcd_role;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
 #[path = "slots/fleetlock_replay.rs"]
