@@ -103,6 +103,13 @@ pub enum Command {
         #[command(subcommand)]
         action: RolloutAction,
     },
+    /// Print the etcdctl commands creating a least-privilege etcd role and user for this
+    /// instance (its own keys and its group's) and an operator role.
+    EtcdRole {
+        /// The slot group (default: slot.group).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 /// What `sidekick rollout` does to a group's rollout.

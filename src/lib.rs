@@ -20,6 +20,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod oci;
 pub mod omaha;
 pub mod registry;
 pub mod rollout;

@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Command::Rollout { action } => {
             block_on(commands::rollout::run(&cli.config_sources(), action))
         }
+        Command::EtcdRole { group } => {
+            commands::etcd_role::run(&cli.config_sources(), group.as_deref())
+        }
     }
 }
 

@@ -119,7 +119,7 @@ fn exported_sample_names() -> BTreeSet<String> {
     names
 }
 
-/// Every `sidekick_…{label="value", label!="value"}` in the rules' `expr:` blocks.
+/// Every `sidekick_…{label="value", label!="value", label=~"a|b"}` in the rules' `expr:` blocks.
 fn selectors(rules: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut exprs = String::new();
     let mut in_expr = false;
@@ -151,14 +151,15 @@ fn selectors(rules: &str) -> Vec<(String, Vec<(String, String)>)> {
         if let Some(body) = rest.strip_prefix('{') {
             let (inside, after) = body.split_once('}').expect("a closed label selector");
             for matcher in inside.split(',') {
-                let (label, value) = matcher
-                    .split_once("!=")
+                let (label, value) = ["!~", "=~", "!="]
+                    .iter()
+                    .find_map(|op| matcher.split_once(op))
                     .or_else(|| matcher.split_once('='))
                     .unwrap_or_else(|| panic!("a label matcher: {matcher}"));
-                matchers.push((
-                    label.trim().to_string(),
-                    value.trim().trim_matches('"').into(),
-                ));
+                // A regex matcher here is only ever a list of values (`a|b`): each must exist.
+                for value in value.trim().trim_matches('"').split('|') {
+                    matchers.push((label.trim().to_string(), value.into()));
+                }
             }
             rest = after;
         }

@@ -198,20 +198,21 @@ fn a_given_release_list_is_offered_and_a_bad_one_is_refused_with_exit_2() {
             list.to_str().unwrap(),
         ])
     };
+    // 2.1.0, not 3.1.0: the unit runs 1.0.0 and a jump of two majors needs update.allow_major_jump.
     let out = offer(
-        "[[release]]\nversion = \"3.1.0\"\ncodebase = \"registry.example.com/web\"\n\
+        "[[release]]\nversion = \"2.1.0\"\ncodebase = \"registry.example.com/web\"\n\
          [[release]]\nversion = \"1.5.0\"\ncodebase = \"registry.example.com/web\"\n",
     );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("3.1.0 offered (running 1.0.0), image registry.example.com/web:3.1.0"),
+        stdout.contains("2.1.0 offered (running 1.0.0), image registry.example.com/web:2.1.0"),
         "{stdout}"
     );
 
     // The in-memory unit runs registry.example.com/web: a release naming another repository is
     // refused (update.allowed_repositories is empty), and nothing is written for it.
-    let out = offer("[[release]]\nversion = \"3.1.0\"\ncodebase = \"localhost:5000/web\"\n");
+    let out = offer("[[release]]\nversion = \"2.1.0\"\ncodebase = \"localhost:5000/web\"\n");
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(

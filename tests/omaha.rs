@@ -28,6 +28,8 @@ mod shipped_examples;
 mod update_check_cli;
 #[path = "omaha/update_trust.rs"]
 mod update_trust;
+#[path = "omaha/verify_digest.rs"]
+mod verify_digest;
 
 mod support;
 

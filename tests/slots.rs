@@ -8,12 +8,18 @@ mod support;
 mod commands;
 #[path = "slots/contention.rs"]
 mod contention;
+#[path = "slots/etcd_role.rs"]
+mod etcd_role;
 #[path = "slots/fleetlock.rs"]
 mod fleetlock;
 #[path = "slots/fleetlock_replay.rs"]
 mod fleetlock_replay;
+#[path = "slots/fleetlock_secrets.rs"]
+mod fleetlock_secrets;
 #[path = "slots/fleetlock_server.rs"]
 mod fleetlock_server;
+#[path = "slots/limit_cap.rs"]
+mod limit_cap;
 #[path = "slots/outage.rs"]
 mod outage;
 #[path = "slots/queue.rs"]

@@ -2,6 +2,7 @@
 //! configuration, talks to the update service, etcd or the FleetLock server, prints what it found
 //! or did, and returns the exit code.
 
+pub mod etcd_role;
 pub mod rollout;
 mod rollout_status;
 pub mod run;
@@ -44,6 +45,9 @@ fn refused(err: ConfigError) -> ExitCode {
 
 fn warn_about_secrets(etcd: &EtcdOptions) {
     for warning in config::secrets::secret_file_warnings(etcd) {
+        tracing::warn!("{warning}");
+    }
+    if let Some(warning) = config::etcd_insecure_warning(etcd) {
         tracing::warn!("{warning}");
     }
 }

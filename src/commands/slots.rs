@@ -104,6 +104,13 @@ async fn set_max(settings: &SlotsSettings, group: &str, max: u32) -> Result<Stri
             "group {group} uses the FleetLock backend: its limit is the FleetLock server's setting"
         ));
     }
+    if max > limit::MAX_STORED_LIMIT {
+        return fail(format!(
+            "a limit of {max} for group {group} is above {}, the most a sidekick accepts from \
+             etcd",
+            limit::MAX_STORED_LIMIT
+        ));
+    }
     let mut client = super::connect(&settings.etcd).await?;
     match limit::set(&mut client, group, max).await {
         Ok(Some(was)) => Ok(format!("stored limit {max} for group {group} (was {was})")),

@@ -39,6 +39,7 @@ pub struct EtcdFragment {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub allow_insecure: Option<bool>,
 }
 
 /// Key/value layout of a registration, named as load balancers know them.
@@ -102,6 +103,8 @@ pub struct UpdateFragment {
     pub ca_file: Option<PathBuf>,
     pub allow_insecure: Option<bool>,
     pub allowed_repositories: Option<Vec<String>>,
+    pub verify_digest: Option<bool>,
+    pub allow_major_jump: Option<bool>,
 }
 
 pub use crate::slot::SlotBackend;

@@ -70,6 +70,7 @@ pub struct EtcdInput {
     pub cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,6 +114,8 @@ pub struct UpdateInput {
     pub ca_file: Option<PathBuf>,
     pub allow_insecure: bool,
     pub allowed_repositories: Vec<String>,
+    pub verify_digest: bool,
+    pub allow_major_jump: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,6 +170,7 @@ impl Default for Input {
                 ca_file: None,
                 cert_file: None,
                 key_file: None,
+                allow_insecure: false,
             },
             registration: RegistrationInput {
                 enabled: true,
@@ -198,6 +202,8 @@ impl Default for Input {
                 ca_file: None,
                 allow_insecure: false,
                 allowed_repositories: Vec::new(),
+                verify_digest: false,
+                allow_major_jump: false,
             },
             slot: SlotInput {
                 backend: SlotBackend::Etcd,
@@ -272,7 +278,8 @@ impl Input {
                 password_file,
                 ca_file,
                 cert_file,
-                key_file
+                key_file,
+                allow_insecure
             ]
         );
         overlay!(
@@ -305,7 +312,9 @@ impl Input {
                 pin_digest,
                 ca_file,
                 allow_insecure,
-                allowed_repositories
+                allowed_repositories,
+                verify_digest,
+                allow_major_jump
             ]
         );
         overlay!(

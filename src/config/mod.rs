@@ -25,7 +25,7 @@ use thiserror::Error;
 
 pub use inputs::{Input, Origin, Origins};
 pub use settings::*;
-pub use validate::{Validated, insecure_warning, valid_host};
+pub use validate::{Validated, etcd_insecure_warning, insecure_warning, valid_host};
 
 /// A configuration that cannot be used, naming the file, line and key where it can.
 #[derive(Debug, Error)]
@@ -165,6 +165,15 @@ impl LoadedConfig {
     /// naming where it was set, and derived values say so.
     pub fn render(&self) -> String {
         let mut shown = self.input.clone();
+        // URLs are shown without userinfo and query, which may hold credentials.
+        let hide = |url: &mut String| {
+            if url.contains(['@', '?', '#']) {
+                *url = crate::logging::redact_url_text(url);
+            }
+        };
+        shown.etcd.endpoints.iter_mut().for_each(hide);
+        hide(&mut shown.update.server);
+        hide(&mut shown.slot.fleetlock_url);
         let mut derived = Vec::new();
         let mut derive = |slot: &mut String, key: &'static str, value: &str| {
             if slot.is_empty() && !value.is_empty() {

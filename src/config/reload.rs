@@ -170,6 +170,8 @@ const KEYS: &[Key] = &[
         Live,
         update.allowed_repositories
     ),
+    field!("update.verify_digest", Live, update.verify_digest),
+    field!("update.allow_major_jump", Live, update.allow_major_jump),
     // A held slot is bound to these; the stored limit (`sidekick slots set-max`) changes live.
     field!("slot.backend", AtRestart, slot.backend),
     field!("slot.max", AtRestart, slot.max),

@@ -99,6 +99,11 @@ pub struct UpdateSettings {
     pub allow_insecure: bool,
     /// Repositories an offer may name besides the one the unit runs.
     pub allowed_repositories: Vec<String>,
+    /// Ask the registry for the offered tag's manifest digest and refuse an offer whose
+    /// `hash_sha256` differs; the unit then runs the image pinned to that digest.
+    pub verify_digest: bool,
+    /// Accept an offer more than one major version ahead of the running one.
+    pub allow_major_jump: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

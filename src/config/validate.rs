@@ -16,6 +16,7 @@ use super::ConfigError;
 use super::inputs::{DaemonInput, Input, Origins, SwapInput};
 use super::settings::*;
 use check::Check;
+pub use etcd::etcd_insecure_warning;
 use slot::GroupName;
 pub use update::insecure_warning;
 

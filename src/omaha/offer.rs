@@ -48,8 +48,12 @@ pub enum OfferRefusal {
     /// `hash_sha256` is neither 64 hex characters nor base64 of 32 bytes.
     #[error("package sha256 {0:?} is neither hex nor base64 of 32 bytes")]
     Sha256(String),
-    /// `update.pin_digest` is on and the offer carries no `hash_sha256` to pin.
-    #[error("update.pin_digest is on and the offer has no package sha256 to pin the image to")]
+    /// `update.pin_digest` or `update.verify_digest` is on and the offer carries no
+    /// `hash_sha256` to pin.
+    #[error(
+        "update.pin_digest (or update.verify_digest) is on and the offer has no package sha256 \
+         to pin the image to"
+    )]
     Unpinned,
     /// The offered image is in a repository the unit does not run and no
     /// `update.allowed_repositories` entry names.
@@ -62,6 +66,51 @@ pub enum OfferRefusal {
         offered: String,
         /// The repository of the image the unit runs.
         running: String,
+    },
+    /// `update.verify_digest`: the registry resolves the offered tag to another manifest than
+    /// the offer's `hash_sha256` (the tag moved, or the service and the registry disagree).
+    #[error(
+        "the registry resolves {image} to sha256:{registry}, but the offer says sha256:{offered}: \
+         the tag moved after publication, or the update service and the registry disagree"
+    )]
+    DigestMismatch {
+        /// The offered image as asked about.
+        image: String,
+        /// The offer's `hash_sha256`, lowercase hex.
+        offered: String,
+        /// The digest the registry answered, lowercase hex.
+        registry: String,
+    },
+    /// `update.verify_digest`: the registry could not say which manifest the tag names.
+    #[error("update.verify_digest is on and the registry cannot confirm {image}: {detail}")]
+    DigestUnverified {
+        /// The offered image as asked about.
+        image: String,
+        /// What the registry answered.
+        detail: String,
+    },
+    /// With the `{codebase}` template, the offered image's tag is not the offered version, so
+    /// the version label says nothing about what would run.
+    #[error(
+        "offered image {image} is labelled {version}, but its tag is not {version}: with \
+         update.image = \"{{codebase}}\" the tag must be the version (or the image pinned by digest)"
+    )]
+    TagNotVersion {
+        /// The offered image.
+        image: String,
+        /// The offered version.
+        version: String,
+    },
+    /// The offer is more than one major version ahead and `update.allow_major_jump` is off.
+    #[error(
+        "offered version {offered} is more than one major version ahead of the current \
+         {current}: set update.allow_major_jump = true to accept such a jump"
+    )]
+    MajorJump {
+        /// The offered version.
+        offered: Version,
+        /// The running version.
+        current: Version,
     },
 }
 
@@ -76,12 +125,19 @@ impl OfferRefusal {
             Self::Sha256(_) => "invalid-sha256",
             Self::Unpinned => "unpinned",
             Self::Repository { .. } => "repository-not-allowed",
+            Self::DigestMismatch { .. } => "digest-mismatch",
+            Self::DigestUnverified { .. } => "digest-unverified",
+            Self::TagNotVersion { .. } => "tag-not-version",
+            Self::MajorJump { .. } => "major-jump",
         }
     }
 
     /// The `errorcode` of the 3/0 event reporting this refusal.
     pub fn error_code(&self) -> u32 {
-        error_code::OFFER_REFUSED
+        match self {
+            Self::DigestMismatch { .. } => error_code::DIGEST_MISMATCH,
+            _ => error_code::OFFER_REFUSED,
+        }
     }
 }
 

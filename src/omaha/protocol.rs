@@ -110,6 +110,9 @@ pub mod error_code {
     pub const SWAP_FAILED: u32 = 5;
     /// Pre-pulling the new image failed (update_engine `DownloadTransferError`).
     pub const PREPULL_FAILED: u32 = 9;
+    /// The registry names another manifest for the offered tag than the offer's `hash_sha256`
+    /// (`update.verify_digest`; update_engine `PayloadHashMismatchError`).
+    pub const DIGEST_MISMATCH: u32 = 10;
     /// The offer was refused: bad version, image reference or digest (update_engine `OmahaResponseInvalid`).
     pub const OFFER_REFUSED: u32 = 34;
     /// The new version did not turn healthy and was rolled back (sidekick-specific).

@@ -28,6 +28,7 @@ use url::Url;
 use self::halt_record::HaltRecord;
 use super::halt::HaltMarker;
 use super::{Acquisition, Holding, SlotError, SlotHolder, SlotLock, with_jitter};
+use crate::logging::redact_url;
 
 /// Lock endpoint, relative to the base URL.
 pub const PRE_REBOOT: &str = "v1/pre-reboot";
@@ -69,7 +70,7 @@ pub fn endpoint_url(base: &Url, endpoint: &str) -> Result<Url, SlotError> {
         base.set_path(&path);
     }
     base.join(endpoint).map_err(|source| SlotError::Url {
-        url: base.to_string(),
+        url: redact_url(&base),
         source,
     })
 }
@@ -133,9 +134,9 @@ impl FleetLockSlots {
         let http = crate::http_tls::client_builder(base, Vec::new())
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|source| SlotError::Http {
-                url: base.to_string(),
-                source,
+            .map_err(|source: reqwest::Error| SlotError::Http {
+                url: redact_url(base),
+                source: source.without_url(),
             })?;
         Ok(FleetLockSlots {
             http,
@@ -158,12 +159,13 @@ impl FleetLockSlots {
             },
         };
         let body = serde_json::to_vec(&body).map_err(|source| SlotError::Malformed {
-            key: url.to_string(),
+            key: redact_url(url),
             source,
         })?;
-        let http_err = |source| SlotError::Http {
-            url: url.to_string(),
-            source,
+        // The URL may carry credentials (userinfo, a token in the query): errors show it without.
+        let http_err = |source: reqwest::Error| SlotError::Http {
+            url: redact_url(url),
+            source: source.without_url(),
         };
         let resp = self
             .http
@@ -183,7 +185,7 @@ impl FleetLockSlots {
             kind: String::new(),
             value: String::from_utf8_lossy(&text).chars().take(200).collect(),
         });
-        tracing::info!(url = %url, status = status.as_u16(), kind = %err.kind, value = %err.value,
+        tracing::info!(url = %redact_url(url), status = status.as_u16(), kind = %err.kind, value = %err.value,
             "FleetLock server did not grant");
         Ok(Some(Refusal {
             status: status.as_u16(),
@@ -219,7 +221,7 @@ impl FleetLockSlots {
                 Ok(())
             }
             Some(r) => Err(SlotError::Refused {
-                url: self.unlock_url.to_string(),
+                url: redact_url(&self.unlock_url),
                 status: r.status,
                 kind: r.kind,
                 value: r.value,
@@ -246,7 +248,7 @@ impl SlotLock for FleetLockSlots {
                 detail: format!("HTTP {}: {}: {}", r.status, r.kind, r.value),
             }),
             Some(r) => Err(SlotError::Refused {
-                url: self.lock_url.to_string(),
+                url: redact_url(&self.lock_url),
                 status: r.status,
                 kind: r.kind,
                 value: r.value,

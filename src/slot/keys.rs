@@ -61,14 +61,29 @@ pub struct StoredLimit {
     pub mod_revision: i64,
 }
 
-/// Parses a stored limit: a positive decimal number.
+/// The largest limit `slots set-max` stores and a sidekick accepts from etcd: anyone who can
+/// write the key could otherwise open a group to every instance at once (4294967295).
+pub const MAX_STORED_LIMIT: u32 = 1000;
+
+/// Parses a stored limit: a decimal number from 1 to [`MAX_STORED_LIMIT`].
 pub fn parse_limit(raw: &[u8]) -> Option<u32> {
     std::str::from_utf8(raw)
         .ok()?
         .trim()
         .parse()
         .ok()
-        .filter(|n| *n > 0)
+        .filter(|n| (1..=MAX_STORED_LIMIT).contains(n))
+}
+
+/// [`parse_limit`] for the admission: a value out of bounds admits nobody, and says so.
+fn admitted_limit(group_key: &[u8], raw: &[u8]) -> u32 {
+    parse_limit(raw).unwrap_or_else(|| {
+        tracing::warn!(key = %String::from_utf8_lossy(group_key),
+            value = %crate::terminal_text::sanitize(&String::from_utf8_lossy(raw)),
+            "the stored slot limit is not a number from 1 to {MAX_STORED_LIMIT}: nobody is \
+             admitted until `sidekick slots set-max` fixes it");
+        0
+    })
 }
 
 /// One key of a group as read from etcd.
@@ -185,8 +200,8 @@ pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, queued: Option<i64
     let limit = gets.next().and_then(|g| {
         let kv = g.kvs().first()?;
         Some(StoredLimit {
-            // A value that is not a positive number admits nobody until it is fixed.
-            max: parse_limit(kv.value()).unwrap_or(0),
+            // A value that is not a number in bounds admits nobody until it is fixed.
+            max: admitted_limit(kv.key(), kv.value()),
             mod_revision: kv.mod_revision(),
         })
     });
@@ -286,5 +301,8 @@ mod tests {
         assert_eq!(parse_limit(b"0"), None);
         assert_eq!(parse_limit(b"-1"), None);
         assert_eq!(parse_limit(b"many"), None);
+        assert_eq!(parse_limit(b"1000"), Some(1000));
+        assert_eq!(parse_limit(b"1001"), None);
+        assert_eq!(parse_limit(b"4294967295"), None);
     }
 }

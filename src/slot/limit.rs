@@ -6,7 +6,7 @@
 use etcd_client::Client;
 
 use super::SlotError;
-pub use super::keys::{LIMIT_PREFIX, limit_key, parse_limit};
+pub use super::keys::{LIMIT_PREFIX, MAX_STORED_LIMIT, limit_key, parse_limit};
 
 /// Stores `max` as the limit of `group`; returns the limit it replaced, if any.
 pub async fn set(client: &mut Client, group: &str, max: u32) -> Result<Option<u32>, SlotError> {

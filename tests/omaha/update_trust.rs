@@ -86,8 +86,10 @@ async fn pin_digest_refuses_an_offer_without_sha256_as_unpinned() {
             .contains("pin_digest"),
         "{json}"
     );
-    // Without pin_digest the same offer is taken, unpinned.
-    let (code, stdout, stderr) = sidekick(dir.path(), &check, &config(&server, "")).await;
+    // Without pin_digest the same offer is taken, unpinned (its codebase `r/web` has no tag, so
+    // the template adds the version).
+    let tagged = config(&server, "image = \"{codebase}:{version}\"");
+    let (code, stdout, stderr) = sidekick(dir.path(), &check, &tagged).await;
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("\"status\":\"update\""), "{stdout}");
 }

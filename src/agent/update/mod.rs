@@ -9,6 +9,7 @@ pub mod pass;
 pub mod policy;
 
 pub mod steps;
+pub mod version_rules;
 
 pub use denylist::Denylist;
 pub use journal::Journal;

@@ -1,7 +1,9 @@
 //! The update policy: one check against the update source, the offer validated
 //! ([`crate::omaha::validate_offer`]) and kept to the repository the unit runs or one
 //! `update.allowed_repositories` lists ([`crate::omaha::check_repository`]), a version on the
-//! local [`Denylist`] skipped, a refused offer reported with 3/0; and the pace of the checks ([`Poller`] over
+//! local [`Denylist`] skipped, the version label held to the image ([`version_rules`]: the tag
+//! carries the version, no major jump unless allowed), with `update.verify_digest` the registry
+//! asked which manifest the tag names ([`crate::oci`]), a refused offer reported with 3/0; and the pace of the checks ([`Poller`] over
 //! [`crate::omaha::PollSchedule`]): `update.interval` ±10 %, backing off up to 4 h only on
 //! transport errors, timeouts and 5xx. A server's configuration status (`error-noPackageFound`…)
 //! keeps the normal interval. Every error text has the update URL's query string redacted.
@@ -16,6 +18,7 @@ use thiserror::Error;
 use url::Url;
 
 pub use super::denylist::Denylist;
+use super::version_rules;
 
 use crate::agent::machine::swap::SwapPlan;
 use crate::control::CheckReport;
@@ -83,6 +86,11 @@ pub struct OfferRules {
     /// checked at all, [`PollError::NoImage`]). `None` only for `update-check --current-version`,
     /// which swaps nothing and does not read the unit: then no repository is enforced.
     pub running_image: Option<String>,
+    /// `update.verify_digest`: the registry must resolve the offered tag to the offer's
+    /// `hash_sha256`; implies pinning.
+    pub verify_digest: bool,
+    /// `update.allow_major_jump`.
+    pub allow_major_jump: bool,
 }
 
 impl OfferRules {
@@ -94,6 +102,8 @@ impl OfferRules {
             server: settings.server.clone(),
             allowed_repositories: settings.allowed_repositories.clone(),
             running_image,
+            verify_digest: settings.verify_digest,
+            allow_major_jump: settings.allow_major_jump,
         }
     }
 
@@ -103,11 +113,45 @@ impl OfferRules {
         offer: &crate::omaha::UpdateOffer,
         current: &Version,
     ) -> Result<ValidatedUpdate, OfferRefusal> {
-        let update = validate_offer(offer, current, &self.image, self.pin_digest)?;
+        // A verified digest is run pinned, so verifying needs a usable sha256 as pinning does.
+        let pin = self.pin_digest || self.verify_digest;
+        let update = validate_offer(offer, current, &self.image, pin)?;
         if let Some(running) = &self.running_image {
             check_repository(&update.image, running, &self.allowed_repositories)?;
         }
+        version_rules::check_major_jump(&update.version, current, self.allow_major_jump)?;
+        version_rules::check_tag_carries_version(&self.image, &update.image, &update.version)?;
         Ok(update)
+    }
+}
+
+/// Why the registry's digest did not confirm an offer.
+enum DigestCheck {
+    /// The registry answered: the offer is refused.
+    Refused(OfferRefusal),
+    /// The registry could not be reached: ask again later.
+    Unreachable(crate::oci::RegistryError),
+}
+
+/// `update.verify_digest`: the manifest the registry resolves the offered tag to must be the
+/// offer's `hash_sha256`, so the update service alone cannot choose what runs.
+async fn verify_digest(update: &ValidatedUpdate) -> Result<(), DigestCheck> {
+    let asked = update.image.as_str().split('@').next().unwrap_or_default();
+    let Some(offered) = update.sha256.clone() else {
+        return Err(DigestCheck::Refused(OfferRefusal::Unpinned));
+    };
+    match crate::oci::manifest_digest(&update.image).await {
+        Ok(registry) if registry == offered => Ok(()),
+        Ok(registry) => Err(DigestCheck::Refused(OfferRefusal::DigestMismatch {
+            image: asked.to_string(),
+            offered,
+            registry,
+        })),
+        Err(err) if err.is_transient() => Err(DigestCheck::Unreachable(err)),
+        Err(err) => Err(DigestCheck::Refused(OfferRefusal::DigestUnverified {
+            image: asked.to_string(),
+            detail: err.to_string(),
+        })),
     }
 }
 
@@ -177,6 +221,11 @@ impl CheckResult {
             CheckResult::NoUpdate => "no-update",
             CheckResult::OnHold { .. } => "on-hold",
             CheckResult::Denylisted { .. } => "denylisted",
+            // An instance stuck on an offer it will never take shows as such (status, metrics).
+            CheckResult::Refused {
+                refusal: OfferRefusal::NotNewer { .. },
+                ..
+            } => "not-newer",
             CheckResult::Refused { .. } => "refused",
             CheckResult::Halted { .. } => "halted",
             CheckResult::ServerStatus { .. } | CheckResult::Unreachable { .. } => "error",
@@ -267,22 +316,38 @@ pub async fn check<S: UpdateSource>(
         }
         Ok(CheckOutcome::Update(offer)) => offer,
     };
-    match rules.validate(&offer, current) {
-        Ok(update) if denylist.contains(&update.version) => CheckResult::Denylisted {
+    let refuse = |refusal: OfferRefusal| async move {
+        let event = Event::Failed {
+            error_code: refusal.error_code(),
+        };
+        let reported = source
+            .send_event(current, event)
+            .await
+            .map_err(|err| redact(err.to_string()));
+        CheckResult::Refused { refusal, reported }
+    };
+    let update = match rules.validate(&offer, current) {
+        Ok(update) => update,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    if denylist.contains(&update.version) {
+        return CheckResult::Denylisted {
             version: update.version,
-        },
-        Ok(update) => CheckResult::Offer(Box::new(update)),
-        Err(refusal) => {
-            let event = Event::Failed {
-                error_code: refusal.error_code(),
-            };
-            let reported = source
-                .send_event(current, event)
-                .await
-                .map_err(|err| redact(err.to_string()));
-            CheckResult::Refused { refusal, reported }
+        };
+    }
+    if rules.verify_digest {
+        match verify_digest(&update).await {
+            Ok(()) => {}
+            Err(DigestCheck::Refused(refusal)) => return refuse(refusal).await,
+            Err(DigestCheck::Unreachable(err)) => {
+                return CheckResult::Unreachable {
+                    kind: err.kind().to_string(),
+                    detail: err.to_string(),
+                };
+            }
         }
     }
+    CheckResult::Offer(Box::new(update))
 }
 
 /// Transport errors, timeouts and 5xx back off; anything else is the server's answer.

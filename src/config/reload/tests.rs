@@ -88,6 +88,8 @@ fn every_field(settings: &Settings) {
                 ca_file: _,
                 allow_insecure: _,
                 allowed_repositories: _,
+                verify_digest: _,
+                allow_major_jump: _,
             },
         slot:
             SlotOptions {
@@ -233,6 +235,12 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         }),
         ("update.allowed_repositories", Live, |s| {
             s.update.allowed_repositories = vec!["registry.example.com/web".into()]
+        }),
+        ("update.verify_digest", Live, |s| {
+            s.update.verify_digest = true
+        }),
+        ("update.allow_major_jump", Live, |s| {
+            s.update.allow_major_jump = true
         }),
         ("slot.backend", AtRestart, |s| {
             s.slot.backend = SlotBackend::None

@@ -98,6 +98,8 @@ pub(super) fn validate(check: &Check, update: UpdateInput) -> Result<UpdateSetti
         ca_file: update.ca_file,
         allow_insecure: update.allow_insecure,
         allowed_repositories: update.allowed_repositories,
+        verify_digest: update.verify_digest,
+        allow_major_jump: update.allow_major_jump,
     })
 }
 

@@ -25,6 +25,8 @@ fn rules(server: Option<&str>) -> OfferRules {
         pin_digest: false,
         server: server.map(|s| Url::parse(s).unwrap()),
         allowed_repositories: Vec::new(),
+        verify_digest: false,
+        allow_major_jump: false,
         running_image: Some("example/web:1.0.0".into()),
     }
 }
@@ -83,7 +85,12 @@ async fn a_denylisted_version_is_skipped_until_a_newer_one_is_offered_also_after
     let denylist = empty_denylist(dir.path());
     assert!(denylist.contains(&Version::new(3, 0, 0)));
     let source = InMemoryUpdateSource::new(Some(release("3.0.0")));
-    let result = check(&source, &V1, &rules(None), &denylist, false).await;
+    // 1.0.0 to 3.0.0 is a major jump: allowed here, the denylist is what this test is about.
+    let rules = OfferRules {
+        allow_major_jump: true,
+        ..rules(None)
+    };
+    let result = check(&source, &V1, &rules, &denylist, false).await;
     assert_eq!(
         result,
         CheckResult::Denylisted {
@@ -92,7 +99,7 @@ async fn a_denylisted_version_is_skipped_until_a_newer_one_is_offered_also_after
     );
     assert!(source.events().is_empty(), "a skip sends no event");
     source.set_release(Some(release("3.0.1")));
-    let result = check(&source, &V1, &rules(None), &denylist, false).await;
+    let result = check(&source, &V1, &rules, &denylist, false).await;
     assert!(matches!(result, CheckResult::Offer(ref u) if u.version == Version::new(3, 0, 1)));
 }
 
@@ -148,6 +155,114 @@ async fn a_refused_offer_sends_3_0_with_errorcode_34() {
     );
     assert_eq!(events[0].version, V1);
     assert_eq!(result.pacing(), PollResult::Success);
+}
+
+/// One check of `offered` (as [`release`]) from 1.0.0 under `rules`, and the events it sent.
+async fn check_offer(offered: LocalRelease, rules: &OfferRules) -> (CheckResult, Vec<Event>) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = InMemoryUpdateSource::new(Some(offered));
+    let result = check(&source, &V1, rules, &empty_denylist(dir.path()), false).await;
+    let events = source.events().into_iter().map(|e| e.event).collect();
+    (result, events)
+}
+
+#[tokio::test]
+async fn a_not_newer_offer_is_labelled_not_newer_for_status_and_metrics() {
+    // A service (not the in-memory one, which offers only newer releases) offering 1.0.0 again.
+    let dir = tempfile::tempdir().unwrap();
+    let source = InMemoryUpdateSource::new(None);
+    let offer = crate::omaha::UpdateOffer {
+        version: "1.0.0".into(),
+        codebase: "example/web:1.0.0".into(),
+        name: String::new(),
+        size: None,
+        sha1: None,
+        sha256: None,
+    };
+    source.push_outcome(CheckOutcome::Update(offer));
+    let denylist = empty_denylist(dir.path());
+    let result = check(&source, &V1, &rules(None), &denylist, false).await;
+    let events: Vec<Event> = source.events().into_iter().map(|e| e.event).collect();
+    assert_eq!(result.label(), "not-newer", "{result:?}");
+    assert!(
+        result.summary().contains("not newer"),
+        "{}",
+        result.summary()
+    );
+    let refused = Event::Failed {
+        error_code: error_code::OFFER_REFUSED,
+    };
+    assert_eq!(events, vec![refused]);
+    let (other, _) = check_offer(release("2.0"), &rules(None)).await;
+    assert_eq!(other.label(), "refused");
+}
+
+#[tokio::test]
+async fn a_frozen_label_or_a_major_jump_is_refused_with_3_0() {
+    // The freeze: an old image labelled 99999.0.0, then every genuine update "not newer".
+    let mut frozen = release("99999.0.0");
+    frozen.codebase = "example/web:1.0.0".into();
+    let allow_jump = OfferRules {
+        allow_major_jump: true,
+        ..rules(None)
+    };
+    let (result, events) = check_offer(frozen.clone(), &allow_jump).await;
+    let CheckResult::Refused { refusal, .. } = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(refusal.kind(), "tag-not-version");
+    assert_eq!(events.len(), 1, "reported with 3/0");
+    // Without allow_major_jump the jump itself is refused first.
+    let (result, _) = check_offer(frozen, &rules(None)).await;
+    assert!(
+        matches!(&result, CheckResult::Refused { refusal, .. } if refusal.kind() == "major-jump"),
+        "{result:?}"
+    );
+    let (result, _) = check_offer(release("3.0.0"), &rules(None)).await;
+    assert!(
+        matches!(&result, CheckResult::Refused { refusal, .. } if refusal.kind() == "major-jump"),
+        "{result:?}"
+    );
+    let (result, _) = check_offer(release("2.0.0"), &rules(None)).await;
+    assert!(matches!(result, CheckResult::Offer(_)), "{result:?}");
+}
+
+#[tokio::test]
+async fn verify_digest_needs_a_hash_before_asking_any_registry() {
+    // The offer names a registry nothing listens on: the refusal comes before any request.
+    let mut offered = release("2.0.0");
+    offered.codebase = "127.0.0.1:9/web:2.0.0".into();
+    let verify = OfferRules {
+        verify_digest: true,
+        running_image: Some("127.0.0.1:9/web:1.0.0".into()),
+        ..rules(None)
+    };
+    let (result, _) = check_offer(offered, &verify).await;
+    assert!(
+        matches!(&result, CheckResult::Refused { refusal, .. } if refusal.kind() == "unpinned"),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_backs_off_and_reports_nothing() {
+    let mut offered = release("2.0.0");
+    offered.codebase = "127.0.0.1:9/web:2.0.0".into();
+    offered.sha256 =
+        Some("3aed3129de50b959a97e4913ba485bd60e72d2bb6aa377d5ed404103f0680043".into());
+    let verify = OfferRules {
+        verify_digest: true,
+        running_image: Some("127.0.0.1:9/web:1.0.0".into()),
+        ..rules(None)
+    };
+    let (result, events) = check_offer(offered, &verify).await;
+    let CheckResult::Unreachable { kind, detail } = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(kind, "registry-unreachable");
+    assert!(detail.contains("127.0.0.1:9"), "{detail}");
+    assert_eq!(result.pacing(), PollResult::Failure);
+    assert!(events.is_empty(), "the offer may be fine: no 3/0");
 }
 
 #[tokio::test]
