@@ -348,7 +348,7 @@ async fn configured_updates(
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
-    let instance = super::update_check::app_instance(settings)
+    let instance = super::update_check::app_instance(&settings.update, &settings.instance)
         .context("failed to identify the instance to the update service")?;
     let who = SlotHolder {
         holder: instance.machine_id.clone(),
@@ -461,7 +461,7 @@ fn configured_dry_run_updates(
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
-    let instance = super::update_check::app_instance(settings)
+    let instance = super::update_check::app_instance(&settings.update, &settings.instance)
         .context("failed to identify the instance to the update service")?;
     let source = update_client(server, instance, settings)?;
     // The pass never asks this control: a dry run sends no check to a real service.
