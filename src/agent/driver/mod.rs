@@ -32,6 +32,7 @@ use wait::{next_reload, probe_at, run_slow, run_some, sleep_until_some};
 mod act;
 mod asks;
 mod loop_state;
+mod narrate;
 mod pass;
 mod reconfigure;
 mod record;
@@ -293,6 +294,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             state.next_probe = Instant::now();
         }
         let was_updating = matches!(self.agent.phase, Phase::Updating(_));
+        let (before, seen) = (self.agent.phase.clone(), observation.clone());
         let agent = self.agent.clone();
         let (agent, actions) = match state.recovered.take() {
             Some((swap, actions)) => {
@@ -302,6 +304,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             None => state::next(agent, observation),
         };
         self.agent = agent;
+        self.narrate(&before, &seen, &actions);
         self.swap_timer.observe(&self.agent.phase);
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
