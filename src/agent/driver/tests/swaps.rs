@@ -211,6 +211,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         record: Some(RecordOptions {
             group: "app/stable".into(),
             host: "127.0.0.1".into(),
+            version: None,
         }),
         ..options(vec![("k".into(), "v".into())])
     };
