@@ -298,6 +298,11 @@ impl HealthStreak {
         self.healthy
     }
 
+    /// Unhealthy by `fall` failures in a row (not merely not yet healthy after a start).
+    pub fn known_unhealthy(&self) -> bool {
+        !self.healthy && self.failures >= self.fall.get()
+    }
+
     /// Passes in a row so far and the number needed, e.g. for a status line `1/2`.
     pub fn progress(&self) -> (u32, u32) {
         (self.passes, self.rise.get())

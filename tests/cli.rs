@@ -10,6 +10,8 @@ mod bounds;
 mod etcd_down;
 #[path = "cli/needs.rs"]
 mod needs;
+#[path = "cli/once.rs"]
+mod once;
 #[path = "cli/rules.rs"]
 mod rules;
 
