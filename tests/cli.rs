@@ -14,6 +14,8 @@ mod needs;
 mod once;
 #[path = "cli/rules.rs"]
 mod rules;
+#[path = "cli/swapping.rs"]
+mod swapping;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

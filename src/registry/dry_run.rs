@@ -31,6 +31,8 @@ enum Command {
 /// The read-only registry of `--dry-run`.
 pub struct DryRunRegistry {
     commands: mpsc::UnboundedSender<Command>,
+    /// The record a real registry would hold apart from the registration now.
+    held: Option<Entry>,
     published: watch::Receiver<Published>,
     requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -57,6 +59,7 @@ impl DryRunRegistry {
         };
         DryRunRegistry {
             commands,
+            held: None,
             published,
             requests,
             task: tokio::spawn(reader.run()),
@@ -79,6 +82,22 @@ impl Registry for DryRunRegistry {
 
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    fn hold(&mut self, entry: Option<Entry>) {
+        if self.held == entry {
+            return;
+        }
+        match &entry {
+            Some((key, value)) => would(format_args!(
+                "write {key} = {value} on a lease of its own while deregistered"
+            )),
+            None if self.held.is_some() => {
+                would(format_args!("revoke the swapping instance record's lease"))
+            }
+            None => {}
+        }
+        self.held = entry;
     }
 
     async fn shutdown(self, deadline: Duration) {

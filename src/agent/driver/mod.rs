@@ -131,6 +131,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             last_check: None,
             result: None,
             host: r.host.clone(),
+            target: None,
+            step: None,
         });
         Driver {
             agent,
