@@ -25,6 +25,8 @@ use crate::etcd::endpoint_list;
 enum Command {
     Register(Vec<Entry>),
     Deregister,
+    /// The record a real registry would hold on a lease of its own (`None`: withdrawn).
+    Hold(Option<Entry>),
     Shutdown,
 }
 
@@ -55,6 +57,7 @@ impl DryRunRegistry {
             requests: requests.clone(),
             client: None,
             present: None,
+            holding: false,
             backoff: Backoff::new(MAX_DELAY),
         };
         DryRunRegistry {
@@ -85,19 +88,10 @@ impl Registry for DryRunRegistry {
     }
 
     fn hold(&mut self, entry: Option<Entry>) {
-        if self.held == entry {
-            return;
+        if self.held != entry {
+            self.held = entry.clone();
+            let _ = self.commands.send(Command::Hold(entry));
         }
-        match &entry {
-            Some((key, value)) => would(format_args!(
-                "write {key} = {value} on a lease of its own while deregistered"
-            )),
-            None if self.held.is_some() => {
-                would(format_args!("revoke the swapping instance record's lease"))
-            }
-            None => {}
-        }
-        self.held = entry;
     }
 
     async fn shutdown(self, deadline: Duration) {
@@ -120,6 +114,8 @@ struct Reader {
     client: Option<Client>,
     /// The registration that would be published now.
     present: Option<Vec<Entry>>,
+    /// Whether a record would be held on its own lease now.
+    holding: bool,
     backoff: Backoff,
 }
 
@@ -150,6 +146,19 @@ impl Reader {
                     self.present = Some(entries);
                 }
                 Some(Command::Deregister) => self.log_revoke(),
+                Some(Command::Hold(Some((key, value)))) => {
+                    self.holding = true;
+                    would(format_args!(
+                        "write {key} = {value} on a lease of its own while deregistered"
+                    ));
+                }
+                Some(Command::Hold(None)) => {
+                    if std::mem::take(&mut self.holding) {
+                        would(
+                            "revoke the swapping instance record's lease, deleting its key where still on it",
+                        );
+                    }
+                }
                 Some(Command::Shutdown) | None => {
                     self.log_revoke();
                     return;
