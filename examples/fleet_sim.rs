@@ -126,6 +126,8 @@ fn entries(name: &str, version: &str) -> Vec<(String, String)> {
         last_check: None,
         result: None,
         host: "10.0.0.1".to_string(),
+        target: None,
+        step: None,
     };
     vec![
         (

@@ -197,8 +197,8 @@ pub enum SlotsAction {
         /// The slot group (default: slot.group from the configuration).
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
-        /// How many instances of the group may update at once.
-        #[arg(value_name = "N")]
+        /// How many instances of the group may update at once (at least 1).
+        #[arg(value_name = "N", value_parser = slot_limit)]
         max: std::num::NonZeroU32,
     },
 }
@@ -217,6 +217,18 @@ pub struct RunArgs {
     /// (default: the compiled-in copy of examples/releases.toml).
     #[arg(long, value_name = "FILE", requires = "dry_run")]
     pub releases: Option<PathBuf>,
+}
+
+/// A group's slot limit: 0 would stop every update for good, which a pause says better.
+fn slot_limit(text: &str) -> Result<std::num::NonZeroU32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of instances"))?;
+    std::num::NonZeroU32::new(n).ok_or_else(|| {
+        "a group's limit is at least 1 (0 would let no instance ever update); to stop the \
+         group's updates for a while, run `sidekick rollout pause`"
+            .to_string()
+    })
 }
 
 impl Cli {

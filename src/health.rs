@@ -25,6 +25,22 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
+    /// The failure in a few words for a log line about a decision: the path rather than the
+    /// whole URL (the URL is in the per-check line), e.g. `GET / answered 404`.
+    pub fn reason(&self) -> String {
+        let path = |url: &str| {
+            url::Url::parse(url).map_or_else(|_| url.to_string(), |u| u.path().to_string())
+        };
+        match self {
+            ProbeError::Status { url, status } => format!("GET {} answered {status}", path(url)),
+            ProbeError::Http { url, detail } => format!("GET {}: {detail}", path(url)),
+            ProbeError::Tcp { .. } => self.to_string(),
+            ProbeError::Timeout(after) => {
+                format!("no answer within {}", humantime::format_duration(*after))
+            }
+        }
+    }
+
     /// Short stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -40,6 +56,12 @@ impl ProbeError {
 pub trait Probe: Send {
     /// Runs the check once.
     fn check(&mut self) -> impl Future<Output = Result<(), ProbeError>> + Send;
+
+    /// Why the last check failed, in a few words (e.g. `GET / answered 404`); `None` after a
+    /// pass or when the probe does not say.
+    fn last_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The configured probe.
@@ -72,6 +94,14 @@ impl Probe for HealthProbe {
             HealthProbe::None => Ok(()),
         }
     }
+
+    fn last_failure(&self) -> Option<String> {
+        match self {
+            HealthProbe::Http(probe) => probe.last_failure.clone(),
+            HealthProbe::Tcp(probe) => probe.last_failure.clone(),
+            HealthProbe::None => None,
+        }
+    }
 }
 
 /// GET a URL; 2xx and 3xx pass (redirects are not followed).
@@ -80,6 +110,8 @@ pub struct HttpProbe {
     client: reqwest::Client,
     url: String,
     timeout: Duration,
+    /// [`Probe::last_failure`].
+    last_failure: Option<String>,
 }
 
 impl HttpProbe {
@@ -97,12 +129,25 @@ impl HttpProbe {
             client,
             url: url.to_string(),
             timeout,
+            last_failure: None,
         })
     }
 }
 
 impl Probe for HttpProbe {
     async fn check(&mut self) -> Result<(), ProbeError> {
+        let result = self.get().await;
+        self.last_failure = result.as_ref().err().map(ProbeError::reason);
+        result
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.last_failure.clone()
+    }
+}
+
+impl HttpProbe {
+    async fn get(&self) -> Result<(), ProbeError> {
         let response = self.client.get(&self.url).send().await.map_err(|e| {
             if e.is_timeout() {
                 ProbeError::Timeout(self.timeout)
@@ -130,17 +175,35 @@ impl Probe for HttpProbe {
 pub struct TcpProbe {
     address: String,
     timeout: Duration,
+    /// [`Probe::last_failure`].
+    last_failure: Option<String>,
 }
 
 impl TcpProbe {
     /// A probe of `address` (`host:port`) that gives up after `timeout`.
     pub fn new(address: String, timeout: Duration) -> TcpProbe {
-        TcpProbe { address, timeout }
+        TcpProbe {
+            address,
+            timeout,
+            last_failure: None,
+        }
     }
 }
 
 impl Probe for TcpProbe {
     async fn check(&mut self) -> Result<(), ProbeError> {
+        let result = self.connect().await;
+        self.last_failure = result.as_ref().err().map(ProbeError::reason);
+        result
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.last_failure.clone()
+    }
+}
+
+impl TcpProbe {
+    async fn connect(&self) -> Result<(), ProbeError> {
         let connect = tokio::net::TcpStream::connect(self.address.as_str());
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(_stream)) => Ok(()),
@@ -235,6 +298,11 @@ impl HealthStreak {
         self.healthy
     }
 
+    /// Unhealthy by `fall` failures in a row (not merely not yet healthy after a start).
+    pub fn known_unhealthy(&self) -> bool {
+        !self.healthy && self.failures >= self.fall.get()
+    }
+
     /// Passes in a row so far and the number needed, e.g. for a status line `1/2`.
     pub fn progress(&self) -> (u32, u32) {
         (self.passes, self.rise.get())
@@ -326,10 +394,16 @@ mod tests {
         };
         assert!(probe("/ok").unwrap().check().await.is_ok());
         assert!(probe("/moved").unwrap().check().await.is_ok());
-        let gone = probe("/gone").unwrap().check().await.unwrap_err();
+        let mut gone_probe = probe("/gone").unwrap();
+        let gone = gone_probe.check().await.unwrap_err();
         assert!(
             matches!(gone, ProbeError::Status { status: 404, .. }),
             "{gone}"
+        );
+        // The decision lines say it in a few words: the path, not the whole URL.
+        assert_eq!(
+            gone_probe.last_failure().as_deref(),
+            Some("GET /gone answered 404")
         );
         let slow = probe("/slow").unwrap().check().await.unwrap_err();
         assert_eq!(slow.kind(), "timeout", "{slow}");

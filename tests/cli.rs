@@ -10,8 +10,12 @@ mod bounds;
 mod etcd_down;
 #[path = "cli/needs.rs"]
 mod needs;
+#[path = "cli/once.rs"]
+mod once;
 #[path = "cli/rules.rs"]
 mod rules;
+#[path = "cli/swapping.rs"]
+mod swapping;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

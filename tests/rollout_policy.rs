@@ -85,6 +85,8 @@ async fn put_instance(client: &mut Client, name: &str, version: &str) {
         last_check: None,
         result: None,
         host: "127.0.0.1".into(),
+        target: None,
+        step: None,
     };
     let value = serde_json::to_string(&record).expect("json");
     client

@@ -175,10 +175,13 @@ async fn run(
     if !registration.enabled {
         info!("registration.enabled is false: following the unit without registering");
     }
+    // The version the unit runs, for the first instance record (before any update pass).
+    let running;
     // The unit follower lives as long as the run: dropping it ends its watch.
     let (follower, updates): (Box<dyn UnitManager>, _) = match world {
         World::Embedded(releases) => {
             let (version, image) = EMBEDDED_RUNNING;
+            running = Some(version.to_string());
             info!(
                 unit = %settings.instance.unit,
                 "the embedded unit is active and runs {VERSION_VARIABLE}={version} {IMAGE_VARIABLE}={image}"
@@ -205,6 +208,15 @@ async fn run(
             (Box::new(units), Some(pass))
         }
         World::Configured => {
+            running = match system_bus(settings.etcd.timeout).await {
+                Ok(conn) => version_of(&conn, &settings.instance.unit).await,
+                // One pass cannot follow a unit it cannot see: say so and stop, not retry.
+                Err(why) if args.once => anyhow::bail!("run --once: {why}"),
+                Err(why) => {
+                    tracing::debug!("{why}; the unit's version is read once the bus answers");
+                    None
+                }
+            };
             let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
             let pass = if !settings.update.enabled {
                 None
@@ -263,6 +275,7 @@ async fn run(
         record: (registration.enabled && settings.update.enabled).then(|| RecordOptions {
             group: settings.slot.group.clone(),
             host: host.clone(),
+            version: running,
         }),
     };
     let (reloads, reloaded) = mpsc::channel(1);
@@ -275,6 +288,20 @@ async fn run(
     };
     let reloading = tokio::spawn(reloader.follow(hangups, reloads));
     let mut driver = Driver::new(agent, seams, options).with_reloads(reloaded);
+    // The instance's runtime directory, when this run makes it: removed again on the way out, so
+    // a dry run leaves nothing behind (under systemd, RuntimeDirectory= owns it).
+    let created_dirs: Vec<std::path::PathBuf> = settings
+        .daemon
+        .control_socket
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(|dir| {
+            dir.ancestors()
+                .take_while(|d| !d.exists())
+                .map(std::path::Path::to_path_buf)
+                .collect()
+        })
+        .unwrap_or_default();
     // Removes the socket file when dropped, after the driver stopped.
     let control = match &settings.daemon.control_socket {
         None => {
@@ -301,7 +328,34 @@ async fn run(
     reloading.abort();
     drop(control);
     drop(follower);
+    // Deepest first, and only when empty: nothing else's is removed.
+    for dir in created_dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(report)
+}
+
+/// The system bus, within `limit`, or one line naming it and why not.
+async fn system_bus(limit: std::time::Duration) -> Result<zbus::Connection, String> {
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".into());
+    match tokio::time::timeout(limit, zbus::Connection::system()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(err)) => Err(format!("cannot reach the system bus at {address}: {err}")),
+        Err(_) => Err(format!(
+            "the system bus at {address} did not answer within {}",
+            humantime::format_duration(limit)
+        )),
+    }
+}
+
+/// `SIDEKICK_VERSION` of `unit` as systemd reports it; `None` when it cannot be read.
+async fn version_of(conn: &zbus::Connection, unit: &str) -> Option<String> {
+    let environment = crate::systemd::environment::service_environment(conn, unit)
+        .await
+        .map_err(|err| tracing::debug!("failed to read the environment of {unit}: {err}"))
+        .ok()?;
+    crate::systemd::environment::variable(&environment, VERSION_VARIABLE).map(str::to_string)
 }
 
 /// The exclusive lock on this instance's journal, for a daemon that applies updates (a dry run
@@ -348,7 +402,7 @@ async fn configured_updates(
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
-    let instance = super::update_check::app_instance(settings)
+    let instance = super::update_check::app_instance(&settings.update, &settings.instance)
         .context("failed to identify the instance to the update service")?;
     let who = SlotHolder {
         holder: instance.machine_id.clone(),
@@ -461,7 +515,7 @@ fn configured_dry_run_updates(
     let Some(server) = settings.update.server.clone() else {
         return Ok(None);
     };
-    let instance = super::update_check::app_instance(settings)
+    let instance = super::update_check::app_instance(&settings.update, &settings.instance)
         .context("failed to identify the instance to the update service")?;
     let source = update_client(server, instance, settings)?;
     // The pass never asks this control: a dry run sends no check to a real service.

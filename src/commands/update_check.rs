@@ -15,7 +15,9 @@ use std::time::Duration;
 use semver::Version;
 
 use crate::agent::update::policy::{self, CheckResult, Denylist, OfferRules};
-use crate::config::{ConfigSources, Settings};
+use crate::config::{
+    ConfigSources, InstanceSettings, Settings, UpdateCheckSettings, UpdateSettings,
+};
 pub use crate::control::CheckReport;
 use crate::control::client::{self, AskError};
 use crate::identity;
@@ -36,7 +38,7 @@ pub async fn run(
     interactive: bool,
     standalone: bool,
 ) -> ExitCode {
-    let settings = match super::load_settings::<Settings>(sources) {
+    let settings = match super::load_settings::<UpdateCheckSettings>(sources) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
@@ -44,12 +46,25 @@ pub async fn run(
     let report = match ask_daemon(socket, current_version, interactive).await {
         Ok(report) => report,
         Err(no_daemon) if standalone => {
+            // Only a check of its own needs `[update]` complete.
+            let update = match &settings.update {
+                Ok(update) => update,
+                Err(why) => {
+                    eprintln!("sidekick: invalid configuration: {why}");
+                    return ExitCode::from(super::EXIT_CONFIG);
+                }
+            };
             tracing::warn!(
                 "{no_daemon}: checking standalone. An update check that gets an offer is a grant: \
                  the update service counts it against the group's limits and times it out if no \
                  update follows"
             );
-            update_check(&settings, current_version, interactive).await
+            let check = CheckSettings {
+                instance: &settings.instance,
+                update,
+                state_dir: &settings.daemon.state_dir,
+            };
+            update_check(check, current_version, interactive).await
         }
         Err(no_daemon) => {
             let detail = format!(
@@ -103,9 +118,27 @@ async fn ask_daemon(
 /// event for a refused offer, each request also bounded by [`HttpTimeouts::default`].
 pub const UPDATE_CHECK_LIMIT: Duration = Duration::from_secs(55);
 
+/// What one standalone check reads: the instance, `[update]` and where the denylist is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckSettings<'a> {
+    pub instance: &'a InstanceSettings,
+    pub update: &'a UpdateSettings,
+    pub state_dir: &'a Path,
+}
+
+impl<'a> From<&'a Settings> for CheckSettings<'a> {
+    fn from(settings: &'a Settings) -> Self {
+        CheckSettings {
+            instance: &settings.instance,
+            update: &settings.update,
+            state_dir: &settings.daemon.state_dir,
+        }
+    }
+}
+
 /// Runs one check; `current_version` overrides the version read from the unit over D-Bus.
 pub async fn update_check(
-    settings: &Settings,
+    settings: CheckSettings<'_>,
     current_version: Option<&str>,
     interactive: bool,
 ) -> CheckReport {
@@ -121,14 +154,14 @@ pub async fn update_check(
 }
 
 /// [`update_check`] with its own per-request `timeouts` and overall `limit` (tests use short ones).
-pub async fn update_check_within(
-    settings: &Settings,
+pub async fn update_check_within<'a>(
+    settings: impl Into<CheckSettings<'a>>,
     current_version: Option<&str>,
     interactive: bool,
     timeouts: HttpTimeouts,
     limit: Duration,
 ) -> CheckReport {
-    let check = check_once(settings, current_version, interactive, timeouts);
+    let check = check_once(settings.into(), current_version, interactive, timeouts);
     match tokio::time::timeout(limit, check).await {
         Ok(report) => report,
         Err(_) => CheckReport::error(
@@ -142,7 +175,7 @@ pub async fn update_check_within(
 }
 
 async fn check_once(
-    settings: &Settings,
+    settings: CheckSettings<'_>,
     current_version: Option<&str>,
     interactive: bool,
     timeouts: HttpTimeouts,
@@ -161,7 +194,7 @@ async fn check_once(
     let Some(server) = settings.update.server.clone() else {
         return CheckReport::error("config", "update.server is not set");
     };
-    let instance = match app_instance(settings) {
+    let instance = match app_instance(settings.update, settings.instance) {
         Ok(instance) => instance,
         Err(err) => return CheckReport::error("identity", err),
     };
@@ -170,11 +203,11 @@ async fn check_once(
         Ok(source) => source,
         Err(err) => return CheckReport::error(err.kind(), err),
     };
-    let denylist = match Denylist::load(&settings.daemon.state_dir, &settings.instance.name) {
+    let denylist = match Denylist::load(settings.state_dir, &settings.instance.name) {
         Ok(denylist) => denylist,
         Err(err) => return CheckReport::error(err.kind(), err),
     };
-    let rules = OfferRules::new(&settings.update, running_image);
+    let rules = OfferRules::new(settings.update, running_image);
     let result = policy::check(&source, &current, &rules, &denylist, interactive).await;
     if let CheckResult::Refused { refusal, reported } = &result {
         tracing::warn!(error = %refusal, "refused the offered update");
@@ -186,8 +219,10 @@ async fn check_once(
 }
 
 /// The instance as the update service knows it.
-pub fn app_instance(settings: &Settings) -> Result<AppInstance, identity::IdentityError> {
-    let update = &settings.update;
+pub fn app_instance(
+    update: &UpdateSettings,
+    instance: &InstanceSettings,
+) -> Result<AppInstance, identity::IdentityError> {
     Ok(AppInstance {
         app_id: update.app_id.clone(),
         track: update.track.clone(),
@@ -195,7 +230,7 @@ pub fn app_instance(settings: &Settings) -> Result<AppInstance, identity::Identi
         machine_id: identity::read_app_machine_id(
             Path::new(identity::MACHINE_ID_PATH),
             &update.app_id,
-            &settings.instance.unit,
+            &instance.unit,
         )?,
         boot_id: identity::read_boot_id(Path::new(identity::BOOT_ID_PATH))?,
     })

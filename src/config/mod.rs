@@ -48,6 +48,19 @@ pub enum ConfigError {
         origin: Option<Origin>,
         message: String,
     },
+    /// More than one of the above, in the order found.
+    #[error("{} errors:{}", .0.len(), .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// One error as itself, several as [`ConfigError::Many`].
+    pub fn from_all(mut errors: Vec<ConfigError>) -> ConfigError {
+        match errors.len() {
+            1 => errors.remove(0),
+            _ => ConfigError::Many(errors),
+        }
+    }
 }
 
 /// Where to look for configuration: the root of the drop-in directories (`/` in production, a
@@ -93,10 +106,16 @@ pub fn load_as<S: Validated>(sources: &ConfigSources) -> Result<S, ConfigError> 
 /// the flags; with the origin of each value and the files applied.
 fn merge(sources: &ConfigSources) -> Result<(Input, Origins, Vec<PathBuf>), ConfigError> {
     let shared = sources::dropin_files(&sources.root)?;
-    let mut parsed = shared
-        .iter()
-        .map(|path| sources::parse_file(path).map(|file| (path.clone(), file)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every file is parsed before any error is returned, so one run names them all.
+    let mut errors = Vec::new();
+    let mut parse = |path: &Path| match sources::parse_file(path) {
+        Ok(file) => Some((path.to_path_buf(), file)),
+        Err(err) => {
+            errors.push(err);
+            None
+        }
+    };
+    let mut parsed: Vec<_> = shared.iter().filter_map(|path| parse(path)).collect();
     // The instance's own drop-ins: of the unit the flag names, else the one the shared drop-ins
     // name (the last that sets it, as the merge would).
     let unit = sources.unit.clone().or_else(|| {
@@ -109,11 +128,14 @@ fn merge(sources: &ConfigSources) -> Result<(Input, Origins, Vec<PathBuf>), Conf
         let applied = sources::dropin_files_for(&sources.root, unit)?;
         parsed.retain(|(path, _)| applied.contains(path));
         for path in applied.iter().filter(|path| !shared.contains(path)) {
-            parsed.push((path.clone(), sources::parse_file(path)?));
+            parsed.extend(parse(path));
         }
     }
     for path in &sources.files {
-        parsed.push((path.clone(), sources::parse_file(path)?));
+        parsed.extend(parse(path));
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::from_all(errors));
     }
     let mut input = Input::default();
     let mut origins = Origins::new();

@@ -143,6 +143,18 @@ pub struct StatusSettings {
     pub registration: RegistrationKeys,
 }
 
+/// What `sidekick update-check` reads: the instance and where its daemon listens; the update
+/// section only for a standalone check, so asking the daemon needs no complete configuration
+/// (no `registration.port`, no `update.server`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateCheckSettings {
+    pub instance: InstanceSettings,
+    pub etcd: EtcdOptions,
+    pub daemon: DaemonSettings,
+    /// `[update]` validated, or why it is not usable (shown only when a standalone check needs it).
+    pub update: Result<UpdateSettings, String>,
+}
+
 /// What `sidekick slots release|resume|set-max` read: etcd, the slot backend and the group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotsSettings {

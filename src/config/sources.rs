@@ -124,20 +124,98 @@ pub(super) fn parse_text(path: &Path, text: &str) -> Result<ParsedFile, ConfigEr
     let table = DeTable::parse(text).map_err(syntax_error)?;
     let mut keys = Vec::new();
     collect_keys(table.get_ref(), "", &mut keys);
-    let fragment: Fragment = toml::from_str(text).map_err(|err| {
-        let offset = err.span().map_or(0, |span| span.start);
-        ConfigError::Parse {
-            path: path.to_path_buf(),
-            line: line_of(text, offset),
-            key: key_at(&keys, offset),
-            message: err.message().trim().to_string(),
-        }
-    })?;
     let lines = keys
         .iter()
         .map(|key| (key.path.clone(), line_of(text, key.key_start)))
         .collect();
-    Ok(ParsedFile { fragment, lines })
+    // serde stops at the first bad value: each one found is blanked out (its line kept) and
+    // the file read again, so one run names every bad key of the file.
+    let mut errors = Vec::new();
+    let mut masked = text.to_string();
+    while errors.len() < MAX_ERRORS_PER_FILE {
+        let err = match toml::from_str::<Fragment>(&masked) {
+            Ok(fragment) if errors.is_empty() => return Ok(ParsedFile { fragment, lines }),
+            Ok(_) => break,
+            Err(err) => err,
+        };
+        let offset = err.span().map_or(0, |span| span.start);
+        let key = key_at(&keys, offset);
+        errors.push(ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: line_of(text, offset),
+            key: key.clone(),
+            message: with_hint(
+                err.message().trim(),
+                &text[span_text(&keys, key.as_deref())],
+            ),
+        });
+        let Some(key) = key else {
+            break;
+        };
+        // A table goes with its keys: an unknown section's keys would otherwise fall into the
+        // section above it.
+        let nested = format!("{key}.");
+        let spans: Vec<_> = keys
+            .iter()
+            .filter(|k| k.path == key || k.path.starts_with(&nested))
+            .map(|k| k.whole.clone())
+            .collect();
+        let blanked = spans
+            .into_iter()
+            .fold(false, |any, span| blank(&mut masked, span) | any);
+        if !blanked {
+            break;
+        }
+    }
+    errors.sort_by_key(|err| match err {
+        ConfigError::Parse { line, .. } => *line,
+        _ => 0,
+    });
+    Err(ConfigError::from_all(errors))
+}
+
+/// How many errors one file reports at most (past that, the file is likely not sidekick's).
+const MAX_ERRORS_PER_FILE: usize = 20;
+
+/// The text of `key`'s value and key, for the hint; empty when unknown.
+fn span_text(keys: &[KeySpan], key: Option<&str>) -> std::ops::Range<usize> {
+    keys.iter()
+        .find(|k| Some(k.path.as_str()) == key)
+        .map_or(0..0, |k| k.whole.clone())
+}
+
+/// Replaces `span` of `text` with spaces, keeping line breaks (so lines and offsets stay);
+/// false when there was nothing left to blank.
+fn blank(text: &mut String, span: std::ops::Range<usize>) -> bool {
+    let Some(part) = text.get(span.clone()) else {
+        return false;
+    };
+    if part.chars().all(char::is_whitespace) {
+        return false;
+    }
+    // One space per byte, so every offset (and the keys' spans) stays as in the original.
+    let spaces: String = part
+        .bytes()
+        .map(|b| if b == b'\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(span, &spaces);
+    true
+}
+
+/// The parser's message, with an example when a duration was given without its unit.
+fn with_hint(message: &str, written: &str) -> String {
+    if !message.contains("expected a duration") {
+        return message.to_string();
+    }
+    let value = written
+        .split_once('=')
+        .map_or(written, |(_, value)| value)
+        .trim()
+        .trim_matches('"');
+    match value.parse::<u64>() {
+        Ok(n) => format!("{message}: a duration needs a unit, e.g. \"{n}s\""),
+        Err(_) => format!("{message}: e.g. \"15s\", \"500ms\" or \"5m\""),
+    }
 }
 
 /// A key path with the byte ranges of its key and of its value.

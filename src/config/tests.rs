@@ -212,7 +212,7 @@ fn invalid_value_names_file_line_and_key() {
 
 #[test]
 fn missing_unit_says_how_to_set_it() {
-    let (_, err) = error_for("[update]\nenabled = false\n");
+    let (_, err) = error_for("[update]\nenabled = false\n[registration]\nport = 8080\n");
     assert_eq!(
         err.to_string(),
         "key `instance.unit`: required: set it in a config file or pass --unit"
@@ -480,4 +480,67 @@ fn an_instance_name_that_cannot_be_a_directory_reads_no_instance_dropins() {
     assert_eq!(sources::instance_dir_name("../x.service"), None);
     assert_eq!(sources::instance_dir_name(".service"), None);
     assert_eq!(sources::instance_dir_name(".."), None);
+}
+
+#[test]
+fn every_bad_value_of_a_file_is_named_in_one_run_in_line_order() {
+    let (file, err) = error_for(
+        "[instance]\nunit = \"web@1\"\n[registration]\nport = 8080\nbogus = 1\nttl = \"15\"\n[swap]\ndrain = \"5 parsecs\"\n",
+    );
+    let ConfigError::Many(errors) = &err else {
+        panic!("expected several errors, got {err:?}");
+    };
+    let found: Vec<(usize, Option<&str>)> = errors
+        .iter()
+        .map(|e| match e {
+            ConfigError::Parse { line, key, .. } => (*line, key.as_deref()),
+            other => panic!("expected parse errors, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (5, Some("registration.bogus")),
+            (6, Some("registration.ttl")),
+            (8, Some("swap.drain"))
+        ]
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("3 errors:\n  "), "{text}");
+    assert!(text.contains(&format!("{}:6: key `registration.ttl`", file.display())));
+}
+
+#[test]
+fn a_duration_without_a_unit_shows_one_with_it() {
+    let (_, err) = error_for("[instance]\nunit = \"web@1\"\n[registration]\nttl = \"15\"\n");
+    assert!(err.to_string().ends_with("e.g. \"15s\""), "{err}");
+}
+
+#[test]
+fn every_invalid_section_is_named_in_one_run() {
+    let (_, err) = error_for(
+        "[instance]\nunit = \"web@1\"\n[registration]\nport = 8080\n[health]\nrise = 0\n[update]\nserver = \"ftp://x\"\n[daemon]\nstate_dir = \"relative\"\n",
+    );
+    let ConfigError::Many(errors) = &err else {
+        panic!("expected several errors, got {err:?}");
+    };
+    let keys: Vec<&str> = errors
+        .iter()
+        .map(|e| match e {
+            ConfigError::Invalid { key, .. } => key.as_str(),
+            other => panic!("expected invalid values, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, ["health.rise", "update.server", "daemon.state_dir"]);
+}
+
+#[test]
+fn bad_files_are_all_named_in_one_run() {
+    let root = tempfile::tempdir().unwrap();
+    let a = write(&root.path().join("a.toml"), "[swap]\ndrain = \"x\"\n");
+    let b = write(&root.path().join("b.toml"), "[etcd]\ntimeout = \"9\"\n");
+    let err = load(&sources(root.path(), vec![a.clone(), b.clone()], None)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&format!("{}:2", a.display())), "{text}");
+    assert!(text.contains(&format!("{}:2", b.display())), "{text}");
 }

@@ -60,25 +60,46 @@ fn unknown_placeholder<'a>(template: &'a str, allowed: &[&str]) -> Option<&'a st
 }
 
 impl Validated for Settings {
+    /// Every section is checked, so one run names every error it can find (a section that
+    /// depends on one that failed is left out: its errors would only repeat the first).
     fn validate(input: Input, origins: &Origins) -> Result<Settings, ConfigError> {
         let check = Check { origins };
-        let instance = unit::validate(&check, input.instance)?;
-        let etcd = etcd::validate(&check, input.etcd)?;
-        let registration = registration::validate(&check, input.registration)?;
-        let health = registration::health(&check, input.health, registration.port)?;
-        let update = update::validate(&check, input.update)?;
-        let named_by = GroupName {
-            name: match update.app_id.as_str() {
-                "" => &instance.service,
-                app_id => app_id,
-            },
-            track: &update.track,
+        let mut errors = Vec::new();
+        let instance = keep(&mut errors, unit::validate(&check, input.instance));
+        let etcd = keep(&mut errors, etcd::validate(&check, input.etcd));
+        let registration = keep(
+            &mut errors,
+            registration::validate(&check, input.registration),
+        );
+        let health = registration.as_ref().and_then(|registration| {
+            keep(
+                &mut errors,
+                registration::health(&check, input.health, registration.port),
+            )
+        });
+        let update = keep(&mut errors, update::validate(&check, input.update));
+        let slot = match (&instance, &update) {
+            (Some(instance), Some(update)) => {
+                let named_by = GroupName {
+                    name: match update.app_id.as_str() {
+                        "" => &instance.service,
+                        app_id => app_id,
+                    },
+                    track: &update.track,
+                };
+                keep(&mut errors, slot::validate(&check, input.slot, named_by))
+            }
+            _ => None,
         };
-        let slot = slot::validate(&check, input.slot, named_by)?;
-        let swap = swap(&check, input.swap)?;
-        let daemon = daemon(&check, input.daemon, &instance.unit)?;
-        let rollout = super::rollout::validate(&input.rollout, origins)?;
-        Ok(Settings {
+        let swap = keep(&mut errors, swap(&check, input.swap));
+        let daemon = instance
+            .as_ref()
+            .and_then(|instance| keep(&mut errors, daemon(&check, input.daemon, &instance.unit)));
+        let rollout = keep(
+            &mut errors,
+            super::rollout::validate(&input.rollout, origins),
+        );
+        match (
             instance,
             etcd,
             registration,
@@ -88,7 +109,30 @@ impl Validated for Settings {
             swap,
             daemon,
             rollout,
-        })
+        ) {
+            (
+                Some(instance),
+                Some(etcd),
+                Some(registration),
+                Some(health),
+                Some(update),
+                Some(slot),
+                Some(swap),
+                Some(daemon),
+                Some(rollout),
+            ) if errors.is_empty() => Ok(Settings {
+                instance,
+                etcd,
+                registration,
+                health,
+                update,
+                slot,
+                swap,
+                daemon,
+                rollout,
+            }),
+            _ => Err(ConfigError::from_all(errors)),
+        }
     }
 
     fn etcd(&self) -> &EtcdOptions {
@@ -102,6 +146,24 @@ impl Validated for StatusSettings {
         Ok(StatusSettings {
             etcd: etcd::validate(&check, input.etcd)?,
             registration: registration::keys(&check, &input.registration)?,
+        })
+    }
+
+    fn etcd(&self) -> &EtcdOptions {
+        &self.etcd
+    }
+}
+
+impl Validated for UpdateCheckSettings {
+    fn validate(input: Input, origins: &Origins) -> Result<UpdateCheckSettings, ConfigError> {
+        let check = Check { origins };
+        let instance = unit::validate(&check, input.instance)?;
+        let daemon = daemon(&check, input.daemon, &instance.unit)?;
+        Ok(UpdateCheckSettings {
+            etcd: etcd::validate(&check, input.etcd)?,
+            update: update::validate(&check, input.update).map_err(|err| err.to_string()),
+            instance,
+            daemon,
         })
     }
 
@@ -142,6 +204,11 @@ impl Validated for SlotsSettings {
     fn etcd(&self) -> &EtcdOptions {
         &self.etcd
     }
+}
+
+/// The value, or `None` with its error added to `errors`.
+fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    result.map_err(|err| errors.push(err)).ok()
 }
 
 /// Validates `[swap]`.

@@ -81,6 +81,14 @@ impl Registry for AnyRegistry {
         }
     }
 
+    fn hold(&mut self, entry: Option<Entry>) {
+        match self {
+            AnyRegistry::Etcd(r) => r.hold(entry),
+            AnyRegistry::DryRun(r) => r.hold(entry),
+            AnyRegistry::Memory(r) => r.hold(entry),
+        }
+    }
+
     async fn shutdown(self, deadline: Duration) {
         match self {
             AnyRegistry::Etcd(r) => r.shutdown(deadline).await,

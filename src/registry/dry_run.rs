@@ -25,12 +25,16 @@ use crate::etcd::endpoint_list;
 enum Command {
     Register(Vec<Entry>),
     Deregister,
+    /// The record a real registry would hold on a lease of its own (`None`: withdrawn).
+    Hold(Option<Entry>),
     Shutdown,
 }
 
 /// The read-only registry of `--dry-run`.
 pub struct DryRunRegistry {
     commands: mpsc::UnboundedSender<Command>,
+    /// The record a real registry would hold apart from the registration now.
+    held: Option<Entry>,
     published: watch::Receiver<Published>,
     requests: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -53,10 +57,12 @@ impl DryRunRegistry {
             requests: requests.clone(),
             client: None,
             present: None,
+            holding: false,
             backoff: Backoff::new(MAX_DELAY),
         };
         DryRunRegistry {
             commands,
+            held: None,
             published,
             requests,
             task: tokio::spawn(reader.run()),
@@ -81,6 +87,13 @@ impl Registry for DryRunRegistry {
         self.requests.load(Ordering::Relaxed)
     }
 
+    fn hold(&mut self, entry: Option<Entry>) {
+        if self.held != entry {
+            self.held = entry.clone();
+            let _ = self.commands.send(Command::Hold(entry));
+        }
+    }
+
     async fn shutdown(self, deadline: Duration) {
         let _ = self.commands.send(Command::Shutdown);
         let mut task = self.task;
@@ -101,6 +114,8 @@ struct Reader {
     client: Option<Client>,
     /// The registration that would be published now.
     present: Option<Vec<Entry>>,
+    /// Whether a record would be held on its own lease now.
+    holding: bool,
     backoff: Backoff,
 }
 
@@ -131,6 +146,19 @@ impl Reader {
                     self.present = Some(entries);
                 }
                 Some(Command::Deregister) => self.log_revoke(),
+                Some(Command::Hold(Some((key, value)))) => {
+                    self.holding = true;
+                    would(format_args!(
+                        "write {key} = {value} on a lease of its own while deregistered"
+                    ));
+                }
+                Some(Command::Hold(None)) => {
+                    if std::mem::take(&mut self.holding) {
+                        would(
+                            "revoke the swapping instance record's lease, deleting its key where still on it",
+                        );
+                    }
+                }
                 Some(Command::Shutdown) | None => {
                     self.log_revoke();
                     return;

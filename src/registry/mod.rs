@@ -13,6 +13,7 @@ pub mod dry_run;
 /// Duplicate-instance records, kept in the etcd layer so slots can write them too.
 pub use crate::etcd::duplicate;
 pub mod error;
+pub mod held;
 pub mod layout;
 pub mod lease;
 pub mod record;
@@ -77,6 +78,9 @@ pub trait Registry: Send {
     fn requests(&self) -> u64;
     /// Withdraws the registration (revoking the lease) and stops, waiting at most `deadline`.
     fn shutdown(self, deadline: Duration) -> impl Future<Output = ()> + Send;
+    /// Holds `entry` on a lease of its own while the registration is withdrawn (the swapping
+    /// instance's record, see [`held`]), or withdraws it with `None`.
+    fn hold(&mut self, entry: Option<Entry>);
 }
 
 /// The etcd registry: a background task holding the registration lease.
@@ -86,6 +90,9 @@ pub struct EtcdRegistry {
     desired: watch::Sender<Intent>,
     published: watch::Receiver<Published>,
     task: tokio::task::JoinHandle<()>,
+    /// The swapping record's writer, started at its first use.
+    held: Option<held::HeldRecord>,
+    ttl: Duration,
 }
 
 impl EtcdRegistry {
@@ -111,6 +118,8 @@ impl EtcdRegistry {
             desired,
             published,
             task,
+            held: None,
+            ttl,
         }
     }
 }
@@ -136,9 +145,29 @@ impl Registry for EtcdRegistry {
         self.etcd.requests()
     }
 
+    fn hold(&mut self, entry: Option<Entry>) {
+        match (&self.held, entry) {
+            (Some(held), entry) => held.set(entry),
+            (None, None) => {}
+            (None, Some(entry)) => {
+                let held = held::HeldRecord::start(
+                    self.etcd.clone(),
+                    self.instance.clone(),
+                    self.ttl,
+                    self.published.clone(),
+                );
+                held.set(Some(entry));
+                self.held = Some(held);
+            }
+        }
+    }
+
     async fn shutdown(self, deadline: Duration) {
         self.desired
             .send_modify(|intent| intent.desired = Desired::Shutdown);
+        if let Some(held) = self.held {
+            held.shutdown(deadline).await;
+        }
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
             tracing::warn!(instance = %self.instance, endpoint = %self.etcd.endpoint(),
@@ -157,6 +186,7 @@ pub const MEMORY_HISTORY: usize = 64;
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     state: Arc<Mutex<Option<Vec<Entry>>>>,
+    held: Arc<Mutex<Option<Entry>>>,
     history: Arc<Mutex<VecDeque<Desired>>>,
     published: watch::Sender<Published>,
 }
@@ -166,6 +196,7 @@ impl MemoryRegistry {
     pub fn new() -> MemoryRegistry {
         MemoryRegistry {
             state: Arc::default(),
+            held: Arc::default(),
             history: Arc::default(),
             published: watch::channel(Published::Absent).0,
         }
@@ -174,6 +205,11 @@ impl MemoryRegistry {
     /// The entries published now.
     pub fn current(&self) -> Option<Vec<Entry>> {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The entry held apart from the registration now ([`Registry::hold`]).
+    pub fn held(&self) -> Option<Entry> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// The last [`MEMORY_HISTORY`] register/deregister/shutdown calls, oldest first.
@@ -228,8 +264,15 @@ impl Registry for MemoryRegistry {
         0
     }
 
-    async fn shutdown(self, _deadline: Duration) {
+    async fn shutdown(mut self, _deadline: Duration) {
+        self.hold(None);
         self.record(Desired::Shutdown);
+    }
+
+    fn hold(&mut self, entry: Option<Entry>) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = entry;
+        }
     }
 }
 

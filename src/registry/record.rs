@@ -1,8 +1,11 @@
 //! The fleet view: each sidekick publishes a small record of its instance next to its
 //! registration, on the same lease, under `/sidekick/instances/<group>/<instance>`: the version
 //! the unit runs, the agent's phase and since when, and the last update check and its result.
-//! `sidekick status` builds its versions table from these records. A record lives exactly as long
-//! as the registration: an instance out of rotation (stopped, unhealthy, mid-swap) has none.
+//! `sidekick status` builds its versions table from these records. A record lives with the
+//! registration, on its lease: an instance out of rotation (stopped, unhealthy) has none. The one
+//! exception is the instance being swapped: deregistered for the swap, its record (phase
+//! `swapping`, with the target version and the step) stays on a lease of its own ([`super::held`])
+//! until the registration is back.
 
 use etcd_client::{Client, GetOptions};
 use serde::{Deserialize, Serialize};
@@ -17,7 +20,8 @@ pub const INSTANCES_PREFIX: &str = "/sidekick/instances/";
 pub struct InstanceRecord {
     /// The version the unit runs, as systemd reports it; `unknown` before the first read.
     pub version: String,
-    /// The agent's phase (`serving`, `updating`, …).
+    /// The agent's phase: `serving`, `starting`, `not-registered`, `updating`,
+    /// `waiting-for-slot`, `swapping`, `stranded`, `stopping`.
     pub phase: String,
     /// When the phase began, RFC 3339.
     pub since: String,
@@ -27,6 +31,12 @@ pub struct InstanceRecord {
     pub result: Option<String>,
     /// The announced host.
     pub host: String,
+    /// During an update: the version it updates to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// During an update: the swap's step (`draining`, `verifying`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// The record's key for `instance` of update group `group`.
@@ -74,6 +84,8 @@ mod tests {
             last_check: None,
             result: Some("no-update".into()),
             host: "10.0.0.5".into(),
+            target: None,
+            step: None,
         };
         let (key, value) = entry("app/stable", "web-1", &record);
         assert_eq!(key, "/sidekick/instances/app/stable/web-1");

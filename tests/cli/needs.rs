@@ -148,3 +148,64 @@ fn status_and_slots_refuse_a_bad_value_in_a_section_they_read_with_file_line_and
         );
     }
 }
+
+#[test]
+fn update_check_with_only_a_unit_asks_the_daemon_without_demanding_a_port_or_server() {
+    let root = tempfile::tempdir().unwrap();
+    let out = sidekick(root.path(), &["update-check", "--unit", "web@1"]);
+    let text = stderr(&out);
+    // No daemon answers under the temp root: the refusal is that, not the configuration.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("registration.port"), "{text}");
+    assert!(!text.contains("invalid configuration"), "{text}");
+    assert!(text.contains("--standalone"), "{text}");
+    // A standalone check does need the update service: that is the one thing it names.
+    let out = sidekick(
+        root.path(),
+        &["update-check", "--unit", "web@1", "--standalone"],
+    );
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("key `update.server`: required"), "{text}");
+    assert!(!text.contains("registration.port"), "{text}");
+}
+
+#[test]
+fn slots_set_max_zero_says_why_in_sidekicks_words() {
+    let root = tempfile::tempdir().unwrap();
+    let out = sidekick(
+        root.path(),
+        &["slots", "set-max", "0", "--group", "web/stable"],
+    );
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("a group's limit is at least 1"), "{text}");
+    assert!(text.contains("sidekick rollout pause"), "{text}");
+    assert!(!text.contains("non-zero type"), "{text}");
+}
+
+#[test]
+fn check_config_names_every_error_in_one_run() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("web.toml");
+    std::fs::write(
+        &file,
+        "[instance]\nunit = \"web@1.service\"\n[registration]\nport = 8080\nttl = \"15\"\n\
+         [swap]\ndrain = \"soon\"\n",
+    )
+    .unwrap();
+    let config = file.display().to_string();
+    let out = sidekick(root.path(), &["check-config", "--config", &config]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("2 errors"), "{text}");
+    assert!(
+        text.contains(&format!("{config}:5: key `registration.ttl`")),
+        "{text}"
+    );
+    assert!(text.contains("e.g. \"15s\""), "{text}");
+    assert!(
+        text.contains(&format!("{config}:7: key `swap.drain`")),
+        "{text}"
+    );
+}

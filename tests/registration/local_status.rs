@@ -180,7 +180,7 @@ async fn status_shows_each_local_daemon_a_not_found_unit_and_a_socket_nobody_ans
             "ghost@1.service",
             "inactive",
             "not-found",
-            "serving",
+            "not-registered",
             "no"
         ]
     );

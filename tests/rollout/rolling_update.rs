@@ -198,6 +198,20 @@ async fn broken_version_rolls_back_and_halts(fleet: &Fleet) -> String {
     let events_now = service_events(fleet).await;
     let new = &events_now[tried_index][before[tried_index]..];
     assert!(new.contains(&(3, 0)), "{}: service saw {new:?}", tried[0]);
+    // Why it rolled back is one WARN line in the plain log (the message alone, as journalctl
+    // shows it without -o json): the version, the cause, the rollback and the halt.
+    let log = fleet.logs(400);
+    let decisions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(": rolling back to 2.0.0, halting the group"))
+        .collect();
+    assert_eq!(decisions.len(), 1, "one rollback decision line:\n{log}");
+    assert!(decisions[0].contains("3.0.0"), "{}", decisions[0]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("halted the group's rollout at 3.0.0")),
+        "no halt line:\n{log}"
+    );
     for (i, events) in events_now
         .iter()
         .enumerate()

@@ -66,7 +66,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                     self.unpublished = false;
                 }
                 Action::Deregister => {
-                    info!(instance = %self.options.instance, "{}: deregistering", self.agent.status());
+                    let line = super::narrate::deregistering(&self.agent.status());
+                    info!(instance = %self.options.instance, "{line}");
                     self.seams.registry.deregister();
                 }
                 Action::Stop => return Some(batch),

@@ -109,7 +109,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             unit: self.options.unit_name.clone(),
             active_state: unit.active.to_string(),
             load_state: unit.load.to_string(),
-            phase: self.agent.phase.label().to_string(),
+            phase: super::record::shown_phase(&self.agent).0.to_string(),
             status,
             registered: matches!(published, Published::Registered { .. }),
             version: self

@@ -34,6 +34,8 @@ mod act;
 mod asks;
 mod journaling;
 mod loop_state;
+mod narrate;
+mod once;
 mod pass;
 mod reconfigure;
 mod record;
@@ -88,6 +90,8 @@ pub struct DriverOptions {
 pub struct RecordOptions {
     pub group: String,
     pub host: String,
+    /// The version the unit runs as read at start, for the first record.
+    pub version: Option<String>,
 }
 
 /// The loop: observes, asks [`state::next`], acts.
@@ -126,12 +130,14 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // Only a run that swaps takes slots, so only it can have left one in an earlier life.
         agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::checks);
         let record = options.record.as_ref().map(|r| InstanceRecord {
-            version: "unknown".into(),
+            version: r.version.clone().unwrap_or_else(|| "unknown".into()),
             phase: agent.phase.label().into(),
             since: crate::slot::now_rfc3339(),
             last_check: None,
             result: None,
             host: r.host.clone(),
+            target: None,
+            step: None,
         });
         Driver {
             agent,
@@ -194,6 +200,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         // While a pass is out, `updates` is with it.
         let can_pass = settled && serving && self.seams.updates.is_some();
         let pass_at = state.next_pass.filter(|_| can_pass);
+        if self.once_done(settled, state.passing.is_some()) {
+            return Some(Observation::Shutdown);
+        }
         let instance = &self.options.instance;
         let observation = tokio::select! {
             biased;
@@ -323,6 +332,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             state.next_probe = Instant::now();
         }
         let was_updating = self.updating();
+        let (before, seen) = (self.agent.phase.clone(), observation.clone());
         if let (Observation::Swap(SwapObservation::Slot(answer)), Some(metrics)) =
             (&observation, &self.options.metrics)
         {
@@ -337,6 +347,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             None => state::next(agent, observation),
         };
         self.agent = agent;
+        self.narrate(&before, &seen, &actions);
         self.swap_timer.observe(&self.agent.phase);
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
@@ -411,7 +422,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         let known = self.agent.unit != ActiveState::Unknown;
         let caught_up = self.agent.registered == matches!(published, Published::Registered { .. });
-        known && caught_up
+        known && caught_up && self.registration_decided()
     }
 }
 

@@ -152,8 +152,9 @@ impl Reloader {
         else {
             return Ok(None);
         };
-        let instance = super::super::update_check::app_instance(settings)
-            .context("failed to identify the instance to the update service")?;
+        let instance =
+            super::super::update_check::app_instance(&settings.update, &settings.instance)
+                .context("failed to identify the instance to the update service")?;
         let client = update_client(server, instance, settings)?;
         Ok(Some(AnyUpdateSource::new(
             UpdateBackend::Http(client),

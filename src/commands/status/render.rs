@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::local;
 use super::model::StatusReport;
 use super::table::Section;
+use crate::registry::record::InstanceRecord;
 
 impl StatusReport {
     /// The report as tables, in display order.
@@ -37,7 +38,7 @@ impl StatusReport {
                     i.group.clone(),
                     i.instance.clone(),
                     r.version.clone(),
-                    r.phase.clone(),
+                    phase_cell(r),
                     r.since.clone(),
                     r.last_check.clone().unwrap_or_else(|| "-".into()),
                     r.result.clone().unwrap_or_else(|| "-".into()),
@@ -162,6 +163,15 @@ impl StatusReport {
     }
 }
 
+/// The phase, with the step and target version during an update: `swapping (draining to 3.0.0)`.
+fn phase_cell(record: &InstanceRecord) -> String {
+    match (&record.target, &record.step) {
+        (Some(target), Some(step)) => format!("{} ({step} to {target})", record.phase),
+        (Some(target), None) => format!("{} (to {target})", record.phase),
+        _ => record.phase.clone(),
+    }
+}
+
 fn ttl_cell(ttl_left: Option<i64>) -> String {
     ttl_left.map_or("-".into(), |t| format!("{t}s"))
 }
@@ -170,7 +180,6 @@ fn ttl_cell(ttl_left: Option<i64>) -> String {
 mod tests {
     use super::*;
     use crate::commands::status::model::InstanceStatus;
-    use crate::registry::record::InstanceRecord;
 
     #[test]
     fn an_empty_section_says_none() {
@@ -190,6 +199,8 @@ mod tests {
             last_check: None,
             result: Some("no-update".into()),
             host: "10.0.0.5".into(),
+            target: None,
+            step: None,
         };
         let instance = |name: &str, version: &str| InstanceStatus {
             group: "app/stable".into(),

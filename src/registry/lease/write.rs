@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::RegistrationLease;
 use crate::registry::duplicate::{DuplicateRecord, host_of, record_key};
@@ -27,6 +27,9 @@ impl RegistrationLease {
             return Ok(held.revision);
         }
         let id = held.id;
+        // A first write on this lease registers; a later one only rewrites values (the
+        // instance record's phase, a reloaded key) of a registration already there.
+        let first_write = held.entries.is_empty();
         let stale = held
             .entries
             .iter()
@@ -79,9 +82,17 @@ impl RegistrationLease {
             }
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        info!(instance = %self.instance, lease = format!("{id:x}"),
-            keys = %entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","),
-            etcd_requests = self.etcd.requests(), "registered");
+        let keys = entries
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        match first_write {
+            true => info!(instance = %self.instance, lease = format!("{id:x}"), keys = %keys,
+                etcd_requests = self.etcd.requests(), "registered"),
+            false => debug!(instance = %self.instance, lease = format!("{id:x}"), keys = %keys,
+                etcd_requests = self.etcd.requests(), "registration rewritten"),
+        }
         if let Some(held) = &mut self.held {
             held.entries = entries;
             held.suspect = false;

@@ -235,6 +235,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         record: Some(RecordOptions {
             group: "app/stable".into(),
             host: "127.0.0.1".into(),
+            version: None,
         }),
         ..options(vec![("k".into(), "v".into())])
     };
@@ -370,6 +371,25 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
             Desired::Present(entries)
         ]
     );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn the_swapping_instance_keeps_its_record_apart_from_the_registration_until_it_is_back() {
+    let world = start("2.0.0", "none", Duration::from_millis(500)).await;
+    eventually("deregistered, the record held as swapping", || {
+        !registered(&world.registry)
+            && world.registry.held().is_some_and(|(key, value)| {
+                key == "/sidekick/instances/app/stable/web-1"
+                    && value.contains(r#""phase":"swapping""#)
+                    && value.contains(r#""target":"2.0.0""#)
+            })
+    })
+    .await;
+    eventually("registered again, nothing held", || {
+        record_says(&world.registry, "2.0.0") && world.registry.held().is_none()
+    })
+    .await;
     world.finish().await;
 }
 
