@@ -84,7 +84,13 @@ fn swap_step(
             "took an update slot: deregistering to swap {old} for {new}"
         )),
         (Stage::Restarting | Stage::Verifying { .. }, Stage::RollingBack { failure }) => {
-            Some((Level::Warn, rolling_back(now, seen, failure, context)))
+            let halting = actions
+                .iter()
+                .any(|a| matches!(a, Action::Swap(SwapAction::Halt { .. })));
+            Some((
+                Level::Warn,
+                rolling_back(now, seen, failure, halting, context),
+            ))
         }
         (
             Stage::WritingDropIn,
@@ -104,10 +110,9 @@ fn swap_step(
             },
             Stage::Releasing,
         ) => {
-            let halted = actions
-                .iter()
-                .any(|a| matches!(a, Action::Swap(SwapAction::Halt { .. })));
-            match halted {
+            // The halt went out first, when the failure was known (see `rolling_back`); the
+            // failure says whether the version was blamed for it.
+            match failure.halt {
                 true => Some((
                     Level::Warn,
                     format!(
@@ -138,6 +143,7 @@ fn rolling_back(
     swap: &SwapPhase,
     seen: &Observation,
     failure: &Failure,
+    halting: bool,
     context: &Context,
 ) -> String {
     let (new, old) = (&swap.plan.new.version, &swap.plan.old.version);
@@ -154,7 +160,8 @@ fn rolling_back(
     {
         why.push_str(&format!(" ({probe})"));
     }
-    let halt = match failure.halt {
+    // The halt goes out first, in the same turn as the decision to roll back.
+    let halt = match halting {
         true => ", halting the group",
         false => "",
     };
@@ -238,6 +245,8 @@ mod tests {
             previous: None,
             slot_held: true,
             unit_active: true,
+            halt: Default::default(),
+            unit_stopped: false,
         })
     }
 
@@ -256,14 +265,17 @@ mod tests {
             probe_failure: Some("GET / answered 404".into()),
         };
         let seen = Observation::Swap(SwapObservation::VerifyDeadline);
-        let after = at(Stage::RollingBack {
-            failure: unhealthy(),
-        });
+        // The machine's own turn: the deadline fails the version and the halt goes out first.
+        let Phase::Updating(verifying) = at(Stage::Verifying { passes: 0 }) else {
+            unreachable!()
+        };
+        let (after, actions) = swap::step(verifying, SwapObservation::VerifyDeadline);
+        let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
         let line = line(
             &at(Stage::Verifying { passes: 0 }),
             &seen,
-            &after,
-            &[],
+            &Phase::Updating(after),
+            &actions,
             &context,
         );
         assert_eq!(
