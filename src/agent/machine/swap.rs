@@ -24,7 +24,8 @@
 //! SIGTERM mid-swap: until the drop-in is written nothing was changed, so the attempt is dropped
 //! (slot released, 3/0, journal cleared). From the drop-in write until the release the sidekick
 //! stops at once: a rollback does not fit in the stop budget, so the journal and the slot stay,
-//! and the next start's [`super::recover::recover`] finishes or rolls back.
+//! and the next start's [`super::recover::recover`] finishes or rolls back. An owed halt goes out
+//! first whatever the stage, and stays journaled until confirmed.
 //!
 //! Operator actions: the sidekick never starts a unit an operator stopped. The unit leaving
 //! `active` before the drop-in is written gives the attempt up; stopped while the drop-in is
@@ -37,6 +38,7 @@ use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
 mod messages;
+mod rollback;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -45,6 +47,8 @@ mod tests_halt;
 mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
+pub(super) use rollback::reacquire;
+use rollback::{fail, restore, resume_unit, strand};
 
 /// What a swap moves from and to, fixed when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -652,79 +656,6 @@ fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAc
         actions.push(SwapAction::CheckSlot);
     }
     (Stage::Releasing, actions)
-}
-
-/// A failure is known: the halt is the first action when the version is to blame; the
-/// rollback's fence follows its answer (or comes at once when no halt is owed).
-fn fail(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
-    phase.unit_active = false;
-    if failure.halt {
-        phase.owe_halt(&failure.reason);
-    }
-    let first = phase.halt_action(false).unwrap_or(SwapAction::CheckSlot);
-    (Stage::RollingBack { failure }, vec![first])
-}
-
-/// The previous drop-in back, and a restart onto it.
-fn restore(phase: &mut SwapPhase) -> SwapAction {
-    phase.unit_active = false;
-    SwapAction::RestoreAndRestart {
-        previous: phase.previous.clone(),
-        old: phase.plan.old.clone(),
-    }
-}
-
-/// Takes the slot again before `resume` touches the unit; an owed halt goes first.
-pub(super) fn reacquire(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
-    let first = phase
-        .halt_action(false)
-        .unwrap_or_else(|| phase.acquire(false));
-    let stage = Stage::Reacquiring {
-        resume: Box::new(resume),
-        waiting: None,
-    };
-    (stage, vec![first])
-}
-
-/// The slot is held again (the acquire just checked it, as a fence would): what `resume` does to
-/// the unit. A unit that runs the new version since its restart needs verification only.
-fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
-    phase.unit_active = false;
-    match resume {
-        Stage::Restarting => (Stage::Restarting, vec![SwapAction::Restart]),
-        Stage::Verifying { .. } => (
-            Stage::Verifying { passes: 0 },
-            vec![SwapAction::StartVerifyDeadline],
-        ),
-        Stage::RollingBack { failure } => (Stage::RollingBack { failure }, vec![restore(phase)]),
-        other => (other, Vec::new()),
-    }
-}
-
-impl SwapPhase {
-    /// One acquire attempt for this swap's version.
-    fn acquire(&self, retry: bool) -> SwapAction {
-        SwapAction::AcquireSlot {
-            version: self.plan.new.version.clone(),
-            retry,
-        }
-    }
-}
-
-/// The old version cannot be brought back either: halt the group first (a strand halts whatever
-/// the failure was: the other slots must not admit the version that stranded an instance), say
-/// so, keep the slot, stay deregistered.
-fn strand(phase: &mut SwapPhase, failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
-    phase.owe_halt(&format!(
-        "{}; rolling back to {} failed: {why}",
-        failure.reason, phase.plan.old.version
-    ));
-    let event = Event::Failed {
-        error_code: error_code::ROLLBACK_FAILED,
-    };
-    let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();
-    actions.push(SwapAction::SendEvent(event));
-    (Stage::Stranded { failure, why }, actions)
 }
 
 /// SIGTERM: drop an attempt that has not touched the instance yet (the slot back, 3/0
