@@ -28,6 +28,7 @@ fn verifying() -> SwapPhase {
         slot_held: true,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     }
 }
