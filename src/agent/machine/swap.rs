@@ -710,6 +710,11 @@ fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) 
                     error_code: error_code::INTERRUPTED,
                 }));
             }
+            // The recorded 3/x may still be in flight (or not sent yet): once more on the way
+            // out, since the journal that would resend it is cleared.
+            if let (Stage::Releasing, Some(report)) = (&stage, phase.report) {
+                actions.push(SwapAction::SendEvent(report.event()));
+            }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;
