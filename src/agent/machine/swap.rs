@@ -88,6 +88,26 @@ pub enum GroupHalt {
     Confirmed,
 }
 
+/// The terminal 3/x event of a swap, as journaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Report {
+    /// 3/1.
+    Complete,
+    /// 3/0 with this errorcode.
+    Failed { error_code: u32 },
+}
+
+impl Report {
+    /// The event sent for it.
+    pub fn event(self) -> Event {
+        match self {
+            Report::Complete => Event::UpdateComplete,
+            Report::Failed { error_code } => Event::Failed { error_code },
+        }
+    }
+}
+
 /// Where the swap is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
@@ -150,6 +170,10 @@ pub struct SwapPhase {
     /// The group's halt this swap owes or has confirmed.
     #[serde(default)]
     pub halt: GroupHalt,
+    /// The terminal 3/x decided once registered again, kept until the journal is cleared so that
+    /// a start that finds the swap Releasing sends it again (it may have been cut off).
+    #[serde(default)]
+    pub report: Option<Report>,
     /// The unit's last seen state was `inactive`: stopped, by an operator unless a restart job of
     /// ours is running.
     #[serde(default)]
@@ -166,6 +190,7 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         slot_held: false,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     };
     let actions = vec![
@@ -506,7 +531,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             // A failed restore is logged by the step; the unit stays stopped either way.
             given_up(&mut phase, failure.code, Vec::new())
         }
-        (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
+        (Stage::Registering { failure }, O::Registered) => registered(&mut phase, failure),
         // The release waits for the halt: confirmed now, or tried again.
         (Stage::Releasing, O::GroupHalted(Ok(()))) => {
             (Stage::Releasing, vec![SwapAction::CheckSlot])
@@ -636,21 +661,24 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
 /// etcd confirmed the registration: the halt first if it is still owed, then report the outcome,
 /// denylist a failed version, and, once no halt is owed any more, check the slot is still ours
 /// before giving it back.
-fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
+fn registered(phase: &mut SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
     let halt = phase.halt_action(false);
     let owed = halt.is_some();
     let mut actions: Vec<SwapAction> = halt.into_iter().collect();
-    match failure {
-        Some(failure) => {
-            actions.push(SwapAction::SendEvent(Event::Failed {
-                error_code: failure.code,
-            }));
-            if failure.halt {
-                let version = phase.plan.new.version.clone();
-                actions.push(SwapAction::Denylist { version });
-            }
-        }
-        None => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
+    let report = match &failure {
+        Some(failure) => Report::Failed {
+            error_code: failure.code,
+        },
+        None => Report::Complete,
+    };
+    // Journaled with Releasing before the event goes: recovery sends it again if cut off.
+    phase.report = Some(report);
+    actions.push(SwapAction::SendEvent(report.event()));
+    if let Some(failure) = failure
+        && failure.halt
+    {
+        let version = phase.plan.new.version.clone();
+        actions.push(SwapAction::Denylist { version });
     }
     if !owed {
         actions.push(SwapAction::CheckSlot);
@@ -681,6 +709,11 @@ fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) 
                 actions.push(SwapAction::SendEvent(Event::Failed {
                     error_code: error_code::INTERRUPTED,
                 }));
+            }
+            // The recorded 3/x may still be in flight (or not sent yet): once more on the way
+            // out, since the journal that would resend it is cleared.
+            if let (Stage::Releasing, Some(report)) = (&stage, phase.report) {
+                actions.push(SwapAction::SendEvent(report.event()));
             }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;

@@ -651,6 +651,7 @@ fn journaled(stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: false,
         halt: Default::default(),
+        report: None,
         unit_stopped: false,
     }
 }
