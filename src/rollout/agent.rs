@@ -1,0 +1,401 @@
+//! The instance's side of the group's rollout, the thin I/O around [`gate`] and [`decide`]:
+//! before a slot is taken it reads the group at one revision and applies the slot gate (claiming
+//! a canary place by compare-and-swap when it is one); it records each swap of this instance in
+//! the version's state (took the slot, each step's duration, released, the canary's result or
+//! the failure); and it tells the update pass whether a check may be sent now.
+//!
+//! The policy is read afresh at every slot request, so a stored change applies from the next
+//! request and never to a swap under way. The slot backend ([`crate::slot::EtcdSlots`]) calls
+//! [`RolloutAgent::slot_hold`], [`RolloutAgent::took_slot`] and [`RolloutAgent::released`]; the
+//! driver feeds [`RolloutAgent::observe`] the agent's phase after each turn, and the update pass
+//! asks [`RolloutAgent::check_hold`] before each check.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use etcd_client::WatchOptions;
+use jiff::Timestamp;
+use tracing::{info, warn};
+
+use super::decide::{Hold, SlotGate};
+use super::gate::{self, CheckHold, Jitter};
+use super::policy::RolloutPolicy;
+use super::state::{Failure, SwapRecord, VersionState};
+use super::store::{self, GroupSnapshot, RolloutError};
+use crate::agent::machine::state::Phase;
+use crate::agent::machine::swap::Stage;
+use crate::etcd::EtcdConnection;
+
+/// This instance in its group's rollout.
+pub struct RolloutAgent {
+    etcd: EtcdConnection,
+    group: String,
+    instance: String,
+    configured: RolloutPolicy,
+    /// `swap.drain + swap.start_timeout + swap.verify_timeout`.
+    floor: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    swap: Option<CurrentSwap>,
+    jitter: Jitter,
+    /// When the last slot hold may end by itself (a batch delay, a bake).
+    wake_at: Option<Timestamp>,
+    /// The revision the last slot hold was judged at; a waiter watches from the next.
+    seen: i64,
+}
+
+/// The swap this instance is in, as the version's state records it.
+struct CurrentSwap {
+    version: String,
+    took: Timestamp,
+    steps: BTreeMap<String, u64>,
+    step: Option<(&'static str, Instant)>,
+    /// Set once the swap registers again: `Ok` on the new version, `Err(reason)` rolled back.
+    verdict: Option<Result<(), String>>,
+}
+
+/// The step a stage is recorded as (the names of `sidekick_swap_step_seconds`).
+fn step_name(stage: &Stage) -> Option<&'static str> {
+    Some(match stage {
+        Stage::Prepulling | Stage::AcquiringSlot { .. } => return None,
+        Stage::Deregistering => "deregister",
+        Stage::Draining => "drain",
+        Stage::Fencing => "fence",
+        Stage::WritingDropIn => "dropin",
+        Stage::Restarting => "restart",
+        Stage::Verifying { .. } => "verify",
+        Stage::RollingBack { .. } => "rollback",
+        Stage::VerifyingOld { .. } => "verify-old",
+        Stage::Registering { .. } => "register",
+        Stage::Releasing => "release",
+        Stage::Stranded { .. } | Stage::Finished => return None,
+    })
+}
+
+/// A hold as the swap's waiting line and the log show it.
+pub fn hold_text(hold: &Hold) -> String {
+    match hold {
+        Hold::Halted(why) => format!("the group is halted: {why}"),
+        Hold::Paused => "the group's rollout is paused (`sidekick rollout resume`)".into(),
+        Hold::FailureBudgetSpent { failed, max } => {
+            format!("{failed} instances failed on this version (max_failures {max})")
+        }
+        Hold::OutsideWindow { opens: Some(t) } => format!("outside every window; opens at {t}"),
+        Hold::OutsideWindow { opens: None } => "outside every window".into(),
+        Hold::WindowTooShort { closes, needs } => format!(
+            "the window closes at {closes}, before a swap of {} would end",
+            humantime::format_duration(*needs)
+        ),
+        Hold::Canaries {
+            passed,
+            failed,
+            wanted,
+        } => format!("canaries: {passed} of {wanted} passed, {failed} failed"),
+        Hold::Baking { until } => format!("the canaries bake until {until}"),
+        Hold::AwaitingPromotion => "waiting for `sidekick rollout promote`".into(),
+        Hold::BatchDelay { until } => format!("batch_delay: the next slot from {until}"),
+    }
+}
+
+impl RolloutAgent {
+    pub fn new(
+        etcd: EtcdConnection,
+        group: impl Into<String>,
+        instance: impl Into<String>,
+        configured: RolloutPolicy,
+        floor: Duration,
+    ) -> RolloutAgent {
+        RolloutAgent {
+            etcd,
+            group: group.into(),
+            instance: instance.into(),
+            configured,
+            floor,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read(&self) -> Result<GroupSnapshot, RolloutError> {
+        let mut client = self.client().await?;
+        let read = store::read_group(&mut client, &self.group).await;
+        if let Err(RolloutError::Etcd(err)) = &read {
+            self.etcd.failed(err).await;
+        }
+        read
+    }
+
+    async fn client(&self) -> Result<etcd_client::Client, RolloutError> {
+        self.etcd
+            .client()
+            .await
+            .map_err(|e| RolloutError::Etcd(etcd_client::Error::InvalidArgs(format!("{e:#}"))))
+    }
+
+    /// Before a slot for `version` is taken: `None` to go on, or why not (the slot stays free).
+    /// A canary claims its place first; a policy that cannot be read holds the slot.
+    pub async fn slot_hold(&self, version: &str) -> Option<String> {
+        let now = Timestamp::now();
+        let snap = match self.read().await {
+            Ok(snap) => snap,
+            Err(err) => return Some(format!("cannot read the group's rollout policy: {err}")),
+        };
+        let answer = gate::slot_answer(
+            &snap,
+            &self.configured,
+            self.floor,
+            &self.instance,
+            version,
+            now,
+        );
+        {
+            let mut inner = self.lock();
+            inner.seen = snap.revision;
+            inner.wake_at = None;
+        }
+        let hold = match answer {
+            SlotGate::Take { canary: false } => None,
+            SlotGate::Take { canary: true } => {
+                let wanted = store::effective(snap.stored_policy.as_ref(), &self.configured).canary;
+                return self.claim_canary(version, wanted, now).await;
+            }
+            SlotGate::Hold(hold) => Some(hold),
+        };
+        self.lock().wake_at = match &hold {
+            Some(Hold::BatchDelay { until } | Hold::Baking { until }) => Some(*until),
+            Some(Hold::OutsideWindow { opens }) => *opens,
+            _ => None,
+        };
+        hold.map(|h| hold_text(&h))
+    }
+
+    /// Claims one of `wanted` canary places of `version` by compare-and-swap.
+    async fn claim_canary(&self, version: &str, wanted: u32, now: Timestamp) -> Option<String> {
+        let me = self.instance.as_str();
+        let claimed = async {
+            let mut client = self.client().await?;
+            store::update_version(&mut client, &self.group, version, |current| {
+                let mut next = current
+                    .cloned()
+                    .unwrap_or_else(|| VersionState::new(version, now));
+                if next.is_canary(me) || next.canaries.len() >= wanted as usize {
+                    return None;
+                }
+                next.add_canary(me, now);
+                Some(next)
+            })
+            .await
+        };
+        match claimed.await {
+            Ok(Some(state)) if state.is_canary(me) => {
+                info!(group = %self.group, version, "this instance is a canary of the version");
+                None
+            }
+            Ok(_) => Some(format!("the {wanted} canary places of {version} are taken")),
+            Err(err) => Some(format!("cannot claim a canary place: {err}")),
+        }
+    }
+
+    /// A slot for `version` is held now: the swap is recorded in the version's state (which the
+    /// first swap of a version creates).
+    pub async fn took_slot(&self, version: &str) {
+        let now = Timestamp::now();
+        let me = self.instance.clone();
+        self.lock().swap = Some(CurrentSwap {
+            version: version.to_string(),
+            took: now,
+            steps: BTreeMap::new(),
+            step: None,
+            verdict: None,
+        });
+        let recorded = self
+            .change(version, |state| {
+                state.add_swap(SwapRecord {
+                    instance: me.clone(),
+                    took_slot: now,
+                    released: None,
+                    steps_ms: BTreeMap::new(),
+                });
+            })
+            .await;
+        if let Err(err) = recorded {
+            warn!(group = %self.group, version, "failed to record the swap's start: {err}");
+        }
+    }
+
+    /// The slot is about to be given back: the swap's steps, its release and its result go to
+    /// the version's state before the slot key goes, so whoever wakes on the release reads them.
+    pub async fn released(&self) {
+        let Some(swap) = self.lock().swap.take() else {
+            return;
+        };
+        let now = Timestamp::now();
+        let me = self.instance.clone();
+        let recorded = self
+            .change(&swap.version, |state| {
+                if let Some(record) = state
+                    .swaps
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.instance == me && s.took_slot == swap.took)
+                {
+                    record.released = Some(now);
+                    record.steps_ms = swap.steps.clone();
+                }
+                match &swap.verdict {
+                    Some(Ok(())) => state.canary_result(&me, true, now),
+                    Some(Err(reason)) => {
+                        state.canary_result(&me, false, now);
+                        state.add_failure(Failure {
+                            instance: me.clone(),
+                            at: now,
+                            stage: "verify".into(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    None => {}
+                }
+            })
+            .await;
+        if let Err(err) = recorded {
+            warn!(group = %self.group, version = %swap.version, "failed to record the swap's end: {err}");
+        }
+    }
+
+    /// Read-modify-write of `version`'s state, creating it when missing.
+    async fn change(
+        &self,
+        version: &str,
+        edit: impl Fn(&mut VersionState),
+    ) -> Result<(), RolloutError> {
+        let mut client = self.client().await?;
+        let now = Timestamp::now();
+        store::update_version(&mut client, &self.group, version, |current| {
+            let mut next = current
+                .cloned()
+                .unwrap_or_else(|| VersionState::new(version, now));
+            edit(&mut next);
+            Some(next)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The agent is in `phase` now (after each turn of the driver): times the swap's steps and
+    /// notes its verdict once it registers again.
+    pub fn observe(&self, phase: &Phase) {
+        let Phase::Updating(swap) = phase else {
+            return;
+        };
+        let mut inner = self.lock();
+        let Some(current) = inner.swap.as_mut() else {
+            return;
+        };
+        if let Stage::Registering { failure } = &swap.stage
+            && current.verdict.is_none()
+        {
+            current.verdict = Some(match failure {
+                None => Ok(()),
+                Some(f) => Err(f.reason.clone()),
+            });
+        }
+        let name = step_name(&swap.stage);
+        if name.is_some() && name == current.step.map(|(s, _)| s) {
+            return;
+        }
+        if let Some((step, since)) = current.step.take() {
+            let ms = since.elapsed().as_millis() as u64;
+            *current.steps.entry(step.to_string()).or_default() += ms;
+        }
+        current.step = name.map(|n| (n, Instant::now()));
+    }
+
+    /// Whether an update check may be sent now; `running` is the version the unit runs, when
+    /// known. When etcd cannot be read the configured policy's windows still apply.
+    pub async fn check_hold(&self, running: Option<&str>) -> Option<CheckHold> {
+        let snap = match self.read().await {
+            Ok(snap) => snap,
+            Err(err) => {
+                warn!(group = %self.group, "cannot read the group's rollout: {err}; the configured windows apply");
+                GroupSnapshot {
+                    revision: 0,
+                    stored_policy: None,
+                    paused: None,
+                    halt: None,
+                    versions: Vec::new(),
+                    instances: Vec::new(),
+                }
+            }
+        };
+        let mut inner = self.lock();
+        gate::check_gate(
+            &snap,
+            &self.configured,
+            &self.instance,
+            running,
+            &mut inner.jitter,
+            Timestamp::now(),
+            fastrand::f64(),
+        )
+    }
+
+    /// Returns when the group's rollout may let a held slot request through: a change of its
+    /// policy, pause or version states since the last hold was judged, or the time that hold
+    /// ends by itself. Never returns on its own otherwise; the caller bounds the wait.
+    pub async fn wait_for_change(&self) {
+        let (wake, from) = {
+            let inner = self.lock();
+            (inner.wake_at, inner.seen + 1)
+        };
+        let sleep = async {
+            match wake {
+                Some(t) => {
+                    let left =
+                        Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
+                    tokio::time::sleep(left + Duration::from_millis(50)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = self.watch(from) => {}
+        }
+    }
+
+    async fn watch(&self, from: i64) {
+        let watched = async {
+            let mut client = self.client().await?;
+            let options = || WatchOptions::new().with_start_revision(from.max(1));
+            let mut stream = client
+                .watch(store::paused_key(&self.group), Some(options()))
+                .await?;
+            stream
+                .watch(store::policy_key(&self.group), Some(options()))
+                .await?;
+            stream
+                .watch(
+                    store::rollouts_prefix(&self.group),
+                    Some(options().with_prefix()),
+                )
+                .await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() || resp.compact_revision() > 0 || !resp.events().is_empty() {
+                    return Ok::<(), RolloutError>(());
+                }
+            }
+            Ok(())
+        };
+        if let Err(err) = watched.await {
+            tracing::debug!(group = %self.group, "rollout watch failed: {err}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
