@@ -46,6 +46,8 @@ struct Inner {
     wake_at: Option<Timestamp>,
     /// The revision the last slot hold was judged at; a waiter watches from the next.
     seen: i64,
+    /// The last update-check hold logged, so a hold is logged once.
+    last_check_hold: Option<String>,
 }
 
 /// The swap this instance is in, as the version's state records it.
@@ -139,6 +141,11 @@ impl RolloutAgent {
             .map_err(|e| RolloutError::Etcd(etcd_client::Error::InvalidArgs(format!("{e:#}"))))
     }
 
+    /// The etcd revision the last slot request was judged at.
+    pub fn seen_revision(&self) -> i64 {
+        self.lock().seen
+    }
+
     /// Before a slot for `version` is taken: `None` to go on, or why not (the slot stays free).
     /// A canary claims its place first; a policy that cannot be read holds the slot.
     pub async fn slot_hold(&self, version: &str) -> Option<String> {
@@ -166,6 +173,8 @@ impl RolloutAgent {
                 let wanted = store::effective(snap.stored_policy.as_ref(), &self.configured).canary;
                 return self.claim_canary(version, wanted, now).await;
             }
+            // The slot backend reports a halt itself, as the swap expects it.
+            SlotGate::Hold(Hold::Halted(_)) => None,
             SlotGate::Hold(hold) => Some(hold),
         };
         self.lock().wake_at = match &hold {
@@ -335,7 +344,7 @@ impl RolloutAgent {
             }
         };
         let mut inner = self.lock();
-        gate::check_gate(
+        let hold = gate::check_gate(
             &snap,
             &self.configured,
             &self.instance,
@@ -343,7 +352,11 @@ impl RolloutAgent {
             &mut inner.jitter,
             Timestamp::now(),
             fastrand::f64(),
-        )
+        );
+        if hold.is_none() {
+            inner.last_check_hold = None;
+        }
+        hold
     }
 
     /// Returns when the group's rollout may let a held slot request through: a change of its
@@ -397,5 +410,30 @@ impl RolloutAgent {
             tracing::debug!(group = %self.group, "rollout watch failed: {err}");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// The label of a pass the rollout held (metrics, the instance record).
+pub const CHECK_HELD: &str = "rollout-hold";
+
+impl RolloutAgent {
+    /// Before an update check: `None` to send it, or the delay before the next pass when the
+    /// rollout holds it (at most `interval`, and no later than the hold may end by itself).
+    pub async fn hold_check(&self, running: Option<&str>, interval: Duration) -> Option<Duration> {
+        let hold = self.check_hold(running).await?;
+        let summary = hold.summary();
+        let changed = {
+            let mut inner = self.lock();
+            let changed = inner.last_check_hold.as_deref() != Some(summary.as_str());
+            inner.last_check_hold = Some(summary.clone());
+            changed
+        };
+        if changed {
+            info!(group = %self.group, "no update check: {summary}");
+        }
+        let until = hold
+            .until()
+            .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default());
+        Some(gate::check_delay(until, interval))
     }
 }

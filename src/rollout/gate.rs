@@ -85,6 +85,14 @@ impl CheckHold {
     }
 }
 
+/// The delay before the next pass while a check is held: the usual `interval`, or less when
+/// the hold ends by itself sooner (`left`; a window's opening, the jitter's end), but at least
+/// a second so a hold ending now does not spin.
+pub fn check_delay(left: Option<Duration>, interval: Duration) -> Duration {
+    left.map_or(interval, |left| left.min(interval))
+        .max(Duration::from_secs(1))
+}
+
 /// The start jitter this instance drew for one opening of the windows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Jitter {

@@ -219,3 +219,19 @@ fn a_free_canary_place_lets_the_check_through() {
     let hold = check_gate(&s, &configured, "web-2", None, &mut jitter, t(5), 0.0);
     assert_eq!(hold, None);
 }
+
+#[test]
+fn a_held_check_comes_back_when_the_hold_ends_or_at_the_usual_pace() {
+    let interval = Duration::from_secs(300);
+    assert_eq!(check_delay(None, interval), interval);
+    let soon = Duration::from_secs(42);
+    assert_eq!(check_delay(Some(soon), interval), soon);
+    assert_eq!(
+        check_delay(Some(Duration::from_secs(9000)), interval),
+        interval
+    );
+    assert_eq!(
+        check_delay(Some(Duration::ZERO), interval),
+        Duration::from_secs(1)
+    );
+}
