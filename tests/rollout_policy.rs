@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "rollout_policy/agent.rs"]
+mod agent_tests;
 #[path = "rollout_policy/store.rs"]
 mod store_tests;
 #[path = "rollout_policy/waiter.rs"]
