@@ -107,6 +107,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     /// Update settings reloaded while the update pass was out running; handed to it when it is
     /// back.
     held_update_reload: Option<crate::agent::update::UpdateReload>,
+    /// The group's rollout, which records this instance's swaps step by step.
+    rollout: Option<std::sync::Arc<crate::rollout::agent::RolloutAgent>>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -128,9 +130,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             result: None,
             host: r.host.clone(),
         });
+        let rollout = seams.updates.as_ref().and_then(|u| u.rollout().cloned());
         Driver {
             agent,
             seams,
+            rollout,
             swap_timer: SwapTimer::new(options.metrics.clone()),
             options,
             record,
@@ -303,6 +307,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         };
         self.agent = agent;
         self.swap_timer.observe(&self.agent.phase);
+        if let Some(rollout) = &self.rollout {
+            rollout.observe(&self.agent.phase);
+        }
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
         if let Some(batch) = self.act(actions, state) {
