@@ -34,6 +34,11 @@ mod rolling_update;
 #[path = "rollout/faults.rs"]
 mod faults;
 
+/// The group's rollout policy: a closed window, pause mid-rollout, batch_delay
+/// (`tests/rollout/policy.rs`).
+#[path = "rollout/policy.rs"]
+mod policy;
+
 /// The sidekick as a unit survives its app unit's swap (`tests/rollout/own_unit.rs`).
 #[path = "rollout/own_unit.rs"]
 mod own_unit;
