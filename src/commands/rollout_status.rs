@@ -66,6 +66,10 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         "instances": snap.instances.len(),
     });
     let mut head = format!("group {group}: policy {source}; {window}");
+    if let Some(warning) = disagreement(snap) {
+        head.push_str(&format!("; WARNING: {warning}"));
+        json["policy_warning"] = json!(warning);
+    }
     if let Some(p) = &snap.paused {
         head.push_str(&format!("; paused by {} since {}", p.by, p.since));
     }
@@ -120,6 +124,31 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         line,
         json,
     }
+}
+
+/// With no stored policy each instance enforces its own `[rollout]`: when their hashes differ,
+/// which instances enforce which.
+fn disagreement(snap: &GroupSnapshot) -> Option<String> {
+    if snap.stored_policy.is_some() {
+        return None;
+    }
+    let mut by_hash: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (name, record) in &snap.instances {
+        if let Some(hash) = &record.policy {
+            by_hash.entry(hash).or_default().push(name);
+        }
+    }
+    (by_hash.len() > 1).then(|| {
+        let groups: Vec<String> = by_hash
+            .iter()
+            .map(|(hash, names)| format!("{hash} on {}", names.join(", ")))
+            .collect();
+        format!(
+            "the instances enforce different [rollout] policies ({}) and none is stored \
+             (`sidekick rollout set` stores one for all)",
+            groups.join("; ")
+        )
+    })
 }
 
 fn detail(stage: &Stage) -> String {

@@ -141,6 +141,11 @@ impl RolloutAgent {
             .map_err(|e| RolloutError::Etcd(etcd_client::Error::InvalidArgs(format!("{e:#}"))))
     }
 
+    /// The short hash of the policy this instance enforces when none is stored: its `[rollout]`.
+    pub fn policy_hash(&self) -> String {
+        self.configured.short_hash()
+    }
+
     /// The etcd revision the last slot request was judged at.
     pub fn seen_revision(&self) -> i64 {
         self.lock().seen
