@@ -126,6 +126,7 @@ fn entries(name: &str, version: &str) -> Vec<(String, String)> {
         last_check: None,
         result: None,
         host: "10.0.0.1".to_string(),
+        policy: None,
     };
     vec![
         (

@@ -27,6 +27,10 @@ pub struct InstanceRecord {
     pub result: Option<String>,
     /// The announced host.
     pub host: String,
+    /// A short hash of the rollout policy this instance enforces ([`crate::rollout::RolloutPolicy::short_hash`]);
+    /// absent in records of older versions and of instances that take no etcd slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// The record's key for `instance` of update group `group`.
@@ -74,6 +78,7 @@ mod tests {
             last_check: None,
             result: Some("no-update".into()),
             host: "10.0.0.5".into(),
+            policy: None,
         };
         let (key, value) = entry("app/stable", "web-1", &record);
         assert_eq!(key, "/sidekick/instances/app/stable/web-1");

@@ -122,6 +122,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     pub fn new(mut agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
         // Only a run that swaps takes slots, so only it can have left one in an earlier life.
         agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::checks);
+        let rollout = seams.updates.as_ref().and_then(|u| u.rollout().cloned());
         let record = options.record.as_ref().map(|r| InstanceRecord {
             version: "unknown".into(),
             phase: agent.phase.label().into(),
@@ -129,8 +130,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             last_check: None,
             result: None,
             host: r.host.clone(),
+            policy: rollout.as_ref().map(|r| r.policy_hash()),
         });
-        let rollout = seams.updates.as_ref().and_then(|u| u.rollout().cloned());
         Driver {
             agent,
             seams,

@@ -190,6 +190,7 @@ mod tests {
             last_check: None,
             result: Some("no-update".into()),
             host: "10.0.0.5".into(),
+            policy: None,
         };
         let instance = |name: &str, version: &str| InstanceStatus {
             group: "app/stable".into(),
