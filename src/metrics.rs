@@ -24,6 +24,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+mod rollout;
+pub use rollout::RolloutMetrics;
+
 /// The content type of OpenMetrics text, which Prometheus asks for.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format, for everyone else (curl, `promtool check metrics`).
@@ -77,6 +80,7 @@ pub struct Metrics {
     slot_wait_seconds: Histogram,
     version: Family<VersionLabel, Gauge>,
     current_version: Arc<Mutex<Option<String>>>,
+    rollout: RolloutMetrics,
 }
 
 impl Metrics {
@@ -130,6 +134,7 @@ impl Metrics {
             "1 for the version the unit runs",
             version.clone(),
         );
+        let rollout = RolloutMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             phase,
@@ -143,7 +148,13 @@ impl Metrics {
             slot_wait_seconds,
             version,
             current_version: Arc::default(),
+            rollout,
         }
+    }
+
+    /// The rollout's metrics ([`RolloutMetrics`]).
+    pub fn rollout(&self) -> &RolloutMetrics {
+        &self.rollout
     }
 
     /// The agent entered `phase` (e.g. `serving`, `draining`).
