@@ -252,6 +252,10 @@ async fn run(
         }
         None => None,
     };
+    let rollout = seams.updates.as_ref().and_then(|u| u.rollout());
+    if let (Some(metrics), Some(rollout)) = (&metrics, rollout) {
+        rollout.set_metrics(metrics.rollout().clone());
+    }
     let options = DriverOptions {
         entries,
         interval: health.interval,

@@ -26,6 +26,7 @@ use super::store::{self, GroupSnapshot, RolloutError};
 use crate::agent::machine::state::Phase;
 use crate::agent::machine::swap::Stage;
 use crate::etcd::EtcdConnection;
+use crate::metrics::RolloutMetrics;
 
 /// This instance in its group's rollout.
 pub struct RolloutAgent {
@@ -48,6 +49,7 @@ struct Inner {
     seen: i64,
     /// The last update-check hold logged, so a hold is logged once.
     last_check_hold: Option<String>,
+    metrics: Option<RolloutMetrics>,
 }
 
 /// The swap this instance is in, as the version's state records it.
@@ -119,6 +121,11 @@ impl RolloutAgent {
             floor,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Feeds the rollout's metrics from now on.
+    pub fn set_metrics(&self, metrics: RolloutMetrics) {
+        self.lock().metrics = Some(metrics);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -247,9 +254,13 @@ impl RolloutAgent {
     /// The slot is about to be given back: the swap's steps, its release and its result go to
     /// the version's state before the slot key goes, so whoever wakes on the release reads them.
     pub async fn released(&self) {
-        let Some(swap) = self.lock().swap.take() else {
+        let (Some(swap), metrics) = ({
+            let mut inner = self.lock();
+            (inner.swap.take(), inner.metrics.clone())
+        }) else {
             return;
         };
+        let canary = std::sync::atomic::AtomicBool::new(false);
         let now = Timestamp::now();
         let me = self.instance.clone();
         let recorded = self
@@ -263,6 +274,7 @@ impl RolloutAgent {
                     record.released = Some(now);
                     record.steps_ms = swap.steps.clone();
                 }
+                canary.store(state.is_canary(&me), std::sync::atomic::Ordering::Relaxed);
                 match &swap.verdict {
                     Some(Ok(())) => state.canary_result(&me, true, now),
                     Some(Err(reason)) => {
@@ -280,6 +292,14 @@ impl RolloutAgent {
             .await;
         if let Err(err) = recorded {
             warn!(group = %self.group, version = %swap.version, "failed to record the swap's end: {err}");
+        }
+        if let (Some(metrics), Some(verdict)) = (metrics, &swap.verdict) {
+            if canary.load(std::sync::atomic::Ordering::Relaxed) {
+                metrics.canary_result(verdict.is_ok());
+            }
+            if verdict.is_err() {
+                metrics.failed("verify");
+            }
         }
     }
 
@@ -348,14 +368,24 @@ impl RolloutAgent {
                 }
             }
         };
+        let now = Timestamp::now();
         let mut inner = self.lock();
+        if let Some(metrics) = &inner.metrics {
+            let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
+            metrics.set_next_window(gate::next_window_secs(policy, now));
+            if let Some((version, stage)) =
+                gate::newest_stage(&snap, &self.configured, self.floor, now)
+            {
+                metrics.set_stage(&self.group, &version, stage.name());
+            }
+        }
         let hold = gate::check_gate(
             &snap,
             &self.configured,
             &self.instance,
             running,
             &mut inner.jitter,
-            Timestamp::now(),
+            now,
             fastrand::f64(),
         );
         if hold.is_none() {

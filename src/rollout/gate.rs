@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::decide::{GroupView, MEASURED_SWAPS, SlotGate, slot_gate};
+use super::decide::{GroupView, MEASURED_SWAPS, SlotGate, Stage, slot_gate, stage};
 use super::policy::{Promote, RolloutPolicy};
 use super::state::{VersionState, p95_swap};
 use super::store::{GroupSnapshot, effective};
@@ -25,16 +25,58 @@ pub fn slot_answer(
     now: Timestamp,
 ) -> SlotGate {
     let policy = effective(snap.stored_policy.as_ref(), configured);
-    let view = GroupView {
+    let view = view(snap, policy, floor, version);
+    let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
+    slot_gate(&view, &schedule, instance, now)
+}
+
+/// What the decisions read of `snap` for `version` under `policy`.
+fn view<'a>(
+    snap: &'a GroupSnapshot,
+    policy: &'a RolloutPolicy,
+    floor: Duration,
+    version: &str,
+) -> GroupView<'a> {
+    GroupView {
         policy,
         paused: snap.paused.is_some(),
         halted: snap.halt.as_ref().map(|h| h.reason.as_str()),
         version: snap.versions.iter().find(|v| v.version == version),
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
         swap_estimate: swap_estimate(snap, policy, floor),
-    };
+    }
+}
+
+/// The group's newest version and its stage, as `sidekick rollout status` shows it; `None`
+/// before any rollout was recorded.
+pub fn newest_stage(
+    snap: &GroupSnapshot,
+    configured: &RolloutPolicy,
+    floor: Duration,
+    now: Timestamp,
+) -> Option<(String, Stage)> {
+    let target = snap.versions.first()?;
+    let policy = effective(snap.stored_policy.as_ref(), configured);
+    let serving = snap
+        .instances
+        .iter()
+        .filter(|(_, r)| r.version == target.version)
+        .count();
+    let view = view(snap, policy, floor, &target.version);
     let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
-    slot_gate(&view, &schedule, instance, now)
+    let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
+    Some((target.version.clone(), stage))
+}
+
+/// Whole seconds until the next window opens: 0 while one is open, `None` with no window
+/// configured or none within the horizon.
+pub fn next_window_secs(policy: &RolloutPolicy, now: Timestamp) -> Option<i64> {
+    let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
+    match schedule.state_at(now) {
+        WindowState::Unrestricted => None,
+        WindowState::Open { .. } => Some(0),
+        WindowState::Closed { opens } => opens.map(|t| t.duration_since(now).as_secs().max(0)),
+    }
 }
 
 /// The measured p95 of the group's last swaps, or before any the floor (`drain +
