@@ -6,6 +6,8 @@ mod support;
 
 #[path = "rollout_policy/agent.rs"]
 mod agent_tests;
+#[path = "rollout_policy/live.rs"]
+mod live_tests;
 #[path = "rollout_policy/metrics.rs"]
 mod metrics_tests;
 #[path = "rollout_policy/store.rs"]

@@ -68,6 +68,34 @@ pub fn newest_stage(
     Some((target.version.clone(), stage))
 }
 
+/// When the rollout may be done, from measured durations: `remaining` instances one after
+/// another, each taking `estimate` (the measured p95 swap) with `batch_delay` between them,
+/// from now or from when the stage ends by itself (a bake, a window's opening). `None` while
+/// it waits for a person (paused, halted, failed, awaiting promotion) or is done. Slots taken
+/// side by side (`slot.max` > 1) finish sooner: this is the one-at-a-time bound.
+pub fn eta(
+    stage: &Stage,
+    remaining: usize,
+    estimate: Duration,
+    batch_delay: Duration,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let from = match stage {
+        Stage::Rolling | Stage::Canaries { .. } | Stage::WindowTooShort { .. } => now,
+        Stage::Baking { until } => (*until).max(now),
+        Stage::WaitingForWindow { opens } => (*opens)?.max(now),
+        Stage::Done
+        | Stage::Halted(_)
+        | Stage::Failed { .. }
+        | Stage::Paused
+        | Stage::AwaitingPromotion => return None,
+    };
+    let n = u32::try_from(remaining).ok()?;
+    let total = estimate.checked_mul(n)? + batch_delay.checked_mul(n.saturating_sub(1))?;
+    from.checked_add(jiff::SignedDuration::try_from(total).ok()?)
+        .ok()
+}
+
 /// Whole seconds until the next window opens: 0 while one is open, `None` with no window
 /// configured or none within the horizon.
 pub fn next_window_secs(policy: &RolloutPolicy, now: Timestamp) -> Option<i64> {

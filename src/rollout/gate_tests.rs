@@ -235,3 +235,35 @@ fn a_held_check_comes_back_when_the_hold_ends_or_at_the_usual_pace() {
         Duration::from_secs(1)
     );
 }
+
+#[test]
+fn the_eta_adds_the_measured_swaps_and_delays_from_when_the_stage_can_move() {
+    let est = Duration::from_secs(30);
+    let delay = Duration::from_secs(10);
+    // Three left one after another: 3 × 30 s + 2 × 10 s.
+    assert_eq!(eta(&Stage::Rolling, 3, est, delay, t(0)), Some(t(110)));
+    assert_eq!(
+        eta(&Stage::Baking { until: t(100) }, 1, est, delay, t(0)),
+        Some(t(130))
+    );
+    assert_eq!(
+        eta(
+            &Stage::WaitingForWindow {
+                opens: Some(t(600))
+            },
+            2,
+            est,
+            delay,
+            t(0)
+        ),
+        Some(t(670))
+    );
+    for waiting in [
+        Stage::Paused,
+        Stage::AwaitingPromotion,
+        Stage::Done,
+        Stage::WaitingForWindow { opens: None },
+    ] {
+        assert_eq!(eta(&waiting, 2, est, delay, t(0)), None, "{waiting:?}");
+    }
+}
