@@ -58,7 +58,9 @@ struct CurrentSwap {
     took: Timestamp,
     steps: BTreeMap<String, u64>,
     step: Option<(&'static str, Instant)>,
-    /// Set once the swap registers again: `Ok` on the new version, `Err(reason)` rolled back.
+    /// Set once the swap registers again: `Ok` on the new version, `Err(reason)` rolled back
+    /// with the version to blame; `None` when it ended otherwise (fenced, rolled back for
+    /// another reason), which frees its canary place for another try.
     verdict: Option<Result<(), String>>,
 }
 
@@ -286,7 +288,9 @@ impl RolloutAgent {
                             reason: reason.clone(),
                         });
                     }
-                    None => {}
+                    None => state
+                        .canaries
+                        .retain(|c| c.instance != me || c.passed.is_some() || c.failed.is_some()),
                 }
             })
             .await;
@@ -335,10 +339,12 @@ impl RolloutAgent {
         if let Stage::Registering { failure } = &swap.stage
             && current.verdict.is_none()
         {
-            current.verdict = Some(match failure {
-                None => Ok(()),
-                Some(f) => Err(f.reason.clone()),
-            });
+            // A failure the version is not to blame for (the drop-in write, …) is no result.
+            current.verdict = match failure {
+                None => Some(Ok(())),
+                Some(f) if f.halt => Some(Err(f.reason.clone())),
+                Some(_) => None,
+            };
         }
         let name = step_name(&swap.stage);
         if name.is_some() && name == current.step.map(|(s, _)| s) {

@@ -348,3 +348,72 @@ async fn a_closed_window_holds_checks_and_slots_and_a_short_one_holds_slots() {
         Acquisition::Acquired
     );
 }
+
+#[tokio::test]
+async fn a_canary_whose_swap_ends_without_a_result_frees_its_place() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 1);
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    // Fenced: the slot was lost during the drain, the unit never touched; no verdict.
+    a.rollout.observe(&updating(Stage::Draining));
+    a.slots.release().await.expect("release");
+    let s = state(&client).await;
+    assert!(s.canaries.is_empty(), "{s:?}");
+    assert_eq!(
+        b.rollout.slot_hold("2.0.0").await,
+        None,
+        "b takes the free place"
+    );
+    assert!(state(&client).await.is_canary("web-2"));
+}
+
+#[tokio::test]
+async fn a_rolled_back_canary_fails_and_spends_the_failure_budget() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 1);
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let failure = sidekick::agent::machine::swap::Failure {
+        code: 1001,
+        reason: "not healthy within verify_timeout".into(),
+        halt: true,
+    };
+    for stage in [
+        Stage::Restarting,
+        Stage::Verifying { passes: 0 },
+        Stage::RollingBack {
+            failure: failure.clone(),
+        },
+        Stage::Registering {
+            failure: Some(failure),
+        },
+        Stage::Releasing,
+    ] {
+        a.rollout.observe(&updating(stage));
+    }
+    a.slots.release().await.expect("release");
+    let s = state(&client).await;
+    assert!(s.canaries[0].failed.is_some(), "{s:?}");
+    assert_eq!(s.failures.len(), 1, "{s:?}");
+    assert_eq!(s.failures[0].stage, "verify");
+    assert!(s.swaps[0].steps_ms.contains_key("rollback"), "{s:?}");
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("max_failures 1"), "{detail}");
+}
