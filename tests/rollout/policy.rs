@@ -270,3 +270,99 @@ async fn history_records_each_swap(fleet: &Fleet, group: &str) {
     let (ok, history) = fleet.cli(&["rollout", "history"]);
     assert!(ok && history.contains("2.0.0"), "{history}");
 }
+
+/// Checks of each instance at the example service, by fleet index.
+async fn checks_by_instance(fleet: &Fleet) -> Vec<u64> {
+    let listed = fleet.updates.instances().await;
+    (0..fleet.instances.len())
+        .map(|i| {
+            let id = fleet.machine_id(i);
+            listed
+                .iter()
+                .find(|l| l["machine_id"].as_str() == Some(id.as_str()))
+                .and_then(|l| l["update_checks"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// `sidekick rollout status ARGS` on instance 0's configuration: its exit code and output.
+fn status(fleet: &Fleet, args: &[&str]) -> (Option<i32>, String) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(&fleet.spec().sidekick)
+        .args(["rollout", "status"])
+        .args(args)
+        .arg("--config")
+        .arg(&fleet.instances[0].config)
+        .env("SIDEKICK_CONFIG_ROOT", root.path())
+        .output()
+        .expect("run sidekick");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_canary_with_manual_promotion_holds_the_rest_and_their_grants_until_promote() {
+    if !prerequisites_met(&needs()) {
+        return;
+    }
+    let mut spec = FleetSpec::new(sidekick_binary());
+    spec.updates = true;
+    spec.versions = vec!["2.0.0"];
+    let fleet = Fleet::start(spec).await;
+    let group = group_of(&fleet);
+    let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
+    let (set, out) = fleet.cli(&["rollout", "set", "canary=1", "promote=manual"]);
+    assert!(set, "rollout set: {out}");
+    fleet.publish("2.0.0").await;
+
+    // The canary swaps and passes (3/1, slot released).
+    let canary = poll_until(ROLLOUT_TIMEOUT, "the canary passed", || async {
+        let state =
+            sidekick::rollout::store::get_version(&mut fleet.client.clone(), &group, "2.0.0")
+                .await
+                .map_err(|e| e.to_string())?;
+        match state.map(|(s, _)| s) {
+            Some(s) if s.canaries.len() == 1 && s.canaries[0].passed.is_some() => {
+                Ok(s.canaries[0].instance.clone())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(30)));
+    let (code, out) = status(&fleet, &["--wait", "--timeout", "20s"]);
+    assert_eq!(code, Some(3), "awaiting promotion: {out}");
+
+    // Meanwhile the others send no check (they would take a grant they cannot use) and take no
+    // slot; only the canary runs 2.0.0.
+    let before = checks_by_instance(&fleet).await;
+    tokio::time::sleep(CLOSED_WATCH).await;
+    let after = checks_by_instance(&fleet).await;
+    for (i, instance) in fleet.instances.iter().enumerate() {
+        let version = fleet.unit_version(i).await;
+        if instance.name == canary {
+            assert_eq!(version, "2.0.0");
+            assert!(after[i] > before[i], "the canary checks as usual");
+        } else {
+            assert_eq!(version, "1.0.0", "{}", instance.name);
+            assert_eq!(
+                after[i], before[i],
+                "{} checked while waiting",
+                instance.name
+            );
+        }
+    }
+    assert_eq!(slot_holds(&slots).len(), 1, "{:?}", slot_holds(&slots));
+
+    let (promoted, out) = fleet.cli(&["rollout", "promote"]);
+    assert!(promoted, "rollout promote: {out}");
+    let (code, out) = status(&fleet, &["--wait", "--timeout", "150s"]);
+    assert_eq!(code, Some(0), "after promote: {out}\n{}", fleet.logs(30));
+    every_instance_on(&fleet, "2.0.0").await;
+    assert_eq!(slot_holds(&slots).len(), 3, "{:?}", slot_holds(&slots));
+}
