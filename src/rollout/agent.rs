@@ -147,7 +147,7 @@ impl RolloutAgent {
         self.etcd
             .client()
             .await
-            .map_err(|e| RolloutError::Etcd(etcd_client::Error::InvalidArgs(format!("{e:#}"))))
+            .map_err(|e| RolloutError::Connect(format!("{e:#}")))
     }
 
     /// The short hash of the policy this instance enforces when none is stored: its `[rollout]`.
