@@ -128,6 +128,7 @@ fn entries(name: &str, version: &str) -> Vec<(String, String)> {
         host: "10.0.0.1".to_string(),
         target: None,
         step: None,
+        policy: None,
     };
     vec![
         (

@@ -24,6 +24,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+mod rollout;
+pub use rollout::RolloutMetrics;
+
 /// The content type of OpenMetrics text, which Prometheus asks for.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format, for everyone else (curl, `promtool check metrics`).
@@ -81,6 +84,7 @@ pub struct Metrics {
     step_started: Family<StepLabel, Gauge>,
     current_step: Arc<Mutex<Option<String>>>,
     slot_attempts: Family<ResultLabel, Counter>,
+    rollout: RolloutMetrics,
 }
 
 impl Metrics {
@@ -153,6 +157,7 @@ impl Metrics {
             "Update slot acquire attempts by answer (acquired, busy, halted, failed)",
             slot_attempts.clone(),
         );
+        let rollout = RolloutMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             phase,
@@ -170,7 +175,13 @@ impl Metrics {
             step_started,
             current_step: Arc::default(),
             slot_attempts,
+            rollout,
         }
+    }
+
+    /// The rollout's metrics ([`RolloutMetrics`]).
+    pub fn rollout(&self) -> &RolloutMetrics {
+        &self.rollout
     }
 
     /// The agent entered `phase` (e.g. `serving`, `draining`).

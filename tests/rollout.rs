@@ -37,6 +37,10 @@ mod faults;
 /// An operator's `systemctl stop` mid-swap is respected (`tests/rollout/operator.rs`).
 #[path = "rollout/operator.rs"]
 mod operator;
+/// The group's rollout policy: a closed window, pause mid-rollout, batch_delay
+/// (`tests/rollout/policy.rs`).
+#[path = "rollout/policy.rs"]
+mod policy;
 
 /// The sidekick as a unit survives its app unit's swap (`tests/rollout/own_unit.rs`).
 #[path = "rollout/own_unit.rs"]

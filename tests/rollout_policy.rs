@@ -4,6 +4,12 @@
 
 mod support;
 
+#[path = "rollout_policy/agent.rs"]
+mod agent_tests;
+#[path = "rollout_policy/live.rs"]
+mod live_tests;
+#[path = "rollout_policy/metrics.rs"]
+mod metrics_tests;
 #[path = "rollout_policy/store.rs"]
 mod store_tests;
 #[path = "rollout_policy/waiter.rs"]
@@ -78,6 +84,10 @@ async fn put_state(client: &mut Client, state: &VersionState) {
 }
 
 async fn put_instance(client: &mut Client, name: &str, version: &str) {
+    put_record(client, name, version, None).await;
+}
+
+async fn put_record(client: &mut Client, name: &str, version: &str, policy: Option<String>) {
     let record = InstanceRecord {
         version: version.into(),
         phase: "serving".into(),
@@ -87,6 +97,7 @@ async fn put_instance(client: &mut Client, name: &str, version: &str) {
         host: "127.0.0.1".into(),
         target: None,
         step: None,
+        policy,
     };
     let value = serde_json::to_string(&record).expect("json");
     client
@@ -350,4 +361,48 @@ async fn status_names_the_next_window_and_no_group_is_a_bad_configuration() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn status_warns_while_the_instances_enforce_different_policies_and_none_is_stored() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-hash");
+    let cfg = config(dir.path(), &etcd.endpoint(), "");
+    let default = sidekick::rollout::RolloutPolicy::default();
+    let canary = sidekick::rollout::PolicyText {
+        canary: 1,
+        ..Default::default()
+    }
+    .validate()
+    .expect("valid");
+    assert_ne!(default.short_hash(), canary.short_hash());
+    assert_eq!(default.short_hash().len(), 8);
+    put_record(&mut client, "web-1", "1.0.0", Some(default.short_hash())).await;
+    put_record(&mut client, "web-2", "1.0.0", Some(default.short_hash())).await;
+    let agreeing = ok(rollout(dir.path(), &cfg, &["status"]));
+    assert!(!agreeing.contains("WARNING"), "{agreeing}");
+    put_record(&mut client, "web-3", "1.0.0", Some(canary.short_hash())).await;
+    let warned = ok(rollout(dir.path(), &cfg, &["status"]));
+    let expected = format!(
+        "WARNING: the instances enforce different [rollout] policies ({} on web-1, web-2; {} on web-3)",
+        default.short_hash(),
+        canary.short_hash()
+    );
+    let (first, second) = (default.short_hash(), canary.short_hash());
+    let ordered = if first < second {
+        expected
+    } else {
+        format!(
+            "WARNING: the instances enforce different [rollout] policies ({second} on web-3; {first} on web-1, web-2)"
+        )
+    };
+    assert!(warned.contains(&ordered), "{warned}");
+    let json = ok(rollout(dir.path(), &cfg, &["status", "--json"]));
+    assert!(json.contains("policy_warning"), "{json}");
+    // A stored policy is the one all enforce: no warning.
+    ok(rollout(dir.path(), &cfg, &["set", "canary=1"]));
+    let stored = ok(rollout(dir.path(), &cfg, &["status"]));
+    assert!(!stored.contains("WARNING"), "{stored}");
 }

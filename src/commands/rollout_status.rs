@@ -28,7 +28,22 @@ pub struct How {
 struct Report {
     stage: Option<Stage>,
     line: String,
+    /// The line without what moves with the clock (the ETA): a change is a change of this.
+    key: String,
+    /// `[###---] 1/3`: how many instances serve the version.
+    bar: String,
     json: serde_json::Value,
+}
+
+/// A progress bar of `done` of `total` instances, 20 cells wide.
+fn progress_bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH);
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    )
 }
 
 fn fmt_time(t: Option<Timestamp>) -> String {
@@ -66,6 +81,10 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         "instances": snap.instances.len(),
     });
     let mut head = format!("group {group}: policy {source}; {window}");
+    if let Some(warning) = disagreement(snap) {
+        head.push_str(&format!("; WARNING: {warning}"));
+        json["policy_warning"] = json!(warning);
+    }
     if let Some(p) = &snap.paused {
         head.push_str(&format!("; paused by {} since {}", p.by, p.since));
     }
@@ -77,9 +96,12 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
     }
     let Some(target) = snap.versions.first() else {
         json["stage"] = json!("none");
+        let line = format!("{head}; no rollout recorded");
         return Report {
             stage: None,
-            line: format!("{head}; no rollout recorded"),
+            key: line.clone(),
+            line,
+            bar: progress_bar(0, snap.instances.len()),
             json,
         };
     };
@@ -97,6 +119,9 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         swap_estimate: estimate,
     };
     let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
+    let remaining = snap.instances.len().saturating_sub(serving);
+    let eta = crate::rollout::gate::eta(&stage, remaining, estimate, policy.batch_delay, now);
+    json["eta"] = json!(eta);
     json["version"] = json!(target.version);
     json["stage"] = json!(stage.name());
     json["detail"] = json!(detail(&stage));
@@ -115,11 +140,47 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         target.failed_instances(),
         policy.max_failures
     );
+    let key = line.clone();
+    let line = match eta {
+        Some(eta) => format!(
+            "{line}; ETA {eta} ({remaining} left × p95 swap {})",
+            humantime::format_duration(Duration::from_secs(estimate.as_secs()))
+        ),
+        None => line,
+    };
+    let bar = progress_bar(serving, snap.instances.len());
     Report {
         stage: Some(stage),
         line,
+        key,
+        bar,
         json,
     }
+}
+
+/// With no stored policy each instance enforces its own `[rollout]`: when their hashes differ,
+/// which instances enforce which.
+fn disagreement(snap: &GroupSnapshot) -> Option<String> {
+    if snap.stored_policy.is_some() {
+        return None;
+    }
+    let mut by_hash: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (name, record) in &snap.instances {
+        if let Some(hash) = &record.policy {
+            by_hash.entry(hash).or_default().push(name);
+        }
+    }
+    (by_hash.len() > 1).then(|| {
+        let groups: Vec<String> = by_hash
+            .iter()
+            .map(|(hash, names)| format!("{hash} on {}", names.join(", ")))
+            .collect();
+        format!(
+            "the instances enforce different [rollout] policies ({}) and none is stored \
+             (`sidekick rollout set` stores one for all)",
+            groups.join("; ")
+        )
+    })
 }
 
 fn detail(stage: &Stage) -> String {
@@ -159,12 +220,34 @@ fn wakes_at(stage: Option<&Stage>) -> Option<Timestamp> {
     }
 }
 
+/// Prints `r`: as JSON, as one line, or on a terminal while waiting as a live bar that the
+/// next change redraws in place.
 fn print(how: &How, r: &Report) {
     if how.json {
         println!("{}", r.json);
+    } else if live(how) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        // Back to the line's start and clear it: the bar is redrawn, not scrolled.
+        let _ = write!(out, "\r\x1b[2K{} {}", r.bar, r.line);
+        let _ = out.flush();
     } else {
         println!("{}", r.line);
     }
+}
+
+/// Whether the status redraws one live line: `--wait` on a terminal, not `--json`.
+fn live(how: &How) -> bool {
+    use std::io::IsTerminal as _;
+    how.wait && !how.json && std::io::stdout().is_terminal()
+}
+
+/// Ends the live line before the command exits.
+fn finish(how: &How, code: ExitCode) -> ExitCode {
+    if live(how) {
+        println!();
+    }
+    code
 }
 
 pub async fn run(
@@ -197,12 +280,12 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => {
             eprintln!("sidekick: failed to watch etcd: {e}");
-            return ExitCode::FAILURE;
+            return finish(&how, ExitCode::FAILURE);
         }
     };
     loop {
         if let Some(code) = shown.stage.as_ref().and_then(Stage::wait_exit) {
-            return ExitCode::from(code);
+            return finish(&how, ExitCode::from(code));
         }
         let wake = wakes_at(shown.stage.as_ref()).map(|t| {
             let left = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
@@ -222,18 +305,18 @@ pub async fn run(
             message = stream.message() => match message {
                 Ok(Some(resp)) if resp.canceled() => {
                     eprintln!("sidekick: etcd cancelled the watch: {}", resp.cancel_reason());
-                    return ExitCode::FAILURE;
+                    return finish(&how, ExitCode::FAILURE);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     eprintln!("sidekick: the etcd watch ended");
-                    return ExitCode::FAILURE;
+                    return finish(&how, ExitCode::FAILURE);
                 }
             },
             () = sleep => {
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     eprintln!("sidekick: rollout of group {group} not done within the timeout");
-                    return ExitCode::from(EXIT_TIMEOUT);
+                    return finish(&how, ExitCode::from(EXIT_TIMEOUT));
                 }
             }
         }
@@ -241,11 +324,11 @@ pub async fn run(
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sidekick: failed to read the rollout of group {group}: {e}");
-                return ExitCode::FAILURE;
+                return finish(&how, ExitCode::FAILURE);
             }
         };
         let next = report(settings, group, &snap, Timestamp::now());
-        if next.line != shown.line {
+        if next.key != shown.key {
             print(&how, &next);
         }
         shown = next;

@@ -264,6 +264,10 @@ async fn run(
         }
         None => None,
     };
+    let rollout = seams.updates.as_ref().and_then(|u| u.rollout());
+    if let (Some(metrics), Some(rollout)) = (&metrics, rollout) {
+        rollout.set_metrics(metrics.rollout().clone());
+    }
     let options = DriverOptions {
         entries,
         interval: health.interval,
@@ -410,10 +414,14 @@ async fn configured_updates(
     };
     let source = update_client(server, instance, settings)?;
     let slot = &settings.slot;
+    let mut rollout = None;
     let slots = match slot.backend {
         SlotBackend::Etcd => {
             let etcd = EtcdConnection::new(settings.etcd.clone());
-            AnySlots::Etcd(Box::new(EtcdSlots::from_settings(etcd, slot, who)))
+            let agent = std::sync::Arc::new(rollout_agent(settings, etcd.clone()));
+            rollout = Some(agent.clone());
+            let slots = EtcdSlots::from_settings(etcd, slot, who).with_rollout(agent);
+            AnySlots::Etcd(Box::new(slots))
         }
         SlotBackend::Fleetlock => {
             let url = slot
@@ -437,13 +445,30 @@ async fn configured_updates(
     )
     .await
     .context("failed to set up the unit control")?;
-    Ok(Some(UpdatePass::new(
+    let pass = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), false),
         slots,
         AnyUnitControl::Dbus(control),
         settings.update.clone(),
         swap_config(settings, false)?,
-    )))
+    );
+    Ok(Some(match rollout {
+        Some(rollout) => pass.with_rollout(rollout),
+        None => pass,
+    }))
+}
+
+/// This instance in its group's rollout: the configured `[rollout]` (a stored policy wins), the
+/// floor of the swap estimate from `[swap]`.
+fn rollout_agent(settings: &Settings, etcd: EtcdConnection) -> crate::rollout::agent::RolloutAgent {
+    let swap = &settings.swap;
+    crate::rollout::agent::RolloutAgent::new(
+        etcd,
+        &settings.slot.group,
+        &settings.instance.name,
+        settings.rollout.clone(),
+        swap.drain + swap.start_timeout + swap.verify_timeout,
+    )
 }
 
 /// The client of the configured update service.

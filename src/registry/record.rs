@@ -37,6 +37,10 @@ pub struct InstanceRecord {
     /// During an update: the swap's step (`draining`, `verifying`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// A short hash of the rollout policy this instance enforces ([`crate::rollout::RolloutPolicy::short_hash`]);
+    /// absent in records of older versions and of instances that take no etcd slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// The record's key for `instance` of update group `group`.
@@ -86,6 +90,7 @@ mod tests {
             host: "10.0.0.5".into(),
             target: None,
             step: None,
+            policy: None,
         };
         let (key, value) = entry("app/stable", "web-1", &record);
         assert_eq!(key, "/sidekick/instances/app/stable/web-1");

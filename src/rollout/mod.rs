@@ -4,7 +4,9 @@
 //! decision is a pure function of that state ([`decide`]); the instances themselves write the
 //! state with compare-and-swap ([`store`]), so there is no leader and nothing to keep alive.
 
+pub mod agent;
 pub mod decide;
+pub mod gate;
 pub mod policy;
 pub mod state;
 pub mod store;

@@ -375,6 +375,17 @@ impl PolicyText {
 }
 
 impl RolloutPolicy {
+    /// A short hash of the policy (FNV-1a over its stored JSON, 8 hex digits), stable across
+    /// builds: instance records carry it so `sidekick rollout status` can tell when a group's
+    /// instances enforce different `[rollout]` sections.
+    pub fn short_hash(&self) -> String {
+        let json = serde_json::to_vec(&self.to_text()).unwrap_or_default();
+        let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{:08x}", hash >> 32)
+    }
+
     /// The policy as written, for storing and showing.
     pub fn to_text(&self) -> PolicyText {
         PolicyText {

@@ -49,6 +49,8 @@ pub enum RolloutError {
     Malformed(#[from] Malformed),
     #[error("{key} kept changing during {CAS_TRIES} compare-and-swap attempts")]
     Contended { key: String },
+    #[error("cannot reach etcd: {0}")]
+    Connect(String),
 }
 
 /// The pause of a group.

@@ -70,6 +70,8 @@ pub struct EtcdSlots {
     requests: Arc<AtomicU64>,
     /// The lease of a wait in line under way (0: none), revoked if that wait is abandoned.
     waiting_lease: AtomicI64,
+    /// The group's rollout policy, applied before a slot is taken (issue 17).
+    rollout: Option<Arc<crate::rollout::agent::RolloutAgent>>,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -102,7 +104,14 @@ impl EtcdSlots {
             state: Mutex::new(HolderState::default()),
             requests: Arc::new(AtomicU64::new(0)),
             waiting_lease: AtomicI64::new(0),
+            rollout: None,
         }
+    }
+
+    /// Applies the group's rollout policy before each slot and records the swaps it holds.
+    pub fn with_rollout(mut self, rollout: Arc<crate::rollout::agent::RolloutAgent>) -> EtcdSlots {
+        self.rollout = Some(rollout);
+        self
     }
 
     /// A holder configured from `[slot]`, over the shared etcd connection.
@@ -146,6 +155,15 @@ impl EtcdSlots {
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
+        let newly = state.key.is_none();
+        if let Some(rollout) = self.rollout.as_ref().filter(|_| newly)
+            && let Some(detail) = rollout.slot_hold(version).await
+        {
+            // A waiter watches from what the rollout was judged at, not from an older snapshot.
+            state.seen_revision = rollout.seen_revision();
+            state.seen_max = self.max.load(Ordering::SeqCst);
+            return Ok(Acquisition::Busy { detail });
+        }
         let alive = state
             .lease
             .as_ref()
@@ -166,11 +184,18 @@ impl SlotLock for EtcdSlots {
         if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
             self.drop_idle_lease(&mut state).await;
         }
+        if let (Some(rollout), true, Ok(Acquisition::Acquired)) = (&self.rollout, newly, &outcome) {
+            rollout.took_slot(version).await;
+        }
         self.note(outcome).await
     }
 
     async fn release(&self) -> Result<(), SlotError> {
         let mut state = self.state.lock().await;
+        // Recorded before the key goes, so a waiter woken by the delete reads the release.
+        if let (Some(rollout), Some(_)) = (&self.rollout, &state.key) {
+            rollout.released().await;
+        }
         let held = match (&state.key, &state.lease) {
             (Some(key), Some(lease)) => Some((key.as_str(), lease.id())),
             _ => None,
@@ -285,9 +310,16 @@ impl SlotLock for EtcdSlots {
             return;
         }
         let timeout = with_jitter(timeout);
+        let rollout = async {
+            match &self.rollout {
+                Some(rollout) => rollout.wait_for_change().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(timeout) => {}
             _ = max_changed => {}
+            _ = rollout => {}
             opened = self.wait_for_delete(from) => {
                 if opened.is_err() {
                     tokio::time::sleep(WATCH_RETRY.min(timeout)).await;

@@ -30,6 +30,7 @@ fn record(phase: &str, target: Option<&str>, step: Option<&str>) -> (String, Str
             host: "127.0.0.1".into(),
             target: target.map(String::from),
             step: step.map(String::from),
+            policy: None,
         },
     )
 }

@@ -116,6 +116,8 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     /// A test's watchdog period and the count of its pings.
     #[cfg(test)]
     test_watchdog: Option<(Duration, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
+    /// The group's rollout, which records this instance's swaps step by step.
+    rollout: Option<std::sync::Arc<crate::rollout::agent::RolloutAgent>>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -129,6 +131,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     pub fn new(mut agent: Agent, seams: Seams<R, P, C>, options: DriverOptions) -> Self {
         // Only a run that swaps takes slots, so only it can have left one in an earlier life.
         agent.stale_slot = seams.updates.as_ref().is_some_and(UpdatePass::checks);
+        let rollout = seams.updates.as_ref().and_then(|u| u.rollout().cloned());
         let record = options.record.as_ref().map(|r| InstanceRecord {
             version: r.version.clone().unwrap_or_else(|| "unknown".into()),
             phase: agent.phase.label().into(),
@@ -138,10 +141,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             host: r.host.clone(),
             target: None,
             step: None,
+            policy: rollout.as_ref().map(|r| r.policy_hash()),
         });
         Driver {
             agent,
             seams,
+            rollout,
             swap_timer: SwapTimer::new(options.metrics.clone()),
             options,
             record,
@@ -349,6 +354,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         self.agent = agent;
         self.narrate(&before, &seen, &actions);
         self.swap_timer.observe(&self.agent.phase);
+        if let Some(rollout) = &self.rollout {
+            rollout.observe(&self.agent.phase);
+        }
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
         if let Some(batch) = self.dispatch(actions, state) {

@@ -247,6 +247,7 @@ mod tests {
             unit_active: true,
             halt: Default::default(),
             unit_stopped: false,
+            report: None,
         })
     }
 

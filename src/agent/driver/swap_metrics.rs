@@ -23,27 +23,6 @@ use crate::agent::machine::state::Phase;
 use crate::agent::machine::swap::Stage;
 use crate::metrics::Metrics;
 
-/// The step a stage is timed as; `None` for stages that are not steps.
-pub fn step_label(stage: &Stage) -> Option<&'static str> {
-    Some(match stage {
-        Stage::Prepulling => "prepull",
-        Stage::AcquiringSlot { .. } => "slot",
-        Stage::Deregistering => "deregister",
-        Stage::Draining => "drain",
-        Stage::Fencing => "fence",
-        Stage::WritingDropIn => "dropin",
-        Stage::Restarting => "restart",
-        Stage::Verifying { .. } => "verify",
-        Stage::RollingBack { .. } => "rollback",
-        Stage::VerifyingOld { .. } => "verify-old",
-        Stage::StandingDown { .. } => "stand-down",
-        Stage::Registering { .. } => "register",
-        Stage::Releasing => "release",
-        Stage::Reacquiring { .. } => "reacquire",
-        Stage::Stranded { .. } | Stage::Finished => return None,
-    })
-}
-
 /// Follows the swap from step to step and feeds [`Metrics`].
 #[derive(Debug)]
 pub struct SwapTimer {
@@ -81,7 +60,7 @@ impl SwapTimer {
             Phase::Updating(swap) => Some(&swap.stage),
             Phase::Serving | Phase::Stopping => None,
         };
-        let label = stage.and_then(step_label);
+        let label = stage.and_then(Stage::step_label);
         let previous = self.current.map(|(step, _)| step);
         if label.is_some() && label == previous {
             return;

@@ -156,6 +156,31 @@ pub enum Stage {
     Finished,
 }
 
+impl Stage {
+    /// The step this stage is timed and recorded as (the `step` label of
+    /// `sidekick_swap_step_seconds`, the steps of a rollout's history); `None` for stages that
+    /// are not steps.
+    pub fn step_label(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Prepulling => "prepull",
+            Self::AcquiringSlot { .. } => "slot",
+            Self::Deregistering => "deregister",
+            Self::Draining => "drain",
+            Self::Fencing => "fence",
+            Self::WritingDropIn => "dropin",
+            Self::Restarting => "restart",
+            Self::Verifying { .. } => "verify",
+            Self::RollingBack { .. } => "rollback",
+            Self::VerifyingOld { .. } => "verify-old",
+            Self::StandingDown { .. } => "stand-down",
+            Self::Registering { .. } => "register",
+            Self::Releasing => "release",
+            Self::Reacquiring { .. } => "reacquire",
+            Self::Stranded { .. } | Self::Finished => return None,
+        })
+    }
+}
+
 /// The swap's state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwapPhase {

@@ -74,6 +74,8 @@ pub struct UpdatePass<C: UnitControl> {
     disk: DiskWriter,
     /// See [`Self::recorded`].
     recorded_ahead: AtomicBool,
+    /// The group's rollout, which may hold a check (windows, a manual promotion).
+    rollout: Option<Arc<crate::rollout::agent::RolloutAgent>>,
 }
 
 impl<C: UnitControl + 'static> UpdatePass<C> {
@@ -100,7 +102,19 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             disk: DiskWriter::spawn(config.journal.clone()),
             recorded_ahead: AtomicBool::new(false),
             config,
+            rollout: None,
         }
+    }
+
+    /// Holds checks as the group's rollout says (see [`crate::rollout::agent`]).
+    pub fn with_rollout(mut self, rollout: Arc<crate::rollout::agent::RolloutAgent>) -> Self {
+        self.rollout = Some(rollout);
+        self
+    }
+
+    /// The group's rollout, when it applies here.
+    pub fn rollout(&self) -> Option<&Arc<crate::rollout::agent::RolloutAgent>> {
+        self.rollout.as_ref()
     }
 
     /// The last pass's result as `update-check` prints it.
@@ -123,6 +137,21 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// the denylist.
     pub async fn poll(&mut self) -> PassResult {
         self.apply_reload();
+        if let Some(rollout) = self.rollout.clone() {
+            let running = policy::running_version(&self.seams.control).await;
+            let running = running.ok().map(|(v, _)| v.to_string());
+            if let Some(delay) = rollout
+                .hold_check(running.as_deref(), self.settings.interval)
+                .await
+            {
+                let label = crate::rollout::agent::CHECK_HELD;
+                return PassResult {
+                    label,
+                    delay,
+                    plan: None,
+                };
+            }
+        }
         let (result, plan) = self.check().await;
         self.last_report = Some(CheckReport::from(&result));
         let (delay, changed) = self.poller.record(&result);

@@ -201,6 +201,7 @@ mod tests {
             host: "10.0.0.5".into(),
             target: None,
             step: None,
+            policy: None,
         };
         let instance = |name: &str, version: &str| InstanceStatus {
             group: "app/stable".into(),

@@ -1,0 +1,319 @@
+//! The instance's side of the group's rollout, the thin I/O around [`gate`] and [`decide`]:
+//! before a slot is taken it reads the group at one revision and applies the slot gate (claiming
+//! a canary place by compare-and-swap when it is one); it records each swap of this instance in
+//! the version's state (took the slot, each step's duration, released, the canary's result or
+//! the failure); and it tells the update pass whether a check may be sent now.
+//!
+//! The policy is read afresh at every slot request, so a stored change applies from the next
+//! request and never to a swap under way. The slot backend ([`crate::slot::EtcdSlots`]) calls
+//! [`RolloutAgent::slot_hold`], [`RolloutAgent::took_slot`] and [`RolloutAgent::released`]; the
+//! driver feeds [`RolloutAgent::observe`] the agent's phase after each turn, and the update pass
+//! asks [`RolloutAgent::check_hold`] before each check.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::WatchOptions;
+use jiff::Timestamp;
+use tracing::{info, warn};
+
+use super::decide::{Hold, SlotGate};
+use super::gate::{self, CheckHold, Jitter};
+use super::policy::RolloutPolicy;
+use super::state::VersionState;
+use super::store::{self, GroupSnapshot, RolloutError};
+use crate::etcd::EtcdConnection;
+use crate::metrics::RolloutMetrics;
+
+mod history;
+use history::CurrentSwap;
+
+/// This instance in its group's rollout.
+pub struct RolloutAgent {
+    etcd: EtcdConnection,
+    group: String,
+    instance: String,
+    configured: RolloutPolicy,
+    /// `swap.drain + swap.start_timeout + swap.verify_timeout`.
+    floor: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    swap: Option<CurrentSwap>,
+    jitter: Jitter,
+    /// When the last slot hold may end by itself (a batch delay, a bake).
+    wake_at: Option<Timestamp>,
+    /// The revision the last slot hold was judged at; a waiter watches from the next.
+    seen: i64,
+    /// The last update-check hold logged, so a hold is logged once.
+    last_check_hold: Option<String>,
+    metrics: Option<RolloutMetrics>,
+}
+
+/// A hold as the swap's waiting line and the log show it.
+pub fn hold_text(hold: &Hold) -> String {
+    match hold {
+        Hold::Halted(why) => format!("the group is halted: {why}"),
+        Hold::Paused => "the group's rollout is paused (`sidekick rollout resume`)".into(),
+        Hold::FailureBudgetSpent { failed, max } => {
+            format!("{failed} instances failed on this version (max_failures {max})")
+        }
+        Hold::OutsideWindow { opens: Some(t) } => format!("outside every window; opens at {t}"),
+        Hold::OutsideWindow { opens: None } => "outside every window".into(),
+        Hold::WindowTooShort { closes, needs } => format!(
+            "the window closes at {closes}, before a swap of {} would end",
+            humantime::format_duration(*needs)
+        ),
+        Hold::Canaries {
+            passed,
+            failed,
+            wanted,
+        } => format!("canaries: {passed} of {wanted} passed, {failed} failed"),
+        Hold::Baking { until } => format!("the canaries bake until {until}"),
+        Hold::AwaitingPromotion => "waiting for `sidekick rollout promote`".into(),
+        Hold::BatchDelay { until } => format!("batch_delay: the next slot from {until}"),
+    }
+}
+
+impl RolloutAgent {
+    pub fn new(
+        etcd: EtcdConnection,
+        group: impl Into<String>,
+        instance: impl Into<String>,
+        configured: RolloutPolicy,
+        floor: Duration,
+    ) -> RolloutAgent {
+        RolloutAgent {
+            etcd,
+            group: group.into(),
+            instance: instance.into(),
+            configured,
+            floor,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Feeds the rollout's metrics from now on.
+    pub fn set_metrics(&self, metrics: RolloutMetrics) {
+        self.lock().metrics = Some(metrics);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read(&self) -> Result<GroupSnapshot, RolloutError> {
+        let mut client = self.client().await?;
+        let read = store::read_group(&mut client, &self.group).await;
+        if let Err(RolloutError::Etcd(err)) = &read {
+            self.etcd.failed(err).await;
+        }
+        read
+    }
+
+    async fn client(&self) -> Result<etcd_client::Client, RolloutError> {
+        self.etcd
+            .client()
+            .await
+            .map_err(|e| RolloutError::Connect(format!("{e:#}")))
+    }
+
+    /// The short hash of the policy this instance enforces when none is stored: its `[rollout]`.
+    pub fn policy_hash(&self) -> String {
+        self.configured.short_hash()
+    }
+
+    /// The etcd revision the last slot request was judged at.
+    pub fn seen_revision(&self) -> i64 {
+        self.lock().seen
+    }
+
+    /// Before a slot for `version` is taken: `None` to go on, or why not (the slot stays free).
+    /// A canary claims its place first; a policy that cannot be read holds the slot.
+    pub async fn slot_hold(&self, version: &str) -> Option<String> {
+        let now = Timestamp::now();
+        let snap = match self.read().await {
+            Ok(snap) => snap,
+            Err(err) => return Some(format!("cannot read the group's rollout policy: {err}")),
+        };
+        let answer = gate::slot_answer(
+            &snap,
+            &self.configured,
+            self.floor,
+            &self.instance,
+            version,
+            now,
+        );
+        {
+            let mut inner = self.lock();
+            inner.seen = snap.revision;
+            inner.wake_at = None;
+        }
+        let hold = match answer {
+            SlotGate::Take { canary: false } => None,
+            SlotGate::Take { canary: true } => {
+                let wanted = store::effective(snap.stored_policy.as_ref(), &self.configured).canary;
+                return self.claim_canary(version, wanted, now).await;
+            }
+            // The slot backend reports a halt itself, as the swap expects it.
+            SlotGate::Hold(Hold::Halted(_)) => None,
+            SlotGate::Hold(hold) => Some(hold),
+        };
+        self.lock().wake_at = match &hold {
+            Some(Hold::BatchDelay { until } | Hold::Baking { until }) => Some(*until),
+            Some(Hold::OutsideWindow { opens }) => *opens,
+            _ => None,
+        };
+        hold.map(|h| hold_text(&h))
+    }
+
+    /// Claims one of `wanted` canary places of `version` by compare-and-swap.
+    async fn claim_canary(&self, version: &str, wanted: u32, now: Timestamp) -> Option<String> {
+        let me = self.instance.as_str();
+        let claimed = async {
+            let mut client = self.client().await?;
+            store::update_version(&mut client, &self.group, version, |current| {
+                let mut next = current
+                    .cloned()
+                    .unwrap_or_else(|| VersionState::new(version, now));
+                if next.is_canary(me) || next.canaries.len() >= wanted as usize {
+                    return None;
+                }
+                next.add_canary(me, now);
+                Some(next)
+            })
+            .await
+        };
+        match claimed.await {
+            Ok(Some(state)) if state.is_canary(me) => {
+                info!(group = %self.group, version, "this instance is a canary of the version");
+                None
+            }
+            Ok(_) => Some(format!("the {wanted} canary places of {version} are taken")),
+            Err(err) => Some(format!("cannot claim a canary place: {err}")),
+        }
+    }
+
+    /// Whether an update check may be sent now; `running` is the version the unit runs, when
+    /// known. When etcd cannot be read the configured policy's windows still apply.
+    pub async fn check_hold(&self, running: Option<&str>) -> Option<CheckHold> {
+        let snap = match self.read().await {
+            Ok(snap) => snap,
+            Err(err) => {
+                warn!(group = %self.group, "cannot read the group's rollout: {err}; the configured windows apply");
+                GroupSnapshot {
+                    revision: 0,
+                    stored_policy: None,
+                    paused: None,
+                    halt: None,
+                    versions: Vec::new(),
+                    instances: Vec::new(),
+                }
+            }
+        };
+        let now = Timestamp::now();
+        let mut inner = self.lock();
+        if let Some(metrics) = &inner.metrics {
+            let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
+            metrics.set_next_window(gate::next_window_secs(policy, now));
+            if let Some((version, stage)) =
+                gate::newest_stage(&snap, &self.configured, self.floor, now)
+            {
+                metrics.set_stage(&self.group, &version, stage.name());
+            }
+        }
+        let hold = gate::check_gate(
+            &snap,
+            &self.configured,
+            &self.instance,
+            running,
+            &mut inner.jitter,
+            now,
+            fastrand::f64(),
+        );
+        if hold.is_none() {
+            inner.last_check_hold = None;
+        }
+        hold
+    }
+
+    /// Returns when the group's rollout may let a held slot request through: a change of its
+    /// policy, pause or version states since the last hold was judged, or the time that hold
+    /// ends by itself. Never returns on its own otherwise; the caller bounds the wait.
+    pub async fn wait_for_change(&self) {
+        let (wake, from) = {
+            let inner = self.lock();
+            (inner.wake_at, inner.seen + 1)
+        };
+        let sleep = async {
+            match wake {
+                Some(t) => {
+                    let left =
+                        Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default();
+                    tokio::time::sleep(left + Duration::from_millis(50)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = self.watch(from) => {}
+        }
+    }
+
+    async fn watch(&self, from: i64) {
+        let watched = async {
+            let mut client = self.client().await?;
+            let options = || WatchOptions::new().with_start_revision(from.max(1));
+            let mut stream = client
+                .watch(store::paused_key(&self.group), Some(options()))
+                .await?;
+            stream
+                .watch(store::policy_key(&self.group), Some(options()))
+                .await?;
+            stream
+                .watch(
+                    store::rollouts_prefix(&self.group),
+                    Some(options().with_prefix()),
+                )
+                .await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() || resp.compact_revision() > 0 || !resp.events().is_empty() {
+                    return Ok::<(), RolloutError>(());
+                }
+            }
+            Ok(())
+        };
+        if let Err(err) = watched.await {
+            tracing::debug!(group = %self.group, "rollout watch failed: {err}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The label of a pass the rollout held (metrics, the instance record).
+pub const CHECK_HELD: &str = "rollout-hold";
+
+impl RolloutAgent {
+    /// Before an update check: `None` to send it, or the delay before the next pass when the
+    /// rollout holds it (at most `interval`, and no later than the hold may end by itself).
+    pub async fn hold_check(&self, running: Option<&str>, interval: Duration) -> Option<Duration> {
+        let hold = self.check_hold(running).await?;
+        let summary = hold.summary();
+        let changed = {
+            let mut inner = self.lock();
+            let changed = inner.last_check_hold.as_deref() != Some(summary.as_str());
+            inner.last_check_hold = Some(summary.clone());
+            changed
+        };
+        if changed {
+            info!(group = %self.group, "no update check: {summary}");
+        }
+        let until = hold
+            .until()
+            .map(|t| Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default());
+        Some(gate::check_delay(until, interval))
+    }
+}

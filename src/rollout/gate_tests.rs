@@ -1,0 +1,269 @@
+//! The agent's gates over snapshots as etcd would hold them: the slot answer reads the stored
+//! policy over the configured one and the measured swaps, and the check gate follows windows,
+//! the start jitter and a manual promotion.
+
+use std::time::Duration;
+
+use jiff::SignedDuration;
+
+use super::*;
+use crate::rollout::decide::Hold;
+use crate::rollout::policy::PolicyText;
+use crate::rollout::state::{Promotion, SwapRecord};
+use crate::rollout::window::MAX_START_JITTER;
+
+const T0: &str = "2026-01-05T02:00:00Z"; // a Monday, 02:00 UTC
+const FLOOR: Duration = Duration::from_secs(50);
+
+fn t(secs: i64) -> Timestamp {
+    T0.parse::<Timestamp>().expect("a timestamp") + SignedDuration::from_secs(secs)
+}
+
+fn policy(edit: impl FnOnce(&mut PolicyText)) -> RolloutPolicy {
+    let mut text = PolicyText::default();
+    edit(&mut text);
+    text.validate().expect("a valid policy")
+}
+
+/// A window on Mondays from 02:00 for `minutes`.
+fn monday_window(minutes: u32) -> impl FnOnce(&mut PolicyText) {
+    move |p| {
+        p.window = vec![crate::rollout::policy::WindowText {
+            days: vec!["Mon".into()],
+            start_time: "02:00".into(),
+            length_minutes: minutes,
+        }]
+    }
+}
+
+fn snap(versions: Vec<VersionState>) -> GroupSnapshot {
+    GroupSnapshot {
+        revision: 1,
+        stored_policy: None,
+        paused: None,
+        halt: None,
+        versions,
+        instances: Vec::new(),
+    }
+}
+
+fn released_swap(instance: &str, took: i64, released: i64) -> SwapRecord {
+    SwapRecord {
+        instance: instance.into(),
+        took_slot: t(took),
+        released: Some(t(released)),
+        steps_ms: Default::default(),
+    }
+}
+
+#[test]
+fn the_stored_policy_decides_the_slot_over_the_configured_one() {
+    let configured = RolloutPolicy::default();
+    let mut s = snap(Vec::new());
+    let take = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
+    assert_eq!(take, SlotGate::Take { canary: false });
+    s.stored_policy = Some(policy(|p| p.canary = 1));
+    let canary = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
+    assert_eq!(canary, SlotGate::Take { canary: true });
+}
+
+#[test]
+fn a_pause_holds_the_slot_and_is_not_a_halt() {
+    let mut s = snap(Vec::new());
+    s.paused = Some(crate::rollout::store::Paused {
+        since: t(0),
+        by: "ops".into(),
+    });
+    let answer = slot_answer(&s, &RolloutPolicy::default(), FLOOR, "web-1", "2.0.0", t(1));
+    assert_eq!(answer, SlotGate::Hold(Hold::Paused));
+}
+
+#[test]
+fn batch_delay_counts_from_the_last_release_of_any_version() {
+    let configured = policy(|p| p.batch_delay = Duration::from_secs(10));
+    let mut old = VersionState::new("1.0.0", t(-100));
+    old.add_swap(released_swap("web-1", -100, -50));
+    let mut new = VersionState::new("2.0.0", t(0));
+    new.add_swap(released_swap("web-2", 0, 5));
+    let s = snap(vec![new, old]);
+    let held = slot_answer(&s, &configured, FLOOR, "web-3", "2.0.0", t(14));
+    assert_eq!(held, SlotGate::Hold(Hold::BatchDelay { until: t(15) }));
+    let take = slot_answer(&s, &configured, FLOOR, "web-3", "2.0.0", t(15));
+    assert_eq!(take, SlotGate::Take { canary: false });
+}
+
+#[test]
+fn the_estimate_is_the_floor_plus_min_healthy_before_any_swap_then_the_measured_p95() {
+    let configured = policy(|p| p.min_healthy = Duration::from_secs(25));
+    let mut s = snap(Vec::new());
+    assert_eq!(
+        swap_estimate(&s, &configured, FLOOR),
+        Duration::from_secs(75)
+    );
+    let mut v = VersionState::new("2.0.0", t(0));
+    v.add_swap(released_swap("web-1", 0, 30));
+    s.versions.push(v);
+    assert_eq!(
+        swap_estimate(&s, &configured, FLOOR),
+        Duration::from_secs(30)
+    );
+}
+
+#[test]
+fn a_window_closing_before_the_estimate_holds_the_slot() {
+    // Open from 02:00 for 2 minutes; the floor is 50 s + 10 s min_healthy.
+    let configured = policy(monday_window(2));
+    let s = snap(Vec::new());
+    let fits = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(30));
+    assert_eq!(fits, SlotGate::Take { canary: false });
+    let short = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(70));
+    assert_eq!(
+        short,
+        SlotGate::Hold(Hold::WindowTooShort {
+            closes: t(120),
+            needs: Duration::from_secs(60)
+        })
+    );
+}
+
+#[test]
+fn no_check_outside_every_window_and_the_hold_names_the_opening() {
+    let configured = policy(monday_window(60));
+    let s = snap(Vec::new());
+    let mut jitter = Jitter::default();
+    let hold = check_gate(&s, &configured, "web-1", None, &mut jitter, t(-60), 0.5);
+    assert_eq!(hold, Some(CheckHold::OutsideWindow { opens: Some(t(0)) }));
+    assert_eq!(hold.and_then(|h| h.until()), Some(t(0)));
+}
+
+#[test]
+fn the_first_check_in_a_window_waits_its_jitter_drawn_once_per_opening() {
+    // 60 minutes: the bound is a quarter, 15 min, capped at 10 min; draw 0.5 → 5 min.
+    let configured = policy(monday_window(60));
+    let s = snap(Vec::new());
+    let mut jitter = Jitter::default();
+    let hold = check_gate(&s, &configured, "web-1", None, &mut jitter, t(10), 0.5);
+    assert_eq!(hold, Some(CheckHold::StartJitter { until: t(300) }));
+    // Drawn once: another draw does not move it.
+    let again = check_gate(&s, &configured, "web-1", None, &mut jitter, t(299), 0.0);
+    assert_eq!(again, Some(CheckHold::StartJitter { until: t(300) }));
+    let open = check_gate(&s, &configured, "web-1", None, &mut jitter, t(300), 0.9);
+    assert_eq!(open, None);
+    assert_eq!(MAX_START_JITTER, Duration::from_secs(600));
+}
+
+#[test]
+fn a_short_window_jitters_a_quarter_of_its_length() {
+    // 8 minutes: at most 2 minutes of jitter; the largest draw stays inside it.
+    let configured = policy(monday_window(8));
+    let s = snap(Vec::new());
+    let mut jitter = Jitter::default();
+    let hold = check_gate(&s, &configured, "web-1", None, &mut jitter, t(0), 0.999);
+    let until = hold.and_then(|h| h.until()).expect("a jitter");
+    assert!(until < t(120) && until > t(110), "{until}");
+}
+
+#[test]
+fn without_windows_checks_are_not_held() {
+    let s = snap(Vec::new());
+    let mut jitter = Jitter::default();
+    let hold = check_gate(
+        &s,
+        &RolloutPolicy::default(),
+        "web-1",
+        None,
+        &mut jitter,
+        t(0),
+        0.5,
+    );
+    assert_eq!(hold, None);
+}
+
+#[test]
+fn waiting_for_a_manual_promotion_only_canaries_and_instances_on_it_check() {
+    let configured = policy(|p| {
+        p.canary = 1;
+        p.promote = crate::rollout::Promote::Manual;
+    });
+    let mut v = VersionState::new("2.0.0", t(0));
+    v.add_canary("web-1", t(0));
+    let mut s = snap(vec![v]);
+    let mut jitter = Jitter::default();
+    let mut gate = |s: &GroupSnapshot, who: &str, running: Option<&str>| {
+        check_gate(s, &configured, who, running, &mut jitter, t(5), 0.0)
+    };
+    let waiting = Some(CheckHold::AwaitingPromotion {
+        version: "2.0.0".into(),
+    });
+    assert_eq!(gate(&s, "web-2", Some("1.0.0")), waiting);
+    assert_eq!(gate(&s, "web-2", None), waiting);
+    assert_eq!(gate(&s, "web-1", Some("1.0.0")), None, "the canary");
+    assert_eq!(gate(&s, "web-3", Some("2.0.0")), None, "already on it");
+    s.versions[0].promoted = Some(Promotion {
+        at: t(3),
+        by: "ops".into(),
+    });
+    assert_eq!(gate(&s, "web-2", Some("1.0.0")), None, "promoted");
+}
+
+#[test]
+fn a_free_canary_place_lets_the_check_through() {
+    let configured = policy(|p| {
+        p.canary = 2;
+        p.promote = crate::rollout::Promote::Manual;
+    });
+    let mut v = VersionState::new("2.0.0", t(0));
+    v.add_canary("web-1", t(0));
+    let s = snap(vec![v]);
+    let mut jitter = Jitter::default();
+    let hold = check_gate(&s, &configured, "web-2", None, &mut jitter, t(5), 0.0);
+    assert_eq!(hold, None);
+}
+
+#[test]
+fn a_held_check_comes_back_when_the_hold_ends_or_at_the_usual_pace() {
+    let interval = Duration::from_secs(300);
+    assert_eq!(check_delay(None, interval), interval);
+    let soon = Duration::from_secs(42);
+    assert_eq!(check_delay(Some(soon), interval), soon);
+    assert_eq!(
+        check_delay(Some(Duration::from_secs(9000)), interval),
+        interval
+    );
+    assert_eq!(
+        check_delay(Some(Duration::ZERO), interval),
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
+fn the_eta_adds_the_measured_swaps_and_delays_from_when_the_stage_can_move() {
+    let est = Duration::from_secs(30);
+    let delay = Duration::from_secs(10);
+    // Three left one after another: 3 × 30 s + 2 × 10 s.
+    assert_eq!(eta(&Stage::Rolling, 3, est, delay, t(0)), Some(t(110)));
+    assert_eq!(
+        eta(&Stage::Baking { until: t(100) }, 1, est, delay, t(0)),
+        Some(t(130))
+    );
+    assert_eq!(
+        eta(
+            &Stage::WaitingForWindow {
+                opens: Some(t(600))
+            },
+            2,
+            est,
+            delay,
+            t(0)
+        ),
+        Some(t(670))
+    );
+    for waiting in [
+        Stage::Paused,
+        Stage::AwaitingPromotion,
+        Stage::Done,
+        Stage::WaitingForWindow { opens: None },
+    ] {
+        assert_eq!(eta(&waiting, 2, est, delay, t(0)), None, "{waiting:?}");
+    }
+}

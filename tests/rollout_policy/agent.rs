@@ -1,0 +1,417 @@
+//! The rollout policy wired into the slots against a real etcd: each instance's slot request
+//! reads the group's effective policy (pause, canary places claimed by compare-and-swap, bake,
+//! batch delay, windows against the swap estimate) and its swaps are recorded in the version's
+//! state before the slot key goes, so the next waiter reads the release.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use jiff::Timestamp;
+use sidekick::agent::machine::state::Phase;
+use sidekick::agent::machine::swap::{self as swap, Stage, SwapPlan};
+use sidekick::etcd::EtcdConnection;
+use sidekick::rollout::agent::RolloutAgent;
+use sidekick::rollout::gate::CheckHold;
+use sidekick::rollout::policy::{PolicyText, WindowText, day_name};
+use sidekick::rollout::state::VersionState;
+use sidekick::rollout::store;
+use sidekick::rollout::{RolloutPolicy, policy::Promote};
+use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
+use sidekick::systemd::control::DropIn;
+
+use super::{GROUP, start};
+
+const TTL: Duration = Duration::from_secs(5);
+const FLOOR: Duration = Duration::from_secs(50);
+
+fn policy(edit: impl FnOnce(&mut PolicyText)) -> RolloutPolicy {
+    let mut text = PolicyText::default();
+    edit(&mut text);
+    text.validate().expect("a valid policy")
+}
+
+/// One instance: its rollout agent and its slots over it.
+struct Member {
+    rollout: Arc<RolloutAgent>,
+    slots: EtcdSlots,
+}
+
+fn member(client: &Client, name: &str, policy: &RolloutPolicy, max: u32) -> Member {
+    let rollout = Arc::new(RolloutAgent::new(
+        EtcdConnection::from_client(client.clone()),
+        GROUP,
+        name,
+        policy.clone(),
+        FLOOR,
+    ));
+    let who = SlotHolder {
+        holder: format!("id-{name}"),
+        instance: name.to_string(),
+    };
+    let max = NonZeroU32::new(max).expect("non-zero");
+    let slots = EtcdSlots::new(client.clone(), GROUP, max, TTL, who).with_rollout(rollout.clone());
+    Member { rollout, slots }
+}
+
+fn busy_detail(outcome: Acquisition) -> String {
+    match outcome {
+        Acquisition::Busy { detail } => detail,
+        other => panic!("expected a hold, got {other:?}"),
+    }
+}
+
+/// The phase of a swap to 2.0.0 in `stage`.
+fn updating(stage: Stage) -> Phase {
+    let dropin = |v: &str| DropIn {
+        image: format!("web:{v}"),
+        version: v.into(),
+    };
+    // Built by the machine's own start, so the phase has every field a real swap has.
+    let (mut phase, _) = swap::start(SwapPlan {
+        old: dropin("1.0.0"),
+        new: dropin("2.0.0"),
+        rise: 1,
+    });
+    phase.stage = stage;
+    phase.slot_held = true;
+    Phase::Updating(phase)
+}
+
+/// A whole successful swap of `m` to 2.0.0 as the driver would feed it: slot, steps, release.
+async fn swap(m: &Member) {
+    assert_eq!(
+        m.slots.acquire("2.0.0").await.expect("acquire"),
+        Acquisition::Acquired
+    );
+    for stage in [
+        Stage::Deregistering,
+        Stage::Draining,
+        Stage::Restarting,
+        Stage::Verifying { passes: 0 },
+        Stage::Registering { failure: None },
+        Stage::Releasing,
+    ] {
+        m.rollout.observe(&updating(stage));
+    }
+    m.slots.release().await.expect("release");
+}
+
+async fn state(client: &Client) -> VersionState {
+    store::get_version(&mut client.clone(), GROUP, "2.0.0")
+        .await
+        .expect("read")
+        .expect("the version's state exists")
+        .0
+}
+
+#[tokio::test]
+async fn a_pause_holds_new_slots_while_the_held_one_finishes_and_resume_goes_on() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    let p = RolloutPolicy::default();
+    let (a, b) = (
+        member(&client, "web-1", &p, 2),
+        member(&client, "web-2", &p, 2),
+    );
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    store::pause(&mut client, GROUP, "test")
+        .await
+        .expect("pause");
+    // The held slot stays held (an acquire of a holder is idempotent) and is released.
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("paused"), "{detail}");
+    a.slots.release().await.expect("release");
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("paused"), "{detail}");
+    // The waiter wakes on the resume itself, not at its 30 s retry.
+    let woke = Instant::now();
+    let waiting = b.slots.wait_for_change(Duration::from_secs(30));
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store::resume(&mut client.clone(), GROUP)
+            .await
+            .expect("resume");
+    };
+    tokio::join!(waiting, resume);
+    assert!(
+        woke.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        woke.elapsed()
+    );
+    assert_eq!(
+        b.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+}
+
+#[tokio::test]
+async fn canary_places_are_claimed_once_each_by_compare_and_swap() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 2);
+    let members: Vec<Member> = (1..=6)
+        .map(|i| member(&client, &format!("web-{i}"), &p, 6))
+        .collect();
+    let holds =
+        futures_util::future::join_all(members.iter().map(|m| m.rollout.slot_hold("2.0.0"))).await;
+    let taken = holds.iter().filter(|h| h.is_none()).count();
+    assert_eq!(taken, 2, "{holds:?}");
+    let s = state(&client).await;
+    assert_eq!(s.canaries.len(), 2, "{s:?}");
+    for hold in holds.iter().flatten() {
+        assert!(hold.contains("canary places"), "{hold}");
+    }
+    // A canary asking again keeps its place; the rest wait for the canaries.
+    let canary = members
+        .iter()
+        .zip(&holds)
+        .find(|(_, h)| h.is_none())
+        .map(|(m, _)| m)
+        .expect("a canary");
+    assert_eq!(canary.rollout.slot_hold("2.0.0").await, None);
+    let other = members
+        .iter()
+        .zip(&holds)
+        .find(|(_, h)| h.is_some())
+        .map(|(m, _)| m)
+        .expect("another");
+    let hold = other.rollout.slot_hold("2.0.0").await.expect("held");
+    assert!(hold.contains("0 of 2 passed"), "{hold}");
+}
+
+#[tokio::test]
+async fn a_released_canary_passes_and_the_rest_follow_after_its_bake() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let bake = Duration::from_secs(2);
+    let p = policy(|p| {
+        p.canary = 1;
+        p.canary_bake = bake;
+    });
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    swap(&a).await;
+    let s = state(&client).await;
+    let passed = s.canaries[0].passed.expect("the canary passed");
+    let record = &s.swaps[0];
+    assert!(record.released.is_some(), "{record:?}");
+    for step in ["deregister", "drain", "restart", "verify", "register"] {
+        assert!(record.steps_ms.contains_key(step), "{step} in {record:?}");
+    }
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("bake"), "{detail}");
+    // The waiter wakes when the bake ends.
+    b.slots.wait_for_change(Duration::from_secs(30)).await;
+    assert_eq!(
+        b.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let took = Timestamp::now();
+    assert!(took.duration_since(passed) >= jiff::SignedDuration::try_from(bake).unwrap());
+    assert!(took.duration_since(passed) < jiff::SignedDuration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_manual_promotion_holds_the_rest_and_their_checks_until_promote() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| {
+        p.canary = 1;
+        p.promote = Promote::Manual;
+    });
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    swap(&a).await;
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("promote"), "{detail}");
+    let check = b.rollout.check_hold(Some("1.0.0")).await;
+    assert_eq!(
+        check,
+        Some(CheckHold::AwaitingPromotion {
+            version: "2.0.0".into()
+        })
+    );
+    assert_eq!(a.rollout.check_hold(Some("2.0.0")).await, None);
+    store::update_version(&mut client, GROUP, "2.0.0", |s| {
+        let mut s = s.cloned()?;
+        s.promoted = Some(sidekick::rollout::state::Promotion {
+            at: Timestamp::now(),
+            by: "test".into(),
+        });
+        Some(s)
+    })
+    .await
+    .expect("promote");
+    assert_eq!(b.rollout.check_hold(Some("1.0.0")).await, None);
+    assert_eq!(
+        b.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+}
+
+#[tokio::test]
+async fn batch_delay_spaces_a_release_and_the_next_slot() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let delay = Duration::from_secs(2);
+    let p = policy(|p| p.batch_delay = delay);
+    let (a, b) = (
+        member(&client, "web-1", &p, 2),
+        member(&client, "web-2", &p, 2),
+    );
+    swap(&a).await;
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("batch_delay"), "{detail}");
+    b.slots.wait_for_change(Duration::from_secs(30)).await;
+    assert_eq!(
+        b.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let s = state(&client).await;
+    let released = s.swaps[0].released.expect("released");
+    let took = s.swaps[1].took_slot;
+    let gap = took.duration_since(released);
+    assert!(
+        gap >= jiff::SignedDuration::try_from(delay).unwrap(),
+        "{gap:?}"
+    );
+    assert!(gap < jiff::SignedDuration::from_secs(8), "{gap:?}");
+}
+
+/// A window of `length` minutes in UTC starting `from_now` minutes from the current minute.
+fn window_from_now(from_now: i64, length: u32) -> WindowText {
+    let start = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_mins(from_now))
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    WindowText {
+        days: vec![day_name(start.weekday()).to_string()],
+        start_time: format!("{:02}:{:02}", start.hour(), start.minute()),
+        length_minutes: length,
+    }
+}
+
+#[tokio::test]
+async fn a_closed_window_holds_checks_and_slots_and_a_short_one_holds_slots() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    // Closed now: it opens in two hours.
+    let p = policy(|p| p.window = vec![window_from_now(120, 60)]);
+    let a = member(&client, "web-1", &p, 1);
+    let check = a.rollout.check_hold(None).await;
+    assert!(
+        matches!(check, Some(CheckHold::OutsideWindow { opens: Some(_) })),
+        "{check:?}"
+    );
+    let detail = busy_detail(a.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("outside every window"), "{detail}");
+    // Stored is authoritative: a window open for the next 30 minutes, shorter than the measured
+    // swap (none measured: the floor plus min_healthy = 1 h).
+    let stored = policy(|p| {
+        p.window = vec![window_from_now(0, 30)];
+        p.min_healthy = Duration::from_secs(3600) - FLOOR;
+    });
+    store::set_policy(&mut client, GROUP, &stored)
+        .await
+        .expect("store");
+    let detail = busy_detail(a.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("before a swap of 1h would end"), "{detail}");
+    // Inside the window (past its start jitter, at most 7.5 min of 30) checks go out.
+    let open = policy(|p| p.window = vec![window_from_now(-20, 30)]);
+    store::set_policy(&mut client, GROUP, &open)
+        .await
+        .expect("store");
+    assert_eq!(a.rollout.check_hold(None).await, None);
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+}
+
+#[tokio::test]
+async fn a_canary_whose_swap_ends_without_a_result_frees_its_place() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 1);
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    // Fenced: the slot was lost during the drain, the unit never touched; no verdict.
+    a.rollout.observe(&updating(Stage::Draining));
+    a.slots.release().await.expect("release");
+    let s = state(&client).await;
+    assert!(s.canaries.is_empty(), "{s:?}");
+    assert_eq!(
+        b.rollout.slot_hold("2.0.0").await,
+        None,
+        "b takes the free place"
+    );
+    assert!(state(&client).await.is_canary("web-2"));
+}
+
+#[tokio::test]
+async fn a_rolled_back_canary_fails_and_spends_the_failure_budget() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 1);
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let failure = sidekick::agent::machine::swap::Failure {
+        code: 1001,
+        reason: "not healthy within verify_timeout".into(),
+        halt: true,
+    };
+    for stage in [
+        Stage::Restarting,
+        Stage::Verifying { passes: 0 },
+        Stage::RollingBack {
+            failure: failure.clone(),
+        },
+        Stage::Registering {
+            failure: Some(failure),
+        },
+        Stage::Releasing,
+    ] {
+        a.rollout.observe(&updating(stage));
+    }
+    a.slots.release().await.expect("release");
+    let s = state(&client).await;
+    assert!(s.canaries[0].failed.is_some(), "{s:?}");
+    assert_eq!(s.failures.len(), 1, "{s:?}");
+    assert_eq!(s.failures[0].stage, "verify");
+    assert!(s.swaps[0].steps_ms.contains_key("rollback"), "{s:?}");
+    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("max_failures 1"), "{detail}");
+}
