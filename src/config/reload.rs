@@ -188,8 +188,9 @@ const KEYS: &[Key] = &[
     field!("daemon.metrics", AtRestart, daemon.metrics),
     // The socket is bound at start.
     field!("daemon.control_socket", AtRestart, daemon.control_socket),
-    // The group's policy applies from the next slot request, never mid-swap.
-    field!("rollout", Live, rollout),
+    // The daemon's rollout agent is built from `[rollout]` at the start; a policy stored with
+    // `sidekick rollout set` applies from the next slot request without a reload.
+    field!("rollout", AtRestart, rollout),
 ];
 
 #[cfg(test)]

@@ -279,7 +279,7 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         ("daemon.control_socket", AtRestart, |s| {
             s.daemon.control_socket = Some("/run/web/ctl.sock".into())
         }),
-        ("rollout", Live, |s| s.rollout.canary = 2),
+        ("rollout", AtRestart, |s| s.rollout.canary = 2),
     ]
 }
 
