@@ -22,8 +22,8 @@ pub async fn publish_any(fleet: &Fleet, version: &str) {
     {
         let _lock = images::lock_file(BUILD_LOCK);
         let context = temp_dir("image");
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/walkthrough/image/context");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/walkthrough/image/context");
         run(Command::new(&script)
             .env("BUSYBOX", "/bin/busybox")
             .arg(context.path())
@@ -156,7 +156,11 @@ impl Observed<'_> {
             unslotted.len(),
             holds
                 .iter()
-                .map(|h| (holder(h), h.from - self.started, h.until.map(|u| u - self.started)))
+                .map(|h| (
+                    holder(h),
+                    h.from - self.started,
+                    h.until.map(|u| u - self.started)
+                ))
                 .collect::<Vec<_>>(),
             fleet.logs(40)
         );

@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{Observed, finish_after_traefik_caught_up, index_of, wait_new_holder};
-use crate::fleet::{FIRST_VERSION, Fleet, FleetSpec, HALT_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT};
+use crate::fleet::{
+    FIRST_VERSION, Fleet, FleetSpec, HALT_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
+};
 use crate::rotation::{KeyWatch, count_keys, slot_holds};
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::UnitWatch;
@@ -61,7 +63,9 @@ async fn signalled_after_failed_verification(signal: i32) {
             .is_ok_and(|t| t.contains(&format!("SIDEKICK_VERSION={BROKEN}")))
     };
     let tried = poll_until(VERIFY_FAILS_TIMEOUT, "the holder tries 3.0.0", || async {
-        names_broken(&fleet).then_some(()).ok_or("drop-in not on 3.0.0")
+        names_broken(&fleet)
+            .then_some(())
+            .ok_or("drop-in not on 3.0.0")
     })
     .await;
     tried.unwrap_or_else(|e| panic!("{what}: {e}\n{}", fleet.logs(40)));

@@ -9,8 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Observed, finish_after_traefik_caught_up, index_of, registered, wait_new_holder,
-    wait_rolled_to,
+    Observed, finish_after_traefik_caught_up, index_of, registered, wait_new_holder, wait_rolled_to,
 };
 use crate::fleet::{FIRST_VERSION, Fleet, FleetSpec, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{KeyWatch, slot_holds};
@@ -148,7 +147,11 @@ async fn behind_blackholes(fleet: &mut Fleet) -> Vec<Blackhole> {
         let config = &fleet.instances[i].config;
         let text = std::fs::read_to_string(config).expect("read sidekick config");
         let quoted = format!("\"{etcd}\"");
-        assert!(text.contains(&quoted), "no {quoted} in {}", config.display());
+        assert!(
+            text.contains(&quoted),
+            "no {quoted} in {}",
+            config.display()
+        );
         let text = text.replace(&quoted, &format!("\"{}\"", path.endpoint()));
         std::fs::write(config, text).expect("write sidekick config");
         fleet.start_sidekick(i);

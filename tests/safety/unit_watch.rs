@@ -102,7 +102,8 @@ impl UnitWatch {
                 .iter()
                 .enumerate()
                 .filter(|(u, state)| {
-                    let restarted = k > 0 && samples[k - 1].units[*u].invocation != state.invocation;
+                    let restarted =
+                        k > 0 && samples[k - 1].units[*u].invocation != state.invocation;
                     !is_up(&state.active) || restarted
                 })
                 .map(|(u, state)| format!("{} ({})", self.names[u], state.active))
@@ -177,7 +178,10 @@ fn is_up(active: &str) -> bool {
 async fn sample(proxies: &[UnitProxy<'_>]) -> Sample {
     let mut units = Vec::new();
     for unit in proxies {
-        let active = unit.active_state().await.unwrap_or_else(|e| format!("<{e}>"));
+        let active = unit
+            .active_state()
+            .await
+            .unwrap_or_else(|e| format!("<{e}>"));
         let invocation = unit.invocation_id().await.unwrap_or_default();
         units.push(UnitState { active, invocation });
     }
