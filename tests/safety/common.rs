@@ -37,6 +37,36 @@ pub async fn publish_any(fleet: &Fleet, version: &str) {
     fleet.updates.publish(version, &pushed).await;
 }
 
+/// Lets the update service grant up to `n` updates per period and have `n` in progress (the
+/// fleet starts with 1): with a holder down or cut off, its grant stays in progress on the
+/// service (until `update_timeout`, 10 min), and only the etcd slot is then left to keep the
+/// others to `slot.max`, which is what these cases test.
+pub async fn allow_concurrent_updates(fleet: &Fleet, n: u32) {
+    let endpoint = fleet.updates.endpoint();
+    let base = endpoint.trim_end_matches("/v1/update/");
+    let policy = serde_json::json!({
+        "updates_enabled": true,
+        "max_updates_per_period": n,
+        "period_interval": humantime::format_duration(fleet.spec().grant_period).to_string(),
+        "update_timeout": "10m",
+    });
+    let url = format!(
+        "{base}/api/apps/{}/groups/{}/policy",
+        crate::update_service::APP_ID,
+        crate::update_service::GROUP
+    );
+    let response = crate::support::http_client()
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(policy.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "PUT {url}: {status} {text}");
+}
+
 /// The index of the instance named `name`.
 pub fn index_of(fleet: &Fleet, name: &str) -> usize {
     fleet

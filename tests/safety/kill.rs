@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Observed, finish_after_traefik_caught_up, index_of, publish_any, registered, wait_new_holder,
-    wait_rolled_to,
+    Observed, allow_concurrent_updates, finish_after_traefik_caught_up, index_of, publish_any,
+    registered, wait_new_holder, wait_rolled_to,
 };
 use crate::fleet::{Fleet, FleetSpec, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{KeyWatch, count_keys};
@@ -76,6 +76,7 @@ async fn slot_holder_killed_at_each_step_and_kept_down_past_its_slot_ttl_never_l
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
     let mut fleet = Fleet::start(spec).await;
+    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
     for (point, version) in steps {
         kill_holder_at(&mut fleet, point, version).await;
