@@ -166,46 +166,68 @@ impl Observed<'_> {
     }
 
     /// The issue's invariants: at most `max` (1) units restarting or not active at once, no
-    /// restart without a slot held by the restarted instance, no failed request through Traefik.
-    pub fn check(&self, fleet: &Fleet) {
+    /// restart without a slot held by the restarted instance, no failed request through Traefik
+    /// and the issue's rate. Each broken one, described.
+    pub fn violations(&self) -> Vec<String> {
         eprintln!("{}", self.summary());
+        let mut broken = Vec::new();
         let (most, down) = self.units.most_down_at_once();
-        assert!(
-            most <= 1,
-            "{}: {most} app units restarting or not active at once: {down:?}\n{}",
-            self.what,
-            fleet.logs(40)
-        );
+        if most > 1 {
+            broken.push(format!(
+                "{}: {most} app units restarting or not active at once: {down:?}",
+                self.what
+            ));
+        }
         let holds = slot_holds(self.slots);
         let unslotted = self.units.restarts_without_slot(&holds);
-        let names: BTreeSet<&str> = unslotted.iter().map(|r| r.instance.as_str()).collect();
-        assert!(
-            unslotted.is_empty(),
-            "{}: {names:?} restarted without holding a slot ({} restarts; slot holds: {:?})\n{}",
-            self.what,
-            unslotted.len(),
-            holds
+        if !unslotted.is_empty() {
+            let names: BTreeSet<&str> = unslotted.iter().map(|r| r.instance.as_str()).collect();
+            let holds: Vec<_> = holds
                 .iter()
-                .map(|h| (
-                    holder(h),
-                    h.from - self.started,
-                    h.until.map(|u| u - self.started)
-                ))
-                .collect::<Vec<_>>(),
-            fleet.logs(40)
-        );
-        assert_eq!(
-            self.report.failed(),
-            0,
-            "{}: {}",
-            self.what,
-            self.report.describe_failures(20)
-        );
+                .map(|h| {
+                    (
+                        holder(h),
+                        h.from - self.started,
+                        h.until.map(|u| u - self.started),
+                    )
+                })
+                .collect();
+            broken.push(format!(
+                "{}: {names:?} restarted without holding a slot ({} restart(s) at {:?} after the \
+                 start; slot holds: {holds:?})",
+                self.what,
+                unslotted.len(),
+                unslotted
+                    .iter()
+                    .map(|r| r.by - self.started)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        if self.report.failed() > 0 {
+            broken.push(format!(
+                "{}: {}",
+                self.what,
+                self.report.describe_failures(20)
+            ));
+        }
+        if self.report.achieved_rate() < crate::MIN_RATE as f64 {
+            broken.push(format!(
+                "{}: {:.1} requests/s",
+                self.what,
+                self.report.achieved_rate()
+            ));
+        }
+        broken
+    }
+
+    /// Panics with every broken invariant (see [`Observed::violations`]).
+    pub fn check(&self, fleet: &Fleet) {
+        let broken = self.violations();
         assert!(
-            self.report.achieved_rate() >= crate::MIN_RATE as f64,
-            "{}: {:.1} requests/s",
-            self.what,
-            self.report.achieved_rate()
+            broken.is_empty(),
+            "{}\n{}",
+            broken.join("\n"),
+            fleet.logs(40)
         );
     }
 }
