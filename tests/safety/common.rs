@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX};
+use crate::fleet::{Fleet, FleetSpec, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX};
 use crate::load::LoadReport;
 use crate::rotation::{KeyWatch, count_keys, server_instance, slot_holds};
 use crate::support::images::{self, REPOSITORY};
@@ -35,6 +35,14 @@ pub async fn publish_any(fleet: &Fleet, version: &str) {
     }
     let pushed = images::push(&image, &fleet.registry.address());
     fleet.updates.publish(version, &pushed).await;
+}
+
+/// Starts the fleet and says how long that took (a figure for the report).
+pub async fn start_fleet(spec: FleetSpec) -> Fleet {
+    let begun = Instant::now();
+    let fleet = Fleet::start(spec).await;
+    eprintln!("fleet started in {:.1} s", begun.elapsed().as_secs_f64());
+    fleet
 }
 
 /// Lets the update service grant up to `n` updates per period and have `n` in progress (the

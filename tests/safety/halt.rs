@@ -48,7 +48,7 @@ async fn signalled_after_failed_verification(signal: i32) {
     spec.versions = vec![BROKEN];
     spec.verify_timeout = Duration::from_secs(8);
     spec.grant_period = Duration::from_secs(2);
-    let mut fleet = Fleet::start(spec).await;
+    let mut fleet = crate::common::start_fleet(spec).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
     let started = Instant::now();
     let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;

@@ -75,7 +75,7 @@ async fn slot_holder_killed_at_each_step_and_kept_down_past_its_slot_ttl_never_l
     spec.versions = vec!["2.0.0"];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
-    let mut fleet = Fleet::start(spec).await;
+    let mut fleet = crate::common::start_fleet(spec).await;
     allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
     // Every step runs even when an earlier one broke an invariant (as long as its rollout

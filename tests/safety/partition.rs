@@ -12,8 +12,10 @@ use crate::common::{
     Observed, allow_concurrent_updates, finish_after_traefik_caught_up, index_of, registered,
     wait_new_holder, wait_rolled_to,
 };
-use crate::fleet::{FIRST_VERSION, Fleet, FleetSpec, SLOTS_PREFIX, SWAP_START_TIMEOUT};
-use crate::rotation::{KeyWatch, slot_holds};
+use crate::fleet::{
+    FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
+};
+use crate::rotation::{KeyWatch, server_instance, slot_holds};
 use crate::support::blackhole::Blackhole;
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::{UnitWatch, holder};
@@ -39,7 +41,7 @@ async fn slot_holder_cut_from_etcd_mid_drain_does_not_restart_and_updates_in_its
     spec.versions = vec![NEW_VERSION];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
-    let mut fleet = Fleet::start(spec).await;
+    let mut fleet = crate::common::start_fleet(spec).await;
     allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
@@ -179,7 +181,7 @@ async fn app_host_cut_from_etcd_expires_within_its_ttl_takes_no_slot_and_comes_b
     spec.versions = vec![NEW_VERSION];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
-    let mut fleet = Fleet::start(spec).await;
+    let mut fleet = crate::common::start_fleet(spec).await;
     allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
@@ -334,7 +336,7 @@ async fn slot_holder_cut_from_etcd_mid_verify_releases_no_other_holders_slot() {
     spec.grant_period = Duration::from_secs(2);
     spec.rise = 20;
     spec.verify_timeout = Duration::from_secs(40);
-    let mut fleet = Fleet::start(spec).await;
+    let mut fleet = crate::common::start_fleet(spec).await;
     allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
@@ -342,6 +344,7 @@ async fn slot_holder_cut_from_etcd_mid_verify_releases_no_other_holders_slot() {
     let started = Instant::now();
     let what = "holder cut from etcd mid-verify".to_string();
     let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
+    let servers = KeyWatch::start(&fleet.client, SERVERS_PREFIX).await;
     let units = UnitWatch::start(&fleet).await;
     let load = fleet.load(RATE, Duration::from_secs(600));
     fleet.publish(NEW_VERSION).await;
@@ -404,21 +407,39 @@ async fn slot_holder_cut_from_etcd_mid_verify_releases_no_other_holders_slot() {
         (healed_at - cut_at).as_secs_f64(),
         healed_at.elapsed().as_secs_f64()
     );
-    // A hold cut short by someone else's release ends before its holder restarted.
+    // A hold cut short by someone else's release ends before its holder is registered again
+    // after its restart.
+    let server_events = servers.events();
     for hold in slot_holds(&slots) {
         let Some(name) = holder(&hold) else { continue };
         let (Some(until), false) = (hold.until, name == cut_name) else {
             continue;
         };
+        let restart = units
+            .restarts_of(&name, hold.from, until)
+            .first()
+            .map(|r| r.after);
+        let back = restart.and_then(|restart| {
+            server_events
+                .iter()
+                .find(|e| e.put && e.at >= restart && server_instance(&e.key) == Some(&name))
+                .map(|e| e.at)
+        });
         assert!(
-            !units.restarts_of(&name, hold.from, until).is_empty(),
-            "{what}: {name}'s slot went before its unit restarted ({:?} to {:?} after the \
-             start)\n{}",
-            hold.from - started,
+            back.is_some_and(|back| back <= until),
+            "{what}: {name}'s slot went ({:?} after the start) before it was registered again \
+             after its restart ({:?})\n{}",
             until - started,
+            back.map(|b| b - started),
             fleet.logs(40)
         );
     }
+    let log = fleet.sidekick(i).log();
+    assert!(
+        log.contains("lease lost") && log.contains("owner=slot"),
+        "{what}: {cut_name} did not log the loss of its slot's lease\n{}",
+        fleet.logs(40)
+    );
     if let Err(e) = rolled {
         panic!("{what}: the rollout did not end: {e}\n{}", fleet.logs(40));
     }
