@@ -115,19 +115,28 @@ impl UnitWatch {
         most
     }
 
-    /// Every start of a unit after the first sample.
+    /// Every start of a unit after the first sample. A restart runs from the last sample that
+    /// saw the unit up on its old invocation (the stop may begin right after it) to the first
+    /// sample on the new one.
     pub fn restarts(&self) -> Vec<Restart> {
         let samples = self.samples();
         let mut restarts = Vec::new();
-        for pair in samples.windows(2) {
+        for k in 1..samples.len() {
             for (u, name) in self.names.iter().enumerate() {
-                if pair[0].units[u].invocation != pair[1].units[u].invocation {
-                    restarts.push(Restart {
-                        instance: name.clone(),
-                        after: pair[0].at,
-                        by: pair[1].at,
-                    });
+                let old = &samples[k - 1].units[u].invocation;
+                if *old == samples[k].units[u].invocation {
+                    continue;
                 }
+                let began = (0..k)
+                    .rev()
+                    .take_while(|&j| samples[j].units[u].invocation == *old)
+                    .find(|&j| is_up(&samples[j].units[u].active))
+                    .unwrap_or(k - 1);
+                restarts.push(Restart {
+                    instance: name.clone(),
+                    after: samples[began].at,
+                    by: samples[k].at,
+                });
             }
         }
         restarts
