@@ -71,6 +71,7 @@ pub struct Metrics {
     registered: Gauge,
     keepalive_failures: Counter,
     lease_regrants: Counter,
+    slot_lost_after_fence: Counter,
     update_checks: Family<ResultLabel, Counter>,
     swaps: Family<ResultLabel, Counter>,
     swap_step_seconds: StepHistograms,
@@ -102,6 +103,12 @@ impl Metrics {
             "lease_regrants",
             "Registration leases granted again after one was lost",
             lease_regrants.clone(),
+        );
+        let slot_lost_after_fence = Counter::default();
+        registry.register(
+            "slot_lost_after_fence",
+            "Update slots found lost after the fence, while the unit was being swapped",
+            slot_lost_after_fence.clone(),
         );
         let update_checks = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -137,6 +144,7 @@ impl Metrics {
             registered,
             keepalive_failures,
             lease_regrants,
+            slot_lost_after_fence,
             update_checks,
             swaps,
             swap_step_seconds,
@@ -168,6 +176,11 @@ impl Metrics {
     /// A lost lease was granted again.
     pub fn lease_regranted(&self) {
         self.lease_regrants.inc();
+    }
+
+    /// The update slot was found lost after the fence, with the unit being swapped.
+    pub fn slot_lost_after_fence(&self) {
+        self.slot_lost_after_fence.inc();
     }
 
     /// An update check ended with `result` (e.g. `update`, `no-update`, `on-hold`, `error`).
@@ -420,6 +433,7 @@ mod tests {
         metrics.swap_finished("updated");
         metrics.swap_step("drain", Duration::from_secs(5));
         metrics.slot_waited(Duration::from_millis(300));
+        metrics.slot_lost_after_fence();
         let text = metrics.encode();
         for line in [
             "sidekick_registered 1",
@@ -429,6 +443,7 @@ mod tests {
             "sidekick_swaps_total{result=\"updated\"} 1",
             "sidekick_swap_step_seconds_count{step=\"drain\"} 1",
             "sidekick_slot_wait_seconds_count 1",
+            "sidekick_slot_lost_after_fence_total 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
