@@ -38,6 +38,9 @@ async fn slot_holder_cut_from_etcd_mid_drain_does_not_restart_and_updates_in_its
     }
     let mut spec = FleetSpec::new(sidekick_binary());
     spec.updates = true;
+    // Four, not three: with one instance out of rotation by the fault and one swapping, two
+    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
+    spec.instances = 4;
     spec.versions = vec![NEW_VERSION];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
@@ -178,6 +181,9 @@ async fn app_host_cut_from_etcd_expires_within_its_ttl_takes_no_slot_and_comes_b
     }
     let mut spec = FleetSpec::new(sidekick_binary());
     spec.updates = true;
+    // Four, not three: with one instance out of rotation by the fault and one swapping, two
+    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
+    spec.instances = 4;
     spec.versions = vec![NEW_VERSION];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
@@ -331,6 +337,9 @@ async fn slot_holder_cut_from_etcd_mid_verify_releases_no_other_holders_slot() {
     }
     let mut spec = FleetSpec::new(sidekick_binary());
     spec.updates = true;
+    // Four, not three: with one instance out of rotation by the fault and one swapping, two
+    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
+    spec.instances = 4;
     spec.versions = vec![NEW_VERSION];
     spec.slot_ttl = Duration::from_secs(6);
     spec.grant_period = Duration::from_secs(2);
