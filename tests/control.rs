@@ -18,6 +18,10 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy};
 #[path = "control/transient.rs"]
 mod transient;
 
+/// Our restart job replaced by an operator's stop (`tests/control/canceled.rs`).
+#[path = "control/canceled.rs"]
+mod canceled;
+
 /// The sidekick's unit across the app's restart (`tests/control/survival.rs`).
 #[path = "control/survival.rs"]
 mod survival;

@@ -34,6 +34,10 @@ mod rolling_update;
 #[path = "rollout/faults.rs"]
 mod faults;
 
+/// An operator's `systemctl stop` mid-swap is respected (`tests/rollout/operator.rs`).
+#[path = "rollout/operator.rs"]
+mod operator;
+
 /// The sidekick as a unit survives its app unit's swap (`tests/rollout/own_unit.rs`).
 #[path = "rollout/own_unit.rs"]
 mod own_unit;

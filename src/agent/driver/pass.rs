@@ -32,6 +32,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         pass: PassResult,
     ) -> (Option<Instant>, Option<SwapPlan>) {
         let PassResult { label, delay, plan } = pass;
+        // An offer the agent would not take (unit not serving) is no reason for `--once` to go on.
+        let plan = plan.filter(|_| self.agent.takes_offer());
         if let Some(reload) = self.held_update_reload.take() {
             updates.hold_reload(reload);
         }

@@ -66,6 +66,12 @@ pub(crate) fn every_stage() -> Vec<Stage> {
             failure: failure(true),
             why: "restart failed".into(),
         },
+        Stage::Reacquiring {
+            resume: Box::new(Stage::RollingBack {
+                failure: failure(true),
+            }),
+            waiting: Some("busy".into()),
+        },
         Stage::Finished,
     ]
 }

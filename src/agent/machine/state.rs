@@ -133,6 +133,13 @@ impl Agent {
         self.unchecked || self.health.is_healthy()
     }
 
+    /// Whether an offer would start a swap now: serving, the unit active and the instance
+    /// registered (an operator's stopped unit is not started, a failed one not blamed on the
+    /// next version).
+    pub fn takes_offer(&self) -> bool {
+        self.phase == Phase::Serving && self.unit.is_active() && self.registered
+    }
+
     /// Whether the instance should be registered now.
     pub fn wants_registration(&self) -> bool {
         self.phase.allows_registration() && self.unit.is_active() && self.healthy()
@@ -181,10 +188,9 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             return (agent, vec![Action::Stop]);
         }
         Observation::Offer(plan) => {
-            // No swap for a unit that does not serve: an operator's stopped unit is not started,
-            // a failed one not blamed on the next version (the grant stays with the service, which
-            // offers it again while the instance reports no progress on it).
-            if agent.phase == Phase::Serving && agent.unit.is_active() && agent.registered {
+            // Not taken: the grant stays with the service, which offers it again while the
+            // instance reports no progress on it.
+            if agent.takes_offer() {
                 let (swap, swap_actions) = swap::start(plan);
                 agent.phase = Phase::Updating(swap);
                 actions.extend(swap_actions.into_iter().map(Action::from));

@@ -504,10 +504,20 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         }
         (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
         // The release waits for the halt: confirmed now, or tried again.
-        (Stage::Releasing, O::GroupHalted(Ok(()))) => (
-            Stage::Releasing,
-            vec![SwapAction::ReleaseSlot { retry: false }],
-        ),
+        (Stage::Releasing, O::GroupHalted(Ok(()))) => {
+            (Stage::Releasing, vec![SwapAction::CheckSlot])
+        }
+        // Was the slot held through the restart and verification? A loss since the fence (the
+        // lease lapsed, the key went) is logged and counted; the release deletes only our own
+        // key (compared on value and lease), so another holder's stays either way.
+        (Stage::Releasing, O::Fenced { held }) => {
+            let mut actions = Vec::new();
+            if !held {
+                actions.push(SwapAction::NoteSlotLost);
+            }
+            actions.push(SwapAction::ReleaseSlot { retry: false });
+            (Stage::Releasing, actions)
+        }
         (stage @ (Stage::Releasing | Stage::Stranded { .. }), O::GroupHalted(Err(_))) => {
             let actions = phase.halt_action(true).into_iter().collect();
             (stage, actions)
@@ -620,7 +630,8 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
 }
 
 /// etcd confirmed the registration: the halt first if it is still owed, then report the outcome,
-/// denylist a failed version, and give the slot back once no halt is owed any more.
+/// denylist a failed version, and, once no halt is owed any more, check the slot is still ours
+/// before giving it back.
 fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
     let halt = phase.halt_action(false);
     let owed = halt.is_some();
@@ -638,7 +649,7 @@ fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAc
         None => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
     }
     if !owed {
-        actions.push(SwapAction::ReleaseSlot { retry: false });
+        actions.push(SwapAction::CheckSlot);
     }
     (Stage::Releasing, actions)
 }

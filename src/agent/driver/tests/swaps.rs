@@ -41,9 +41,14 @@ impl UnitControl for Restarting {
     }
     async fn restart(&self, timeout: Duration) -> Result<(), ControlError> {
         let restarted = self.inner.restart(timeout).await;
-        if restarted.is_ok() {
-            self.units.set(ActiveState::Inactive);
-            self.units.set(ActiveState::Active);
+        match &restarted {
+            Ok(()) => {
+                self.units.set(ActiveState::Inactive);
+                self.units.set(ActiveState::Active);
+            }
+            // An operator's stop replaced our job: the unit ends stopped.
+            Err(ControlError::Canceled { .. }) => self.units.set(ActiveState::Inactive),
+            Err(_) => {}
         }
         restarted
     }
@@ -727,4 +732,125 @@ async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_i
     .await;
     assert!(writes_drop_in(&world.control.calls()));
     world.finish().await;
+}
+
+/// The unit stays stopped and the version unblamed after an operator's stop: no restart after
+/// the stop, no halt, no denylist, the slot free, the grant ended with 3/0 errorcode 1004, and
+/// the offers of the next checks not taken.
+async fn stays_stopped(world: &World, restarts_before: usize) {
+    let operator = Event::Failed {
+        error_code: error_code::OPERATOR_ACTION,
+    };
+    eventually("3/0 OPERATOR_ACTION", || world.events().contains(&operator)).await;
+    eventually("the slot free", || world.slots.holders().is_empty()).await;
+    let checks = world.source.checks();
+    eventually("three more checks, each offered 2.0.0", || {
+        world.source.checks() >= checks + 3
+    })
+    .await;
+    let events = world.events();
+    assert_eq!(events.last(), Some(&operator), "{events:?}");
+    let pulls = events.iter().filter(|e| **e == Event::PrepullStarted);
+    assert_eq!(
+        pulls.count(),
+        1,
+        "a stopped unit takes no offer: {events:?}"
+    );
+    let restarts = world
+        .control
+        .calls()
+        .into_iter()
+        .filter(|c| *c == ControlCall::Restart);
+    assert_eq!(
+        restarts.count(),
+        restarts_before,
+        "the stopped unit was started again"
+    );
+    let unit = world.units.unit_state().borrow().active.clone();
+    assert_eq!(unit, ActiveState::Inactive);
+    assert_eq!(
+        world.control.running().await.unwrap().version.as_deref(),
+        Some("1.0.0")
+    );
+    let halt = world.slots.join(who("web-2")).halted().await.unwrap();
+    assert_eq!(halt, None, "the group was halted");
+    let denylist = std::fs::read_to_string(world.dir.path().join("web-1.denylist.json"));
+    assert!(
+        !denylist.unwrap_or_default().contains("2.0.0"),
+        "2.0.0 denylisted"
+    );
+}
+
+#[tokio::test]
+async fn a_unit_stopped_while_draining_is_not_restarted_and_its_grant_ends_with_3_0_1004() {
+    let world = start("2.0.0", "none", Duration::from_millis(300)).await;
+    eventually("deregistered for the swap", || {
+        world.registry.history().contains(&Desired::Absent)
+    })
+    .await;
+    world.units.set(ActiveState::Deactivating);
+    world.units.set(ActiveState::Inactive);
+    stays_stopped(&world, 0).await;
+    assert!(
+        !world
+            .control
+            .calls()
+            .iter()
+            .any(|c| matches!(c, ControlCall::WriteDropIn(_))),
+        "the drop-in was written"
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_restart_job_canceled_by_an_operators_stop_puts_the_dropin_back_and_starts_nothing() {
+    let world = start("2.0.0", "none", Duration::ZERO).await;
+    world.control.cancel_restart(true);
+    stays_stopped(&world, 1).await;
+    let calls = world.control.calls();
+    let after_write = calls
+        .iter()
+        .skip_while(|c| !matches!(c, ControlCall::WriteDropIn(_)))
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(
+        after_write,
+        [
+            ControlCall::WriteDropIn(fixtures_dropin("2.0.0")),
+            ControlCall::Reload,
+            ControlCall::Restart,
+            ControlCall::RestoreDropIn(PreviousDropIn::Absent),
+            ControlCall::Reload,
+        ]
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_while_waiting_for_a_slot_ends_the_grant_with_3_0_1006_and_frees_no_other_slot() {
+    let setup = Setup {
+        slot_taken_by: Some("web-2"),
+        ..Setup::new("2.0.0", "none", Duration::ZERO)
+    };
+    let world = start_with(setup).await;
+    eventually("14/1: waiting for the slot", || {
+        world.events().contains(&Event::PrepullFinished)
+    })
+    .await;
+    let source = world.source.clone();
+    let slots = world.slots.clone();
+    world.finish().await;
+    let events: Vec<Event> = source.events().into_iter().map(|e| e.event).collect();
+    let interrupted = Event::Failed {
+        error_code: error_code::INTERRUPTED,
+    };
+    assert_eq!(events.last(), Some(&interrupted), "{events:?}");
+    assert_eq!(slots.holders(), ["web-2"]);
+}
+
+fn fixtures_dropin(version: &str) -> DropIn {
+    DropIn {
+        image: format!("example/web:{version}"),
+        version: version.into(),
+    }
 }

@@ -213,7 +213,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
                     O::Registered,
                     &[
                         SwapAction::SendEvent(Event::UpdateComplete),
-                        SwapAction::ReleaseSlot { retry: false },
+                        SwapAction::CheckSlot,
                     ],
                 ),
             ],
@@ -250,7 +250,7 @@ fn recovery_with_the_old_version_running_rolls_back_with_the_slot_and_without_bl
                         O::Registered,
                         &[
                             SwapAction::SendEvent(Event::Failed { error_code: 1 }),
-                            SwapAction::ReleaseSlot { retry: false },
+                            SwapAction::CheckSlot,
                         ],
                     ),
                 ],
@@ -309,8 +309,9 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
                         O::GroupHalted(Err("etcd down".into())),
                         &[halt(reason, true)],
                     ),
+                    (O::GroupHalted(Ok(())), &[SwapAction::CheckSlot]),
                     (
-                        O::GroupHalted(Ok(())),
+                        O::Fenced { held: true },
                         &[SwapAction::ReleaseSlot { retry: false }],
                     ),
                 ],
@@ -405,13 +406,7 @@ fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
     };
     let (phase, actions) = recover(journaled, &running("1.0.0"));
     assert_eq!(actions, [halt("r", false)]);
-    run(
-        phase,
-        &[(
-            O::GroupHalted(Ok(())),
-            &[SwapAction::ReleaseSlot { retry: false }],
-        )],
-    );
+    run(phase, &[(O::GroupHalted(Ok(())), &[SwapAction::CheckSlot])]);
 }
 
 #[test]
@@ -445,7 +440,8 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
     let denylist = SwapAction::Denylist {
         version: "2.0.0".into(),
     };
-    let release = SwapAction::ReleaseSlot { retry: false };
+    // The slot is checked before its release.
+    let release = SwapAction::CheckSlot;
     let cases: [(Option<Failure>, &str, Vec<SwapAction>); 3] = [
         // Verified new version, and it runs: 3/1.
         (
@@ -529,4 +525,31 @@ fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
     let (agent, actions) = state::next(agent, Observation::Probe { passed: true });
     assert_eq!(actions, [Action::Register]);
     assert!(agent.registered);
+}
+
+/// The halt's record survives the journal (serde), and a phase written before it existed reads
+/// with none, which recovery then owes again for a blamed version.
+#[test]
+fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
+    let owed = SwapPhase {
+        halt: GroupHalt::Owed { reason: "r".into() },
+        ..at(Stage::Reacquiring {
+            resume: Box::new(Stage::RollingBack {
+                failure: failure(true),
+            }),
+            waiting: None,
+        })
+    };
+    let text = serde_json::to_string(&owed).unwrap();
+    assert_eq!(serde_json::from_str::<SwapPhase>(&text).unwrap(), owed);
+    let mut older = serde_json::to_value(at(Stage::RollingBack {
+        failure: failure(true),
+    }))
+    .unwrap();
+    older.as_object_mut().unwrap().remove("halt");
+    let older: SwapPhase = serde_json::from_value(older).unwrap();
+    assert_eq!(older.halt, GroupHalt::NotNeeded);
+    let (phase, actions) = recover(older, &running("1.0.0"));
+    assert_eq!(actions, [halt("2.0.0 not healthy", false)]);
+    assert!(matches!(phase.halt, GroupHalt::Owed { .. }));
 }

@@ -267,8 +267,13 @@ fn a_verified_swap_registers_once_and_returns_to_serving_after_the_release() {
         actions,
         [
             Action::Swap(SwapAction::SendEvent(crate::omaha::Event::UpdateComplete)),
-            Action::Swap(SwapAction::ReleaseSlot { retry: false })
+            Action::Swap(SwapAction::CheckSlot)
         ]
+    );
+    let (a, actions) = next(a, swap(SwapObservation::Fenced { held: true }));
+    assert_eq!(
+        actions,
+        [Action::Swap(SwapAction::ReleaseSlot { retry: false })]
     );
     let (a, actions) = next(a, swap(SwapObservation::SlotReleased(Ok(()))));
     assert_eq!(actions, [Action::Swap(SwapAction::ClearJournal)]);
