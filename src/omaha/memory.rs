@@ -124,6 +124,8 @@ pub struct InMemoryUpdateSource {
     state: Arc<Mutex<MemoryState>>,
     /// While true, checks wait: a service that is slow to answer.
     held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While true, events wait (and are recorded only once let through).
+    events_held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl InMemoryUpdateSource {
@@ -135,6 +137,7 @@ impl InMemoryUpdateSource {
                 ..MemoryState::default()
             })),
             held: Arc::default(),
+            events_held: Arc::default(),
         }
     }
 
@@ -174,6 +177,11 @@ impl InMemoryUpdateSource {
         self.held.send_replace(false);
     }
 
+    /// Holds every event from now on, like a service that does not answer them.
+    pub fn hold_events(&self) {
+        self.events_held.send_replace(true);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // The state stays consistent under panics: every mutation is a single assignment or push.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -209,6 +217,8 @@ impl UpdateSource for InMemoryUpdateSource {
     }
 
     async fn send_event(&self, current: &Version, event: Event) -> Result<(), OmahaError> {
+        let mut held = self.events_held.subscribe();
+        let _ = held.wait_for(|held| !*held).await;
         self.lock().events.push(RecordedEvent {
             version: current.clone(),
             event,

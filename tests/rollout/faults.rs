@@ -1,6 +1,7 @@
 //! The swap when its sidekick fails: killed (SIGKILL) at each step a journal entry precedes, it
 //! reaches a consistent end after a restart and no slot stays held; paused (SIGSTOP) past its
-//! slot TTL during the drain, it does not restart its unit once resumed.
+//! slot TTL during the drain, it does not restart its unit once resumed, ends the grant with 3/0
+//! SLOT_LOST, and updates later in its turn.
 //!
 //! The steps are found from outside, as each becomes visible: the slot key appears, the server
 //! key goes, the drop-in is written, the unit runs the new version, the server key is back.
@@ -145,7 +146,8 @@ async fn sidekick_killed_at_each_swap_step_reaches_a_consistent_end_after_restar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_paused_past_its_slot_ttl_during_the_drain_does_not_restart_its_unit() {
+async fn holder_paused_past_its_slot_ttl_during_the_drain_does_not_restart_its_unit_then_updates_in_its_turn()
+ {
     if !prerequisites_met(&needs()) {
         return;
     }
@@ -201,28 +203,61 @@ async fn holder_paused_past_its_slot_ttl_during_the_drain_does_not_restart_its_u
     fleet.sidekick(i).signal(libc::SIGCONT);
     expired.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
 
-    fleet
-        .wait_registered(fleet.instances.len(), STEP_TIMEOUT)
-        .await;
-    // It stays on the old version: no restart once it finds its slot gone.
-    let watched = poll_until(Duration::from_secs(10), "a restart of the unit", || async {
-        match fleet.unit_invocation(i).await == invocation {
-            true => Err("same invocation"),
-            false => Ok(()),
-        }
-    })
+    // It finds its slot gone at the fence: no restart, and 3/0 errorcode 1005 (SLOT_LOST) ends
+    // the grant, so the update service does not hold the instance (issue 16, defect 7).
+    let id = fleet.machine_id(i);
+    let slot_lost = poll_until(
+        STEP_TIMEOUT,
+        "3/0 SLOT_LOST from the paused holder",
+        || async {
+            let listing = fleet.updates.instances().await;
+            let row = listing
+                .iter()
+                .find(|row| row["machine_id"].as_str() == Some(id.as_str()))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let ended = row["last_events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["event_type"] == 3 && e["event_result"] == 0 && e["error_code"] == 1005
+                })
+            });
+            match ended {
+                true => Ok(()),
+                false => Err(format!("events {}", row["last_events"])),
+            }
+        },
+    )
     .await;
-    assert!(
-        watched.is_err(),
+    slot_lost.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
+    // Its next attempt needs a new grant, a slot and a drain first: the attempt that lost its
+    // slot has not restarted the unit nor written the drop-in.
+    assert_eq!(
+        fleet.unit_invocation(i).await,
+        invocation,
         "{holder} restarted its unit after losing its slot\n{}",
         fleet.logs(40)
     );
-    assert_eq!(fleet.unit_version(i).await, FIRST_VERSION);
     assert!(
         !std::fs::read_to_string(fleet.sidekick_dropin(i))
             .is_ok_and(|t| t.contains(&format!("SIDEKICK_VERSION={NEW_VERSION}"))),
         "{holder} wrote the new drop-in without a slot"
     );
+    // Not locked out: it updates in its turn, with a slot of its own.
+    let updated = poll_until(
+        STEP_TIMEOUT * 2,
+        "the holder updates in its turn",
+        || async {
+            match fleet.unit_version(i).await {
+                version if version == NEW_VERSION => Ok(()),
+                version => Err(format!("{holder} on {version}")),
+            }
+        },
+    )
+    .await;
+    updated.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
+    fleet
+        .wait_registered(fleet.instances.len(), STEP_TIMEOUT)
+        .await;
     let report = load.finish().await;
     assert_eq!(report.failed(), 0, "{}", report.describe_failures(20));
     let rotation = rotation(&servers);

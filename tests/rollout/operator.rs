@@ -48,9 +48,11 @@ async fn operators_stop(at: StopAt) {
     spec.instances = 1;
     spec.updates = true;
     spec.versions = vec![NEW_VERSION];
-    // Room to act in each step: a 15 s drain, and 40 probes (10 s) to verify.
-    spec.drain = Duration::from_secs(15);
-    spec.rise = 40;
+    // Room to act in the step: a 15 s drain, or 40 probes (10 s) to verify.
+    match at {
+        StopAt::Draining => spec.drain = Duration::from_secs(15),
+        StopAt::Verifying => spec.rise = 40,
+    }
     spec.verify_timeout = Duration::from_secs(30);
     let fleet = Fleet::start(spec).await;
     let unit = fleet.instances[0].unit.clone();
@@ -77,7 +79,10 @@ async fn operators_stop(at: StopAt) {
         let active = active_state(&fleet, &unit) == "active";
         let there = match at {
             StopAt::Draining => slot_taken && !registered && !written,
-            StopAt::Verifying => written && restarted && active && !registered,
+            // Serving already (a stop in the first instants of `docker run` fails the unit).
+            StopAt::Verifying => {
+                written && restarted && active && !registered && serves(&fleet).await
+            }
         };
         match there {
             true => Ok(()),
@@ -198,4 +203,13 @@ fn denylist(fleet: &Fleet) -> PathBuf {
     fleet
         .journal(0)
         .with_file_name(format!("{name}.denylist.json"))
+}
+
+/// Whether instance 0's app answers with the new version's page.
+async fn serves(fleet: &Fleet) -> bool {
+    let url = format!("http://127.0.0.1:{}/", fleet.instances[0].port);
+    let page = crate::support::http_get(&url).await.ok();
+    page.as_ref()
+        .and_then(|(_, body)| super::load::page_version(body))
+        == Some(NEW_VERSION)
 }

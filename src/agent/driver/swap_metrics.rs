@@ -158,6 +158,7 @@ mod tests {
             slot_held: true,
             unit_active: true,
             halt: Default::default(),
+            report: None,
             unit_stopped: false,
         })
     }

@@ -33,6 +33,7 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     }
 }

@@ -30,7 +30,8 @@ use crate::systemd::control::RunningVersion;
 ///   that finds the new version running rolls back again, slot first.
 /// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
-/// - Releasing: the halt first when owed, then release again.
+/// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
+///   is sent again (it may have been cut off by the stop).
 pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
@@ -53,11 +54,21 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             Stage::Releasing,
             vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
         ),
+        // The 3/x decided before the stop may have been cut off: sent again (the update service
+        // keeps the grant open until one arrives).
         Stage::Releasing => {
-            let first = phase
-                .halt_action(false)
-                .unwrap_or(SwapAction::ReleaseSlot { retry: false });
-            (Stage::Releasing, vec![first])
+            let mut actions: Vec<SwapAction> = phase
+                .report
+                .map(|report| SwapAction::SendEvent(report.event()))
+                .into_iter()
+                .collect();
+            actions.insert(
+                0,
+                phase
+                    .halt_action(false)
+                    .unwrap_or(SwapAction::ReleaseSlot { retry: false }),
+            );
+            (Stage::Releasing, actions)
         }
         // An operator stopped the unit: put the previous drop-in back again, still no restart.
         Stage::StandingDown { failure } => {

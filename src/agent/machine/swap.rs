@@ -24,7 +24,8 @@
 //! SIGTERM mid-swap: until the drop-in is written nothing was changed, so the attempt is dropped
 //! (slot released, 3/0, journal cleared). From the drop-in write until the release the sidekick
 //! stops at once: a rollback does not fit in the stop budget, so the journal and the slot stay,
-//! and the next start's [`super::recover::recover`] finishes or rolls back.
+//! and the next start's [`super::recover::recover`] finishes or rolls back. An owed halt goes out
+//! first whatever the stage, and stays journaled until confirmed.
 //!
 //! Operator actions: the sidekick never starts a unit an operator stopped. The unit leaving
 //! `active` before the drop-in is written gives the attempt up; stopped while the drop-in is
@@ -37,6 +38,7 @@ use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
 mod messages;
+mod rollback;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -45,6 +47,8 @@ mod tests_halt;
 mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
+pub(super) use rollback::reacquire;
+use rollback::{fail, restore, resume_unit, strand};
 
 /// What a swap moves from and to, fixed when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -82,6 +86,26 @@ pub enum GroupHalt {
     Owed { reason: String },
     /// The backend confirmed the halt marker.
     Confirmed,
+}
+
+/// The terminal 3/x event of a swap, as journaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Report {
+    /// 3/1.
+    Complete,
+    /// 3/0 with this errorcode.
+    Failed { error_code: u32 },
+}
+
+impl Report {
+    /// The event sent for it.
+    pub fn event(self) -> Event {
+        match self {
+            Report::Complete => Event::UpdateComplete,
+            Report::Failed { error_code } => Event::Failed { error_code },
+        }
+    }
 }
 
 /// Where the swap is.
@@ -146,6 +170,10 @@ pub struct SwapPhase {
     /// The group's halt this swap owes or has confirmed.
     #[serde(default)]
     pub halt: GroupHalt,
+    /// The terminal 3/x decided once registered again, kept until the journal is cleared so that
+    /// a start that finds the swap Releasing sends it again (it may have been cut off).
+    #[serde(default)]
+    pub report: Option<Report>,
     /// The unit's last seen state was `inactive`: stopped, by an operator unless a restart job of
     /// ours is running.
     #[serde(default)]
@@ -162,6 +190,7 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         slot_held: false,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     };
     let actions = vec![
@@ -502,7 +531,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             // A failed restore is logged by the step; the unit stays stopped either way.
             given_up(&mut phase, failure.code, Vec::new())
         }
-        (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
+        (Stage::Registering { failure }, O::Registered) => registered(&mut phase, failure),
         // The release waits for the halt: confirmed now, or tried again.
         (Stage::Releasing, O::GroupHalted(Ok(()))) => {
             (Stage::Releasing, vec![SwapAction::CheckSlot])
@@ -632,99 +661,29 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
 /// etcd confirmed the registration: the halt first if it is still owed, then report the outcome,
 /// denylist a failed version, and, once no halt is owed any more, check the slot is still ours
 /// before giving it back.
-fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
+fn registered(phase: &mut SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
     let halt = phase.halt_action(false);
     let owed = halt.is_some();
     let mut actions: Vec<SwapAction> = halt.into_iter().collect();
-    match failure {
-        Some(failure) => {
-            actions.push(SwapAction::SendEvent(Event::Failed {
-                error_code: failure.code,
-            }));
-            if failure.halt {
-                let version = phase.plan.new.version.clone();
-                actions.push(SwapAction::Denylist { version });
-            }
-        }
-        None => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
+    let report = match &failure {
+        Some(failure) => Report::Failed {
+            error_code: failure.code,
+        },
+        None => Report::Complete,
+    };
+    // Journaled with Releasing before the event goes: recovery sends it again if cut off.
+    phase.report = Some(report);
+    actions.push(SwapAction::SendEvent(report.event()));
+    if let Some(failure) = failure
+        && failure.halt
+    {
+        let version = phase.plan.new.version.clone();
+        actions.push(SwapAction::Denylist { version });
     }
     if !owed {
         actions.push(SwapAction::CheckSlot);
     }
     (Stage::Releasing, actions)
-}
-
-/// A failure is known: the halt is the first action when the version is to blame; the
-/// rollback's fence follows its answer (or comes at once when no halt is owed).
-fn fail(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
-    phase.unit_active = false;
-    if failure.halt {
-        phase.owe_halt(&failure.reason);
-    }
-    let first = phase.halt_action(false).unwrap_or(SwapAction::CheckSlot);
-    (Stage::RollingBack { failure }, vec![first])
-}
-
-/// The previous drop-in back, and a restart onto it.
-fn restore(phase: &mut SwapPhase) -> SwapAction {
-    phase.unit_active = false;
-    SwapAction::RestoreAndRestart {
-        previous: phase.previous.clone(),
-        old: phase.plan.old.clone(),
-    }
-}
-
-/// Takes the slot again before `resume` touches the unit; an owed halt goes first.
-pub(super) fn reacquire(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
-    let first = phase
-        .halt_action(false)
-        .unwrap_or_else(|| phase.acquire(false));
-    let stage = Stage::Reacquiring {
-        resume: Box::new(resume),
-        waiting: None,
-    };
-    (stage, vec![first])
-}
-
-/// The slot is held again (the acquire just checked it, as a fence would): what `resume` does to
-/// the unit. A unit that runs the new version since its restart needs verification only.
-fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
-    phase.unit_active = false;
-    match resume {
-        Stage::Restarting => (Stage::Restarting, vec![SwapAction::Restart]),
-        Stage::Verifying { .. } => (
-            Stage::Verifying { passes: 0 },
-            vec![SwapAction::StartVerifyDeadline],
-        ),
-        Stage::RollingBack { failure } => (Stage::RollingBack { failure }, vec![restore(phase)]),
-        other => (other, Vec::new()),
-    }
-}
-
-impl SwapPhase {
-    /// One acquire attempt for this swap's version.
-    fn acquire(&self, retry: bool) -> SwapAction {
-        SwapAction::AcquireSlot {
-            version: self.plan.new.version.clone(),
-            retry,
-        }
-    }
-}
-
-/// The old version cannot be brought back either: halt the group first (a strand halts whatever
-/// the failure was: the other slots must not admit the version that stranded an instance), say
-/// so, keep the slot, stay deregistered.
-fn strand(phase: &mut SwapPhase, failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
-    phase.owe_halt(&format!(
-        "{}; rolling back to {} failed: {why}",
-        failure.reason, phase.plan.old.version
-    ));
-    let event = Event::Failed {
-        error_code: error_code::ROLLBACK_FAILED,
-    };
-    let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();
-    actions.push(SwapAction::SendEvent(event));
-    (Stage::Stranded { failure, why }, actions)
 }
 
 /// SIGTERM: drop an attempt that has not touched the instance yet (the slot back, 3/0
@@ -750,6 +709,11 @@ fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) 
                 actions.push(SwapAction::SendEvent(Event::Failed {
                     error_code: error_code::INTERRUPTED,
                 }));
+            }
+            // The recorded 3/x may still be in flight (or not sent yet): once more on the way
+            // out, since the journal that would resend it is cleared.
+            if let (Stage::Releasing, Some(report)) = (&stage, phase.report) {
+                actions.push(SwapAction::SendEvent(report.event()));
             }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;

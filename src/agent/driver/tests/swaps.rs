@@ -608,6 +608,7 @@ fn journaled(stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: false,
         halt: Default::default(),
+        report: None,
         unit_stopped: false,
     }
 }
@@ -846,6 +847,34 @@ async fn sigterm_while_waiting_for_a_slot_ends_the_grant_with_3_0_1006_and_frees
     };
     assert_eq!(events.last(), Some(&interrupted), "{events:?}");
     assert_eq!(slots.holders(), ["web-2"]);
+}
+
+#[tokio::test]
+async fn sigterm_with_the_update_service_not_answering_stops_within_the_shutdown_deadline() {
+    let setup = Setup {
+        slot_taken_by: Some("web-2"),
+        ..Setup::new("2.0.0", "none", Duration::ZERO)
+    };
+    let world = start_with(setup).await;
+    eventually("14/1: waiting for the slot", || {
+        world.events().contains(&Event::PrepullFinished)
+    })
+    .await;
+    // The 3/0 that ends the grant cannot be sent: the stop must not wait for it (an event
+    // send may take 45 s), and the deregistration goes ahead beside it.
+    world.source.hold_events();
+    let registry = world.registry.clone();
+    let source = world.source.clone();
+    let stopping = Instant::now();
+    world.finish().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < SHUTDOWN_DEADLINE + Duration::from_millis(500),
+        "the stop took {took:?}"
+    );
+    assert_eq!(registry.history().last(), Some(&Desired::Shutdown));
+    let events: Vec<Event> = source.events().into_iter().map(|e| e.event).collect();
+    assert_eq!(events.last(), Some(&Event::PrepullFinished), "{events:?}");
 }
 
 fn fixtures_dropin(version: &str) -> DropIn {

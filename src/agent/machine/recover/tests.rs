@@ -553,3 +553,44 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
     assert_eq!(actions, [halt("2.0.0 not healthy", false)]);
     assert!(matches!(phase.halt, GroupHalt::Owed { .. }));
 }
+
+/// The 3/x is journaled with Releasing before it is sent: a start that finds the swap Releasing
+/// (killed right after the registration was confirmed) sends it again with the release, so the
+/// update service's grant ends. (Found by tests/rollout/faults.rs killing at RegisteredAgain.)
+#[test]
+fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
+    let (releasing, actions) = swap::step(at(Stage::Registering { failure: None }), O::Registered);
+    assert_eq!(
+        actions,
+        [
+            SwapAction::SendEvent(Event::UpdateComplete),
+            SwapAction::CheckSlot
+        ]
+    );
+    assert_eq!(releasing.report, Some(swap::Report::Complete));
+    let (phase, actions) = recover(releasing, &running("2.0.0"));
+    assert_eq!(
+        actions,
+        [
+            SwapAction::ReleaseSlot { retry: false },
+            SwapAction::SendEvent(Event::UpdateComplete),
+        ]
+    );
+    assert_eq!(phase.stage, Stage::Releasing);
+    let failed = SwapPhase {
+        report: Some(swap::Report::Failed {
+            error_code: error_code::UNHEALTHY_AFTER_SWAP,
+        }),
+        ..at(Stage::Releasing)
+    };
+    let (_, actions) = recover(failed, &running("1.0.0"));
+    assert_eq!(
+        actions,
+        [
+            SwapAction::ReleaseSlot { retry: false },
+            SwapAction::SendEvent(Event::Failed {
+                error_code: error_code::UNHEALTHY_AFTER_SWAP
+            }),
+        ]
+    );
+}

@@ -27,6 +27,7 @@ fn at(rise: u32, stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     }
 }

@@ -28,6 +28,7 @@ fn verifying() -> SwapPhase {
         slot_held: true,
         unit_active: true,
         halt: GroupHalt::NotNeeded,
+        report: None,
         unit_stopped: false,
     }
 }
@@ -271,6 +272,30 @@ fn a_slot_lost_during_restart_or_verification_is_noted_before_the_release() {
             ),
             (O::SlotReleased(Ok(())), &[A::ClearJournal]),
         ],
+    );
+    assert_eq!(phase.stage, Stage::Finished);
+}
+
+/// SIGTERM while Releasing clears the journal, so the recorded 3/x (which may still be in
+/// flight) goes out once more with the release rather than being left to chance.
+#[test]
+fn sigterm_while_releasing_sends_the_recorded_3_x_with_the_release() {
+    let (releasing, _) = step(
+        SwapPhase {
+            stage: Stage::Registering { failure: None },
+            ..verifying()
+        },
+        O::Registered,
+    );
+    let (phase, actions) = step(releasing, O::Shutdown);
+    assert_eq!(
+        actions,
+        [
+            A::ReleaseSlot { retry: false },
+            A::SendEvent(Event::UpdateComplete),
+            A::ClearJournal,
+            A::Stop
+        ]
     );
     assert_eq!(phase.stage, Stage::Finished);
 }

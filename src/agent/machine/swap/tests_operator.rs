@@ -28,6 +28,7 @@ fn at(stage: Stage) -> SwapPhase {
         unit_active: true,
         unit_stopped: false,
         halt: GroupHalt::NotNeeded,
+        report: None,
     }
 }
 
