@@ -20,6 +20,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod blackhole;
 pub mod cgroup;
 pub mod etcd;
 pub mod images;
