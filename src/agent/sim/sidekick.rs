@@ -522,12 +522,11 @@ impl Sim {
             }
             SwapAction::ReleaseSlot { .. } => {
                 if cut || std::mem::take(&mut self.inst[i].faults.release_fails) {
-                    if !cut {
-                        // The call failed but the client forgot its lease as `release` does.
-                        client.key = None;
-                        if let Some(lease) = client.lease.take() {
-                            self.etcd.stop_keeping_lease(lease, self.now);
-                        }
+                    // `release` forgets the key and the lease even when the calls fail: the
+                    // lease is no longer kept alive and lapses within its TTL.
+                    client.key = None;
+                    if let Some(lease) = client.lease.take() {
+                        self.etcd.stop_keeping_lease(lease, self.now);
                     }
                     Some(SwapObservation::SlotReleased(Err("release failed".into())))
                 } else {

@@ -31,6 +31,8 @@ struct Lease {
     /// The process keeping it alive, while it can reach etcd.
     keeper: (usize, u32),
     kept: bool,
+    /// Its client let go of it (a failed release): nothing keeps it alive again.
+    orphaned: bool,
     /// When it lapses once no longer kept.
     expires: Ms,
 }
@@ -108,7 +110,7 @@ impl Etcd {
     /// The keeper `(agent, gen)` reaches etcd again: the leases it still has are kept again.
     pub fn resume_keeping(&mut self, keeper: (usize, u32)) {
         for lease in self.leases.values_mut() {
-            if lease.keeper == keeper {
+            if lease.keeper == keeper && !lease.orphaned {
                 lease.kept = true;
             }
         }
@@ -116,11 +118,12 @@ impl Etcd {
 
     /// One lease is no longer kept (its client forgot it): it lapses one TTL later.
     pub fn stop_keeping_lease(&mut self, id: u64, now: Ms) {
-        if let Some(lease) = self.leases.get_mut(&id)
-            && lease.kept
-        {
-            lease.kept = false;
-            lease.expires = now + self.ttl;
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.orphaned = true;
+            if lease.kept {
+                lease.kept = false;
+                lease.expires = now + self.ttl;
+            }
         }
     }
 
@@ -149,6 +152,7 @@ impl Etcd {
         let lease = Lease {
             keeper,
             kept: true,
+            orphaned: false,
             expires: 0,
         };
         self.leases.insert(id, lease);
