@@ -68,15 +68,17 @@ impl MemorySlots {
 
 impl SlotLock for MemorySlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
+        // etcd's order (`slot::etcd::acquire`): a slot of ours is kept, also in a halted group;
+        // then the halt; then the limit.
         let mut group = self.lock();
+        if group.holders.contains_key(&self.who.holder) {
+            return Ok(Acquisition::Acquired);
+        }
         if let Some(h) = &group.halt {
             return Ok(Acquisition::Halted {
                 version: h.version.clone(),
                 reason: h.reason.clone(),
             });
-        }
-        if group.holders.contains_key(&self.who.holder) {
-            return Ok(Acquisition::Acquired);
         }
         if group.holders.len() >= group.max as usize {
             return Ok(Acquisition::Busy {
@@ -186,6 +188,23 @@ mod tests {
         );
         a.resume().await.unwrap();
         assert_eq!(a.acquire("3.0.0").await.unwrap(), Acquisition::Acquired);
+    }
+
+    #[tokio::test]
+    async fn a_slot_already_held_is_kept_in_a_halted_group_as_etcd_keeps_it() {
+        // etcd's rule: the holder's own slot is found before the halt is read; a newcomer meets
+        // the halt before the limit.
+        let a = MemorySlots::new(one(), who("a"));
+        let b = a.join(who("b"));
+        assert_eq!(a.acquire("2").await.unwrap(), Acquisition::Acquired);
+        b.halt("2", "failed verification").await.unwrap();
+        assert_eq!(a.acquire("2").await.unwrap(), Acquisition::Acquired);
+        assert_eq!(a.held().await.unwrap(), Holding::Held);
+        // The group is full and halted: the halt is what a newcomer is told.
+        assert!(matches!(
+            b.acquire("2").await.unwrap(),
+            Acquisition::Halted { .. }
+        ));
     }
 
     #[tokio::test]

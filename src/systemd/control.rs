@@ -45,6 +45,10 @@ pub enum PreviousDropIn {
 pub enum ControlError {
     #[error("D-Bus call to systemd failed: {0}")]
     Bus(#[from] zbus::Error),
+    /// The job was canceled: another job replaced it (an operator's `systemctl stop` or
+    /// `restart` of the unit while ours was queued or running), so it is not the unit's failure.
+    #[error("{unit}: job {job} was canceled (another job replaced it)")]
+    Canceled { unit: String, job: String },
     #[error("{unit}: job {job} ended with result `{result}`")]
     JobFailed {
         unit: String,
@@ -74,6 +78,7 @@ impl ControlError {
     pub fn kind(&self) -> &'static str {
         match self {
             ControlError::Bus(_) => "bus",
+            ControlError::Canceled { .. } => "canceled",
             ControlError::JobFailed { .. } => "job-failed",
             ControlError::CommandFailed { .. } => "command-failed",
             ControlError::Timeout { .. } => "timeout",
@@ -101,7 +106,7 @@ pub trait UnitControl: Send + Sync {
     fn reload(&self) -> impl Future<Output = Result<(), ControlError>> + Send;
 
     /// `RestartUnit(unit, "replace")`, waiting for that job's `JobRemoved` within `timeout`;
-    /// `Ok` only for the result `done`.
+    /// `Ok` only for the result `done`, [`ControlError::Canceled`] for `canceled`.
     fn restart(&self, timeout: Duration) -> impl Future<Output = Result<(), ControlError>> + Send;
 
     /// Runs `argv` (no shell) as a transient oneshot unit and waits within `timeout` for it to
@@ -147,6 +152,7 @@ struct MemoryControlState {
     dropin: Option<DropIn>,
     base: RunningVersion,
     fail_restart: bool,
+    cancel_restart: bool,
     fail_transient: bool,
 }
 
@@ -166,6 +172,12 @@ impl MemoryUnitControl {
     /// Makes later restarts fail (or succeed again).
     pub fn fail_restart(&self, fail: bool) {
         self.lock().fail_restart = fail;
+    }
+
+    /// Makes later restarts end as systemd ends a restart job another job replaced (or succeed
+    /// again).
+    pub fn cancel_restart(&self, cancel: bool) {
+        self.lock().cancel_restart = cancel;
     }
 
     /// Makes later transient runs fail (or succeed again).
@@ -223,6 +235,12 @@ impl UnitControl for MemoryUnitControl {
     async fn restart(&self, timeout: Duration) -> Result<(), ControlError> {
         let mut state = self.lock();
         state.calls.push(ControlCall::Restart);
+        if state.cancel_restart {
+            return Err(ControlError::Canceled {
+                unit: "memory".into(),
+                job: "0".into(),
+            });
+        }
         if state.fail_restart {
             return Err(ControlError::Timeout {
                 unit: "memory".into(),

@@ -1,8 +1,9 @@
 //! The machine's actions carried out: the one place that knows which run inline, at once, on the
 //! loop (registration, deregistration, the stop, the verify deadline, the denylist, clearing the
 //! journal) and which are slow futures polled beside the loop ([`crate::agent::update::steps`]:
-//! events, pre-pull, slot, drain, fence, drop-in, restart, release). The swap is journaled
-//! before any of its side effects.
+//! events, pre-pull, slot, drain, fence, drop-in, restart, halt, release). The swap is journaled
+//! before any of its side effects. A halt runs beside whatever step is still in flight, never
+//! behind it.
 
 use tokio::time::Instant;
 use tracing::info;
@@ -71,9 +72,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 Action::Swap(action) => batch.push(action),
             }
         }
+        let halting = batch.iter().any(|a| matches!(a, SwapAction::Halt { .. }));
         if let Some(step) = self.swap_steps(batch, &mut state.verify_at) {
-            // A step still in flight (an event being sent) finishes first.
             state.slow = Some(match state.slow.take() {
+                // The halt never waits behind a step still in flight (an event being sent can
+                // take 45 s): both run at once. The machine asks for a halt only when nothing it
+                // waits for is in flight, so the earlier step's answer, if any, is stale.
+                Some(earlier) if halting => Box::pin(async move {
+                    let (first, answer) = tokio::join!(earlier, step);
+                    answer.or(first)
+                }),
+                // Otherwise a step still in flight (an event being sent) finishes first.
                 Some(earlier) => Box::pin(async move {
                     let first = earlier.await;
                     step.await.or(first)
@@ -133,7 +142,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
     }
 
-    /// Stops: what the swap gives back on the way out (a slot not yet used), then the lease.
+    /// Stops: what the swap gives back on the way out (a slot not yet used, the 3/0 that ends an
+    /// untouched attempt's grant) beside the lease's revocation, both within
+    /// [`SHUTDOWN_DEADLINE`]: an event send may take up to 45 s, and the deregistration must not
+    /// wait for it. A 3/0 cut short is left to the next start, which finds the grant with no
+    /// journal.
     pub(super) async fn stop(
         mut self,
         batch: Vec<SwapAction>,
@@ -143,11 +156,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             NotifyState::Stopping,
             NotifyState::Status("stopping: deregistering"),
         ]);
-        if let Some(last) = self.swap_steps(batch, &mut state.verify_at) {
-            let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, last).await;
-        }
+        let given_back = self.swap_steps(batch, &mut state.verify_at);
         let etcd_requests = self.seams.registry.requests();
-        self.seams.registry.shutdown(SHUTDOWN_DEADLINE).await;
+        let given_back = async {
+            if let Some(last) = given_back
+                && tokio::time::timeout(SHUTDOWN_DEADLINE, last).await.is_err()
+            {
+                tracing::warn!(instance = %self.options.instance,
+                    "what the swap gives back on the way out did not finish within {SHUTDOWN_DEADLINE:?}");
+            }
+        };
+        tokio::join!(given_back, self.seams.registry.shutdown(SHUTDOWN_DEADLINE));
         DriverReport { etcd_requests }
     }
 

@@ -36,8 +36,10 @@ pub fn step_label(stage: &Stage) -> Option<&'static str> {
         Stage::Verifying { .. } => "verify",
         Stage::RollingBack { .. } => "rollback",
         Stage::VerifyingOld { .. } => "verify-old",
+        Stage::StandingDown { .. } => "stand-down",
         Stage::Registering { .. } => "register",
         Stage::Releasing => "release",
+        Stage::Reacquiring { .. } => "reacquire",
         Stage::Stranded { .. } | Stage::Finished => return None,
     })
 }
@@ -155,6 +157,8 @@ mod tests {
             previous: None,
             slot_held: true,
             unit_active: true,
+            halt: Default::default(),
+            unit_stopped: false,
         })
     }
 

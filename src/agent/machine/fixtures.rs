@@ -1,6 +1,6 @@
 //! Swap phases the machine's tests, the journal's and the driver's share.
 
-use super::swap::{Failure, Stage, SwapPhase, SwapPlan};
+use super::swap::{Failure, GroupHalt, Stage, SwapPhase, SwapPlan};
 use crate::omaha::error_code;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
@@ -32,6 +32,8 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         )),
         slot_held: true,
         unit_active: true,
+        halt: GroupHalt::NotNeeded,
+        unit_stopped: false,
     }
 }
 

@@ -17,6 +17,9 @@ use crate::health::HealthStreak;
 use crate::systemd::ActiveState;
 
 /// What the agent is doing.
+// One agent per process: the size of `Serving` does not matter, and a box would only add
+// indirection to every pattern on the swap.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// Following the unit and probe; registered while both allow it.
@@ -59,7 +62,8 @@ pub enum Observation {
     Probe { passed: bool },
     /// SIGTERM or SIGINT.
     Shutdown,
-    /// The update policy accepted an offer: start swapping (ignored unless serving).
+    /// The update policy accepted an offer: start swapping (ignored unless serving, the unit
+    /// active and the instance registered).
     Offer(SwapPlan),
     /// etcd confirmed the registration the agent asked for, outside a swap.
     Registered,
@@ -177,7 +181,10 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             return (agent, vec![Action::Stop]);
         }
         Observation::Offer(plan) => {
-            if agent.phase == Phase::Serving {
+            // No swap for a unit that does not serve: an operator's stopped unit is not started,
+            // a failed one not blamed on the next version (the grant stays with the service, which
+            // offers it again while the instance reports no progress on it).
+            if agent.phase == Phase::Serving && agent.unit.is_active() && agent.registered {
                 let (swap, swap_actions) = swap::start(plan);
                 agent.phase = Phase::Updating(swap);
                 actions.extend(swap_actions.into_iter().map(Action::from));
@@ -248,12 +255,28 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
 
 /// Resumes a journaled swap at start ([`super::recover::recover`]): the agent enters it with
 /// the actions recovery decided (its own release included, so no stale slot is left to release).
+/// Registration follows the same rule as in [`next`]: what recovery publishes is recorded, and a
+/// resumed swap that allows registration registers only an active, healthy unit.
 pub fn resume(mut agent: Agent, swap: SwapPhase, actions: Vec<SwapAction>) -> (Agent, Vec<Action>) {
     agent.stale_slot = false;
     if swap.stage != swap::Stage::Finished {
         agent.phase = Phase::Updating(swap);
     }
-    let actions = actions.into_iter().map(Action::from).collect();
+    let mut actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
+    for action in &actions {
+        match action {
+            Action::Register => agent.registered = true,
+            Action::Deregister => agent.registered = false,
+            _ => {}
+        }
+    }
+    if agent.phase.allows_registration() && agent.registered != agent.wants_registration() {
+        actions.push(match agent.wants_registration() {
+            true => Action::Register,
+            false => Action::Deregister,
+        });
+        agent.registered = agent.wants_registration();
+    }
     (agent, actions)
 }
 
@@ -270,3 +293,5 @@ impl From<SwapAction> for Action {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_operator;

@@ -4,15 +4,33 @@
 //! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull,
 //! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register (confirmed by
 //! etcd), 3/1, release;
-//! and on failure: restore the previous drop-in, restart, verify the old version, register, 3/0,
-//! halt the group, denylist the version, release. Slow actions are futures in the driver whose
-//! results come back as [`SwapObservation`]s.
+//! and on failure: halt the group first (when the version is to blame), fence, restore the
+//! previous drop-in, restart, verify the old version, register, 3/0, denylist the version,
+//! release. Slow actions are futures in the driver whose results come back as
+//! [`SwapObservation`]s.
 //!
-//! SIGTERM mid-swap: before the instance is deregistered the attempt is dropped (slot released,
-//! journal cleared, no event: the next start's poll meets the offer again). From deregistration
-//! until the release the sidekick stops at once: a rollback does not fit in the stop budget, so
-//! the journal and the slot stay, and the next start's [`super::recover::recover`] finishes or
-//! rolls back.
+//! The halt is durable: owed from the moment a failure that blames the version (or a strand) is
+//! known, journaled with the phase ([`GroupHalt`]), re-sent by recovery and on the way out, and
+//! retried until the backend confirms it; the slot is not released before. No unit restart
+//! without a held slot checked right before it: the rollback fences as the forward restart does,
+//! and a slot found lost there is taken again ([`Stage::Reacquiring`]) before the unit is touched.
+//!
+//! Every grant ends in exactly one terminal 3/x: the update service holds a granted instance
+//! (`error-updateInProgressOnInstance`) until it gets one. An attempt given up for a reason that is
+//! not the version's fault reports 3/0 with its own errorcode and neither halts nor denylists:
+//! a lost fence ([`error_code::SLOT_LOST`]), SIGTERM while nothing was changed yet
+//! ([`error_code::INTERRUPTED`]), an operator's action ([`error_code::OPERATOR_ACTION`]).
+//!
+//! SIGTERM mid-swap: until the drop-in is written nothing was changed, so the attempt is dropped
+//! (slot released, 3/0, journal cleared). From the drop-in write until the release the sidekick
+//! stops at once: a rollback does not fit in the stop budget, so the journal and the slot stay,
+//! and the next start's [`super::recover::recover`] finishes or rolls back.
+//!
+//! Operator actions: the sidekick never starts a unit an operator stopped. The unit leaving
+//! `active` before the drop-in is written gives the attempt up; stopped while the drop-in is
+//! written, or while the new version is verified (`inactive`), or a restart job of ours
+//! `canceled` by another job, the previous drop-in is put back with no restart
+//! ([`Stage::StandingDown`]). A unit that *fails* is still the version's failure.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
@@ -21,6 +39,10 @@ use crate::systemd::control::{DropIn, PreviousDropIn};
 mod messages;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_halt;
+#[cfg(test)]
+mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
 
@@ -47,6 +69,21 @@ pub struct Failure {
     pub halt: bool,
 }
 
+/// The group's halt a failed swap owes: journaled with the phase, so that neither a stop nor a
+/// failed call loses it (a halt is idempotent: re-sending it is always safe).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum GroupHalt {
+    /// Nothing failed that halts the group.
+    #[default]
+    NotNeeded,
+    /// Known to be needed, not yet confirmed by the slot backend: sent first, retried, and the
+    /// slot is not released until it is confirmed.
+    Owed { reason: String },
+    /// The backend confirmed the halt marker.
+    Confirmed,
+}
+
 /// Where the swap is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
@@ -68,7 +105,8 @@ pub enum Stage {
     Restarting,
     /// Waiting for the unit to be active and pass `rise` checks within `swap.verify_timeout`.
     Verifying { passes: u32 },
-    /// Restoring the previous drop-in and restarting onto the old version.
+    /// Rolling back: the halt first when owed, then the fence, then restoring the previous
+    /// drop-in and restarting onto the old version.
     RollingBack { failure: Failure },
     /// Waiting for the old version to be active and healthy again.
     VerifyingOld { failure: Failure, passes: u32 },
@@ -78,8 +116,18 @@ pub enum Stage {
     Registering { failure: Option<Failure> },
     /// Registered again (on the new or the old version), events sent; giving the slot back.
     Releasing,
+    /// An operator stopped (or restarted) the unit after the drop-in was written: putting the
+    /// previous drop-in back, with no restart; then 3/0 and the release. `failure.halt` is false.
+    StandingDown { failure: Failure },
     /// The old version could not be brought back: deregistered, slot kept, the group held.
     Stranded { failure: Failure, why: String },
+    /// Resumed after a stop (or the rollback's fence found the slot gone): taking the slot
+    /// again (idempotent for our own key) before `resume` touches the unit, deregistered, and
+    /// waiting while the group is busy or halted. `waiting` says why the last attempt failed.
+    Reacquiring {
+        resume: Box<Stage>,
+        waiting: Option<String>,
+    },
     /// Nothing left to do: the agent is back to serving.
     Finished,
 }
@@ -95,6 +143,13 @@ pub struct SwapPhase {
     pub slot_held: bool,
     /// The unit's last seen state was `active`.
     pub unit_active: bool,
+    /// The group's halt this swap owes or has confirmed.
+    #[serde(default)]
+    pub halt: GroupHalt,
+    /// The unit's last seen state was `inactive`: stopped, by an operator unless a restart job of
+    /// ours is running.
+    #[serde(default)]
+    pub unit_stopped: bool,
 }
 
 /// Starts a swap for a validated offer: 13/1 and the pre-pull.
@@ -106,6 +161,8 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         previous: None,
         slot_held: false,
         unit_active: true,
+        halt: GroupHalt::NotNeeded,
+        unit_stopped: false,
     };
     let actions = vec![
         SwapAction::SendEvent(Event::PrepullStarted),
@@ -163,6 +220,10 @@ impl SwapPhase {
                 "update to {to} rolled back: {} verified, registering again",
                 self.plan.old.version
             ),
+            Stage::StandingDown { failure } => format!(
+                "update to {to} given up: {}; putting the {} drop-in back, not restarting",
+                failure.reason, self.plan.old.version
+            ),
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
             Stage::Stranded { failure, why } => format!(
                 "ROLLBACK FAILED: {to} failed ({}) and {} could not be brought back ({why}); \
@@ -170,7 +231,36 @@ impl SwapPhase {
                  fix the unit, then restart sidekick",
                 failure.reason, self.plan.old.version
             ),
+            Stage::Reacquiring { waiting: None, .. } => {
+                format!("resuming the update to {to}: taking the slot again")
+            }
+            Stage::Reacquiring {
+                waiting: Some(why), ..
+            } => format!(
+                "resuming the update to {to}: deregistered, waiting for the slot again ({why})"
+            ),
             Stage::Finished => format!("update to {to} over"),
+        }
+    }
+
+    /// The halt action when one is owed (after a pause when `retry`).
+    pub fn halt_action(&self, retry: bool) -> Option<SwapAction> {
+        match &self.halt {
+            GroupHalt::Owed { reason } => Some(SwapAction::Halt {
+                version: self.plan.new.version.clone(),
+                reason: reason.clone(),
+                retry,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Records that the group's halt is needed, unless the backend confirmed it already.
+    fn owe_halt(&mut self, reason: &str) {
+        if self.halt != GroupHalt::Confirmed {
+            self.halt = GroupHalt::Owed {
+                reason: reason.to_string(),
+            };
         }
     }
 }
@@ -179,8 +269,12 @@ impl SwapPhase {
 pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, Vec<SwapAction>) {
     use SwapObservation as O;
     match &observation {
-        O::Unit(state) => phase.unit_active = state.is_active(),
+        O::Unit(state) => {
+            phase.unit_active = state.is_active();
+            phase.unit_stopped = *state == ActiveState::Inactive;
+        }
         O::LeftActive => phase.unit_active = false,
+        O::GroupHalted(Ok(())) => phase.halt = GroupHalt::Confirmed,
         _ => {}
     }
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
@@ -199,6 +293,11 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.push(SwapAction::ClearJournal);
             phase.slot_held = false;
             (Stage::Finished, actions)
+        }
+        // The unit left `active` before anything was changed: an operator's stop or restart (or a
+        // crash of the old version). No restart: give the attempt up, serve again if wanted.
+        (stage, observation) if untouched(&stage) && departed(&observation) => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::Prepulling, O::Prepulled(Ok(()))) => {
             phase.slot_held = true;
@@ -258,13 +357,19 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         }
         (Stage::Fencing, O::Fenced { held: false }) => {
             // The slot may be someone else's now: no restart. Serve again, drop the attempt.
-            phase.slot_held = false;
-            let actions = vec![
-                SwapAction::Register,
-                SwapAction::ReleaseSlot { retry: false },
-                SwapAction::ClearJournal,
-            ];
-            (Stage::Finished, actions)
+            given_up(
+                &mut phase,
+                error_code::SLOT_LOST,
+                vec![SwapAction::Register],
+            )
+        }
+        // Stopped while the drop-in was written: put it back, do not start the unit.
+        (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) if !phase.unit_active => {
+            phase.previous = Some(previous);
+            stand_down(&phase, "the unit was stopped before the restart")
+        }
+        (Stage::WritingDropIn, O::DropInWritten(Err(_))) if !phase.unit_active => {
+            given_up(&mut phase, error_code::OPERATOR_ACTION, Vec::new())
         }
         (Stage::WritingDropIn, O::DropInWritten(Ok(previous))) => {
             phase.previous = Some(previous);
@@ -290,15 +395,27 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             actions.insert(0, SwapAction::StartVerifyDeadline);
             (stage, actions)
         }
+        (Stage::Restarting, O::RestartCanceled) => {
+            stand_down(&phase, "the restart job was canceled by another job")
+        }
         (Stage::Restarting, O::Restarted(Err(error))) => {
             let failure = Failure {
                 code: error_code::SWAP_FAILED,
                 reason: format!("restart onto {} failed: {error}", phase.plan.new.version),
                 halt: true,
             };
-            roll_back(&mut phase, failure)
+            fail(&mut phase, failure)
         }
         (Stage::Verifying { passes }, observation) => match observation {
+            // systemd sends the unit's state before the restart job's end and the loop reads the
+            // unit first, so `inactive` seen here is a stop after our restart finished.
+            O::Unit(ActiveState::Inactive) => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
+            // A stop seen while our restart job ran, after it was done.
+            O::VerifyDeadline if phase.unit_stopped => {
+                stand_down(&phase, "the unit was stopped while it was verified")
+            }
             O::VerifyDeadline => {
                 let failure = Failure {
                     code: error_code::UNHEALTHY_AFTER_SWAP,
@@ -308,7 +425,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                     ),
                     halt: true,
                 };
-                roll_back(&mut phase, failure)
+                fail(&mut phase, failure)
             }
             O::Unit(ActiveState::Failed) => {
                 let failure = Failure {
@@ -316,11 +433,44 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                     reason: format!("the unit failed on {}", phase.plan.new.version),
                     halt: true,
                 };
-                roll_back(&mut phase, failure)
+                fail(&mut phase, failure)
             }
             other => {
                 let passes = count(&phase, passes, &other);
                 verified(&phase, Stage::Verifying { passes })
+            }
+        },
+        // The halt answered (confirmed or not: a failed one is retried before the release, the
+        // rollback does not wait for a backend that may stay down): fence, then restore.
+        (Stage::RollingBack { failure }, O::GroupHalted(_)) => {
+            (Stage::RollingBack { failure }, vec![SwapAction::CheckSlot])
+        }
+        (Stage::RollingBack { failure }, O::Fenced { held: true }) => {
+            (Stage::RollingBack { failure }, vec![restore(&mut phase)])
+        }
+        // The slot went after the forward fence: no restart until it is ours again.
+        (Stage::RollingBack { failure }, O::Fenced { held: false }) => {
+            let resume = Stage::RollingBack { failure };
+            reacquire(&mut phase, resume)
+        }
+        (Stage::Reacquiring { resume, .. }, O::GroupHalted(_)) => {
+            let stage = Stage::Reacquiring {
+                resume,
+                waiting: None,
+            };
+            (stage, vec![phase.acquire(false)])
+        }
+        (Stage::Reacquiring { resume, .. }, O::Slot(answer)) => match waiting_reason(answer) {
+            None => {
+                phase.slot_held = true;
+                resume_unit(&mut phase, *resume)
+            }
+            Some(waiting) => {
+                let stage = Stage::Reacquiring {
+                    resume,
+                    waiting: Some(waiting),
+                };
+                (stage, vec![phase.acquire(true)])
             }
         },
         (Stage::RollingBack { failure }, O::Restarted(Ok(()))) => {
@@ -330,18 +480,36 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             (stage, actions)
         }
         (Stage::RollingBack { failure }, O::Restarted(Err(error))) => strand(
+            &mut phase,
             failure,
             format!("restart onto the old version failed: {error}"),
         ),
         (Stage::VerifyingOld { failure, passes }, observation) => match observation {
-            O::VerifyDeadline => strand(failure, "not healthy within the verify timeout".into()),
-            O::Unit(ActiveState::Failed) => strand(failure, "the unit failed".into()),
+            O::VerifyDeadline => strand(
+                &mut phase,
+                failure,
+                "not healthy within the verify timeout".into(),
+            ),
+            O::Unit(ActiveState::Failed) => strand(&mut phase, failure, "the unit failed".into()),
             other => {
                 let passes = count(&phase, passes, &other);
                 verified(&phase, Stage::VerifyingOld { failure, passes })
             }
         },
+        (Stage::StandingDown { failure }, O::DropInRestored(_)) => {
+            // A failed restore is logged by the step; the unit stays stopped either way.
+            given_up(&mut phase, failure.code, Vec::new())
+        }
         (Stage::Registering { failure }, O::Registered) => registered(&phase, failure),
+        // The release waits for the halt: confirmed now, or tried again.
+        (Stage::Releasing, O::GroupHalted(Ok(()))) => (
+            Stage::Releasing,
+            vec![SwapAction::ReleaseSlot { retry: false }],
+        ),
+        (stage @ (Stage::Releasing | Stage::Stranded { .. }), O::GroupHalted(Err(_))) => {
+            let actions = phase.halt_action(true).into_iter().collect();
+            (stage, actions)
+        }
         (Stage::Releasing, O::SlotReleased(Ok(()))) => {
             phase.slot_held = false;
             (Stage::Finished, vec![SwapAction::ClearJournal])
@@ -356,6 +524,59 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     };
     phase.stage = stage;
     (phase, actions)
+}
+
+/// Whether the swap has changed nothing on the instance yet (the drop-in not being written).
+fn untouched(stage: &Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Prepulling
+            | Stage::AcquiringSlot { .. }
+            | Stage::Deregistering
+            | Stage::Draining
+            | Stage::Fencing
+    )
+}
+
+/// Whether the unit left `active` (an unknown state is no news).
+fn departed(observation: &SwapObservation) -> bool {
+    match observation {
+        SwapObservation::LeftActive => true,
+        SwapObservation::Unit(state) => !state.is_active() && *state != ActiveState::Unknown,
+        _ => false,
+    }
+}
+
+/// Gives an attempt up that is not the version's fault: `first`, then the slot back (when one may
+/// be held) and 3/0 with `code`, which ends the grant; no halt, no denylist. Registration follows
+/// the unit again.
+fn given_up(phase: &mut SwapPhase, code: u32, first: Vec<SwapAction>) -> (Stage, Vec<SwapAction>) {
+    let mut actions = first;
+    if phase.slot_held {
+        // Before the event: the group need not wait for the update service.
+        actions.push(SwapAction::ReleaseSlot { retry: false });
+    }
+    phase.slot_held = false;
+    actions.extend([
+        SwapAction::SendEvent(Event::Failed { error_code: code }),
+        SwapAction::ClearJournal,
+    ]);
+    (Stage::Finished, actions)
+}
+
+/// An operator stopped the unit after the drop-in was written: put the previous one back, no
+/// restart.
+fn stand_down(phase: &SwapPhase, why: &str) -> (Stage, Vec<SwapAction>) {
+    let failure = Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: why.to_string(),
+        halt: false,
+    };
+    let action = SwapAction::RestoreDropIn {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    };
+    (Stage::StandingDown { failure }, vec![action])
 }
 
 /// Counts a probe while the unit is active; a failed check or a departure starts over.
@@ -396,10 +617,12 @@ fn verified(phase: &SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
     (Stage::Registering { failure }, vec![SwapAction::Register])
 }
 
-/// etcd confirmed the registration: report the outcome, halt and denylist a failed version, and
-/// give the slot back.
+/// etcd confirmed the registration: the halt first if it is still owed, then report the outcome,
+/// denylist a failed version, and give the slot back once no halt is owed any more.
 fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAction>) {
-    let mut actions = Vec::new();
+    let halt = phase.halt_action(false);
+    let owed = halt.is_some();
+    let mut actions: Vec<SwapAction> = halt.into_iter().collect();
     match failure {
         Some(failure) => {
             actions.push(SwapAction::SendEvent(Event::Failed {
@@ -407,52 +630,114 @@ fn registered(phase: &SwapPhase, failure: Option<Failure>) -> (Stage, Vec<SwapAc
             }));
             if failure.halt {
                 let version = phase.plan.new.version.clone();
-                actions.extend([
-                    SwapAction::Halt {
-                        version: version.clone(),
-                        reason: failure.reason,
-                    },
-                    SwapAction::Denylist { version },
-                ]);
+                actions.push(SwapAction::Denylist { version });
             }
         }
         None => actions.push(SwapAction::SendEvent(Event::UpdateComplete)),
     }
-    actions.push(SwapAction::ReleaseSlot { retry: false });
+    if !owed {
+        actions.push(SwapAction::ReleaseSlot { retry: false });
+    }
     (Stage::Releasing, actions)
 }
 
-/// Gives up on the new version: the previous drop-in back, and a restart onto it.
-pub(super) fn roll_back(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
+/// A failure is known: the halt is the first action when the version is to blame; the
+/// rollback's fence follows its answer (or comes at once when no halt is owed).
+fn fail(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
     phase.unit_active = false;
-    let action = SwapAction::RestoreAndRestart {
-        previous: phase.previous.clone(),
-        old: phase.plan.old.clone(),
-    };
-    (Stage::RollingBack { failure }, vec![action])
+    if failure.halt {
+        phase.owe_halt(&failure.reason);
+    }
+    let first = phase.halt_action(false).unwrap_or(SwapAction::CheckSlot);
+    (Stage::RollingBack { failure }, vec![first])
 }
 
-/// The old version cannot be brought back either: say so, keep the slot, stay deregistered.
-fn strand(failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
+/// The previous drop-in back, and a restart onto it.
+fn restore(phase: &mut SwapPhase) -> SwapAction {
+    phase.unit_active = false;
+    SwapAction::RestoreAndRestart {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    }
+}
+
+/// Takes the slot again before `resume` touches the unit; an owed halt goes first.
+pub(super) fn reacquire(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
+    let first = phase
+        .halt_action(false)
+        .unwrap_or_else(|| phase.acquire(false));
+    let stage = Stage::Reacquiring {
+        resume: Box::new(resume),
+        waiting: None,
+    };
+    (stage, vec![first])
+}
+
+/// The slot is held again (the acquire just checked it, as a fence would): what `resume` does to
+/// the unit. A unit that runs the new version since its restart needs verification only.
+fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
+    phase.unit_active = false;
+    match resume {
+        Stage::Restarting => (Stage::Restarting, vec![SwapAction::Restart]),
+        Stage::Verifying { .. } => (
+            Stage::Verifying { passes: 0 },
+            vec![SwapAction::StartVerifyDeadline],
+        ),
+        Stage::RollingBack { failure } => (Stage::RollingBack { failure }, vec![restore(phase)]),
+        other => (other, Vec::new()),
+    }
+}
+
+impl SwapPhase {
+    /// One acquire attempt for this swap's version.
+    fn acquire(&self, retry: bool) -> SwapAction {
+        SwapAction::AcquireSlot {
+            version: self.plan.new.version.clone(),
+            retry,
+        }
+    }
+}
+
+/// The old version cannot be brought back either: halt the group first (a strand halts whatever
+/// the failure was: the other slots must not admit the version that stranded an instance), say
+/// so, keep the slot, stay deregistered.
+fn strand(phase: &mut SwapPhase, failure: Failure, why: String) -> (Stage, Vec<SwapAction>) {
+    phase.owe_halt(&format!(
+        "{}; rolling back to {} failed: {why}",
+        failure.reason, phase.plan.old.version
+    ));
     let event = Event::Failed {
         error_code: error_code::ROLLBACK_FAILED,
     };
-    (
-        Stage::Stranded { failure, why },
-        vec![SwapAction::SendEvent(event)],
-    )
+    let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();
+    actions.push(SwapAction::SendEvent(event));
+    (Stage::Stranded { failure, why }, actions)
 }
 
-/// SIGTERM: drop an attempt that has not touched the instance yet; otherwise stop at once and
-/// leave the journal and the slot to the next start.
+/// SIGTERM: drop an attempt that has not touched the instance yet (the slot back, 3/0
+/// [`error_code::INTERRUPTED`] to end the grant); otherwise stop at once and leave the journal and
+/// the slot to the next start. The driver bounds what is sent on the way out by its stop deadline;
+/// a 3/0 that does not make it is sent by the next start, which finds the grant with no journal.
+/// An owed halt is sent on the way out (and stays journaled until confirmed, so the next start
+/// sends it again).
 fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) {
+    if let Some(halt) = phase.halt_action(false) {
+        phase.stage = stage;
+        return (phase, vec![halt, SwapAction::Stop]);
+    }
+    let interrupted = untouched(&stage);
     match stage {
-        Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Releasing | Stage::Finished => {
+        stage if interrupted || matches!(stage, Stage::Releasing | Stage::Finished) => {
             // A release from a stage that holds no slot could only hit another holder's key.
             let mut actions = match phase.slot_held {
                 true => vec![SwapAction::ReleaseSlot { retry: false }],
                 false => Vec::new(),
             };
+            if interrupted {
+                actions.push(SwapAction::SendEvent(Event::Failed {
+                    error_code: error_code::INTERRUPTED,
+                }));
+            }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;
             phase.stage = Stage::Finished;

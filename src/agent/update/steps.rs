@@ -14,12 +14,14 @@ use crate::agent::machine::swap::{SlotAnswer, SwapAction, SwapObservation};
 use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, UpdateSource};
 use crate::slot::{Acquisition, AnySlots, Holding, RETRY_AFTER, SlotLock};
-use crate::systemd::control::{ControlError, UnitControl};
+use crate::systemd::control::{ControlError, DropIn, PreviousDropIn, UnitControl};
 
 /// Longest a pre-pull may take (a large image over a slow link).
 pub const PREPULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Pause before retrying a failed slot release.
 pub const RELEASE_RETRY: Duration = Duration::from_secs(5);
+/// Pause before retrying a failed halt (the release waits for it).
+pub const HALT_RETRY: Duration = Duration::from_secs(5);
 /// Attempts at releasing a slot an earlier run left before giving up on it for this run.
 pub const STALE_RELEASE_ATTEMPTS: u32 = 3;
 
@@ -75,14 +77,21 @@ async fn step<C: UnitControl>(
             }
             return None;
         }
-        SwapAction::Halt { version, reason } => {
-            match seams.slots.halt(&version, &reason).await {
-                Ok(()) => info!(version = %version, reason = %reason, "halted the group's rollout"),
-                Err(err) => {
-                    error!(error = %err, kind = err.kind(), version = %version, "failed to halt the group's rollout")
-                }
+        SwapAction::Halt {
+            version,
+            reason,
+            retry,
+        } => {
+            if retry {
+                tokio::time::sleep(HALT_RETRY).await;
             }
-            return None;
+            let halted = seams.slots.halt(&version, &reason).await;
+            match &halted {
+                Ok(()) => info!(version = %version, reason = %reason, "halted the group's rollout"),
+                Err(err) => error!(error = %err, kind = err.kind(), version = %version,
+                    "failed to halt the group's rollout; the slot is kept until the halt is confirmed"),
+            }
+            SwapObservation::GroupHalted(halted.map_err(|err| err.to_string()))
         }
         // `swap.prepull = []`: nothing to pull ahead; the restart pulls the image if it must.
         SwapAction::Prepull { .. } if settings.prepull.is_empty() => {
@@ -142,15 +151,23 @@ async fn step<C: UnitControl>(
             let written = control.write_dropin(&dropin).await;
             SwapObservation::DropInWritten(written.map_err(|e| failed("drop-in write", &e)))
         }
-        SwapAction::Restart => {
-            let restarted = restart(control, settings.start_timeout).await;
-            SwapObservation::Restarted(restarted.map_err(|e| failed("restart", &e)))
+        SwapAction::Restart => match restart(control, settings.start_timeout).await {
+            Err(ControlError::Canceled { unit, job }) => {
+                warn!(unit = %unit, job = %job,
+                    "the restart job was canceled: another job (an operator's stop or restart) replaced it");
+                SwapObservation::RestartCanceled
+            }
+            restarted => SwapObservation::Restarted(restarted.map_err(|e| failed("restart", &e))),
+        },
+        SwapAction::RestoreDropIn { previous, old } => {
+            let restored = match restore(control, previous, &old).await {
+                Ok(()) => control.reload().await,
+                Err(err) => Err(err),
+            };
+            SwapObservation::DropInRestored(restored.map_err(|e| failed("drop-in restore", &e)))
         }
         SwapAction::RestoreAndRestart { previous, old } => {
-            let restored = match previous {
-                Some(previous) => control.restore_dropin(&previous).await,
-                None => control.write_dropin(&old).await.map(|_| ()),
-            };
+            let restored = restore(control, previous, &old).await;
             let restarted = match restored {
                 Ok(()) => restart(control, settings.start_timeout).await,
                 Err(err) => Err(err),
@@ -208,6 +225,18 @@ async fn release_stale(slots: &AnySlots) {
     }
 }
 
+/// Puts `previous` back, or writes the old version's drop-in when what was there is unknown.
+async fn restore<C: UnitControl>(
+    control: &C,
+    previous: Option<PreviousDropIn>,
+    old: &DropIn,
+) -> Result<(), ControlError> {
+    match previous {
+        Some(previous) => control.restore_dropin(&previous).await,
+        None => control.write_dropin(old).await.map(|_| ()),
+    }
+}
+
 async fn restart<C: UnitControl>(control: &C, timeout: Duration) -> Result<(), ControlError> {
     control.reload().await?;
     control.restart(timeout).await
@@ -218,3 +247,6 @@ fn failed(what: &str, error: &ControlError) -> String {
     warn!(error = %error, kind = error.kind(), "{what} failed");
     error.to_string()
 }
+
+#[cfg(test)]
+mod tests;

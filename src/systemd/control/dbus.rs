@@ -246,6 +246,11 @@ impl UnitControl for DbusUnitControl {
         // supersedes it.
         match wait_removed(&mut removed, &job, timeout).await? {
             Some(result) if result == "done" => Ok(()),
+            // `replace` on a conflicting job (an operator's stop or restart) cancels ours.
+            Some(result) if result == "canceled" => Err(ControlError::Canceled {
+                unit: self.unit.clone(),
+                job: job.as_str().to_string(),
+            }),
             Some(result) => Err(ControlError::JobFailed {
                 unit: self.unit.clone(),
                 job: job.as_str().to_string(),

@@ -190,6 +190,8 @@ async fn start_with(setup: Setup<'_>) -> World {
     }
     if let Some(phase) = &journaled {
         Journal::new(dir.path(), "web-1").write(phase).unwrap();
+        // The earlier run's slot, still held (restarted within `slot.ttl`).
+        slots.acquire(&phase.plan.new.version).await.unwrap();
         control.write_dropin(&phase.plan.new).await.unwrap();
     }
     let restarting = Restarting {
@@ -541,7 +543,8 @@ async fn a_slot_lost_during_the_drain_means_no_restart_and_registered_again() {
     .await;
     // Someone frees our slot behind our back (an expired lease, an operator).
     world.slots.join(who("web-1")).release().await.unwrap();
-    // The attempt is dropped and the next check tries again, from its pre-pull.
+    // The attempt is dropped, its grant ended with 3/0, and the next check tries again, from its
+    // pre-pull.
     eventually("a second attempt", || {
         let pulls = world
             .events()
@@ -553,11 +556,14 @@ async fn a_slot_lost_during_the_drain_means_no_restart_and_registered_again() {
     .await;
     let events = world.events();
     assert_eq!(
-        events[..4],
+        events[..5],
         [
             Event::PrepullStarted,
             Event::PrepullFinished,
             Event::SwapStarted,
+            Event::Failed {
+                error_code: error_code::SLOT_LOST
+            },
             Event::PrepullStarted
         ]
     );
@@ -596,6 +602,8 @@ fn journaled(stage: Stage) -> SwapPhase {
         previous: Some(PreviousDropIn::Absent),
         slot_held: true,
         unit_active: false,
+        halt: Default::default(),
+        unit_stopped: false,
     }
 }
 

@@ -209,8 +209,7 @@ fn no_registration_between_the_swaps_deregistration_and_its_verification() {
         deregistered_mid_swap(),
         &[
             (PASS, &[]),
-            (Unit(Inactive), &[]),
-            (Unit(Active), &[]),
+            (FAIL, &[]),
             (PASS, &[]),
             (
                 swap(SwapObservation::Deregistered),
@@ -298,6 +297,9 @@ fn a_lost_fence_serves_again_without_a_restart() {
         [
             Action::Register,
             Action::Swap(SwapAction::ReleaseSlot { retry: false }),
+            Action::Swap(SwapAction::SendEvent(crate::omaha::Event::Failed {
+                error_code: crate::omaha::error_code::SLOT_LOST
+            })),
             Action::Swap(SwapAction::ClearJournal),
         ]
     );
@@ -306,15 +308,31 @@ fn a_lost_fence_serves_again_without_a_restart() {
 
 #[test]
 fn shutdown_mid_swap_stops_with_the_swaps_own_decision() {
+    let interrupted = Action::Swap(SwapAction::SendEvent(crate::omaha::Event::Failed {
+        error_code: crate::omaha::error_code::INTERRUPTED,
+    }));
     let (a, actions) = next(deregistered_mid_swap(), Shutdown);
-    assert_eq!(actions, [Action::Stop]);
+    assert_eq!(
+        actions,
+        [
+            Action::Swap(SwapAction::ReleaseSlot { retry: false }),
+            interrupted.clone(),
+            Action::Swap(SwapAction::ClearJournal),
+            Action::Stop
+        ]
+    );
     assert_eq!(a.phase, Phase::Stopping);
     // Pre-pulling, no slot asked for yet: nothing to release.
-    let (a, _) = next(agent(1, 1, true), Observation::Offer(plan()));
+    let serving = run(agent(1, 1, true), &[(Unit(Active), &[Action::Register])]);
+    let (a, _) = next(serving, Observation::Offer(plan()));
     let (a, actions) = next(a, Shutdown);
     assert_eq!(
         actions,
-        [Action::Swap(SwapAction::ClearJournal), Action::Stop]
+        [
+            interrupted,
+            Action::Swap(SwapAction::ClearJournal),
+            Action::Stop
+        ]
     );
     assert!(!a.registered);
 }

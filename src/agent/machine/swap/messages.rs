@@ -37,9 +37,16 @@ pub enum SwapObservation {
     DropInWritten(Result<PreviousDropIn, String>),
     /// `Reload()` plus the restart job's result (or the previous drop-in's restore failing).
     Restarted(Result<(), String>),
+    /// The restart job ended `canceled`: another job replaced it, an operator's stop or restart
+    /// (ours run one at a time, so it is never our own). Not the version's failure.
+    RestartCanceled,
+    /// The previous drop-in is back (with `Reload()`), the unit not restarted.
+    DropInRestored(Result<(), String>),
     /// `swap.verify_timeout` passed since the restart finished.
     VerifyDeadline,
     SlotReleased(Result<(), String>),
+    /// The slot backend's answer to [`SwapAction::Halt`].
+    GroupHalted(Result<(), String>),
     Unit(ActiveState),
     LeftActive,
     Probe {
@@ -81,6 +88,13 @@ pub enum SwapAction {
         previous: Option<PreviousDropIn>,
         old: DropIn,
     },
+    /// Put the previous drop-in back (or write the old version's when it is unknown) and
+    /// `Reload()`, with no restart: an operator stopped the unit; answers
+    /// [`SwapObservation::DropInRestored`].
+    RestoreDropIn {
+        previous: Option<PreviousDropIn>,
+        old: DropIn,
+    },
     /// `Reload()`, then `RestartUnit` within `swap.start_timeout`; answers
     /// [`SwapObservation::Restarted`].
     Restart,
@@ -89,10 +103,12 @@ pub enum SwapAction {
     /// Publish the registration; after verification answers [`SwapObservation::Registered`]
     /// once etcd confirms.
     Register,
-    /// Set the group's halt marker.
+    /// Set the group's halt marker (after a pause when `retry`); answers
+    /// [`SwapObservation::GroupHalted`]. Idempotent.
     Halt {
         version: String,
         reason: String,
+        retry: bool,
     },
     /// Skip this version until a newer one is offered.
     Denylist {

@@ -26,6 +26,8 @@ fn at(rise: u32, stage: Stage) -> SwapPhase {
         previous: Some(PreviousDropIn::Absent),
         slot_held: true,
         unit_active: true,
+        halt: GroupHalt::NotNeeded,
+        unit_stopped: false,
     }
 }
 
@@ -196,6 +198,7 @@ fn a_slot_lost_before_the_restart_registers_again_and_never_restarts() {
             &[
                 A::Register,
                 A::ReleaseSlot { retry: false },
+                failed(error_code::SLOT_LOST),
                 A::ClearJournal,
             ],
         )],
@@ -220,19 +223,25 @@ fn a_failed_dropin_write_registers_again_and_reports_errorcode_5_without_a_halt(
     assert_eq!(phase.stage, Stage::Finished);
 }
 
-/// The rollback's tail once the old version is registered again: 3/0, halt, denylist, release.
-fn rolled_back(code: u32, reason: &str) -> Vec<A> {
+/// The rollback's tail once the old version is registered again, the halt confirmed at the
+/// failure: 3/0, denylist, release.
+fn rolled_back(code: u32) -> Vec<A> {
     vec![
         failed(code),
-        A::Halt {
-            version: "2.0.0".into(),
-            reason: reason.into(),
-        },
         A::Denylist {
             version: "2.0.0".into(),
         },
         A::ReleaseSlot { retry: false },
     ]
+}
+
+/// The halt sent first once a failure that blames 2.0.0 is known.
+fn halt(reason: &str, retry: bool) -> A {
+    A::Halt {
+        version: "2.0.0".into(),
+        reason: reason.into(),
+        retry,
+    }
 }
 
 #[test]
@@ -247,12 +256,14 @@ fn a_failed_restart_restores_the_previous_dropin_and_halts_with_errorcode_5() {
             (O::DropInWritten(Ok(previous.clone())), &[A::Restart]),
             (
                 O::Restarted(Err("job failed".into())),
-                &[restore(Some(previous))],
+                &[halt(reason, false)],
             ),
+            (O::GroupHalted(Ok(())), &[A::CheckSlot]),
+            (O::Fenced { held: true }, &[restore(Some(previous))]),
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (PASS, &[A::Register]),
-            (O::Registered, &rolled_back(5, reason)),
+            (O::Registered, &rolled_back(5)),
             (O::SlotReleased(Ok(())), &[A::ClearJournal]),
         ],
     );
@@ -265,13 +276,18 @@ fn a_new_version_not_healthy_in_time_rolls_back_with_errorcode_1001() {
     let phase = run(
         at(2, Stage::Verifying { passes: 1 }),
         &[
-            (O::VerifyDeadline, &[restore(Some(PreviousDropIn::Absent))]),
+            (O::VerifyDeadline, &[halt(reason, false)]),
+            (O::GroupHalted(Ok(())), &[A::CheckSlot]),
+            (
+                O::Fenced { held: true },
+                &[restore(Some(PreviousDropIn::Absent))],
+            ),
             (O::LeftActive, &[]),
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (PASS, &[]),
             (PASS, &[A::Register]),
-            (O::Registered, &rolled_back(1001, reason)),
+            (O::Registered, &rolled_back(1001)),
         ],
     );
     assert_eq!(phase.stage, Stage::Releasing);
@@ -284,7 +300,7 @@ fn a_unit_that_fails_on_the_new_version_rolls_back_at_once() {
         at(3, Stage::Verifying { passes: 0 }),
         &[(
             O::Unit(UnitFailed),
-            &[restore(Some(PreviousDropIn::Absent))],
+            &[halt("the unit failed on 2.0.0", false)],
         )],
     );
     assert_eq!(
@@ -303,7 +319,14 @@ fn a_rollback_with_an_unknown_previous_dropin_writes_the_old_version() {
     phase.previous = None;
     run(
         phase,
-        &[(O::Restarted(Err("timeout".into())), &[restore(None)])],
+        &[
+            (
+                O::Restarted(Err("timeout".into())),
+                &[halt("restart onto 2.0.0 failed: timeout", false)],
+            ),
+            (O::GroupHalted(Ok(())), &[A::CheckSlot]),
+            (O::Fenced { held: true }, &[restore(None)]),
+        ],
     );
 }
 
@@ -340,7 +363,9 @@ fn when_the_old_version_cannot_be_brought_back_the_instance_stays_out_and_keeps_
         ),
         (verifying(), O::Unit(UnitFailed), "the unit failed"),
     ];
-    for (phase, observation, why) in cases {
+    for (mut phase, observation, why) in cases {
+        // The halt was confirmed when 2.0.0 failed: the strand only reports.
+        phase.halt = GroupHalt::Confirmed;
         let phase = run(phase, &[(observation, &[failed(1002)])]);
         assert_eq!(
             phase.stage,
@@ -499,7 +524,7 @@ fn without_a_health_check_an_active_unit_is_verified() {
         &[
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[A::Register]),
-            (O::Registered, &rolled_back(5, "r")),
+            (O::Registered, &rolled_back(5)),
         ],
     );
 }
@@ -554,33 +579,40 @@ fn shutdown_from_a_stage_that_holds_no_slot_sends_no_release() {
             slot_held: false,
             ..at(1, stage.clone())
         };
-        let phase = run(phase, &[(O::Shutdown, &[A::ClearJournal, A::Stop])]);
+        let expected = match stage {
+            Stage::Prepulling => vec![failed(error_code::INTERRUPTED), A::ClearJournal, A::Stop],
+            _ => vec![A::ClearJournal, A::Stop],
+        };
+        let phase = run(phase, &[(O::Shutdown, &expected)]);
         assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
     }
 }
 
 #[test]
 fn shutdown_before_deregistering_drops_the_attempt_and_gives_the_slot_back() {
-    for stage in [Stage::AcquiringSlot { waiting: None }, Stage::Releasing] {
-        let phase = run(
-            at(1, stage.clone()),
-            &[(
-                O::Shutdown,
-                &[A::ReleaseSlot { retry: false }, A::ClearJournal, A::Stop],
-            )],
-        );
+    let release = A::ReleaseSlot { retry: false };
+    let interrupted = failed(error_code::INTERRUPTED);
+    for (stage, expected) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            vec![release.clone(), interrupted, A::ClearJournal, A::Stop],
+        ),
+        (
+            Stage::Releasing,
+            vec![release.clone(), A::ClearJournal, A::Stop],
+        ),
+    ] {
+        let phase = run(at(1, stage.clone()), &[(O::Shutdown, &expected)]);
         assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
         assert!(!phase.slot_held, "{stage:?}");
     }
 }
 
 #[test]
-fn shutdown_after_deregistering_stops_at_once_and_leaves_journal_and_slot_to_the_next_start() {
+fn shutdown_once_the_dropin_may_be_written_stops_at_once_and_leaves_journal_and_slot_to_the_next_start()
+ {
     let failure = failure(1001, "r");
     for stage in [
-        Stage::Deregistering,
-        Stage::Draining,
-        Stage::Fencing,
         Stage::WritingDropIn,
         Stage::Restarting,
         Stage::Verifying { passes: 0 },

@@ -1,0 +1,532 @@
+//! Recovery's decisions, and the resumed swap run on through the machine: no unit restart
+//! without the slot taken again first, the owed halt first, registration only on health.
+
+use std::num::NonZeroU32;
+
+use super::*;
+use crate::agent::machine::fixtures::{at, dropin, failure};
+use crate::agent::machine::state::{self, Action, Agent, Observation};
+use crate::agent::machine::swap::{self, SlotAnswer, SwapObservation as O};
+use crate::health::HealthStreak;
+use crate::systemd::ActiveState::Active;
+
+fn running(version: &str) -> RunningVersion {
+    RunningVersion {
+        version: Some(version.into()),
+        image: Some(format!("example/web:{version}")),
+    }
+}
+
+fn restore() -> SwapAction {
+    SwapAction::RestoreAndRestart {
+        previous: at(Stage::Finished).previous,
+        old: dropin("1.0.0"),
+    }
+}
+
+fn acquire(retry: bool) -> SwapAction {
+    SwapAction::AcquireSlot {
+        version: "2.0.0".into(),
+        retry,
+    }
+}
+
+fn halt(reason: &str, retry: bool) -> SwapAction {
+    SwapAction::Halt {
+        version: "2.0.0".into(),
+        reason: reason.into(),
+        retry,
+    }
+}
+
+/// Feeds `steps` to the swap, checking the actions after each one.
+fn run(mut phase: SwapPhase, steps: &[(O, &[SwapAction])]) -> SwapPhase {
+    for (i, (observation, expected)) in steps.iter().enumerate() {
+        let (next, actions) = swap::step(phase, observation.clone());
+        assert_eq!(actions, *expected, "step {i}: {observation:?}");
+        phase = next;
+    }
+    phase
+}
+
+const PASS: O = O::Probe { passed: true };
+
+#[test]
+fn recovery_while_prepulling_ends_the_grant_with_3_0_interrupted_and_sends_no_release() {
+    let journaled = SwapPhase {
+        slot_held: false,
+        ..at(Stage::Prepulling)
+    };
+    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    assert_eq!(actions, [interrupted(), SwapAction::ClearJournal]);
+    assert_eq!(phase.stage, Stage::Finished);
+    assert!(phase.allows_registration());
+}
+
+#[test]
+fn recovery_before_deregistering_gives_the_slot_back_and_ends_an_open_grant() {
+    let release = SwapAction::ReleaseSlot { retry: false };
+    for (stage, expected) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            vec![release.clone(), interrupted()],
+        ),
+        // The 3/x was sent before the release.
+        (Stage::Releasing, vec![release.clone()]),
+    ] {
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        assert_eq!(actions, expected, "{stage:?}");
+        assert_eq!(phase.stage, Stage::Releasing);
+        assert!(phase.allows_registration());
+    }
+}
+
+#[test]
+fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
+    let stage = Stage::StandingDown {
+        failure: Failure {
+            code: error_code::OPERATOR_ACTION,
+            reason: "stopped".into(),
+            halt: false,
+        },
+    };
+    // Whatever systemd reports: the operator's stop stands.
+    for observed in ["1.0.0", "2.0.0"] {
+        let (phase, actions) = recover(at(stage.clone()), &running(observed));
+        assert_eq!(
+            actions,
+            [SwapAction::RestoreDropIn {
+                previous: at(Stage::Finished).previous,
+                old: dropin("1.0.0"),
+            }]
+        );
+        assert_eq!(phase.stage, stage);
+    }
+}
+
+#[test]
+fn recovery_after_deregistering_but_before_the_dropin_serves_again_and_reports_3_0_generic() {
+    for stage in [Stage::Deregistering, Stage::Draining, Stage::Fencing] {
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        assert_eq!(
+            actions,
+            [
+                SwapAction::SendEvent(Event::Failed { error_code: 1 }),
+                SwapAction::ReleaseSlot { retry: false },
+            ],
+            "{stage:?}"
+        );
+        assert_eq!(phase.stage, Stage::Releasing);
+    }
+}
+
+/// Defect 1: every stage that may touch the unit takes its slot again before anything else,
+/// and waits, deregistered, while the group is busy: no restart and no restore meanwhile.
+#[test]
+fn recovery_takes_the_slot_again_before_touching_the_unit_and_waits_deregistered_while_busy() {
+    let stages = [
+        Stage::WritingDropIn,
+        Stage::Restarting,
+        Stage::Verifying { passes: 1 },
+        Stage::RollingBack {
+            failure: failure(false),
+        },
+        Stage::VerifyingOld {
+            failure: failure(false),
+            passes: 1,
+        },
+    ];
+    for stage in stages {
+        for observed in [running("1.0.0"), running("2.0.0")] {
+            let (phase, actions) = recover(at(stage.clone()), &observed);
+            assert_eq!(actions, [acquire(false)], "{stage:?} {observed:?}");
+            assert!(
+                matches!(phase.stage, Stage::Reacquiring { .. }),
+                "{stage:?}"
+            );
+            assert!(!phase.allows_registration(), "{stage:?}");
+            // The group is busy (another instance took the lapsed slot), then halted, then the
+            // backend fails: each is waited out, and nothing touches the unit.
+            let phase = run(
+                phase,
+                &[
+                    (
+                        O::Slot(SlotAnswer::Busy("1/1 held".into())),
+                        &[acquire(true)],
+                    ),
+                    (
+                        O::Slot(SlotAnswer::Halted {
+                            version: "2.0.0".into(),
+                            reason: "r".into(),
+                        }),
+                        &[acquire(true)],
+                    ),
+                    (O::Slot(SlotAnswer::Failed("down".into())), &[acquire(true)]),
+                    (O::Unit(Active), &[]),
+                    (PASS, &[]),
+                    (PASS, &[]),
+                ],
+            );
+            assert!(!phase.allows_registration(), "{stage:?}");
+            assert!(phase.status().contains("waiting for the slot again"));
+        }
+    }
+}
+
+#[test]
+fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_reports_3_1() {
+    for stage in [
+        Stage::WritingDropIn,
+        Stage::Restarting,
+        Stage::Verifying { passes: 1 },
+    ] {
+        let (phase, _) = recover(at(stage.clone()), &running("2.0.0"));
+        let restarted = stage != (Stage::Verifying { passes: 1 });
+        let phase = if restarted {
+            // Reloaded but maybe not restarted: restart onto the new version first.
+            run(
+                phase,
+                &[
+                    (O::Slot(SlotAnswer::Acquired), &[SwapAction::Restart]),
+                    (O::Restarted(Ok(())), &[SwapAction::StartVerifyDeadline]),
+                ],
+            )
+        } else {
+            // Restarted before the stop: verification only, no restart.
+            run(
+                phase,
+                &[(
+                    O::Slot(SlotAnswer::Acquired),
+                    &[SwapAction::StartVerifyDeadline],
+                )],
+            )
+        };
+        assert_eq!(phase.stage, Stage::Verifying { passes: 0 }, "{stage:?}");
+        assert!(!phase.unit_active, "the unit must be seen active again");
+        let phase = run(
+            phase,
+            &[
+                (O::Unit(Active), &[]),
+                (PASS, &[]),
+                (PASS, &[SwapAction::Register]),
+                (
+                    O::Registered,
+                    &[
+                        SwapAction::SendEvent(Event::UpdateComplete),
+                        SwapAction::ReleaseSlot { retry: false },
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(phase.stage, Stage::Releasing);
+    }
+}
+
+#[test]
+fn recovery_with_the_old_version_running_rolls_back_with_the_slot_and_without_blame() {
+    for observed in [running("1.0.0"), RunningVersion::default()] {
+        for stage in [
+            Stage::WritingDropIn,
+            Stage::Restarting,
+            Stage::Verifying { passes: 1 },
+        ] {
+            let (phase, actions) = recover(at(stage.clone()), &observed);
+            assert_eq!(actions, [acquire(false)], "{stage:?}");
+            let phase = run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
+            let Stage::RollingBack { failure } = &phase.stage else {
+                panic!("{stage:?} recovered to {:?}", phase.stage);
+            };
+            assert_eq!(failure.code, error_code::GENERIC);
+            assert!(!failure.halt);
+            // Once the old version is back: 3/0 generic, and neither halt nor denylist.
+            run(
+                phase,
+                &[
+                    (O::Restarted(Ok(())), &[SwapAction::StartVerifyDeadline]),
+                    (O::Unit(Active), &[]),
+                    (PASS, &[]),
+                    (PASS, &[SwapAction::Register]),
+                    (
+                        O::Registered,
+                        &[
+                            SwapAction::SendEvent(Event::Failed { error_code: 1 }),
+                            SwapAction::ReleaseSlot { retry: false },
+                        ],
+                    ),
+                ],
+            );
+        }
+    }
+}
+
+/// Defect 2 in recovery: the halt a failed version owes is the first thing a start does, before
+/// the slot and the restore; a failed one does not hold the rollback, and is retried before the
+/// release.
+#[test]
+fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
+    let reason = "2.0.0 not healthy";
+    for stage in [
+        Stage::RollingBack {
+            failure: failure(true),
+        },
+        Stage::VerifyingOld {
+            failure: failure(true),
+            passes: 1,
+        },
+    ] {
+        for observed in [running("1.0.0"), running("2.0.0")] {
+            let journaled = SwapPhase {
+                halt: GroupHalt::Owed {
+                    reason: reason.into(),
+                },
+                ..at(stage.clone())
+            };
+            let (phase, actions) = recover(journaled, &observed);
+            assert_eq!(actions, [halt(reason, false)], "{stage:?}");
+            let phase = run(
+                phase,
+                &[
+                    (O::GroupHalted(Err("etcd down".into())), &[acquire(false)]),
+                    (O::Slot(SlotAnswer::Acquired), &[restore()]),
+                    (O::Restarted(Ok(())), &[SwapAction::StartVerifyDeadline]),
+                    (O::Unit(Active), &[]),
+                    (PASS, &[]),
+                    (PASS, &[SwapAction::Register]),
+                    // Still owed: halt again before the 3/0, and no release yet.
+                    (
+                        O::Registered,
+                        &[
+                            halt(reason, false),
+                            SwapAction::SendEvent(Event::Failed {
+                                error_code: error_code::UNHEALTHY_AFTER_SWAP,
+                            }),
+                            SwapAction::Denylist {
+                                version: "2.0.0".into(),
+                            },
+                        ],
+                    ),
+                    (
+                        O::GroupHalted(Err("etcd down".into())),
+                        &[halt(reason, true)],
+                    ),
+                    (
+                        O::GroupHalted(Ok(())),
+                        &[SwapAction::ReleaseSlot { retry: false }],
+                    ),
+                ],
+            );
+            assert_eq!(phase.halt, GroupHalt::Confirmed);
+            assert_eq!(
+                phase.stage,
+                Stage::Releasing,
+                "{stage:?} {observed:?}: {:?}",
+                phase.stage
+            );
+        }
+    }
+}
+
+#[test]
+fn recovery_of_a_stranded_swap_halts_takes_the_slot_and_restores_keeping_the_failure() {
+    let journaled = SwapPhase {
+        halt: GroupHalt::Owed { reason: "r".into() },
+        ..at(Stage::Stranded {
+            failure: failure(true),
+            why: "w".into(),
+        })
+    };
+    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    assert_eq!(actions, [halt("r", false)]);
+    let phase = run(
+        phase,
+        &[
+            (O::GroupHalted(Ok(())), &[acquire(false)]),
+            (O::Slot(SlotAnswer::Acquired), &[restore()]),
+        ],
+    );
+    assert_eq!(
+        phase.stage,
+        Stage::RollingBack {
+            failure: failure(true)
+        }
+    );
+}
+
+/// A journal from before the halt was recorded still owes it: recovery sends it (idempotent).
+#[test]
+fn recovery_of_a_journal_without_a_halt_record_halts_for_a_blamed_version_or_a_strand() {
+    let blamed = [
+        Stage::RollingBack {
+            failure: failure(true),
+        },
+        Stage::Registering {
+            failure: Some(failure(true)),
+        },
+        Stage::Stranded {
+            failure: failure(false),
+            why: "w".into(),
+        },
+    ];
+    for stage in blamed {
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        assert!(
+            matches!(actions.first(), Some(SwapAction::Halt { retry: false, .. })),
+            "{stage:?}: {actions:?}"
+        );
+        assert!(matches!(phase.halt, GroupHalt::Owed { .. }), "{stage:?}");
+    }
+    // Not blamed: no halt.
+    let (_, actions) = recover(
+        at(Stage::RollingBack {
+            failure: failure(false),
+        }),
+        &running("1.0.0"),
+    );
+    assert_eq!(actions, [acquire(false)]);
+}
+
+#[test]
+fn recovery_of_a_confirmed_halt_does_not_halt_again() {
+    let journaled = SwapPhase {
+        halt: GroupHalt::Confirmed,
+        ..at(Stage::RollingBack {
+            failure: failure(true),
+        })
+    };
+    let (_, actions) = recover(journaled, &running("2.0.0"));
+    assert_eq!(actions, [acquire(false)]);
+}
+
+#[test]
+fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
+    let journaled = SwapPhase {
+        halt: GroupHalt::Owed { reason: "r".into() },
+        ..at(Stage::Releasing)
+    };
+    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    assert_eq!(actions, [halt("r", false)]);
+    run(
+        phase,
+        &[(
+            O::GroupHalted(Ok(())),
+            &[SwapAction::ReleaseSlot { retry: false }],
+        )],
+    );
+}
+
+#[test]
+fn recovery_of_a_journaled_reacquiring_resumes_what_it_was_taking_the_slot_for() {
+    let journaled = at(Stage::Reacquiring {
+        resume: Box::new(Stage::Restarting),
+        waiting: Some("busy".into()),
+    });
+    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    assert_eq!(actions, [acquire(false)]);
+    run(
+        phase,
+        &[(O::Slot(SlotAnswer::Acquired), &[SwapAction::Restart])],
+    );
+}
+
+#[test]
+fn recovery_of_a_finished_swap_only_clears_the_journal() {
+    let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"));
+    assert_eq!(actions, [SwapAction::ClearJournal]);
+    assert_eq!(phase.stage, Stage::Finished);
+}
+
+/// Defect 6: a resumed `Registering` does not register at once; the machine registers only once
+/// the unit is active and has passed `rise` checks, and reports from what systemd says runs.
+#[test]
+fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
+    let blamed = Event::Failed {
+        error_code: error_code::UNHEALTHY_AFTER_SWAP,
+    };
+    let denylist = SwapAction::Denylist {
+        version: "2.0.0".into(),
+    };
+    let release = SwapAction::ReleaseSlot { retry: false };
+    let cases: [(Option<Failure>, &str, Vec<SwapAction>); 3] = [
+        // Verified new version, and it runs: 3/1.
+        (
+            None,
+            "2.0.0",
+            vec![
+                SwapAction::SendEvent(Event::UpdateComplete),
+                release.clone(),
+            ],
+        ),
+        // Verified new version, but the old one runs: not an update; 3/0 generic, no blame.
+        (
+            None,
+            "1.0.0",
+            vec![
+                SwapAction::SendEvent(Event::Failed {
+                    error_code: error_code::GENERIC,
+                }),
+                release.clone(),
+            ],
+        ),
+        // A verified rollback, the old version runs: the recorded failure (halt confirmed).
+        (
+            Some(failure(true)),
+            "1.0.0",
+            vec![SwapAction::SendEvent(blamed), denylist, release],
+        ),
+    ];
+    for (recorded, runs, report) in cases {
+        let journaled = SwapPhase {
+            halt: match recorded {
+                Some(_) => GroupHalt::Confirmed,
+                None => GroupHalt::NotNeeded,
+            },
+            ..at(Stage::Registering {
+                failure: recorded.clone(),
+            })
+        };
+        let (phase, actions) = recover(journaled, &running(runs));
+        assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{recorded:?}");
+        assert!(!phase.allows_registration(), "{recorded:?} {runs}");
+        let phase = run(
+            phase,
+            &[
+                (O::Unit(Active), &[]),
+                (PASS, &[]),
+                (PASS, &[SwapAction::Register]),
+            ],
+        );
+        run(phase, &[(O::Registered, &report)]);
+    }
+}
+
+#[test]
+fn recovery_of_a_verified_rollback_that_finds_the_new_version_running_rolls_back_again() {
+    let journaled = SwapPhase {
+        halt: GroupHalt::Confirmed,
+        ..at(Stage::Registering {
+            failure: Some(failure(true)),
+        })
+    };
+    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    assert_eq!(actions, [acquire(false)]);
+    run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
+}
+
+/// Defect 6 through the agent: a resumed swap registers nothing until the unit is active and
+/// healthy, and what it registers is recorded (so a failing probe deregisters it).
+#[test]
+fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
+    let (swap, actions) = recover(at(Stage::Registering { failure: None }), &running("2.0.0"));
+    let (agent, actions) = state::resume(agent, swap, actions);
+    assert!(!actions.contains(&Action::Register), "{actions:?}");
+    assert!(!agent.registered);
+    let (agent, actions) = state::next(agent, Observation::Unit(Active));
+    assert!(actions.is_empty(), "{actions:?}");
+    let (agent, _) = state::next(agent, Observation::Probe { passed: true });
+    assert!(!agent.registered);
+    let (agent, actions) = state::next(agent, Observation::Probe { passed: true });
+    assert_eq!(actions, [Action::Register]);
+    assert!(agent.registered);
+}

@@ -1,0 +1,66 @@
+//! The restart job's result reaches the machine as systemd ended it: `canceled` (another job
+//! replaced ours, an operator's stop or restart) apart from a failure.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::*;
+use crate::agent::update::fixtures::{memory_source, step_settings, who};
+use crate::slot::MemorySlots;
+use crate::systemd::control::{ControlCall, MemoryUnitControl, RunningVersion};
+
+fn seams() -> Arc<SwapSeams<MemoryUnitControl>> {
+    let slots = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    Arc::new(SwapSeams {
+        source: memory_source(None, false),
+        slots: AnySlots::Memory(slots.join(who("web-1"))),
+        control: MemoryUnitControl::new(RunningVersion::default()),
+    })
+}
+
+async fn run(seams: &Arc<SwapSeams<MemoryUnitControl>>, action: SwapAction) -> SwapObservation {
+    let settings = step_settings(Vec::new(), Duration::ZERO);
+    let step = run_steps(seams.clone(), settings, Version::new(1, 0, 0), vec![action]);
+    step.await.expect("the step answers")
+}
+
+#[tokio::test]
+async fn a_canceled_restart_job_reaches_the_machine_apart_from_a_failed_one() {
+    let seams = seams();
+    seams.control.cancel_restart(true);
+    assert_eq!(
+        run(&seams, SwapAction::Restart).await,
+        SwapObservation::RestartCanceled
+    );
+    seams.control.cancel_restart(false);
+    seams.control.fail_restart(true);
+    assert!(matches!(
+        run(&seams, SwapAction::Restart).await,
+        SwapObservation::Restarted(Err(_))
+    ));
+}
+
+#[tokio::test]
+async fn restoring_the_dropin_for_an_operator_reloads_and_never_restarts() {
+    let seams = seams();
+    let old = DropIn {
+        image: "example/web:1.0.0".into(),
+        version: "1.0.0".into(),
+    };
+    let answer = run(
+        &seams,
+        SwapAction::RestoreDropIn {
+            previous: Some(PreviousDropIn::Absent),
+            old,
+        },
+    )
+    .await;
+    assert_eq!(answer, SwapObservation::DropInRestored(Ok(())));
+    assert_eq!(
+        seams.control.calls(),
+        [
+            ControlCall::RestoreDropIn(PreviousDropIn::Absent),
+            ControlCall::Reload
+        ]
+    );
+}
