@@ -46,13 +46,9 @@ pub enum Violation {
 /// Invariants today's code is known not to keep, while their fixes are not merged: their
 /// violations are counted and printed, not failed on. Empty once every fix is in.
 pub const NOT_YET_HELD: &[Violation] = &[
-    Violation::OverMax,
-    Violation::RestartWithoutSlot,
     Violation::SwapToFailedVersion,
     Violation::GrantNotEnded,
     Violation::StartedStoppedUnit,
-    Violation::RegisteredUnhealthy,
-    Violation::LeftoverAtEnd,
     Violation::BlamedGoodVersion,
 ];
 

@@ -28,6 +28,7 @@ pub const DRAIN: Ms = 2_000;
 pub const VERIFY_TIMEOUT: Ms = 15_000;
 pub const RETRY_AFTER: Ms = 30_000;
 pub const RELEASE_RETRY: Ms = 5_000;
+pub const HALT_RETRY: Ms = 5_000;
 pub const JOURNAL_RETRY: Ms = 1_000;
 pub const SHUTDOWN_DEADLINE: Ms = 1_500;
 pub const RPC: Ms = 20;
@@ -51,8 +52,8 @@ pub enum Current {
     },
     /// The call is out; its effect lands at `until`.
     Call { action: SwapAction, until: Ms },
-    /// Waiting for the unit's restart job.
-    Job,
+    /// Waiting for the unit's restart job (of a rollback: a cancel reads as a failure there).
+    Job { rollback: bool },
 }
 
 /// The process's own state: gone on a crash.
@@ -337,6 +338,20 @@ impl Sim {
                 Action::Swap(action) => batch.push(action),
             }
         }
+        // A batch with a halt runs beside the step in flight (`act.rs` joins them): the halt
+        // goes first; an event still being sent lands now.
+        let halting = batch.iter().any(|a| matches!(a, SwapAction::Halt { .. }));
+        let mut front = Vec::new();
+        if halting
+            && let Some(Current::Call {
+                action: action @ SwapAction::SendEvent(_),
+                ..
+            }) = self.inst[i].proc.as_ref()?.current.clone()
+        {
+            let queued = std::mem::take(&mut self.inst[i].proc.as_mut()?.queue);
+            self.finish_call(i, action);
+            self.inst[i].proc.as_mut()?.queue = queued;
+        }
         for action in batch {
             match action {
                 SwapAction::StartVerifyDeadline => {
@@ -348,11 +363,18 @@ impl Sim {
                 }
                 SwapAction::ClearJournal => self.inst[i].disk.journal = None,
                 SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
+                slow if halting => front.push(slow),
                 slow => {
                     let p = self.inst[i].proc.as_mut()?;
                     p.queue.push_back(slow);
                     p.slow = true;
                 }
+            }
+        }
+        if let Some(p) = self.inst[i].proc.as_mut() {
+            p.slow |= !front.is_empty();
+            for action in front.into_iter().rev() {
+                p.queue.push_front(action);
             }
         }
         self.next_step(i);
@@ -413,6 +435,12 @@ impl Sim {
                     seen: deletions,
                 }
             }
+            SwapAction::Halt { retry: true, .. } => Current::Pause {
+                action,
+                until: now + HALT_RETRY,
+                wake: false,
+                seen: deletions,
+            },
             SwapAction::ReleaseSlot { retry: true } => Current::Pause {
                 action,
                 until: now + RELEASE_RETRY,
@@ -421,7 +449,8 @@ impl Sim {
             },
             SwapAction::Restart | SwapAction::RestoreAndRestart { .. } => {
                 self.restart_unit(i, &action);
-                Current::Job
+                let rollback = matches!(action, SwapAction::RestoreAndRestart { .. });
+                Current::Job { rollback }
             }
             SwapAction::SendEvent(_) if slow_events => {
                 let until = now + self.rng.u64(5_000..45_000);
@@ -475,14 +504,26 @@ impl Sim {
                 self.log(i, || format!("event {event:?} accepted={accepted}"));
                 None
             }
-            SwapAction::Halt { version, reason } => {
+            SwapAction::Halt {
+                version, reason, ..
+            } => {
                 if cut || std::mem::take(&mut self.inst[i].faults.halt_fails) {
                     self.log(i, || "halt failed".into());
+                    Some(SwapObservation::GroupHalted(Err("halt failed".into())))
                 } else {
                     self.blame(i, &version, "halted");
                     self.etcd.halt.get_or_insert((version, reason));
+                    Some(SwapObservation::GroupHalted(Ok(())))
                 }
-                None
+            }
+            SwapAction::RestoreDropIn { previous, old } => {
+                let unit = &mut self.inst[i].unit;
+                unit.file = match previous {
+                    Some(previous) => version_of(&previous, &old),
+                    None => old.version.clone(),
+                };
+                unit.loaded = unit.file.clone();
+                Some(SwapObservation::DropInRestored(Ok(())))
             }
             SwapAction::Prepull { .. } => Some(SwapObservation::Prepulled(Ok(()))),
             SwapAction::AcquireSlot { version, .. } => {
@@ -604,10 +645,14 @@ impl Sim {
     pub(super) fn job_result(&mut self, i: usize, by_sidekick: bool, result: Result<(), String>) {
         if let Some(p) = self.inst[i].proc.as_mut()
             && by_sidekick
-            && matches!(p.current, Some(Current::Job))
+            && let Some(Current::Job { rollback }) = p.current
         {
             p.current = None;
-            p.answer = Some(SwapObservation::Restarted(result));
+            p.answer = Some(match result {
+                // `restart` reads systemd's job result `canceled` as ControlError::Canceled.
+                Err(e) if e.contains("canceled") && !rollback => SwapObservation::RestartCanceled,
+                result => SwapObservation::Restarted(result),
+            });
             self.next_step(i);
         }
     }
