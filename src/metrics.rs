@@ -77,6 +77,9 @@ pub struct Metrics {
     slot_wait_seconds: Histogram,
     version: Family<VersionLabel, Gauge>,
     current_version: Arc<Mutex<Option<String>>>,
+    step_started: Family<StepLabel, Gauge>,
+    current_step: Arc<Mutex<Option<String>>>,
+    slot_attempts: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -130,6 +133,19 @@ impl Metrics {
             "1 for the version the unit runs",
             version.clone(),
         );
+        let step_started = Family::<StepLabel, Gauge>::default();
+        registry.register(
+            "swap_step_started_timestamp_seconds",
+            "Unix time the swap's current step began (only the current step has a series): a wait \
+             with no bound, for a slot or for etcd, shows as a time that stays in the past",
+            step_started.clone(),
+        );
+        let slot_attempts = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "slot_attempts",
+            "Update slot acquire attempts by answer (acquired, busy, halted, failed)",
+            slot_attempts.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             phase,
@@ -143,6 +159,9 @@ impl Metrics {
             slot_wait_seconds,
             version,
             current_version: Arc::default(),
+            step_started,
+            current_step: Arc::default(),
+            slot_attempts,
         }
     }
 
@@ -198,6 +217,32 @@ impl Metrics {
     /// Waited `took` for an update slot.
     pub fn slot_waited(&self, took: Duration) {
         self.slot_wait_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The swap entered `step` at Unix time `since` (seconds); `None`: no swap in progress.
+    pub fn set_step_started(&self, step: Option<(&str, u64)>) {
+        let mut current = self
+            .current_step
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = current.take() {
+            self.step_started.remove(&StepLabel { step: old });
+        }
+        if let Some((step, since)) = step {
+            self.step_started
+                .get_or_create(&StepLabel { step: step.into() })
+                .set(i64::try_from(since).unwrap_or(i64::MAX));
+            *current = Some(step.to_string());
+        }
+    }
+
+    /// One slot acquire attempt was answered `answer` (`acquired`, `busy`, `halted`, `failed`).
+    pub fn slot_attempted(&self, answer: &str) {
+        self.slot_attempts
+            .get_or_create(&ResultLabel {
+                result: answer.into(),
+            })
+            .inc();
     }
 
     /// The unit runs `version` now.

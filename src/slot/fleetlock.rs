@@ -274,11 +274,34 @@ impl SlotLock for FleetLockSlots {
         )])
     }
 
+    /// The fence, checked with the server. The protocol has no query, but its lock is
+    /// recursive, so asking for it again is the check: a grant means the server counts this id
+    /// among its holders now (had the lock been freed behind our back, it is taken again only
+    /// where a slot is free, so the group stays within its limit); "busy" means others hold
+    /// every slot, ours included: lost.
     async fn held(&self) -> Result<Holding, SlotError> {
-        Ok(match self.held.load(Ordering::SeqCst) {
-            true => Holding::Held,
-            false => Holding::NotHeld,
-        })
+        if !self.held.load(Ordering::SeqCst) {
+            return Ok(Holding::NotHeld);
+        }
+        match self.post(&self.lock_url).await? {
+            None => Ok(Holding::Held),
+            Some(r) if r.is_busy() => {
+                self.held.store(false, Ordering::SeqCst);
+                Ok(Holding::Lost {
+                    reason: format!(
+                        "the FleetLock server no longer counts id {} in group {} among its \
+                         holders and every slot is taken (HTTP {}: {}: {})",
+                        self.id, self.group, r.status, r.kind, r.value
+                    ),
+                })
+            }
+            Some(r) => Err(SlotError::Refused {
+                url: self.lock_url.to_string(),
+                status: r.status,
+                kind: r.kind,
+                value: r.value,
+            }),
+        }
     }
 
     async fn halt(&self, version: &str, reason: &str) -> Result<(), SlotError> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ struct Group {
     max: u32,
     holders: BTreeMap<String, SlotValue>,
     halt: Option<HaltMarker>,
+    /// Slots released and halts lifted so far: etcd's deletes, which wake a waiter.
+    deletes: u64,
+    /// Which handle's life took each holder's slot (etcd: the lease it is bound to).
+    lives: BTreeMap<String, u64>,
+    /// The last life handed out.
+    last_life: u64,
 }
 
 /// One holder's view of a shared in-memory group; [`MemorySlots::join`] adds another holder.
@@ -24,6 +31,12 @@ pub struct MemorySlots {
     group: Arc<Mutex<Group>>,
     changed: Arc<Notify>,
     who: SlotHolder,
+    /// The group's deletes when this holder last read it (at an acquire): as etcd's waiter
+    /// watches from the revision it last read, a release since then is not missed.
+    seen: Arc<AtomicU64>,
+    /// This handle's life: a daemon run, as etcd's lease is. A slot its holder id holds from
+    /// another life was left by an earlier run ([`SlotLock::release_stale`]).
+    life: u64,
 }
 
 impl MemorySlots {
@@ -33,18 +46,30 @@ impl MemorySlots {
             max: max.get(),
             holders: BTreeMap::new(),
             halt: None,
+            deletes: 0,
+            lives: BTreeMap::new(),
+            last_life: 1,
         };
         MemorySlots {
             group: Arc::new(Mutex::new(group)),
             changed: Arc::new(Notify::new()),
             who,
+            seen: Arc::new(AtomicU64::new(0)),
+            life: 1,
         }
     }
 
-    /// Another holder in the same group.
+    /// Another holder in the same group (or the same holder id in another life: a later run).
     pub fn join(&self, who: SlotHolder) -> MemorySlots {
+        let life = {
+            let mut group = self.lock();
+            group.last_life += 1;
+            group.last_life
+        };
         MemorySlots {
             who,
+            seen: Arc::new(AtomicU64::new(0)),
+            life,
             ..self.clone()
         }
     }
@@ -71,7 +96,10 @@ impl SlotLock for MemorySlots {
         // etcd's order (`slot::etcd::acquire`): a slot of ours is kept, also in a halted group;
         // then the halt; then the limit.
         let mut group = self.lock();
+        self.seen.store(group.deletes, Ordering::SeqCst);
         if group.holders.contains_key(&self.who.holder) {
+            // Ours, maybe from an earlier life: re-bound to this one, as etcd re-binds the lease.
+            group.lives.insert(self.who.holder.clone(), self.life);
             return Ok(Acquisition::Acquired);
         }
         if let Some(h) = &group.halt {
@@ -93,18 +121,39 @@ impl SlotLock for MemorySlots {
             host: None,
         };
         group.holders.insert(self.who.holder.clone(), value);
+        group.lives.insert(self.who.holder.clone(), self.life);
         Ok(Acquisition::Acquired)
     }
 
     async fn release(&self) -> Result<(), SlotError> {
-        self.lock().holders.remove(&self.who.holder);
+        let mut group = self.lock();
+        if group.holders.remove(&self.who.holder).is_some() {
+            group.lives.remove(&self.who.holder);
+            group.deletes += 1;
+        }
+        drop(group);
         self.changed.notify_waiters();
         Ok(())
     }
 
     async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
-        // An in-process group starts empty: no earlier run can have left a slot in it.
-        Ok(Vec::new())
+        // etcd's rule: this holder id's slot bound to a lease that is not this run's.
+        let mut group = self.lock();
+        let holder = &self.who.holder;
+        let stale = group.holders.contains_key(holder)
+            && group
+                .lives
+                .get(holder)
+                .is_some_and(|life| *life != self.life);
+        if !stale {
+            return Ok(Vec::new());
+        }
+        group.holders.remove(holder);
+        group.lives.remove(holder);
+        group.deletes += 1;
+        drop(group);
+        self.changed.notify_waiters();
+        Ok(vec![format!("{holder} (left by an earlier run)")])
     }
 
     async fn held(&self) -> Result<Holding, SlotError> {
@@ -128,7 +177,11 @@ impl SlotLock for MemorySlots {
     }
 
     async fn resume(&self) -> Result<(), SlotError> {
-        self.lock().halt = None;
+        let mut group = self.lock();
+        if group.halt.take().is_some() {
+            group.deletes += 1;
+        }
+        drop(group);
         self.changed.notify_waiters();
         Ok(())
     }
@@ -138,7 +191,14 @@ impl SlotLock for MemorySlots {
     }
 
     async fn wait_for_change(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(with_jitter(timeout), self.changed.notified()).await;
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        // Registered before comparing, so a release in between is not missed.
+        changed.as_mut().enable();
+        if self.lock().deletes > self.seen.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(with_jitter(timeout), changed).await;
     }
 }
 
@@ -205,6 +265,42 @@ mod tests {
             b.acquire("2").await.unwrap(),
             Acquisition::Halted { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_release_since_the_last_attempt_wakes_the_wait_at_once_as_etcds_watch_does() {
+        let a = MemorySlots::new(one(), who("a"));
+        let b = a.join(who("b"));
+        a.acquire("2").await.unwrap();
+        assert!(matches!(
+            b.acquire("2").await.unwrap(),
+            Acquisition::Busy { .. }
+        ));
+        // Released before b starts waiting: etcd's watch from b's last read revision sees it.
+        a.release().await.unwrap();
+        let started = std::time::Instant::now();
+        b.wait_for_change(Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(b.acquire("2").await.unwrap(), Acquisition::Acquired);
+    }
+
+    #[tokio::test]
+    async fn release_stale_frees_only_a_slot_this_holder_id_took_in_an_earlier_life() {
+        let earlier = MemorySlots::new(one(), who("a"));
+        earlier.acquire("2").await.unwrap();
+        let other = earlier.join(who("b"));
+        assert!(other.release_stale().await.unwrap().is_empty(), "not b's");
+        let later = earlier.join(who("a"));
+        assert_eq!(later.release_stale().await.unwrap().len(), 1);
+        assert!(later.holders().is_empty());
+        // A slot taken in this life is this run's own, not stale.
+        later.acquire("2").await.unwrap();
+        assert!(later.release_stale().await.unwrap().is_empty());
+        assert_eq!(later.holders(), ["a"]);
     }
 
     #[tokio::test]

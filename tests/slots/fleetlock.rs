@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sidekick::slot::{Acquisition, FleetLockSlots, SlotError, SlotLock};
+use sidekick::slot::{Acquisition, FleetLockSlots, Holding, SlotError, SlotLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
@@ -55,6 +55,40 @@ async fn fleetlock_locks_recursively_and_unlocks_on_a_base_without_trailing_slas
     assert_eq!(b.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
     assert_eq!(holders(&state), ["b"]);
     assert_eq!(state.lock().unwrap().requests, 6);
+}
+
+#[tokio::test]
+async fn fleetlock_fence_asks_the_server_and_sees_a_lock_freed_behind_its_back_and_taken() {
+    for flavour in [Flavour::Airlock, Flavour::Heathcliff] {
+        let (base, state) = serve(flavour).await;
+        let dir = temp_dir("fleetlock-fence");
+        let a = client(&base, "web", "a", dir.path());
+        let b = client(&base, "web", "b", dir.path());
+        assert_eq!(a.held().await.unwrap(), Holding::NotHeld);
+        assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+        let before = state.lock().unwrap().requests;
+        assert_eq!(a.held().await.unwrap(), Holding::Held);
+        assert_eq!(
+            state.lock().unwrap().requests,
+            before + 1,
+            "the fence asked the server"
+        );
+        // An operator frees a's lock (`slots release --holder a`) and b takes the only slot.
+        client(&base, "web", "a", dir.path())
+            .unlock()
+            .await
+            .unwrap();
+        assert_eq!(b.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+        match a.held().await.unwrap() {
+            Holding::Lost { reason } => assert!(
+                reason.contains("id a") && reason.contains("group web"),
+                "{reason}"
+            ),
+            other => panic!("{flavour:?}: the fence said {other:?} with b holding the slot"),
+        }
+        assert_eq!(holders(&state), ["b"], "the fence took nothing from b");
+        assert_eq!(a.held().await.unwrap(), Holding::NotHeld, "lost stays lost");
+    }
 }
 
 #[tokio::test]

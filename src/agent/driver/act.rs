@@ -133,15 +133,6 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         false
     }
 
-    /// Tries the held actions again: their journal write first.
-    pub(super) fn retry_unrecorded(&mut self, state: &mut LoopState<C>) {
-        if let Some((held, _)) = state.unrecorded.take() {
-            // Held actions never stop the driver: a stop goes ahead unrecorded.
-            let stop = self.act(held, state);
-            debug_assert!(stop.is_none(), "a stop is never held");
-        }
-    }
-
     /// Stops: what the swap gives back on the way out (a slot not yet used, the 3/0 that ends an
     /// untouched attempt's grant) beside the lease's revocation, both within
     /// [`SHUTDOWN_DEADLINE`]: an event send may take up to 45 s, and the deregistration must not

@@ -13,6 +13,7 @@ use super::READY_WAIT;
 use crate::agent::machine::state::{Action, Observation};
 use crate::agent::machine::swap::{SwapAction, SwapPhase};
 use crate::agent::update::UpdatePass;
+use crate::agent::update::pass::JournalWrite;
 use crate::agent::update::pass::PassResult;
 use crate::agent::update::steps::SlowStep;
 use crate::notify::Watchdog;
@@ -53,6 +54,24 @@ pub(super) struct LoopState<C: UnitControl> {
     /// Actions held in place because the journal could not record the swap's phase after the
     /// deregistration, and when the write is tried again.
     pub(super) unrecorded: Option<(Vec<Action>, Instant)>,
+    /// Batches of actions waiting, in order, for the record of the phase they were decided in
+    /// (see [`super::journaling`]).
+    pub(super) waiting: VecDeque<Waiting>,
+    /// The record of the first waiting batch's phase, in flight off the loop's task.
+    pub(super) recording: Option<JournalWrite>,
+    /// Actions that need the update pass's seams, kept while it is out (see
+    /// [`super::journaling`]).
+    pub(super) after_pass: Vec<Action>,
+    /// When STATUS is sent again while a swap runs ([`super::status::STATUS_REFRESH`]).
+    pub(super) status_at: Option<Instant>,
+}
+
+/// One turn's actions waiting for the journal.
+pub(super) struct Waiting {
+    /// The swap's phase they were decided in; `None`: nothing to record (not swapping, or no
+    /// update side), they only wait for the batches before them.
+    pub(super) phase: Option<SwapPhase>,
+    pub(super) actions: Vec<Action>,
 }
 
 impl<C: UnitControl> LoopState<C> {
@@ -83,6 +102,10 @@ impl<C: UnitControl> LoopState<C> {
             recovered: None,
             status: String::new(),
             unrecorded: None,
+            waiting: VecDeque::new(),
+            recording: None,
+            after_pass: Vec::new(),
+            status_at: None,
         }
     }
 }

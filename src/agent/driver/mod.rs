@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::agent::machine::state::{self, Agent, Observation, Phase};
-use crate::agent::machine::swap::{Stage, SwapAction, SwapObservation, SwapPhase};
+use crate::agent::machine::swap::{SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase};
 use crate::agent::update::UpdatePass;
 use crate::health::Probe;
 use crate::metrics::Metrics;
@@ -31,6 +31,7 @@ use wait::{next_reload, probe_at, run_slow, run_some, sleep_until_some};
 
 mod act;
 mod asks;
+mod journaling;
 mod loop_state;
 mod pass;
 mod reconfigure;
@@ -107,6 +108,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     /// Update settings reloaded while the update pass was out running; handed to it when it is
     /// back.
     held_update_reload: Option<crate::agent::update::UpdateReload>,
+    /// A test's watchdog period and the count of its pings.
+    #[cfg(test)]
+    test_watchdog: Option<(Duration, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -138,6 +142,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             asks: None,
             reloads: None,
             held_update_reload: None,
+            #[cfg(test)]
+            test_watchdog: None,
         }
     }
 
@@ -153,6 +159,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         tokio::pin!(shutdown);
         let initial = self.seams.unit.borrow_and_update().clone();
         let mut state = LoopState::start(self.seams.registry.published(), &initial);
+        #[cfg(test)]
+        if let Some((period, _)) = &self.test_watchdog {
+            state.watchdog = crate::notify::Watchdog::every(Some(*period));
+        }
         if let Some(period) = state.watchdog.period() {
             debug!(instance = %self.options.instance, "pinging the systemd watchdog every {period:?}");
         }
@@ -189,6 +199,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             _ = &mut shutdown => Observation::Shutdown,
             _ = state.watchdog.due() => {
                 state.watchdog.ping();
+                #[cfg(test)]
+                if let Some((_, pings)) = &self.test_watchdog {
+                    pings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 return None;
             }
             _ = sleep_until_some(state.ready_by), if state.ready_by.is_some() => {
@@ -229,11 +243,21 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             _ = state.published.changed() => {
                 let now = state.published.borrow_and_update().clone();
                 self.report_status(&mut state.status, &now);
-                return self.confirmation(&now);
+                // Told once the actions waiting for the journal ran (`journaling`).
+                return self.confirmation(&now).filter(|_| Self::journal_idle(state));
+            }
+            written = run_some(&mut state.recording), if state.recording.is_some() => {
+                self.recorded(written, state);
+                return None;
             }
             answer = run_slow(&mut state.slow), if state.slow.is_some() => {
                 state.slow = None;
                 return answer.map(Observation::Swap);
+            }
+            _ = sleep_until_some(state.status_at), if state.status_at.is_some() => {
+                state.status_at = self.updating().then(|| Instant::now() + status::STATUS_REFRESH);
+                self.report_status(&mut state.status, &state.published.borrow());
+                return None;
             }
             _ = sleep_until_some(state.verify_at), if state.verify_at.is_some() => {
                 state.verify_at = None;
@@ -247,6 +271,11 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 state.passing = None;
                 let (next, offer) = self.pass_finished(updates, pass);
                 state.next_pass = next;
+                let kept = std::mem::take(&mut state.after_pass);
+                if !kept.is_empty() {
+                    let stop = self.dispatch(kept, state);
+                    debug_assert!(stop.is_none(), "a stop is never kept for the pass");
+                }
                 match offer {
                     Some(plan) => Observation::Offer(plan),
                     None if state.next_pass.is_none() => Observation::Shutdown,
@@ -254,7 +283,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 }
             }
             _ = sleep_until_some(state.unrecorded.as_ref().map(|(_, at)| *at)), if state.unrecorded.is_some() => {
-                self.retry_unrecorded(state);
+                self.retry_held(state);
                 return None;
             }
             ask = asks::next_ask(&mut self.asks) => {
@@ -292,7 +321,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         if became_active {
             state.next_probe = Instant::now();
         }
-        let was_updating = matches!(self.agent.phase, Phase::Updating(_));
+        let was_updating = self.updating();
+        if let (Observation::Swap(SwapObservation::Slot(answer)), Some(metrics)) =
+            (&observation, &self.options.metrics)
+        {
+            metrics.slot_attempted(slot_answer_label(answer));
+        }
         let agent = self.agent.clone();
         let (agent, actions) = match state.recovered.take() {
             Some((swap, actions)) => {
@@ -305,14 +339,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         self.swap_timer.observe(&self.agent.phase);
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
-        if let Some(batch) = self.act(actions, state) {
+        if let Some(batch) = self.dispatch(actions, state) {
             return Some(batch);
         }
         let verifying = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }));
         if !verifying {
             state.verify_at = None;
         }
-        if let Some(confirmed) = self.confirmation(&state.published.borrow()) {
+        if Self::journal_idle(state)
+            && let Some(confirmed) = self.confirmation(&state.published.borrow())
+        {
             state.pending.push_back(confirmed);
         }
         if was_updating && self.agent.phase == Phase::Serving {
@@ -324,7 +360,17 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         self.publish_changes();
         self.report_status(&mut state.status, &state.published.borrow());
+        state.status_at = match self.updating() {
+            true => state
+                .status_at
+                .or(Some(Instant::now() + status::STATUS_REFRESH)),
+            false => None,
+        };
         None
+    }
+
+    fn updating(&self) -> bool {
+        matches!(self.agent.phase, Phase::Updating(_))
     }
 
     /// What etcd confirms that the agent waits for: the swap's deregistration gone, or its
@@ -365,6 +411,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let known = self.agent.unit != ActiveState::Unknown;
         let caught_up = self.agent.registered == matches!(published, Published::Registered { .. });
         known && caught_up
+    }
+}
+
+/// The `slot_attempts` label of a slot answer.
+fn slot_answer_label(answer: &SlotAnswer) -> &'static str {
+    match answer {
+        SlotAnswer::Acquired => "acquired",
+        SlotAnswer::Busy(_) => "busy",
+        SlotAnswer::Halted { .. } => "halted",
+        SlotAnswer::Failed(_) => "failed",
     }
 }
 

@@ -1,6 +1,9 @@
 //! What the driver tells systemd and the metrics about itself: the sd_notify STATUS line (what is
 //! true of the registration, and why not when it is not), the phase and registration gauges.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::Driver;
@@ -20,6 +23,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         let load = self.seams.unit.borrow().load.clone();
         let line = status_line(&self.agent, published, &load, &self.options.unit_name);
+        let line = with_step_time(line, self.swap_timer.in_step(Instant::now()));
         self.show_state();
         if *last != line {
             debug!(instance = %self.options.instance, "status: {line}");
@@ -42,5 +46,26 @@ pub(super) fn status_line(
             format!("not registered: etcd unreachable ({error})")
         }
         _ => agent.status(),
+    }
+}
+
+/// A swap step shorter than this is not timed in STATUS.
+pub const STEP_SHOWN_AFTER: Duration = Duration::from_secs(60);
+
+/// How often STATUS is sent again while a swap runs, so the time in a step that waits for
+/// something that never comes (a slot, etcd) keeps counting there.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// `line` with the time the swap has spent in its current step, once that is long enough to
+/// matter: a wait with no bound (for a slot of a misconfigured group, an offer hours old, a
+/// (de)registration etcd never confirms) shows on `systemctl status`. Whole minutes, so the
+/// line changes at most once a minute.
+pub(super) fn with_step_time(line: String, in_step: Option<(&str, Duration)>) -> String {
+    match in_step {
+        Some((_, took)) if took >= STEP_SHOWN_AFTER => {
+            let minutes = Duration::from_secs(took.as_secs() / 60 * 60);
+            format!("{line} (for {})", humantime::format_duration(minutes))
+        }
+        _ => line,
     }
 }

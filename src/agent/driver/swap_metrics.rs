@@ -15,7 +15,7 @@
 //! - `interrupted`: stopped mid-swap (the next start resumes it from the journal), or a resumed
 //!   swap that only had its slot to release.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -66,13 +66,17 @@ impl SwapTimer {
 
     /// The agent is in `phase` now.
     pub fn observe(&mut self, phase: &Phase) {
-        self.observe_at(phase, Instant::now());
+        self.observe_at(phase, Instant::now(), SystemTime::now());
     }
 
-    fn observe_at(&mut self, phase: &Phase, now: Instant) {
-        let Some(metrics) = &self.metrics else {
-            return;
-        };
+    /// The step the swap is in and how long it has been in it at `now`; `None` outside a swap.
+    /// Kept with or without metrics: STATUS says how long a step has lasted.
+    pub fn in_step(&self, now: Instant) -> Option<(&'static str, Duration)> {
+        self.current
+            .map(|(step, since)| (step, now.saturating_duration_since(since)))
+    }
+
+    fn observe_at(&mut self, phase: &Phase, now: Instant, wall: SystemTime) {
         let stage = match phase {
             Phase::Updating(swap) => Some(&swap.stage),
             Phase::Serving | Phase::Stopping => None,
@@ -82,6 +86,15 @@ impl SwapTimer {
         if label.is_some() && label == previous {
             return;
         }
+        let left = self.current.take();
+        self.current = label.map(|step| (step, now));
+        let Some(metrics) = self.metrics.clone() else {
+            return;
+        };
+        let unix = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metrics.set_step_started(label.map(|step| (step, unix)));
         match stage {
             Some(Stage::Registering { failure }) => {
                 self.verdict = Some(match failure {
@@ -95,7 +108,7 @@ impl SwapTimer {
             _ => {}
         }
         let stopping = *phase == Phase::Stopping;
-        if let Some((step, since)) = self.current.take() {
+        if let Some((step, since)) = left {
             let took = now.saturating_duration_since(since);
             // A step cut short by a stop is not a step's duration.
             if !stopping {
@@ -117,7 +130,6 @@ impl SwapTimer {
                 metrics.swap_finished(result(step, stopping, self.verdict.take()));
             }
         }
-        self.current = label.map(|step| (step, now));
     }
 }
 
@@ -176,7 +188,8 @@ mod tests {
         let mut timer = SwapTimer::new(Some(metrics.clone()));
         let start = Instant::now();
         for (i, phase) in phases.iter().enumerate() {
-            timer.observe_at(phase, start + Duration::from_secs(i as u64));
+            let at = Duration::from_secs(i as u64);
+            timer.observe_at(phase, start + at, SystemTime::UNIX_EPOCH + at);
         }
         metrics.encode()
     }
@@ -339,10 +352,41 @@ mod tests {
     }
 
     #[test]
-    fn without_metrics_nothing_is_kept() {
+    fn without_metrics_only_the_current_step_and_its_start_are_kept() {
         let mut timer = SwapTimer::new(None);
-        timer.observe(&updating(Stage::Prepulling));
-        assert!(timer.current.is_none());
+        let start = Instant::now();
+        timer.observe_at(&updating(Stage::Prepulling), start, SystemTime::now());
+        let later = start + Duration::from_secs(90);
+        assert_eq!(
+            timer.in_step(later),
+            Some(("prepull", Duration::from_secs(90)))
+        );
+        timer.observe_at(&Phase::Serving, later, SystemTime::now());
+        assert_eq!(timer.in_step(later), None);
+        assert_eq!(timer.verdict, None);
+    }
+
+    #[test]
+    fn the_current_step_has_its_start_time_and_only_it() {
+        let text = feed(&[
+            Phase::Serving,
+            updating(Stage::Prepulling),
+            updating(Stage::AcquiringSlot { waiting: None }),
+        ]);
+        // Entered the slot wait at second 2 of the (test's) Unix clock.
+        has(
+            &text,
+            "sidekick_swap_step_started_timestamp_seconds{step=\"slot\"} 2",
+        );
+        assert!(
+            !text.contains("started_timestamp_seconds{step=\"prepull\"}"),
+            "{text}"
+        );
+        let text = feed(&[updating(Stage::Deregistering), Phase::Serving]);
+        assert!(
+            !text.contains("sidekick_swap_step_started_timestamp_seconds{"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -57,10 +57,21 @@ impl Denylist {
 
     /// Denies `version` and persists the list atomically.
     pub fn add(&mut self, version: &Version) -> Result<(), PollError> {
+        self.insert(version);
+        self.save()
+    }
+
+    /// Denies `version` in memory only; [`Self::save`] persists it (the update pass has it saved
+    /// off the driver's task).
+    pub fn insert(&mut self, version: &Version) {
         self.versions.insert(version.clone());
         while self.versions.len() > MAX_ENTRIES {
             self.versions.pop_first();
         }
+    }
+
+    /// Persists the list atomically.
+    pub fn save(&self) -> Result<(), PollError> {
         let record = Record {
             versions: self.versions.iter().map(Version::to_string).collect(),
         };

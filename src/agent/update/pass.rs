@@ -9,6 +9,7 @@
 //! offer as a granted update.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use semver::Version;
@@ -21,11 +22,14 @@ use crate::agent::machine::swap::{SwapAction, SwapPhase, SwapPlan};
 use crate::config::UpdateSettings;
 use crate::control::CheckReport;
 use crate::dry_run::would;
-use crate::omaha::AnyUpdateSource;
+use crate::omaha::{AnyUpdateSource, Event, UpdateSource, error_code};
 use crate::slot::{AnySlots, SlotLock};
 use crate::systemd::control::UnitControl;
+use disk::DiskWriter;
 
+mod disk;
 mod reload;
+pub use disk::{JournalStore, JournalWrite};
 pub use reload::UpdateReload;
 
 /// How this instance swaps: the step settings, the verify rule, where the journal and the
@@ -63,6 +67,13 @@ pub struct UpdatePass<C: UnitControl> {
     last_report: Option<CheckReport>,
     /// Settings of a reloaded configuration, in force from the next pass (see [`reload`]).
     reloaded: Option<UpdateReload>,
+    /// Set by a start that found no journal, until the service first answers a check: a grant
+    /// it holds for this instance then was left by an earlier run (see [`Self::ask`]).
+    stale_grant_possible: bool,
+    /// The journal's and the denylist's writes, off the driver's task.
+    disk: DiskWriter,
+    /// See [`Self::recorded`].
+    recorded_ahead: AtomicBool,
 }
 
 impl<C: UnitControl + 'static> UpdatePass<C> {
@@ -82,10 +93,13 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             }),
             poller: Poller::new(settings.interval),
             settings,
-            config,
             running: None,
             last_report: None,
             reloaded: None,
+            stale_grant_possible: false,
+            disk: DiskWriter::spawn(config.journal.clone()),
+            recorded_ahead: AtomicBool::new(false),
+            config,
         }
     }
 
@@ -147,19 +161,19 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         self.running = Some(current.clone());
         // Offers may move the unit only within the repository it runs now.
         let rules = OfferRules::new(&self.settings, Some(old.image.clone()));
-        let denylist = &self.config.denylist;
         let result = match self.seams.slots.halted().await {
             Ok(Some(halt)) => CheckResult::Halted {
                 version: halt.version,
                 reason: halt.reason,
             },
-            Ok(None) => policy::check(source, &current, &rules, denylist, false).await,
+            Ok(None) => self.ask(&current, &rules).await,
             // Check anyway: taking the slot sees a halt too.
             Err(err) => {
                 warn!(error = %err, kind = err.kind(), "cannot tell whether the group is halted");
-                policy::check(source, &current, &rules, denylist, false).await
+                self.ask(&current, &rules).await
             }
         };
+        let source = &self.seams.source;
         if source.dry_run() {
             let line = match &result {
                 CheckResult::Offer(update) => format!(
@@ -179,6 +193,35 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             _ => None,
         };
         (result, plan)
+    }
+
+    /// One check sent to the service, and every grant it answers with that no swap takes given
+    /// back with one 3/0: a stale grant found at start ([`error_code::STALE_GRANT`], then the
+    /// check is asked again) and a denylisted offer ([`error_code::DENYLISTED`]). The service
+    /// keeps an instance with a grant locked (`error-updateInProgressOnInstance`) until it ends.
+    async fn ask(&mut self, current: &Version, rules: &OfferRules) -> CheckResult {
+        let source = &self.seams.source;
+        let denylist = &self.config.denylist;
+        let mut result = policy::check(source, current, rules, denylist, false).await;
+        if self.stale_grant_possible && answered(&result) {
+            // Once: a grant the service holds after that is this run's own.
+            self.stale_grant_possible = false;
+            if matches!(&result, CheckResult::OnHold { reason } if reason == UPDATE_IN_PROGRESS) {
+                warn!(
+                    "the update service holds a grant for this instance that no journaled swap \
+                     accounts for (an earlier run stopped mid-swap): ending it with 3/0 \
+                     (errorcode {}) and checking again",
+                    error_code::STALE_GRANT
+                );
+                give_back(source, current, error_code::STALE_GRANT).await;
+                result = policy::check(source, current, rules, denylist, false).await;
+            }
+        }
+        if let CheckResult::Denylisted { version } = &result {
+            info!(version = %version, "giving the grant of a denylisted version back with 3/0 (errorcode {})", error_code::DENYLISTED);
+            give_back(source, current, error_code::DENYLISTED).await;
+        }
+        result
     }
 
     /// Runs the slow steps of `actions` for an instance reporting `current` to the service.
@@ -201,24 +244,50 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         self.config.verify_timeout
     }
 
-    /// Records `phase` before its side effects (nothing in a dry run).
+    /// Records `phase` off the driver's task (nothing in a dry run): the answer says whether it
+    /// is on disk. A record asked for after another is made after it.
+    pub fn record(&self, phase: &SwapPhase) -> JournalWrite {
+        match self.config.dry_run {
+            true => Box::pin(std::future::ready(Ok(()))),
+            false => self.disk.record(phase),
+        }
+    }
+
+    /// Marks the driver's next [`Self::journal`] as answered by a [`Self::record`] that succeeded
+    /// (for the phase the actions it guards were decided in), so that it writes nothing more on
+    /// the driver's task; [`Self::forget_recorded`] withdraws a mark nothing used.
+    pub fn recorded(&self) {
+        self.recorded_ahead.store(true, Ordering::SeqCst);
+    }
+
+    /// Withdraws an unused [`Self::recorded`].
+    pub fn forget_recorded(&self) {
+        self.recorded_ahead.store(false, Ordering::SeqCst);
+    }
+
+    /// Records `phase` before its side effects (nothing in a dry run): answered at once when the
+    /// driver already had it recorded off its task ([`Self::recorded`]); otherwise written here,
+    /// on the caller's task.
     pub fn journal(&self, phase: &SwapPhase) -> Result<(), JournalError> {
+        if self.recorded_ahead.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
         match self.config.dry_run {
             true => Ok(()),
             false => self.config.journal.write(phase),
         }
     }
 
-    /// Removes the journal: the swap is over.
+    /// Removes the journal, off the driver's task, after the records asked for before: the swap
+    /// is over.
     pub fn clear_journal(&self) {
-        if !self.config.dry_run
-            && let Err(err) = self.config.journal.clear()
-        {
-            error!(error = %err, kind = err.kind(), "failed to remove the swap journal");
+        if !self.config.dry_run {
+            self.disk.clear();
         }
     }
 
-    /// Denies `version` on this instance until a newer one is offered.
+    /// Denies `version` on this instance until a newer one is offered: at once for the next
+    /// check, on disk off the driver's task.
     pub fn deny(&mut self, version: &str) {
         if self.config.dry_run {
             crate::dry_run::would(format_args!("add {version} to the local denylist"));
@@ -226,12 +295,18 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         }
         match Version::parse(version) {
             Ok(version) => {
-                if let Err(err) = self.config.denylist.add(&version) {
-                    error!(error = %err, kind = err.kind(), "failed to denylist {version}");
-                }
+                self.config.denylist.insert(&version);
+                self.disk.save_denylist(self.config.denylist.clone());
             }
             Err(err) => error!(error = %err, "cannot denylist {version:?}: not semver"),
         }
+    }
+
+    /// Has the journal written through `store` from now on (a test's slow or failing disk).
+    #[cfg(test)]
+    pub(crate) fn with_journal_store(mut self, store: impl JournalStore) -> Self {
+        self.disk = DiskWriter::spawn(store);
+        self
     }
 
     /// On start: the journaled swap, resumed from what systemd says runs. An unreadable journal
@@ -241,6 +316,8 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             return Ok(None);
         }
         let Some(phase) = self.config.journal.read()? else {
+            // No swap of ours is in flight: a grant the service still holds is stale.
+            self.stale_grant_possible = true;
             return Ok(None);
         };
         let observed = self.seams.control.running().await?;
@@ -251,6 +328,30 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             "found an interrupted swap; resuming it"
         );
         Ok(Some(crate::agent::machine::recover(phase, &observed)))
+    }
+}
+
+/// The app status with which the service refuses a check while it holds a grant for the instance
+/// (Nebraska's `ErrUpdateInProgressOnInstance`).
+pub const UPDATE_IN_PROGRESS: &str = "error-updateInProgressOnInstance";
+
+/// Whether the service answered the check (not a transport failure, nor no check at all).
+fn answered(result: &CheckResult) -> bool {
+    !matches!(
+        result,
+        CheckResult::Unreachable { .. }
+            | CheckResult::UnknownVersion { .. }
+            | CheckResult::Halted { .. }
+            | CheckResult::NotChecked
+    )
+}
+
+/// Ends the service's grant for this instance with 3/0 and `code`; a failure is logged (the next
+/// grant is given back again).
+async fn give_back(source: &AnyUpdateSource, current: &Version, code: u32) {
+    let event = Event::Failed { error_code: code };
+    if let Err(err) = source.send_event(current, event).await {
+        warn!(error = %err, kind = err.kind(), errorcode = code, "failed to give a grant back with 3/0");
     }
 }
 

@@ -60,6 +60,19 @@ pub fn check_value(name: &str, value: &str) -> Result<(), ControlError> {
 
 /// Writes `contents` to `path` atomically; returns what was there before.
 pub fn replace(path: &Path, contents: &str) -> Result<PreviousDropIn, ControlError> {
+    replace_with(path, contents, atomic_file::write)
+}
+
+/// [`replace`] through `write`. A failed write may have failed after its rename (the directory's
+/// fsync): the file is read again to decide. Holding `contents`, the write took effect and is
+/// reported so, since systemd reads what is there and the swap must restore it on a rollback;
+/// holding what was there before, nothing changed; anything else is an error saying the drop-in
+/// is in an unknown state.
+fn replace_with(
+    path: &Path,
+    contents: &str,
+    write: impl FnOnce(&Path, &[u8]) -> io::Result<()>,
+) -> Result<PreviousDropIn, ControlError> {
     let file_error = |source: io::Error| ControlError::File {
         path: path.to_path_buf(),
         source,
@@ -73,8 +86,32 @@ pub fn replace(path: &Path, contents: &str) -> Result<PreviousDropIn, ControlErr
             ))
         })?),
     };
-    atomic_file::write(path, contents.as_bytes()).map_err(file_error)?;
-    Ok(previous)
+    let Err(err) = write(path, contents.as_bytes()) else {
+        return Ok(previous);
+    };
+    let there = atomic_file::read(path);
+    let before = match &previous {
+        PreviousDropIn::Absent => None,
+        PreviousDropIn::Contents(text) => Some(text.as_bytes()),
+    };
+    match there {
+        Ok(Some(now)) if now == contents.as_bytes() => {
+            tracing::warn!(path = %path.display(), error = %err,
+                "the drop-in write failed after its rename: the new drop-in is in place (its durability is not confirmed)");
+            Ok(previous)
+        }
+        Ok(now) if now.as_deref() == before => Err(file_error(err)),
+        other => {
+            let what = match other {
+                Ok(_) => "neither the old nor the new contents".to_string(),
+                Err(read) => format!("unreadable ({read})"),
+            };
+            Err(file_error(io::Error::new(
+                err.kind(),
+                format!("{err}; the drop-in is now {what}: check it before the unit restarts"),
+            )))
+        }
+    }
 }
 
 /// Puts `previous` back at `path` exactly, or removes the file for `Absent` (durably).
@@ -139,6 +176,40 @@ mod tests {
         }
         let err = render(&dropin("web:2", "2.0.0 ")).unwrap_err();
         assert!(err.to_string().contains("SIDEKICK_VERSION"), "{err}");
+    }
+
+    #[test]
+    fn a_write_that_failed_after_its_rename_is_decided_by_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dropin_path(dir.path(), "web@1.service");
+        replace(&path, "one\n").unwrap();
+        // The rename happened, the directory's fsync failed: the new drop-in is what systemd
+        // reads, so the write counts, with what it replaced for a rollback.
+        let renamed_then_failed = |path: &Path, bytes: &[u8]| {
+            atomic_file::write(path, bytes)?;
+            Err(io::Error::other("fsync of the directory failed"))
+        };
+        let previous = replace_with(&path, "two\n", renamed_then_failed).unwrap();
+        assert_eq!(previous, PreviousDropIn::Contents("one\n".into()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        // Failed before the rename: nothing changed, the error is the write's.
+        let failed_before = |_: &Path, _: &[u8]| Err(io::Error::other("disk full"));
+        let err = replace_with(&path, "three\n", failed_before).unwrap_err();
+        assert_eq!(err.kind(), "file");
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert!(!err.to_string().contains("unknown"), "{err}");
+        // Something else ended up there: an error saying so, naming the file.
+        let other = |path: &Path, _: &[u8]| {
+            atomic_file::write(path, b"garbage\n")?;
+            Err(io::Error::other("torn"))
+        };
+        let err = replace_with(&path, "four\n", other).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("neither the old nor the new contents")
+                && text.contains("50-sidekick.conf"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -131,3 +131,17 @@ async fn a_restart_seen_only_as_active_again_deregisters_and_waits_for_rise() {
     let _ = stop.send(());
     run.await.unwrap();
 }
+
+#[test]
+fn a_swap_step_that_lasts_shows_its_time_in_whole_minutes_once_past_a_minute() {
+    use crate::agent::driver::status::with_step_time;
+    let line = || "updating to 2.0.0: waiting for a slot (1 of 1 slots held)".to_string();
+    assert_eq!(with_step_time(line(), None), line());
+    let short = Some(("slot", Duration::from_secs(59)));
+    assert_eq!(with_step_time(line(), short), line());
+    let long = Some(("slot", Duration::from_secs(2 * 3600 + 3 * 60 + 59)));
+    assert_eq!(
+        with_step_time(line(), long),
+        format!("{} (for 2h 3m)", line())
+    );
+}

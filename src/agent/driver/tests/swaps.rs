@@ -140,6 +140,12 @@ struct Setup<'a> {
     journal_blocked: bool,
     /// The journal lives in its own directory, so that a test can block it ([`World::block_journal`]).
     journal_apart: bool,
+    /// The journal is written through this gate: a disk that can be made to hang.
+    journal_gate: Option<JournalGate>,
+    /// The loop pings a watchdog every 10 ms and counts the pings here.
+    watchdog: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The loop reports to these metrics.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl<'a> Setup<'a> {
@@ -153,6 +159,9 @@ impl<'a> Setup<'a> {
             prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
             journal_blocked: false,
             journal_apart: false,
+            journal_gate: None,
+            watchdog: None,
+            metrics: None,
         }
     }
 }
@@ -168,6 +177,9 @@ async fn start_with(setup: Setup<'_>) -> World {
         prepull,
         journal_blocked,
         journal_apart,
+        journal_gate,
+        watchdog,
+        metrics,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -198,25 +210,30 @@ async fn start_with(setup: Setup<'_>) -> World {
         inner: control.clone(),
         units: units.clone(),
     };
-    let updates = UpdatePass::new(
+    let journal = swaps.journal.clone();
+    let mut updates = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Memory(source.clone()), false),
         AnySlots::Memory(slots.join(who("web-1"))),
         restarting,
         settings,
         swaps,
     );
+    if let Some(gate) = journal_gate {
+        updates = updates.with_journal_store(gate.over(journal));
+    }
     let probe = VersionProbe {
         control: control.clone(),
         bad,
     };
     let options = DriverOptions {
+        metrics,
         record: Some(RecordOptions {
             group: "app/stable".into(),
             host: "127.0.0.1".into(),
         }),
         ..options(vec![("k".into(), "v".into())])
     };
-    let driver = driver(
+    let mut driver = driver(
         agent(2, 1, false),
         registry.clone(),
         probe,
@@ -224,6 +241,9 @@ async fn start_with(setup: Setup<'_>) -> World {
         Some(updates),
         options,
     );
+    if let Some(pings) = watchdog {
+        driver.test_watchdog = Some((Duration::from_millis(10), pings));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
@@ -389,6 +409,9 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
         matches!(other.acquire("3.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "3.0.0"),
         "the group is halted by 3.0.0"
     );
+    // Saved off the loop's task, before the journal's removal.
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(3, 0, 0)));
     // Later checks meet 3.0.0 again and skip it: no second attempt.
@@ -726,5 +749,229 @@ async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_i
     })
     .await;
     assert!(writes_drop_in(&world.control.calls()));
+    world.finish().await;
+}
+
+/// A disk that hangs on demand: journal records wait while the gate is shut. Opens on drop, so
+/// that a failing test does not leave the writer thread hanging.
+#[derive(Clone, Default)]
+struct JournalGate {
+    shut: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// Records waiting at the gate now.
+    stuck: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The gate in front of a journal.
+struct Gated {
+    gate: JournalGate,
+    journal: Journal,
+}
+
+impl JournalGate {
+    fn over(&self, journal: Journal) -> Gated {
+        Gated {
+            gate: self.clone(),
+            journal,
+        }
+    }
+
+    fn set(&self, shut: bool) {
+        let (lock, changed) = &*self.shut;
+        *lock.lock().unwrap() = shut;
+        changed.notify_all();
+    }
+
+    fn stuck(&self) -> u64 {
+        self.stuck.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn pass(&self) {
+        let (lock, changed) = &*self.shut;
+        let mut shut = lock.lock().unwrap();
+        if *shut {
+            self.stuck.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while *shut {
+                shut = changed.wait(shut).unwrap();
+            }
+            self.stuck.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Opens the gate when the test ends, however it ends.
+struct OpenOnDrop(JournalGate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl crate::agent::update::pass::JournalStore for Gated {
+    fn write(&self, swap: &SwapPhase) -> Result<(), crate::agent::update::journal::JournalError> {
+        self.gate.pass();
+        self.journal.write(swap)
+    }
+    fn clear(&self) -> Result<(), crate::agent::update::journal::JournalError> {
+        self.gate.pass();
+        self.journal.clear()
+    }
+}
+
+// Multi-threaded: a record made on the loop's task would stall the loop, not this test's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_journal_delays_neither_a_deregistration_nor_the_watchdog_and_the_swap_waits_for_it()
+ {
+    let gate = JournalGate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        journal_gate: Some(gate.clone()),
+        watchdog: Some(pings.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("waiting for the slot web-2 holds", || {
+        world.events() == [Event::PrepullStarted, Event::PrepullFinished]
+    })
+    .await;
+    // The disk hangs; the unit fails while the swap waits for its slot.
+    gate.set(true);
+    world.units.set(ActiveState::Failed);
+    eventually("deregistered while the disk hangs", || {
+        !registered(&world.registry)
+    })
+    .await;
+    let before = pings.load(std::sync::atomic::Ordering::SeqCst);
+    eventually("watchdog pings while the disk hangs", || {
+        pings.load(std::sync::atomic::Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    // web-2 gives its slot back and the unit is back: the swap goes on only as its records are
+    // made, and none of its steps ran while they could not be.
+    world.units.set(ActiveState::Active);
+    world.slots.join(who("web-2")).release().await.unwrap();
+    eventually("a record waiting at the gate", || gate.stuck() > 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !world.events().contains(&Event::SwapStarted),
+        "a swap step ran with its phase unrecorded: {:?}",
+        world.events()
+    );
+    assert!(gate.stuck() > 0, "still hanging");
+    gate.set(false);
+    eventually("3/1 once the disk answers", || {
+        world.events().contains(&Event::UpdateComplete)
+    })
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_slot_an_earlier_run_left_is_released_even_when_the_registration_comes_while_a_pass_is_out()
+ {
+    // The unit is inactive at start, so the first pass goes out before the registration; its
+    // check hangs until the registration is confirmed.
+    let units = Arc::new(MemoryUnits::new(ActiveState::Inactive));
+    let control = MemoryUnitControl::new(RunningVersion {
+        version: Some("1.0.0".into()),
+        image: Some("example/web:1.0.0".into()),
+    });
+    let source = InMemoryUpdateSource::new(Some(release("1.0.0")));
+    source.hold_checks();
+    let slots = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    // An earlier run of web-1 took the slot and was killed with it.
+    let earlier = slots.join(who("web-1"));
+    assert_eq!(
+        earlier.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let updates = UpdatePass::new(
+        AnyUpdateSource::new(UpdateBackend::Memory(source.clone()), false),
+        AnySlots::Memory(slots.join(who("web-1"))),
+        control.clone(),
+        update_settings(Duration::from_millis(50)),
+        swap_config(dir.path(), 2),
+    );
+    let registry = MemoryRegistry::new();
+    let driver = driver(
+        agent(1, 1, true),
+        registry.clone(),
+        VersionProbe {
+            control,
+            bad: "none",
+        },
+        &units,
+        Some(updates),
+        options(vec![("k".into(), "v".into())]),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(driver.run(async move {
+        let _ = stopped.await;
+    }));
+    eventually("a check out and hanging", || source.checks() > 0).await;
+    units.set(ActiveState::Active);
+    eventually("registered while the pass is out", || registered(&registry)).await;
+    assert_eq!(slots.holders(), ["web-1"], "the pass still holds the seams");
+    source.answer_checks();
+    eventually(
+        "the earlier run's slot released once the pass is back",
+        || slots.holders().is_empty(),
+    )
+    .await;
+    let _ = stop.send(());
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_wait_shows_in_the_metrics_with_its_attempts_and_the_time_it_began() {
+    let metrics = crate::metrics::Metrics::new();
+    let world = start_with(Setup {
+        slot_taken_by: Some("web-2"),
+        metrics: Some(metrics.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    eventually("a busy attempt counted", || {
+        metrics
+            .encode()
+            .contains("sidekick_slot_attempts_total{result=\"busy\"} 1")
+    })
+    .await;
+    let text = metrics.encode();
+    let started = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sidekick_swap_step_started_timestamp_seconds{step=\"slot\"} ")
+        })
+        .unwrap_or_else(|| panic!("no start time of the slot wait in\n{text}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let started: u64 = started.parse().unwrap();
+    assert!(started <= now && now - started < 60, "{started} vs {now}");
+    // web-2 gives its slot back: the swap goes on and ends, and no step is current any more.
+    world.slots.join(who("web-2")).release().await.unwrap();
+    eventually("3/1", || world.events().contains(&Event::UpdateComplete)).await;
+    eventually("swap over", || {
+        metrics
+            .encode()
+            .contains("sidekick_swaps_total{result=\"updated\"} 1")
+    })
+    .await;
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekick_slot_attempts_total{result=\"acquired\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sidekick_swap_step_started_timestamp_seconds{"),
+        "{text}"
+    );
     world.finish().await;
 }

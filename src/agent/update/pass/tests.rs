@@ -2,8 +2,12 @@
 //! plan a valid offer hands the swap.
 
 use super::*;
-use crate::agent::update::fixtures::{memory_source, pass, release};
+use crate::agent::update::fixtures::{
+    memory_source, pass, release, swap_config, update_settings, who,
+};
 use crate::omaha::{Event, HttpTimeouts, HttpUpdateSource, UpdateBackend, error_code};
+use crate::slot::MemorySlots;
+use crate::systemd::control::{MemoryUnitControl, RunningVersion};
 
 fn events(pass: &UpdatePass<crate::systemd::control::MemoryUnitControl>) -> Vec<Event> {
     match pass.seams.source.backend_for_tests() {
@@ -190,4 +194,199 @@ async fn allowed_repositories_widen_the_offers_the_pass_accepts() {
     other.settings.allowed_repositories = vec!["mirror.example.com/team/web".into()];
     assert_eq!(other.poll().await.label, "refused");
     assert_eq!(report_kind(&other), Some("repository-not-allowed"));
+}
+
+#[tokio::test]
+async fn a_denylisted_offer_gives_its_grant_back_with_3_0_denylisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = memory_source(Some(release("2.0.0", "reg/web")), false);
+    let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
+    pass.config.denylist.add(&Version::new(2, 0, 0)).unwrap();
+    let result = pass.poll().await;
+    assert_eq!((result.label, result.plan.is_none()), ("denylisted", true));
+    assert_eq!(
+        events(&pass),
+        vec![Event::Failed {
+            error_code: error_code::DENYLISTED
+        }],
+        "the grant ends with one 3/0 instead of lingering in the service"
+    );
+}
+
+/// The example update service (Nebraska's rules, `examples/omaha_server`), in-process over real
+/// HTTP.
+#[path = "../../../../examples/omaha_server/service/mod.rs"]
+mod service;
+
+/// The example service on a loopback port with app `app` publishing 2.0.0 on track `stable`
+/// (image `registry.example.com/web:<version>`), and its base URL.
+async fn example_service() -> (url::Url, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base: url::Url = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let state = std::sync::Arc::new(service::ServerState::in_memory());
+    let task = tokio::spawn(async move {
+        let _ = service::serve(listener, state).await;
+    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let package = |version: &str| {
+        serde_json::json!({
+            "version": version, "url": format!("registry.example.com/web:{version}"),
+            "filename": "web.tar", "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=", "size": 23,
+        })
+    };
+    let calls = [
+        ("PUT", "api/apps/app", serde_json::json!({"name": "web"})),
+        (
+            "POST",
+            "api/apps/app/channels/stable/publish",
+            package("1.0.0"),
+        ),
+        (
+            "PUT",
+            "api/apps/app/groups/g1",
+            serde_json::json!({"track": "stable", "channel": "stable"}),
+        ),
+        (
+            "PUT",
+            "api/apps/app/groups/g1/policy",
+            serde_json::json!({"max_updates_per_period": 10, "period_interval": "1h", "update_timeout": "1h"}),
+        ),
+        (
+            "POST",
+            "api/apps/app/channels/stable/publish",
+            package("2.0.0"),
+        ),
+    ];
+    for (method, path, body) in calls {
+        let response = http
+            .request(method.parse().unwrap(), base.join(path).unwrap())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{method} {path}");
+    }
+    (base, task)
+}
+
+/// A source for instance `web-1` of app `app` at the example service under `base`.
+fn example_source(base: &url::Url) -> HttpUpdateSource {
+    let instance = crate::omaha::AppInstance {
+        app_id: "app".into(),
+        track: "stable".into(),
+        arch: "x64".into(),
+        machine_id: "9ce7a919806c4f3785eb6d260345ac4a".into(),
+        boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+    };
+    let endpoint = base.join("v1/update/").unwrap();
+    HttpUpdateSource::new(endpoint, instance, HttpTimeouts::default(), None).unwrap()
+}
+
+/// The instance's status and the 3/0 errorcodes the example service recorded for it.
+async fn service_view(base: &url::Url) -> (String, Vec<i64>) {
+    let url = base.join("api/apps/app/instances").unwrap();
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let row = &rows[0];
+    let failed = row["last_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == 3 && e["event_result"] == 0)
+        .map(|e| e["error_code"].as_i64().unwrap_or(-1))
+        .collect();
+    (row["status"].to_string(), failed)
+}
+
+/// A pass for `web-1` running 1.0.0 from `registry.example.com/web` against the example service.
+fn example_pass(base: &url::Url, state_dir: &std::path::Path) -> UpdatePass<MemoryUnitControl> {
+    let source = AnyUpdateSource::new(UpdateBackend::Http(example_source(base)), false);
+    let control = MemoryUnitControl::new(RunningVersion {
+        version: Some("1.0.0".into()),
+        image: Some("registry.example.com/web:1.0.0".into()),
+    });
+    let slots = MemorySlots::new(std::num::NonZeroU32::MIN, who("web-1"));
+    let mut settings = update_settings(Duration::from_secs(60));
+    settings.image = "{codebase}".into();
+    UpdatePass::new(
+        source,
+        AnySlots::Memory(slots),
+        control,
+        settings,
+        swap_config(state_dir, 1),
+    )
+}
+
+#[tokio::test]
+async fn a_start_with_no_journal_ends_a_grant_the_service_still_holds_once_then_checks() {
+    let (base, _server) = example_service().await;
+    // An earlier run took the grant and reported 13/1, then died before journaling anything.
+    let earlier = example_source(&base);
+    let one = Version::new(1, 0, 0);
+    assert!(matches!(
+        earlier.check(&one, false).await.unwrap(),
+        crate::omaha::CheckOutcome::Update(_)
+    ));
+    earlier
+        .send_event(&one, Event::PrepullStarted)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            earlier.check(&one, false).await.unwrap(),
+            crate::omaha::CheckOutcome::OnHold { reason } if reason == UPDATE_IN_PROGRESS
+        ),
+        "the service locks the instance while it holds the grant"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut pass = example_pass(&base, dir.path());
+    assert_eq!(pass.recover().await.unwrap(), None, "no journal");
+    let result = pass.poll().await;
+    assert_eq!(result.label, "update", "{:?}", pass.last_report());
+    assert_eq!(
+        result.plan.map(|p| p.new.version),
+        Some("2.0.0".to_string())
+    );
+    let (_, failed) = service_view(&base).await;
+    assert_eq!(failed, vec![i64::from(error_code::STALE_GRANT)]);
+
+    // The grant the pass now holds is its own: a later refusal is not ended again.
+    pass.seams
+        .source
+        .send_event(&one, Event::PrepullStarted)
+        .await
+        .unwrap();
+    let again = pass.poll().await;
+    assert_eq!(again.label, "on-hold");
+    let (status, failed) = service_view(&base).await;
+    assert_eq!(failed.len(), 1, "one 3/0, once ({status})");
+}
+
+#[tokio::test]
+async fn a_start_that_resumes_a_journaled_swap_leaves_the_grant_to_it() {
+    let (base, _server) = example_service().await;
+    let earlier = example_source(&base);
+    let one = Version::new(1, 0, 0);
+    earlier.check(&one, false).await.unwrap();
+    earlier
+        .send_event(&one, Event::PrepullStarted)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::new(dir.path(), "web-1");
+    journal
+        .write(&crate::agent::machine::fixtures::at(
+            crate::agent::machine::swap::Stage::Prepulling,
+        ))
+        .unwrap();
+    let mut pass = example_pass(&base, dir.path());
+    assert!(pass.recover().await.unwrap().is_some());
+    assert_eq!(pass.poll().await.label, "on-hold");
+    let (_, failed) = service_view(&base).await;
+    assert!(failed.is_empty(), "the resumed swap ends its own grant");
 }
