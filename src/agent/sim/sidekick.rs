@@ -85,6 +85,8 @@ pub struct Proc {
     pub lost_after_fence: bool,
     /// The slot was held when this process queued its last restart job.
     pub slot_at_restart: bool,
+    /// Started with no journal: a grant the service still holds is an earlier run's (`pass.rs`).
+    pub stale_grant_possible: bool,
 }
 
 impl Proc {
@@ -116,6 +118,7 @@ impl Proc {
             healthy: false,
             lost_after_fence: false,
             slot_at_restart: false,
+            stale_grant_possible: false,
         }
     }
 
@@ -158,6 +161,7 @@ impl Sim {
             };
             proc.recovered = Some(recover(journal, &observed));
         }
+        proc.stale_grant_possible = proc.recovered.is_none();
         proc.pending
             .push_back(Observation::Unit(unit.state.clone()));
         self.inst[i].proc = Some(proc);
@@ -678,10 +682,28 @@ impl Sim {
         let cut = self.cut(i);
         let running = self.inst[i].unit.loaded.clone();
         let halted = !cut && self.etcd.halt.is_some();
-        let answer = match halted {
+        let stale_possible = self.inst[i]
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.stale_grant_possible);
+        let mut answer = match halted {
             true => Answer::Refused("halted"),
             false => self.nebraska.check(i, &running, now),
         };
+        // `UpdatePass::ask`: the first answer after a start with no journal that finds the
+        // instance locked ends that grant with 3/0 STALE_GRANT and checks again.
+        if !halted && stale_possible {
+            if answer == Answer::Refused("error-updateInProgressOnInstance") {
+                let failed = crate::omaha::Event::Failed {
+                    error_code: crate::omaha::error_code::STALE_GRANT,
+                };
+                self.nebraska.event(i, failed);
+                answer = self.nebraska.check(i, &running, now);
+            }
+            if let Some(p) = self.inst[i].proc.as_mut() {
+                p.stale_grant_possible = false;
+            }
+        }
         let delay = POLL_EVERY + self.rng.u64(0..POLL_EVERY / 10);
         let denied = self.inst[i].disk.denylist.clone();
         let Some(p) = self.inst[i].proc.as_mut() else {
@@ -692,6 +714,11 @@ impl Sim {
         self.log(i, || format!("update pass running {running}: {answer:?}"));
         if let Answer::Update(version) = answer {
             if denied.contains(&version) {
+                // A denylisted offer's grant is given back (3/0 DENYLISTED).
+                let failed = crate::omaha::Event::Failed {
+                    error_code: crate::omaha::error_code::DENYLISTED,
+                };
+                self.nebraska.event(i, failed);
                 return;
             }
             let image = |v: &str| format!("example/web:{v}");
