@@ -9,6 +9,8 @@
 
 pub mod driver;
 pub mod machine;
+#[cfg(test)]
+mod sim;
 pub mod update;
 
 pub use driver::{Driver, DriverOptions, DriverReport, Reconfigure, RecordOptions, Seams};
