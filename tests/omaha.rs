@@ -69,6 +69,7 @@ fn instance(app_id: &str, name: &str) -> AppInstance {
         arch: "x64".into(),
         machine_id: app_machine_id(HOST_ID, app_id, name).unwrap(),
         boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+        name: name.into(),
     }
 }
 

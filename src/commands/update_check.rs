@@ -233,6 +233,7 @@ pub fn app_instance(
             &instance.unit,
         )?,
         boot_id: identity::read_boot_id(Path::new(identity::BOOT_ID_PATH))?,
+        name: instance.name.clone(),
     })
 }
 

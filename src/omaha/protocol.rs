@@ -26,6 +26,10 @@ pub struct AppInstance {
     pub machine_id: String,
     /// Boot id, braced: `{uuid}`.
     pub boot_id: String,
+    /// The sidekick's instance name (`web-1`), sent as the `instancename` attribute of `<app>` so
+    /// an operator can tell instances apart in the service (Nebraska ignores attributes it does
+    /// not know; the example service lists it beside the machine id).
+    pub name: String,
 }
 
 /// Why a check was made: `installsource` on the request.

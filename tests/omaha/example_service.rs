@@ -210,6 +210,31 @@ async fn a_second_instance_is_on_hold_with_one_update_per_period() {
 }
 
 #[tokio::test]
+async fn instances_are_listed_by_the_sidekicks_instance_name_beside_the_machine_id() {
+    let server = LocalService::start().await;
+    server.setup_app(APP, relaxed_policy()).await;
+    for name in ["web-1", "web-2"] {
+        let source = server.source(instance(APP, name));
+        source.check(&v("1.0.0"), false).await.unwrap();
+    }
+    let mut rows: Vec<(String, String)> = server
+        .instances(APP)
+        .await
+        .iter()
+        .map(|row| {
+            let field = |key: &str| row[key].as_str().unwrap_or_default().to_string();
+            (field("name"), field("machine_id"))
+        })
+        .collect();
+    rows.sort();
+    let expected: Vec<(String, String)> = ["web-1", "web-2"]
+        .iter()
+        .map(|name| (name.to_string(), instance(APP, name).machine_id))
+        .collect();
+    assert_eq!(rows, expected);
+}
+
+#[tokio::test]
 async fn an_unknown_app_is_an_error() {
     let server = LocalService::start().await;
     server.setup_app(APP, relaxed_policy()).await;

@@ -76,6 +76,7 @@ proptest! {
             arch: arch.into(),
             machine_id: app_machine_id(&host, "app", &name).unwrap(),
             boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+            name: "web-1".into(),
         };
         let mut current = Version::new(major, minor, patch);
         if let Some(pre) = pre {
@@ -132,6 +133,7 @@ proptest! {
             arch: update.arch.clone(),
             machine_id: app_machine_id(&host, &update.app_id, &settings.instance.unit).unwrap(),
             boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+            name: "web-1".into(),
         };
         let current = Version::new(major, minor, patch);
         let check = update_check_request(&app, &current, InstallSource::Scheduler);

@@ -209,6 +209,8 @@ pub async fn put_policy(
 #[derive(Debug, Serialize)]
 pub struct InstanceRow {
     machine_id: String,
+    /// The sidekick's instance name (`web-1`), when its requests carry one.
+    name: Option<String>,
     group: String,
     version: String,
     status: InstanceStatus,
@@ -231,6 +233,7 @@ pub async fn list_instances(
         .iter()
         .map(|(id, i)| InstanceRow {
             machine_id: id.clone(),
+            name: i.name.clone(),
             group: i.group.clone(),
             version: i.version.clone(),
             status: i.status,

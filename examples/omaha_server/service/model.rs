@@ -13,6 +13,8 @@ const VALIDITY_MS: u64 = 24 * 60 * 60 * 1000;
 const EVENTS_KEPT: usize = 20;
 /// Longest machine id Nebraska stores (`varchar(50)`).
 const MAX_MACHINE_ID_LEN: usize = 50;
+/// The longest instance name kept (a sidekick instance name is a unit instance, far shorter).
+const MAX_INSTANCE_NAME_LEN: usize = 128;
 
 /// Everything the server knows, keyed by lowercase app id.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -142,6 +144,9 @@ pub struct Instance {
     /// Update checks answered for it (each one that gets an offer is a grant).
     #[serde(default)]
     pub update_checks: u64,
+    /// The sidekick's instance name, when its request carried one (`instancename`).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// An event the server recorded.
@@ -245,11 +250,25 @@ impl App {
                 last_update_version: None,
                 events: Vec::new(),
                 update_checks: 0,
+                name: None,
             });
         instance.group = group.to_owned();
         instance.version = version.to_owned();
         instance.last_check_ms = now;
         Ok(())
+    }
+
+    /// Remembers the name a registered instance's request gave itself: at most
+    /// [`MAX_INSTANCE_NAME_LEN`] printable characters (it comes from the network); anything else
+    /// leaves the name it had.
+    pub fn name_instance(&mut self, machine_id: &str, name: &str) {
+        let printable = name.chars().all(|c| c.is_ascii_graphic());
+        if name.is_empty() || name.len() > MAX_INSTANCE_NAME_LEN || !printable {
+            return;
+        }
+        if let Some(instance) = self.instances.get_mut(machine_id) {
+            instance.name = Some(name.to_owned());
+        }
     }
 
     /// Nebraska's `GetUpdatePackage` for a regular client (§5.4): the package to serve, if any.

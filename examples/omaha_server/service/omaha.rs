@@ -33,6 +33,9 @@ struct AppRequestDoc {
     track: String,
     #[serde(rename = "@machineid", default)]
     machineid: String,
+    /// The sidekick's instance name (its own attribute; Nebraska does not read it).
+    #[serde(rename = "@instancename", default)]
+    instancename: String,
     #[serde(rename = "@board", default)]
     board: String,
     ping: Option<MarkerDoc>,
@@ -125,6 +128,7 @@ fn answer_app(
     if req.ping.is_some() {
         // Nebraska acks the ping even when the registration fails.
         let _ = app.register(&req.machineid, &req.version, &group, now);
+        app.name_instance(&req.machineid, &req.instancename);
         body.push_str("<ping status=\"ok\"></ping>");
     }
     if req.updatecheck.is_some() {

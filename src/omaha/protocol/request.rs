@@ -44,7 +44,7 @@ fn document(
         "{XML_DECLARATION}<request protocol=\"3.0\" version=\"{updater}\" updaterversion=\"{updater}\" \
          installsource=\"{source}\" ismachine=\"1\"><os platform=\"linux\" arch=\"{arch}\"></os>\
          <app appid=\"{appid}\" version=\"{version}\" track=\"{track}\" bootid=\"{bootid}\" \
-         machineid=\"{machineid}\">{app_body}</app></request>\n",
+         machineid=\"{machineid}\" instancename=\"{name}\">{app_body}</app></request>\n",
         updater = UPDATER_VERSION,
         source = install_source.as_str(),
         arch = escape(app.arch.as_str()),
@@ -53,6 +53,7 @@ fn document(
         track = escape(app.track.as_str()),
         bootid = escape(app.boot_id.as_str()),
         machineid = escape(app.machine_id.as_str()),
+        name = escape(app.name.as_str()),
     )
 }
 
@@ -67,6 +68,7 @@ mod tests {
             arch: "x64".into(),
             machine_id: "0123456789abcdef0123456789abcdef".into(),
             boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+            name: "web-1".into(),
         }
     }
 

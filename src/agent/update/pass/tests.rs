@@ -129,6 +129,7 @@ async fn a_dry_run_against_a_real_service_sends_no_check() {
         arch: "x64".into(),
         machine_id: "0".repeat(32),
         boot_id: "0".repeat(32),
+        name: "web-1".into(),
     };
     // Nothing listens there: a sent check would fail as unreachable, not come back unchecked.
     let url = "http://127.0.0.1:9/v1/update/".parse().unwrap();
@@ -281,6 +282,7 @@ fn example_source(base: &url::Url) -> HttpUpdateSource {
         arch: "x64".into(),
         machine_id: "9ce7a919806c4f3785eb6d260345ac4a".into(),
         boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+        name: "web-1".into(),
     };
     let endpoint = base.join("v1/update/").unwrap();
     HttpUpdateSource::new(endpoint, instance, HttpTimeouts::default(), None).unwrap()

@@ -312,6 +312,7 @@ fn instance() -> AppInstance {
         arch: "x64".into(),
         machine_id: "0123456789abcdef0123456789abcdef".into(),
         boot_id: "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}".into(),
+        name: "web-1".into(),
     }
 }
 
