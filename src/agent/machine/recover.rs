@@ -34,6 +34,10 @@ use crate::systemd::control::RunningVersion;
 ///   is sent again (it may have been cut off by the stop).
 pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
+    // The journal's view of the unit is from before the stop: unknown until the driver's first
+    // unit observation (which the machine follows from here on, also while the slot is taken
+    // again).
+    phase.unit_active = false;
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
     if phase.halt == GroupHalt::NotNeeded
         && let Some(reason) = legacy_halt(&phase.stage)

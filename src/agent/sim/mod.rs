@@ -44,27 +44,27 @@ pub enum Violation {
 }
 
 /// Invariants the code is known not to keep yet: their violations are counted and printed, not
-/// failed on. Each is kept on by every seed but these; empty once the fixes are in. With
-/// safety-machine, safety-edges and safety-shell merged (03:45 UTC), what still breaks:
-/// - `SwapToFailedVersion` (30 of 2,000 seeds, e.g. 84): a grant taken before the halt (the offer
-///   ignored, or the attempt given back) is offered again by Nebraska while the instance reports
-///   no progress on it, so after `slots resume` another instance swaps to the failed version,
+/// failed on. Each is kept on by every seed but these; empty once the fixes are in. With every
+/// branch of the safety work merged (survey of 2,000 seeds), what still breaks:
+/// - `SwapToFailedVersion` (29 seeds, e.g. 84): a grant taken before the halt (the offer ignored,
+///   or the attempt given back) is offered again by Nebraska while the instance reports no
+///   progress on it, so after `slots resume` another instance swaps to the failed version,
 ///   whatever was published since;
-/// - `GrantNotEnded` (50, e.g. 299, 193): a crash after journaling Releasing and before the 3/x
-///   goes out is recovered by releasing only (the grant stays locked: the start found a journal,
-///   so no STALE_GRANT either); a journal write failing before the deregistration drops the
-///   attempt with no event after 13/1;
+/// - `GrantNotEnded` (24, e.g. 193): a journal write failing before the deregistration drops the
+///   attempt with no event after 13/1 (the documented exception in `docs/swap.md`), and a 3/0
+///   cut off by a crash before any journal exists is left to the next start's STALE_GRANT;
 /// - `StartedStoppedUnit` (4, e.g. 550): an operator stops the unit while the sidekick is down
-///   mid-swap; recovery's rollback restarts it;
-/// - `BlamedGoodVersion` (35, e.g. 18): a crash in Restarting/Verifying is recovered through
-///   Reacquiring, which sees the unit `active`; `resume_unit` then clears `unit_active` and no
-///   unit change comes again, so verification never counts a probe, times out, and halts and
-///   denylists a version that works.
+///   mid-swap; recovery's rollback restarts it (a stop cannot be told from the transient
+///   `inactive` of a restart job the crashed run left queued).
+///
+/// Fixed since and enforced: `BlamedGoodVersion` (seed 18: a crash in Restarting/Verifying
+/// recovered through Reacquiring saw the unit `active`, then forgot it; verification waited for
+/// a unit change that never came and blamed a working version), and seed 299's `GrantNotEnded` (a
+/// crash after journaling Releasing: the 3/x is now recorded with Releasing and sent again).
 pub const NOT_YET_HELD: &[Violation] = &[
     Violation::SwapToFailedVersion,
     Violation::GrantNotEnded,
     Violation::StartedStoppedUnit,
-    Violation::BlamedGoodVersion,
 ];
 
 /// Seeds that once found a violation, replayed first (whatever [`SEEDS`] becomes). On the main

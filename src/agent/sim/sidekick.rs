@@ -195,6 +195,7 @@ impl Sim {
                 SwapAction::ClearJournal
                     | SwapAction::StartVerifyDeadline
                     | SwapAction::Denylist { .. }
+                    | SwapAction::NoteSlotLost
             )
         });
         for action in inline {
@@ -366,6 +367,8 @@ impl Sim {
                     self.inst[i].disk.denylist.insert(version);
                 }
                 SwapAction::ClearJournal => self.inst[i].disk.journal = None,
+                // A log line and a metric in the driver: nothing the world sees.
+                SwapAction::NoteSlotLost => {}
                 SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
                 slow if halting => front.push(slow),
                 slow => {

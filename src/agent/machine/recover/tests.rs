@@ -594,3 +594,28 @@ fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
         ]
     );
 }
+
+#[test]
+fn a_unit_seen_active_while_the_slot_is_taken_again_is_verified_without_another_unit_change() {
+    // Simulation seed 18: the unit came up before the slot was back; no unit change follows, so
+    // verification must count the probes from the state it already saw, or it times out and
+    // blames a version that works.
+    let (phase, _) = recover(at(Stage::Verifying { passes: 1 }), &running("2.0.0"));
+    assert!(
+        !phase.unit_active,
+        "the journal's view of the unit is stale"
+    );
+    let phase = run(
+        phase,
+        &[
+            (O::Unit(Active), &[]),
+            (
+                O::Slot(SlotAnswer::Acquired),
+                &[SwapAction::StartVerifyDeadline],
+            ),
+            (PASS, &[]),
+            (PASS, &[SwapAction::Register]),
+        ],
+    );
+    assert_eq!(phase.stage, Stage::Registering { failure: None });
+}

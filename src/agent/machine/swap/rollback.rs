@@ -42,15 +42,25 @@ pub(in crate::agent::machine) fn reacquire(
 
 /// The slot is held again (the acquire just checked it, as a fence would): what `resume` does to
 /// the unit. A unit that runs the new version since its restart needs verification only.
+///
+/// Verification keeps the unit's state as last seen: the machine follows every unit change, also
+/// while it waits for the slot, and a unit found active before the slot came back sends no
+/// change again (forgetting it here left verification waiting for one until its deadline, and
+/// blamed a working version: simulation seed 18).
 pub(super) fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<SwapAction>) {
-    phase.unit_active = false;
     match resume {
-        Stage::Restarting => (Stage::Restarting, vec![SwapAction::Restart]),
+        Stage::Restarting => {
+            phase.unit_active = false;
+            (Stage::Restarting, vec![SwapAction::Restart])
+        }
         Stage::Verifying { .. } => (
             Stage::Verifying { passes: 0 },
             vec![SwapAction::StartVerifyDeadline],
         ),
-        Stage::RollingBack { failure } => (Stage::RollingBack { failure }, vec![restore(phase)]),
+        Stage::RollingBack { failure } => {
+            phase.unit_active = false;
+            (Stage::RollingBack { failure }, vec![restore(phase)])
+        }
         other => (other, Vec::new()),
     }
 }
