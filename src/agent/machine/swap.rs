@@ -335,7 +335,8 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     let (stage, actions) = match (stage, observation) {
         (stage, O::Shutdown) => return shutdown(phase, stage),
         // The journal fails closed: an attempt it cannot record before the deregistration is
-        // dropped (release what may be held, stay registered, no event).
+        // dropped (release what may be held, stay registered). The grant the offer took still
+        // ends in a 3/x (Nebraska keeps it open until one comes): 3/0 generic.
         (
             Stage::Prepulling | Stage::AcquiringSlot { .. } | Stage::Deregistering,
             O::JournalFailed,
@@ -344,6 +345,9 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 true => vec![SwapAction::ReleaseSlot { retry: false }],
                 false => Vec::new(),
             };
+            actions.push(SwapAction::SendEvent(Event::Failed {
+                error_code: error_code::GENERIC,
+            }));
             actions.push(SwapAction::ClearJournal);
             phase.slot_held = false;
             (Stage::Finished, actions)

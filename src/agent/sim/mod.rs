@@ -46,13 +46,13 @@ pub enum Violation {
 /// Invariants the code is known not to keep yet: their violations are counted and printed, not
 /// failed on. Each is kept on by every seed but these; empty once the fixes are in. With every
 /// branch of the safety work merged (survey of 2,000 seeds), what still breaks:
-/// - `SwapToFailedVersion` (29 seeds, e.g. 84): a grant taken before the halt (the offer ignored,
+/// - `SwapToFailedVersion` (19 seeds, e.g. 84): a grant taken before the halt (the offer ignored,
 ///   or the attempt given back) is offered again by Nebraska while the instance reports no
 ///   progress on it, so after `slots resume` another instance swaps to the failed version,
 ///   whatever was published since;
-/// - `GrantNotEnded` (24, e.g. 193): a journal write failing before the deregistration drops the
-///   attempt with no event after 13/1 (the documented exception in `docs/swap.md`), and a 3/0
-///   cut off by a crash before any journal exists is left to the next start's STALE_GRANT;
+/// - `GrantNotEnded` (6, e.g. 544): an offer to an instance whose unit is not active or not
+///   registered is not taken (defect 4's rule) and no 3/x is sent for it, so Nebraska keeps it
+///   granted until the unit serves again and takes it — past the end of the run here;
 /// - `StartedStoppedUnit` (4, e.g. 550): an operator stops the unit while the sidekick is down
 ///   mid-swap; recovery's rollback restarts it (a stop cannot be told from the transient
 ///   `inactive` of a restart job the crashed run left queued).
@@ -60,7 +60,8 @@ pub enum Violation {
 /// Fixed since and enforced: `BlamedGoodVersion` (seed 18: a crash in Restarting/Verifying
 /// recovered through Reacquiring saw the unit `active`, then forgot it; verification waited for
 /// a unit change that never came and blamed a working version), and seed 299's `GrantNotEnded` (a
-/// crash after journaling Releasing: the 3/x is now recorded with Releasing and sent again).
+/// crash after journaling Releasing: the 3/x is now recorded with Releasing and sent again) and
+/// seed 193's (a journal write failing before the deregistration now ends the grant with 3/0).
 pub const NOT_YET_HELD: &[Violation] = &[
     Violation::SwapToFailedVersion,
     Violation::GrantNotEnded,

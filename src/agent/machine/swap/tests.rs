@@ -545,18 +545,27 @@ fn a_failed_release_is_retried_until_it_succeeds() {
 }
 
 #[test]
-fn a_journal_failure_before_the_deregistration_drops_the_attempt_with_no_event() {
+fn a_journal_failure_before_the_deregistration_drops_the_attempt_and_ends_its_grant() {
+    // The offer took a grant, which the update service holds open until a 3/x.
+    let ended = A::SendEvent(Event::Failed {
+        error_code: error_code::GENERIC,
+    });
+    let release = A::ReleaseSlot { retry: false };
     let cases = [
-        (Stage::Prepulling, false, &[A::ClearJournal][..]),
+        (
+            Stage::Prepulling,
+            false,
+            vec![ended.clone(), A::ClearJournal],
+        ),
         (
             Stage::AcquiringSlot { waiting: None },
             true,
-            &[A::ReleaseSlot { retry: false }, A::ClearJournal][..],
+            vec![release.clone(), ended.clone(), A::ClearJournal],
         ),
         (
             Stage::Deregistering,
             true,
-            &[A::ReleaseSlot { retry: false }, A::ClearJournal][..],
+            vec![release, ended, A::ClearJournal],
         ),
     ];
     for (stage, held, expected) in cases {
@@ -564,7 +573,7 @@ fn a_journal_failure_before_the_deregistration_drops_the_attempt_with_no_event()
             slot_held: held,
             ..at(1, stage.clone())
         };
-        let phase = run(phase, &[(O::JournalFailed, expected)]);
+        let phase = run(phase, &[(O::JournalFailed, &expected[..])]);
         assert_eq!(phase.stage, Stage::Finished, "{stage:?}");
         assert!(phase.allows_registration() && !phase.slot_held, "{stage:?}");
     }
