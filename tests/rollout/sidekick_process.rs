@@ -30,6 +30,7 @@ impl SidekickConfig<'_> {
     pub fn render(&self) -> String {
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let spec = self.spec;
+        // `allow_major_jump`: the fault tests publish the broken 3.0.0 straight over 1.0.0.
         format!(
             "[instance]\nunit = \"{unit}\"\n\
              [etcd]\nendpoints = [\"{etcd}\"]\ntimeout = \"2s\"\n\
@@ -37,6 +38,7 @@ impl SidekickConfig<'_> {
              [health]\ncheck = \"http\"\ninterval = \"{probe}\"\ntimeout = \"1s\"\nrise = {rise}\nfall = 2\n\
              [update]\nenabled = {updates}\nserver = \"{server}\"\napp_id = \"{APP_ID}\"\n\
              track = \"{TRACK}\"\ninterval = \"{interval}\"\nimage = \"{{codebase}}\"\n\
+             allow_major_jump = true\n\
              [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
              [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
              prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
