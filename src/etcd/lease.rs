@@ -46,6 +46,16 @@ struct Shared {
     deadline: AtomicU64,
     lost: AtomicBool,
     state: watch::Sender<LeaseState>,
+    /// Who the lease is for, named in the one warning a loss logs.
+    owner: Owner,
+}
+
+/// What the loss warning names.
+#[derive(Debug, Default)]
+struct Owner {
+    id: i64,
+    name: String,
+    endpoint: String,
 }
 
 impl Shared {
@@ -65,7 +75,7 @@ impl Shared {
 
     fn current(&self) -> LeaseState {
         if !self.lost.load(Ordering::SeqCst) && self.remaining().is_zero() {
-            self.lose(NO_ANSWER);
+            let _reported = self.lose(NO_ANSWER);
         }
         if self.lost.load(Ordering::SeqCst) {
             return match self.state.borrow().clone() {
@@ -79,12 +89,33 @@ impl Shared {
         LeaseState::Alive
     }
 
-    fn lose(&self, reason: &str) {
-        if !self.lost.swap(true, Ordering::SeqCst) {
+    /// The lease is lost: whoever sees it first (the keeper task, or a reader past the deadline,
+    /// who may then drop the keeper before its task runs again) logs the one warning.
+    /// Whether this call reported it.
+    fn lose(&self, reason: &str) -> bool {
+        let first = self.set_lost(reason);
+        if first {
+            let owner = &self.owner;
+            tracing::warn!(lease = format!("{:x}", owner.id), owner = %owner.name,
+                endpoint = %owner.endpoint, reason, "lease lost");
+        }
+        first
+    }
+
+    /// The lease is no longer ours by our own doing (revoked, keeper dropped): no warning.
+    fn retire(&self, reason: &str) {
+        self.set_lost(reason);
+    }
+
+    /// Makes the state Lost; whether this call did it.
+    fn set_lost(&self, reason: &str) -> bool {
+        let first = !self.lost.swap(true, Ordering::SeqCst);
+        if first {
             self.state.send_replace(LeaseState::Lost {
                 reason: reason.to_string(),
             });
         }
+        first
     }
 }
 
@@ -147,16 +178,15 @@ impl LeaseKeeper {
             deadline: AtomicU64::new(0),
             lost: AtomicBool::new(false),
             state,
+            owner: Owner {
+                id,
+                name: name.to_string(),
+                endpoint: etcd.endpoint().to_string(),
+            },
         });
         let nanos = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
         shared.deadline.store(nanos, Ordering::SeqCst);
-        let task = tokio::spawn(keep_alive(
-            etcd.clone(),
-            id,
-            ttl,
-            shared.clone(),
-            name.to_string(),
-        ));
+        let task = tokio::spawn(keep_alive(etcd.clone(), id, ttl, shared.clone()));
         LeaseKeeper {
             id,
             ttl,
@@ -192,7 +222,7 @@ impl LeaseKeeper {
     /// already gone counts as revoked.
     pub async fn revoke(self, etcd: &EtcdConnection) -> Result<(), anyhow::Error> {
         self.task.abort();
-        self.shared.lose("revoked");
+        self.shared.retire("revoked");
         revoke(etcd, self.id).await
     }
 }
@@ -240,7 +270,7 @@ impl LeaseWatch {
             changed = self.rx.changed() => {
                 if changed.is_err() {
                     // The keeper is gone (revoked or dropped): nothing renews the lease any more.
-                    self.shared.lose("no longer kept alive");
+                    self.shared.retire("no longer kept alive");
                 }
             }
             _ = sleep(remaining) => {}
@@ -259,19 +289,11 @@ impl LeaseWatch {
 }
 
 /// The keepalive task: runs until the lease is lost or the task is aborted.
-async fn keep_alive(
-    etcd: EtcdConnection,
-    id: i64,
-    ttl: Duration,
-    shared: Arc<Shared>,
-    name: String,
-) {
+async fn keep_alive(etcd: EtcdConnection, id: i64, ttl: Duration, shared: Arc<Shared>) {
     let period = (ttl / 3).max(MIN_PERIOD);
     let mut backoff = Backoff::new(period);
     let lost = |reason: &str| {
-        tracing::warn!(lease = format!("{id:x}"), owner = %name, endpoint = %etcd.endpoint(),
-            reason, "lease lost");
-        shared.lose(reason);
+        let _reported = shared.lose(reason);
     };
     loop {
         let remaining = shared.remaining();
@@ -381,6 +403,7 @@ mod tests {
             deadline: AtomicU64::new(nanos),
             lost: AtomicBool::new(false),
             state,
+            owner: Owner::default(),
         }
     }
 
@@ -400,6 +423,32 @@ mod tests {
         s.extend(boot_now() + Duration::from_secs(60));
         assert!(matches!(s.current(), LeaseState::Lost { .. }));
         assert!(matches!(*s.state.borrow(), LeaseState::Lost { .. }));
+    }
+
+    #[test]
+    fn a_reader_past_the_deadline_reports_the_loss_once_and_the_keeper_does_not_again() {
+        let s = shared(boot_now().saturating_sub(Duration::from_millis(1)));
+        // The registrar sees the deadline pass and may drop the keeper before its task wakes.
+        assert!(matches!(s.current(), LeaseState::Lost { .. }));
+        assert!(!s.lose(NO_ANSWER), "reported twice");
+        let fresh = shared(boot_now() + Duration::from_secs(60));
+        assert!(fresh.lose("etcd says the lease expired"));
+        assert!(!fresh.lose(NO_ANSWER));
+        assert_eq!(
+            *fresh.state.borrow(),
+            LeaseState::Lost {
+                reason: "etcd says the lease expired".into()
+            },
+            "the first reason stays"
+        );
+    }
+
+    #[test]
+    fn a_revoked_lease_is_lost_without_a_report() {
+        let s = shared(boot_now() + Duration::from_secs(60));
+        s.retire("revoked");
+        assert!(!s.lose(NO_ANSWER), "a revoked lease reported as lost");
+        assert!(matches!(s.current(), LeaseState::Lost { .. }));
     }
 
     #[test]
