@@ -51,16 +51,58 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// A free TCP port on 127.0.0.1, never handed out twice by this process.
+/// Env var naming the ports this test process takes its own from, as `LOW-HIGH` (both
+/// included). `scripts/test` runs a second `cargo test` beside the first and gives it a range
+/// below the kernel's ephemeral one: the first process's ports come from the kernel, so the two
+/// never hand out the same port.
+pub const PORTS_ENV: &str = "SIDEKICK_TEST_PORTS";
+
+/// A free TCP port on 127.0.0.1, never handed out twice by this process: from [`PORTS_ENV`]'s
+/// range when it is set, else from the kernel.
 pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    static RANGE: OnceLock<Option<(u16, u16)>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
-    loop {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if handed_out.lock().unwrap().insert(port) {
-            return port;
+    let range = *RANGE.get_or_init(|| {
+        let value = std::env::var(PORTS_ENV).ok()?;
+        Some(parse_port_range(&value).unwrap_or_else(|e| panic!("{PORTS_ENV}={value:?}: {e}")))
+    });
+    let Some((low, high)) = range else {
+        loop {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+            let port = listener.local_addr().expect("local_addr").port();
+            if handed_out.lock().unwrap().insert(port) {
+                return port;
+            }
         }
+    };
+    let mut handed_out = handed_out.lock().unwrap();
+    (low..=high)
+        .find(|port| {
+            !handed_out.contains(port) && TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok()
+        })
+        .inspect(|port| {
+            handed_out.insert(*port);
+        })
+        .unwrap_or_else(|| panic!("{PORTS_ENV}: no free port left in {low}-{high}"))
+}
+
+/// `LOW-HIGH`, LOW ≤ HIGH, both non-zero.
+fn parse_port_range(value: &str) -> Result<(u16, u16), String> {
+    let (low, high) = value
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 20000-29999")?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or(format!("{s:?} is not a port (1-65535)"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    match low <= high {
+        true => Ok((low, high)),
+        false => Err(format!("{low} is above {high}")),
     }
 }
 
@@ -433,4 +475,19 @@ pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> Result<String, St
         }
     })
     .await
+}
+
+#[test]
+fn a_port_range_is_low_dash_high_and_anything_else_is_named() {
+    assert_eq!(parse_port_range("20000-29999"), Ok((20000, 29999)));
+    assert_eq!(parse_port_range("20000-20000"), Ok((20000, 20000)));
+    for (bad, says) in [
+        ("20000", "expected LOW-HIGH"),
+        ("0-10", "\"0\" is not a port"),
+        ("20000-70000", "\"70000\" is not a port"),
+        ("30000-20000", "30000 is above 20000"),
+    ] {
+        let err = parse_port_range(bad).unwrap_err();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }
