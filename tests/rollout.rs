@@ -5,6 +5,11 @@
 
 mod support;
 
+/// The load, the routing timeout, what the fleet needs and the binary (`tests/rollout/harness.rs`).
+#[path = "rollout/harness.rs"]
+mod harness;
+pub use harness::{MIN_RATE, RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
+
 #[path = "../examples/omaha_server/service/mod.rs"]
 mod service;
 
@@ -46,34 +51,10 @@ mod policy;
 #[path = "rollout/own_unit.rs"]
 mod own_unit;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet::{FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX};
-use support::{Need, prerequisites_met};
-
-/// Requests per second through Traefik.
-pub const RATE: u32 = 80;
-/// The least the issue accepts.
-pub const MIN_RATE: u64 = 50;
-/// Traefik follows etcd with a provider throttle of about 2 s.
-pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Everything the fleet needs from the machine.
-pub fn needs() -> Vec<Need> {
-    [
-        support::etcd::NEEDS,
-        support::systemd::NEEDS,
-        support::images::NEEDS,
-        support::registry::NEEDS,
-        support::traefik::NEEDS,
-    ]
-    .concat()
-}
-
-pub fn sidekick_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sidekick"))
-}
+use support::prerequisites_met;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_serves_three_instances_through_traefik() {

@@ -37,6 +37,26 @@ pub async fn publish_any(fleet: &Fleet, version: &str) {
     fleet.updates.publish(version, &pushed).await;
 }
 
+/// Starts the fleet every fault case runs, updating to `version`: four instances, not three (with
+/// one out of rotation by the fault and one swapping, two still serve, so one health check timing
+/// out on a loaded machine does not empty Traefik), a 6 s `slot.ttl`, a 2 s grant period, every
+/// instance allowed a grant at once ([`allow_concurrent_updates`]); `adjust` changes the rest.
+pub async fn start_fault_fleet(
+    version: &'static str,
+    adjust: impl FnOnce(&mut FleetSpec),
+) -> Fleet {
+    let mut spec = FleetSpec::new(crate::sidekick_binary());
+    spec.updates = true;
+    spec.instances = 4;
+    spec.versions = vec![version];
+    spec.slot_ttl = Duration::from_secs(6);
+    spec.grant_period = Duration::from_secs(2);
+    adjust(&mut spec);
+    let fleet = start_fleet(spec).await;
+    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
+    fleet
+}
+
 /// Starts the fleet and says how long that took (a figure for the report).
 pub async fn start_fleet(spec: FleetSpec) -> Fleet {
     let begun = Instant::now();

@@ -8,14 +8,14 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Observed, allow_concurrent_updates, finish_after_traefik_caught_up, index_of, publish_any,
-    registered, wait_new_holder, wait_rolled_to,
+    Observed, finish_after_traefik_caught_up, index_of, publish_any, registered, start_fault_fleet,
+    wait_new_holder, wait_rolled_to,
 };
-use crate::fleet::{Fleet, FleetSpec, SLOTS_PREFIX, SWAP_START_TIMEOUT};
+use crate::fleet::{Fleet, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{KeyWatch, count_keys};
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::UnitWatch;
-use crate::{RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
+use crate::{RATE, ROUTE_TIMEOUT, needs};
 
 /// From the slot taken to the step: pre-pull, drain (5 s), restart, verify.
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -70,16 +70,7 @@ async fn slot_holder_killed_at_each_step_and_kept_down_past_its_slot_ttl_never_l
         (KillPoint::UnitOnNewVersion, "2.3.0"),
         (KillPoint::RegisteredAgain, "2.4.0"),
     ];
-    let mut spec = FleetSpec::new(sidekick_binary());
-    spec.updates = true;
-    // Four, not three: with one instance out of rotation by the fault and one swapping, two
-    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
-    spec.instances = 4;
-    spec.versions = vec!["2.0.0"];
-    spec.slot_ttl = Duration::from_secs(6);
-    spec.grant_period = Duration::from_secs(2);
-    let mut fleet = crate::common::start_fleet(spec).await;
-    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
+    let mut fleet = start_fault_fleet("2.0.0", |_| {}).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
     // Every step runs even when an earlier one broke an invariant (as long as its rollout
     // ended): the report names each step that broke one.

@@ -9,17 +9,15 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Observed, allow_concurrent_updates, finish_after_traefik_caught_up, index_of, registered,
+    Observed, finish_after_traefik_caught_up, index_of, registered, start_fault_fleet,
     wait_new_holder, wait_rolled_to,
 };
-use crate::fleet::{
-    FIRST_VERSION, Fleet, FleetSpec, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
-};
+use crate::fleet::{FIRST_VERSION, Fleet, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{KeyWatch, server_instance, slot_holds};
 use crate::support::blackhole::Blackhole;
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::{UnitWatch, holder};
-use crate::{RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
+use crate::{RATE, ROUTE_TIMEOUT, needs};
 
 const NEW_VERSION: &str = "2.0.0";
 /// From the slot taken to its holder's deregistration.
@@ -36,16 +34,7 @@ async fn slot_holder_cut_from_etcd_mid_drain_does_not_restart_and_updates_in_its
     if !prerequisites_met(&needs()) {
         return;
     }
-    let mut spec = FleetSpec::new(sidekick_binary());
-    spec.updates = true;
-    // Four, not three: with one instance out of rotation by the fault and one swapping, two
-    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
-    spec.instances = 4;
-    spec.versions = vec![NEW_VERSION];
-    spec.slot_ttl = Duration::from_secs(6);
-    spec.grant_period = Duration::from_secs(2);
-    let mut fleet = crate::common::start_fleet(spec).await;
-    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
+    let mut fleet = start_fault_fleet(NEW_VERSION, |_| {}).await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
 
@@ -179,16 +168,7 @@ async fn app_host_cut_from_etcd_expires_within_its_ttl_takes_no_slot_and_comes_b
     if !prerequisites_met(&needs()) {
         return;
     }
-    let mut spec = FleetSpec::new(sidekick_binary());
-    spec.updates = true;
-    // Four, not three: with one instance out of rotation by the fault and one swapping, two
-    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
-    spec.instances = 4;
-    spec.versions = vec![NEW_VERSION];
-    spec.slot_ttl = Duration::from_secs(6);
-    spec.grant_period = Duration::from_secs(2);
-    let mut fleet = crate::common::start_fleet(spec).await;
-    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
+    let mut fleet = start_fault_fleet(NEW_VERSION, |_| {}).await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
 
@@ -335,18 +315,11 @@ async fn slot_holder_cut_from_etcd_mid_verify_releases_no_other_holders_slot() {
     if !prerequisites_met(&needs()) {
         return;
     }
-    let mut spec = FleetSpec::new(sidekick_binary());
-    spec.updates = true;
-    // Four, not three: with one instance out of rotation by the fault and one swapping, two
-    // still serve, so one health check timing out on a loaded machine does not empty Traefik.
-    spec.instances = 4;
-    spec.versions = vec![NEW_VERSION];
-    spec.slot_ttl = Duration::from_secs(6);
-    spec.grant_period = Duration::from_secs(2);
-    spec.rise = 20;
-    spec.verify_timeout = Duration::from_secs(40);
-    let mut fleet = crate::common::start_fleet(spec).await;
-    allow_concurrent_updates(&fleet, fleet.instances.len() as u32).await;
+    let mut fleet = start_fault_fleet(NEW_VERSION, |spec| {
+        spec.rise = 20;
+        spec.verify_timeout = Duration::from_secs(40);
+    })
+    .await;
     let paths = behind_blackholes(&mut fleet).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
 
