@@ -23,7 +23,7 @@ mod table;
 pub use keys::{gather, registrations, slot_groups};
 pub use model::{
     EtcdDownReport, HaltStatus, HolderStatus, InstanceStatus, RegistrationStatus, SlotGroupStatus,
-    SlotLimitStatus, StatusReport,
+    SlotLimitStatus, StatusReport, UnreadableSection,
 };
 pub use table::{Section, printable};
 
@@ -64,7 +64,18 @@ pub async fn run(sources: &ConfigSources, json: bool, runtime_dir: &Path) -> Exi
     } else {
         print!("{}", report.render_table());
     }
-    ExitCode::SUCCESS
+    // A partial report is shown, and said to be partial: exit 1 as when etcd is down.
+    for u in &report.unreadable {
+        eprintln!(
+            "sidekick: status section {} could not be read: {}",
+            u.section,
+            sanitize_to(&u.error, MAX_LINE_CHARS)
+        );
+    }
+    match report.unreadable.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
 }
 
 /// `status` when etcd could not be read: what this host's daemons say, the reason on stderr.

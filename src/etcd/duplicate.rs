@@ -4,7 +4,7 @@
 //! records itself under `/sidekick/duplicates/<key>` on its own lease, for `sidekick status`,
 //! until it can register (the other instance went away) or stops.
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every duplicate record.
@@ -49,11 +49,8 @@ pub fn host_of(value: &str) -> String {
 
 /// Every duplicate record, sorted by key.
 pub async fn list(client: &mut Client) -> Result<Vec<DuplicateRecord>, etcd_client::Error> {
-    let resp = client
-        .get(DUPLICATE_PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let mut records: Vec<DuplicateRecord> = resp
-        .kvs()
+    let kvs = super::paged::get_prefix(client, DUPLICATE_PREFIX).await?;
+    let mut records: Vec<DuplicateRecord> = kvs
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();

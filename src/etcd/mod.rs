@@ -11,6 +11,7 @@ pub mod clock;
 pub mod duplicate;
 pub mod lease;
 mod options;
+pub mod paged;
 
 pub use options::{ClientCert, EtcdAuth, EtcdOptions};
 

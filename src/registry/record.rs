@@ -7,7 +7,7 @@
 //! `swapping`, with the target version and the step) stays on a lease of its own ([`super::held`])
 //! until the registration is back.
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use serde::{Deserialize, Serialize};
 
 use super::Entry;
@@ -58,11 +58,8 @@ pub fn entry(group: &str, instance: &str, record: &InstanceRecord) -> Entry {
 pub async fn list(
     client: &mut Client,
 ) -> Result<Vec<(String, String, InstanceRecord)>, etcd_client::Error> {
-    let resp = client
-        .get(INSTANCES_PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let mut records: Vec<(String, String, InstanceRecord)> = resp
-        .kvs()
+    let kvs = crate::etcd::paged::get_prefix(client, INSTANCES_PREFIX).await?;
+    let mut records: Vec<(String, String, InstanceRecord)> = kvs
         .iter()
         .filter_map(|kv| {
             let key = std::str::from_utf8(kv.key()).ok()?;

@@ -3,7 +3,7 @@
 //! group is granted; only `sidekick slots resume` removes it, so a bad version stops the rollout
 //! instead of reaching every instance.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::SlotError;
@@ -69,11 +69,8 @@ pub async fn remove(client: &mut Client, group: &str) -> Result<Option<HaltMarke
 
 /// Every halt marker, as (group, marker), sorted by group.
 pub async fn list(client: &mut Client) -> Result<Vec<(String, HaltMarker)>, SlotError> {
-    let resp = client
-        .get(HALT_PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let mut halts: Vec<(String, HaltMarker)> = resp
-        .kvs()
+    let kvs = crate::etcd::paged::get_prefix(client, HALT_PREFIX).await?;
+    let mut halts: Vec<(String, HaltMarker)> = kvs
         .iter()
         .filter_map(|kv| {
             let key = String::from_utf8_lossy(kv.key());

@@ -23,14 +23,8 @@ pub async fn set(client: &mut Client, group: &str, max: u32) -> Result<Option<u3
 /// Every stored limit, as (group, limit), sorted by group; a value that is not a positive number
 /// is shown as 0 (it admits nobody).
 pub async fn list(client: &mut Client) -> Result<Vec<(String, u32)>, SlotError> {
-    let resp = client
-        .get(
-            LIMIT_PREFIX,
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await?;
-    let mut limits: Vec<(String, u32)> = resp
-        .kvs()
+    let kvs = crate::etcd::paged::get_prefix(client, LIMIT_PREFIX).await?;
+    let mut limits: Vec<(String, u32)> = kvs
         .iter()
         .filter_map(|kv| {
             let key = String::from_utf8_lossy(kv.key());

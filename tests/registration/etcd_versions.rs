@@ -153,3 +153,39 @@ async fn watch_progress_request_answers_with_the_current_revision_and_no_events(
     assert!(progress.events().is_empty(), "{:?}", progress.events());
     assert_eq!(progress.header().expect("header").revision(), current);
 }
+
+/// `status` and the fleet reports read prefixes a page at a time (`src/etcd/paged.rs`): a range
+/// with a limit answers `more` while keys remain, and the next page starts past the last key.
+#[tokio::test]
+async fn a_prefix_read_two_keys_at_a_time_comes_back_whole_in_order_and_nothing_beside_it() {
+    let Some((_etcd, mut client)) = started().await else {
+        return;
+    };
+    let prefix = "/sidekick/paged/";
+    let inside: Vec<String> = (0..7).map(|i| format!("{prefix}k{i}")).collect();
+    // Beside the prefix: its parent, a sibling whose name extends it, and the range end itself.
+    let beside = ["/sidekick/paged", "/sidekick/paged0", "/sidekick/pagedz/k"];
+    for key in inside.iter().map(String::as_str).chain(beside) {
+        client.put(key, "v", None).await.expect("put");
+    }
+    let read = tokio::time::timeout(
+        ANSWER,
+        sidekick::etcd::paged::get_prefix_in_pages(&mut client, prefix.as_bytes(), 2),
+    )
+    .await
+    .expect("paged read answered")
+    .expect("paged read");
+    let keys: Vec<String> = read
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    assert_eq!(keys, inside);
+    let empty = sidekick::etcd::paged::get_prefix(&mut client, "/sidekick/nothing-here/")
+        .await
+        .expect("empty prefix");
+    assert!(
+        empty.is_empty(),
+        "{} keys under an empty prefix",
+        empty.len()
+    );
+}

@@ -286,3 +286,87 @@ async fn generated_roles_let_each_tenant_work_and_refuse_every_write_to_the_othe
         eprintln!("{who:6} {whose:8} {class:17} {result}");
     }
 }
+
+/// `status` reads each section on its own (`src/commands/status/keys.rs`): a reader whose role
+/// lacks one prefix (the duplicates) still sees every other section, is told which section was
+/// not read and why, and gets exit 1; `--json` lists it under `unreadable`.
+#[tokio::test]
+async fn status_with_one_section_refused_shows_the_others_names_the_refused_one_and_exits_1() {
+    if !prerequisites_met(&[etcd::NEEDS, &[Need::Binary("etcdctl")]].concat()) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let dir = temp_dir("status-sections");
+    let mut client = etcd.client().await;
+    client
+        .put("/sidekick/limits/web/stable", "2", None)
+        .await
+        .unwrap();
+    let cfg = config(
+        dir.path(),
+        "reader",
+        &endpoint,
+        "reader",
+        WEB.group,
+        "web@1.service",
+    );
+    let grants: String = [
+        "/sidekick/instances/",
+        "/sidekick/slots/",
+        "/sidekick/limits/",
+        "/sidekick/halt/",
+        "/services/",
+    ]
+    .iter()
+    .map(|p| format!("etcdctl role grant-permission reader read --prefix=true {p}\n"))
+    .collect();
+    let setup = Command::new("sh")
+        .args(["-ec", "etcdctl user add root --interactive=false --new-user-password=r00t-pw && etcdctl auth enable"])
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", &endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    as_root(
+        &endpoint,
+        &format!(
+            "etcdctl role add reader\n{grants}etcdctl user add reader --interactive=false \
+             --new-user-password=\"$ETCD_NEW_PASSWORD\"\netcdctl user grant-role reader reader\n"
+        ),
+        "reader-secret",
+    );
+
+    let out = sidekick(dir.path(), &["status", "--config", &cfg]);
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}\n{err}");
+    assert!(
+        err.contains("status section duplicate instances could not be read")
+            && err.contains("permission denied"),
+        "{err}"
+    );
+    let limits = text
+        .find("SLOT LIMITS")
+        .expect("the limits section is shown");
+    assert!(text[limits..].contains("web/stable"), "{text}");
+    let refused = text.find("NOT READ").expect("the refused section is named");
+    assert!(text[refused..].contains("duplicate instances"), "{text}");
+
+    let out = sidekick(dir.path(), &["status", "--json", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let unreadable = json["unreadable"].as_array().expect("unreadable listed");
+    let sections: Vec<&str> = unreadable
+        .iter()
+        .filter_map(|u| u["section"].as_str())
+        .collect();
+    assert_eq!(sections, ["duplicate instances"], "{json}");
+    assert_eq!(json["slot_limits"][0]["max"], 2, "{json}");
+}

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 
 use super::model::{
     HaltStatus, HolderStatus, InstanceStatus, RegistrationStatus, SlotGroupStatus, SlotLimitStatus,
-    StatusReport,
+    StatusReport, UnreadableSection,
 };
+use crate::etcd::paged;
 use crate::registry::KeyLayout;
 use crate::registry::{duplicate, record};
 use crate::slot::keys::{self, SLOT_PREFIX};
@@ -39,12 +40,10 @@ pub async fn registrations(
     client: &mut Client,
     layout: &KeyLayout,
 ) -> Result<Vec<RegistrationStatus>, SlotError> {
-    let resp = client
-        .get(layout.list_prefix(), Some(GetOptions::new().with_prefix()))
-        .await?;
+    let kvs = paged::get_prefix(client, &layout.list_prefix()).await?;
     let mut ttls = LeaseTtls::default();
     let mut found = Vec::new();
-    for kv in resp.kvs() {
+    for kv in &kvs {
         let key = String::from_utf8_lossy(kv.key());
         let value = String::from_utf8_lossy(kv.value());
         let Some(listed) = layout.parse(&key, &value) else {
@@ -63,12 +62,10 @@ pub async fn registrations(
 
 /// Reads every slot group under `/sidekick/slots/` with its holders' lease TTLs.
 pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, SlotError> {
-    let resp = client
-        .get(SLOT_PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
+    let kvs = paged::get_prefix(client, SLOT_PREFIX).await?;
     let mut groups: BTreeMap<String, Vec<HolderStatus>> = BTreeMap::new();
     let mut ttls = LeaseTtls::default();
-    for kv in resp.kvs() {
+    for kv in &kvs {
         let key = String::from_utf8_lossy(kv.key());
         let Some((group, slot)) = keys::parse_slot_key(&key) else {
             continue;
@@ -100,40 +97,87 @@ pub async fn slot_groups(client: &mut Client) -> Result<Vec<SlotGroupStatus>, Sl
         .collect())
 }
 
-/// Gathers every section of the report from etcd.
+/// Gathers every section of the report from etcd, each read on its own: a section that cannot be
+/// read (a malformed value, a request refused or timed out) is named in
+/// [`StatusReport::unreadable`] and the others are still shown. Only when no section can be read
+/// is it an error (etcd is down or refuses us).
 pub async fn gather(client: &mut Client, layout: &KeyLayout) -> Result<StatusReport, SlotError> {
-    let halts = halt::list(client)
-        .await?
-        .into_iter()
-        .map(|(group, m)| HaltStatus {
-            group,
-            version: m.version,
-            reason: m.reason,
-            instance: m.instance,
-            since: m.since,
-        })
-        .collect();
-    let slot_limits = crate::slot::limit::list(client)
-        .await?
-        .into_iter()
-        .map(|(group, max)| SlotLimitStatus { group, max })
-        .collect();
+    let mut failed: Vec<(&'static str, SlotError)> = Vec::new();
+    let halts = halt::list(client).await.map(|halts| {
+        halts
+            .into_iter()
+            .map(|(group, m)| HaltStatus {
+                group,
+                version: m.version,
+                reason: m.reason,
+                instance: m.instance,
+                since: m.since,
+            })
+            .collect()
+    });
+    let halts = keep("halts", halts, &mut failed);
+    let slot_limits = crate::slot::limit::list(client).await.map(|limits| {
+        limits
+            .into_iter()
+            .map(|(group, max)| SlotLimitStatus { group, max })
+            .collect()
+    });
+    let slot_limits = keep("slot limits", slot_limits, &mut failed);
     let instances = record::list(client)
-        .await?
-        .into_iter()
-        .map(|(group, instance, record)| InstanceStatus {
-            group,
-            instance,
-            record,
-        })
-        .collect();
+        .await
+        .map_err(SlotError::from)
+        .map(|records| {
+            records
+                .into_iter()
+                .map(|(group, instance, record)| InstanceStatus {
+                    group,
+                    instance,
+                    record,
+                })
+                .collect()
+        });
+    let instances = keep("instances", instances, &mut failed);
+    let registrations = keep(
+        "registrations",
+        registrations(client, layout).await,
+        &mut failed,
+    );
+    let slot_groups = keep("update slots", slot_groups(client).await, &mut failed);
+    let duplicates = duplicate::list(client).await.map_err(SlotError::from);
+    let duplicates = keep("duplicate instances", duplicates, &mut failed);
+    if failed.len() == SECTIONS {
+        let (_, first) = failed.remove(0);
+        return Err(first);
+    }
     Ok(StatusReport {
         instances,
-        registrations: registrations(client, layout).await?,
-        slot_groups: slot_groups(client).await?,
+        registrations,
+        slot_groups,
         slot_limits,
-        duplicates: duplicate::list(client).await?,
+        duplicates,
         halts,
         local: Vec::new(),
+        unreadable: failed
+            .into_iter()
+            .map(|(section, err)| UnreadableSection {
+                section: section.to_string(),
+                error: crate::commands::slot_error_line(&err),
+            })
+            .collect(),
+    })
+}
+
+/// The sections [`gather`] reads from etcd.
+const SECTIONS: usize = 6;
+
+/// A section's rows, or none with its failure noted.
+fn keep<T: Default>(
+    section: &'static str,
+    read: Result<T, SlotError>,
+    failed: &mut Vec<(&'static str, SlotError)>,
+) -> T {
+    read.unwrap_or_else(|err| {
+        failed.push((section, err));
+        T::default()
     })
 }

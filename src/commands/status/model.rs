@@ -21,6 +21,16 @@ pub struct StatusReport {
     pub halts: Vec<HaltStatus>,
     /// The sidekicks on this host, as they answer on their control sockets.
     pub local: Vec<local::LocalDaemon>,
+    /// Sections etcd did not answer for (their lists above are empty), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableSection>,
+}
+
+/// A section of the report that could not be read.
+#[derive(Debug, Serialize)]
+pub struct UnreadableSection {
+    pub section: String,
+    pub error: String,
 }
 
 /// What `status --json` shows when etcd could not be read: the local daemons and why, with no

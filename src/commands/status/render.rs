@@ -156,9 +156,22 @@ impl StatusReport {
         ]
     }
 
-    /// All sections, separated by blank lines.
+    /// All sections, separated by blank lines; first, when any could not be read, which and why.
     pub fn render_table(&self) -> String {
-        let sections: Vec<String> = self.sections().iter().map(Section::render).collect();
+        let mut sections = Vec::new();
+        if !self.unreadable.is_empty() {
+            let unreadable = Section {
+                title: "NOT READ (the sections below that they name are empty)",
+                headers: &["SECTION", "ERROR"],
+                rows: self
+                    .unreadable
+                    .iter()
+                    .map(|u| vec![u.section.clone(), u.error.clone()])
+                    .collect(),
+            };
+            sections.push(unreadable.render());
+        }
+        sections.extend(self.sections().iter().map(Section::render));
         sections.join("\n")
     }
 }
