@@ -455,7 +455,12 @@ impl Sim {
                 self.inst[i].proc.as_mut().unwrap().verify_at = None;
                 let _ = self.turn(i, Observation::Swap(SwapObservation::VerifyDeadline));
             }
-            Item::PassOut(i) => self.inst[i].proc.as_mut().unwrap().passing = Some(now + 50),
+            Item::PassOut(i) => {
+                let p = self.inst[i].proc.as_mut().unwrap();
+                p.passing = Some(now + 50);
+                // `driver/pass.rs`: the pass checks only when the agent would take an offer.
+                p.pass_serving = p.agent.takes_offer();
+            }
             Item::PassBack(i) => self.pass_done(i),
             Item::Retry(i) => {
                 let p = self.inst[i].proc.as_mut().unwrap();
@@ -739,17 +744,33 @@ impl Sim {
         }
     }
 
-    /// `i` took a slot it did not hold for `version`.
+    /// `i` took a slot it did not hold for `version`. A slot taken again to roll back from it
+    /// (recovery's [`Stage::Reacquiring`] resuming a rollback) moves away from the version, not
+    /// to it.
     fn newly_acquired(&mut self, i: usize, version: &str) {
         let Some(&(at, j, life)) = self.failed.get(version) else {
             return;
         };
+        let rolling_back = matches!(
+            self.inst[i].proc.as_ref().and_then(|p| p.stage()),
+            Some(Stage::Reacquiring { resume, .. }) if matches!(
+                **resume,
+                Stage::RollingBack { .. } | Stage::VerifyingOld { .. } | Stage::Stranded { .. }
+            )
+        );
+        if rolling_back {
+            return;
+        }
         let failing_ran = self.inst[j].proc.as_ref().is_some_and(|p| p.life == life)
             && !self.cut(j)
             && self.inst[j].last_cut_end <= at;
         if j != i && self.now > at + HALT_GRACE && failing_ran {
+            let stage = self.inst[i]
+                .proc
+                .as_ref()
+                .map(|p| format!("{:?}", p.stage()));
             let detail = format!(
-                "#{i} took a slot for {version}, which failed on #{j} at {at} (halt not set)"
+                "#{i} took a slot for {version}, which failed on #{j} at {at} (halt not set), in {stage:?}"
             );
             self.violation(Violation::SwapToFailedVersion, detail);
         }

@@ -87,6 +87,8 @@ pub struct Proc {
     pub slot_at_restart: bool,
     /// Started with no journal: a grant the service still holds is an earlier run's (`pass.rs`).
     pub stale_grant_possible: bool,
+    /// The agent took offers when the pass in flight was sent (else it sends no check).
+    pub pass_serving: bool,
 }
 
 impl Proc {
@@ -119,6 +121,7 @@ impl Proc {
             lost_after_fence: false,
             slot_at_restart: false,
             stale_grant_possible: false,
+            pass_serving: false,
         }
     }
 
@@ -689,6 +692,17 @@ impl Sim {
             .proc
             .as_ref()
             .is_some_and(|p| p.stale_grant_possible);
+        let serving = self.inst[i].proc.as_ref().is_some_and(|p| p.pass_serving);
+        if !serving {
+            // `UpdatePass::poll`: no check while an offer could not be taken.
+            let delay = POLL_EVERY + self.rng.u64(0..POLL_EVERY / 10);
+            if let Some(p) = self.inst[i].proc.as_mut() {
+                p.passing = None;
+                p.next_pass = Some(now + delay);
+            }
+            self.log(i, || "update pass: not serving, no check".into());
+            return;
+        }
         let mut answer = match halted {
             true => Answer::Refused("halted"),
             false => self.nebraska.check(i, &running, now),

@@ -134,9 +134,23 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     }
 
     /// One check: its label, the delay before the next one, and a plan for a valid offer not on
-    /// the denylist.
-    pub async fn poll(&mut self) -> PassResult {
+    /// the denylist. `serving` says whether the agent would take an offer now (unit active,
+    /// instance registered: [`crate::agent::machine::state::Agent::takes_offer`]); when not, no
+    /// check is sent at all, like a closed rollout window: the service keeps an answered offer
+    /// granted until a 3/x and offers it again, so a grant taken while it cannot be used would
+    /// linger (and be swapped to later, even after the group halted on that version).
+    pub async fn poll(&mut self, serving: bool) -> PassResult {
         self.apply_reload();
+        if !serving && self.seams.source.may_check() {
+            let result = CheckResult::NotServing;
+            self.last_report = Some(CheckReport::from(&result));
+            let (delay, _) = self.poller.record(&result);
+            return PassResult {
+                label: result.label(),
+                delay,
+                plan: None,
+            };
+        }
         if let Some(rollout) = self.rollout.clone() {
             let running = policy::running_version(&self.seams.control).await;
             let running = running.ok().map(|(v, _)| v.to_string());
@@ -372,6 +386,7 @@ fn answered(result: &CheckResult) -> bool {
             | CheckResult::UnknownVersion { .. }
             | CheckResult::Halted { .. }
             | CheckResult::NotChecked
+            | CheckResult::NotServing
     )
 }
 
