@@ -6,7 +6,7 @@
 //! slot again ([`Stage::Reacquiring`]; idempotent for its own key, a wait while the group is busy
 //! or halted), staying deregistered. An owed halt goes before anything else.
 
-use super::swap::{Failure, GroupHalt, Stage, SwapAction, SwapPhase, reacquire};
+use super::swap::{Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire};
 use crate::omaha::{Event, error_code};
 use crate::systemd::control::RunningVersion;
 
@@ -54,10 +54,17 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             Stage::Finished,
             vec![interrupted(), SwapAction::ClearJournal],
         ),
-        Stage::AcquiringSlot { .. } => (
-            Stage::Releasing,
-            vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
-        ),
+        // The 3/0 is recorded with Releasing (journaled before these actions run), so a stop
+        // before it is sent has the next start send it again.
+        Stage::AcquiringSlot { .. } => {
+            phase.report = Some(Report::Failed {
+                error_code: error_code::INTERRUPTED,
+            });
+            (
+                Stage::Releasing,
+                vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
+            )
+        }
         // The 3/x decided before the stop may have been cut off: sent again (the update service
         // keeps the grant open until one arrives).
         Stage::Releasing => {
@@ -83,9 +90,11 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             (Stage::StandingDown { failure }, vec![action])
         }
         Stage::Deregistering | Stage::Draining | Stage::Fencing => {
-            let event = Event::Failed {
+            let report = Report::Failed {
                 error_code: error_code::GENERIC,
             };
+            phase.report = Some(report);
+            let event = report.event();
             let actions = vec![
                 SwapAction::SendEvent(event),
                 SwapAction::ReleaseSlot { retry: false },
