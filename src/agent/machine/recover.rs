@@ -8,7 +8,7 @@
 
 use super::swap::{Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire};
 use crate::omaha::{Event, error_code};
-use crate::systemd::control::RunningVersion;
+use crate::systemd::control::{RunningVersion, UnitNow};
 
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
@@ -32,7 +32,16 @@ use crate::systemd::control::RunningVersion;
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
 ///   is sent again (it may have been cut off by the stop).
-pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
+/// - Found stopped (`unit`: `inactive` with no job queued, [`UnitNow::stopped`]) where the
+///   swap would touch the unit again: an operator stopped it while the sidekick was down. It is
+///   not started again: the previous drop-in goes back (no restart), and the swap ends with the
+///   failure recorded before the stop, if any (its owed halt first, its denylist), else 3/0
+///   [`error_code::OPERATOR_ACTION`].
+pub fn recover(
+    journal: SwapPhase,
+    observed: &RunningVersion,
+    unit: &UnitNow,
+) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
     // The journal's view of the unit is from before the stop: unknown until the driver's first
     // unit observation (which the machine follows from here on, also while the slot is taken
@@ -118,7 +127,7 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
         | Stage::Stranded { failure, .. } => reacquire(&mut phase, Stage::RollingBack { failure }),
         Stage::Reacquiring { resume, .. } => {
             phase.stage = *resume;
-            return recover(phase, observed);
+            return recover(phase, observed, unit);
         }
         Stage::Registering { failure: None } if runs_new => {
             verify_again(&mut phase, Stage::Verifying { passes: 0 })
@@ -134,7 +143,51 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
         }
         Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
     };
+    if let (Stage::Reacquiring { resume, .. }, true) = (&stage, unit.stopped()) {
+        let recorded = match resume.as_ref() {
+            Stage::RollingBack { failure } => Some(failure.clone()),
+            _ => None,
+        };
+        return stopped_while_down(phase, recorded);
+    }
     phase.stage = stage;
+    (phase, actions)
+}
+
+/// The unit was found stopped where the recovered swap would restart it: the previous drop-in
+/// back with `Reload()`, no restart. A failure recorded before the stop stays the version's: its
+/// owed halt is made (the release waits for it, in Releasing), its 3/0 sent, the version
+/// denylisted when it was blamed; otherwise the operator's action ends the swap (3/0
+/// [`error_code::OPERATOR_ACTION`], no halt, no denylist).
+fn stopped_while_down(
+    mut phase: SwapPhase,
+    recorded: Option<Failure>,
+) -> (SwapPhase, Vec<SwapAction>) {
+    let failure = recorded.unwrap_or_else(|| Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: "the unit was stopped while sidekick was down".to_string(),
+        halt: false,
+    });
+    let mut actions = Vec::new();
+    if failure.halt {
+        let version = phase.plan.new.version.clone();
+        actions.push(SwapAction::Denylist { version });
+    }
+    actions.push(SwapAction::RestoreDropIn {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    });
+    match phase.halt_action(false) {
+        Some(halt) => {
+            let report = Report::Failed {
+                error_code: failure.code,
+            };
+            phase.report = Some(report);
+            actions.extend([halt, SwapAction::SendEvent(report.event())]);
+            phase.stage = Stage::Releasing;
+        }
+        None => phase.stage = Stage::StandingDown { failure },
+    }
     (phase, actions)
 }
 

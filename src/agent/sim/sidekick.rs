@@ -162,7 +162,12 @@ impl Sim {
                 version: Some(unit.loaded.clone()),
                 image: Some(format!("example/web:{}", unit.loaded)),
             };
-            proc.recovered = Some(recover(journal, &observed));
+            // The Unit's `ActiveState` and `Job` properties: the twin's queued job is systemd's.
+            let now = crate::systemd::control::UnitNow {
+                active: unit.state.clone(),
+                job_queued: unit.job.is_some(),
+            };
+            proc.recovered = Some(recover(journal, &observed, &now));
         }
         proc.stale_grant_possible = proc.recovered.is_none();
         proc.pending

@@ -24,7 +24,7 @@ use crate::control::CheckReport;
 use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, Event, UpdateSource, error_code};
 use crate::slot::{AnySlots, SlotLock};
-use crate::systemd::control::UnitControl;
+use crate::systemd::control::{UnitControl, UnitNow};
 use disk::DiskWriter;
 
 mod disk;
@@ -364,13 +364,21 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             return Ok(None);
         };
         let observed = self.seams.control.running().await?;
+        // Whether an operator stopped the unit while this sidekick was down (inactive, no job
+        // queued): a unit that cannot be read is not taken as stopped.
+        let unit = self.seams.control.unit_now().await.unwrap_or_else(|err| {
+            warn!(error = %err, kind = err.kind(), "cannot read the unit's state and job from systemd");
+            UnitNow::unknown()
+        });
         info!(
             journal = %self.config.journal.path().display(),
             to = %phase.plan.new.version,
             running = ?observed.version,
             "found an interrupted swap; resuming it"
         );
-        Ok(Some(crate::agent::machine::recover(phase, &observed)))
+        Ok(Some(crate::agent::machine::recover(
+            phase, &observed, &unit,
+        )))
     }
 }
 

@@ -57,7 +57,7 @@ fn recovery_while_prepulling_ends_the_grant_with_3_0_interrupted_and_sends_no_re
         slot_held: false,
         ..at(Stage::Prepulling)
     };
-    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    let (phase, actions) = recover(journaled, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [interrupted(), SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
     assert!(phase.allows_registration());
@@ -74,7 +74,7 @@ fn recovery_before_deregistering_gives_the_slot_back_and_ends_an_open_grant() {
         // The 3/x was sent before the release.
         (Stage::Releasing, vec![release.clone()]),
     ] {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert_eq!(actions, expected, "{stage:?}");
         assert_eq!(phase.stage, Stage::Releasing);
         assert!(phase.allows_registration());
@@ -92,7 +92,7 @@ fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
     };
     // Whatever systemd reports: the operator's stop stands.
     for observed in ["1.0.0", "2.0.0"] {
-        let (phase, actions) = recover(at(stage.clone()), &running(observed));
+        let (phase, actions) = recover(at(stage.clone()), &running(observed), &UnitNow::unknown());
         assert_eq!(
             actions,
             [SwapAction::RestoreDropIn {
@@ -107,7 +107,7 @@ fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
 #[test]
 fn recovery_after_deregistering_but_before_the_dropin_serves_again_and_reports_3_0_generic() {
     for stage in [Stage::Deregistering, Stage::Draining, Stage::Fencing] {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert_eq!(
             actions,
             [
@@ -138,7 +138,7 @@ fn recovery_takes_the_slot_again_before_touching_the_unit_and_waits_deregistered
     ];
     for stage in stages {
         for observed in [running("1.0.0"), running("2.0.0")] {
-            let (phase, actions) = recover(at(stage.clone()), &observed);
+            let (phase, actions) = recover(at(stage.clone()), &observed, &UnitNow::unknown());
             assert_eq!(actions, [acquire(false)], "{stage:?} {observed:?}");
             assert!(
                 matches!(phase.stage, Stage::Reacquiring { .. }),
@@ -180,7 +180,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
         Stage::Restarting,
         Stage::Verifying { passes: 1 },
     ] {
-        let (phase, _) = recover(at(stage.clone()), &running("2.0.0"));
+        let (phase, _) = recover(at(stage.clone()), &running("2.0.0"), &UnitNow::unknown());
         let restarted = stage != (Stage::Verifying { passes: 1 });
         let phase = if restarted {
             // Reloaded but maybe not restarted: restart onto the new version first.
@@ -230,7 +230,7 @@ fn recovery_with_the_old_version_running_rolls_back_with_the_slot_and_without_bl
             Stage::Restarting,
             Stage::Verifying { passes: 1 },
         ] {
-            let (phase, actions) = recover(at(stage.clone()), &observed);
+            let (phase, actions) = recover(at(stage.clone()), &observed, &UnitNow::unknown());
             assert_eq!(actions, [acquire(false)], "{stage:?}");
             let phase = run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
             let Stage::RollingBack { failure } = &phase.stage else {
@@ -281,7 +281,7 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
                 },
                 ..at(stage.clone())
             };
-            let (phase, actions) = recover(journaled, &observed);
+            let (phase, actions) = recover(journaled, &observed, &UnitNow::unknown());
             assert_eq!(actions, [halt(reason, false)], "{stage:?}");
             let phase = run(
                 phase,
@@ -336,7 +336,7 @@ fn recovery_of_a_stranded_swap_halts_takes_the_slot_and_restores_keeping_the_fai
             why: "w".into(),
         })
     };
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("r", false)]);
     let phase = run(
         phase,
@@ -369,7 +369,7 @@ fn recovery_of_a_journal_without_a_halt_record_halts_for_a_blamed_version_or_a_s
         },
     ];
     for stage in blamed {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert!(
             matches!(actions.first(), Some(SwapAction::Halt { retry: false, .. })),
             "{stage:?}: {actions:?}"
@@ -382,6 +382,7 @@ fn recovery_of_a_journal_without_a_halt_record_halts_for_a_blamed_version_or_a_s
             failure: failure(false),
         }),
         &running("1.0.0"),
+        &UnitNow::unknown(),
     );
     assert_eq!(actions, [acquire(false)]);
 }
@@ -394,7 +395,7 @@ fn recovery_of_a_confirmed_halt_does_not_halt_again() {
             failure: failure(true),
         })
     };
-    let (_, actions) = recover(journaled, &running("2.0.0"));
+    let (_, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
 }
 
@@ -404,7 +405,7 @@ fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
         halt: GroupHalt::Owed { reason: "r".into() },
         ..at(Stage::Releasing)
     };
-    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    let (phase, actions) = recover(journaled, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("r", false)]);
     run(phase, &[(O::GroupHalted(Ok(())), &[SwapAction::CheckSlot])]);
 }
@@ -415,7 +416,7 @@ fn recovery_of_a_journaled_reacquiring_resumes_what_it_was_taking_the_slot_for()
         resume: Box::new(Stage::Restarting),
         waiting: Some("busy".into()),
     });
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
     run(
         phase,
@@ -425,7 +426,7 @@ fn recovery_of_a_journaled_reacquiring_resumes_what_it_was_taking_the_slot_for()
 
 #[test]
 fn recovery_of_a_finished_swap_only_clears_the_journal() {
-    let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"));
+    let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
 }
@@ -480,7 +481,7 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
                 failure: recorded.clone(),
             })
         };
-        let (phase, actions) = recover(journaled, &running(runs));
+        let (phase, actions) = recover(journaled, &running(runs), &UnitNow::unknown());
         assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{recorded:?}");
         assert!(!phase.allows_registration(), "{recorded:?} {runs}");
         let phase = run(
@@ -503,7 +504,7 @@ fn recovery_of_a_verified_rollback_that_finds_the_new_version_running_rolls_back
             failure: Some(failure(true)),
         })
     };
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
     run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
 }
@@ -514,7 +515,11 @@ fn recovery_of_a_verified_rollback_that_finds_the_new_version_running_rolls_back
 fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
     let n = |v| NonZeroU32::new(v).unwrap();
     let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
-    let (swap, actions) = recover(at(Stage::Registering { failure: None }), &running("2.0.0"));
+    let (swap, actions) = recover(
+        at(Stage::Registering { failure: None }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
     let (agent, actions) = state::resume(agent, swap, actions);
     assert!(!actions.contains(&Action::Register), "{actions:?}");
     assert!(!agent.registered);
@@ -549,7 +554,7 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
     older.as_object_mut().unwrap().remove("halt");
     let older: SwapPhase = serde_json::from_value(older).unwrap();
     assert_eq!(older.halt, GroupHalt::NotNeeded);
-    let (phase, actions) = recover(older, &running("1.0.0"));
+    let (phase, actions) = recover(older, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("2.0.0 not healthy", false)]);
     assert!(matches!(phase.halt, GroupHalt::Owed { .. }));
 }
@@ -568,7 +573,7 @@ fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
         ]
     );
     assert_eq!(releasing.report, Some(swap::Report::Complete));
-    let (phase, actions) = recover(releasing, &running("2.0.0"));
+    let (phase, actions) = recover(releasing, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(
         actions,
         [
@@ -583,7 +588,7 @@ fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
         }),
         ..at(Stage::Releasing)
     };
-    let (_, actions) = recover(failed, &running("1.0.0"));
+    let (_, actions) = recover(failed, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(
         actions,
         [
@@ -600,7 +605,11 @@ fn a_unit_seen_active_while_the_slot_is_taken_again_is_verified_without_another_
     // Simulation seed 18: the unit came up before the slot was back; no unit change follows, so
     // verification must count the probes from the state it already saw, or it times out and
     // blames a version that works.
-    let (phase, _) = recover(at(Stage::Verifying { passes: 1 }), &running("2.0.0"));
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 1 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
     assert!(
         !phase.unit_active,
         "the journal's view of the unit is stale"
