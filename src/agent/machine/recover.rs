@@ -45,8 +45,9 @@ pub fn recover(
     let mut phase = journal;
     // The journal's view of the unit is from before the stop: unknown until the driver's first
     // unit observation (which the machine follows from here on, also while the slot is taken
-    // again).
+    // again); stopped as systemd says now.
     phase.unit_active = false;
+    phase.unit_stopped = unit.stopped();
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
     if phase.halt == GroupHalt::NotNeeded
         && let Some(reason) = legacy_halt(&phase.stage)
@@ -148,7 +149,8 @@ pub fn recover(
             Stage::RollingBack { failure } => Some(failure.clone()),
             _ => None,
         };
-        return stopped_while_down(phase, recorded);
+        let why = "the unit was stopped while sidekick was down";
+        return stopped_while_down(phase, recorded, why);
     }
     phase.stage = stage;
     (phase, actions)
@@ -159,13 +161,15 @@ pub fn recover(
 /// owed halt is made (the release waits for it, in Releasing), its 3/0 sent, the version
 /// denylisted when it was blamed; otherwise the operator's action ends the swap (3/0
 /// [`error_code::OPERATOR_ACTION`], no halt, no denylist).
-fn stopped_while_down(
+/// Also the machine's when the unit is found `inactive` as the slot is taken again.
+pub(super) fn stopped_while_down(
     mut phase: SwapPhase,
     recorded: Option<Failure>,
+    why: &str,
 ) -> (SwapPhase, Vec<SwapAction>) {
     let failure = recorded.unwrap_or_else(|| Failure {
         code: error_code::OPERATOR_ACTION,
-        reason: "the unit was stopped while sidekick was down".to_string(),
+        reason: why.to_string(),
         halt: false,
     });
     let mut actions = Vec::new();

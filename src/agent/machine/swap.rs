@@ -542,6 +542,19 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 }
                 None => {
                     phase.slot_held = true;
+                    // Found stopped (`inactive`; no job of ours is queued while the slot is
+                    // taken again), right before the restart: an operator's stop, not started
+                    // again.
+                    if let (true, Stage::RollingBack { .. } | Stage::Restarting) =
+                        (phase.unit_stopped, resume.as_ref())
+                    {
+                        let recorded = match *resume {
+                            Stage::RollingBack { failure } => Some(failure),
+                            _ => None,
+                        };
+                        let why = "the unit was stopped while the slot was taken again";
+                        return super::recover::stopped_while_down(phase, recorded, why);
+                    }
                     resume_unit(&mut phase, *resume)
                 }
                 Some(waiting) => {

@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 
 use super::world::{Answer, Ms, SlotClient};
 use super::{Sim, Violation};
+use crate::agent::driver::is_inline;
 use crate::agent::machine::recover;
 use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
 use crate::agent::machine::swap::{
@@ -197,24 +198,9 @@ impl Sim {
             p.current = None;
             p.answer = None;
         }
-        let (inline, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|a| {
-            matches!(
-                a,
-                SwapAction::ClearJournal
-                    | SwapAction::StartVerifyDeadline
-                    | SwapAction::Denylist { .. }
-                    | SwapAction::NoteSlotLost
-            )
-        });
+        let (inline, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(is_inline);
         for action in inline {
-            match action {
-                SwapAction::ClearJournal => self.inst[i].disk.journal = None,
-                SwapAction::Denylist { version } => {
-                    self.blame(i, &version, "denylisted");
-                    self.inst[i].disk.denylist.insert(version);
-                }
-                _ => {}
-            }
+            self.inline(i, action);
         }
         let mut spent = 0;
         for action in batch {
@@ -367,17 +353,7 @@ impl Sim {
         }
         for action in batch {
             match action {
-                SwapAction::StartVerifyDeadline => {
-                    self.inst[i].proc.as_mut()?.verify_at = Some(now + VERIFY_TIMEOUT);
-                }
-                SwapAction::Denylist { version } => {
-                    self.blame(i, &version, "denylisted");
-                    self.inst[i].disk.denylist.insert(version);
-                }
-                SwapAction::ClearJournal => self.inst[i].disk.journal = None,
-                // A log line and a metric in the driver: nothing the world sees.
-                SwapAction::NoteSlotLost => {}
-                SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
+                inline if is_inline(&inline) => self.inline(i, inline),
                 slow if halting => front.push(slow),
                 slow => {
                     let p = self.inst[i].proc.as_mut()?;
@@ -394,6 +370,27 @@ impl Sim {
         }
         self.next_step(i);
         None
+    }
+
+    /// An action the driver carries out at once ([`is_inline`], `driver/act.rs`).
+    fn inline(&mut self, i: usize, action: SwapAction) {
+        match action {
+            SwapAction::StartVerifyDeadline => {
+                if let Some(p) = self.inst[i].proc.as_mut() {
+                    p.verify_at = Some(self.now + VERIFY_TIMEOUT);
+                }
+            }
+            SwapAction::Denylist { version } => {
+                self.blame(i, &version, "denylisted");
+                self.inst[i].disk.denylist.insert(version);
+            }
+            SwapAction::ClearJournal => self.inst[i].disk.journal = None,
+            // A log line and a metric in the driver: nothing the world sees.
+            SwapAction::NoteSlotLost => {}
+            // The agent's own actions, carried out by the loop (`act`).
+            SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
+            other => panic!("the simulation does not know the inline action {other:?}: teach it"),
+        }
     }
 
     fn ask_registry(&mut self, i: usize, wanted: bool) {
