@@ -159,7 +159,7 @@ pub fn recover(
 /// The unit was found stopped where the recovered swap would restart it: the previous drop-in
 /// back with `Reload()`, no restart. A failure recorded before the stop stays the version's: its
 /// owed halt is made (the release waits for it, in Releasing), its 3/0 sent, the version
-/// denylisted when it was blamed; otherwise the operator's action ends the swap (3/0
+/// denylisted; otherwise the operator's action ends the swap (3/0
 /// [`error_code::OPERATOR_ACTION`], no halt, no denylist).
 /// Also the machine's when the unit is found `inactive` as the slot is taken again.
 pub(super) fn stopped_while_down(
@@ -167,7 +167,9 @@ pub(super) fn stopped_while_down(
     recorded: Option<Failure>,
     why: &str,
 ) -> (SwapPhase, Vec<SwapAction>) {
-    let failure = recorded.unwrap_or_else(|| Failure {
+    // Only a failure that blamed the version outlives the stop (one recovery recorded for an
+    // interrupted attempt, or a halt seen elsewhere, blames nothing).
+    let failure = recorded.filter(|f| f.halt).unwrap_or_else(|| Failure {
         code: error_code::OPERATOR_ACTION,
         reason: why.to_string(),
         halt: false,

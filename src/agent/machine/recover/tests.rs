@@ -628,3 +628,194 @@ fn a_unit_seen_active_while_the_slot_is_taken_again_is_verified_without_another_
     );
     assert_eq!(phase.stage, Stage::Registering { failure: None });
 }
+
+fn stopped() -> UnitNow {
+    UnitNow {
+        active: crate::systemd::ActiveState::Inactive,
+        job_queued: false,
+    }
+}
+
+fn put_back() -> SwapAction {
+    SwapAction::RestoreDropIn {
+        previous: at(Stage::Finished).previous,
+        old: dropin("1.0.0"),
+    }
+}
+
+fn operator_action() -> Failure {
+    Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: "the unit was stopped while sidekick was down".into(),
+        halt: false,
+    }
+}
+
+#[test]
+fn a_unit_stopped_while_sidekick_was_down_is_not_started_again_by_recovery() {
+    // Simulation seed 550: stopped while down mid-swap; the rollback restarted it.
+    for stage in [
+        Stage::WritingDropIn,
+        Stage::Restarting,
+        Stage::RollingBack {
+            failure: failure(false),
+        },
+    ] {
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &stopped());
+        assert_eq!(actions, [put_back()], "{stage:?}");
+        // A failure that blamed nothing (an interrupted attempt) gives way to the operator's.
+        assert_eq!(
+            phase.stage,
+            Stage::StandingDown {
+                failure: operator_action()
+            },
+            "{stage:?}"
+        );
+        // Then the slot released and the swap ended by the machine's own stand-down.
+        let (phase, actions) = swap::step(phase, O::DropInRestored(Ok(())));
+        assert!(
+            !actions.iter().any(|a| matches!(
+                a,
+                SwapAction::Restart | SwapAction::RestoreAndRestart { .. }
+            )),
+            "{stage:?}: {actions:?}"
+        );
+        assert!(actions.contains(&SwapAction::ReleaseSlot { retry: false }));
+        assert_eq!(phase.stage, Stage::Finished);
+    }
+}
+
+#[test]
+fn a_unit_stopped_while_down_after_its_version_failed_keeps_the_halt_and_the_blame() {
+    // Simulation seed 938: the restart onto 2.0.0 failed, then an operator stopped the unit.
+    let (phase, actions) = recover(
+        at(Stage::RollingBack {
+            failure: failure(true),
+        }),
+        &running("1.0.0"),
+        &stopped(),
+    );
+    let reason = failure(true).reason;
+    assert_eq!(
+        actions,
+        [
+            SwapAction::Denylist {
+                version: "2.0.0".into()
+            },
+            put_back(),
+            halt(&reason, false),
+            SwapAction::SendEvent(Event::Failed {
+                error_code: error_code::UNHEALTHY_AFTER_SWAP
+            }),
+        ]
+    );
+    assert_eq!(phase.stage, Stage::Releasing);
+    // The release waits for the halt.
+    run(
+        phase,
+        &[
+            (O::GroupHalted(Ok(())), &[SwapAction::CheckSlot]),
+            (
+                O::Fenced { held: true },
+                &[SwapAction::ReleaseSlot { retry: false }],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_inactive_unit_with_a_job_queued_is_a_restart_in_flight_not_a_stop() {
+    let in_flight = UnitNow {
+        active: crate::systemd::ActiveState::Inactive,
+        job_queued: true,
+    };
+    let (phase, actions) = recover(at(Stage::Restarting), &running("1.0.0"), &in_flight);
+    assert!(
+        matches!(phase.stage, Stage::Reacquiring { .. }),
+        "{:?}",
+        phase.stage
+    );
+    assert_eq!(actions, [acquire(false)]);
+}
+
+#[test]
+fn a_unit_stopped_while_the_slot_is_taken_again_is_not_restarted() {
+    // Simulation seed 10238: stopped while the recovered swap waited for etcd.
+    let (phase, _) = recover(
+        at(Stage::Restarting),
+        &running("1.0.0"),
+        &UnitNow::unknown(),
+    );
+    let (phase, _) = swap::step(phase, O::Unit(crate::systemd::ActiveState::Inactive));
+    let (phase, actions) = swap::step(phase, O::Slot(SlotAnswer::Acquired));
+    assert_eq!(actions, [put_back()]);
+    let failure = Failure {
+        reason: "the unit was stopped while the slot was taken again".into(),
+        ..operator_action()
+    };
+    assert_eq!(phase.stage, Stage::StandingDown { failure });
+}
+
+#[test]
+fn a_recovered_swap_that_finds_the_group_halted_on_its_version_rolls_back_instead() {
+    // Simulation seed 84: resumed verifying 2.0.0, the group halted on 2.0.0 meanwhile.
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 0 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
+    let halted = SlotAnswer::Halted {
+        version: "2.0.0".into(),
+        reason: "2.0.0 not healthy".into(),
+    };
+    let (phase, actions) = swap::step(phase, O::Slot(halted));
+    assert_eq!(actions, [acquire(true)]);
+    let Stage::Reacquiring { resume, .. } = &phase.stage else {
+        panic!("{:?}", phase.stage);
+    };
+    let failure = Failure {
+        code: error_code::ROLLOUT_HALTED,
+        reason: "the group halted on 2.0.0".into(),
+        halt: false,
+    };
+    assert_eq!(**resume, Stage::RollingBack { failure });
+    // Once the slot is ours again: the old version back, and no blame at the end.
+    let (phase, actions) = swap::step(phase, O::Slot(SlotAnswer::Acquired));
+    assert_eq!(actions, [restore()]);
+    assert!(matches!(phase.stage, Stage::RollingBack { .. }));
+    // A halt on another version is only waited out.
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 0 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
+    let other = SlotAnswer::Halted {
+        version: "3.0.0".into(),
+        reason: "3.0.0 failed".into(),
+    };
+    let (phase, _) = swap::step(phase, O::Slot(other));
+    let Stage::Reacquiring { resume, .. } = &phase.stage else {
+        panic!("{:?}", phase.stage);
+    };
+    assert_eq!(**resume, Stage::Verifying { passes: 0 });
+}
+
+#[test]
+fn recovery_records_the_3_0_of_an_interrupted_attempt_so_a_second_stop_sends_it_again() {
+    // Simulation seed 1502: killed again before recovery's 3/0 went out.
+    for (stage, code) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            error_code::INTERRUPTED,
+        ),
+        (Stage::Draining, error_code::GENERIC),
+    ] {
+        let (phase, _) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
+        assert_eq!(phase.stage, Stage::Releasing, "{stage:?}");
+        let (_, again) = recover(phase, &running("1.0.0"), &UnitNow::unknown());
+        assert!(
+            again.contains(&SwapAction::SendEvent(Event::Failed { error_code: code })),
+            "{stage:?}: {again:?}"
+        );
+    }
+}

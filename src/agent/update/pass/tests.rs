@@ -5,7 +5,9 @@ use super::*;
 use crate::agent::update::fixtures::{
     memory_source, pass, release, swap_config, update_settings, who,
 };
-use crate::omaha::{Event, HttpTimeouts, HttpUpdateSource, UpdateBackend, error_code};
+use crate::omaha::{
+    Event, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, UpdateBackend, error_code,
+};
 use crate::slot::MemorySlots;
 use crate::systemd::control::{MemoryUnitControl, RunningVersion};
 
@@ -391,4 +393,29 @@ async fn a_start_that_resumes_a_journaled_swap_leaves_the_grant_to_it() {
     assert_eq!(pass.poll(true).await.label, "on-hold");
     let (_, failed) = service_view(&base).await;
     assert!(failed.is_empty(), "the resumed swap ends its own grant");
+}
+
+#[tokio::test]
+async fn a_pass_while_the_unit_cannot_take_an_offer_sends_no_check_and_takes_no_grant() {
+    // Simulation seeds 36 and 544: a grant taken while the unit was stopped or unregistered
+    // stayed open in the service, and was swapped to after `slots resume`.
+    let dir = tempfile::tempdir().unwrap();
+    let memory = InMemoryUpdateSource::new(Some(release("2.0.0", "reg/web")));
+    let source = AnyUpdateSource::new(UpdateBackend::Memory(memory.clone()), false);
+    let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
+    let result = pass.poll(false).await;
+    assert_eq!((result.label, result.plan.is_none()), ("not-serving", true));
+    assert_eq!(memory.checks(), 0, "no check sent");
+    assert!(
+        result.delay >= Duration::from_secs(54) && result.delay <= Duration::from_secs(66),
+        "{:?}",
+        result.delay
+    );
+    assert!(matches!(
+        pass.last_report(),
+        Some(CheckReport::Error { kind, .. }) if kind == "not-serving"
+    ));
+    // Serving again: the check goes out.
+    assert_eq!(pass.poll(true).await.label, "update");
+    assert_eq!(memory.checks(), 1);
 }
