@@ -144,7 +144,10 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
         if !serving && self.seams.source.may_check() {
             let result = CheckResult::NotServing;
             self.last_report = Some(CheckReport::from(&result));
-            let (delay, _) = self.poller.record(&result);
+            let (delay, changed) = self.poller.record(&result);
+            if changed {
+                info!(next_in = ?delay, "update check: {}", result.summary());
+            }
             return PassResult {
                 label: result.label(),
                 delay,
