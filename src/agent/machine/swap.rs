@@ -692,7 +692,6 @@ fn count(phase: &SwapPhase, passes: u32, observation: &SwapObservation) -> u32 {
     }
 }
 
-/// Why an acquire attempt left the swap waiting; `None` when it got the slot.
 /// Whether a slot answer is the group's halt on `version`.
 fn halted_on(answer: &SlotAnswer, version: &str) -> bool {
     matches!(answer, SlotAnswer::Halted { version: halted, .. } if halted == version)
@@ -703,6 +702,7 @@ fn forward(resume: &Stage) -> bool {
     matches!(resume, Stage::Restarting | Stage::Verifying { .. })
 }
 
+/// Why an acquire attempt left the swap waiting; `None` when it got the slot.
 fn waiting_reason(answer: SlotAnswer) -> Option<String> {
     match answer {
         SlotAnswer::Acquired => None,

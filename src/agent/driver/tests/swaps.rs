@@ -568,6 +568,37 @@ async fn a_unit_that_stops_while_an_update_check_hangs_is_deregistered_at_once()
 }
 
 #[tokio::test]
+async fn an_offer_answered_after_the_unit_stopped_is_given_back_with_3_0_not_serving() {
+    // The check goes out while the unit serves; the unit stops before the answer (an offer of
+    // 2.0.0) comes: no swap, and the grant ends at once instead of lingering in the service.
+    let world = start("2.0.0", "none", Duration::from_millis(20)).await;
+    world.source.hold_checks();
+    let before = world.source.checks();
+    eventually("a check in flight, unanswered", || {
+        world.source.checks() > before
+    })
+    .await;
+    world.units.set(ActiveState::Inactive);
+    eventually("deregistered while the check hangs", || {
+        !registered(&world.registry)
+    })
+    .await;
+    world.source.answer_checks();
+    let given_back = Event::Failed {
+        error_code: error_code::NOT_SERVING,
+    };
+    eventually("3/0 NOT_SERVING", || world.events().contains(&given_back)).await;
+    assert_eq!(world.events(), [given_back], "no swap started");
+    assert!(
+        world.control.calls().is_empty(),
+        "{:?}",
+        world.control.calls()
+    );
+    assert!(world.slots.holders().is_empty());
+    world.finish().await;
+}
+
+#[tokio::test]
 async fn a_failed_prepull_reports_errorcode_9_takes_no_slot_and_never_deregisters() {
     let world = start("2.0.0", "none", Duration::from_millis(20)).await;
     world.control.fail_transient(true);
