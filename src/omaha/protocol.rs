@@ -148,6 +148,10 @@ pub mod error_code {
     /// (`error-updateInProgressOnInstance`) with no swap journaled for it: the stale grant is
     /// ended so the instance can be offered updates again (sidekick-specific).
     pub const STALE_GRANT: u32 = 1009;
+    /// An offer came back while the unit was not active and registered (it left `active` while
+    /// the check was out): the swap cannot start, so the grant is given back untried
+    /// (sidekick-specific).
+    pub const NOT_SERVING: u32 = 1010;
 }
 
 /// An update as the service offered it, not yet validated (see [`crate::omaha::validate_offer`]).

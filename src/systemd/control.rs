@@ -120,6 +120,40 @@ pub trait UnitControl: Send + Sync {
     /// The unit's `SIDEKICK_VERSION` and `SIDEKICK_IMAGE` as systemd reports them (the Service's
     /// `Environment` property), `None` where unset.
     fn running(&self) -> impl Future<Output = Result<RunningVersion, ControlError>> + Send;
+
+    /// The unit's `ActiveState` and whether a job is queued for it (the Unit's `Job` property),
+    /// read now. A control that cannot tell (the in-memory and dry-run ones) says
+    /// [`UnitNow::unknown`].
+    fn unit_now(&self) -> impl Future<Output = Result<UnitNow, ControlError>> + Send {
+        std::future::ready(Ok(UnitNow::unknown()))
+    }
+}
+
+/// The unit as systemd reports it at one moment: what a start reads before it resumes a
+/// journaled swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitNow {
+    pub active: crate::systemd::ActiveState,
+    /// A job (start, stop, restart) is queued or running for the unit.
+    pub job_queued: bool,
+}
+
+impl UnitNow {
+    /// Nothing known: no decision rests on it.
+    pub fn unknown() -> UnitNow {
+        UnitNow {
+            active: crate::systemd::ActiveState::Unknown,
+            job_queued: false,
+        }
+    }
+
+    /// Stopped by someone, with nothing in flight: `inactive` and no job queued. A restart job
+    /// passes through `inactive` only while it is still queued (systemd turns it into a start
+    /// job once the stop is done), and the sidekick's own jobs end `active` or `failed`; so a
+    /// unit found so after a stop of the sidekick was stopped by an operator (`systemctl stop`).
+    pub fn stopped(&self) -> bool {
+        self.active == crate::systemd::ActiveState::Inactive && !self.job_queued
+    }
 }
 
 /// What the unit runs, read back from systemd.

@@ -23,7 +23,8 @@ use crate::systemd::control::UnitControl;
 pub const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the driver carries this swap action out itself, at once, rather than as a slow step.
-fn is_inline(action: &SwapAction) -> bool {
+/// The one list of them: the simulation (`agent/sim`) splits a batch by it too.
+pub(crate) fn is_inline(action: &SwapAction) -> bool {
     matches!(
         action,
         SwapAction::Register

@@ -43,6 +43,8 @@ mod status;
 mod swap_metrics;
 mod wait;
 
+#[cfg(test)]
+pub(crate) use act::is_inline;
 pub use reconfigure::Reconfigure;
 
 /// How long shutdown may take to revoke the lease, leaving room in the 2 s stop budget.

@@ -17,8 +17,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// Sends the update pass out, taken out of the seams for the time it runs.
     pub(super) fn send_pass(&mut self, state: &mut LoopState<C>) {
         if let Some(mut updates) = self.seams.updates.take() {
+            let serving = self.agent.takes_offer();
             state.passing = Some(Box::pin(async move {
-                let result = updates.poll().await;
+                let result = updates.poll(serving).await;
                 (updates, result)
             }));
         }
@@ -32,8 +33,9 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         pass: PassResult,
     ) -> (Option<Instant>, Option<SwapPlan>) {
         let PassResult { label, delay, plan } = pass;
-        // An offer the agent would not take (unit not serving) is no reason for `--once` to go on.
-        let plan = plan.filter(|_| self.agent.takes_offer());
+        // An offer the agent would not take (unit not serving) is no reason for `--once` to go on;
+        // the machine still sees it, to give its grant back.
+        let taken = plan.is_some() && self.agent.takes_offer();
         if let Some(reload) = self.held_update_reload.take() {
             updates.hold_reload(reload);
         }
@@ -45,7 +47,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 metrics.set_version(running);
             }
         }
-        let next = (!self.options.once || plan.is_some()).then(|| Instant::now() + delay);
+        let next = (!self.options.once || taken).then(|| Instant::now() + delay);
         self.update_record(Some(label), running);
         self.publish_changes();
         self.pass_done(label);

@@ -6,9 +6,9 @@
 //! slot again ([`Stage::Reacquiring`]; idempotent for its own key, a wait while the group is busy
 //! or halted), staying deregistered. An owed halt goes before anything else.
 
-use super::swap::{Failure, GroupHalt, Stage, SwapAction, SwapPhase, reacquire};
+use super::swap::{Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire};
 use crate::omaha::{Event, error_code};
-use crate::systemd::control::RunningVersion;
+use crate::systemd::control::{RunningVersion, UnitNow};
 
 /// Where a start resumes a journaled swap, and what it does first. `observed` is what systemd
 /// says the unit runs now (never the journal alone).
@@ -32,12 +32,22 @@ use crate::systemd::control::RunningVersion;
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
 ///   is sent again (it may have been cut off by the stop).
-pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec<SwapAction>) {
+/// - Found stopped (`unit`: `inactive` with no job queued, [`UnitNow::stopped`]) where the
+///   swap would touch the unit again: an operator stopped it while the sidekick was down. It is
+///   not started again: the previous drop-in goes back (no restart), and the swap ends with the
+///   failure recorded before the stop, if any (its owed halt first, its denylist), else 3/0
+///   [`error_code::OPERATOR_ACTION`].
+pub fn recover(
+    journal: SwapPhase,
+    observed: &RunningVersion,
+    unit: &UnitNow,
+) -> (SwapPhase, Vec<SwapAction>) {
     let mut phase = journal;
     // The journal's view of the unit is from before the stop: unknown until the driver's first
     // unit observation (which the machine follows from here on, also while the slot is taken
-    // again).
+    // again); stopped as systemd says now.
     phase.unit_active = false;
+    phase.unit_stopped = unit.stopped();
     let runs_new = observed.version.as_deref() == Some(phase.plan.new.version.as_str());
     if phase.halt == GroupHalt::NotNeeded
         && let Some(reason) = legacy_halt(&phase.stage)
@@ -54,10 +64,17 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             Stage::Finished,
             vec![interrupted(), SwapAction::ClearJournal],
         ),
-        Stage::AcquiringSlot { .. } => (
-            Stage::Releasing,
-            vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
-        ),
+        // The 3/0 is recorded with Releasing (journaled before these actions run), so a stop
+        // before it is sent has the next start send it again.
+        Stage::AcquiringSlot { .. } => {
+            phase.report = Some(Report::Failed {
+                error_code: error_code::INTERRUPTED,
+            });
+            (
+                Stage::Releasing,
+                vec![SwapAction::ReleaseSlot { retry: false }, interrupted()],
+            )
+        }
         // The 3/x decided before the stop may have been cut off: sent again (the update service
         // keeps the grant open until one arrives).
         Stage::Releasing => {
@@ -83,9 +100,11 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
             (Stage::StandingDown { failure }, vec![action])
         }
         Stage::Deregistering | Stage::Draining | Stage::Fencing => {
-            let event = Event::Failed {
+            let report = Report::Failed {
                 error_code: error_code::GENERIC,
             };
+            phase.report = Some(report);
+            let event = report.event();
             let actions = vec![
                 SwapAction::SendEvent(event),
                 SwapAction::ReleaseSlot { retry: false },
@@ -109,7 +128,7 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
         | Stage::Stranded { failure, .. } => reacquire(&mut phase, Stage::RollingBack { failure }),
         Stage::Reacquiring { resume, .. } => {
             phase.stage = *resume;
-            return recover(phase, observed);
+            return recover(phase, observed, unit);
         }
         Stage::Registering { failure: None } if runs_new => {
             verify_again(&mut phase, Stage::Verifying { passes: 0 })
@@ -125,7 +144,56 @@ pub fn recover(journal: SwapPhase, observed: &RunningVersion) -> (SwapPhase, Vec
         }
         Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
     };
+    if let (Stage::Reacquiring { resume, .. }, true) = (&stage, unit.stopped()) {
+        let recorded = match resume.as_ref() {
+            Stage::RollingBack { failure } => Some(failure.clone()),
+            _ => None,
+        };
+        let why = "the unit was stopped while sidekick was down";
+        return stopped_while_down(phase, recorded, why);
+    }
     phase.stage = stage;
+    (phase, actions)
+}
+
+/// The unit was found stopped where the recovered swap would restart it: the previous drop-in
+/// back with `Reload()`, no restart. A failure recorded before the stop stays the version's: its
+/// owed halt is made (the release waits for it, in Releasing), its 3/0 sent, the version
+/// denylisted; otherwise the operator's action ends the swap (3/0
+/// [`error_code::OPERATOR_ACTION`], no halt, no denylist).
+/// Also the machine's when the unit is found `inactive` as the slot is taken again.
+pub(super) fn stopped_while_down(
+    mut phase: SwapPhase,
+    recorded: Option<Failure>,
+    why: &str,
+) -> (SwapPhase, Vec<SwapAction>) {
+    // Only a failure that blamed the version outlives the stop (one recovery recorded for an
+    // interrupted attempt, or a halt seen elsewhere, blames nothing).
+    let failure = recorded.filter(|f| f.halt).unwrap_or_else(|| Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: why.to_string(),
+        halt: false,
+    });
+    let mut actions = Vec::new();
+    if failure.halt {
+        let version = phase.plan.new.version.clone();
+        actions.push(SwapAction::Denylist { version });
+    }
+    actions.push(SwapAction::RestoreDropIn {
+        previous: phase.previous.clone(),
+        old: phase.plan.old.clone(),
+    });
+    match phase.halt_action(false) {
+        Some(halt) => {
+            let report = Report::Failed {
+                error_code: failure.code,
+            };
+            phase.report = Some(report);
+            actions.extend([halt, SwapAction::SendEvent(report.event())]);
+            phase.stage = Stage::Releasing;
+        }
+        None => phase.stage = Stage::StandingDown { failure },
+    }
     (phase, actions)
 }
 

@@ -14,6 +14,7 @@ use std::num::NonZeroU32;
 
 use super::swap::{self, SwapAction, SwapObservation, SwapPhase, SwapPlan};
 use crate::health::HealthStreak;
+use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
 
 /// What the agent is doing.
@@ -188,12 +189,17 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             return (agent, vec![Action::Stop]);
         }
         Observation::Offer(plan) => {
-            // Not taken: the grant stays with the service, which offers it again while the
-            // instance reports no progress on it.
             if agent.takes_offer() {
                 let (swap, swap_actions) = swap::start(plan);
                 agent.phase = Phase::Updating(swap);
                 actions.extend(swap_actions.into_iter().map(Action::from));
+            } else if agent.phase == Phase::Serving {
+                // Not taken (the unit left `active` while the check was out): given back, since
+                // the service would keep the grant open and offer it again, even after a halt.
+                let event = Event::Failed {
+                    error_code: error_code::NOT_SERVING,
+                };
+                actions.push(Action::Swap(SwapAction::SendEvent(event)));
             }
             None
         }

@@ -520,19 +520,52 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             };
             (stage, vec![phase.acquire(false)])
         }
-        (Stage::Reacquiring { resume, .. }, O::Slot(answer)) => match waiting_reason(answer) {
-            None => {
-                phase.slot_held = true;
-                resume_unit(&mut phase, *resume)
+        (Stage::Reacquiring { resume, .. }, O::Slot(answer)) => {
+            match waiting_reason(answer.clone()) {
+                // The group halted on the very version a recovered swap was moving to: it goes no
+                // further toward it (no restart onto it, no verification), it rolls back once the
+                // slot is ours again; the halt's owner blamed the version, not this instance.
+                Some(waiting)
+                    if halted_on(&answer, &phase.plan.new.version) && forward(&resume) =>
+                {
+                    let failure = Failure {
+                        code: error_code::ROLLOUT_HALTED,
+                        reason: format!("the group halted on {}", phase.plan.new.version),
+                        halt: false,
+                    };
+                    let resume = Box::new(Stage::RollingBack { failure });
+                    let stage = Stage::Reacquiring {
+                        resume,
+                        waiting: Some(waiting),
+                    };
+                    (stage, vec![phase.acquire(true)])
+                }
+                None => {
+                    phase.slot_held = true;
+                    // Found stopped (`inactive`; no job of ours is queued while the slot is
+                    // taken again), right before the restart: an operator's stop, not started
+                    // again.
+                    if let (true, Stage::RollingBack { .. } | Stage::Restarting) =
+                        (phase.unit_stopped, resume.as_ref())
+                    {
+                        let recorded = match *resume {
+                            Stage::RollingBack { failure } => Some(failure),
+                            _ => None,
+                        };
+                        let why = "the unit was stopped while the slot was taken again";
+                        return super::recover::stopped_while_down(phase, recorded, why);
+                    }
+                    resume_unit(&mut phase, *resume)
+                }
+                Some(waiting) => {
+                    let stage = Stage::Reacquiring {
+                        resume,
+                        waiting: Some(waiting),
+                    };
+                    (stage, vec![phase.acquire(true)])
+                }
             }
-            Some(waiting) => {
-                let stage = Stage::Reacquiring {
-                    resume,
-                    waiting: Some(waiting),
-                };
-                (stage, vec![phase.acquire(true)])
-            }
-        },
+        }
         (Stage::RollingBack { failure }, O::Restarted(Ok(()))) => {
             let stage = Stage::VerifyingOld { failure, passes: 0 };
             let (stage, mut actions) = verified(&phase, stage);
@@ -657,6 +690,16 @@ fn count(phase: &SwapPhase, passes: u32, observation: &SwapObservation) -> u32 {
         SwapObservation::Unit(_) | SwapObservation::LeftActive if !phase.unit_active => 0,
         _ => passes,
     }
+}
+
+/// Whether a slot answer is the group's halt on `version`.
+fn halted_on(answer: &SlotAnswer, version: &str) -> bool {
+    matches!(answer, SlotAnswer::Halted { version: halted, .. } if halted == version)
+}
+
+/// Whether a recovered swap would resume toward its new version (restart onto it, verify it).
+fn forward(resume: &Stage) -> bool {
+    matches!(resume, Stage::Restarting | Stage::Verifying { .. })
 }
 
 /// Why an acquire attempt left the swap waiting; `None` when it got the slot.

@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 
 use super::world::{Answer, Ms, SlotClient};
 use super::{Sim, Violation};
+use crate::agent::driver::is_inline;
 use crate::agent::machine::recover;
 use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
 use crate::agent::machine::swap::{
@@ -87,6 +88,8 @@ pub struct Proc {
     pub slot_at_restart: bool,
     /// Started with no journal: a grant the service still holds is an earlier run's (`pass.rs`).
     pub stale_grant_possible: bool,
+    /// The agent took offers when the pass in flight was sent (else it sends no check).
+    pub pass_serving: bool,
 }
 
 impl Proc {
@@ -119,6 +122,7 @@ impl Proc {
             lost_after_fence: false,
             slot_at_restart: false,
             stale_grant_possible: false,
+            pass_serving: false,
         }
     }
 
@@ -159,7 +163,12 @@ impl Sim {
                 version: Some(unit.loaded.clone()),
                 image: Some(format!("example/web:{}", unit.loaded)),
             };
-            proc.recovered = Some(recover(journal, &observed));
+            // The Unit's `ActiveState` and `Job` properties: the twin's queued job is systemd's.
+            let now = crate::systemd::control::UnitNow {
+                active: unit.state.clone(),
+                job_queued: unit.job.is_some(),
+            };
+            proc.recovered = Some(recover(journal, &observed, &now));
         }
         proc.stale_grant_possible = proc.recovered.is_none();
         proc.pending
@@ -189,24 +198,9 @@ impl Sim {
             p.current = None;
             p.answer = None;
         }
-        let (inline, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|a| {
-            matches!(
-                a,
-                SwapAction::ClearJournal
-                    | SwapAction::StartVerifyDeadline
-                    | SwapAction::Denylist { .. }
-                    | SwapAction::NoteSlotLost
-            )
-        });
+        let (inline, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(is_inline);
         for action in inline {
-            match action {
-                SwapAction::ClearJournal => self.inst[i].disk.journal = None,
-                SwapAction::Denylist { version } => {
-                    self.blame(i, &version, "denylisted");
-                    self.inst[i].disk.denylist.insert(version);
-                }
-                _ => {}
-            }
+            self.inline(i, action);
         }
         let mut spent = 0;
         for action in batch {
@@ -359,17 +353,7 @@ impl Sim {
         }
         for action in batch {
             match action {
-                SwapAction::StartVerifyDeadline => {
-                    self.inst[i].proc.as_mut()?.verify_at = Some(now + VERIFY_TIMEOUT);
-                }
-                SwapAction::Denylist { version } => {
-                    self.blame(i, &version, "denylisted");
-                    self.inst[i].disk.denylist.insert(version);
-                }
-                SwapAction::ClearJournal => self.inst[i].disk.journal = None,
-                // A log line and a metric in the driver: nothing the world sees.
-                SwapAction::NoteSlotLost => {}
-                SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
+                inline if is_inline(&inline) => self.inline(i, inline),
                 slow if halting => front.push(slow),
                 slow => {
                     let p = self.inst[i].proc.as_mut()?;
@@ -386,6 +370,27 @@ impl Sim {
         }
         self.next_step(i);
         None
+    }
+
+    /// An action the driver carries out at once ([`is_inline`], `driver/act.rs`).
+    fn inline(&mut self, i: usize, action: SwapAction) {
+        match action {
+            SwapAction::StartVerifyDeadline => {
+                if let Some(p) = self.inst[i].proc.as_mut() {
+                    p.verify_at = Some(self.now + VERIFY_TIMEOUT);
+                }
+            }
+            SwapAction::Denylist { version } => {
+                self.blame(i, &version, "denylisted");
+                self.inst[i].disk.denylist.insert(version);
+            }
+            SwapAction::ClearJournal => self.inst[i].disk.journal = None,
+            // A log line and a metric in the driver: nothing the world sees.
+            SwapAction::NoteSlotLost => {}
+            // The agent's own actions, carried out by the loop (`act`).
+            SwapAction::Register | SwapAction::Deregister | SwapAction::Stop => {}
+            other => panic!("the simulation does not know the inline action {other:?}: teach it"),
+        }
     }
 
     fn ask_registry(&mut self, i: usize, wanted: bool) {
@@ -689,6 +694,17 @@ impl Sim {
             .proc
             .as_ref()
             .is_some_and(|p| p.stale_grant_possible);
+        let serving = self.inst[i].proc.as_ref().is_some_and(|p| p.pass_serving);
+        if !serving {
+            // `UpdatePass::poll`: no check while an offer could not be taken.
+            let delay = POLL_EVERY + self.rng.u64(0..POLL_EVERY / 10);
+            if let Some(p) = self.inst[i].proc.as_mut() {
+                p.passing = None;
+                p.next_pass = Some(now + delay);
+            }
+            self.log(i, || "update pass: not serving, no check".into());
+            return;
+        }
         let mut answer = match halted {
             true => Answer::Refused("halted"),
             false => self.nebraska.check(i, &running, now),

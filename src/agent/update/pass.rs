@@ -24,7 +24,7 @@ use crate::control::CheckReport;
 use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, Event, UpdateSource, error_code};
 use crate::slot::{AnySlots, SlotLock};
-use crate::systemd::control::UnitControl;
+use crate::systemd::control::{UnitControl, UnitNow};
 use disk::DiskWriter;
 
 mod disk;
@@ -134,9 +134,26 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     }
 
     /// One check: its label, the delay before the next one, and a plan for a valid offer not on
-    /// the denylist.
-    pub async fn poll(&mut self) -> PassResult {
+    /// the denylist. `serving` says whether the agent would take an offer now (unit active,
+    /// instance registered: [`crate::agent::machine::state::Agent::takes_offer`]); when not, no
+    /// check is sent at all, like a closed rollout window: the service keeps an answered offer
+    /// granted until a 3/x and offers it again, so a grant taken while it cannot be used would
+    /// linger (and be swapped to later, even after the group halted on that version).
+    pub async fn poll(&mut self, serving: bool) -> PassResult {
         self.apply_reload();
+        if !serving && self.seams.source.may_check() {
+            let result = CheckResult::NotServing;
+            self.last_report = Some(CheckReport::from(&result));
+            let (delay, changed) = self.poller.record(&result);
+            if changed {
+                info!(next_in = ?delay, "update check: {}", result.summary());
+            }
+            return PassResult {
+                label: result.label(),
+                delay,
+                plan: None,
+            };
+        }
         if let Some(rollout) = self.rollout.clone() {
             let running = policy::running_version(&self.seams.control).await;
             let running = running.ok().map(|(v, _)| v.to_string());
@@ -350,13 +367,21 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
             return Ok(None);
         };
         let observed = self.seams.control.running().await?;
+        // Whether an operator stopped the unit while this sidekick was down (inactive, no job
+        // queued): a unit that cannot be read is not taken as stopped.
+        let unit = self.seams.control.unit_now().await.unwrap_or_else(|err| {
+            warn!(error = %err, kind = err.kind(), "cannot read the unit's state and job from systemd");
+            UnitNow::unknown()
+        });
         info!(
             journal = %self.config.journal.path().display(),
             to = %phase.plan.new.version,
             running = ?observed.version,
             "found an interrupted swap; resuming it"
         );
-        Ok(Some(crate::agent::machine::recover(phase, &observed)))
+        Ok(Some(crate::agent::machine::recover(
+            phase, &observed, &unit,
+        )))
     }
 }
 
@@ -372,6 +397,7 @@ fn answered(result: &CheckResult) -> bool {
             | CheckResult::UnknownVersion { .. }
             | CheckResult::Halted { .. }
             | CheckResult::NotChecked
+            | CheckResult::NotServing
     )
 }
 

@@ -199,6 +199,9 @@ pub enum CheckResult {
     /// A dry run against a real service: no check is sent, since the service counts an answered
     /// offer as a granted update.
     NotChecked,
+    /// The unit is not active and registered, so an offer could not be taken: no check was sent,
+    /// since an answered offer is a grant the service keeps open (and offers again) until a 3/x.
+    NotServing,
 }
 
 impl CheckResult {
@@ -231,6 +234,7 @@ impl CheckResult {
             CheckResult::ServerStatus { .. } | CheckResult::Unreachable { .. } => "error",
             CheckResult::UnknownVersion { .. } => "unknown-version",
             CheckResult::NotChecked => "not-checked",
+            CheckResult::NotServing => "not-serving",
         }
     }
 
@@ -257,6 +261,10 @@ impl CheckResult {
                 format!("not checked: the running version is unknown ({kind}): {detail}")
             }
             CheckResult::NotChecked => "not checked: a dry run sends no check".to_string(),
+            CheckResult::NotServing => {
+                "not checked: the unit is not active and registered (an offer could not be taken)"
+                    .to_string()
+            }
         }
     }
 }
@@ -289,6 +297,11 @@ impl From<&CheckResult> for CheckReport {
                 "dry-run",
                 "a dry run sends no check to a real update service: the service counts an \
                  answered offer as a granted update",
+            ),
+            CheckResult::NotServing => CheckReport::error(
+                "not-serving",
+                "the unit is not active and registered: no check is sent, since an offer it \
+                 could not take would stay granted in the service",
             ),
         }
     }

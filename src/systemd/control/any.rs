@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     ControlError, DbusUnitControl, DropIn, DryRunUnitControl, PreviousDropIn, RunningVersion,
-    UnitControl,
+    UnitControl, UnitNow,
 };
 
 /// Any of the unit controls `run` uses.
@@ -46,5 +46,8 @@ impl UnitControl for AnyUnitControl {
 
     async fn running(&self) -> Result<RunningVersion, ControlError> {
         dispatch!(self, c => c.running().await)
+    }
+    async fn unit_now(&self) -> Result<UnitNow, ControlError> {
+        dispatch!(self, c => c.unit_now().await)
     }
 }

@@ -14,11 +14,11 @@ use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
-use zbus_systemd::systemd1::{JobRemovedStream, ManagerProxy, ServiceProxy};
+use zbus_systemd::systemd1::{JobRemovedStream, ManagerProxy, ServiceProxy, UnitProxy};
 
 use super::dropin::{self, dropin_path};
 use super::transient;
-use super::{ControlError, DropIn, PreviousDropIn, RunningVersion, UnitControl};
+use super::{ControlError, DropIn, PreviousDropIn, RunningVersion, UnitControl, UnitNow};
 use crate::config::SwapSettings;
 use crate::systemd::environment::{self, IMAGE_VARIABLE, VERSION_VARIABLE};
 
@@ -328,6 +328,21 @@ impl UnitControl for DbusUnitControl {
         Ok(RunningVersion {
             version: value(VERSION_VARIABLE),
             image: value(IMAGE_VARIABLE),
+        })
+    }
+    async fn unit_now(&self) -> Result<UnitNow, ControlError> {
+        let path = self.manager.load_unit(self.unit.clone()).await?;
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let active: String = unit.active_state().await?;
+        let active = crate::systemd::ActiveState::parse(&active);
+        let (job, _) = unit.job().await?;
+        Ok(UnitNow {
+            active,
+            job_queued: job != 0,
         })
     }
 }

@@ -568,6 +568,37 @@ async fn a_unit_that_stops_while_an_update_check_hangs_is_deregistered_at_once()
 }
 
 #[tokio::test]
+async fn an_offer_answered_after_the_unit_stopped_is_given_back_with_3_0_not_serving() {
+    // The check goes out while the unit serves; the unit stops before the answer (an offer of
+    // 2.0.0) comes: no swap, and the grant ends at once instead of lingering in the service.
+    let world = start("2.0.0", "none", Duration::from_millis(20)).await;
+    world.source.hold_checks();
+    let before = world.source.checks();
+    eventually("a check in flight, unanswered", || {
+        world.source.checks() > before
+    })
+    .await;
+    world.units.set(ActiveState::Inactive);
+    eventually("deregistered while the check hangs", || {
+        !registered(&world.registry)
+    })
+    .await;
+    world.source.answer_checks();
+    let given_back = Event::Failed {
+        error_code: error_code::NOT_SERVING,
+    };
+    eventually("3/0 NOT_SERVING", || world.events().contains(&given_back)).await;
+    assert_eq!(world.events(), [given_back], "no swap started");
+    assert!(
+        world.control.calls().is_empty(),
+        "{:?}",
+        world.control.calls()
+    );
+    assert!(world.slots.holders().is_empty());
+    world.finish().await;
+}
+
+#[tokio::test]
 async fn a_failed_prepull_reports_errorcode_9_takes_no_slot_and_never_deregisters() {
     let world = start("2.0.0", "none", Duration::from_millis(20)).await;
     world.control.fail_transient(true);
@@ -788,18 +819,27 @@ async fn a_journal_write_failing_after_the_deregistration_holds_the_swap_until_i
 
 /// The unit stays stopped and the version unblamed after an operator's stop: no restart after
 /// the stop, no halt, no denylist, the slot free, the grant ended with 3/0 errorcode 1004, and
-/// the offers of the next checks not taken.
-async fn stays_stopped(world: &World, restarts_before: usize) {
+/// no check sent while it is stopped (an offer could not be taken), three passes over.
+async fn stays_stopped(world: &World, metrics: &crate::metrics::Metrics, restarts_before: usize) {
     let operator = Event::Failed {
         error_code: error_code::OPERATOR_ACTION,
     };
     eventually("3/0 OPERATOR_ACTION", || world.events().contains(&operator)).await;
     eventually("the slot free", || world.slots.holders().is_empty()).await;
     let checks = world.source.checks();
-    eventually("three more checks, each offered 2.0.0", || {
-        world.source.checks() >= checks + 3
-    })
-    .await;
+    let passes = || {
+        let text = metrics.encode();
+        let line = r#"sidekick_update_checks_total{result="not-serving"} "#;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    eventually("three passes that send no check", || passes() >= 3).await;
+    assert_eq!(
+        world.source.checks(),
+        checks,
+        "a stopped unit sends no check"
+    );
     let events = world.events();
     assert_eq!(events.last(), Some(&operator), "{events:?}");
     let pulls = events.iter().filter(|e| **e == Event::PrepullStarted);
@@ -835,14 +875,19 @@ async fn stays_stopped(world: &World, restarts_before: usize) {
 
 #[tokio::test]
 async fn a_unit_stopped_while_draining_is_not_restarted_and_its_grant_ends_with_3_0_1004() {
-    let world = start("2.0.0", "none", Duration::from_millis(300)).await;
+    let metrics = crate::metrics::Metrics::new();
+    let world = start_with(Setup {
+        metrics: Some(metrics.clone()),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(300))
+    })
+    .await;
     eventually("deregistered for the swap", || {
         world.registry.history().contains(&Desired::Absent)
     })
     .await;
     world.units.set(ActiveState::Deactivating);
     world.units.set(ActiveState::Inactive);
-    stays_stopped(&world, 0).await;
+    stays_stopped(&world, &metrics, 0).await;
     assert!(
         !world
             .control
@@ -856,9 +901,14 @@ async fn a_unit_stopped_while_draining_is_not_restarted_and_its_grant_ends_with_
 
 #[tokio::test]
 async fn a_restart_job_canceled_by_an_operators_stop_puts_the_dropin_back_and_starts_nothing() {
-    let world = start("2.0.0", "none", Duration::ZERO).await;
+    let metrics = crate::metrics::Metrics::new();
+    let world = start_with(Setup {
+        metrics: Some(metrics.clone()),
+        ..Setup::new("2.0.0", "none", Duration::ZERO)
+    })
+    .await;
     world.control.cancel_restart(true);
-    stays_stopped(&world, 1).await;
+    stays_stopped(&world, &metrics, 1).await;
     let calls = world.control.calls();
     let after_write = calls
         .iter()
@@ -1053,10 +1103,10 @@ async fn a_hanging_journal_delays_neither_a_deregistration_nor_the_watchdog_and_
 }
 
 #[tokio::test]
-async fn a_slot_an_earlier_run_left_is_released_even_when_the_registration_comes_while_a_pass_is_out()
- {
-    // The unit is inactive at start, so the first pass goes out before the registration; its
-    // check hangs until the registration is confirmed.
+async fn a_slot_an_earlier_run_left_is_released_once_registered_and_no_check_goes_out_before() {
+    // The unit is inactive at start: its passes send no check (an offer could not be taken)
+    // until it is registered; the earlier run's slot is released once the registration is
+    // confirmed, and the check that follows goes out.
     let units = Arc::new(MemoryUnits::new(ActiveState::Inactive));
     let control = MemoryUnitControl::new(RunningVersion {
         version: Some("1.0.0".into()),
@@ -1095,16 +1145,14 @@ async fn a_slot_an_earlier_run_left_is_released_even_when_the_registration_comes
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
     }));
-    eventually("a check out and hanging", || source.checks() > 0).await;
     units.set(ActiveState::Active);
-    eventually("registered while the pass is out", || registered(&registry)).await;
-    assert_eq!(slots.holders(), ["web-1"], "the pass still holds the seams");
-    source.answer_checks();
-    eventually(
-        "the earlier run's slot released once the pass is back",
-        || slots.holders().is_empty(),
-    )
+    eventually("registered", || registered(&registry)).await;
+    eventually("the earlier run's slot released", || {
+        slots.holders().is_empty()
+    })
     .await;
+    eventually("a check out once registered", || source.checks() > 0).await;
+    source.answer_checks();
     let _ = stop.send(());
     run.await.unwrap();
 }

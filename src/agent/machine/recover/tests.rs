@@ -57,7 +57,7 @@ fn recovery_while_prepulling_ends_the_grant_with_3_0_interrupted_and_sends_no_re
         slot_held: false,
         ..at(Stage::Prepulling)
     };
-    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    let (phase, actions) = recover(journaled, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [interrupted(), SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
     assert!(phase.allows_registration());
@@ -74,7 +74,7 @@ fn recovery_before_deregistering_gives_the_slot_back_and_ends_an_open_grant() {
         // The 3/x was sent before the release.
         (Stage::Releasing, vec![release.clone()]),
     ] {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert_eq!(actions, expected, "{stage:?}");
         assert_eq!(phase.stage, Stage::Releasing);
         assert!(phase.allows_registration());
@@ -92,7 +92,7 @@ fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
     };
     // Whatever systemd reports: the operator's stop stands.
     for observed in ["1.0.0", "2.0.0"] {
-        let (phase, actions) = recover(at(stage.clone()), &running(observed));
+        let (phase, actions) = recover(at(stage.clone()), &running(observed), &UnitNow::unknown());
         assert_eq!(
             actions,
             [SwapAction::RestoreDropIn {
@@ -107,7 +107,7 @@ fn recovery_of_a_stand_down_puts_the_dropin_back_again_and_never_restarts() {
 #[test]
 fn recovery_after_deregistering_but_before_the_dropin_serves_again_and_reports_3_0_generic() {
     for stage in [Stage::Deregistering, Stage::Draining, Stage::Fencing] {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert_eq!(
             actions,
             [
@@ -138,7 +138,7 @@ fn recovery_takes_the_slot_again_before_touching_the_unit_and_waits_deregistered
     ];
     for stage in stages {
         for observed in [running("1.0.0"), running("2.0.0")] {
-            let (phase, actions) = recover(at(stage.clone()), &observed);
+            let (phase, actions) = recover(at(stage.clone()), &observed, &UnitNow::unknown());
             assert_eq!(actions, [acquire(false)], "{stage:?} {observed:?}");
             assert!(
                 matches!(phase.stage, Stage::Reacquiring { .. }),
@@ -180,7 +180,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
         Stage::Restarting,
         Stage::Verifying { passes: 1 },
     ] {
-        let (phase, _) = recover(at(stage.clone()), &running("2.0.0"));
+        let (phase, _) = recover(at(stage.clone()), &running("2.0.0"), &UnitNow::unknown());
         let restarted = stage != (Stage::Verifying { passes: 1 });
         let phase = if restarted {
             // Reloaded but maybe not restarted: restart onto the new version first.
@@ -230,7 +230,7 @@ fn recovery_with_the_old_version_running_rolls_back_with_the_slot_and_without_bl
             Stage::Restarting,
             Stage::Verifying { passes: 1 },
         ] {
-            let (phase, actions) = recover(at(stage.clone()), &observed);
+            let (phase, actions) = recover(at(stage.clone()), &observed, &UnitNow::unknown());
             assert_eq!(actions, [acquire(false)], "{stage:?}");
             let phase = run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
             let Stage::RollingBack { failure } = &phase.stage else {
@@ -281,7 +281,7 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
                 },
                 ..at(stage.clone())
             };
-            let (phase, actions) = recover(journaled, &observed);
+            let (phase, actions) = recover(journaled, &observed, &UnitNow::unknown());
             assert_eq!(actions, [halt(reason, false)], "{stage:?}");
             let phase = run(
                 phase,
@@ -336,7 +336,7 @@ fn recovery_of_a_stranded_swap_halts_takes_the_slot_and_restores_keeping_the_fai
             why: "w".into(),
         })
     };
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("r", false)]);
     let phase = run(
         phase,
@@ -369,7 +369,7 @@ fn recovery_of_a_journal_without_a_halt_record_halts_for_a_blamed_version_or_a_s
         },
     ];
     for stage in blamed {
-        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"));
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
         assert!(
             matches!(actions.first(), Some(SwapAction::Halt { retry: false, .. })),
             "{stage:?}: {actions:?}"
@@ -382,6 +382,7 @@ fn recovery_of_a_journal_without_a_halt_record_halts_for_a_blamed_version_or_a_s
             failure: failure(false),
         }),
         &running("1.0.0"),
+        &UnitNow::unknown(),
     );
     assert_eq!(actions, [acquire(false)]);
 }
@@ -394,7 +395,7 @@ fn recovery_of_a_confirmed_halt_does_not_halt_again() {
             failure: failure(true),
         })
     };
-    let (_, actions) = recover(journaled, &running("2.0.0"));
+    let (_, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
 }
 
@@ -404,7 +405,7 @@ fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
         halt: GroupHalt::Owed { reason: "r".into() },
         ..at(Stage::Releasing)
     };
-    let (phase, actions) = recover(journaled, &running("1.0.0"));
+    let (phase, actions) = recover(journaled, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("r", false)]);
     run(phase, &[(O::GroupHalted(Ok(())), &[SwapAction::CheckSlot])]);
 }
@@ -415,7 +416,7 @@ fn recovery_of_a_journaled_reacquiring_resumes_what_it_was_taking_the_slot_for()
         resume: Box::new(Stage::Restarting),
         waiting: Some("busy".into()),
     });
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
     run(
         phase,
@@ -425,7 +426,7 @@ fn recovery_of_a_journaled_reacquiring_resumes_what_it_was_taking_the_slot_for()
 
 #[test]
 fn recovery_of_a_finished_swap_only_clears_the_journal() {
-    let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"));
+    let (phase, actions) = recover(at(Stage::Finished), &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [SwapAction::ClearJournal]);
     assert_eq!(phase.stage, Stage::Finished);
 }
@@ -480,7 +481,7 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
                 failure: recorded.clone(),
             })
         };
-        let (phase, actions) = recover(journaled, &running(runs));
+        let (phase, actions) = recover(journaled, &running(runs), &UnitNow::unknown());
         assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{recorded:?}");
         assert!(!phase.allows_registration(), "{recorded:?} {runs}");
         let phase = run(
@@ -503,7 +504,7 @@ fn recovery_of_a_verified_rollback_that_finds_the_new_version_running_rolls_back
             failure: Some(failure(true)),
         })
     };
-    let (phase, actions) = recover(journaled, &running("2.0.0"));
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [acquire(false)]);
     run(phase, &[(O::Slot(SlotAnswer::Acquired), &[restore()])]);
 }
@@ -514,7 +515,11 @@ fn recovery_of_a_verified_rollback_that_finds_the_new_version_running_rolls_back
 fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
     let n = |v| NonZeroU32::new(v).unwrap();
     let agent = Agent::new(HealthStreak::new(n(2), n(1)), false);
-    let (swap, actions) = recover(at(Stage::Registering { failure: None }), &running("2.0.0"));
+    let (swap, actions) = recover(
+        at(Stage::Registering { failure: None }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
     let (agent, actions) = state::resume(agent, swap, actions);
     assert!(!actions.contains(&Action::Register), "{actions:?}");
     assert!(!agent.registered);
@@ -549,7 +554,7 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
     older.as_object_mut().unwrap().remove("halt");
     let older: SwapPhase = serde_json::from_value(older).unwrap();
     assert_eq!(older.halt, GroupHalt::NotNeeded);
-    let (phase, actions) = recover(older, &running("1.0.0"));
+    let (phase, actions) = recover(older, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(actions, [halt("2.0.0 not healthy", false)]);
     assert!(matches!(phase.halt, GroupHalt::Owed { .. }));
 }
@@ -568,7 +573,7 @@ fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
         ]
     );
     assert_eq!(releasing.report, Some(swap::Report::Complete));
-    let (phase, actions) = recover(releasing, &running("2.0.0"));
+    let (phase, actions) = recover(releasing, &running("2.0.0"), &UnitNow::unknown());
     assert_eq!(
         actions,
         [
@@ -583,7 +588,7 @@ fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
         }),
         ..at(Stage::Releasing)
     };
-    let (_, actions) = recover(failed, &running("1.0.0"));
+    let (_, actions) = recover(failed, &running("1.0.0"), &UnitNow::unknown());
     assert_eq!(
         actions,
         [
@@ -600,7 +605,11 @@ fn a_unit_seen_active_while_the_slot_is_taken_again_is_verified_without_another_
     // Simulation seed 18: the unit came up before the slot was back; no unit change follows, so
     // verification must count the probes from the state it already saw, or it times out and
     // blames a version that works.
-    let (phase, _) = recover(at(Stage::Verifying { passes: 1 }), &running("2.0.0"));
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 1 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
     assert!(
         !phase.unit_active,
         "the journal's view of the unit is stale"
@@ -618,4 +627,195 @@ fn a_unit_seen_active_while_the_slot_is_taken_again_is_verified_without_another_
         ],
     );
     assert_eq!(phase.stage, Stage::Registering { failure: None });
+}
+
+fn stopped() -> UnitNow {
+    UnitNow {
+        active: crate::systemd::ActiveState::Inactive,
+        job_queued: false,
+    }
+}
+
+fn put_back() -> SwapAction {
+    SwapAction::RestoreDropIn {
+        previous: at(Stage::Finished).previous,
+        old: dropin("1.0.0"),
+    }
+}
+
+fn operator_action() -> Failure {
+    Failure {
+        code: error_code::OPERATOR_ACTION,
+        reason: "the unit was stopped while sidekick was down".into(),
+        halt: false,
+    }
+}
+
+#[test]
+fn a_unit_stopped_while_sidekick_was_down_is_not_started_again_by_recovery() {
+    // Simulation seed 550: stopped while down mid-swap; the rollback restarted it.
+    for stage in [
+        Stage::WritingDropIn,
+        Stage::Restarting,
+        Stage::RollingBack {
+            failure: failure(false),
+        },
+    ] {
+        let (phase, actions) = recover(at(stage.clone()), &running("1.0.0"), &stopped());
+        assert_eq!(actions, [put_back()], "{stage:?}");
+        // A failure that blamed nothing (an interrupted attempt) gives way to the operator's.
+        assert_eq!(
+            phase.stage,
+            Stage::StandingDown {
+                failure: operator_action()
+            },
+            "{stage:?}"
+        );
+        // Then the slot released and the swap ended by the machine's own stand-down.
+        let (phase, actions) = swap::step(phase, O::DropInRestored(Ok(())));
+        assert!(
+            !actions.iter().any(|a| matches!(
+                a,
+                SwapAction::Restart | SwapAction::RestoreAndRestart { .. }
+            )),
+            "{stage:?}: {actions:?}"
+        );
+        assert!(actions.contains(&SwapAction::ReleaseSlot { retry: false }));
+        assert_eq!(phase.stage, Stage::Finished);
+    }
+}
+
+#[test]
+fn a_unit_stopped_while_down_after_its_version_failed_keeps_the_halt_and_the_blame() {
+    // Simulation seed 938: the restart onto 2.0.0 failed, then an operator stopped the unit.
+    let (phase, actions) = recover(
+        at(Stage::RollingBack {
+            failure: failure(true),
+        }),
+        &running("1.0.0"),
+        &stopped(),
+    );
+    let reason = failure(true).reason;
+    assert_eq!(
+        actions,
+        [
+            SwapAction::Denylist {
+                version: "2.0.0".into()
+            },
+            put_back(),
+            halt(&reason, false),
+            SwapAction::SendEvent(Event::Failed {
+                error_code: error_code::UNHEALTHY_AFTER_SWAP
+            }),
+        ]
+    );
+    assert_eq!(phase.stage, Stage::Releasing);
+    // The release waits for the halt.
+    run(
+        phase,
+        &[
+            (O::GroupHalted(Ok(())), &[SwapAction::CheckSlot]),
+            (
+                O::Fenced { held: true },
+                &[SwapAction::ReleaseSlot { retry: false }],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_inactive_unit_with_a_job_queued_is_a_restart_in_flight_not_a_stop() {
+    let in_flight = UnitNow {
+        active: crate::systemd::ActiveState::Inactive,
+        job_queued: true,
+    };
+    let (phase, actions) = recover(at(Stage::Restarting), &running("1.0.0"), &in_flight);
+    assert!(
+        matches!(phase.stage, Stage::Reacquiring { .. }),
+        "{:?}",
+        phase.stage
+    );
+    assert_eq!(actions, [acquire(false)]);
+}
+
+#[test]
+fn a_unit_stopped_while_the_slot_is_taken_again_is_not_restarted() {
+    // Simulation seed 10238: stopped while the recovered swap waited for etcd.
+    let (phase, _) = recover(
+        at(Stage::Restarting),
+        &running("1.0.0"),
+        &UnitNow::unknown(),
+    );
+    let (phase, _) = swap::step(phase, O::Unit(crate::systemd::ActiveState::Inactive));
+    let (phase, actions) = swap::step(phase, O::Slot(SlotAnswer::Acquired));
+    assert_eq!(actions, [put_back()]);
+    let failure = Failure {
+        reason: "the unit was stopped while the slot was taken again".into(),
+        ..operator_action()
+    };
+    assert_eq!(phase.stage, Stage::StandingDown { failure });
+}
+
+#[test]
+fn a_recovered_swap_that_finds_the_group_halted_on_its_version_rolls_back_instead() {
+    // Simulation seed 84: resumed verifying 2.0.0, the group halted on 2.0.0 meanwhile.
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 0 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
+    let halted = SlotAnswer::Halted {
+        version: "2.0.0".into(),
+        reason: "2.0.0 not healthy".into(),
+    };
+    let (phase, actions) = swap::step(phase, O::Slot(halted));
+    assert_eq!(actions, [acquire(true)]);
+    let Stage::Reacquiring { resume, .. } = &phase.stage else {
+        panic!("{:?}", phase.stage);
+    };
+    let failure = Failure {
+        code: error_code::ROLLOUT_HALTED,
+        reason: "the group halted on 2.0.0".into(),
+        halt: false,
+    };
+    assert_eq!(**resume, Stage::RollingBack { failure });
+    // Once the slot is ours again: the old version back, and no blame at the end.
+    let (phase, actions) = swap::step(phase, O::Slot(SlotAnswer::Acquired));
+    assert_eq!(actions, [restore()]);
+    assert!(matches!(phase.stage, Stage::RollingBack { .. }));
+    // A halt on another version is only waited out.
+    let (phase, _) = recover(
+        at(Stage::Verifying { passes: 0 }),
+        &running("2.0.0"),
+        &UnitNow::unknown(),
+    );
+    let other = SlotAnswer::Halted {
+        version: "3.0.0".into(),
+        reason: "3.0.0 failed".into(),
+    };
+    let (phase, _) = swap::step(phase, O::Slot(other));
+    let Stage::Reacquiring { resume, .. } = &phase.stage else {
+        panic!("{:?}", phase.stage);
+    };
+    assert_eq!(**resume, Stage::Verifying { passes: 0 });
+}
+
+#[test]
+fn recovery_records_the_3_0_of_an_interrupted_attempt_so_a_second_stop_sends_it_again() {
+    // Simulation seed 1502: killed again before recovery's 3/0 went out.
+    for (stage, code) in [
+        (
+            Stage::AcquiringSlot { waiting: None },
+            error_code::INTERRUPTED,
+        ),
+        (Stage::Draining, error_code::GENERIC),
+    ] {
+        let (phase, _) = recover(at(stage.clone()), &running("1.0.0"), &UnitNow::unknown());
+        assert_eq!(phase.stage, Stage::Releasing, "{stage:?}");
+        let (_, again) = recover(phase, &running("1.0.0"), &UnitNow::unknown());
+        assert!(
+            again.contains(&SwapAction::SendEvent(Event::Failed { error_code: code })),
+            "{stage:?}: {again:?}"
+        );
+    }
 }

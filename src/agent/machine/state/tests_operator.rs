@@ -26,7 +26,12 @@ fn agent_after(states: &[ActiveState]) -> Agent {
 }
 
 #[test]
-fn an_offer_is_not_taken_for_a_stopped_failed_or_unregistered_unit() {
+fn an_offer_is_not_taken_for_a_stopped_failed_or_unregistered_unit_and_its_grant_is_given_back() {
+    let give_back = || {
+        Action::Swap(SwapAction::SendEvent(crate::omaha::Event::Failed {
+            error_code: crate::omaha::error_code::NOT_SERVING,
+        }))
+    };
     use ActiveState::*;
     for states in [
         vec![Inactive],
@@ -36,7 +41,8 @@ fn an_offer_is_not_taken_for_a_stopped_failed_or_unregistered_unit() {
         vec![Unknown],
     ] {
         let (agent, actions) = next(agent_after(&states), Observation::Offer(plan()));
-        assert_eq!(actions, [], "{states:?}");
+        // Given back at once: the service would keep the grant open and offer it again.
+        assert_eq!(actions, [give_back()], "{states:?}");
         assert_eq!(agent.phase, Phase::Serving, "{states:?}");
     }
     // Active but not (yet) healthy, so not registered: not taken either.
@@ -44,7 +50,7 @@ fn an_offer_is_not_taken_for_a_stopped_failed_or_unregistered_unit() {
     let unhealthy = Agent::new(HealthStreak::new(n(2), n(1)), false);
     let (unhealthy, _) = next(unhealthy, Observation::Unit(Active));
     let (agent, actions) = next(unhealthy, Observation::Offer(plan()));
-    assert_eq!((actions, agent.phase), (vec![], Phase::Serving));
+    assert_eq!((actions, agent.phase), (vec![give_back()], Phase::Serving));
     // Active and registered: taken.
     let (agent, _) = next(agent_after(&[Active]), Observation::Offer(plan()));
     assert!(matches!(agent.phase, Phase::Updating(_)));

@@ -92,7 +92,7 @@ mod tests {
     async fn a_held_reload_is_in_force_from_the_next_pass_with_its_client_and_interval() {
         let dir = tempfile::tempdir().unwrap();
         let (mut pass, _slots) = pass(memory_source(None, false), Some("1.0.0"), dir.path());
-        assert_eq!(pass.poll().await.label, "no-update");
+        assert_eq!(pass.poll(true).await.label, "no-update");
         let new = Duration::from_secs(20);
         pass.hold_reload(reload(new, offering("2.0.0")));
         assert_eq!(pass.interval(), new);
@@ -101,7 +101,7 @@ mod tests {
             Duration::from_secs(60),
             "held, not in force"
         );
-        let result = pass.poll().await;
+        let result = pass.poll(true).await;
         assert_eq!(result.label, "update", "the new client answers");
         assert!(
             result.delay >= new.mul_f64(0.9) && result.delay <= new.mul_f64(1.1),
@@ -117,6 +117,6 @@ mod tests {
         pass.hold_reload(reload(Duration::from_secs(20), offering("2.0.0")));
         pass.hold_reload(reload(Duration::from_secs(30), None));
         assert_eq!(pass.interval(), Duration::from_secs(30));
-        assert_eq!(pass.poll().await.label, "update");
+        assert_eq!(pass.poll(true).await.label, "update");
     }
 }

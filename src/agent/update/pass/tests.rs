@@ -5,7 +5,9 @@ use super::*;
 use crate::agent::update::fixtures::{
     memory_source, pass, release, swap_config, update_settings, who,
 };
-use crate::omaha::{Event, HttpTimeouts, HttpUpdateSource, UpdateBackend, error_code};
+use crate::omaha::{
+    Event, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, UpdateBackend, error_code,
+};
 use crate::slot::MemorySlots;
 use crate::systemd::control::{MemoryUnitControl, RunningVersion};
 
@@ -21,7 +23,7 @@ async fn a_valid_offer_is_a_plan_from_what_the_unit_runs_and_takes_no_slot_yet()
     let dir = tempfile::tempdir().unwrap();
     let source = memory_source(Some(release("2.0.0", "reg/web")), false);
     let (mut pass, slots) = pass(source, Some("1.0.0"), dir.path());
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!(result.label, "update");
     let plan = result.plan.expect("a plan for the offer");
     assert_eq!(
@@ -51,7 +53,7 @@ async fn nothing_newer_is_no_update_and_no_plan() {
     let dir = tempfile::tempdir().unwrap();
     let source = memory_source(Some(release("1.0.0", "reg/web")), false);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("no-update", true));
 }
 
@@ -60,7 +62,7 @@ async fn a_refused_offer_is_reported_with_3_0_and_is_no_plan() {
     let dir = tempfile::tempdir().unwrap();
     let source = memory_source(Some(release("2.0.0", "Bad Image!")), false);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("refused", true));
     assert_eq!(
         events(&pass),
@@ -76,7 +78,7 @@ async fn a_halted_group_sends_no_check() {
     let source = memory_source(Some(release("2.0.0", "reg/web")), false);
     let (mut pass, slots) = pass(source, Some("1.0.0"), dir.path());
     slots.halt("1.9.0", "unhealthy").await.unwrap();
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("halted", true));
     match pass.seams.source.backend_for_tests() {
         UpdateBackend::Memory(source) => assert_eq!(source.checks(), 0),
@@ -89,9 +91,9 @@ async fn an_unknown_running_version_is_a_failure_that_backs_off() {
     let dir = tempfile::tempdir().unwrap();
     let source = memory_source(Some(release("2.0.0", "reg/web")), false);
     let (mut pass, _slots) = pass(source, None, dir.path());
-    let first = pass.poll().await;
+    let first = pass.poll(true).await;
     assert_eq!(first.label, "unknown-version");
-    let second = pass.poll().await;
+    let second = pass.poll(true).await;
     assert!(
         second.delay > first.delay,
         "backs off: {:?} then {:?}",
@@ -100,7 +102,7 @@ async fn an_unknown_running_version_is_a_failure_that_backs_off() {
     );
     let source = memory_source(Some(release("2.0.0", "reg/web")), false);
     let (mut bad, _slots) = self::pass(source, Some("v1"), dir.path());
-    bad.poll().await;
+    bad.poll(true).await;
     assert!(
         matches!(bad.last_report(), Some(CheckReport::Error { detail, .. }) if detail.contains("SIDEKICK_VERSION=v1")),
         "{:?}",
@@ -113,7 +115,7 @@ async fn a_dry_run_sends_no_event_for_a_refused_offer() {
     let dir = tempfile::tempdir().unwrap();
     let source = memory_source(Some(release("2.0.0", "Bad Image!")), true);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
-    assert_eq!(pass.poll().await.label, "refused");
+    assert_eq!(pass.poll(true).await.label, "refused");
     assert!(
         events(&pass).is_empty(),
         "a dry run prints the event, sends none"
@@ -137,7 +139,7 @@ async fn a_dry_run_against_a_real_service_sends_no_check() {
     let source = AnyUpdateSource::new(UpdateBackend::Http(http), true);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
     assert!(!pass.checks());
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("not-checked", true));
     assert!(
         matches!(pass.last_report(), Some(CheckReport::Error { kind, .. }) if kind == "dry-run"),
@@ -160,7 +162,7 @@ async fn an_offer_naming_another_registry_is_refused_as_repository_not_allowed()
     // The unit runs reg/web:1.0.0; the offer moves it to another registry's web.
     let source = memory_source(Some(release("2.0.0", "evil.example.net/web")), false);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("refused", true));
     assert_eq!(report_kind(&pass), Some("repository-not-allowed"));
     let Some(CheckReport::Error { detail, .. }) = pass.last_report() else {
@@ -185,7 +187,7 @@ async fn allowed_repositories_widen_the_offers_the_pass_accepts() {
     let source = memory_source(Some(release("2.0.0", "mirror.example.com/team/web")), false);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
     pass.settings.allowed_repositories = vec!["mirror.example.com/team/web".into()];
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!(result.label, "update", "{:?}", pass.last_report());
     let plan = result.plan.expect("a plan for the listed repository");
     assert_eq!(plan.new.image, "mirror.example.com/team/web:2.0.0");
@@ -193,7 +195,7 @@ async fn allowed_repositories_widen_the_offers_the_pass_accepts() {
     let source = memory_source(Some(release("2.0.0", "mirror.example.com/team/db")), false);
     let (mut other, _slots) = self::pass(source, Some("1.0.0"), dir.path());
     other.settings.allowed_repositories = vec!["mirror.example.com/team/web".into()];
-    assert_eq!(other.poll().await.label, "refused");
+    assert_eq!(other.poll(true).await.label, "refused");
     assert_eq!(report_kind(&other), Some("repository-not-allowed"));
 }
 
@@ -203,7 +205,7 @@ async fn a_denylisted_offer_gives_its_grant_back_with_3_0_denylisted() {
     let source = memory_source(Some(release("2.0.0", "reg/web")), false);
     let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
     pass.config.denylist.add(&Version::new(2, 0, 0)).unwrap();
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!((result.label, result.plan.is_none()), ("denylisted", true));
     assert_eq!(
         events(&pass),
@@ -348,7 +350,7 @@ async fn a_start_with_no_journal_ends_a_grant_the_service_still_holds_once_then_
     let dir = tempfile::tempdir().unwrap();
     let mut pass = example_pass(&base, dir.path());
     assert_eq!(pass.recover().await.unwrap(), None, "no journal");
-    let result = pass.poll().await;
+    let result = pass.poll(true).await;
     assert_eq!(result.label, "update", "{:?}", pass.last_report());
     assert_eq!(
         result.plan.map(|p| p.new.version),
@@ -363,7 +365,7 @@ async fn a_start_with_no_journal_ends_a_grant_the_service_still_holds_once_then_
         .send_event(&one, Event::PrepullStarted)
         .await
         .unwrap();
-    let again = pass.poll().await;
+    let again = pass.poll(true).await;
     assert_eq!(again.label, "on-hold");
     let (status, failed) = service_view(&base).await;
     assert_eq!(failed.len(), 1, "one 3/0, once ({status})");
@@ -388,7 +390,32 @@ async fn a_start_that_resumes_a_journaled_swap_leaves_the_grant_to_it() {
         .unwrap();
     let mut pass = example_pass(&base, dir.path());
     assert!(pass.recover().await.unwrap().is_some());
-    assert_eq!(pass.poll().await.label, "on-hold");
+    assert_eq!(pass.poll(true).await.label, "on-hold");
     let (_, failed) = service_view(&base).await;
     assert!(failed.is_empty(), "the resumed swap ends its own grant");
+}
+
+#[tokio::test]
+async fn a_pass_while_the_unit_cannot_take_an_offer_sends_no_check_and_takes_no_grant() {
+    // Simulation seeds 36 and 544: a grant taken while the unit was stopped or unregistered
+    // stayed open in the service, and was swapped to after `slots resume`.
+    let dir = tempfile::tempdir().unwrap();
+    let memory = InMemoryUpdateSource::new(Some(release("2.0.0", "reg/web")));
+    let source = AnyUpdateSource::new(UpdateBackend::Memory(memory.clone()), false);
+    let (mut pass, _slots) = pass(source, Some("1.0.0"), dir.path());
+    let result = pass.poll(false).await;
+    assert_eq!((result.label, result.plan.is_none()), ("not-serving", true));
+    assert_eq!(memory.checks(), 0, "no check sent");
+    assert!(
+        result.delay >= Duration::from_secs(54) && result.delay <= Duration::from_secs(66),
+        "{:?}",
+        result.delay
+    );
+    assert!(matches!(
+        pass.last_report(),
+        Some(CheckReport::Error { kind, .. }) if kind == "not-serving"
+    ));
+    // Serving again: the check goes out.
+    assert_eq!(pass.poll(true).await.label, "update");
+    assert_eq!(memory.checks(), 1);
 }
