@@ -30,6 +30,7 @@ fn is_inline(action: &SwapAction) -> bool {
             | SwapAction::Deregister
             | SwapAction::Stop
             | SwapAction::StartVerifyDeadline
+            | SwapAction::StartMinHealthy
             | SwapAction::Denylist { .. }
             | SwapAction::NoteSlotLost
             | SwapAction::ClearJournal

@@ -194,6 +194,7 @@ impl Sim {
                 a,
                 SwapAction::ClearJournal
                     | SwapAction::StartVerifyDeadline
+                    | SwapAction::StartMinHealthy
                     | SwapAction::Denylist { .. }
                     | SwapAction::NoteSlotLost
             )
@@ -361,6 +362,11 @@ impl Sim {
             match action {
                 SwapAction::StartVerifyDeadline => {
                     self.inst[i].proc.as_mut()?.verify_at = Some(now + VERIFY_TIMEOUT);
+                }
+                // The simulation runs with `min_healthy = 0s` (not modelled yet): over at once.
+                SwapAction::StartMinHealthy => {
+                    let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                    self.inst[i].proc.as_mut()?.pending.push_back(elapsed);
                 }
                 SwapAction::Denylist { version } => {
                     self.blame(i, &version, "denylisted");
