@@ -20,6 +20,7 @@ use crate::rotation::{KeyWatch, count_keys, server_instance, slot_holds};
 use crate::support::images::{DIES_AFTER, DYING_VERSIONS};
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::UnitWatch;
+use crate::update_service::{APP_ID, TRACK};
 use crate::{RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
 
 /// Longer than [`DIES_AFTER`] with room: the dying version must fail inside it.
@@ -35,9 +36,6 @@ const HALT_WATCH: Duration = Duration::from_secs(15);
 const DEREGISTER_BOUND: Duration = Duration::from_secs(3);
 /// Traefik's provider throttle (~2 s) plus margin: how long it may still route to a key gone.
 const TRAEFIK_LAG: Duration = Duration::from_secs(4);
-/// From publishing the second version to every instance having been offered it: a poll (10 s)
-/// per instance at one grant per period, with margin.
-const OFFERED_TIMEOUT: Duration = Duration::from_secs(90);
 /// `errorcode` of a failure inside min-healthy (`src/omaha/protocol.rs`).
 const MIN_HEALTHY_FAILED: i64 = 1008;
 
@@ -60,29 +58,11 @@ async fn a_version_that_dies_during_min_healthy_reaches_one_instance_and_halts_t
     dies_during_min_healthy(&mut fleet, first, "Restart=no", watches).await;
 
     // The same with `Restart=always`: the container's exit is followed by systemd's restart.
-    // The second version is published while the group is still halted, and the halt lifted only
-    // once every instance was offered it: one still waiting for a slot for the first (whose
-    // failure budget is spent) would wait there for good.
+    // The second version is published while the group is still halted: no instance checks for
+    // updates then, so none is left waiting for a slot for the first (whose failure budget is
+    // spent); the first check after the resume is offered the second.
     let second = DYING_VERSIONS[1];
     fleet.publish(second).await;
-    let offered = poll_until(
-        OFFERED_TIMEOUT,
-        "every instance offered the second",
-        || async {
-            let rows = fleet.updates.instances().await;
-            let behind: Vec<String> = rows
-                .iter()
-                .filter(|row| row["last_update_version"].as_str() != Some(second))
-                .map(|row| row["name"].as_str().unwrap_or("?").to_string())
-                .collect();
-            match behind.is_empty() && rows.len() == fleet.instances.len() {
-                true => Ok(()),
-                false => Err(format!("not offered {second} yet: {behind:?}")),
-            }
-        },
-    )
-    .await;
-    offered.unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs(40)));
     for i in 0..fleet.instances.len() {
         let unit = fleet.instances[i].unit.clone();
         fleet.systemd.write_dropin(
@@ -222,6 +202,25 @@ async fn dies_during_min_healthy(
     assert!(
         ends.contains(&(3, 0, Some(MIN_HEALTHY_FAILED))) && !ends.iter().any(|e| e.1 == 1),
         "{what}: the update service's 3/x events of {holder}: {ends:?}"
+    );
+
+    // The version's rollout state records the failure, in the stage it happened.
+    let group = format!("{APP_ID}/{TRACK}");
+    let snapshot = sidekick::rollout::store::read_group(&mut fleet.client.clone(), &group)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read the rollout of {group}: {e}"));
+    let state = snapshot
+        .versions
+        .iter()
+        .find(|v| v.version == version)
+        .unwrap_or_else(|| panic!("{what}: no rollout state for {version}"));
+    assert!(
+        state
+            .failures
+            .iter()
+            .any(|f| f.instance == holder && f.stage == "min_healthy"),
+        "{what}: failures recorded: {:?}",
+        state.failures
     );
 
     // Requests fail only while the dying instance was still registered.
