@@ -118,6 +118,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     test_watchdog: Option<(Duration, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
     /// The group's rollout, which records this instance's swaps step by step.
     rollout: Option<std::sync::Arc<crate::rollout::agent::RolloutAgent>>,
+    /// A test's min-healthy in place of the group's policy (the rollout needs etcd).
+    #[cfg(test)]
+    test_min_healthy: Option<Duration>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -156,6 +159,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             held_update_reload: None,
             #[cfg(test)]
             test_watchdog: None,
+            #[cfg(test)]
+            test_min_healthy: None,
         }
     }
 
@@ -410,6 +415,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// How long the swap stays in min-healthy: the group's rollout policy (`rollout.min_healthy`)
     /// in force when the slot was requested; none without a rollout (no etcd slot backend).
     fn min_healthy(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(min_healthy) = self.test_min_healthy {
+            return min_healthy;
+        }
         self.rollout
             .as_ref()
             .map_or(Duration::ZERO, |rollout| rollout.min_healthy())
