@@ -135,7 +135,7 @@ pub struct UnitTracker {
     /// `ActiveEnterTimestampMonotonic` of the activation last seen, while active.
     active_since: Option<u64>,
     /// The service's `NRestarts` last seen (automatic restarts: with `Restart=always` a crashing
-    /// unit never reads `failed`).
+    /// unit reads `failed` for an instant at most).
     restarts: Option<u32>,
 }
 

@@ -36,8 +36,8 @@
 //!
 //! Min-healthy ([`Stage::MinHealthy`]): the verified new version serves again but keeps its slot
 //! until `rollout.min_healthy` has passed with the unit `active`, no restart (a departure from
-//! `active`, seen or not: with `Restart=always` a crashing unit never reads `failed`, and a grown
-//! `NRestarts` counts as a departure) and no `fall` failed checks in a row. A failure there is
+//! `active`, seen or not: with `Restart=always` a crashing unit reads `failed` for an instant
+//! at most, and a grown `NRestarts` counts as a departure) and no `fall` failed checks in a row. A failure there is
 //! the version's ([`error_code::MIN_HEALTHY_FAILED`]): the halt first (owed and journaled), the
 //! deregistration at once, then the rollback as after a failed verification, slot still held.
 //! `inactive` there is an operator's stop, as during verification: deregistered, the previous

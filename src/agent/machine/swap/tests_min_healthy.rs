@@ -152,7 +152,7 @@ fn a_unit_that_fails_during_min_healthy_halts_first_deregisters_and_rolls_back_h
     );
 }
 
-/// `Restart=always`: the unit never reads `failed`. Leaving `active` for the restart is a failure
+/// `Restart=always`: the unit may never be seen `failed`. Leaving `active` for the restart is a failure
 /// at once, and so is a restart whose states were never seen (a departure, or a grown
 /// `NRestarts`, followed by `active` again).
 #[test]
