@@ -215,6 +215,7 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
         "restart",
         "verify",
         "register",
+        "min_healthy",
         "release",
     ] {
         let count = sample(
