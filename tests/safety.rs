@@ -47,6 +47,11 @@ mod kill;
 #[path = "safety/halt.rs"]
 mod halt;
 
+/// A version that dies during min-healthy, with and without `Restart=always`
+/// (`tests/safety/late_failure.rs`).
+#[path = "safety/late_failure.rs"]
+mod late_failure;
+
 /// The slot holder cut from etcd mid-drain (`tests/safety/partition.rs`).
 #[path = "safety/partition.rs"]
 mod partition;

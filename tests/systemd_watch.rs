@@ -97,3 +97,41 @@ async fn not_found_and_masked_units_are_warned_once_and_surfaced_in_the_unit_sta
     );
     assert_eq!(warned("unit masked-app.service is masked"), 1, "{text}");
 }
+
+/// `Restart=always`: a crashing service reads `failed` for an instant at most (never, with some
+/// systemd versions), a state a watch may miss. Each automatic restart grows its `NRestarts`,
+/// which the watch counts as a departure from `active` (issue 17: min-healthy).
+#[tokio::test(flavor = "current_thread")]
+async fn a_grown_n_restarts_counts_as_a_departure() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let systemd = Systemd::start().await;
+    systemd.write_unit(
+        "crashing-app.service",
+        "[Unit]\nStartLimitIntervalSec=0\n\
+         [Service]\nRestart=always\nRestartSec=300ms\nExecStart=/bin/sh -c 'sleep 1; exit 1'\n",
+    );
+    systemd.reload().await;
+    let bus = Bus::Address(systemd.bus_address().to_string());
+    let units = DbusUnits::start(bus, "crashing-app.service".into());
+    state_where(&units, "loaded", |s| s.load == LoadState::Loaded).await;
+    let mgr = systemd.manager().await;
+    let started = systemd::run_job(&mgr, systemd::Job::Start, "crashing-app.service").await;
+    assert_eq!(started, "done");
+    state_where(&units, "two departures", |s| s.departures >= 2).await;
+    let text = logs.text();
+    assert!(
+        text.contains("unit restarted automatically (NRestarts grew)"),
+        "{text}"
+    );
+    systemd::run_job(&mgr, systemd::Job::Stop, "crashing-app.service").await;
+}

@@ -50,6 +50,8 @@ struct Inner {
     /// The last update-check hold logged, so a hold is logged once.
     last_check_hold: Option<String>,
     metrics: Option<RolloutMetrics>,
+    /// `min_healthy` of the policy in force when the last slot request was judged.
+    min_healthy: Option<Duration>,
 }
 
 /// A hold as the swap's waiting line and the log show it.
@@ -125,6 +127,15 @@ impl RolloutAgent {
         self.configured.short_hash()
     }
 
+    /// How long a swap of this instance stays in min-healthy: the policy in force when its slot
+    /// was requested (a change applies from the next request), else the configured one (a swap
+    /// resumed by a start whose slot request has not been judged yet).
+    pub fn min_healthy(&self) -> Duration {
+        self.lock()
+            .min_healthy
+            .unwrap_or(self.configured.min_healthy)
+    }
+
     /// The etcd revision the last slot request was judged at.
     pub fn seen_revision(&self) -> i64 {
         self.lock().seen
@@ -150,6 +161,8 @@ impl RolloutAgent {
             let mut inner = self.lock();
             inner.seen = snap.revision;
             inner.wake_at = None;
+            let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
+            inner.min_healthy = Some(policy.min_healthy);
         }
         let hold = match answer {
             SlotGate::Take { canary: false } => None,

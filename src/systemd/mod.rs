@@ -134,6 +134,9 @@ pub struct UnitTracker {
     state: UnitState,
     /// `ActiveEnterTimestampMonotonic` of the activation last seen, while active.
     active_since: Option<u64>,
+    /// The service's `NRestarts` last seen (automatic restarts: with `Restart=always` a crashing
+    /// unit reads `failed` for an instant at most).
+    restarts: Option<u32>,
 }
 
 impl UnitTracker {
@@ -146,7 +149,20 @@ impl UnitTracker {
                 load: LoadState::Unknown,
             },
             active_since: None,
+            restarts: None,
         }
+    }
+
+    /// Takes the service's `NRestarts`; a count grown since the last one read is a departure from
+    /// `active` (an automatic restart, whether or not its states were seen). True when the
+    /// [`UnitState`] changed.
+    pub fn observe_restarts(&mut self, restarts: u32) -> bool {
+        let grew = self.restarts.is_some_and(|before| restarts > before);
+        self.restarts = Some(restarts);
+        if grew {
+            self.state.departures += 1;
+        }
+        grew
     }
 
     /// The state so far.
@@ -266,6 +282,21 @@ mod tests {
         assert!(!t.observe(Failed, None));
         assert!(t.observe(Active, Some(30)));
         assert_eq!(t.state().departures, 3);
+    }
+
+    #[test]
+    fn a_grown_n_restarts_counts_as_a_departure() {
+        let mut t = UnitTracker::new();
+        assert!(t.observe(Active, Some(10)));
+        assert!(
+            !t.observe_restarts(2),
+            "the first count read is the baseline"
+        );
+        assert!(!t.observe_restarts(2));
+        assert_eq!(t.state().departures, 0);
+        assert!(t.observe_restarts(3));
+        assert_eq!(t.state().departures, 1);
+        assert_eq!(t.state().active, Active);
     }
 
     #[test]

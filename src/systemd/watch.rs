@@ -32,6 +32,9 @@ use crate::backoff::Backoff;
 
 const SYSTEMD_SERVICE: &str = "org.freedesktop.systemd1";
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+/// Automatic restarts of a service (`Restart=`): a grown count is a departure from `active`.
+const N_RESTARTS: &str = "NRestarts";
 const ACTIVE_STATE: &str = "ActiveState";
 const LOAD_STATE: &str = "LoadState";
 /// Changes with each activation: tells a restart from a repeated `active`.
@@ -193,6 +196,9 @@ async fn follow_once(
     debug!(unit = %unit, path = %path.as_str(), "following unit over D-Bus");
     publish_load(tx, tracker, unit, load);
     publish(tx, tracker, unit, current, entered);
+    if let Some(restarts) = read_restarts(&properties).await {
+        publish_restarts(tx, tracker, unit, restarts);
+    }
     backoff.reset();
     let mut reloads = manager
         .receive_reloading()
@@ -216,6 +222,13 @@ async fn follow_once(
         };
         let Some(signal) = signal else { break };
         let Ok(args) = signal.args() else { continue };
+        if args.interface_name().as_str() == SERVICE_INTERFACE {
+            let restarts = args.changed_properties().get(N_RESTARTS);
+            if let Some(Ok(restarts)) = restarts.map(u32::try_from) {
+                publish_restarts(tx, tracker, unit, restarts);
+            }
+            continue;
+        }
         if args.interface_name().as_str() != UNIT_INTERFACE {
             continue;
         }
@@ -246,6 +259,27 @@ async fn follow_once(
         publish(tx, tracker, unit, state, entered);
     }
     Ok(())
+}
+
+/// Folds the service's `NRestarts` into the tracker; a grown count is published as a departure.
+fn publish_restarts(
+    tx: &watch::Sender<UnitState>,
+    tracker: &mut UnitTracker,
+    unit: &str,
+    restarts: u32,
+) {
+    if tracker.observe_restarts(restarts) {
+        info!(unit = %unit, departures = tracker.state().departures, restarts,
+            "unit restarted automatically (NRestarts grew)");
+        tx.send_replace(tracker.state().clone());
+    }
+}
+
+/// `NRestarts` of a service unit, uncached; `None` for other unit types or when unreadable.
+async fn read_restarts(properties: &PropertiesProxy<'_>) -> Option<u32> {
+    let interface = InterfaceName::from_static_str_unchecked(SERVICE_INTERFACE);
+    let value = properties.get(interface, N_RESTARTS).await.ok()?;
+    u32::try_from(value).ok()
 }
 
 /// `LoadState`, uncached.

@@ -42,7 +42,8 @@ fn config(etcd: &str, port: u16, server: &str, dropin_dir: &Path) -> String {
          [update]\nserver = \"{server}\"\napp_id = \"{APP_ID}\"\ntrack = \"{TRACK}\"\n\
          interval = \"10s\"\n\
          [slot]\nttl = \"10s\"\n\
-         [swap]\ndrain = \"1s\"\nverify_timeout = \"30s\"\ndropin_dir = \"{}\"\n",
+         [swap]\ndrain = \"1s\"\nverify_timeout = \"30s\"\ndropin_dir = \"{}\"\n\
+         [rollout]\nmin_healthy = \"1s\"\n",
         dropin_dir.display()
     )
 }

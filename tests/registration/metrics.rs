@@ -169,6 +169,7 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
          [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"5s\"\n\
          [swap]\ndrain = \"1s\"\nstart_timeout = \"30s\"\nverify_timeout = \"30s\"\n\
          prepull = [\"/usr/bin/true\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
+         [rollout]\nmin_healthy = \"1s\"\n\
          [daemon]\nstate_dir = \"{state}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
         etcd = etcd.endpoint(),
         server = updates.endpoint(),
@@ -214,6 +215,7 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
         "restart",
         "verify",
         "register",
+        "min_healthy",
         "release",
     ] {
         let count = sample(

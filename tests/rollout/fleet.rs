@@ -59,6 +59,9 @@ pub struct FleetSpec {
     /// `health.rise`: passes in a row before an instance is registered.
     pub rise: u32,
     pub verify_timeout: Duration,
+    /// `rollout.min_healthy`: short unless a test is about it (the default 10 s would slow every
+    /// swap of every fleet).
+    pub min_healthy: Duration,
     /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
     /// unit) instead of as a host process.
     pub sidekick_units: bool,
@@ -81,6 +84,7 @@ impl FleetSpec {
             probe_interval: Duration::from_millis(250),
             rise: 2,
             verify_timeout: Duration::from_secs(20),
+            min_healthy: Duration::from_secs(1),
             sidekick_units: false,
         }
     }

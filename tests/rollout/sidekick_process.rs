@@ -42,6 +42,7 @@ impl SidekickConfig<'_> {
              [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
              [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
              prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
+             [rollout]\nmin_healthy = \"{min_healthy}\"\n\
              [daemon]\nstate_dir = \"{state}\"\n",
             unit = self.unit,
             etcd = self.etcd,
@@ -55,6 +56,7 @@ impl SidekickConfig<'_> {
             slot_ttl = d(spec.slot_ttl),
             drain = d(spec.drain),
             verify = d(spec.verify_timeout),
+            min_healthy = d(spec.min_healthy),
             docker = images::docker_path().display(),
             dropins = self.dropin_dir.display(),
             state = self.state_dir.display(),

@@ -75,6 +75,7 @@ impl World {
              interval = \"10s\"\nimage = \"{{codebase}}\"\n\
              [slot]\n{slot}\n\
              [swap]\ndropin_dir = \"{dropins}\"\n\
+             [rollout]\nmin_healthy = \"1s\"\n\
              [daemon]\nstate_dir = \"{state}\"\n",
             server = self.updates.endpoint(),
             dropins = self.systemd.unit_dir().display(),

@@ -1,7 +1,8 @@
 //! App images built `FROM scratch` with the host's static `/bin/busybox` from the files under
 //! `examples/walkthrough/image/` (the walkthrough's `prepare` builds the same ones), and containers
 //! run from them. `1.0.0`, `2.0.0` and `3.0.1` serve a page naming their version at `/`; `3.0.0` starts and serves
-//! `/version`, but `/` answers 404, so an HTTP health check on `/` fails. Containers run with
+//! `/version`, but `/` answers 404, so an HTTP health check on `/` fails; `1.1.0` and `1.2.0` serve
+//! like the good ones but exit (non-zero) 12 s after their start. Containers run with
 //! `--network host`, so each takes its port from env `PORT` (and address from `ADDR`, default
 //! 0.0.0.0); PID 1 is a busybox sh that traps SIGTERM, so `docker stop` returns at once.
 
@@ -24,6 +25,10 @@ pub const REPOSITORY: &str = "sidekick-test/app";
 pub const HEALTHY_VERSIONS: &[&str] = &["1.0.0", "2.0.0", "3.0.1"];
 /// The version that starts but fails its health check (`/` answers 404).
 pub const BROKEN_VERSION: &str = "3.0.0";
+/// Versions that pass verification and exit [`DIES_AFTER`] after their start.
+pub const DYING_VERSIONS: &[&str] = &["1.1.0", "1.2.0"];
+/// How long a [`DYING_VERSIONS`] container serves before it exits.
+pub const DIES_AFTER: std::time::Duration = std::time::Duration::from_secs(12);
 
 /// Static busybox from Debian `busybox-static`.
 const BUSYBOX: &str = "/bin/busybox";
@@ -33,11 +38,13 @@ const BUILD_LOCK: &str = "/tmp/sidekick-test-images.lock";
 const CONTEXT_SCRIPT: &str = "examples/walkthrough/image/context";
 
 /// The image reference for `version`, e.g. `sidekick-test/app:1.0.0`, built on first use in this
-/// process. Panics for a version other than 1.0.0, 2.0.0, 3.0.0 or 3.0.1.
+/// process. Panics for a version other than 1.0.0, 2.0.0, 3.0.0, 3.0.1, 1.1.0 or 1.2.0.
 pub fn app_image(version: &str) -> String {
     static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     assert!(
-        HEALTHY_VERSIONS.contains(&version) || version == BROKEN_VERSION,
+        HEALTHY_VERSIONS.contains(&version)
+            || version == BROKEN_VERSION
+            || DYING_VERSIONS.contains(&version),
         "no test app image for version {version}"
     );
     let image = format!("{REPOSITORY}:{version}");

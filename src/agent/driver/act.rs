@@ -31,6 +31,7 @@ pub(crate) fn is_inline(action: &SwapAction) -> bool {
             | SwapAction::Deregister
             | SwapAction::Stop
             | SwapAction::StartVerifyDeadline
+            | SwapAction::StartMinHealthy
             | SwapAction::Denylist { .. }
             | SwapAction::NoteSlotLost
             | SwapAction::ClearJournal

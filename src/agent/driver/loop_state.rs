@@ -40,6 +40,8 @@ pub(super) struct LoopState<C: UnitControl> {
     /// READY=1 is due by then at the latest; `None` once sent.
     pub(super) ready_by: Option<Instant>,
     pub(super) verify_at: Option<Instant>,
+    /// When min-healthy is over, while the swap is in it.
+    pub(super) min_healthy_at: Option<Instant>,
     pub(super) watchdog: Watchdog,
     /// Observations for the machine before the loop waits again.
     pub(super) pending: VecDeque<Observation>,
@@ -96,6 +98,7 @@ impl<C: UnitControl> LoopState<C> {
             // bound the start job can wait for, with STATUS saying why).
             ready_by: Some(started + READY_WAIT),
             verify_at: None,
+            min_healthy_at: None,
             watchdog: Watchdog::from_env(),
             pending,
             slow: None,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::agent::machine::state::{self, Agent, Observation, Phase};
+use crate::agent::machine::state::{self, Action, Agent, Observation, Phase};
 use crate::agent::machine::swap::{SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase};
 use crate::agent::update::UpdatePass;
 use crate::health::Probe;
@@ -120,6 +120,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     test_watchdog: Option<(Duration, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
     /// The group's rollout, which records this instance's swaps step by step.
     rollout: Option<std::sync::Arc<crate::rollout::agent::RolloutAgent>>,
+    /// A test's min-healthy in place of the group's policy (the rollout needs etcd).
+    #[cfg(test)]
+    test_min_healthy: Option<Duration>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -158,6 +161,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             held_update_reload: None,
             #[cfg(test)]
             test_watchdog: None,
+            #[cfg(test)]
+            test_min_healthy: None,
         }
     }
 
@@ -280,6 +285,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 state.verify_at = None;
                 Observation::Swap(SwapObservation::VerifyDeadline)
             }
+            _ = sleep_until_some(state.min_healthy_at), if state.min_healthy_at.is_some() => {
+                state.min_healthy_at = None;
+                Observation::Swap(SwapObservation::MinHealthyElapsed)
+            }
             _ = sleep_until_some(pass_at), if pass_at.is_some() => {
                 self.send_pass(state);
                 return None;
@@ -361,12 +370,26 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         }
         // Before the actions: a registration they publish carries the record as it is now.
         self.update_record(None, None);
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Swap(SwapAction::StartMinHealthy)))
+        {
+            let min_healthy = self.min_healthy();
+            info!(instance = %self.options.instance,
+                "verified and registered again: keeping the slot for min_healthy {}",
+                humantime::format_duration(min_healthy));
+            state.min_healthy_at = Some(Instant::now() + min_healthy);
+        }
         if let Some(batch) = self.dispatch(actions, state) {
             return Some(batch);
         }
         let verifying = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Verifying { .. } | Stage::VerifyingOld { .. }));
         if !verifying {
             state.verify_at = None;
+        }
+        let proving = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::MinHealthy { .. }));
+        if !proving {
+            state.min_healthy_at = None;
         }
         if Self::journal_idle(state)
             && let Some(confirmed) = self.confirmation(&state.published.borrow())
@@ -389,6 +412,18 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             false => None,
         };
         None
+    }
+
+    /// How long the swap stays in min-healthy: the group's rollout policy (`rollout.min_healthy`)
+    /// in force when the slot was requested; none without a rollout (no etcd slot backend).
+    fn min_healthy(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(min_healthy) = self.test_min_healthy {
+            return min_healthy;
+        }
+        self.rollout
+            .as_ref()
+            .map_or(Duration::ZERO, |rollout| rollout.min_healthy())
     }
 
     fn updating(&self) -> bool {

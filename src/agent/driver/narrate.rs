@@ -83,7 +83,10 @@ fn swap_step(
         (Stage::AcquiringSlot { .. }, Stage::Deregistering) => info(format!(
             "took an update slot: deregistering to swap {old} for {new}"
         )),
-        (Stage::Restarting | Stage::Verifying { .. }, Stage::RollingBack { failure }) => {
+        (
+            Stage::Restarting | Stage::Verifying { .. } | Stage::MinHealthy { .. },
+            Stage::RollingBack { failure },
+        ) => {
             let halting = actions
                 .iter()
                 .any(|a| matches!(a, Action::Swap(SwapAction::Halt { .. })));
@@ -130,8 +133,21 @@ fn swap_step(
                 )),
             }
         }
-        (Stage::Registering { failure: None }, Stage::Releasing) => {
-            info(format!("updated from {old} to {new}: registered again"))
+        (Stage::Registering { failure: None }, Stage::MinHealthy { .. }) => info(format!(
+            "{new} registered again: min-healthy, keeping the slot until it has stayed active \
+             and healthy for rollout.min_healthy"
+        )),
+        (Stage::MinHealthy { .. }, Stage::StandingDown { failure }) => Some((
+            Level::Warn,
+            format!(
+                "{}: deregistered, putting the {old} drop-in back",
+                failure.reason
+            ),
+        )),
+        (Stage::MinHealthy { .. } | Stage::Registering { failure: None }, Stage::Releasing) => {
+            info(format!(
+                "updated from {old} to {new}: registered again, passed min-healthy"
+            ))
         }
         _ => None,
     }

@@ -59,6 +59,8 @@ pub(crate) fn every_stage() -> Vec<Stage> {
             passes: 1,
         },
         Stage::Registering { failure: None },
+        Stage::MinHealthy { departed: false },
+        Stage::MinHealthy { departed: true },
         Stage::Registering {
             failure: Some(failure(true)),
         },

@@ -28,6 +28,8 @@ use crate::systemd::control::{RunningVersion, UnitNow};
 ///   machine's own rule (active and `rise` passes): the new version verifies for 3/1, the old
 ///   one for the recorded failure (or 3/0 generic when none was recorded); a recorded rollback
 ///   that finds the new version running rolls back again, slot first.
+/// - Min-healthy (registered on the new version, slot kept): as Registering with no failure;
+///   min-healthy runs again in full once verified.
 /// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
@@ -130,8 +132,13 @@ pub fn recover(
             phase.stage = *resume;
             return recover(phase, observed, unit);
         }
-        Stage::Registering { failure: None } if runs_new => {
+        // Min-healthy starts over once verified again (its clock is not journaled).
+        Stage::Registering { failure: None } | Stage::MinHealthy { .. } if runs_new => {
             verify_again(&mut phase, Stage::Verifying { passes: 0 })
+        }
+        Stage::MinHealthy { .. } => {
+            let failure = unjudged(&phase);
+            verify_again(&mut phase, Stage::VerifyingOld { failure, passes: 0 })
         }
         Stage::Registering { failure } if !runs_new => {
             let failure = failure.unwrap_or_else(|| unjudged(&phase));

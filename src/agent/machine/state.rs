@@ -232,7 +232,13 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             if agent.probing() {
                 agent.health.record(passed);
             }
-            Some(SwapObservation::Probe { passed })
+            // Min-healthy ends on `fall` failed checks in a row: the streak keeps that count.
+            let proving = matches!(&agent.phase,
+                Phase::Updating(swap) if matches!(swap.stage, swap::Stage::MinHealthy { .. }));
+            match proving && !passed && !agent.healthy() {
+                true => Some(SwapObservation::Unhealthy),
+                false => Some(SwapObservation::Probe { passed }),
+            }
         }
     };
     if let Some(observation) = forwarded {

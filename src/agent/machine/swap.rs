@@ -3,7 +3,8 @@
 //!
 //! It owns the order of the swap (diagram and errorcodes in `docs/swap.md`): 13/1, pre-pull,
 //! 14/1, slot, 800/1, deregister, drain, fence, drop-in, restart, verify, register (confirmed by
-//! etcd), 3/1, release;
+//! etcd), min-healthy (registered, slot kept: active, healthy and unrestarted for
+//! `rollout.min_healthy`), 3/1, release;
 //! and on failure: halt the group first (when the version is to blame), fence, restore the
 //! previous drop-in, restart, verify the old version, register, 3/0, denylist the version,
 //! release. Slow actions are futures in the driver whose results come back as
@@ -32,6 +33,15 @@
 //! written, or while the new version is verified (`inactive`), or a restart job of ours
 //! `canceled` by another job, the previous drop-in is put back with no restart
 //! ([`Stage::StandingDown`]). A unit that *fails* is still the version's failure.
+//!
+//! Min-healthy ([`Stage::MinHealthy`]): the verified new version serves again but keeps its slot
+//! until `rollout.min_healthy` has passed with the unit `active`, no restart (a departure from
+//! `active`, seen or not: with `Restart=always` a crashing unit reads `failed` for an instant
+//! at most, and a grown `NRestarts` counts as a departure) and no `fall` failed checks in a row. A failure there is
+//! the version's ([`error_code::MIN_HEALTHY_FAILED`]): the halt first (owed and journaled), the
+//! deregistration at once, then the rollback as after a failed verification, slot still held.
+//! `inactive` there is an operator's stop, as during verification: deregistered, the previous
+//! drop-in put back with no restart.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
@@ -43,6 +53,8 @@ mod rollback;
 mod tests;
 #[cfg(test)]
 mod tests_halt;
+#[cfg(test)]
+mod tests_min_healthy;
 #[cfg(test)]
 mod tests_operator;
 
@@ -134,6 +146,14 @@ pub enum Stage {
     RollingBack { failure: Failure },
     /// Waiting for the old version to be active and healthy again.
     VerifyingOld { failure: Failure, passes: u32 },
+    /// Registered again on the verified new version, slot kept: it must stay `active`, pass its
+    /// checks and not restart for `rollout.min_healthy` before 3/1 and the release. `departed`:
+    /// the unit left `active` (seen or not) and its next state decides whether it was stopped
+    /// (`inactive`: an operator) or crashed or restarted (the version's failure).
+    MinHealthy {
+        #[serde(default)]
+        departed: bool,
+    },
     /// Verified (the new version, or the old one after a rollback when `failure` is set):
     /// registering again, waiting for etcd to confirm before the events and the release, so the
     /// next instance never leaves rotation while this one is not back.
@@ -174,6 +194,7 @@ impl Stage {
             Self::VerifyingOld { .. } => "verify-old",
             Self::StandingDown { .. } => "stand-down",
             Self::Registering { .. } => "register",
+            Self::MinHealthy { .. } => "min_healthy",
             Self::Releasing => "release",
             Self::Reacquiring { .. } => "reacquire",
             Self::Stranded { .. } | Self::Finished => return None,
@@ -234,6 +255,7 @@ impl SwapPhase {
             Stage::Prepulling
                 | Stage::AcquiringSlot { .. }
                 | Stage::Registering { .. }
+                | Stage::MinHealthy { .. }
                 | Stage::Releasing
                 | Stage::Finished
         )
@@ -277,6 +299,10 @@ impl SwapPhase {
             Stage::StandingDown { failure } => format!(
                 "update to {to} given up: {}; putting the {} drop-in back, not restarting",
                 failure.reason, self.plan.old.version
+            ),
+            Stage::MinHealthy { .. } => format!(
+                "updating to {to}: registered, min-healthy (keeping the slot until it has stayed \
+                 active and healthy for rollout.min_healthy)"
             ),
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
             Stage::Stranded { failure, why } => format!(
@@ -593,7 +619,15 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             // A failed restore is logged by the step; the unit stays stopped either way.
             given_up(&mut phase, failure.code, Vec::new())
         }
+        // The new version serves again; it keeps the slot through min-healthy.
+        (Stage::Registering { failure: None }, O::Registered) => (
+            Stage::MinHealthy { departed: false },
+            vec![SwapAction::StartMinHealthy],
+        ),
         (Stage::Registering { failure }, O::Registered) => registered(&mut phase, failure),
+        (Stage::MinHealthy { departed }, observation) => {
+            min_healthy(&mut phase, departed, observation)
+        }
         // The release waits for the halt: confirmed now, or tried again.
         (Stage::Releasing, O::GroupHalted(Ok(()))) => {
             (Stage::Releasing, vec![SwapAction::CheckSlot])
@@ -627,6 +661,45 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
     };
     phase.stage = stage;
     (phase, actions)
+}
+
+/// Min-healthy: passed when its clock runs out; the unit leaving `active` (a restart whose states
+/// were not seen included), failing, or the checks failing `fall` times in a row is the version's
+/// failure; `inactive` is an operator's stop.
+fn min_healthy(
+    phase: &mut SwapPhase,
+    departed: bool,
+    observation: SwapObservation,
+) -> (Stage, Vec<SwapAction>) {
+    use SwapObservation as O;
+    let why = match observation {
+        O::MinHealthyElapsed => return registered(phase, None),
+        O::Unit(ActiveState::Inactive) => {
+            let (stage, mut actions) = stand_down(phase, "the unit was stopped during min-healthy");
+            actions.insert(0, SwapAction::Deregister);
+            return (stage, actions);
+        }
+        O::LeftActive => return (Stage::MinHealthy { departed: true }, Vec::new()),
+        O::Unit(ActiveState::Active) if departed => "the unit restarted".to_string(),
+        O::Unit(ActiveState::Failed) => "the unit failed".to_string(),
+        O::Unit(state) if !state.is_active() && state != ActiveState::Unknown => {
+            format!("the unit left active ({state})")
+        }
+        O::Unhealthy => "the health check failed `fall` times in a row".to_string(),
+        _ => return (Stage::MinHealthy { departed }, Vec::new()),
+    };
+    let failure = Failure {
+        code: error_code::MIN_HEALTHY_FAILED,
+        reason: format!(
+            "{} failed during min-healthy: {why}",
+            phase.plan.new.version
+        ),
+        halt: true,
+    };
+    let (stage, mut actions) = fail(phase, failure);
+    // Out of rotation at once; the halt stays the first action (journaled before either runs).
+    actions.push(SwapAction::Deregister);
+    (stage, actions)
 }
 
 /// Whether the swap has changed nothing on the instance yet (the drop-in not being written).

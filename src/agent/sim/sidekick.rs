@@ -385,6 +385,13 @@ impl Sim {
                 self.inst[i].disk.denylist.insert(version);
             }
             SwapAction::ClearJournal => self.inst[i].disk.journal = None,
+            // The simulation runs with `min_healthy = 0s` (not modelled yet): over at once.
+            SwapAction::StartMinHealthy => {
+                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                if let Some(p) = self.inst[i].proc.as_mut() {
+                    p.pending.push_back(elapsed);
+                }
+            }
             // A log line and a metric in the driver: nothing the world sees.
             SwapAction::NoteSlotLost => {}
             // The agent's own actions, carried out by the loop (`act`).

@@ -192,6 +192,7 @@ async fn step<C: UnitControl>(
         | SwapAction::Deregister
         | SwapAction::Stop
         | SwapAction::StartVerifyDeadline
+        | SwapAction::StartMinHealthy
         | SwapAction::Denylist { .. }
         | SwapAction::NoteSlotLost
         | SwapAction::ClearJournal => return None,

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::RolloutAgent;
 use crate::agent::machine::state::Phase;
-use crate::agent::machine::swap::Stage;
+use crate::agent::machine::swap::{Report, Stage};
 use crate::rollout::state::{Failure, SwapRecord, VersionState};
 use crate::rollout::store::{self, RolloutError};
 
@@ -20,10 +20,19 @@ pub(super) struct CurrentSwap {
     took: Timestamp,
     steps: BTreeMap<String, u64>,
     step: Option<(&'static str, Instant)>,
-    /// Set once the swap registers again: `Ok` on the new version, `Err(reason)` rolled back
-    /// with the version to blame; `None` when it ended otherwise (fenced, rolled back for
-    /// another reason), which frees its canary place for another try.
-    verdict: Option<Result<(), String>>,
+    /// `Ok` once the new version passed min-healthy (the swap releases), `Err((stage,
+    /// reason))` once rolled back with the version to blame (`stage`: `verify` or
+    /// `min_healthy`); `None` when it ended otherwise (fenced, rolled back for another reason),
+    /// which frees its canary place for another try.
+    verdict: Option<Result<(), (&'static str, String)>>,
+}
+
+/// The stage a failure the version is blamed for happened in, as the version's state records it.
+fn failed_in(code: u32) -> &'static str {
+    match code {
+        crate::omaha::error_code::MIN_HEALTHY_FAILED => "min_healthy",
+        _ => "verify",
+    }
 }
 
 /// The step a stage is recorded as (the names of `sidekick_swap_step_seconds`): the steps while
@@ -89,12 +98,12 @@ impl RolloutAgent {
                 canary.store(state.is_canary(&me), std::sync::atomic::Ordering::Relaxed);
                 match &swap.verdict {
                     Some(Ok(())) => state.canary_result(&me, true, now),
-                    Some(Err(reason)) => {
+                    Some(Err((stage, reason))) => {
                         state.canary_result(&me, false, now);
                         state.add_failure(Failure {
                             instance: me.clone(),
                             at: now,
-                            stage: "verify".into(),
+                            stage: stage.to_string(),
                             reason: reason.clone(),
                         });
                     }
@@ -111,8 +120,8 @@ impl RolloutAgent {
             if canary.load(std::sync::atomic::Ordering::Relaxed) {
                 metrics.canary_result(verdict.is_ok());
             }
-            if verdict.is_err() {
-                metrics.failed("verify");
+            if let Err((stage, _)) = verdict {
+                metrics.failed(stage);
             }
         }
     }
@@ -137,7 +146,8 @@ impl RolloutAgent {
     }
 
     /// The agent is in `phase` now (after each turn of the driver): times the swap's steps and
-    /// notes its verdict once it registers again.
+    /// notes its verdict: a failure the version is to blame for once it registers again, a pass
+    /// once min-healthy is over (3/1 decided).
     pub fn observe(&self, phase: &Phase) {
         let Phase::Updating(swap) = phase else {
             return;
@@ -146,14 +156,17 @@ impl RolloutAgent {
         let Some(current) = inner.swap.as_mut() else {
             return;
         };
-        if let Stage::Registering { failure } = &swap.stage
-            && current.verdict.is_none()
-        {
-            // A failure the version is not to blame for (the drop-in write, …) is no result.
-            current.verdict = match failure {
-                None => Some(Ok(())),
-                Some(f) if f.halt => Some(Err(f.reason.clone())),
-                Some(_) => None,
+        if current.verdict.is_none() {
+            current.verdict = match (&swap.stage, swap.report) {
+                (Stage::Releasing, Some(Report::Complete)) => Some(Ok(())),
+                // A failure the version is not to blame for (the drop-in write, …) is no result.
+                (
+                    Stage::Registering {
+                        failure: Some(failure),
+                    },
+                    _,
+                ) if failure.halt => Some(Err((failed_in(failure.code), failure.reason.clone()))),
+                _ => None,
             };
         }
         let name = step_name(&swap.stage);

@@ -151,6 +151,8 @@ struct Setup<'a> {
     watchdog: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The loop reports to these metrics.
     metrics: Option<crate::metrics::Metrics>,
+    /// `rollout.min_healthy` (0 without a group's rollout).
+    min_healthy: Option<Duration>,
 }
 
 impl<'a> Setup<'a> {
@@ -167,6 +169,7 @@ impl<'a> Setup<'a> {
             journal_gate: None,
             watchdog: None,
             metrics: None,
+            min_healthy: None,
         }
     }
 }
@@ -185,6 +188,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         journal_gate,
         watchdog,
         metrics,
+        min_healthy,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -250,6 +254,7 @@ async fn start_with(setup: Setup<'_>) -> World {
     if let Some(pings) = watchdog {
         driver.test_watchdog = Some((Duration::from_millis(10), pings));
     }
+    driver.test_min_healthy = min_healthy;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
@@ -371,6 +376,82 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
             Desired::Present(entries)
         ]
     );
+    world.finish().await;
+}
+
+/// Min-healthy in the loop: registered again on 2.0.0 with the slot kept and no 3/1 yet; the
+/// unit failing then deregisters it at once, halts the group, restores and restarts 1.0.0 while
+/// the slot is held, registers it, reports 3/0 1008, denylists 2.0.0 and releases the slot.
+#[tokio::test]
+async fn a_unit_that_fails_during_min_healthy_is_rolled_back_with_the_slot_held_and_the_group_halted()
+ {
+    let world = start_with(Setup {
+        min_healthy: Some(Duration::from_secs(60)),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    // `sidekick status` shows the step: the record published with the registration names it.
+    let proving = |registry: &MemoryRegistry| {
+        registry.current().is_some_and(|entries| {
+            entries.iter().any(|(key, value)| {
+                key == "/sidekick/instances/app/stable/web-1"
+                    && value.contains(r#""version":"2.0.0""#)
+                    && value.contains(r#""step":"min-healthy""#)
+            })
+        })
+    };
+    eventually("registered again on 2.0.0 in min-healthy", || {
+        proving(&world.registry)
+    })
+    .await;
+    assert_eq!(world.slots.holders().len(), 1, "the slot is kept");
+    assert!(
+        !world.events().contains(&Event::UpdateComplete),
+        "no 3/1 yet"
+    );
+    let restarts = world.control.calls().len();
+    world.units.set(ActiveState::Failed);
+    let failed = Event::Failed {
+        error_code: error_code::MIN_HEALTHY_FAILED,
+    };
+    eventually("3/0 1008", || world.events().contains(&failed)).await;
+    eventually("slot released and registered on 1.0.0", || {
+        world.slots.holders().is_empty()
+            && registered(&world.registry)
+            && record_says(&world.registry, "1.0.0")
+    })
+    .await;
+    assert_eq!(
+        world.control.calls()[restarts..],
+        [
+            ControlCall::RestoreDropIn(PreviousDropIn::Absent),
+            ControlCall::Reload,
+            ControlCall::Restart
+        ]
+    );
+    // Out of rotation from the failure until 1.0.0 was back: registered, out for the swap, back
+    // on 2.0.0, out at the failure, back on 1.0.0.
+    let entries = vec![("k".to_string(), "v".to_string())];
+    assert_eq!(
+        balancer_history(&world.registry),
+        [
+            Desired::Present(entries.clone()),
+            Desired::Absent,
+            Desired::Present(entries.clone()),
+            Desired::Absent,
+            Desired::Present(entries)
+        ]
+    );
+    let other = world.slots.join(who("web-2"));
+    assert!(
+        matches!(other.acquire("2.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "2.0.0"),
+        "the group is halted by 2.0.0"
+    );
+    let journal = world.dir.path().join("web-1.json");
+    eventually("journal cleared", || !journal.exists()).await;
+    let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
+    assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
+    assert!(!world.events().contains(&Event::UpdateComplete));
     world.finish().await;
 }
 

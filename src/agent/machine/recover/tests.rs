@@ -209,8 +209,9 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
                 (O::Unit(Active), &[]),
                 (PASS, &[]),
                 (PASS, &[SwapAction::Register]),
+                (O::Registered, &[SwapAction::StartMinHealthy]),
                 (
-                    O::Registered,
+                    O::MinHealthyElapsed,
                     &[
                         SwapAction::SendEvent(Event::UpdateComplete),
                         SwapAction::CheckSlot,
@@ -492,7 +493,17 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
                 (PASS, &[SwapAction::Register]),
             ],
         );
-        run(phase, &[(O::Registered, &report)]);
+        // The new version serves through min-healthy before its 3/1.
+        match (&recorded, runs) {
+            (None, "2.0.0") => run(
+                phase,
+                &[
+                    (O::Registered, &[SwapAction::StartMinHealthy]),
+                    (O::MinHealthyElapsed, &report),
+                ],
+            ),
+            _ => run(phase, &[(O::Registered, &report)]),
+        };
     }
 }
 
@@ -564,7 +575,8 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
 /// update service's grant ends. (Found by tests/rollout/faults.rs killing at RegisteredAgain.)
 #[test]
 fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
-    let (releasing, actions) = swap::step(at(Stage::Registering { failure: None }), O::Registered);
+    let (proving, _) = swap::step(at(Stage::Registering { failure: None }), O::Registered);
+    let (releasing, actions) = swap::step(proving, O::MinHealthyElapsed);
     assert_eq!(
         actions,
         [

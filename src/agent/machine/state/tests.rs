@@ -263,6 +263,9 @@ fn a_verified_swap_registers_once_and_returns_to_serving_after_the_release() {
     );
     assert!(a.registered);
     let (a, actions) = next(a, swap(SwapObservation::Registered));
+    assert_eq!(actions, [Action::Swap(SwapAction::StartMinHealthy)]);
+    assert!(a.registered, "registered again through min-healthy");
+    let (a, actions) = next(a, swap(SwapObservation::MinHealthyElapsed));
     assert_eq!(
         actions,
         [
@@ -487,5 +490,43 @@ fn dropping_the_check_registers_and_adding_one_keeps_the_registration_until_fall
             (PASS, &[]),
             (PASS, &[Action::Register]),
         ],
+    );
+}
+
+/// During min-healthy the agent's streak decides: `fall` failed checks in a row reach the swap as
+/// [`SwapObservation::Unhealthy`] (one below `fall` does not), and the swap's deregistration is
+/// the only one.
+#[test]
+fn fall_failed_checks_during_min_healthy_reach_the_swap_as_unhealthy() {
+    let a = run(
+        agent(1, 2, false),
+        &[(Unit(Active), &[]), (PASS, &[Action::Register])],
+    );
+    let (mut swap_phase, _) = swap::start(plan());
+    swap_phase.stage = swap::Stage::MinHealthy { departed: false };
+    swap_phase.slot_held = true;
+    let a = Agent {
+        phase: Phase::Updating(swap_phase),
+        ..a
+    };
+    let (a, actions) = next(a, FAIL);
+    assert!(actions.is_empty(), "{actions:?}");
+    let (a, actions) = next(a, FAIL);
+    assert_eq!(
+        actions,
+        [
+            Action::Swap(SwapAction::Halt {
+                version: "2.0.0".into(),
+                reason: "2.0.0 failed during min-healthy: the health check failed `fall` times \
+                         in a row"
+                    .into(),
+                retry: false,
+            }),
+            Action::Deregister,
+        ]
+    );
+    assert!(!a.registered);
+    assert!(
+        matches!(&a.phase, Phase::Updating(s) if matches!(s.stage, swap::Stage::RollingBack { .. }))
     );
 }

@@ -44,6 +44,11 @@ pub enum SwapObservation {
     DropInRestored(Result<(), String>),
     /// `swap.verify_timeout` passed since the restart finished.
     VerifyDeadline,
+    /// `rollout.min_healthy` passed since the new version was registered again.
+    MinHealthyElapsed,
+    /// The health check failed `fall` times in a row (the agent's streak says so); sent instead
+    /// of the probe that made it so.
+    Unhealthy,
     SlotReleased(Result<(), String>),
     /// The slot backend's answer to [`SwapAction::Halt`].
     GroupHalted(Result<(), String>),
@@ -100,6 +105,9 @@ pub enum SwapAction {
     Restart,
     /// Start the `swap.verify_timeout` clock; answers [`SwapObservation::VerifyDeadline`].
     StartVerifyDeadline,
+    /// Start the `rollout.min_healthy` clock (the group's policy in force when the slot was
+    /// taken); answers [`SwapObservation::MinHealthyElapsed`].
+    StartMinHealthy,
     /// Publish the registration; after verification answers [`SwapObservation::Registered`]
     /// once etcd confirms.
     Register,

@@ -108,8 +108,9 @@ fn the_happy_path_sends_13_14_800_3_1_in_order_and_releases_the_slot_last() {
             (PASS, &[A::Register]),
             // Nothing more until etcd confirms the registration: a probe changes nothing.
             (PASS, &[]),
+            (O::Registered, &[A::StartMinHealthy]),
             (
-                O::Registered,
+                O::MinHealthyElapsed,
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
             // The slot held through the restart and verification: given back.
@@ -504,8 +505,9 @@ fn without_a_health_check_an_active_unit_is_verified() {
             (O::Restarted(Ok(())), &[A::StartVerifyDeadline]),
             (O::Unit(Activating), &[]),
             (O::Unit(Active), &[A::Register]),
+            (O::Registered, &[A::StartMinHealthy]),
             (
-                O::Registered,
+                O::MinHealthyElapsed,
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
         ],

@@ -262,8 +262,9 @@ fn a_slot_lost_during_restart_or_verification_is_noted_before_the_release() {
         &[
             (O::Unit(Active), &[]),
             (O::Probe { passed: true }, &[A::Register]),
+            (O::Registered, &[A::StartMinHealthy]),
             (
-                O::Registered,
+                O::MinHealthyElapsed,
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
             (
@@ -287,6 +288,8 @@ fn sigterm_while_releasing_sends_the_recorded_3_x_with_the_release() {
         },
         O::Registered,
     );
+    let (releasing, _) = step(releasing, O::MinHealthyElapsed);
+    assert_eq!(releasing.stage, Stage::Releasing);
     let (phase, actions) = step(releasing, O::Shutdown);
     assert_eq!(
         actions,
