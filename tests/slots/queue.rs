@@ -342,7 +342,13 @@ async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
     let watching = |s: Arc<EtcdSlots>| async move {
         poll_until(Duration::from_secs(20), "the waiter watches", || {
             let n = s.requests();
-            async move { if n >= 3 { Ok(()) } else { Err(format!("{n} requests")) } }
+            async move {
+                if n >= 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} requests"))
+                }
+            }
         })
         .await
         .unwrap();
@@ -351,7 +357,11 @@ async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
     watching(b.clone()).await;
     let c_waits = wait(&c);
     watching(c.clone()).await;
-    assert_eq!((b.requests(), c.requests()), (3, 3), "nobody looked again while nothing changed");
+    assert_eq!(
+        (b.requests(), c.requests()),
+        (3, 3),
+        "nobody looked again while nothing changed"
+    );
     a.release().await.unwrap();
     let (b_got, b_requests) = b_waits.await.unwrap();
     assert_eq!(b_got.unwrap(), Acquisition::Acquired);

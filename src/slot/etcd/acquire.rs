@@ -10,8 +10,7 @@ use crate::etcd::duplicate::{DuplicateRecord, record_key};
 use crate::etcd::lease::LeaseState;
 use crate::slot::halt;
 use crate::slot::keys::{
-    Reader, Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key,
-    snapshot_ops,
+    Reader, Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
 };
 use crate::slot::lease::SlotLease;
 use crate::slot::{Acquisition, SlotError, SlotValue};

@@ -27,7 +27,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
 use tokio::time::{Instant, sleep_until};
 
 use super::acquire::{DUPLICATE, Queued};
@@ -47,6 +49,8 @@ enum Wake {
     Changed,
     /// First in line, it saw a slot freed: the group as of that event, to commit on at once.
     Freed(Snapshot),
+    /// The key just ahead went: read the group again (this waiter may be first in line now).
+    AheadGone,
     /// Nothing seen: check again.
     Recheck,
     /// The deadline passed.
@@ -63,6 +67,8 @@ impl EtcdSlots {
     ) -> Result<Acquisition, SlotError> {
         let end = Instant::now() + deadline;
         let (mut queued, mut snap) = self.enqueue(state).await?;
+        // A watch of the slots opened before the last read (see `open_slots_watch`).
+        let mut opened: Option<WatchStream> = None;
         loop {
             let outcome = self
                 .try_acquire(state, version, Some(&queued), snap)
@@ -95,7 +101,7 @@ impl EtcdSlots {
                 continue;
             }
             let wake = match seen {
-                Some(seen) => self.wait_in_line(state, seen, end).await,
+                Some(seen) => self.wait_in_line(state, seen, end, opened.take()).await,
                 None => Ok(Wake::Recheck),
             };
             match wake? {
@@ -106,7 +112,11 @@ impl EtcdSlots {
                     snap = freed;
                     continue;
                 }
-                Wake::Freed(_) | Wake::Changed | Wake::Recheck => {}
+                // Most likely first in line now: open the slots' watch before the read.
+                Wake::AheadGone if state.queued.is_some() => {
+                    opened = self.open_slots_watch().await;
+                }
+                Wake::Freed(_) | Wake::AheadGone | Wake::Changed | Wake::Recheck => {}
             }
             // The lease (and with it the queue key) may be gone: queue again, at the end.
             if state.queued.is_none() {
@@ -174,11 +184,13 @@ impl EtcdSlots {
     /// line, a slot being freed (then [`Wake::Freed`] with the group as of that event). Also wakes
     /// when the lease is lost, when the configured limit changes, after [`RETRY_AFTER`] (first in
     /// line) or [`BEHIND_RECHECK`], or at `end`.
+    /// `opened`: a watch of the slots opened before `snap` was read, used when first in line.
     async fn wait_in_line(
         &self,
         state: &mut HolderState,
         snap: Snapshot,
         end: Instant,
+        opened: Option<WatchStream>,
     ) -> Result<Wake, SlotError> {
         let max_changed = self.max_changed.notified();
         tokio::pin!(max_changed);
@@ -198,7 +210,7 @@ impl EtcdSlots {
         let watched = async move {
             match snap.ahead.clone() {
                 Some((key, _)) => self.watch_ahead(key, snap.revision + 1).await,
-                None => self.watch_slots(snap, max).await,
+                None => self.watch_slots(snap, max, opened).await,
             }
         };
         tokio::select! {
@@ -227,32 +239,67 @@ impl EtcdSlots {
         let options = WatchOptions::new().with_start_revision(from);
         let mut stream = self.client().await?.watch(key, Some(options)).await?;
         while let Some(resp) = stream.message().await? {
-            if resp.canceled() || resp.compact_revision() > 0 || !resp.events().is_empty() {
+            if resp.canceled() || resp.compact_revision() > 0 {
                 return Ok(Wake::Changed);
+            }
+            if !resp.events().is_empty() {
+                return Ok(Wake::AheadGone);
             }
         }
         Ok(Wake::Recheck)
     }
 
-    /// First in line: follows the group's slots from the snapshot on, applying each event, and
-    /// returns the group as of the first delete that leaves fewer than `max` holders.
-    async fn watch_slots(&self, snap: Snapshot, max: u32) -> Result<Wake, SlotError> {
+    /// A watch of the group's slots from now on, once etcd confirmed it (`None` if it could not
+    /// be opened: the wait then opens one from its read's revision). Opened before a read, it
+    /// starts at the current revision, which etcd serves at once; a watch from an older revision
+    /// is served by etcd's catch-up loop, which runs every 100 ms, so a release right after it
+    /// was opened would reach the waiter up to 100 ms late.
+    async fn open_slots_watch(&self) -> Option<WatchStream> {
         let prefix = group_prefix(&self.group);
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(snap.revision + 1);
-        let mut stream = self
-            .client()
-            .await?
-            .watch(prefix.as_str(), Some(options))
-            .await?;
+        let options = WatchOptions::new().with_prefix();
+        let opened = async {
+            let mut stream = self.client().await?.watch(prefix, Some(options)).await?;
+            let created = stream.message().await?.is_some_and(|resp| resp.created());
+            Ok::<_, SlotError>(created.then_some(stream))
+        };
+        opened.await.ok().flatten()
+    }
+
+    /// First in line: follows the group's slots from the snapshot on, applying each event, and
+    /// returns the group as of the first delete that leaves fewer than `max` holders. `opened`
+    /// (a watch opened before the snapshot was read) is used if given; its events up to the
+    /// snapshot's revision are in the snapshot already and are skipped.
+    async fn watch_slots(
+        &self,
+        snap: Snapshot,
+        max: u32,
+        opened: Option<WatchStream>,
+    ) -> Result<Wake, SlotError> {
+        let prefix = group_prefix(&self.group);
+        let mut stream = match opened {
+            Some(stream) => stream,
+            None => {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(snap.revision + 1);
+                self.client()
+                    .await?
+                    .watch(prefix.as_str(), Some(options))
+                    .await?
+            }
+        };
+        let read = snap.revision;
         let mut snap = snap;
         while let Some(resp) = stream.message().await? {
             // A compacted start revision: the snapshot is stale anyway, so read again.
             if resp.canceled() || resp.compact_revision() > 0 {
                 return Ok(Wake::Changed);
             }
-            let freed = apply_events(&mut snap, &prefix, resp.events());
+            let news = resp
+                .events()
+                .iter()
+                .filter(|e| e.kv().is_some_and(|kv| kv.mod_revision() > read));
+            let freed = apply_events(&mut snap, &prefix, news);
             if freed && snap.slots.len() < max as usize {
                 return Ok(Wake::Freed(snap));
             }
@@ -265,10 +312,10 @@ impl EtcdSlots {
 /// puts replace or add a slot, deletes remove it, and the snapshot's revision becomes the last
 /// event's. All events of one revision arrive in one response, in revision order, so after a
 /// response the slots are exactly those at that revision. Whether a slot was deleted.
-pub(super) fn apply_events(
+pub(super) fn apply_events<'a>(
     snap: &mut Snapshot,
     prefix: &str,
-    events: &[etcd_client::Event],
+    events: impl IntoIterator<Item = &'a etcd_client::Event>,
 ) -> bool {
     let mut freed = false;
     for event in events {
