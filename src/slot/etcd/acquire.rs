@@ -172,6 +172,7 @@ impl EtcdSlots {
             if let Some(entry) = mine {
                 if lease_alive.is_some_and(|l| l.id() == entry.lease) {
                     state.key = Some(entry.key.clone());
+                    state.value = Some(entry.raw.clone());
                     return Ok(Acquisition::Acquired);
                 }
                 let host = entry.value.as_ref().and_then(|v| v.host.clone());
@@ -195,10 +196,11 @@ impl EtcdSlots {
                 let lease = self.live_lease(state).await?;
                 let value = self.value(version, since.unwrap_or_else(crate::slot::now_rfc3339))?;
                 let cmp = vec![Compare::value(key.as_str(), CompareOp::Equal, raw)];
-                let ops = self.put_ops(&key, value, lease, queued);
+                let ops = self.put_ops(&key, value.clone(), lease, queued);
                 match self.commit(cmp, ops, queued).await? {
                     None => {
                         state.key = Some(key);
+                        state.value = Some(value);
                         return Ok(Acquisition::Acquired);
                     }
                     Some(next) => {
@@ -208,6 +210,7 @@ impl EtcdSlots {
                 }
             }
             state.key = None;
+            state.value = None;
             if let Some(h) = snap.halt.take() {
                 return Ok(Acquisition::Halted {
                     version: h.version,
@@ -233,7 +236,7 @@ impl EtcdSlots {
             let key = slot_key(&self.group, index);
             let lease = self.live_lease(state).await?;
             let value = self.value(version, crate::slot::now_rfc3339())?;
-            let ops = self.put_ops(&key, value, lease, queued);
+            let ops = self.put_ops(&key, value.clone(), lease, queued);
             match self
                 .commit(self.admission(&key, &snap, queued), ops, queued)
                 .await?
@@ -241,6 +244,7 @@ impl EtcdSlots {
                 None => {
                     tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
                     state.key = Some(key);
+                    state.value = Some(value);
                     state.queued = None;
                     return Ok(Acquisition::Acquired);
                 }
