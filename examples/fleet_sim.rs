@@ -99,7 +99,8 @@ impl Sim {
 struct Shared {
     /// Each acquire: when, and the etcd requests the holder made for it.
     acquires: Mutex<Vec<(Instant, u64)>>,
-    releases: Mutex<Vec<Instant>>,
+    /// Each release: when it was called and when it returned.
+    releases: Mutex<Vec<(Instant, Instant)>>,
     swapped: AtomicUsize,
     /// Agents whose task ended in an error (the rollout waits for swapped + ended).
     ended: AtomicUsize,
@@ -169,6 +170,12 @@ async fn agent(
         };
         let max = NonZeroU32::new(sim.max).unwrap_or(NonZeroU32::MIN);
         let slots = EtcdSlots::new(EtcdConnection::new(settings), GROUP, max, sim.ttl, who);
+        // As the daemon's first pass does: release what an earlier run left, which also opens
+        // the slots' connection before any offer.
+        while let Err(e) = slots.release_stale().await {
+            shared.failed(&format!("release_stale: {e}"));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         offer.wait_for(|o| *o).await?;
         // As the daemon does, a failed etcd request is retried at the next pass (here: 1 s).
         let (acquired, requests) = loop {
@@ -192,11 +199,13 @@ async fn agent(
             matches!(p, Published::Registered { .. })
         })
         .await?;
+        let releasing = Instant::now();
         while let Err(e) = slots.release().await {
             shared.failed(&format!("release: {e}"));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        shared.releases.lock().unwrap().push(Instant::now());
+        let released = Instant::now();
+        shared.releases.lock().unwrap().push((releasing, released));
         shared.swapped.fetch_add(1, Ordering::SeqCst);
     }
     stop.wait_for(|s| *s).await?;

@@ -124,11 +124,18 @@ async fn main() -> anyhow::Result<()> {
     );
     for row in &rows {
         println!(
-            "| hand-over, release -> next waiter's acquire, {} contenders | {} | {} | {} |",
+            "| hand-over, release called -> next waiter's acquire, {} contenders | {} | {} | {} |",
             row.contenders,
             ms(percentile(&row.handover, 0.5)),
             ms(percentile(&row.handover, 0.99)),
             row.handover.len()
+        );
+        println!(
+            "| hand-over, release returned -> next waiter's acquire, {} contenders | {} | {} | {} |",
+            row.contenders,
+            ms(percentile(&row.handover_returned, 0.5)),
+            ms(percentile(&row.handover_returned, 0.99)),
+            row.handover_returned.len()
         );
     }
     println!();
@@ -163,14 +170,18 @@ struct Contended {
     contenders: usize,
     acquires: usize,
     requests: u64,
+    /// From the release's call to the next acquire, and from its return (the figure before
+    /// issue 19's change; the slot may be free before the release returns, as it also revokes).
     handover: Vec<Duration>,
+    handover_returned: Vec<Duration>,
     elapsed: Duration,
 }
 
 /// `contenders` holders on max = 5, each acquiring `rounds` times in line; releases and acquires
 /// are timestamped so each acquire is matched to the release just before it.
 async fn contended(endpoint: &str, contenders: usize, rounds: usize) -> anyhow::Result<Contended> {
-    let releases = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    // Each release: when it was called and when it returned.
+    let releases = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
     let mut tasks = Vec::new();
     for id in 1..=contenders {
         let me = holder(endpoint, id).await?;
@@ -186,9 +197,10 @@ async fn contended(endpoint: &str, contenders: usize, rounds: usize) -> anyhow::
                 acquired.push(at);
                 requests += me.requests() - before;
                 tokio::time::sleep(HOLD.saturating_sub(at.elapsed())).await;
+                let releasing = Instant::now();
                 me.release().await?;
                 if let Ok(mut r) = releases.lock() {
-                    r.push(Instant::now());
+                    r.push((releasing, Instant::now()));
                 }
             }
             Ok::<_, anyhow::Error>((acquired, requests))
@@ -208,19 +220,28 @@ async fn contended(endpoint: &str, contenders: usize, rounds: usize) -> anyhow::
     }
     let elapsed = started.elapsed();
     let releases = releases.lock().map(|r| r.clone()).unwrap_or_default();
-    let mut handover: Vec<Duration> = acquired
-        .iter()
-        .filter_map(|at| {
-            let before = releases.iter().filter(|r| *r <= at).max()?;
-            Some(at.duration_since(*before))
-        })
-        .collect();
-    handover.sort();
+    let handover = |from_call: bool| {
+        let mut ms: Vec<Duration> = acquired
+            .iter()
+            .filter_map(|at| {
+                let before = releases
+                    .iter()
+                    .map(|(called, returned)| if from_call { called } else { returned })
+                    .filter(|r| *r <= at)
+                    .max()?;
+                Some(at.duration_since(*before))
+            })
+            .collect();
+        ms.sort();
+        ms
+    };
+    let (handover, handover_returned) = (handover(true), handover(false));
     Ok(Contended {
         contenders,
         acquires: contenders * rounds,
         requests,
         handover,
+        handover_returned,
         elapsed,
     })
 }

@@ -47,6 +47,8 @@ const WATCH_RETRY: Duration = Duration::from_secs(1);
 struct HolderState {
     lease: Option<SlotLease>,
     key: Option<String>,
+    /// The value of `key` as this holder wrote or last read it, for the release's compare.
+    value: Option<Vec<u8>>,
     /// Revision of the last snapshot, where a waiter's watch starts.
     seen_revision: i64,
     /// The limit that snapshot was judged by; a waiter retries at once when it changed.
@@ -196,12 +198,13 @@ impl SlotLock for EtcdSlots {
         if let (Some(rollout), Some(_)) = (&self.rollout, &state.key) {
             rollout.released().await;
         }
+        let value = state.value.take();
         let held = match (&state.key, &state.lease) {
             (Some(key), Some(lease)) => Some((key.as_str(), lease.id())),
             _ => None,
         };
         // Only our own key: a clone's (the same holder id on another host) stays.
-        let released = self.delete_ours(held).await;
+        let released = self.delete_ours(held, value).await;
         if let Ok(keys) = &released {
             for key in keys {
                 tracing::info!(group = %self.group, %key, "update slot released");

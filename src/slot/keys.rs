@@ -100,7 +100,7 @@ pub struct SlotEntry {
 }
 
 impl SlotEntry {
-    fn from_kv(kv: &KeyValue, prefix: &str) -> Option<SlotEntry> {
+    pub(super) fn from_kv(kv: &KeyValue, prefix: &str) -> Option<SlotEntry> {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         let rest = key.strip_prefix(prefix)?;
         // Keys of a nested group (`<group>/<sub>/<n>`) belong to that group.
@@ -131,56 +131,70 @@ pub(super) struct Snapshot {
     pub halt: Option<HaltMarker>,
     /// `None` when no limit is stored: the configured `slot.max` applies.
     pub limit: Option<StoredLimit>,
-    /// The first waiter of the queue (key, creation revision), if any.
-    pub head: Option<(String, i64)>,
-    /// The waiter just ahead of the one whose queue key was created at the revision asked for.
+    /// Nobody is ahead of the reader in the queue: outside it, the queue is empty; in it, its own
+    /// key is still there and no key is older.
+    pub queue_clear: bool,
+    /// For a reader in the queue, the waiter just ahead of it (key, creation revision), if any.
     pub ahead: Option<(String, i64)>,
 }
 
-/// Ops that read a snapshot: the group's keys, its halt marker, its stored limit, the head of its
-/// queue and, for a waiter queued at revision `queued`, the waiter just ahead of it. With
-/// `queued == None` the last op reads the two newest waiters: after a put of the waiter's own key
-/// in the same transaction, those are the waiter and the one just ahead.
-pub(super) fn snapshot_ops(group: &str, queued: Option<i64>) -> Vec<TxnOp> {
-    let queue = || GetOptions::new().with_prefix().with_keys_only();
-    let newest = match queued {
-        Some(rev) => queue()
-            .with_limit(1)
-            .with_max_create_revision((rev - 1).max(1)),
-        None => queue().with_limit(2),
+/// Who reads a snapshot, which decides how the queue is read. etcd reads a whole range before it
+/// sorts by anything but the key, so a sorted read costs the queue's length: only the reads that
+/// need an order sort.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reader<'a> {
+    /// Not in line: only whether anyone is (one key, unsorted, so etcd stops at the first).
+    Outside,
+    /// Put its own queue key earlier in the same transaction (its revision is the
+    /// transaction's): the two newest keys are its own and the one just ahead of it.
+    Joining,
+    /// In line with `key`, created at `revision`: whether that key is still there, and the newest
+    /// key created before it.
+    InLine { key: &'a str, revision: i64 },
+}
+
+/// Ops that read a snapshot for `reader`: the group's keys, its halt marker, its stored limit,
+/// then its queue as [`Reader`] says.
+pub(super) fn snapshot_ops(group: &str, reader: Reader<'_>) -> Vec<TxnOp> {
+    let queue = || GetOptions::new().with_keys_only();
+    let newest = || {
+        queue()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
     };
-    vec![
+    let mut ops = vec![
         TxnOp::get(group_prefix(group), Some(GetOptions::new().with_prefix())),
         TxnOp::get(halt::halt_key(group), None),
         TxnOp::get(limit_key(group), None),
-        TxnOp::get(
+    ];
+    match reader {
+        Reader::Outside => ops.push(TxnOp::get(
             queue_prefix(group),
-            Some(
-                queue()
-                    .with_limit(1)
-                    .with_sort(SortTarget::Create, SortOrder::Ascend),
-            ),
-        ),
-        TxnOp::get(
+            Some(queue().with_prefix().with_limit(1)),
+        )),
+        Reader::Joining => ops.push(TxnOp::get(
             queue_prefix(group),
-            Some(newest.with_sort(SortTarget::Create, SortOrder::Descend)),
-        ),
-    ]
+            Some(newest().with_limit(2)),
+        )),
+        Reader::InLine { key, revision } => {
+            ops.push(TxnOp::get(key, Some(queue())));
+            ops.push(TxnOp::get(
+                queue_prefix(group),
+                Some(
+                    newest()
+                        .with_limit(1)
+                        .with_max_create_revision((revision - 1).max(1)),
+                ),
+            ));
+        }
+    }
+    ops
 }
 
-/// The first key of a get's answer, with its creation revision.
-fn first_key(get: Option<&etcd_client::GetResponse>) -> Option<(String, i64)> {
-    let kv = get?.kvs().first()?;
-    Some((
-        String::from_utf8_lossy(kv.key()).into_owned(),
-        kv.create_revision(),
-    ))
-}
-
-/// Reads a snapshot from `resp` (made of [`snapshot_ops`], perhaps after other ops). `queued` is
-/// the creation revision of the waiter's queue key: `ahead` is the newest key created before it.
-pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, queued: Option<i64>) -> Snapshot {
+/// Reads a snapshot from `resp` (made of [`snapshot_ops`] for `reader`, perhaps after other ops).
+pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, reader: Reader<'_>) -> Snapshot {
     let prefix = group_prefix(group);
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
         TxnOpResponse::Get(get) => Some(get),
         _ => None,
@@ -205,21 +219,33 @@ pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, queued: Option<i64
             mod_revision: kv.mod_revision(),
         })
     });
-    let head = first_key(gets.next().as_ref());
-    let ahead = gets.next().and_then(|g| {
-        let before = queued?;
-        let kv = g.kvs().iter().find(|kv| kv.create_revision() < before)?;
+    // The newest key of `get` created before `before`.
+    let older = |get: Option<etcd_client::GetResponse>, before: i64| {
+        let get = get?;
+        let kv = get.kvs().iter().find(|kv| kv.create_revision() < before)?;
         Some((
             String::from_utf8_lossy(kv.key()).into_owned(),
             kv.create_revision(),
         ))
-    });
+    };
+    let (queue_clear, ahead) = match reader {
+        Reader::Outside => (gets.next().is_some_and(|g| g.kvs().is_empty()), None),
+        Reader::Joining => {
+            let ahead = older(gets.next(), revision);
+            (ahead.is_none(), ahead)
+        }
+        Reader::InLine { revision: own, .. } => {
+            let present = gets.next().is_some_and(|g| !g.kvs().is_empty());
+            let ahead = older(gets.next(), own);
+            (present && ahead.is_none(), ahead)
+        }
+    };
     Snapshot {
-        revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        revision,
         slots,
         halt,
         limit,
-        head,
+        queue_clear,
         ahead,
     }
 }

@@ -312,3 +312,68 @@ async fn an_abandoned_wait_leaves_the_queue_and_does_not_block_the_waiters_behin
         released.elapsed()
     );
 }
+
+/// The waiters' wake-up is the watch event, not a poll: with one holder and two waiters in line,
+/// the first in line takes the freed slot with one transaction straight from the delete event
+/// (lease, queue put, watch of the slots, transaction: 4 requests, no read after the release),
+/// and the one behind it needs one read when the key ahead goes and a second watch (6 requests).
+/// A look after a poll period would add a read and a watch to either count; the counts are what
+/// is asserted, not the time it took.
+#[tokio::test]
+async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = Arc::new(slots(&client, one(), "b"));
+    let c = Arc::new(slots(&client, one(), "c"));
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    let wait = |s: &Arc<EtcdSlots>| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let outcome = s.acquire_within("2.0.0", Duration::from_secs(600)).await;
+            (outcome, s.requests())
+        })
+    };
+    // Each is watching once it made its third request (lease, queue put with its read, watch);
+    // the watch starts at the revision read, so a release before it is open is not missed.
+    let watching = |s: Arc<EtcdSlots>| async move {
+        poll_until(Duration::from_secs(20), "the waiter watches", || {
+            let n = s.requests();
+            async move {
+                if n >= 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} requests"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+    };
+    let b_waits = wait(&b);
+    watching(b.clone()).await;
+    let c_waits = wait(&c);
+    watching(c.clone()).await;
+    assert_eq!(
+        (b.requests(), c.requests()),
+        (3, 3),
+        "nobody looked again while nothing changed"
+    );
+    a.release().await.unwrap();
+    let (b_got, b_requests) = b_waits.await.unwrap();
+    assert_eq!(b_got.unwrap(), Acquisition::Acquired);
+    assert_eq!(
+        b_requests, 4,
+        "first in line: lease, queue put, watch, one transaction on the delete event"
+    );
+    b.release().await.unwrap();
+    let (c_got, c_requests) = c_waits.await.unwrap();
+    assert_eq!(c_got.unwrap(), Acquisition::Acquired);
+    assert_eq!(
+        c_requests, 6,
+        "second in line: lease, queue put, watch of b's key, a read when it went, watch, transaction"
+    );
+}

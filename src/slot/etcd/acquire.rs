@@ -10,7 +10,7 @@ use crate::etcd::duplicate::{DuplicateRecord, record_key};
 use crate::etcd::lease::LeaseState;
 use crate::slot::halt;
 use crate::slot::keys::{
-    Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
+    Reader, Snapshot, group_prefix, limit_key, parse_snapshot, queue_prefix, slot_key, snapshot_ops,
 };
 use crate::slot::lease::SlotLease;
 use crate::slot::{Acquisition, SlotError, SlotValue};
@@ -26,6 +26,17 @@ pub(super) struct Queued {
     pub revision: i64,
 }
 
+/// How a holder in line at `queued` (or outside it) reads the group.
+pub(super) fn reader(queued: Option<&Queued>) -> Reader<'_> {
+    match queued {
+        None => Reader::Outside,
+        Some(q) => Reader::InLine {
+            key: &q.key,
+            revision: q.revision,
+        },
+    }
+}
+
 impl EtcdSlots {
     /// The client of the shared connection, counting the request about to be made.
     pub(super) async fn client(&self) -> Result<Client, SlotError> {
@@ -38,13 +49,12 @@ impl EtcdSlots {
 
     /// The group as it is now; `queued` names this holder's place in line, if it has one.
     pub(super) async fn snapshot(&self, queued: Option<&Queued>) -> Result<Snapshot, SlotError> {
-        let at = queued.map(|q| q.revision);
         let resp = self
             .client()
             .await?
-            .txn(Txn::new().and_then(snapshot_ops(&self.group, at)))
+            .txn(Txn::new().and_then(snapshot_ops(&self.group, reader(queued))))
             .await?;
-        Ok(parse_snapshot(&self.group, &resp, at))
+        Ok(parse_snapshot(&self.group, &resp, reader(queued)))
     }
 
     /// The live lease of this holder, granted afresh when there is none or it was lost.
@@ -103,13 +113,12 @@ impl EtcdSlots {
         ops: Vec<TxnOp>,
         queued: Option<&Queued>,
     ) -> Result<Option<Snapshot>, SlotError> {
-        let at = queued.map(|q| q.revision);
         let txn = Txn::new()
             .when(cmp)
             .and_then(ops)
-            .or_else(snapshot_ops(&self.group, at));
+            .or_else(snapshot_ops(&self.group, reader(queued)));
         let resp = self.client().await?.txn(txn).await?;
-        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp, at)))
+        Ok((!resp.succeeded()).then(|| parse_snapshot(&self.group, &resp, reader(queued))))
     }
 
     pub(super) fn value(&self, version: &str, since: String) -> Result<Vec<u8>, SlotError> {
@@ -163,6 +172,7 @@ impl EtcdSlots {
             if let Some(entry) = mine {
                 if lease_alive.is_some_and(|l| l.id() == entry.lease) {
                     state.key = Some(entry.key.clone());
+                    state.value = Some(entry.raw.clone());
                     return Ok(Acquisition::Acquired);
                 }
                 let host = entry.value.as_ref().and_then(|v| v.host.clone());
@@ -186,10 +196,11 @@ impl EtcdSlots {
                 let lease = self.live_lease(state).await?;
                 let value = self.value(version, since.unwrap_or_else(crate::slot::now_rfc3339))?;
                 let cmp = vec![Compare::value(key.as_str(), CompareOp::Equal, raw)];
-                let ops = self.put_ops(&key, value, lease, queued);
+                let ops = self.put_ops(&key, value.clone(), lease, queued);
                 match self.commit(cmp, ops, queued).await? {
                     None => {
                         state.key = Some(key);
+                        state.value = Some(value);
                         return Ok(Acquisition::Acquired);
                     }
                     Some(next) => {
@@ -199,6 +210,7 @@ impl EtcdSlots {
                 }
             }
             state.key = None;
+            state.value = None;
             if let Some(h) = snap.halt.take() {
                 return Ok(Acquisition::Halted {
                     version: h.version,
@@ -208,12 +220,8 @@ impl EtcdSlots {
             let configured = self.max.load(Ordering::SeqCst);
             state.seen_max = configured;
             let max = snap.limit.map_or(configured, |l| l.max);
-            let my_turn = match (&snap.head, queued) {
-                (None, None) => true,
-                (Some((head, _)), Some(q)) => *head == q.key,
-                _ => false,
-            };
-            if !my_turn {
+            // Nobody queued, or this holder first in line (the transaction checks it again).
+            if !snap.queue_clear {
                 state.last = Some(snap);
                 return Ok(Acquisition::Busy {
                     detail: "waiters are queued ahead".into(),
@@ -228,7 +236,7 @@ impl EtcdSlots {
             let key = slot_key(&self.group, index);
             let lease = self.live_lease(state).await?;
             let value = self.value(version, crate::slot::now_rfc3339())?;
-            let ops = self.put_ops(&key, value, lease, queued);
+            let ops = self.put_ops(&key, value.clone(), lease, queued);
             match self
                 .commit(self.admission(&key, &snap, queued), ops, queued)
                 .await?
@@ -236,6 +244,7 @@ impl EtcdSlots {
                 None => {
                     tracing::info!(group = %self.group, slot = index, version, "update slot acquired");
                     state.key = Some(key);
+                    state.value = Some(value);
                     state.queued = None;
                     return Ok(Acquisition::Acquired);
                 }

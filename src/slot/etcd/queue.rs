@@ -3,29 +3,54 @@
 //! A waiter puts a key on its own lease under the group's queue prefix; its creation revision is
 //! its place in line. Each waiter watches only the key just ahead of it; the first in line watches
 //! the group's slots. A release therefore wakes one waiter, not all of them, and the etcd requests
-//! per contended acquire do not grow with the number of waiters. A raised stored limit is read at
-//! the first waiter's next look (a release, or [`RETRY_AFTER`]); watching the limit key as well
-//! would cost every contended acquire one more request. Only the first in
+//! per contended acquire do not grow with the number of waiters. Only the first in
 //! line may take a slot (its transaction checks that no queue key is older than its own, and
 //! deletes its own key as it takes the slot), so slots are granted first come, first served.
+//!
+//! The first in line keeps the group's slots as its snapshot read them and applies every event of
+//! its watch (from the revision after that snapshot, so nothing between the read and the watch is
+//! missed). The moment a delete leaves fewer holders than the limit, it sends its transaction, on
+//! the snapshot as of that event: the slots it saw, at the event's revision. No read in between;
+//! if anything else changed (a slot created, the limit, a halt), the transaction fails and its
+//! failure branch returns a fresh snapshot to go on from. So a hand-over is one watch event and
+//! one transaction, and a contended acquire costs: the lease grant, the queue put (with a read),
+//! a watch of the key ahead, a read when that key goes, a watch of the slots, the transaction.
+//!
+//! A waiter behind others looks again only when the key ahead of it goes (its watch says so), when
+//! its lease is lost or its configured limit changes, or after [`BEHIND_RECHECK`]. The first in
+//! line also looks again after [`RETRY_AFTER`]: a raised stored limit reaches it then (or at the
+//! next release); watching the limit key as well would cost every contended acquire one more
+//! request.
 //!
 //! A waiter that gives up (deadline, halt, error) revokes its idle lease, which removes its queue
 //! key; the one behind it then watches the next key ahead.
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
 use tokio::time::{Instant, sleep_until};
 
 use super::acquire::{DUPLICATE, Queued};
 use super::{EtcdSlots, HolderState, WATCH_RETRY};
-use crate::slot::keys::{Snapshot, group_prefix, parse_snapshot, queue_key, snapshot_ops};
+use crate::slot::keys::{
+    Reader, SlotEntry, Snapshot, group_prefix, parse_snapshot, queue_key, snapshot_ops,
+};
 use crate::slot::{Acquisition, RETRY_AFTER, SlotError, with_jitter};
+
+/// How long a waiter behind others goes without looking again when nothing happened: only the key
+/// ahead of it going away moves it up, and its watch reports that. A safety net, not a poll.
+pub(super) const BEHIND_RECHECK: Duration = Duration::from_secs(300);
 
 /// What woke a waiter.
 enum Wake {
-    /// Something changed that may let it in; the snapshot was updated where the event says how.
+    /// Something changed that may let it in: read the group again.
     Changed,
+    /// First in line, it saw a slot freed: the group as of that event, to commit on at once.
+    Freed(Snapshot),
+    /// The key just ahead went: read the group again (this waiter may be first in line now).
+    AheadGone,
     /// Nothing seen: check again.
     Recheck,
     /// The deadline passed.
@@ -42,6 +67,8 @@ impl EtcdSlots {
     ) -> Result<Acquisition, SlotError> {
         let end = Instant::now() + deadline;
         let (mut queued, mut snap) = self.enqueue(state).await?;
+        // A watch of the slots opened before the last read (see `open_slots_watch`).
+        let mut opened: Option<WatchStream> = None;
         loop {
             let outcome = self
                 .try_acquire(state, version, Some(&queued), snap)
@@ -63,13 +90,33 @@ impl EtcdSlots {
             }
             // try_acquire left the snapshot it judged by in `state`; wait from there.
             let seen = state.last.take();
-            let wake = match &seen {
-                Some(snap) => self.wait_in_line(state, snap, end).await,
+            if let Some(s) = &seen
+                && s.ahead.is_none()
+                && !s.queue_clear
+            {
+                // Nobody ahead, yet not clear: the queue key went (deleted by hand) while the
+                // lease lives. Nothing would move this waiter up: take a new place at the end.
+                state.queued = None;
+                (queued, snap) = self.enqueue(state).await?;
+                continue;
+            }
+            let wake = match seen {
+                Some(seen) => self.wait_in_line(state, seen, end, opened.take()).await,
                 None => Ok(Wake::Recheck),
             };
             match wake? {
                 Wake::Deadline => return Ok(outcome),
-                Wake::Changed | Wake::Recheck => {}
+                // Straight to the transaction: it fails (and reads afresh) if the event was not
+                // the whole story.
+                Wake::Freed(freed) if state.queued.is_some() => {
+                    snap = freed;
+                    continue;
+                }
+                // Most likely first in line now: open the slots' watch before the read.
+                Wake::AheadGone if state.queued.is_some() => {
+                    opened = self.open_slots_watch().await;
+                }
+                Wake::Freed(_) | Wake::AheadGone | Wake::Changed | Wake::Recheck => {}
             }
             // The lease (and with it the queue key) may be gone: queue again, at the end.
             if state.queued.is_none() {
@@ -103,7 +150,7 @@ impl EtcdSlots {
             Some(PutOptions::new().with_lease(lease)),
         );
         let then: Vec<TxnOp> = std::iter::once(put)
-            .chain(snapshot_ops(&self.group, None))
+            .chain(snapshot_ops(&self.group, Reader::Joining))
             .collect();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -130,17 +177,20 @@ impl EtcdSlots {
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let queued = Queued { key, revision };
         state.queued = Some(queued.clone());
-        Ok((queued, parse_snapshot(&self.group, &resp, Some(revision))))
+        Ok((queued, parse_snapshot(&self.group, &resp, Reader::Joining)))
     }
 
     /// Waits for what can let this waiter in: the key just ahead of it going away or, first in
-    /// line, a slot being freed. Also wakes when the lease is lost, when the configured limit
-    /// changes, after [`RETRY_AFTER`], or at `end`.
+    /// line, a slot being freed (then [`Wake::Freed`] with the group as of that event). Also wakes
+    /// when the lease is lost, when the configured limit changes, after [`RETRY_AFTER`] (first in
+    /// line) or [`BEHIND_RECHECK`], or at `end`.
+    /// `opened`: a watch of the slots opened before `snap` was read, used when first in line.
     async fn wait_in_line(
         &self,
         state: &mut HolderState,
-        snap: &Snapshot,
+        snap: Snapshot,
         end: Instant,
+        opened: Option<WatchStream>,
     ) -> Result<Wake, SlotError> {
         let max_changed = self.max_changed.notified();
         tokio::pin!(max_changed);
@@ -149,38 +199,19 @@ impl EtcdSlots {
         if state.seen_max != self.max.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Wake::Changed);
         }
-        let from = snap.revision + 1;
         let Some(mut lease) = state.lease.as_ref().map(|l| l.subscribe()) else {
             return Ok(Wake::Recheck);
         };
-        let ahead = snap.ahead.clone();
-        let watched = async {
-            let mut client = self.client().await?;
-            let (watched_key, options) = match &ahead {
-                Some((key, _)) => (key.clone(), WatchOptions::new()),
-                None => (group_prefix(&self.group), WatchOptions::new().with_prefix()),
-            };
-            let mut stream = client
-                .watch(watched_key, Some(options.with_start_revision(from)))
-                .await?;
-            let prefix = group_prefix(&self.group);
-            while let Some(resp) = stream.message().await? {
-                if resp.canceled() || resp.compact_revision() > 0 {
-                    return Ok::<_, SlotError>(Wake::Recheck);
-                }
-                for event in resp.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key());
-                    let nested = key
-                        .strip_prefix(prefix.as_str())
-                        .is_some_and(|rest| rest.contains('/'));
-                    let slot_freed = event.event_type() == EventType::Delete && !nested;
-                    if slot_freed || ahead.is_some() {
-                        return Ok(Wake::Changed);
-                    }
-                }
+        let recheck = match snap.ahead {
+            Some(_) => BEHIND_RECHECK,
+            None => RETRY_AFTER,
+        };
+        let max = snap.limit.map_or(state.seen_max, |l| l.max);
+        let watched = async move {
+            match snap.ahead.clone() {
+                Some((key, _)) => self.watch_ahead(key, snap.revision + 1).await,
+                None => self.watch_slots(snap, max, opened).await,
             }
-            Ok(Wake::Recheck)
         };
         tokio::select! {
             wake = watched => match wake {
@@ -197,8 +228,114 @@ impl EtcdSlots {
                 Ok(Wake::Recheck)
             }
             _ = max_changed => Ok(Wake::Changed),
-            _ = tokio::time::sleep(with_jitter(RETRY_AFTER)) => Ok(Wake::Recheck),
+            _ = tokio::time::sleep(with_jitter(recheck)) => Ok(Wake::Recheck),
             _ = sleep_until(end) => Ok(Wake::Deadline),
         }
     }
+
+    /// Returns at the first change of the key just ahead in line since `from` (its deletion: a
+    /// queue key is written once).
+    async fn watch_ahead(&self, key: String, from: i64) -> Result<Wake, SlotError> {
+        let options = WatchOptions::new().with_start_revision(from);
+        let mut stream = self.client().await?.watch(key, Some(options)).await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Ok(Wake::Changed);
+            }
+            if !resp.events().is_empty() {
+                return Ok(Wake::AheadGone);
+            }
+        }
+        Ok(Wake::Recheck)
+    }
+
+    /// A watch of the group's slots from now on, once etcd confirmed it (`None` if it could not
+    /// be opened: the wait then opens one from its read's revision). Opened before a read, it
+    /// starts at the current revision, which etcd serves at once; a watch from an older revision
+    /// is served by etcd's catch-up loop, which runs every 100 ms, so a release right after it
+    /// was opened would reach the waiter up to 100 ms late.
+    async fn open_slots_watch(&self) -> Option<WatchStream> {
+        let prefix = group_prefix(&self.group);
+        let options = WatchOptions::new().with_prefix();
+        let opened = async {
+            let mut stream = self.client().await?.watch(prefix, Some(options)).await?;
+            let created = stream.message().await?.is_some_and(|resp| resp.created());
+            Ok::<_, SlotError>(created.then_some(stream))
+        };
+        opened.await.ok().flatten()
+    }
+
+    /// First in line: follows the group's slots from the snapshot on, applying each event, and
+    /// returns the group as of the first delete that leaves fewer than `max` holders. `opened`
+    /// (a watch opened before the snapshot was read) is used if given; its events up to the
+    /// snapshot's revision are in the snapshot already and are skipped.
+    async fn watch_slots(
+        &self,
+        snap: Snapshot,
+        max: u32,
+        opened: Option<WatchStream>,
+    ) -> Result<Wake, SlotError> {
+        let prefix = group_prefix(&self.group);
+        let mut stream = match opened {
+            Some(stream) => stream,
+            None => {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(snap.revision + 1);
+                self.client()
+                    .await?
+                    .watch(prefix.as_str(), Some(options))
+                    .await?
+            }
+        };
+        let read = snap.revision;
+        let mut snap = snap;
+        while let Some(resp) = stream.message().await? {
+            // A compacted start revision: the snapshot is stale anyway, so read again.
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Ok(Wake::Changed);
+            }
+            let news = resp
+                .events()
+                .iter()
+                .filter(|e| e.kv().is_some_and(|kv| kv.mod_revision() > read));
+            let freed = apply_events(&mut snap, &prefix, news);
+            if freed && snap.slots.len() < max as usize {
+                return Ok(Wake::Freed(snap));
+            }
+        }
+        Ok(Wake::Recheck)
+    }
+}
+
+/// Applies watch events on the group's prefix to `snap` (a nested group's keys are not its own):
+/// puts replace or add a slot, deletes remove it, and the snapshot's revision becomes the last
+/// event's. All events of one revision arrive in one response, in revision order, so after a
+/// response the slots are exactly those at that revision. Whether a slot was deleted.
+pub(super) fn apply_events<'a>(
+    snap: &mut Snapshot,
+    prefix: &str,
+    events: impl IntoIterator<Item = &'a etcd_client::Event>,
+) -> bool {
+    let mut freed = false;
+    for event in events {
+        let Some(kv) = event.kv() else { continue };
+        snap.revision = snap.revision.max(kv.mod_revision());
+        match event.event_type() {
+            EventType::Put => {
+                if let Some(entry) = SlotEntry::from_kv(kv, prefix) {
+                    match snap.slots.iter_mut().find(|s| s.key == entry.key) {
+                        Some(slot) => *slot = entry,
+                        None => snap.slots.push(entry),
+                    }
+                }
+            }
+            EventType::Delete => {
+                let before = snap.slots.len();
+                snap.slots.retain(|s| s.key.as_bytes() != kv.key());
+                freed |= snap.slots.len() < before;
+            }
+        }
+    }
+    freed
 }

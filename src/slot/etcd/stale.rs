@@ -7,8 +7,11 @@
 //!
 //!
 //! A release ([`SlotLock::release`]) deletes only this holder's own key the same way: the key it
-//! holds, compared on the value read and on its lease; or, holding none (the first release after
-//! a restart), the keys of this holder id on this host, compared on the value and lease read.
+//! holds, compared on its value and on its lease; or, holding none (the first release after a
+//! restart), the keys of this holder id on this host, compared on the value and lease read. The
+//! key it holds is first deleted in one transaction compared on the value it wrote (or read when
+//! it took the key over); only when that value changed is the group read to compare on the value
+//! found, so a release frees the slot with one request.
 //!
 //! [`SlotLock::release_stale`]: crate::slot::SlotLock::release_stale
 //! [`SlotLock::release`]: crate::slot::SlotLock::release
@@ -48,11 +51,24 @@ impl EtcdSlots {
     }
 
     /// Deletes this holder's own slot (see the module doc): `held` is the key and lease it holds,
-    /// if any. A clone's key (this holder id on another host) is never touched.
+    /// if any, and `value` the value it wrote there. A clone's key (this holder id on another
+    /// host) is never touched.
     pub(super) async fn delete_ours(
         &self,
         held: Option<(&str, i64)>,
+        value: Option<Vec<u8>>,
     ) -> Result<Vec<String>, SlotError> {
+        if let (Some((key, lease)), Some(value)) = (held, value) {
+            let txn = Txn::new()
+                .when([
+                    Compare::value(key, CompareOp::Equal, value),
+                    Compare::lease(key, CompareOp::Equal, lease),
+                ])
+                .and_then([TxnOp::delete(key, None)]);
+            if self.client().await?.txn(txn).await?.succeeded() {
+                return Ok(vec![key.to_string()]);
+            }
+        }
         let mut released = Vec::new();
         for entry in self.own_entries().await? {
             let lease = match held {
