@@ -52,6 +52,12 @@ fn install_shipped_units(systemd: &Systemd) {
         "example-web@.service",
         &shipped("units/example-web@.service"),
     );
+    // The host's Docker engine, reached through the socket the container has bound in; the app
+    // unit requires docker.service, which a Docker host has (Debian 13's root tree has none).
+    systemd.write_unit(
+        "docker.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+    );
     let bin = systemd.bus_dir().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_sidekick"), bin.join("sidekick")).unwrap();
@@ -132,11 +138,6 @@ struct Deployment {
 /// as drop-ins (the test's etcd, a free port, the test app image), and starts the app.
 async fn deploy(systemd: &Systemd, etcd: &Etcd, mgr: &ManagerProxy<'_>) -> Deployment {
     install_shipped_units(systemd);
-    // The host's Docker engine, reached through the socket the container has bound in.
-    systemd.write_unit(
-        "docker.service",
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
-    );
     // A free port as the instance string keeps container names unique on a shared Docker host.
     let port = free_port();
     let app = format!("example-web@{port}.service");
