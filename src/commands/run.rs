@@ -256,6 +256,8 @@ async fn run(
     let metrics = match settings.daemon.metrics {
         Some(listen) => {
             let metrics = Metrics::new();
+            let counted = metrics.clone();
+            crate::etcd::lease::on_keepalive_failure(move || counted.keepalive_failed());
             let (bound, _) = crate::metrics::serve(listen, metrics.clone())
                 .await
                 .with_context(|| format!("failed to serve metrics on {listen}"))?;
