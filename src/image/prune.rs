@@ -210,11 +210,13 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// Seen, running now, the record after, removed.
+    type Case<'a> = (&'a [&'a str], &'a str, &'a [&'a str], &'a [&'a str]);
+
     #[test]
     fn keeps_the_running_image_and_the_rollback_target() {
         let none = BTreeSet::new();
-        let cases: &[(&[&str], &str, &[&str], &[&str])] = &[
-            // seen, running now, record after, removed
+        let cases: &[Case] = &[
             (&[], "a:1", &["a:1"], &[]),
             (&["a:1"], "a:2", &["a:1", "a:2"], &[]),
             (&["a:1", "a:2"], "a:3", &["a:1", "a:2", "a:3"], &["a:1"]),
