@@ -1,9 +1,9 @@
-//! The shipped units in `units/`, loaded unchanged into the systemd container (systemd 252 as
-//! PID 1, or 257 with `SIDEKICK_SYSTEMD_VERSION=257`): `systemd-analyze verify` accepts them, and
-//! systemd itself starts
-//! `sidekick@example-web@<n>.service` beside the shipped app template, with the shipped example
-//! configuration. The test only adds what a host provides: the binary at the unit's
-//! `/usr/bin/sidekick`, `/etc/environment`, and drop-ins naming the test's etcd, port and image.
+//! The shipped units in `units/`, loaded unchanged into the systemd container (systemd 252 as PID
+//! 1, or 257 with `SIDEKICK_SYSTEMD_VERSION=257`): `systemd-analyze verify` accepts them, and
+//! systemd itself starts `sidekick@example-web@<n>.service` beside the shipped app template, with
+//! the shipped example configuration. The test only adds what a host provides: the binary at the
+//! unit's `/usr/bin/sidekick`, `/etc/environment`, and drop-ins naming the test's etcd, port and
+//! image.
 
 mod support;
 
