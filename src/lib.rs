@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod health;
 pub mod http_tls;
 pub mod identity;
+pub mod image;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -102,6 +102,8 @@ fn exported_sample_names() -> BTreeSet<String> {
     metrics.swap_finished("updated");
     metrics.swap_step("drain", std::time::Duration::from_secs(1));
     metrics.set_version("1.0.0");
+    metrics.set_step_started(Some(("slot", 0)));
+    metrics.rollout().set_stage("g", "1.0.0", "rolling");
     let text = sidekick::metrics::prometheus_text(&metrics.encode());
     let mut names = BTreeSet::new();
     for line in text.lines() {

@@ -1,6 +1,6 @@
-//! `DbusUnitControl` against systemd 252 in its throw-away container: the version drop-in, reload
-//! and restart; waiting for restart jobs; the pre-pull as a transient unit; the sidekick's own
-//! unit surviving the app's restart. Every call goes over the container's system bus.
+//! `DbusUnitControl` against systemd 252 (or 257) in its throw-away container: the version drop-in,
+//! reload and restart; waiting for restart jobs; the pre-pull as a transient unit; the sidekick's
+//! own unit surviving the app's restart. Every call goes over the container's system bus.
 
 mod support;
 

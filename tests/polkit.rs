@@ -1,6 +1,7 @@
 //! The shipped polkit rule (`units/50-sidekick.rules`), loaded by the real polkitd in the systemd
 //! container: the non-root user `sidekick` may start, stop and restart its app units and reload
-//! systemd over D-Bus, and manage nothing else (no other unit, no transient unit on systemd 252).
+//! systemd over D-Bus, and manage nothing else; its pre-pull transient units only where systemd names
+//! them to polkit (257, not 252).
 
 mod support;
 
@@ -70,11 +71,9 @@ fn start_transient(systemd: &Systemd, unit: &str) -> (bool, String) {
     as_sidekick(systemd, "StartTransientUnit", &args)
 }
 
-#[tokio::test]
-async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_nothing_else() {
-    if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
-        return;
-    }
+/// A container with `units/50-sidekick.rules` in polkitd, user `sidekick`, and two sleeping units:
+/// `example-web@.service` (the app's) and `other.service`.
+async fn with_the_rule() -> Systemd {
     let systemd = Systemd::start().await;
     let sleeper = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
     systemd.write_unit("example-web@.service", sleeper);
@@ -97,7 +96,15 @@ async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_
         "{}",
         systemd.log_tail(20)
     );
+    systemd
+}
 
+#[tokio::test]
+async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_nothing_else() {
+    if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
+        return;
+    }
+    let systemd = with_the_rule().await;
     let unit = |name: &str| ["ss", name, "replace"].map(str::to_string);
     let call = |method: &str, name: &str| {
         let args = unit(name);
@@ -110,9 +117,7 @@ async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_
     }
     let (allowed, said) = as_sidekick(&systemd, "Reload", &[]);
     assert!(allowed, "Reload: {said}");
-    // systemd 252 asks polkit about StartTransientUnit without naming the unit, so the rule cannot
-    // tell the pre-pull unit from any other and grants neither: a transient unit runs any command
-    // as root. (Newer systemd names it; the rule then grants sidekick-prepull-*.service only.)
+    // Any other transient unit is refused on every version: it runs any command as root.
     let (allowed, said) = start_transient(&systemd, "other-transient.service");
     assert!(!allowed, "another transient unit was allowed: {said}");
 
@@ -121,4 +126,22 @@ async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_
     assert!(!allowed, "StartUnit other.service was allowed: {said}");
     let (allowed, said) = as_sidekick(&systemd, "SetEnvironment", &["as", "1", "FOO=bar"]);
     assert!(!allowed, "SetEnvironment was allowed: {said}");
+}
+
+/// The one thing the rule does differently by systemd version (issue 20).
+#[tokio::test]
+async fn the_pre_pull_transient_unit_is_refused_on_systemd_252_and_granted_on_257() {
+    if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
+        return;
+    }
+    let systemd = with_the_rule().await;
+    let (allowed, said) = start_transient(&systemd, "sidekick-prepull-web-1.service");
+    match systemd::version() {
+        // systemd 252 asks polkit about StartTransientUnit without naming the unit, so the rule
+        // cannot tell the pre-pull unit from any other and grants neither.
+        252 => assert!(!allowed, "systemd 252 allowed the pre-pull unit: {said}"),
+        // systemd 257 names it: the rule grants sidekick-prepull-*.service.
+        257 => assert!(allowed, "systemd 257 refused the pre-pull unit: {said}"),
+        other => panic!("no expectation for systemd {other}: add it here"),
+    }
 }

@@ -1,8 +1,9 @@
-//! The shipped units in `units/`, loaded unchanged into the systemd container (systemd 252 as
-//! PID 1): `systemd-analyze verify` accepts them, and systemd itself starts
-//! `sidekick@example-web@<n>.service` beside the shipped app template, with the shipped example
-//! configuration. The test only adds what a host provides: the binary at the unit's
-//! `/usr/bin/sidekick`, `/etc/environment`, and drop-ins naming the test's etcd, port and image.
+//! The shipped units in `units/`, loaded unchanged into the systemd container (systemd 252 as PID
+//! 1, or 257 with `SIDEKICK_SYSTEMD_VERSION=257`): `systemd-analyze verify` accepts them, and
+//! systemd itself starts `sidekick@example-web@<n>.service` beside the shipped app template, with
+//! the shipped example configuration. The test only adds what a host provides: the binary at the
+//! unit's `/usr/bin/sidekick`, `/etc/environment`, and drop-ins naming the test's etcd, port and
+//! image.
 
 mod support;
 
@@ -51,6 +52,12 @@ fn install_shipped_units(systemd: &Systemd) {
     systemd.write_unit(
         "example-web@.service",
         &shipped("units/example-web@.service"),
+    );
+    // The host's Docker engine, reached through the socket the container has bound in; the app
+    // unit requires docker.service, which a Docker host has (Debian 13's root tree has none).
+    systemd.write_unit(
+        "docker.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
     );
     let bin = systemd.bus_dir().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -132,11 +139,6 @@ struct Deployment {
 /// as drop-ins (the test's etcd, a free port, the test app image), and starts the app.
 async fn deploy(systemd: &Systemd, etcd: &Etcd, mgr: &ManagerProxy<'_>) -> Deployment {
     install_shipped_units(systemd);
-    // The host's Docker engine, reached through the socket the container has bound in.
-    systemd.write_unit(
-        "docker.service",
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
-    );
     // A free port as the instance string keeps container names unique on a shared Docker host.
     let port = free_port();
     let app = format!("example-web@{port}.service");

@@ -29,6 +29,7 @@ use crate::control::server::ControlSocket;
 use crate::control::{self, DaemonState};
 use crate::etcd::EtcdConnection;
 use crate::health::{HealthProbe, HealthStreak};
+use crate::image::prune::Pruner;
 use crate::metrics::Metrics;
 use crate::omaha::{
     AnyUpdateSource, HttpTimeouts, HttpUpdateSource, InMemoryUpdateSource, ReleaseList,
@@ -256,6 +257,8 @@ async fn run(
     let metrics = match settings.daemon.metrics {
         Some(listen) => {
             let metrics = Metrics::new();
+            let counted = metrics.clone();
+            crate::etcd::lease::on_keepalive_failure(move || counted.keepalive_failed());
             let (bound, _) = crate::metrics::serve(listen, metrics.clone())
                 .await
                 .with_context(|| format!("failed to serve metrics on {listen}"))?;
@@ -438,13 +441,20 @@ async fn configured_updates(
         .await
         .context("failed to connect to the system bus")?;
     let control = DbusUnitControl::from_swap(
-        bus,
+        bus.clone(),
         &settings.instance.unit,
         &settings.instance.name,
         &settings.swap,
     )
     .await
     .context("failed to set up the unit control")?;
+    // Image housekeeping after each swap (`swap.prune`): starts from the image running now.
+    let (swap, instance) = (&settings.swap, &settings.instance);
+    let state_dir = &settings.daemon.state_dir;
+    if let Some(pruner) = Pruner::new(&swap.prune, state_dir, &instance.name, &instance.unit, bus) {
+        pruner.note_running(&control).await;
+        crate::image::prune::install(pruner);
+    }
     let pass = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), false),
         slots,

@@ -130,6 +130,7 @@ pub struct SwapFragment {
     #[serde(default, with = "humantime_serde")]
     pub verify_timeout: Option<Duration>,
     pub prepull: Option<Vec<String>>,
+    pub prune: Option<Vec<String>>,
     pub dropin_dir: Option<PathBuf>,
 }
 

@@ -137,6 +137,7 @@ pub struct SwapInput {
     #[serde(with = "humantime_serde")]
     pub verify_timeout: Duration,
     pub prepull: Vec<String>,
+    pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
 }
 
@@ -217,6 +218,9 @@ impl Default for Input {
                 start_timeout: secs(120),
                 verify_timeout: secs(60),
                 prepull: vec!["docker".into(), "pull".into(), "{image}".into()],
+                prune: ["docker", "image", "rm", "{image}"]
+                    .map(String::from)
+                    .to_vec(),
                 dropin_dir: PathBuf::from("/etc/systemd/system"),
             },
             daemon: DaemonInput {
@@ -329,7 +333,14 @@ impl Input {
             fragment,
             swap,
             record,
-            [drain, start_timeout, verify_timeout, prepull, dropin_dir]
+            [
+                drain,
+                start_timeout,
+                verify_timeout,
+                prepull,
+                prune,
+                dropin_dir
+            ]
         );
         overlay!(
             self,

@@ -182,6 +182,8 @@ const KEYS: &[Key] = &[
     field!("swap.start_timeout", Live, swap.start_timeout),
     field!("swap.verify_timeout", Live, swap.verify_timeout),
     field!("swap.prepull", Live, swap.prepull),
+    // The pruner is set up at the start (`src/image/prune.rs`).
+    field!("swap.prune", AtRestart, swap.prune),
     // The unit control writes the drop-in there, and the sandbox allows only that directory.
     field!("swap.dropin_dir", AtRestart, swap.dropin_dir),
     field!("daemon.state_dir", AtRestart, daemon.state_dir),

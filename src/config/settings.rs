@@ -112,6 +112,8 @@ pub struct SwapSettings {
     pub start_timeout: Duration,
     pub verify_timeout: Duration,
     pub prepull: Vec<String>,
+    /// Removes one old image of the app after a swap (`{image}`); `[]`: never (`src/image/prune.rs`).
+    pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
 }
 

@@ -133,6 +133,7 @@ fn defaults_fill_derived_names_prefix_and_slot_group() {
     );
     assert_eq!(s.update.interval, Duration::from_secs(300));
     assert_eq!(s.swap.prepull, ["docker", "pull", "{image}"]);
+    assert_eq!(s.swap.prune, ["docker", "image", "rm", "{image}"]);
 }
 
 fn error_for(text: &str) -> (PathBuf, ConfigError) {
@@ -543,4 +544,28 @@ fn bad_files_are_all_named_in_one_run() {
     let text = err.to_string();
     assert!(text.contains(&format!("{}:2", a.display())), "{text}");
     assert!(text.contains(&format!("{}:2", b.display())), "{text}");
+}
+
+#[test]
+fn swap_prune_is_an_argv_with_image_or_empty_and_a_bad_one_is_named() {
+    let (_, err) =
+        error_for("[instance]\nunit = \"web@1\"\n[swap]\nprune = [\"docker\", \"rmi\"]\n");
+    assert!(err.to_string().contains("swap.prune"), "{err}");
+    assert!(err.to_string().contains("{image}"), "{err}");
+    let (_, err) =
+        error_for("[instance]\nunit = \"web@1\"\n[swap]\nprune = [\" \", \"{image}\"]\n");
+    assert!(err.to_string().contains("swap.prune"), "{err}");
+    let (_, err) = error_for("[instance]\nunit = \"web@1\"\n[swap]\nprune = [\"rm\", \"{tag}\"]\n");
+    assert!(
+        err.to_string().contains("unknown placeholder `tag`"),
+        "{err}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let file = write(
+        &root.path().join("off.toml"),
+        "[instance]\nunit = \"web@1\"\n[registration]\nenabled = false\n\
+         [update]\nenabled = false\n[health]\ncheck = \"none\"\n[swap]\nprune = []\n",
+    );
+    let loaded = load(&sources(root.path(), vec![file], None)).unwrap();
+    assert!(loaded.settings.swap.prune.is_empty());
 }

@@ -213,21 +213,28 @@ fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Opt
 
 /// Validates `[swap]`.
 fn swap(check: &Check, swap: SwapInput) -> Result<SwapSettings, ConfigError> {
-    if swap
-        .prepull
-        .first()
-        .is_some_and(|program| program.trim().is_empty())
-    {
-        return Err(check.fail("swap.prepull", "the first element must name a program"));
+    for (key, argv) in [("swap.prepull", &swap.prepull), ("swap.prune", &swap.prune)] {
+        if argv
+            .first()
+            .is_some_and(|program| program.trim().is_empty())
+        {
+            return Err(check.fail(key, "the first element must name a program"));
+        }
+        if let Some(name) = argv
+            .iter()
+            .find_map(|arg| unknown_placeholder(arg, &["image"]))
+        {
+            return Err(check.fail(
+                key,
+                format!("unknown placeholder `{name}`: only {{image}} is known"),
+            ));
+        }
     }
-    if let Some(name) = swap
-        .prepull
-        .iter()
-        .find_map(|arg| unknown_placeholder(arg, &["image"]))
-    {
+    // Without `{image}` every run would remove the same thing, not the image it is given.
+    if !swap.prune.is_empty() && !swap.prune.iter().any(|arg| arg.contains("{image}")) {
         return Err(check.fail(
-            "swap.prepull",
-            format!("unknown placeholder `{name}`: only {{image}} is known"),
+            "swap.prune",
+            "names no {image}: which image would it remove?",
         ));
     }
     Ok(SwapSettings {
@@ -235,6 +242,7 @@ fn swap(check: &Check, swap: SwapInput) -> Result<SwapSettings, ConfigError> {
         start_timeout: check.duration("swap.start_timeout", swap.start_timeout)?,
         verify_timeout: check.duration("swap.verify_timeout", swap.verify_timeout)?,
         prepull: swap.prepull,
+        prune: swap.prune,
         dropin_dir: check.absolute("swap.dropin_dir", swap.dropin_dir)?,
     })
 }

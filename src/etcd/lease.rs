@@ -13,8 +13,8 @@
 //! ([`super::clock`]), so a frozen process, a stalled runtime or a suspended host never goes on
 //! believing it holds a lease that etcd has expired.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use etcd_client::LeaseGrantOptions;
@@ -29,6 +29,25 @@ use crate::backoff::Backoff;
 /// Shortest keepalive period, whatever the TTL.
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 const NO_ANSWER: &str = "no answer from etcd within the lease TTL";
+
+/// Told of every keepalive that failed or came back late, by every keeper of this process.
+type FailureHook = Box<dyn Fn() + Send + Sync>;
+static KEEPALIVE_FAILURE_HOOK: OnceLock<FailureHook> = OnceLock::new();
+
+/// Calls `hook` for every keepalive that failed or came back late, in every keeper of this
+/// process (a stream that did not open, closed, errored or answered TTL/3 late, a keepalive that
+/// could not be sent, no answer by the deadline): `sidekick run` counts them in
+/// `sidekick_lease_keepalive_failures_total`. Set once per process; a later call is ignored.
+pub fn on_keepalive_failure(hook: impl Fn() + Send + Sync + 'static) {
+    let _first = KEEPALIVE_FAILURE_HOOK.set(Box::new(hook));
+}
+
+/// One keepalive failed or came back late (see [`on_keepalive_failure`]).
+fn keepalive_failed() {
+    if let Some(hook) = KEEPALIVE_FAILURE_HOOK.get() {
+        hook();
+    }
+}
 
 /// What the keeper knows about its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +312,9 @@ async fn keep_alive(etcd: EtcdConnection, id: i64, ttl: Duration, shared: Arc<Sh
     let period = (ttl / 3).max(MIN_PERIOD);
     let mut backoff = Backoff::new(period);
     let lost = |reason: &str| {
+        if reason == NO_ANSWER {
+            keepalive_failed();
+        }
         let _reported = shared.lose(reason);
     };
     loop {
@@ -321,6 +343,7 @@ async fn keep_alive(etcd: EtcdConnection, id: i64, ttl: Duration, shared: Arc<Sh
                 return lost("etcd says the lease expired");
             }
             Ok(Err(err)) => {
+                keepalive_failed();
                 tracing::debug!(lease = format!("{id:x}"), error = %format!("{err:#}"),
                     "keepalive stream did not open; retrying");
                 let pause = backoff.next_delay().min(shared.remaining());
@@ -349,14 +372,19 @@ async fn keep_alive(etcd: EtcdConnection, id: i64, ttl: Duration, shared: Arc<Sh
                         }
                     }
                     Ok(Some(_)) => return lost("etcd says the lease expired"),
-                    Ok(None) => break,
+                    Ok(None) => {
+                        keepalive_failed();
+                        break;
+                    }
                     Err(err) => {
+                        keepalive_failed();
                         etcd.failed(&err).await;
                         break;
                     }
                 },
                 _ = sleep_until(next_send) => {
                     if pending.is_some() {
+                        keepalive_failed();
                         tracing::debug!(lease = format!("{id:x}"),
                             "keepalive answer TTL/3 late; re-opening the stream");
                         break;
@@ -364,6 +392,7 @@ async fn keep_alive(etcd: EtcdConnection, id: i64, ttl: Duration, shared: Arc<Sh
                     etcd.count();
                     let sent = boot_now();
                     if keeper.keep_alive().await.is_err() {
+                        keepalive_failed();
                         break;
                     }
                     tracing::debug!(lease = format!("{id:x}"), etcd_requests = etcd.requests(),

@@ -260,3 +260,78 @@ async fn after_a_real_swap_the_metrics_count_it_as_updated_and_time_each_step() 
         .unwrap();
     assert_eq!(slots.count(), 0, "the slot was given back");
 }
+
+/// SIGSTOPs processes (a stalled etcd: its sockets stay open, nothing answers); SIGCONT when
+/// dropped, also when the test fails.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn pause(pids: Vec<u32>) -> Paused {
+        for &pid in &pids {
+            // SAFETY: kill(2) on the pid of an etcd this test started and has not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        }
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as in `pause`.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_keepalive_answered_late_counts_as_a_keepalive_failure_and_the_registration_survives() {
+    if !prerequisites_met(&[etcd::NEEDS, systemd::NEEDS].concat()) {
+        return;
+    }
+    let dir = temp_dir("reg-keepalive-metrics");
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, SLEEP_UNIT).await;
+    let metrics_port = free_port();
+    // TTL 15 s: a keepalive every 5 s, late after 5 s more, etcd expires the lease 15 s after the
+    // last answered one: the stall is seen well before the lease is at risk.
+    let config = format!(
+        "{}[daemon]\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+        config(&etcd.endpoint(), "seed", 8080, 15, "check = \"none\"")
+    );
+    let _sidekick = Sidekick::start(&systemd, dir.path(), "sk", &config);
+    let (_, lease) = wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let failures = |url: String| async move {
+        let (_, text) = http_get(&url).await?;
+        sample(&text, "sidekick_lease_keepalive_failures_total")
+            .ok_or_else(|| format!("no keepalive failure counter in:\n{text}"))
+    };
+    let before = poll_until(Duration::from_secs(10), "metrics served", || {
+        failures(url.clone())
+    })
+    .await
+    .expect("metrics served");
+    assert_eq!(before, 0.0, "keepalive failures before etcd stalled");
+
+    let stalled = Paused::pause(etcd.pids());
+    let during = poll_until(Duration::from_secs(12), "a late keepalive counted", || {
+        let url = url.clone();
+        async move {
+            match failures(url).await? {
+                n if n >= 1.0 => Ok(n),
+                n => Err(format!("{n} failures")),
+            }
+        }
+    })
+    .await
+    .expect("the late keepalive is counted");
+    drop(stalled);
+    assert!(during >= 1.0);
+
+    // The keeper re-opened its stream in time: the same lease still holds the registration.
+    let (_, still) = wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
+    assert_eq!(still, lease, "the registration moved to another lease");
+}

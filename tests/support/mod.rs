@@ -345,6 +345,9 @@ pub enum Need {
     Etcd,
     /// Running as root (systemd-nspawn, docker socket).
     Root,
+    /// The root tree of the systemd version `SIDEKICK_SYSTEMD_VERSION` names (see
+    /// [`systemd::version`]).
+    Systemd,
     /// A Docker daemon that answers `docker info`.
     Docker,
     /// A port on 127.0.0.1 nothing listens on (e.g. a default endpoint that must be refused).
@@ -359,6 +362,7 @@ impl Need {
                 .is_none()
                 .then(|| format!("`{name}` not found on PATH (run scripts/setup)")),
             Need::Etcd => etcd::binary().err(),
+            Need::Systemd => systemd::missing(),
             // SAFETY: geteuid has no preconditions.
             Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
             Need::Docker => docker_unavailable().clone(),

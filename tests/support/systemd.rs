@@ -4,11 +4,20 @@
 //! host's `/run/docker.sock` bound in. Each container starts in a cgroup of its own, so parallel
 //! containers do not share (and kill) each other's unit cgroups.
 //!
+//! Which systemd: `SIDEKICK_SYSTEMD_VERSION` (default: the host's own, Debian 12's 252). Another
+//! version boots the same way from a root tree instead of `/`: `systemd-nspawn -D ROOT
+//! --volatile=yes` (tmpfs root, ROOT's `/usr` read-only), where ROOT is
+//! `$SIDEKICK_TEST_TOOLS/systemd/<version>/root`; `scripts/setup` debootstraps Debian 13's systemd
+//! 257 there. The host's static Docker CLI is bound in at `/usr/local/bin/docker`. The tree's
+//! systemd package must be of the version asked for; otherwise systemd tests skip, or fail with
+//! `SIDEKICK_REQUIRE_E2E=1`.
+//!
 //! NEVER start systemd any other way: run directly on the host (even in `unshare`) it takes over
 //! the host's `/tmp`, services and consoles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,8 +28,19 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 use super::cgroup::ContainerCgroup;
 use super::{Need, ProcessGuard, SignalTarget, poll_until, temp_dir};
 
-/// What systemd tests need from the machine.
-pub const NEEDS: &[Need] = &[Need::Root, Need::Binary("systemd-nspawn")];
+/// What systemd tests need from the machine: root, nspawn, and the root tree of the systemd
+/// version `SIDEKICK_SYSTEMD_VERSION` names.
+pub const NEEDS: &[Need] = &[Need::Root, Need::Binary("systemd-nspawn"), Need::Systemd];
+
+/// Env var naming the systemd version the tests boot (a major version: `252`, `257`).
+pub const VERSION_ENV: &str = "SIDEKICK_SYSTEMD_VERSION";
+/// Every version the test command runs the systemd suites on (`scripts/test`).
+pub const TESTED_VERSIONS: &[u32] = &[252, 257];
+/// Env var naming the test tools dir (as in `scripts/setup`).
+const TOOLS_ENV: &str = "SIDEKICK_TEST_TOOLS";
+const DEFAULT_TOOLS: &str = "/opt/sidekick-test-tools";
+/// The host's static Docker CLI, bound into a root tree's container (the tree has a mount point).
+const HOST_DOCKER_CLI: &str = "/usr/local/bin/docker";
 
 /// What [`Systemd::systemctl`] needs besides [`NEEDS`].
 pub const SYSTEMCTL_NEEDS: &[Need] = &[Need::Binary("nsenter"), Need::Binary("systemctl")];
@@ -33,6 +53,92 @@ const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 /// The host's Docker socket, bound into the container when it exists.
 const DOCKER_SOCKET: &str = "/run/docker.sock";
+
+/// The systemd major version tests boot: [`VERSION_ENV`], else the host's own.
+pub fn version() -> u32 {
+    match tree() {
+        Ok(tree) => tree.version,
+        Err(_) => requested_version().unwrap_or(0),
+    }
+}
+
+/// The version [`VERSION_ENV`] asks for, `None` when unset.
+fn requested_version() -> Option<u32> {
+    let v = std::env::var(VERSION_ENV).ok().filter(|v| !v.is_empty())?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{VERSION_ENV}={v:?}: not a systemd major version")),
+    )
+}
+
+/// The tree a container boots and the systemd version its package database says it has.
+struct Tree {
+    root: PathBuf,
+    version: u32,
+}
+
+/// The root tree of the chosen [`version`], checked once per process.
+fn tree() -> Result<&'static Tree, String> {
+    static FOUND: OnceLock<Result<Tree, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let host = Path::new("/");
+            let host_version = package_version(host);
+            let want = requested_version();
+            match (want, host_version) {
+                (None, Some(v)) => {
+                    return Ok(Tree {
+                        root: host.into(),
+                        version: v,
+                    });
+                }
+                (None, None) => return Err("no systemd package on this host".to_string()),
+                (Some(w), Some(v)) if w == v => {
+                    return Ok(Tree {
+                        root: host.into(),
+                        version: v,
+                    });
+                }
+                _ => {}
+            }
+            let want = want.unwrap_or_default();
+            let tools = std::env::var(TOOLS_ENV).unwrap_or_else(|_| DEFAULT_TOOLS.to_string());
+            let root = Path::new(&tools).join(format!("systemd/{want}/root"));
+            match package_version(&root) {
+                Some(v) if v == want => Ok(Tree { root, version: v }),
+                Some(v) => Err(format!(
+                    "{VERSION_ENV}={want}: {} has systemd {v} (run scripts/setup)",
+                    root.display()
+                )),
+                None => Err(format!(
+                    "{VERSION_ENV}={want}: no systemd root at {} (run scripts/setup)",
+                    root.display()
+                )),
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// `None` when the tree for the chosen version is there, else why not (for [`Need::Systemd`]).
+pub fn missing() -> Option<String> {
+    tree().err()
+}
+
+/// The major version of the `systemd` package in `root`'s dpkg database (`257.13-1~deb13u1` ->
+/// 257); read from the database, never by running a systemd outside its container.
+fn package_version(root: &Path) -> Option<u32> {
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).ok()?;
+    let stanza = status
+        .split("\n\n")
+        .find(|s| s.lines().any(|l| l == "Package: systemd"))?;
+    let version = stanza.lines().find_map(|l| l.strip_prefix("Version: "))?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// A running systemd container; powered off (SIGTERM to `systemd-nspawn`) on drop.
 pub struct Systemd {
@@ -54,13 +160,20 @@ impl Systemd {
         // Unique, so parallel containers do not share nspawn's per-machine state under /run.
         let suffix = dir.path().file_name().unwrap_or_default().to_string_lossy();
         let machine = format!("sk-{}-{}", std::process::id(), suffix.replace('.', "-"));
+        let tree = tree().unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new("systemd-nspawn");
-        cmd.args(["-D", "/", "--volatile=yes", "--register=no", "--keep-unit"])
+        cmd.arg("-D")
+            .arg(&tree.root)
+            .args(["--volatile=yes", "--register=no", "--keep-unit"])
             .arg(format!("--machine={machine}"))
             .arg(format!("--bind={}:/run/dbus", bus.display()))
             .arg(format!("--bind={}:/etc/systemd/system", units.display()));
         if Path::new(DOCKER_SOCKET).exists() {
             cmd.arg(format!("--bind={DOCKER_SOCKET}"));
+        }
+        let docker_mount_point = tree.root.join(HOST_DOCKER_CLI.trim_start_matches('/'));
+        if tree.root != Path::new("/") && docker_mount_point.exists() {
+            cmd.arg(format!("--bind-ro={HOST_DOCKER_CLI}"));
         }
         cmd.args(["-b", "--", "--unit=basic.target", "systemd.firstboot=off"]);
         let cgroup = ContainerCgroup::create(&machine);
@@ -93,9 +206,15 @@ impl Systemd {
             }
         })
         .await;
-        if let Err(e) = ready {
-            panic!("{e}\n--- nspawn log ---\n{}", self.log_tail(40));
-        }
+        let answered =
+            ready.unwrap_or_else(|e| panic!("{e}\n--- nspawn log ---\n{}", self.log_tail(40)));
+        // The systemd that booted is the one asked for, not a tree's mislabelled package.
+        let major = answered.split(|c: char| !c.is_ascii_digit()).next();
+        assert_eq!(
+            major,
+            Some(version().to_string().as_str()),
+            "{VERSION_ENV}: Manager.Version says {answered:?}"
+        );
     }
 
     /// The container's system bus, `unix:path=<tmp>/bus/system_bus_socket`.

@@ -1,5 +1,5 @@
 //! The shipped sidekick unit and systemd's side of the daemon's signals: the watchdog it pings
-//! (`WatchdogSec=`) and the reload it answers (`ExecReload=` sends SIGHUP), with systemd 252
+//! (`WatchdogSec=`) and the reload it answers (`ExecReload=` sends SIGHUP), with systemd 252 (or 257)
 //! itself running the unit in the container.
 
 use std::time::{Duration, Instant};

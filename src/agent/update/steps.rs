@@ -182,6 +182,10 @@ async fn step<C: UnitControl>(
                 warn!(error = %err, kind = err.kind(), "failed to release the update slot");
                 err.to_string()
             });
+            // Image housekeeping (`swap.prune`), with the slot already given back.
+            if released.is_ok() {
+                crate::image::prune::after_release(&seams.control).await;
+            }
             SwapObservation::SlotReleased(released)
         }
         SwapAction::ReleaseStaleSlot => {

@@ -105,6 +105,7 @@ fn every_field(settings: &Settings) {
                 start_timeout: _,
                 verify_timeout: _,
                 prepull: _,
+                prune: _,
                 dropin_dir: _,
             },
         daemon:
@@ -267,6 +268,7 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
             s.swap.verify_timeout = Duration::from_secs(9)
         }),
         ("swap.prepull", Live, |s| s.swap.prepull = Vec::new()),
+        ("swap.prune", AtRestart, |s| s.swap.prune = Vec::new()),
         ("swap.dropin_dir", AtRestart, |s| {
             s.swap.dropin_dir = "/run/systemd/system".into()
         }),
