@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use jiff::Timestamp;
 use sidekick::agent::machine::state::Phase;
-use sidekick::agent::machine::swap::{self as swap, Stage, SwapPlan};
+use sidekick::agent::machine::swap::{self as swap, Report, Stage, SwapPlan};
 use sidekick::etcd::EtcdConnection;
 use sidekick::rollout::agent::RolloutAgent;
 use sidekick::rollout::gate::CheckHold;
@@ -64,6 +64,11 @@ fn busy_detail(outcome: Acquisition) -> String {
 
 /// The phase of a swap to 2.0.0 in `stage`.
 fn updating(stage: Stage) -> Phase {
+    reporting(stage, None)
+}
+
+/// The phase of a swap to 2.0.0 in `stage` that has decided `report`.
+fn reporting(stage: Stage, report: Option<Report>) -> Phase {
     let dropin = |v: &str| DropIn {
         image: format!("web:{v}"),
         version: v.into(),
@@ -75,11 +80,13 @@ fn updating(stage: Stage) -> Phase {
         rise: 1,
     });
     phase.stage = stage;
+    phase.report = report;
     phase.slot_held = true;
     Phase::Updating(phase)
 }
 
-/// A whole successful swap of `m` to 2.0.0 as the driver would feed it: slot, steps, release.
+/// A whole successful swap of `m` to 2.0.0 as the driver would feed it: slot, steps, min-healthy
+/// over (3/1 decided), release.
 async fn swap(m: &Member) {
     assert_eq!(
         m.slots.acquire("2.0.0").await.expect("acquire"),
@@ -91,10 +98,12 @@ async fn swap(m: &Member) {
         Stage::Restarting,
         Stage::Verifying { passes: 0 },
         Stage::Registering { failure: None },
-        Stage::Releasing,
+        Stage::MinHealthy { departed: false },
     ] {
         m.rollout.observe(&updating(stage));
     }
+    m.rollout
+        .observe(&reporting(Stage::Releasing, Some(Report::Complete)));
     m.slots.release().await.expect("release");
 }
 
@@ -209,7 +218,14 @@ async fn a_released_canary_passes_and_the_rest_follow_after_its_bake() {
     let passed = s.canaries[0].passed.expect("the canary passed");
     let record = &s.swaps[0];
     assert!(record.released.is_some(), "{record:?}");
-    for step in ["deregister", "drain", "restart", "verify", "register"] {
+    for step in [
+        "deregister",
+        "drain",
+        "restart",
+        "verify",
+        "register",
+        "min_healthy",
+    ] {
         assert!(record.steps_ms.contains_key(step), "{step} in {record:?}");
     }
     let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());

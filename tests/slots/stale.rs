@@ -192,9 +192,9 @@ async fn a_restarted_sidekick_releases_its_earlier_runs_slot_only_once_registere
 
     let slot = format!("backend = \"etcd\"\ngroup = \"{GROUP}\"\nmax = 2\nttl = \"5s\"");
     let (_sidekick, log) = world.sidekick(&etcd.endpoint(), &slot);
-    // Up and through a whole update pass, the unit not started: nothing registered, nothing
-    // released.
-    logged(&log, "update check: no update").await;
+    // Up and through a whole update pass (which sends no check while the unit is not started):
+    // nothing registered, nothing released.
+    logged(&log, "update check: not checked: the unit is not active").await;
     assert_eq!(key(&client, REGISTRATION_KEY).await, None);
     assert_eq!(
         key(&client, &ours).await.map(|(lease, _)| lease),
@@ -308,7 +308,7 @@ async fn a_restarted_sidekick_unlocks_its_earlier_runs_fleetlock_lock_once_regis
 
     let slot = format!("backend = \"fleetlock\"\ngroup = \"web\"\nfleetlock_url = \"{base}\"");
     let (_sidekick, log) = world.sidekick(&etcd.endpoint(), &slot);
-    logged(&log, "update check: no update").await;
+    logged(&log, "update check: not checked: the unit is not active").await;
     assert_eq!(key(&client, REGISTRATION_KEY).await, None);
     assert_eq!(
         locked(&state, "web"),
