@@ -60,6 +60,13 @@ pub const PORTS_ENV: &str = "SIDEKICK_TEST_PORTS";
 /// A free TCP port on 127.0.0.1, never handed out twice by this process: from [`PORTS_ENV`]'s
 /// range when it is set, else from the kernel.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive free TCP ports on 127.0.0.1, all of them recorded as handed
+/// out, so no later [`free_port`] of this process returns one of them: from [`PORTS_ENV`]'s range
+/// when it is set (the lowest such run), else starting at a port from the kernel.
+pub fn free_ports(count: u16) -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     static RANGE: OnceLock<Option<(u16, u16)>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
@@ -67,24 +74,41 @@ pub fn free_port() -> u16 {
         let value = std::env::var(PORTS_ENV).ok()?;
         Some(parse_port_range(&value).unwrap_or_else(|e| panic!("{PORTS_ENV}={value:?}: {e}")))
     });
-    let Some((low, high)) = range else {
+    let bindable = |port: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+    let Some(range) = range else {
         loop {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-            let port = listener.local_addr().expect("local_addr").port();
-            if handed_out.lock().unwrap().insert(port) {
-                return port;
+            let first = listener.local_addr().expect("local_addr").port();
+            drop(listener);
+            let high = first.saturating_add(count - 1);
+            let mut handed_out = handed_out.lock().unwrap();
+            if let Some(first) = take_run((first, high), &mut handed_out, count, bindable) {
+                return first;
             }
         }
     };
     let mut handed_out = handed_out.lock().unwrap();
-    (low..=high)
-        .find(|port| {
-            !handed_out.contains(port) && TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok()
-        })
-        .inspect(|port| {
-            handed_out.insert(*port);
-        })
-        .unwrap_or_else(|| panic!("{PORTS_ENV}: no free port left in {low}-{high}"))
+    take_run(range, &mut handed_out, count, bindable).unwrap_or_else(|| {
+        let (low, high) = range;
+        panic!("{PORTS_ENV}: no {count} consecutive free ports left in {low}-{high}")
+    })
+}
+
+/// The lowest `first` in `low..=high` whose `count` ports up from it all lie in the range, are
+/// not in `handed_out` and are `bindable`; they are added to `handed_out`.
+fn take_run(
+    (low, high): (u16, u16),
+    handed_out: &mut HashSet<u16>,
+    count: u16,
+    bindable: impl Fn(u16) -> bool,
+) -> Option<u16> {
+    assert!(count > 0, "a run of no ports");
+    let last_first = high.checked_sub(count - 1)?;
+    let first = (low..=last_first).find(|first| {
+        (*first..*first + count).all(|port| !handed_out.contains(&port) && bindable(port))
+    })?;
+    handed_out.extend(first..first + count);
+    Some(first)
 }
 
 /// `LOW-HIGH`, LOW ≤ HIGH, both non-zero.
@@ -479,6 +503,38 @@ pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> Result<String, St
         }
     })
     .await
+}
+
+#[test]
+fn a_run_of_ports_is_handed_out_whole_and_never_again() {
+    let mut handed_out = HashSet::new();
+    let busy = |port: u16| port != 20003;
+    // 20003 is taken by another process: the first run of three is 20000-20002.
+    assert_eq!(
+        take_run((20000, 20010), &mut handed_out, 3, busy),
+        Some(20000)
+    );
+    // The next single port skips the three handed out.
+    assert_eq!(
+        take_run((20000, 20010), &mut handed_out, 1, busy),
+        Some(20004)
+    );
+    // Two more runs of three: 20005-20007, then 20008-20010; then none is left.
+    assert_eq!(
+        take_run((20000, 20010), &mut handed_out, 3, busy),
+        Some(20005)
+    );
+    assert_eq!(
+        take_run((20000, 20010), &mut handed_out, 3, busy),
+        Some(20008)
+    );
+    assert_eq!(take_run((20000, 20010), &mut handed_out, 1, busy), None);
+    assert_eq!(handed_out.len(), 10);
+    // A run longer than the range is none.
+    assert_eq!(
+        take_run((20000, 20001), &mut HashSet::new(), 3, |_| true),
+        None
+    );
 }
 
 #[test]

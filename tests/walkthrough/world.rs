@@ -7,16 +7,10 @@ use super::*;
 /// Serialises walkthrough runs across worktrees and test binaries on this machine.
 const MACHINE_LOCK: &str = "/tmp/sidekick-walkthrough.lock";
 
-/// Three consecutive free loopback ports after the returned base.
+/// The walkthrough's `PORT_BASE`: instance n listens on base + n, so base + 1 … base + 3 are
+/// handed out together (never to etcd or the registry, whose ports come from the same range).
 fn free_port_base() -> u16 {
-    for _ in 0..50 {
-        let base = support::free_port().saturating_sub(4).max(1024);
-        let free = (1..=3).all(|n| std::net::TcpListener::bind(("127.0.0.1", base + n)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no three consecutive free ports found");
+    support::free_ports(3) - 1
 }
 
 /// Everything the walkthrough runs against. Dropping it runs `prepare --stop` in the container
