@@ -419,3 +419,41 @@ async fn a_pass_while_the_unit_cannot_take_an_offer_sends_no_check_and_takes_no_
     assert_eq!(pass.poll(true).await.label, "update");
     assert_eq!(memory.checks(), 1);
 }
+
+#[tokio::test]
+async fn a_stale_grant_is_still_ended_when_the_first_check_after_start_finds_the_service_down() {
+    let (base, _server) = example_service().await;
+    let earlier = example_source(&base);
+    let one = Version::new(1, 0, 0);
+    earlier.check(&one, false).await.unwrap();
+    earlier
+        .send_event(&one, Event::PrepullStarted)
+        .await
+        .unwrap();
+    // The first check goes to a port nothing listens on: not an answer about any grant.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down: url::Url = format!("http://{}/", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pass = example_pass(&down, dir.path());
+    assert_eq!(pass.recover().await.unwrap(), None, "no journal");
+    assert_eq!(pass.poll(true).await.label, "error");
+    let mut settings = update_settings(Duration::from_secs(60));
+    settings.image = "{codebase}".into();
+    pass.hold_reload(UpdateReload {
+        settings,
+        source: Some(AnyUpdateSource::new(
+            UpdateBackend::Http(example_source(&base)),
+            false,
+        )),
+        steps: crate::agent::update::fixtures::step_settings(Vec::new(), Duration::ZERO),
+        verify_timeout: Duration::from_millis(500),
+        rise: 1,
+    });
+    let result = pass.poll(true).await;
+    assert_eq!(result.label, "update", "{:?}", pass.last_report());
+    let (_, failed) = service_view(&base).await;
+    assert_eq!(failed, vec![i64::from(error_code::STALE_GRANT)]);
+}
