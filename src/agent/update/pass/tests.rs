@@ -457,3 +457,104 @@ async fn a_stale_grant_is_still_ended_when_the_first_check_after_start_finds_the
     let (_, failed) = service_view(&base).await;
     assert_eq!(failed, vec![i64::from(error_code::STALE_GRANT)]);
 }
+
+/// A pass for `web-1` running 1.0.0 over an in-memory source offering 2.0.0.
+fn memory_pass(state_dir: &std::path::Path) -> UpdatePass<MemoryUnitControl> {
+    let source = memory_source(Some(release("2.0.0", "reg/web")), false);
+    pass(source, Some("1.0.0"), state_dir).0
+}
+
+#[tokio::test]
+async fn a_record_is_on_disk_when_it_answers_and_a_clear_removes_it_by_the_pass_end() {
+    use crate::agent::machine::fixtures::at;
+    use crate::agent::machine::swap::Stage;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::new(dir.path(), "web-1");
+    let pass = memory_pass(dir.path());
+    let phase = at(Stage::Draining);
+    pass.record(&phase).await.unwrap();
+    assert_eq!(journal.read().unwrap(), Some(phase));
+    pass.clear_journal();
+    // Dropping the pass lets the queued removal finish.
+    drop(pass);
+    assert_eq!(journal.read().unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_journal_is_written_on_the_task_unless_a_record_already_answered_for_it() {
+    use crate::agent::machine::fixtures::at;
+    use crate::agent::machine::swap::Stage;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::new(dir.path(), "web-1");
+    let pass = memory_pass(dir.path());
+    let draining = at(Stage::Draining);
+    pass.journal(&draining).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(draining.clone()));
+    // Marked as recorded: the next journal writes nothing, the one after writes again.
+    pass.recorded();
+    pass.journal(&at(Stage::Fencing)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(draining));
+    pass.journal(&at(Stage::Fencing)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(at(Stage::Fencing)));
+    // A mark withdrawn is not used.
+    pass.recorded();
+    pass.forget_recorded();
+    pass.journal(&at(Stage::WritingDropIn)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(at(Stage::WritingDropIn)));
+}
+
+#[tokio::test]
+async fn a_denied_version_is_skipped_at_the_next_check_and_saved_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pass = memory_pass(dir.path());
+    pass.deny("2.0.0");
+    assert_eq!(pass.poll(true).await.label, "denylisted");
+    drop(pass);
+    let saved = Denylist::load(dir.path(), "web-1").unwrap();
+    assert!(saved.contains(&Version::new(2, 0, 0)));
+}
+
+#[test]
+fn the_pass_answers_its_dry_run_and_verify_timeout_from_its_seams_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = memory_pass(dir.path());
+    assert!(!pass.dry_run());
+    assert!(pass.checks(), "an in-memory source is always asked");
+    assert_eq!(pass.verify_timeout(), Duration::from_millis(500));
+    let source = memory_source(Some(release("2.0.0", "reg/web")), true);
+    let (dry, _slots) = self::pass(source, Some("1.0.0"), dir.path());
+    assert!(dry.dry_run());
+}
+
+/// A journal store that takes `delay` over each write and removal, and logs what it made.
+#[derive(Clone)]
+struct SlowStore {
+    delay: Duration,
+    made: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl JournalStore for SlowStore {
+    fn write(&self, _: &SwapPhase) -> Result<(), JournalError> {
+        std::thread::sleep(self.delay);
+        self.made.lock().unwrap().push("write");
+        Ok(())
+    }
+    fn clear(&self) -> Result<(), JournalError> {
+        std::thread::sleep(self.delay);
+        self.made.lock().unwrap().push("clear");
+        Ok(())
+    }
+}
+
+#[test]
+fn dropping_the_pass_waits_for_a_queued_journal_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SlowStore {
+        delay: Duration::from_millis(100),
+        made: Arc::default(),
+    };
+    let pass = memory_pass(dir.path()).with_journal_store(store.clone());
+    pass.clear_journal();
+    drop(pass);
+    assert_eq!(*store.made.lock().unwrap(), ["clear"]);
+}
