@@ -558,3 +558,25 @@ fn dropping_the_pass_waits_for_a_queued_journal_removal() {
     drop(pass);
     assert_eq!(*store.made.lock().unwrap(), ["clear"]);
 }
+
+#[test]
+fn the_pass_hands_the_driver_the_groups_rollout_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(memory_pass(dir.path()).rollout().is_none());
+    let etcd = crate::etcd::EtcdConnection::new(crate::etcd::EtcdOptions {
+        endpoints: vec!["http://127.0.0.1:2379".parse().unwrap()],
+        timeout: Duration::from_secs(1),
+        auth: None,
+        ca_file: None,
+        client_cert: None,
+    });
+    let rollout = Arc::new(crate::rollout::agent::RolloutAgent::new(
+        etcd,
+        "g1",
+        "web-1",
+        crate::rollout::policy::RolloutPolicy::default(),
+        Duration::ZERO,
+    ));
+    let pass = memory_pass(dir.path()).with_rollout(rollout.clone());
+    assert!(pass.rollout().is_some_and(|r| Arc::ptr_eq(r, &rollout)));
+}
