@@ -74,6 +74,22 @@ fn a_restarted_unit_must_pass_rise_checks_again() {
 }
 
 #[test]
+fn active_reported_again_keeps_the_streak_and_the_registration() {
+    let a = run(
+        agent(2, 2, false),
+        &[
+            (Unit(Active), &[]),
+            (PASS, &[]),
+            (PASS, &[Action::Register]),
+            (Unit(Active), &[]),
+            (FAIL, &[]),
+        ],
+    );
+    assert!(a.registered);
+    assert_eq!(a.status(), "registered");
+}
+
+#[test]
 fn a_departure_never_seen_as_a_state_still_deregisters_and_resets_health() {
     let a = run(
         agent(2, 2, false),
@@ -147,6 +163,14 @@ fn status_says_why_the_instance_is_not_registered() {
     assert_eq!(a.status(), "not registered: health check passed 1/2");
     let (a, _) = next(a, PASS);
     assert_eq!(a.status(), "registered");
+}
+
+#[test]
+fn each_phase_has_its_own_metrics_label() {
+    let (swap_phase, _) = swap::start(plan());
+    assert_eq!(Phase::Serving.label(), "serving");
+    assert_eq!(Phase::Updating(swap_phase).label(), "updating");
+    assert_eq!(Phase::Stopping.label(), "stopping");
 }
 
 fn plan() -> SwapPlan {
@@ -399,6 +423,55 @@ fn no_stale_release_while_a_swap_is_in_flight_and_none_after_a_resumed_one() {
         !resumed.stale_slot,
         "the journal's swap releases its own slot"
     );
+}
+
+#[test]
+fn a_resumed_swap_in_flight_becomes_the_phase_and_a_finished_one_leaves_the_agent_serving() {
+    let swap_phase = deregistered_mid_swap_phase();
+    let (a, actions) = resume(
+        agent(1, 1, false),
+        swap_phase.clone(),
+        vec![SwapAction::Drain],
+    );
+    assert_eq!(actions, [Action::Swap(SwapAction::Drain)]);
+    assert_eq!(a.phase, Phase::Updating(swap_phase.clone()));
+    let finished = SwapPhase {
+        stage: swap::Stage::Finished,
+        ..swap_phase
+    };
+    let (a, actions) = resume(agent(1, 1, false), finished, vec![SwapAction::ClearJournal]);
+    assert_eq!(actions, [Action::Swap(SwapAction::ClearJournal)]);
+    assert_eq!(a.phase, Phase::Serving);
+}
+
+/// Registration after a resume follows the rule of [`next`]: what the recovered actions publish
+/// is recorded, and a unit not known to be active yet ends deregistered, once.
+#[test]
+fn a_resume_records_what_recovery_publishes_and_registers_only_a_healthy_unit() {
+    let releasing = SwapPhase {
+        stage: swap::Stage::Releasing,
+        ..deregistered_mid_swap_phase()
+    };
+    let release = SwapAction::ReleaseSlot { retry: false };
+    let (a, actions) = resume(agent(1, 1, false), releasing.clone(), vec![release.clone()]);
+    assert_eq!(actions, [Action::Swap(release)]);
+    assert!(!a.registered);
+    // Published before the unit is known to be active: withdrawn at once.
+    let (a, actions) = resume(
+        agent(1, 1, false),
+        releasing.clone(),
+        vec![SwapAction::Register],
+    );
+    assert_eq!(actions, [Action::Register, Action::Deregister]);
+    assert!(!a.registered);
+    // Withdrawn by recovery: not withdrawn twice.
+    let registered = Agent {
+        registered: true,
+        ..agent(1, 1, false)
+    };
+    let (a, actions) = resume(registered, releasing, vec![SwapAction::Deregister]);
+    assert_eq!(actions, [Action::Deregister]);
+    assert!(!a.registered);
 }
 
 /// The swap phase of [`deregistered_mid_swap`].

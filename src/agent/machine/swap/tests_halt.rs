@@ -50,6 +50,13 @@ fn restore() -> A {
     }
 }
 
+fn acquire(retry: bool) -> A {
+    A::AcquireSlot {
+        version: "2.0.0".into(),
+        retry,
+    }
+}
+
 fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
     for (i, (observation, expected)) in steps.iter().enumerate() {
         let (next, actions) = step(phase, observation.clone());
@@ -301,4 +308,89 @@ fn sigterm_while_releasing_sends_the_recorded_3_x_with_the_release() {
         ]
     );
     assert_eq!(phase.stage, Stage::Finished);
+}
+
+/// A stop seen while the rollback takes its lost slot again: the unit is not started again, yet
+/// the failure recorded before the stop stays the version's (denylisted, its errorcode sent).
+#[test]
+fn a_unit_stopped_while_the_rollback_takes_its_slot_again_keeps_the_versions_blame() {
+    let put_back = A::RestoreDropIn {
+        previous: Some(PreviousDropIn::Absent),
+        old: dropin("1.0.0"),
+    };
+    let phase = run(
+        verifying(),
+        &[
+            (O::VerifyDeadline, &[halt(false)]),
+            (O::GroupHalted(Ok(())), &[A::CheckSlot]),
+            (
+                O::Fenced { held: false },
+                &[A::NoteSlotLost, acquire(false)],
+            ),
+            (O::Unit(ActiveState::Inactive), &[]),
+            (
+                O::Slot(SlotAnswer::Acquired),
+                &[
+                    A::Denylist {
+                        version: "2.0.0".into(),
+                    },
+                    put_back,
+                ],
+            ),
+        ],
+    );
+    let failure = Failure {
+        code: error_code::UNHEALTHY_AFTER_SWAP,
+        reason: REASON.into(),
+        halt: true,
+    };
+    assert_eq!(phase.stage, Stage::StandingDown { failure });
+    run(
+        phase,
+        &[(
+            O::DropInRestored(Ok(())),
+            &[
+                A::ReleaseSlot { retry: false },
+                A::SendEvent(Event::Failed {
+                    error_code: error_code::UNHEALTHY_AFTER_SWAP,
+                }),
+                A::ClearJournal,
+            ],
+        )],
+    );
+}
+
+/// A halt on the failed version seen while the rollback waits for its slot (this instance's own
+/// halt, or another's): the rollback waits on, keeping its own failure (the version's blame and
+/// errorcode), not the one a recovered forward swap takes from the halt.
+#[test]
+fn a_halt_on_the_version_while_the_rollback_waits_for_its_slot_keeps_the_rollbacks_failure() {
+    let halted = SlotAnswer::Halted {
+        version: "2.0.0".into(),
+        reason: REASON.into(),
+    };
+    let phase = run(
+        verifying(),
+        &[
+            (O::VerifyDeadline, &[halt(false)]),
+            (O::GroupHalted(Ok(())), &[A::CheckSlot]),
+            (
+                O::Fenced { held: false },
+                &[A::NoteSlotLost, acquire(false)],
+            ),
+            (O::Slot(halted), &[acquire(true)]),
+        ],
+    );
+    let failure = Failure {
+        code: error_code::UNHEALTHY_AFTER_SWAP,
+        reason: REASON.into(),
+        halt: true,
+    };
+    assert_eq!(
+        phase.stage,
+        Stage::Reacquiring {
+            resume: Box::new(Stage::RollingBack { failure }),
+            waiting: Some(format!("group halted by 2.0.0: {REASON}")),
+        }
+    );
 }

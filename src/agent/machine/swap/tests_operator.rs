@@ -98,6 +98,30 @@ fn a_stop_before_the_dropin_gives_the_attempt_up_with_3_0_operator_action() {
     }
 }
 
+/// The unit's state alone (its departure not reported apart) gives the attempt up too; an
+/// unknown state (systemd not read since) is no news.
+#[test]
+fn a_state_other_than_active_before_the_dropin_gives_the_attempt_up_and_unknown_does_not() {
+    for state in [Deactivating, Inactive, ActiveState::Failed] {
+        let (phase, actions) = step(at(Stage::Draining), O::Unit(state.clone()));
+        assert_eq!(
+            actions,
+            [
+                A::ReleaseSlot { retry: false },
+                failed(error_code::OPERATOR_ACTION),
+                A::ClearJournal,
+            ],
+            "{state:?}"
+        );
+        assert_eq!(phase.stage, Stage::Finished, "{state:?}");
+    }
+    for state in [ActiveState::Unknown, ActiveState::Active] {
+        let (phase, actions) = step(at(Stage::Draining), O::Unit(state.clone()));
+        assert_eq!(actions, [], "{state:?}");
+        assert_eq!(phase.stage, Stage::Draining, "{state:?}");
+    }
+}
+
 #[test]
 fn a_stop_while_prepulling_ends_the_grant_and_sends_no_release() {
     let phase = SwapPhase {

@@ -419,3 +419,164 @@ async fn a_pass_while_the_unit_cannot_take_an_offer_sends_no_check_and_takes_no_
     assert_eq!(pass.poll(true).await.label, "update");
     assert_eq!(memory.checks(), 1);
 }
+
+#[tokio::test]
+async fn a_stale_grant_is_still_ended_when_the_first_check_after_start_finds_the_service_down() {
+    let (base, _server) = example_service().await;
+    let earlier = example_source(&base);
+    let one = Version::new(1, 0, 0);
+    earlier.check(&one, false).await.unwrap();
+    earlier
+        .send_event(&one, Event::PrepullStarted)
+        .await
+        .unwrap();
+    // The first check goes to a port nothing listens on: not an answer about any grant.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down: url::Url = format!("http://{}/", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pass = example_pass(&down, dir.path());
+    assert_eq!(pass.recover().await.unwrap(), None, "no journal");
+    assert_eq!(pass.poll(true).await.label, "error");
+    let mut settings = update_settings(Duration::from_secs(60));
+    settings.image = "{codebase}".into();
+    pass.hold_reload(UpdateReload {
+        settings,
+        source: Some(AnyUpdateSource::new(
+            UpdateBackend::Http(example_source(&base)),
+            false,
+        )),
+        steps: crate::agent::update::fixtures::step_settings(Vec::new(), Duration::ZERO),
+        verify_timeout: Duration::from_millis(500),
+        rise: 1,
+    });
+    let result = pass.poll(true).await;
+    assert_eq!(result.label, "update", "{:?}", pass.last_report());
+    let (_, failed) = service_view(&base).await;
+    assert_eq!(failed, vec![i64::from(error_code::STALE_GRANT)]);
+}
+
+/// A pass for `web-1` running 1.0.0 over an in-memory source offering 2.0.0.
+fn memory_pass(state_dir: &std::path::Path) -> UpdatePass<MemoryUnitControl> {
+    let source = memory_source(Some(release("2.0.0", "reg/web")), false);
+    pass(source, Some("1.0.0"), state_dir).0
+}
+
+#[tokio::test]
+async fn a_record_is_on_disk_when_it_answers_and_a_clear_removes_it_by_the_pass_end() {
+    use crate::agent::machine::fixtures::at;
+    use crate::agent::machine::swap::Stage;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::new(dir.path(), "web-1");
+    let pass = memory_pass(dir.path());
+    let phase = at(Stage::Draining);
+    pass.record(&phase).await.unwrap();
+    assert_eq!(journal.read().unwrap(), Some(phase));
+    pass.clear_journal();
+    // Dropping the pass lets the queued removal finish.
+    drop(pass);
+    assert_eq!(journal.read().unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_journal_is_written_on_the_task_unless_a_record_already_answered_for_it() {
+    use crate::agent::machine::fixtures::at;
+    use crate::agent::machine::swap::Stage;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::new(dir.path(), "web-1");
+    let pass = memory_pass(dir.path());
+    let draining = at(Stage::Draining);
+    pass.journal(&draining).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(draining.clone()));
+    // Marked as recorded: the next journal writes nothing, the one after writes again.
+    pass.recorded();
+    pass.journal(&at(Stage::Fencing)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(draining));
+    pass.journal(&at(Stage::Fencing)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(at(Stage::Fencing)));
+    // A mark withdrawn is not used.
+    pass.recorded();
+    pass.forget_recorded();
+    pass.journal(&at(Stage::WritingDropIn)).unwrap();
+    assert_eq!(journal.read().unwrap(), Some(at(Stage::WritingDropIn)));
+}
+
+#[tokio::test]
+async fn a_denied_version_is_skipped_at_the_next_check_and_saved_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pass = memory_pass(dir.path());
+    pass.deny("2.0.0");
+    assert_eq!(pass.poll(true).await.label, "denylisted");
+    drop(pass);
+    let saved = Denylist::load(dir.path(), "web-1").unwrap();
+    assert!(saved.contains(&Version::new(2, 0, 0)));
+}
+
+#[test]
+fn the_pass_answers_its_dry_run_and_verify_timeout_from_its_seams_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = memory_pass(dir.path());
+    assert!(!pass.dry_run());
+    assert!(pass.checks(), "an in-memory source is always asked");
+    assert_eq!(pass.verify_timeout(), Duration::from_millis(500));
+    let source = memory_source(Some(release("2.0.0", "reg/web")), true);
+    let (dry, _slots) = self::pass(source, Some("1.0.0"), dir.path());
+    assert!(dry.dry_run());
+}
+
+/// A journal store that takes `delay` over each write and removal, and logs what it made.
+#[derive(Clone)]
+struct SlowStore {
+    delay: Duration,
+    made: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl JournalStore for SlowStore {
+    fn write(&self, _: &SwapPhase) -> Result<(), JournalError> {
+        std::thread::sleep(self.delay);
+        self.made.lock().unwrap().push("write");
+        Ok(())
+    }
+    fn clear(&self) -> Result<(), JournalError> {
+        std::thread::sleep(self.delay);
+        self.made.lock().unwrap().push("clear");
+        Ok(())
+    }
+}
+
+#[test]
+fn dropping_the_pass_waits_for_a_queued_journal_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SlowStore {
+        delay: Duration::from_millis(100),
+        made: Arc::default(),
+    };
+    let pass = memory_pass(dir.path()).with_journal_store(store.clone());
+    pass.clear_journal();
+    drop(pass);
+    assert_eq!(*store.made.lock().unwrap(), ["clear"]);
+}
+
+#[test]
+fn the_pass_hands_the_driver_the_groups_rollout_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(memory_pass(dir.path()).rollout().is_none());
+    let etcd = crate::etcd::EtcdConnection::new(crate::etcd::EtcdOptions {
+        endpoints: vec!["http://127.0.0.1:2379".parse().unwrap()],
+        timeout: Duration::from_secs(1),
+        auth: None,
+        ca_file: None,
+        client_cert: None,
+    });
+    let rollout = Arc::new(crate::rollout::agent::RolloutAgent::new(
+        etcd,
+        "g1",
+        "web-1",
+        crate::rollout::policy::RolloutPolicy::default(),
+        Duration::ZERO,
+    ));
+    let pass = memory_pass(dir.path()).with_rollout(rollout.clone());
+    assert!(pass.rollout().is_some_and(|r| Arc::ptr_eq(r, &rollout)));
+}

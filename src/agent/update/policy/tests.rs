@@ -502,3 +502,94 @@ fn only_an_unreachable_service_backs_off_and_a_hold_is_paced_as_a_hold() {
     }
     assert_eq!(unreachable.pacing(), PollResult::Failure);
 }
+
+const HEX: &str = "3aed3129de50b959a97e4913ba485bd60e72d2bb6aa377d5ed404103f0680043";
+
+/// A loopback registry answering every request with `status` and, when given, the digest header
+/// `sha256:<digest>`; returns its `host:port`.
+async fn registry(status: u16, digest: Option<&str>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let header = digest
+        .map(|hex| format!("{}: sha256:{hex}\r\n", crate::oci::DIGEST_HEADER))
+        .unwrap_or_default();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = vec![0u8; 65536];
+            let _ = stream.read(&mut buffer).await;
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\n{header}content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (address.to_string(), server)
+}
+
+/// One check, with `update.verify_digest` (not `pin_digest`), of 2.0.0 offered with [`HEX`] from
+/// a registry answering `status` and `digest`: the result, the events and the registry's address.
+async fn check_verified(status: u16, digest: Option<&str>) -> (CheckResult, Vec<Event>, String) {
+    let (address, server) = registry(status, digest).await;
+    let mut offered = release("2.0.0");
+    offered.codebase = format!("{address}/web:2.0.0");
+    offered.sha256 = Some(HEX.into());
+    let verify = OfferRules {
+        verify_digest: true,
+        running_image: Some(format!("{address}/web:1.0.0")),
+        ..rules(None)
+    };
+    let (result, events) = check_offer(offered, &verify).await;
+    server.abort();
+    (result, events, address)
+}
+
+#[tokio::test]
+async fn verify_digest_takes_an_offer_the_registry_confirms_pinned_to_that_digest() {
+    let (result, events, address) = check_verified(200, Some(HEX)).await;
+    let CheckResult::Offer(update) = &result else {
+        panic!("{result:?}");
+    };
+    // Verified implies pinned, with `pin_digest` off.
+    assert_eq!(
+        update.image.as_str(),
+        format!("{address}/web:2.0.0@sha256:{HEX}")
+    );
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
+async fn verify_digest_refuses_with_3_0_a_tag_the_registry_resolves_to_another_manifest() {
+    let (result, events, _) = check_verified(200, Some(&"0".repeat(64))).await;
+    assert!(
+        matches!(&result, CheckResult::Refused { refusal, .. } if refusal.kind() == "digest-mismatch"),
+        "{result:?}"
+    );
+    assert_eq!(
+        events,
+        [Event::Failed {
+            error_code: error_code::DIGEST_MISMATCH
+        }]
+    );
+}
+
+#[tokio::test]
+async fn verify_digest_refuses_a_tag_the_registry_does_not_know_and_backs_off_on_a_5xx() {
+    let (result, events, _) = check_verified(404, None).await;
+    let CheckResult::Refused { refusal, .. } = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(refusal.kind(), "digest-unverified");
+    assert_eq!(
+        events,
+        [Event::Failed {
+            error_code: error_code::OFFER_REFUSED
+        }]
+    );
+    assert_eq!(result.pacing(), PollResult::Success);
+    let (result, events, _) = check_verified(503, None).await;
+    assert!(
+        matches!(&result, CheckResult::Unreachable { kind, .. } if kind == "registry-unreachable"),
+        "{result:?}"
+    );
+    assert!(events.is_empty(), "the offer may be fine: no 3/0");
+}

@@ -64,3 +64,72 @@ async fn restoring_the_dropin_for_an_operator_reloads_and_never_restarts() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_prepull_runs_swap_prepull_with_the_image_and_an_empty_one_runs_nothing() {
+    let seams = seams();
+    let prepull = vec!["podman".into(), "pull".into(), "{image}".into()];
+    let settings = step_settings(prepull, Duration::ZERO);
+    let action = SwapAction::Prepull {
+        image: "example/web:2.0.0".into(),
+    };
+    let step = run_steps(seams.clone(), settings, Version::new(1, 0, 0), vec![action]);
+    assert_eq!(step.await, Some(SwapObservation::Prepulled(Ok(()))));
+    assert_eq!(
+        seams.control.calls(),
+        [ControlCall::RunTransient(vec![
+            "podman".into(),
+            "pull".into(),
+            "example/web:2.0.0".into()
+        ])]
+    );
+    let seams = self::seams();
+    let action = SwapAction::Prepull {
+        image: "example/web:2.0.0".into(),
+    };
+    assert_eq!(
+        run(&seams, action).await,
+        SwapObservation::Prepulled(Ok(()))
+    );
+    assert_eq!(seams.control.calls(), [], "swap.prepull = [] pulls nothing");
+}
+
+#[tokio::test]
+async fn a_slot_an_earlier_run_left_under_this_holder_id_is_released() {
+    let earlier = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    earlier.acquire("2.0.0").await.unwrap();
+    let seams = Arc::new(SwapSeams {
+        source: memory_source(None, false),
+        slots: AnySlots::Memory(earlier.join(who("web-1"))),
+        control: MemoryUnitControl::new(RunningVersion::default()),
+    });
+    let settings = step_settings(Vec::new(), Duration::ZERO);
+    let step = run_steps(
+        seams,
+        settings,
+        Version::new(1, 0, 0),
+        vec![SwapAction::ReleaseStaleSlot],
+    );
+    assert_eq!(step.await, None, "nothing for the machine");
+    assert!(earlier.holders().is_empty(), "{:?}", earlier.holders());
+}
+
+#[tokio::test]
+async fn a_failed_step_reaches_the_machine_with_systemds_error() {
+    let seams = seams();
+    seams.control.fail_transient(true);
+    let settings = step_settings(vec!["podman".into(), "pull".into()], Duration::ZERO);
+    let action = SwapAction::Prepull {
+        image: "example/web:2.0.0".into(),
+    };
+    let step = run_steps(seams, settings, Version::new(1, 0, 0), vec![action]);
+    let failed = ControlError::JobFailed {
+        unit: "memory-transient".into(),
+        job: "0".into(),
+        result: "failed".into(),
+    };
+    assert_eq!(
+        step.await,
+        Some(SwapObservation::Prepulled(Err(failed.to_string())))
+    );
+}
