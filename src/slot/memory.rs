@@ -23,6 +23,10 @@ struct Group {
     lives: BTreeMap<String, u64>,
     /// The last life handed out.
     last_life: u64,
+    /// Stale releases still to fail (a test's fault: etcd unreachable for that long).
+    failing_stale_releases: u32,
+    /// Stale releases asked for so far, failed ones included.
+    stale_releases: u32,
 }
 
 /// One holder's view of a shared in-memory group; [`MemorySlots::join`] adds another holder.
@@ -49,6 +53,8 @@ impl MemorySlots {
             deletes: 0,
             lives: BTreeMap::new(),
             last_life: 1,
+            failing_stale_releases: 0,
+            stale_releases: 0,
         };
         MemorySlots {
             group: Arc::new(Mutex::new(group)),
@@ -72,6 +78,16 @@ impl MemorySlots {
             life,
             ..self.clone()
         }
+    }
+
+    /// Makes the next `count` stale releases (of any holder) fail as an unreachable etcd does.
+    pub fn fail_stale_releases(&self, count: u32) {
+        self.lock().failing_stale_releases = count;
+    }
+
+    /// Stale releases asked for so far, failed ones included.
+    pub fn stale_releases(&self) -> u32 {
+        self.lock().stale_releases
     }
 
     /// Changes the group's limit; waiters retry.
@@ -139,6 +155,13 @@ impl SlotLock for MemorySlots {
     async fn release_stale(&self) -> Result<Vec<String>, SlotError> {
         // etcd's rule: this holder id's slot bound to a lease that is not this run's.
         let mut group = self.lock();
+        group.stale_releases += 1;
+        if group.failing_stale_releases > 0 {
+            group.failing_stale_releases -= 1;
+            return Err(SlotError::Connect(
+                "etcd unreachable (a test's fault)".into(),
+            ));
+        }
         let holder = &self.who.holder;
         let stale = group.holders.contains_key(holder)
             && group

@@ -170,7 +170,8 @@ pub enum ControlCall {
     RestoreDropIn(PreviousDropIn),
     Reload,
     Restart,
-    RunTransient(Vec<String>),
+    /// The transient unit's argv and the time it was given.
+    RunTransient(Vec<String>, Duration),
 }
 
 /// An in-memory unit control: records calls, keeps the drop-in in memory, and fails the calls a
@@ -284,9 +285,11 @@ impl UnitControl for MemoryUnitControl {
         Ok(())
     }
 
-    async fn run_transient(&self, argv: &[String], _timeout: Duration) -> Result<(), ControlError> {
+    async fn run_transient(&self, argv: &[String], timeout: Duration) -> Result<(), ControlError> {
         let mut state = self.lock();
-        state.calls.push(ControlCall::RunTransient(argv.to_vec()));
+        state
+            .calls
+            .push(ControlCall::RunTransient(argv.to_vec(), timeout));
         if state.fail_transient {
             return Err(ControlError::JobFailed {
                 unit: "memory-transient".into(),

@@ -321,11 +321,14 @@ fn registered(registry: &MemoryRegistry) -> bool {
 }
 
 fn prepull(version: &str) -> ControlCall {
-    ControlCall::RunTransient(vec![
-        "docker".into(),
-        "pull".into(),
-        format!("example/web:{version}"),
-    ])
+    ControlCall::RunTransient(
+        vec![
+            "docker".into(),
+            "pull".into(),
+            format!("example/web:{version}"),
+        ],
+        crate::agent::update::steps::PREPULL_TIMEOUT,
+    )
 }
 
 #[tokio::test]
@@ -615,7 +618,7 @@ async fn with_no_prepull_configured_the_swap_runs_no_transient_unit_and_still_re
             .control
             .calls()
             .iter()
-            .any(|c| matches!(c, ControlCall::RunTransient(_))),
+            .any(|c| matches!(c, ControlCall::RunTransient(..))),
         "{:?}",
         world.control.calls()
     );

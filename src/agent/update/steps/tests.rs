@@ -77,11 +77,11 @@ async fn the_prepull_runs_swap_prepull_with_the_image_and_an_empty_one_runs_noth
     assert_eq!(step.await, Some(SwapObservation::Prepulled(Ok(()))));
     assert_eq!(
         seams.control.calls(),
-        [ControlCall::RunTransient(vec![
-            "podman".into(),
-            "pull".into(),
-            "example/web:2.0.0".into()
-        ])]
+        [ControlCall::RunTransient(
+            vec!["podman".into(), "pull".into(), "example/web:2.0.0".into()],
+            // Half an hour: a large image over a slow link.
+            Duration::from_secs(1800),
+        )]
     );
     let seams = self::seams();
     let action = SwapAction::Prepull {
@@ -132,4 +132,63 @@ async fn a_failed_step_reaches_the_machine_with_systemds_error() {
         step.await,
         Some(SwapObservation::Prepulled(Err(failed.to_string())))
     );
+}
+
+/// The group's in-memory slots behind `seams`.
+fn memory_slots(seams: &SwapSeams<MemoryUnitControl>) -> &MemorySlots {
+    match &seams.slots {
+        AnySlots::Memory(slots) => slots,
+        _ => panic!("the seams hold memory slots"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_release_that_keeps_failing_is_tried_three_times_five_seconds_apart() {
+    let seams = seams();
+    let slots = memory_slots(&seams);
+    slots.fail_stale_releases(u32::MAX);
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        run_steps(
+            seams.clone(),
+            step_settings(Vec::new(), Duration::ZERO),
+            Version::new(1, 0, 0),
+            vec![SwapAction::ReleaseStaleSlot],
+        )
+        .await,
+        None
+    );
+    assert_eq!(slots.stale_releases(), STALE_RELEASE_ATTEMPTS);
+    // A pause between attempts, none after the last.
+    assert_eq!(
+        started.elapsed(),
+        RELEASE_RETRY * (STALE_RELEASE_ATTEMPTS - 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_release_that_fails_once_frees_the_earlier_runs_slot_at_the_second_try() {
+    let earlier = MemorySlots::new(NonZeroU32::new(1).unwrap(), who("web-1"));
+    assert_eq!(
+        earlier.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let later = earlier.join(who("web-1"));
+    let seams = Arc::new(SwapSeams {
+        source: memory_source(None, false),
+        slots: AnySlots::Memory(later.clone()),
+        control: MemoryUnitControl::new(RunningVersion::default()),
+    });
+    later.fail_stale_releases(1);
+    let started = tokio::time::Instant::now();
+    let step = run_steps(
+        seams,
+        step_settings(Vec::new(), Duration::ZERO),
+        Version::new(1, 0, 0),
+        vec![SwapAction::ReleaseStaleSlot],
+    );
+    assert_eq!(step.await, None);
+    assert_eq!(later.stale_releases(), 2);
+    assert_eq!(started.elapsed(), RELEASE_RETRY);
+    assert!(later.holders().is_empty(), "{:?}", later.holders());
 }
