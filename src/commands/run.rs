@@ -259,6 +259,8 @@ async fn run(
             let metrics = Metrics::new();
             let counted = metrics.clone();
             crate::etcd::lease::on_keepalive_failure(move || counted.keepalive_failed());
+            let counted = metrics.clone();
+            crate::registry::lease::on_regrant(move || counted.lease_regranted());
             let (bound, _) = crate::metrics::serve(listen, metrics.clone())
                 .await
                 .with_context(|| format!("failed to serve metrics on {listen}"))?;

@@ -14,6 +14,7 @@
 //!
 //! Protocol: <https://etcd.io/docs/v3.4/learning/api/#lease-api>.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseGrantOptions};
@@ -21,6 +22,18 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 mod write;
+
+/// Told of every registration lease granted again after one was lost, by every registration of
+/// this process.
+type RegrantHook = Box<dyn Fn() + Send + Sync>;
+static REGRANT_HOOK: OnceLock<RegrantHook> = OnceLock::new();
+
+/// Calls `hook` each time a registration lease is granted again after etcd lost the one before
+/// (expired while the sidekick was stopped, stalled or cut off, or revoked): `sidekick run` counts
+/// them in `sidekick_lease_regrants_total`. Set once per process; a later call is ignored.
+pub fn on_regrant(hook: impl Fn() + Send + Sync + 'static) {
+    let _first = REGRANT_HOOK.set(Box::new(hook));
+}
 
 use super::error::{LeaseError, rpc};
 use super::{Desired, Entry, Intent, Published};
@@ -60,6 +73,8 @@ pub struct RegistrationLease {
     held: Option<Held>,
     /// A lease the keeper gave up on, which etcd may still have: revoked before the next grant.
     orphan: Option<i64>,
+    /// A lease was lost and none granted since: the next grant is a regrant ([`on_regrant`]).
+    regrant: bool,
     backoff: Backoff,
 }
 
@@ -80,6 +95,7 @@ impl RegistrationLease {
             published,
             held: None,
             orphan: None,
+            regrant: false,
             backoff: Backoff::new(MAX_DELAY),
         }
     }
@@ -110,6 +126,7 @@ impl RegistrationLease {
                         "registration lease is gone (expired, revoked or not renewed in time); granting a new one");
                     self.held = None;
                     self.orphan = Some(id);
+                    self.regrant = true;
                     self.published.send_replace(Published::Absent);
                 }
                 Err(LeaseError::Duplicate { key, other_host }) => {
@@ -363,6 +380,11 @@ impl RegistrationLease {
             held.ttl = ttl;
             held.granted = true;
             held.keeper = Some(keeper);
+        }
+        if std::mem::take(&mut self.regrant)
+            && let Some(hook) = REGRANT_HOOK.get()
+        {
+            hook();
         }
         Ok(())
     }

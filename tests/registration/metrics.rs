@@ -335,3 +335,72 @@ async fn a_keepalive_answered_late_counts_as_a_keepalive_failure_and_the_registr
     let (_, still) = wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
     assert_eq!(still, lease, "the registration moved to another lease");
 }
+
+#[tokio::test]
+async fn a_revoked_registration_lease_is_granted_again_and_counted_as_a_regrant() {
+    if !prerequisites_met(&[etcd::NEEDS, systemd::NEEDS].concat()) {
+        return;
+    }
+    let dir = temp_dir("reg-regrant-metrics");
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let systemd = Systemd::start().await;
+    start_unit(&systemd, SLEEP_UNIT).await;
+    let metrics_port = free_port();
+    let config = format!(
+        "{}[daemon]\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+        config(&etcd.endpoint(), "seed", 8080, 15, "check = \"none\"")
+    );
+    let _sidekick = Sidekick::start(&systemd, dir.path(), "sk", &config);
+    let (_, lease) = wait_for_key(&client, SEED_KEY, REGISTER_TIMEOUT).await;
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let regrants = |url: String| async move {
+        let (_, text) = http_get(&url).await?;
+        sample(&text, "sidekick_lease_regrants_total")
+            .ok_or_else(|| format!("no regrant counter in:\n{text}"))
+    };
+    let before = poll_until(Duration::from_secs(10), "metrics served", || {
+        regrants(url.clone())
+    })
+    .await
+    .expect("metrics served");
+    assert_eq!(before, 0.0, "regrants before the lease went");
+
+    // Someone revokes the registration's lease: the key goes with it.
+    client
+        .clone()
+        .lease_revoke(lease)
+        .await
+        .expect("revoke the registration lease");
+    let client_ref = &client;
+    let (_, again) = poll_until(
+        REGISTER_TIMEOUT,
+        "registered on a new lease",
+        || async move {
+            let got = client_ref
+                .clone()
+                .get(SEED_KEY, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            match got.kvs().first().map(|kv| kv.lease()) {
+                Some(new) if new != lease => Ok(((), new)),
+                other => Err(format!("lease {other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("the registration comes back on a new lease");
+    assert_ne!(again, lease);
+    let after = poll_until(Duration::from_secs(10), "the regrant counted", || {
+        let url = url.clone();
+        async move {
+            match regrants(url).await? {
+                1.0 => Ok(1.0),
+                n => Err(format!("{n} regrants")),
+            }
+        }
+    })
+    .await
+    .expect("one regrant counted");
+    assert_eq!(after, 1.0);
+}
