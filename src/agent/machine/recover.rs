@@ -6,7 +6,9 @@
 //! slot again ([`Stage::Reacquiring`]; idempotent for its own key, a wait while the group is busy
 //! or halted), staying deregistered. An owed halt goes before anything else.
 
-use super::swap::{Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire};
+use super::swap::{
+    Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire, stopped_while_down,
+};
 use crate::omaha::{Event, error_code};
 use crate::systemd::control::{RunningVersion, UnitNow};
 
@@ -160,47 +162,6 @@ pub fn recover(
         return stopped_while_down(phase, recorded, why);
     }
     phase.stage = stage;
-    (phase, actions)
-}
-
-/// The unit was found stopped where the recovered swap would restart it: the previous drop-in
-/// back with `Reload()`, no restart. A failure recorded before the stop stays the version's: its
-/// owed halt is made (the release waits for it, in Releasing), its 3/0 sent, the version
-/// denylisted; otherwise the operator's action ends the swap (3/0
-/// [`error_code::OPERATOR_ACTION`], no halt, no denylist).
-/// Also the machine's when the unit is found `inactive` as the slot is taken again.
-pub(super) fn stopped_while_down(
-    mut phase: SwapPhase,
-    recorded: Option<Failure>,
-    why: &str,
-) -> (SwapPhase, Vec<SwapAction>) {
-    // Only a failure that blamed the version outlives the stop (one recovery recorded for an
-    // interrupted attempt, or a halt seen elsewhere, blames nothing).
-    let failure = recorded.filter(|f| f.halt).unwrap_or_else(|| Failure {
-        code: error_code::OPERATOR_ACTION,
-        reason: why.to_string(),
-        halt: false,
-    });
-    let mut actions = Vec::new();
-    if failure.halt {
-        let version = phase.plan.new.version.clone();
-        actions.push(SwapAction::Denylist { version });
-    }
-    actions.push(SwapAction::RestoreDropIn {
-        previous: phase.previous.clone(),
-        old: phase.plan.old.clone(),
-    });
-    match phase.halt_action(false) {
-        Some(halt) => {
-            let report = Report::Failed {
-                error_code: failure.code,
-            };
-            phase.report = Some(report);
-            actions.extend([halt, SwapAction::SendEvent(report.event())]);
-            phase.stage = Stage::Releasing;
-        }
-        None => phase.stage = Stage::StandingDown { failure },
-    }
     (phase, actions)
 }
 

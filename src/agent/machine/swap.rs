@@ -60,6 +60,7 @@ mod tests_operator;
 
 pub use messages::{SlotAnswer, SwapAction, SwapObservation};
 pub(super) use rollback::reacquire;
+pub(super) use rollback::stopped_while_down;
 use rollback::{fail, restore, resume_unit, strand};
 
 /// What a swap moves from and to, fixed when it starts.
@@ -579,7 +580,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                             _ => None,
                         };
                         let why = "the unit was stopped while the slot was taken again";
-                        return super::recover::stopped_while_down(phase, recorded, why);
+                        return stopped_while_down(phase, recorded, why);
                     }
                     resume_unit(&mut phase, *resume)
                 }
