@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::bounds::{DURATION_BOUNDS, ETCD_MAX_LEASE_TTL, duration_bounds};
-use super::inputs::{Input, Origins};
+use super::inputs::Input;
+use super::origin::Origins;
 use super::{Settings, Validated};
 use crate::omaha::schedule::{PollResult, PollSchedule};
 

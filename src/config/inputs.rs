@@ -2,34 +2,13 @@
 //! each value came from so errors and `check-config` can name the file and line.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::fragments::{CheckKind, Fragment, Layout, SlotBackend};
-
-/// Where a configuration value was set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// A key in a file, with its 1-based line.
-    File { path: PathBuf, line: usize },
-    /// A command-line flag.
-    Flag(&'static str),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
-            Origin::Flag(flag) => write!(f, "flag {flag}"),
-        }
-    }
-}
-
-/// Key path (`section.key`) to the origin of its effective value; keys absent here are defaults.
-pub type Origins = BTreeMap<String, Origin>;
+use super::origin::{Origin, Origins};
 
 /// All settings after merging, defaults filled in, not yet validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]

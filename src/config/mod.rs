@@ -11,6 +11,7 @@
 pub mod bounds;
 pub mod fragments;
 pub mod inputs;
+pub mod origin;
 pub mod reload;
 pub mod rollout;
 pub mod secrets;
@@ -23,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use inputs::{Input, Origin, Origins};
+pub use inputs::Input;
+pub use origin::{Origin, Origins};
 pub use settings::*;
 pub use validate::{Validated, etcd_insecure_warning, insecure_warning, valid_host};
 

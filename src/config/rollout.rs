@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::inputs::{Origin, Origins};
+use super::origin::{Origin, Origins};
 use crate::rollout::RolloutPolicy;
 use crate::rollout::policy::{PolicyText, Promote, WindowText};
 

@@ -13,7 +13,8 @@ mod unit;
 mod update;
 
 use super::ConfigError;
-use super::inputs::{DaemonInput, Input, Origins, SwapInput};
+use super::inputs::{DaemonInput, Input, SwapInput};
+use super::origin::Origins;
 use super::settings::*;
 use check::Check;
 pub use etcd::etcd_insecure_warning;

@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::config::ConfigError;
 use crate::config::bounds::duration_bounds;
-use crate::config::inputs::Origins;
+use crate::config::origin::Origins;
 use crate::config::settings::MAX_SOCKET_PATH;
 
 /// Builds validation errors that point at the key's origin.
