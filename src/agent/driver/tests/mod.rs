@@ -4,9 +4,10 @@
 use std::num::NonZeroU32;
 
 use super::*;
+use crate::agent::machine::swap::Stage;
 use crate::health::HealthStreak;
-use crate::registry::MemoryRegistry;
-use crate::systemd::{MemoryUnits, UnitManager};
+use crate::registry::{MemoryRegistry, Published};
+use crate::systemd::{ActiveState, MemoryUnits, UnitManager};
 
 mod asks;
 mod reload;
