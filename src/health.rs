@@ -9,7 +9,23 @@ use std::time::Duration;
 use thiserror::Error;
 use url::Url;
 
-use crate::config::{HealthCheck, HealthSettings};
+/// The `[health]` settings, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSettings {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+}
+
+/// The probe, with its target resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheck {
+    Http { url: Url },
+    Tcp { address: String },
+    None,
+}
 
 /// Why one probe failed.
 #[derive(Debug, Error)]

@@ -442,11 +442,11 @@ async fn configured_updates(
     let bus = zbus::Connection::system()
         .await
         .context("failed to connect to the system bus")?;
-    let control = DbusUnitControl::from_swap(
+    let control = DbusUnitControl::new(
         bus.clone(),
         &settings.instance.unit,
+        &settings.swap.dropin_dir,
         &settings.instance.name,
-        &settings.swap,
     )
     .await
     .context("failed to set up the unit control")?;

@@ -1,7 +1,6 @@
 //! Stage three: validated settings with real types (built by `validate.rs`).
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use url::Url;
 pub use super::fragments::{CheckKind, Layout};
 // The clients' own options, composed here into `Settings`.
 pub use crate::etcd::{ClientCert, EtcdAuth, EtcdOptions};
+pub use crate::health::{HealthCheck, HealthSettings};
 pub use crate::slot::{SlotBackend, SlotOptions};
 
 /// Shortest registration lease and slot lease accepted; shorter TTLs churn etcd for no gain.
@@ -64,23 +64,6 @@ pub struct RegistrationKeys {
     pub domain: String,
     /// traefik: scheme of the server URL.
     pub scheme: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthSettings {
-    pub check: HealthCheck,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: NonZeroU32,
-    pub fall: NonZeroU32,
-}
-
-/// The probe, with its target resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HealthCheck {
-    Http { url: Url },
-    Tcp { address: String },
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq)]

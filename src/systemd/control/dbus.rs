@@ -19,7 +19,6 @@ use zbus_systemd::systemd1::{JobRemovedStream, ManagerProxy, ServiceProxy, UnitP
 use super::dropin::{self, dropin_path};
 use super::transient;
 use super::{ControlError, DropIn, PreviousDropIn, RunningVersion, UnitControl, UnitNow};
-use crate::config::SwapSettings;
 use crate::systemd::environment::{self, IMAGE_VARIABLE, VERSION_VARIABLE};
 
 /// systemd's answer to a second `Subscribe()` on one connection: harmless.
@@ -65,16 +64,6 @@ impl DbusUnitControl {
             instance: instance.to_string(),
             next_transient: AtomicU32::new(fastrand::u32(..)),
         })
-    }
-
-    /// [`DbusUnitControl::new`] with the drop-in directory from the `[swap]` settings.
-    pub async fn from_swap(
-        conn: Connection,
-        unit: &str,
-        instance: &str,
-        swap: &SwapSettings,
-    ) -> Result<DbusUnitControl, ControlError> {
-        DbusUnitControl::new(conn, unit, &swap.dropin_dir, instance).await
     }
 
     /// Where the drop-in is written.
