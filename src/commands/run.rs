@@ -37,6 +37,7 @@ use crate::omaha::{
 };
 use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, Entry, KeyLayout};
+use crate::slot::ledger::LeaseLedger;
 use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
 use crate::systemd::control::{AnyUnitControl, DbusUnitControl, DryRunUnitControl, RunningVersion};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
@@ -425,7 +426,10 @@ async fn configured_updates(
             let etcd = EtcdConnection::new(settings.etcd.clone());
             let agent = std::sync::Arc::new(rollout_agent(settings, etcd.clone()));
             rollout = Some(agent.clone());
-            let slots = EtcdSlots::from_settings(etcd, slot, who).with_rollout(agent);
+            let ledger = LeaseLedger::new(&settings.daemon.state_dir, &settings.instance.name);
+            let slots = EtcdSlots::from_settings(etcd, slot, who)
+                .with_rollout(agent)
+                .with_ledger(ledger);
             AnySlots::Etcd(Box::new(slots))
         }
         SlotBackend::Fleetlock => {

@@ -31,6 +31,7 @@ use super::SlotOptions;
 use super::halt::{self, HaltMarker};
 pub use super::keys::{SLOT_PREFIX, SlotEntry, group_prefix, read_group, release_holder, slot_key};
 use super::lease::{HoldingWatch, SlotLease};
+use super::ledger::LeaseLedger;
 use super::{
     Acquisition, Holding, SlotError, SlotHolder, SlotHost, SlotLock, SlotValue, with_jitter,
 };
@@ -74,6 +75,8 @@ pub struct EtcdSlots {
     waiting_lease: AtomicI64,
     /// The group's rollout policy, applied before a slot is taken (issue 17).
     rollout: Option<Arc<crate::rollout::agent::RolloutAgent>>,
+    /// Where the leases this holder grants are recorded; a stale release revokes only those.
+    ledger: Option<LeaseLedger>,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -107,7 +110,15 @@ impl EtcdSlots {
             requests: Arc::new(AtomicU64::new(0)),
             waiting_lease: AtomicI64::new(0),
             rollout: None,
+            ledger: None,
         }
+    }
+
+    /// Records each slot lease granted in `ledger`, and lets the stale release revoke only the
+    /// leases recorded there ([`super::ledger`]). Without one, it revokes none but its own.
+    pub fn with_ledger(mut self, ledger: LeaseLedger) -> EtcdSlots {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Applies the group's rollout policy before each slot and records the swaps it holds.

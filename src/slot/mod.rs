@@ -21,6 +21,7 @@ pub mod group_name;
 pub mod halt;
 pub mod keys;
 pub mod lease;
+pub mod ledger;
 pub mod limit;
 pub mod memory;
 pub mod options;

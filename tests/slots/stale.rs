@@ -1,7 +1,9 @@
 //! A restarted `sidekick run` gives back the update slot an earlier run of it left, only once its
 //! instance is registered on the version it runs: with etcd, the key naming its holder id and this
-//! host (a SIGKILLed `slot_holder` with that holder id, its lease still alive) is deleted and that
-//! lease revoked, while a clone's key (same holder id, another host) stays; with FleetLock, the
+//! host (a SIGKILLed `slot_holder` with that holder id, its lease still alive and recorded in the
+//! instance's lease ledger) is deleted and that lease revoked, while a clone's key (same holder id,
+//! another host) stays, and a key planted under our holder id and host on somebody else's lease
+//! (one the ledger does not record) is deleted with that lease left alive; with FleetLock, the
 //! lock the server still holds for its id is unlocked. Real etcd, the systemd container, the
 //! example update service (offering nothing new) and the FleetLock test server.
 
@@ -145,7 +147,9 @@ async fn a_restarted_sidekick_releases_its_earlier_runs_slot_only_once_registere
     let mut cmd = Command::new(slot_holder_example());
     cmd.arg(etcd.endpoint())
         .args([GROUP, holder.as_str()])
-        .arg(EARLIER_TTL.to_string());
+        .arg(EARLIER_TTL.to_string())
+        // Where `sidekick run` keeps this instance's ledger: `<state_dir>/<instance>.slot-leases`.
+        .arg(world.dir.path().join("web-1.slot-leases"));
     let log = world.dir.path().join("holder.log");
     let mut earlier = ProcessGuard::spawn("slot holder", &mut cmd, &log, SignalTarget::Group);
     let ours = slot_key(GROUP, 0);
@@ -190,7 +194,37 @@ async fn a_restarted_sidekick_releases_its_earlier_runs_slot_only_once_registere
         .await
         .unwrap();
 
-    let slot = format!("backend = \"etcd\"\ngroup = \"{GROUP}\"\nmax = 2\nttl = \"5s\"");
+    // Somebody with write access to the group plants a key naming our holder id and this host,
+    // bound to a victim's lease that also carries the victim's registration.
+    let victim_lease = client
+        .clone()
+        .lease_grant(EARLIER_TTL as i64, None)
+        .await
+        .unwrap()
+        .id();
+    let victim_key = "/services/victim/victim-1";
+    let options = PutOptions::new().with_lease(victim_lease);
+    client
+        .clone()
+        .put(victim_key, "10.0.0.9:80", Some(options.clone()))
+        .await
+        .unwrap();
+    let planted = SlotValue {
+        host: Some(SlotHost::this()),
+        ..clone.clone()
+    };
+    let forged = slot_key(GROUP, 2);
+    client
+        .clone()
+        .put(
+            forged.as_str(),
+            serde_json::to_vec(&planted).unwrap(),
+            Some(options),
+        )
+        .await
+        .unwrap();
+
+    let slot = format!("backend = \"etcd\"\ngroup = \"{GROUP}\"\nmax = 3\nttl = \"5s\"");
     let (_sidekick, log) = world.sidekick(&etcd.endpoint(), &slot);
     // Up and through a whole update pass (which sends no check while the unit is not started):
     // nothing registered, nothing released.
@@ -257,8 +291,18 @@ async fn a_restarted_sidekick_releases_its_earlier_runs_slot_only_once_registere
         lease_ttl(&client, clone_lease).await > 0,
         "the clone's lease was revoked"
     );
+    assert_eq!(key(&client, &forged).await, None, "the planted key stayed");
+    assert!(
+        lease_ttl(&client, victim_lease).await > 0,
+        "the victim's lease was revoked"
+    );
+    assert!(
+        key(&client, victim_key).await.is_some(),
+        "the victim's registration went with its lease"
+    );
     // The line is logged once the release returned, which may be just after etcd shows it.
     logged(&log, "released an update slot left by an earlier run").await;
+    logged(&log, "a lease this sidekick did not grant").await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains(&ours), "{text}");
     assert!(text.contains("held on another host"), "{text}");

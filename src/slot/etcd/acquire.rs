@@ -103,6 +103,12 @@ impl EtcdSlots {
             .map_err(|e| SlotError::Connect(format!("{e:#}")))?;
         let id = lease.id();
         state.lease = Some(lease);
+        if let Some(ledger) = &self.ledger
+            && let Err(err) = ledger.record(id)
+        {
+            tracing::warn!(group = %self.group, lease = %format!("{id:x}"), "{err}; \
+                a later start will not revoke this lease, it expires within slot.ttl by itself");
+        }
         Ok(id)
     }
 

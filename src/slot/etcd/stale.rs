@@ -1,8 +1,10 @@
 //! Releasing the slots an earlier run of this holder left behind ([`SlotLock::release_stale`]):
 //! the keys of the group whose value names this holder id and this host (or no host: a value
 //! written by an older version), each deleted by a transaction on the revision read, and the
-//! lease each was bound to revoked, so whatever else that run put on it (its place in the queue)
-//! goes too. A key naming this holder id on another host belongs to a clone (the duplicate-holder
+//! lease each was bound to revoked when a run of this sidekick granted it (its lease ledger,
+//! [`crate::slot::ledger`], records it), so whatever else that run put on it (its place in the
+//! queue) goes too. A lease the ledger does not know is somebody else's, planted under this
+//! holder id: the key goes, the lease stays (it expires with its owner). A key naming this holder id on another host belongs to a clone (the duplicate-holder
 //! rule of [`super::acquire`]) and is left alone.
 //!
 //!
@@ -28,6 +30,7 @@ impl EtcdSlots {
         let mut state = self.state.lock().await;
         let released = self.delete_own(self.own_entries().await).await;
         let released = self.note(released).await?;
+        let granted = self.granted_leases();
         for (key, lease) in &released {
             if state.key.as_deref() == Some(key.as_str()) {
                 state.key = None;
@@ -37,7 +40,15 @@ impl EtcdSlots {
             }
             let revoked = match state.lease.take_if(|l| l.id() == *lease) {
                 Some(ours) => ours.revoke(&self.etcd).await,
-                None => crate::etcd::lease::revoke(&self.etcd, *lease).await,
+                None if granted.contains(lease) => {
+                    crate::etcd::lease::revoke(&self.etcd, *lease).await
+                }
+                None => {
+                    tracing::warn!(group = %self.group, %key, lease = %format!("{lease:x}"),
+                        "the released slot was bound to a lease this sidekick did not grant \
+                         (not in its lease ledger); the lease is left to its owner");
+                    continue;
+                }
             };
             if let Err(err) = revoked {
                 tracing::warn!(group = %self.group, %key, error = %format!("{err:#}"),
@@ -48,6 +59,18 @@ impl EtcdSlots {
             .into_iter()
             .map(|(key, lease)| format!("{key} (lease {lease:x})"))
             .collect())
+    }
+
+    /// The slot leases a run of this sidekick granted, as its ledger records them; none
+    /// without a ledger or when it cannot be read (then nothing of an earlier run is revoked).
+    fn granted_leases(&self) -> Vec<i64> {
+        let Some(ledger) = &self.ledger else {
+            return Vec::new();
+        };
+        ledger.read().unwrap_or_else(|err| {
+            tracing::warn!(group = %self.group, "{err}; no lease of an earlier run is revoked");
+            Vec::new()
+        })
     }
 
     /// Deletes this holder's own slot (see the module doc): `held` is the key and lease it holds,
