@@ -157,6 +157,35 @@ async fn restore_puts_back_the_exact_previous_dropin_and_systemd_reads_it_after_
 }
 
 #[tokio::test]
+async fn a_journaled_previous_dropin_with_a_command_is_restored_without_it() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    systemd.write_unit("app.service", APP_UNIT);
+    systemd.reload().await;
+    let control = control_for(&systemd, "app.service").await;
+    control.write_dropin(&dropin("3.0.0")).await.unwrap();
+    // The journal's record of the previous drop-in, edited by someone who can write the state
+    // directory: a command for systemd to run as root before the app.
+    let tampered = "[Service]\nEnvironment=SIDEKICK_VERSION=2.0.0\n\
+                    ExecStartPre=+/bin/touch /tmp/owned\n\
+                    Environment=SIDEKICK_IMAGE=app:2.0.0\n";
+    control
+        .restore_dropin(&PreviousDropIn::Contents(tampered.into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(control.dropin_path()).unwrap(),
+        "[Service]\nEnvironment=SIDEKICK_VERSION=2.0.0\nEnvironment=SIDEKICK_IMAGE=app:2.0.0\n"
+    );
+    control.reload().await.unwrap();
+    assert_eq!(control.running().await.unwrap(), running("2.0.0"));
+    let shown = systemd.systemctl(&["show", "-p", "ExecStartPre", "app.service"]);
+    assert!(!shown.contains("touch"), "systemd runs it: {shown}");
+}
+
+#[tokio::test]
 async fn write_dropin_refuses_unsafe_values_naming_them_and_leaves_the_file_alone() {
     if !prerequisites_met(systemd::NEEDS) {
         return;

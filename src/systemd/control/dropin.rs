@@ -114,7 +114,10 @@ fn replace_with(
     }
 }
 
-/// Puts `previous` back at `path` exactly, or removes the file for `Absent` (durably).
+/// Puts `previous` back at `path`, or removes the file for `Absent` (durably). The contents
+/// come from the swap journal, a file in the state directory: they are put back only as far as
+/// [`restorable`] lets them, so a journal edited by someone who can write there cannot make
+/// systemd run anything (each line left out is logged).
 pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlError> {
     let file_error = |source: io::Error| ControlError::File {
         path: path.to_path_buf(),
@@ -122,9 +125,87 @@ pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlErro
     };
     match previous {
         PreviousDropIn::Absent => atomic_file::remove(path).map(|_| ()),
-        PreviousDropIn::Contents(text) => atomic_file::write(path, text.as_bytes()),
+        PreviousDropIn::Contents(text) => {
+            let (kept, dropped) = restorable(text);
+            for (line, why) in &dropped {
+                tracing::warn!(path = %path.display(), line, "the previous drop-in's line {line} \
+                    is not put back: {why} (a restored drop-in holds only `[Service]`, comments \
+                    and `Environment=` assignments of plain values)");
+            }
+            atomic_file::write(path, kept.as_bytes())
+        }
     }
     .map_err(file_error)
+}
+
+/// What of a previous drop-in's `text` a restore writes: blank lines, comments, `[Service]`
+/// and `Environment=` lines whose every assignment is `NAME=value` with a value
+/// [`check_value`] accepts (or an empty `Environment=`, which resets the list), each exactly
+/// as it was; the sidekick's own drop-in and an operator's pinned version pass unchanged.
+/// Everything else is left out, with its line number (from 1) and why: another directive
+/// (`ExecStartPre=`, `User=` …), another section and all its lines, a continued line (ending
+/// in `\`) and the line it continues, a quoted or escaped value.
+pub fn restorable(text: &str) -> (String, Vec<(usize, String)>) {
+    let mut kept = String::new();
+    let mut dropped = Vec::new();
+    let mut in_service = true;
+    let mut continued = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        let why = if continued {
+            Some("it continues the line before it".to_string())
+        } else if trimmed.ends_with('\\') {
+            Some("it is continued on the next line".to_string())
+        } else if trimmed.starts_with('[') {
+            in_service = trimmed == "[Service]";
+            (!in_service).then(|| format!("section {} is not [Service]", excerpt(trimmed)))
+        } else if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            None
+        } else if !in_service {
+            Some("it is outside [Service]".to_string())
+        } else {
+            environment_line(trimmed).err()
+        };
+        continued = trimmed.ends_with('\\');
+        match why {
+            None => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            Some(why) => dropped.push((n + 1, why)),
+        }
+    }
+    (kept, dropped)
+}
+
+/// Accepts `Environment=` with plain `NAME=value` assignments; else why not.
+fn environment_line(line: &str) -> Result<(), String> {
+    let Some((key, assignments)) = line.split_once('=') else {
+        return Err(format!("{} is no assignment", excerpt(line)));
+    };
+    if key.trim() != "Environment" {
+        return Err(format!("{}= is not Environment=", excerpt(key.trim())));
+    }
+    for assignment in assignments.split_whitespace() {
+        let Some((name, value)) = assignment.split_once('=') else {
+            return Err(format!("{} is no NAME=value", excerpt(assignment)));
+        };
+        let plain_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain_name {
+            return Err(format!("{} is not a variable name", excerpt(name)));
+        }
+        check_value(name, value).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// At most 40 characters of `text`, quoted, for a log line.
+fn excerpt(text: &str) -> String {
+    format!("{:?}", text.chars().take(40).collect::<String>())
 }
 
 #[cfg(test)]
@@ -217,14 +298,96 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dropin_path(dir.path(), "web@1.service");
         assert!(path.ends_with("web@1.service.d/50-sidekick.conf"));
-        assert_eq!(replace(&path, "one\n").unwrap(), PreviousDropIn::Absent);
+        let one = "[Service]\nEnvironment=SIDEKICK_VERSION=1.0.0\n";
+        assert_eq!(replace(&path, one).unwrap(), PreviousDropIn::Absent);
         let previous = replace(&path, "two\n").unwrap();
-        assert_eq!(previous, PreviousDropIn::Contents("one\n".into()));
+        assert_eq!(previous, PreviousDropIn::Contents(one.into()));
         restore(&path, &previous).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), one);
         restore(&path, &PreviousDropIn::Absent).unwrap();
         assert!(!path.exists());
         // Restoring an absent file that is already gone is fine (a retried rollback).
         restore(&path, &PreviousDropIn::Absent).unwrap();
+    }
+
+    #[test]
+    fn a_restore_puts_back_the_sidekicks_own_dropin_and_an_operators_pinned_one_unchanged() {
+        let own = render(&dropin("registry.example.com/web:2.0.0", "2.0.0")).unwrap();
+        assert_eq!(restorable(&own), (own.clone(), vec![]));
+        let operator = "# pinned by hand\n\n[Service]\n; why: see ticket 42\n\
+                        Environment=SIDEKICK_VERSION=2.0.0 OTHER=x\n\
+                        Environment=\nEnvironment=SIDEKICK_IMAGE=app:2.0.0\n";
+        assert_eq!(restorable(operator), (operator.to_string(), vec![]));
+    }
+
+    #[test]
+    fn a_restore_leaves_out_every_line_that_could_make_systemd_run_something_naming_it() {
+        let journaled = "[Service]\n\
+                         Environment=SIDEKICK_VERSION=1.0.0\n\
+                         ExecStartPre=+/bin/sh -c id\n\
+                         User=root\n\
+                         Environment=SIDEKICK_IMAGE=app:1 PATH=\"/tmp\"\n\
+                         Environment=X=%H\n\
+                         Environment=1X=a\n\
+                         Environment=lonely\n\
+                         # a comment that goes on \\\n\
+                         ExecStart=/bin/true\n\
+                         [Unit]\n\
+                         Environment=SIDEKICK_VERSION=9.9.9\n\
+                         [Service]\n\
+                         Environment=SIDEKICK_IMAGE=app:1.0.0\n\
+                         garbage\n";
+        let (kept, dropped) = restorable(journaled);
+        assert_eq!(
+            kept,
+            "[Service]\nEnvironment=SIDEKICK_VERSION=1.0.0\n[Service]\n\
+             Environment=SIDEKICK_IMAGE=app:1.0.0\n"
+        );
+        let lines: Vec<usize> = dropped.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15]);
+        let why = |n: usize| &dropped.iter().find(|(l, _)| *l == n).unwrap().1;
+        assert!(
+            why(3).contains("\"ExecStartPre\"= is not Environment="),
+            "{}",
+            why(3)
+        );
+        assert!(why(5).contains("a quote"), "{}", why(5));
+        assert!(why(6).contains("specifier"), "{}", why(6));
+        assert!(
+            why(7).contains("\"1X\" is not a variable name"),
+            "{}",
+            why(7)
+        );
+        assert!(why(8).contains("\"lonely\" is no NAME=value"), "{}", why(8));
+        assert!(why(9).contains("continued on the next line"), "{}", why(9));
+        assert!(
+            why(10).contains("continues the line before it"),
+            "{}",
+            why(10)
+        );
+        assert!(
+            why(11).contains("section \"[Unit]\" is not [Service]"),
+            "{}",
+            why(11)
+        );
+        assert!(why(12).contains("outside [Service]"), "{}", why(12));
+        assert!(
+            why(15).contains("\"garbage\" is no assignment"),
+            "{}",
+            why(15)
+        );
+    }
+
+    #[test]
+    fn restore_writes_only_what_is_restorable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web@1.service.d").join(DROPIN_FILE);
+        let journaled =
+            "[Service]\nExecStartPre=+/bin/sh -c id\nEnvironment=SIDEKICK_VERSION=1.0.0\n";
+        restore(&path, &PreviousDropIn::Contents(journaled.into())).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[Service]\nEnvironment=SIDEKICK_VERSION=1.0.0\n"
+        );
     }
 }
