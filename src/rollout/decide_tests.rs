@@ -140,7 +140,10 @@ fn the_failure_budget_is_spent_at_max_failures_distinct_instances() {
     }
     // With 1 the halt's reason is the failure's own, as before the budget.
     let reason = "2.0.0 not healthy within the verify timeout";
-    assert_eq!(FailureBudget::of(Some(&one), max(1)).halt_reason(reason), reason);
+    assert_eq!(
+        FailureBudget::of(Some(&one), max(1)).halt_reason(reason),
+        reason
+    );
     assert_eq!(
         FailureBudget::of(Some(&two), max(2)).halt_reason(reason),
         format!("{reason} (2 instances failed on the version, max_failures 2)")

@@ -129,10 +129,7 @@ fn a_counted_failure_below_the_budget_rolls_back_denylists_reports_and_releases(
                     A::CheckSlot,
                 ],
             ),
-            (
-                O::Fenced { held: true },
-                &[A::ReleaseSlot { retry: false }],
-            ),
+            (O::Fenced { held: true }, &[A::ReleaseSlot { retry: false }]),
             (O::SlotReleased(Ok(())), &[A::ClearJournal]),
         ],
     );
@@ -159,7 +156,10 @@ fn a_count_that_fails_is_retried_before_the_release_as_a_failed_halt_is() {
         Some(&halt(REASON, false, HaltCause::Verify)),
         "the count again before anything else: {actions:?}"
     );
-    assert!(!actions.contains(&A::CheckSlot), "no release yet: {actions:?}");
+    assert!(
+        !actions.contains(&A::CheckSlot),
+        "no release yet: {actions:?}"
+    );
     let phase = run(
         phase,
         &[
