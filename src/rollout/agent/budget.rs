@@ -47,6 +47,14 @@ impl RolloutAgent {
         Ok(FailureBudget::of(counted?.as_ref(), max))
     }
 
+    /// `max_failures` for the log: the policy the last slot request was judged by, else the
+    /// configured one (no I/O).
+    pub fn max_failures_hint(&self) -> NonZeroU32 {
+        self.lock()
+            .max_failures
+            .unwrap_or(self.configured.max_failures)
+    }
+
     /// `max_failures` of the policy in force for this swap: the one its slot request was judged
     /// by, else (a swap resumed by a start) the group's effective policy now.
     async fn max_failures(&self) -> Result<NonZeroU32, RolloutError> {
