@@ -6,6 +6,8 @@ mod support;
 
 #[path = "rollout_policy/agent.rs"]
 mod agent_tests;
+#[path = "rollout_policy/budget.rs"]
+mod budget_tests;
 #[path = "rollout_policy/live.rs"]
 mod live_tests;
 #[path = "rollout_policy/metrics.rs"]

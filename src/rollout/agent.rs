@@ -2,7 +2,8 @@
 //! before a slot is taken it reads the group at one revision and applies the slot gate (claiming
 //! a canary place by compare-and-swap when it is one); it records each swap of this instance in
 //! the version's state (took the slot, each step's duration, released, the canary's result or
-//! the failure); and it tells the update pass whether a check may be sent now.
+//! the failure); it counts a failure against the version's budget before the group is halted
+//! for it; and it tells the update pass whether a check may be sent now.
 //!
 //! The policy is read afresh at every slot request, so a stored change applies from the next
 //! request and never to a swap under way. The slot backend ([`crate::slot::EtcdSlots`]) calls
@@ -10,6 +11,7 @@
 //! driver feeds [`RolloutAgent::observe`] the agent's phase after each turn, and the update pass
 //! asks [`RolloutAgent::check_hold`] before each check.
 
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use super::store::{self, GroupSnapshot, RolloutError};
 use crate::etcd::EtcdConnection;
 use crate::metrics::RolloutMetrics;
 
+mod budget;
 mod history;
 use history::CurrentSwap;
 
@@ -52,6 +55,8 @@ struct Inner {
     metrics: Option<RolloutMetrics>,
     /// `min_healthy` of the policy in force when the last slot request was judged.
     min_healthy: Option<Duration>,
+    /// `max_failures` of that policy.
+    max_failures: Option<NonZeroU32>,
 }
 
 /// A hold as the swap's waiting line and the log show it.
@@ -163,6 +168,7 @@ impl RolloutAgent {
             inner.wake_at = None;
             let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
             inner.min_healthy = Some(policy.min_healthy);
+            inner.max_failures = Some(policy.max_failures);
         }
         let hold = match answer {
             SlotGate::Take { canary: false } => None,

@@ -60,6 +60,40 @@ pub enum Hold {
     },
 }
 
+/// A version's failure budget (`rollout.max_failures`): how many distinct instances failed on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureBudget {
+    pub failed: usize,
+    pub max: u32,
+}
+
+impl FailureBudget {
+    /// The budget of the version in `state` (`None`: nobody started it) under `max`.
+    pub fn of(state: Option<&VersionState>, max: std::num::NonZeroU32) -> FailureBudget {
+        FailureBudget {
+            failed: state.map_or(0, VersionState::failed_instances),
+            max: max.get(),
+        }
+    }
+
+    /// Spent: the group halts, and the version takes no more slots.
+    pub fn spent(&self) -> bool {
+        self.failed >= self.max as usize
+    }
+
+    /// The halt marker's reason for the failure that spent it; with `max_failures = 1` the
+    /// failure's own reason, as before the budget.
+    pub fn halt_reason(&self, reason: &str) -> String {
+        match self.max {
+            1 => reason.to_string(),
+            max => format!(
+                "{reason} ({} instances failed on the version, max_failures {max})",
+                self.failed
+            ),
+        }
+    }
+}
+
 /// The answer for one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotGate {
@@ -95,11 +129,11 @@ pub fn slot_gate(
     if view.paused {
         return hold(Hold::Paused);
     }
-    let failed = view.version.map_or(0, VersionState::failed_instances);
-    if failed >= policy.max_failures.get() as usize {
+    let budget = FailureBudget::of(view.version, policy.max_failures);
+    if budget.spent() {
         return hold(Hold::FailureBudgetSpent {
-            failed,
-            max: policy.max_failures.get(),
+            failed: budget.failed,
+            max: budget.max,
         });
     }
     match schedule.fits(now, view.swap_estimate) {

@@ -115,6 +115,42 @@ fn halt_pause_and_the_failure_budget_hold_in_that_order() {
 }
 
 #[test]
+fn the_failure_budget_is_spent_at_max_failures_distinct_instances() {
+    let max = |n: u32| NonZeroU32::new(n).expect("non-zero");
+    let none = FailureBudget::of(None, max(2));
+    assert_eq!((none.failed, none.max, none.spent()), (0, 2, false));
+    let one = state(|s| fail(s, "web-1"));
+    let twice = state(|s| {
+        fail(s, "web-1");
+        fail(s, "web-1");
+    });
+    let two = state(|s| {
+        fail(s, "web-1");
+        fail(s, "web-2");
+    });
+    let rows = [
+        (&one, 1, true),
+        (&one, 2, false),
+        (&twice, 2, false),
+        (&two, 2, true),
+        (&two, 3, false),
+    ];
+    for (i, (s, m, spent)) in rows.into_iter().enumerate() {
+        assert_eq!(FailureBudget::of(Some(s), max(m)).spent(), spent, "row {i}");
+    }
+    // With 1 the halt's reason is the failure's own, as before the budget.
+    let reason = "2.0.0 not healthy within the verify timeout";
+    assert_eq!(
+        FailureBudget::of(Some(&one), max(1)).halt_reason(reason),
+        reason
+    );
+    assert_eq!(
+        FailureBudget::of(Some(&two), max(2)).halt_reason(reason),
+        format!("{reason} (2 instances failed on the version, max_failures 2)")
+    );
+}
+
+#[test]
 fn windows_hold_outside_and_when_the_estimate_does_not_fit() {
     let p = RolloutPolicy::default();
     let schedule = half_hour_window();

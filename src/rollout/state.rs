@@ -199,6 +199,18 @@ impl VersionState {
         }
     }
 
+    /// Counts `failure` against the version once per instance (a canary's result too): re-sending
+    /// it, or the release recording it again, changes nothing. Returns whether anything changed.
+    pub fn count_failure(&mut self, failure: Failure) -> bool {
+        let canary_before = self.canaries.clone();
+        self.canary_result(&failure.instance, false, failure.at);
+        let known = self.failures.iter().any(|f| f.instance == failure.instance);
+        if !known {
+            self.add_failure(failure);
+        }
+        !known || self.canaries != canary_before
+    }
+
     /// Distinct instances that failed on this version.
     pub fn failed_instances(&self) -> usize {
         let mut names: Vec<&str> = self.failures.iter().map(|f| f.instance.as_str()).collect();

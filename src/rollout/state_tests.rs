@@ -150,3 +150,27 @@ fn p95_is_the_nearest_rank_over_the_latest_released_swaps() {
     assert_eq!(p95_swap(&[old], 20), Some(Duration::from_secs(1000)));
     assert_eq!(p95_swap(&[], 20), None);
 }
+
+#[test]
+fn a_failure_is_counted_once_per_instance_and_marks_its_canary_failed() {
+    let t = at("2026-01-01T00:00:00Z");
+    let later = at("2026-01-01T00:05:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    let failure = |instance: &str, at: Timestamp, stage: &str| Failure {
+        instance: instance.into(),
+        at,
+        stage: stage.into(),
+        reason: "left active".into(),
+    };
+    assert!(s.count_failure(failure("web-1", t, "min_healthy")));
+    assert_eq!(s.canaries[0].failed, Some(t));
+    // Re-sent by a retried halt, or recorded again at the release: nothing changes.
+    let before = s.clone();
+    assert!(!s.count_failure(failure("web-1", later, "verify")));
+    assert_eq!(s, before);
+    assert!(s.count_failure(failure("web-2", later, "verify")));
+    assert_eq!(s.failures.len(), 2);
+    assert_eq!(s.failed_instances(), 2);
+    assert_eq!(s.failures[0].stage, "min_healthy", "the first record stays");
+}

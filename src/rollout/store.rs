@@ -53,6 +53,14 @@ pub enum RolloutError {
     Connect(String),
 }
 
+impl RolloutError {
+    /// Whether trying again may succeed (etcd unreachable or busy); a malformed value stays so
+    /// until someone fixes it.
+    pub fn retried(&self) -> bool {
+        !matches!(self, RolloutError::Malformed(_))
+    }
+}
+
 /// The pause of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,16 @@ pub enum AnySlots {
     DryRun(DryRunSlots),
 }
 
+impl AnySlots {
+    /// The group's rollout the slots apply (etcd slots only): the failure budget is its.
+    pub fn rollout(&self) -> Option<&std::sync::Arc<crate::rollout::agent::RolloutAgent>> {
+        match self {
+            AnySlots::Etcd(slots) => slots.rollout(),
+            _ => None,
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($self:ident, $slots:ident => $call:expr) => {
         match $self {

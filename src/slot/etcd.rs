@@ -127,6 +127,11 @@ impl EtcdSlots {
         self
     }
 
+    /// The group's rollout these slots apply, when one is wired.
+    pub fn rollout(&self) -> Option<&Arc<crate::rollout::agent::RolloutAgent>> {
+        self.rollout.as_ref()
+    }
+
     /// A holder configured from `[slot]`, over the shared etcd connection.
     pub fn from_settings(etcd: EtcdConnection, slot: &SlotOptions, who: SlotHolder) -> EtcdSlots {
         EtcdSlots::new(etcd, &slot.group, slot.max, slot.ttl, who)

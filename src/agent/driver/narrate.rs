@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::Driver;
 use crate::agent::machine::state::{Action, Observation, Phase};
 use crate::agent::machine::swap::{
-    Failure, SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase,
+    Failure, GroupHalt, HaltCause, SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase,
 };
 use crate::health::Probe;
 use crate::omaha::error_code;
@@ -30,6 +30,8 @@ pub struct Context {
     pub verify_timeout: Option<Duration>,
     /// Why the last health check failed, e.g. `GET / answered 404`.
     pub probe_failure: Option<String>,
+    /// `rollout.max_failures` in force for the swap, with etcd slots (none: every failure halts).
+    pub max_failures: Option<u32>,
 }
 
 /// The line for one turn of the machine, if it decided something worth a line.
@@ -87,9 +89,10 @@ fn swap_step(
             Stage::Restarting | Stage::Verifying { .. } | Stage::MinHealthy { .. },
             Stage::RollingBack { failure },
         ) => {
-            let halting = actions
-                .iter()
-                .any(|a| matches!(a, Action::Swap(SwapAction::Halt { .. })));
+            let halting = actions.iter().find_map(|a| match a {
+                Action::Swap(SwapAction::Halt { cause, .. }) => Some(*cause),
+                _ => None,
+            });
             Some((
                 Level::Warn,
                 rolling_back(now, seen, failure, halting, context),
@@ -116,6 +119,15 @@ fn swap_step(
             // The halt went out first, when the failure was known (see `rolling_back`); the
             // failure says whether the version was blamed for it.
             match failure.halt {
+                // Below `rollout.max_failures`: counted against the version, the group goes on.
+                true if now.halt == GroupHalt::Counted => Some((
+                    Level::Warn,
+                    format!(
+                        "rolled back to {old} and registered again; the failure counts against \
+                         {new}'s rollout.max_failures, the group is not halted ({})",
+                        failure.reason
+                    ),
+                )),
                 true => Some((
                     Level::Warn,
                     format!(
@@ -159,7 +171,7 @@ fn rolling_back(
     swap: &SwapPhase,
     seen: &Observation,
     failure: &Failure,
-    halting: bool,
+    halting: Option<HaltCause>,
     context: &Context,
 ) -> String {
     let (new, old) = (&swap.plan.new.version, &swap.plan.old.version);
@@ -176,10 +188,15 @@ fn rolling_back(
     {
         why.push_str(&format!(" ({probe})"));
     }
-    // The halt goes out first, in the same turn as the decision to roll back.
-    let halt = match halting {
-        true => ", halting the group",
-        false => "",
+    // The halt goes out first, in the same turn as the decision to roll back (with
+    // `rollout.max_failures` above 1, the failure is counted first and halts only when it spends
+    // the budget: the end of the rollback says which).
+    let halt = match (halting, context.max_failures) {
+        (None, _) => String::new(),
+        (Some(cause), Some(max)) if max > 1 && cause.budget_stage().is_some() => {
+            format!(", counting the failure against {new} (the group halts at max_failures {max})")
+        }
+        (Some(_), _) => ", halting the group".to_string(),
     };
     format!("{why}: rolling back to {old}{halt}")
 }
@@ -226,6 +243,7 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let context = Context {
             verify_timeout: self.seams.updates.as_ref().map(|u| u.verify_timeout()),
             probe_failure: self.seams.probe.last_failure(),
+            max_failures: self.rollout.as_ref().map(|r| r.max_failures_hint().get()),
         };
         let instance = &self.options.instance;
         match line(before, seen, &self.agent.phase, actions, &context) {
@@ -277,32 +295,71 @@ mod tests {
 
     #[test]
     fn a_rollback_says_the_version_the_timeout_the_probe_and_the_halt_in_one_line() {
-        let context = Context {
-            verify_timeout: Some(Duration::from_secs(20)),
-            probe_failure: Some("GET / answered 404".into()),
+        let said = |max_failures: Option<u32>| {
+            let context = Context {
+                verify_timeout: Some(Duration::from_secs(20)),
+                probe_failure: Some("GET / answered 404".into()),
+                max_failures,
+            };
+            let seen = Observation::Swap(SwapObservation::VerifyDeadline);
+            // The machine's own turn: the deadline fails the version and the halt goes out first.
+            let Phase::Updating(verifying) = at(Stage::Verifying { passes: 0 }) else {
+                unreachable!()
+            };
+            let (after, actions) = swap::step(verifying, SwapObservation::VerifyDeadline);
+            let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
+            line(
+                &at(Stage::Verifying { passes: 0 }),
+                &seen,
+                &Phase::Updating(after),
+                &actions,
+                &context,
+            )
         };
-        let seen = Observation::Swap(SwapObservation::VerifyDeadline);
-        // The machine's own turn: the deadline fails the version and the halt goes out first.
-        let Phase::Updating(verifying) = at(Stage::Verifying { passes: 0 }) else {
-            unreachable!()
-        };
-        let (after, actions) = swap::step(verifying, SwapObservation::VerifyDeadline);
-        let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
-        let line = line(
-            &at(Stage::Verifying { passes: 0 }),
-            &seen,
-            &Phase::Updating(after),
-            &actions,
-            &context,
-        );
+        let halting = Some((
+            Level::Warn,
+            "3.0.0 not healthy within 20s (GET / answered 404): rolling back to 2.0.0, \
+             halting the group"
+                .into(),
+        ));
+        assert_eq!(said(None), halting);
+        assert_eq!(said(Some(1)), halting);
         assert_eq!(
-            line,
+            said(Some(3)),
             Some((
                 Level::Warn,
                 "3.0.0 not healthy within 20s (GET / answered 404): rolling back to 2.0.0, \
-                 halting the group"
+                 counting the failure against 3.0.0 (the group halts at max_failures 3)"
                     .into()
             ))
+        );
+    }
+
+    #[test]
+    fn a_failure_counted_below_the_budget_ends_with_no_halt_in_its_warning() {
+        let Phase::Updating(mut swap) = at(Stage::Registering {
+            failure: Some(unhealthy()),
+        }) else {
+            unreachable!()
+        };
+        swap.halt = GroupHalt::Counted;
+        let before = Phase::Updating(swap.clone());
+        let (phase, actions) = swap::step(swap, SwapObservation::Registered);
+        let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
+        let (level, text) = line(
+            &before,
+            &Observation::Swap(SwapObservation::Registered),
+            &Phase::Updating(phase),
+            &actions,
+            &Context::default(),
+        )
+        .unwrap();
+        assert_eq!(level, Level::Warn);
+        assert_eq!(
+            text,
+            "rolled back to 2.0.0 and registered again; the failure counts against 3.0.0's \
+             rollout.max_failures, the group is not halted (3.0.0 not healthy within the verify \
+             timeout)"
         );
     }
 

@@ -7,7 +7,8 @@
 //! or halted), staying deregistered. An owed halt goes before anything else.
 
 use super::swap::{
-    Failure, GroupHalt, Report, Stage, SwapAction, SwapPhase, reacquire, stopped_while_down,
+    Failure, GroupHalt, HaltCause, Report, Stage, SwapAction, SwapPhase, reacquire,
+    stopped_while_down,
 };
 use crate::omaha::{Event, error_code};
 use crate::systemd::control::{RunningVersion, UnitNow};
@@ -57,7 +58,10 @@ pub fn recover(
         && let Some(reason) = legacy_halt(&phase.stage)
     {
         // A journal written before the halt was recorded: owe it again (idempotent).
-        phase.halt = GroupHalt::Owed { reason };
+        phase.halt = GroupHalt::Owed {
+            reason,
+            cause: HaltCause::Immediate,
+        };
     }
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
     let (stage, actions) = match stage {

@@ -52,13 +52,15 @@ mod rollback;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_budget;
+#[cfg(test)]
 mod tests_halt;
 #[cfg(test)]
 mod tests_min_healthy;
 #[cfg(test)]
 mod tests_operator;
 
-pub use messages::{SlotAnswer, SwapAction, SwapObservation};
+pub use messages::{HaltCause, SlotAnswer, SwapAction, SwapObservation};
 pub(super) use rollback::reacquire;
 pub(super) use rollback::stopped_while_down;
 use rollback::{fail, restore, resume_unit, strand};
@@ -95,10 +97,19 @@ pub enum GroupHalt {
     #[default]
     NotNeeded,
     /// Known to be needed, not yet confirmed by the slot backend: sent first, retried, and the
-    /// slot is not released until it is confirmed.
-    Owed { reason: String },
+    /// slot is not released until it is confirmed. A version's failure (`cause`) is counted
+    /// against `rollout.max_failures` first and halts the group only when that spends it.
+    Owed {
+        reason: String,
+        /// Absent in journals from before the failure budget: an immediate halt, as then.
+        #[serde(default)]
+        cause: HaltCause,
+    },
     /// The backend confirmed the halt marker.
     Confirmed,
+    /// The version's failure budget counted this instance's failure and is not spent: the group
+    /// is not halted. A strand still owes a halt after it.
+    Counted,
 }
 
 /// The terminal 3/x event of a swap, as journaled.
@@ -327,35 +338,44 @@ impl SwapPhase {
     /// The halt action when one is owed (after a pause when `retry`).
     pub fn halt_action(&self, retry: bool) -> Option<SwapAction> {
         match &self.halt {
-            GroupHalt::Owed { reason } => Some(SwapAction::Halt {
+            GroupHalt::Owed { reason, cause } => Some(SwapAction::Halt {
                 version: self.plan.new.version.clone(),
                 reason: reason.clone(),
                 retry,
+                cause: *cause,
             }),
             _ => None,
         }
     }
 
-    /// Records that the group's halt is needed, unless the backend confirmed it already.
-    fn owe_halt(&mut self, reason: &str) {
-        if self.halt != GroupHalt::Confirmed {
-            self.halt = GroupHalt::Owed {
-                reason: reason.to_string(),
-            };
-        }
+    /// Records that the group's halt is needed for `cause`, unless it is done already: the
+    /// backend confirmed the halt, or (for a version's failure) counted the failure. An owed
+    /// immediate halt stays immediate.
+    fn owe_halt(&mut self, reason: &str, cause: HaltCause) {
+        let cause = match (&self.halt, cause) {
+            (GroupHalt::Confirmed, _) => return,
+            (GroupHalt::Counted, cause) if cause != HaltCause::Immediate => return,
+            (GroupHalt::Owed { cause: owed, .. }, _) if *owed == HaltCause::Immediate => *owed,
+            (_, cause) => cause,
+        };
+        self.halt = GroupHalt::Owed {
+            reason: reason.to_string(),
+            cause,
+        };
     }
 }
 
 /// The next phase and the actions that take the world there.
 pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, Vec<SwapAction>) {
     use SwapObservation as O;
+    let (observation, answered_by_budget) = counted(&mut phase, observation);
     match &observation {
         O::Unit(state) => {
             phase.unit_active = state.is_active();
             phase.unit_stopped = *state == ActiveState::Inactive;
         }
         O::LeftActive => phase.unit_active = false,
-        O::GroupHalted(Ok(())) => phase.halt = GroupHalt::Confirmed,
+        O::GroupHalted(Ok(())) if !answered_by_budget => phase.halt = GroupHalt::Confirmed,
         _ => {}
     }
     let stage = std::mem::replace(&mut phase.stage, Stage::Finished);
@@ -701,6 +721,25 @@ fn min_healthy(
     // Out of rotation at once; the halt stays the first action (journaled before either runs).
     actions.push(SwapAction::Deregister);
     (stage, actions)
+}
+
+/// The failure budget's answer to an owed halt for a version's failure: `Counted`, and from
+/// here on as a confirmed halt's answer goes (the rollback's fence, the release); `true` with it.
+/// An answer for a halt owed at once since (a strand in between) confirms nothing: tried again.
+fn counted(phase: &mut SwapPhase, observation: SwapObservation) -> (SwapObservation, bool) {
+    if observation != SwapObservation::FailureCounted {
+        return (observation, false);
+    }
+    let answer = match &phase.halt {
+        GroupHalt::Owed { cause, .. } if *cause != HaltCause::Immediate => {
+            phase.halt = GroupHalt::Counted;
+            Ok(())
+        }
+        GroupHalt::Owed { .. } => Err("an immediate halt is owed, not a count".to_string()),
+        // A late answer: nothing is owed any more.
+        _ => Ok(()),
+    };
+    (SwapObservation::GroupHalted(answer), true)
 }
 
 /// Whether the swap has changed nothing on the instance yet (the drop-in not being written).

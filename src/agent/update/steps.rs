@@ -81,9 +81,32 @@ async fn step<C: UnitControl>(
             version,
             reason,
             retry,
+            cause,
         } => {
             if retry {
                 tokio::time::sleep(HALT_RETRY).await;
+            }
+            // A version's failure is counted first (etcd slots only); the halt only when that
+            // spends `rollout.max_failures` (with 1, at once, as the halt alone always did).
+            let mut reason = reason;
+            if let (Some(stage), Some(rollout)) = (cause.budget_stage(), seams.slots.rollout()) {
+                match rollout.count_failure(&version, stage, &reason).await {
+                    Ok(budget) if !budget.spent() => {
+                        info!(version = %version, failed = budget.failed, max_failures = budget.max,
+                            "counted the failure against the version; the group is not halted");
+                        return Some(SwapObservation::FailureCounted);
+                    }
+                    Ok(budget) => reason = budget.halt_reason(&reason),
+                    Err(err) if err.retried() => {
+                        error!(error = %err, version = %version,
+                            "failed to count the failure against the version; the slot is kept until it is counted");
+                        return Some(SwapObservation::GroupHalted(Err(err.to_string())));
+                    }
+                    // A value no retry mends: halt, as with no budget.
+                    Err(err) => {
+                        error!(error = %err, version = %version, "cannot count the failure against the version; halting the group");
+                    }
+                }
             }
             let halted = seams.slots.halt(&version, &reason).await;
             match &halted {

@@ -99,8 +99,9 @@ impl RolloutAgent {
                 match &swap.verdict {
                     Some(Ok(())) => state.canary_result(&me, true, now),
                     Some(Err((stage, reason))) => {
-                        state.canary_result(&me, false, now);
-                        state.add_failure(Failure {
+                        // Counted already when the halt was asked (max_failures above 1):
+                        // nothing changes.
+                        state.count_failure(Failure {
                             instance: me.clone(),
                             at: now,
                             stage: stage.to_string(),

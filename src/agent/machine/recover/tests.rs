@@ -36,6 +36,7 @@ fn halt(reason: &str, retry: bool) -> SwapAction {
         version: "2.0.0".into(),
         reason: reason.into(),
         retry,
+        cause: HaltCause::Immediate,
     }
 }
 
@@ -279,6 +280,7 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
             let journaled = SwapPhase {
                 halt: GroupHalt::Owed {
                     reason: reason.into(),
+                    cause: HaltCause::Immediate,
                 },
                 ..at(stage.clone())
             };
@@ -331,7 +333,10 @@ fn recovery_mid_rollback_halts_first_then_takes_the_slot_then_restores() {
 #[test]
 fn recovery_of_a_stranded_swap_halts_takes_the_slot_and_restores_keeping_the_failure() {
     let journaled = SwapPhase {
-        halt: GroupHalt::Owed { reason: "r".into() },
+        halt: GroupHalt::Owed {
+            reason: "r".into(),
+            cause: HaltCause::Immediate,
+        },
         ..at(Stage::Stranded {
             failure: failure(true),
             why: "w".into(),
@@ -403,7 +408,10 @@ fn recovery_of_a_confirmed_halt_does_not_halt_again() {
 #[test]
 fn recovery_while_releasing_with_the_halt_owed_halts_before_the_release() {
     let journaled = SwapPhase {
-        halt: GroupHalt::Owed { reason: "r".into() },
+        halt: GroupHalt::Owed {
+            reason: "r".into(),
+            cause: HaltCause::Immediate,
+        },
         ..at(Stage::Releasing)
     };
     let (phase, actions) = recover(journaled, &running("1.0.0"), &UnitNow::unknown());
@@ -548,7 +556,10 @@ fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
 #[test]
 fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
     let owed = SwapPhase {
-        halt: GroupHalt::Owed { reason: "r".into() },
+        halt: GroupHalt::Owed {
+            reason: "r".into(),
+            cause: HaltCause::Immediate,
+        },
         ..at(Stage::Reacquiring {
             resume: Box::new(Stage::RollingBack {
                 failure: failure(true),

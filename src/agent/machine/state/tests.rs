@@ -594,6 +594,7 @@ fn fall_failed_checks_during_min_healthy_reach_the_swap_as_unhealthy() {
                          in a row"
                     .into(),
                 retry: false,
+                cause: crate::agent::machine::swap::HaltCause::MinHealthy,
             }),
             Action::Deregister,
         ]

@@ -5,6 +5,33 @@ use crate::omaha::Event;
 use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
+/// What an owed halt is for, which decides whether `rollout.max_failures` applies to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaltCause {
+    /// Halt the group at once: a strand (the old version could not be brought back), or a journal
+    /// written before causes were recorded.
+    #[default]
+    Immediate,
+    /// The new version failed to restart or verify: a failure counted against the version's
+    /// budget; the group halts when that spends it.
+    Verify,
+    /// The new version failed during min-healthy: counted as [`HaltCause::Verify`] is.
+    MinHealthy,
+}
+
+impl HaltCause {
+    /// The stage the version's state records the failure in; `None` for an immediate halt, which
+    /// the failure budget does not apply to.
+    pub fn budget_stage(self) -> Option<&'static str> {
+        match self {
+            HaltCause::Immediate => None,
+            HaltCause::Verify => Some("verify"),
+            HaltCause::MinHealthy => Some("min_healthy"),
+        }
+    }
+}
+
 /// The answer to one slot acquire attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotAnswer {
@@ -50,8 +77,12 @@ pub enum SwapObservation {
     /// of the probe that made it so.
     Unhealthy,
     SlotReleased(Result<(), String>),
-    /// The slot backend's answer to [`SwapAction::Halt`].
+    /// The slot backend's answer to [`SwapAction::Halt`]: `Ok` once the group is halted (or,
+    /// with no failure budget to ask, the halt marker set).
     GroupHalted(Result<(), String>),
+    /// The answer to a [`SwapAction::Halt`] the failure budget applies to when the budget is not
+    /// spent: the failure is counted in the version's state and the group is not halted.
+    FailureCounted,
     Unit(ActiveState),
     LeftActive,
     Probe {
@@ -112,11 +143,15 @@ pub enum SwapAction {
     /// once etcd confirms.
     Register,
     /// Set the group's halt marker (after a pause when `retry`); answers
-    /// [`SwapObservation::GroupHalted`]. Idempotent.
+    /// [`SwapObservation::GroupHalted`]. Idempotent. For a version's failure (`cause` not
+    /// [`HaltCause::Immediate`]) with etcd slots, the failure is counted in the version's state
+    /// first and the marker set only when that spends `rollout.max_failures`; otherwise it answers
+    /// [`SwapObservation::FailureCounted`].
     Halt {
         version: String,
         reason: String,
         retry: bool,
+        cause: HaltCause,
     },
     /// Skip this version until a newer one is offered.
     Denylist {

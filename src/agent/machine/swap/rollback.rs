@@ -2,15 +2,20 @@
 //! drop-in restored and restarted; the slot taken again before the unit is touched when it is
 //! gone; and the strand when the old version cannot be brought back either.
 
-use super::{Failure, Report, Stage, SwapAction, SwapPhase};
+use super::{Failure, HaltCause, Report, Stage, SwapAction, SwapPhase};
 use crate::omaha::{Event, error_code};
 
-/// A failure is known: the halt is the first action when the version is to blame; the
-/// rollback's fence follows its answer (or comes at once when no halt is owed).
+/// A failure is known: the halt is the first action when the version is to blame (counted
+/// against `rollout.max_failures`, see [`HaltCause`]); the rollback's fence follows its answer
+/// (or comes at once when no halt is owed).
 pub(super) fn fail(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapAction>) {
     phase.unit_active = false;
     if failure.halt {
-        phase.owe_halt(&failure.reason);
+        let cause = match failure.code {
+            error_code::MIN_HEALTHY_FAILED => HaltCause::MinHealthy,
+            _ => HaltCause::Verify,
+        };
+        phase.owe_halt(&failure.reason, cause);
     }
     let first = phase.halt_action(false).unwrap_or(SwapAction::CheckSlot);
     (Stage::RollingBack { failure }, vec![first])
@@ -76,17 +81,18 @@ impl SwapPhase {
 }
 
 /// The old version cannot be brought back either: halt the group first (a strand halts whatever
-/// the failure was: the other slots must not admit the version that stranded an instance), say
-/// so, keep the slot, stay deregistered.
+/// the failure was and whatever the failure budget says: the other slots must not admit the
+/// version that stranded an instance), say so, keep the slot, stay deregistered.
 pub(super) fn strand(
     phase: &mut SwapPhase,
     failure: Failure,
     why: String,
 ) -> (Stage, Vec<SwapAction>) {
-    phase.owe_halt(&format!(
+    let reason = format!(
         "{}; rolling back to {} failed: {why}",
         failure.reason, phase.plan.old.version
-    ));
+    );
+    phase.owe_halt(&reason, HaltCause::Immediate);
     let event = Event::Failed {
         error_code: error_code::ROLLBACK_FAILED,
     };

@@ -243,6 +243,7 @@ fn halt(reason: &str, retry: bool) -> A {
         version: "2.0.0".into(),
         reason: reason.into(),
         retry,
+        cause: HaltCause::Verify,
     }
 }
 

@@ -40,6 +40,7 @@ fn halt(retry: bool) -> A {
         version: "2.0.0".into(),
         reason: REASON.into(),
         retry,
+        cause: HaltCause::Verify,
     }
 }
 
@@ -201,6 +202,7 @@ fn a_stranded_rollback_halts_first_even_when_the_failure_did_not_blame_the_versi
         version: "2.0.0".into(),
         reason: reason.into(),
         retry,
+        cause: HaltCause::Immediate,
     };
     assert_eq!(
         actions,

@@ -52,6 +52,7 @@ fn halt(why: &str) -> A {
         version: "2.0.0".into(),
         reason: format!("2.0.0 failed during min-healthy: {why}"),
         retry: false,
+        cause: HaltCause::MinHealthy,
     }
 }
 
@@ -227,6 +228,7 @@ fn a_failed_halt_after_a_min_healthy_failure_is_retried_and_holds_the_release() 
         version: "2.0.0".into(),
         reason: "2.0.0 failed during min-healthy: the unit failed".into(),
         retry: false,
+        cause: HaltCause::MinHealthy,
     };
     let phase = run(
         phase,

@@ -1,0 +1,198 @@
+//! The failure budget (`rollout.max_failures`) through the swap's halt step against a real etcd:
+//! each failure of a version is counted in its state once per instance (a re-sent halt changes
+//! nothing), the group is halted only by the failure that spends the budget, and the budget then
+//! holds every further slot for that version, also once the halt is lifted. With 1 the halt step
+//! halts at once and writes nothing else, as before the budget.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use semver::Version;
+use sidekick::agent::machine::state::Phase;
+use sidekick::agent::machine::swap::{
+    self as swap, Failure, HaltCause, Stage, SwapAction, SwapObservation, SwapPlan,
+};
+use sidekick::agent::update::StepSettings;
+use sidekick::agent::update::steps::{SwapSeams, run_steps};
+use sidekick::etcd::EtcdConnection;
+use sidekick::omaha::{AnyUpdateSource, InMemoryUpdateSource, UpdateBackend};
+use sidekick::rollout::RolloutPolicy;
+use sidekick::rollout::agent::RolloutAgent;
+use sidekick::rollout::policy::PolicyText;
+use sidekick::rollout::store;
+use sidekick::slot::halt;
+use sidekick::slot::{Acquisition, AnySlots, EtcdSlots, SlotHolder, SlotLock};
+use sidekick::systemd::control::{DropIn, MemoryUnitControl, RunningVersion};
+
+use super::{GROUP, start};
+
+const TTL: Duration = Duration::from_secs(5);
+const REASON: &str = "2.0.0 not healthy within the verify timeout";
+
+/// One instance as its driver holds it: the swap's seams over etcd slots with its rollout.
+struct Instance {
+    rollout: Arc<RolloutAgent>,
+    seams: Arc<SwapSeams<MemoryUnitControl>>,
+}
+
+fn instance(client: &Client, name: &str, max_failures: u32) -> Instance {
+    let policy: RolloutPolicy = PolicyText {
+        max_failures,
+        ..PolicyText::default()
+    }
+    .validate()
+    .expect("a valid policy");
+    let rollout = Arc::new(RolloutAgent::new(
+        EtcdConnection::from_client(client.clone()),
+        GROUP,
+        name,
+        policy,
+        Duration::from_secs(50),
+    ));
+    let who = SlotHolder {
+        holder: format!("id-{name}"),
+        instance: name.to_string(),
+    };
+    let max = NonZeroU32::new(3).expect("non-zero");
+    let slots = EtcdSlots::new(client.clone(), GROUP, max, TTL, who).with_rollout(rollout.clone());
+    let seams = Arc::new(SwapSeams {
+        source: AnyUpdateSource::new(
+            UpdateBackend::Memory(InMemoryUpdateSource::new(None)),
+            false,
+        ),
+        slots: AnySlots::Etcd(Box::new(slots)),
+        control: MemoryUnitControl::new(RunningVersion::default()),
+    });
+    Instance { rollout, seams }
+}
+
+/// The halt the swap owes for a failed verification of 2.0.0, through the driver's step.
+async fn halt_step(i: &Instance) -> SwapObservation {
+    let settings = StepSettings {
+        prepull: Vec::new(),
+        drain: Duration::ZERO,
+        start_timeout: Duration::from_secs(1),
+    };
+    let halt = SwapAction::Halt {
+        version: "2.0.0".into(),
+        reason: REASON.into(),
+        retry: false,
+        cause: HaltCause::Verify,
+    };
+    let step = run_steps(i.seams.clone(), settings, Version::new(1, 0, 0), vec![halt]);
+    step.await.expect("the halt step answers")
+}
+
+/// The rolled-back swap registers the old version again with the failure, then releases: the
+/// release records the failure as it always did.
+async fn roll_back_and_release(i: &Instance) {
+    let (mut phase, _) = swap::start(SwapPlan {
+        old: DropIn {
+            image: "web:1.0.0".into(),
+            version: "1.0.0".into(),
+        },
+        new: DropIn {
+            image: "web:2.0.0".into(),
+            version: "2.0.0".into(),
+        },
+        rise: 1,
+    });
+    phase.stage = Stage::Registering {
+        failure: Some(Failure {
+            code: sidekick::omaha::error_code::UNHEALTHY_AFTER_SWAP,
+            reason: REASON.into(),
+            halt: true,
+        }),
+    };
+    i.rollout.observe(&Phase::Updating(phase));
+    i.seams.slots.release().await.expect("release");
+}
+
+async fn failures(client: &Client) -> Vec<String> {
+    let (state, _) = store::get_version(&mut client.clone(), GROUP, "2.0.0")
+        .await
+        .expect("read")
+        .expect("the version's state exists");
+    state.failures.into_iter().map(|f| f.instance).collect()
+}
+
+async fn marker(client: &Client) -> Option<halt::HaltMarker> {
+    halt::get(&mut client.clone(), GROUP).await.expect("read")
+}
+
+#[tokio::test]
+async fn with_max_failures_2_the_first_failure_is_counted_the_second_halts_and_the_budget_holds() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    let (a, b, c) = (
+        instance(&client, "web-1", 2),
+        instance(&client, "web-2", 2),
+        instance(&client, "web-3", 2),
+    );
+    let acquired = a.seams.slots.acquire("2.0.0").await.expect("acquire");
+    assert_eq!(acquired, Acquisition::Acquired);
+    // The first failure is counted, not halted; sent again (a retried halt) it counts once.
+    for _ in 0..2 {
+        assert_eq!(halt_step(&a).await, SwapObservation::FailureCounted);
+        assert_eq!(failures(&client).await, ["web-1"]);
+        assert!(marker(&client).await.is_none(), "below the budget: no halt");
+    }
+    roll_back_and_release(&a).await;
+    assert_eq!(failures(&client).await, ["web-1"], "the release adds none");
+    // Below the budget the version may take another slot: that is what the key means.
+    let acquired = b.seams.slots.acquire("2.0.0").await.expect("acquire");
+    assert_eq!(acquired, Acquisition::Acquired);
+    // The second instance's failure spends the budget: the group halts, naming the count.
+    for _ in 0..2 {
+        assert_eq!(halt_step(&b).await, SwapObservation::GroupHalted(Ok(())));
+        assert_eq!(failures(&client).await, ["web-1", "web-2"]);
+    }
+    let halted = marker(&client).await.expect("halted");
+    assert_eq!(halted.version, "2.0.0");
+    assert_eq!(halted.instance, "web-2");
+    assert_eq!(
+        halted.reason,
+        format!("{REASON} (2 instances failed on the version, max_failures 2)")
+    );
+    match c.seams.slots.acquire("2.0.0").await.expect("acquire") {
+        Acquisition::Halted { version, .. } => assert_eq!(version, "2.0.0"),
+        other => panic!("expected the halt, got {other:?}"),
+    }
+    roll_back_and_release(&b).await;
+    assert_eq!(failures(&client).await, ["web-1", "web-2"]);
+    // Lifting the halt does not lift the budget: 2.0.0 takes no more slots.
+    store::resume(&mut client, GROUP).await.expect("resume");
+    match c.seams.slots.acquire("2.0.0").await.expect("acquire") {
+        Acquisition::Busy { detail } => assert!(
+            detail.contains("2 instances failed on this version (max_failures 2)"),
+            "{detail}"
+        ),
+        other => panic!("expected the budget's hold, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_max_failures_1_the_halt_step_halts_at_once_and_writes_no_count_first() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let a = instance(&client, "web-1", 1);
+    let acquired = a.seams.slots.acquire("2.0.0").await.expect("acquire");
+    assert_eq!(acquired, Acquisition::Acquired);
+    assert_eq!(halt_step(&a).await, SwapObservation::GroupHalted(Ok(())));
+    let halted = marker(&client).await.expect("halted");
+    assert_eq!(halted.reason, REASON, "the failure's own reason, as before");
+    assert!(
+        failures(&client).await.is_empty(),
+        "nothing counted before the halt"
+    );
+    roll_back_and_release(&a).await;
+    assert_eq!(
+        failures(&client).await,
+        ["web-1"],
+        "recorded at the release"
+    );
+}
