@@ -6,18 +6,26 @@
 //! -- --nocapture`). Seeds that once failed stay in [`REGRESSIONS`].
 //!
 //! The sidekick itself is a model of the driver loop around the real machine ([`sidekick`]); the
-//! time is virtual, so thousands of runs take seconds.
+//! time is virtual, so thousands of runs take seconds. Each seed also draws the group's rollout
+//! policy (issue 17, [`rollout`]: canaries, bake, promotion, windows, min-healthy), which the
+//! simulated sidekicks apply through the real pure gates; `SIM_NO_POLICY=1` replays a seed with
+//! none, as the seeds of [`REGRESSIONS`] were found. A survey of which invariants break:
+//! `SIM_SEEDS=5000 cargo test --lib agent::sim::tests::survey -- --ignored --nocapture`.
 
+mod rollout;
 mod sidekick;
 mod world;
 
 use std::collections::{BTreeMap, HashMap};
+
+use rollout::{Account, Drawn, RolloutStore};
 
 use sidekick::{Current, Disk, PROBE_EVERY, Proc, RPC};
 use world::{Behaviour, Etcd, Ms, Nebraska, Unit};
 
 use crate::agent::machine::state::{Observation, Phase};
 use crate::agent::machine::swap::{Stage, SwapObservation};
+use crate::rollout::policy::Promote;
 use crate::systemd::ActiveState;
 
 /// The invariants of issue 16.
@@ -41,6 +49,29 @@ pub enum Violation {
     LeftoverAtEnd,
     /// A version that works was halted or denylisted (blamed for a fault not its own).
     BlamedGoodVersion,
+    /// A slot newly taken to start a swap to a version while more instances than `canary` are
+    /// in or through a swap to it (not given up) and its wave is not through: `canary` instances
+    /// passed min-healthy, then `canary_bake`, then `rollout promote` when `promote = "manual"`.
+    CanaryOverrun,
+    /// A slot newly taken to start a swap while no window is open (windows set).
+    SlotOutsideWindow,
+    /// A slot taken again for a swap under way (recovery's [`Stage::Reacquiring`]: to restart,
+    /// verify or roll back a unit the swap already touched) held back by the rollout's slot gate
+    /// (the failure budget, canaries, a window, a pause): the swap can neither finish nor roll
+    /// back, and its grant stays open. Its runs' end-of-run consequences ([`Violation::LeftoverAtEnd`],
+    /// [`Violation::GrantNotEnded`]) count with it.
+    ReacquireHeldByPolicy,
+    /// `sidekick rollout promote <version>` refused while instances wait for a slot for that
+    /// version (`promote = "manual"`); its runs' end-of-run consequences count with it.
+    PromotionRefused,
+    /// A swap waits for a slot for a version whose failure budget is spent, a hold nothing
+    /// lifts (`rollout resume` lifts a halt and a pause): its grant stays open for good; its
+    /// runs' end-of-run consequences count with it.
+    WaitsOnSpentBudget,
+    /// A canary wave waits on a canary with no result that no swap can record any more (the
+    /// release's write was lost, or the process that took the slot is gone): it waits for good;
+    /// its runs' end-of-run consequences count with it.
+    CanaryResultLost,
 }
 
 /// Invariants the code is known not to keep yet: their violations are counted and printed, not
@@ -58,7 +89,33 @@ pub enum Violation {
 ///   taken again, was restarted by recovery's rollback: systemd's `ActiveState` and `Job` read
 ///   at start (`inactive` with no job queued is a stop, not a restart job's transient) and the
 ///   unit's state as the slot is taken again put the previous drop-in back, no restart.
-pub const NOT_YET_HELD: &[Violation] = &[];
+///
+/// Issue 17's rollout gate brings one back (`ReacquireHeldByPolicy`, seed 84 with no policy):
+/// `EtcdSlots::acquire` asks `RolloutAgent::slot_hold` before any slot it does not hold, also
+/// when recovery takes the slot again to roll back from a version, and the failure budget that
+/// version spent (or a canary wave, a closed window, a pause) holds it there for good.
+///
+/// And `PromotionRefused` (seed 3): with `canary = 0` and `promote = "manual"` the first slot
+/// waits for the promotion (README), but nothing records the version's rollout before a slot is
+/// taken, and `rollout promote` refuses a version with no rollout recorded: every instance waits
+/// in `AcquiringSlot` for good, each holding a grant.
+///
+/// And `WaitsOnSpentBudget` (seed 11): a swap waiting for its slot when the version fails
+/// elsewhere gives up on the halt (`Acquisition::Halted`); once the runbook's `slots resume`
+/// lifts the halt, the gate answers `FailureBudgetSpent` instead, which the swap waits on (busy)
+/// for good, holding its grant.
+///
+/// And `CanaryResultLost` (seed 172): a canary's result is written once, at its release, by the
+/// process that took the slot (`history.rs`); when that write fails (etcd unreachable: the
+/// swap is forgotten all the same) or that process is gone (a crash after 3/1, a recovered
+/// swap whose new process never took the slot), the place stays claimed with no result and the
+/// rest of the group waits on the wave for good (`rollout promote` does not lift it).
+pub const NOT_YET_HELD: &[Violation] = &[
+    Violation::ReacquireHeldByPolicy,
+    Violation::PromotionRefused,
+    Violation::WaitsOnSpentBudget,
+    Violation::CanaryResultLost,
+];
 
 /// Seeds that once found a violation, replayed first (whatever [`SEEDS`] becomes). On the main
 /// before the issue-16 fixes: 3 (a recovered rollback restarts without a slot: defect 1), 7 (a
@@ -81,6 +138,10 @@ pub const NOT_YET_HELD: &[Violation] = &[];
 pub const REGRESSIONS: &[u64] = &[
     3, 7, 181, 234, 55, 47, 18, 550, 84, 299, 193, 36, 544, 508, 1502, 938, 10238, 2108,
 ];
+
+/// Seeds that once found a violation of the rollout policy's invariants (issue 17), replayed
+/// with their drawn policies.
+pub const POLICY_REGRESSIONS: &[u64] = &[];
 
 /// Seeds run by `cargo test`.
 pub const SEEDS: u64 = 2_000;
@@ -156,6 +217,8 @@ enum Fault {
         version: String,
         behaviour: Behaviour,
     },
+    /// `sidekick rollout promote` (the newest version).
+    Promote,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +238,8 @@ enum Item {
     PassOut(usize),
     PassBack(usize),
     Retry(usize),
+    MinHealthy(usize),
+    Die(usize),
 }
 
 /// The simulated group.
@@ -197,6 +262,12 @@ pub struct Sim {
     /// Versions that failed (halt-worthy), when, where, and in which process.
     failed: BTreeMap<String, (Ms, usize, u32)>,
     steps: u64,
+    /// The group's rollout in etcd.
+    rollout: RolloutStore,
+    /// The seed's rollout policy.
+    drawn: Drawn,
+    /// The sim's own account of the policy.
+    account: Account,
 }
 
 fn behaviour(rng: &mut fastrand::Rng, bad: bool) -> Behaviour {
@@ -207,9 +278,29 @@ fn behaviour(rng: &mut fastrand::Rng, bad: bool) -> Behaviour {
     }
 }
 
+/// A version that is not [`Behaviour::Good`] may fail late instead, when min-healthy is
+/// modelled: it dies inside verification or min-healthy (`after` its start).
+fn late(prng: &mut fastrand::Rng, drawn: &Drawn, b: Behaviour, bad: bool) -> Behaviour {
+    let min_healthy = drawn.policy.min_healthy.as_millis() as Ms;
+    match (b, bad, min_healthy > 0 && prng.bool()) {
+        (Behaviour::Good, true, true) => Behaviour::Late {
+            after: prng.u64(500..min_healthy + 1_000),
+        },
+        _ => b,
+    }
+}
+
 impl Sim {
-    /// The group and its fault schedule for `seed`.
-    pub fn new(seed: u64) -> Sim {
+    /// The group, its fault schedule and its rollout policy for `seed`; with `policy` false, no
+    /// rollout policy (`min_healthy = 0s`, no canary, no window): the runs as before issue 17.
+    /// The policy comes from its own random stream, so the faults of a seed are the same
+    /// either way.
+    pub fn new(seed: u64, policy: bool) -> Sim {
+        let mut prng = fastrand::Rng::with_seed(seed ^ 0x005e_ed0f_9011_c1e5);
+        let drawn = match policy && prng.u8(0..5) != 0 {
+            true => rollout::draw_policy(&mut prng),
+            false => Drawn::none(),
+        };
         let mut rng = fastrand::Rng::with_seed(seed);
         let n = rng.usize(3..=5);
         let max = rng.u32(1..=2);
@@ -238,24 +329,33 @@ impl Sim {
             })
             .collect();
         let mut faults = Vec::new();
-        let b2 = behaviour(&mut rng, true);
+        let manual = drawn.policy.promote == Promote::Manual;
+        let b2 = late(&mut prng, &drawn, behaviour(&mut rng, true), true);
+        let at = rng.u64(0..20_000);
         faults.push((
-            rng.u64(0..20_000),
+            at,
             Fault::Publish {
                 version: "2.0.0".into(),
                 behaviour: b2,
             },
         ));
+        if manual {
+            faults.push((at + prng.u64(5_000..120_000), Fault::Promote));
+        }
         if rng.bool() {
             let bad = rng.bool();
-            let b3 = behaviour(&mut rng, bad);
+            let b3 = late(&mut prng, &drawn, behaviour(&mut rng, bad), bad);
+            let at = rng.u64(60_000..150_000);
             faults.push((
-                rng.u64(60_000..150_000),
+                at,
                 Fault::Publish {
                     version: "3.0.0".into(),
                     behaviour: b3,
                 },
             ));
+            if manual {
+                faults.push((at + prng.u64(5_000..80_000), Fault::Promote));
+            }
         }
         let quiet_at = 240_000;
         for _ in 0..rng.usize(2..=10) {
@@ -299,6 +399,10 @@ impl Sim {
             faults.push((at, fault));
         }
         faults.sort_by_key(|(at, _)| *at);
+        let rollout = RolloutStore {
+            stored_policy: drawn.stored.then(|| drawn.policy.clone()),
+            ..RolloutStore::default()
+        };
         let mut behaviours = HashMap::new();
         behaviours.insert("1.0.0".to_string(), Behaviour::Good);
         Sim {
@@ -319,6 +423,9 @@ impl Sim {
             violations: Vec::new(),
             failed: BTreeMap::new(),
             steps: 0,
+            rollout,
+            drawn,
+            account: Account::default(),
         }
     }
 
@@ -337,6 +444,14 @@ impl Sim {
             self.fire(item);
             self.check();
             if self.settled_rounds >= 2 || self.steps > 2_000_000 {
+                break;
+            }
+            // A run stuck on a known violation stays stuck: its end is not waited for.
+            let stuck = self
+                .violations
+                .iter()
+                .any(|(v, ..)| NOT_YET_HELD.contains(v));
+            if stuck && self.now >= self.quiet_at + 60_000 {
                 break;
             }
         }
@@ -379,12 +494,21 @@ impl Sim {
             if let Some(job) = &inst.unit.job {
                 offer(job.done_at, Item::Job(i));
             }
+            if let Some(at) = inst.unit.dies_at {
+                offer(at, Item::Die(i));
+            }
             let Some(p) = &inst.proc else { continue };
             match &p.current {
                 Some(Current::Pause {
-                    until, wake, seen, ..
+                    until,
+                    wake,
+                    seen,
+                    seen_rollout,
+                    ..
                 }) => {
-                    let woken = *wake && *seen != self.etcd.deletions;
+                    let changed =
+                        *seen != self.etcd.deletions || *seen_rollout != self.rollout.revision;
+                    let woken = *wake && changed;
                     offer(if woken { now } else { *until }, Item::Paused(i));
                 }
                 Some(Current::Call { until, .. }) => offer(*until, Item::Call(i)),
@@ -398,6 +522,9 @@ impl Sim {
             }
             if let Some(at) = p.verify_at {
                 offer(at, Item::Verify(i));
+            }
+            if let Some(at) = p.min_healthy_at {
+                offer(at, Item::MinHealthy(i));
             }
             if let Some(at) = p.passing {
                 offer(at, Item::PassBack(i));
@@ -447,7 +574,7 @@ impl Sim {
                 let unit = &self.inst[i].unit;
                 let passed = unit.state.is_active()
                     && !unit.broken
-                    && self.behaviour(&unit.process) == Behaviour::Good;
+                    && self.behaviour(&unit.process).serves();
                 let p = self.inst[i].proc.as_mut().unwrap();
                 p.next_probe = now + PROBE_EVERY;
                 let _ = self.turn(i, Observation::Probe { passed });
@@ -469,6 +596,12 @@ impl Sim {
                     let _ = self.act(i, held);
                 }
             }
+            Item::MinHealthy(i) => {
+                self.inst[i].proc.as_mut().unwrap().min_healthy_at = None;
+                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                let _ = self.turn(i, elapsed);
+            }
+            Item::Die(i) => self.process_died(i),
         }
     }
 
@@ -523,6 +656,9 @@ impl Sim {
                 self.behaviours.insert(version.clone(), behaviour);
                 self.nebraska.channel = version;
             }
+            Fault::Promote => {
+                self.promote();
+            }
         }
     }
 
@@ -573,6 +709,7 @@ impl Sim {
             true => {
                 self.inst[i].unit.process = loaded;
                 self.set_unit(i, ActiveState::Active);
+                self.started_process(i);
             }
             false => self.set_unit(i, ActiveState::Failed),
         }
@@ -617,6 +754,9 @@ impl Sim {
                 p.agent.phase == Phase::Serving && p.pending.is_empty() && !p.slow
             });
             settled &= serving && inst.disk.journal.is_none() && inst.unit.job.is_none();
+        }
+        if self.drawn.policy.promote == Promote::Manual && self.promote() {
+            settled = false;
         }
         if self.etcd.halt.is_some() {
             // The runbook: publish a fixed version, then `slots resume`.
@@ -679,7 +819,13 @@ impl Sim {
             if (swapping_unit && !p.lost_after_fence) || job {
                 busy.push(i);
             }
-            let caught_up = p.pending.is_empty() && p.recovered.is_none();
+            // A deregistration decided but held behind a failed journal write (`act.rs` fails
+            // closed; seed 694: the unit dies in min-healthy as the journal fails) is asked for.
+            let held_deregister = p.unrecorded.as_ref().is_some_and(|(held, _)| {
+                held.iter()
+                    .any(|a| matches!(a, crate::agent::machine::state::Action::Deregister))
+            });
+            let caught_up = p.pending.is_empty() && p.recovered.is_none() && !held_deregister;
             let unhealthy = caught_up && p.wanted && !(unit_active && p.healthy);
             let passes = p.passes;
             if unhealthy && !self.seen(Violation::RegisteredUnhealthy, i) {
@@ -707,6 +853,9 @@ impl Sim {
                     *entry = (now, i, life);
                 }
             }
+        }
+        for i in 0..self.inst.len() {
+            self.account_step(i);
         }
         if busy.len() > self.etcd.max as usize && !self.seen(Violation::OverMax, usize::MAX) {
             let detail = format!("instances {busy:?} swapping at once, max {}", self.etcd.max);
@@ -750,9 +899,6 @@ impl Sim {
     /// to it; one taken again to verify a unit that already runs it (its swap started before
     /// the failure, and it restarts nothing onto it) starts no swap either.
     fn newly_acquired(&mut self, i: usize, version: &str) {
-        let Some(&(at, j, life)) = self.failed.get(version) else {
-            return;
-        };
         let not_a_start = matches!(
             self.inst[i].proc.as_ref().and_then(|p| p.stage()),
             Some(Stage::Reacquiring { resume, .. }) if matches!(
@@ -766,6 +912,10 @@ impl Sim {
         if not_a_start {
             return;
         }
+        self.policy_take(i, version);
+        let Some(&(at, j, life)) = self.failed.get(version) else {
+            return;
+        };
         let failing_ran = self.inst[j].proc.as_ref().is_some_and(|p| p.life == life)
             && !self.cut(j)
             && self.inst[j].last_cut_end <= at;
@@ -830,9 +980,14 @@ impl Sim {
     }
 }
 
-/// Runs `seed`; with `tracing`, keeps the trace.
-pub fn simulate(seed: u64, tracing: bool) -> (Vec<(Violation, Ms, String)>, Vec<String>) {
-    let mut sim = Sim::new(seed);
+/// Runs `seed` with its drawn rollout policy, or (`policy` false) with none; with `tracing`,
+/// keeps the trace.
+pub fn simulate_with(
+    seed: u64,
+    tracing: bool,
+    policy: bool,
+) -> (Vec<(Violation, Ms, String)>, Vec<String>) {
+    let mut sim = Sim::new(seed, policy);
     sim.tracing = tracing;
     sim.run()
 }

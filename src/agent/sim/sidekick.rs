@@ -8,7 +8,8 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::num::NonZeroU32;
 
-use super::world::{Answer, Ms, SlotClient};
+use super::rollout::RolloutClient;
+use super::world::{Answer, Behaviour, Ms, SlotClient};
 use super::{Sim, Violation};
 use crate::agent::driver::is_inline;
 use crate::agent::machine::recover;
@@ -27,6 +28,7 @@ pub const PROBE_EVERY: Ms = 1_000;
 pub const POLL_EVERY: Ms = 10_000;
 pub const DRAIN: Ms = 2_000;
 pub const VERIFY_TIMEOUT: Ms = 15_000;
+pub const START_TIMEOUT: Ms = 5_000;
 pub const RETRY_AFTER: Ms = 30_000;
 pub const RELEASE_RETRY: Ms = 5_000;
 pub const HALT_RETRY: Ms = 5_000;
@@ -44,12 +46,14 @@ pub struct Disk {
 /// A slow step in flight.
 #[derive(Debug, Clone)]
 pub enum Current {
-    /// Waiting before the action (a retry pause); `wake` on a slot delete.
+    /// Waiting before the action (a retry pause); `wake` on a slot delete or a change of the
+    /// group's rollout (`EtcdSlots::wait_for_change`).
     Pause {
         action: SwapAction,
         until: Ms,
         wake: bool,
         seen: u64,
+        seen_rollout: i64,
     },
     /// The call is out; its effect lands at `until`.
     Call { action: SwapAction, until: Ms },
@@ -90,10 +94,14 @@ pub struct Proc {
     pub stale_grant_possible: bool,
     /// The agent took offers when the pass in flight was sent (else it sends no check).
     pub pass_serving: bool,
+    /// The process's `RolloutAgent`.
+    pub rollout: RolloutClient,
+    /// When min-healthy is over (`driver/turn.rs`'s `min_healthy_at`).
+    pub min_healthy_at: Option<Ms>,
 }
 
 impl Proc {
-    fn new(life: u32, now: Ms) -> Proc {
+    fn new(life: u32, now: Ms, rollout: RolloutClient) -> Proc {
         let rise = NonZeroU32::new(RISE).unwrap();
         let fall = NonZeroU32::new(FALL).unwrap();
         let mut agent = Agent::new(HealthStreak::new(rise, fall), false);
@@ -123,6 +131,8 @@ impl Proc {
             slot_at_restart: false,
             stale_grant_possible: false,
             pass_serving: false,
+            rollout,
+            min_healthy_at: None,
         }
     }
 
@@ -156,7 +166,8 @@ impl Sim {
     pub(super) fn start(&mut self, i: usize) {
         let life = self.inst[i].gens + 1;
         self.inst[i].gens = life;
-        let mut proc = Proc::new(life, self.now);
+        let configured = self.drawn.configured();
+        let mut proc = Proc::new(life, self.now, RolloutClient::new(configured));
         let unit = self.inst[i].unit.clone();
         if let Some(journal) = self.inst[i].disk.journal.clone() {
             let observed = crate::systemd::control::RunningVersion {
@@ -262,6 +273,7 @@ impl Sim {
             None => state::next(agent, observation),
         };
         p.agent = agent;
+        p.rollout.observe(&p.agent.phase);
         let stage = format!("{:?}", p.stage());
         self.log(i, || format!("{shown} -> {stage} {actions:?}"));
         if let Some(batch) = self.act(i, actions) {
@@ -273,6 +285,9 @@ impl Sim {
             Some(Stage::Verifying { .. } | Stage::VerifyingOld { .. })
         ) {
             p.verify_at = None;
+        }
+        if !matches!(p.stage(), Some(Stage::MinHealthy { .. })) {
+            p.min_healthy_at = None;
         }
         if let Some(confirmed) = confirmation(p) {
             p.pending.push_back(confirmed);
@@ -385,12 +400,14 @@ impl Sim {
                 self.inst[i].disk.denylist.insert(version);
             }
             SwapAction::ClearJournal => self.inst[i].disk.journal = None,
-            // The simulation runs with `min_healthy = 0s` (not modelled yet): over at once.
+            // The policy's `min_healthy` in force when the slot was requested (`turn.rs`).
             SwapAction::StartMinHealthy => {
-                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                let now = self.now;
                 if let Some(p) = self.inst[i].proc.as_mut() {
-                    p.pending.push_back(elapsed);
+                    let ms = p.rollout.min_healthy().as_millis() as Ms;
+                    p.min_healthy_at = Some(now + ms);
                 }
+                self.log(i, || "min-healthy starts".into());
             }
             // A log line and a metric in the driver: nothing the world sees.
             SwapAction::NoteSlotLost => {}
@@ -428,6 +445,7 @@ impl Sim {
     pub(super) fn next_step(&mut self, i: usize) {
         let now = self.now;
         let deletions = self.etcd.deletions;
+        let seen_rollout = self.rollout.revision;
         let Some(p) = self.inst[i].proc.as_mut() else {
             return;
         };
@@ -452,6 +470,7 @@ impl Sim {
                     until: now + RETRY_AFTER + jitter,
                     wake: true,
                     seen: deletions,
+                    seen_rollout,
                 }
             }
             SwapAction::Halt { retry: true, .. } => Current::Pause {
@@ -459,12 +478,14 @@ impl Sim {
                 until: now + HALT_RETRY,
                 wake: false,
                 seen: deletions,
+                seen_rollout,
             },
             SwapAction::ReleaseSlot { retry: true } => Current::Pause {
                 action,
                 until: now + RELEASE_RETRY,
                 wake: false,
                 seen: deletions,
+                seen_rollout,
             },
             SwapAction::Restart | SwapAction::RestoreAndRestart { .. } => {
                 self.restart_unit(i, &action);
@@ -546,15 +567,25 @@ impl Sim {
             }
             SwapAction::Prepull { .. } => Some(SwapObservation::Prepulled(Ok(()))),
             SwapAction::AcquireSlot { version, .. } => {
-                let answer = match cut {
-                    true => SlotAnswer::Failed("cannot reach etcd".into()),
-                    false => {
+                // `EtcdSlots::acquire`: the rollout's slot gate first for a slot not held.
+                let hold = match !cut && client.key.is_none() {
+                    true => self.slot_hold(i, &version),
+                    false => None,
+                };
+                let answer = match (cut, hold) {
+                    (true, _) => SlotAnswer::Failed("cannot reach etcd".into()),
+                    (false, Some(detail)) => SlotAnswer::Busy(detail),
+                    (false, None) => {
                         let had = self.etcd.holds(&holder, &host);
+                        let newly = client.key.is_none();
                         match self
                             .etcd
                             .acquire(&mut client, (i, life), &holder, &host, &version)
                         {
                             Acquisition::Acquired => {
+                                if newly {
+                                    self.took_slot(i, &version);
+                                }
                                 if !had {
                                     self.newly_acquired(i, &version);
                                 }
@@ -581,6 +612,10 @@ impl Sim {
                 Some(SwapObservation::DropInWritten(Ok(previous)))
             }
             SwapAction::ReleaseSlot { .. } => {
+                // `EtcdSlots::release`: the swap's end recorded before the key goes.
+                if client.key.is_some() {
+                    self.rollout_released(i, !cut);
+                }
                 if cut || std::mem::take(&mut self.inst[i].faults.release_fails) {
                     // `release` forgets the key and the lease even when the calls fail: the
                     // lease is no longer kept alive and lapses within its TTL.
@@ -640,14 +675,15 @@ impl Sim {
         };
         let unit = &self.inst[i].unit;
         let behaviour = self.behaviour(&unit.loaded);
-        let started = !unit.broken && behaviour != super::world::Behaviour::Strand;
-        if behaviour == super::world::Behaviour::Strand {
+        let started = !unit.broken && behaviour != Behaviour::Strand;
+        if behaviour == Behaviour::Strand {
             self.inst[i].unit.broken = true;
         }
         let result = match started {
             true => {
                 self.inst[i].unit.process = self.inst[i].unit.loaded.clone();
                 self.set_unit(i, ActiveState::Active);
+                self.started_process(i);
                 Ok(())
             }
             false => {
@@ -676,11 +712,32 @@ impl Sim {
         }
     }
 
+    /// The unit's process was started: a version that fails late exits after a while.
+    pub(super) fn started_process(&mut self, i: usize) {
+        let unit = &self.inst[i].unit;
+        if let Behaviour::Late { after } = self.behaviour(&unit.process) {
+            self.inst[i].unit.dies_at = Some(self.now + after);
+        }
+    }
+
+    /// The unit's process exits by itself: `failed`.
+    pub(super) fn process_died(&mut self, i: usize) {
+        self.inst[i].unit.dies_at = None;
+        if self.inst[i].unit.state.is_active() {
+            let process = self.inst[i].unit.process.clone();
+            self.log(i, || format!("the unit's process ({process}) exited"));
+            self.set_unit(i, ActiveState::Failed);
+        }
+    }
+
     /// The unit's `ActiveState` changes; the unit watch tells the sidekick.
     pub(super) fn set_unit(&mut self, i: usize, state: ActiveState) {
         let was = self.inst[i].unit.state.clone();
         if was == state {
             return;
+        }
+        if !state.is_active() {
+            self.inst[i].unit.dies_at = None;
         }
         self.inst[i].unit.state = state.clone();
         if let Some(p) = self.inst[i].proc.as_mut() {
@@ -710,6 +767,14 @@ impl Sim {
                 p.next_pass = Some(now + delay);
             }
             self.log(i, || "update pass: not serving, no check".into());
+            return;
+        }
+        // `UpdatePass::poll`: the rollout may hold the check (windows, promotion).
+        if let Some(delay) = self.hold_check(i, &running, POLL_EVERY) {
+            if let Some(p) = self.inst[i].proc.as_mut() {
+                p.passing = None;
+                p.next_pass = Some(now + delay);
+            }
             return;
         }
         let mut answer = match halted {
@@ -770,11 +835,11 @@ impl Sim {
         settled && p.agent.phase == Phase::Serving && p.passing.is_none()
     }
 
-    pub(super) fn behaviour(&self, version: &str) -> super::world::Behaviour {
+    pub(super) fn behaviour(&self, version: &str) -> Behaviour {
         self.behaviours
             .get(version)
             .copied()
-            .unwrap_or(super::world::Behaviour::Good)
+            .unwrap_or(Behaviour::Good)
     }
 
     pub(super) fn violation(&mut self, v: Violation, detail: String) {

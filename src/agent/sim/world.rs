@@ -21,6 +21,18 @@ pub enum Behaviour {
     /// Fails to start and breaks the host so that the old version does not start either (until
     /// an operator fixes the host): strands the instance.
     Strand,
+    /// Starts and passes its probes, then exits `after` its start (the unit reads `failed`):
+    /// fails late, during verification or min-healthy.
+    Late {
+        after: Ms,
+    },
+}
+
+impl Behaviour {
+    /// Whether its probe passes while its process runs.
+    pub fn serves(self) -> bool {
+        matches!(self, Behaviour::Good | Behaviour::Late { .. })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +369,8 @@ pub struct Unit {
     pub operator_stopped: bool,
     /// A stranding version broke the host: nothing starts until an operator fixes it.
     pub broken: bool,
+    /// When the running process exits by itself ([`Behaviour::Late`]).
+    pub dies_at: Option<Ms>,
 }
 
 impl Unit {
@@ -369,6 +383,7 @@ impl Unit {
             job: None,
             operator_stopped: false,
             broken: false,
+            dies_at: None,
         }
     }
 }

@@ -1,0 +1,661 @@
+//! The group's rollout in the simulation (issue 17): what etcd keeps of it (the stored policy,
+//! the pause, each version's state, changed by compare-and-swap: [`RolloutStore`]), and each
+//! simulated sidekick's side of it, calling the same pure functions as the real agent
+//! ([`crate::rollout::agent`]) in the same order: the slot gate ([`gate::slot_answer`]) and the
+//! canary claim before the slot backend's acquire, the swap recorded when the slot is taken and
+//! its result when it is released (before the key goes), and the check gate
+//! ([`gate::check_gate`]) before each update check. Virtual time is a [`Timestamp`] from
+//! [`EPOCH_SECS`] (a Monday, 00:00 UTC), so windows open and close during a run.
+//!
+//! The policy of each seed is drawn in [`draw_policy`]; the sim's own account of what the policy
+//! allows (for [`super::Violation::CanaryOverrun`] and [`super::Violation::SlotOutsideWindow`])
+//! is kept apart from the code under test: windows from their minutes, canaries passed from the
+//! machines' stages, promotions from the operator's actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::sidekick::{DRAIN, START_TIMEOUT, VERIFY_TIMEOUT};
+use super::world::Ms;
+use crate::agent::machine::state::Phase;
+use crate::agent::machine::swap::{Report, Stage, SwapPhase};
+use crate::omaha::error_code;
+use crate::rollout::decide::{Hold, SlotGate};
+use crate::rollout::gate::{self, Jitter};
+use crate::rollout::policy::{Promote, RolloutPolicy, Window, ZoneName};
+use crate::rollout::state::{Failure, Promotion, SwapRecord, VersionState};
+use crate::rollout::store::{GroupSnapshot, Paused, effective};
+use crate::slot::halt::HaltMarker;
+
+/// Virtual time 0: Monday 2024-01-01 00:00:00 UTC.
+pub const EPOCH_SECS: i64 = 1_704_067_200;
+
+/// The instant of virtual time `now`.
+pub fn timestamp(now: Ms) -> Timestamp {
+    Timestamp::from_millisecond(EPOCH_SECS * 1000 + now as i64).expect("in range")
+}
+
+/// From `now` to `t`, at least zero.
+pub fn until(now: Ms, t: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(timestamp(now))).unwrap_or_default()
+}
+
+/// `swap.drain + swap.start_timeout + swap.verify_timeout` of the simulated sidekicks.
+pub fn floor() -> Duration {
+    Duration::from_millis(DRAIN + START_TIMEOUT + VERIFY_TIMEOUT)
+}
+
+/// What etcd keeps of the group's rollout: `/sidekick/policy/<group>`, `/sidekick/paused/<group>`
+/// and `/sidekick/rollouts/<group>/<version>`.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutStore {
+    pub stored_policy: Option<RolloutPolicy>,
+    pub paused: Option<Paused>,
+    pub versions: BTreeMap<String, VersionState>,
+    /// Bumped by every write: what a waiting slot request watches (`wait_for_change`).
+    pub revision: i64,
+}
+
+impl RolloutStore {
+    /// `store::read_group`: everything at one revision, versions newest start first.
+    pub fn snapshot(&self, halt: Option<&(String, String)>) -> GroupSnapshot {
+        let mut versions: Vec<VersionState> = self.versions.values().cloned().collect();
+        versions.sort_by_key(|v| std::cmp::Reverse(v.started));
+        GroupSnapshot {
+            revision: self.revision,
+            stored_policy: self.stored_policy.clone(),
+            paused: self.paused.clone(),
+            halt: halt.map(|(version, reason)| HaltMarker {
+                version: version.clone(),
+                reason: reason.clone(),
+                instance: String::new(),
+                since: String::new(),
+            }),
+            versions,
+            instances: Vec::new(),
+        }
+    }
+
+    /// `store::update_version`: the compare-and-swap, atomic here (one writer at a time).
+    pub fn update_version(
+        &mut self,
+        version: &str,
+        mut change: impl FnMut(Option<&VersionState>) -> Option<VersionState>,
+    ) -> Option<VersionState> {
+        let current = self.versions.get(version);
+        let Some(next) = change(current) else {
+            return current.cloned();
+        };
+        self.versions.insert(version.to_string(), next.clone());
+        self.revision += 1;
+        Some(next)
+    }
+}
+
+/// The swap this process is in, as the version's state records it (`agent/history.rs`'s
+/// `CurrentSwap`, without the step timings): lost with the process.
+#[derive(Debug, Clone)]
+pub struct CurrentSwap {
+    pub version: String,
+    pub took: Timestamp,
+    /// `history.rs`: `Ok` once min-healthy passed, `Err((stage, reason))` once rolled back with
+    /// the version to blame, `None` when it ended otherwise (which frees a canary place).
+    pub verdict: Option<Result<(), (&'static str, String)>>,
+}
+
+/// One process's `RolloutAgent` state.
+#[derive(Debug, Clone)]
+pub struct RolloutClient {
+    pub configured: RolloutPolicy,
+    pub jitter: Jitter,
+    pub swap: Option<CurrentSwap>,
+    /// `min_healthy` of the policy in force when the last slot request was judged.
+    pub min_healthy: Option<Duration>,
+}
+
+impl RolloutClient {
+    pub fn new(configured: RolloutPolicy) -> RolloutClient {
+        RolloutClient {
+            configured,
+            jitter: Jitter::default(),
+            swap: None,
+            min_healthy: None,
+        }
+    }
+
+    /// `RolloutAgent::min_healthy`.
+    pub fn min_healthy(&self) -> Duration {
+        self.min_healthy.unwrap_or(self.configured.min_healthy)
+    }
+
+    /// `RolloutAgent::observe` (`history.rs`): the swap's verdict once known.
+    pub fn observe(&mut self, phase: &Phase) {
+        let (Phase::Updating(swap), Some(current)) = (phase, self.swap.as_mut()) else {
+            return;
+        };
+        if current.verdict.is_none() {
+            current.verdict = match (&swap.stage, swap.report) {
+                (Stage::Releasing, Some(Report::Complete)) => Some(Ok(())),
+                (
+                    Stage::Registering {
+                        failure: Some(failure),
+                    },
+                    _,
+                ) if failure.halt => Some(Err((failed_in(failure.code), failure.reason.clone()))),
+                _ => None,
+            };
+        }
+    }
+}
+
+/// `history.rs`'s `failed_in`.
+fn failed_in(code: u32) -> &'static str {
+    match code {
+        error_code::MIN_HEALTHY_FAILED => "min_healthy",
+        _ => "verify",
+    }
+}
+
+/// A seed's policy and the sim's own reading of its windows.
+#[derive(Debug, Clone)]
+pub struct Drawn {
+    pub policy: RolloutPolicy,
+    /// Stored in etcd (`sidekick rollout set`) rather than configured on every instance.
+    pub stored: bool,
+    /// Daily windows as `[start, end)` in virtual milliseconds of the first day.
+    pub windows: Vec<(Ms, Ms)>,
+}
+
+/// Draws the seed's rollout policy: `canary` 0–2, `promote` auto or manual, a bake, a
+/// `min_healthy` (0 in some seeds), `max_failures = 1`, and in some seeds two daily windows: one
+/// that closes (or opens and closes) during the faults, and one that opens later for an hour.
+pub fn draw_policy(rng: &mut fastrand::Rng) -> Drawn {
+    let canary = rng.u32(0..=2);
+    let promote = match rng.u8(0..3) {
+        0 => Promote::Manual,
+        _ => Promote::Auto,
+    };
+    let canary_bake = match rng.bool() {
+        true => Duration::ZERO,
+        false => Duration::from_millis(rng.u64(1_000..30_000)),
+    };
+    let min_healthy = match rng.u8(0..4) {
+        0 => Duration::ZERO,
+        _ => Duration::from_millis(rng.u64(2_000..20_000)),
+    };
+    let mut windows = Vec::new();
+    let mut spans = Vec::new();
+    if rng.u8(0..3) == 0 {
+        let s1 = rng.u32(0..=2);
+        let l1 = rng.u32(1..=3);
+        let s2 = s1 + l1 + rng.u32(1..=3);
+        for (start, length) in [(s1, l1), (s2, 60)] {
+            windows.push(Window {
+                days: all_days(),
+                start,
+                length,
+            });
+            spans.push((
+                u64::from(start) * 60_000,
+                u64::from(start + length) * 60_000,
+            ));
+        }
+    }
+    let policy = RolloutPolicy {
+        min_healthy,
+        monitor: Duration::ZERO,
+        canary,
+        canary_bake,
+        promote,
+        max_failures: NonZeroU32::MIN,
+        batch_delay: Duration::ZERO,
+        time_zone: ZoneName::Utc,
+        windows,
+    };
+    Drawn {
+        policy,
+        stored: rng.bool(),
+        windows: spans,
+    }
+}
+
+fn all_days() -> Vec<jiff::civil::Weekday> {
+    use jiff::civil::Weekday::*;
+    vec![
+        Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday,
+    ]
+}
+
+/// The sim's own account of the policy (apart from the code under test).
+#[derive(Debug, Clone, Default)]
+pub struct Account {
+    /// Per version, when each instance passed min-healthy (its swap reached 3/1).
+    pub passed: BTreeMap<String, BTreeMap<usize, Ms>>,
+    /// Per version, the instances that failed on it (a failure that blames the version).
+    pub failed_on: BTreeMap<String, BTreeSet<usize>>,
+    /// When the operator promoted each version.
+    pub promoted: BTreeMap<String, Ms>,
+}
+
+impl Account {
+    /// Whether the canary wave of `version` is through at `now`: `canary` instances passed
+    /// min-healthy, the bake is over, and it was promoted when `promote = "manual"`.
+    pub fn wave_through(&self, policy: &RolloutPolicy, version: &str, now: Ms) -> bool {
+        let wanted = policy.canary as usize;
+        if wanted > 0 {
+            let mut times: Vec<Ms> = self
+                .passed
+                .get(version)
+                .map(|m| m.values().copied().collect())
+                .unwrap_or_default();
+            times.sort_unstable();
+            let Some(&through) = times.get(wanted - 1) else {
+                return false;
+            };
+            if now < through + policy.canary_bake.as_millis() as Ms {
+                return false;
+            }
+        }
+        policy.promote == Promote::Auto || self.promoted.contains_key(version)
+    }
+}
+
+/// Whether virtual time `now` is inside one of the daily `windows` (the sim's own reading).
+pub fn in_window(windows: &[(Ms, Ms)], now: Ms) -> bool {
+    let day = 24 * 3_600_000;
+    let t = now % day;
+    windows.iter().any(|&(start, end)| t >= start && t < end)
+}
+
+impl super::Sim {
+    /// The group's rollout as one read sees it.
+    pub(super) fn snapshot(&self) -> GroupSnapshot {
+        self.rollout.snapshot(self.etcd.halt.as_ref())
+    }
+
+    /// `RolloutAgent::slot_hold`, before the slot backend's acquire of a slot not held: `None`
+    /// to go on, or why not (the backend answers busy).
+    pub(super) fn slot_hold(&mut self, i: usize, version: &str) -> Option<String> {
+        let now = timestamp(self.now);
+        let snap = self.snapshot();
+        let me = self.inst[i].holder.clone();
+        let p = self.inst[i].proc.as_mut()?;
+        let configured = p.rollout.configured.clone();
+        let answer = gate::slot_answer(&snap, &configured, floor(), &me, version, now);
+        let policy = effective(snap.stored_policy.as_ref(), &configured).clone();
+        p.rollout.min_healthy = Some(policy.min_healthy);
+        let hold = match answer {
+            SlotGate::Take { canary: false } => None,
+            SlotGate::Take { canary: true } => return self.claim_canary(i, version, &policy),
+            SlotGate::Hold(Hold::Halted(_)) => None,
+            SlotGate::Hold(hold) => Some(hold),
+        };
+        if let Some(Hold::Canaries { .. }) = &hold {
+            self.canary_result_lost(i, version, &snap);
+        }
+        let starting = matches!(
+            self.inst[i].proc.as_ref().and_then(|p| p.stage()),
+            Some(Stage::AcquiringSlot { .. })
+        );
+        if let (Some(Hold::FailureBudgetSpent { failed, .. }), true) = (&hold, starting)
+            && !self.seen(super::Violation::WaitsOnSpentBudget, i)
+        {
+            let detail =
+                format!("#{i} waits for a slot for {version}, on which {failed} instances failed");
+            self.violation(super::Violation::WaitsOnSpentBudget, detail);
+        }
+        let text = hold.map(|h| crate::rollout::agent::hold_text(&h));
+        if let Some(text) = &text {
+            self.log(i, || format!("slot held back: {text}"));
+            let resume = match self.inst[i].proc.as_ref().and_then(|p| p.stage()) {
+                Some(Stage::Reacquiring { resume, .. }) => Some(format!("{resume:?}")),
+                _ => None,
+            };
+            if let Some(resume) = resume
+                && !self.seen(super::Violation::ReacquireHeldByPolicy, i)
+            {
+                let detail = format!(
+                    "#{i} takes its slot again for {version} to resume {resume}: held, {text}"
+                );
+                self.violation(super::Violation::ReacquireHeldByPolicy, detail);
+            }
+        }
+        text
+    }
+
+    /// The wave of `version` holds `i`: a canary with no result that no instance of its name is
+    /// in a swap to the version for (nor journaled so) will never get one.
+    fn canary_result_lost(&mut self, i: usize, version: &str, snap: &GroupSnapshot) {
+        let Some(state) = snap.versions.iter().find(|v| v.version == version) else {
+            return;
+        };
+        let swapping = |holder: &str| {
+            self.inst.iter().any(|inst| {
+                let phase = inst.proc.as_ref().is_some_and(|p| match &p.agent.phase {
+                    Phase::Updating(swap) => swap.plan.new.version == version,
+                    _ => false,
+                });
+                let journal = inst
+                    .disk
+                    .journal
+                    .as_ref()
+                    .is_some_and(|s| s.plan.new.version == version);
+                inst.holder == holder && (phase || journal)
+            })
+        };
+        let lost: Vec<String> = state
+            .canaries
+            .iter()
+            .filter(|c| c.passed.is_none() && c.failed.is_none() && !swapping(&c.instance))
+            .map(|c| c.instance.clone())
+            .collect();
+        if !lost.is_empty() && !self.seen(super::Violation::CanaryResultLost, i) {
+            let detail = format!(
+                "#{i} waits on the canaries of {version}; {lost:?} have no result and no swap \
+                 that could record one"
+            );
+            self.violation(super::Violation::CanaryResultLost, detail);
+        }
+    }
+
+    /// `RolloutAgent::claim_canary`: one of the canary places by compare-and-swap.
+    fn claim_canary(&mut self, i: usize, version: &str, policy: &RolloutPolicy) -> Option<String> {
+        let now = timestamp(self.now);
+        let me = self.inst[i].holder.clone();
+        let wanted = policy.canary;
+        let state = self.rollout.update_version(version, |current| {
+            let mut next = current
+                .cloned()
+                .unwrap_or_else(|| VersionState::new(version, now));
+            if next.is_canary(&me) || next.canaries.len() >= wanted as usize {
+                return None;
+            }
+            next.add_canary(&me, now);
+            Some(next)
+        });
+        match state {
+            Some(state) if state.is_canary(&me) => {
+                self.log(i, || format!("a canary of {version}"));
+                None
+            }
+            _ => Some(format!("the {wanted} canary places of {version} are taken")),
+        }
+    }
+
+    /// `RolloutAgent::took_slot`: a newly held slot for `version` is recorded.
+    pub(super) fn took_slot(&mut self, i: usize, version: &str) {
+        let now = timestamp(self.now);
+        let me = self.inst[i].holder.clone();
+        if let Some(p) = self.inst[i].proc.as_mut() {
+            p.rollout.swap = Some(CurrentSwap {
+                version: version.to_string(),
+                took: now,
+                verdict: None,
+            });
+        }
+        self.change(version, |state| {
+            state.add_swap(SwapRecord {
+                instance: me.clone(),
+                took_slot: now,
+                released: None,
+                steps_ms: BTreeMap::new(),
+            })
+        });
+    }
+
+    /// `RolloutAgent::released`: before the slot key goes, the swap's release and result. A
+    /// write that cannot reach etcd is lost (logged), the swap forgotten all the same.
+    pub(super) fn rollout_released(&mut self, i: usize, reachable: bool) {
+        let Some(swap) = self.inst[i]
+            .proc
+            .as_mut()
+            .and_then(|p| p.rollout.swap.take())
+        else {
+            return;
+        };
+        if !reachable {
+            self.log(i, || "the swap's end not recorded: etcd unreachable".into());
+            return;
+        }
+        let now = timestamp(self.now);
+        let me = self.inst[i].holder.clone();
+        self.log(i, || format!("swap's end recorded: {:?}", swap.verdict));
+        self.change(&swap.version, |state| {
+            if let Some(record) = state
+                .swaps
+                .iter_mut()
+                .rev()
+                .find(|s| s.instance == me && s.took_slot == swap.took)
+            {
+                record.released = Some(now);
+            }
+            match &swap.verdict {
+                Some(Ok(())) => state.canary_result(&me, true, now),
+                Some(Err((stage, reason))) => {
+                    state.canary_result(&me, false, now);
+                    state.add_failure(Failure {
+                        instance: me.clone(),
+                        at: now,
+                        stage: stage.to_string(),
+                        reason: reason.clone(),
+                    });
+                }
+                None => state
+                    .canaries
+                    .retain(|c| c.instance != me || c.passed.is_some() || c.failed.is_some()),
+            }
+        });
+    }
+
+    /// `history.rs`'s `change`: read-modify-write, creating the state when missing.
+    fn change(&mut self, version: &str, edit: impl Fn(&mut VersionState)) {
+        let now = timestamp(self.now);
+        self.rollout.update_version(version, |current| {
+            let mut next = current
+                .cloned()
+                .unwrap_or_else(|| VersionState::new(version, now));
+            edit(&mut next);
+            Some(next)
+        });
+    }
+
+    /// `RolloutAgent::hold_check` before an update check of instance `i` running `running`:
+    /// `None` to send it, else the delay before the next pass. Cut from etcd, the configured
+    /// windows still apply.
+    pub(super) fn hold_check(&mut self, i: usize, running: &str, interval: Ms) -> Option<Ms> {
+        let snap = match self.cut(i) {
+            true => RolloutStore::default().snapshot(None),
+            false => self.snapshot(),
+        };
+        let now = self.now;
+        let draw = self.rng.f64();
+        let me = self.inst[i].holder.clone();
+        let p = self.inst[i].proc.as_mut()?;
+        let configured = p.rollout.configured.clone();
+        let hold = gate::check_gate(
+            &snap,
+            &configured,
+            &me,
+            Some(running),
+            &mut p.rollout.jitter,
+            timestamp(now),
+            draw,
+        )?;
+        let left = hold.until().map(|t| until(now, t));
+        let delay = gate::check_delay(left, Duration::from_millis(interval));
+        self.log(i, || format!("no update check: {}", hold.summary()));
+        Some(delay.as_millis() as Ms)
+    }
+
+    /// `sidekick rollout promote <version>` of the version the operator published (the
+    /// command's own code, `commands/rollout.rs`: refused while no rollout of it is recorded);
+    /// whether it promoted it.
+    pub(super) fn promote(&mut self) -> bool {
+        let now = timestamp(self.now);
+        let newest = self.nebraska.channel.clone();
+        if self.account.promoted.contains_key(&newest) {
+            return false;
+        }
+        if !self.rollout.versions.contains_key(&newest) {
+            let waiting: Vec<usize> = (0..self.inst.len())
+                .filter(|&i| {
+                    self.inst[i]
+                        .proc
+                        .as_ref()
+                        .is_some_and(|p| match &p.agent.phase {
+                            Phase::Updating(swap) => {
+                                swap.plan.new.version == newest
+                                    && matches!(swap.stage, Stage::AcquiringSlot { .. })
+                            }
+                            _ => false,
+                        })
+                })
+                .collect();
+            self.log(usize::MAX, || {
+                format!("operator: rollout promote {newest}: refused, no rollout of it is recorded")
+            });
+            if !waiting.is_empty() && !self.seen(super::Violation::PromotionRefused, 0) {
+                let detail = format!(
+                    "`rollout promote {newest}` refused (no rollout of it recorded) while {waiting:?} \
+                     wait for a slot for it"
+                );
+                self.violation(super::Violation::PromotionRefused, detail);
+            }
+            return false;
+        }
+        let state = self.rollout.update_version(&newest, |current| {
+            let mut next = current?.clone();
+            if next.promoted.is_some() {
+                return None;
+            }
+            next.promoted = Some(Promotion {
+                at: now,
+                by: "operator".into(),
+            });
+            Some(next)
+        });
+        let promoted = state.is_some_and(|s| s.promoted.is_some());
+        if promoted {
+            self.account
+                .promoted
+                .entry(newest.clone())
+                .or_insert(self.now);
+            self.log(usize::MAX, || format!("operator: rollout promote {newest}"));
+        }
+        promoted
+    }
+
+    /// A slot newly taken by `i` to start a swap to `version` (not to roll back from it): the
+    /// policy's invariants.
+    pub(super) fn policy_take(&mut self, i: usize, version: &str) {
+        let now = self.now;
+        if !self.drawn.windows.is_empty() && !in_window(&self.drawn.windows, now) {
+            let detail = format!("#{i} took a slot for {version} outside every window");
+            self.violation(super::Violation::SlotOutsideWindow, detail);
+        }
+        let exposed = self.exposed(i, version);
+        let count = exposed.len();
+        let policy = self.drawn.policy.clone();
+        if !self.account.wave_through(&policy, version, now)
+            && count > policy.canary as usize
+            && !self.seen(super::Violation::CanaryOverrun, i)
+        {
+            let detail = format!(
+                "#{i} took a slot for {version}: {count} instances in or through a swap to it \
+                 ({exposed:?}), canary {}, passed {:?}, promoted {:?}",
+                policy.canary,
+                self.account.passed.get(version),
+                self.account.promoted.get(version)
+            );
+            self.violation(super::Violation::CanaryOverrun, detail);
+        }
+    }
+
+    /// The instances (by name, as the policy counts canaries: a clone, the same name on two
+    /// hosts, is one instance to it) in or through a swap to `version` as `i` takes a slot for
+    /// it: in a swap to it past its slot (or journaled so), its unit loaded with it, failed or
+    /// passed on it. An attempt given up with the previous drop-in back is no longer one
+    /// (`history.rs` frees its canary place); a process an operator restarted onto the version
+    /// while the sidekick stood down (seed 564) is the operator's, not the rollout's.
+    fn exposed(&self, i: usize, version: &str) -> BTreeSet<String> {
+        let failed = self.account.failed_on.get(version);
+        let passed = self.account.passed.get(version);
+        (0..self.inst.len())
+            .filter(|&j| {
+                let inst = &self.inst[j];
+                // Past the slot: a swap still pre-pulling or waiting for one is none yet.
+                let past_slot = |s: &SwapPhase| {
+                    s.plan.new.version == version
+                        && !matches!(s.stage, Stage::Prepulling | Stage::AcquiringSlot { .. })
+                };
+                let swapping = inst.proc.as_ref().is_some_and(|p| match &p.agent.phase {
+                    Phase::Updating(swap) => past_slot(swap),
+                    _ => false,
+                });
+                let journaled = inst.disk.journal.as_ref().is_some_and(past_slot);
+                j == i
+                    || swapping
+                    || journaled
+                    || inst.unit.loaded == version
+                    || failed.is_some_and(|f| f.contains(&j))
+                    || passed.is_some_and(|p| p.contains_key(&j))
+            })
+            .map(|j| self.inst[j].holder.clone())
+            .collect()
+    }
+
+    /// After every step: canaries passed (the swap at 3/1) and failures of the version.
+    pub(super) fn account_step(&mut self, i: usize) {
+        let now = self.now;
+        let Some(p) = self.inst[i].proc.as_ref() else {
+            return;
+        };
+        let Phase::Updating(swap) = &p.agent.phase else {
+            return;
+        };
+        let version = swap.plan.new.version.clone();
+        if swap.stage == Stage::Releasing && swap.report == Some(Report::Complete) {
+            let passed = self.account.passed.entry(version.clone()).or_default();
+            passed.entry(i).or_insert(now);
+        }
+        let failure = match &swap.stage {
+            Stage::RollingBack { failure }
+            | Stage::Stranded { failure, .. }
+            | Stage::VerifyingOld { failure, .. }
+            | Stage::Registering {
+                failure: Some(failure),
+            } => Some(failure),
+            _ => None,
+        };
+        if failure.is_some_and(|f| f.halt) {
+            self.account.failed_on.entry(version).or_default().insert(i);
+        }
+    }
+}
+
+impl Drawn {
+    /// No rollout policy to speak of: `min_healthy = 0s`, no canary, no window (the runs of the
+    /// seeds in [`super::REGRESSIONS`] as they were found).
+    pub fn none() -> Drawn {
+        Drawn {
+            policy: RolloutPolicy {
+                min_healthy: Duration::ZERO,
+                ..RolloutPolicy::default()
+            },
+            stored: false,
+            windows: Vec::new(),
+        }
+    }
+
+    /// Each instance's `[rollout]`: the drawn policy, or the built-in defaults when the drawn
+    /// one is stored in etcd (which is authoritative).
+    pub fn configured(&self) -> RolloutPolicy {
+        match self.stored {
+            true => RolloutPolicy::default(),
+            false => self.policy.clone(),
+        }
+    }
+}
