@@ -25,7 +25,10 @@ type Seams = Arc<SwapSeams<MemoryUnitControl>>;
 /// The update step's seams for instance `id`, over the etcd backend the daemon builds.
 fn seams(client: &Client, id: &str) -> Seams {
     Arc::new(SwapSeams {
-        source: AnyUpdateSource::new(UpdateBackend::Memory(InMemoryUpdateSource::new(None)), false),
+        source: AnyUpdateSource::new(
+            UpdateBackend::Memory(InMemoryUpdateSource::new(None)),
+            false,
+        ),
         slots: AnySlots::Etcd(Box::new(slots(client, one(), id))),
         control: MemoryUnitControl::new(RunningVersion::default()),
     })
@@ -189,7 +192,11 @@ async fn two_daemon_waiters_are_served_in_queue_order_across_their_busy_answers(
     let c_waits = waiter(c, "c");
     let b_waits = waiter(b, "b");
     // Still the same two places: a retry goes on from the place its busy answer kept.
-    assert_eq!(queue(&client).await, places, "places changed between answers");
+    assert_eq!(
+        queue(&client).await,
+        places,
+        "places changed between answers"
+    );
     a.release().await.unwrap();
     let b = b_waits.await.unwrap();
     assert_eq!(*order.lock().unwrap(), ["b"], "c went before b");
