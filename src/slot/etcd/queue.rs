@@ -97,18 +97,18 @@ impl EtcdSlots {
         loop {
             // First in line with a slot free: the rollout's gate decides, right before the take.
             // A waiter it holds steps out of line (see the module doc) and comes back at the end.
-            if self.may_take(&snap) {
-                if let Some(detail) = self.gate(version).await {
-                    self.drop_idle_lease(state).await;
-                    tracing::debug!(group = %self.group, hold = %detail,
-                        "first in line but held by the rollout: leaving the line");
-                    if let Some(held) = self.wait_out_of_line(version, detail, end).await? {
-                        return Ok(held);
-                    }
-                    (queued, snap) = self.enqueue(state).await?;
-                    opened = None;
-                    continue;
+            if self.may_take(&snap)
+                && let Some(detail) = self.gate(version).await
+            {
+                self.drop_idle_lease(state).await;
+                tracing::debug!(group = %self.group, hold = %detail,
+                    "first in line but held by the rollout: leaving the line");
+                if let Some(held) = self.wait_out_of_line(version, detail, end).await? {
+                    return Ok(held);
                 }
+                (queued, snap) = self.enqueue(state).await?;
+                opened = None;
+                continue;
             }
             let outcome = self
                 .try_acquire(state, version, Some(&queued), snap)
