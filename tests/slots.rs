@@ -8,6 +8,8 @@ mod support;
 mod commands;
 #[path = "slots/contention.rs"]
 mod contention;
+#[path = "slots/daemon_wait.rs"]
+mod daemon_wait;
 #[path = "slots/etcd_role.rs"]
 mod etcd_role;
 #[path = "slots/fleetlock.rs"]

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::halt::HaltMarker;
 use super::{
-    Acquisition, DryRunSlots, EtcdSlots, FleetLockSlots, Holding, MemorySlots, SlotError, SlotLock,
+    Acquisition, DryRunSlots, EtcdSlots, FleetLockSlots, Holding, MemorySlots, RETRY_AFTER,
+    SlotError, SlotLock,
 };
 
 /// Any of the slot backends.
@@ -70,5 +71,39 @@ impl SlotLock for AnySlots {
 
     async fn wait_for_change(&self, timeout: Duration) {
         dispatch!(self, s => s.wait_for_change(timeout).await)
+    }
+
+    /// The etcd backend's own wait (its queue); the others keep the trait's default.
+    async fn acquire_within(
+        &self,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<Acquisition, SlotError> {
+        dispatch!(self, s => s.acquire_within(version, deadline).await)
+    }
+}
+
+impl AnySlots {
+    /// The daemon's slot step ([`crate::agent::machine::swap::SwapAction::AcquireSlot`]): one
+    /// answer per call, at least every [`RETRY_AFTER`] (plus jitter), so the swap shows why it
+    /// waits. etcd waits in its group's queue: the first call joins the line and answers at
+    /// once, a `retry` waits in line for up to [`RETRY_AFTER`], and a busy answer keeps the
+    /// place for the next call (a release gives it up). The other backends have no line: a
+    /// `retry` waits for a change, then asks once.
+    pub async fn acquire_in_line(
+        &self,
+        version: &str,
+        retry: bool,
+    ) -> Result<Acquisition, SlotError> {
+        let wait = if retry { RETRY_AFTER } else { Duration::ZERO };
+        match self {
+            AnySlots::Etcd(slots) => slots.acquire_within(version, wait).await,
+            others => {
+                if retry {
+                    others.wait_for_change(wait).await;
+                }
+                others.acquire(version).await
+            }
+        }
     }
 }

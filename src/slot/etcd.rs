@@ -227,6 +227,8 @@ impl SlotLock for EtcdSlots {
             }
         }
         state.key = None;
+        // Its lease goes below, and with it any place in line this holder kept.
+        state.queued = None;
         // Revoke even when the delete failed: revoking deletes the key too, and a lease kept
         // alive after a failed release would hold the slot for the life of the process.
         let revoked = match state.lease.take() {
@@ -243,8 +245,12 @@ impl SlotLock for EtcdSlots {
     }
 
     /// Waits in the group's queue (first come, first served) instead of retrying. Holds this
-    /// holder's state for the whole wait. A wait that is dropped unfinished revokes its lease, so
-    /// its place in line never blocks the group.
+    /// holder's state for the whole wait. A wait that ends at `deadline` still busy keeps its
+    /// place in line (its lease kept alive) for the next `acquire_within`, so a caller that waits
+    /// in bounded steps (the daemon's update step) keeps its turn; `acquire`, `release` and
+    /// `release_stale` give that place up. A wait that is dropped unfinished revokes its lease,
+    /// so its place in line never blocks the group. The rollout's slot gate applies before the
+    /// waiter joins the line and again before it takes a slot (see [`queue`]).
     async fn acquire_within(
         &self,
         version: &str,
@@ -255,11 +261,20 @@ impl SlotLock for EtcdSlots {
             finished: false,
         };
         let mut state = self.state.lock().await;
+        let newly = state.key.is_none();
+        if let Some(lease) = state.lease.as_ref().filter(|_| newly) {
+            // A place kept from an earlier wait: this wait owns it now.
+            self.waiting_lease.store(lease.id(), Ordering::SeqCst);
+        }
         let outcome = self.queued_acquire(&mut state, version, deadline).await;
         abandoned.finished = true;
         self.waiting_lease.store(0, Ordering::SeqCst);
-        if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) {
+        let keeps_place = matches!(outcome, Ok(Acquisition::Busy { .. })) && state.queued.is_some();
+        if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) && !keeps_place {
             self.drop_idle_lease(&mut state).await;
+        }
+        if let (Some(rollout), true, Ok(Acquisition::Acquired)) = (&self.rollout, newly, &outcome) {
+            rollout.took_slot(version).await;
         }
         self.note(outcome).await
     }
@@ -357,20 +372,42 @@ struct AbandonedWait<'a> {
 
 impl Drop for AbandonedWait<'_> {
     fn drop(&mut self) {
-        let lease = self.slots.waiting_lease.swap(0, Ordering::SeqCst);
-        if self.finished || lease == 0 {
+        let waiting = self.slots.waiting_lease.swap(0, Ordering::SeqCst);
+        if self.finished {
             return;
         }
+        // The wait's state guard is dropped before this one (declared after it), so the state is
+        // free unless another task took it in between: then revoke by the id the wait noted.
+        let lease = match self.slots.state.try_lock() {
+            // Holding a slot (taken before this wait): the lease is the slot's, not the wait's.
+            Ok(state) if state.key.is_some() => return,
+            Ok(mut state) => {
+                state.queued = None;
+                state.lease.take().map(Abandoned::Keeper)
+            }
+            Err(_) => (waiting != 0).then_some(Abandoned::Id(waiting)),
+        };
+        let Some(lease) = lease else { return };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let etcd = self.slots.etcd.clone();
             runtime.spawn(async move {
-                if let Err(err) = crate::etcd::lease::revoke(&etcd, lease).await {
+                let revoked = match lease {
+                    Abandoned::Keeper(keeper) => keeper.revoke(&etcd).await,
+                    Abandoned::Id(id) => crate::etcd::lease::revoke(&etcd, id).await,
+                };
+                if let Err(err) = revoked {
                     tracing::debug!(error = %format!("{err:#}"),
                         "lease of an abandoned slot wait not revoked; it expires within its TTL");
                 }
             });
         }
     }
+}
+
+/// The lease of an abandoned wait: the keeper taken from the holder's state, or only its id.
+enum Abandoned {
+    Keeper(SlotLease),
+    Id(i64),
 }
 
 impl EtcdSlots {

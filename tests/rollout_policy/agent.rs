@@ -431,3 +431,94 @@ async fn a_rolled_back_canary_fails_and_spends_the_failure_budget() {
     let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
     assert!(detail.contains("max_failures 1"), "{detail}");
 }
+
+/// The queue's keys now.
+async fn queued(client: &Client) -> usize {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let resp = client
+        .clone()
+        .get(sidekick::slot::keys::queue_prefix(GROUP), Some(options))
+        .await
+        .expect("read the queue");
+    resp.count() as usize
+}
+
+/// The slot gate in the queued wait (the daemon's): a waiter its gate holds when it reaches the
+/// head of the line steps out of it, so the waiter behind it whose gate lets it go takes the
+/// freed slot; the held one answers with its hold, keeps no place, and joins again only once
+/// its gate lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_held_at_the_head_of_the_line_steps_aside_for_one_that_may_go() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    // While a policy is stored, it applies to all; without one, each its configured `[rollout]`:
+    // b's has a window that opens in two hours, c's none.
+    let open = RolloutPolicy::default();
+    store::set_policy(&mut client, GROUP, &open)
+        .await
+        .expect("store");
+    let closed = policy(|p| p.window = vec![window_from_now(120, 60)]);
+    let a = member(&client, "web-1", &open, 1);
+    let b = member(&client, "web-2", &closed, 1);
+    let c = member(&client, "web-3", &open, 1);
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    // b, then c, join the line (their first wait answers at once and keeps the place).
+    for m in [&b, &c] {
+        let got = m.slots.acquire_within("2.0.0", Duration::ZERO).await;
+        assert!(matches!(got.unwrap(), Acquisition::Busy { .. }));
+    }
+    assert_eq!(queued(&client).await, 2);
+    // b's own window now decides for b: closed.
+    assert!(
+        store::clear_policy(&mut client, GROUP)
+            .await
+            .expect("clear")
+    );
+    let (b_wait, c_wait) = (
+        b.slots.acquire_within("2.0.0", Duration::from_secs(4)),
+        c.slots.acquire_within("2.0.0", Duration::from_secs(20)),
+    );
+    let release = async {
+        // b and c are back in their waits by now; if not, they find the slot free anyway.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.slots.release().await.expect("release");
+        Instant::now()
+    };
+    let (b_got, c_got, released) = tokio::join!(
+        async { (b_wait.await, Instant::now()) },
+        async { (c_wait.await, Instant::now()) },
+        release
+    );
+    assert_eq!(c_got.0.unwrap(), Acquisition::Acquired, "c, behind held b");
+    let took = c_got.1.duration_since(released);
+    assert!(took < Duration::from_secs(3), "c waited {took:?} for b");
+    let detail = busy_detail(b_got.0.unwrap());
+    assert!(detail.contains("outside every window"), "{detail}");
+    assert_eq!(queued(&client).await, 0, "held b kept a place");
+    // Still held: b's next wait does not join the line at all.
+    let detail = busy_detail(
+        b.slots
+            .acquire_within("2.0.0", Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    assert!(detail.contains("outside every window"), "{detail}");
+    assert_eq!(queued(&client).await, 0, "held b joined the line");
+    // Its gate lets it (a stored open policy again): b joins and takes the slot c gives back.
+    store::set_policy(&mut client, GROUP, &open)
+        .await
+        .expect("store");
+    let b_wait = b.slots.acquire_within("2.0.0", Duration::from_secs(20));
+    let c_release = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.slots.release().await.expect("release");
+    };
+    let (b_got, ()) = tokio::join!(b_wait, c_release);
+    assert_eq!(b_got.unwrap(), Acquisition::Acquired);
+}

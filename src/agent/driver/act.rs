@@ -141,12 +141,15 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
     /// untouched attempt's grant) beside the lease's revocation, both within
     /// [`SHUTDOWN_DEADLINE`]: an event send may take up to 45 s, and the deregistration must not
     /// wait for it. A 3/0 cut short is left to the next start, which finds the grant with no
-    /// journal.
+    /// journal. The step still in flight is dropped first: it would never be polled again, and
+    /// a slot wait holds the slot backend's state, which the release given back needs (a dropped
+    /// wait gives its place in line up).
     pub(super) async fn stop(
         mut self,
         batch: Vec<SwapAction>,
         state: &mut LoopState<C>,
     ) -> DriverReport {
+        drop(state.slow.take());
         notify::notify(&[
             NotifyState::Stopping,
             NotifyState::Status("stopping: deregistering"),

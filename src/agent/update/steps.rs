@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 use crate::agent::machine::swap::{SlotAnswer, SwapAction, SwapObservation};
 use crate::dry_run::would;
 use crate::omaha::{AnyUpdateSource, UpdateSource};
-use crate::slot::{Acquisition, AnySlots, Holding, RETRY_AFTER, SlotLock};
+use crate::slot::{Acquisition, AnySlots, Holding, SlotLock};
 use crate::systemd::control::{ControlError, DropIn, PreviousDropIn, UnitControl};
 
 /// Longest a pre-pull may take (a large image over a slow link).
@@ -132,11 +132,10 @@ async fn step<C: UnitControl>(
             let pulled = control.run_transient(&argv, PREPULL_TIMEOUT).await;
             SwapObservation::Prepulled(pulled.map_err(|e| failed("pre-pull", &e)))
         }
+        // etcd: in the group's queue, a busy answer at least every RETRY_AFTER (the place kept
+        // between calls); see `AnySlots::acquire_in_line`.
         SwapAction::AcquireSlot { version, retry } => {
-            if retry {
-                seams.slots.wait_for_change(RETRY_AFTER).await;
-            }
-            let answer = match seams.slots.acquire(&version).await {
+            let answer = match seams.slots.acquire_in_line(&version, retry).await {
                 Ok(Acquisition::Acquired) => SlotAnswer::Acquired,
                 Ok(Acquisition::Busy { detail }) => SlotAnswer::Busy(detail),
                 Ok(Acquisition::Halted { version, reason }) => {

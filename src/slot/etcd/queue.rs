@@ -22,8 +22,21 @@
 //! next release); watching the limit key as well would cost every contended acquire one more
 //! request.
 //!
-//! A waiter that gives up (deadline, halt, error) revokes its idle lease, which removes its queue
-//! key; the one behind it then watches the next key ahead.
+//! A waiter that gives up (halt, error, a dropped wait) revokes its idle lease, which removes its
+//! queue key; the one behind it then watches the next key ahead. A wait that reaches its deadline
+//! keeps its key and lease for the caller's next wait (the daemon waits in steps of
+//! [`RETRY_AFTER`], answering busy in between); `acquire`, `release` and `release_stale` give
+//! such a kept place up.
+//!
+//! The rollout's slot gate ([`crate::rollout::agent::RolloutAgent::slot_hold`]) is asked before a
+//! waiter joins the line and again when, first in line, it sees a slot free, right before its
+//! transaction. A waiter the gate holds does not keep a place: it leaves the line (revoking its
+//! lease) and waits outside it for the rollout to change or its hold to end by itself, then
+//! joins again at the end. The choice: a hold may be this waiter's alone (a canary stage that
+//! holds non-canaries, a version or a configured window of its own), and a held waiter kept at
+//! the head would starve everyone behind it who could go. The cost falls on group-wide holds
+//! (`batch_delay`, a bake): each waiter that reaches the head during one asks the gate once and
+//! leaves, and the line re-forms in the order the waiters come back when the hold ends.
 
 use std::time::Duration;
 
@@ -66,10 +79,37 @@ impl EtcdSlots {
         deadline: Duration,
     ) -> Result<Acquisition, SlotError> {
         let end = Instant::now() + deadline;
+        if state.key.is_some() {
+            // Holding a slot already: no place in line to take (acquire is idempotent).
+            let snap = self.snapshot(None).await?;
+            return self.try_acquire(state, version, None, snap).await;
+        }
+        // Held by the rollout before joining: wait out of line, so the line holds only waiters
+        // that could go.
+        if state.queued.is_none()
+            && let Some(held) = self.held_out_of_line(state, version, end).await?
+        {
+            return Ok(held);
+        }
         let (mut queued, mut snap) = self.enqueue(state).await?;
         // A watch of the slots opened before the last read (see `open_slots_watch`).
         let mut opened: Option<WatchStream> = None;
         loop {
+            // First in line with a slot free: the rollout's gate decides, right before the take.
+            // A waiter it holds steps out of line (see the module doc) and comes back at the end.
+            if self.may_take(&snap)
+                && let Some(detail) = self.gate(version).await
+            {
+                self.drop_idle_lease(state).await;
+                tracing::debug!(group = %self.group, hold = %detail,
+                    "first in line but held by the rollout: leaving the line");
+                if let Some(held) = self.wait_out_of_line(version, detail, end).await? {
+                    return Ok(held);
+                }
+                (queued, snap) = self.enqueue(state).await?;
+                opened = None;
+                continue;
+            }
             let outcome = self
                 .try_acquire(state, version, Some(&queued), snap)
                 .await?;
@@ -90,6 +130,10 @@ impl EtcdSlots {
             }
             // try_acquire left the snapshot it judged by in `state`; wait from there.
             let seen = state.last.take();
+            if Instant::now() >= end {
+                // Keeps its place: the caller's next wait goes on from it.
+                return Ok(outcome);
+            }
             if let Some(s) = &seen
                 && s.ahead.is_none()
                 && !s.queue_clear
@@ -123,6 +167,63 @@ impl EtcdSlots {
                 (queued, snap) = self.enqueue(state).await?;
             } else {
                 snap = self.snapshot(Some(&queued)).await?;
+            }
+        }
+    }
+
+    /// Whether a waiter reading `snap` would take a slot now: first in line, the group not
+    /// halted, fewer holders than its limit.
+    fn may_take(&self, snap: &Snapshot) -> bool {
+        let configured = self.max.load(std::sync::atomic::Ordering::SeqCst);
+        let max = snap.limit.map_or(configured, |l| l.max);
+        snap.queue_clear && snap.halt.is_none() && snap.slots.len() < max as usize
+    }
+
+    /// The rollout's slot gate for `version`: `None` to go on (or no rollout), or why not.
+    async fn gate(&self, version: &str) -> Option<String> {
+        self.rollout.as_ref()?.slot_hold(version).await
+    }
+
+    /// Out of line, holding no slot: `None` once the rollout lets this waiter go, or the busy
+    /// answer of the hold that still stands at `end`.
+    async fn held_out_of_line(
+        &self,
+        state: &mut HolderState,
+        version: &str,
+        end: Instant,
+    ) -> Result<Option<Acquisition>, SlotError> {
+        match self.gate(version).await {
+            None => Ok(None),
+            Some(detail) => {
+                self.drop_idle_lease(state).await;
+                self.wait_out_of_line(version, detail, end).await
+            }
+        }
+    }
+
+    /// Waits out of line while the rollout holds this waiter (`detail`), looking again when the
+    /// rollout changes or its hold ends by itself; `None` once it may go, or the busy answer of
+    /// the hold that still stands at `end`.
+    async fn wait_out_of_line(
+        &self,
+        version: &str,
+        mut detail: String,
+        end: Instant,
+    ) -> Result<Option<Acquisition>, SlotError> {
+        let Some(rollout) = self.rollout.as_ref() else {
+            return Ok(None);
+        };
+        loop {
+            if Instant::now() >= end {
+                return Ok(Some(Acquisition::Busy { detail }));
+            }
+            tokio::select! {
+                () = rollout.wait_for_change() => {}
+                () = sleep_until(end) => return Ok(Some(Acquisition::Busy { detail })),
+            }
+            match rollout.slot_hold(version).await {
+                None => return Ok(None),
+                Some(next) => detail = next,
             }
         }
     }

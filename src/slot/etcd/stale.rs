@@ -55,6 +55,10 @@ impl EtcdSlots {
                     "the released slot's old lease was not revoked; it expires within its TTL");
             }
         }
+        // A place in line kept from a wait that nobody came back to: give it up too.
+        if state.key.is_none() {
+            self.drop_idle_lease(&mut state).await;
+        }
         Ok(released
             .into_iter()
             .map(|(key, lease)| format!("{key} (lease {lease:x})"))
