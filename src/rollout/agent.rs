@@ -31,6 +31,30 @@ mod budget;
 mod history;
 use history::CurrentSwap;
 
+/// Why the rollout's gate keeps a slot request from a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotHold {
+    /// Wait: the hold may end (a pause, a canary wave, a bake, a window, `batch_delay`).
+    Busy(String),
+    /// Give up: the version spent its failure budget.
+    Refused(String),
+}
+
+impl SlotHold {
+    /// Why, as the swap's waiting line and the log show it.
+    pub fn text(&self) -> &str {
+        match self {
+            SlotHold::Busy(text) | SlotHold::Refused(text) => text,
+        }
+    }
+}
+
+impl std::fmt::Display for SlotHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// This instance in its group's rollout.
 pub struct RolloutAgent {
     etcd: EtcdConnection,
@@ -81,6 +105,15 @@ pub fn hold_text(hold: &Hold) -> String {
         Hold::Baking { until } => format!("the canaries bake until {until}"),
         Hold::AwaitingPromotion => "waiting for `sidekick rollout promote`".into(),
         Hold::BatchDelay { until } => format!("batch_delay: the next slot from {until}"),
+    }
+}
+
+/// What a slot request held by `hold` is answered: refused when the version spent its failure
+/// budget (nothing but a new version lifts that), else busy.
+pub fn hold_answer(hold: &Hold) -> SlotHold {
+    match hold {
+        Hold::FailureBudgetSpent { .. } => SlotHold::Refused(hold_text(hold)),
+        _ => SlotHold::Busy(hold_text(hold)),
     }
 }
 
@@ -147,12 +180,17 @@ impl RolloutAgent {
     }
 
     /// Before a slot for `version` is taken: `None` to go on, or why not (the slot stays free).
-    /// A canary claims its place first; a policy that cannot be read holds the slot.
-    pub async fn slot_hold(&self, version: &str) -> Option<String> {
+    /// A canary claims its place first; a policy that cannot be read holds the slot. A version
+    /// that spent its failure budget is refused ([`SlotHold::Refused`]): nothing but a new
+    /// version lifts that, so waiting for it would hold the swap's grant for good.
+    pub async fn slot_hold(&self, version: &str) -> Option<SlotHold> {
         let now = Timestamp::now();
         let snap = match self.read().await {
             Ok(snap) => snap,
-            Err(err) => return Some(format!("cannot read the group's rollout policy: {err}")),
+            Err(err) => {
+                let why = format!("cannot read the group's rollout policy: {err}");
+                return Some(SlotHold::Busy(why));
+            }
         };
         let answer = gate::slot_answer(
             &snap,
@@ -174,7 +212,10 @@ impl RolloutAgent {
             SlotGate::Take { canary: false } => None,
             SlotGate::Take { canary: true } => {
                 let wanted = store::effective(snap.stored_policy.as_ref(), &self.configured).canary;
-                return self.claim_canary(version, wanted, now).await;
+                return self
+                    .claim_canary(version, wanted, now)
+                    .await
+                    .map(SlotHold::Busy);
             }
             // The slot backend reports a halt itself, as the swap expects it.
             SlotGate::Hold(Hold::Halted(_)) => None,
@@ -185,7 +226,7 @@ impl RolloutAgent {
             Some(Hold::OutsideWindow { opens }) => *opens,
             _ => None,
         };
-        hold.map(|h| hold_text(&h))
+        hold.map(|h| hold_answer(&h))
     }
 
     /// Claims one of `wanted` canary places of `version` by compare-and-swap.

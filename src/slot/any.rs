@@ -89,15 +89,18 @@ impl AnySlots {
     /// waits. etcd waits in its group's queue: the first call joins the line and answers at
     /// once, a `retry` waits in line for up to [`RETRY_AFTER`], and a busy answer keeps the
     /// place for the next call (a release gives it up). The other backends have no line: a
-    /// `retry` waits for a change, then asks once.
+    /// `retry` waits for a change, then asks once. `gated`: the rollout's slot gate applies
+    /// (etcd only); false when a swap takes back the slot it held (recovery, a lost fence).
     pub async fn acquire_in_line(
         &self,
         version: &str,
         retry: bool,
+        gated: bool,
     ) -> Result<Acquisition, SlotError> {
         let wait = if retry { RETRY_AFTER } else { Duration::ZERO };
         match self {
-            AnySlots::Etcd(slots) => slots.acquire_within(version, wait).await,
+            AnySlots::Etcd(slots) if gated => slots.acquire_within(version, wait).await,
+            AnySlots::Etcd(slots) => slots.acquire_within_ungated(version, wait).await,
             others => {
                 if retry {
                     others.wait_for_change(wait).await;

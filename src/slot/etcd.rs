@@ -17,7 +17,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchFilterType, WatchOptions};
@@ -37,6 +37,7 @@ use super::{
 };
 use crate::etcd::EtcdConnection;
 use crate::etcd::lease::LeaseState;
+use crate::rollout::agent::SlotHold;
 
 /// An acquire gives up (reports busy) after this many lost races in a row.
 const MAX_RACES: u32 = 64;
@@ -77,6 +78,9 @@ pub struct EtcdSlots {
     rollout: Option<Arc<crate::rollout::agent::RolloutAgent>>,
     /// Where the leases this holder grants are recorded; a stale release revokes only those.
     ledger: Option<LeaseLedger>,
+    /// Set for the length of [`EtcdSlots::acquire_within_ungated`]: the rollout's gate is not
+    /// asked.
+    ungated: AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -111,6 +115,7 @@ impl EtcdSlots {
             waiting_lease: AtomicI64::new(0),
             rollout: None,
             ledger: None,
+            ungated: AtomicBool::new(false),
         }
     }
 
@@ -159,6 +164,32 @@ impl EtcdSlots {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// [`SlotLock::acquire_within`] without the rollout's slot gate: a swap taking back the slot
+    /// it held (recovery after a restart, a fence found lost) to finish or roll back, which the
+    /// gate judged when it first took it. A pause, a canary wave, a window or the failure budget
+    /// spent by the very version it rolls back from must not keep it from its slot; a halt
+    /// still does (the backend answers it, and the swap knows what to do with it).
+    pub async fn acquire_within_ungated(
+        &self,
+        version: &str,
+        deadline: Duration,
+    ) -> Result<Acquisition, SlotError> {
+        struct Gated<'a>(&'a AtomicBool);
+        impl Drop for Gated<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        self.ungated.store(true, Ordering::SeqCst);
+        let _gated_again = Gated(&self.ungated);
+        self.acquire_within(version, deadline).await
+    }
+
+    /// Whether the rollout's slot gate applies to the acquire under way.
+    fn gated(&self) -> bool {
+        !self.ungated.load(Ordering::SeqCst)
+    }
+
     /// Follows this holder's lease, to learn at once when a held slot is lost.
     pub async fn subscribe(&self) -> Option<HoldingWatch> {
         self.state
@@ -174,13 +205,13 @@ impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
         let newly = state.key.is_none();
-        if let Some(rollout) = self.rollout.as_ref().filter(|_| newly)
-            && let Some(detail) = rollout.slot_hold(version).await
+        if let Some(rollout) = self.rollout.as_ref().filter(|_| newly && self.gated())
+            && let Some(hold) = rollout.slot_hold(version).await
         {
             // A waiter watches from what the rollout was judged at, not from an older snapshot.
             state.seen_revision = rollout.seen_revision();
             state.seen_max = self.max.load(Ordering::SeqCst);
-            return Ok(Acquisition::Busy { detail });
+            return Ok(gate_answer(version, hold));
         }
         let alive = state
             .lease
@@ -448,5 +479,18 @@ impl EtcdSlots {
             }
         }
         Ok(())
+    }
+}
+
+/// The slot backend's answer for a slot the rollout's gate holds: busy while the hold may end,
+/// halted when the version spent its failure budget (nothing but a new version lifts that, so a
+/// waiting swap gives its grant back as it does on a halt instead of waiting for good).
+pub(super) fn gate_answer(version: &str, hold: SlotHold) -> Acquisition {
+    match hold {
+        SlotHold::Busy(detail) => Acquisition::Busy { detail },
+        SlotHold::Refused(reason) => Acquisition::Halted {
+            version: version.to_string(),
+            reason,
+        },
     }
 }

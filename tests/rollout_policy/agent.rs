@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use sidekick::agent::machine::state::Phase;
 use sidekick::agent::machine::swap::{self as swap, Report, Stage, SwapPlan};
 use sidekick::etcd::EtcdConnection;
-use sidekick::rollout::agent::RolloutAgent;
+use sidekick::rollout::agent::{RolloutAgent, SlotHold};
 use sidekick::rollout::gate::CheckHold;
 use sidekick::rollout::policy::{PolicyText, WindowText, day_name};
 use sidekick::rollout::state::VersionState;
@@ -179,7 +179,12 @@ async fn canary_places_are_claimed_once_each_by_compare_and_swap() {
     let s = state(&client).await;
     assert_eq!(s.canaries.len(), 2, "{s:?}");
     for hold in holds.iter().flatten() {
-        assert!(hold.contains("canary places"), "{hold}");
+        assert_eq!(
+            hold,
+            &SlotHold::Busy(hold.text().into()),
+            "held, not refused"
+        );
+        assert!(hold.text().contains("canary places"), "{hold}");
     }
     // A canary asking again keeps its place; the rest wait for the canaries.
     let canary = members
@@ -196,7 +201,7 @@ async fn canary_places_are_claimed_once_each_by_compare_and_swap() {
         .map(|(m, _)| m)
         .expect("another");
     let hold = other.rollout.slot_hold("2.0.0").await.expect("held");
-    assert!(hold.contains("0 of 2 passed"), "{hold}");
+    assert!(hold.text().contains("0 of 2 passed"), "{hold}");
 }
 
 #[tokio::test]
@@ -428,8 +433,14 @@ async fn a_rolled_back_canary_fails_and_spends_the_failure_budget() {
     assert_eq!(s.failures.len(), 1, "{s:?}");
     assert_eq!(s.failures[0].stage, "verify");
     assert!(s.swaps[0].steps_ms.contains_key("rollback"), "{s:?}");
-    let detail = busy_detail(b.slots.acquire("2.0.0").await.unwrap());
-    assert!(detail.contains("max_failures 1"), "{detail}");
+    // The budget spent: refused as on a halt (the swap gives its grant back), not held.
+    match b.slots.acquire("2.0.0").await.unwrap() {
+        Acquisition::Halted { version, reason } => {
+            assert_eq!(version, "2.0.0");
+            assert!(reason.contains("max_failures 1"), "{reason}");
+        }
+        other => panic!("expected the budget's refusal, got {other:?}"),
+    }
 }
 
 /// The queue's keys now.

@@ -163,15 +163,29 @@ async fn with_max_failures_2_the_first_failure_is_counted_the_second_halts_and_t
     }
     roll_back_and_release(&b).await;
     assert_eq!(failures(&client).await, ["web-1", "web-2"]);
-    // Lifting the halt does not lift the budget: 2.0.0 takes no more slots.
+    // Lifting the halt does not lift the budget: 2.0.0 takes no more slots. Nothing but a new
+    // version lifts it, so a swap is refused as on a halt (it gives its grant back) instead of
+    // waiting busy for good, whether it asks once or waits in the group's queue.
     store::resume(&mut client, GROUP).await.expect("resume");
-    match c.seams.slots.acquire("2.0.0").await.expect("acquire") {
-        Acquisition::Busy { detail } => assert!(
-            detail.contains("2 instances failed on this version (max_failures 2)"),
-            "{detail}"
-        ),
-        other => panic!("expected the budget's hold, got {other:?}"),
+    let once = c.seams.slots.acquire("2.0.0").await.expect("acquire");
+    let in_line = c.seams.slots.acquire_in_line("2.0.0", false, true).await;
+    for answer in [once, in_line.expect("acquire in line")] {
+        match answer {
+            Acquisition::Halted { version, reason } => {
+                assert_eq!(version, "2.0.0");
+                assert!(
+                    reason.contains("2 instances failed on this version (max_failures 2)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected the budget's refusal, got {other:?}"),
+        }
     }
+    // A swap taking back the slot it held (recovery rolling back from 2.0.0) is not judged by
+    // the gate again: the spent budget of the very version it leaves does not hold it.
+    let again = c.seams.slots.acquire_in_line("2.0.0", false, false).await;
+    assert_eq!(again.expect("taken again"), Acquisition::Acquired);
+    c.seams.slots.release().await.expect("release");
 }
 
 #[tokio::test]

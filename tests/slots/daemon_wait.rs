@@ -47,7 +47,15 @@ fn steps(seams: &Seams, actions: Vec<SwapAction>) -> SlowStep {
 /// The machine's slot step: the first attempt, or a retry.
 fn acquire(seams: &Seams, retry: bool) -> SlowStep {
     let version = "2.0.0".to_string();
-    steps(seams, vec![SwapAction::AcquireSlot { version, retry }])
+    let again = false;
+    steps(
+        seams,
+        vec![SwapAction::AcquireSlot {
+            version,
+            retry,
+            again,
+        }],
+    )
 }
 
 async fn answer(step: SlowStep) -> SlotAnswer {

@@ -412,6 +412,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 SwapAction::AcquireSlot {
                     version,
                     retry: false,
+                    again: false,
                 },
             ];
             (Stage::AcquiringSlot { waiting: None }, actions)
@@ -447,6 +448,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                 let actions = vec![SwapAction::AcquireSlot {
                     version,
                     retry: true,
+                    again: false,
                 }];
                 let stage = Stage::AcquiringSlot {
                     waiting: Some(waiting),

@@ -110,12 +110,7 @@ pub enum Violation {
 /// swap is forgotten all the same) or that process is gone (a crash after 3/1, a recovered
 /// swap whose new process never took the slot), the place stays claimed with no result and the
 /// rest of the group waits on the wave for good (`rollout promote` does not lift it).
-pub const NOT_YET_HELD: &[Violation] = &[
-    Violation::ReacquireHeldByPolicy,
-    Violation::PromotionRefused,
-    Violation::WaitsOnSpentBudget,
-    Violation::CanaryResultLost,
-];
+pub const NOT_YET_HELD: &[Violation] = &[Violation::PromotionRefused, Violation::CanaryResultLost];
 
 /// Seeds that once found a violation, replayed first (whatever [`SEEDS`] becomes). On the main
 /// before the issue-16 fixes: 3 (a recovered rollback restarts without a slot: defect 1), 7 (a
@@ -912,7 +907,16 @@ impl Sim {
         if not_a_start {
             return;
         }
-        self.policy_take(i, version);
+        // The rollout's gate judged a swap when it first took its slot; taking it back (a
+        // recovered swap resuming toward the version) is no new start to it (README: a swap
+        // that holds a slot always finishes, even past a window's close).
+        let retaken = matches!(
+            self.inst[i].proc.as_ref().and_then(|p| p.stage()),
+            Some(Stage::Reacquiring { .. })
+        );
+        if !retaken {
+            self.policy_take(i, version);
+        }
         let Some(&(at, j, life)) = self.failed.get(version) else {
             return;
         };

@@ -23,6 +23,7 @@ use super::world::Ms;
 use crate::agent::machine::state::Phase;
 use crate::agent::machine::swap::{Report, Stage, SwapPhase};
 use crate::omaha::error_code;
+use crate::rollout::agent::{SlotHold, hold_answer};
 use crate::rollout::decide::{Hold, SlotGate};
 use crate::rollout::gate::{self, Jitter};
 use crate::rollout::policy::{Promote, RolloutPolicy, Window, ZoneName};
@@ -276,9 +277,10 @@ impl super::Sim {
         self.rollout.snapshot(self.etcd.halt.as_ref())
     }
 
-    /// `RolloutAgent::slot_hold`, before the slot backend's acquire of a slot not held: `None`
-    /// to go on, or why not (the backend answers busy).
-    pub(super) fn slot_hold(&mut self, i: usize, version: &str) -> Option<String> {
+    /// `RolloutAgent::slot_hold`, before the slot backend's acquire of a slot not held (and not
+    /// taken again by the swap that held it): `None` to go on, or why not (the backend answers
+    /// busy, or halted when the version spent its failure budget).
+    pub(super) fn slot_hold(&mut self, i: usize, version: &str) -> Option<SlotHold> {
         let now = timestamp(self.now);
         let snap = self.snapshot();
         let me = self.inst[i].holder.clone();
@@ -289,7 +291,9 @@ impl super::Sim {
         p.rollout.min_healthy = Some(policy.min_healthy);
         let hold = match answer {
             SlotGate::Take { canary: false } => None,
-            SlotGate::Take { canary: true } => return self.claim_canary(i, version, &policy),
+            SlotGate::Take { canary: true } => {
+                return self.claim_canary(i, version, &policy).map(SlotHold::Busy);
+            }
             SlotGate::Hold(Hold::Halted(_)) => None,
             SlotGate::Hold(hold) => Some(hold),
         };
@@ -300,15 +304,17 @@ impl super::Sim {
             self.inst[i].proc.as_ref().and_then(|p| p.stage()),
             Some(Stage::AcquiringSlot { .. })
         );
+        let answer = hold.as_ref().map(hold_answer);
         if let (Some(Hold::FailureBudgetSpent { failed, .. }), true) = (&hold, starting)
+            && matches!(answer, Some(SlotHold::Busy(_)))
             && !self.seen(super::Violation::WaitsOnSpentBudget, i)
         {
             let detail =
                 format!("#{i} waits for a slot for {version}, on which {failed} instances failed");
             self.violation(super::Violation::WaitsOnSpentBudget, detail);
         }
-        let text = hold.map(|h| crate::rollout::agent::hold_text(&h));
-        if let Some(text) = &text {
+        if let Some(SlotHold::Busy(text) | SlotHold::Refused(text)) = &answer {
+            let text = text.clone();
             self.log(i, || format!("slot held back: {text}"));
             let resume = match self.inst[i].proc.as_ref().and_then(|p| p.stage()) {
                 Some(Stage::Reacquiring { resume, .. }) => Some(format!("{resume:?}")),
@@ -323,7 +329,7 @@ impl super::Sim {
                 self.violation(super::Violation::ReacquireHeldByPolicy, detail);
             }
         }
-        text
+        answer
     }
 
     /// The wave of `version` holds `i`: a canary with no result that no instance of its name is
@@ -586,9 +592,22 @@ impl super::Sim {
         (0..self.inst.len())
             .filter(|&j| {
                 let inst = &self.inst[j];
-                // Past the slot: a swap still pre-pulling or waiting for one is none yet.
+                // Past the slot and on the way to the version: a swap still pre-pulling or
+                // waiting for one is none yet, and one on its way back (rolling back, standing
+                // down, releasing with a 3/0) runs the version only if its unit still has it
+                // loaded (below); a failure the version is to blame for counts anyway.
                 let past_slot = |s: &SwapPhase| {
+                    let way_back = matches!(
+                        s.stage,
+                        Stage::RollingBack { .. }
+                            | Stage::VerifyingOld { .. }
+                            | Stage::Registering { failure: Some(_) }
+                            | Stage::StandingDown { .. }
+                            | Stage::Stranded { .. }
+                    ) || (s.stage == Stage::Releasing
+                        && s.report != Some(Report::Complete));
                     s.plan.new.version == version
+                        && !way_back
                         && !matches!(s.stage, Stage::Prepulling | Stage::AcquiringSlot { .. })
                 };
                 let swapping = inst.proc.as_ref().is_some_and(|p| match &p.agent.phase {

@@ -18,6 +18,7 @@ use crate::agent::machine::swap::{
     SlotAnswer, Stage, SwapAction, SwapObservation, SwapPhase, SwapPlan,
 };
 use crate::health::HealthStreak;
+use crate::rollout::agent::SlotHold;
 use crate::slot::{Acquisition, Holding};
 use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
@@ -566,15 +567,20 @@ impl Sim {
                 Some(SwapObservation::DropInRestored(Ok(())))
             }
             SwapAction::Prepull { .. } => Some(SwapObservation::Prepulled(Ok(()))),
-            SwapAction::AcquireSlot { version, .. } => {
-                // `EtcdSlots::acquire`: the rollout's slot gate first for a slot not held.
-                let hold = match !cut && client.key.is_none() {
+            SwapAction::AcquireSlot { version, again, .. } => {
+                // `EtcdSlots::acquire`: the rollout's slot gate first for a slot not held, unless
+                // the swap takes back the slot it held (`acquire_within_ungated`).
+                let hold = match !cut && client.key.is_none() && !again {
                     true => self.slot_hold(i, &version),
                     false => None,
                 };
                 let answer = match (cut, hold) {
                     (true, _) => SlotAnswer::Failed("cannot reach etcd".into()),
-                    (false, Some(detail)) => SlotAnswer::Busy(detail),
+                    (false, Some(SlotHold::Busy(detail))) => SlotAnswer::Busy(detail),
+                    (false, Some(SlotHold::Refused(reason))) => SlotAnswer::Halted {
+                        version: version.clone(),
+                        reason,
+                    },
                     (false, None) => {
                         let had = self.etcd.holds(&holder, &host);
                         let newly = client.key.is_none();

@@ -134,8 +134,12 @@ async fn step<C: UnitControl>(
         }
         // etcd: in the group's queue, a busy answer at least every RETRY_AFTER (the place kept
         // between calls); see `AnySlots::acquire_in_line`.
-        SwapAction::AcquireSlot { version, retry } => {
-            let answer = match seams.slots.acquire_in_line(&version, retry).await {
+        SwapAction::AcquireSlot {
+            version,
+            retry,
+            again,
+        } => {
+            let answer = match seams.slots.acquire_in_line(&version, retry, !again).await {
                 Ok(Acquisition::Acquired) => SlotAnswer::Acquired,
                 Ok(Acquisition::Busy { detail }) => SlotAnswer::Busy(detail),
                 Ok(Acquisition::Halted { version, reason }) => {

@@ -46,7 +46,8 @@ use etcd_client::{
 use tokio::time::{Instant, sleep_until};
 
 use super::acquire::{DUPLICATE, Queued};
-use super::{EtcdSlots, HolderState, WATCH_RETRY};
+use super::{EtcdSlots, HolderState, WATCH_RETRY, gate_answer};
+use crate::rollout::agent::SlotHold;
 use crate::slot::keys::{
     Reader, SlotEntry, Snapshot, group_prefix, parse_snapshot, queue_key, snapshot_ops,
 };
@@ -98,9 +99,12 @@ impl EtcdSlots {
             // First in line with a slot free: the rollout's gate decides, right before the take.
             // A waiter it holds steps out of line (see the module doc) and comes back at the end.
             if self.may_take(&snap)
-                && let Some(detail) = self.gate(version).await
+                && let Some(held) = self.gate(version).await
             {
                 self.drop_idle_lease(state).await;
+                let Acquisition::Busy { detail } = held else {
+                    return Ok(held);
+                };
                 tracing::debug!(group = %self.group, hold = %detail,
                     "first in line but held by the rollout: leaving the line");
                 if let Some(held) = self.wait_out_of_line(version, detail, end).await? {
@@ -179,9 +183,12 @@ impl EtcdSlots {
         snap.queue_clear && snap.halt.is_none() && snap.slots.len() < max as usize
     }
 
-    /// The rollout's slot gate for `version`: `None` to go on (or no rollout), or why not.
-    async fn gate(&self, version: &str) -> Option<String> {
-        self.rollout.as_ref()?.slot_hold(version).await
+    /// The rollout's slot gate for `version`: `None` to go on (no rollout, or a slot taken
+    /// again), or its answer: busy while it holds, halted when the version spent its budget.
+    async fn gate(&self, version: &str) -> Option<Acquisition> {
+        let rollout = self.rollout.as_ref().filter(|_| self.gated())?;
+        let hold = rollout.slot_hold(version).await?;
+        Some(gate_answer(version, hold))
     }
 
     /// Out of line, holding no slot: `None` once the rollout lets this waiter go, or the busy
@@ -194,9 +201,13 @@ impl EtcdSlots {
     ) -> Result<Option<Acquisition>, SlotError> {
         match self.gate(version).await {
             None => Ok(None),
-            Some(detail) => {
+            Some(Acquisition::Busy { detail }) => {
                 self.drop_idle_lease(state).await;
                 self.wait_out_of_line(version, detail, end).await
+            }
+            Some(refused) => {
+                self.drop_idle_lease(state).await;
+                Ok(Some(refused))
             }
         }
     }
@@ -223,7 +234,8 @@ impl EtcdSlots {
             }
             match rollout.slot_hold(version).await {
                 None => return Ok(None),
-                Some(next) => detail = next,
+                Some(SlotHold::Busy(next)) => detail = next,
+                Some(refused) => return Ok(Some(gate_answer(version, refused))),
             }
         }
     }

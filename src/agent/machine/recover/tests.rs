@@ -24,10 +24,12 @@ fn restore() -> SwapAction {
     }
 }
 
+/// Recovery takes the slot again (the rollout's gate does not apply).
 fn acquire(retry: bool) -> SwapAction {
     SwapAction::AcquireSlot {
         version: "2.0.0".into(),
         retry,
+        again: true,
     }
 }
 

@@ -105,10 +105,14 @@ pub enum SwapAction {
         image: String,
     },
     /// One acquire attempt (after waiting for a change when `retry`); answers
-    /// [`SwapObservation::Slot`].
+    /// [`SwapObservation::Slot`]. `again`: the slot is taken again by a swap that held it
+    /// (recovery after a restart, a fence found lost) to finish or roll back; the rollout's gate
+    /// (pause, canaries, windows, the failure budget) judged this swap when it first took it, and
+    /// does not hold it now (a halt still does, as the backend answers it).
     AcquireSlot {
         version: String,
         retry: bool,
+        again: bool,
     },
     /// Withdraw the registration; answers [`SwapObservation::Deregistered`] once etcd confirms.
     Deregister,

@@ -71,11 +71,12 @@ pub(super) fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<S
 }
 
 impl SwapPhase {
-    /// One acquire attempt for this swap's version.
+    /// One attempt to take this swap's slot again (the rollout's gate does not apply).
     pub(super) fn acquire(&self, retry: bool) -> SwapAction {
         SwapAction::AcquireSlot {
             version: self.plan.new.version.clone(),
             retry,
+            again: true,
         }
     }
 }

@@ -40,6 +40,7 @@ fn acquire(retry: bool) -> A {
     A::AcquireSlot {
         version: "2.0.0".into(),
         retry,
+        again: false,
     }
 }
 

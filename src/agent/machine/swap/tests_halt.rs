@@ -51,10 +51,12 @@ fn restore() -> A {
     }
 }
 
-fn acquire(retry: bool) -> A {
+/// The slot taken again by a swap that held it (the rollout's gate does not apply).
+fn reacquire(retry: bool) -> A {
     A::AcquireSlot {
         version: "2.0.0".into(),
         retry,
+        again: true,
     }
 }
 
@@ -242,6 +244,7 @@ fn a_rollback_whose_fence_finds_the_slot_gone_takes_it_again_before_restoring() 
                     A::AcquireSlot {
                         version: "2.0.0".into(),
                         retry: false,
+                        again: true,
                     },
                 ],
             ),
@@ -250,6 +253,7 @@ fn a_rollback_whose_fence_finds_the_slot_gone_takes_it_again_before_restoring() 
                 &[A::AcquireSlot {
                     version: "2.0.0".into(),
                     retry: true,
+                    again: true,
                 }],
             ),
         ],
@@ -327,7 +331,7 @@ fn a_unit_stopped_while_the_rollback_takes_its_slot_again_keeps_the_versions_bla
             (O::GroupHalted(Ok(())), &[A::CheckSlot]),
             (
                 O::Fenced { held: false },
-                &[A::NoteSlotLost, acquire(false)],
+                &[A::NoteSlotLost, reacquire(false)],
             ),
             (O::Unit(ActiveState::Inactive), &[]),
             (
@@ -378,9 +382,9 @@ fn a_halt_on_the_version_while_the_rollback_waits_for_its_slot_keeps_the_rollbac
             (O::GroupHalted(Ok(())), &[A::CheckSlot]),
             (
                 O::Fenced { held: false },
-                &[A::NoteSlotLost, acquire(false)],
+                &[A::NoteSlotLost, reacquire(false)],
             ),
-            (O::Slot(halted), &[acquire(true)]),
+            (O::Slot(halted), &[reacquire(true)]),
         ],
     );
     let failure = Failure {
