@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::sidekick::{DRAIN, START_TIMEOUT, VERIFY_TIMEOUT};
-use super::world::Ms;
+use super::world::{DRAIN, Ms, START_TIMEOUT, VERIFY_TIMEOUT};
 use crate::agent::machine::state::Phase;
 use crate::agent::machine::swap::{Report, Stage, SwapPhase};
 use crate::omaha::error_code;

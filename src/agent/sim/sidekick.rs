@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::num::NonZeroU32;
 
 use super::rollout::RolloutClient;
-use super::world::{Answer, Behaviour, Ms, SlotClient};
+use super::world::{Answer, Behaviour, DRAIN, Ms, SlotClient, VERIFY_TIMEOUT};
 use super::{Sim, Violation};
 use crate::agent::driver::is_inline;
 use crate::agent::machine::recover;
@@ -27,9 +27,6 @@ pub const RISE: u32 = 2;
 pub const FALL: u32 = 2;
 pub const PROBE_EVERY: Ms = 1_000;
 pub const POLL_EVERY: Ms = 10_000;
-pub const DRAIN: Ms = 2_000;
-pub const VERIFY_TIMEOUT: Ms = 15_000;
-pub const START_TIMEOUT: Ms = 5_000;
 pub const RETRY_AFTER: Ms = 30_000;
 pub const RELEASE_RETRY: Ms = 5_000;
 pub const HALT_RETRY: Ms = 5_000;

@@ -12,6 +12,11 @@ use crate::systemd::ActiveState;
 /// Virtual milliseconds.
 pub type Ms = u64;
 
+/// The simulated sidekicks' `swap.drain`, `swap.verify_timeout` and `swap.start_timeout`.
+pub const DRAIN: Ms = 2_000;
+pub const VERIFY_TIMEOUT: Ms = 15_000;
+pub const START_TIMEOUT: Ms = 5_000;
+
 /// How a version behaves once started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
