@@ -218,8 +218,11 @@ async fn promote_marks_the_newest_version_and_history_shows_it() {
     let cfg = config(dir.path(), &etcd.endpoint(), "");
     let out = rollout(dir.path(), &cfg, &["promote"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no rollout is recorded in group web/stable")
+        err.contains("no rollout is recorded in group web/stable: name the version to promote")
+            && err.contains("`sidekick rollout promote --group web/stable VERSION`"),
+        "{err}"
     );
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
     put_state(&mut client, &VersionState::new("1.0.0", t0)).await;
@@ -247,8 +250,23 @@ async fn promote_marks_the_newest_version_and_history_shows_it() {
         "{out}"
     );
     assert!(lines[1].starts_with("1.0.0  started"), "{out}");
-    let out = rollout(dir.path(), &cfg, &["promote", "9.9.9"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // A version nobody started is recorded with its promotion; with no instance on it or
+    // waiting for it the output says so, naming the key that removes a mistyped one.
+    let out = ok(rollout(dir.path(), &cfg, &["promote", "9.9.9"]));
+    assert!(
+        out.contains("its rollout was not recorded before, it is now")
+            && out.contains("no instance of the group runs or waits for 9.9.9 yet")
+            && out.contains("etcdctl del /sidekick/rollouts/web/stable/9.9.9"),
+        "{out}"
+    );
+    // Not a version: a bad argument, refused before etcd.
+    let out = rollout(dir.path(), &cfg, &["promote", "9.9/9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`9.9/9` is not a version"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test]

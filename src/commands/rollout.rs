@@ -10,7 +10,8 @@ use crate::cli::RolloutAction;
 use crate::config::ConfigSources;
 use crate::config::rollout::RolloutSettings;
 use crate::rollout::PolicyText;
-use crate::rollout::state::{Promotion, VersionState, p95_swap};
+use crate::rollout::gate::rollout_target;
+use crate::rollout::state::{VersionState, p95_swap};
 use crate::rollout::store::{self, GroupSnapshot};
 
 /// `sidekick rollout …`.
@@ -39,6 +40,15 @@ pub async fn run(sources: &ConfigSources, action: &RolloutAction) -> ExitCode {
         ..
     } = action
         && let Err(message) = edited(&PolicyText::default(), pairs)
+    {
+        eprintln!("sidekick: {message}");
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
+    if let RolloutAction::Promote {
+        target: Some(version),
+        ..
+    } = action
+        && let Err(message) = promotable(version)
     {
         eprintln!("sidekick: {message}");
         return ExitCode::from(super::EXIT_CONFIG);
@@ -181,42 +191,85 @@ async fn resume(client: &mut Client, group: &str) -> Result<String, String> {
     })
 }
 
+/// A version as `rollout promote` takes it: it names a key under the group's rollouts, so it
+/// is one path segment of printable characters.
+fn promotable(version: &str) -> Result<(), String> {
+    if version.is_empty()
+        || version.len() > 128
+        || version
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "rollout promote: `{version}` is not a version (1 to 128 characters, no `/`, no \
+             spaces)"
+        ));
+    }
+    Ok(())
+}
+
 async fn promote(
     client: &mut Client,
     group: &str,
     version: Option<&str>,
 ) -> Result<String, String> {
+    let snap = snapshot(client, group).await?;
     let version = match version {
         Some(v) => v.to_string(),
-        None => match snapshot(client, group).await?.versions.first() {
-            Some(newest) => newest.version.clone(),
-            None => return Err(format!("no rollout is recorded in group {group}")),
+        // Without a version: the one `rollout status` shows, only when its rollout is recorded.
+        None => match rollout_target(&snap) {
+            Some((newest, Some(_))) => newest.to_string(),
+            Some((waited, None)) => {
+                return Err(format!(
+                    "no rollout of {waited} is recorded in group {group} yet (instances wait \
+                     for a slot for it): name the version to promote it, `sidekick rollout \
+                     promote --group {group} {waited}`"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "no rollout is recorded in group {group}: name the version to promote, \
+                     `sidekick rollout promote --group {group} VERSION`"
+                ));
+            }
         },
     };
     let by = operator();
     let now = Timestamp::now();
+    let mut recorded_here = false;
+    // Create-if-absent or compare-and-swap: an instance recording the version at the same time
+    // makes this try again over what it wrote.
     let state = store::update_version(client, group, &version, |current| {
-        let mut next = current?.clone();
-        if next.promoted.is_some() {
-            return None;
-        }
-        next.promoted = Some(Promotion {
-            at: now,
-            by: by.clone(),
-        });
-        Some(next)
+        recorded_here = current.is_none();
+        VersionState::promoted(current, &version, &by, now)
     })
     .await
     .map_err(|e| format!("failed to promote {version} in group {group}: {e}"))?;
-    match state.and_then(|s| s.promoted) {
-        Some(p) => Ok(format!(
-            "version {version} of group {group} is promoted (by {} at {}): the rest of the group follows",
-            p.by, p.at
-        )),
-        None => Err(format!(
-            "no rollout of version {version} is recorded in group {group}"
-        )),
+    let Some(p) = state.and_then(|s| s.promoted) else {
+        return Err(format!(
+            "version {version} of group {group} was not promoted: its state changed meanwhile"
+        ));
+    };
+    let mut done = format!(
+        "version {version} of group {group} is promoted (by {} at {}): the rest of the group \
+         follows",
+        p.by, p.at
+    );
+    if recorded_here {
+        done.push_str("; its rollout was not recorded before, it is now");
+        let known = snap
+            .instances
+            .iter()
+            .any(|(_, r)| r.version == version || r.target.as_deref() == Some(version.as_str()));
+        if !known {
+            done.push_str(&format!(
+                "; no instance of the group runs or waits for {version} yet (a mistyped \
+                 version is removed with `etcdctl del {}`)",
+                store::version_key(group, &version)
+            ));
+        }
     }
+    Ok(done)
 }
 
 async fn history(client: &mut Client, group: &str) -> Result<String, String> {
@@ -254,4 +307,21 @@ pub(super) fn history_line(v: &VersionState) -> String {
         line.push_str(&format!(" (p95 {})", humantime::format_duration(p95)));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::promotable;
+
+    #[test]
+    fn a_promoted_version_is_one_key_segment_and_a_bad_one_is_named() {
+        for good in ["2.0.0", "v2.0.0-rc.1+build.7", "sha256_abc"] {
+            assert_eq!(promotable(good), Ok(()), "{good}");
+        }
+        for bad in ["", "2.0.0/extra", "2.0 .0", "2.0.0\n"] {
+            let err = promotable(bad).expect_err(bad);
+            assert!(err.contains(&format!("`{bad}` is not a version")), "{err}");
+        }
+        assert!(promotable(&"9".repeat(129)).is_err());
+    }
 }

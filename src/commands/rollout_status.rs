@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::config::rollout::RolloutSettings;
 use crate::rollout::decide::{GroupView, MEASURED_SWAPS, Stage, stage, swap_floor};
+use crate::rollout::gate::rollout_target;
 use crate::rollout::state::p95_swap;
 use crate::rollout::store::{self, GroupSnapshot};
 use crate::rollout::window::{Schedule, WindowState};
@@ -94,7 +95,7 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
             h.version, h.instance, h.reason
         ));
     }
-    let Some(target) = snap.versions.first() else {
+    let Some((version, state)) = rollout_target(snap) else {
         json["stage"] = json!("none");
         let line = format!("{head}; no rollout recorded");
         return Report {
@@ -108,36 +109,47 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
     let serving = snap
         .instances
         .iter()
-        .filter(|(_, r)| r.version == target.version)
+        .filter(|(_, r)| r.version == version)
         .count();
     let view = GroupView {
         policy,
         paused: snap.paused.is_some(),
         halted: snap.halt.as_ref().map(|h| h.reason.as_str()),
-        version: Some(target),
+        version: state,
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
         swap_estimate: estimate,
     };
     let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
     let remaining = snap.instances.len().saturating_sub(serving);
     let eta = crate::rollout::gate::eta(&stage, remaining, estimate, policy.batch_delay, now);
+    let (claimed, passed, failed) = state.map_or((0, 0, 0), |s| {
+        (s.canaries.len(), s.canaries_passed(), s.failed_instances())
+    });
     json["eta"] = json!(eta);
-    json["version"] = json!(target.version);
+    json["version"] = json!(version);
+    json["recorded"] = json!(state.is_some());
     json["stage"] = json!(stage.name());
     json["detail"] = json!(detail(&stage));
     json["serving"] = json!(serving);
-    json["canaries"] = json!({"wanted": policy.canary, "claimed": target.canaries.len(), "passed": target.canaries_passed()});
-    json["failures"] = json!(target.failures.len());
-    json["promoted"] = json!(target.promoted);
+    json["canaries"] = json!({"wanted": policy.canary, "claimed": claimed, "passed": passed});
+    json["failures"] = json!(state.map_or(0, |s| s.failures.len()));
+    json["promoted"] = json!(state.and_then(|s| s.promoted.as_ref()));
+    // A version instances wait for with nothing recorded: say so, and how to let it through
+    // (`rollout promote` without a version refuses it, so the version must be named).
+    let unrecorded = match (state, &stage) {
+        (Some(_), _) => String::new(),
+        (None, Stage::AwaitingPromotion) => format!(
+            " (nothing recorded yet; instances wait for a slot for it: \
+             `sidekick rollout promote {version}`)"
+        ),
+        (None, _) => " (nothing recorded yet; instances wait for a slot for it)".into(),
+    };
     let line = format!(
-        "{head}; version {}: {}; {serving} of {} instances serve it; canaries {}/{} passed; \
-         failures {}/{}",
-        target.version,
+        "{head}; version {version}{unrecorded}: {}; {serving} of {} instances serve it; \
+         canaries {passed}/{} passed; failures {failed}/{}",
         detail(&stage),
         snap.instances.len(),
-        target.canaries_passed(),
         policy.canary,
-        target.failed_instances(),
         policy.max_failures
     );
     let key = line.clone();

@@ -287,6 +287,14 @@ fn manual_promotion_holds_the_rest_after_the_wave_until_promoted() {
         slot_gate(&view(&p0, None), &always(), "web-1", t(0)),
         hold(Hold::AwaitingPromotion)
     );
+    // … until `rollout promote` records the version with its promotion: then every instance.
+    let recorded = VersionState::promoted(None, "2.0.0", "ops", t(1)).expect("promoted");
+    for who in ["web-1", "web-2"] {
+        assert_eq!(
+            slot_gate(&view(&p0, Some(&recorded)), &always(), who, t(2)),
+            take(false)
+        );
+    }
 }
 
 #[test]

@@ -47,25 +47,49 @@ fn view<'a>(
     }
 }
 
-/// The group's newest version and its stage, as `sidekick rollout status` shows it; `None`
-/// before any rollout was recorded.
+/// The instance record's phase while its swap waits for a slot (`agent::driver::record`).
+pub const WAITING_FOR_SLOT: &str = "waiting-for-slot";
+
+/// The version the group's rollout is about, with its recorded state: the version most
+/// instances wait for a slot for when none of its rollout is recorded yet (with `canary = 0`
+/// and `promote = "manual"` nothing records it before `rollout promote`), else the newest
+/// recorded one. `None` when neither exists.
+pub fn rollout_target(snap: &GroupSnapshot) -> Option<(&str, Option<&VersionState>)> {
+    let mut waiting: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, record) in &snap.instances {
+        if let Some(target) = record.target.as_deref()
+            && record.phase == WAITING_FOR_SLOT
+            && !snap.versions.iter().any(|v| v.version == target)
+        {
+            *waiting.entry(target).or_default() += 1;
+        }
+    }
+    // Ties go to the greatest name, so the answer does not depend on the records' order.
+    match waiting.into_iter().max_by_key(|(_, n)| *n) {
+        Some((version, _)) => Some((version, None)),
+        None => snap.versions.first().map(|v| (v.version.as_str(), Some(v))),
+    }
+}
+
+/// The group's rollout target ([`rollout_target`]) and its stage, as `sidekick rollout status`
+/// shows it; `None` before any rollout was recorded or waited for.
 pub fn newest_stage(
     snap: &GroupSnapshot,
     configured: &RolloutPolicy,
     floor: Duration,
     now: Timestamp,
 ) -> Option<(String, Stage)> {
-    let target = snap.versions.first()?;
+    let (target, _) = rollout_target(snap)?;
     let policy = effective(snap.stored_policy.as_ref(), configured);
     let serving = snap
         .instances
         .iter()
-        .filter(|(_, r)| r.version == target.version)
+        .filter(|(_, r)| r.version == target)
         .count();
-    let view = view(snap, policy, floor, &target.version);
+    let view = view(snap, policy, floor, target);
     let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
     let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
-    Some((target.version.clone(), stage))
+    Some((target.to_string(), stage))
 }
 
 /// When the rollout may be done, from measured durations: `remaining` instances one after

@@ -7,7 +7,8 @@ use std::time::Duration;
 use jiff::SignedDuration;
 
 use super::*;
-use crate::rollout::decide::Hold;
+use crate::registry::record::InstanceRecord;
+use crate::rollout::decide::{Hold, Stage};
 use crate::rollout::policy::PolicyText;
 use crate::rollout::state::{Promotion, SwapRecord};
 use crate::rollout::window::MAX_START_JITTER;
@@ -204,6 +205,54 @@ fn waiting_for_a_manual_promotion_only_canaries_and_instances_on_it_check() {
         by: "ops".into(),
     });
     assert_eq!(gate(&s, "web-2", Some("1.0.0")), None, "promoted");
+}
+
+fn record(version: &str, phase: &str, target: Option<&str>) -> InstanceRecord {
+    InstanceRecord {
+        version: version.into(),
+        phase: phase.into(),
+        since: String::new(),
+        last_check: None,
+        result: None,
+        host: "127.0.0.1".into(),
+        target: target.map(str::to_string),
+        step: None,
+        policy: None,
+    }
+}
+
+#[test]
+fn the_target_is_a_waited_for_version_with_no_state_else_the_newest_recorded() {
+    let manual = policy(|p| p.promote = crate::rollout::Promote::Manual);
+    let mut s = snap(vec![VersionState::new("1.0.0", t(0))]);
+    s.instances = vec![
+        ("web-1".into(), record("1.0.0", "serving", None)),
+        (
+            "web-2".into(),
+            record("1.0.0", WAITING_FOR_SLOT, Some("2.0.0")),
+        ),
+    ];
+    let (version, state) = rollout_target(&s).expect("a target");
+    assert_eq!((version, state), ("2.0.0", None));
+    // canary = 0, promote = "manual", nothing recorded: the stage says what it waits for.
+    let (version, stage) = newest_stage(&s, &manual, FLOOR, t(5)).expect("a stage");
+    assert_eq!(
+        (version.as_str(), stage),
+        ("2.0.0", Stage::AwaitingPromotion)
+    );
+    // Once promoted (the state recorded), the version is the newest recorded and rolls.
+    let promoted = VersionState::promoted(None, "2.0.0", "ops", t(6)).expect("promoted");
+    s.versions.insert(0, promoted);
+    let (version, state) = rollout_target(&s).expect("a target");
+    assert_eq!(version, "2.0.0");
+    assert!(state.is_some_and(|v| v.promoted.is_some()));
+    let (_, stage) = newest_stage(&s, &manual, FLOOR, t(7)).expect("a stage");
+    assert_eq!(stage, Stage::Rolling);
+    // An instance updating (not waiting) to an unrecorded version does not make it the target.
+    s.versions.remove(0);
+    s.instances[1].1 = record("1.0.0", "updating", Some("2.0.0"));
+    assert_eq!(rollout_target(&s).map(|(v, _)| v), Some("1.0.0"));
+    assert!(rollout_target(&snap(Vec::new())).is_none());
 }
 
 #[test]

@@ -219,6 +219,29 @@ impl VersionState {
         names.len()
     }
 
+    /// `sidekick rollout promote` of `version` over its current state (`None`: nobody started
+    /// it yet, so the promotion records its rollout, starting `now`): the state to write, or
+    /// `None` when it is promoted already. Canaries and a bake still hold as before; only the
+    /// manual step is lifted.
+    pub fn promoted(
+        current: Option<&VersionState>,
+        version: &str,
+        by: &str,
+        now: Timestamp,
+    ) -> Option<VersionState> {
+        let mut next = current
+            .cloned()
+            .unwrap_or_else(|| VersionState::new(version, now));
+        if next.promoted.is_some() {
+            return None;
+        }
+        next.promoted = Some(Promotion {
+            at: now,
+            by: by.to_string(),
+        });
+        Some(next)
+    }
+
     /// Records a swap, keeping the latest [`MAX_SWAPS`].
     pub fn add_swap(&mut self, swap: SwapRecord) {
         self.swaps.push(swap);

@@ -174,3 +174,31 @@ fn a_failure_is_counted_once_per_instance_and_marks_its_canary_failed() {
     assert_eq!(s.failed_instances(), 2);
     assert_eq!(s.failures[0].stage, "min_healthy", "the first record stays");
 }
+
+#[test]
+fn a_promotion_records_a_version_nobody_started_and_keeps_a_started_ones_canaries() {
+    let now = at("2026-01-01T00:10:00Z");
+    let fresh = VersionState::promoted(None, "2.0.0", "ops", now).expect("recorded");
+    assert_eq!(fresh.version, "2.0.0");
+    assert_eq!(fresh.started, now);
+    assert!(fresh.canaries.is_empty() && fresh.swaps.is_empty());
+    assert_eq!(
+        fresh.promoted,
+        Some(Promotion {
+            at: now,
+            by: "ops".into()
+        })
+    );
+    let mut started = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
+    started.add_canary("web-1", at("2026-01-01T00:00:01Z"));
+    let next = VersionState::promoted(Some(&started), "2.0.0", "ops", now).expect("promoted");
+    assert_eq!(next.started, started.started, "the rollout's start stays");
+    assert_eq!(next.canaries, started.canaries);
+    assert_eq!(next.promoted.as_ref().map(|p| p.at), Some(now));
+    // Promoting again changes nothing: the first promotion stays on record.
+    let later = at("2026-01-01T01:00:00Z");
+    assert_eq!(
+        VersionState::promoted(Some(&next), "2.0.0", "other", later),
+        None
+    );
+}

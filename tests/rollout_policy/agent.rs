@@ -287,6 +287,100 @@ async fn a_manual_promotion_holds_the_rest_and_their_checks_until_promote() {
     );
 }
 
+/// The record of `name` waiting for a slot for `target`, as its driver publishes it.
+async fn put_waiting(client: &mut Client, name: &str, target: &str) {
+    let record = sidekick::registry::record::InstanceRecord {
+        version: "1.0.0".into(),
+        phase: "waiting-for-slot".into(),
+        since: Timestamp::now().to_string(),
+        last_check: None,
+        result: Some("update".into()),
+        host: "127.0.0.1".into(),
+        target: Some(target.into()),
+        step: Some("acquiring_slot".into()),
+        policy: None,
+    };
+    let value = serde_json::to_string(&record).expect("json");
+    client
+        .put(sidekick::registry::record::key(GROUP, name), value, None)
+        .await
+        .expect("put record");
+}
+
+#[tokio::test]
+async fn with_no_canary_a_manual_promotion_of_a_version_nobody_started_lets_the_slots_through() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.promote = Promote::Manual);
+    let (a, b) = (
+        member(&client, "web-1", &p, 1),
+        member(&client, "web-2", &p, 1),
+    );
+    // canary = 0: the first slot request already waits for the promotion, and nothing is
+    // recorded of 2.0.0 (the defect: `rollout promote` refused it, and everyone waited).
+    let detail = busy_detail(a.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("rollout promote"), "{detail}");
+    let recorded = store::get_version(&mut client, GROUP, "2.0.0").await;
+    assert!(recorded.expect("read").is_none(), "nothing recorded yet");
+    put_waiting(&mut client, "web-1", "2.0.0").await;
+    put_waiting(&mut client, "web-2", "2.0.0").await;
+
+    let dir = super::temp_dir("rollout-promote-unstarted");
+    let cfg = super::config(
+        dir.path(),
+        &etcd.endpoint(),
+        "\n[rollout]\npromote = \"manual\"\n",
+    );
+    // What a person sees: the version the instances wait for, awaiting promotion.
+    let status = super::ok(super::rollout(dir.path(), &cfg, &["status"]));
+    assert!(
+        status.contains("version 2.0.0 (nothing recorded yet; instances wait for a slot for it")
+            && status.contains("awaiting promotion")
+            && status.contains("0 of 2 instances serve it"),
+        "{status}"
+    );
+    let wait = super::rollout(dir.path(), &cfg, &["status", "--wait", "--timeout", "10s"]);
+    assert_eq!(wait.status.code(), Some(3), "{}", super::text(&wait));
+    // Without a version, promote refuses and names what to pass.
+    let out = super::rollout(dir.path(), &cfg, &["promote"]);
+    assert_eq!(out.status.code(), Some(1), "{}", super::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no rollout of 2.0.0 is recorded in group web/stable yet")
+            && err.contains("`sidekick rollout promote --group web/stable 2.0.0`"),
+        "{err}"
+    );
+    // Named, it records the version with its promotion.
+    let out = super::ok(super::rollout(dir.path(), &cfg, &["promote", "2.0.0"]));
+    assert!(
+        out.contains("version 2.0.0 of group web/stable is promoted (by ops")
+            && out.contains("its rollout was not recorded before, it is now")
+            && !out.contains("mistyped"),
+        "{out}"
+    );
+    let s = state(&client).await;
+    assert_eq!(s.promoted.as_ref().map(|p| p.by.as_str()), Some("ops"));
+    assert!(s.canaries.is_empty() && s.swaps.is_empty(), "{s:?}");
+    // Promoting again keeps the first promotion.
+    let again = super::ok(super::rollout(dir.path(), &cfg, &["promote", "2.0.0"]));
+    assert!(!again.contains("not recorded before"), "{again}");
+    assert_eq!(state(&client).await.promoted, s.promoted);
+
+    // The next slot request goes through, and the other instance follows once it is released.
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    let status = super::ok(super::rollout(dir.path(), &cfg, &["status"]));
+    assert!(status.contains("version 2.0.0: rolling"), "{status}");
+    a.slots.release().await.expect("release");
+    assert_eq!(
+        b.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+}
+
 #[tokio::test]
 async fn batch_delay_spaces_a_release_and_the_next_slot() {
     let Some((_etcd, client)) = start().await else {
