@@ -29,6 +29,7 @@ use crate::metrics::RolloutMetrics;
 
 mod budget;
 mod history;
+mod lost;
 use history::CurrentSwap;
 
 /// This instance in its group's rollout.
@@ -57,6 +58,8 @@ struct Inner {
     min_healthy: Option<Duration>,
     /// `max_failures` of that policy.
     max_failures: Option<NonZeroU32>,
+    /// Releases whose write etcd has not confirmed, oldest first.
+    pending: Vec<history::Pending>,
 }
 
 /// A hold as the swap's waiting line and the log show it.
