@@ -9,7 +9,8 @@
 //! request and never to a swap under way. The slot backend ([`crate::slot::EtcdSlots`]) calls
 //! [`RolloutAgent::slot_hold`], [`RolloutAgent::took_slot`] and [`RolloutAgent::released`]; the
 //! driver feeds [`RolloutAgent::observe`] the agent's phase after each turn, and the update pass
-//! asks [`RolloutAgent::check_hold`] before each check.
+//! calls [`RolloutAgent::settle`] (releases kept since their write failed, this instance's canary
+//! places left with no result) and asks [`RolloutAgent::check_hold`] before each check.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;

@@ -170,18 +170,17 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
                 plan: None,
             };
         }
-        if let Some(rollout) = self.rollout.clone() {
-            if let Some(delay) = rollout
+        if let Some(rollout) = self.rollout.clone()
+            && let Some(delay) = rollout
                 .hold_check(running.as_deref(), self.settings.interval)
                 .await
-            {
-                let label = crate::rollout::agent::CHECK_HELD;
-                return PassResult {
-                    label,
-                    delay,
-                    plan: None,
-                };
-            }
+        {
+            let label = crate::rollout::agent::CHECK_HELD;
+            return PassResult {
+                label,
+                delay,
+                plan: None,
+            };
         }
         let (result, plan) = self.check().await;
         self.last_report = Some(CheckReport::from(&result));
