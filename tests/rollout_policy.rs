@@ -10,6 +10,8 @@ mod agent_tests;
 mod budget_tests;
 #[path = "rollout_policy/live.rs"]
 mod live_tests;
+#[path = "rollout_policy/lost.rs"]
+mod lost_tests;
 #[path = "rollout_policy/metrics.rs"]
 mod metrics_tests;
 #[path = "rollout_policy/store.rs"]

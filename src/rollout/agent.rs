@@ -9,7 +9,8 @@
 //! request and never to a swap under way. The slot backend ([`crate::slot::EtcdSlots`]) calls
 //! [`RolloutAgent::slot_hold`], [`RolloutAgent::took_slot`] and [`RolloutAgent::released`]; the
 //! driver feeds [`RolloutAgent::observe`] the agent's phase after each turn, and the update pass
-//! asks [`RolloutAgent::check_hold`] before each check.
+//! calls [`RolloutAgent::settle`] (releases kept since their write failed, this instance's canary
+//! places left with no result) and asks [`RolloutAgent::check_hold`] before each check.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -29,6 +30,7 @@ use crate::metrics::RolloutMetrics;
 
 mod budget;
 mod history;
+mod lost;
 use history::CurrentSwap;
 
 /// Why the rollout's gate keeps a slot request from a slot.
@@ -81,6 +83,8 @@ struct Inner {
     min_healthy: Option<Duration>,
     /// `max_failures` of that policy.
     max_failures: Option<NonZeroU32>,
+    /// Releases whose write etcd has not confirmed, oldest first.
+    pending: Vec<history::Pending>,
 }
 
 /// A hold as the swap's waiting line and the log show it.

@@ -251,6 +251,129 @@ impl VersionState {
     }
 }
 
+/// How a swap of the version ended, as its release records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapEnd {
+    /// The new version passed min-healthy (3/1 decided).
+    Passed,
+    /// Rolled back with the version to blame.
+    Failed(Failure),
+    /// Ended otherwise (fenced, interrupted, rolled back for another reason): a canary place it
+    /// claimed is freed for another try.
+    Unjudged,
+}
+
+/// One swap's release of its slot, as the version's state records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub instance: String,
+    /// When the swap took its slot (it names the swap among the instance's swaps).
+    pub took_slot: Timestamp,
+    pub at: Timestamp,
+    pub steps_ms: BTreeMap<String, u64>,
+    pub end: SwapEnd,
+}
+
+/// What an instance that serves with no swap in flight does with its own canary place of a
+/// version when the place has no result: the swap that claimed it can no longer record one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostCanary {
+    /// It runs the version: its swap passed min-healthy (every swap that ends serving the new
+    /// version did, a recovered one included: recovery runs min-healthy again in full).
+    Passed,
+    /// The version is on its denylist: its swap failed on it (only a failure the version is
+    /// blamed for denylists it).
+    Failed,
+    /// It runs another version and the version is not on its denylist: the swap ended without a
+    /// verdict (or never took its slot); the place goes to another instance.
+    GiveUp,
+}
+
+impl VersionState {
+    /// Records `release` (idempotent, so a write that failed is sent again as it is): the swap's
+    /// record (added when its start was never written), its release and steps, and its end. A
+    /// canary place is only judged when claimed before the swap took its slot, so a late retry
+    /// never touches a place the instance claimed again since.
+    pub fn record_release(&mut self, release: &Release) {
+        let me = release.instance.as_str();
+        match self
+            .swaps
+            .iter_mut()
+            .rev()
+            .find(|s| s.instance == me && s.took_slot == release.took_slot)
+        {
+            Some(record) => {
+                record.released = Some(release.at);
+                record.steps_ms = release.steps_ms.clone();
+            }
+            None => self.add_swap(SwapRecord {
+                instance: me.to_string(),
+                took_slot: release.took_slot,
+                released: Some(release.at),
+                steps_ms: release.steps_ms.clone(),
+            }),
+        }
+        let claimed_before = |c: &Canary| c.instance == me && c.since <= release.took_slot;
+        let own = self.canaries.iter().any(claimed_before);
+        match &release.end {
+            SwapEnd::Passed if own => self.canary_result(me, true, release.at),
+            SwapEnd::Passed => {}
+            // Counted already when the halt was asked (max_failures above 1): nothing changes.
+            SwapEnd::Failed(failure) => {
+                self.count_failure(failure.clone());
+            }
+            SwapEnd::Unjudged => self
+                .canaries
+                .retain(|c| !claimed_before(c) || c.passed.is_some() || c.failed.is_some()),
+        }
+    }
+
+    /// Whether `instance` holds a canary place with neither result.
+    pub fn awaits_result_of(&self, instance: &str) -> bool {
+        self.canaries
+            .iter()
+            .any(|c| c.instance == instance && c.passed.is_none() && c.failed.is_none())
+    }
+
+    /// The rule for a canary place of `instance` with no result while the instance serves
+    /// (active, registered) with no swap in flight or journaled, running `running`; `denylisted`:
+    /// the version is on its denylist. `None` when it holds no such place. Never `Passed` for a
+    /// version it failed on: a failure recorded here or denylisted wins.
+    pub fn lost_canary(
+        &self,
+        instance: &str,
+        running: &str,
+        denylisted: bool,
+    ) -> Option<LostCanary> {
+        if !self.awaits_result_of(instance) {
+            return None;
+        }
+        let failed = denylisted || self.failures.iter().any(|f| f.instance == instance);
+        Some(if failed {
+            LostCanary::Failed
+        } else if running == self.version {
+            LostCanary::Passed
+        } else {
+            LostCanary::GiveUp
+        })
+    }
+
+    /// Applies [`LostCanary`] to `instance`'s place at `now`; returns whether anything changed.
+    pub fn settle_lost_canary(&mut self, instance: &str, rule: LostCanary, now: Timestamp) -> bool {
+        if !self.awaits_result_of(instance) {
+            return false;
+        }
+        match rule {
+            LostCanary::Passed => self.canary_result(instance, true, now),
+            LostCanary::Failed => self.canary_result(instance, false, now),
+            LostCanary::GiveUp => self
+                .canaries
+                .retain(|c| c.instance != instance || c.passed.is_some() || c.failed.is_some()),
+        }
+        true
+    }
+}
+
 /// The p95 (nearest rank) of the last `last` released swaps of `history`, newest versions first;
 /// `None` before any.
 pub fn p95_swap(history: &[VersionState], last: usize) -> Option<Duration> {

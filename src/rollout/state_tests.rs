@@ -202,3 +202,146 @@ fn a_promotion_records_a_version_nobody_started_and_keeps_a_started_ones_canarie
         None
     );
 }
+
+fn release(instance: &str, took: Timestamp, end: SwapEnd) -> Release {
+    Release {
+        instance: instance.into(),
+        took_slot: took,
+        at: took + jiff::SignedDuration::from_secs(40),
+        steps_ms: BTreeMap::from([("min_healthy".to_string(), 25_000)]),
+        end,
+    }
+}
+
+#[test]
+fn a_release_sent_again_changes_nothing_and_adds_a_swap_whose_start_was_lost() {
+    let t = at("2026-01-01T00:00:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    let passed = release("web-1", t, SwapEnd::Passed);
+    // The start's write failed: the release adds the record.
+    s.record_release(&passed);
+    assert_eq!(s.swaps.len(), 1);
+    assert_eq!(s.swaps[0].duration(), Some(Duration::from_secs(40)));
+    assert_eq!(s.canaries[0].passed, Some(passed.at));
+    let before = s.clone();
+    s.record_release(&passed);
+    assert_eq!(s, before, "a retried write is idempotent");
+    // With its start recorded, the release completes that record.
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_swap(SwapRecord {
+        instance: "web-1".into(),
+        took_slot: t,
+        released: None,
+        steps_ms: BTreeMap::new(),
+    });
+    s.record_release(&passed);
+    assert_eq!(s.swaps.len(), 1);
+    assert_eq!(s.swaps[0].released, Some(passed.at));
+    assert_eq!(s.swaps[0].steps_ms["min_healthy"], 25_000);
+}
+
+#[test]
+fn a_late_release_judges_only_the_canary_place_claimed_before_its_slot() {
+    let t = at("2026-01-01T00:00:00Z");
+    let later = at("2026-01-01T01:00:00Z");
+    // An unjudged swap frees its place, unless the place was claimed again since (a retry of
+    // the write sent after the next claim must not take the new claim away).
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    s.record_release(&release("web-1", t, SwapEnd::Unjudged));
+    assert!(!s.is_canary("web-1"));
+    s.add_canary("web-1", later);
+    s.record_release(&release("web-1", t, SwapEnd::Unjudged));
+    assert!(s.awaits_result_of("web-1"), "{s:?}");
+    s.record_release(&release("web-1", t, SwapEnd::Passed));
+    assert!(
+        s.awaits_result_of("web-1"),
+        "an old pass is not the new claim's"
+    );
+    // A failure marks the place failed and counts once.
+    let failure = Failure {
+        instance: "web-2".into(),
+        at: t,
+        stage: "min_healthy".into(),
+        reason: "left active".into(),
+    };
+    s.add_canary("web-2", t);
+    s.record_release(&release("web-2", t, SwapEnd::Failed(failure.clone())));
+    s.record_release(&release("web-2", t, SwapEnd::Failed(failure)));
+    assert_eq!(s.failed_instances(), 1);
+    assert!(
+        s.canaries
+            .iter()
+            .any(|c| c.instance == "web-2" && c.failed.is_some())
+    );
+}
+
+#[test]
+fn a_lost_canary_result_is_settled_by_what_its_instance_serves_and_never_passes_a_failure() {
+    let t = at("2026-01-01T00:00:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    let failure = |instance: &str| Failure {
+        instance: instance.into(),
+        at: t,
+        stage: "verify".into(),
+        reason: "unhealthy".into(),
+    };
+    let mut failed = s.clone();
+    failed.add_failure(failure("web-1"));
+    let mut other_failed = s.clone();
+    other_failed.add_failure(failure("web-2"));
+    // (state, running, denylisted) → rule
+    let cases = [
+        (&s, "2.0.0", false, Some(LostCanary::Passed)),
+        (&s, "1.0.0", false, Some(LostCanary::GiveUp)),
+        (&s, "3.0.0", false, Some(LostCanary::GiveUp)),
+        (&s, "1.0.0", true, Some(LostCanary::Failed)),
+        (&s, "2.0.0", true, Some(LostCanary::Failed)),
+        (&failed, "2.0.0", false, Some(LostCanary::Failed)),
+        (&failed, "1.0.0", false, Some(LostCanary::Failed)),
+        (&other_failed, "2.0.0", false, Some(LostCanary::Passed)),
+    ];
+    for (i, (state, running, denylisted, want)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            state.lost_canary("web-1", running, denylisted),
+            want,
+            "case {i}"
+        );
+    }
+    // No place, or a place with a result: nothing to settle.
+    assert_eq!(s.lost_canary("web-2", "2.0.0", false), None);
+    let mut passed = s.clone();
+    passed.canary_result("web-1", true, t);
+    assert_eq!(passed.lost_canary("web-1", "1.0.0", true), None);
+    let mut judged = s.clone();
+    judged.canary_result("web-1", false, t);
+    assert_eq!(
+        judged.lost_canary("web-1", "2.0.0", false),
+        None,
+        "a failure stays"
+    );
+    assert!(!judged.settle_lost_canary("web-1", LostCanary::Passed, t));
+    assert_eq!(judged.canaries_passed(), 0);
+}
+
+#[test]
+fn settling_a_lost_canary_records_the_result_or_frees_the_place() {
+    let t = at("2026-01-01T00:00:00Z");
+    let now = at("2026-01-01T00:10:00Z");
+    let mut s = VersionState::new("2.0.0", t);
+    s.add_canary("web-1", t);
+    s.add_canary("web-2", t);
+    let mut passed = s.clone();
+    assert!(passed.settle_lost_canary("web-1", LostCanary::Passed, now));
+    assert_eq!(passed.canaries[0].passed, Some(now));
+    assert!(!passed.settle_lost_canary("web-1", LostCanary::GiveUp, now));
+    let mut failed = s.clone();
+    assert!(failed.settle_lost_canary("web-1", LostCanary::Failed, now));
+    assert_eq!(failed.canaries[0].failed, Some(now));
+    let mut freed = s.clone();
+    assert!(freed.settle_lost_canary("web-1", LostCanary::GiveUp, now));
+    assert!(!freed.is_canary("web-1"));
+    assert!(freed.is_canary("web-2"), "only its own place");
+}

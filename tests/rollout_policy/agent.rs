@@ -23,22 +23,22 @@ use sidekick::systemd::control::DropIn;
 
 use super::{GROUP, start};
 
-const TTL: Duration = Duration::from_secs(5);
-const FLOOR: Duration = Duration::from_secs(50);
+pub(super) const TTL: Duration = Duration::from_secs(5);
+pub(super) const FLOOR: Duration = Duration::from_secs(50);
 
-fn policy(edit: impl FnOnce(&mut PolicyText)) -> RolloutPolicy {
+pub(super) fn policy(edit: impl FnOnce(&mut PolicyText)) -> RolloutPolicy {
     let mut text = PolicyText::default();
     edit(&mut text);
     text.validate().expect("a valid policy")
 }
 
 /// One instance: its rollout agent and its slots over it.
-struct Member {
-    rollout: Arc<RolloutAgent>,
-    slots: EtcdSlots,
+pub(super) struct Member {
+    pub(super) rollout: Arc<RolloutAgent>,
+    pub(super) slots: EtcdSlots,
 }
 
-fn member(client: &Client, name: &str, policy: &RolloutPolicy, max: u32) -> Member {
+pub(super) fn member(client: &Client, name: &str, policy: &RolloutPolicy, max: u32) -> Member {
     let rollout = Arc::new(RolloutAgent::new(
         EtcdConnection::from_client(client.clone()),
         GROUP,
@@ -55,7 +55,7 @@ fn member(client: &Client, name: &str, policy: &RolloutPolicy, max: u32) -> Memb
     Member { rollout, slots }
 }
 
-fn busy_detail(outcome: Acquisition) -> String {
+pub(super) fn busy_detail(outcome: Acquisition) -> String {
     match outcome {
         Acquisition::Busy { detail } => detail,
         other => panic!("expected a hold, got {other:?}"),
@@ -63,12 +63,12 @@ fn busy_detail(outcome: Acquisition) -> String {
 }
 
 /// The phase of a swap to 2.0.0 in `stage`.
-fn updating(stage: Stage) -> Phase {
+pub(super) fn updating(stage: Stage) -> Phase {
     reporting(stage, None)
 }
 
 /// The phase of a swap to 2.0.0 in `stage` that has decided `report`.
-fn reporting(stage: Stage, report: Option<Report>) -> Phase {
+pub(super) fn reporting(stage: Stage, report: Option<Report>) -> Phase {
     let dropin = |v: &str| DropIn {
         image: format!("web:{v}"),
         version: v.into(),
@@ -107,7 +107,7 @@ async fn swap(m: &Member) {
     m.slots.release().await.expect("release");
 }
 
-async fn state(client: &Client) -> VersionState {
+pub(super) async fn state(client: &Client) -> VersionState {
     store::get_version(&mut client.clone(), GROUP, "2.0.0")
         .await
         .expect("read")

@@ -141,6 +141,22 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
     /// linger (and be swapped to later, even after the group halted on that version).
     pub async fn poll(&mut self, serving: bool) -> PassResult {
         self.apply_reload();
+        let running = match &self.rollout {
+            Some(_) => policy::running_version(&self.seams.control)
+                .await
+                .ok()
+                .map(|(v, _)| v.to_string()),
+            None => None,
+        };
+        if let Some(rollout) = self.rollout.clone() {
+            // A canary place of this instance with no result is settled only while it serves
+            // with no swap in flight (see `crate::rollout::agent`'s `lost` rule).
+            let denylist = &self.config.denylist;
+            let denylisted =
+                |v: &str| policy::parse_version(v).is_ok_and(|v| denylist.contains(&v));
+            let settled = running.as_deref().filter(|_| serving);
+            rollout.settle(settled, denylisted).await;
+        }
         if !serving && self.seams.source.may_check() {
             let result = CheckResult::NotServing;
             self.last_report = Some(CheckReport::from(&result));
@@ -154,20 +170,17 @@ impl<C: UnitControl + 'static> UpdatePass<C> {
                 plan: None,
             };
         }
-        if let Some(rollout) = self.rollout.clone() {
-            let running = policy::running_version(&self.seams.control).await;
-            let running = running.ok().map(|(v, _)| v.to_string());
-            if let Some(delay) = rollout
+        if let Some(rollout) = self.rollout.clone()
+            && let Some(delay) = rollout
                 .hold_check(running.as_deref(), self.settings.interval)
                 .await
-            {
-                let label = crate::rollout::agent::CHECK_HELD;
-                return PassResult {
-                    label,
-                    delay,
-                    plan: None,
-                };
-            }
+        {
+            let label = crate::rollout::agent::CHECK_HELD;
+            return PassResult {
+                label,
+                delay,
+                plan: None,
+            };
         }
         let (result, plan) = self.check().await;
         self.last_report = Some(CheckReport::from(&result));
