@@ -143,7 +143,7 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
     .expect("claim");
     let c = member(&client, "web-3", &p, 2);
     let hold = c.rollout.slot_hold("3.0.0").await.expect("held");
-    assert!(hold.contains("0 of 1 passed"), "{hold}");
+    assert!(hold.text().contains("0 of 1 passed"), "{hold}");
     // Rolled back with 3.0.0 on its denylist: recorded failed, never passed nor given up.
     next.rollout.settle(Some("1.0.0"), |v| v == "3.0.0").await;
     let s = store::get_version(&mut client, GROUP, "3.0.0")
