@@ -118,6 +118,7 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         version: state,
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
         swap_estimate: estimate,
+        superseded_by: crate::rollout::gate::superseded_by(snap, version),
     };
     let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
     let remaining = snap.instances.len().saturating_sub(serving);

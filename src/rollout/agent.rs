@@ -65,6 +65,10 @@ pub struct RolloutAgent {
     configured: RolloutPolicy,
     /// `swap.drain + swap.start_timeout + swap.verify_timeout`.
     floor: Duration,
+    /// When this process's agent was made: a canary place of its instance claimed since, with
+    /// no swap of this process, was claimed by a clone on another host (the same instance
+    /// name, a cloned machine id) and is not this process's to settle (`lost.rs`).
+    started: Timestamp,
     inner: Mutex<Inner>,
 }
 
@@ -109,14 +113,18 @@ pub fn hold_text(hold: &Hold) -> String {
         Hold::Baking { until } => format!("the canaries bake until {until}"),
         Hold::AwaitingPromotion => "waiting for `sidekick rollout promote`".into(),
         Hold::BatchDelay { until } => format!("batch_delay: the next slot from {until}"),
+        Hold::Superseded { by } => format!("the group rolls out a newer version, {by}"),
     }
 }
 
 /// What a slot request held by `hold` is answered: refused when the version spent its failure
-/// budget (nothing but a new version lifts that), else busy.
+/// budget (nothing but a new version lifts that) or a newer version's rollout superseded it,
+/// else busy.
 pub fn hold_answer(hold: &Hold) -> SlotHold {
     match hold {
-        Hold::FailureBudgetSpent { .. } => SlotHold::Refused(hold_text(hold)),
+        Hold::FailureBudgetSpent { .. } | Hold::Superseded { .. } => {
+            SlotHold::Refused(hold_text(hold))
+        }
         _ => SlotHold::Busy(hold_text(hold)),
     }
 }
@@ -135,6 +143,7 @@ impl RolloutAgent {
             instance: instance.into(),
             configured,
             floor,
+            started: Timestamp::now(),
             inner: Mutex::new(Inner::default()),
         }
     }

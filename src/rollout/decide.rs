@@ -26,6 +26,9 @@ pub struct GroupView<'a> {
     pub last_release: Option<Timestamp>,
     /// How long a swap takes here: the measured p95, or the floor before any.
     pub swap_estimate: Duration,
+    /// The newest version the group recorded a rollout of, when it is newer than the view's
+    /// (by semantic version): the swap to the view's version is superseded.
+    pub superseded_by: Option<&'a str>,
 }
 
 /// Why no slot is taken now.
@@ -57,6 +60,12 @@ pub enum Hold {
     AwaitingPromotion,
     BatchDelay {
         until: Timestamp,
+    },
+    /// The group records a rollout of a newer version: a swap still waiting for a slot for this
+    /// one gives its grant back (the next check is offered the newer one) instead of waiting on
+    /// a promotion, a wave or a window nobody will act on any more.
+    Superseded {
+        by: String,
     },
 }
 
@@ -125,6 +134,9 @@ pub fn slot_gate(
     let policy = view.policy;
     if let Some(reason) = view.halted {
         return hold(Hold::Halted(reason.to_string()));
+    }
+    if let Some(by) = view.superseded_by {
+        return hold(Hold::Superseded { by: by.to_string() });
     }
     if view.paused {
         return hold(Hold::Paused);
@@ -288,6 +300,8 @@ pub fn stage(
             Hold::Baking { until } => Stage::Baking { until },
             Hold::AwaitingPromotion => Stage::AwaitingPromotion,
             Hold::BatchDelay { .. } => Stage::Rolling,
+            // The group moved on to a newer version: this one's rollout is over.
+            Hold::Superseded { .. } => Stage::Done,
         },
     }
 }

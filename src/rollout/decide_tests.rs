@@ -51,6 +51,7 @@ fn view<'a>(policy: &'a RolloutPolicy, version: Option<&'a VersionState>) -> Gro
         version,
         last_release: None,
         swap_estimate: SWAP,
+        superseded_by: None,
     }
 }
 

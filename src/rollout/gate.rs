@@ -44,7 +44,20 @@ fn view<'a>(
         version: snap.versions.iter().find(|v| v.version == version),
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
         swap_estimate: swap_estimate(snap, policy, floor),
+        superseded_by: superseded_by(snap, version),
     }
+}
+
+/// The newest version `snap` records a rollout of, if it is newer than `version` (both read
+/// as semantic versions; a label that is none supersedes nothing and is superseded by nothing).
+pub fn superseded_by<'a>(snap: &'a GroupSnapshot, version: &str) -> Option<&'a str> {
+    let wanted = semver::Version::parse(version).ok()?;
+    snap.versions
+        .iter()
+        .filter_map(|v| Some((semver::Version::parse(&v.version).ok()?, v.version.as_str())))
+        .filter(|(parsed, _)| *parsed > wanted)
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, label)| label)
 }
 
 /// The instance record's phase while its swap waits for a slot (`agent::driver::record`).

@@ -316,3 +316,33 @@ fn the_eta_adds_the_measured_swaps_and_delays_from_when_the_stage_can_move() {
         assert_eq!(eta(&waiting, 2, est, delay, t(0)), None, "{waiting:?}");
     }
 }
+
+#[test]
+fn a_version_older_than_a_recorded_rollout_is_superseded_and_refused() {
+    let manual = policy(|p| p.promote = crate::rollout::Promote::Manual);
+    let s = snap(vec![
+        VersionState::new("10.0.0", t(0)),
+        VersionState::new("2.0.0", t(0)),
+        VersionState::new("not-semver", t(0)),
+    ]);
+    // Semantic order, not text order: 10.0.0 supersedes 2.0.0 and 9.1.0.
+    assert_eq!(superseded_by(&s, "2.0.0"), Some("10.0.0"));
+    assert_eq!(superseded_by(&s, "9.1.0"), Some("10.0.0"));
+    assert_eq!(superseded_by(&s, "10.0.0"), None, "the newest itself");
+    assert_eq!(superseded_by(&s, "11.0.0"), None, "newer than any recorded");
+    assert_eq!(superseded_by(&s, "garbage"), None, "no version, no order");
+    // Waiting for a promotion nobody will give: refused (the grant goes back), not held.
+    let answer = slot_answer(&s, &manual, FLOOR, "web-1", "2.0.0", t(1));
+    let hold = Hold::Superseded {
+        by: "10.0.0".into(),
+    };
+    assert_eq!(answer, SlotGate::Hold(hold.clone()));
+    let text = crate::rollout::agent::hold_text(&hold);
+    assert_eq!(
+        crate::rollout::agent::hold_answer(&hold),
+        crate::rollout::agent::SlotHold::Refused(text)
+    );
+    // The newest is held only by what holds it (here, the manual promotion).
+    let newest = slot_answer(&s, &manual, FLOOR, "web-1", "10.0.0", t(1));
+    assert_eq!(newest, SlotGate::Hold(Hold::AwaitingPromotion));
+}

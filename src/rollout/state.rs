@@ -335,6 +335,16 @@ impl VersionState {
             .any(|c| c.instance == instance && c.passed.is_none() && c.failed.is_none())
     }
 
+    /// Whether `instance` holds a canary place with neither result that was claimed before
+    /// or at `started` (the start of the process asking): only such a place can have been claimed by
+    /// an earlier run of this process's instance; one claimed since, with no swap of this
+    /// process, is a clone's on another host.
+    pub fn lost_place_of(&self, instance: &str, started: Timestamp) -> bool {
+        self.canaries.iter().any(|c| {
+            c.instance == instance && c.passed.is_none() && c.failed.is_none() && c.since <= started
+        })
+    }
+
     /// The rule for a canary place of `instance` with no result while the instance serves
     /// (active, registered) with no swap in flight or journaled, running `running`; `denylisted`:
     /// the version is on its denylist. `None` when it holds no such place. Never `Passed` for a

@@ -144,7 +144,21 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
     let c = member(&client, "web-3", &p, 2);
     let hold = c.rollout.slot_hold("3.0.0").await.expect("held");
     assert!(hold.text().contains("0 of 1 passed"), "{hold}");
-    // Rolled back with 3.0.0 on its denylist: recorded failed, never passed nor given up.
+    // A process of web-1 that started before the claim and has no swap did not claim it: a
+    // clone's on another host (the same instance name, a cloned machine id), left alone.
+    next.rollout.settle(Some("1.0.0"), |v| v == "3.0.0").await;
+    let s = store::get_version(&mut client, GROUP, "3.0.0")
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert!(
+        s.awaits_result_of("web-1"),
+        "a clone's place was settled: {s:?}"
+    );
+    // web-1's next process, rolled back with 3.0.0 on its denylist: recorded failed, never
+    // passed nor given up.
+    let next = member(&client, "web-1", &p, 1);
     next.rollout.settle(Some("1.0.0"), |v| v == "3.0.0").await;
     let s = store::get_version(&mut client, GROUP, "3.0.0")
         .await
@@ -164,6 +178,7 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
     })
     .await
     .expect("claim again");
+    let next = member(&client, "web-1", &p, 1);
     next.rollout.settle(Some("1.0.0"), |_| false).await;
     let s = store::get_version(&mut client, GROUP, "3.0.0")
         .await

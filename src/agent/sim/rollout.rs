@@ -26,7 +26,7 @@ use crate::rollout::agent::{SlotHold, hold_answer};
 use crate::rollout::decide::{Hold, SlotGate};
 use crate::rollout::gate::{self, Jitter};
 use crate::rollout::policy::{Promote, RolloutPolicy, Window, ZoneName};
-use crate::rollout::state::{Failure, Promotion, SwapRecord, VersionState};
+use crate::rollout::state::{Failure, Release, SwapEnd, SwapRecord, VersionState};
 use crate::rollout::store::{GroupSnapshot, Paused, effective};
 use crate::slot::halt::HaltMarker;
 
@@ -114,15 +114,25 @@ pub struct RolloutClient {
     pub swap: Option<CurrentSwap>,
     /// `min_healthy` of the policy in force when the last slot request was judged.
     pub min_healthy: Option<Duration>,
+    /// `history.rs`'s unconfirmed writes: releases etcd did not take yet, sent again.
+    pub pending: Vec<(String, Release)>,
+    /// When the process started (`RolloutAgent`'s `started`).
+    pub started: Timestamp,
+    /// The last update pass that looked for this instance's lost canary places (serving, with
+    /// no swap in flight and etcd reachable).
+    pub settled_at: Option<Timestamp>,
 }
 
 impl RolloutClient {
-    pub fn new(configured: RolloutPolicy) -> RolloutClient {
+    pub fn new(configured: RolloutPolicy, started: Timestamp) -> RolloutClient {
         RolloutClient {
+            started,
+            settled_at: None,
             configured,
             jitter: Jitter::default(),
             swap: None,
             min_healthy: None,
+            pending: Vec::new(),
         }
     }
 
@@ -351,10 +361,36 @@ impl super::Sim {
                 inst.holder == holder && (phase || journal)
             })
         };
+        // Its result is still to come from a write kept for etcd, or from the holder's next
+        // pass that looks for lost places: lost only once such a pass went by without it.
+        let kept = |holder: &str| {
+            self.inst.iter().any(|inst| {
+                inst.holder == holder
+                    && inst
+                        .proc
+                        .as_ref()
+                        .is_some_and(|p| p.rollout.pending.iter().any(|(v, _)| v == version))
+            })
+        };
+        let settle_missed = |holder: &str, since: Timestamp| {
+            self.inst.iter().any(|inst| {
+                inst.holder == holder
+                    && inst
+                        .proc
+                        .as_ref()
+                        .is_some_and(|p| p.rollout.settled_at.is_some_and(|t| t > since))
+            })
+        };
         let lost: Vec<String> = state
             .canaries
             .iter()
-            .filter(|c| c.passed.is_none() && c.failed.is_none() && !swapping(&c.instance))
+            .filter(|c| {
+                c.passed.is_none()
+                    && c.failed.is_none()
+                    && !swapping(&c.instance)
+                    && !kept(&c.instance)
+                    && settle_missed(&c.instance, c.since)
+            })
             .map(|c| c.instance.clone())
             .collect();
         if !lost.is_empty() && !self.seen(super::Violation::CanaryResultLost, i) {
@@ -390,8 +426,10 @@ impl super::Sim {
         }
     }
 
-    /// `RolloutAgent::took_slot`: a newly held slot for `version` is recorded.
+    /// `RolloutAgent::took_slot`: the kept releases first, then a newly held slot for `version`
+    /// is recorded.
     pub(super) fn took_slot(&mut self, i: usize, version: &str) {
+        self.flush_pending(i);
         let now = timestamp(self.now);
         let me = self.inst[i].holder.clone();
         if let Some(p) = self.inst[i].proc.as_mut() {
@@ -411,8 +449,8 @@ impl super::Sim {
         });
     }
 
-    /// `RolloutAgent::released`: before the slot key goes, the swap's release and result. A
-    /// write that cannot reach etcd is lost (logged), the swap forgotten all the same.
+    /// `RolloutAgent::released` (`history.rs`): before the slot key goes, the swap's release and
+    /// result, kept until etcd takes it ([`Self::flush_pending`]).
     pub(super) fn rollout_released(&mut self, i: usize, reachable: bool) {
         let Some(swap) = self.inst[i]
             .proc
@@ -421,38 +459,99 @@ impl super::Sim {
         else {
             return;
         };
-        if !reachable {
-            self.log(i, || "the swap's end not recorded: etcd unreachable".into());
-            return;
-        }
         let now = timestamp(self.now);
         let me = self.inst[i].holder.clone();
-        self.log(i, || format!("swap's end recorded: {:?}", swap.verdict));
-        self.change(&swap.version, |state| {
-            if let Some(record) = state
-                .swaps
-                .iter_mut()
-                .rev()
-                .find(|s| s.instance == me && s.took_slot == swap.took)
-            {
-                record.released = Some(now);
-            }
-            match &swap.verdict {
-                Some(Ok(())) => state.canary_result(&me, true, now),
-                Some(Err((stage, reason))) => {
-                    state.canary_result(&me, false, now);
-                    state.add_failure(Failure {
-                        instance: me.clone(),
-                        at: now,
-                        stage: stage.to_string(),
-                        reason: reason.clone(),
-                    });
-                }
-                None => state
-                    .canaries
-                    .retain(|c| c.instance != me || c.passed.is_some() || c.failed.is_some()),
-            }
-        });
+        let end = match &swap.verdict {
+            Some(Ok(())) => SwapEnd::Passed,
+            Some(Err((stage, reason))) => SwapEnd::Failed(Failure {
+                instance: me.clone(),
+                at: now,
+                stage: stage.to_string(),
+                reason: reason.clone(),
+            }),
+            None => SwapEnd::Unjudged,
+        };
+        let release = Release {
+            instance: me,
+            took_slot: swap.took,
+            at: now,
+            steps_ms: BTreeMap::new(),
+            end,
+        };
+        self.log(i, || format!("swap's end: {:?}", swap.verdict));
+        if let Some(p) = self.inst[i].proc.as_mut() {
+            p.rollout.pending.push((swap.version, release));
+        }
+        if reachable {
+            self.flush_pending(i);
+        } else {
+            self.log(i, || {
+                "the swap's end not recorded: etcd unreachable; kept".into()
+            });
+        }
+    }
+
+    /// `history.rs`'s `flush_pending`: each kept release written (idempotent), oldest first.
+    pub(super) fn flush_pending(&mut self, i: usize) {
+        if self.cut(i) {
+            return;
+        }
+        let pending = match self.inst[i].proc.as_mut() {
+            Some(p) => std::mem::take(&mut p.rollout.pending),
+            None => return,
+        };
+        for (version, release) in pending {
+            self.log(i, || format!("swap's end recorded for {version}"));
+            self.change(&version, |state| state.record_release(&release));
+        }
+    }
+
+    /// `RolloutAgent::settle` (`lost.rs`), at the start of each update pass: the kept releases
+    /// sent again; and, serving `running` with no swap in flight, each canary place of its own
+    /// with no result settled by [`VersionState::lost_canary`].
+    pub(super) fn rollout_settle(&mut self, i: usize, running: Option<&str>) {
+        self.flush_pending(i);
+        let Some(running) = running else {
+            return;
+        };
+        if self.cut(i) {
+            return;
+        }
+        let Some(p) = self.inst[i].proc.as_ref() else {
+            return;
+        };
+        if p.rollout.swap.is_some() {
+            return;
+        }
+        let started = p.rollout.started;
+        let now = timestamp(self.now);
+        if let Some(p) = self.inst[i].proc.as_mut() {
+            p.rollout.settled_at = Some(now);
+        }
+        let Some(p) = self.inst[i].proc.as_ref() else {
+            return;
+        };
+        let pending: BTreeSet<String> = p.rollout.pending.iter().map(|(v, _)| v.clone()).collect();
+        let me = self.inst[i].holder.clone();
+        let lost: Vec<String> = self
+            .rollout
+            .versions
+            .values()
+            .filter(|v| v.lost_place_of(&me, started) && !pending.contains(&v.version))
+            .map(|v| v.version.clone())
+            .collect();
+        let now = timestamp(self.now);
+        for version in lost {
+            let denied = self.inst[i].disk.denylist.contains(&version);
+            self.rollout.update_version(&version, |current| {
+                let mut next = current?.clone();
+                let rule = next.lost_canary(&me, running, denied)?;
+                next.settle_lost_canary(&me, rule, now).then_some(next)
+            });
+            self.log(i, || {
+                format!("settled its canary place of {version} with no result")
+            });
+        }
     }
 
     /// `history.rs`'s `change`: read-modify-write, creating the state when missing.
@@ -496,15 +595,21 @@ impl super::Sim {
     }
 
     /// `sidekick rollout promote <version>` of the version the operator published (the
-    /// command's own code, `commands/rollout.rs`: refused while no rollout of it is recorded);
-    /// whether it promoted it.
+    /// command's own state change, [`VersionState::promoted`]); whether it promoted it.
     pub(super) fn promote(&mut self) -> bool {
         let now = timestamp(self.now);
         let newest = self.nebraska.channel.clone();
         if self.account.promoted.contains_key(&newest) {
             return false;
         }
-        if !self.rollout.versions.contains_key(&newest) {
+        // `rollout promote VERSION` (commands/rollout.rs): the version's state is created with
+        // the promotion when no instance recorded it yet (canary = 0 waits on the promotion
+        // before any slot is taken), by compare-and-swap.
+        let state = self.rollout.update_version(&newest, |current| {
+            VersionState::promoted(current, &newest, "operator", now)
+        });
+        let promoted = state.as_ref().is_some_and(|s| s.promoted.is_some());
+        if !promoted {
             let waiting: Vec<usize> = (0..self.inst.len())
                 .filter(|&i| {
                     self.inst[i]
@@ -519,30 +624,14 @@ impl super::Sim {
                         })
                 })
                 .collect();
-            self.log(usize::MAX, || {
-                format!("operator: rollout promote {newest}: refused, no rollout of it is recorded")
-            });
             if !waiting.is_empty() && !self.seen(super::Violation::PromotionRefused, 0) {
                 let detail = format!(
-                    "`rollout promote {newest}` refused (no rollout of it recorded) while {waiting:?} \
-                     wait for a slot for it"
+                    "`rollout promote {newest}` left it unpromoted while {waiting:?} wait for a \
+                     slot for it"
                 );
                 self.violation(super::Violation::PromotionRefused, detail);
             }
-            return false;
         }
-        let state = self.rollout.update_version(&newest, |current| {
-            let mut next = current?.clone();
-            if next.promoted.is_some() {
-                return None;
-            }
-            next.promoted = Some(Promotion {
-                at: now,
-                by: "operator".into(),
-            });
-            Some(next)
-        });
-        let promoted = state.is_some_and(|s| s.promoted.is_some());
         if promoted {
             self.account
                 .promoted

@@ -165,7 +165,11 @@ impl Sim {
         let life = self.inst[i].gens + 1;
         self.inst[i].gens = life;
         let configured = self.drawn.configured();
-        let mut proc = Proc::new(life, self.now, RolloutClient::new(configured));
+        let mut proc = Proc::new(
+            life,
+            self.now,
+            RolloutClient::new(configured, super::rollout::timestamp(self.now)),
+        );
         let unit = self.inst[i].unit.clone();
         if let Some(journal) = self.inst[i].disk.journal.clone() {
             let observed = crate::systemd::control::RunningVersion {
@@ -762,6 +766,8 @@ impl Sim {
             .as_ref()
             .is_some_and(|p| p.stale_grant_possible);
         let serving = self.inst[i].proc.as_ref().is_some_and(|p| p.pass_serving);
+        // `UpdatePass::poll`: the rollout's kept writes and lost canary places first.
+        self.rollout_settle(i, serving.then_some(running.as_str()));
         if !serving {
             // `UpdatePass::poll`: no check while an offer could not be taken.
             let delay = POLL_EVERY + self.rng.u64(0..POLL_EVERY / 10);

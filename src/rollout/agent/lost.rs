@@ -38,7 +38,7 @@ impl RolloutAgent {
         let lost = snap
             .versions
             .iter()
-            .filter(|v| v.awaits_result_of(me) && !self.pending_for(&v.version))
+            .filter(|v| v.lost_place_of(me, self.started) && !self.pending_for(&v.version))
             .map(|v| v.version.clone());
         for version in lost.collect::<Vec<_>>() {
             let denied = denylisted(&version);
