@@ -647,6 +647,15 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
             Stage::MinHealthy { departed: false },
             vec![SwapAction::StartMinHealthy],
         ),
+        // Verified, but it leaves `active` (or fails its checks) before etcd confirmed the
+        // registration: the registration never comes (the unit must be active for it), so it is
+        // judged as in min-healthy, which this is the start of (sim seed 2393: the swap waited
+        // here for good, holding its slot).
+        (Stage::Registering { failure: None }, observation)
+            if departed(&observation) || observation == O::Unhealthy =>
+        {
+            min_healthy(&mut phase, false, observation)
+        }
         (Stage::Registering { failure }, O::Registered) => registered(&mut phase, failure),
         (Stage::MinHealthy { departed }, observation) => {
             min_healthy(&mut phase, departed, observation)

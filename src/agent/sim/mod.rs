@@ -106,8 +106,10 @@ pub enum Violation {
 ///   its own place with no result (passed on the version, failed when denylisted, else given
 ///   up), only a place claimed before its process started (seed 77: a clone's is left alone).
 ///
-/// Surveyed beyond `SEEDS` (6,000 seeds with drawn policies, 21.9 s): seed 2393 (a wave stalls
-/// with a journal left at `Registering`) and seed 5359 (`CanaryResultLost`) are open.
+/// Surveyed beyond `SEEDS` (6,000 seeds with drawn policies): seed 2393 (a unit that failed
+/// after verification, before etcd confirmed its registration, left the swap waiting in
+/// `Registering` for good, slot held: now judged as in min-healthy) and seed 5359 (the
+/// invariant counted a clone's pass as a missed settle) are kept in [`POLICY_REGRESSIONS`].
 pub const NOT_YET_HELD: &[Violation] = &[];
 
 /// Seeds that once found a violation, replayed first (whatever [`SEEDS`] becomes). On the main
@@ -132,9 +134,9 @@ pub const REGRESSIONS: &[u64] = &[
     3, 7, 181, 234, 55, 47, 18, 550, 84, 299, 193, 36, 544, 508, 1502, 938, 10238, 2108,
 ];
 
-/// Seeds that once found a violation of the rollout policy's invariants (issue 17), replayed
-/// with their drawn policies.
-pub const POLICY_REGRESSIONS: &[u64] = &[];
+/// Seeds that once found a violation of the rollout policy's invariants (issue 17) beyond
+/// [`SEEDS`], replayed with their drawn policies (the ones below it run anyway).
+pub const POLICY_REGRESSIONS: &[u64] = &[2393, 5359];
 
 /// Seeds run by `cargo test`.
 pub const SEEDS: u64 = 2_000;

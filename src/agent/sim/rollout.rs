@@ -375,10 +375,12 @@ impl super::Sim {
         let settle_missed = |holder: &str, since: Timestamp| {
             self.inst.iter().any(|inst| {
                 inst.holder == holder
-                    && inst
-                        .proc
-                        .as_ref()
-                        .is_some_and(|p| p.rollout.settled_at.is_some_and(|t| t > since))
+                    && inst.proc.as_ref().is_some_and(|p| {
+                        // A process that started after the claim (one before it leaves the
+                        // place to the clone that may hold it) and looked since.
+                        p.rollout.started >= since
+                            && p.rollout.settled_at.is_some_and(|t| t > since)
+                    })
             })
         };
         let lost: Vec<String> = state

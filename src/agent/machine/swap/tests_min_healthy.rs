@@ -317,3 +317,59 @@ fn sigterm_during_min_healthy_leaves_the_swap_journaled_and_the_next_start_prove
         ],
     );
 }
+
+/// Verified, then gone before etcd confirmed the registration (sim seed 2393: the swap waited
+/// in Registering for good, holding its slot): judged as in min-healthy.
+#[test]
+fn a_unit_that_fails_before_its_registration_is_confirmed_fails_as_in_min_healthy() {
+    let registering = || SwapPhase {
+        plan: SwapPlan {
+            old: dropin("1.0.0"),
+            new: dropin("2.0.0"),
+            rise: 1,
+        },
+        stage: Stage::Registering { failure: None },
+        previous: Some(PreviousDropIn::Absent),
+        slot_held: true,
+        unit_active: true,
+        halt: GroupHalt::NotNeeded,
+        report: None,
+        unit_stopped: false,
+    };
+    // A probe that passes, `active` again: still waiting for etcd.
+    let phase = run(
+        registering(),
+        &[(O::Probe { passed: true }, &[]), (O::Unit(Active), &[])],
+    );
+    assert_eq!(phase.stage, Stage::Registering { failure: None });
+    // The unit left `active` and failed: the version's failure, halt first.
+    let phase = run(
+        registering(),
+        &[
+            (O::LeftActive, &[]),
+            (
+                O::Unit(UnitFailed),
+                &[halt("the unit failed"), A::Deregister],
+            ),
+        ],
+    );
+    let Stage::RollingBack { failure } = &phase.stage else {
+        panic!("{:?}", phase.stage);
+    };
+    assert_eq!(failure.code, error_code::MIN_HEALTHY_FAILED);
+    assert!(phase.slot_held);
+    // `fall` failed checks in a row, the same.
+    let (phase, actions) = step(registering(), O::Unhealthy);
+    assert_eq!(
+        actions,
+        [
+            halt("the health check failed `fall` times in a row"),
+            A::Deregister
+        ]
+    );
+    assert!(matches!(phase.stage, Stage::RollingBack { .. }));
+    // Stopped by an operator: stands down, no blame.
+    let (phase, actions) = step(registering(), O::Unit(ActiveState::Inactive));
+    assert_eq!(actions.first(), Some(&A::Deregister));
+    assert!(matches!(phase.stage, Stage::StandingDown { .. }));
+}
