@@ -239,7 +239,32 @@ impl RolloutAgent {
             Some(Hold::OutsideWindow { opens }) => *opens,
             _ => None,
         };
+        if hold == Some(Hold::AwaitingPromotion)
+            && !snap.versions.iter().any(|v| v.version == version)
+        {
+            self.record_awaited(version, now).await;
+        }
         hold.map(|h| hold_answer(&h))
+    }
+
+    /// The first instance held for `version`'s promotion with no canaries (`canary = 0`, so no
+    /// claim recorded the version): records the version, so that `rollout status` names it and
+    /// the other instances' update checks wait for the promotion (`gate::check_gate`) instead of
+    /// each taking a grant it cannot use. Created only if absent; a failure costs only that.
+    async fn record_awaited(&self, version: &str, now: Timestamp) {
+        let recorded = async {
+            let mut client = self.client().await?;
+            store::update_version(&mut client, &self.group, version, |current| {
+                current.is_none().then(|| VersionState::new(version, now))
+            })
+            .await
+        };
+        match recorded.await {
+            Ok(_) => info!(group = %self.group, version,
+                "recorded the version's rollout: it waits for `sidekick rollout promote`"),
+            Err(err) => tracing::debug!(group = %self.group, version,
+                "cannot record the version awaiting promotion: {err}"),
+        }
     }
 
     /// Claims one of `wanted` canary places of `version` by compare-and-swap.

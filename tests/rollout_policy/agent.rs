@@ -317,12 +317,25 @@ async fn with_no_canary_a_manual_promotion_of_a_version_nobody_started_lets_the_
         member(&client, "web-1", &p, 1),
         member(&client, "web-2", &p, 1),
     );
-    // canary = 0: the first slot request already waits for the promotion, and nothing is
-    // recorded of 2.0.0 (the defect: `rollout promote` refused it, and everyone waited).
+    // canary = 0: the first slot request already waits for the promotion. It records the
+    // version (no canaries, nothing promoted), so the other instances send no update check that
+    // would take a grant they cannot use.
     let detail = busy_detail(a.slots.acquire("2.0.0").await.unwrap());
     assert!(detail.contains("rollout promote"), "{detail}");
-    let recorded = store::get_version(&mut client, GROUP, "2.0.0").await;
-    assert!(recorded.expect("read").is_none(), "nothing recorded yet");
+    let s = state(&client).await;
+    assert!(s.canaries.is_empty() && s.promoted.is_none(), "{s:?}");
+    assert_eq!(
+        b.rollout.check_hold(Some("1.0.0")).await,
+        Some(CheckHold::AwaitingPromotion {
+            version: "2.0.0".into()
+        })
+    );
+    // Had that record failed (etcd unreachable at that moment), nothing would be recorded of
+    // 2.0.0 (the defect: `rollout promote` refused it, and everyone waited).
+    client
+        .delete(store::version_key(GROUP, "2.0.0"), None)
+        .await
+        .expect("delete");
     put_waiting(&mut client, "web-1", "2.0.0").await;
     put_waiting(&mut client, "web-2", "2.0.0").await;
 

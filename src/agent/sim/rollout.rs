@@ -313,6 +313,15 @@ impl super::Sim {
             self.inst[i].proc.as_ref().and_then(|p| p.stage()),
             Some(Stage::AcquiringSlot { .. })
         );
+        // `RolloutAgent::record_awaited`: held for a promotion with nothing recorded of it.
+        if hold == Some(Hold::AwaitingPromotion)
+            && !snap.versions.iter().any(|v| v.version == version)
+        {
+            let now = timestamp(self.now);
+            self.rollout.update_version(version, |current| {
+                current.is_none().then(|| VersionState::new(version, now))
+            });
+        }
         let answer = hold.as_ref().map(hold_answer);
         if let (Some(Hold::FailureBudgetSpent { failed, .. }), true) = (&hold, starting)
             && matches!(answer, Some(SlotHold::Busy(_)))
