@@ -211,12 +211,27 @@ async fn nothing_the_harness_starts_outlives_a_sigkilled_test_process() {
     .unwrap_or_else(|e| panic!("{e}\n--- child log ---\n{}", child.log_tail(40)));
     let report = Report::parse(&text);
     assert_eq!(report.ports.len(), 4, "{text}");
-    let before = still_running(&report);
-    assert_eq!(
-        before.len(),
-        8,
-        "not everything ran before the kill: {before:?}"
-    );
+    // The app container exists before its server listens: wait until all eight are up.
+    let up = poll_until(
+        CHILD_READY_TIMEOUT,
+        "everything the child started runs",
+        || {
+            let alive = still_running(&report);
+            async move {
+                match alive.len() {
+                    8 => Ok(()),
+                    _ => Err(alive),
+                }
+            }
+        },
+    )
+    .await;
+    if let Err(e) = up {
+        panic!(
+            "not everything ran before the kill: {e}\n--- child log ---\n{}",
+            child.log_tail(40)
+        );
+    }
 
     // SIGKILL: no drop guard, no panic handler, no atexit runs in the child.
     let killed = std::time::Instant::now();
