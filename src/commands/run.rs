@@ -477,14 +477,20 @@ async fn configured_updates(
 /// This instance in its group's rollout: the configured `[rollout]` (a stored policy wins), the
 /// floor of the swap estimate from `[swap]`.
 fn rollout_agent(settings: &Settings, etcd: EtcdConnection) -> crate::rollout::agent::RolloutAgent {
-    let swap = &settings.swap;
     crate::rollout::agent::RolloutAgent::new(
         etcd,
         &settings.slot.group,
         &settings.instance.name,
         settings.rollout.clone(),
-        swap.drain + swap.start_timeout + swap.verify_timeout,
+        rollout_floor(settings),
     )
+}
+
+/// The floor of a swap's estimated duration: `swap.drain + swap.start_timeout +
+/// swap.verify_timeout` (the rollout adds `min_healthy`).
+fn rollout_floor(settings: &Settings) -> std::time::Duration {
+    let swap = &settings.swap;
+    swap.drain + swap.start_timeout + swap.verify_timeout
 }
 
 /// The client of the configured update service.

@@ -190,9 +190,9 @@ const KEYS: &[Key] = &[
     field!("daemon.metrics", AtRestart, daemon.metrics),
     // The socket is bound at start.
     field!("daemon.control_socket", AtRestart, daemon.control_socket),
-    // The daemon's rollout agent is built from `[rollout]` at the start; a policy stored with
-    // `sidekick rollout set` applies from the next slot request without a reload.
-    field!("rollout", AtRestart, rollout),
+    // Like a policy stored with `sidekick rollout set`, from the next slot request: a swap under
+    // way keeps the policy its request was judged by. A stored policy still wins.
+    field!("rollout", Live, rollout),
 ];
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! places left with no result) and asks [`RolloutAgent::check_hold`] before each check.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use etcd_client::WatchOptions;
@@ -62,14 +62,21 @@ pub struct RolloutAgent {
     etcd: EtcdConnection,
     group: String,
     instance: String,
-    configured: RolloutPolicy,
-    /// `swap.drain + swap.start_timeout + swap.verify_timeout`.
-    floor: Duration,
+    /// The configured `[rollout]` and the swap estimate's floor, replaced by a reload.
+    configured: RwLock<Configured>,
     /// When this process's agent was made: a canary place of its instance claimed since, with
     /// no swap of this process, was claimed by a clone on another host (the same instance
     /// name, a cloned machine id) and is not this process's to settle (`lost.rs`).
     started: Timestamp,
     inner: Mutex<Inner>,
+}
+
+/// What this instance's configuration says about the rollout (a stored policy wins over it).
+#[derive(Debug, Clone)]
+struct Configured {
+    policy: RolloutPolicy,
+    /// `swap.drain + swap.start_timeout + swap.verify_timeout`.
+    floor: Duration,
 }
 
 #[derive(Default)]
@@ -141,8 +148,10 @@ impl RolloutAgent {
             etcd,
             group: group.into(),
             instance: instance.into(),
-            configured,
-            floor,
+            configured: RwLock::new(Configured {
+                policy: configured,
+                floor,
+            }),
             started: Timestamp::now(),
             inner: Mutex::new(Inner::default()),
         }
@@ -155,6 +164,21 @@ impl RolloutAgent {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_configured(&self) -> std::sync::RwLockReadGuard<'_, Configured> {
+        self.configured.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a reloaded `[rollout]` and swap estimate floor in force. Like a stored policy it
+    /// applies from the next slot request: a swap under way keeps the min-healthy and failure
+    /// budget its request was judged with. Returns whether the policy changed (its hash is in
+    /// the instance record).
+    pub fn reconfigure(&self, policy: RolloutPolicy, floor: Duration) -> bool {
+        let mut configured = self.configured.write().unwrap_or_else(|e| e.into_inner());
+        let changed = configured.policy != policy;
+        *configured = Configured { policy, floor };
+        changed
     }
 
     async fn read(&self) -> Result<GroupSnapshot, RolloutError> {
@@ -175,7 +199,7 @@ impl RolloutAgent {
 
     /// The short hash of the policy this instance enforces when none is stored: its `[rollout]`.
     pub fn policy_hash(&self) -> String {
-        self.configured.short_hash()
+        self.read_configured().policy.short_hash()
     }
 
     /// How long a swap of this instance stays in min-healthy: the policy in force when its slot
@@ -184,7 +208,7 @@ impl RolloutAgent {
     pub fn min_healthy(&self) -> Duration {
         self.lock()
             .min_healthy
-            .unwrap_or(self.configured.min_healthy)
+            .unwrap_or_else(|| self.read_configured().policy.min_healthy)
     }
 
     /// The etcd revision the last slot request was judged at.
@@ -205,26 +229,23 @@ impl RolloutAgent {
                 return Some(SlotHold::Busy(why));
             }
         };
-        let answer = gate::slot_answer(
-            &snap,
-            &self.configured,
-            self.floor,
-            &self.instance,
-            version,
-            now,
-        );
+        let Configured {
+            policy: configured,
+            floor,
+        } = self.read_configured().clone();
+        let answer = gate::slot_answer(&snap, &configured, floor, &self.instance, version, now);
         {
             let mut inner = self.lock();
             inner.seen = snap.revision;
             inner.wake_at = None;
-            let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
+            let policy = store::effective(snap.stored_policy.as_ref(), &configured);
             inner.min_healthy = Some(policy.min_healthy);
             inner.max_failures = Some(policy.max_failures);
         }
         let hold = match answer {
             SlotGate::Take { canary: false } => None,
             SlotGate::Take { canary: true } => {
-                let wanted = store::effective(snap.stored_policy.as_ref(), &self.configured).canary;
+                let wanted = store::effective(snap.stored_policy.as_ref(), &configured).canary;
                 return self
                     .claim_canary(version, wanted, now)
                     .await
@@ -312,19 +333,21 @@ impl RolloutAgent {
             }
         };
         let now = Timestamp::now();
+        let Configured {
+            policy: configured,
+            floor,
+        } = self.read_configured().clone();
         let mut inner = self.lock();
         if let Some(metrics) = &inner.metrics {
-            let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
+            let policy = store::effective(snap.stored_policy.as_ref(), &configured);
             metrics.set_next_window(gate::next_window_secs(policy, now));
-            if let Some((version, stage)) =
-                gate::newest_stage(&snap, &self.configured, self.floor, now)
-            {
+            if let Some((version, stage)) = gate::newest_stage(&snap, &configured, floor, now) {
                 metrics.set_stage(&self.group, &version, stage.name());
             }
         }
         let hold = gate::check_gate(
             &snap,
-            &self.configured,
+            &configured,
             &self.instance,
             running,
             &mut inner.jitter,

@@ -640,3 +640,36 @@ async fn a_waiter_held_at_the_head_of_the_line_steps_aside_for_one_that_may_go()
     let (b_got, ()) = tokio::join!(b_wait, c_release);
     assert_eq!(b_got.unwrap(), Acquisition::Acquired);
 }
+
+#[tokio::test]
+async fn a_reloaded_rollout_section_applies_from_the_next_slot_request_not_to_the_swap_under_way() {
+    let Some((_etcd, client)) = start().await else {
+        return;
+    };
+    let first = policy(|p| p.min_healthy = Duration::from_secs(10));
+    let a = member(&client, "web-1", &first, 1);
+    assert_eq!(a.rollout.policy_hash(), first.short_hash());
+    assert_eq!(
+        a.slots.acquire("2.0.0").await.unwrap(),
+        Acquisition::Acquired
+    );
+    // SIGHUP mid-swap: a window closed now, a longer min-healthy.
+    let reloaded = policy(|p| {
+        p.window = vec![window_from_now(120, 60)];
+        p.min_healthy = Duration::from_secs(60);
+    });
+    assert!(a.rollout.reconfigure(reloaded.clone(), FLOOR));
+    assert!(
+        !a.rollout.reconfigure(reloaded.clone(), FLOOR),
+        "the same policy again is no change"
+    );
+    // The instance record's hash follows at once; the swap keeps what its request was judged by.
+    assert_eq!(a.rollout.policy_hash(), reloaded.short_hash());
+    assert_ne!(reloaded.short_hash(), first.short_hash());
+    assert_eq!(a.rollout.min_healthy(), Duration::from_secs(10));
+    a.slots.release().await.expect("release");
+    // The next request is judged by the reloaded policy.
+    let detail = busy_detail(a.slots.acquire("2.0.0").await.unwrap());
+    assert!(detail.contains("outside every window"), "{detail}");
+    assert_eq!(a.rollout.min_healthy(), Duration::from_secs(60));
+}

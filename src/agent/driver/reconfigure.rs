@@ -1,7 +1,8 @@
 //! Settings of a reloaded configuration, put in force while the loop runs: the registration's
-//! entries (published again as one change, never withdrawn for it), the probe and its rules, and
-//! the update settings, which the update pass holds until its next pass. `sidekick run` reads and
-//! checks the configuration; the driver only applies what it is handed.
+//! entries (published again as one change, never withdrawn for it), the probe and its rules, the
+//! update settings, which the update pass holds until its next pass, and `[rollout]`, which the
+//! rollout agent judges the next slot request by (its hash goes into the instance record).
+//! `sidekick run` reads and checks the configuration; the driver only applies what it is handed.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::agent::update::UpdateReload;
 use crate::health::Probe;
 use crate::notify;
 use crate::registry::{Entry, Registry};
+use crate::rollout::RolloutPolicy;
 use crate::systemd::control::UnitControl;
 
 /// What a reloaded configuration changes in a running driver.
@@ -28,6 +30,10 @@ pub struct Reconfigure<P> {
     pub rules: HealthRules,
     /// The update and swap settings, for the next update pass.
     pub updates: UpdateReload,
+    /// `[rollout]` and the floor of the swap estimate (`swap.drain + start_timeout +
+    /// verify_timeout`), in force from the rollout agent's next slot request.
+    pub rollout: RolloutPolicy,
+    pub rollout_floor: Duration,
 }
 
 impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
@@ -54,6 +60,13 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         {
             options.host = reload.host.clone();
             record.host = reload.host;
+            self.unpublished = true;
+        }
+        if let Some(rollout) = &self.rollout
+            && rollout.reconfigure(reload.rollout, reload.rollout_floor)
+            && let Some(record) = self.record.as_mut()
+        {
+            record.policy = Some(rollout.policy_hash());
             self.unpublished = true;
         }
         match self.seams.updates.as_mut() {

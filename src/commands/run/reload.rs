@@ -95,13 +95,13 @@ impl Reloader {
         }
         let later = applied
             .iter()
-            .any(|key| key.starts_with("update.") || key.starts_with("swap."));
+            .any(|key| key.starts_with("update.") || key.starts_with("swap.") || *key == "rollout");
         match (applied.is_empty(), deferred.is_empty()) {
             (true, true) => info!("configuration reloaded: nothing changed"),
             (true, false) => info!("configuration reloaded: nothing applies before a restart"),
             (false, _) if later => info!(
                 "configuration reloaded: applied {} (update and swap settings from the next \
-                 update pass)",
+                 update pass, rollout from the next slot request)",
                 applied.join(", ")
             ),
             (false, _) => info!("configuration reloaded: applied {}", applied.join(", ")),
@@ -138,6 +138,8 @@ impl Reloader {
                 unchecked: health.check == HealthCheck::None,
             },
             updates,
+            rollout: settings.rollout.clone(),
+            rollout_floor: super::rollout_floor(settings),
         })
     }
 

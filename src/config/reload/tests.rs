@@ -281,7 +281,7 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         ("daemon.control_socket", AtRestart, |s| {
             s.daemon.control_socket = Some("/run/web/ctl.sock".into())
         }),
-        ("rollout", AtRestart, |s| s.rollout.canary = 2),
+        ("rollout", Live, |s| s.rollout.canary = 2),
     ]
 }
 

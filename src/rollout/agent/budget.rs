@@ -52,7 +52,7 @@ impl RolloutAgent {
     pub fn max_failures_hint(&self) -> NonZeroU32 {
         self.lock()
             .max_failures
-            .unwrap_or(self.configured.max_failures)
+            .unwrap_or_else(|| self.read_configured().policy.max_failures)
     }
 
     /// `max_failures` of the policy in force for this swap: the one its slot request was judged
@@ -62,6 +62,7 @@ impl RolloutAgent {
             return Ok(max);
         }
         let snap = self.read().await?;
-        Ok(store::effective(snap.stored_policy.as_ref(), &self.configured).max_failures)
+        let configured = self.read_configured().policy.clone();
+        Ok(store::effective(snap.stored_policy.as_ref(), &configured).max_failures)
     }
 }

@@ -52,6 +52,8 @@ fn reload(entries: Vec<Entry>, passes: bool, rules: HealthRules) -> Reconfigure<
             verify_timeout: Duration::from_secs(1),
             rise: 1,
         },
+        rollout: crate::rollout::RolloutPolicy::default(),
+        rollout_floor: Duration::from_secs(1),
     }
 }
 
