@@ -3,7 +3,10 @@
 //! etcd slot holder, against a real etcd it starts on loopback in a temp dir (`--members 1|3`).
 //! Units are in memory: a swap takes `--swap` seconds. After every agent is registered and a
 //! steady window of one TTL, one new version is offered to all at once; each agent takes a slot,
-//! drains (deregisters), swaps, registers the new version and releases. Prints one table.
+//! drains (deregisters), swaps, registers the new version and releases. The slot is taken as the
+//! daemon's swap takes it: the rollout's gate (no policy stored: the defaults with min_healthy 0)
+//! asked before joining the queue and when first in line, and waits in line of up to 30 s each,
+//! keeping the place. Prints one table.
 //!
 //! `cargo run --release --example fleet_sim -- --agents 1000 --max 50 --swap 5`
 //! `cargo run --release --example fleet_sim -- --agents 10000 --registration-only --ramp 100`
@@ -28,7 +31,9 @@ use sidekick::etcd::EtcdConnection;
 use sidekick::etcd::EtcdOptions;
 use sidekick::registry::record::{self, InstanceRecord};
 use sidekick::registry::{EtcdRegistry, Published, Registry};
-use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
+use sidekick::rollout::RolloutPolicy;
+use sidekick::rollout::agent::RolloutAgent;
+use sidekick::slot::{Acquisition, AnySlots, EtcdSlots, SlotHolder, SlotLock};
 use support::etcd::Etcd;
 use tokio::sync::watch;
 
@@ -169,7 +174,20 @@ async fn agent(
             instance: name.clone(),
         };
         let max = NonZeroU32::new(sim.max).unwrap_or(NonZeroU32::MIN);
-        let slots = EtcdSlots::new(EtcdConnection::new(settings), GROUP, max, sim.ttl, who);
+        // As `sidekick run` builds them: the slots and the rollout agent on one connection, the
+        // rollout's gate asked before joining the queue and again when first in line.
+        let etcd = EtcdConnection::new(settings);
+        let rollout = Arc::new(RolloutAgent::new(
+            etcd.clone(),
+            GROUP,
+            &name,
+            RolloutPolicy {
+                min_healthy: Duration::ZERO,
+                ..RolloutPolicy::default()
+            },
+            sim.swap,
+        ));
+        let slots = EtcdSlots::new(etcd, GROUP, max, sim.ttl, who).with_rollout(rollout);
         // As the daemon's first pass does: release what an earlier run left, which also opens
         // the slots' connection before any offer.
         while let Err(e) = slots.release_stale().await {
@@ -177,19 +195,25 @@ async fn agent(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         offer.wait_for(|o| *o).await?;
-        // As the daemon does, a failed etcd request is retried at the next pass (here: 1 s).
-        let (acquired, requests) = loop {
-            let before = slots.requests();
-            match slots
-                .acquire_within(NEW_VERSION, Duration::from_secs(3600))
-                .await
-            {
-                Ok(Acquisition::Acquired) => break (Instant::now(), slots.requests() - before),
+        // As the daemon's AcquireSlot step does: one ask, then waits in line of up to
+        // RETRY_AFTER each, keeping its place; a failed etcd request is retried at the next pass
+        // (here: 1 s).
+        let slots = AnySlots::Etcd(Box::new(slots));
+        let before = etcd_requests(&slots);
+        let mut retry = false;
+        let acquired = loop {
+            match slots.acquire_in_line(NEW_VERSION, retry, true).await {
+                Ok(Acquisition::Acquired) => break Instant::now(),
+                Ok(Acquisition::Busy { .. }) => retry = true,
                 Ok(other) => anyhow::bail!("{name}: not acquired: {other:?}"),
-                Err(e) => shared.failed(&format!("acquire: {e}")),
+                Err(e) => {
+                    shared.failed(&format!("acquire: {e}"));
+                    retry = false;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         };
+        let requests = etcd_requests(&slots) - before;
         shared.acquires.lock().unwrap().push((acquired, requests));
         registry.deregister(); // drain: out of rotation for the swap
         wait_published(&mut published, |p| matches!(p, Published::Absent)).await?;
@@ -211,6 +235,15 @@ async fn agent(
     stop.wait_for(|s| *s).await?;
     registry.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// The etcd requests the slot holder made so far (the rollout's gate reads share its
+/// connection but are counted by etcd only, in the table's request rate).
+fn etcd_requests(slots: &AnySlots) -> u64 {
+    match slots {
+        AnySlots::Etcd(slots) => slots.requests(),
+        _ => 0,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -181,9 +181,18 @@ impl RolloutAgent {
         changed
     }
 
+    /// The group's policy, pause, halt and version states, without its instance records
+    /// ([`store::read_gate`]).
     async fn read(&self) -> Result<GroupSnapshot, RolloutError> {
+        self.read_with(false).await
+    }
+
+    async fn read_with(&self, instances: bool) -> Result<GroupSnapshot, RolloutError> {
         let mut client = self.client().await?;
-        let read = store::read_group(&mut client, &self.group).await;
+        let read = match instances {
+            true => store::read_group(&mut client, &self.group).await,
+            false => store::read_gate(&mut client, &self.group).await,
+        };
         if let Err(RolloutError::Etcd(err)) = &read {
             self.etcd.failed(err).await;
         }
@@ -316,9 +325,12 @@ impl RolloutAgent {
     }
 
     /// Whether an update check may be sent now; `running` is the version the unit runs, when
-    /// known. When etcd cannot be read the configured policy's windows still apply.
+    /// known. When etcd cannot be read the configured policy's windows still apply. The group's
+    /// instance records are read only for the stage metric, when metrics are served.
     pub async fn check_hold(&self, running: Option<&str>) -> Option<CheckHold> {
-        let snap = match self.read().await {
+        // Only the stage metric needs the instance records (who serves the version).
+        let staged = self.lock().metrics.is_some();
+        let snap = match self.read_with(staged).await {
             Ok(snap) => snap,
             Err(err) => {
                 warn!(group = %self.group, "cannot read the group's rollout: {err}; the configured windows apply");

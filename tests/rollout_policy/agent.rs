@@ -88,6 +88,12 @@ pub(super) fn reporting(stage: Stage, report: Option<Report>) -> Phase {
 /// A whole successful swap of `m` to 2.0.0 as the driver would feed it: slot, steps, min-healthy
 /// over (3/1 decided), release.
 async fn swap(m: &Member) {
+    through_min_healthy(m).await;
+    m.slots.release().await.expect("release");
+}
+
+/// A swap of `m` to 2.0.0 up to its release: slot, steps, min-healthy over (3/1 decided).
+pub(super) async fn through_min_healthy(m: &Member) {
     assert_eq!(
         m.slots.acquire("2.0.0").await.expect("acquire"),
         Acquisition::Acquired
@@ -104,7 +110,6 @@ async fn swap(m: &Member) {
     }
     m.rollout
         .observe(&reporting(Stage::Releasing, Some(Report::Complete)));
-    m.slots.release().await.expect("release");
 }
 
 pub(super) async fn state(client: &Client) -> VersionState {

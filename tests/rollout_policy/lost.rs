@@ -13,11 +13,10 @@ use sidekick::rollout::agent::RolloutAgent;
 use sidekick::rollout::{RolloutPolicy, store};
 use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
 
+use super::agent_tests::through_min_healthy;
 use super::agent_tests::{FLOOR, Member, TTL, busy_detail, member, policy, state};
-use super::agent_tests::{reporting, updating};
 use super::{GROUP, start};
 use crate::support::blackhole::Blackhole;
-use sidekick::agent::machine::swap::{Report, Stage};
 
 /// An instance whose rollout reaches etcd through `path` (the daemon's own connection, with a
 /// one-second timeout), while its slots go straight to etcd.
@@ -37,25 +36,6 @@ fn member_behind(client: &Client, path: &Blackhole, name: &str, p: &RolloutPolic
     let max = NonZeroU32::new(1).expect("non-zero");
     let slots = EtcdSlots::new(client.clone(), GROUP, max, TTL, who).with_rollout(rollout.clone());
     Member { rollout, slots }
-}
-
-/// `m` takes its slot for 2.0.0 and goes through min-healthy (3/1 decided), not yet released.
-async fn through_min_healthy(m: &Member) {
-    assert_eq!(
-        m.slots.acquire("2.0.0").await.expect("acquire"),
-        Acquisition::Acquired
-    );
-    for stage in [
-        Stage::Deregistering,
-        Stage::Restarting,
-        Stage::Verifying { passes: 0 },
-        Stage::Registering { failure: None },
-        Stage::MinHealthy { departed: false },
-    ] {
-        m.rollout.observe(&updating(stage));
-    }
-    m.rollout
-        .observe(&reporting(Stage::Releasing, Some(Report::Complete)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,3 +106,34 @@ async fn malformed_values_in_etcd_are_errors_naming_their_key() {
         .await
         .expect("clean again");
 }
+
+#[tokio::test]
+async fn the_gate_read_leaves_the_groups_instance_records_out_and_the_full_read_has_them() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    let record = sidekick::registry::record::InstanceRecord {
+        version: "1.0.0".into(),
+        phase: "serving".into(),
+        since: "2026-12-07T00:00:00Z".into(),
+        last_check: None,
+        result: None,
+        host: "10.0.0.1".into(),
+        target: None,
+        step: None,
+        policy: None,
+    };
+    let value = serde_json::to_string(&record).expect("json");
+    client
+        .put(sidekick::registry::record::key(GROUP, "web-1"), value, None)
+        .await
+        .expect("put");
+    put_state(&mut client, &VersionState::new("2.0.0", Timestamp::now())).await;
+    let full = store::read_group(&mut client, GROUP).await.expect("read");
+    assert_eq!(full.instances, vec![("web-1".to_string(), record)]);
+    let gate = store::read_gate(&mut client, GROUP).await.expect("read");
+    assert!(gate.instances.is_empty(), "{:?}", gate.instances);
+    // Everything else is the same read.
+    assert_eq!(gate.versions, full.versions);
+    assert_eq!(gate.revision, full.revision);
+}
