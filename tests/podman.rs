@@ -103,3 +103,117 @@ async fn quadlet_swap_to_2_0_0_and_rollback_of_broken_3_0_0_lose_no_request_thro
         "no sidekick said it found a Quadlet unit:\n{log}"
     );
 }
+
+/// The other Podman way: the shipped `units/example-web-podman@.service` (`podman run` in a unit
+/// file) installed as `example-web@.service`. The sidekick's unit control takes it for a unit
+/// file of its own (no Quadlet), pre-pulls with `podman pull` as a transient unit, swaps it to
+/// 2.0.0 with the `[Service]` drop-in and rolls it back to 1.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_run_unit_pre_pulls_swaps_to_2_0_0_and_rolls_back_through_its_service_dropin() {
+    use std::time::Duration;
+
+    use sidekick::systemd::control::{DbusUnitControl, DropIn, UnitControl, UnitKind};
+    use support::images;
+    use support::registry::Registry;
+    use support::systemd::{self, Systemd};
+
+    const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+    let needs = [
+        support::systemd::NEEDS,
+        images::NEEDS,
+        support::registry::NEEDS,
+        &[Need::RootPackage("podman")],
+    ]
+    .concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let dir = support::temp_dir("podman-run");
+    let registry = Registry::start().await;
+    let v1 = images::push(&images::app_image("1.0.0"), &registry.address());
+    let v2 = images::push(&images::app_image("2.0.0"), &registry.address());
+    let config = quadlet::podman_config(dir.path(), &registry.address());
+    let systemd =
+        Systemd::start_with_binds(&[(config.as_path(), quadlet::CONTAINERS_CONFIG)]).await;
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/example-web-podman@.service");
+    systemd.write_unit(
+        "example-web@.service",
+        &std::fs::read_to_string(&shipped).expect("read the shipped podman unit"),
+    );
+    let port = support::free_port();
+    let unit = "example-web@1.service";
+    systemd.write_dropin(
+        unit,
+        "10-test.conf",
+        &format!("[Service]\nEnvironment=SIDEKICK_IMAGE={v1}\nEnvironment=PORT={port}\n"),
+    );
+    systemd.reload().await;
+    let mgr = systemd.manager().await;
+    assert_eq!(
+        systemd::run_job(&mgr, systemd::Job::Start, unit).await,
+        "done",
+        "{}",
+        systemd.log_tail(30)
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let serves = |version: &'static str| {
+        let url = url.clone();
+        async move {
+            let page = support::wait_for_http_ok(&url, JOB_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(
+                page.contains(version),
+                "{url} serves {page:?}, not {version}"
+            );
+        }
+    };
+    serves("1.0.0").await;
+
+    let units = systemd.unit_dir();
+    let control = DbusUnitControl::new(systemd.connection().await, unit, &units, &config, "web-1")
+        .await
+        .expect("unit control");
+    assert_eq!(*control.kind(), UnitKind::Service);
+    let pull: Vec<String> = ["podman", "pull", &v2].map(String::from).to_vec();
+    control
+        .run_transient(&pull, JOB_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "podman pull as a transient unit: {e}\n{}",
+                systemd.log_tail(30)
+            )
+        });
+    let previous = control
+        .write_dropin(&DropIn {
+            image: v2.clone(),
+            version: "2.0.0".into(),
+        })
+        .await
+        .expect("write the drop-in");
+    assert!(units.join(format!("{unit}.d/50-sidekick.conf")).exists());
+    control.reload().await.expect("reload");
+    control
+        .restart(JOB_TIMEOUT)
+        .await
+        .expect("restart on 2.0.0");
+    serves("2.0.0").await;
+    assert_eq!(
+        control.running().await.unwrap().version.as_deref(),
+        Some("2.0.0")
+    );
+
+    control.restore_dropin(&previous).await.expect("restore");
+    control.reload().await.expect("reload");
+    control
+        .restart(JOB_TIMEOUT)
+        .await
+        .expect("restart on 1.0.0");
+    serves("1.0.0").await;
+    assert_eq!(
+        control.running().await.unwrap().version.as_deref(),
+        Some("1.0.0")
+    );
+}

@@ -8,7 +8,9 @@
 //! What the container needs that a Podman host has by default:
 //! - `keyring = false` (containers.conf): nspawn's seccomp filter refuses `keyctl`, and crun's
 //!   session keyring fails with "create keyring: Operation not permitted".
-//! - `--cgroups=disabled` (a `PodmanArgs=` in each instance's test drop-in): on this cgroup v1
+//! - no cgroup of its own for each app container: `cgroups = "disabled"` (containers.conf, for
+//!   `podman run`) and `--cgroups=disabled` (a `PodmanArgs=` in each Quadlet instance's test
+//!   drop-in, since Quadlet's `podman run` line says `--cgroups=split`). On this cgroup v1
 //!   (hybrid) host the container's v1 controller hierarchies are read-only and its cgroup2 one
 //!   has no controllers, so crun cannot create the container's cgroup ("creating cgroup
 //!   directory … No such file or directory"). The app's processes then stay in the unit's cgroup.
@@ -51,7 +53,10 @@ pub fn podman_config(dir: &Path, registry: &str) -> PathBuf {
         "registries.conf",
         &format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"),
     );
-    write("containers.conf", "[containers]\nkeyring = false\n");
+    write(
+        "containers.conf",
+        "[containers]\nkeyring = false\ncgroups = \"disabled\"\n",
+    );
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_UNIT);
     std::fs::copy(&unit, quadlets.join("web@.container"))
         .unwrap_or_else(|e| panic!("copy {}: {e}", unit.display()));
