@@ -107,7 +107,8 @@ async fn quadlet_swap_to_2_0_0_and_rollback_of_broken_3_0_0_lose_no_request_thro
 /// The other Podman way: the shipped `units/example-web-podman@.service` (`podman run` in a unit
 /// file) installed as `example-web@.service`. The sidekick's unit control takes it for a unit
 /// file of its own (no Quadlet), pre-pulls with `podman pull` as a transient unit, swaps it to
-/// 2.0.0 with the `[Service]` drop-in and rolls it back to 1.0.0.
+/// 2.0.0 with the `[Service]` drop-in and rolls it back to 1.0.0. Beside it, an instance of the
+/// Quadlet template with no `.container` file of its own is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_run_unit_pre_pulls_swaps_to_2_0_0_and_rolls_back_through_its_service_dropin() {
     use std::time::Duration;
@@ -176,6 +177,24 @@ async fn podman_run_unit_pre_pulls_swaps_to_2_0_0_and_rolls_back_through_its_ser
         .await
         .expect("unit control");
     assert_eq!(*control.kind(), UnitKind::Service);
+    // The Podman configuration holds the Quadlet template `web@.container` too: an instance
+    // started from it with no file of its own is refused, naming the link that fixes it.
+    let refused = DbusUnitControl::new(
+        systemd.connection().await,
+        "web@7.service",
+        &units,
+        &config,
+        "w",
+    )
+    .await;
+    match refused {
+        Err(err) => assert!(
+            err.to_string()
+                .contains("ln -s web@.container web@7.container"),
+            "{err}"
+        ),
+        Ok(control) => panic!("web@7.service taken as {:?}", control.kind()),
+    }
     let pull: Vec<String> = ["podman", "pull", &v2].map(String::from).to_vec();
     control
         .run_transient(&pull, JOB_TIMEOUT)
