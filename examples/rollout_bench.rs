@@ -27,6 +27,8 @@ mod by_hand;
 mod fleet;
 #[path = "../tests/rollout/load.rs"]
 mod load;
+#[path = "../tests/rollout/quadlet.rs"]
+mod quadlet;
 #[path = "../tests/rollout/rotation.rs"]
 mod rotation;
 #[path = "../tests/rollout/sidekick_process.rs"]

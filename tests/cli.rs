@@ -77,6 +77,37 @@ fn help_says_status_shows_registrations_and_run_applies_updates() {
 }
 
 #[test]
+fn the_podman_example_config_on_top_of_web_toml_pulls_and_prunes_with_podman() {
+    let root = tempfile::tempdir().unwrap();
+    let podman = format!(
+        "{}/examples/config/web-podman.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let args = [
+        "check-config",
+        "--config",
+        &example_config(),
+        "--config",
+        &podman,
+    ];
+    let out = sidekick(root.path(), &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "prepull = [\"podman\", \"pull\", \"{image}\"]",
+        "prune = [\"podman\", \"rmi\", \"{image}\"]",
+        "quadlet_dir = \"/etc/containers/systemd\"",
+    ] {
+        assert!(stdout.contains(line), "no {line} in:\n{stdout}");
+    }
+}
+
+#[test]
 fn check_config_prints_effective_settings_with_their_sources() {
     let root = tempfile::tempdir().unwrap();
     let config = example_config();

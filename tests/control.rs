@@ -42,6 +42,7 @@ async fn control_for(systemd: &Systemd, unit: &str) -> DbusUnitControl {
         systemd.connection().await,
         unit,
         &systemd.unit_dir(),
+        &systemd.unit_dir(),
         "web@1",
     )
     .await

@@ -62,7 +62,8 @@ fn unit_running(image: &str) -> String {
 /// each; returns the pruner's record.
 async fn five_versions(systemd: &Systemd, repository: &str, state_dir: &Path) -> Vec<String> {
     let conn = systemd.connection().await;
-    let control = DbusUnitControl::new(conn.clone(), "web@1.service", &systemd.unit_dir(), "web-1")
+    let units = systemd.unit_dir();
+    let control = DbusUnitControl::new(conn.clone(), "web@1.service", &units, &units, "web-1")
         .await
         .expect("unit control");
     let argv: Vec<String> = DEFAULT_PRUNE.map(String::from).to_vec();

@@ -19,10 +19,14 @@ mod by_hand;
 mod fleet;
 #[path = "rollout/load.rs"]
 mod load;
+#[path = "rollout/quadlet.rs"]
+mod quadlet;
 #[path = "rollout/rotation.rs"]
 mod rotation;
 #[path = "rollout/sidekick_process.rs"]
 mod sidekick_process;
+#[path = "rollout/steps.rs"]
+mod steps;
 #[path = "rollout/traffic.rs"]
 mod traffic;
 #[path = "rollout/units.rs"]

@@ -20,6 +20,8 @@ mod service;
 mod fleet;
 #[path = "rollout/load.rs"]
 mod load;
+#[path = "rollout/quadlet.rs"]
+mod quadlet;
 #[path = "rollout/rotation.rs"]
 mod rotation;
 #[path = "rollout/sidekick_process.rs"]

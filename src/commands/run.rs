@@ -450,6 +450,7 @@ async fn configured_updates(
         bus.clone(),
         &settings.instance.unit,
         &settings.swap.dropin_dir,
+        &settings.swap.quadlet_dir,
         &settings.instance.name,
     )
     .await

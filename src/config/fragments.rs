@@ -132,6 +132,7 @@ pub struct SwapFragment {
     pub prepull: Option<Vec<String>>,
     pub prune: Option<Vec<String>>,
     pub dropin_dir: Option<PathBuf>,
+    pub quadlet_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -118,6 +118,7 @@ pub struct SwapInput {
     pub prepull: Vec<String>,
     pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
+    pub quadlet_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -201,6 +202,7 @@ impl Default for Input {
                     .map(String::from)
                     .to_vec(),
                 dropin_dir: PathBuf::from("/etc/systemd/system"),
+                quadlet_dir: PathBuf::from("/etc/containers/systemd"),
             },
             daemon: DaemonInput {
                 state_dir: PathBuf::from("/var/lib/sidekick"),
@@ -318,7 +320,8 @@ impl Input {
                 verify_timeout,
                 prepull,
                 prune,
-                dropin_dir
+                dropin_dir,
+                quadlet_dir
             ]
         );
         overlay!(

@@ -98,6 +98,9 @@ pub struct SwapSettings {
     /// Removes one old image of the app after a swap (`{image}`); `[]`: never (`src/image/prune.rs`).
     pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
+    /// Where the drop-in of a unit Quadlet generates goes: `<quadlet_dir>/<name>.container.d/`
+    /// (`src/systemd/control/quadlet.rs`).
+    pub quadlet_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]

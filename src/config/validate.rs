@@ -245,6 +245,7 @@ fn swap(check: &Check, swap: SwapInput) -> Result<SwapSettings, ConfigError> {
         prepull: swap.prepull,
         prune: swap.prune,
         dropin_dir: check.absolute("swap.dropin_dir", swap.dropin_dir)?,
+        quadlet_dir: check.absolute("swap.quadlet_dir", swap.quadlet_dir)?,
     })
 }
 

@@ -2,12 +2,14 @@
 //! pre-pull as a transient unit. The [`UnitControl`] seam has the D-Bus implementation
 //! ([`DbusUnitControl`], through the `zbus_systemd` proxies, never `systemctl`) and an in-memory
 //! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
-//! drop-in values ([`dropin`]).
+//! drop-in values ([`dropin`]). A unit that Podman's Quadlet generates from a `.container` file
+//! gets its drop-in in Quadlet's form ([`quadlet`]).
 
 mod any;
 mod dbus;
 pub mod dropin;
 mod dry_run;
+pub mod quadlet;
 mod transient;
 
 use std::future::Future;
@@ -20,6 +22,7 @@ use thiserror::Error;
 pub use any::AnyUnitControl;
 pub use dbus::DbusUnitControl;
 pub use dry_run::DryRunUnitControl;
+pub use quadlet::UnitKind;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

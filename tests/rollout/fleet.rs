@@ -65,6 +65,19 @@ pub struct FleetSpec {
     /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
     /// unit) instead of as a host process.
     pub sidekick_units: bool,
+    /// What runs the app's containers.
+    pub runtime: AppRuntime,
+}
+
+/// What runs the app's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppRuntime {
+    /// `docker run` in `web@.service`, on the host's Docker engine (socket bound in).
+    Docker,
+    /// The shipped Quadlet unit (`units/example-web@.container` as `web@.container`, one linked
+    /// file per instance) on the Podman of the systemd container's root
+    /// (`tests/rollout/quadlet.rs`).
+    Quadlet,
 }
 
 impl FleetSpec {
@@ -86,6 +99,7 @@ impl FleetSpec {
             verify_timeout: Duration::from_secs(20),
             min_healthy: Duration::from_secs(1),
             sidekick_units: false,
+            runtime: AppRuntime::Docker,
         }
     }
 }
@@ -150,18 +164,30 @@ impl Fleet {
         }
         let updates =
             UpdateService::start(FIRST_VERSION, &images[FIRST_VERSION], spec.grant_period).await;
-        let systemd = Systemd::start().await;
         let prefix = images::unique_name("rollout");
-        systemd.write_unit(
-            "web@.service",
-            &images::app_unit(&prefix, &images[FIRST_VERSION], FIRST_VERSION),
-        );
+        let (systemd, containers) = match spec.runtime {
+            AppRuntime::Docker => {
+                let systemd = Systemd::start().await;
+                systemd.write_unit(
+                    "web@.service",
+                    &images::app_unit(&prefix, &images[FIRST_VERSION], FIRST_VERSION),
+                );
+                let containers = (1..=spec.instances)
+                    .map(|i| Container::guard(&format!("{prefix}-{i}")))
+                    .collect();
+                (systemd, containers)
+            }
+            // Podman's containers live in the systemd container and go with it.
+            AppRuntime::Quadlet => {
+                let config = super::quadlet::podman_config(dir.path(), &registry.address());
+                let bind = (config.as_path(), super::quadlet::CONTAINERS_CONFIG);
+                (Systemd::start_with_binds(&[bind]).await, Vec::new())
+            }
+        };
         let mut fleet = Fleet {
             instances: Vec::new(),
             systemd,
-            _containers: (1..=spec.instances)
-                .map(|i| Container::guard(&format!("{prefix}-{i}")))
-                .collect(),
+            _containers: containers,
             traefik,
             updates,
             registry,
@@ -184,8 +210,18 @@ impl Fleet {
         for i in 1..=self.spec.instances {
             let unit = format!("{SERVICE}@{i}.service");
             let port = free_port();
-            let port_conf = format!("[Service]\nEnvironment=WEB_PORT={port}\n");
-            self.systemd.write_dropin(&unit, "10-port.conf", &port_conf);
+            match self.spec.runtime {
+                AppRuntime::Docker => {
+                    let port_conf = format!("[Service]\nEnvironment=WEB_PORT={port}\n");
+                    self.systemd.write_dropin(&unit, "10-port.conf", &port_conf);
+                }
+                AppRuntime::Quadlet => super::quadlet::install_instance(
+                    &self.dir.path().join(super::quadlet::CONFIG_DIR),
+                    i,
+                    port,
+                    &self.images[FIRST_VERSION],
+                ),
+            }
             self.instances.push(Instance {
                 config: self.dir.path().join(format!("{SERVICE}-{i}.toml")),
                 name: format!("{SERVICE}-{i}"),
@@ -237,6 +273,10 @@ impl Fleet {
                 state_dir: &state_dir,
             }
             .render();
+            let config = match self.spec.runtime {
+                AppRuntime::Docker => config,
+                AppRuntime::Quadlet => super::quadlet::sidekick_config(config, self.dir.path()),
+            };
             std::fs::write(&self.instances[i].config, config).expect("write sidekick config");
             if !in_units {
                 self.start_sidekick(i);
@@ -340,6 +380,11 @@ impl Fleet {
             .path()
             .join(format!("state-{name}"))
             .join(format!("{name}.json"))
+    }
+
+    /// The fleet's temp dir (configs, state, the Podman configuration).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// How the fleet was set up.

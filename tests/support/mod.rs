@@ -372,6 +372,8 @@ pub enum Need {
     /// The root tree of the systemd version `SIDEKICK_SYSTEMD_VERSION` names (see
     /// [`systemd::version`]).
     Systemd,
+    /// A Debian package installed in that root tree (e.g. `podman` in the 257 root).
+    RootPackage(&'static str),
     /// A Docker daemon that answers `docker info`.
     Docker,
     /// A port on 127.0.0.1 nothing listens on (e.g. a default endpoint that must be refused).
@@ -387,6 +389,7 @@ impl Need {
                 .then(|| format!("`{name}` not found on PATH (run scripts/setup)")),
             Need::Etcd => etcd::binary().err(),
             Need::Systemd => systemd::missing(),
+            Need::RootPackage(package) => systemd::missing_package(package),
             // SAFETY: geteuid has no preconditions.
             Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
             Need::Docker => docker_unavailable().clone(),

@@ -120,6 +120,31 @@ fn tree() -> Result<&'static Tree, String> {
         .map_err(Clone::clone)
 }
 
+/// `None` when the tree of the chosen version has the Debian package `package` installed, else
+/// why not (for [`Need::RootPackage`]).
+pub fn missing_package(package: &str) -> Option<String> {
+    let tree = match tree() {
+        Ok(tree) => tree,
+        Err(why) => return Some(why),
+    };
+    let status = std::fs::read_to_string(tree.root.join("var/lib/dpkg/status")).unwrap_or_default();
+    let installed = status.split("\n\n").any(|stanza| {
+        stanza.lines().any(|l| l == format!("Package: {package}"))
+            && stanza.lines().any(|l| l == "Status: install ok installed")
+    });
+    (!installed).then(|| {
+        format!(
+            "the systemd {} tree {} has no package `{package}` (run scripts/setup{})",
+            tree.version,
+            tree.root.display(),
+            match tree.root == Path::new("/") {
+                true => format!(", and set {VERSION_ENV} to a version whose root has it"),
+                false => String::new(),
+            }
+        )
+    })
+}
+
 /// `None` when the tree for the chosen version is there, else why not (for [`Need::Systemd`]).
 pub fn missing() -> Option<String> {
     tree().err()
@@ -152,6 +177,12 @@ pub struct Systemd {
 impl Systemd {
     /// Boots the container and waits until `Manager.Version` answers on its bus.
     pub async fn start() -> Systemd {
+        Systemd::start_with_binds(&[]).await
+    }
+
+    /// [`Systemd::start`] with each `(host directory, path in the container)` of `binds` bound
+    /// in as well (e.g. a Podman configuration at `/etc/containers`).
+    pub async fn start_with_binds(binds: &[(&Path, &str)]) -> Systemd {
         let dir = temp_dir("systemd");
         let bus = dir.path().join("bus");
         let units = dir.path().join("units");
@@ -168,6 +199,9 @@ impl Systemd {
             .arg(format!("--machine={machine}"))
             .arg(format!("--bind={}:/run/dbus", bus.display()))
             .arg(format!("--bind={}:/etc/systemd/system", units.display()));
+        for (host, inside) in binds {
+            cmd.arg(format!("--bind={}:{inside}", host.display()));
+        }
         if Path::new(DOCKER_SOCKET).exists() {
             cmd.arg(format!("--bind={DOCKER_SOCKET}"));
         }

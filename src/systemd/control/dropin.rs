@@ -119,6 +119,15 @@ fn replace_with(
 /// [`restorable`] lets them, so a journal edited by someone who can write there cannot make
 /// systemd run anything (each line left out is logged).
 pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlError> {
+    restore_under(path, previous, &SERVICE_RULE)
+}
+
+/// [`restore`] keeping what `rule` allows.
+pub fn restore_under(
+    path: &Path,
+    previous: &PreviousDropIn,
+    rule: &RestoreRule,
+) -> Result<(), ControlError> {
     let file_error = |source: io::Error| ControlError::File {
         path: path.to_path_buf(),
         source,
@@ -126,16 +135,51 @@ pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlErro
     match previous {
         PreviousDropIn::Absent => atomic_file::remove(path).map(|_| ()),
         PreviousDropIn::Contents(text) => {
-            let (kept, dropped) = restorable(text);
+            let (kept, dropped) = restorable_under(text, rule);
             for (line, why) in &dropped {
                 tracing::warn!(path = %path.display(), line, "the previous drop-in's line {line} \
-                    is not put back: {why} (a restored drop-in holds only `[Service]`, comments \
-                    and `Environment=` assignments of plain values)");
+                    is not put back: {why} (a restored drop-in holds only {}, comments \
+                    and assignments of plain values)", rule.describe());
             }
             atomic_file::write(path, kept.as_bytes())
         }
     }
     .map_err(file_error)
+}
+
+/// What a restored drop-in may hold: per section, the directives kept. Lines before the first
+/// section header count as in the first section.
+#[derive(Debug)]
+pub struct RestoreRule {
+    pub sections: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// A service unit's drop-in: `[Service]` with `Environment=` only.
+pub const SERVICE_RULE: RestoreRule = RestoreRule {
+    sections: &[("[Service]", &["Environment"])],
+};
+
+impl RestoreRule {
+    /// `[Service]` with `Environment=`, for log lines.
+    fn describe(&self) -> String {
+        let sections: Vec<String> = self
+            .sections
+            .iter()
+            .map(|(name, keys)| format!("`{name}` with {}", keys_list(keys)))
+            .collect();
+        sections.join(", ")
+    }
+
+    fn section_names(&self) -> String {
+        let names: Vec<&str> = self.sections.iter().map(|(name, _)| *name).collect();
+        names.join(" or ")
+    }
+}
+
+/// `Image=` or `Environment=`.
+fn keys_list(keys: &[&str]) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k}=")).collect();
+    keys.join(" or ")
 }
 
 /// What of a previous drop-in's `text` a restore writes: blank lines, comments, `[Service]`
@@ -146,9 +190,16 @@ pub fn restore(path: &Path, previous: &PreviousDropIn) -> Result<(), ControlErro
 /// (`ExecStartPre=`, `User=` …), another section and all its lines, a continued line (ending
 /// in `\`) and the line it continues, a quoted or escaped value.
 pub fn restorable(text: &str) -> (String, Vec<(usize, String)>) {
+    restorable_under(text, &SERVICE_RULE)
+}
+
+/// [`restorable`] under `rule`: the sections and directives it names, with the same checks of
+/// each value (an `Environment=` as above, any other directive one value [`check_value`]
+/// accepts).
+pub fn restorable_under(text: &str, rule: &RestoreRule) -> (String, Vec<(usize, String)>) {
     let mut kept = String::new();
     let mut dropped = Vec::new();
-    let mut in_service = true;
+    let mut section = rule.sections.first().map(|(_, keys)| *keys);
     let mut continued = false;
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
@@ -157,14 +208,25 @@ pub fn restorable(text: &str) -> (String, Vec<(usize, String)>) {
         } else if trimmed.ends_with('\\') {
             Some("it is continued on the next line".to_string())
         } else if trimmed.starts_with('[') {
-            in_service = trimmed == "[Service]";
-            (!in_service).then(|| format!("section {} is not [Service]", excerpt(trimmed)))
+            section = rule
+                .sections
+                .iter()
+                .find(|(name, _)| *name == trimmed)
+                .map(|(_, keys)| *keys);
+            section.is_none().then(|| {
+                format!(
+                    "section {} is not {}",
+                    excerpt(trimmed),
+                    rule.section_names()
+                )
+            })
         } else if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             None
-        } else if !in_service {
-            Some("it is outside [Service]".to_string())
         } else {
-            environment_line(trimmed).err()
+            match section {
+                None => Some(format!("it is outside {}", rule.section_names())),
+                Some(keys) => directive_line(trimmed, keys).err(),
+            }
         };
         continued = trimmed.ends_with('\\');
         match why {
@@ -178,14 +240,24 @@ pub fn restorable(text: &str) -> (String, Vec<(usize, String)>) {
     (kept, dropped)
 }
 
-/// Accepts `Environment=` with plain `NAME=value` assignments; else why not.
-fn environment_line(line: &str) -> Result<(), String> {
-    let Some((key, assignments)) = line.split_once('=') else {
+/// Accepts one of `keys`: `Environment=` with plain `NAME=value` assignments, any other a single
+/// plain value; else why not.
+fn directive_line(line: &str, keys: &[&str]) -> Result<(), String> {
+    let Some((key, value)) = line.split_once('=') else {
         return Err(format!("{} is no assignment", excerpt(line)));
     };
-    if key.trim() != "Environment" {
-        return Err(format!("{}= is not Environment=", excerpt(key.trim())));
+    let key = key.trim();
+    if !keys.contains(&key) {
+        return Err(format!("{}= is not {}", excerpt(key), keys_list(keys)));
     }
+    match key {
+        "Environment" => environment_assignments(value),
+        _ => check_value(key, value.trim()).map_err(|e| e.to_string()),
+    }
+}
+
+/// Accepts plain `NAME=value` assignments (none resets the list); else why not.
+fn environment_assignments(assignments: &str) -> Result<(), String> {
     for assignment in assignments.split_whitespace() {
         let Some((name, value)) = assignment.split_once('=') else {
             return Err(format!("{} is no NAME=value", excerpt(assignment)));

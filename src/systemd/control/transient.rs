@@ -81,6 +81,24 @@ pub const SANDBOX_FLAGS: &[(&str, bool)] = &[
 pub const SANDBOX_MODES: &[(&str, &str)] =
     &[("ProtectSystem", "strict"), ("ProtectHome", "read-only")];
 
+/// Pullers that write the image store themselves, with no daemon (Podman's `podman pull` and
+/// `podman rmi`, by the program's file name). Under the sandbox above they fail: the store
+/// (`/var/lib/containers/storage`) is read-only, mounting a layer needs `CAP_SYS_ADMIN`, a layer's
+/// whiteouts are device nodes (`CAP_MKNOD`, no `PrivateDevices=`), and a layer may hold setuid
+/// files (no `RestrictSUIDSGID=`). For them `ProtectSystem=full` (`/usr`, `/boot`, `/etc`
+/// read-only, `/var` writable), root's capabilities, and the flags below off.
+const DAEMONLESS_PROGRAMS: &[&str] = &["podman"];
+/// The [`SANDBOX_FLAGS`] a daemonless puller runs without.
+const DAEMONLESS_FLAGS_OFF: &[&str] = &["PrivateDevices", "RestrictSUIDSGID"];
+
+/// True when `program` writes its image store itself ([`DAEMONLESS_PROGRAMS`]).
+fn daemonless(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(OsStr::to_str)
+        .is_some_and(|name| DAEMONLESS_PROGRAMS.contains(&name))
+}
+
 /// systemd's exit status when it could not execute the command (`203/EXEC`).
 const EXIT_EXEC: i32 = 203;
 
@@ -97,15 +115,25 @@ pub fn properties(
     })?;
     let exec_start = vec![(program.to_string(), argv.to_vec(), false)];
     let owned = |value: Variant<'_>| OwnedVariant::try_from(value).map_err(ControlError::Bus);
+    let daemonless = daemonless(Path::new(program));
     let mut sandbox = Vec::new();
     for (name, on) in SANDBOX_FLAGS {
-        sandbox.push((name.to_string(), OwnedVariant::from(*on)));
+        if !(daemonless && DAEMONLESS_FLAGS_OFF.contains(name)) {
+            sandbox.push((name.to_string(), OwnedVariant::from(*on)));
+        }
     }
     for (name, mode) in SANDBOX_MODES {
-        sandbox.push((name.to_string(), owned(Variant::from(*mode))?));
+        let mode = match (daemonless, *name) {
+            (true, "ProtectSystem") => "full",
+            _ => mode,
+        };
+        sandbox.push((name.to_string(), owned(Variant::from(mode))?));
     }
-    // No capability: talking to a root-owned socket needs none.
-    sandbox.push(("CapabilityBoundingSet".into(), OwnedVariant::from(0u64)));
+    // No capability: talking to a root-owned socket needs none (a daemonless puller keeps
+    // root's).
+    if !daemonless {
+        sandbox.push(("CapabilityBoundingSet".into(), OwnedVariant::from(0u64)));
+    }
     let unit = vec![
         ("Description".into(), owned(Variant::from(description))?),
         ("Type".into(), owned(Variant::from("oneshot"))?),
@@ -208,6 +236,34 @@ mod tests {
         }
         assert_eq!(String::try_from(value("ProtectSystem")).unwrap(), "strict");
         assert_eq!(u64::try_from(value("CapabilityBoundingSet")).unwrap(), 0);
+    }
+
+    #[test]
+    fn podman_writes_its_store_itself_so_its_sandbox_leaves_var_and_capabilities() {
+        for program in ["podman", "/usr/bin/podman"] {
+            let props = properties(
+                Path::new(program),
+                &argv(&["podman", "pull", "x"]),
+                "pre-pull".into(),
+            )
+            .unwrap();
+            let value = |name: &str| props.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let protect = value("ProtectSystem").expect("ProtectSystem is set");
+            assert_eq!(String::try_from(protect.clone()).unwrap(), "full");
+            for gone in [
+                "CapabilityBoundingSet",
+                "PrivateDevices",
+                "RestrictSUIDSGID",
+            ] {
+                assert!(value(gone).is_none(), "{program}: {gone} is set");
+            }
+            for kept in ["NoNewPrivileges", "PrivateTmp", "ProtectKernelModules"] {
+                let on = value(kept).unwrap_or_else(|| panic!("{kept} is set"));
+                assert!(bool::try_from(on.clone()).unwrap(), "{kept}");
+            }
+        }
+        // Not by a name that only contains it.
+        assert!(!daemonless(Path::new("/usr/local/bin/podman-wrapper")));
     }
 
     #[test]
