@@ -428,7 +428,7 @@ fn a_second_run_for_the_same_unit_exits_2_naming_the_held_journal_lock() {
     );
     assert!(
         stderr.contains("another sidekick runs for this instance")
-            && stderr.contains("example-web-1.lock"),
+            && stderr.contains("example-web-1/journal.lock"),
         "{stderr}"
     );
     drop(first);

@@ -12,6 +12,7 @@
 //! `update-check` and `status` on its control socket, `daemon.control_socket`
 //! ([`crate::control`]); one that cannot be set up is logged and the daemon runs without it.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,7 +25,9 @@ use crate::agent::update::journal::{JournalError, JournalLock};
 use crate::agent::update::{Denylist, Journal, StepSettings, SwapConfig, UpdatePass};
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
-use crate::config::{self, ConfigSources, HealthCheck, LoadedConfig, Settings, SlotBackend};
+use crate::config::{
+    self, ConfigSources, Handoff, HealthCheck, LoadedConfig, Settings, SlotBackend,
+};
 use crate::control::server::ControlSocket;
 use crate::control::{self, DaemonState};
 use crate::etcd::EtcdConnection;
@@ -39,7 +42,9 @@ use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, Entry, KeyLayout};
 use crate::slot::ledger::LeaseLedger;
 use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
-use crate::systemd::control::{AnyUnitControl, DbusUnitControl, DryRunUnitControl, RunningVersion};
+use crate::systemd::control::{
+    AnyUnitControl, DbusUnitControl, DryRunUnitControl, EnvFileUnitControl, RunningVersion,
+};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
@@ -379,6 +384,26 @@ fn lock_journal(
     if dry_run || !settings.update.enabled || !matches!(world, World::Configured) {
         return Ok(None);
     }
+    // Files of an earlier release, kept flat in the state directory, move into the instance's
+    // own directory first (under that release's lock), so a journal a swap left is resumed.
+    let (state_dir, name) = (&settings.daemon.state_dir, &settings.instance.name);
+    match crate::state_layout::migrate(state_dir, name) {
+        Ok(done) => {
+            for (from, to) in &done.moved {
+                tracing::info!(from = %from.display(), to = %to.display(),
+                    "moved a state file into the instance's directory");
+            }
+            for left in &done.left {
+                tracing::warn!(path = %left.display(),
+                    "a state file of an earlier release is left in place: the instance's directory already holds its newer one");
+            }
+        }
+        Err(err @ crate::state_layout::MigrationError::Locked { .. }) => {
+            eprintln!("sidekick: another sidekick runs for this instance: {err}");
+            return Err(ExitCode::from(super::EXIT_CONFIG));
+        }
+        Err(err) => tracing::warn!("{err}"),
+    }
     match Journal::new(&settings.daemon.state_dir, &settings.instance.name).lock() {
         Ok(lock) => Ok(Some(lock)),
         Err(err @ JournalError::Locked { .. }) => {
@@ -454,17 +479,41 @@ async fn configured_updates(
     )
     .await
     .context("failed to set up the unit control")?;
-    // Image housekeeping after each swap (`swap.prune`): starts from the image running now.
     let (swap, instance) = (&settings.swap, &settings.instance);
     let state_dir = &settings.daemon.state_dir;
-    if let Some(pruner) = Pruner::new(&swap.prune, state_dir, &instance.name, &instance.unit, bus) {
-        pruner.note_running(&control).await;
-        crate::image::prune::install(pruner);
-    }
+    let control = match swap.handoff {
+        Handoff::DropIn => {
+            // Image housekeeping after each swap (`swap.prune`): starts from the image running now.
+            if let Some(pruner) =
+                Pruner::new(&swap.prune, state_dir, &instance.name, &instance.unit, bus)
+            {
+                pruner.note_running(&control).await;
+                crate::image::prune::install(pruner);
+            }
+            AnyUnitControl::Dbus(control)
+        }
+        Handoff::EnvironmentFile => {
+            let control = EnvFileUnitControl::new(
+                control,
+                &instance.name,
+                state_dir,
+                Path::new(crate::systemd::control::envfile::VERSIONS_DIR),
+            )
+            .context("failed to set up the environment-file handoff")?;
+            if !swap.prune.is_empty() {
+                tracing::info!(
+                    "swap.prune is not run with swap.handoff = \"environment-file\": removing images takes a transient unit, which that mode's polkit rule does not grant"
+                );
+            }
+            tracing::info!(path = %control.env_file().display(),
+                "the version reaches the unit through its environment file (sidekick-version@.service)");
+            AnyUnitControl::EnvFile(control)
+        }
+    };
     let pass = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), false),
         slots,
-        AnyUnitControl::Dbus(control),
+        control,
         settings.update.clone(),
         swap_config(settings, false)?,
     );

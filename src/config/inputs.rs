@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::fragments::{CheckKind, Fragment, Layout, SlotBackend};
+use super::fragments::{CheckKind, Fragment, Handoff, Layout, SlotBackend};
 use super::origin::{Origin, Origins};
 
 /// All settings after merging, defaults filled in, not yet validated.
@@ -118,6 +118,7 @@ pub struct SwapInput {
     pub prepull: Vec<String>,
     pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
+    pub handoff: Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -201,6 +202,7 @@ impl Default for Input {
                     .map(String::from)
                     .to_vec(),
                 dropin_dir: PathBuf::from("/etc/systemd/system"),
+                handoff: Handoff::DropIn,
             },
             daemon: DaemonInput {
                 state_dir: PathBuf::from("/var/lib/sidekick"),
@@ -318,7 +320,8 @@ impl Input {
                 verify_timeout,
                 prepull,
                 prune,
-                dropin_dir
+                dropin_dir,
+                handoff
             ]
         );
         overlay!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use super::fragments::{CheckKind, Layout};
+pub use super::fragments::{CheckKind, Handoff, Layout};
 // The clients' own options, composed here into `Settings`.
 pub use crate::etcd::{ClientCert, EtcdAuth, EtcdOptions};
 pub use crate::health::{HealthCheck, HealthSettings};
@@ -98,6 +98,8 @@ pub struct SwapSettings {
     /// Removes one old image of the app after a swap (`{image}`); `[]`: never (`src/image/prune.rs`).
     pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
+    /// How the version reaches the unit: a drop-in, or (non-root mode) an environment file.
+    pub handoff: Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq)]

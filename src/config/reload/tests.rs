@@ -107,6 +107,7 @@ fn every_field(settings: &Settings) {
                 prepull: _,
                 prune: _,
                 dropin_dir: _,
+                handoff: _,
             },
         daemon:
             DaemonSettings {
@@ -271,6 +272,9 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         ("swap.prune", AtRestart, |s| s.swap.prune = Vec::new()),
         ("swap.dropin_dir", AtRestart, |s| {
             s.swap.dropin_dir = "/run/systemd/system".into()
+        }),
+        ("swap.handoff", AtRestart, |s| {
+            s.swap.handoff = crate::config::Handoff::EnvironmentFile
         }),
         ("daemon.state_dir", AtRestart, |s| {
             s.daemon.state_dir = "/srv/sidekick".into()
