@@ -48,7 +48,13 @@ fn in_container(systemd: &Systemd, argv: &[&str]) -> String {
 /// container: a read-only overlay on the container's `/usr/bin` (its own mount namespace; the
 /// host's `/usr` is not touched) adds this build's binary.
 fn install_shipped_units(systemd: &Systemd) {
-    systemd.write_unit("sidekick@.service", &shipped("units/sidekick@.service"));
+    for unit in [
+        "sidekick@.service",
+        "sidekick-prepull@.service",
+        "sidekick-version@.service",
+    ] {
+        systemd.write_unit(unit, &shipped(&format!("units/{unit}")));
+    }
     systemd.write_unit(
         "example-web@.service",
         &shipped("units/example-web@.service"),
@@ -82,6 +88,14 @@ async fn systemd_analyze_verify_accepts_each_shipped_unit() {
     for (instance, template) in [
         ("example-web@1.service", "example-web@.service"),
         ("sidekick@example-web@1.service", "sidekick@.service"),
+        (
+            "sidekick-prepull@registry.example.com_sexample-web.service",
+            "sidekick-prepull@.service",
+        ),
+        (
+            "sidekick-version@example-web-1.service",
+            "sidekick-version@.service",
+        ),
     ] {
         std::os::unix::fs::symlink(template, systemd.unit_dir().join(instance)).unwrap();
         let path = format!("/etc/systemd/system/{instance}");
