@@ -2,7 +2,8 @@
 //! `User=sidekick` drop-in and `swap.handoff = "environment-file"`, under the shipped polkit rule,
 //! pre-pulls through `sidekick-prepull@.service`, hands the new version over through
 //! `sidekick-version@.service` and restarts the shipped example app unit, which serves the new
-//! version; no drop-in is written and systemd is never reloaded.
+//! version; no drop-in is written and systemd is never reloaded. A version that fails its health
+//! check is rolled back through the same file.
 
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use super::{NEEDS, SHARED, in_container, non_root_host, shipped};
 
 const FIRST_VERSION: &str = "1.0.0";
 const NEW_VERSION: &str = "2.0.0";
+/// Starts, but its `/` answers 404: the swap to it is rolled back.
+const BROKEN_VERSION: &str = images::BROKEN_VERSION;
 /// Starting the app container and the first health checks, on a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A poll (10 s ± 10 %), the pre-pull, the slot, the drain, the restart and the verification.
@@ -48,8 +51,9 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
     let registry = Registry::start().await;
     let first = images::push(&images::app_image(FIRST_VERSION), &registry.address());
     let new = images::push(&images::app_image(NEW_VERSION), &registry.address());
-    // The unit pulls the first image, the pre-pull the new one, into the host's Docker.
-    let _pulled = images::LocalTags(vec![first.clone(), new.clone()]);
+    let broken = images::push(&images::app_image(BROKEN_VERSION), &registry.address());
+    // The unit pulls the first image, the pre-pulls the others, into the host's Docker.
+    let _pulled = images::LocalTags(vec![first.clone(), new.clone(), broken.clone()]);
     let updates = UpdateService::start(FIRST_VERSION, &first, Duration::from_secs(5)).await;
     let systemd = non_root_host(None).await;
     let mgr = systemd.manager().await;
@@ -84,7 +88,7 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
              [update]\nserver = \"{}\"\napp_id = \"{APP_ID}\"\ntrack = \"{TRACK}\"\n\
              interval = \"10s\"\n\
              [slot]\nttl = \"10s\"\n\
-             [swap]\ndrain = \"1s\"\nverify_timeout = \"30s\"\nhandoff = \"environment-file\"\n\
+             [swap]\ndrain = \"1s\"\nverify_timeout = \"10s\"\nhandoff = \"environment-file\"\n\
              [rollout]\nmin_healthy = \"1s\"\n",
             etcd.endpoint(),
             updates.endpoint()
@@ -183,5 +187,37 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
     // The pre-pull ran as the template, pulling the new image.
     let pulled = journal("sidekick-prepull@*");
     assert!(pulled.contains(&new), "{pulled}");
+
+    // A version that never turns healthy: rolled back through the same file, and reported.
+    updates.publish(BROKEN_VERSION, &broken).await;
+    let seen = poll_until(SWAP_TIMEOUT, "the service saw 3/0", || async {
+        let listing = updates.instances().await;
+        let seen = listing.first().map(events).unwrap_or_default();
+        match seen.last() {
+            Some((3, 0)) => Ok(seen),
+            _ => Err(format!("{listing:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    assert!(
+        in_order(&seen, &[(13, 1), (14, 1), (800, 1), (3, 0)]),
+        "service saw {seen:?}"
+    );
+    let handed = journal("sidekick-version@*");
+    assert!(handed.contains(BROKEN_VERSION), "{handed}");
+    poll_until(START_TIMEOUT, "the app serves 2.0.0 again", || async {
+        match http_get(&url).await? {
+            (200, page) if page.contains(NEW_VERSION) => Ok(()),
+            (status, page) => Err(format!("{status}: {page}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    let text = in_container(&systemd, &["cat", &env_file]);
+    assert_eq!(
+        text,
+        format!("SIDEKICK_IMAGE={new}\nSIDEKICK_VERSION={NEW_VERSION}\n")
+    );
     assert_eq!(systemd::run_job(&mgr, Job::Stop, &sidekick).await, "done");
 }
