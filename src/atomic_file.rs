@@ -113,11 +113,6 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
-/// fsyncs `dir`, so renames and removals in it survive a power cut.
-pub fn sync_dir_of(dir: &Path) -> io::Result<()> {
-    sync_dir(dir)
-}
-
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -112,7 +112,12 @@ pub fn migrate(state_dir: &Path, instance: &str) -> Result<Migration, MigrationE
         fs::remove_file(&old_lock).map_err(io(&old_lock))?;
     }
     if !migration.moved.is_empty() {
-        crate::atomic_file::sync_dir_of(&dir).map_err(io(&dir))?;
+        // The renames survive a power cut once the directories are on disk.
+        for synced in [&dir, &state_dir.to_path_buf()] {
+            fs::File::open(synced)
+                .and_then(|d| d.sync_all())
+                .map_err(io(synced))?;
+        }
     }
     Ok(migration)
 }
