@@ -42,6 +42,7 @@ use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, Entry, KeyLayout};
 use crate::slot::ledger::LeaseLedger;
 use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
+use crate::systemd::control::envfile;
 use crate::systemd::control::{
     AnyUnitControl, DbusUnitControl, DryRunUnitControl, EnvFileUnitControl, RunningVersion,
 };
@@ -216,7 +217,10 @@ async fn run(
         }
         World::Configured => {
             running = match system_bus(settings.etcd.timeout).await {
-                Ok(conn) => version_of(&conn, &settings.instance.unit).await,
+                Ok(conn) => match file_version(&settings) {
+                    Some(version) => Some(version),
+                    None => version_of(&conn, &settings.instance.unit).await,
+                },
                 // One pass cannot follow a unit it cannot see: say so and stop, not retry.
                 Err(why) if args.once => anyhow::bail!("run --once: {why}"),
                 Err(why) => {
@@ -361,6 +365,18 @@ async fn system_bus(limit: std::time::Duration) -> Result<zbus::Connection, Stri
             "the system bus at {address} did not answer within {}",
             humantime::format_duration(limit)
         )),
+    }
+}
+
+/// In environment-file mode, the version in the unit's root-owned environment file, which wins
+/// over the unit's `Environment=` as systemd applies them; `None` otherwise.
+fn file_version(settings: &Settings) -> Option<String> {
+    match settings.swap.handoff {
+        Handoff::EnvironmentFile => {
+            envfile::file_values(Path::new(envfile::VERSIONS_DIR), &settings.instance.name)
+                .map(|values| values.version)
+        }
+        Handoff::DropIn => None,
     }
 }
 

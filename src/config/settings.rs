@@ -138,6 +138,8 @@ pub struct UpdateCheckSettings {
     pub instance: InstanceSettings,
     pub etcd: EtcdOptions,
     pub daemon: DaemonSettings,
+    /// Where the unit's version is read from besides its `Environment=` (`swap.handoff`).
+    pub handoff: Handoff,
     /// `[update]` validated, or why it is not usable (shown only when a standalone check needs it).
     pub update: Result<UpdateSettings, String>,
 }

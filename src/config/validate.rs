@@ -163,6 +163,7 @@ impl Validated for UpdateCheckSettings {
         Ok(UpdateCheckSettings {
             etcd: etcd::validate(&check, input.etcd)?,
             update: update::validate(&check, input.update).map_err(|err| err.to_string()),
+            handoff: input.swap.handoff,
             instance,
             daemon,
         })

@@ -199,6 +199,27 @@ pub fn restorable(text: &str) -> (Option<DropIn>, Option<String>) {
     }
 }
 
+/// The values of `<dir>/<instance>.env` (what the unit runs in environment-file mode, over its
+/// `Environment=`); `None` when there is no file, or it holds anything else (logged).
+pub fn file_values(dir: &Path, instance: &str) -> Option<DropIn> {
+    let path = env_path(dir, instance);
+    let text = match crate::atomic_file::read(&path) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok()?,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), "cannot read the environment file: {err}");
+            return None;
+        }
+    };
+    parse(&text)
+        .map_err(|err| {
+            tracing::warn!(path = %path.display(),
+                "the environment file is not one sidekick-version@ writes ({err})");
+        })
+        .ok()
+        .flatten()
+}
+
 /// The root side (`sidekick apply-version`): reads `<state_dir>/<instance>/version.request` for
 /// the instance `escaped` names, without following a symlink, and writes `<into>/<instance>.env`
 /// (or removes it for an empty request). Returns what it did, for the log.
