@@ -523,6 +523,22 @@ async fn configured_updates(
             }
             tracing::info!(path = %control.env_file().display(),
                 "the version reaches the unit through its environment file (sidekick-version@.service)");
+            match control.unit_reads_env_file().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let path = control.env_file().display();
+                    tracing::error!(
+                        unit = %instance.unit,
+                        "the unit has no EnvironmentFile= naming {path}: an update would write a \
+                         version the unit never reads, fail its verification and halt the group; \
+                         add EnvironmentFile=-{path} to the unit (operator guide, \"A non-root \
+                         user\")"
+                    )
+                }
+                Err(err) => {
+                    tracing::warn!(unit = %instance.unit, "cannot read the unit's EnvironmentFiles: {err}")
+                }
+            }
             AnyUnitControl::EnvFile(control)
         }
     };

@@ -187,6 +187,13 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
     // The pre-pull ran as the template, pulling the new image.
     let pulled = journal("sidekick-prepull@*");
     assert!(pulled.contains(&new), "{pulled}");
+    // The daemon found the unit reading the file (it says so at the start when not).
+    let log = journal(&sidekick);
+    assert!(
+        log.contains("the version reaches the unit through its environment file")
+            && !log.contains("has no EnvironmentFile="),
+        "{log}"
+    );
 
     // A version that never turns healthy: rolled back through the same file, and reported.
     updates.publish(BROKEN_VERSION, &broken).await;
@@ -220,4 +227,67 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
         format!("SIDEKICK_IMAGE={new}\nSIDEKICK_VERSION={NEW_VERSION}\n")
     );
     assert_eq!(systemd::run_job(&mgr, Job::Stop, &sidekick).await, "done");
+}
+
+#[tokio::test]
+async fn a_sidekick_in_environment_file_mode_says_at_its_start_when_the_unit_does_not_read_the_file()
+ {
+    let needs = [systemd::NEEDS, NEEDS, etcd::NEEDS].concat();
+    if !prerequisites_met(&needs) {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    // An app template with no EnvironmentFile=.
+    let systemd = non_root_host(Some("[Service]\nExecStart=/usr/bin/sleep infinity\n")).await;
+    let mgr = systemd.manager().await;
+    let sidekick = "sidekick@example-web@1.service";
+    systemd.write_dropin(sidekick, "10-user.conf", "[Service]\nUser=sidekick\n");
+    let config = systemd.bus_dir().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("10-test.toml"),
+        format!(
+            "[etcd]\nendpoints = [\"{}\"]\n[registration]\nenabled = false\n\
+             [health]\ncheck = \"none\"\n\
+             [update]\nserver = \"http://127.0.0.1:9/v1/update/\"\napp_id = \"{APP_ID}\"\n\
+             [swap]\nhandoff = \"environment-file\"\n",
+            etcd.endpoint()
+        ),
+    )
+    .unwrap();
+    in_container(
+        &systemd,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
+                 && chmod 0644 /etc/sidekick/config.d/*.toml"
+            ),
+        ],
+    );
+    systemd.reload().await;
+    assert_eq!(
+        systemd::run_job(&mgr, Job::Start, "example-web@1.service").await,
+        "done"
+    );
+    let _ = systemd::run_job(&mgr, Job::Start, sidekick).await;
+    let said = poll_until(
+        Duration::from_secs(30),
+        "the start's error line",
+        || async {
+            let out = systemd.exec(&["journalctl", "--no-pager", "-o", "cat", "-u", sidekick]);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            match log.contains("has no EnvironmentFile=") {
+                true => Ok(log),
+                false => Err(log),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|log| panic!("no such line: {log}"));
+    assert!(
+        said.contains("/var/lib/sidekick-versions/example-web-1.env"),
+        "{said}"
+    );
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
+use zbus::proxy::CacheProperties;
+use zbus_systemd::systemd1::ServiceProxy;
 
 use super::super::dbus::{self, DbusUnitControl};
 use super::super::{ControlError, DropIn, PreviousDropIn, RunningVersion, UnitControl, UnitNow};
@@ -46,6 +48,25 @@ impl EnvFileUnitControl {
     /// The file the app unit reads (`EnvironmentFile=`).
     pub fn env_file(&self) -> &Path {
         &self.env_file
+    }
+
+    /// Whether the unit names the file in its `EnvironmentFile=` (its `EnvironmentFiles`
+    /// property): without that, a swap would write a version the unit never reads.
+    pub async fn unit_reads_env_file(&self) -> Result<bool, ControlError> {
+        let path = self
+            .dbus
+            .manager()
+            .load_unit(self.unit().to_string())
+            .await?;
+        let service = ServiceProxy::builder(self.dbus.connection())
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let files = service.environment_files().await?;
+        Ok(files
+            .iter()
+            .any(|(file, _)| Path::new(file) == self.env_file))
     }
 
     /// `StartUnit(unit)` and its `JobRemoved`: `Ok` for `done`, else how its command ended.
