@@ -3,7 +3,7 @@
 //!
 //! Usage: `slot_holder ENDPOINT GROUP HOLDER TTL_SECS [LEDGER]`; prints `ACQUIRED` once it holds
 //! the slot. With `LEDGER`, the lease is recorded there as the daemon records it in its state
-//! directory (`<state_dir>/<instance>.slot-leases`).
+//! directory (`<state_dir>/<instance>/slot-leases`).
 
 use std::num::NonZeroU32;
 use std::time::Duration;

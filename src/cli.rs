@@ -110,6 +110,32 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Pull the image a `sidekick-prepull@.service` instance names: run by that root-owned
+    /// template for a sidekick in non-root mode (`swap.handoff = "environment-file"`), never by
+    /// hand. The instance string is unescaped and checked against the image reference grammar,
+    /// then `PROGRAM pull IMAGE` runs (no shell).
+    PullImage {
+        /// The puller, an absolute path or a name on systemd's search path.
+        #[arg(long = "with", value_name = "PROGRAM", default_value = "docker")]
+        program: String,
+        /// The unit's instance string (`%i`).
+        instance: String,
+    },
+    /// Apply a non-root sidekick's version request: run by the root-owned
+    /// `sidekick-version@.service`, never by hand. Reads `STATE_DIR/<instance>/version.request`,
+    /// refuses anything but `SIDEKICK_IMAGE=<image reference>` and `SIDEKICK_VERSION=<semver>`,
+    /// and writes `INTO/<instance>.env`, the app unit's `EnvironmentFile=` (an empty request
+    /// removes it).
+    ApplyVersion {
+        /// The sidekicks' state directory (daemon.state_dir).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/sidekick")]
+        state_dir: PathBuf,
+        /// Where the environment files go (root's; the app units read them).
+        #[arg(long, value_name = "DIR", default_value = crate::systemd::control::envfile::VERSIONS_DIR)]
+        into: PathBuf,
+        /// The unit's instance string (`%i`).
+        instance: String,
+    },
 }
 
 /// What `sidekick rollout` does to a group's rollout.

@@ -26,5 +26,6 @@ pub mod omaha;
 pub mod registry;
 pub mod rollout;
 pub mod slot;
+pub mod state_layout;
 pub mod systemd;
 pub mod terminal_text;

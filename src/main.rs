@@ -45,6 +45,14 @@ fn main() -> ExitCode {
         Command::EtcdRole { group } => {
             commands::etcd_role::run(&cli.config_sources(), group.as_deref())
         }
+        Command::PullImage { program, instance } => {
+            commands::handoff::pull_image(program, instance)
+        }
+        Command::ApplyVersion {
+            state_dir,
+            into,
+            instance,
+        } => commands::handoff::apply_version(state_dir, into, instance),
     }
 }
 

@@ -415,6 +415,83 @@ fn check_config_refuses_a_coreos_public_ipv4_that_is_not_a_host_with_exit_2() {
     );
 }
 
+/// Runs `sidekick run --config file` under `root` until it exits (killed after 10 s); its exit
+/// code and stderr.
+fn run_until_exit(root: &Path, file: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidekick"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("SIDEKICK_CONFIG_ROOT", root)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn a_start_moves_an_earlier_releases_flat_state_files_into_the_instance_directory_under_its_lock() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let file = root.path().join("web.toml");
+    let text = format!(
+        "{}\n[daemon]\nstate_dir = \"{}\"\ncontrol_socket = \"\"\n",
+        std::fs::read_to_string(example_config()).unwrap(),
+        state.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let journal = "{\"format\": 1, \"instance\": \"example-web-1\", \"swap\": \"left by a swap\"}";
+    std::fs::write(state.join("example-web-1.json"), journal).unwrap();
+    std::fs::write(state.join("example-web-1.denylist.json"), "[]").unwrap();
+    // A daemon of the earlier release runs: nothing moves, and the start exits 2 naming its lock.
+    let earlier = std::fs::File::create(state.join("example-web-1.lock")).unwrap();
+    earlier.try_lock().unwrap();
+    let (code, stderr) = run_until_exit(root.path(), &file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("example-web-1.lock") && stderr.contains("earlier release"),
+        "{stderr}"
+    );
+    assert!(state.join("example-web-1.json").exists());
+    drop(earlier);
+    // It is gone; a daemon of this release holds the new lock, so the start stops right after
+    // the move, and the journal the swap left is where this release resumes it.
+    let current = sidekick::agent::update::Journal::new(&state, "example-web-1")
+        .lock()
+        .unwrap();
+    let (code, stderr) = run_until_exit(root.path(), &file);
+    assert_eq!(code, Some(2), "{stderr}");
+    let dir = state.join("example-web-1");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("journal.json")).unwrap(),
+        journal
+    );
+    assert!(dir.join("denylist.json").exists());
+    for flat in [
+        "example-web-1.json",
+        "example-web-1.denylist.json",
+        "example-web-1.lock",
+    ] {
+        assert!(!state.join(flat).exists(), "{flat} left: {stderr}");
+    }
+    drop(current);
+}
+
 #[test]
 fn a_second_run_for_the_same_unit_exits_2_naming_the_held_journal_lock() {
     let root = tempfile::tempdir().unwrap();
@@ -459,7 +536,7 @@ fn a_second_run_for_the_same_unit_exits_2_naming_the_held_journal_lock() {
     );
     assert!(
         stderr.contains("another sidekick runs for this instance")
-            && stderr.contains("example-web-1.lock"),
+            && stderr.contains("example-web-1/journal.lock"),
         "{stderr}"
     );
     drop(first);

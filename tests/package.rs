@@ -91,10 +91,18 @@ fn every_unit_and_rule_in_units_is_shipped() {
             .find(|(source, _)| source == file)
             .map(|(_, destination)| destination)
     };
-    assert_eq!(
-        destination("units/sidekick@.service").as_deref(),
-        Some("usr/lib/systemd/system/")
-    );
+    // The non-root mode's templates are root's: where systemd finds them, from the package.
+    for unit in [
+        "units/sidekick@.service",
+        "units/sidekick-prepull@.service",
+        "units/sidekick-version@.service",
+    ] {
+        assert_eq!(
+            destination(unit).as_deref(),
+            Some("usr/lib/systemd/system/"),
+            "{unit}"
+        );
+    }
     assert_eq!(
         destination("units/50-sidekick.rules").as_deref(),
         Some("usr/share/polkit-1/rules.d/")

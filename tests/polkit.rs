@@ -1,9 +1,22 @@
-//! The shipped polkit rule (`units/50-sidekick.rules`), loaded by the real polkitd in the systemd
-//! container: the non-root user `sidekick` may start, stop and restart its app units and reload
-//! systemd over D-Bus, and manage nothing else; its pre-pull transient units only where systemd names
-//! them to polkit (257, not 252).
+//! Non-root mode is a boundary (issue 18): the shipped polkit rule (`units/50-sidekick.rules`),
+//! loaded by the real polkitd in the systemd container (systemd 252, or 257 with
+//! `SIDEKICK_SYSTEMD_VERSION=257`), with the shipped units and templates installed as the package
+//! installs them. User `sidekick` may start, stop and restart its app units and start the two
+//! root-owned templates; it is refused a transient unit running `/bin/sh` (whatever it is named),
+//! a daemon reload, and write access to every place systemd reads the app unit's configuration
+//! from; and the shipped `sidekick@.service`, run as that user with
+//! `swap.handoff = "environment-file"`, still swaps its app to a new version
+//! (`tests/polkit/swap.rs`).
 
 mod support;
+
+#[path = "../examples/omaha_server/service/mod.rs"]
+mod service;
+#[path = "rollout/update_service.rs"]
+mod update_service;
+
+#[path = "polkit/swap.rs"]
+mod swap;
 
 use std::path::PathBuf;
 
@@ -25,22 +38,38 @@ const MANAGER: [&str; 3] = [
     "org.freedesktop.systemd1.Manager",
 ];
 
-/// Calls a systemd Manager method as user `sidekick`, never asking for interactive
-/// authorisation; returns whether systemd allowed it, and what busctl said.
-fn as_sidekick(systemd: &Systemd, method: &str, args: &[&str]) -> (bool, String) {
-    let mut argv = vec![
+/// The app instance the tests act on.
+const APP: &str = "example-web@1.service";
+
+fn shipped(path: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs `argv` in the container and panics with its output unless it succeeds.
+fn in_container(systemd: &Systemd, argv: &[&str]) -> String {
+    let out = systemd.exec(argv);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "{argv:?} in the container: {}\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `argv` in the container as user `sidekick`; returns whether it succeeded and its output.
+fn as_user(systemd: &Systemd, argv: &[&str]) -> (bool, String) {
+    let mut full = vec![
         "setpriv",
         "--reuid=sidekick",
         "--regid=sidekick",
         "--clear-groups",
-        "busctl",
-        "--allow-interactive-authorization=no",
-        "call",
     ];
-    argv.extend(MANAGER);
-    argv.push(method);
-    argv.extend(args);
-    let out = systemd.exec(&argv);
+    full.extend(argv);
+    let out = systemd.exec(&full);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -49,45 +78,91 @@ fn as_sidekick(systemd: &Systemd, method: &str, args: &[&str]) -> (bool, String)
     (out.status.success(), said)
 }
 
-/// `StartTransientUnit` of a oneshot `/usr/bin/true` named `unit`.
-fn start_transient(systemd: &Systemd, unit: &str) -> (bool, String) {
+/// Calls a systemd Manager method as user `sidekick`, never asking for interactive
+/// authorisation; returns whether systemd allowed it, and what busctl said.
+fn as_sidekick(systemd: &Systemd, method: &str, args: &[&str]) -> (bool, String) {
+    // "--": arguments such as `-c` are the method's, not busctl's options.
+    let mut argv = vec![
+        "busctl",
+        "--allow-interactive-authorization=no",
+        "call",
+        "--",
+    ];
+    argv.extend(MANAGER);
+    argv.push(method);
+    argv.extend(args);
+    as_user(systemd, &argv)
+}
+
+/// `StartTransientUnit` of a oneshot named `unit` running `/bin/sh -c "touch <marker>"` as root.
+fn start_shell_transient(systemd: &Systemd, unit: &str, marker: &str) -> (bool, String) {
+    let script = format!("touch {marker}");
     let args = [
         "ssa(sv)a(sa(sv))",
         unit,
         "replace",
-        "2",
+        "3",
         "Type",
         "s",
         "oneshot",
+        "User",
+        "s",
+        "root",
         "ExecStart",
         "a(sasb)",
         "1",
-        "/usr/bin/true",
-        "1",
-        "/usr/bin/true",
+        "/bin/sh",
+        "3",
+        "/bin/sh",
+        "-c",
+        &script,
         "false",
         "0",
     ];
     as_sidekick(systemd, "StartTransientUnit", &args)
 }
 
-/// A container with `units/50-sidekick.rules` in polkitd, user `sidekick`, and two sleeping units:
-/// `example-web@.service` (the app's) and `other.service`.
-async fn with_the_rule() -> Systemd {
+/// A container set up as the package and an operator set up a host for non-root mode: the
+/// shipped `sidekick@.service`, the two templates and the example app template in the unit
+/// directory, this build's binary at `/usr/bin/sidekick` (a read-only overlay in the container's
+/// own mount namespace), user `sidekick`, the shipped rule in polkitd, and a stand-in
+/// `docker.service` (the app template requires one; the host's Docker is reached through its
+/// socket). `app_template` replaces the example app template when given.
+async fn non_root_host(app_template: Option<&str>) -> Systemd {
     let systemd = Systemd::start().await;
-    let sleeper = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
-    systemd.write_unit("example-web@.service", sleeper);
-    systemd.write_unit("other.service", sleeper);
-    let rule = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("units/50-sidekick.rules");
-    std::fs::copy(rule, systemd.bus_dir().join("50-sidekick.rules")).unwrap();
+    for unit in [
+        "sidekick@.service",
+        "sidekick-prepull@.service",
+        "sidekick-version@.service",
+    ] {
+        systemd.write_unit(unit, &shipped(&format!("units/{unit}")));
+    }
+    let app = app_template.map_or_else(|| shipped("units/example-web@.service"), str::to_string);
+    systemd.write_unit("example-web@.service", &app);
+    systemd.write_unit(
+        "other.service",
+        "[Service]\nExecStart=/usr/bin/sleep infinity\n",
+    );
+    systemd.write_unit(
+        "docker.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+    );
+    let shared = systemd.bus_dir();
+    std::fs::create_dir_all(shared.join("bin")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_sidekick"), shared.join("bin/sidekick")).unwrap();
+    std::fs::write(
+        shared.join("50-sidekick.rules"),
+        shipped("units/50-sidekick.rules"),
+    )
+    .unwrap();
     let setup = format!(
-        "mkdir -p /etc/polkit-1/rules.d /etc/sysusers.d \
+        "mount -t overlay overlay -o lowerdir={SHARED}/bin:/usr/bin /usr/bin \
+         && mkdir -p /etc/polkit-1/rules.d /etc/sysusers.d \
          && cp {SHARED}/50-sidekick.rules /etc/polkit-1/rules.d/ \
          && echo 'u sidekick - \"sidekick\" /nonexistent' > /etc/sysusers.d/sidekick.conf \
          && systemd-sysusers"
     );
-    let out = systemd.exec(&["sh", "-c", &setup]);
-    assert!(out.status.success(), "{out:?}");
+    in_container(&systemd, &["sh", "-c", &setup]);
     systemd.reload().await;
     let mgr = systemd.manager().await;
     assert_eq!(
@@ -99,49 +174,156 @@ async fn with_the_rule() -> Systemd {
     systemd
 }
 
+/// A sleeping app template: the grant tests are about systemd's answers, not the app.
+const SLEEPER: &str = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
+
 #[tokio::test]
-async fn the_polkit_rule_lets_user_sidekick_manage_its_app_units_and_reload_and_nothing_else() {
+async fn user_sidekick_may_start_stop_and_restart_its_app_units_and_start_the_templates_only() {
     if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
         return;
     }
-    let systemd = with_the_rule().await;
-    let unit = |name: &str| ["ss", name, "replace"].map(str::to_string);
-    let call = |method: &str, name: &str| {
-        let args = unit(name);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        as_sidekick(&systemd, method, &args)
-    };
+    let systemd = non_root_host(Some(SLEEPER)).await;
+    let call = |method: &str, unit: &str| as_sidekick(&systemd, method, &["ss", unit, "replace"]);
     for method in ["StartUnit", "RestartUnit", "StopUnit"] {
-        let (allowed, said) = call(method, "example-web@1.service");
-        assert!(allowed, "{method} example-web@1.service: {said}");
+        let (allowed, said) = call(method, APP);
+        assert!(allowed, "{method} {APP}: {said}");
     }
+    // The templates' commands are fixed and check their instance: starting them is granted
+    // (the runs themselves fail here, on instances that name nothing).
+    for unit in [
+        "sidekick-prepull@localhost_snothing:0.service",
+        "sidekick-version@nobody.service",
+    ] {
+        let (allowed, said) = call("StartUnit", unit);
+        assert!(allowed, "StartUnit {unit}: {said}");
+    }
+    let refused = [
+        ("StartUnit", "other.service"),
+        ("RestartUnit", "sidekick-version@nobody.service"),
+        ("StartUnit", "sidekick-prepull-web-1.service"),
+        ("ReloadUnit", APP),
+        ("KillUnit", APP),
+    ];
+    for (method, unit) in refused {
+        let (allowed, said) = match method {
+            "KillUnit" => as_sidekick(&systemd, method, &["ssi", unit, "all", "9"]),
+            _ => call(method, unit),
+        };
+        assert!(!allowed, "{method} {unit} was allowed: {said}");
+    }
+    // No reload: this mode writes no drop-in.
     let (allowed, said) = as_sidekick(&systemd, "Reload", &[]);
-    assert!(allowed, "Reload: {said}");
-    // Any other transient unit is refused on every version: it runs any command as root.
-    let (allowed, said) = start_transient(&systemd, "other-transient.service");
-    assert!(!allowed, "another transient unit was allowed: {said}");
-
-    // Nothing else: another unit, another action.
-    let (allowed, said) = call("StartUnit", "other.service");
-    assert!(!allowed, "StartUnit other.service was allowed: {said}");
-    let (allowed, said) = as_sidekick(&systemd, "SetEnvironment", &["as", "1", "FOO=bar"]);
+    assert!(!allowed, "Reload was allowed: {said}");
+    let (allowed, said) = as_sidekick(&systemd, "SetEnvironment", &["as", "1", "LD_PRELOAD=/x"]);
     assert!(!allowed, "SetEnvironment was allowed: {said}");
+    let (allowed, said) = as_sidekick(
+        &systemd,
+        "SetUnitProperties",
+        &["sba(sv)", APP, "true", "1", "CPUWeight", "t", "100"],
+    );
+    assert!(!allowed, "SetUnitProperties was allowed: {said}");
+    let (allowed, said) = as_sidekick(
+        &systemd,
+        "LinkUnitFiles",
+        &[
+            "asbb",
+            "1",
+            "/var/lib/sidekick/evil.service",
+            "false",
+            "true",
+        ],
+    );
+    assert!(!allowed, "LinkUnitFiles was allowed: {said}");
 }
 
-/// The one thing the rule does differently by systemd version (issue 20).
 #[tokio::test]
-async fn the_pre_pull_transient_unit_is_refused_on_systemd_252_and_granted_on_257() {
+async fn user_sidekick_is_refused_a_transient_unit_running_bin_sh_whatever_its_name() {
     if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
         return;
     }
-    let systemd = with_the_rule().await;
-    let (allowed, said) = start_transient(&systemd, "sidekick-prepull-web-1.service");
-    match systemd::version() {
-        // systemd 252 asks polkit about StartTransientUnit without naming the unit, so the rule
-        // cannot tell the pre-pull unit from any other and grants neither.
-        252 => assert!(!allowed, "systemd 252 allowed the pre-pull unit: {said}"),
-        // systemd 257 names it: the rule grants sidekick-prepull-*.service.
-        257 => assert!(allowed, "systemd 257 refused the pre-pull unit: {said}"),
-        other => panic!("no expectation for systemd {other}: add it here"),
+    let systemd = non_root_host(Some(SLEEPER)).await;
+    // systemd 252 does not name the unit to polkit, so the rule refuses every one. systemd 257
+    // names it and says "start", as for StartUnit: the rule grants the names of its app units and
+    // templates, and systemd itself refuses a transient unit where a unit file exists.
+    let names = [
+        "other-transient.service",
+        "sidekick-prepull-web-1-7.service",
+        "sidekick-prepull@localhost_sweb:1.service",
+        "sidekick-version@example-web-1.service",
+        APP,
+    ];
+    for (n, name) in names.iter().enumerate() {
+        let marker = format!("/run/sidekick-polkit-marker-{n}");
+        let (allowed, said) = start_shell_transient(&systemd, name, &marker);
+        assert!(!allowed, "StartTransientUnit {name} was allowed: {said}");
+        // Nothing ran: the shell's marker does not exist.
+        let (made, _) = as_user(&systemd, &["test", "-e", &marker]);
+        assert!(!made, "/bin/sh ran as {name}: {said}");
+        // And refused by whom, as expected for this version.
+        let granted_name = name.starts_with("sidekick-prepull@")
+            || name.starts_with("sidekick-version@")
+            || *name == APP;
+        let by = match (systemd::version(), granted_name) {
+            (252, _) | (257, false) => "Interactive authentication required",
+            (257, true) => "was already loaded or has a fragment file",
+            (other, _) => panic!("no expectation for systemd {other}: add it here"),
+        };
+        assert!(said.contains(by), "StartTransientUnit {name}: {said}");
     }
+}
+
+#[tokio::test]
+async fn user_sidekick_can_write_no_file_systemd_reads_the_app_unit_from() {
+    if !prerequisites_met(&[systemd::NEEDS, NEEDS].concat()) {
+        return;
+    }
+    let systemd = non_root_host(None).await;
+    // The shipped sidekick unit's ExecStartPre= makes the app's drop-in directory (root's).
+    in_container(
+        &systemd,
+        &["mkdir", "-p", &format!("/etc/systemd/system/{APP}.d")],
+    );
+    let show = |property: &str| {
+        systemd
+            .systemctl(&["show", &format!("--property={property}"), "--value", APP])
+            .trim()
+            .to_string()
+    };
+    // Every directory systemd loads units and drop-ins from, the app unit's own files and the
+    // directory of its EnvironmentFile=.
+    let mut places: Vec<String> = in_container(&systemd, &["systemd-analyze", "unit-paths"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        places.iter().any(|p| p == "/etc/systemd/system"),
+        "{places:?}"
+    );
+    places.push(show("FragmentPath"));
+    places.push(format!("/etc/systemd/system/{APP}.d"));
+    let env_files = show("EnvironmentFiles");
+    assert!(
+        env_files.contains("/var/lib/sidekick-versions/example-web-1.env"),
+        "{env_files}"
+    );
+    places.push("/var/lib/sidekick-versions".into());
+    for place in &places {
+        let dropin = format!("{place}/{APP}.d/99-evil.conf");
+        let script = format!(
+            "mkdir -p {place}/{APP}.d 2>/dev/null; \
+             printf '[Service]\\nExecStartPre=+/bin/sh -c id\\n' > {dropin} \
+             || printf 'LD_PRELOAD=/tmp/x.so\\n' > {place}/example-web-1.env"
+        );
+        let (wrote, said) = as_user(&systemd, &["sh", "-c", &script]);
+        assert!(!wrote, "user sidekick wrote into {place}: {said}");
+    }
+    // The same user writes where it may: the refusals above are the file system's.
+    let (wrote, said) = as_user(
+        &systemd,
+        &["sh", "-c", "echo > /tmp/sidekick-may-write-here"],
+    );
+    assert!(wrote, "user sidekick cannot write even /tmp: {said}");
+    let fragment = show("FragmentPath");
+    let (wrote, _) = as_user(&systemd, &["sh", "-c", &format!("echo >> {fragment}")]);
+    assert!(!wrote, "user sidekick appended to {fragment}");
 }

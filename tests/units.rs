@@ -48,7 +48,13 @@ fn in_container(systemd: &Systemd, argv: &[&str]) -> String {
 /// container: a read-only overlay on the container's `/usr/bin` (its own mount namespace; the
 /// host's `/usr` is not touched) adds this build's binary.
 fn install_shipped_units(systemd: &Systemd) {
-    systemd.write_unit("sidekick@.service", &shipped("units/sidekick@.service"));
+    for unit in [
+        "sidekick@.service",
+        "sidekick-prepull@.service",
+        "sidekick-version@.service",
+    ] {
+        systemd.write_unit(unit, &shipped(&format!("units/{unit}")));
+    }
     systemd.write_unit(
         "example-web@.service",
         &shipped("units/example-web@.service"),
@@ -82,6 +88,14 @@ async fn systemd_analyze_verify_accepts_each_shipped_unit() {
     for (instance, template) in [
         ("example-web@1.service", "example-web@.service"),
         ("sidekick@example-web@1.service", "sidekick@.service"),
+        (
+            "sidekick-prepull@registry.example.com_sexample-web.service",
+            "sidekick-prepull@.service",
+        ),
+        (
+            "sidekick-version@example-web-1.service",
+            "sidekick-version@.service",
+        ),
     ] {
         std::os::unix::fs::symlink(template, systemd.unit_dir().join(instance)).unwrap();
         let path = format!("/etc/systemd/system/{instance}");
@@ -102,29 +116,35 @@ async fn systemd_analyze_verify_accepts_each_shipped_unit() {
 const MAX_EXPOSURE: f64 = 2.5;
 
 #[tokio::test]
-async fn systemd_analyze_security_rates_the_shipped_sidekick_unit_at_most_2_5() {
+async fn systemd_analyze_security_rates_the_shipped_sidekick_unit_and_the_templates_at_most_2_5() {
     if !prerequisites_met(&[systemd::NEEDS, IN_CONTAINER].concat()) {
         return;
     }
     let systemd = Systemd::start().await;
     install_shipped_units(&systemd);
     systemd.reload().await;
-    let unit = "sidekick@example-web@1.service";
-    let report = in_container(
-        &systemd,
-        &["systemd-analyze", "security", "--no-pager", unit],
-    );
-    let overall = report
-        .lines()
-        .find_map(|line| line.split_once(&format!("Overall exposure level for {unit}: ")))
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|score| score.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no overall score in:\n{report}"));
-    eprintln!("systemd-analyze security {unit}: {overall}");
-    assert!(
-        overall <= MAX_EXPOSURE,
-        "exposure {overall} > {MAX_EXPOSURE}:\n{report}"
-    );
+    // The daemon's unit, and the two root templates of non-root mode.
+    for unit in [
+        "sidekick@example-web@1.service",
+        "sidekick-prepull@registry.example.com_sweb.service",
+        "sidekick-version@example-web-1.service",
+    ] {
+        let report = in_container(
+            &systemd,
+            &["systemd-analyze", "security", "--no-pager", unit],
+        );
+        let overall = report
+            .lines()
+            .find_map(|line| line.split_once(&format!("Overall exposure level for {unit}: ")))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|score| score.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no overall score in:\n{report}"));
+        eprintln!("systemd-analyze security {unit}: {overall}");
+        assert!(
+            overall <= MAX_EXPOSURE,
+            "{unit}: exposure {overall} > {MAX_EXPOSURE}:\n{report}"
+        );
+    }
 }
 
 /// One shipped app instance and its shipped sidekick in the container, against `etcd`.

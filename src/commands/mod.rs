@@ -3,6 +3,7 @@
 //! or did, and returns the exit code.
 
 pub mod etcd_role;
+pub mod handoff;
 pub mod rollout;
 mod rollout_status;
 pub mod run;

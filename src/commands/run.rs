@@ -12,6 +12,7 @@
 //! `update-check` and `status` on its control socket, `daemon.control_socket`
 //! ([`crate::control`]); one that cannot be set up is logged and the daemon runs without it.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,7 +25,9 @@ use crate::agent::update::journal::{JournalError, JournalLock};
 use crate::agent::update::{Denylist, Journal, StepSettings, SwapConfig, UpdatePass};
 use crate::agent::{Agent, Driver, DriverOptions, DriverReport, RecordOptions, Seams};
 use crate::cli::{Cli, RunArgs};
-use crate::config::{self, ConfigSources, HealthCheck, LoadedConfig, Settings, SlotBackend};
+use crate::config::{
+    self, ConfigSources, Handoff, HealthCheck, LoadedConfig, Settings, SlotBackend,
+};
 use crate::control::server::ControlSocket;
 use crate::control::{self, DaemonState};
 use crate::etcd::EtcdConnection;
@@ -39,7 +42,10 @@ use crate::registry::address::announced_host;
 use crate::registry::{Announce, AnyRegistry, Entry, KeyLayout};
 use crate::slot::ledger::LeaseLedger;
 use crate::slot::{AnySlots, DryRunSlots, EtcdSlots, FleetLockSlots, MemorySlots, SlotHolder};
-use crate::systemd::control::{AnyUnitControl, DbusUnitControl, DryRunUnitControl, RunningVersion};
+use crate::systemd::control::envfile;
+use crate::systemd::control::{
+    AnyUnitControl, DbusUnitControl, DryRunUnitControl, EnvFileUnitControl, RunningVersion,
+};
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
@@ -211,7 +217,10 @@ async fn run(
         }
         World::Configured => {
             running = match system_bus(settings.etcd.timeout).await {
-                Ok(conn) => version_of(&conn, &settings.instance.unit).await,
+                Ok(conn) => match file_version(&settings) {
+                    Some(version) => Some(version),
+                    None => version_of(&conn, &settings.instance.unit).await,
+                },
                 // One pass cannot follow a unit it cannot see: say so and stop, not retry.
                 Err(why) if args.once => anyhow::bail!("run --once: {why}"),
                 Err(why) => {
@@ -359,6 +368,18 @@ async fn system_bus(limit: std::time::Duration) -> Result<zbus::Connection, Stri
     }
 }
 
+/// In environment-file mode, the version in the unit's root-owned environment file, which wins
+/// over the unit's `Environment=` as systemd applies them; `None` otherwise.
+fn file_version(settings: &Settings) -> Option<String> {
+    match settings.swap.handoff {
+        Handoff::EnvironmentFile => {
+            envfile::file_values(Path::new(envfile::VERSIONS_DIR), &settings.instance.name)
+                .map(|values| values.version)
+        }
+        Handoff::DropIn => None,
+    }
+}
+
 /// `SIDEKICK_VERSION` of `unit` as systemd reports it; `None` when it cannot be read.
 async fn version_of(conn: &zbus::Connection, unit: &str) -> Option<String> {
     let environment = crate::systemd::environment::service_environment(conn, unit)
@@ -378,6 +399,26 @@ fn lock_journal(
 ) -> Result<Option<JournalLock>, ExitCode> {
     if dry_run || !settings.update.enabled || !matches!(world, World::Configured) {
         return Ok(None);
+    }
+    // Files of an earlier release, kept flat in the state directory, move into the instance's
+    // own directory first (under that release's lock), so a journal a swap left is resumed.
+    let (state_dir, name) = (&settings.daemon.state_dir, &settings.instance.name);
+    match crate::state_layout::migrate(state_dir, name) {
+        Ok(done) => {
+            for (from, to) in &done.moved {
+                tracing::info!(from = %from.display(), to = %to.display(),
+                    "moved a state file into the instance's directory");
+            }
+            for left in &done.left {
+                tracing::warn!(path = %left.display(),
+                    "a state file of an earlier release is left in place: the instance's directory already holds its newer one");
+            }
+        }
+        Err(err @ crate::state_layout::MigrationError::Locked { .. }) => {
+            eprintln!("sidekick: another sidekick runs for this instance: {err}");
+            return Err(ExitCode::from(super::EXIT_CONFIG));
+        }
+        Err(err) => tracing::warn!("{err}"),
     }
     match Journal::new(&settings.daemon.state_dir, &settings.instance.name).lock() {
         Ok(lock) => Ok(Some(lock)),
@@ -455,17 +496,57 @@ async fn configured_updates(
     )
     .await
     .context("failed to set up the unit control")?;
-    // Image housekeeping after each swap (`swap.prune`): starts from the image running now.
     let (swap, instance) = (&settings.swap, &settings.instance);
     let state_dir = &settings.daemon.state_dir;
-    if let Some(pruner) = Pruner::new(&swap.prune, state_dir, &instance.name, &instance.unit, bus) {
-        pruner.note_running(&control).await;
-        crate::image::prune::install(pruner);
-    }
+    let control = match swap.handoff {
+        Handoff::DropIn => {
+            // Image housekeeping after each swap (`swap.prune`): starts from the image running now.
+            if let Some(pruner) =
+                Pruner::new(&swap.prune, state_dir, &instance.name, &instance.unit, bus)
+            {
+                pruner.note_running(&control).await;
+                crate::image::prune::install(pruner);
+            }
+            AnyUnitControl::Dbus(control)
+        }
+        Handoff::EnvironmentFile => {
+            let control = EnvFileUnitControl::new(
+                control,
+                &instance.name,
+                state_dir,
+                Path::new(crate::systemd::control::envfile::VERSIONS_DIR),
+            )
+            .context("failed to set up the environment-file handoff")?;
+            if !swap.prune.is_empty() {
+                tracing::info!(
+                    "swap.prune is not run with swap.handoff = \"environment-file\": removing images takes a transient unit, which that mode's polkit rule does not grant"
+                );
+            }
+            tracing::info!(path = %control.env_file().display(),
+                "the version reaches the unit through its environment file (sidekick-version@.service)");
+            match control.unit_reads_env_file().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let path = control.env_file().display();
+                    tracing::error!(
+                        unit = %instance.unit,
+                        "the unit has no EnvironmentFile= naming {path}: an update would write a \
+                         version the unit never reads, fail its verification and halt the group; \
+                         add EnvironmentFile=-{path} to the unit (operator guide, \"A non-root \
+                         user\")"
+                    )
+                }
+                Err(err) => {
+                    tracing::warn!(unit = %instance.unit, "cannot read the unit's EnvironmentFiles: {err}")
+                }
+            }
+            AnyUnitControl::EnvFile(control)
+        }
+    };
     let pass = UpdatePass::new(
         AnyUpdateSource::new(UpdateBackend::Http(source), false),
         slots,
-        AnyUnitControl::Dbus(control),
+        control,
         settings.update.clone(),
         swap_config(settings, false)?,
     );

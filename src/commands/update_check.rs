@@ -16,12 +16,13 @@ use semver::Version;
 
 use crate::agent::update::policy::{self, CheckResult, Denylist, OfferRules};
 use crate::config::{
-    ConfigSources, InstanceSettings, Settings, UpdateCheckSettings, UpdateSettings,
+    ConfigSources, Handoff, InstanceSettings, Settings, UpdateCheckSettings, UpdateSettings,
 };
 pub use crate::control::CheckReport;
 use crate::control::client::{self, AskError};
 use crate::identity;
 use crate::omaha::{AppInstance, HttpTimeouts, HttpUpdateSource};
+use crate::systemd::control::envfile;
 use crate::systemd::environment::{
     IMAGE_VARIABLE, VERSION_VARIABLE, service_environment, variable,
 };
@@ -63,6 +64,7 @@ pub async fn run(
                 instance: &settings.instance,
                 update,
                 state_dir: &settings.daemon.state_dir,
+                handoff: settings.handoff,
             };
             update_check(check, current_version, interactive).await
         }
@@ -124,6 +126,7 @@ pub struct CheckSettings<'a> {
     pub instance: &'a InstanceSettings,
     pub update: &'a UpdateSettings,
     pub state_dir: &'a Path,
+    pub handoff: Handoff,
 }
 
 impl<'a> From<&'a Settings> for CheckSettings<'a> {
@@ -132,6 +135,7 @@ impl<'a> From<&'a Settings> for CheckSettings<'a> {
             instance: &settings.instance,
             update: &settings.update,
             state_dir: &settings.daemon.state_dir,
+            handoff: settings.swap.handoff,
         }
     }
 }
@@ -185,7 +189,24 @@ async fn check_once(
         Some(raw) => Version::parse(raw)
             .map(|version| (version, None))
             .map_err(|err| format!("--current-version `{raw}` is not a semantic version: {err}")),
-        None => unit_version(&settings.instance.unit).await,
+        None => unit_version(&settings.instance.unit)
+            .await
+            .map(|(version, image)| {
+                // Environment-file mode: the root-owned file's values win, as systemd applies them.
+                match settings.handoff {
+                    Handoff::DropIn => (version, image),
+                    Handoff::EnvironmentFile => match envfile::file_values(
+                        Path::new(envfile::VERSIONS_DIR),
+                        &settings.instance.name,
+                    ) {
+                        Some(values) => match policy::parse_version(&values.version) {
+                            Ok(version) => (version, Some(values.image)),
+                            Err(_) => (version, image),
+                        },
+                        None => (version, image),
+                    },
+                }
+            }),
     };
     let (current, running_image) = match current {
         Ok(running) => running,

@@ -75,6 +75,17 @@ pub enum CheckKind {
     None,
 }
 
+/// How a new version reaches the app unit (`swap.handoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Handoff {
+    /// A drop-in the sidekick writes, then `Reload()` (`src/systemd/control/dropin.rs`).
+    DropIn,
+    /// A root-owned environment file written by `sidekick-version@.service`: non-root mode
+    /// (`src/systemd/control/envfile.rs`).
+    EnvironmentFile,
+}
+
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFragment {
@@ -133,6 +144,7 @@ pub struct SwapFragment {
     pub prune: Option<Vec<String>>,
     pub dropin_dir: Option<PathBuf>,
     pub quadlet_dir: Option<PathBuf>,
+    pub handoff: Option<Handoff>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

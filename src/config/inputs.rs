@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::fragments::{CheckKind, Fragment, Layout, SlotBackend};
+use super::fragments::{CheckKind, Fragment, Handoff, Layout, SlotBackend};
 use super::origin::{Origin, Origins};
 
 /// All settings after merging, defaults filled in, not yet validated.
@@ -119,6 +119,7 @@ pub struct SwapInput {
     pub prune: Vec<String>,
     pub dropin_dir: PathBuf,
     pub quadlet_dir: PathBuf,
+    pub handoff: Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -203,6 +204,7 @@ impl Default for Input {
                     .to_vec(),
                 dropin_dir: PathBuf::from("/etc/systemd/system"),
                 quadlet_dir: PathBuf::from("/etc/containers/systemd"),
+                handoff: Handoff::DropIn,
             },
             daemon: DaemonInput {
                 state_dir: PathBuf::from("/var/lib/sidekick"),
@@ -321,7 +323,8 @@ impl Input {
                 prepull,
                 prune,
                 dropin_dir,
-                quadlet_dir
+                quadlet_dir,
+                handoff
             ]
         );
         overlay!(

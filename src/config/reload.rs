@@ -187,6 +187,8 @@ const KEYS: &[Key] = &[
     // The unit control writes the drop-in there, and the sandbox allows only that directory.
     field!("swap.dropin_dir", AtRestart, swap.dropin_dir),
     field!("swap.quadlet_dir", AtRestart, swap.quadlet_dir),
+    // The unit control is set up at the start.
+    field!("swap.handoff", AtRestart, swap.handoff),
     field!("daemon.state_dir", AtRestart, daemon.state_dir),
     field!("daemon.metrics", AtRestart, daemon.metrics),
     // The socket is bound at start.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use super::fragments::{CheckKind, Layout};
+pub use super::fragments::{CheckKind, Handoff, Layout};
 // The clients' own options, composed here into `Settings`.
 pub use crate::etcd::{ClientCert, EtcdAuth, EtcdOptions};
 pub use crate::health::{HealthCheck, HealthSettings};
@@ -101,6 +101,8 @@ pub struct SwapSettings {
     /// Where the drop-in of a unit Quadlet generates goes: `<quadlet_dir>/<name>.container.d/`
     /// (`src/systemd/control/quadlet.rs`).
     pub quadlet_dir: PathBuf,
+    /// How the version reaches the unit: a drop-in, or (non-root mode) an environment file.
+    pub handoff: Handoff,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +141,8 @@ pub struct UpdateCheckSettings {
     pub instance: InstanceSettings,
     pub etcd: EtcdOptions,
     pub daemon: DaemonSettings,
+    /// Where the unit's version is read from besides its `Environment=` (`swap.handoff`).
+    pub handoff: Handoff,
     /// `[update]` validated, or why it is not usable (shown only when a standalone check needs it).
     pub update: Result<UpdateSettings, String>,
 }

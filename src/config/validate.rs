@@ -163,6 +163,7 @@ impl Validated for UpdateCheckSettings {
         Ok(UpdateCheckSettings {
             etcd: etcd::validate(&check, input.etcd)?,
             update: update::validate(&check, input.update).map_err(|err| err.to_string()),
+            handoff: input.swap.handoff,
             instance,
             daemon,
         })
@@ -238,7 +239,22 @@ fn swap(check: &Check, swap: SwapInput) -> Result<SwapSettings, ConfigError> {
             "names no {image}: which image would it remove?",
         ));
     }
+    // The template's command is fixed (root's, in sidekick-prepull@.service): another argv here
+    // would be silently ignored.
+    let default_prepull = ["docker", "pull", "{image}"];
+    if swap.handoff == Handoff::EnvironmentFile
+        && !swap.prepull.is_empty()
+        && swap.prepull != default_prepull
+    {
+        return Err(check.fail(
+            "swap.prepull",
+            "with swap.handoff = \"environment-file\" the pre-pull is the root-owned \
+             sidekick-prepull@.service: change its ExecStart= in a drop-in of that unit, and \
+             leave swap.prepull at its default or set it to [] for no pre-pull",
+        ));
+    }
     Ok(SwapSettings {
+        handoff: swap.handoff,
         drain: check.duration("swap.drain", swap.drain)?,
         start_timeout: check.duration("swap.start_timeout", swap.start_timeout)?,
         verify_timeout: check.duration("swap.verify_timeout", swap.verify_timeout)?,

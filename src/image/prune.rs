@@ -3,7 +3,7 @@
 //! pre-pull runs (`UnitControl::run_transient`: no shell, sandboxed, stopped when abandoned).
 //!
 //! Which images are the app's: the ones this instance was seen running (the unit's
-//! `SIDEKICK_IMAGE`), oldest first, in `<state_dir>/<instance>.images.json`. The image running at
+//! `SIDEKICK_IMAGE`), oldest first, in `<state_dir>/<instance>/images.json`. The image running at
 //! the daemon's start is noted ([`Pruner::note_running`]), and after each release the one running
 //! then. The last two are kept: the running image and the rollback target (the one before it).
 //! An older image that another loaded service unit on the host names in its `SIDEKICK_IMAGE` is
@@ -86,7 +86,8 @@ impl Pruner {
     ) -> Option<Pruner> {
         (!argv.is_empty()).then(|| Pruner {
             argv: argv.to_vec(),
-            record: state_dir.join(format!("{instance}.images.json")),
+            record: crate::state_layout::instance_dir(state_dir, instance)
+                .join(crate::state_layout::IMAGES),
             unit: unit.to_string(),
             conn,
         })

@@ -1,5 +1,5 @@
 //! The slot leases this instance's sidekick granted, kept in a file of its state directory
-//! (`<daemon.state_dir>/<instance>.slot-leases`), so that the stale release of a later run
+//! (`<daemon.state_dir>/<instance>/slot-leases`), so that the stale release of a later run
 //! revokes only a lease a run of this sidekick granted (issue 18). A key in the group may name
 //! this holder id and this host and still be bound to somebody else's lease (written by another
 //! tenant with write access to the group's prefix); revoking that lease would take down
@@ -48,7 +48,8 @@ impl LeaseLedger {
     /// The ledger of `instance` in `state_dir`.
     pub fn new(state_dir: &Path, instance: &str) -> LeaseLedger {
         LeaseLedger {
-            path: state_dir.join(format!("{instance}.slot-leases")),
+            path: crate::state_layout::instance_dir(state_dir, instance)
+                .join(crate::state_layout::SLOT_LEASES),
         }
     }
 
@@ -118,7 +119,7 @@ mod tests {
     fn a_missing_ledger_records_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = LeaseLedger::new(dir.path(), "web-1");
-        assert_eq!(ledger.path(), dir.path().join("web-1.slot-leases"));
+        assert_eq!(ledger.path(), dir.path().join("web-1/slot-leases"));
         assert_eq!(ledger.read().unwrap(), Vec::<i64>::new());
     }
 
@@ -145,9 +146,10 @@ mod tests {
     fn a_malformed_line_is_an_error_naming_the_file_and_line_and_recording_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = LeaseLedger::new(dir.path(), "web-1");
+        std::fs::create_dir_all(dir.path().join("web-1")).unwrap();
         std::fs::write(ledger.path(), "1f\n\nnot-a-lease\n").unwrap();
         let err = ledger.read().unwrap_err().to_string();
-        assert!(err.contains("web-1.slot-leases:3"), "{err}");
+        assert!(err.contains("web-1/slot-leases:3"), "{err}");
         assert!(err.contains("\"not-a-lease\""), "{err}");
         std::fs::write(ledger.path(), "0\n").unwrap();
         assert!(ledger.read().unwrap_err().to_string().contains(":1 "));
@@ -159,14 +161,14 @@ mod tests {
     fn an_unreadable_ledger_is_an_io_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = LeaseLedger::new(dir.path(), "web-1");
-        std::fs::create_dir(ledger.path()).unwrap();
+        std::fs::create_dir_all(ledger.path()).unwrap();
         let err = ledger.read().unwrap_err().to_string();
         assert!(
             err.contains("failed to access the slot lease ledger"),
             "{err}"
         );
-        assert!(err.contains("web-1.slot-leases"), "{err}");
+        assert!(err.contains("web-1/slot-leases"), "{err}");
         let err = ledger.record(1).unwrap_err().to_string();
-        assert!(err.contains("web-1.slot-leases"), "{err}");
+        assert!(err.contains("web-1/slot-leases"), "{err}");
     }
 }

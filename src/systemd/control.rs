@@ -1,5 +1,6 @@
 //! Acting on the bound unit during a swap: the version drop-in, `Reload()`, `RestartUnit` and the
-//! pre-pull as a transient unit. The [`UnitControl`] seam has the D-Bus implementation
+//! pre-pull as a transient unit; or, with `swap.handoff = "environment-file"`, the version through
+//! a root-owned environment file and the pre-pull through a template unit ([`envfile`]). The [`UnitControl`] seam has the D-Bus implementation
 //! ([`DbusUnitControl`], through the `zbus_systemd` proxies, never `systemctl`) and an in-memory
 //! one ([`MemoryUnitControl`]) for unit tests and `--dry-run`. Both refuse the same unsafe
 //! drop-in values ([`dropin`]). A unit that Podman's Quadlet generates from a `.container` file
@@ -9,6 +10,7 @@ mod any;
 mod dbus;
 pub mod dropin;
 mod dry_run;
+pub mod envfile;
 pub mod quadlet;
 mod transient;
 
@@ -22,6 +24,7 @@ use thiserror::Error;
 pub use any::AnyUnitControl;
 pub use dbus::DbusUnitControl;
 pub use dry_run::DryRunUnitControl;
+pub use envfile::control::EnvFileUnitControl;
 pub use quadlet::UnitKind;
 
 /// What the swap writes into `<dropin_dir>/<unit>.d/50-sidekick.conf`.
@@ -119,6 +122,18 @@ pub trait UnitControl: Send + Sync {
         argv: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
+
+    /// Pulls `image` ahead of the swap: `argv` (`swap.prepull` with `{image}` filled in) as a
+    /// transient unit, or what the control's mode uses instead.
+    fn prepull(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send {
+        let _ = image;
+        self.run_transient(argv, timeout)
+    }
 
     /// The unit's `SIDEKICK_VERSION` and `SIDEKICK_IMAGE` as systemd reports them (the Service's
     /// `Environment` property), `None` where unset.

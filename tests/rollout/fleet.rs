@@ -373,13 +373,14 @@ impl Fleet {
         }
     }
 
-    /// The journal of instance `i` (`daemon.state_dir/<instance>.json`).
+    /// The journal of instance `i` (`daemon.state_dir/<instance>/journal.json`).
     pub fn journal(&self, i: usize) -> PathBuf {
         let name = &self.instances[i].name;
         self.dir
             .path()
             .join(format!("state-{name}"))
-            .join(format!("{name}.json"))
+            .join(name)
+            .join("journal.json")
     }
 
     /// The fleet's temp dir (configs, state, the Podman configuration).

@@ -208,10 +208,7 @@ async fn service_row(fleet: &Fleet) -> Value {
 
 /// Instance 0's denylist, beside its journal.
 fn denylist(fleet: &Fleet) -> PathBuf {
-    let name = &fleet.instances[0].name;
-    fleet
-        .journal(0)
-        .with_file_name(format!("{name}.denylist.json"))
+    fleet.journal(0).with_file_name("denylist.json")
 }
 
 /// Whether instance 0's app answers with the new version's page.

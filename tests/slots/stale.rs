@@ -148,8 +148,8 @@ async fn a_restarted_sidekick_releases_its_earlier_runs_slot_only_once_registere
     cmd.arg(etcd.endpoint())
         .args([GROUP, holder.as_str()])
         .arg(EARLIER_TTL.to_string())
-        // Where `sidekick run` keeps this instance's ledger: `<state_dir>/<instance>.slot-leases`.
-        .arg(world.dir.path().join("web-1.slot-leases"));
+        // Where `sidekick run` keeps this instance's ledger: `<state_dir>/<instance>/slot-leases`.
+        .arg(world.dir.path().join("web-1/slot-leases"));
     let log = world.dir.path().join("holder.log");
     let mut earlier = ProcessGuard::spawn("slot holder", &mut cmd, &log, SignalTarget::Group);
     let ours = slot_key(GROUP, 0);

@@ -1,5 +1,5 @@
 //! The local denylist: versions that failed on this instance and were rolled back, persisted at
-//! `<daemon.state_dir>/<instance>.denylist.json` so a restart does not retry them. A denied version
+//! `<daemon.state_dir>/<instance>/denylist.json` so a restart does not retry them. A denied version
 //! is skipped; a newer offer is not on the list and goes ahead.
 
 use std::collections::BTreeSet;
@@ -29,7 +29,8 @@ pub struct Denylist {
 impl Denylist {
     /// The denylist of `instance` under `state_dir`; empty when the file does not exist.
     pub fn load(state_dir: &Path, instance: &str) -> Result<Denylist, PollError> {
-        let path = state_dir.join(format!("{instance}.denylist.json"));
+        let path = crate::state_layout::instance_dir(state_dir, instance)
+            .join(crate::state_layout::DENYLIST);
         let io = |source| PollError::DenylistIo {
             path: path.clone(),
             source,

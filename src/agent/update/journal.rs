@@ -1,4 +1,4 @@
-//! The swap journal: the in-flight swap persisted at `<daemon.state_dir>/<instance>.json`, written
+//! The swap journal: the in-flight swap persisted at `<daemon.state_dir>/<instance>/journal.json`, written
 //! atomically ([`crate::atomic_file`]) before each side effect, so a sidekick killed at any step
 //! reaches a consistent end on its next start; what that end is, [`crate::agent::machine::recover`]
 //! decides. This module is the file only.
@@ -81,7 +81,8 @@ impl Journal {
     /// The journal of `instance` under `state_dir`.
     pub fn new(state_dir: &Path, instance: &str) -> Journal {
         Journal {
-            path: state_dir.join(format!("{instance}.json")),
+            path: crate::state_layout::instance_dir(state_dir, instance)
+                .join(crate::state_layout::JOURNAL),
             instance: instance.to_string(),
         }
     }
@@ -205,7 +206,7 @@ mod tests {
     fn every_journaled_step_reads_back_as_written_and_clear_removes_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(dir.path(), "web-1");
-        assert_eq!(journal.path(), dir.path().join("web-1.json"));
+        assert_eq!(journal.path(), dir.path().join("web-1/journal.json"));
         assert_eq!(journal.read().unwrap(), None);
         for stage in every_stage() {
             let phase = at(stage);
@@ -226,6 +227,7 @@ mod tests {
     fn a_malformed_journal_is_an_error_naming_the_file_and_is_left_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(dir.path(), "web-1");
+        std::fs::create_dir_all(dir.path().join("web-1")).unwrap();
         for text in [
             "{\"format\": 1, \"instance\": \"web-1\"",
             "",
@@ -250,7 +252,7 @@ mod tests {
         .unwrap();
         let err = journal.read().unwrap_err();
         assert_eq!(err.kind(), "format");
-        assert!(err.to_string().contains("web-1.json"), "{err}");
+        assert!(err.to_string().contains("web-1/journal.json"), "{err}");
     }
 
     #[test]
@@ -261,6 +263,9 @@ mod tests {
         let journal = Journal::new(&blocked, "web-1");
         let err = journal.write(&at(Stage::Prepulling)).unwrap_err();
         assert_eq!(err.kind(), "io");
-        assert!(err.to_string().contains("not-a-dir/web-1.json"), "{err}");
+        assert!(
+            err.to_string().contains("not-a-dir/web-1/journal.json"),
+            "{err}"
+        );
     }
 }

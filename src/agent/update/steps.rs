@@ -129,7 +129,7 @@ async fn step<C: UnitControl>(
                 .iter()
                 .map(|arg| arg.replace("{image}", &image))
                 .collect();
-            let pulled = control.run_transient(&argv, PREPULL_TIMEOUT).await;
+            let pulled = control.prepull(&image, &argv, PREPULL_TIMEOUT).await;
             SwapObservation::Prepulled(pulled.map_err(|e| failed("pre-pull", &e)))
         }
         // etcd: in the group's queue, a busy answer at least every RETRY_AFTER (the place kept

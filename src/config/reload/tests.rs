@@ -108,6 +108,7 @@ fn every_field(settings: &Settings) {
                 prune: _,
                 dropin_dir: _,
                 quadlet_dir: _,
+                handoff: _,
             },
         daemon:
             DaemonSettings {
@@ -275,6 +276,9 @@ fn changes() -> Vec<(&'static str, Applies, Change)> {
         }),
         ("swap.quadlet_dir", AtRestart, |s| {
             s.swap.quadlet_dir = "/run/containers/systemd".into()
+        }),
+        ("swap.handoff", AtRestart, |s| {
+            s.swap.handoff = crate::config::Handoff::EnvironmentFile
         }),
         ("daemon.state_dir", AtRestart, |s| {
             s.daemon.state_dir = "/srv/sidekick".into()

@@ -1,17 +1,19 @@
 //! The unit control `run` wires, as one type (enum dispatch): D-Bus for the daemon, the printing
-//! one for `--dry-run`.
+//! one for `--dry-run`, the
+//! environment-file handoff of non-root mode.
 
 use std::time::Duration;
 
 use super::{
-    ControlError, DbusUnitControl, DropIn, DryRunUnitControl, PreviousDropIn, RunningVersion,
-    UnitControl, UnitNow,
+    ControlError, DbusUnitControl, DropIn, DryRunUnitControl, EnvFileUnitControl, PreviousDropIn,
+    RunningVersion, UnitControl, UnitNow,
 };
 
 /// Any of the unit controls `run` uses.
 pub enum AnyUnitControl {
     Dbus(DbusUnitControl),
     DryRun(DryRunUnitControl),
+    EnvFile(EnvFileUnitControl),
 }
 
 macro_rules! dispatch {
@@ -19,6 +21,7 @@ macro_rules! dispatch {
         match $self {
             AnyUnitControl::Dbus($control) => $call,
             AnyUnitControl::DryRun($control) => $call,
+            AnyUnitControl::EnvFile($control) => $call,
         }
     };
 }
@@ -42,6 +45,15 @@ impl UnitControl for AnyUnitControl {
 
     async fn run_transient(&self, argv: &[String], timeout: Duration) -> Result<(), ControlError> {
         dispatch!(self, c => c.run_transient(argv, timeout).await)
+    }
+
+    async fn prepull(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        dispatch!(self, c => c.prepull(image, argv, timeout).await)
     }
 
     async fn running(&self) -> Result<RunningVersion, ControlError> {

@@ -103,8 +103,23 @@ impl DbusUnitControl {
             })?
     }
 
+    /// The Manager proxy (for the environment-file handoff's template units).
+    pub(super) fn manager(&self) -> &ManagerProxy<'static> {
+        &self.manager
+    }
+
+    /// The bound unit's name.
+    pub(super) fn unit(&self) -> &str {
+        &self.unit
+    }
+
+    /// The system bus connection.
+    pub(super) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// How a failed transient unit's main process ended, read before it is reset.
-    async fn exit_status(&self, unit: &str) -> String {
+    pub(super) async fn exit_status(&self, unit: &str) -> String {
         let read = async {
             let path = self.manager.get_unit(unit.to_string()).await?;
             let service = ServiceProxy::builder(&self.conn)
@@ -143,7 +158,9 @@ async fn unit_kind(
 }
 
 /// Subscribed, with a `JobRemoved` stream that sees every job queued after it returns.
-async fn job_signals(manager: &ManagerProxy<'_>) -> Result<JobRemovedStream, ControlError> {
+pub(super) async fn job_signals(
+    manager: &ManagerProxy<'_>,
+) -> Result<JobRemovedStream, ControlError> {
     match manager.subscribe().await {
         Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == ALREADY_SUBSCRIBED => {}
         other => other?,
@@ -153,7 +170,7 @@ async fn job_signals(manager: &ManagerProxy<'_>) -> Result<JobRemovedStream, Con
 
 /// Stops a transient unit and waits for the stop job, so nothing keeps running; then clears a
 /// failed state so systemd forgets the unit. Failures are logged: there is nothing else to do.
-async fn stop_transient(manager: &ManagerProxy<'_>, unit: &str) {
+pub(super) async fn stop_transient(manager: &ManagerProxy<'_>, unit: &str) {
     let stopped = async {
         let mut removed = job_signals(manager).await?;
         let job = manager
@@ -209,7 +226,7 @@ impl Drop for StopOnDrop {
 }
 
 /// The result of `job`'s `JobRemoved`, or `None` when it does not come within `timeout`.
-async fn wait_removed(
+pub(super) async fn wait_removed(
     removed: &mut JobRemovedStream,
     job: &OwnedObjectPath,
     timeout: Duration,

@@ -367,7 +367,7 @@ async fn the_loop_swaps_to_a_healthy_version_and_serves_it_with_the_slot_given_b
     );
     let running = world.control.running().await.unwrap();
     assert_eq!(running.version.as_deref(), Some("2.0.0"));
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     // Registered, out for the swap, registered again.
     let entries = vec![("k".to_string(), "v".to_string())];
@@ -450,7 +450,7 @@ async fn a_unit_that_fails_during_min_healthy_is_rolled_back_with_the_slot_held_
         matches!(other.acquire("2.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "2.0.0"),
         "the group is halted by 2.0.0"
     );
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
@@ -519,7 +519,7 @@ async fn an_unhealthy_version_is_rolled_back_reported_halted_and_denylisted() {
         "the group is halted by 3.0.0"
     );
     // Saved off the loop's task, before the journal's removal.
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(3, 0, 0)));
@@ -779,7 +779,7 @@ async fn a_start_after_a_crash_mid_restart_restarts_onto_the_new_version_verifie
         ..Setup::new("2.0.0", "none", Duration::from_millis(20))
     })
     .await;
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     assert_eq!(world.events(), [Event::UpdateComplete]);
     // The set-up's own drop-in write, then a reload and restart onto it (systemd reports the
@@ -811,7 +811,7 @@ async fn a_start_after_a_crash_mid_rollback_brings_the_old_version_back_and_repo
         ..Setup::new("2.0.0", "2.0.0", Duration::from_millis(20))
     })
     .await;
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     assert_eq!(
         world.events(),
@@ -950,7 +950,7 @@ async fn stays_stopped(world: &World, metrics: &crate::metrics::Metrics, restart
     );
     let halt = world.slots.join(who("web-2")).halted().await.unwrap();
     assert_eq!(halt, None, "the group was halted");
-    let denylist = std::fs::read_to_string(world.dir.path().join("web-1.denylist.json"));
+    let denylist = std::fs::read_to_string(world.dir.path().join("web-1/denylist.json"));
     assert!(
         !denylist.unwrap_or_default().contains("2.0.0"),
         "2.0.0 denylisted"
@@ -1181,7 +1181,7 @@ async fn a_hanging_journal_delays_neither_a_deregistration_nor_the_watchdog_and_
         world.events().contains(&Event::UpdateComplete)
     })
     .await;
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("journal cleared", || !journal.exists()).await;
     world.finish().await;
 }

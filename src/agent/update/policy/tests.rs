@@ -106,12 +106,13 @@ async fn a_denylisted_version_is_skipped_until_a_newer_one_is_offered_also_after
 #[test]
 fn a_malformed_denylist_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("web-1.denylist.json");
+    let path = dir.path().join("web-1/denylist.json");
+    std::fs::create_dir_all(dir.path().join("web-1")).unwrap();
     for text in ["not json", "{\"versions\": [\"3.0\"]}"] {
         std::fs::write(&path, text).unwrap();
         let err = Denylist::load(dir.path(), "web-1").unwrap_err();
         assert_eq!(err.kind(), "denylist-malformed");
-        assert!(err.to_string().contains("web-1.denylist.json"), "{err}");
+        assert!(err.to_string().contains("web-1/denylist.json"), "{err}");
     }
 }
 
