@@ -91,16 +91,20 @@ impl AnySlots {
     /// place for the next call (a release gives it up). The other backends have no line: a
     /// `retry` waits for a change, then asks once. `gated`: the rollout's slot gate applies
     /// (etcd only); false when a swap takes back the slot it held (recovery, a lost fence).
+    /// `away`: a rollback after a failure inside `rollout.monitor` leaves `version`, so a halt on
+    /// `version` does not refuse it (etcd only: `rollout.monitor` is the etcd rollout's policy,
+    /// so no other backend is asked this).
     pub async fn acquire_in_line(
         &self,
         version: &str,
         retry: bool,
         gated: bool,
+        away: bool,
     ) -> Result<Acquisition, SlotError> {
         let wait = if retry { RETRY_AFTER } else { Duration::ZERO };
         match self {
             AnySlots::Etcd(slots) if gated => slots.acquire_within(version, wait).await,
-            AnySlots::Etcd(slots) => slots.acquire_within_ungated(version, wait).await,
+            AnySlots::Etcd(slots) => slots.acquire_within_ungated(version, wait, away).await,
             others => {
                 if retry {
                     others.wait_for_change(wait).await;

@@ -281,6 +281,9 @@ mod tests {
             unit_active: true,
             halt: Default::default(),
             unit_stopped: false,
+            monitor: false,
+            away: false,
+            denylist: false,
             report: None,
         })
     }

@@ -35,6 +35,9 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 

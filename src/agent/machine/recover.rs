@@ -36,7 +36,11 @@ use crate::systemd::control::{RunningVersion, UnitNow};
 /// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
-///   is sent again (it may have been cut off by the stop).
+///   is sent again (it may have been cut off by the stop; never after a monitor failure), and a
+///   denylist decided with it is written again.
+/// - Monitoring (released after 3/1): watched again in full while systemd reports the new
+///   version; otherwise (or found stopped) the watch is over. A monitor failure's rollback
+///   resumes as any rollback: the halt again when owed, the slot again (`away`), restore.
 /// - Found stopped (`unit`: `inactive` with no job queued, [`UnitNow::stopped`]) where the
 ///   swap would touch the unit again: an operator stopped it while the sidekick was down. It is
 ///   not started again: the previous drop-in goes back (no restart), and the swap ends with the
@@ -88,9 +92,15 @@ pub fn recover(
         Stage::Releasing => {
             let mut actions: Vec<SwapAction> = phase
                 .report
-                .map(|report| SwapAction::SendEvent(report.event()))
+                .and_then(|report| phase.tell(report.event()))
                 .into_iter()
                 .collect();
+            // Written again: the stop may have come between the journal and the write (sim seed
+            // 3101); a denylist entry written twice is one entry.
+            if phase.denylist {
+                let version = phase.plan.new.version.clone();
+                actions.push(SwapAction::Denylist { version });
+            }
             actions.insert(
                 0,
                 phase
@@ -155,7 +165,15 @@ pub fn recover(
             let failure = failure.unwrap_or_else(|| unjudged(&phase));
             reacquire(&mut phase, Stage::RollingBack { failure })
         }
-        Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
+        // Released after 3/1: watched again in full while the new version runs (its clock is
+        // not journaled); over when something else runs or an operator stopped the unit.
+        Stage::Monitoring { .. } if runs_new && !unit.stopped() => (
+            Stage::Monitoring { departed: false },
+            vec![SwapAction::StartMonitor],
+        ),
+        Stage::Monitoring { .. } | Stage::Finished => {
+            (Stage::Finished, vec![SwapAction::ClearJournal])
+        }
     };
     if let (Stage::Reacquiring { resume, .. }, true) = (&stage, unit.stopped()) {
         let recorded = match resume.as_ref() {

@@ -24,7 +24,7 @@ use sidekick::{Current, Disk, PROBE_EVERY, Proc, RPC};
 use world::{Behaviour, Etcd, Ms, Nebraska, Unit};
 
 use crate::agent::machine::state::{Observation, Phase};
-use crate::agent::machine::swap::{Stage, SwapObservation};
+use crate::agent::machine::swap::{Report, Stage, SwapObservation};
 use crate::rollout::policy::Promote;
 use crate::systemd::ActiveState;
 
@@ -72,6 +72,9 @@ pub enum Violation {
     /// release's write was lost, or the process that took the slot is gone): it waits for good;
     /// its runs' end-of-run consequences count with it.
     CanaryResultLost,
+    /// A version whose unit failed inside `rollout.monitor` (after its release): the swap ended
+    /// with the group never halted on it, or the instance's drop-in still on it.
+    MonitorFailureMissed,
 }
 
 /// Invariants the code is known not to keep yet: their violations are counted and printed, not
@@ -234,6 +237,7 @@ enum Item {
     PassBack(usize),
     Retry(usize),
     MinHealthy(usize),
+    Monitor(usize),
     Die(usize),
 }
 
@@ -263,6 +267,11 @@ pub struct Sim {
     drawn: Drawn,
     /// The sim's own account of the policy.
     account: Account,
+    /// Versions a sidekick halted the group on (the marker set).
+    halted_versions: std::collections::BTreeSet<String>,
+    /// Per instance, the version whose unit failed while its swap watched it in monitor, and
+    /// when: checked once the swap is over ([`Violation::MonitorFailureMissed`]).
+    monitor_failures: BTreeMap<usize, (String, Ms)>,
 }
 
 fn behaviour(rng: &mut fastrand::Rng, bad: bool) -> Behaviour {
@@ -285,6 +294,20 @@ fn late(prng: &mut fastrand::Rng, drawn: &Drawn, b: Behaviour, bad: bool) -> Beh
     }
 }
 
+/// A version that fails may die inside monitor instead, when the seed's policy watches (its
+/// own stream, so the other draws of a seed stay as they were): after its start, past
+/// verification and min-healthy, within `monitor`.
+fn late_in_monitor(mrng: &mut fastrand::Rng, drawn: &Drawn, b: Behaviour, bad: bool) -> Behaviour {
+    let min_healthy = drawn.policy.min_healthy.as_millis() as Ms;
+    let monitor = drawn.policy.monitor.as_millis() as Ms;
+    match (bad, monitor > 0 && mrng.u8(0..3) != 0) {
+        (true, true) => Behaviour::Late {
+            after: mrng.u64(min_healthy + 2_000..min_healthy + monitor + 5_000),
+        },
+        _ => b,
+    }
+}
+
 impl Sim {
     /// The group, its fault schedule and its rollout policy for `seed`; with `policy` false, no
     /// rollout policy (`min_healthy = 0s`, no canary, no window): the runs as before issue 17.
@@ -292,10 +315,16 @@ impl Sim {
     /// either way.
     pub fn new(seed: u64, policy: bool) -> Sim {
         let mut prng = fastrand::Rng::with_seed(seed ^ 0x005e_ed0f_9011_c1e5);
-        let drawn = match policy && prng.u8(0..5) != 0 {
+        let with_policy = policy && prng.u8(0..5) != 0;
+        let mut drawn = match with_policy {
             true => rollout::draw_policy(&mut prng),
             false => Drawn::none(),
         };
+        // `monitor` from a stream of its own: the seeds found before it keep their draws.
+        let mut mrng = fastrand::Rng::with_seed(seed ^ 0x0071_0a17_0e5e_ed17);
+        if with_policy && mrng.bool() {
+            drawn.policy.monitor = std::time::Duration::from_millis(mrng.u64(2_000..40_000));
+        }
         let mut rng = fastrand::Rng::with_seed(seed);
         let n = rng.usize(3..=5);
         let max = rng.u32(1..=2);
@@ -326,6 +355,7 @@ impl Sim {
         let mut faults = Vec::new();
         let manual = drawn.policy.promote == Promote::Manual;
         let b2 = late(&mut prng, &drawn, behaviour(&mut rng, true), true);
+        let b2 = late_in_monitor(&mut mrng, &drawn, b2, true);
         let at = rng.u64(0..20_000);
         faults.push((
             at,
@@ -340,6 +370,7 @@ impl Sim {
         if rng.bool() {
             let bad = rng.bool();
             let b3 = late(&mut prng, &drawn, behaviour(&mut rng, bad), bad);
+            let b3 = late_in_monitor(&mut mrng, &drawn, b3, bad);
             let at = rng.u64(60_000..150_000);
             faults.push((
                 at,
@@ -421,6 +452,8 @@ impl Sim {
             rollout,
             drawn,
             account: Account::default(),
+            halted_versions: Default::default(),
+            monitor_failures: BTreeMap::new(),
         }
     }
 
@@ -521,6 +554,9 @@ impl Sim {
             if let Some(at) = p.min_healthy_at {
                 offer(at, Item::MinHealthy(i));
             }
+            if let Some(at) = p.monitor_at {
+                offer(at, Item::Monitor(i));
+            }
             if let Some(at) = p.passing {
                 offer(at, Item::PassBack(i));
             } else if let (Some(at), true) = (p.next_pass, Sim::can_pass(p)) {
@@ -592,9 +628,15 @@ impl Sim {
                 }
             }
             Item::MinHealthy(i) => {
-                self.inst[i].proc.as_mut().unwrap().min_healthy_at = None;
-                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                let p = self.inst[i].proc.as_mut().unwrap();
+                p.min_healthy_at = None;
+                let monitor = !p.rollout.monitor().is_zero();
+                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed { monitor });
                 let _ = self.turn(i, elapsed);
+            }
+            Item::Monitor(i) => {
+                self.inst[i].proc.as_mut().unwrap().monitor_at = None;
+                let _ = self.turn(i, Observation::Swap(SwapObservation::MonitorElapsed));
             }
             Item::Die(i) => self.process_died(i),
         }
@@ -836,6 +878,12 @@ impl Sim {
             let failing = match &stage {
                 Some(Stage::RollingBack { failure } | Stage::Stranded { failure, .. })
                 | Some(Stage::VerifyingOld { failure, .. }) => failure.halt,
+                // A monitor failure is known from the moment its rollback waits for the slot.
+                Some(Stage::Reacquiring { resume, .. }) => matches!(
+                    resume.as_ref(),
+                    Stage::RollingBack { failure } if failure.halt
+                        && failure.code == crate::omaha::error_code::MONITOR_FAILED
+                ),
                 _ => false,
             };
             if failing
@@ -851,6 +899,7 @@ impl Sim {
         }
         for i in 0..self.inst.len() {
             self.account_step(i);
+            self.check_monitor_failure(i);
         }
         if busy.len() > self.etcd.max as usize && !self.seen(Violation::OverMax, usize::MAX) {
             let detail = format!("instances {busy:?} swapping at once, max {}", self.etcd.max);
@@ -932,6 +981,51 @@ impl Sim {
                 "#{i} took a slot for {version}, which failed on #{j} at {at} (halt not set), in {stage:?}"
             );
             self.violation(Violation::SwapToFailedVersion, detail);
+        }
+    }
+
+    /// The unit of `i` failed running `version`: a failure inside monitor when its swap to that
+    /// version released after 3/1 and watches it (or is about to, its release under way).
+    pub(super) fn note_monitor_failure(&mut self, i: usize, version: &str) {
+        let Some(Phase::Updating(swap)) = self.inst[i].proc.as_ref().map(|p| &p.agent.phase) else {
+            return;
+        };
+        let watched = match swap.stage {
+            Stage::Monitoring { .. } => true,
+            Stage::Releasing => swap.monitor && !swap.away && swap.report == Some(Report::Complete),
+            _ => false,
+        };
+        if watched && swap.plan.new.version == version {
+            self.log(i, || format!("{version} failed inside monitor"));
+            self.monitor_failures
+                .entry(i)
+                .or_insert((version.to_string(), self.now));
+        }
+    }
+
+    /// Once the swap of `i` is over (serving, no journal), a failure inside monitor must have
+    /// halted the group on its version and left the drop-in off it (rolled back, or put back
+    /// for an operator's stop).
+    fn check_monitor_failure(&mut self, i: usize) {
+        let over = self.inst[i].disk.journal.is_none()
+            && self.inst[i]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.agent.phase == Phase::Serving && p.pending.is_empty());
+        if !over {
+            return;
+        }
+        let Some((version, at)) = self.monitor_failures.remove(&i) else {
+            return;
+        };
+        let halted = self.halted_versions.contains(&version);
+        let file = self.inst[i].unit.file.clone();
+        if !halted || file == version {
+            let detail = format!(
+                "#{i}'s {version} failed inside monitor at {at}; swap over with the group halted \
+                 on it: {halted}, drop-in on {file}"
+            );
+            self.violation(Violation::MonitorFailureMissed, detail);
         }
     }
 

@@ -33,6 +33,7 @@ pub(super) struct CurrentSwap {
 fn failed_in(code: u32) -> &'static str {
     match code {
         crate::omaha::error_code::MIN_HEALTHY_FAILED => "min_healthy",
+        crate::omaha::error_code::MONITOR_FAILED => "monitor",
         _ => "verify",
     }
 }

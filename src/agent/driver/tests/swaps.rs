@@ -768,6 +768,9 @@ fn journaled(stage: Stage) -> SwapPhase {
         halt: Default::default(),
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 

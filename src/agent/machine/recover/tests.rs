@@ -30,6 +30,7 @@ fn acquire(retry: bool) -> SwapAction {
         version: "2.0.0".into(),
         retry,
         again: true,
+        away: false,
     }
 }
 
@@ -214,7 +215,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
                 (PASS, &[SwapAction::Register]),
                 (O::Registered, &[SwapAction::StartMinHealthy]),
                 (
-                    O::MinHealthyElapsed,
+                    O::MinHealthyElapsed { monitor: false },
                     &[
                         SwapAction::SendEvent(Event::UpdateComplete),
                         SwapAction::CheckSlot,
@@ -509,7 +510,7 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
                 phase,
                 &[
                     (O::Registered, &[SwapAction::StartMinHealthy]),
-                    (O::MinHealthyElapsed, &report),
+                    (O::MinHealthyElapsed { monitor: false }, &report),
                 ],
             ),
             _ => run(phase, &[(O::Registered, &report)]),
@@ -589,7 +590,7 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
 #[test]
 fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
     let (proving, _) = swap::step(at(Stage::Registering { failure: None }), O::Registered);
-    let (releasing, actions) = swap::step(proving, O::MinHealthyElapsed);
+    let (releasing, actions) = swap::step(proving, O::MinHealthyElapsed { monitor: false });
     assert_eq!(
         actions,
         [
