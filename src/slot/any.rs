@@ -92,8 +92,8 @@ impl AnySlots {
     /// `retry` waits for a change, then asks once. `gated`: the rollout's slot gate applies
     /// (etcd only); false when a swap takes back the slot it held (recovery, a lost fence).
     /// `away`: a rollback after a failure inside `rollout.monitor` leaves `version`, so a halt on
-    /// `version` does not refuse it (etcd only: `rollout.monitor` is the etcd rollout's policy,
-    /// so no other backend is asked this).
+    /// `version` does not refuse it (the other backends' halts are kept the same way: FleetLock's
+    /// local record, memory's marker).
     pub async fn acquire_in_line(
         &self,
         version: &str,
@@ -109,7 +109,11 @@ impl AnySlots {
                 if retry {
                     others.wait_for_change(wait).await;
                 }
-                others.acquire(version).await
+                match others {
+                    AnySlots::Memory(slots) if away => slots.acquire_away(version).await,
+                    AnySlots::FleetLock(slots) if away => slots.acquire_away(version).await,
+                    others => others.acquire(version).await,
+                }
             }
         }
     }

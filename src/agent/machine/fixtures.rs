@@ -68,6 +68,8 @@ pub(crate) fn every_stage() -> Vec<Stage> {
             failure: Some(failure(true)),
         },
         Stage::Releasing,
+        Stage::Monitoring { departed: false },
+        Stage::Monitoring { departed: true },
         Stage::Stranded {
             failure: failure(true),
             why: "restart failed".into(),

@@ -149,8 +149,10 @@ pub fn recover(
             return recover(phase, observed, unit);
         }
         // Min-healthy starts over once verified again (its clock is not journaled).
+        // The slot first: the new version is verified again (sim seed 5465).
         Stage::Registering { failure: None } | Stage::MinHealthy { .. } if runs_new => {
-            verify_again(&mut phase, Stage::Verifying { passes: 0 })
+            phase.unit_active = false;
+            reacquire(&mut phase, Stage::Verifying { passes: 0 })
         }
         Stage::MinHealthy { .. } => {
             let failure = unjudged(&phase);
@@ -206,8 +208,11 @@ fn unjudged(phase: &SwapPhase) -> Failure {
     }
 }
 
-/// A unit that was verified before the stop is judged again, by what runs now: registered only
-/// once it is active and has passed `rise` checks (the owed halt first).
+/// A unit that runs the old version again is judged again, by what runs now: registered only
+/// once it is active and has passed `rise` checks (the owed halt first). Nothing is touched, so
+/// no slot is taken first. The new version, which still proves itself, takes its slot again
+/// before it is verified (its lease went with the stop: another swap, a monitor failure's
+/// rollback among them, may have the slot now; sim seed 5465).
 fn verify_again(phase: &mut SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
     phase.unit_active = false;
     let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();

@@ -67,6 +67,8 @@ mod tests_halt;
 #[cfg(test)]
 mod tests_min_healthy;
 #[cfg(test)]
+mod tests_monitor;
+#[cfg(test)]
 mod tests_operator;
 
 pub use messages::{HaltCause, SlotAnswer, SwapAction, SwapObservation};

@@ -63,6 +63,10 @@ pub(super) fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<S
             Stage::Verifying { passes: 0 },
             vec![SwapAction::StartVerifyDeadline],
         ),
+        Stage::VerifyingOld { failure, .. } => (
+            Stage::VerifyingOld { failure, passes: 0 },
+            vec![SwapAction::StartVerifyDeadline],
+        ),
         Stage::RollingBack { failure } => {
             phase.unit_active = false;
             (Stage::RollingBack { failure }, vec![restore(phase)])

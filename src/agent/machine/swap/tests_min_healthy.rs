@@ -308,12 +308,19 @@ fn sigterm_during_min_healthy_leaves_the_swap_journaled_and_the_next_start_prove
         job_queued: false,
     };
     let (phase, actions) = super::super::recover::recover(journaled, &running, &unit);
-    assert_eq!(actions, [A::StartVerifyDeadline]);
-    assert_eq!(phase.stage, Stage::Verifying { passes: 0 });
+    // Its slot again first (sim seed 5465), then the verification.
+    let acquire = A::AcquireSlot {
+        version: "2.0.0".into(),
+        retry: false,
+        again: true,
+        away: false,
+    };
+    assert_eq!(actions, [acquire]);
     assert!(!phase.allows_registration());
     run(
         phase,
         &[
+            (O::Slot(SlotAnswer::Acquired), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (O::Probe { passed: true }, &[A::Register]),
             (O::Registered, &[A::StartMinHealthy]),
