@@ -23,9 +23,9 @@ pub(super) struct CurrentSwap {
     steps: BTreeMap<String, u64>,
     step: Option<(&'static str, Instant)>,
     /// `Ok` once the new version passed min-healthy (the swap releases), `Err((stage,
-    /// reason))` once rolled back with the version to blame (`stage`: `verify` or
-    /// `min_healthy`); `None` when it ended otherwise (fenced, rolled back for another reason),
-    /// which frees its canary place for another try.
+    /// reason))` once rolled back with the version to blame (`stage`: `verify`, `min_healthy`
+    /// or `monitor`); `None` when it ended otherwise (fenced, rolled back for another
+    /// reason), which frees its canary place for another try.
     verdict: Option<Result<(), (&'static str, String)>>,
 }
 
