@@ -95,8 +95,8 @@ pub fn recover(
                 .and_then(|report| phase.tell(report.event()))
                 .into_iter()
                 .collect();
-            // Written again: the stop may have come between the journal and the write (sim seed
-            // 3101); a denylist entry written twice is one entry.
+            // Written again: the stop may have come between the journal and the write (the first
+            // attempt at monitor lost it so, its sim seed 3101); written twice it is one entry.
             if phase.denylist {
                 let version = phase.plan.new.version.clone();
                 actions.push(SwapAction::Denylist { version });

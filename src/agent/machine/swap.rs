@@ -264,7 +264,8 @@ pub struct SwapPhase {
     #[serde(default)]
     pub away: bool,
     /// The version is to be denylisted (journaled with the denylist action, so a start that
-    /// finds the swap Releasing writes it again: sim seed 3101).
+    /// finds the swap Releasing writes it again: a kill between the two lost it in the first
+    /// attempt at monitor, its sim seed 3101).
     #[serde(default)]
     pub denylist: bool,
 }
