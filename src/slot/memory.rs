@@ -289,6 +289,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_monitor_rollback_passes_the_halt_on_the_version_it_leaves_and_no_other() {
+        let a = MemorySlots::new(one(), who("a"));
+        let b = a.join(who("b"));
+        a.halt("2", "failed during monitor").await.unwrap();
+        assert!(matches!(
+            a.acquire_away("3").await.unwrap(),
+            Acquisition::Halted { .. }
+        ));
+        assert_eq!(a.acquire_away("2").await.unwrap(), Acquisition::Acquired);
+        // The limit applies to it; a newcomer still meets the halt.
+        assert!(matches!(
+            b.acquire_away("2").await.unwrap(),
+            Acquisition::Busy { .. }
+        ));
+        a.release().await.unwrap();
+        assert!(matches!(
+            b.acquire("2").await.unwrap(),
+            Acquisition::Halted { .. }
+        ));
+    }
+
+    #[tokio::test]
     async fn a_slot_already_held_is_kept_in_a_halted_group_as_etcd_keeps_it() {
         // etcd's rule: the holder's own slot is found before the halt is read; a newcomer meets
         // the halt before the limit.
