@@ -14,6 +14,8 @@ mod live_tests;
 mod lost_tests;
 #[path = "rollout_policy/metrics.rs"]
 mod metrics_tests;
+#[path = "rollout_policy/monitor.rs"]
+mod monitor_tests;
 #[path = "rollout_policy/store.rs"]
 mod store_tests;
 #[path = "rollout_policy/waiter.rs"]

@@ -54,6 +54,11 @@ mod halt;
 #[path = "safety/late_failure.rs"]
 mod late_failure;
 
+/// A version that dies inside `rollout.monitor`, after its 3/1 and release
+/// (`tests/safety/monitor_failure.rs`).
+#[path = "safety/monitor_failure.rs"]
+mod monitor_failure;
+
 /// The slot holder cut from etcd mid-drain (`tests/safety/partition.rs`).
 #[path = "safety/partition.rs"]
 mod partition;

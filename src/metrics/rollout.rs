@@ -3,7 +3,7 @@
 //! (`sidekick_rollout_next_window_seconds`: 0 while one is open, -1 with no window within a week
 //! or none configured), and this instance's canary results and failures by stage
 //! (`sidekick_rollout_canary_results_total{result}`, `sidekick_rollout_failures_total{stage}`;
-//! the stages are `verify` and `min_healthy`; `monitor` is not watched yet).
+//! the stages are `verify`, `min_healthy` and `monitor`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -152,6 +152,10 @@ pub mod error_code {
     /// the check was out): the swap cannot start, so the grant is given back untried
     /// (sidekick-specific).
     pub const NOT_SERVING: u32 = 1010;
+    /// The new version failed inside `rollout.monitor`, after its 3/1 and the release, and was
+    /// rolled back. Never sent: the update service has its 3/1 for the grant; the code is
+    /// recorded in the swap's journal and the version's rollout state (sidekick-specific).
+    pub const MONITOR_FAILED: u32 = 1011;
 }
 
 /// An update as the service offered it, not yet validated (see [`crate::omaha::validate_offer`]).

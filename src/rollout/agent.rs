@@ -92,6 +92,8 @@ struct Inner {
     metrics: Option<RolloutMetrics>,
     /// `min_healthy` of the policy in force when the last slot request was judged.
     min_healthy: Option<Duration>,
+    /// `monitor` of that policy.
+    monitor: Option<Duration>,
     /// `max_failures` of that policy.
     max_failures: Option<NonZeroU32>,
     /// Releases whose write etcd has not confirmed, oldest first.
@@ -220,6 +222,15 @@ impl RolloutAgent {
             .unwrap_or_else(|| self.read_configured().policy.min_healthy)
     }
 
+    /// How long a released swap of this instance is still watched (`rollout.monitor`): the
+    /// policy in force when its slot was requested, else the configured one (as
+    /// [`Self::min_healthy`]).
+    pub fn monitor(&self) -> Duration {
+        self.lock()
+            .monitor
+            .unwrap_or_else(|| self.read_configured().policy.monitor)
+    }
+
     /// The etcd revision the last slot request was judged at.
     pub fn seen_revision(&self) -> i64 {
         self.lock().seen
@@ -249,6 +260,7 @@ impl RolloutAgent {
             inner.wake_at = None;
             let policy = store::effective(snap.stored_policy.as_ref(), &configured);
             inner.min_healthy = Some(policy.min_healthy);
+            inner.monitor = Some(policy.monitor);
             inner.max_failures = Some(policy.max_failures);
         }
         let hold = match answer {

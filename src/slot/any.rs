@@ -91,21 +91,29 @@ impl AnySlots {
     /// place for the next call (a release gives it up). The other backends have no line: a
     /// `retry` waits for a change, then asks once. `gated`: the rollout's slot gate applies
     /// (etcd only); false when a swap takes back the slot it held (recovery, a lost fence).
+    /// `away`: a rollback after a failure inside `rollout.monitor` leaves `version`, so a halt on
+    /// `version` does not refuse it (the other backends' halts are kept the same way: FleetLock's
+    /// local record, memory's marker).
     pub async fn acquire_in_line(
         &self,
         version: &str,
         retry: bool,
         gated: bool,
+        away: bool,
     ) -> Result<Acquisition, SlotError> {
         let wait = if retry { RETRY_AFTER } else { Duration::ZERO };
         match self {
             AnySlots::Etcd(slots) if gated => slots.acquire_within(version, wait).await,
-            AnySlots::Etcd(slots) => slots.acquire_within_ungated(version, wait).await,
+            AnySlots::Etcd(slots) => slots.acquire_within_ungated(version, wait, away).await,
             others => {
                 if retry {
                     others.wait_for_change(wait).await;
                 }
-                others.acquire(version).await
+                match others {
+                    AnySlots::Memory(slots) if away => slots.acquire_away(version).await,
+                    AnySlots::FleetLock(slots) if away => slots.acquire_away(version).await,
+                    others => others.acquire(version).await,
+                }
             }
         }
     }

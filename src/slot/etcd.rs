@@ -81,6 +81,9 @@ pub struct EtcdSlots {
     /// Set for the length of [`EtcdSlots::acquire_within_ungated`]: the rollout's gate is not
     /// asked.
     ungated: AtomicBool,
+    /// Set with `ungated` for a rollback leaving its version after a monitor failure: a halt on
+    /// the version acquired for does not refuse the slot.
+    away: AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdSlots {
@@ -116,6 +119,7 @@ impl EtcdSlots {
             rollout: None,
             ledger: None,
             ungated: AtomicBool::new(false),
+            away: AtomicBool::new(false),
         }
     }
 
@@ -168,21 +172,32 @@ impl EtcdSlots {
     /// it held (recovery after a restart, a fence found lost) to finish or roll back, which the
     /// gate judged when it first took it. A pause, a canary wave, a window or the failure budget
     /// spent by the very version it rolls back from must not keep it from its slot; a halt
-    /// still does (the backend answers it, and the swap knows what to do with it).
+    /// still does (the backend answers it, and the swap knows what to do with it), except with
+    /// `away`: a rollback after a failure inside `rollout.monitor` takes a slot to leave
+    /// `version`, through the halt on `version` itself (its own failure's); a halt on another
+    /// version still refuses it. The slot limit applies as to anyone.
     pub async fn acquire_within_ungated(
         &self,
         version: &str,
         deadline: Duration,
+        away: bool,
     ) -> Result<Acquisition, SlotError> {
-        struct Gated<'a>(&'a AtomicBool);
+        struct Gated<'a>(&'a AtomicBool, &'a AtomicBool);
         impl Drop for Gated<'_> {
             fn drop(&mut self) {
                 self.0.store(false, Ordering::SeqCst);
+                self.1.store(false, Ordering::SeqCst);
             }
         }
         self.ungated.store(true, Ordering::SeqCst);
-        let _gated_again = Gated(&self.ungated);
+        self.away.store(away, Ordering::SeqCst);
+        let _gated_again = Gated(&self.ungated, &self.away);
         self.acquire_within(version, deadline).await
+    }
+
+    /// Whether the acquire under way for `version` passes the group's halt `marker`.
+    fn passes_halt(&self, marker: &HaltMarker, version: &str) -> bool {
+        self.away.load(Ordering::SeqCst) && marker.version == version
     }
 
     /// Whether the rollout's slot gate applies to the acquire under way.

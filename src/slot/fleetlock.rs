@@ -230,14 +230,21 @@ impl FleetLockSlots {
     }
 }
 
-impl SlotLock for FleetLockSlots {
-    async fn acquire(&self, _version: &str) -> Result<Acquisition, SlotError> {
-        if let Some(r) = self.halt_record()? {
-            return Ok(Acquisition::Halted {
+impl FleetLockSlots {
+    /// [`SlotLock::acquire`] for a rollback leaving `version` after a monitor failure: the
+    /// halt recorded for `version` does not refuse it (any other does).
+    pub async fn acquire_away(&self, version: &str) -> Result<Acquisition, SlotError> {
+        match self.halt_record()? {
+            Some(r) if r.marker.version != version => Ok(Acquisition::Halted {
                 version: r.marker.version,
                 reason: r.marker.reason,
-            });
+            }),
+            _ => self.lock_now().await,
         }
+    }
+
+    /// Asks the server for the lock, no halt consulted.
+    async fn lock_now(&self) -> Result<Acquisition, SlotError> {
         // The lock is recursive on the server, so asking again while held is harmless.
         match self.post(&self.lock_url).await? {
             None => {
@@ -254,6 +261,18 @@ impl SlotLock for FleetLockSlots {
                 value: r.value,
             }),
         }
+    }
+}
+
+impl SlotLock for FleetLockSlots {
+    async fn acquire(&self, _version: &str) -> Result<Acquisition, SlotError> {
+        if let Some(r) = self.halt_record()? {
+            return Ok(Acquisition::Halted {
+                version: r.marker.version,
+                reason: r.marker.reason,
+            });
+        }
+        self.lock_now().await
     }
 
     async fn release(&self) -> Result<(), SlotError> {

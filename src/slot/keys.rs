@@ -129,6 +129,8 @@ pub(super) struct Snapshot {
     pub revision: i64,
     pub slots: Vec<SlotEntry>,
     pub halt: Option<HaltMarker>,
+    /// The halt marker's `mod_revision` as read; 0 with none.
+    pub halt_revision: i64,
     /// `None` when no limit is stored: the configured `slot.max` applies.
     pub limit: Option<StoredLimit>,
     /// Nobody is ahead of the reader in the queue: outside it, the queue is empty; in it, its own
@@ -208,9 +210,9 @@ pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, reader: Reader<'_>
                 .collect()
         })
         .unwrap_or_default();
-    let halt = gets
-        .next()
-        .and_then(|g| g.kvs().first().map(|kv| halt::decode(kv.value())));
+    let halt_kv = gets.next().and_then(|g| g.kvs().first().cloned());
+    let halt = halt_kv.as_ref().map(|kv| halt::decode(kv.value()));
+    let halt_revision = halt_kv.as_ref().map_or(0, |kv| kv.mod_revision());
     let limit = gets.next().and_then(|g| {
         let kv = g.kvs().first()?;
         Some(StoredLimit {
@@ -244,6 +246,7 @@ pub(super) fn parse_snapshot(group: &str, resp: &TxnResponse, reader: Reader<'_>
         revision,
         slots,
         halt,
+        halt_revision,
         limit,
         queue_clear,
         ahead,

@@ -101,14 +101,14 @@ impl MemorySlots {
         self.lock().holders.keys().cloned().collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Group> {
-        // A panic elsewhere cannot leave the map half-updated: every change is one insert/remove.
-        self.group.lock().unwrap_or_else(PoisonError::into_inner)
+    /// [`SlotLock::acquire`] for a rollback leaving `version` after a monitor failure: a halt on
+    /// `version` does not refuse it (see `AnySlots::acquire_in_line`); the limit applies.
+    pub async fn acquire_away(&self, version: &str) -> Result<Acquisition, SlotError> {
+        Ok(self.take(version, true))
     }
-}
 
-impl SlotLock for MemorySlots {
-    async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
+    /// One acquire, etcd's rules; `away` passes a halt on `version` (see [`Self::acquire_away`]).
+    fn take(&self, version: &str, away: bool) -> Acquisition {
         // etcd's order (`slot::etcd::acquire`): a slot of ours is kept, also in a halted group;
         // then the halt; then the limit.
         let mut group = self.lock();
@@ -116,18 +116,22 @@ impl SlotLock for MemorySlots {
         if group.holders.contains_key(&self.who.holder) {
             // Ours, maybe from an earlier life: re-bound to this one, as etcd re-binds the lease.
             group.lives.insert(self.who.holder.clone(), self.life);
-            return Ok(Acquisition::Acquired);
+            return Acquisition::Acquired;
         }
-        if let Some(h) = &group.halt {
-            return Ok(Acquisition::Halted {
+        if let Some(h) = group
+            .halt
+            .as_ref()
+            .filter(|h| !(away && h.version == version))
+        {
+            return Acquisition::Halted {
                 version: h.version.clone(),
                 reason: h.reason.clone(),
-            });
+            };
         }
         if group.holders.len() >= group.max as usize {
-            return Ok(Acquisition::Busy {
+            return Acquisition::Busy {
                 detail: format!("{} of {} slots held", group.holders.len(), group.max),
-            });
+            };
         }
         let value = SlotValue {
             holder: self.who.holder.clone(),
@@ -138,7 +142,18 @@ impl SlotLock for MemorySlots {
         };
         group.holders.insert(self.who.holder.clone(), value);
         group.lives.insert(self.who.holder.clone(), self.life);
-        Ok(Acquisition::Acquired)
+        Acquisition::Acquired
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Group> {
+        // A panic elsewhere cannot leave the map half-updated: every change is one insert/remove.
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SlotLock for MemorySlots {
+    async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
+        Ok(self.take(version, false))
     }
 
     async fn release(&self) -> Result<(), SlotError> {
@@ -271,6 +286,28 @@ mod tests {
         );
         a.resume().await.unwrap();
         assert_eq!(a.acquire("3.0.0").await.unwrap(), Acquisition::Acquired);
+    }
+
+    #[tokio::test]
+    async fn a_monitor_rollback_passes_the_halt_on_the_version_it_leaves_and_no_other() {
+        let a = MemorySlots::new(one(), who("a"));
+        let b = a.join(who("b"));
+        a.halt("2", "failed during monitor").await.unwrap();
+        assert!(matches!(
+            a.acquire_away("3").await.unwrap(),
+            Acquisition::Halted { .. }
+        ));
+        assert_eq!(a.acquire_away("2").await.unwrap(), Acquisition::Acquired);
+        // The limit applies to it; a newcomer still meets the halt.
+        assert!(matches!(
+            b.acquire_away("2").await.unwrap(),
+            Acquisition::Busy { .. }
+        ));
+        a.release().await.unwrap();
+        assert!(matches!(
+            b.acquire("2").await.unwrap(),
+            Acquisition::Halted { .. }
+        ));
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ pub struct FleetSpec {
     /// `rollout.min_healthy`: short unless a test is about it (the default 10 s would slow every
     /// swap of every fleet).
     pub min_healthy: Duration,
+    /// `rollout.monitor`: 0 (off) unless a test is about it.
+    pub monitor: Duration,
+    /// `rollout.batch_delay`: 0 unless a test is about it.
+    pub batch_delay: Duration,
     /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
     /// unit) instead of as a host process.
     pub sidekick_units: bool,
@@ -98,6 +102,8 @@ impl FleetSpec {
             rise: 2,
             verify_timeout: Duration::from_secs(20),
             min_healthy: Duration::from_secs(1),
+            monitor: Duration::ZERO,
+            batch_delay: Duration::ZERO,
             sidekick_units: false,
             runtime: AppRuntime::Docker,
         }

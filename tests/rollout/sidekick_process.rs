@@ -42,7 +42,8 @@ impl SidekickConfig<'_> {
              [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
              [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
              prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
-             [rollout]\nmin_healthy = \"{min_healthy}\"\n\
+             [rollout]\nmin_healthy = \"{min_healthy}\"\nmonitor = \"{monitor}\"\n\
+             batch_delay = \"{batch_delay}\"\n\
              [daemon]\nstate_dir = \"{state}\"\n",
             unit = self.unit,
             etcd = self.etcd,
@@ -57,6 +58,8 @@ impl SidekickConfig<'_> {
             drain = d(spec.drain),
             verify = d(spec.verify_timeout),
             min_healthy = d(spec.min_healthy),
+            monitor = d(spec.monitor),
+            batch_delay = d(spec.batch_delay),
             docker = images::docker_path().display(),
             dropins = self.dropin_dir.display(),
             state = self.state_dir.display(),

@@ -168,7 +168,11 @@ async fn with_max_failures_2_the_first_failure_is_counted_the_second_halts_and_t
     // waiting busy for good, whether it asks once or waits in the group's queue.
     store::resume(&mut client, GROUP).await.expect("resume");
     let once = c.seams.slots.acquire("2.0.0").await.expect("acquire");
-    let in_line = c.seams.slots.acquire_in_line("2.0.0", false, true).await;
+    let in_line = c
+        .seams
+        .slots
+        .acquire_in_line("2.0.0", false, true, false)
+        .await;
     for answer in [once, in_line.expect("acquire in line")] {
         match answer {
             Acquisition::Halted { version, reason } => {
@@ -183,7 +187,11 @@ async fn with_max_failures_2_the_first_failure_is_counted_the_second_halts_and_t
     }
     // A swap taking back the slot it held (recovery rolling back from 2.0.0) is not judged by
     // the gate again: the spent budget of the very version it leaves does not hold it.
-    let again = c.seams.slots.acquire_in_line("2.0.0", false, false).await;
+    let again = c
+        .seams
+        .slots
+        .acquire_in_line("2.0.0", false, false, false)
+        .await;
     assert_eq!(again.expect("taken again"), Acquisition::Acquired);
     c.seams.slots.release().await.expect("release");
 }

@@ -78,19 +78,20 @@ async fn a_version_that_dies_during_min_healthy_reaches_one_instance_and_halts_t
     dies_during_min_healthy(&mut fleet, second, "Restart=always", watches).await;
 }
 
-/// What one case watches from before its version can be swapped to.
-struct Watches {
-    started: Instant,
+/// What one case watches from before its version can be swapped to (also the monitor case's,
+/// `tests/safety/monitor_failure.rs`).
+pub(crate) struct Watches {
+    pub started: Instant,
     /// Started with the load: its `sent_at` counts from about then (a little later).
-    load_started: Instant,
-    load: Load,
-    slots: KeyWatch,
-    servers: KeyWatch,
-    units: UnitWatch,
+    pub load_started: Instant,
+    pub load: Load,
+    pub slots: KeyWatch,
+    pub servers: KeyWatch,
+    pub units: UnitWatch,
 }
 
 impl Watches {
-    async fn start(fleet: &Fleet) -> Watches {
+    pub async fn start(fleet: &Fleet) -> Watches {
         let started = Instant::now();
         let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
         let servers = KeyWatch::start(&fleet.client, SERVERS_PREFIX).await;

@@ -54,6 +54,7 @@ fn acquire(seams: &Seams, retry: bool) -> SlowStep {
             version,
             retry,
             again,
+            away: false,
         }],
     )
 }

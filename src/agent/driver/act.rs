@@ -32,6 +32,7 @@ pub(crate) fn is_inline(action: &SwapAction) -> bool {
             | SwapAction::Stop
             | SwapAction::StartVerifyDeadline
             | SwapAction::StartMinHealthy
+            | SwapAction::StartMonitor
             | SwapAction::Denylist { .. }
             | SwapAction::NoteSlotLost
             | SwapAction::ClearJournal

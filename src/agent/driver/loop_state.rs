@@ -42,6 +42,8 @@ pub(super) struct LoopState<C: UnitControl> {
     pub(super) verify_at: Option<Instant>,
     /// When min-healthy is over, while the swap is in it.
     pub(super) min_healthy_at: Option<Instant>,
+    /// When monitor is over, while the released swap is in it.
+    pub(super) monitor_at: Option<Instant>,
     pub(super) watchdog: Watchdog,
     /// Observations for the machine before the loop waits again.
     pub(super) pending: VecDeque<Observation>,
@@ -99,6 +101,7 @@ impl<C: UnitControl> LoopState<C> {
             ready_by: Some(started + READY_WAIT),
             verify_at: None,
             min_healthy_at: None,
+            monitor_at: None,
             watchdog: Watchdog::from_env(),
             pending,
             slow: None,

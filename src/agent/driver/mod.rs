@@ -124,6 +124,9 @@ pub struct Driver<R: Registry, P: Probe, C: UnitControl> {
     /// A test's min-healthy in place of the group's policy (the rollout needs etcd).
     #[cfg(test)]
     test_min_healthy: Option<Duration>,
+    /// A test's monitor in place of the group's policy.
+    #[cfg(test)]
+    test_monitor: Option<Duration>,
 }
 
 /// How long the start waits for the unit's first state before it tells systemd it is ready.
@@ -164,6 +167,8 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             test_watchdog: None,
             #[cfg(test)]
             test_min_healthy: None,
+            #[cfg(test)]
+            test_monitor: None,
         }
     }
 
@@ -288,7 +293,12 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
             }
             _ = sleep_until_some(state.min_healthy_at), if state.min_healthy_at.is_some() => {
                 state.min_healthy_at = None;
-                Observation::Swap(SwapObservation::MinHealthyElapsed)
+                let monitor = !self.monitor().is_zero();
+                Observation::Swap(SwapObservation::MinHealthyElapsed { monitor })
+            }
+            _ = sleep_until_some(state.monitor_at), if state.monitor_at.is_some() => {
+                state.monitor_at = None;
+                Observation::Swap(SwapObservation::MonitorElapsed)
             }
             _ = sleep_until_some(pass_at), if pass_at.is_some() => {
                 self.send_pass(state);

@@ -156,6 +156,23 @@ fn swap_step(
                 failure.reason
             ),
         )),
+        (Stage::Releasing | Stage::Monitoring { .. }, Stage::Reacquiring { resume, .. }) => {
+            let Stage::RollingBack { failure } = resume.as_ref() else {
+                return None;
+            };
+            Some((
+                Level::Warn,
+                format!(
+                    "{}: deregistered, halting the group first, then rolling back to {old} \
+                     taking a slot again (the update service keeps its 3/1)",
+                    failure.reason
+                ),
+            ))
+        }
+        (Stage::Releasing, Stage::Monitoring { .. }) => info(format!(
+            "{new} released its slot after 3/1: monitor, a failure within rollout.monitor still \
+             rolls it back"
+        )),
         (Stage::MinHealthy { .. } | Stage::Registering { failure: None }, Stage::Releasing) => {
             info(format!(
                 "updated from {old} to {new}: registered again, passed min-healthy"
@@ -223,6 +240,10 @@ fn ended(was: &SwapPhase, seen: &Observation) -> Option<(Level, String)> {
                 "the update slot was lost before the restart: staying on {old}, registering again"
             ))
         }
+        (Stage::Monitoring { .. }, Observation::Swap(SwapObservation::MonitorElapsed)) => Some((
+            Level::Info,
+            format!("{new} passed monitor: the update from {old} is over"),
+        )),
         // Other ends (a stop, a dropped attempt) are told where they happen.
         _ => None,
     }
@@ -281,6 +302,9 @@ mod tests {
             unit_active: true,
             halt: Default::default(),
             unit_stopped: false,
+            monitor: false,
+            away: false,
+            denylist: false,
             report: None,
         })
     }

@@ -151,6 +151,9 @@ mod tests {
             halt: Default::default(),
             report: None,
             unit_stopped: false,
+            monitor: false,
+            away: false,
+            denylist: false,
         })
     }
 

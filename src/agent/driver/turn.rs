@@ -70,6 +70,16 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
                 humantime::format_duration(min_healthy));
             state.min_healthy_at = Some(Instant::now() + min_healthy);
         }
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Swap(SwapAction::StartMonitor)))
+        {
+            let monitor = self.monitor();
+            info!(instance = %self.options.instance,
+                "released after 3/1: watching the new version for monitor {}",
+                humantime::format_duration(monitor));
+            state.monitor_at = Some(Instant::now() + monitor);
+        }
         if let Some(batch) = self.dispatch(actions, state) {
             return Some(batch);
         }
@@ -80,6 +90,10 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         let proving = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::MinHealthy { .. }));
         if !proving {
             state.min_healthy_at = None;
+        }
+        let monitoring = matches!(&self.agent.phase, Phase::Updating(s) if matches!(s.stage, Stage::Monitoring { .. }));
+        if !monitoring {
+            state.monitor_at = None;
         }
         if Self::journal_idle(state)
             && let Some(confirmed) = self.confirmation(&state.published.borrow())
@@ -114,6 +128,18 @@ impl<R: Registry, P: Probe, C: UnitControl + 'static> Driver<R, P, C> {
         self.rollout
             .as_ref()
             .map_or(Duration::ZERO, |rollout| rollout.min_healthy())
+    }
+
+    /// How long a released swap is still watched: the group's rollout policy (`rollout.monitor`)
+    /// in force when the slot was requested; none without a rollout (no etcd slot backend).
+    pub(super) fn monitor(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(monitor) = self.test_monitor {
+            return monitor;
+        }
+        self.rollout
+            .as_ref()
+            .map_or(Duration::ZERO, |rollout| rollout.monitor())
     }
 
     pub(super) fn updating(&self) -> bool {

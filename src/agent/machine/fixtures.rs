@@ -35,6 +35,9 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 
@@ -65,6 +68,8 @@ pub(crate) fn every_stage() -> Vec<Stage> {
             failure: Some(failure(true)),
         },
         Stage::Releasing,
+        Stage::Monitoring { departed: false },
+        Stage::Monitoring { departed: true },
         Stage::Stranded {
             failure: failure(true),
             why: "restart failed".into(),

@@ -36,7 +36,11 @@ use crate::systemd::control::{RunningVersion, UnitNow};
 /// - Standing down after an operator's stop: put the previous drop-in back again (no restart),
 ///   then 3/0 [`error_code::OPERATOR_ACTION`] and the release.
 /// - Releasing: the halt first when owed, then release again; the 3/x recorded with Releasing
-///   is sent again (it may have been cut off by the stop).
+///   is sent again (it may have been cut off by the stop; never after a monitor failure), and a
+///   denylist decided with it is written again.
+/// - Monitoring (released after 3/1): watched again in full while systemd reports the new
+///   version; otherwise (or found stopped) the watch is over. A monitor failure's rollback
+///   resumes as any rollback: the halt again when owed, the slot again (`away`), restore.
 /// - Found stopped (`unit`: `inactive` with no job queued, [`UnitNow::stopped`]) where the
 ///   swap would touch the unit again: an operator stopped it while the sidekick was down. It is
 ///   not started again: the previous drop-in goes back (no restart), and the swap ends with the
@@ -88,9 +92,15 @@ pub fn recover(
         Stage::Releasing => {
             let mut actions: Vec<SwapAction> = phase
                 .report
-                .map(|report| SwapAction::SendEvent(report.event()))
+                .and_then(|report| phase.tell(report.event()))
                 .into_iter()
                 .collect();
+            // Written again: the stop may have come between the journal and the write (the first
+            // attempt at monitor lost it so, its sim seed 3101); written twice it is one entry.
+            if phase.denylist {
+                let version = phase.plan.new.version.clone();
+                actions.push(SwapAction::Denylist { version });
+            }
             actions.insert(
                 0,
                 phase
@@ -139,8 +149,10 @@ pub fn recover(
             return recover(phase, observed, unit);
         }
         // Min-healthy starts over once verified again (its clock is not journaled).
+        // The slot first: the new version is verified again (sim seed 5465).
         Stage::Registering { failure: None } | Stage::MinHealthy { .. } if runs_new => {
-            verify_again(&mut phase, Stage::Verifying { passes: 0 })
+            phase.unit_active = false;
+            reacquire(&mut phase, Stage::Verifying { passes: 0 })
         }
         Stage::MinHealthy { .. } => {
             let failure = unjudged(&phase);
@@ -155,7 +167,15 @@ pub fn recover(
             let failure = failure.unwrap_or_else(|| unjudged(&phase));
             reacquire(&mut phase, Stage::RollingBack { failure })
         }
-        Stage::Finished => (Stage::Finished, vec![SwapAction::ClearJournal]),
+        // Released after 3/1: watched again in full while the new version runs (its clock is
+        // not journaled); over when something else runs or an operator stopped the unit.
+        Stage::Monitoring { .. } if runs_new && !unit.stopped() => (
+            Stage::Monitoring { departed: false },
+            vec![SwapAction::StartMonitor],
+        ),
+        Stage::Monitoring { .. } | Stage::Finished => {
+            (Stage::Finished, vec![SwapAction::ClearJournal])
+        }
     };
     if let (Stage::Reacquiring { resume, .. }, true) = (&stage, unit.stopped()) {
         let recorded = match resume.as_ref() {
@@ -188,8 +208,11 @@ fn unjudged(phase: &SwapPhase) -> Failure {
     }
 }
 
-/// A unit that was verified before the stop is judged again, by what runs now: registered only
-/// once it is active and has passed `rise` checks (the owed halt first).
+/// A unit that runs the old version again is judged again, by what runs now: registered only
+/// once it is active and has passed `rise` checks (the owed halt first). Nothing is touched, so
+/// no slot is taken first. The new version, which still proves itself, takes its slot again
+/// before it is verified (its lease went with the stop: another swap, a monitor failure's
+/// rollback among them, may have the slot now; sim seed 5465).
 fn verify_again(phase: &mut SwapPhase, stage: Stage) -> (Stage, Vec<SwapAction>) {
     phase.unit_active = false;
     let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();

@@ -232,9 +232,11 @@ pub fn next(mut agent: Agent, observation: Observation) -> (Agent, Vec<Action>) 
             if agent.probing() {
                 agent.health.record(passed);
             }
-            // Min-healthy ends on `fall` failed checks in a row: the streak keeps that count.
+            // Min-healthy and monitor end on `fall` failed checks in a row: the streak keeps
+            // that count.
             let proving = matches!(&agent.phase,
-                Phase::Updating(swap) if matches!(swap.stage, swap::Stage::MinHealthy { .. }));
+                Phase::Updating(swap) if matches!(swap.stage,
+                    swap::Stage::MinHealthy { .. } | swap::Stage::Monitoring { .. }));
             match proving && !passed && !agent.healthy() {
                 true => Some(SwapObservation::Unhealthy),
                 false => Some(SwapObservation::Probe { passed }),

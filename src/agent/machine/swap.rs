@@ -42,6 +42,15 @@
 //! deregistration at once, then the rollback as after a failed verification, slot still held.
 //! `inactive` there is an operator's stop, as during verification: deregistered, the previous
 //! drop-in put back with no restart.
+//!
+//! Monitor ([`Stage::Monitoring`], only when `rollout.monitor` is above zero; with `0s` the swap
+//! ends at its release as it always did): after 3/1 and the release the swap stays journaled
+//! and watches the unit as min-healthy does, holding no slot. A failure there still counts
+//! against the version ([`error_code::MONITOR_FAILED`], [`HaltCause::Monitor`]): the halt first
+//! (owed and journaled), the deregistration at once, then the rollback taking a slot again like
+//! any swap (through the halt on the version it leaves: `away`), restore, restart, verify,
+//! register, denylist, release. Nothing more goes to the update service: it has its 3/1 for the
+//! grant; the errorcode is recorded in the journal and the version's rollout state.
 
 use crate::omaha::{Event, error_code};
 use crate::systemd::ActiveState;
@@ -57,6 +66,8 @@ mod tests_budget;
 mod tests_halt;
 #[cfg(test)]
 mod tests_min_healthy;
+#[cfg(test)]
+mod tests_monitor;
 #[cfg(test)]
 mod tests_operator;
 
@@ -172,6 +183,12 @@ pub enum Stage {
     Registering { failure: Option<Failure> },
     /// Registered again (on the new or the old version), events sent; giving the slot back.
     Releasing,
+    /// Released after 3/1, with `rollout.monitor` above zero: registered, no slot, watched as in
+    /// min-healthy until `rollout.monitor` has passed; a failure rolls back ([`SwapPhase::away`]).
+    Monitoring {
+        #[serde(default)]
+        departed: bool,
+    },
     /// An operator stopped (or restarted) the unit after the drop-in was written: putting the
     /// previous drop-in back, with no restart; then 3/0 and the release. `failure.halt` is false.
     StandingDown { failure: Failure },
@@ -208,6 +225,7 @@ impl Stage {
             Self::Registering { .. } => "register",
             Self::MinHealthy { .. } => "min_healthy",
             Self::Releasing => "release",
+            Self::Monitoring { .. } => "monitor",
             Self::Reacquiring { .. } => "reacquire",
             Self::Stranded { .. } | Self::Finished => return None,
         })
@@ -236,6 +254,20 @@ pub struct SwapPhase {
     /// ours is running.
     #[serde(default)]
     pub unit_stopped: bool,
+    /// The release after 3/1 enters [`Stage::Monitoring`] (`rollout.monitor` above zero, told
+    /// with [`SwapObservation::MinHealthyElapsed`]).
+    #[serde(default)]
+    pub monitor: bool,
+    /// Rolling back after a failure inside monitor: the version released its slot with 3/1, so
+    /// the rollback takes one again through the halt on the version it leaves, and nothing more
+    /// is sent to the update service (it has its 3/1).
+    #[serde(default)]
+    pub away: bool,
+    /// The version is to be denylisted (journaled with the denylist action, so a start that
+    /// finds the swap Releasing writes it again: a kill between the two lost it in the first
+    /// attempt at monitor, its sim seed 3101).
+    #[serde(default)]
+    pub denylist: bool,
 }
 
 /// Starts a swap for a validated offer: 13/1 and the pre-pull.
@@ -250,6 +282,9 @@ pub fn start(plan: SwapPlan) -> (SwapPhase, Vec<SwapAction>) {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     };
     let actions = vec![
         SwapAction::SendEvent(Event::PrepullStarted),
@@ -269,6 +304,7 @@ impl SwapPhase {
                 | Stage::Registering { .. }
                 | Stage::MinHealthy { .. }
                 | Stage::Releasing
+                | Stage::Monitoring { .. }
                 | Stage::Finished
         )
     }
@@ -316,7 +352,14 @@ impl SwapPhase {
                 "updating to {to}: registered, min-healthy (keeping the slot until it has stayed \
                  active and healthy for rollout.min_healthy)"
             ),
+            Stage::Releasing if self.away => {
+                format!("update to {to} rolled back after failing in monitor: releasing the slot")
+            }
             Stage::Releasing => format!("update to {to} over: releasing the slot"),
+            Stage::Monitoring { .. } => format!(
+                "updated to {to}: monitor (slot released; a failure within rollout.monitor still \
+                 rolls it back)"
+            ),
             Stage::Stranded { failure, why } => format!(
                 "ROLLBACK FAILED: {to} failed ({}) and {} could not be brought back ({why}); \
                  staying deregistered and keeping the slot so the group stays held: \
@@ -333,6 +376,18 @@ impl SwapPhase {
             ),
             Stage::Finished => format!("update to {to} over"),
         }
+    }
+
+    /// The event for the update service, unless this is a rollback after monitor: the service
+    /// has its 3/1 for the grant, and nothing more is sent for it.
+    pub fn tell(&self, event: Event) -> Option<SwapAction> {
+        (!self.away).then_some(SwapAction::SendEvent(event))
+    }
+
+    /// Whether the version is watched after this swap's release: it passed (3/1) and
+    /// `rollout.monitor` is above zero.
+    fn watches(&self) -> bool {
+        self.monitor && self.report == Some(Report::Complete) && !self.away
     }
 
     /// The halt action when one is owed (after a pause when `retry`).
@@ -413,6 +468,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                     version,
                     retry: false,
                     again: false,
+                    away: false,
                 },
             ];
             (Stage::AcquiringSlot { waiting: None }, actions)
@@ -449,6 +505,7 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
                     version,
                     retry: true,
                     again: false,
+                    away: false,
                 }];
                 let stage = Stage::AcquiringSlot {
                     waiting: Some(waiting),
@@ -660,6 +717,25 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         (Stage::MinHealthy { departed }, observation) => {
             min_healthy(&mut phase, departed, observation)
         }
+        // Inside monitor already (released after 3/1 once this release is done): the unit
+        // failing (or any state off `active` but an operator's `inactive`) halts the group now,
+        // first; the release waits for it, the rollback follows it.
+        (Stage::Releasing, O::Unit(state))
+            if phase.watches()
+                && phase.halt == GroupHalt::NotNeeded
+                && !state.is_active()
+                && !matches!(state, ActiveState::Unknown | ActiveState::Inactive) =>
+        {
+            let reason = format!(
+                "{} failed during monitor: the unit left active during the release",
+                phase.plan.new.version
+            );
+            phase.owe_halt(&reason, HaltCause::Monitor);
+            (
+                Stage::Releasing,
+                phase.halt_action(false).into_iter().collect(),
+            )
+        }
         // The release waits for the halt: confirmed now, or tried again.
         (Stage::Releasing, O::GroupHalted(Ok(()))) => {
             (Stage::Releasing, vec![SwapAction::CheckSlot])
@@ -667,6 +743,12 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         // Was the slot held through the restart and verification? A loss since the fence (the
         // lease lapsed, the key went) is logged and counted; the release deletes only our own
         // key (compared on value and lease), so another holder's stays either way.
+        // A halt owed since the check went out (a failure inside monitor during the release):
+        // it goes first, and the release waits for its answer.
+        (Stage::Releasing, O::Fenced { .. }) if phase.halt_action(false).is_some() => {
+            let actions = phase.halt_action(false).into_iter().collect();
+            (Stage::Releasing, actions)
+        }
         (Stage::Releasing, O::Fenced { held }) => {
             let mut actions = Vec::new();
             if !held {
@@ -681,7 +763,26 @@ pub fn step(mut phase: SwapPhase, observation: SwapObservation) -> (SwapPhase, V
         }
         (Stage::Releasing, O::SlotReleased(Ok(()))) => {
             phase.slot_held = false;
-            (Stage::Finished, vec![SwapAction::ClearJournal])
+            // Only a version that passed is watched on; `monitor` unset (`0s`): over, as always.
+            match phase.watches() {
+                // It left `active` while the release went on (sim seed 3: the 3/1 took 28 s):
+                // a failure inside monitor, its halt made before the release.
+                // An operator's stop (`inactive`) ends the watch, as inside monitor.
+                true if phase.unit_stopped && phase.halt == GroupHalt::NotNeeded => {
+                    (Stage::Finished, vec![SwapAction::ClearJournal])
+                }
+                true if !phase.unit_active || phase.halt != GroupHalt::NotNeeded => {
+                    monitor_failed(&mut phase, "the unit left active during the release")
+                }
+                true => (
+                    Stage::Monitoring { departed: false },
+                    vec![SwapAction::StartMonitor],
+                ),
+                false => (Stage::Finished, vec![SwapAction::ClearJournal]),
+            }
+        }
+        (Stage::Monitoring { departed }, observation) => {
+            monitoring(&mut phase, departed, observation)
         }
         (Stage::Releasing, O::SlotReleased(Err(_))) => {
             let actions = vec![SwapAction::ReleaseSlot { retry: true }];
@@ -705,7 +806,10 @@ fn min_healthy(
 ) -> (Stage, Vec<SwapAction>) {
     use SwapObservation as O;
     let why = match observation {
-        O::MinHealthyElapsed => return registered(phase, None),
+        O::MinHealthyElapsed { monitor } => {
+            phase.monitor = monitor;
+            return registered(phase, None);
+        }
         O::Unit(ActiveState::Inactive) => {
             let (stage, mut actions) = stand_down(phase, "the unit was stopped during min-healthy");
             actions.insert(0, SwapAction::Deregister);
@@ -729,6 +833,48 @@ fn min_healthy(
         halt: true,
     };
     let (stage, mut actions) = fail(phase, failure);
+    // Out of rotation at once; the halt stays the first action (journaled before either runs).
+    actions.push(SwapAction::Deregister);
+    (stage, actions)
+}
+
+/// Monitor: over when its clock runs out; a failure as in min-healthy is still the version's
+/// ([`error_code::MONITOR_FAILED`]): the halt first (owed and journaled), out of rotation at once,
+/// then the slot again (`away`: through the halt on the version it leaves) before the rollback
+/// touches the unit. `inactive` is an operator's stop: the watch ends, nothing is rolled back.
+fn monitoring(
+    phase: &mut SwapPhase,
+    departed: bool,
+    observation: SwapObservation,
+) -> (Stage, Vec<SwapAction>) {
+    use SwapObservation as O;
+    let why = match observation {
+        O::MonitorElapsed | O::Unit(ActiveState::Inactive) => {
+            return (Stage::Finished, vec![SwapAction::ClearJournal]);
+        }
+        O::LeftActive => return (Stage::Monitoring { departed: true }, Vec::new()),
+        O::Unit(ActiveState::Active) if departed => "the unit restarted".to_string(),
+        O::Unit(ActiveState::Failed) => "the unit failed".to_string(),
+        O::Unit(state) if !state.is_active() && state != ActiveState::Unknown => {
+            format!("the unit left active ({state})")
+        }
+        O::Unhealthy => "the health check failed `fall` times in a row".to_string(),
+        _ => return (Stage::Monitoring { departed }, Vec::new()),
+    };
+    monitor_failed(phase, &why)
+}
+
+/// A failure inside monitor: the version's, found after its release (see [`monitoring`]).
+fn monitor_failed(phase: &mut SwapPhase, why: &str) -> (Stage, Vec<SwapAction>) {
+    let failure = Failure {
+        code: error_code::MONITOR_FAILED,
+        reason: format!("{} failed during monitor: {why}", phase.plan.new.version),
+        halt: true,
+    };
+    phase.away = true;
+    phase.unit_active = false;
+    phase.owe_halt(&failure.reason, HaltCause::Monitor);
+    let (stage, mut actions) = reacquire(phase, Stage::RollingBack { failure });
     // Out of rotation at once; the halt stays the first action (journaled before either runs).
     actions.push(SwapAction::Deregister);
     (stage, actions)
@@ -784,10 +930,8 @@ fn given_up(phase: &mut SwapPhase, code: u32, first: Vec<SwapAction>) -> (Stage,
         actions.push(SwapAction::ReleaseSlot { retry: false });
     }
     phase.slot_held = false;
-    actions.extend([
-        SwapAction::SendEvent(Event::Failed { error_code: code }),
-        SwapAction::ClearJournal,
-    ]);
+    actions.extend(phase.tell(Event::Failed { error_code: code }));
+    actions.push(SwapAction::ClearJournal);
     (Stage::Finished, actions)
 }
 
@@ -869,11 +1013,12 @@ fn registered(phase: &mut SwapPhase, failure: Option<Failure>) -> (Stage, Vec<Sw
     };
     // Journaled with Releasing before the event goes: recovery sends it again if cut off.
     phase.report = Some(report);
-    actions.push(SwapAction::SendEvent(report.event()));
+    actions.extend(phase.tell(report.event()));
     if let Some(failure) = failure
         && failure.halt
     {
         let version = phase.plan.new.version.clone();
+        phase.denylist = true;
         actions.push(SwapAction::Denylist { version });
     }
     if !owed {
@@ -909,7 +1054,7 @@ fn shutdown(mut phase: SwapPhase, stage: Stage) -> (SwapPhase, Vec<SwapAction>) 
             // The recorded 3/x may still be in flight (or not sent yet): once more on the way
             // out, since the journal that would resend it is cleared.
             if let (Stage::Releasing, Some(report)) = (&stage, phase.report) {
-                actions.push(SwapAction::SendEvent(report.event()));
+                actions.extend(phase.tell(report.event()));
             }
             actions.extend([SwapAction::ClearJournal, SwapAction::Stop]);
             phase.slot_held = false;

@@ -7,7 +7,7 @@
 //!
 //! The sidekick itself is a model of the driver loop around the real machine ([`sidekick`]); the
 //! time is virtual, so thousands of runs take seconds. Each seed also draws the group's rollout
-//! policy (issue 17, [`rollout`]: canaries, bake, promotion, windows, min-healthy), which the
+//! policy (issue 17, [`rollout`]: canaries, bake, promotion, windows, min-healthy, monitor), which the
 //! simulated sidekicks apply through the real pure gates; `SIM_NO_POLICY=1` replays a seed with
 //! none, as the seeds of [`REGRESSIONS`] were found. A survey of which invariants break:
 //! `SIM_SEEDS=5000 cargo test --lib agent::sim::tests::survey -- --ignored --nocapture`.
@@ -24,7 +24,7 @@ use sidekick::{Current, Disk, PROBE_EVERY, Proc, RPC};
 use world::{Behaviour, Etcd, Ms, Nebraska, Unit};
 
 use crate::agent::machine::state::{Observation, Phase};
-use crate::agent::machine::swap::{Stage, SwapObservation};
+use crate::agent::machine::swap::{Report, Stage, SwapObservation};
 use crate::rollout::policy::Promote;
 use crate::systemd::ActiveState;
 
@@ -72,6 +72,9 @@ pub enum Violation {
     /// release's write was lost, or the process that took the slot is gone): it waits for good;
     /// its runs' end-of-run consequences count with it.
     CanaryResultLost,
+    /// A version whose unit failed inside `rollout.monitor` (after its release): the swap ended
+    /// with the group never halted on it, or the instance's drop-in still on it.
+    MonitorFailureMissed,
 }
 
 /// Invariants the code is known not to keep yet: their violations are counted and printed, not
@@ -110,6 +113,15 @@ pub enum Violation {
 /// after verification, before etcd confirmed its registration, left the swap waiting in
 /// `Registering` for good, slot held: now judged as in min-healthy) and seed 5359 (the
 /// invariant counted a clone's pass as a missed settle) are kept in [`POLICY_REGRESSIONS`].
+///
+/// `rollout.monitor`, once drawn (half the seeds with a policy, from a stream of its own so the
+/// seeds above keep their draws), found three, each fixed and kept: seed 3 (the unit failed
+/// while a slow 3/1 held the release: missed, as monitor began after it; now it halts at once
+/// and rolls back after the release), seed 266 (an operator's stop during the release was taken
+/// for a failure: only a state off `active` other than `inactive` is one), seed 5465
+/// (`OverMax`: a sidekick killed in min-healthy came back after its slot lapsed, and another
+/// instance's monitor rollback had taken it; recovery verified the new version with no slot:
+/// it now takes its slot again first).
 pub const NOT_YET_HELD: &[Violation] = &[];
 
 /// Seeds that once found a violation, replayed first (whatever [`SEEDS`] becomes). On the main
@@ -136,7 +148,7 @@ pub const REGRESSIONS: &[u64] = &[
 
 /// Seeds that once found a violation of the rollout policy's invariants (issue 17) beyond
 /// [`SEEDS`], replayed with their drawn policies (the ones below it run anyway).
-pub const POLICY_REGRESSIONS: &[u64] = &[2393, 5359];
+pub const POLICY_REGRESSIONS: &[u64] = &[2393, 5359, 5465];
 
 /// Seeds run by `cargo test`.
 pub const SEEDS: u64 = 2_000;
@@ -234,6 +246,7 @@ enum Item {
     PassBack(usize),
     Retry(usize),
     MinHealthy(usize),
+    Monitor(usize),
     Die(usize),
 }
 
@@ -263,6 +276,11 @@ pub struct Sim {
     drawn: Drawn,
     /// The sim's own account of the policy.
     account: Account,
+    /// Versions a sidekick halted the group on (the marker set).
+    halted_versions: std::collections::BTreeSet<String>,
+    /// Per instance, the version whose unit failed while its swap watched it in monitor, and
+    /// when: checked once the swap is over ([`Violation::MonitorFailureMissed`]).
+    monitor_failures: BTreeMap<usize, (String, Ms)>,
 }
 
 fn behaviour(rng: &mut fastrand::Rng, bad: bool) -> Behaviour {
@@ -285,6 +303,20 @@ fn late(prng: &mut fastrand::Rng, drawn: &Drawn, b: Behaviour, bad: bool) -> Beh
     }
 }
 
+/// A version that fails may die inside monitor instead, when the seed's policy watches (its
+/// own stream, so the other draws of a seed stay as they were): after its start, past
+/// verification and min-healthy, within `monitor`.
+fn late_in_monitor(mrng: &mut fastrand::Rng, drawn: &Drawn, b: Behaviour, bad: bool) -> Behaviour {
+    let min_healthy = drawn.policy.min_healthy.as_millis() as Ms;
+    let monitor = drawn.policy.monitor.as_millis() as Ms;
+    match (bad, monitor > 0 && mrng.u8(0..3) != 0) {
+        (true, true) => Behaviour::Late {
+            after: mrng.u64(min_healthy + 2_000..min_healthy + monitor + 5_000),
+        },
+        _ => b,
+    }
+}
+
 impl Sim {
     /// The group, its fault schedule and its rollout policy for `seed`; with `policy` false, no
     /// rollout policy (`min_healthy = 0s`, no canary, no window): the runs as before issue 17.
@@ -292,10 +324,16 @@ impl Sim {
     /// either way.
     pub fn new(seed: u64, policy: bool) -> Sim {
         let mut prng = fastrand::Rng::with_seed(seed ^ 0x005e_ed0f_9011_c1e5);
-        let drawn = match policy && prng.u8(0..5) != 0 {
+        let with_policy = policy && prng.u8(0..5) != 0;
+        let mut drawn = match with_policy {
             true => rollout::draw_policy(&mut prng),
             false => Drawn::none(),
         };
+        // `monitor` from a stream of its own: the seeds found before it keep their draws.
+        let mut mrng = fastrand::Rng::with_seed(seed ^ 0x0071_0a17_0e5e_ed17);
+        if with_policy && mrng.bool() {
+            drawn.policy.monitor = std::time::Duration::from_millis(mrng.u64(2_000..40_000));
+        }
         let mut rng = fastrand::Rng::with_seed(seed);
         let n = rng.usize(3..=5);
         let max = rng.u32(1..=2);
@@ -326,6 +364,7 @@ impl Sim {
         let mut faults = Vec::new();
         let manual = drawn.policy.promote == Promote::Manual;
         let b2 = late(&mut prng, &drawn, behaviour(&mut rng, true), true);
+        let b2 = late_in_monitor(&mut mrng, &drawn, b2, true);
         let at = rng.u64(0..20_000);
         faults.push((
             at,
@@ -340,6 +379,7 @@ impl Sim {
         if rng.bool() {
             let bad = rng.bool();
             let b3 = late(&mut prng, &drawn, behaviour(&mut rng, bad), bad);
+            let b3 = late_in_monitor(&mut mrng, &drawn, b3, bad);
             let at = rng.u64(60_000..150_000);
             faults.push((
                 at,
@@ -421,6 +461,8 @@ impl Sim {
             rollout,
             drawn,
             account: Account::default(),
+            halted_versions: Default::default(),
+            monitor_failures: BTreeMap::new(),
         }
     }
 
@@ -521,6 +563,9 @@ impl Sim {
             if let Some(at) = p.min_healthy_at {
                 offer(at, Item::MinHealthy(i));
             }
+            if let Some(at) = p.monitor_at {
+                offer(at, Item::Monitor(i));
+            }
             if let Some(at) = p.passing {
                 offer(at, Item::PassBack(i));
             } else if let (Some(at), true) = (p.next_pass, Sim::can_pass(p)) {
@@ -592,9 +637,15 @@ impl Sim {
                 }
             }
             Item::MinHealthy(i) => {
-                self.inst[i].proc.as_mut().unwrap().min_healthy_at = None;
-                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed);
+                let p = self.inst[i].proc.as_mut().unwrap();
+                p.min_healthy_at = None;
+                let monitor = !p.rollout.monitor().is_zero();
+                let elapsed = Observation::Swap(SwapObservation::MinHealthyElapsed { monitor });
                 let _ = self.turn(i, elapsed);
+            }
+            Item::Monitor(i) => {
+                self.inst[i].proc.as_mut().unwrap().monitor_at = None;
+                let _ = self.turn(i, Observation::Swap(SwapObservation::MonitorElapsed));
             }
             Item::Die(i) => self.process_died(i),
         }
@@ -836,6 +887,12 @@ impl Sim {
             let failing = match &stage {
                 Some(Stage::RollingBack { failure } | Stage::Stranded { failure, .. })
                 | Some(Stage::VerifyingOld { failure, .. }) => failure.halt,
+                // A monitor failure is known from the moment its rollback waits for the slot.
+                Some(Stage::Reacquiring { resume, .. }) => matches!(
+                    resume.as_ref(),
+                    Stage::RollingBack { failure } if failure.halt
+                        && failure.code == crate::omaha::error_code::MONITOR_FAILED
+                ),
                 _ => false,
             };
             if failing
@@ -851,6 +908,7 @@ impl Sim {
         }
         for i in 0..self.inst.len() {
             self.account_step(i);
+            self.check_monitor_failure(i);
         }
         if busy.len() > self.etcd.max as usize && !self.seen(Violation::OverMax, usize::MAX) {
             let detail = format!("instances {busy:?} swapping at once, max {}", self.etcd.max);
@@ -932,6 +990,51 @@ impl Sim {
                 "#{i} took a slot for {version}, which failed on #{j} at {at} (halt not set), in {stage:?}"
             );
             self.violation(Violation::SwapToFailedVersion, detail);
+        }
+    }
+
+    /// The unit of `i` failed running `version`: a failure inside monitor when its swap to that
+    /// version released after 3/1 and watches it (or is about to, its release under way).
+    pub(super) fn note_monitor_failure(&mut self, i: usize, version: &str) {
+        let Some(Phase::Updating(swap)) = self.inst[i].proc.as_ref().map(|p| &p.agent.phase) else {
+            return;
+        };
+        let watched = match swap.stage {
+            Stage::Monitoring { .. } => true,
+            Stage::Releasing => swap.monitor && !swap.away && swap.report == Some(Report::Complete),
+            _ => false,
+        };
+        if watched && swap.plan.new.version == version {
+            self.log(i, || format!("{version} failed inside monitor"));
+            self.monitor_failures
+                .entry(i)
+                .or_insert((version.to_string(), self.now));
+        }
+    }
+
+    /// Once the swap of `i` is over (serving, no journal), a failure inside monitor must have
+    /// halted the group on its version and left the drop-in off it (rolled back, or put back
+    /// for an operator's stop).
+    fn check_monitor_failure(&mut self, i: usize) {
+        let over = self.inst[i].disk.journal.is_none()
+            && self.inst[i]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.agent.phase == Phase::Serving && p.pending.is_empty());
+        if !over {
+            return;
+        }
+        let Some((version, at)) = self.monitor_failures.remove(&i) else {
+            return;
+        };
+        let halted = self.halted_versions.contains(&version);
+        let file = self.inst[i].unit.file.clone();
+        if !halted || file == version {
+            let detail = format!(
+                "#{i}'s {version} failed inside monitor at {at}; swap over with the group halted \
+                 on it: {halted}, drop-in on {file}"
+            );
+            self.violation(Violation::MonitorFailureMissed, detail);
         }
     }
 

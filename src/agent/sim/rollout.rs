@@ -114,6 +114,8 @@ pub struct RolloutClient {
     pub swap: Option<CurrentSwap>,
     /// `min_healthy` of the policy in force when the last slot request was judged.
     pub min_healthy: Option<Duration>,
+    /// `monitor` of that policy.
+    pub monitor: Option<Duration>,
     /// `history.rs`'s unconfirmed writes: releases etcd did not take yet, sent again.
     pub pending: Vec<(String, Release)>,
     /// When the process started (`RolloutAgent`'s `started`).
@@ -132,6 +134,7 @@ impl RolloutClient {
             jitter: Jitter::default(),
             swap: None,
             min_healthy: None,
+            monitor: None,
             pending: Vec::new(),
         }
     }
@@ -139,6 +142,11 @@ impl RolloutClient {
     /// `RolloutAgent::min_healthy`.
     pub fn min_healthy(&self) -> Duration {
         self.min_healthy.unwrap_or(self.configured.min_healthy)
+    }
+
+    /// `RolloutAgent::monitor`.
+    pub fn monitor(&self) -> Duration {
+        self.monitor.unwrap_or(self.configured.monitor)
     }
 
     /// `RolloutAgent::observe` (`history.rs`): the swap's verdict once known.
@@ -165,6 +173,7 @@ impl RolloutClient {
 fn failed_in(code: u32) -> &'static str {
     match code {
         error_code::MIN_HEALTHY_FAILED => "min_healthy",
+        error_code::MONITOR_FAILED => "monitor",
         _ => "verify",
     }
 }
@@ -298,6 +307,7 @@ impl super::Sim {
         let answer = gate::slot_answer(&snap, &configured, floor(), &me, version, now);
         let policy = effective(snap.stored_policy.as_ref(), &configured).clone();
         p.rollout.min_healthy = Some(policy.min_healthy);
+        p.rollout.monitor = Some(policy.monitor);
         let hold = match answer {
             SlotGate::Take { canary: false } => None,
             SlotGate::Take { canary: true } => {

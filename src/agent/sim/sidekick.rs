@@ -96,6 +96,8 @@ pub struct Proc {
     pub rollout: RolloutClient,
     /// When min-healthy is over (`driver/turn.rs`'s `min_healthy_at`).
     pub min_healthy_at: Option<Ms>,
+    /// When monitor is over (`driver/turn.rs`'s `monitor_at`).
+    pub monitor_at: Option<Ms>,
 }
 
 impl Proc {
@@ -131,6 +133,7 @@ impl Proc {
             pass_serving: false,
             rollout,
             min_healthy_at: None,
+            monitor_at: None,
         }
     }
 
@@ -291,6 +294,9 @@ impl Sim {
         if !matches!(p.stage(), Some(Stage::MinHealthy { .. })) {
             p.min_healthy_at = None;
         }
+        if !matches!(p.stage(), Some(Stage::Monitoring { .. })) {
+            p.monitor_at = None;
+        }
         if let Some(confirmed) = confirmation(p) {
             p.pending.push_back(confirmed);
         }
@@ -410,6 +416,15 @@ impl Sim {
                     p.min_healthy_at = Some(now + ms);
                 }
                 self.log(i, || "min-healthy starts".into());
+            }
+            // The policy's `monitor` in force when the slot was requested (`turn.rs`).
+            SwapAction::StartMonitor => {
+                let now = self.now;
+                if let Some(p) = self.inst[i].proc.as_mut() {
+                    let ms = p.rollout.monitor().as_millis() as Ms;
+                    p.monitor_at = Some(now + ms);
+                }
+                self.log(i, || "monitor starts".into());
             }
             // A log line and a metric in the driver: nothing the world sees.
             SwapAction::NoteSlotLost => {}
@@ -554,6 +569,7 @@ impl Sim {
                     Some(SwapObservation::GroupHalted(Err("halt failed".into())))
                 } else {
                     self.blame(i, &version, "halted");
+                    self.halted_versions.insert(version.clone());
                     self.etcd.halt.get_or_insert((version, reason));
                     Some(SwapObservation::GroupHalted(Ok(())))
                 }
@@ -568,7 +584,12 @@ impl Sim {
                 Some(SwapObservation::DropInRestored(Ok(())))
             }
             SwapAction::Prepull { .. } => Some(SwapObservation::Prepulled(Ok(()))),
-            SwapAction::AcquireSlot { version, again, .. } => {
+            SwapAction::AcquireSlot {
+                version,
+                again,
+                away,
+                ..
+            } => {
                 // `EtcdSlots::acquire`: the rollout's slot gate first for a slot not held, unless
                 // the swap takes back the slot it held (`acquire_within_ungated`).
                 let hold = match !cut && client.key.is_none() && !again {
@@ -585,10 +606,13 @@ impl Sim {
                     (false, None) => {
                         let had = self.etcd.holds(&holder, &host);
                         let newly = client.key.is_none();
-                        match self
-                            .etcd
-                            .acquire(&mut client, (i, life), &holder, &host, &version)
-                        {
+                        match self.etcd.acquire(
+                            &mut client,
+                            (i, life),
+                            (&holder, &host),
+                            &version,
+                            away,
+                        ) {
                             Acquisition::Acquired => {
                                 if newly {
                                     self.took_slot(i, &version);
@@ -733,6 +757,7 @@ impl Sim {
         if self.inst[i].unit.state.is_active() {
             let process = self.inst[i].unit.process.clone();
             self.log(i, || format!("the unit's process ({process}) exited"));
+            self.note_monitor_failure(i, &process);
             self.set_unit(i, ActiveState::Failed);
         }
     }

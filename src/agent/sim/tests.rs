@@ -105,20 +105,29 @@ fn the_etcd_twin_follows_etcds_slot_rules() {
     let mut a = world::SlotClient::default();
     let mut b = world::SlotClient::default();
     let acquired = crate::slot::Acquisition::Acquired;
-    assert_eq!(etcd.acquire(&mut a, (0, 1), "a", "h0", "2.0.0"), acquired);
+    assert_eq!(
+        etcd.acquire(&mut a, (0, 1), ("a", "h0"), "2.0.0", false),
+        acquired
+    );
     // Idempotent for the holder; busy for another.
-    assert_eq!(etcd.acquire(&mut a, (0, 1), "a", "h0", "2.0.0"), acquired);
+    assert_eq!(
+        etcd.acquire(&mut a, (0, 1), ("a", "h0"), "2.0.0", false),
+        acquired
+    );
     assert!(matches!(
-        etcd.acquire(&mut b, (1, 1), "b", "h1", "2.0.0"),
+        etcd.acquire(&mut b, (1, 1), ("b", "h1"), "2.0.0", false),
         crate::slot::Acquisition::Busy { .. }
     ));
     // Halted: a holder keeps its slot, nobody new gets one.
     etcd.halt = Some(("2.0.0".into(), "failed".into()));
-    assert_eq!(etcd.acquire(&mut a, (0, 1), "a", "h0", "2.0.0"), acquired);
+    assert_eq!(
+        etcd.acquire(&mut a, (0, 1), ("a", "h0"), "2.0.0", false),
+        acquired
+    );
     // A clone (same holder id, other host) neither takes nor frees it.
     let mut c = world::SlotClient::default();
     assert!(matches!(
-        etcd.acquire(&mut c, (2, 1), "a", "h2", "2.0.0"),
+        etcd.acquire(&mut c, (2, 1), ("a", "h2"), "2.0.0", false),
         crate::slot::Acquisition::Busy { .. }
     ));
     etcd.release(&mut c, "a", "h2");
@@ -134,8 +143,23 @@ fn the_etcd_twin_follows_etcds_slot_rules() {
         crate::slot::Holding::Lost { .. }
     ));
     assert!(matches!(
-        etcd.acquire(&mut b, (1, 1), "b", "h1", "2.0.0"),
+        etcd.acquire(&mut b, (1, 1), ("b", "h1"), "2.0.0", false),
         crate::slot::Acquisition::Halted { .. }
+    ));
+    // A rollback leaving 2.0.0 after a monitor failure passes the halt on 2.0.0 (its own
+    // failure's), not a halt on another version; the limit still applies to it.
+    assert!(matches!(
+        etcd.acquire(&mut b, (1, 1), ("b", "h1"), "3.0.0", true),
+        crate::slot::Acquisition::Halted { .. }
+    ));
+    assert_eq!(
+        etcd.acquire(&mut b, (1, 1), ("b", "h1"), "2.0.0", true),
+        acquired
+    );
+    let mut d = world::SlotClient::default();
+    assert!(matches!(
+        etcd.acquire(&mut d, (3, 1), ("d", "h3"), "2.0.0", true),
+        crate::slot::Acquisition::Busy { .. }
     ));
 }
 

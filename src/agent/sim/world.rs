@@ -190,15 +190,17 @@ impl Etcd {
     /// `EtcdSlots::acquire` (no queue: the swap makes single attempts): a key of this holder id
     /// is kept (re-bound to our lease, also in a halted group) unless another host wrote it
     /// (a clone: busy); then the halt; then a free index below the limit.
+    /// `away`: a rollback after a monitor failure passes a halt on `version` itself
+    /// (`EtcdSlots::acquire_within_ungated`).
     pub fn acquire(
         &mut self,
         client: &mut SlotClient,
         keeper: (usize, u32),
-        holder: &str,
-        host: &str,
+        (holder, host): (&str, &str),
         version: &str,
+        away: bool,
     ) -> Acquisition {
-        let outcome = self.try_acquire(client, keeper, holder, host, version);
+        let outcome = self.try_acquire(client, keeper, holder, host, version, away);
         if client.key.is_none()
             && !matches!(outcome, Acquisition::Acquired)
             && let Some(lease) = client.lease.take()
@@ -215,6 +217,7 @@ impl Etcd {
         holder: &str,
         host: &str,
         version: &str,
+        away: bool,
     ) -> Acquisition {
         let mine = self
             .slots
@@ -247,7 +250,10 @@ impl Etcd {
             return Acquisition::Acquired;
         }
         client.key = None;
-        if let Some((version, reason)) = &self.halt {
+        if let Some((halted, reason)) = &self.halt
+            && !(away && halted == version)
+        {
+            let version = halted;
             return Acquisition::Halted {
                 version: version.clone(),
                 reason: reason.clone(),

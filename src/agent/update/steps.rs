@@ -138,8 +138,13 @@ async fn step<C: UnitControl>(
             version,
             retry,
             again,
+            away,
         } => {
-            let answer = match seams.slots.acquire_in_line(&version, retry, !again).await {
+            let answer = match seams
+                .slots
+                .acquire_in_line(&version, retry, !again, away)
+                .await
+            {
                 Ok(Acquisition::Acquired) => SlotAnswer::Acquired,
                 Ok(Acquisition::Busy { detail }) => SlotAnswer::Busy(detail),
                 Ok(Acquisition::Halted { version, reason }) => {
@@ -223,6 +228,7 @@ async fn step<C: UnitControl>(
         | SwapAction::Stop
         | SwapAction::StartVerifyDeadline
         | SwapAction::StartMinHealthy
+        | SwapAction::StartMonitor
         | SwapAction::Denylist { .. }
         | SwapAction::NoteSlotLost
         | SwapAction::ClearJournal => return None,

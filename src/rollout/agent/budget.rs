@@ -12,7 +12,7 @@ use crate::rollout::state::{Failure, VersionState};
 use crate::rollout::store::{self, RolloutError};
 
 impl RolloutAgent {
-    /// Counts this instance's failure on `version` (in `stage`: `verify` or `min_healthy`) and
+    /// Counts this instance's failure on `version` (in `stage`: `verify`, `min_healthy` or `monitor`) and
     /// returns the budget after it. Idempotent: a failure counted already is not counted again,
     /// so the halt step may send it until it is confirmed. With `max_failures = 1` nothing is
     /// written (the budget is spent by any failure; the release records it, as without a budget).

@@ -23,9 +23,9 @@ pub(super) struct CurrentSwap {
     steps: BTreeMap<String, u64>,
     step: Option<(&'static str, Instant)>,
     /// `Ok` once the new version passed min-healthy (the swap releases), `Err((stage,
-    /// reason))` once rolled back with the version to blame (`stage`: `verify` or
-    /// `min_healthy`); `None` when it ended otherwise (fenced, rolled back for another reason),
-    /// which frees its canary place for another try.
+    /// reason))` once rolled back with the version to blame (`stage`: `verify`, `min_healthy`
+    /// or `monitor`); `None` when it ended otherwise (fenced, rolled back for another
+    /// reason), which frees its canary place for another try.
     verdict: Option<Result<(), (&'static str, String)>>,
 }
 
@@ -33,6 +33,7 @@ pub(super) struct CurrentSwap {
 fn failed_in(code: u32) -> &'static str {
     match code {
         crate::omaha::error_code::MIN_HEALTHY_FAILED => "min_healthy",
+        crate::omaha::error_code::MONITOR_FAILED => "monitor",
         _ => "verify",
     }
 }

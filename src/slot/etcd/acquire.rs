@@ -217,7 +217,11 @@ impl EtcdSlots {
             }
             state.key = None;
             state.value = None;
-            if let Some(h) = snap.halt.take() {
+            // A rollback leaving the halted version goes on; the transaction checks the marker
+            // stayed as read.
+            if let Some(h) = snap.halt.take()
+                && !self.passes_halt(&h, version)
+            {
                 return Ok(Acquisition::Halted {
                     version: h.version,
                     reason: h.reason,
@@ -275,7 +279,10 @@ impl EtcdSlots {
             Compare::create_revision(key, CompareOp::Equal, 0),
             Compare::create_revision(prefix.as_str(), CompareOp::Less, snap.revision + 1)
                 .with_prefix(),
-            Compare::create_revision(halt::halt_key(&self.group), CompareOp::Equal, 0),
+            match snap.halt_revision {
+                0 => Compare::create_revision(halt::halt_key(&self.group), CompareOp::Equal, 0),
+                read => Compare::mod_revision(halt::halt_key(&self.group), CompareOp::Equal, read),
+            },
             match snap.limit {
                 Some(l) => Compare::mod_revision(limit.as_str(), CompareOp::Equal, l.mod_revision),
                 None => Compare::create_revision(limit.as_str(), CompareOp::Equal, 0),

@@ -153,6 +153,8 @@ struct Setup<'a> {
     metrics: Option<crate::metrics::Metrics>,
     /// `rollout.min_healthy` (0 without a group's rollout).
     min_healthy: Option<Duration>,
+    /// `rollout.monitor` (0 without a group's rollout).
+    monitor: Option<Duration>,
 }
 
 impl<'a> Setup<'a> {
@@ -170,6 +172,7 @@ impl<'a> Setup<'a> {
             watchdog: None,
             metrics: None,
             min_healthy: None,
+            monitor: None,
         }
     }
 }
@@ -189,6 +192,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         watchdog,
         metrics,
         min_healthy,
+        monitor,
     } = setup;
     let units = Arc::new(MemoryUnits::new(ActiveState::Active));
     let control = MemoryUnitControl::new(RunningVersion {
@@ -255,6 +259,7 @@ async fn start_with(setup: Setup<'_>) -> World {
         driver.test_watchdog = Some((Duration::from_millis(10), pings));
     }
     driver.test_min_healthy = min_healthy;
+    driver.test_monitor = monitor;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(driver.run(async move {
         let _ = stopped.await;
@@ -455,6 +460,77 @@ async fn a_unit_that_fails_during_min_healthy_is_rolled_back_with_the_slot_held_
     let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
     assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
     assert!(!world.events().contains(&Event::UpdateComplete));
+    world.finish().await;
+}
+
+/// Monitor in the loop: 3/1 sent and the slot released on 2.0.0, the swap still journaled; the
+/// unit failing then deregisters it at once, halts the group, takes a slot again through that
+/// halt, restores and restarts 1.0.0, registers it, denylists 2.0.0 and releases the slot, with
+/// no event after the 3/1.
+#[tokio::test]
+async fn a_unit_that_fails_inside_monitor_halts_the_group_and_rolls_back_taking_a_slot_again() {
+    let world = start_with(Setup {
+        monitor: Some(Duration::from_secs(60)),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("3/1 sent, the slot released, watched in monitor", || {
+        world.events().contains(&Event::UpdateComplete)
+            && world.slots.holders().is_empty()
+            && journal.exists()
+            && world.registry.current().is_some_and(|entries| {
+                entries
+                    .iter()
+                    .any(|(_, value)| value.contains(r#""step":"monitoring""#))
+            })
+    })
+    .await;
+    let events = world.events().len();
+    let restarts = world.control.calls().len();
+    world.units.set(ActiveState::Failed);
+    eventually("slot released and registered on 1.0.0", || {
+        !journal.exists()
+            && world.slots.holders().is_empty()
+            && registered(&world.registry)
+            && record_says(&world.registry, "1.0.0")
+    })
+    .await;
+    assert_eq!(
+        world.control.calls()[restarts..],
+        [
+            ControlCall::RestoreDropIn(PreviousDropIn::Absent),
+            ControlCall::Reload,
+            ControlCall::Restart
+        ]
+    );
+    assert_eq!(world.events().len(), events, "nothing sent after the 3/1");
+    let other = world.slots.join(who("web-2"));
+    assert!(
+        matches!(other.acquire("2.0.0").await.unwrap(), Acquisition::Halted { ref version, .. } if version == "2.0.0"),
+        "the group is halted by 2.0.0"
+    );
+    let denylist = Denylist::load(world.dir.path(), "web-1").unwrap();
+    assert!(denylist.contains(&semver::Version::new(2, 0, 0)));
+    world.finish().await;
+}
+
+/// With `monitor = "0s"` the swap is over at its release, journal cleared, as before monitor.
+#[tokio::test]
+async fn with_no_monitor_the_swap_is_over_at_its_release() {
+    let world = start_with(Setup {
+        monitor: Some(Duration::ZERO),
+        ..Setup::new("2.0.0", "none", Duration::from_millis(20))
+    })
+    .await;
+    let journal = world.dir.path().join("web-1.json");
+    eventually("3/1, released, journal cleared, serving", || {
+        world.events().contains(&Event::UpdateComplete)
+            && world.slots.holders().is_empty()
+            && !journal.exists()
+            && record_says(&world.registry, "2.0.0")
+    })
+    .await;
     world.finish().await;
 }
 
@@ -768,6 +844,9 @@ fn journaled(stage: Stage) -> SwapPhase {
         halt: Default::default(),
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 

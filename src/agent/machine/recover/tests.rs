@@ -30,6 +30,7 @@ fn acquire(retry: bool) -> SwapAction {
         version: "2.0.0".into(),
         retry,
         again: true,
+        away: false,
     }
 }
 
@@ -214,7 +215,7 @@ fn recovery_with_the_new_version_running_verifies_it_once_the_slot_is_back_and_r
                 (PASS, &[SwapAction::Register]),
                 (O::Registered, &[SwapAction::StartMinHealthy]),
                 (
-                    O::MinHealthyElapsed,
+                    O::MinHealthyElapsed { monitor: false },
                     &[
                         SwapAction::SendEvent(Event::UpdateComplete),
                         SwapAction::CheckSlot,
@@ -493,8 +494,25 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
             })
         };
         let (phase, actions) = recover(journaled, &running(runs), &UnitNow::unknown());
-        assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{recorded:?}");
         assert!(!phase.allows_registration(), "{recorded:?} {runs}");
+        // The new version takes its slot again before it is verified (sim seed 5465); the old
+        // one, untouched, is verified at once.
+        let phase = match (&recorded, runs) {
+            (None, "2.0.0") => {
+                assert_eq!(actions, [acquire(false)]);
+                run(
+                    phase,
+                    &[(
+                        O::Slot(SlotAnswer::Acquired),
+                        &[SwapAction::StartVerifyDeadline],
+                    )],
+                )
+            }
+            _ => {
+                assert_eq!(actions, [SwapAction::StartVerifyDeadline], "{recorded:?}");
+                phase
+            }
+        };
         let phase = run(
             phase,
             &[
@@ -509,7 +527,7 @@ fn recovery_while_registering_verifies_again_and_reports_what_actually_runs() {
                 phase,
                 &[
                     (O::Registered, &[SwapAction::StartMinHealthy]),
-                    (O::MinHealthyElapsed, &report),
+                    (O::MinHealthyElapsed { monitor: false }, &report),
                 ],
             ),
             _ => run(phase, &[(O::Registered, &report)]),
@@ -544,6 +562,9 @@ fn a_resumed_registering_swap_registers_only_a_healthy_unit_and_records_it() {
     let (agent, actions) = state::resume(agent, swap, actions);
     assert!(!actions.contains(&Action::Register), "{actions:?}");
     assert!(!agent.registered);
+    let acquired = Observation::Swap(O::Slot(SlotAnswer::Acquired));
+    let (agent, actions) = state::next(agent, acquired);
+    assert!(!actions.contains(&Action::Register), "{actions:?}");
     let (agent, actions) = state::next(agent, Observation::Unit(Active));
     assert!(actions.is_empty(), "{actions:?}");
     let (agent, _) = state::next(agent, Observation::Probe { passed: true });
@@ -589,7 +610,7 @@ fn the_owed_halt_is_journaled_and_an_older_record_without_it_still_reads() {
 #[test]
 fn recovery_while_releasing_sends_the_recorded_3_x_again_with_the_release() {
     let (proving, _) = swap::step(at(Stage::Registering { failure: None }), O::Registered);
-    let (releasing, actions) = swap::step(proving, O::MinHealthyElapsed);
+    let (releasing, actions) = swap::step(proving, O::MinHealthyElapsed { monitor: false });
     assert_eq!(
         actions,
         [
@@ -843,4 +864,127 @@ fn recovery_records_the_3_0_of_an_interrupted_attempt_so_a_second_stop_sends_it_
             "{stage:?}: {again:?}"
         );
     }
+}
+
+/// Monitor (released after 3/1, no slot): a start watches again in full while the new version
+/// runs; found on another version, or stopped by an operator, the watch is over.
+#[test]
+fn recovery_in_monitor_watches_again_in_full_or_ends_the_watch() {
+    let monitoring = || SwapPhase {
+        slot_held: false,
+        monitor: true,
+        report: Some(swap::Report::Complete),
+        ..at(Stage::Monitoring { departed: true })
+    };
+    let (phase, actions) = recover(monitoring(), &running("2.0.0"), &UnitNow::unknown());
+    assert_eq!(actions, [SwapAction::StartMonitor]);
+    assert_eq!(phase.stage, Stage::Monitoring { departed: false });
+    // The unit is found failed: the first unit observation is the monitor failure.
+    let (phase, actions) = swap::step(phase, O::Unit(crate::systemd::ActiveState::Failed));
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                SwapAction::Halt {
+                    cause: HaltCause::Monitor,
+                    ..
+                },
+                SwapAction::Deregister
+            ]
+        ),
+        "{actions:?}"
+    );
+    assert!(phase.away);
+    let stopped = UnitNow {
+        active: crate::systemd::ActiveState::Inactive,
+        job_queued: false,
+    };
+    for (observed, unit) in [("1.0.0", UnitNow::unknown()), ("2.0.0", stopped)] {
+        let (phase, actions) = recover(monitoring(), &running(observed), &unit);
+        assert_eq!(actions, [SwapAction::ClearJournal], "{observed}");
+        assert_eq!(phase.stage, Stage::Finished);
+    }
+}
+
+/// Sim seed 3101 (of the first attempt at monitor): killed after Releasing was journaled and
+/// before the denylist was written. A start writes the denylist again, and after a monitor
+/// failure sends no event (the update service has its 3/1).
+#[test]
+fn recovery_while_releasing_writes_a_decided_denylist_again_and_sends_nothing_after_monitor() {
+    let releasing = SwapPhase {
+        report: Some(swap::Report::Failed {
+            error_code: error_code::MONITOR_FAILED,
+        }),
+        denylist: true,
+        away: true,
+        monitor: true,
+        halt: GroupHalt::Confirmed,
+        ..at(Stage::Releasing)
+    };
+    let (phase, actions) = recover(releasing, &running("1.0.0"), &UnitNow::unknown());
+    assert_eq!(
+        actions,
+        [
+            SwapAction::ReleaseSlot { retry: false },
+            SwapAction::Denylist {
+                version: "2.0.0".into()
+            },
+        ]
+    );
+    // Released: over, not watched again.
+    let phase = run(
+        phase,
+        &[(O::SlotReleased(Ok(())), &[SwapAction::ClearJournal])],
+    );
+    assert_eq!(phase.stage, Stage::Finished);
+}
+
+/// Killed while a monitor failure's rollback waited for its slot: the owed halt first, then the
+/// slot again through the version's own halt, before the unit is touched.
+#[test]
+fn recovery_of_a_monitor_rollback_halts_first_and_takes_the_slot_away_before_the_restore() {
+    let failure = swap::Failure {
+        code: error_code::MONITOR_FAILED,
+        reason: "2.0.0 failed during monitor: the unit failed".into(),
+        halt: true,
+    };
+    let journaled = SwapPhase {
+        slot_held: false,
+        away: true,
+        monitor: true,
+        report: Some(swap::Report::Complete),
+        halt: GroupHalt::Owed {
+            reason: failure.reason.clone(),
+            cause: HaltCause::Monitor,
+        },
+        ..at(Stage::Reacquiring {
+            resume: Box::new(Stage::RollingBack {
+                failure: failure.clone(),
+            }),
+            waiting: None,
+        })
+    };
+    let (phase, actions) = recover(journaled, &running("2.0.0"), &UnitNow::unknown());
+    assert_eq!(
+        actions,
+        [SwapAction::Halt {
+            version: "2.0.0".into(),
+            reason: failure.reason.clone(),
+            retry: false,
+            cause: HaltCause::Monitor,
+        }]
+    );
+    let away = SwapAction::AcquireSlot {
+        version: "2.0.0".into(),
+        retry: false,
+        again: true,
+        away: true,
+    };
+    run(
+        phase,
+        &[
+            (O::GroupHalted(Ok(())), &[away]),
+            (O::Slot(SlotAnswer::Acquired), &[restore()]),
+        ],
+    );
 }

@@ -289,7 +289,10 @@ fn a_verified_swap_registers_once_and_returns_to_serving_after_the_release() {
     let (a, actions) = next(a, swap(SwapObservation::Registered));
     assert_eq!(actions, [Action::Swap(SwapAction::StartMinHealthy)]);
     assert!(a.registered, "registered again through min-healthy");
-    let (a, actions) = next(a, swap(SwapObservation::MinHealthyElapsed));
+    let (a, actions) = next(
+        a,
+        swap(SwapObservation::MinHealthyElapsed { monitor: false }),
+    );
     assert_eq!(
         actions,
         [

@@ -18,6 +18,9 @@ pub enum HaltCause {
     Verify,
     /// The new version failed during min-healthy: counted as [`HaltCause::Verify`] is.
     MinHealthy,
+    /// The new version failed inside `rollout.monitor`, after its release: counted as
+    /// [`HaltCause::Verify`] is.
+    Monitor,
 }
 
 impl HaltCause {
@@ -28,6 +31,7 @@ impl HaltCause {
             HaltCause::Immediate => None,
             HaltCause::Verify => Some("verify"),
             HaltCause::MinHealthy => Some("min_healthy"),
+            HaltCause::Monitor => Some("monitor"),
         }
     }
 }
@@ -71,8 +75,14 @@ pub enum SwapObservation {
     DropInRestored(Result<(), String>),
     /// `swap.verify_timeout` passed since the restart finished.
     VerifyDeadline,
-    /// `rollout.min_healthy` passed since the new version was registered again.
-    MinHealthyElapsed,
+    /// `rollout.min_healthy` passed since the new version was registered again. `monitor`: the
+    /// policy watches the version after the release (`rollout.monitor` above zero, as in force
+    /// when the slot was requested).
+    MinHealthyElapsed {
+        monitor: bool,
+    },
+    /// `rollout.monitor` passed since the release.
+    MonitorElapsed,
     /// The health check failed `fall` times in a row (the agent's streak says so); sent instead
     /// of the probe that made it so.
     Unhealthy,
@@ -108,11 +118,14 @@ pub enum SwapAction {
     /// [`SwapObservation::Slot`]. `again`: the slot is taken again by a swap that held it
     /// (recovery after a restart, a fence found lost) to finish or roll back; the rollout's gate
     /// (pause, canaries, windows, the failure budget) judged this swap when it first took it, and
-    /// does not hold it now (a halt still does, as the backend answers it).
+    /// does not hold it now (a halt still does, as the backend answers it). `away`: a rollback
+    /// after a failure inside `rollout.monitor` takes a slot to leave `version`: a halt on
+    /// `version` itself (the one its own failure placed) does not refuse it; any other does.
     AcquireSlot {
         version: String,
         retry: bool,
         again: bool,
+        away: bool,
     },
     /// Withdraw the registration; answers [`SwapObservation::Deregistered`] once etcd confirms.
     Deregister,
@@ -143,6 +156,9 @@ pub enum SwapAction {
     /// Start the `rollout.min_healthy` clock (the group's policy in force when the slot was
     /// taken); answers [`SwapObservation::MinHealthyElapsed`].
     StartMinHealthy,
+    /// Start the `rollout.monitor` clock (the group's policy in force when the slot was taken);
+    /// answers [`SwapObservation::MonitorElapsed`].
+    StartMonitor,
     /// Publish the registration; after verification answers [`SwapObservation::Registered`]
     /// once etcd confirms.
     Register,

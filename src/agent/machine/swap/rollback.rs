@@ -13,6 +13,7 @@ pub(super) fn fail(phase: &mut SwapPhase, failure: Failure) -> (Stage, Vec<SwapA
     if failure.halt {
         let cause = match failure.code {
             error_code::MIN_HEALTHY_FAILED => HaltCause::MinHealthy,
+            error_code::MONITOR_FAILED => HaltCause::Monitor,
             _ => HaltCause::Verify,
         };
         phase.owe_halt(&failure.reason, cause);
@@ -62,6 +63,10 @@ pub(super) fn resume_unit(phase: &mut SwapPhase, resume: Stage) -> (Stage, Vec<S
             Stage::Verifying { passes: 0 },
             vec![SwapAction::StartVerifyDeadline],
         ),
+        Stage::VerifyingOld { failure, .. } => (
+            Stage::VerifyingOld { failure, passes: 0 },
+            vec![SwapAction::StartVerifyDeadline],
+        ),
         Stage::RollingBack { failure } => {
             phase.unit_active = false;
             (Stage::RollingBack { failure }, vec![restore(phase)])
@@ -77,6 +82,7 @@ impl SwapPhase {
             version: self.plan.new.version.clone(),
             retry,
             again: true,
+            away: self.away,
         }
     }
 }
@@ -98,7 +104,7 @@ pub(super) fn strand(
         error_code: error_code::ROLLBACK_FAILED,
     };
     let mut actions: Vec<SwapAction> = phase.halt_action(false).into_iter().collect();
-    actions.push(SwapAction::SendEvent(event));
+    actions.extend(phase.tell(event));
     (Stage::Stranded { failure, why }, actions)
 }
 
@@ -123,6 +129,7 @@ pub(in crate::agent::machine) fn stopped_while_down(
     let mut actions = Vec::new();
     if failure.halt {
         let version = phase.plan.new.version.clone();
+        phase.denylist = true;
         actions.push(SwapAction::Denylist { version });
     }
     actions.push(SwapAction::RestoreDropIn {
@@ -135,7 +142,8 @@ pub(in crate::agent::machine) fn stopped_while_down(
                 error_code: failure.code,
             };
             phase.report = Some(report);
-            actions.extend([halt, SwapAction::SendEvent(report.event())]);
+            actions.push(halt);
+            actions.extend(phase.tell(report.event()));
             phase.stage = Stage::Releasing;
         }
         None => phase.stage = Stage::StandingDown { failure },

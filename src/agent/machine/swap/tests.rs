@@ -29,6 +29,9 @@ fn at(rise: u32, stage: Stage) -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 
@@ -41,6 +44,7 @@ fn acquire(retry: bool) -> A {
         version: "2.0.0".into(),
         retry,
         again: false,
+        away: false,
     }
 }
 
@@ -111,7 +115,7 @@ fn the_happy_path_sends_13_14_800_3_1_in_order_and_releases_the_slot_last() {
             (PASS, &[]),
             (O::Registered, &[A::StartMinHealthy]),
             (
-                O::MinHealthyElapsed,
+                O::MinHealthyElapsed { monitor: false },
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
             // The slot held through the restart and verification: given back.
@@ -509,7 +513,7 @@ fn without_a_health_check_an_active_unit_is_verified() {
             (O::Unit(Active), &[A::Register]),
             (O::Registered, &[A::StartMinHealthy]),
             (
-                O::MinHealthyElapsed,
+                O::MinHealthyElapsed { monitor: false },
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
         ],

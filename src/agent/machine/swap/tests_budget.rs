@@ -30,6 +30,9 @@ fn verifying() -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 

@@ -30,6 +30,9 @@ fn verifying() -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     }
 }
 
@@ -57,6 +60,7 @@ fn reacquire(retry: bool) -> A {
         version: "2.0.0".into(),
         retry,
         again: true,
+        away: false,
     }
 }
 
@@ -245,6 +249,7 @@ fn a_rollback_whose_fence_finds_the_slot_gone_takes_it_again_before_restoring() 
                         version: "2.0.0".into(),
                         retry: false,
                         again: true,
+                        away: false,
                     },
                 ],
             ),
@@ -254,6 +259,7 @@ fn a_rollback_whose_fence_finds_the_slot_gone_takes_it_again_before_restoring() 
                     version: "2.0.0".into(),
                     retry: true,
                     again: true,
+                    away: false,
                 }],
             ),
         ],
@@ -277,7 +283,7 @@ fn a_slot_lost_during_restart_or_verification_is_noted_before_the_release() {
             (O::Probe { passed: true }, &[A::Register]),
             (O::Registered, &[A::StartMinHealthy]),
             (
-                O::MinHealthyElapsed,
+                O::MinHealthyElapsed { monitor: false },
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
             (
@@ -301,7 +307,7 @@ fn sigterm_while_releasing_sends_the_recorded_3_x_with_the_release() {
         },
         O::Registered,
     );
-    let (releasing, _) = step(releasing, O::MinHealthyElapsed);
+    let (releasing, _) = step(releasing, O::MinHealthyElapsed { monitor: false });
     assert_eq!(releasing.stage, Stage::Releasing);
     let (phase, actions) = step(releasing, O::Shutdown);
     assert_eq!(

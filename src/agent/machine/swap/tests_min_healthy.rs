@@ -31,6 +31,9 @@ fn proving() -> SwapPhase {
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     };
     let (phase, actions) = step(registering, O::Registered);
     assert_eq!(actions, [A::StartMinHealthy]);
@@ -80,7 +83,7 @@ fn the_new_version_keeps_its_slot_and_registration_until_min_healthy_is_over_the
             // A late answer of the verification changes nothing either.
             (O::VerifyDeadline, &[]),
             (
-                O::MinHealthyElapsed,
+                O::MinHealthyElapsed { monitor: false },
                 &[A::SendEvent(Event::UpdateComplete), A::CheckSlot],
             ),
             (O::Fenced { held: true }, &[A::ReleaseSlot { retry: false }]),
@@ -118,7 +121,7 @@ fn a_unit_that_fails_during_min_healthy_halts_first_deregisters_and_rolls_back_h
         phase,
         &[
             // The deadline of min-healthy may still fire: it changes nothing now.
-            (O::MinHealthyElapsed, &[]),
+            (O::MinHealthyElapsed { monitor: false }, &[]),
             (O::GroupHalted(Ok(())), &[A::CheckSlot]),
             (
                 O::Fenced { held: true },
@@ -305,12 +308,19 @@ fn sigterm_during_min_healthy_leaves_the_swap_journaled_and_the_next_start_prove
         job_queued: false,
     };
     let (phase, actions) = super::super::recover::recover(journaled, &running, &unit);
-    assert_eq!(actions, [A::StartVerifyDeadline]);
-    assert_eq!(phase.stage, Stage::Verifying { passes: 0 });
+    // Its slot again first (sim seed 5465), then the verification.
+    let acquire = A::AcquireSlot {
+        version: "2.0.0".into(),
+        retry: false,
+        again: true,
+        away: false,
+    };
+    assert_eq!(actions, [acquire]);
     assert!(!phase.allows_registration());
     run(
         phase,
         &[
+            (O::Slot(SlotAnswer::Acquired), &[A::StartVerifyDeadline]),
             (O::Unit(Active), &[]),
             (O::Probe { passed: true }, &[A::Register]),
             (O::Registered, &[A::StartMinHealthy]),
@@ -335,6 +345,9 @@ fn a_unit_that_fails_before_its_registration_is_confirmed_fails_as_in_min_health
         halt: GroupHalt::NotNeeded,
         report: None,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
     };
     // A probe that passes, `active` again: still waiting for etcd.
     let phase = run(

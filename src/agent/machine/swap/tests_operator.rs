@@ -27,6 +27,9 @@ fn at(stage: Stage) -> SwapPhase {
         slot_held: true,
         unit_active: true,
         unit_stopped: false,
+        monitor: false,
+        away: false,
+        denylist: false,
         halt: GroupHalt::NotNeeded,
         report: None,
     }
