@@ -69,6 +69,8 @@ pub struct RolloutAgent {
     /// no swap of this process, was claimed by a clone on another host (the same instance
     /// name, a cloned machine id) and is not this process's to settle (`lost.rs`).
     started: Timestamp,
+    /// The monotonic start of this process's [`gate::Sightings`] readings.
+    epoch: std::time::Instant,
     inner: Mutex<Inner>,
 }
 
@@ -76,6 +78,9 @@ pub struct RolloutAgent {
 struct Inner {
     swap: Option<CurrentSwap>,
     jitter: Jitter,
+    /// When this host first saw the last release and each canary wave pass: the gaps after
+    /// them run from there, not from other hosts' wall clocks.
+    sightings: gate::Sightings,
     /// When the last slot hold may end by itself (a batch delay, a bake).
     wake_at: Option<Timestamp>,
     /// The revision the last slot hold was judged at; a waiter watches from the next.
@@ -144,6 +149,7 @@ impl RolloutAgent {
             configured,
             floor,
             started: Timestamp::now(),
+            epoch: std::time::Instant::now(),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -197,7 +203,6 @@ impl RolloutAgent {
     /// that spent its failure budget is refused ([`SlotHold::Refused`]): nothing but a new
     /// version lifts that, so waiting for it would hold the swap's grant for good.
     pub async fn slot_hold(&self, version: &str) -> Option<SlotHold> {
-        let now = Timestamp::now();
         let snap = match self.read().await {
             Ok(snap) => snap,
             Err(err) => {
@@ -205,14 +210,22 @@ impl RolloutAgent {
                 return Some(SlotHold::Busy(why));
             }
         };
-        let answer = gate::slot_answer(
-            &snap,
-            &self.configured,
-            self.floor,
-            &self.instance,
-            version,
-            now,
-        );
+        // Read after the snapshot: what it shows is first seen no earlier than now.
+        let (now, mono) = (Timestamp::now(), self.epoch.elapsed());
+        let answer = {
+            let mut inner = self.lock();
+            inner.sightings.observe(&snap, &self.configured, mono);
+            gate::slot_answer_seen(
+                &snap,
+                &self.configured,
+                self.floor,
+                &self.instance,
+                version,
+                &inner.sightings,
+                mono,
+                now,
+            )
+        };
         {
             let mut inner = self.lock();
             inner.seen = snap.revision;
@@ -313,6 +326,12 @@ impl RolloutAgent {
         };
         let now = Timestamp::now();
         let mut inner = self.lock();
+        // The empty stand-in of an etcd that could not be read shows nothing to see.
+        if snap.revision > 0 {
+            inner
+                .sightings
+                .observe(&snap, &self.configured, self.epoch.elapsed());
+        }
         if let Some(metrics) = &inner.metrics {
             let policy = store::effective(snap.stored_policy.as_ref(), &self.configured);
             metrics.set_next_window(gate::next_window_secs(policy, now));
