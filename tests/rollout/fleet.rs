@@ -65,6 +65,11 @@ pub struct FleetSpec {
     /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
     /// unit) instead of as a host process.
     pub sidekick_units: bool,
+    /// etcd members: 1, or a cluster whose members reach each other through cuttable gates
+    /// ([`crate::support::peer_links::PeerLinks`]). With more than one, the fleet's client and
+    /// Traefik use every member but the first (which the partition cases cut and kill); the
+    /// sidekicks are configured with all of them.
+    pub etcd_members: usize,
 }
 
 impl FleetSpec {
@@ -86,6 +91,7 @@ impl FleetSpec {
             verify_timeout: Duration::from_secs(20),
             min_healthy: Duration::from_secs(1),
             sidekick_units: false,
+            etcd_members: 1,
         }
     }
 }
@@ -126,8 +132,18 @@ impl Fleet {
     pub async fn start(spec: FleetSpec) -> Fleet {
         let one_at_a_time = ONE_FLEET.lock().await;
         let dir = temp_dir("rollout");
-        let etcd = Etcd::start().await;
-        let client = etcd.client().await;
+        let etcd = match spec.etcd_members {
+            0 | 1 => Etcd::start().await,
+            n => Etcd::start_linked_cluster(n).await,
+        };
+        let observed = match spec.etcd_members {
+            0 | 1 => etcd.endpoints(),
+            _ => etcd.endpoints()[1..].to_vec(),
+        };
+        let client = crate::support::etcd::connect(&observed)
+            .await
+            .expect("connect to etcd");
+        client.clone().status().await.expect("etcd status");
         let registry = Registry::start().await;
         let mut images = BTreeMap::new();
         for version in std::iter::once(FIRST_VERSION).chain(spec.versions.iter().copied()) {
@@ -140,7 +156,11 @@ impl Fleet {
                 images::push(&local, &registry.address()),
             );
         }
-        let traefik = Traefik::start(&etcd.endpoint()).await;
+        let traefik_etcd: Vec<&str> = observed
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        let traefik = Traefik::start(&traefik_etcd.join(",")).await;
         for (key, value) in traefik::router_keys(SERVICE, HOST, SERVICE) {
             client
                 .clone()
@@ -231,7 +251,8 @@ impl Fleet {
                 spec: &self.spec,
                 unit: &self.instances[i].unit,
                 port: self.instances[i].port,
-                etcd: &self.etcd.endpoint(),
+                // Rendered inside `endpoints = ["…"]`: the members, each quoted.
+                etcd: &self.etcd.endpoints().join("\", \""),
                 update_server: &self.updates.endpoint(),
                 dropin_dir: &dropin_dir,
                 state_dir: &state_dir,

@@ -24,6 +24,7 @@ pub mod blackhole;
 pub mod cgroup;
 pub mod etcd;
 pub mod images;
+pub mod peer_links;
 pub mod pki;
 pub mod proxy;
 pub mod reaper;
