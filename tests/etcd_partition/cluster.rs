@@ -195,10 +195,14 @@ async fn minority_member_cut_off_requests_move_to_the_majority_and_no_lease_is_l
     let holds = slot_holds(&slots);
     let most_holders = most_at_once(&holds);
     let lost = registrations_lost(&servers, &holds);
-    let mut lease_lost = Vec::new();
+    let (mut lease_lost, mut left_out) = (Vec::new(), Vec::new());
     for i in 0..fleet.instances.len() {
-        if fleet.sidekick(i).log().contains("lease lost") {
+        let log = fleet.sidekick(i).log();
+        if log.contains("lease lost") {
             lease_lost.push(fleet.instances[i].name.clone());
+        }
+        if log.contains("etcd member left out of this connection") {
+            left_out.push(fleet.instances[i].name.clone());
         }
     }
     eprintln!(
@@ -206,7 +210,8 @@ async fn minority_member_cut_off_requests_move_to_the_majority_and_no_lease_is_l
          {majority_leader:?}); answers to each sidekick (from m0 before the cut, from m0 while \
          cut, from m1 + m2 while cut): {talk:?}; at most {most_holders} slot key(s) at once; \
          registrations lost outside a slot hold: {}; sidekicks logging a lost lease: \
-         {lease_lost:?}; {} peer connection(s) not attributed to a member",
+         {lease_lost:?}; reconnected leaving a member out: {left_out:?}; {} peer connection(s) \
+         not attributed to a member",
         (healed_at - cut_at).as_secs_f64(),
         describe_lost(&lost),
         fleet.etcd.links().map_or(0, |l| l.unattributed()),
