@@ -1,10 +1,11 @@
-//! Partitions inside the etcd cluster (issue 19 part 2, cases 4 and 5): the rollout fleet of
-//! `tests/rollout/` (the systemd container with Docker, the local registry, Traefik, the example
-//! update service, four app units and four `sidekick run` processes, load through Traefik) on a
-//! 3-member etcd whose members reach each other only through cuttable gates
+//! Partitions inside the etcd cluster and a host's clock an hour ahead (issue 19 part 2, cases 4,
+//! 5 and 6): the rollout fleet of `tests/rollout/` (the systemd container with Docker, the local
+//! registry, Traefik, the example update service, four app units and four `sidekick run`
+//! processes, load through Traefik) on a 3-member etcd whose members reach each other only through cuttable gates
 //! (`tests/support/peer_links.rs`), each sidekick configured with all three members, each path
-//! from a sidekick to a member behind its own cuttable proxy (`tests/support/blackhole.rs`). Its
-//! own binary, so the test command runs it beside the slow safety suite.
+//! from a sidekick to a member behind its own cuttable proxy (`tests/support/blackhole.rs`); and
+//! one sidekick under libfaketime. Its own binary, so the test command runs it beside the slow
+//! safety suite.
 
 mod support;
 
@@ -45,3 +46,7 @@ mod common;
 /// (`tests/etcd_partition/cluster.rs`).
 #[path = "etcd_partition/cluster.rs"]
 mod cluster;
+
+/// One host's wall clock an hour ahead (`tests/etcd_partition/clock.rs`).
+#[path = "etcd_partition/clock.rs"]
+mod clock;

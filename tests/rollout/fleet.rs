@@ -270,15 +270,21 @@ impl Fleet {
 
     /// Starts (or starts again) the sidekick of instance `i` (0-based) on its config.
     pub fn start_sidekick(&mut self, i: usize) {
+        self.start_sidekick_with_env(i, &[]);
+    }
+
+    /// [`Fleet::start_sidekick`] with `env` added to the sidekick's environment.
+    pub fn start_sidekick_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let root = self.dir.path().join("config-root");
         let instance = &mut self.instances[i];
         let log = self.dir.path().join(format!("{}.log", instance.name));
-        instance.sidekick = Some(SidekickProcess::spawn(
+        instance.sidekick = Some(SidekickProcess::spawn_with_env(
             &self.spec.sidekick,
             &instance.config,
             &root,
             self.systemd.bus_address(),
             &log,
+            env,
         ));
     }
 

@@ -80,6 +80,18 @@ impl SidekickProcess {
         bus_address: &str,
         log: &Path,
     ) -> SidekickProcess {
+        SidekickProcess::spawn_with_env(binary, config, config_root, bus_address, log, &[])
+    }
+
+    /// [`SidekickProcess::spawn`] with `env` added to its environment (e.g. libfaketime's).
+    pub fn spawn_with_env(
+        binary: &Path,
+        config: &Path,
+        config_root: &Path,
+        bus_address: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> SidekickProcess {
         std::fs::create_dir_all(config_root).expect("config root");
         let mut cmd = Command::new(binary);
         cmd.args(["run", "--log", "stderr", "--config"])
@@ -87,7 +99,8 @@ impl SidekickProcess {
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
             .env("SIDEKICK_CONFIG_ROOT", config_root)
             .env("RUST_LOG", "info,sidekick::agent=debug")
-            .env_remove("NOTIFY_SOCKET");
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied());
         let name = config
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

@@ -377,6 +377,8 @@ pub enum Need {
     Docker,
     /// A port on 127.0.0.1 nothing listens on (e.g. a default endpoint that must be refused).
     FreePort(u16),
+    /// A file that must exist (e.g. a library a test preloads), by absolute path.
+    File(&'static str),
 }
 
 impl Need {
@@ -394,6 +396,8 @@ impl Need {
             Need::FreePort(port) => TcpListener::bind((Ipv4Addr::LOCALHOST, port))
                 .is_err()
                 .then(|| format!("127.0.0.1:{port} is in use on this host")),
+            Need::File(path) => (!Path::new(path).is_file())
+                .then(|| format!("{path} not found (run scripts/setup)")),
         }
     }
 }
