@@ -54,6 +54,8 @@ pub struct FleetSpec {
     pub grant_period: Duration,
     pub drain: Duration,
     pub slot_ttl: Duration,
+    /// `slot.max`.
+    pub slot_max: u32,
     pub registration_ttl: Duration,
     pub probe_interval: Duration,
     /// `health.rise`: passes in a row before an instance is registered.
@@ -85,6 +87,7 @@ impl FleetSpec {
             grant_period: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             slot_ttl: Duration::from_secs(10),
+            slot_max: 1,
             registration_ttl: Duration::from_secs(10),
             probe_interval: Duration::from_millis(250),
             rise: 2,
