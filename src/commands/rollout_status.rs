@@ -117,6 +117,9 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         halted: snap.halt.as_ref().map(|h| h.reason.as_str()),
         version: state,
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
+        // A one-shot command saw nothing before: the bake and the gap show on the writers' clocks.
+        release_seen: None,
+        wave_seen: None,
         swap_estimate: estimate,
         superseded_by: crate::rollout::gate::superseded_by(snap, version),
     };

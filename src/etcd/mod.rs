@@ -138,7 +138,17 @@ pub async fn connect(settings: &EtcdOptions) -> anyhow::Result<Client> {
             describe(&err)
         )
     };
-    let mut client = Client::connect(endpoints(settings), Some(connect_options(settings)?))
+    let options = connect_options(settings)?;
+    let all = endpoints(settings);
+    let mut chosen = match all.len() {
+        1 => all.clone(),
+        _ => members_with_leader(&all, &options).await,
+    };
+    if chosen.is_empty() {
+        // None answers: connecting to all of them fails with the reason below.
+        chosen = all;
+    }
+    let mut client = Client::connect(chosen, Some(options))
         .await
         .map_err(&unreachable)?;
     match client.status().await {
@@ -152,6 +162,42 @@ pub async fn connect(settings: &EtcdOptions) -> anyhow::Result<Client> {
         }
         Err(err) => Err(unreachable(err)),
     }
+}
+
+/// Of several endpoints, those whose member answers `Status` with a leader (every request carries
+/// `hasleader`), asked side by side. A member cut off from its quorum answers "no leader" at
+/// once, and a client balancing over every endpoint would keep sending it a share of the
+/// requests (each failing) for as long as the connection lasts; left out here, the requests go
+/// to the majority until the next reconnect asks every member again (issue 19 part 2, case 5).
+async fn members_with_leader(all: &[String], options: &ConnectOptions) -> Vec<String> {
+    let probes = all.iter().map(|endpoint| async move {
+        let answered = async {
+            let mut client = Client::connect([endpoint.clone()], Some(options.clone())).await?;
+            client.status().await.map(|_| ())
+        };
+        match answered.await {
+            Ok(()) => Some(endpoint.clone()),
+            // A least-privilege user is refused Status: the member still answered.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if i32::from(status.code()) == GRPC_PERMISSION_DENIED =>
+            {
+                Some(endpoint.clone())
+            }
+            Err(err) => {
+                tracing::info!(
+                    endpoint = %crate::logging::redact_url_text(endpoint),
+                    "etcd member left out of this connection: {}",
+                    describe(&err)
+                );
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Why an etcd call failed, in a few words a person can act on (`connection refused`, `no

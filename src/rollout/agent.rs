@@ -68,6 +68,8 @@ pub struct RolloutAgent {
     /// no swap of this process, was claimed by a clone on another host (the same instance
     /// name, a cloned machine id) and is not this process's to settle (`lost.rs`).
     started: Timestamp,
+    /// The monotonic start of this process's [`gate::Sightings`] readings.
+    epoch: std::time::Instant,
     inner: Mutex<Inner>,
 }
 
@@ -83,6 +85,9 @@ struct Configured {
 struct Inner {
     swap: Option<CurrentSwap>,
     jitter: Jitter,
+    /// When this host first saw the last release and each canary wave pass: the gaps after
+    /// them run from there, not from other hosts' wall clocks.
+    sightings: gate::Sightings,
     /// When the last slot hold may end by itself (a batch delay, a bake).
     wake_at: Option<Timestamp>,
     /// The revision the last slot hold was judged at; a waiter watches from the next.
@@ -155,6 +160,7 @@ impl RolloutAgent {
                 floor,
             }),
             started: Timestamp::now(),
+            epoch: std::time::Instant::now(),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -241,7 +247,6 @@ impl RolloutAgent {
     /// that spent its failure budget is refused ([`SlotHold::Refused`]): nothing but a new
     /// version lifts that, so waiting for it would hold the swap's grant for good.
     pub async fn slot_hold(&self, version: &str) -> Option<SlotHold> {
-        let now = Timestamp::now();
         let snap = match self.read().await {
             Ok(snap) => snap,
             Err(err) => {
@@ -253,7 +258,22 @@ impl RolloutAgent {
             policy: configured,
             floor,
         } = self.read_configured().clone();
-        let answer = gate::slot_answer(&snap, &configured, floor, &self.instance, version, now);
+        // Read after the snapshot: what it shows is first seen no earlier than now.
+        let (now, mono) = (Timestamp::now(), self.epoch.elapsed());
+        let answer = {
+            let mut inner = self.lock();
+            inner.sightings.observe(&snap, &configured, mono);
+            gate::slot_answer_seen(
+                &snap,
+                &configured,
+                floor,
+                &self.instance,
+                version,
+                &inner.sightings,
+                mono,
+                now,
+            )
+        };
         {
             let mut inner = self.lock();
             inner.seen = snap.revision;
@@ -362,6 +382,12 @@ impl RolloutAgent {
             floor,
         } = self.read_configured().clone();
         let mut inner = self.lock();
+        // The empty stand-in of an etcd that could not be read shows nothing to see.
+        if snap.revision > 0 {
+            inner
+                .sightings
+                .observe(&snap, &configured, self.epoch.elapsed());
+        }
         if let Some(metrics) = &inner.metrics {
             let policy = store::effective(snap.stored_policy.as_ref(), &configured);
             metrics.set_next_window(gate::next_window_secs(policy, now));

@@ -22,8 +22,14 @@ pub struct GroupView<'a> {
     pub halted: Option<&'a str>,
     /// The version's state; `None` before anyone started it.
     pub version: Option<&'a VersionState>,
-    /// The group's last slot release, of any version.
+    /// The group's last slot release, of any version (the releasing host's clock).
     pub last_release: Option<Timestamp>,
+    /// When this host first saw that release, on its own clock in the frame of `now` (from a
+    /// monotonic reading, [`super::gate::Sightings`]); `batch_delay` runs from here when known.
+    pub release_seen: Option<Timestamp>,
+    /// When this host first saw the view's canary wave pass (as `release_seen`); `canary_bake`
+    /// runs from here when known.
+    pub wave_seen: Option<Timestamp>,
     /// How long a swap takes here: the measured p95, or the floor before any.
     pub swap_estimate: Duration,
     /// The newest version the group recorded a rollout of, when it is newer than the view's
@@ -153,10 +159,12 @@ pub fn slot_gate(
         Fit::Closed { opens } => return hold(Hold::OutsideWindow { opens }),
         Fit::TooShort { closes, needs } => return hold(Hold::WindowTooShort { closes, needs }),
     }
-    if let Some(h) = wave_hold(policy, view.version, instance, now) {
+    if let Some(h) = wave_hold(policy, view.version, view.wave_seen, instance, now) {
         return h;
     }
-    if let Some(until) = view.last_release.map(|t| after(t, policy.batch_delay))
+    if let Some(until) = view
+        .last_release
+        .map(|t| after(measured_from(t, view.release_seen), policy.batch_delay))
         && now < until
     {
         return hold(Hold::BatchDelay { until });
@@ -164,10 +172,21 @@ pub fn slot_gate(
     SlotGate::Take { canary: false }
 }
 
+/// Where a gap after an event other hosts stamped runs from: when this host first saw the event
+/// (`seen`, its own clock), else the writer's stamp. Another host's wall clock ahead of or
+/// behind this one's by X would otherwise shorten or lengthen the gap by X (issue 17); the first
+/// sight comes after the event, so measured from it a gap is never cut short, whatever the
+/// clocks say.
+pub fn measured_from(written: Timestamp, seen: Option<Timestamp>) -> Timestamp {
+    seen.unwrap_or(written)
+}
+
 /// The canary wave, bake and promotion: `Some` when they decide (a canary's own slot, or a hold).
+/// `wave_seen`: when this host first saw the wave pass.
 fn wave_hold(
     policy: &RolloutPolicy,
     state: Option<&VersionState>,
+    wave_seen: Option<Timestamp>,
     instance: &str,
     now: Timestamp,
 ) -> Option<SlotGate> {
@@ -185,7 +204,7 @@ fn wave_hold(
                 wanted,
             }));
         };
-        let until = after(passed_at, policy.canary_bake);
+        let until = after(measured_from(passed_at, wave_seen), policy.canary_bake);
         if now < until {
             return Some(SlotGate::Hold(Hold::Baking { until }));
         }

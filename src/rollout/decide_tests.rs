@@ -50,6 +50,8 @@ fn view<'a>(policy: &'a RolloutPolicy, version: Option<&'a VersionState>) -> Gro
         halted: None,
         version,
         last_release: None,
+        release_seen: None,
+        wave_seen: None,
         swap_estimate: SWAP,
         superseded_by: None,
     }

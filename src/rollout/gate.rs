@@ -30,6 +30,108 @@ pub fn slot_answer(
     slot_gate(&view, &schedule, instance, now)
 }
 
+/// [`slot_answer`] with the gaps other hosts' stamps start (`batch_delay` after the last
+/// release, `canary_bake` after the wave passed) measured from when this host first saw them:
+/// `sightings` has seen `snap` ([`Sightings::observe`]) and `mono` is this host's monotonic
+/// reading taken with `now`.
+#[allow(clippy::too_many_arguments)]
+pub fn slot_answer_seen(
+    snap: &GroupSnapshot,
+    configured: &RolloutPolicy,
+    floor: Duration,
+    instance: &str,
+    version: &str,
+    sightings: &Sightings,
+    mono: Duration,
+    now: Timestamp,
+) -> SlotGate {
+    let policy = effective(snap.stored_policy.as_ref(), configured);
+    let mut view = view(snap, policy, floor, version);
+    view.release_seen = view
+        .last_release
+        .and_then(|t| sightings.release_seen(t, mono, now));
+    view.wave_seen = view
+        .version
+        .and_then(|s| s.wave_passed_at(policy.canary))
+        .and_then(|t| sightings.wave_seen(version, t, mono, now));
+    let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
+    slot_gate(&view, &schedule, instance, now)
+}
+
+/// When this host first saw the events other hosts stamp with their wall clocks and the rollout's
+/// gaps run from (issue 17): the group's last release and each version's canary wave passing,
+/// each kept with this host's monotonic reading (a [`Duration`] since any fixed start) at its
+/// first sight. A gap measured from the first sight is never cut short by a writer's clock being
+/// behind this host's (nor lengthened by one ahead); it can only start late, by as long as this
+/// host took to look (a sidekick that starts during a gap waits it whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sightings {
+    /// The last release's stamp and when it was first seen.
+    release: Option<(Timestamp, Duration)>,
+    /// Per version: when its wave passed (the writer's stamp) and when that was first seen.
+    waves: std::collections::BTreeMap<String, (Timestamp, Duration)>,
+}
+
+impl Sightings {
+    /// Notes what `snap` shows at the monotonic reading `mono`: a stamp not seen before (a new
+    /// release, a wave that passed, or one whose stamp changed) is seen now. Versions gone from
+    /// the group are forgotten.
+    pub fn observe(&mut self, snap: &GroupSnapshot, configured: &RolloutPolicy, mono: Duration) {
+        let policy = effective(snap.stored_policy.as_ref(), configured);
+        if let Some(last) = snap.versions.iter().filter_map(|v| v.last_release()).max()
+            && self.release.is_none_or(|(seen, _)| seen != last)
+        {
+            self.release = Some((last, mono));
+        }
+        self.waves
+            .retain(|version, _| snap.versions.iter().any(|v| &v.version == version));
+        for state in &snap.versions {
+            let Some(passed) = state.wave_passed_at(policy.canary) else {
+                continue;
+            };
+            match self.waves.get(&state.version) {
+                Some((seen, _)) if *seen == passed => {}
+                _ => {
+                    self.waves.insert(state.version.clone(), (passed, mono));
+                }
+            }
+        }
+    }
+
+    /// When the release stamped `written` was first seen, in the frame of `now` (this host's
+    /// clock read with the monotonic `mono`); `None` when it was not seen.
+    pub fn release_seen(
+        &self,
+        written: Timestamp,
+        mono: Duration,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let (stamp, at) = self.release?;
+        (stamp == written).then(|| seen_at(at, mono, now))
+    }
+
+    /// When `version`'s wave passing stamped `written` was first seen (as [`Self::release_seen`]).
+    pub fn wave_seen(
+        &self,
+        version: &str,
+        written: Timestamp,
+        mono: Duration,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let (stamp, at) = self.waves.get(version)?;
+        (*stamp == written).then(|| seen_at(*at, mono, now))
+    }
+}
+
+/// The monotonic reading `at` as a time in the frame of `now` (read with `mono`): `now` less
+/// how long ago it was on the monotonic clock (a step of the wall clock between them moves it
+/// along, so a gap from it still lasts its length).
+fn seen_at(at: Duration, mono: Duration, now: Timestamp) -> Timestamp {
+    let ago = jiff::SignedDuration::try_from(mono.saturating_sub(at))
+        .unwrap_or(jiff::SignedDuration::MAX);
+    now.checked_sub(ago).unwrap_or(Timestamp::MIN)
+}
+
 /// What the decisions read of `snap` for `version` under `policy`.
 fn view<'a>(
     snap: &'a GroupSnapshot,
@@ -43,6 +145,8 @@ fn view<'a>(
         halted: snap.halt.as_ref().map(|h| h.reason.as_str()),
         version: snap.versions.iter().find(|v| v.version == version),
         last_release: snap.versions.iter().filter_map(|v| v.last_release()).max(),
+        release_seen: None,
+        wave_seen: None,
         swap_estimate: swap_estimate(snap, policy, floor),
         superseded_by: superseded_by(snap, version),
     }

@@ -346,3 +346,167 @@ fn a_version_older_than_a_recorded_rollout_is_superseded_and_refused() {
     let newest = slot_answer(&s, &manual, FLOOR, "web-1", "10.0.0", t(1));
     assert_eq!(newest, SlotGate::Hold(Hold::AwaitingPromotion));
 }
+
+/// Issue 17, clock skew: the gaps other hosts' stamps start are measured from this host's first
+/// sight (a monotonic reading), so a writer's clock an hour behind cannot cut `batch_delay`
+/// short, one an hour ahead does not stretch it, and a step of this host's own wall clock after
+/// the sight moves the gap's end along with it.
+#[test]
+fn batch_delay_runs_from_this_hosts_first_sight_of_the_release_whatever_the_writers_clock() {
+    const HOUR: i64 = 3600;
+    let configured = policy(|p| p.batch_delay = Duration::from_secs(60));
+    let mono = |s: u64| Duration::from_secs(s);
+    for skew in [-HOUR, HOUR, 0] {
+        // Released at this host's t(0), stamped on a clock `skew` off.
+        let mut v = VersionState::new("2.0.0", t(skew - 30));
+        v.add_swap(released_swap("web-1", skew - 30, skew));
+        let s = snap(vec![v]);
+        let mut sightings = Sightings::default();
+        sightings.observe(&s, &configured, mono(100));
+        let answer = |m: u64, now: Timestamp| {
+            slot_answer_seen(
+                &s,
+                &configured,
+                FLOOR,
+                "web-2",
+                "2.0.0",
+                &sightings,
+                mono(m),
+                now,
+            )
+        };
+        assert_eq!(
+            answer(100, t(0)),
+            SlotGate::Hold(Hold::BatchDelay { until: t(60) }),
+            "skew {skew}"
+        );
+        assert_eq!(
+            answer(159, t(59)),
+            SlotGate::Hold(Hold::BatchDelay { until: t(60) }),
+            "skew {skew}"
+        );
+        assert_eq!(
+            answer(160, t(60)),
+            SlotGate::Take { canary: false },
+            "skew {skew}"
+        );
+        // This host's wall clock stepped an hour ahead 10 s after the sight: 50 s still to go.
+        assert_eq!(
+            answer(110, t(HOUR + 10)),
+            SlotGate::Hold(Hold::BatchDelay {
+                until: t(HOUR + 60)
+            }),
+            "skew {skew}"
+        );
+    }
+    // Without a sighting (the one-shot `rollout status`) the writer's clock decides, as it did
+    // for every host before: the hour-behind stamp let the next slot go at once.
+    let mut v = VersionState::new("2.0.0", t(-HOUR - 30));
+    v.add_swap(released_swap("web-1", -HOUR - 30, -HOUR));
+    let s = snap(vec![v]);
+    assert_eq!(
+        slot_answer(&s, &configured, FLOOR, "web-2", "2.0.0", t(0)),
+        SlotGate::Take { canary: false }
+    );
+}
+
+#[test]
+fn canary_bake_runs_from_this_hosts_first_sight_of_the_wave_passing() {
+    const HOUR: i64 = 3600;
+    let configured = policy(|p| {
+        p.canary = 1;
+        p.canary_bake = Duration::from_secs(120);
+    });
+    let mono = |s: u64| Duration::from_secs(s);
+    for skew in [-HOUR, HOUR] {
+        let mut v = VersionState::new("2.0.0", t(skew - 60));
+        v.add_canary("web-1", t(skew - 60));
+        v.canary_result("web-1", true, t(skew));
+        let s = snap(vec![v]);
+        let mut sightings = Sightings::default();
+        sightings.observe(&s, &configured, mono(7));
+        let answer = |m: u64, now: Timestamp| {
+            slot_answer_seen(
+                &s,
+                &configured,
+                FLOOR,
+                "web-2",
+                "2.0.0",
+                &sightings,
+                mono(m),
+                now,
+            )
+        };
+        assert_eq!(
+            answer(7, t(0)),
+            SlotGate::Hold(Hold::Baking { until: t(120) }),
+            "skew {skew}"
+        );
+        assert_eq!(
+            answer(126, t(119)),
+            SlotGate::Hold(Hold::Baking { until: t(120) }),
+            "skew {skew}"
+        );
+        assert_eq!(
+            answer(127, t(120)),
+            SlotGate::Take { canary: false },
+            "skew {skew}"
+        );
+    }
+}
+
+#[test]
+fn a_new_stamp_is_seen_anew_and_a_sighting_of_another_stamp_is_not_used() {
+    let configured = policy(|p| p.batch_delay = Duration::from_secs(60));
+    let mono = |s: u64| Duration::from_secs(s);
+    let mut v = VersionState::new("2.0.0", t(0));
+    v.add_swap(released_swap("web-1", 0, 10));
+    let mut s = snap(vec![v]);
+    let mut sightings = Sightings::default();
+    sightings.observe(&s, &configured, mono(10));
+    // Seen again later: the first sight stays.
+    sightings.observe(&s, &configured, mono(40));
+    assert_eq!(sightings.release_seen(t(10), mono(40), t(40)), Some(t(10)));
+    // Another stamp than the one seen: no sighting of it.
+    assert_eq!(sightings.release_seen(t(11), mono(40), t(40)), None);
+    // The next release is seen when it is first read.
+    s.versions[0].add_swap(released_swap("web-2", 20, 30));
+    sightings.observe(&s, &configured, mono(50));
+    assert_eq!(sightings.release_seen(t(30), mono(50), t(50)), Some(t(50)));
+    assert_eq!(
+        slot_answer_seen(
+            &s,
+            &configured,
+            FLOOR,
+            "web-3",
+            "2.0.0",
+            &sightings,
+            mono(50),
+            t(50)
+        ),
+        SlotGate::Hold(Hold::BatchDelay { until: t(110) })
+    );
+}
+
+#[test]
+fn a_wave_is_forgotten_with_its_version_and_seen_anew_when_its_stamp_changes() {
+    let configured = policy(|p| p.canary = 1);
+    let mono = |s: u64| Duration::from_secs(s);
+    let mut v = VersionState::new("2.0.0", t(0));
+    v.add_canary("web-1", t(0));
+    v.canary_result("web-1", true, t(5));
+    let s = snap(vec![v.clone()]);
+    let mut sightings = Sightings::default();
+    sightings.observe(&s, &configured, mono(5));
+    assert_eq!(
+        sightings.wave_seen("2.0.0", t(5), mono(9), t(9)),
+        Some(t(5))
+    );
+    sightings.observe(&snap(Vec::new()), &configured, mono(9));
+    assert_eq!(sightings.wave_seen("2.0.0", t(5), mono(9), t(9)), None);
+    sightings.observe(&s, &configured, mono(12));
+    assert_eq!(
+        sightings.wave_seen("2.0.0", t(5), mono(12), t(12)),
+        Some(t(12))
+    );
+}

@@ -54,6 +54,8 @@ pub struct FleetSpec {
     pub grant_period: Duration,
     pub drain: Duration,
     pub slot_ttl: Duration,
+    /// `slot.max`.
+    pub slot_max: u32,
     pub registration_ttl: Duration,
     pub probe_interval: Duration,
     /// `health.rise`: passes in a row before an instance is registered.
@@ -69,6 +71,11 @@ pub struct FleetSpec {
     /// Run each sidekick as `sidekick@N.service` in the container (`Wants=` + `After=` its app
     /// unit) instead of as a host process.
     pub sidekick_units: bool,
+    /// etcd members: 1, or a cluster whose members reach each other through cuttable gates
+    /// ([`crate::support::peer_links::PeerLinks`]). With more than one, the fleet's client and
+    /// Traefik use every member but the first (which the partition cases cut and kill); the
+    /// sidekicks are configured with all of them.
+    pub etcd_members: usize,
     /// What runs the app's containers.
     pub runtime: AppRuntime,
 }
@@ -97,6 +104,7 @@ impl FleetSpec {
             grant_period: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             slot_ttl: Duration::from_secs(10),
+            slot_max: 1,
             registration_ttl: Duration::from_secs(10),
             probe_interval: Duration::from_millis(250),
             rise: 2,
@@ -105,6 +113,7 @@ impl FleetSpec {
             monitor: Duration::ZERO,
             batch_delay: Duration::ZERO,
             sidekick_units: false,
+            etcd_members: 1,
             runtime: AppRuntime::Docker,
         }
     }
@@ -146,8 +155,18 @@ impl Fleet {
     pub async fn start(spec: FleetSpec) -> Fleet {
         let one_at_a_time = ONE_FLEET.lock().await;
         let dir = temp_dir("rollout");
-        let etcd = Etcd::start().await;
-        let client = etcd.client().await;
+        let etcd = match spec.etcd_members {
+            0 | 1 => Etcd::start().await,
+            n => Etcd::start_linked_cluster(n).await,
+        };
+        let observed = match spec.etcd_members {
+            0 | 1 => etcd.endpoints(),
+            _ => etcd.endpoints()[1..].to_vec(),
+        };
+        let client = crate::support::etcd::connect(&observed)
+            .await
+            .expect("connect to etcd");
+        client.clone().status().await.expect("etcd status");
         let registry = Registry::start().await;
         let mut images = BTreeMap::new();
         for version in std::iter::once(FIRST_VERSION).chain(spec.versions.iter().copied()) {
@@ -160,7 +179,11 @@ impl Fleet {
                 images::push(&local, &registry.address()),
             );
         }
-        let traefik = Traefik::start(&etcd.endpoint()).await;
+        let traefik_etcd: Vec<&str> = observed
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        let traefik = Traefik::start(&traefik_etcd.join(",")).await;
         for (key, value) in traefik::router_keys(SERVICE, HOST, SERVICE) {
             client
                 .clone()
@@ -273,7 +296,8 @@ impl Fleet {
                 spec: &self.spec,
                 unit: &self.instances[i].unit,
                 port: self.instances[i].port,
-                etcd: &self.etcd.endpoint(),
+                // Rendered inside `endpoints = ["…"]`: the members, each quoted.
+                etcd: &self.etcd.endpoints().join("\", \""),
                 update_server: &self.updates.endpoint(),
                 dropin_dir: &dropin_dir,
                 state_dir: &state_dir,
@@ -295,15 +319,21 @@ impl Fleet {
 
     /// Starts (or starts again) the sidekick of instance `i` (0-based) on its config.
     pub fn start_sidekick(&mut self, i: usize) {
+        self.start_sidekick_with_env(i, &[]);
+    }
+
+    /// [`Fleet::start_sidekick`] with `env` added to the sidekick's environment.
+    pub fn start_sidekick_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let root = self.dir.path().join("config-root");
         let instance = &mut self.instances[i];
         let log = self.dir.path().join(format!("{}.log", instance.name));
-        instance.sidekick = Some(SidekickProcess::spawn(
+        instance.sidekick = Some(SidekickProcess::spawn_with_env(
             &self.spec.sidekick,
             &instance.config,
             &root,
             self.systemd.bus_address(),
             &log,
+            env,
         ));
     }
 

@@ -26,7 +26,7 @@ pub struct SidekickConfig<'a> {
 
 impl SidekickConfig<'_> {
     /// The TOML text: traefik layout on 127.0.0.1:port, HTTP check, updates from the example
-    /// service with `{codebase}` as the image, one etcd slot, `docker pull {image}` as pre-pull.
+    /// service with `{codebase}` as the image, `slot_max` etcd slots, `docker pull {image}` as pre-pull.
     pub fn render(&self) -> String {
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let spec = self.spec;
@@ -39,7 +39,7 @@ impl SidekickConfig<'_> {
              [update]\nenabled = {updates}\nserver = \"{server}\"\napp_id = \"{APP_ID}\"\n\
              track = \"{TRACK}\"\ninterval = \"{interval}\"\nimage = \"{{codebase}}\"\n\
              allow_major_jump = true\n\
-             [slot]\nbackend = \"etcd\"\nmax = 1\nttl = \"{slot_ttl}\"\n\
+             [slot]\nbackend = \"etcd\"\nmax = {slot_max}\nttl = \"{slot_ttl}\"\n\
              [swap]\ndrain = \"{drain}\"\nstart_timeout = \"60s\"\nverify_timeout = \"{verify}\"\n\
              prepull = [\"{docker}\", \"pull\", \"{{image}}\"]\ndropin_dir = \"{dropins}\"\n\
              [rollout]\nmin_healthy = \"{min_healthy}\"\nmonitor = \"{monitor}\"\n\
@@ -55,6 +55,7 @@ impl SidekickConfig<'_> {
             server = self.update_server,
             interval = d(spec.update_interval),
             slot_ttl = d(spec.slot_ttl),
+            slot_max = spec.slot_max,
             drain = d(spec.drain),
             verify = d(spec.verify_timeout),
             min_healthy = d(spec.min_healthy),
@@ -83,6 +84,18 @@ impl SidekickProcess {
         bus_address: &str,
         log: &Path,
     ) -> SidekickProcess {
+        SidekickProcess::spawn_with_env(binary, config, config_root, bus_address, log, &[])
+    }
+
+    /// [`SidekickProcess::spawn`] with `env` added to its environment (e.g. libfaketime's).
+    pub fn spawn_with_env(
+        binary: &Path,
+        config: &Path,
+        config_root: &Path,
+        bus_address: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> SidekickProcess {
         std::fs::create_dir_all(config_root).expect("config root");
         let mut cmd = Command::new(binary);
         cmd.args(["run", "--log", "stderr", "--config"])
@@ -90,7 +103,8 @@ impl SidekickProcess {
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
             .env("SIDEKICK_CONFIG_ROOT", config_root)
             .env("RUST_LOG", "info,sidekick::agent=debug")
-            .env_remove("NOTIFY_SOCKET");
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied());
         let name = config
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

@@ -197,10 +197,15 @@ impl Observed<'_> {
     /// restart without a slot held by the restarted instance, no failed request through Traefik
     /// and the rate. Each broken one, described.
     pub fn violations(&self) -> Vec<String> {
+        self.violations_within(1)
+    }
+
+    /// [`Observed::violations`] with at most `max` units restarting or not active at once.
+    pub fn violations_within(&self, max: usize) -> Vec<String> {
         eprintln!("{}", self.summary());
         let mut broken = Vec::new();
         let (most, down) = self.units.most_down_at_once();
-        if most > 1 {
+        if most > max {
             broken.push(format!(
                 "{}: {most} app units restarting or not active at once: {down:?}",
                 self.what
@@ -250,7 +255,12 @@ impl Observed<'_> {
 
     /// Panics with every broken invariant (see [`Observed::violations`]).
     pub fn check(&self, fleet: &Fleet) {
-        let broken = self.violations();
+        self.check_within(fleet, 1);
+    }
+
+    /// [`Observed::check`] with at most `max` units restarting or not active at once.
+    pub fn check_within(&self, fleet: &Fleet, max: usize) {
+        let broken = self.violations_within(max);
         assert!(
             broken.is_empty(),
             "{}\n{}",

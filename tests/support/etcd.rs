@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
+use super::peer_links::PeerLinks;
 use super::{Need, ProcessGuard, SignalTarget, free_port, poll_until, temp_dir};
 
 /// What etcd tests need from the machine: the etcd binary of the chosen version.
@@ -94,6 +95,8 @@ pub struct EtcdMember {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// The peer port the others dial: `peer_port`, or its gate's ([`PeerLinks`]).
+    advertised_peer_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     initial_cluster: String,
@@ -132,6 +135,7 @@ impl EtcdMember {
         assert!(self.process.is_none(), "{} already running", self.name);
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let advertised = format!("http://127.0.0.1:{}", self.advertised_peer_port);
         let mut cmd = Command::new(binary().unwrap_or_else(|e| panic!("{e}")));
         cmd.arg("--name")
             .arg(&self.name)
@@ -140,7 +144,7 @@ impl EtcdMember {
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &advertised])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.cluster_token])
             .args(["--initial-cluster-state", "new"])
@@ -194,6 +198,7 @@ impl EtcdMember {
 /// A running etcd cluster of one or more members in one temp dir; every member stops on drop.
 pub struct Etcd {
     members: Vec<EtcdMember>,
+    links: Option<PeerLinks>,
     _dir: tempfile::TempDir,
 }
 
@@ -206,6 +211,16 @@ impl Etcd {
     /// Starts an `n`-member cluster (use 3 for failover tests) and waits until every member
     /// answers a linearizable read.
     pub async fn start_cluster(n: usize) -> Etcd {
+        Etcd::start_members(n, false).await
+    }
+
+    /// An `n`-member cluster whose members reach each other only through [`PeerLinks`] gates,
+    /// so a test can cut one member from the others ([`Etcd::links`]).
+    pub async fn start_linked_cluster(n: usize) -> Etcd {
+        Etcd::start_members(n, true).await
+    }
+
+    async fn start_members(n: usize, linked: bool) -> Etcd {
         assert!(n > 0, "a cluster needs a member");
         let dir = temp_dir("etcd");
         let token = dir
@@ -214,10 +229,13 @@ impl Etcd {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "sidekick-test".into());
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        let links = match linked {
+            true => Some(PeerLinks::start(&ports.iter().map(|p| p.1).collect::<Vec<_>>()).await),
+            false => None,
+        };
+        let advertised = |i: usize| links.as_ref().map_or(ports[i].1, |l| l.port(i));
+        let initial_cluster = (0..n)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", advertised(i)))
             .collect::<Vec<_>>()
             .join(",");
         let mut members: Vec<EtcdMember> = ports
@@ -227,6 +245,7 @@ impl Etcd {
                 name: format!("m{i}"),
                 client_port,
                 peer_port,
+                advertised_peer_port: advertised(i),
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 initial_cluster: initial_cluster.clone(),
@@ -234,13 +253,25 @@ impl Etcd {
                 process: None,
             })
             .collect();
-        for m in &mut members {
+        for (i, m) in members.iter_mut().enumerate() {
             m.spawn();
+            if let Some(links) = &links {
+                links.set_pid(i, m.pid());
+            }
         }
         for m in &mut members {
             m.wait_ready().await;
         }
-        Etcd { members, _dir: dir }
+        Etcd {
+            members,
+            links,
+            _dir: dir,
+        }
+    }
+
+    /// The gates between the members of a [`Etcd::start_linked_cluster`].
+    pub fn links(&self) -> Option<&PeerLinks> {
+        self.links.as_ref()
     }
 
     /// The client URL of every member.
@@ -285,10 +316,13 @@ impl Etcd {
 
     /// Restarts every stopped member on its data dir and waits until all answer.
     pub async fn restart(&mut self) {
-        for m in &mut self.members {
+        for (i, m) in self.members.iter_mut().enumerate() {
             if !m.is_running() {
                 m.stop();
                 m.spawn();
+                if let Some(links) = &self.links {
+                    links.set_pid(i, m.pid());
+                }
             }
         }
         for m in &mut self.members {

@@ -24,6 +24,7 @@ pub mod blackhole;
 pub mod cgroup;
 pub mod etcd;
 pub mod images;
+pub mod peer_links;
 pub mod pki;
 pub mod proxy;
 pub mod reaper;
@@ -378,6 +379,8 @@ pub enum Need {
     Docker,
     /// A port on 127.0.0.1 nothing listens on (e.g. a default endpoint that must be refused).
     FreePort(u16),
+    /// A file that must exist (e.g. a library a test preloads), by absolute path.
+    File(&'static str),
 }
 
 impl Need {
@@ -396,6 +399,8 @@ impl Need {
             Need::FreePort(port) => TcpListener::bind((Ipv4Addr::LOCALHOST, port))
                 .is_err()
                 .then(|| format!("127.0.0.1:{port} is in use on this host")),
+            Need::File(path) => (!Path::new(path).is_file())
+                .then(|| format!("{path} not found (run scripts/setup)")),
         }
     }
 }
