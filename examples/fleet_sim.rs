@@ -202,7 +202,7 @@ async fn agent(
         let before = etcd_requests(&slots);
         let mut retry = false;
         let acquired = loop {
-            match slots.acquire_in_line(NEW_VERSION, retry, true).await {
+            match slots.acquire_in_line(NEW_VERSION, retry, true, false).await {
                 Ok(Acquisition::Acquired) => break Instant::now(),
                 Ok(Acquisition::Busy { .. }) => retry = true,
                 Ok(other) => anyhow::bail!("{name}: not acquired: {other:?}"),
