@@ -474,7 +474,7 @@ async fn a_unit_that_fails_inside_monitor_halts_the_group_and_rolls_back_taking_
         ..Setup::new("2.0.0", "none", Duration::from_millis(20))
     })
     .await;
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("3/1 sent, the slot released, watched in monitor", || {
         world.events().contains(&Event::UpdateComplete)
             && world.slots.holders().is_empty()
@@ -523,7 +523,7 @@ async fn with_no_monitor_the_swap_is_over_at_its_release() {
         ..Setup::new("2.0.0", "none", Duration::from_millis(20))
     })
     .await;
-    let journal = world.dir.path().join("web-1.json");
+    let journal = world.dir.path().join("web-1/journal.json");
     eventually("3/1, released, journal cleared, serving", || {
         world.events().contains(&Event::UpdateComplete)
             && world.slots.holders().is_empty()
