@@ -1,7 +1,8 @@
 //! The group's rollout in the simulation (issue 17): what etcd keeps of it (the stored policy,
 //! the pause, each version's state, changed by compare-and-swap: [`RolloutStore`]), and each
 //! simulated sidekick's side of it, calling the same pure functions as the real agent
-//! ([`crate::rollout::agent`]) in the same order: the slot gate ([`gate::slot_answer`]) and the
+//! ([`crate::rollout::agent`]) in the same order: the slot gate ([`gate::slot_answer_seen`],
+//! after noting what the read shows in the process's [`gate::Sightings`]) and the
 //! canary claim before the slot backend's acquire, the swap recorded when the slot is taken and
 //! its result when it is released (before the key goes), and the check gate
 //! ([`gate::check_gate`]) before each update check. Virtual time is a [`Timestamp`] from
@@ -123,6 +124,9 @@ pub struct RolloutClient {
     /// The last update pass that looked for this instance's lost canary places (serving, with
     /// no swap in flight and etcd reachable).
     pub settled_at: Option<Timestamp>,
+    /// `RolloutAgent`'s sightings: when this process first saw the last release and each
+    /// version's wave passing, on its monotonic clock (here virtual time).
+    pub sightings: gate::Sightings,
 }
 
 impl RolloutClient {
@@ -136,6 +140,7 @@ impl RolloutClient {
             min_healthy: None,
             monitor: None,
             pending: Vec::new(),
+            sightings: gate::Sightings::default(),
         }
     }
 
@@ -304,7 +309,20 @@ impl super::Sim {
         let me = self.inst[i].holder.clone();
         let p = self.inst[i].proc.as_mut()?;
         let configured = p.rollout.configured.clone();
-        let answer = gate::slot_answer(&snap, &configured, floor(), &me, version, now);
+        // As the agent does: what the snapshot shows is seen now, then the gate judges the gaps
+        // from those sightings (virtual time is the monotonic clock).
+        let mono = Duration::from_millis(self.now);
+        p.rollout.sightings.observe(&snap, &configured, mono);
+        let answer = gate::slot_answer_seen(
+            &snap,
+            &configured,
+            floor(),
+            &me,
+            version,
+            &p.rollout.sightings,
+            mono,
+            now,
+        );
         let policy = effective(snap.stored_policy.as_ref(), &configured).clone();
         p.rollout.min_healthy = Some(policy.min_healthy);
         p.rollout.monitor = Some(policy.monitor);
@@ -591,7 +609,8 @@ impl super::Sim {
     /// `None` to send it, else the delay before the next pass. Cut from etcd, the configured
     /// windows still apply.
     pub(super) fn hold_check(&mut self, i: usize, running: &str, interval: Ms) -> Option<Ms> {
-        let snap = match self.cut(i) {
+        let cut = self.cut(i);
+        let snap = match cut {
             true => RolloutStore::default().snapshot(None),
             false => self.snapshot(),
         };
@@ -600,6 +619,12 @@ impl super::Sim {
         let me = self.inst[i].holder.clone();
         let p = self.inst[i].proc.as_mut()?;
         let configured = p.rollout.configured.clone();
+        // The agent notes what a read shows, not the stand-in for an etcd it could not read.
+        if !cut {
+            p.rollout
+                .sightings
+                .observe(&snap, &configured, Duration::from_millis(self.now));
+        }
         let hold = gate::check_gate(
             &snap,
             &configured,
