@@ -321,6 +321,67 @@ async fn status_wait_exits_3_awaiting_promotion_then_0_when_every_instance_serve
     assert!(out.stderr.is_empty(), "{out:?}");
 }
 
+/// `--wait` is not done while a swap is under way: an instance on the version that is still in
+/// its swap (min-healthy) does not serve it yet, and a held slot counts one instance more than
+/// those serving, since the holder's record can be briefly absent (rollout_bench saw `--wait`
+/// exit 0 with 2 of 2 while the third instance had just taken its slot).
+#[tokio::test]
+async fn status_wait_is_not_done_while_a_slot_is_held_or_an_instance_is_still_in_its_swap() {
+    let Some((etcd, mut client)) = start().await else {
+        return;
+    };
+    let dir = temp_dir("rollout-wait-held");
+    let cfg = config(dir.path(), &etcd.endpoint(), "");
+    put_state(&mut client, &VersionState::new("2.0.0", Timestamp::now())).await;
+    put_instance(&mut client, "web-1", "2.0.0").await;
+    put_instance(&mut client, "web-2", "2.0.0").await;
+    // web-3 took its slot and is between leases: no record.
+    let slot = sidekick::slot::etcd::slot_key(GROUP, 0);
+    client
+        .put(slot.as_str(), r#"{"holder":"id-web-3"}"#, None)
+        .await
+        .expect("put slot");
+    let out = rollout(dir.path(), &cfg, &["status", "--wait", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rolling; 2 of 3 instances serve it"),
+        "{}",
+        text(&out)
+    );
+    // Its record back, restarted on 2.0.0 and in min-healthy, the slot still held.
+    let mut record = serde_json::json!({
+        "version": "2.0.0", "phase": "updating", "since": Timestamp::now().to_string(),
+        "last_check": null, "result": null, "host": "127.0.0.1", "target": "2.0.0",
+        "step": "min-healthy"
+    });
+    client
+        .put(record_key(GROUP, "web-3"), record.to_string(), None)
+        .await
+        .expect("put record");
+    let mut waiter = Waiter::spawn(command(
+        dir.path(),
+        &cfg,
+        &["status", "--wait", "--timeout", "30s"],
+    ));
+    let first = waiter.first_line();
+    assert!(first.contains("rolling; 2 of 3"), "{first}");
+    // Released: the slot goes, then the record says serving.
+    client
+        .delete(slot.as_str(), None)
+        .await
+        .expect("delete slot");
+    record["phase"] = "serving".into();
+    record["target"] = serde_json::Value::Null;
+    record["step"] = serde_json::Value::Null;
+    client
+        .put(record_key(GROUP, "web-3"), record.to_string(), None)
+        .await
+        .expect("put record");
+    let out = waiter.finish();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("done; 3 of 3"), "{out:?}");
+}
+
 #[tokio::test]
 async fn status_wait_exits_1_on_a_halt_and_4_on_the_timeout() {
     let Some((etcd, mut client)) = start().await else {

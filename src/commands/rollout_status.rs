@@ -106,11 +106,7 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
             json,
         };
     };
-    let serving = snap
-        .instances
-        .iter()
-        .filter(|(_, r)| r.version == version)
-        .count();
+    let (serving, instances) = crate::rollout::gate::serving_counts(snap, version);
     let view = GroupView {
         policy,
         paused: snap.paused.is_some(),
@@ -123,8 +119,8 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         swap_estimate: estimate,
         superseded_by: crate::rollout::gate::superseded_by(snap, version),
     };
-    let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
-    let remaining = snap.instances.len().saturating_sub(serving);
+    let stage = stage(&view, &schedule, serving, instances, now);
+    let remaining = instances.saturating_sub(serving);
     let eta = crate::rollout::gate::eta(&stage, remaining, estimate, policy.batch_delay, now);
     let (claimed, passed, failed) = state.map_or((0, 0, 0), |s| {
         (s.canaries.len(), s.canaries_passed(), s.failed_instances())
@@ -152,7 +148,7 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         "{head}; version {version}{unrecorded}: {}; {serving} of {} instances serve it; \
          canaries {passed}/{} passed; failures {failed}/{}",
         detail(&stage),
-        snap.instances.len(),
+        instances,
         policy.canary,
         policy.max_failures
     );
@@ -164,7 +160,8 @@ fn report(settings: &RolloutSettings, group: &str, snap: &GroupSnapshot, now: Ti
         ),
         None => line,
     };
-    let bar = progress_bar(serving, snap.instances.len());
+    let bar = progress_bar(serving, instances);
+    json["instances"] = json!(instances);
     Report {
         stage: Some(stage),
         line,

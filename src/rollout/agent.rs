@@ -373,6 +373,7 @@ impl RolloutAgent {
                     halt: None,
                     versions: Vec::new(),
                     instances: Vec::new(),
+                    slots_held: 0,
                 }
             }
         };

@@ -167,6 +167,28 @@ pub fn superseded_by<'a>(snap: &'a GroupSnapshot, version: &str) -> Option<&'a s
 /// The instance record's phase while its swap waits for a slot (`agent::driver::record`).
 pub const WAITING_FOR_SLOT: &str = "waiting-for-slot";
 
+/// The instance record's phase while it is registered with no swap under way
+/// (`agent::driver::record`).
+pub const SERVING: &str = "serving";
+
+/// How many of the group's instances serve `version`, and how many the rollout counts. Serving
+/// is registered on it with no swap under way: an instance still verifying, in min-healthy or in
+/// monitor on it does not serve it yet. While a slot is held the count is at least one more
+/// than those serving, since the holder's record can be briefly absent (it moves between the
+/// registration's lease and a hold lease): a rollout is never done while a swap holds a slot.
+pub fn serving_counts(snap: &GroupSnapshot, version: &str) -> (usize, usize) {
+    let serving = snap
+        .instances
+        .iter()
+        .filter(|(_, r)| r.version == version && r.phase == SERVING)
+        .count();
+    let instances = match snap.slots_held {
+        0 => snap.instances.len(),
+        _ => snap.instances.len().max(serving + 1),
+    };
+    (serving, instances)
+}
+
 /// The version the group's rollout is about, with its recorded state: the version most
 /// instances wait for a slot for when none of its rollout is recorded yet (with `canary = 0`
 /// and `promote = "manual"` nothing records it before `rollout promote`), else the newest
@@ -198,14 +220,10 @@ pub fn newest_stage(
 ) -> Option<(String, Stage)> {
     let (target, _) = rollout_target(snap)?;
     let policy = effective(snap.stored_policy.as_ref(), configured);
-    let serving = snap
-        .instances
-        .iter()
-        .filter(|(_, r)| r.version == target)
-        .count();
+    let (serving, instances) = serving_counts(snap, target);
     let view = view(snap, policy, floor, target);
     let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
-    let stage = stage(&view, &schedule, serving, snap.instances.len(), now);
+    let stage = stage(&view, &schedule, serving, instances, now);
     Some((target.to_string(), stage))
 }
 

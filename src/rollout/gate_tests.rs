@@ -45,6 +45,7 @@ fn snap(versions: Vec<VersionState>) -> GroupSnapshot {
         halt: None,
         versions,
         instances: Vec::new(),
+        slots_held: 0,
     }
 }
 
@@ -509,4 +510,30 @@ fn a_wave_is_forgotten_with_its_version_and_seen_anew_when_its_stamp_changes() {
         sightings.wave_seen("2.0.0", t(5), mono(12), t(12)),
         Some(t(12))
     );
+}
+
+#[test]
+fn only_an_instance_registered_with_no_swap_serves_and_a_held_slot_keeps_the_rollout_going() {
+    let mut s = snap(vec![VersionState::new("2.0.0", t(0))]);
+    s.instances = vec![
+        ("web-1".into(), record("2.0.0", SERVING, None)),
+        // Restarted on 2.0.0, in min-healthy: runs it, does not serve it yet.
+        ("web-2".into(), record("2.0.0", "updating", Some("2.0.0"))),
+    ];
+    assert_eq!(serving_counts(&s, "2.0.0"), (1, 2));
+    let (_, stage) = newest_stage(&s, &RolloutPolicy::default(), FLOOR, t(5)).expect("a stage");
+    assert_eq!(stage, Stage::Rolling);
+    s.instances[1].1 = record("2.0.0", SERVING, None);
+    assert_eq!(serving_counts(&s, "2.0.0"), (2, 2));
+    let (_, stage) = newest_stage(&s, &RolloutPolicy::default(), FLOOR, t(6)).expect("a stage");
+    assert_eq!(stage, Stage::Done);
+    // A third instance holds a slot while its record moves between leases (absent): not done.
+    s.slots_held = 1;
+    assert_eq!(serving_counts(&s, "2.0.0"), (2, 3));
+    let (_, stage) = newest_stage(&s, &RolloutPolicy::default(), FLOOR, t(7)).expect("a stage");
+    assert_eq!(stage, Stage::Rolling);
+    // Its record present (swapping): still three counted, not four.
+    s.instances
+        .push(("web-3".into(), record("1.0.0", "swapping", Some("2.0.0"))));
+    assert_eq!(serving_counts(&s, "2.0.0"), (2, 3));
 }

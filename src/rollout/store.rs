@@ -172,6 +172,10 @@ pub struct GroupSnapshot {
     pub versions: Vec<VersionState>,
     /// Instance records of the group (unreadable ones left out, as `sidekick status` does).
     pub instances: Vec<(String, InstanceRecord)>,
+    /// How many of the group's update slots are held (read with the instance records only): a
+    /// holder is mid-swap even while its record is briefly absent, moving between the
+    /// registration's lease and a hold lease.
+    pub slots_held: usize,
 }
 
 fn gets(resp: etcd_client::TxnResponse) -> Vec<GetResponse> {
@@ -211,8 +215,10 @@ async fn read(
         TxnOp::get(halt::halt_key(group), None),
         TxnOp::get(rollouts.as_str(), Some(prefix.clone())),
     ];
+    let slots = crate::slot::etcd::group_prefix(group);
     if with_instances {
-        ops.push(TxnOp::get(instances.as_str(), Some(prefix)));
+        ops.push(TxnOp::get(instances.as_str(), Some(prefix.clone())));
+        ops.push(TxnOp::get(slots.as_str(), Some(prefix.with_keys_only())));
     }
     let txn = Txn::new().and_then(ops);
     let resp = client.txn(txn).await?;
@@ -248,6 +254,18 @@ async fn read(
             Some((name.to_string(), serde_json::from_slice(kv.value()).ok()?))
         })
         .collect();
+    let slots_held = got
+        .get(5)
+        .map(|g| g.kvs())
+        .unwrap_or_default()
+        .iter()
+        .filter(|kv| {
+            std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|key| key.strip_prefix(&slots))
+                .is_some_and(|index| !index.contains('/')) // not a nested group's slot
+        })
+        .count();
     Ok(GroupSnapshot {
         revision,
         stored_policy,
@@ -255,6 +273,7 @@ async fn read(
         halt,
         versions,
         instances: records,
+        slots_held,
     })
 }
 

@@ -77,6 +77,7 @@ impl RolloutStore {
             }),
             versions,
             instances: Vec::new(),
+            slots_held: 0,
         }
     }
 
