@@ -9,10 +9,16 @@
 //! - **the swap**: 2.0.0 published and rolled out by the sidekicks; each instance's time out of
 //!   rotation against the floor (drain + restart + rise × probe interval), slot holds, the whole
 //!   rollout, requests sent and failed, and the sidekicks' RSS and CPU during and after it. When
-//!   the swap is missing from the build, the table says so and the rows by hand still print.
+//!   the swap is missing from the build, the table says so and the rows by hand still print;
+//! - **min_healthy** (issue 17), on a fleet of its own: 2.0.0 rolled out with
+//!   `rollout.min_healthy = "10s"`; the whole rollout against its floor (per instance drain +
+//!   restart + rise × probe interval + min_healthy, summed over the three), each swap's steps from
+//!   the version's history in etcd, requests sent and failed, and the ETA that
+//!   `sidekick rollout status --json --wait` printed at each change against the actual finish.
 //!
 //! `cargo build --release --bin sidekick --example rollout_bench && ./target/release/examples/rollout_bench`
 //! (needs root: systemd runs in a throw-away nspawn container, see TESTING.md).
+//! `--only swap` runs the first two tables, `--only min-healthy` the last.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -39,6 +45,11 @@ mod traffic;
 mod units;
 #[path = "../tests/rollout/update_service.rs"]
 mod update_service;
+
+#[path = "rollout_bench/min_healthy.rs"]
+mod min_healthy;
+#[path = "rollout_bench/status_watch.rs"]
+mod status_watch;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,9 +83,55 @@ async fn main() {
         support::traefik::NEEDS,
     ]
     .concat();
+    let parts = match Parts::from_args(&std::env::args().skip(1).collect::<Vec<_>>()) {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("rollout_bench: {e}");
+            std::process::exit(2);
+        }
+    };
     if !support::prerequisites_met(&needs) {
         return;
     }
+    println!("\n## rollout bench: 3 instances, {RATE} requests/s through Traefik");
+    if parts.swap {
+        by_hand_and_swap().await;
+    }
+    if parts.min_healthy {
+        match min_healthy::run(RATE).await {
+            Err(why) => println!(
+                "\nthe swap with rollout.min_healthy = \"{}\": NOT MEASURED: {why}",
+                humantime::format_duration(min_healthy::MIN_HEALTHY)
+            ),
+            Ok(run) => min_healthy::print(&run),
+        }
+    }
+}
+
+/// Which tables run.
+struct Parts {
+    swap: bool,
+    min_healthy: bool,
+}
+
+impl Parts {
+    /// No argument: all; `--only swap` (by hand and the swap) or `--only min-healthy`.
+    fn from_args(args: &[String]) -> Result<Parts, String> {
+        let (swap, min_healthy) = match args {
+            [] => (true, true),
+            [flag, only] if flag == "--only" => match only.as_str() {
+                "swap" => (true, false),
+                "min-healthy" => (false, true),
+                other => return Err(format!("--only {other}: expected `swap` or `min-healthy`")),
+            },
+            _ => return Err("usage: rollout_bench [--only swap|min-healthy]".into()),
+        };
+        Ok(Parts { swap, min_healthy })
+    }
+}
+
+/// The tables by hand and of the swap, on one fleet (gone when this returns).
+async fn by_hand_and_swap() {
     let mut spec = FleetSpec::new(sidekick_binary());
     spec.updates = true;
     spec.versions = vec![NEW_VERSION];
@@ -85,8 +142,7 @@ async fn main() {
     let drained = by_hand_run(&mut fleet, Method::DrainFirst(spec.drain)).await;
     let swap = swap_way(&fleet).await;
 
-    println!("\n## rollout bench: 3 instances, {RATE} requests/s through Traefik\n");
-    println!("rolling restarts by hand, each instance routed again before the next:");
+    println!("\nrolling restarts by hand, each instance routed again before the next:");
     println!(
         "| method | restarts | requests | failed | restart to answering (median) | out of rotation (median) | most out at once |"
     );
@@ -202,22 +258,7 @@ async fn swap_way(fleet: &Fleet) -> Result<Swap, String> {
             load.failed()
         ));
     }
-    let done = poll_until(ROLLOUT_TIMEOUT, "every unit on the new version", || async {
-        let mut versions = Vec::new();
-        for i in 0..fleet.instances.len() {
-            versions.push(fleet.unit_version(i).await);
-        }
-        let registered = count_keys(&fleet.client, SERVERS_PREFIX).await;
-        let held = count_keys(&fleet.client, SLOTS_PREFIX).await;
-        let all = versions.iter().all(|v| v == NEW_VERSION);
-        match all && registered == versions.len() && held == 0 {
-            true => Ok(()),
-            false => Err(format!(
-                "units on {versions:?}, {registered} registered, {held} slots held"
-            )),
-        }
-    })
-    .await;
+    let done = all_on_version(fleet, NEW_VERSION, ROLLOUT_TIMEOUT).await;
     let rollout = start.elapsed();
     tokio::time::sleep(SETTLE).await;
     let load = load.finish().await;
@@ -246,6 +287,26 @@ async fn swap_way(fleet: &Fleet) -> Result<Swap, String> {
         during,
         idle,
     })
+}
+
+/// Waits until every unit runs `version`, every instance is registered and no slot is held.
+async fn all_on_version(fleet: &Fleet, version: &str, timeout: Duration) -> Result<(), String> {
+    poll_until(timeout, "every unit on the new version", || async {
+        let mut versions = Vec::new();
+        for i in 0..fleet.instances.len() {
+            versions.push(fleet.unit_version(i).await);
+        }
+        let registered = count_keys(&fleet.client, SERVERS_PREFIX).await;
+        let held = count_keys(&fleet.client, SLOTS_PREFIX).await;
+        let all = versions.iter().all(|v| v == version);
+        match all && registered == versions.len() && held == 0 {
+            true => Ok(()),
+            false => Err(format!(
+                "units on {versions:?}, {registered} registered, {held} slots held"
+            )),
+        }
+    })
+    .await
 }
 
 fn print_swap(swap: &Swap, floor: Duration) {
