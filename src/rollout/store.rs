@@ -215,7 +215,7 @@ async fn read(
         TxnOp::get(halt::halt_key(group), None),
         TxnOp::get(rollouts.as_str(), Some(prefix.clone())),
     ];
-    let slots = crate::slot::etcd::group_prefix(group);
+    let slots = crate::slot::keys::group_prefix(group);
     if with_instances {
         ops.push(TxnOp::get(instances.as_str(), Some(prefix.clone())));
         ops.push(TxnOp::get(slots.as_str(), Some(prefix.with_keys_only())));
