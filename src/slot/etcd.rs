@@ -59,6 +59,8 @@ struct HolderState {
     queued: Option<acquire::Queued>,
     /// The snapshot the last busy answer was judged by.
     last: Option<super::keys::Snapshot>,
+    /// The wait in line the last `acquire_within` ended at its deadline, for the next one.
+    parked: Option<queue::Parked>,
 }
 
 /// An update slot in an etcd group, for one holder.
@@ -219,6 +221,7 @@ impl EtcdSlots {
 impl SlotLock for EtcdSlots {
     async fn acquire(&self, version: &str) -> Result<Acquisition, SlotError> {
         let mut state = self.state.lock().await;
+        state.parked = None;
         let newly = state.key.is_none();
         if let Some(rollout) = self.rollout.as_ref().filter(|_| newly && self.gated())
             && let Some(hold) = rollout.slot_hold(version).await
@@ -275,6 +278,7 @@ impl SlotLock for EtcdSlots {
         state.key = None;
         // Its lease goes below, and with it any place in line this holder kept.
         state.queued = None;
+        state.parked = None;
         // Revoke even when the delete failed: revoking deletes the key too, and a lease kept
         // alive after a failed release would hold the slot for the life of the process.
         let revoked = match state.lease.take() {
@@ -316,6 +320,9 @@ impl SlotLock for EtcdSlots {
         abandoned.finished = true;
         self.waiting_lease.store(0, Ordering::SeqCst);
         let keeps_place = matches!(outcome, Ok(Acquisition::Busy { .. })) && state.queued.is_some();
+        if !keeps_place {
+            state.parked = None;
+        }
         if state.key.is_none() && !matches!(outcome, Ok(Acquisition::Acquired)) && !keeps_place {
             self.drop_idle_lease(&mut state).await;
         }
@@ -429,6 +436,7 @@ impl Drop for AbandonedWait<'_> {
             Ok(state) if state.key.is_some() => return,
             Ok(mut state) => {
                 state.queued = None;
+                state.parked = None;
                 state.lease.take().map(Abandoned::Keeper)
             }
             Err(_) => (waiting != 0).then_some(Abandoned::Id(waiting)),

@@ -377,3 +377,130 @@ async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
         "second in line: lease, queue put, watch of b's key, a read when it went, watch, transaction"
     );
 }
+
+/// The daemon waits in line in steps (`AnySlots::acquire_in_line`: a first call that joins and
+/// answers at once, then waits of up to 30 s that answer busy and keep the place): a step that
+/// ends with nothing changed parks its watch, and the next goes on with it. So a waiter in steps
+/// makes the same requests as one long wait, however many steps it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_in_steps_goes_on_with_its_watch_and_costs_what_one_long_wait_does() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    const STEP: Duration = Duration::from_millis(200);
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    let c = slots(&client, one(), "c");
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    let busy = |outcome: Result<Acquisition, _>| {
+        assert!(
+            matches!(outcome, Ok(Acquisition::Busy { .. })),
+            "{outcome:?}"
+        )
+    };
+    busy(b.acquire_within("2.0.0", Duration::ZERO).await);
+    busy(c.acquire_within("2.0.0", Duration::ZERO).await);
+    assert_eq!(
+        (b.requests(), c.requests()),
+        (2, 2),
+        "joining: lease, queue put with its read"
+    );
+    for step in 1..=4 {
+        busy(b.acquire_within("2.0.0", STEP).await);
+        busy(c.acquire_within("2.0.0", STEP).await);
+        assert_eq!(
+            (b.requests(), c.requests()),
+            (3, 3),
+            "step {step}: one watch each, opened by the first step and kept by the others"
+        );
+    }
+    a.release().await.unwrap();
+    let mut steps = 0;
+    let b_got = loop {
+        steps += 1;
+        match b.acquire_within("2.0.0", STEP).await.unwrap() {
+            Acquisition::Busy { .. } if steps < 50 => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(b_got, Acquisition::Acquired);
+    assert_eq!(
+        b.requests(),
+        4,
+        "first in line: lease, queue put, watch, one transaction on the delete event"
+    );
+    // c's kept watch of b's queue key saw it go: it reads the group and watches the slots, which
+    // b holds now.
+    busy(c.acquire_within("2.0.0", STEP).await);
+    busy(c.acquire_within("2.0.0", STEP).await);
+    assert_eq!(
+        c.requests(),
+        5,
+        "a watch of the slots (opened first) and one read"
+    );
+    b.release().await.unwrap();
+    let c_got = loop {
+        steps += 1;
+        match c.acquire_within("2.0.0", STEP).await.unwrap() {
+            Acquisition::Busy { .. } if steps < 100 => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(c_got, Acquisition::Acquired);
+    assert_eq!(
+        c.requests(),
+        6,
+        "second in line, in steps: what one long wait makes (lease, queue put, watch of b's \
+         key, a read when it went, watch, transaction)"
+    );
+}
+
+/// A place given up between steps (the release a swap sends when it gives up) leaves nothing
+/// parked: the next wait joins the line again at its end, behind whoever came meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_given_up_between_steps_is_not_resumed() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    const STEP: Duration = Duration::from_millis(200);
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let a = slots(&client, one(), "a");
+    let b = slots(&client, one(), "b");
+    let c = slots(&client, one(), "c");
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    assert!(matches!(
+        b.acquire_within("2.0.0", STEP).await.unwrap(),
+        Acquisition::Busy { .. }
+    ));
+    b.release().await.unwrap();
+    assert!(matches!(
+        c.acquire_within("2.0.0", STEP).await.unwrap(),
+        Acquisition::Busy { .. }
+    ));
+    // b comes back: behind c now, not at its old place.
+    assert!(matches!(
+        b.acquire_within("2.0.0", STEP).await.unwrap(),
+        Acquisition::Busy { .. }
+    ));
+    a.release().await.unwrap();
+    let c_waits = tokio::spawn(async move {
+        let got = c.acquire_within("2.0.0", Duration::from_secs(20)).await;
+        (got, c)
+    });
+    let (c_got, c) = c_waits.await.unwrap();
+    assert_eq!(c_got.unwrap(), Acquisition::Acquired, "c was ahead of b");
+    assert!(matches!(
+        b.acquire_within("2.0.0", STEP).await.unwrap(),
+        Acquisition::Busy { .. }
+    ));
+    c.release().await.unwrap();
+    assert_eq!(
+        b.acquire_within("2.0.0", Duration::from_secs(20))
+            .await
+            .unwrap(),
+        Acquisition::Acquired
+    );
+}

@@ -301,6 +301,7 @@ impl EtcdSlots {
     /// etcd does not answer, it expires.
     pub(super) async fn drop_idle_lease(&self, state: &mut HolderState) {
         state.queued = None;
+        state.parked = None;
         let Some(lease) = state.lease.take() else {
             return;
         };

@@ -25,8 +25,11 @@
 //! A waiter that gives up (halt, error, a dropped wait) revokes its idle lease, which removes its
 //! queue key; the one behind it then watches the next key ahead. A wait that reaches its deadline
 //! keeps its key and lease for the caller's next wait (the daemon waits in steps of
-//! [`RETRY_AFTER`], answering busy in between); `acquire`, `release` and `release_stale` give
-//! such a kept place up.
+//! [`RETRY_AFTER`], answering busy in between), and parks its watch with the group as that watch
+//! last saw it ([`Parked`]): the next wait goes on from there with no request, and reads what
+//! arrived meanwhile from the same stream. So a wait in steps costs what one long wait does.
+//! `acquire`, `release` and `release_stale` give such a kept place up, and the parked watch
+//! with it.
 //!
 //! The rollout's slot gate ([`crate::rollout::agent::RolloutAgent::slot_hold`]) is asked before a
 //! waiter joins the line and again when, first in line, it sees a slot free, right before its
@@ -57,12 +60,41 @@ use crate::slot::{Acquisition, RETRY_AFTER, SlotError, with_jitter};
 /// ahead of it going away moves it up, and its watch reports that. A safety net, not a poll.
 pub(super) const BEHIND_RECHECK: Duration = Duration::from_secs(300);
 
-/// What woke a waiter.
-enum Wake {
+/// A wait in line that reached its deadline with nothing to act on, kept for the next call (the
+/// daemon waits in steps of [`RETRY_AFTER`], answering busy in between): the next wait goes on
+/// with the same watch and the group as that watch last saw it, so a step costs no request.
+/// Events that arrive in between stay in the watch's stream until the next wait reads them.
+pub(super) struct Parked {
+    /// The queue key this wait holds its place with; a wait on another place drops it.
+    queue_key: String,
+    /// The revision of the snapshot handed back, which the next wait must come with.
+    revision: i64,
+    /// The key ahead being watched, or `None`: the group's slots (first in line).
+    ahead: Option<String>,
+    /// `None` when the wait ended before it opened one.
+    watch: Option<WatchStream>,
+    recheck_at: Instant,
+    /// The group as the watch last saw it, until [`EtcdSlots::unpark`] hands it back.
+    snap: Option<Snapshot>,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("queue_key", &self.queue_key)
+            .field("revision", &self.revision)
+            .field("ahead", &self.ahead)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What woke a waiter; `F` carries the group as of a freeing event (the watches return `()` and
+/// [`EtcdSlots::wait_in_line`] the snapshot they kept up to date).
+enum Wake<F = Snapshot> {
     /// Something changed that may let it in: read the group again.
     Changed,
     /// First in line, it saw a slot freed: the group as of that event, to commit on at once.
-    Freed(Snapshot),
+    Freed(F),
     /// The key just ahead went: read the group again (this waiter may be first in line now).
     AheadGone,
     /// Nothing seen: check again.
@@ -92,7 +124,12 @@ impl EtcdSlots {
         {
             return Ok(held);
         }
-        let (mut queued, mut snap) = self.enqueue(state).await?;
+        // A wait the last call parked at its deadline goes on from the group as its watch last
+        // saw it, with no request; otherwise join the line (or read it again, keeping a place).
+        let (mut queued, mut snap) = match self.unpark(state) {
+            Some(resumed) => resumed,
+            None => self.enqueue(state).await?,
+        };
         // A watch of the slots opened before the last read (see `open_slots_watch`).
         let mut opened: Option<WatchStream> = None;
         loop {
@@ -135,7 +172,10 @@ impl EtcdSlots {
             // try_acquire left the snapshot it judged by in `state`; wait from there.
             let seen = state.last.take();
             if Instant::now() >= end {
-                // Keeps its place: the caller's next wait goes on from it.
+                // Keeps its place: the caller's next wait goes on from it, and from what it read.
+                if let Some(seen) = seen {
+                    park(state, seen, None, None);
+                }
                 return Ok(outcome);
             }
             if let Some(s) = &seen
@@ -298,6 +338,8 @@ impl EtcdSlots {
     /// when the lease is lost, when the configured limit changes, after [`RETRY_AFTER`] (first in
     /// line) or [`BEHIND_RECHECK`], or at `end`.
     /// `opened`: a watch of the slots opened before `snap` was read, used when first in line.
+    /// A wait parked by the last call on this snapshot ([`Parked`]) goes on with its watch and
+    /// its recheck time; one that reaches `end` is parked in `state` for the next call.
     async fn wait_in_line(
         &self,
         state: &mut HolderState,
@@ -305,6 +347,11 @@ impl EtcdSlots {
         end: Instant,
         opened: Option<WatchStream>,
     ) -> Result<Wake, SlotError> {
+        let ahead = snap.ahead.as_ref().map(|(key, _)| key.clone());
+        let parked = state
+            .parked
+            .take()
+            .filter(|p| p.revision == snap.revision && p.ahead == ahead);
         let max_changed = self.max_changed.notified();
         tokio::pin!(max_changed);
         // Registered before comparing, so a `set_max` in between is not missed.
@@ -315,18 +362,22 @@ impl EtcdSlots {
         let Some(mut lease) = state.lease.as_ref().map(|l| l.subscribe()) else {
             return Ok(Wake::Recheck);
         };
-        let recheck = match snap.ahead {
-            Some(_) => BEHIND_RECHECK,
-            None => RETRY_AFTER,
+        let (mut watch, recheck_at) = match parked {
+            Some(p) => (p.watch, p.recheck_at),
+            None => (
+                opened.filter(|_| ahead.is_none()),
+                Instant::now() + with_jitter(recheck_after(ahead.as_deref())),
+            ),
         };
         let max = snap.limit.map_or(state.seen_max, |l| l.max);
-        let watched = async move {
-            match snap.ahead.clone() {
-                Some((key, _)) => self.watch_ahead(key, snap.revision + 1).await,
-                None => self.watch_slots(snap, max, opened).await,
+        let mut snap = snap;
+        let watched = async {
+            match &ahead {
+                Some(key) => self.watch_ahead(&mut watch, key, snap.revision + 1).await,
+                None => self.watch_slots(&mut watch, &mut snap, max).await,
             }
         };
-        tokio::select! {
+        let wake = tokio::select! {
             wake = watched => match wake {
                 Ok(wake) => Ok(wake),
                 Err(err) => {
@@ -341,16 +392,59 @@ impl EtcdSlots {
                 Ok(Wake::Recheck)
             }
             _ = max_changed => Ok(Wake::Changed),
-            _ = tokio::time::sleep(with_jitter(recheck)) => Ok(Wake::Recheck),
+            _ = sleep_until(recheck_at) => Ok(Wake::Recheck),
             _ = sleep_until(end) => Ok(Wake::Deadline),
+        };
+        match wake {
+            Ok(Wake::Freed(())) => Ok(Wake::Freed(snap)),
+            Ok(Wake::Deadline) => {
+                park(state, snap, watch, Some(recheck_at));
+                Ok(Wake::Deadline)
+            }
+            Ok(Wake::Changed) => Ok(Wake::Changed),
+            Ok(Wake::AheadGone) => Ok(Wake::AheadGone),
+            Ok(Wake::Recheck) => Ok(Wake::Recheck),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The wait parked in `state` by the last call, when this holder still waits in line on it
+    /// (the same queue key, its lease alive): its place and the group as its watch last saw it.
+    /// The parked watch stays in `state` for [`Self::wait_in_line`]; anything else drops it.
+    fn unpark(&self, state: &mut HolderState) -> Option<(Queued, Snapshot)> {
+        let parked = state.parked.as_mut()?;
+        let alive = state
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.state() == crate::etcd::lease::LeaseState::Alive);
+        let queued = state
+            .queued
+            .clone()
+            .filter(|q| alive && q.key == parked.queue_key);
+        match (queued, parked.snap.take()) {
+            (Some(queued), Some(snap)) => Some((queued, snap)),
+            _ => {
+                state.parked = None;
+                None
+            }
         }
     }
 
     /// Returns at the first change of the key just ahead in line since `from` (its deletion: a
-    /// queue key is written once).
-    async fn watch_ahead(&self, key: String, from: i64) -> Result<Wake, SlotError> {
-        let options = WatchOptions::new().with_start_revision(from);
-        let mut stream = self.client().await?.watch(key, Some(options)).await?;
+    /// queue key is written once). Opens the watch into `watch` unless a parked one is there.
+    async fn watch_ahead(
+        &self,
+        watch: &mut Option<WatchStream>,
+        key: &str,
+        from: i64,
+    ) -> Result<Wake<()>, SlotError> {
+        let stream = match watch {
+            Some(stream) => stream,
+            None => {
+                let options = WatchOptions::new().with_start_revision(from);
+                watch.insert(self.client().await?.watch(key, Some(options)).await?)
+            }
+        };
         while let Some(resp) = stream.message().await? {
             if resp.canceled() || resp.compact_revision() > 0 {
                 return Ok(Wake::Changed);
@@ -378,31 +472,33 @@ impl EtcdSlots {
         opened.await.ok().flatten()
     }
 
-    /// First in line: follows the group's slots from the snapshot on, applying each event, and
-    /// returns the group as of the first delete that leaves fewer than `max` holders. `opened`
-    /// (a watch opened before the snapshot was read) is used if given; its events up to the
-    /// snapshot's revision are in the snapshot already and are skipped.
+    /// First in line: follows the group's slots from `snap` on, applying each event to it, and
+    /// returns at the first delete that leaves fewer than `max` holders (`snap` is then the group
+    /// as of that event). Opens the watch into `watch` from the snapshot's next revision unless
+    /// one is there: opened before the snapshot was read, or parked by the last call; its events
+    /// up to the snapshot's revision are in the snapshot already and are skipped.
     async fn watch_slots(
         &self,
-        snap: Snapshot,
+        watch: &mut Option<WatchStream>,
+        snap: &mut Snapshot,
         max: u32,
-        opened: Option<WatchStream>,
-    ) -> Result<Wake, SlotError> {
+    ) -> Result<Wake<()>, SlotError> {
         let prefix = group_prefix(&self.group);
-        let mut stream = match opened {
+        let stream = match watch {
             Some(stream) => stream,
             None => {
                 let options = WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(snap.revision + 1);
-                self.client()
+                let opened = self
+                    .client()
                     .await?
                     .watch(prefix.as_str(), Some(options))
-                    .await?
+                    .await?;
+                watch.insert(opened)
             }
         };
         let read = snap.revision;
-        let mut snap = snap;
         while let Some(resp) = stream.message().await? {
             // A compacted start revision: the snapshot is stale anyway, so read again.
             if resp.canceled() || resp.compact_revision() > 0 {
@@ -412,12 +508,45 @@ impl EtcdSlots {
                 .events()
                 .iter()
                 .filter(|e| e.kv().is_some_and(|kv| kv.mod_revision() > read));
-            let freed = apply_events(&mut snap, &prefix, news);
+            let freed = apply_events(snap, &prefix, news);
             if freed && snap.slots.len() < max as usize {
-                return Ok(Wake::Freed(snap));
+                return Ok(Wake::Freed(()));
             }
         }
         Ok(Wake::Recheck)
+    }
+}
+
+/// Parks the wait of the holder in line in `state` at `snap` (the group as `watch`, if one is
+/// open, last saw it) for the next call; a holder no longer in line parks nothing.
+fn park(
+    state: &mut HolderState,
+    snap: Snapshot,
+    watch: Option<WatchStream>,
+    recheck_at: Option<Instant>,
+) {
+    let Some(queued) = &state.queued else {
+        return;
+    };
+    let ahead = snap.ahead.as_ref().map(|(key, _)| key.clone());
+    let recheck_at =
+        recheck_at.unwrap_or_else(|| Instant::now() + with_jitter(recheck_after(ahead.as_deref())));
+    state.parked = Some(Parked {
+        queue_key: queued.key.clone(),
+        revision: snap.revision,
+        ahead,
+        watch,
+        recheck_at,
+        snap: Some(snap),
+    });
+}
+
+/// How long a waiter goes without looking again when nothing happened: behind `ahead`, or first
+/// in line.
+fn recheck_after(ahead: Option<&str>) -> Duration {
+    match ahead {
+        Some(_) => BEHIND_RECHECK,
+        None => RETRY_AFTER,
     }
 }
 
