@@ -45,23 +45,10 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
 
 /// A swap of 1.0.0 to 2.0.0 (rise 1) verified and registering again, holding its slot.
 pub(crate) fn registering() -> SwapPhase {
-    SwapPhase {
-        plan: SwapPlan {
-            old: dropin("1.0.0"),
-            new: dropin("2.0.0"),
-            rise: 1,
-        },
-        stage: Stage::Registering { failure: None },
-        previous: Some(PreviousDropIn::Absent),
-        slot_held: true,
-        unit_active: true,
-        halt: GroupHalt::NotNeeded,
-        report: None,
-        unit_stopped: false,
-        monitor: false,
-        away: false,
-        denylist: false,
-    }
+    let mut phase = at(Stage::Registering { failure: None });
+    phase.plan.rise = 1;
+    phase.previous = Some(PreviousDropIn::Absent);
+    phase
 }
 
 /// [`registering`] once its registration is confirmed: just into min-healthy.
