@@ -18,10 +18,8 @@ mod update_service;
 #[path = "polkit/swap.rs"]
 mod swap;
 
-use std::path::PathBuf;
-
 use support::systemd::{self, Job, Systemd};
-use support::{Need, prerequisites_met};
+use support::{Need, prerequisites_met, shipped};
 
 /// Where the container sees the host's `Systemd::bus_dir()`.
 const SHARED: &str = "/run/dbus";
@@ -40,25 +38,6 @@ const MANAGER: [&str; 3] = [
 
 /// The app instance the tests act on.
 const APP: &str = "example-web@1.service";
-
-fn shipped(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// Runs `argv` in the container and panics with its output unless it succeeds.
-fn in_container(systemd: &Systemd, argv: &[&str]) -> String {
-    let out = systemd.exec(argv);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(
-        out.status.success(),
-        "{argv:?} in the container: {}\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// Runs `argv` in the container as user `sidekick`; returns whether it succeeded and its output.
 fn as_user(systemd: &Systemd, argv: &[&str]) -> (bool, String) {
@@ -162,7 +141,7 @@ async fn non_root_host(app_template: Option<&str>) -> Systemd {
          && echo 'u sidekick - \"sidekick\" /nonexistent' > /etc/sysusers.d/sidekick.conf \
          && systemd-sysusers"
     );
-    in_container(&systemd, &["sh", "-c", &setup]);
+    systemd.run(&["sh", "-c", &setup]);
     systemd.reload().await;
     let mgr = systemd.manager().await;
     assert_eq!(
@@ -279,10 +258,7 @@ async fn user_sidekick_can_write_no_file_systemd_reads_the_app_unit_from() {
     }
     let systemd = non_root_host(None).await;
     // The shipped sidekick unit's ExecStartPre= makes the app's drop-in directory (root's).
-    in_container(
-        &systemd,
-        &["mkdir", "-p", &format!("/etc/systemd/system/{APP}.d")],
-    );
+    systemd.run(&["mkdir", "-p", &format!("/etc/systemd/system/{APP}.d")]);
     let show = |property: &str| {
         systemd
             .systemctl(&["show", &format!("--property={property}"), "--value", APP])
@@ -291,7 +267,8 @@ async fn user_sidekick_can_write_no_file_systemd_reads_the_app_unit_from() {
     };
     // Every directory systemd loads units and drop-ins from, the app unit's own files and the
     // directory of its EnvironmentFile=.
-    let mut places: Vec<String> = in_container(&systemd, &["systemd-analyze", "unit-paths"])
+    let mut places: Vec<String> = systemd
+        .run(&["systemd-analyze", "unit-paths"])
         .lines()
         .map(str::to_string)
         .collect();

@@ -7,14 +7,13 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use zbus_systemd::systemd1::ManagerProxy;
 
 use support::etcd::{self, Etcd};
 use support::systemd::{self, Job, Systemd};
-use support::{Need, free_port, images, poll_until, prerequisites_met, wait_for_http_ok};
+use support::{Need, free_port, images, poll_until, prerequisites_met, shipped, wait_for_http_ok};
 
 /// Where the container sees the host's `Systemd::bus_dir()`.
 const SHARED: &str = "/run/dbus";
@@ -24,25 +23,6 @@ const IN_CONTAINER: &[Need] = &[
     Need::Binary("systemd-analyze"),
     Need::Binary("journalctl"),
 ];
-
-fn shipped(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// Runs `argv` in the container and panics with its output unless it succeeds.
-fn in_container(systemd: &Systemd, argv: &[&str]) -> String {
-    let out = systemd.exec(argv);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(
-        out.status.success(),
-        "{argv:?} in the container: {}\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// Loads both shipped units as they are, and makes the unit's `/usr/bin/sidekick` exist in the
 /// container: a read-only overlay on the container's `/usr/bin` (its own mount namespace; the
@@ -69,12 +49,9 @@ fn install_shipped_units(systemd: &Systemd) {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_sidekick"), bin.join("sidekick")).unwrap();
     let lower = format!("lowerdir={SHARED}/bin:/usr/bin");
-    in_container(
-        systemd,
-        &[
-            "mount", "-t", "overlay", "overlay", "-o", &lower, "/usr/bin",
-        ],
-    );
+    systemd.run(&[
+        "mount", "-t", "overlay", "overlay", "-o", &lower, "/usr/bin",
+    ]);
 }
 
 #[tokio::test]
@@ -129,10 +106,7 @@ async fn systemd_analyze_security_rates_the_shipped_sidekick_unit_and_the_templa
         "sidekick-prepull@registry.example.com_sweb.service",
         "sidekick-version@example-web-1.service",
     ] {
-        let report = in_container(
-            &systemd,
-            &["systemd-analyze", "security", "--no-pager", unit],
-        );
+        let report = systemd.run(&["systemd-analyze", "security", "--no-pager", unit]);
         let overall = report
             .lines()
             .find_map(|line| line.split_once(&format!("Overall exposure level for {unit}: ")))
@@ -191,17 +165,14 @@ async fn deploy(systemd: &Systemd, etcd: &Etcd, mgr: &ManagerProxy<'_>) -> Deplo
     .unwrap();
     // The host's part: drop-ins in /etc/sidekick/config.d, and /etc/environment, which the unit
     // reads for COREOS_PUBLIC_IPV4 (the example config sets no registration.host).
-    in_container(
-        systemd,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
+    systemd.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
                  && echo COREOS_PUBLIC_IPV4=127.0.0.1 > /etc/environment"
-            ),
-        ],
-    );
+        ),
+    ]);
     systemd.reload().await;
     assert_eq!(systemd::run_job(mgr, Job::Start, &app).await, "done");
     wait_for_http_ok(
@@ -220,10 +191,7 @@ async fn deploy(systemd: &Systemd, etcd: &Etcd, mgr: &ManagerProxy<'_>) -> Deplo
 
 /// The sidekick's journal entries, as JSON objects.
 fn journal(systemd: &Systemd, unit: &str) -> Vec<serde_json::Value> {
-    let dump = in_container(
-        systemd,
-        &["journalctl", "-o", "json", "--no-pager", "-u", unit],
-    );
+    let dump = systemd.run(&["journalctl", "-o", "json", "--no-pager", "-u", unit]);
     dump.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
@@ -327,15 +295,12 @@ async fn a_bad_configuration_fails_the_shipped_sidekick_unit_once_without_restar
         "example-web@.service",
         "[Service]\nExecStart=/usr/bin/sleep infinity\n",
     );
-    in_container(
-        &systemd,
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /etc/sidekick/config.d && \
+    systemd.run(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/sidekick/config.d && \
              printf '[registration]\\nprot = 80\\n' > /etc/sidekick/config.d/10-bad.toml",
-        ],
-    );
+    ]);
     systemd.reload().await;
     let mgr = systemd.manager().await;
     let unit = "sidekick@example-web@1.service";

@@ -32,6 +32,9 @@ mod budget;
 mod history;
 mod lost;
 use history::CurrentSwap;
+// The simulation's sidekicks judge their swaps by this very rule.
+#[cfg(test)]
+pub(crate) use history::verdict;
 
 /// Why the rollout's gate keeps a slot request from a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,25 +15,11 @@ use super::store::{GroupSnapshot, effective};
 use super::window::{Schedule, WindowState, jitter_bound, start_jitter};
 
 /// The slot gate's answer for `instance` and `version` over one snapshot, with the policy in
-/// force (the stored one, else `configured`) and the floor of the swap estimate.
-pub fn slot_answer(
-    snap: &GroupSnapshot,
-    configured: &RolloutPolicy,
-    floor: Duration,
-    instance: &str,
-    version: &str,
-    now: Timestamp,
-) -> SlotGate {
-    let policy = effective(snap.stored_policy.as_ref(), configured);
-    let view = view(snap, policy, floor, version);
-    let schedule = Schedule::new(&policy.windows, policy.time_zone.zone());
-    slot_gate(&view, &schedule, instance, now)
-}
-
-/// [`slot_answer`] with the gaps other hosts' stamps start (`batch_delay` after the last
-/// release, `canary_bake` after the wave passed) measured from when this host first saw them:
-/// `sightings` has seen `snap` ([`Sightings::observe`]) and `mono` is this host's monotonic
-/// reading taken with `now`.
+/// force (the stored one, else `configured`) and the floor of the swap estimate. The gaps other
+/// hosts' stamps start (`batch_delay` after the last release, `canary_bake` after the wave
+/// passed) are measured from when this host first saw them: `sightings` has seen `snap`
+/// ([`Sightings::observe`]) and `mono` is this host's monotonic reading taken with `now`. A
+/// stamp `sightings` has not seen counts from the writer's own clock.
 #[allow(clippy::too_many_arguments)]
 pub fn slot_answer_seen(
     snap: &GroupSnapshot,

@@ -49,6 +49,29 @@ fn snap(versions: Vec<VersionState>) -> GroupSnapshot {
     }
 }
 
+/// The slot answer of a host that has seen none of the group's stamps yet (an empty
+/// [`Sightings`]), as the one-shot `rollout status` asks: the writers' stamps start the gaps.
+fn slot_answer_unseen(
+    s: &GroupSnapshot,
+    configured: &RolloutPolicy,
+    floor: Duration,
+    instance: &str,
+    version: &str,
+    now: Timestamp,
+) -> SlotGate {
+    let unseen = Sightings::default();
+    slot_answer_seen(
+        s,
+        configured,
+        floor,
+        instance,
+        version,
+        &unseen,
+        Duration::ZERO,
+        now,
+    )
+}
+
 fn released_swap(instance: &str, took: i64, released: i64) -> SwapRecord {
     SwapRecord {
         instance: instance.into(),
@@ -62,10 +85,10 @@ fn released_swap(instance: &str, took: i64, released: i64) -> SwapRecord {
 fn the_stored_policy_decides_the_slot_over_the_configured_one() {
     let configured = RolloutPolicy::default();
     let mut s = snap(Vec::new());
-    let take = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
+    let take = slot_answer_unseen(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
     assert_eq!(take, SlotGate::Take { canary: false });
     s.stored_policy = Some(policy(|p| p.canary = 1));
-    let canary = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
+    let canary = slot_answer_unseen(&s, &configured, FLOOR, "web-1", "2.0.0", t(0));
     assert_eq!(canary, SlotGate::Take { canary: true });
 }
 
@@ -76,7 +99,7 @@ fn a_pause_holds_the_slot_and_is_not_a_halt() {
         since: t(0),
         by: "ops".into(),
     });
-    let answer = slot_answer(&s, &RolloutPolicy::default(), FLOOR, "web-1", "2.0.0", t(1));
+    let answer = slot_answer_unseen(&s, &RolloutPolicy::default(), FLOOR, "web-1", "2.0.0", t(1));
     assert_eq!(answer, SlotGate::Hold(Hold::Paused));
 }
 
@@ -88,9 +111,9 @@ fn batch_delay_counts_from_the_last_release_of_any_version() {
     let mut new = VersionState::new("2.0.0", t(0));
     new.add_swap(released_swap("web-2", 0, 5));
     let s = snap(vec![new, old]);
-    let held = slot_answer(&s, &configured, FLOOR, "web-3", "2.0.0", t(14));
+    let held = slot_answer_unseen(&s, &configured, FLOOR, "web-3", "2.0.0", t(14));
     assert_eq!(held, SlotGate::Hold(Hold::BatchDelay { until: t(15) }));
-    let take = slot_answer(&s, &configured, FLOOR, "web-3", "2.0.0", t(15));
+    let take = slot_answer_unseen(&s, &configured, FLOOR, "web-3", "2.0.0", t(15));
     assert_eq!(take, SlotGate::Take { canary: false });
 }
 
@@ -116,9 +139,9 @@ fn a_window_closing_before_the_estimate_holds_the_slot() {
     // Open from 02:00 for 2 minutes; the floor is 50 s + 10 s min_healthy.
     let configured = policy(monday_window(2));
     let s = snap(Vec::new());
-    let fits = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(30));
+    let fits = slot_answer_unseen(&s, &configured, FLOOR, "web-1", "2.0.0", t(30));
     assert_eq!(fits, SlotGate::Take { canary: false });
-    let short = slot_answer(&s, &configured, FLOOR, "web-1", "2.0.0", t(70));
+    let short = slot_answer_unseen(&s, &configured, FLOOR, "web-1", "2.0.0", t(70));
     assert_eq!(
         short,
         SlotGate::Hold(Hold::WindowTooShort {
@@ -333,7 +356,7 @@ fn a_version_older_than_a_recorded_rollout_is_superseded_and_refused() {
     assert_eq!(superseded_by(&s, "11.0.0"), None, "newer than any recorded");
     assert_eq!(superseded_by(&s, "garbage"), None, "no version, no order");
     // Waiting for a promotion nobody will give: refused (the grant goes back), not held.
-    let answer = slot_answer(&s, &manual, FLOOR, "web-1", "2.0.0", t(1));
+    let answer = slot_answer_unseen(&s, &manual, FLOOR, "web-1", "2.0.0", t(1));
     let hold = Hold::Superseded {
         by: "10.0.0".into(),
     };
@@ -344,7 +367,7 @@ fn a_version_older_than_a_recorded_rollout_is_superseded_and_refused() {
         crate::rollout::agent::SlotHold::Refused(text)
     );
     // The newest is held only by what holds it (here, the manual promotion).
-    let newest = slot_answer(&s, &manual, FLOOR, "web-1", "10.0.0", t(1));
+    let newest = slot_answer_unseen(&s, &manual, FLOOR, "web-1", "10.0.0", t(1));
     assert_eq!(newest, SlotGate::Hold(Hold::AwaitingPromotion));
 }
 
@@ -406,7 +429,7 @@ fn batch_delay_runs_from_this_hosts_first_sight_of_the_release_whatever_the_writ
     v.add_swap(released_swap("web-1", -HOUR - 30, -HOUR));
     let s = snap(vec![v]);
     assert_eq!(
-        slot_answer(&s, &configured, FLOOR, "web-2", "2.0.0", t(0)),
+        slot_answer_unseen(&s, &configured, FLOOR, "web-2", "2.0.0", t(0)),
         SlotGate::Take { canary: false }
     );
 }

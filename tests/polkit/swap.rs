@@ -14,7 +14,7 @@ use super::support::{
     free_port, http_get, images, poll_until, prerequisites_met, wait_for_http_ok,
 };
 use super::update_service::{APP_ID, TRACK, UpdateService, events};
-use super::{NEEDS, SHARED, in_container, non_root_host, shipped};
+use super::{NEEDS, SHARED, non_root_host, shipped};
 
 const FIRST_VERSION: &str = "1.0.0";
 const NEW_VERSION: &str = "2.0.0";
@@ -95,17 +95,14 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
         ),
     )
     .unwrap();
-    in_container(
-        &systemd,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
+    systemd.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
                  && chmod 0644 /etc/sidekick/config.d/*.toml"
-            ),
-        ],
-    );
+        ),
+    ]);
     systemd.reload().await;
     assert_eq!(systemd::run_job(&mgr, Job::Start, &app).await, "done");
     let url = format!("http://127.0.0.1:{port}/");
@@ -121,10 +118,7 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
     };
     assert_eq!(started, "done", "{}", journal(&sidekick));
     let pid = systemd.systemctl(&["show", "--property=MainPID", "--value", &sidekick]);
-    let owner = in_container(
-        &systemd,
-        &["stat", "-c", "%U", &format!("/proc/{}", pid.trim())],
-    );
+    let owner = systemd.run(&["stat", "-c", "%U", &format!("/proc/{}", pid.trim())]);
     assert_eq!(
         owner.trim(),
         "sidekick",
@@ -164,25 +158,22 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
 
     // The version came through root's environment file, which the app unit reads.
     let env_file = format!("/var/lib/sidekick-versions/{name}.env");
-    let text = in_container(&systemd, &["cat", &env_file]);
+    let text = systemd.run(&["cat", &env_file]);
     assert_eq!(
         text,
         format!("SIDEKICK_IMAGE={new}\nSIDEKICK_VERSION={NEW_VERSION}\n")
     );
-    let owner = in_container(&systemd, &["stat", "-c", "%U %a", &env_file]);
+    let owner = systemd.run(&["stat", "-c", "%U %a", &env_file]);
     assert_eq!(owner.trim(), "root 644");
     // No drop-in of the sidekick's, and its state in its own directory.
     let dropin = systemd.unit_dir().join(format!("{app}.d/50-sidekick.conf"));
     assert!(!dropin.exists(), "{} was written", dropin.display());
-    let request = in_container(
-        &systemd,
-        &[
-            "stat",
-            "-c",
-            "%U",
-            &format!("/var/lib/sidekick/{name}/version.request"),
-        ],
-    );
+    let request = systemd.run(&[
+        "stat",
+        "-c",
+        "%U",
+        &format!("/var/lib/sidekick/{name}/version.request"),
+    ]);
     assert_eq!(request.trim(), "sidekick");
     // The pre-pull ran as the template, pulling the new image.
     let pulled = journal("sidekick-prepull@*");
@@ -221,7 +212,7 @@ async fn the_shipped_sidekick_unit_run_as_user_sidekick_swaps_its_app_through_th
     })
     .await
     .unwrap_or_else(|e| fail(e));
-    let text = in_container(&systemd, &["cat", &env_file]);
+    let text = systemd.run(&["cat", &env_file]);
     assert_eq!(
         text,
         format!("SIDEKICK_IMAGE={new}\nSIDEKICK_VERSION={NEW_VERSION}\n")
@@ -255,17 +246,14 @@ async fn a_sidekick_in_environment_file_mode_says_at_its_start_when_the_unit_doe
         ),
     )
     .unwrap();
-    in_container(
-        &systemd,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
+    systemd.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /etc/sidekick/config.d && cp {SHARED}/config/*.toml /etc/sidekick/config.d/ \
                  && chmod 0644 /etc/sidekick/config.d/*.toml"
-            ),
-        ],
-    );
+        ),
+    ]);
     systemd.reload().await;
     assert_eq!(
         systemd::run_job(&mgr, Job::Start, "example-web@1.service").await,

@@ -9,17 +9,23 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use jiff::Timestamp;
+use semver::Version;
 use sidekick::agent::machine::state::Phase;
-use sidekick::agent::machine::swap::{self as swap, Report, Stage, SwapPlan};
+use sidekick::agent::machine::swap::{
+    self as swap, Report, Stage, SwapAction, SwapObservation, SwapPlan,
+};
+use sidekick::agent::update::StepSettings;
+use sidekick::agent::update::steps::{SwapSeams, run_steps};
 use sidekick::etcd::EtcdConnection;
+use sidekick::omaha::{AnyUpdateSource, InMemoryUpdateSource, UpdateBackend};
 use sidekick::rollout::agent::{RolloutAgent, SlotHold};
 use sidekick::rollout::gate::CheckHold;
 use sidekick::rollout::policy::{PolicyText, WindowText, day_name};
 use sidekick::rollout::state::VersionState;
 use sidekick::rollout::store;
 use sidekick::rollout::{RolloutPolicy, policy::Promote};
-use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
-use sidekick::systemd::control::DropIn;
+use sidekick::slot::{Acquisition, AnySlots, EtcdSlots, SlotHolder, SlotLock};
+use sidekick::systemd::control::{DropIn, MemoryUnitControl, RunningVersion};
 
 use super::{GROUP, start};
 
@@ -55,6 +61,47 @@ pub(super) fn member(client: &Client, name: &str, policy: &RolloutPolicy, max: u
     Member { rollout, slots }
 }
 
+/// One instance as its driver holds it: the swap's seams over a member's slots.
+pub(super) struct SwapMember {
+    pub(super) rollout: Arc<RolloutAgent>,
+    pub(super) seams: Arc<SwapSeams<MemoryUnitControl>>,
+}
+
+/// [`member`] with the swap's seams around its slots, as the driver wires them.
+pub(super) fn swap_member(
+    client: &Client,
+    name: &str,
+    policy: &RolloutPolicy,
+    max: u32,
+) -> SwapMember {
+    let Member { rollout, slots } = member(client, name, policy, max);
+    let seams = Arc::new(SwapSeams {
+        source: AnyUpdateSource::new(
+            UpdateBackend::Memory(InMemoryUpdateSource::new(None)),
+            false,
+        ),
+        slots: AnySlots::Etcd(Box::new(slots)),
+        control: MemoryUnitControl::new(RunningVersion::default()),
+    });
+    SwapMember { rollout, seams }
+}
+
+/// One swap action of `m` through the driver's step.
+pub(super) async fn step(m: &SwapMember, action: SwapAction) -> SwapObservation {
+    let settings = StepSettings {
+        prepull: Vec::new(),
+        drain: Duration::ZERO,
+        start_timeout: Duration::from_secs(1),
+    };
+    let step = run_steps(
+        m.seams.clone(),
+        settings,
+        Version::new(1, 0, 0),
+        vec![action],
+    );
+    step.await.expect("the step answers")
+}
+
 pub(super) fn busy_detail(outcome: Acquisition) -> String {
     match outcome {
         Acquisition::Busy { detail } => detail,
@@ -67,18 +114,23 @@ pub(super) fn updating(stage: Stage) -> Phase {
     reporting(stage, None)
 }
 
-/// The phase of a swap to 2.0.0 in `stage` that has decided `report`.
-pub(super) fn reporting(stage: Stage, report: Option<Report>) -> Phase {
+/// A swap of 1.0.0 to 2.0.0 (images `web:<version>`, rise 1).
+pub(super) fn plan() -> SwapPlan {
     let dropin = |v: &str| DropIn {
         image: format!("web:{v}"),
         version: v.into(),
     };
-    // Built by the machine's own start, so the phase has every field a real swap has.
-    let (mut phase, _) = swap::start(SwapPlan {
+    SwapPlan {
         old: dropin("1.0.0"),
         new: dropin("2.0.0"),
         rise: 1,
-    });
+    }
+}
+
+/// The phase of a swap to 2.0.0 in `stage` that has decided `report`.
+pub(super) fn reporting(stage: Stage, report: Option<Report>) -> Phase {
+    // Built by the machine's own start, so the phase has every field a real swap has.
+    let (mut phase, _) = swap::start(plan());
     phase.stage = stage;
     phase.report = report;
     phase.slot_held = true;

@@ -4,101 +4,40 @@
 //! holds every further slot for that version, also once the halt is lifted. With 1 the halt step
 //! halts at once and writes nothing else, as before the budget.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
-
 use etcd_client::Client;
-use semver::Version;
 use sidekick::agent::machine::state::Phase;
 use sidekick::agent::machine::swap::{
-    self as swap, Failure, HaltCause, Stage, SwapAction, SwapObservation, SwapPlan,
+    self as swap, Failure, HaltCause, Stage, SwapAction, SwapObservation,
 };
-use sidekick::agent::update::StepSettings;
-use sidekick::agent::update::steps::{SwapSeams, run_steps};
-use sidekick::etcd::EtcdConnection;
-use sidekick::omaha::{AnyUpdateSource, InMemoryUpdateSource, UpdateBackend};
-use sidekick::rollout::RolloutPolicy;
-use sidekick::rollout::agent::RolloutAgent;
-use sidekick::rollout::policy::PolicyText;
 use sidekick::rollout::store;
 use sidekick::slot::halt;
-use sidekick::slot::{Acquisition, AnySlots, EtcdSlots, SlotHolder, SlotLock};
-use sidekick::systemd::control::{DropIn, MemoryUnitControl, RunningVersion};
+use sidekick::slot::{Acquisition, SlotLock};
 
+use super::agent_tests::{SwapMember, plan, policy, state, step, swap_member};
 use super::{GROUP, start};
 
-const TTL: Duration = Duration::from_secs(5);
 const REASON: &str = "2.0.0 not healthy within the verify timeout";
 
-/// One instance as its driver holds it: the swap's seams over etcd slots with its rollout.
-struct Instance {
-    rollout: Arc<RolloutAgent>,
-    seams: Arc<SwapSeams<MemoryUnitControl>>,
-}
-
-fn instance(client: &Client, name: &str, max_failures: u32) -> Instance {
-    let policy: RolloutPolicy = PolicyText {
-        max_failures,
-        ..PolicyText::default()
-    }
-    .validate()
-    .expect("a valid policy");
-    let rollout = Arc::new(RolloutAgent::new(
-        EtcdConnection::from_client(client.clone()),
-        GROUP,
-        name,
-        policy,
-        Duration::from_secs(50),
-    ));
-    let who = SlotHolder {
-        holder: format!("id-{name}"),
-        instance: name.to_string(),
-    };
-    let max = NonZeroU32::new(3).expect("non-zero");
-    let slots = EtcdSlots::new(client.clone(), GROUP, max, TTL, who).with_rollout(rollout.clone());
-    let seams = Arc::new(SwapSeams {
-        source: AnyUpdateSource::new(
-            UpdateBackend::Memory(InMemoryUpdateSource::new(None)),
-            false,
-        ),
-        slots: AnySlots::Etcd(Box::new(slots)),
-        control: MemoryUnitControl::new(RunningVersion::default()),
-    });
-    Instance { rollout, seams }
+/// One instance in a group of three slots, with `max_failures`.
+fn instance(client: &Client, name: &str, max_failures: u32) -> SwapMember {
+    swap_member(client, name, &policy(|p| p.max_failures = max_failures), 3)
 }
 
 /// The halt the swap owes for a failed verification of 2.0.0, through the driver's step.
-async fn halt_step(i: &Instance) -> SwapObservation {
-    let settings = StepSettings {
-        prepull: Vec::new(),
-        drain: Duration::ZERO,
-        start_timeout: Duration::from_secs(1),
-    };
+async fn halt_step(i: &SwapMember) -> SwapObservation {
     let halt = SwapAction::Halt {
         version: "2.0.0".into(),
         reason: REASON.into(),
         retry: false,
         cause: HaltCause::Verify,
     };
-    let step = run_steps(i.seams.clone(), settings, Version::new(1, 0, 0), vec![halt]);
-    step.await.expect("the halt step answers")
+    step(i, halt).await
 }
 
 /// The rolled-back swap registers the old version again with the failure, then releases: the
 /// release records the failure as it always did.
-async fn roll_back_and_release(i: &Instance) {
-    let (mut phase, _) = swap::start(SwapPlan {
-        old: DropIn {
-            image: "web:1.0.0".into(),
-            version: "1.0.0".into(),
-        },
-        new: DropIn {
-            image: "web:2.0.0".into(),
-            version: "2.0.0".into(),
-        },
-        rise: 1,
-    });
+async fn roll_back_and_release(i: &SwapMember) {
+    let (mut phase, _) = swap::start(plan());
     phase.stage = Stage::Registering {
         failure: Some(Failure {
             code: sidekick::omaha::error_code::UNHEALTHY_AFTER_SWAP,
@@ -111,11 +50,8 @@ async fn roll_back_and_release(i: &Instance) {
 }
 
 async fn failures(client: &Client) -> Vec<String> {
-    let (state, _) = store::get_version(&mut client.clone(), GROUP, "2.0.0")
-        .await
-        .expect("read")
-        .expect("the version's state exists");
-    state.failures.into_iter().map(|f| f.instance).collect()
+    let failures = state(client).await.failures;
+    failures.into_iter().map(|f| f.instance).collect()
 }
 
 async fn marker(client: &Client) -> Option<halt::HaltMarker> {

@@ -4,84 +4,30 @@
 //! refuses, a newcomer is still refused — and its release records the failure with stage
 //! `monitor` in the version's state.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
-use semver::Version;
 use sidekick::agent::machine::state::Phase;
 use sidekick::agent::machine::swap::{
-    self as swap, Failure, HaltCause, SlotAnswer, Stage, SwapAction, SwapObservation, SwapPlan,
+    self as swap, Failure, HaltCause, SlotAnswer, Stage, SwapAction, SwapObservation,
 };
-use sidekick::agent::update::StepSettings;
-use sidekick::agent::update::steps::{SwapSeams, run_steps};
-use sidekick::etcd::EtcdConnection;
-use sidekick::omaha::{AnyUpdateSource, InMemoryUpdateSource, UpdateBackend, error_code};
-use sidekick::rollout::RolloutPolicy;
-use sidekick::rollout::agent::RolloutAgent;
-use sidekick::rollout::policy::PolicyText;
-use sidekick::rollout::store;
+use sidekick::omaha::error_code;
 use sidekick::slot::halt;
-use sidekick::slot::{Acquisition, AnySlots, EtcdSlots, SlotHolder, SlotLock};
-use sidekick::systemd::control::{DropIn, MemoryUnitControl, RunningVersion};
+use sidekick::slot::{Acquisition, SlotLock};
 
+use super::agent_tests::{SwapMember, plan, policy, state, step, swap_member};
 use super::{GROUP, start};
 
-const TTL: Duration = Duration::from_secs(5);
 const REASON: &str = "2.0.0 failed during monitor: the unit failed";
 
-struct Instance {
-    rollout: Arc<RolloutAgent>,
-    seams: Arc<SwapSeams<MemoryUnitControl>>,
-}
-
 /// One instance in a group of one slot, with `monitor = "30s"`.
-fn instance(client: &Client, name: &str) -> Instance {
-    let policy: RolloutPolicy = PolicyText {
-        monitor: Duration::from_secs(30),
-        ..PolicyText::default()
-    }
-    .validate()
-    .expect("a valid policy");
-    let rollout = Arc::new(RolloutAgent::new(
-        EtcdConnection::from_client(client.clone()),
-        GROUP,
+fn instance(client: &Client, name: &str) -> SwapMember {
+    swap_member(
+        client,
         name,
-        policy,
-        Duration::from_secs(50),
-    ));
-    let who = SlotHolder {
-        holder: format!("id-{name}"),
-        instance: name.to_string(),
-    };
-    let max = NonZeroU32::new(1).expect("non-zero");
-    let slots = EtcdSlots::new(client.clone(), GROUP, max, TTL, who).with_rollout(rollout.clone());
-    let seams = Arc::new(SwapSeams {
-        source: AnyUpdateSource::new(
-            UpdateBackend::Memory(InMemoryUpdateSource::new(None)),
-            false,
-        ),
-        slots: AnySlots::Etcd(Box::new(slots)),
-        control: MemoryUnitControl::new(RunningVersion::default()),
-    });
-    Instance { rollout, seams }
-}
-
-/// One swap action through the driver's step.
-async fn step(i: &Instance, action: SwapAction) -> SwapObservation {
-    let settings = StepSettings {
-        prepull: Vec::new(),
-        drain: Duration::ZERO,
-        start_timeout: Duration::from_secs(1),
-    };
-    let step = run_steps(
-        i.seams.clone(),
-        settings,
-        Version::new(1, 0, 0),
-        vec![action],
-    );
-    step.await.expect("the step answers")
+        &policy(|p| p.monitor = Duration::from_secs(30)),
+        1,
+    )
 }
 
 /// The rollback's slot: taken again (ungated), leaving `version` (`away`).
@@ -91,20 +37,6 @@ fn away(version: &str) -> SwapAction {
         retry: false,
         again: true,
         away: true,
-    }
-}
-
-fn plan() -> SwapPlan {
-    SwapPlan {
-        old: DropIn {
-            image: "web:1.0.0".into(),
-            version: "1.0.0".into(),
-        },
-        new: DropIn {
-            image: "web:2.0.0".into(),
-            version: "2.0.0".into(),
-        },
-        rise: 1,
     }
 }
 
@@ -169,11 +101,8 @@ async fn a_monitor_failure_halts_then_rolls_back_through_its_own_halt_and_record
     };
     a.rollout.observe(&Phase::Updating(phase));
     a.seams.slots.release().await.expect("release");
-    let (state, _) = store::get_version(&mut client.clone(), GROUP, "2.0.0")
+    let failures: Vec<(String, String)> = state(&client)
         .await
-        .expect("read")
-        .expect("the version's state exists");
-    let failures: Vec<(String, String)> = state
         .failures
         .iter()
         .map(|f| (f.instance.clone(), f.stage.clone()))

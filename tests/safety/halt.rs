@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Observed, finish_after_traefik_caught_up, index_of, wait_new_holder};
+use crate::common::{
+    Observed, finish_after_traefik_caught_up, index_of, wait_halted_and_back, wait_new_holder,
+};
 use crate::fleet::{
     FIRST_VERSION, Fleet, FleetSpec, HALT_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
 };
@@ -84,21 +86,7 @@ async fn signalled_after_failed_verification(signal: i32) {
     let halted_before_restart = count_keys(&fleet.client, HALT_PREFIX).await > 0;
     fleet.start_sidekick(i);
 
-    let back = poll_until(HALT_TIMEOUT, "halted, and the holder back", || async {
-        let halts = count_keys(&fleet.client, HALT_PREFIX).await;
-        let version = fleet.unit_version(i).await;
-        let is_registered = crate::common::registered(&fleet, &holder).await;
-        let held = count_keys(&fleet.client, SLOTS_PREFIX).await;
-        match halts > 0 && version == FIRST_VERSION && is_registered && held == 0 {
-            true => Ok(()),
-            false => Err(format!(
-                "{halts} halt markers; {holder} on {version}, registered: {is_registered}; \
-                 {held} slots held"
-            )),
-        }
-    })
-    .await;
-    if let Err(e) = back {
+    if let Err(e) = wait_halted_and_back(&fleet, i, HALT_TIMEOUT).await {
         let report = load.finish().await;
         panic!(
             "{what} ({holder}; halted before its restart: {halted_before_restart}): {e}\n\

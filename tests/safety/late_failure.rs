@@ -9,19 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::common::{Observed, finish_after_traefik_caught_up, index_of, wait_new_holder};
-use crate::fleet::{
-    FIRST_VERSION, Fleet, FleetSpec, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
+use crate::common::{
+    Departure, Observed, Watches, assert_failure_recorded, finish_after_traefik_caught_up,
+    index_of, update_ends, wait_halted_and_back, wait_new_holder,
 };
+use crate::fleet::{Fleet, FleetSpec, SWAP_START_TIMEOUT};
 use crate::load::Load;
-use crate::rotation::{KeyWatch, count_keys, server_instance, slot_holds};
+use crate::rotation::slot_holds;
 use crate::support::images::{DIES_AFTER, DYING_VERSIONS};
 use crate::support::{poll_until, prerequisites_met};
-use crate::unit_watch::UnitWatch;
-use crate::update_service::{APP_ID, TRACK};
-use crate::{RATE, ROUTE_TIMEOUT, needs, sidekick_binary};
+use crate::{ROUTE_TIMEOUT, needs, sidekick_binary};
 
 /// Longer than [`DIES_AFTER`] with room: the dying version must fail inside it.
 const MIN_HEALTHY: Duration = Duration::from_secs(25);
@@ -31,11 +28,6 @@ const BACK_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long the others are watched for not taking a slot once the group is halted: a poll
 /// (10 s) and a grant period, with margin.
 const HALT_WATCH: Duration = Duration::from_secs(15);
-/// From the unit leaving `active` to its server key gone: the D-Bus signal (or `fall = 2` probes
-/// 250 ms apart), with margin for a loaded machine.
-const DEREGISTER_BOUND: Duration = Duration::from_secs(3);
-/// Traefik's provider throttle (~2 s) plus margin: how long it may still route to a key gone.
-const TRAEFIK_LAG: Duration = Duration::from_secs(4);
 /// `errorcode` of a failure inside min-healthy (`src/omaha/protocol.rs`).
 const MIN_HEALTHY_FAILED: i64 = 1008;
 
@@ -49,13 +41,13 @@ async fn a_version_that_dies_during_min_healthy_reaches_one_instance_and_halts_t
     spec.versions = DYING_VERSIONS.to_vec();
     spec.min_healthy = MIN_HEALTHY;
     spec.grant_period = Duration::from_secs(2);
-    let mut fleet = crate::common::start_fleet(spec).await;
+    let fleet = crate::common::start_fleet(spec).await;
     fleet.wait_all_routed(ROUTE_TIMEOUT).await;
 
     let first = DYING_VERSIONS[0];
-    let watches = Watches::start(&fleet).await;
+    let (watches, load) = Watches::start(&fleet).await;
     fleet.publish(first).await;
-    dies_during_min_healthy(&mut fleet, first, "Restart=no", watches).await;
+    dies_during_min_healthy(&fleet, first, "Restart=no", watches, load).await;
 
     // The same with `Restart=always`: the container's exit is followed by systemd's restart.
     // The second version is published while the group is still halted: no instance checks for
@@ -72,75 +64,24 @@ async fn a_version_that_dies_during_min_healthy_reaches_one_instance_and_halts_t
         );
     }
     fleet.systemd.reload().await;
-    let watches = Watches::start(&fleet).await;
+    let (watches, load) = Watches::start(&fleet).await;
     let (resumed, out) = fleet.cli(&["slots", "resume"]);
     assert!(resumed, "slots resume: {out}");
-    dies_during_min_healthy(&mut fleet, second, "Restart=always", watches).await;
-}
-
-/// What one case watches from before its version can be swapped to (also the monitor case's,
-/// `tests/safety/monitor_failure.rs`).
-pub(crate) struct Watches {
-    pub started: Instant,
-    /// Started with the load: its `sent_at` counts from about then (a little later).
-    pub load_started: Instant,
-    pub load: Load,
-    pub slots: KeyWatch,
-    pub servers: KeyWatch,
-    pub units: UnitWatch,
-}
-
-impl Watches {
-    pub async fn start(fleet: &Fleet) -> Watches {
-        let started = Instant::now();
-        let slots = KeyWatch::start(&fleet.client, SLOTS_PREFIX).await;
-        let servers = KeyWatch::start(&fleet.client, SERVERS_PREFIX).await;
-        let units = UnitWatch::start(fleet).await;
-        let load_started = Instant::now();
-        let load = fleet.load(RATE, Duration::from_secs(300));
-        Watches {
-            started,
-            load_started,
-            load,
-            slots,
-            servers,
-            units,
-        }
-    }
+    dies_during_min_healthy(&fleet, second, "Restart=always", watches, load).await;
 }
 
 async fn dies_during_min_healthy(
-    fleet: &mut Fleet,
+    fleet: &Fleet,
     version: &'static str,
     restart: &str,
     watches: Watches,
+    load: Load,
 ) {
     let what = format!("{version} dying {DIES_AFTER:?} after its start ({restart})");
-    let Watches {
-        started,
-        load_started,
-        load,
-        slots,
-        servers,
-        units,
-    } = watches;
-    let holder = wait_new_holder(fleet, &slots, started, &[], SWAP_START_TIMEOUT).await;
+    let started = watches.started;
+    let holder = wait_new_holder(fleet, &watches.slots, started, &[], SWAP_START_TIMEOUT).await;
     let i = index_of(fleet, &holder);
-    let back = poll_until(BACK_TIMEOUT, "halted, and the holder back", || async {
-        let halts = count_keys(&fleet.client, HALT_PREFIX).await;
-        let now = fleet.unit_version(i).await;
-        let is_registered = crate::common::registered(fleet, &holder).await;
-        let held = count_keys(&fleet.client, SLOTS_PREFIX).await;
-        match halts > 0 && now == FIRST_VERSION && is_registered && held == 0 {
-            true => Ok(()),
-            false => Err(format!(
-                "{halts} halt markers; {holder} on {now}, registered: {is_registered}; \
-                 {held} slots held"
-            )),
-        }
-    })
-    .await;
-    if let Err(e) = back {
+    if let Err(e) = wait_halted_and_back(fleet, i, BACK_TIMEOUT).await {
         let report = load.finish().await;
         panic!(
             "{what} ({holder}): {e}\nload: {} sent, {} failed\n{}",
@@ -152,7 +93,7 @@ async fn dies_during_min_healthy(
     // The others keep polling; none may take a slot for the version while the group is halted.
     let halted_at = Instant::now();
     let took = poll_until(HALT_WATCH, "another instance takes a slot", || async {
-        let later = slot_holds(&slots)
+        let later = slot_holds(&watches.slots)
             .into_iter()
             .filter(|h| h.from >= halted_at)
             .count();
@@ -169,36 +110,12 @@ async fn dies_during_min_healthy(
         fleet.logs(40)
     );
 
-    // Exactly one instance ever ran the version: the others never restarted.
-    for other in (0..fleet.instances.len()).filter(|&o| o != i) {
-        let name = &fleet.instances[other].name;
-        let restarts = units.restarts_of(name, started, Instant::now());
-        assert!(
-            restarts.is_empty(),
-            "{what}: {name} restarted {} time(s) though only {holder} may run {version}\n{}",
-            restarts.len(),
-            fleet.logs(40)
-        );
-        assert_eq!(fleet.unit_version(other).await, FIRST_VERSION, "{what}");
-    }
-    assert_eq!(fleet.unit_version(i).await, FIRST_VERSION, "{what}");
+    watches.assert_only_one_ran(fleet, i, version, &what).await;
 
     // 3/0 with the min-healthy errorcode, and no 3/1, for this version from the holder.
-    let id = fleet.machine_id(i);
-    let rows = fleet.updates.instances().await;
-    let row = rows
-        .iter()
-        .find(|row: &&Value| row["machine_id"].as_str() == Some(id.as_str()))
-        .unwrap_or_else(|| panic!("{what}: {holder} not in the service's listing: {rows:?}"));
-    let events = row["last_events"].as_array().cloned().unwrap_or_default();
-    let ends: Vec<(i64, i64, Option<i64>)> = events
-        .iter()
-        .filter(|e| e["event_type"].as_i64() == Some(3))
-        .map(|e| {
-            let n = |k: &str| e[k].as_i64();
-            (3, n("event_result").unwrap_or(-1), n("error_code"))
-        })
-        .collect();
+    let ends = update_ends(fleet, i)
+        .await
+        .unwrap_or_else(|| panic!("{what}: {holder} not in the service's listing"));
     // Later checks may end in 3/0 1007 (the version is denylisted there now).
     assert!(
         ends.contains(&(3, 0, Some(MIN_HEALTHY_FAILED))) && !ends.iter().any(|e| e.1 == 1),
@@ -206,73 +123,22 @@ async fn dies_during_min_healthy(
     );
 
     // The version's rollout state records the failure, in the stage it happened.
-    let group = format!("{APP_ID}/{TRACK}");
-    let snapshot = sidekick::rollout::store::read_group(&mut fleet.client.clone(), &group)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: read the rollout of {group}: {e}"));
-    let state = snapshot
-        .versions
-        .iter()
-        .find(|v| v.version == version)
-        .unwrap_or_else(|| panic!("{what}: no rollout state for {version}"));
-    assert!(
-        state
-            .failures
-            .iter()
-            .any(|f| f.instance == holder && f.stage == "min_healthy"),
-        "{what}: failures recorded: {:?}",
-        state.failures
-    );
+    assert_failure_recorded(fleet, i, version, "min_healthy", &what).await;
 
     // Requests fail only while the dying instance was still registered.
-    let hold = slot_holds(&slots)
+    let hold = slot_holds(&watches.slots)
         .into_iter()
         .find(|h| crate::unit_watch::holder(h).as_deref() == Some(holder.as_str()))
         .expect("the holder's slot hold");
-    let of_holder = |e: &&crate::rotation::KeyEvent| server_instance(&e.key) == Some(&holder);
-    let events = servers.events();
-    let registered_again = events
-        .iter()
-        .filter(of_holder)
-        .find(|e| e.put && e.at > hold.from)
-        .unwrap_or_else(|| panic!("{what}: {holder} never registered on {version}"))
-        .at;
-    let deregistered = events
-        .iter()
-        .filter(of_holder)
-        .find(|e| !e.put && e.at > registered_again)
-        .unwrap_or_else(|| panic!("{what}: {holder} was not deregistered after it died"))
-        .at;
-    let died = units
-        .samples()
-        .into_iter()
-        .find(|s| s.at > registered_again && s.units[i].active != "active")
-        .unwrap_or_else(|| panic!("{what}: {holder}'s unit never left active"))
-        .at;
-    assert!(
-        deregistered <= died + DEREGISTER_BOUND,
-        "{what}: {holder} left active at +{:?} but was deregistered only at +{:?}\n{}",
-        died - started,
-        deregistered - started,
-        fleet.logs(40)
-    );
-    let latest_failure_allowed = (deregistered + TRAEFIK_LAG) - load_started;
-    let late: Vec<_> = report
-        .failures()
-        .into_iter()
-        .filter(|s| s.sent_at > latest_failure_allowed)
-        .map(|s| (s.sent_at, s.outcome.clone()))
-        .collect();
-    assert!(
-        late.is_empty(),
-        "{what}: requests failed after {holder} was deregistered (+{:?}) and Traefik caught up: \
-         {late:?}",
-        deregistered - started
-    );
+    let Departure {
+        registered,
+        died,
+        deregistered,
+    } = watches.assert_deregistered_when_it_died(fleet, &report, i, hold.from, hold.from, &what);
     eprintln!(
         "{what}: {holder} registered on it at +{:.1} s, left active at +{:.1} s, deregistered \
          {:.2} s later; halted and back by +{:.1} s; {} of {} requests failed",
-        (registered_again - started).as_secs_f64(),
+        (registered - started).as_secs_f64(),
         (died - started).as_secs_f64(),
         deregistered.saturating_duration_since(died).as_secs_f64(),
         (halted_at - started).as_secs_f64(),
@@ -281,18 +147,11 @@ async fn dies_during_min_healthy(
     );
     // The invariants of every safety case, but for the requests the dying instance failed
     // (checked above): no more than one unit down at once, no restart without a slot.
-    let (most, down) = units.most_down_at_once();
-    assert!(most <= 1, "{what}: {most} units down at once: {down:?}");
-    let unslotted = units.restarts_without_slot(&slot_holds(&slots));
-    assert!(
-        unslotted.is_empty(),
-        "{what}: restarts without a slot: {unslotted:?}\n{}",
-        fleet.logs(40)
-    );
+    watches.assert_one_down_and_no_unslotted_restart(fleet, &what);
     let observed = Observed {
         what,
-        units: &units,
-        slots: &slots,
+        units: &watches.units,
+        slots: &watches.slots,
         report: &report,
         started,
     };

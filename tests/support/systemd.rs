@@ -334,6 +334,21 @@ impl Systemd {
             .unwrap_or_else(|e| panic!("nsenter {argv:?}: {e}"))
     }
 
+    /// Runs `argv` inside the container as [`Systemd::exec`] does; panics with its output when
+    /// it fails. Returns stdout.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "{argv:?} in the container: {}\n{}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
     /// Last lines of the container's console log (systemd's boot and unit messages).
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)

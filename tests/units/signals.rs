@@ -40,16 +40,13 @@ async fn start_quiet_sidekick(
 fn write_host_config(systemd: &Systemd, config: &str) {
     let shared = systemd.bus_dir().join("10-test.toml");
     std::fs::write(&shared, config).unwrap();
-    in_container(
-        systemd,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir -p /etc/sidekick/config.d && cp {SHARED}/10-test.toml /etc/sidekick/config.d/"
-            ),
-        ],
-    );
+    systemd.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /etc/sidekick/config.d && cp {SHARED}/10-test.toml /etc/sidekick/config.d/"
+        ),
+    ]);
 }
 
 /// `systemctl show --property=PROPERTY --value UNIT`.

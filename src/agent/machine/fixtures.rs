@@ -1,6 +1,8 @@
 //! Swap phases the machine's tests, the journal's and the driver's share.
 
-use super::swap::{Failure, GroupHalt, Stage, SwapPhase, SwapPlan};
+use super::swap::{
+    Failure, GroupHalt, Stage, SwapAction, SwapObservation, SwapPhase, SwapPlan, step,
+};
 use crate::omaha::error_code;
 use crate::systemd::control::{DropIn, PreviousDropIn};
 
@@ -39,6 +41,32 @@ pub(crate) fn at(stage: Stage) -> SwapPhase {
         away: false,
         denylist: false,
     }
+}
+
+/// A swap of 1.0.0 to 2.0.0 (rise 1) verified and registering again, holding its slot.
+pub(crate) fn registering() -> SwapPhase {
+    let mut phase = at(Stage::Registering { failure: None });
+    phase.plan.rise = 1;
+    phase.previous = Some(PreviousDropIn::Absent);
+    phase
+}
+
+/// [`registering`] once its registration is confirmed: just into min-healthy.
+pub(crate) fn proving() -> SwapPhase {
+    let (phase, actions) = step(registering(), SwapObservation::Registered);
+    assert_eq!(actions, [SwapAction::StartMinHealthy]);
+    assert_eq!(phase.stage, Stage::MinHealthy { departed: false });
+    phase
+}
+
+/// Feeds `phase` each observation in turn, checking the actions of each step; the phase after.
+pub(crate) fn run(mut phase: SwapPhase, steps: &[(SwapObservation, &[SwapAction])]) -> SwapPhase {
+    for (i, (observation, expected)) in steps.iter().enumerate() {
+        let (next, actions) = step(phase, observation.clone());
+        assert_eq!(actions, *expected, "step {i}: {observation:?}");
+        phase = next;
+    }
+    phase
 }
 
 /// Every stage the driver journals before a side effect.

@@ -22,8 +22,7 @@ use jiff::Timestamp;
 use super::world::{DRAIN, Ms, START_TIMEOUT, VERIFY_TIMEOUT};
 use crate::agent::machine::state::Phase;
 use crate::agent::machine::swap::{Report, Stage, SwapPhase};
-use crate::omaha::error_code;
-use crate::rollout::agent::{SlotHold, hold_answer};
+use crate::rollout::agent::{SlotHold, hold_answer, verdict};
 use crate::rollout::decide::{Hold, SlotGate};
 use crate::rollout::gate::{self, Jitter};
 use crate::rollout::policy::{Promote, RolloutPolicy, Window, ZoneName};
@@ -155,32 +154,15 @@ impl RolloutClient {
         self.monitor.unwrap_or(self.configured.monitor)
     }
 
-    /// `RolloutAgent::observe` (`history.rs`): the swap's verdict once known.
+    /// `RolloutAgent::observe` (`history.rs`): the swap's verdict once known, by the agent's
+    /// own rule ([`rollout::agent::verdict`](crate::rollout::agent::verdict)).
     pub fn observe(&mut self, phase: &Phase) {
         let (Phase::Updating(swap), Some(current)) = (phase, self.swap.as_mut()) else {
             return;
         };
         if current.verdict.is_none() {
-            current.verdict = match (&swap.stage, swap.report) {
-                (Stage::Releasing, Some(Report::Complete)) => Some(Ok(())),
-                (
-                    Stage::Registering {
-                        failure: Some(failure),
-                    },
-                    _,
-                ) if failure.halt => Some(Err((failed_in(failure.code), failure.reason.clone()))),
-                _ => None,
-            };
+            current.verdict = verdict(swap);
         }
-    }
-}
-
-/// `history.rs`'s `failed_in`.
-fn failed_in(code: u32) -> &'static str {
-    match code {
-        error_code::MIN_HEALTHY_FAILED => "min_healthy",
-        error_code::MONITOR_FAILED => "monitor",
-        _ => "verify",
     }
 }
 

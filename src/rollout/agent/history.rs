@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::RolloutAgent;
 use crate::agent::machine::state::Phase;
-use crate::agent::machine::swap::{Report, Stage};
+use crate::agent::machine::swap::{Report, Stage, SwapPhase};
 use crate::rollout::state::{Failure, Release, SwapEnd, SwapRecord, VersionState};
 use crate::rollout::store::{self, RolloutError};
 
@@ -27,6 +27,23 @@ pub(super) struct CurrentSwap {
     /// or `monitor`); `None` when it ended otherwise (fenced, rolled back for another
     /// reason), which frees its canary place for another try.
     verdict: Option<Result<(), (&'static str, String)>>,
+}
+
+/// The verdict on the version `swap` shows in its stage, as [`CurrentSwap`] keeps it: `Ok` once
+/// min-healthy passed and 3/1 is decided, `Err((stage, reason))` once registered again after a
+/// failure the version is to blame for, else `None`.
+pub(crate) fn verdict(swap: &SwapPhase) -> Option<Result<(), (&'static str, String)>> {
+    match (&swap.stage, swap.report) {
+        (Stage::Releasing, Some(Report::Complete)) => Some(Ok(())),
+        // A failure the version is not to blame for (the drop-in write, …) is no result.
+        (
+            Stage::Registering {
+                failure: Some(failure),
+            },
+            _,
+        ) if failure.halt => Some(Err((failed_in(failure.code), failure.reason.clone()))),
+        _ => None,
+    }
 }
 
 /// The stage a failure the version is blamed for happened in, as the version's state records it.
@@ -221,17 +238,7 @@ impl RolloutAgent {
             return;
         };
         if current.verdict.is_none() {
-            current.verdict = match (&swap.stage, swap.report) {
-                (Stage::Releasing, Some(Report::Complete)) => Some(Ok(())),
-                // A failure the version is not to blame for (the drop-in write, …) is no result.
-                (
-                    Stage::Registering {
-                        failure: Some(failure),
-                    },
-                    _,
-                ) if failure.halt => Some(Err((failed_in(failure.code), failure.reason.clone()))),
-                _ => None,
-            };
+            current.verdict = verdict(swap);
         }
         let name = step_name(&swap.stage);
         if name.is_some() && name == current.step.map(|(s, _)| s) {

@@ -1,14 +1,8 @@
 use super::*;
+use crate::agent::machine::fixtures::{dropin, run};
 use ActiveState::{Activating, Active, Deactivating, Failed as UnitFailed, Inactive};
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
 
 fn plan(rise: u32) -> SwapPlan {
     SwapPlan {
@@ -64,15 +58,6 @@ fn failure(code: u32, reason: &str) -> Failure {
 }
 
 /// Feeds `steps`, checking the actions after each one; returns the last phase.
-fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
-    for (i, (observation, expected)) in steps.iter().enumerate() {
-        let (next_phase, actions) = step(phase, observation.clone());
-        assert_eq!(actions, *expected, "step {i}: {observation:?}");
-        phase = next_phase;
-    }
-    phase
-}
-
 const PASS: O = O::Probe { passed: true };
 const FAIL: O = O::Probe { passed: false };
 

@@ -4,16 +4,10 @@
 //! the group, and the journal keeps which kind of halt is owed.
 
 use super::*;
+use crate::agent::machine::fixtures::{dropin, run};
 use ActiveState::Active;
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
 
 /// A swap verifying 2.0.0 (rise 1), holding its slot.
 fn verifying() -> SwapPhase {
@@ -52,15 +46,6 @@ fn restore() -> A {
         previous: Some(PreviousDropIn::Absent),
         old: dropin("1.0.0"),
     }
-}
-
-fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
-    for (i, (observation, expected)) in steps.iter().enumerate() {
-        let (next, actions) = step(phase, observation.clone());
-        assert_eq!(actions, *expected, "step {i}: {observation:?}");
-        phase = next;
-    }
-    phase
 }
 
 #[test]

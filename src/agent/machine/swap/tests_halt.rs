@@ -4,16 +4,10 @@
 //! before its restart, and a slot gone by then is taken again before the unit is touched.
 
 use super::*;
+use crate::agent::machine::fixtures::{dropin, run};
 use ActiveState::Active;
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
 
 /// A swap verifying 2.0.0 (rise 1), holding its slot.
 fn verifying() -> SwapPhase {
@@ -62,15 +56,6 @@ fn reacquire(retry: bool) -> A {
         again: true,
         away: false,
     }
-}
-
-fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
-    for (i, (observation, expected)) in steps.iter().enumerate() {
-        let (next, actions) = step(phase, observation.clone());
-        assert_eq!(actions, *expected, "step {i}: {observation:?}");
-        phase = next;
-    }
-    phase
 }
 
 /// The failure, then the halt's answer: `answer`.

@@ -5,50 +5,10 @@
 //! release last. An operator's stop there is not the version's failure.
 
 use super::*;
+use crate::agent::machine::fixtures::{dropin, proving, registering, run};
 use ActiveState::{Activating, Active, Deactivating, Failed as UnitFailed, Inactive};
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
-
-/// A swap of 1.0.0 to 2.0.0 (rise 1) registered again after verification, holding its slot.
-fn proving() -> SwapPhase {
-    let registering = SwapPhase {
-        plan: SwapPlan {
-            old: dropin("1.0.0"),
-            new: dropin("2.0.0"),
-            rise: 1,
-        },
-        stage: Stage::Registering { failure: None },
-        previous: Some(PreviousDropIn::Absent),
-        slot_held: true,
-        unit_active: true,
-        halt: GroupHalt::NotNeeded,
-        report: None,
-        unit_stopped: false,
-        monitor: false,
-        away: false,
-        denylist: false,
-    };
-    let (phase, actions) = step(registering, O::Registered);
-    assert_eq!(actions, [A::StartMinHealthy]);
-    assert_eq!(phase.stage, Stage::MinHealthy { departed: false });
-    phase
-}
-
-fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
-    for (i, (observation, expected)) in steps.iter().enumerate() {
-        let (next, actions) = step(phase, observation.clone());
-        assert_eq!(actions, *expected, "step {i}: {observation:?}");
-        phase = next;
-    }
-    phase
-}
 
 fn halt(why: &str) -> A {
     A::Halt {
@@ -332,23 +292,6 @@ fn sigterm_during_min_healthy_leaves_the_swap_journaled_and_the_next_start_prove
 /// in Registering for good, holding its slot): judged as in min-healthy.
 #[test]
 fn a_unit_that_fails_before_its_registration_is_confirmed_fails_as_in_min_healthy() {
-    let registering = || SwapPhase {
-        plan: SwapPlan {
-            old: dropin("1.0.0"),
-            new: dropin("2.0.0"),
-            rise: 1,
-        },
-        stage: Stage::Registering { failure: None },
-        previous: Some(PreviousDropIn::Absent),
-        slot_held: true,
-        unit_active: true,
-        halt: GroupHalt::NotNeeded,
-        report: None,
-        unit_stopped: false,
-        monitor: false,
-        away: false,
-        denylist: false,
-    };
     // A probe that passes, `active` again: still waiting for etcd.
     let phase = run(
         registering(),

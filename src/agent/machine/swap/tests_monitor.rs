@@ -6,49 +6,10 @@
 //! service (it has its 3/1). An operator's stop ends the watch.
 
 use super::*;
+use crate::agent::machine::fixtures::{dropin, proving, run};
 use ActiveState::{Activating, Active, Failed as UnitFailed, Inactive};
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
-
-/// A swap of 1.0.0 to 2.0.0 (rise 1) in min-healthy, holding its slot.
-fn proving() -> SwapPhase {
-    let registering = SwapPhase {
-        plan: SwapPlan {
-            old: dropin("1.0.0"),
-            new: dropin("2.0.0"),
-            rise: 1,
-        },
-        stage: Stage::Registering { failure: None },
-        previous: Some(PreviousDropIn::Absent),
-        slot_held: true,
-        unit_active: true,
-        halt: GroupHalt::NotNeeded,
-        report: None,
-        unit_stopped: false,
-        monitor: false,
-        away: false,
-        denylist: false,
-    };
-    let (phase, actions) = step(registering, O::Registered);
-    assert_eq!(actions, [A::StartMinHealthy]);
-    phase
-}
-
-fn run(mut phase: SwapPhase, steps: &[(O, &[A])]) -> SwapPhase {
-    for (i, (observation, expected)) in steps.iter().enumerate() {
-        let (next, actions) = step(phase, observation.clone());
-        assert_eq!(actions, *expected, "step {i}: {observation:?}");
-        phase = next;
-    }
-    phase
-}
 
 /// Past min-healthy with monitor on: 3/1, the release, then monitor.
 fn monitoring() -> SwapPhase {

@@ -3,16 +3,10 @@
 //! grant with exactly one terminal 3/x.
 
 use super::*;
+use crate::agent::machine::fixtures::dropin;
 use ActiveState::{Deactivating, Inactive};
 use SwapAction as A;
 use SwapObservation as O;
-
-fn dropin(version: &str) -> DropIn {
-    DropIn {
-        image: format!("example/web:{version}"),
-        version: version.into(),
-    }
-}
 
 /// A swap to 2.0.0 standing at `stage`, holding its slot, the unit active.
 fn at(stage: Stage) -> SwapPhase {
