@@ -268,6 +268,10 @@ fn raise_fd_limit() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let sim = Sim::from_args()?;
+    // The agents' own log lines (registry, slots, leases) on stderr, only when asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        sidekick::logging::init(sidekick::logging::LogTarget::Stderr, 0);
+    }
     raise_fd_limit(); // each agent holds its own etcd connections, as separate sidekicks would
     let etcd = Arc::new(Etcd::start_cluster(sim.members).await);
     let settings = EtcdOptions {
