@@ -80,6 +80,16 @@ impl DbusUnitControl {
         })
     }
 
+    /// The kind of `unit` as systemd reports it (its `SourcePath`), as [`DbusUnitControl::new`]
+    /// reads it.
+    pub async fn kind_of(conn: &Connection, unit: &str) -> Result<UnitKind, ControlError> {
+        let manager = ManagerProxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        unit_kind(conn, &manager, unit).await
+    }
+
     /// Where the drop-in is written.
     pub fn dropin_path(&self) -> &Path {
         &self.dropin
