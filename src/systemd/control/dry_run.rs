@@ -116,25 +116,28 @@ impl DryRunUnitControl {
     }
 }
 
-impl UnitControl for DryRunUnitControl {
-    async fn write_dropin(&self, dropin: &DropIn) -> Result<PreviousDropIn, ControlError> {
+impl DryRunUnitControl {
+    /// What writing the version would do, after the mode's own checks of the values.
+    fn write_text(&self, dropin: &DropIn) -> Result<String, ControlError> {
         let (image, version) = (&dropin.image, &dropin.version);
-        match &self.handoff {
+        Ok(match &self.handoff {
             DryRunHandoff::DropIn {
                 kind: UnitKind::Service,
                 path,
-            } => would(format_args!(
-                "write {} setting SIDEKICK_IMAGE={image} SIDEKICK_VERSION={version}",
-                path.display()
-            )),
+            } => {
+                super::dropin::render(dropin)?;
+                format!(
+                    "write {} setting SIDEKICK_IMAGE={image} SIDEKICK_VERSION={version}",
+                    path.display()
+                )
+            }
             DryRunHandoff::DropIn { kind, path } => {
-                // Refused by the real run as it would be.
                 kind.render(dropin)?;
-                would(format_args!(
+                format!(
                     "write {} setting Image={image} and SIDEKICK_IMAGE={image} \
                      SIDEKICK_VERSION={version}",
                     path.display()
-                ))
+                )
             }
             DryRunHandoff::EnvironmentFile {
                 request,
@@ -142,24 +145,24 @@ impl UnitControl for DryRunUnitControl {
                 env_file,
             } => {
                 envfile::check(dropin)?;
-                would(format_args!(
+                format!(
                     "write {} (SIDEKICK_IMAGE={image} SIDEKICK_VERSION={version}) and start \
                      {version_unit} (StartUnit), which writes {}",
                     request.display(),
                     env_file.display()
-                ))
+                )
             }
-        }
-        self.memory.write_dropin(dropin).await
+        })
     }
 
-    async fn restore_dropin(&self, previous: &PreviousDropIn) -> Result<(), ControlError> {
+    /// What putting `previous` back would do.
+    fn restore_text(&self, previous: &PreviousDropIn) -> String {
         match (&self.handoff, previous) {
             (DryRunHandoff::DropIn { path, .. }, PreviousDropIn::Absent) => {
-                would(format_args!("remove {}", path.display()))
+                format!("remove {}", path.display())
             }
             (DryRunHandoff::DropIn { path, .. }, PreviousDropIn::Contents(_)) => {
-                would(format_args!("restore the previous {}", path.display()))
+                format!("restore the previous {}", path.display())
             }
             (
                 DryRunHandoff::EnvironmentFile {
@@ -173,32 +176,73 @@ impl UnitControl for DryRunUnitControl {
                     PreviousDropIn::Absent => "removes",
                     PreviousDropIn::Contents(_) => "restores the previous",
                 };
-                would(format_args!(
+                format!(
                     "write {} and start {version_unit} (StartUnit), which {does} {}",
                     request.display(),
                     env_file.display()
-                ))
+                )
             }
         }
-        self.memory.restore_dropin(previous).await
     }
 
-    async fn reload(&self) -> Result<(), ControlError> {
+    /// What the reload would do; `None` where the real run reloads nothing (systemd reads
+    /// `EnvironmentFile=` at each start).
+    fn reload_text(&self) -> Option<String> {
         match &self.handoff {
             DryRunHandoff::DropIn {
                 kind: UnitKind::Service,
                 ..
-            } => would("reload systemd (Manager.Reload) to read the drop-in"),
+            } => Some("reload systemd (Manager.Reload) to read the drop-in".into()),
             DryRunHandoff::DropIn {
                 kind: UnitKind::Quadlet { container_file },
                 ..
-            } => would(format_args!(
+            } => Some(format!(
                 "reload systemd (Manager.Reload): Quadlet generates {} again from \
                  {container_file} and its drop-in",
                 self.unit
             )),
-            // systemd reads `EnvironmentFile=` at each start: the real run reloads nothing.
-            DryRunHandoff::EnvironmentFile { .. } => {}
+            DryRunHandoff::EnvironmentFile { .. } => None,
+        }
+    }
+
+    /// What the pre-pull of `image` would run: `argv` as a transient unit, or the
+    /// environment-file mode's template (its polkit rule grants no transient unit).
+    fn prepull_text(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<String, ControlError> {
+        let within = humantime::format_duration(timeout);
+        match self.handoff {
+            DryRunHandoff::EnvironmentFile { .. } => {
+                let unit = envfile::template_unit(PREPULL_TEMPLATE, image)?;
+                Ok(format!(
+                    "start {unit} (StartUnit), which pulls {image}, and wait up to {within} for it"
+                ))
+            }
+            DryRunHandoff::DropIn { .. } => Ok(format!(
+                "run `{}` as a transient unit and wait up to {within} for it",
+                argv.join(" ")
+            )),
+        }
+    }
+}
+
+impl UnitControl for DryRunUnitControl {
+    async fn write_dropin(&self, dropin: &DropIn) -> Result<PreviousDropIn, ControlError> {
+        would(self.write_text(dropin)?);
+        self.memory.write_dropin(dropin).await
+    }
+
+    async fn restore_dropin(&self, previous: &PreviousDropIn) -> Result<(), ControlError> {
+        would(self.restore_text(previous));
+        self.memory.restore_dropin(previous).await
+    }
+
+    async fn reload(&self) -> Result<(), ControlError> {
+        if let Some(text) = self.reload_text() {
+            would(text);
         }
         self.memory.reload().await
     }
@@ -223,11 +267,7 @@ impl UnitControl for DryRunUnitControl {
                 argv.join(" ")
             )));
         }
-        would(format_args!(
-            "run `{}` as a transient unit and wait up to {} for it",
-            argv.join(" "),
-            humantime::format_duration(timeout)
-        ));
+        would(self.prepull_text("", argv, timeout)?);
         self.memory.run_transient(argv, timeout).await
     }
 
@@ -240,15 +280,123 @@ impl UnitControl for DryRunUnitControl {
         let DryRunHandoff::EnvironmentFile { .. } = self.handoff else {
             return self.run_transient(argv, timeout).await;
         };
-        let unit = envfile::template_unit(PREPULL_TEMPLATE, image)?;
-        would(format_args!(
-            "start {unit} (StartUnit), which pulls {image}, and wait up to {} for it",
-            humantime::format_duration(timeout)
-        ));
+        would(self.prepull_text(image, argv, timeout)?);
         Ok(())
     }
 
     async fn running(&self) -> Result<RunningVersion, ControlError> {
         self.memory.running().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(handoff: DryRunHandoff) -> DryRunUnitControl {
+        DryRunUnitControl::new(
+            "web@1.service",
+            handoff,
+            RunningVersion::default(),
+            MemoryUnits::new(ActiveState::Active),
+        )
+    }
+
+    fn dropin(image: &str) -> DropIn {
+        DropIn {
+            image: image.into(),
+            version: "2.0.0".into(),
+        }
+    }
+
+    #[test]
+    fn each_call_is_worded_for_the_handoff_the_real_run_uses() {
+        let (dropins, quadlets) = (Path::new("/etc/systemd/system"), Path::new("/q"));
+        let unit = "web@1.service";
+        let service = control(DryRunHandoff::dropin(
+            UnitKind::Service,
+            unit,
+            dropins,
+            quadlets,
+        ));
+        let quadlet = control(DryRunHandoff::dropin(
+            UnitKind::Quadlet {
+                container_file: "web@1.container".into(),
+            },
+            unit,
+            dropins,
+            quadlets,
+        ));
+        let envfile = control(
+            DryRunHandoff::environment_file("web-1", Path::new("/s"), Path::new("/v")).unwrap(),
+        );
+        let v2 = dropin("localhost:5000/web:2.0.0");
+        assert_eq!(
+            service.write_text(&v2).unwrap(),
+            "write /etc/systemd/system/web@1.service.d/50-sidekick.conf setting \
+             SIDEKICK_IMAGE=localhost:5000/web:2.0.0 SIDEKICK_VERSION=2.0.0"
+        );
+        assert_eq!(
+            quadlet.write_text(&v2).unwrap(),
+            "write /q/web@1.container.d/50-sidekick.conf setting Image=localhost:5000/web:2.0.0 \
+             and SIDEKICK_IMAGE=localhost:5000/web:2.0.0 SIDEKICK_VERSION=2.0.0"
+        );
+        assert_eq!(
+            envfile.write_text(&v2).unwrap(),
+            "write /s/web-1/version.request (SIDEKICK_IMAGE=localhost:5000/web:2.0.0 \
+             SIDEKICK_VERSION=2.0.0) and start sidekick-version@web-1.service (StartUnit), which \
+             writes /v/web-1.env"
+        );
+        assert_eq!(
+            quadlet.restore_text(&PreviousDropIn::Absent),
+            "remove /q/web@1.container.d/50-sidekick.conf"
+        );
+        assert_eq!(
+            envfile.restore_text(&PreviousDropIn::Contents(String::new())),
+            "write /s/web-1/version.request and start sidekick-version@web-1.service \
+             (StartUnit), which restores the previous /v/web-1.env"
+        );
+        assert!(
+            service
+                .reload_text()
+                .unwrap()
+                .contains("to read the drop-in")
+        );
+        assert!(
+            quadlet
+                .reload_text()
+                .unwrap()
+                .contains("Quadlet generates web@1.service again from web@1.container")
+        );
+        assert_eq!(envfile.reload_text(), None, "the real run reloads nothing");
+        let argv = ["docker".to_string(), "pull".into(), "web:2".into()];
+        let within = Duration::from_secs(60);
+        assert_eq!(
+            service.prepull_text("web:2", &argv, within).unwrap(),
+            "run `docker pull web:2` as a transient unit and wait up to 1m for it"
+        );
+        assert_eq!(
+            envfile
+                .prepull_text("localhost:5000/web:2.0.0", &argv, within)
+                .unwrap(),
+            "start sidekick-prepull@localhost:5000_sweb:2.0.0.service (StartUnit), which pulls \
+             localhost:5000/web:2.0.0, and wait up to 1m for it"
+        );
+    }
+
+    #[tokio::test]
+    async fn values_the_real_run_of_the_mode_refuses_are_refused() {
+        let envfile = control(
+            DryRunHandoff::environment_file("web-1", Path::new("/s"), Path::new("/v")).unwrap(),
+        );
+        // Not an image reference: sidekick-version@ would refuse it.
+        let err = envfile.write_dropin(&dropin("web 2")).await.unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        let err = envfile
+            .run_transient(&["/bin/true".to_string()], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        assert!(DryRunHandoff::environment_file("../x", Path::new("/s"), Path::new("/v")).is_err());
     }
 }
