@@ -1,7 +1,10 @@
 //! `sidekick run --dry-run` with no configuration and no server: the daemon's whole pass on the
 //! embedded defaults, printed as `dry-run: would …` lines, writing nothing and listening only on
 //! its control socket (under the config root's `run/sidekick`, removed when it stops), which
-//! answers within bounds whatever a client sends.
+//! answers within bounds whatever a client sends. With a configuration, the line saying how a
+//! granted update would reach the unit: the drop-in of its unit file or of its Quadlet
+//! `.container` file (the kind from systemd's `SourcePath`, or with no system bus from
+//! `swap.quadlet_dir`), or the environment-file hand-off.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
@@ -11,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+mod support;
+
+use support::prerequisites_met;
+use support::systemd::{self, Systemd};
 
 /// The registration the embedded defaults make: the seed layout for `web@1.service` on port 8080.
 const EMBEDDED_KEY: &str = "/services/web/web-1";
@@ -491,6 +499,13 @@ fn the_control_socket_answers_state_and_check_now_and_bounds_silent_and_garbage_
 /// `[daemon]` table and no system bus (the address names no socket): the line saying how a
 /// granted update would reach the unit.
 fn configured_handoff_line(scratch: &Scratch, swap: &str, daemon: &str) -> String {
+    let no_bus = scratch.dir.path().join("no-bus-here");
+    let bus = format!("unix:path={}", no_bus.display());
+    configured_handoff_line_on(scratch, swap, daemon, &bus)
+}
+
+/// [`configured_handoff_line`] with the system bus at `bus`.
+fn configured_handoff_line_on(scratch: &Scratch, swap: &str, daemon: &str, bus: &str) -> String {
     let config = scratch.dir.path().join("web.toml");
     std::fs::write(
         &config,
@@ -503,13 +518,9 @@ fn configured_handoff_line(scratch: &Scratch, swap: &str, daemon: &str) -> Strin
         ),
     )
     .unwrap();
-    let no_bus = scratch.dir.path().join("no-bus-here");
     let mut command = scratch.command(&["run", "--dry-run", "--config", config.to_str().unwrap()]);
     command
-        .env(
-            "DBUS_SYSTEM_BUS_ADDRESS",
-            format!("unix:path={}", no_bus.display()),
-        )
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = Running(command.spawn().expect("sidekick starts"));
@@ -602,4 +613,37 @@ fn a_configured_dry_run_in_environment_file_mode_names_the_version_request_and_i
     );
     assert!(!line.contains("drop-in"), "{line}");
     assert!(!state.exists(), "the dry run wrote its state");
+}
+
+#[tokio::test]
+async fn a_configured_dry_run_takes_the_units_kind_from_its_source_path_in_systemd() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    // As Quadlet's generator writes it: the service names the `.container` file it came from.
+    systemd.write_unit(
+        "web@1.service",
+        "[Unit]\nSourcePath=/etc/containers/systemd/web@1.container\n\
+         [Service]\nExecStart=/usr/bin/sleep infinity\n",
+    );
+    systemd.reload().await;
+    let scratch = Scratch::new();
+    // No `.container` file in swap.quadlet_dir: the kind comes from systemd, not the files.
+    let quadlets = scratch.dir.path().join("quadlet");
+    let swap = format!("quadlet_dir = \"{}\"\n", quadlets.display());
+    let line = configured_handoff_line_on(&scratch, &swap, "", systemd.bus_address());
+    assert!(
+        line.contains(&format!(
+            "by writing the drop-in {} of its Quadlet file web@1.container (Image=)",
+            quadlets
+                .join("web@1.container.d/50-sidekick.conf")
+                .display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("(the unit's kind from its SourcePath in systemd)"),
+        "{line}"
+    );
 }
