@@ -1,6 +1,7 @@
 //! `DbusUnitControl` against systemd 252 (or 257) in its throw-away container: the version drop-in,
-//! reload and restart; waiting for restart jobs; the pre-pull as a transient unit; the sidekick's
-//! own unit surviving the app's restart. Every call goes over the container's system bus.
+//! reload and restart; waiting for restart jobs; the pre-pull as a transient unit (and as the
+//! environment-file mode's template unit); the sidekick's own unit surviving the app's restart.
+//! Every call goes over the container's system bus.
 
 mod support;
 
@@ -17,6 +18,10 @@ use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy};
 /// Pre-pull as a transient unit (`tests/control/transient.rs`).
 #[path = "control/transient.rs"]
 mod transient;
+
+/// Pre-pull as the environment-file mode's template unit (`tests/control/template.rs`).
+#[path = "control/template.rs"]
+mod template;
 
 /// Our restart job replaced by an operator's stop (`tests/control/canceled.rs`).
 #[path = "control/canceled.rs"]

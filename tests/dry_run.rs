@@ -1,7 +1,10 @@
 //! `sidekick run --dry-run` with no configuration and no server: the daemon's whole pass on the
 //! embedded defaults, printed as `dry-run: would …` lines, writing nothing and listening only on
 //! its control socket (under the config root's `run/sidekick`, removed when it stops), which
-//! answers within bounds whatever a client sends.
+//! answers within bounds whatever a client sends. With a configuration, the line saying how a
+//! granted update would reach the unit: the drop-in of its unit file or of its Quadlet
+//! `.container` file (the kind from systemd's `SourcePath`, or with no system bus from
+//! `swap.quadlet_dir`), or the environment-file hand-off.
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
@@ -11,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+mod support;
+
+use support::prerequisites_met;
+use support::systemd::{self, Systemd};
 
 /// The registration the embedded defaults make: the seed layout for `web@1.service` on port 8080.
 const EMBEDDED_KEY: &str = "/services/web/web-1";
@@ -485,4 +493,157 @@ fn the_control_socket_answers_state_and_check_now_and_bounds_silent_and_garbage_
     }
     assert!(child.0.wait().unwrap().success());
     assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+/// A configured dry run for `web@1.service` with `swap` in its `[swap]` table, `daemon` in its
+/// `[daemon]` table and no system bus (the address names no socket): the line saying how a
+/// granted update would reach the unit.
+fn configured_handoff_line(scratch: &Scratch, swap: &str, daemon: &str) -> String {
+    let no_bus = scratch.dir.path().join("no-bus-here");
+    let bus = format!("unix:path={}", no_bus.display());
+    configured_handoff_line_on(scratch, swap, daemon, &bus)
+}
+
+/// [`configured_handoff_line`] with the system bus at `bus`.
+fn configured_handoff_line_on(scratch: &Scratch, swap: &str, daemon: &str, bus: &str) -> String {
+    let config = scratch.dir.path().join("web.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance]\nunit = \"web@1.service\"\n[registration]\nenabled = false\n\
+             [health]\ncheck = \"none\"\n\
+             [update]\nserver = \"http://127.0.0.1:9/v1/update/\"\n\
+             app_id = \"6a6e5b4c-0000-4000-8000-00000000beef\"\n\
+             [daemon]\ncontrol_socket = \"\"\n{daemon}[swap]\n{swap}"
+        ),
+    )
+    .unwrap();
+    let mut command = scratch.command(&["run", "--dry-run", "--config", config.to_str().unwrap()]);
+    command
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = Running(command.spawn().expect("sidekick starts"));
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("on a granted update") => return line,
+            Ok(_) => continue,
+            Err(err) => panic!("no line saying how an update reaches the unit: {err}"),
+        }
+    }
+}
+
+#[test]
+fn a_configured_dry_run_names_the_quadlet_dropin_the_real_run_writes_deciding_the_kind_from_quadlet_dir()
+ {
+    let scratch = Scratch::new();
+    let quadlets = scratch.dir.path().join("quadlet");
+    let dropins = scratch.dir.path().join("system");
+    std::fs::create_dir(&quadlets).unwrap();
+    let swap = format!(
+        "quadlet_dir = \"{}\"\ndropin_dir = \"{}\"\n",
+        quadlets.display(),
+        dropins.display()
+    );
+    // No `.container` file: a unit file of its own, with its `.service.d` drop-in.
+    let line = configured_handoff_line(&scratch, &swap, "");
+    let service_dropin = dropins.join("web@1.service.d/50-sidekick.conf");
+    assert!(
+        line.contains(&format!(
+            "would swap web@1.service on a granted update by writing its drop-in {}, \
+             reloading systemd and restarting it",
+            service_dropin.display()
+        )),
+        "{line}"
+    );
+    // Quadlet's `web@1.container` there: the drop-in of the `.container` file, as the real run
+    // (whose unit's SourcePath names that file) writes it; and said how the kind was decided.
+    std::fs::write(
+        quadlets.join("web@1.container"),
+        "[Container]\nImage=web:1\n",
+    )
+    .unwrap();
+    let line = configured_handoff_line(&scratch, &swap, "");
+    let quadlet_dropin = quadlets.join("web@1.container.d/50-sidekick.conf");
+    assert!(
+        line.contains(&format!(
+            "by writing the drop-in {} of its Quadlet file web@1.container (Image=), \
+             reloading systemd (Quadlet generates web@1.service again) and restarting it",
+            quadlet_dropin.display()
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(".service.d"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "systemd not asked, no system bus: the unit's kind from the files in \
+             swap.quadlet_dir {}",
+            quadlets.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        !quadlet_dropin.exists() && !dropins.exists(),
+        "the dry run wrote a drop-in"
+    );
+}
+
+#[test]
+fn a_configured_dry_run_in_environment_file_mode_names_the_version_request_and_its_template() {
+    let scratch = Scratch::new();
+    let state = scratch.dir.path().join("state");
+    let daemon = format!("state_dir = \"{}\"\n", state.display());
+    let line = configured_handoff_line(&scratch, "handoff = \"environment-file\"\n", &daemon);
+    assert!(
+        line.contains(&format!(
+            "would swap web@1.service on a granted update by writing the version request {} \
+             and starting sidekick-version@web-1.service, which writes \
+             /var/lib/sidekick-versions/web-1.env, then restarting it (no reload; the pre-pull \
+             runs as sidekick-prepull@<image>.service)",
+            state.join("web-1/version.request").display()
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("drop-in"), "{line}");
+    assert!(!state.exists(), "the dry run wrote its state");
+}
+
+#[tokio::test]
+async fn a_configured_dry_run_takes_the_units_kind_from_its_source_path_in_systemd() {
+    if !prerequisites_met(systemd::NEEDS) {
+        return;
+    }
+    let systemd = Systemd::start().await;
+    // As Quadlet's generator writes it: the service names the `.container` file it came from.
+    systemd.write_unit(
+        "web@1.service",
+        "[Unit]\nSourcePath=/etc/containers/systemd/web@1.container\n\
+         [Service]\nExecStart=/usr/bin/sleep infinity\n",
+    );
+    systemd.reload().await;
+    let scratch = Scratch::new();
+    // No `.container` file in swap.quadlet_dir: the kind comes from systemd, not the files.
+    let quadlets = scratch.dir.path().join("quadlet");
+    let swap = format!("quadlet_dir = \"{}\"\n", quadlets.display());
+    let line = configured_handoff_line_on(&scratch, &swap, "", systemd.bus_address());
+    assert!(
+        line.contains(&format!(
+            "by writing the drop-in {} of its Quadlet file web@1.container (Image=)",
+            quadlets
+                .join("web@1.container.d/50-sidekick.conf")
+                .display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("(the unit's kind from its SourcePath in systemd)"),
+        "{line}"
+    );
 }

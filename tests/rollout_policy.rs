@@ -231,7 +231,7 @@ async fn promote_marks_the_newest_version_and_history_shows_it() {
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
     put_state(&mut client, &VersionState::new("1.0.0", t0)).await;
     let mut new = VersionState::new("2.0.0", t0 + jiff::SignedDuration::from_secs(60));
-    new.add_canary("web-1", t0);
+    new.add_canary("web-1", None, t0);
     new.canary_result("web-1", true, t0);
     put_state(&mut client, &new).await;
     let out = ok(rollout(dir.path(), &cfg, &["promote"]));
@@ -286,7 +286,7 @@ async fn status_wait_exits_3_awaiting_promotion_then_0_when_every_instance_serve
     );
     let t0 = Timestamp::now();
     let mut state = VersionState::new("2.0.0", t0);
-    state.add_canary("web-1", t0);
+    state.add_canary("web-1", None, t0);
     state.canary_result("web-1", true, t0);
     put_state(&mut client, &state).await;
     put_instance(&mut client, "web-1", "2.0.0").await;

@@ -49,6 +49,7 @@ use crate::systemd::control::{
 use crate::systemd::environment::{IMAGE_VARIABLE, VERSION_VARIABLE};
 use crate::systemd::{ActiveState, Bus, DbusUnits, MemoryUnits, UnitManager};
 
+mod dry_run;
 mod reload;
 #[cfg(debug_assertions)]
 mod stall;
@@ -199,7 +200,7 @@ async fn run(
             // The swap's unit calls are printed, and played on the in-memory unit.
             let control = AnyUnitControl::DryRun(DryRunUnitControl::new(
                 &settings.instance.unit,
-                &settings.swap.dropin_dir,
+                dry_run::embedded_handoff(&settings),
                 RunningVersion {
                     version: Some(version.to_string()),
                     image: Some(image.to_string()),
@@ -216,11 +217,8 @@ async fn run(
             (Box::new(units), Some(pass))
         }
         World::Configured => {
-            running = match system_bus(settings.etcd.timeout).await {
-                Ok(conn) => match file_version(&settings) {
-                    Some(version) => Some(version),
-                    None => version_of(&conn, &settings.instance.unit).await,
-                },
+            let bus = match system_bus(settings.etcd.timeout).await {
+                Ok(conn) => Some(conn),
                 // One pass cannot follow a unit it cannot see: say so and stop, not retry.
                 Err(why) if args.once => anyhow::bail!("run --once: {why}"),
                 Err(why) => {
@@ -228,14 +226,23 @@ async fn run(
                     None
                 }
             };
+            running = match &bus {
+                Some(conn) => match file_version(&settings) {
+                    Some(version) => Some(version),
+                    None => version_of(conn, &settings.instance.unit).await,
+                },
+                None => None,
+            };
             let units = DbusUnits::start(Bus::System, settings.instance.unit.clone());
             let pass = if !settings.update.enabled {
                 None
             } else if dry_run {
-                configured_dry_run_updates(&settings).unwrap_or_else(|err| {
-                    tracing::warn!("{err:#}; the dry run goes on without update checks");
-                    None
-                })
+                dry_run::configured_updates(&settings, bus.as_ref())
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!("{err:#}; the dry run goes on without update checks");
+                        None
+                    })
             } else {
                 configured_updates(&settings).await.unwrap_or_else(|err| {
                     tracing::error!("{err:#}; no updates are applied: registration only");
@@ -634,30 +641,4 @@ fn dry_run_slots(settings: &Settings) -> AnySlots {
         settings.slot.max,
         who,
     ))
-}
-
-/// The update pass of a dry run against the configured service: it names the service and sends
-/// nothing to it, so it is offered nothing to swap to.
-fn configured_dry_run_updates(
-    settings: &Settings,
-) -> anyhow::Result<Option<UpdatePass<AnyUnitControl>>> {
-    let Some(server) = settings.update.server.clone() else {
-        return Ok(None);
-    };
-    let instance = super::update_check::app_instance(&settings.update, &settings.instance)
-        .context("failed to identify the instance to the update service")?;
-    let source = update_client(server, instance, settings)?;
-    // The pass never asks this control: a dry run sends no check to a real service.
-    Ok(Some(UpdatePass::new(
-        AnyUpdateSource::new(UpdateBackend::Http(source), true),
-        dry_run_slots(settings),
-        AnyUnitControl::DryRun(DryRunUnitControl::new(
-            &settings.instance.unit,
-            &settings.swap.dropin_dir,
-            RunningVersion::default(),
-            MemoryUnits::new(ActiveState::Unknown),
-        )),
-        settings.update.clone(),
-        swap_config(settings, true)?,
-    )))
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::decide::{Hold, SlotGate};
 use super::gate::{self, CheckHold, Jitter};
 use super::policy::RolloutPolicy;
-use super::state::VersionState;
+use super::state::{Claimant, VersionState};
 use super::store::{self, GroupSnapshot, RolloutError};
 use crate::etcd::EtcdConnection;
 use crate::metrics::RolloutMetrics;
@@ -67,9 +67,13 @@ pub struct RolloutAgent {
     instance: String,
     /// The configured `[rollout]` and the swap estimate's floor, replaced by a reload.
     configured: RwLock<Configured>,
-    /// When this process's agent was made: a canary place of its instance claimed since, with
-    /// no swap of this process, was claimed by a clone on another host (the same instance
-    /// name, a cloned machine id) and is not this process's to settle (`lost.rs`).
+    /// This process (its run id and host boot), recorded in each canary place it claims: a
+    /// place of its instance that another process claimed in this boot of this host can no
+    /// longer get a result from its swap and is this process's to settle (`lost.rs`).
+    claimant: Claimant,
+    /// When this process's agent was made: judges a place claimed on another host or boot, or
+    /// by a release before run ids (claimed since, it is a clone's on another host, left
+    /// alone).
     started: Timestamp,
     /// The monotonic start of this process's [`gate::Sightings`] readings.
     epoch: std::time::Instant,
@@ -162,6 +166,12 @@ impl RolloutAgent {
                 policy: configured,
                 floor,
             }),
+            claimant: Claimant {
+                run: super::state::new_run_id(),
+                boot: std::fs::read_to_string(crate::identity::BOOT_ID_PATH)
+                    .map(|id| id.trim().to_string())
+                    .unwrap_or_default(),
+            },
             started: Timestamp::now(),
             epoch: std::time::Instant::now(),
             inner: Mutex::new(Inner::default()),
@@ -344,7 +354,7 @@ impl RolloutAgent {
                 if next.is_canary(me) || next.canaries.len() >= wanted as usize {
                     return None;
                 }
-                next.add_canary(me, now);
+                next.add_canary(me, Some(&self.claimant), now);
                 Some(next)
             })
             .await

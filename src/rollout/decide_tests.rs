@@ -192,20 +192,20 @@ fn the_canary_wave_admits_n_then_holds_until_they_pass_and_bake() {
         p.canary_bake = Duration::from_secs(300);
     });
     let none = state(|_| {});
-    let one = state(|s| s.add_canary("web-1", at(T0)));
+    let one = state(|s| s.add_canary("web-1", None, at(T0)));
     let two = state(|s| {
-        s.add_canary("web-1", at(T0));
-        s.add_canary("web-2", at(T0));
+        s.add_canary("web-1", None, at(T0));
+        s.add_canary("web-2", None, at(T0));
     });
     let half = state(|s| {
-        s.add_canary("web-1", at(T0));
-        s.add_canary("web-2", at(T0));
+        s.add_canary("web-1", None, at(T0));
+        s.add_canary("web-2", None, at(T0));
         s.canary_result("web-1", true, t(10));
         s.canary_result("web-2", false, t(10));
     });
     let passed = state(|s| {
-        s.add_canary("web-1", at(T0));
-        s.add_canary("web-2", at(T0));
+        s.add_canary("web-1", None, at(T0));
+        s.add_canary("web-2", None, at(T0));
         s.canary_result("web-1", true, t(10));
         s.canary_result("web-2", true, t(20));
     });
@@ -265,11 +265,11 @@ fn manual_promotion_holds_the_rest_after_the_wave_until_promoted() {
         p.promote = crate::rollout::Promote::Manual;
     });
     let passed = state(|s| {
-        s.add_canary("web-1", at(T0));
+        s.add_canary("web-1", None, at(T0));
         s.canary_result("web-1", true, t(10));
     });
     let promoted = state(|s| {
-        s.add_canary("web-1", at(T0));
+        s.add_canary("web-1", None, at(T0));
         s.canary_result("web-1", true, t(10));
         s.promoted = Some(Promotion {
             at: t(20),
@@ -326,7 +326,7 @@ fn the_stage_follows_the_gate_and_ends_when_every_instance_serves_the_version() 
     });
     let fresh = state(|_| {});
     let passed = state(|s| {
-        s.add_canary("web-1", at(T0));
+        s.add_canary("web-1", None, at(T0));
         s.canary_result("web-1", true, t(10));
     });
     let finished = state(|s| s.finished = Some(t(5)));

@@ -211,7 +211,7 @@ fn waiting_for_a_manual_promotion_only_canaries_and_instances_on_it_check() {
         p.promote = crate::rollout::Promote::Manual;
     });
     let mut v = VersionState::new("2.0.0", t(0));
-    v.add_canary("web-1", t(0));
+    v.add_canary("web-1", None, t(0));
     let mut s = snap(vec![v]);
     let mut jitter = Jitter::default();
     let mut gate = |s: &GroupSnapshot, who: &str, running: Option<&str>| {
@@ -286,7 +286,7 @@ fn a_free_canary_place_lets_the_check_through() {
         p.promote = crate::rollout::Promote::Manual;
     });
     let mut v = VersionState::new("2.0.0", t(0));
-    v.add_canary("web-1", t(0));
+    v.add_canary("web-1", None, t(0));
     let s = snap(vec![v]);
     let mut jitter = Jitter::default();
     let hold = check_gate(&s, &configured, "web-2", None, &mut jitter, t(5), 0.0);
@@ -444,7 +444,7 @@ fn canary_bake_runs_from_this_hosts_first_sight_of_the_wave_passing() {
     let mono = |s: u64| Duration::from_secs(s);
     for skew in [-HOUR, HOUR] {
         let mut v = VersionState::new("2.0.0", t(skew - 60));
-        v.add_canary("web-1", t(skew - 60));
+        v.add_canary("web-1", None, t(skew - 60));
         v.canary_result("web-1", true, t(skew));
         let s = snap(vec![v]);
         let mut sightings = Sightings::default();
@@ -517,7 +517,7 @@ fn a_wave_is_forgotten_with_its_version_and_seen_anew_when_its_stamp_changes() {
     let configured = policy(|p| p.canary = 1);
     let mono = |s: u64| Duration::from_secs(s);
     let mut v = VersionState::new("2.0.0", t(0));
-    v.add_canary("web-1", t(0));
+    v.add_canary("web-1", None, t(0));
     v.canary_result("web-1", true, t(5));
     let s = snap(vec![v.clone()]);
     let mut sightings = Sightings::default();

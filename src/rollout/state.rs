@@ -12,6 +12,22 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// A new run id: 16 random hex digits naming one daemon process, so a canary place it claims
+/// can be told from one an earlier process of the instance claimed, with no clock involved.
+pub fn new_run_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// The daemon process that claims a canary place: its run id ([`new_run_id`]) and the boot of
+/// the host it runs in (`/proc/sys/kernel/random/boot_id`; empty where unreadable, which
+/// matches no boot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claimant {
+    pub run: String,
+    pub boot: String,
+}
+
 /// Swaps kept per version (a group larger than this keeps its latest swaps).
 pub const MAX_SWAPS: usize = 500;
 /// Canaries and failures kept per version.
@@ -24,12 +40,34 @@ pub struct Canary {
     pub instance: String,
     /// When it took its slot.
     pub since: Timestamp,
+    /// The daemon process that claimed the place; absent in a place claimed by a release
+    /// before run ids, which is judged by `since` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<Claimant>,
     /// When it passed `min_healthy`.
     #[serde(default)]
     pub passed: Option<Timestamp>,
     /// When it failed.
     #[serde(default)]
     pub failed: Option<Timestamp>,
+}
+
+impl Canary {
+    /// Whether the process `me`, started at `started`, takes this place for one that no swap
+    /// of a live process claimed ([`VersionState::lost_place_of`]). Its own place (the same run
+    /// id) never is. Another process's place in the same boot of the same host is, whatever the
+    /// clocks say: the journal lock keeps one daemon per instance on a host, and a journaled
+    /// swap of the earlier one is resumed before any pass settles. A place claimed on another
+    /// host or boot (or with no claimant, by a release before run ids) may be a live clone's
+    /// (the same instance name on a cloned machine), told apart only by time: lost when claimed
+    /// before or at `started`.
+    pub fn lost_to(&self, me: &Claimant, started: Timestamp) -> bool {
+        match &self.claimed_by {
+            Some(claimant) if claimant.run == me.run => false,
+            Some(claimant) if claimant.boot == me.boot && !me.boot.is_empty() => true,
+            _ => self.since <= started,
+        }
+    }
 }
 
 /// A failed instance of the version.
@@ -166,12 +204,13 @@ impl VersionState {
         self.swaps.iter().filter_map(|s| s.released).max()
     }
 
-    /// Adds `instance` as a canary, unless it is one already.
-    pub fn add_canary(&mut self, instance: &str, now: Timestamp) {
+    /// Adds `instance` as a canary claimed by `claimant`, unless it is one already.
+    pub fn add_canary(&mut self, instance: &str, claimant: Option<&Claimant>, now: Timestamp) {
         if !self.is_canary(instance) {
             self.canaries.push(Canary {
                 instance: instance.to_string(),
                 since: now,
+                claimed_by: claimant.cloned(),
                 passed: None,
                 failed: None,
             });
@@ -335,13 +374,15 @@ impl VersionState {
             .any(|c| c.instance == instance && c.passed.is_none() && c.failed.is_none())
     }
 
-    /// Whether `instance` holds a canary place with neither result that was claimed before
-    /// or at `started` (the start of the process asking): only such a place can have been claimed by
-    /// an earlier run of this process's instance; one claimed since, with no swap of this
-    /// process, is a clone's on another host.
-    pub fn lost_place_of(&self, instance: &str, started: Timestamp) -> bool {
+    /// Whether `instance` holds a canary place with neither result that the process `me`,
+    /// started at `started`, takes for lost: one no swap of a live process can record a result
+    /// for any more ([`Canary::lost_to`]).
+    pub fn lost_place_of(&self, instance: &str, me: &Claimant, started: Timestamp) -> bool {
         self.canaries.iter().any(|c| {
-            c.instance == instance && c.passed.is_none() && c.failed.is_none() && c.since <= started
+            c.instance == instance
+                && c.passed.is_none()
+                && c.failed.is_none()
+                && c.lost_to(me, started)
         })
     }
 

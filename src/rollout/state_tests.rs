@@ -24,7 +24,7 @@ fn swap(instance: &str, took: &str, secs: i64) -> SwapRecord {
 #[test]
 fn a_state_round_trips_through_its_json() {
     let mut s = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
-    s.add_canary("web-1", at("2026-01-01T00:00:01Z"));
+    s.add_canary("web-1", None, at("2026-01-01T00:00:01Z"));
     s.add_swap(swap("web-1", "2026-01-01T00:00:01Z", 30));
     let back = VersionState::decode(KEY, "2.0.0", &s.encode()).expect("decodes");
     assert_eq!(back, s);
@@ -77,9 +77,9 @@ fn lists_past_their_bounds_are_refused() {
 fn canaries_are_added_once_and_keep_their_first_result() {
     let t = at("2026-01-01T00:00:00Z");
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
-    s.add_canary("web-1", t);
-    s.add_canary("web-2", t);
+    s.add_canary("web-1", None, t);
+    s.add_canary("web-1", None, t);
+    s.add_canary("web-2", None, t);
     assert_eq!(s.canaries.len(), 2);
     assert_eq!(s.wave_passed_at(2), None);
     s.canary_result("web-1", true, at("2026-01-01T00:01:00Z"));
@@ -156,7 +156,7 @@ fn a_failure_is_counted_once_per_instance_and_marks_its_canary_failed() {
     let t = at("2026-01-01T00:00:00Z");
     let later = at("2026-01-01T00:05:00Z");
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
+    s.add_canary("web-1", None, t);
     let failure = |instance: &str, at: Timestamp, stage: &str| Failure {
         instance: instance.into(),
         at,
@@ -190,7 +190,7 @@ fn a_promotion_records_a_version_nobody_started_and_keeps_a_started_ones_canarie
         })
     );
     let mut started = VersionState::new("2.0.0", at("2026-01-01T00:00:00Z"));
-    started.add_canary("web-1", at("2026-01-01T00:00:01Z"));
+    started.add_canary("web-1", None, at("2026-01-01T00:00:01Z"));
     let next = VersionState::promoted(Some(&started), "2.0.0", "ops", now).expect("promoted");
     assert_eq!(next.started, started.started, "the rollout's start stays");
     assert_eq!(next.canaries, started.canaries);
@@ -217,7 +217,7 @@ fn release(instance: &str, took: Timestamp, end: SwapEnd) -> Release {
 fn a_release_sent_again_changes_nothing_and_adds_a_swap_whose_start_was_lost() {
     let t = at("2026-01-01T00:00:00Z");
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
+    s.add_canary("web-1", None, t);
     let passed = release("web-1", t, SwapEnd::Passed);
     // The start's write failed: the release adds the record.
     s.record_release(&passed);
@@ -248,10 +248,10 @@ fn a_late_release_judges_only_the_canary_place_claimed_before_its_slot() {
     // An unjudged swap frees its place, unless the place was claimed again since (a retry of
     // the write sent after the next claim must not take the new claim away).
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
+    s.add_canary("web-1", None, t);
     s.record_release(&release("web-1", t, SwapEnd::Unjudged));
     assert!(!s.is_canary("web-1"));
-    s.add_canary("web-1", later);
+    s.add_canary("web-1", None, later);
     s.record_release(&release("web-1", t, SwapEnd::Unjudged));
     assert!(s.awaits_result_of("web-1"), "{s:?}");
     s.record_release(&release("web-1", t, SwapEnd::Passed));
@@ -266,7 +266,7 @@ fn a_late_release_judges_only_the_canary_place_claimed_before_its_slot() {
         stage: "min_healthy".into(),
         reason: "left active".into(),
     };
-    s.add_canary("web-2", t);
+    s.add_canary("web-2", None, t);
     s.record_release(&release("web-2", t, SwapEnd::Failed(failure.clone())));
     s.record_release(&release("web-2", t, SwapEnd::Failed(failure)));
     assert_eq!(s.failed_instances(), 1);
@@ -281,7 +281,7 @@ fn a_late_release_judges_only_the_canary_place_claimed_before_its_slot() {
 fn a_lost_canary_result_is_settled_by_what_its_instance_serves_and_never_passes_a_failure() {
     let t = at("2026-01-01T00:00:00Z");
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
+    s.add_canary("web-1", None, t);
     let failure = |instance: &str| Failure {
         instance: instance.into(),
         at: t,
@@ -331,8 +331,8 @@ fn settling_a_lost_canary_records_the_result_or_frees_the_place() {
     let t = at("2026-01-01T00:00:00Z");
     let now = at("2026-01-01T00:10:00Z");
     let mut s = VersionState::new("2.0.0", t);
-    s.add_canary("web-1", t);
-    s.add_canary("web-2", t);
+    s.add_canary("web-1", None, t);
+    s.add_canary("web-2", None, t);
     let mut passed = s.clone();
     assert!(passed.settle_lost_canary("web-1", LostCanary::Passed, now));
     assert_eq!(passed.canaries[0].passed, Some(now));
@@ -344,4 +344,84 @@ fn settling_a_lost_canary_records_the_result_or_frees_the_place() {
     assert!(freed.settle_lost_canary("web-1", LostCanary::GiveUp, now));
     assert!(!freed.is_canary("web-1"));
     assert!(freed.is_canary("web-2"), "only its own place");
+}
+
+fn claimant(run: &str, boot: &str) -> Claimant {
+    Claimant {
+        run: run.into(),
+        boot: boot.into(),
+    }
+}
+
+#[test]
+fn a_place_is_lost_by_its_run_id_in_this_boot_whatever_the_clocks_say() {
+    let started = at("2026-01-01T00:00:00Z");
+    let (ahead, behind) = (at("2026-01-01T01:00:00Z"), at("2025-12-31T23:00:00Z"));
+    let me = claimant("b0b0b0b0b0b0b0b0", "boot-1");
+    let earlier = claimant("a0a0a0a0a0a0a0a0", "boot-1");
+    let elsewhere = claimant("a0a0a0a0a0a0a0a0", "boot-2");
+    // (claimed by, at) → lost for `me`, started at `started`
+    let cases = [
+        // An earlier process in this boot, its claim stamped by a clock an hour ahead (set back
+        // since): lost all the same.
+        (Some(&earlier), ahead, true),
+        (Some(&earlier), behind, true),
+        // Its own claim, read after its clock was set back an hour: never lost.
+        (Some(&me), behind, false),
+        (Some(&me), ahead, false),
+        // Claimed on another host or boot: maybe a live clone's, told apart by time alone.
+        (Some(&elsewhere), behind, true),
+        (Some(&elsewhere), ahead, false),
+        // A place from a release before run ids: by time, as that release judged it.
+        (None, behind, true),
+        (None, started, true),
+        (None, ahead, false),
+    ];
+    for (i, (by, since, lost)) in cases.into_iter().enumerate() {
+        let mut s = VersionState::new("2.0.0", since);
+        s.add_canary("web-1", by, since);
+        assert_eq!(s.lost_place_of("web-1", &me, started), lost, "case {i}");
+        assert!(!s.lost_place_of("web-2", &me, started), "case {i}");
+    }
+    // An unreadable boot id matches no boot: time decides.
+    let (no_boot, other_no_boot) = (claimant("b0", ""), claimant("a0", ""));
+    let mut s = VersionState::new("2.0.0", ahead);
+    s.add_canary("web-1", Some(&other_no_boot), ahead);
+    assert!(!s.lost_place_of("web-1", &no_boot, started));
+    // A place with a result is never lost.
+    let mut judged = VersionState::new("2.0.0", behind);
+    judged.add_canary("web-1", Some(&earlier), behind);
+    judged.canary_result("web-1", true, started);
+    assert!(!judged.lost_place_of("web-1", &me, started));
+}
+
+#[test]
+fn a_place_without_a_claimant_from_an_older_release_still_decodes_and_none_is_written() {
+    let older = br#"{"version":"2.0.0","started":"2026-01-01T00:00:00Z",
+        "canaries":[{"instance":"web-1","since":"2026-01-01T00:00:01Z","passed":null,"failed":null}]}"#;
+    let s = VersionState::decode(KEY, "2.0.0", older).expect("an older release's state decodes");
+    assert_eq!(s.canaries[0].claimed_by, None);
+    let text = String::from_utf8(s.encode()).unwrap();
+    assert!(!text.contains("claimed_by"), "{text}");
+    let mut claimed = s.clone();
+    claimed.canaries.clear();
+    let by = claimant("0123456789abcdef", "8c1f0e6b-4c5e-4d0a-9f1e-2b7d3c4a5e6f");
+    claimed.add_canary("web-1", Some(&by), at("2026-01-01T00:00:02Z"));
+    let text = String::from_utf8(claimed.encode()).unwrap();
+    assert!(
+        text.contains(r#""claimed_by":{"run":"0123456789abcdef","boot":"8c1f0e6b-"#),
+        "{text}"
+    );
+    let back = VersionState::decode(KEY, "2.0.0", text.as_bytes()).expect("decodes");
+    assert_eq!(back, claimed);
+}
+
+#[test]
+fn run_ids_are_sixteen_hex_digits_and_differ() {
+    let (a, b) = (new_run_id(), new_run_id());
+    assert_ne!(a, b);
+    for id in [a, b] {
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
 }

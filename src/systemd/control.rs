@@ -23,7 +23,7 @@ use thiserror::Error;
 
 pub use any::AnyUnitControl;
 pub use dbus::DbusUnitControl;
-pub use dry_run::DryRunUnitControl;
+pub use dry_run::{DryRunHandoff, DryRunUnitControl};
 pub use envfile::control::EnvFileUnitControl;
 pub use quadlet::UnitKind;
 

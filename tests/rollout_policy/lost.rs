@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use sidekick::etcd::{EtcdConnection, EtcdOptions};
 use sidekick::rollout::agent::RolloutAgent;
+use sidekick::rollout::state::{Claimant, VersionState};
 use sidekick::rollout::{RolloutPolicy, store};
 use sidekick::slot::{Acquisition, EtcdSlots, SlotHolder, SlotLock};
 
@@ -115,8 +116,8 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
     // 3.0.0: web-1 claimed the place and its process died before the release of a swap whose
     // result was never written.
     store::update_version(&mut client, GROUP, "3.0.0", |_| {
-        let mut s = sidekick::rollout::state::VersionState::new("3.0.0", jiff::Timestamp::now());
-        s.add_canary("web-1", jiff::Timestamp::now());
+        let mut s = VersionState::new("3.0.0", jiff::Timestamp::now());
+        s.add_canary("web-1", None, jiff::Timestamp::now());
         Some(s)
     })
     .await
@@ -153,7 +154,7 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
     store::update_version(&mut client, GROUP, "3.0.0", |s| {
         let mut s = s.cloned()?;
         s.canaries.clear();
-        s.add_canary("web-1", jiff::Timestamp::now());
+        s.add_canary("web-1", None, jiff::Timestamp::now());
         Some(s)
     })
     .await
@@ -171,4 +172,55 @@ async fn a_canary_whose_process_is_gone_passes_when_serving_the_version_and_free
         None,
         "web-3 is the canary now"
     );
+}
+
+#[tokio::test]
+async fn a_place_an_earlier_process_claimed_in_this_boot_is_settled_whatever_its_clock_said() {
+    let Some((_etcd, mut client)) = start().await else {
+        return;
+    };
+    let p = policy(|p| p.canary = 1);
+    // A claim through the slot gate names the claiming process: its run id and this boot.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("the boot id")
+        .trim()
+        .to_string();
+    let claimant = {
+        let first = member(&client, "web-1", &p, 1);
+        assert_eq!(
+            first.slots.acquire("2.0.0").await.unwrap(),
+            Acquisition::Acquired
+        );
+        state(&client).await.canaries[0].claimed_by.clone()
+    }
+    .expect("the claim names its process");
+    assert_eq!(claimant.boot, boot);
+    assert!(
+        claimant.run.len() == 16 && claimant.run.chars().all(|c| c.is_ascii_hexdigit()),
+        "{claimant:?}"
+    );
+    // 3.0.0: an earlier process of web-1 in this boot claimed the place, stamped an hour ahead
+    // (the clock was set back since), and died before its swap.
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    store::update_version(&mut client, GROUP, "3.0.0", |_| {
+        let mut s = VersionState::new("3.0.0", ahead);
+        let earlier = Claimant {
+            run: "0123456789abcdef".into(),
+            boot: boot.clone(),
+        };
+        s.add_canary("web-1", Some(&earlier), ahead);
+        Some(s)
+    })
+    .await
+    .expect("claim");
+    // Its next process serves 1.0.0 with no swap in flight: the place is not its own, so it
+    // is given up for another instance, though stamped "after" this process started.
+    let next = member(&client, "web-1", &p, 1);
+    next.rollout.settle(Some("1.0.0"), |_| false).await;
+    let s = store::get_version(&mut client, GROUP, "3.0.0")
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert!(s.canaries.is_empty(), "{s:?}");
 }

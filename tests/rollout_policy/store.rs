@@ -21,7 +21,7 @@ async fn concurrent_compare_and_swap_writers_lose_no_canary() {
                     let mut s = current
                         .cloned()
                         .unwrap_or_else(|| VersionState::new("2.0.0", now));
-                    s.add_canary(&format!("web-{i}"), now);
+                    s.add_canary(&format!("web-{i}"), None, now);
                     Some(s)
                 })
                 .await

@@ -107,7 +107,14 @@ pub enum Violation {
 /// - `CanaryResultLost` (seed 172): a canary result whose write failed, or whose process died,
 ///   was never written; a failed write is kept and sent again, and a serving instance settles
 ///   its own place with no result (passed on the version, failed when denylisted, else given
-///   up), only a place claimed before its process started (seed 77: a clone's is left alone).
+///   up), only a place another process claimed: by run id in the same boot of the same host,
+///   else only when claimed before its process started (seed 77, and seed 447 once run ids
+///   alone decided: a clone's is left alone).
+///
+/// Known, not held: seed 11376 (a 12,000-seed survey with drawn policies) breaks
+/// `CanaryOverrun` the same way with and without run ids: a clone whose process restarted after
+/// its twin on another host claimed a place gives that live place up, which time cannot tell
+/// from an earlier process's place on a host the instance left.
 ///
 /// Surveyed beyond `SEEDS` (6,000 seeds with drawn policies): seed 2393 (a unit that failed
 /// after verification, before etcd confirmed its registration, left the swap waiting in

@@ -26,7 +26,9 @@ use crate::rollout::agent::{SlotHold, hold_answer, verdict};
 use crate::rollout::decide::{Hold, SlotGate};
 use crate::rollout::gate::{self, Jitter};
 use crate::rollout::policy::{Promote, RolloutPolicy, Window, ZoneName};
-use crate::rollout::state::{Failure, Release, SwapEnd, SwapRecord, VersionState};
+use crate::rollout::state::{
+    Canary, Claimant, Failure, Release, SwapEnd, SwapRecord, VersionState,
+};
 use crate::rollout::store::{GroupSnapshot, Paused, effective};
 use crate::slot::halt::HaltMarker;
 
@@ -121,6 +123,9 @@ pub struct RolloutClient {
     pub pending: Vec<(String, Release)>,
     /// When the process started (`RolloutAgent`'s `started`).
     pub started: Timestamp,
+    /// The process's run id and host boot (`RolloutAgent`'s `claimant`), recorded in the
+    /// canary places it claims.
+    pub claimant: Claimant,
     /// The last update pass that looked for this instance's lost canary places (serving, with
     /// no swap in flight and etcd reachable).
     pub settled_at: Option<Timestamp>,
@@ -130,9 +135,10 @@ pub struct RolloutClient {
 }
 
 impl RolloutClient {
-    pub fn new(configured: RolloutPolicy, started: Timestamp) -> RolloutClient {
+    pub fn new(configured: RolloutPolicy, started: Timestamp, claimant: Claimant) -> RolloutClient {
         RolloutClient {
             started,
+            claimant,
             settled_at: None,
             configured,
             jitter: Jitter::default(),
@@ -392,14 +398,14 @@ impl super::Sim {
                         .is_some_and(|p| p.rollout.pending.iter().any(|(v, _)| v == version))
             })
         };
-        let settle_missed = |holder: &str, since: Timestamp| {
+        let settle_missed = |canary: &Canary| {
             self.inst.iter().any(|inst| {
-                inst.holder == holder
+                inst.holder == canary.instance
                     && inst.proc.as_ref().is_some_and(|p| {
-                        // A process that started after the claim (one before it leaves the
-                        // place to the clone that may hold it) and looked since.
-                        p.rollout.started >= since
-                            && p.rollout.settled_at.is_some_and(|t| t > since)
+                        // A process that did not claim the place (`lost_place_of`) and looked
+                        // since.
+                        canary.lost_to(&p.rollout.claimant, p.rollout.started)
+                            && p.rollout.settled_at.is_some_and(|t| t > canary.since)
                     })
             })
         };
@@ -411,7 +417,7 @@ impl super::Sim {
                     && c.failed.is_none()
                     && !swapping(&c.instance)
                     && !kept(&c.instance)
-                    && settle_missed(&c.instance, c.since)
+                    && settle_missed(c)
             })
             .map(|c| c.instance.clone())
             .collect();
@@ -428,6 +434,10 @@ impl super::Sim {
     fn claim_canary(&mut self, i: usize, version: &str, policy: &RolloutPolicy) -> Option<String> {
         let now = timestamp(self.now);
         let me = self.inst[i].holder.clone();
+        let claimant = self.inst[i]
+            .proc
+            .as_ref()
+            .map(|p| p.rollout.claimant.clone());
         let wanted = policy.canary;
         let state = self.rollout.update_version(version, |current| {
             let mut next = current
@@ -436,7 +446,7 @@ impl super::Sim {
             if next.is_canary(&me) || next.canaries.len() >= wanted as usize {
                 return None;
             }
-            next.add_canary(&me, now);
+            next.add_canary(&me, claimant.as_ref(), now);
             Some(next)
         });
         match state {
@@ -545,7 +555,7 @@ impl super::Sim {
         if p.rollout.swap.is_some() {
             return;
         }
-        let started = p.rollout.started;
+        let (started, claimant) = (p.rollout.started, p.rollout.claimant.clone());
         let now = timestamp(self.now);
         if let Some(p) = self.inst[i].proc.as_mut() {
             p.rollout.settled_at = Some(now);
@@ -559,7 +569,7 @@ impl super::Sim {
             .rollout
             .versions
             .values()
-            .filter(|v| v.lost_place_of(&me, started) && !pending.contains(&v.version))
+            .filter(|v| v.lost_place_of(&me, &claimant, started) && !pending.contains(&v.version))
             .map(|v| v.version.clone())
             .collect();
         let now = timestamp(self.now);
@@ -567,6 +577,9 @@ impl super::Sim {
             let denied = self.inst[i].disk.denylist.contains(&version);
             self.rollout.update_version(&version, |current| {
                 let mut next = current?.clone();
+                if !next.lost_place_of(&me, &claimant, started) {
+                    return None;
+                }
                 let rule = next.lost_canary(&me, running, denied)?;
                 next.settle_lost_canary(&me, rule, now).then_some(next)
             });

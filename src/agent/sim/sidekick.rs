@@ -19,6 +19,7 @@ use crate::agent::machine::swap::{
 };
 use crate::health::HealthStreak;
 use crate::rollout::agent::SlotHold;
+use crate::rollout::state::Claimant;
 use crate::slot::{Acquisition, Holding};
 use crate::systemd::ActiveState;
 use crate::systemd::control::{DropIn, PreviousDropIn};
@@ -171,7 +172,16 @@ impl Sim {
         let mut proc = Proc::new(
             life,
             self.now,
-            RolloutClient::new(configured, super::rollout::timestamp(self.now)),
+            RolloutClient::new(
+                configured,
+                super::rollout::timestamp(self.now),
+                // Unique per process of the group and the same on every replay of the seed; a
+                // host's one boot (the world reboots no host).
+                Claimant {
+                    run: format!("{i:08x}{life:08x}"),
+                    boot: self.inst[i].host.clone(),
+                },
+            ),
         );
         let unit = self.inst[i].unit.clone();
         if let Some(journal) = self.inst[i].disk.journal.clone() {

@@ -3,7 +3,10 @@
 //! new process never took the slot again; a claim whose slot was never taken). The wave would
 //! wait on it for good, so the instance that holds it settles it itself, with no leader, at its
 //! update pass: while it serves (unit active, registered, no swap in flight or journaled) it
-//! applies [`crate::rollout::state::LostCanary`] to each place of its own with no result.
+//! applies [`crate::rollout::state::LostCanary`] to each place of its own with no result that
+//! [`crate::rollout::state::Canary::lost_to`] takes for lost: one an earlier process claimed in
+//! this boot of this host (by run id, with no clock), or one claimed elsewhere before this
+//! process started.
 
 use jiff::Timestamp;
 use tracing::{info, warn};
@@ -38,7 +41,9 @@ impl RolloutAgent {
         let lost = snap
             .versions
             .iter()
-            .filter(|v| v.lost_place_of(me, self.started) && !self.pending_for(&v.version))
+            .filter(|v| {
+                v.lost_place_of(me, &self.claimant, self.started) && !self.pending_for(&v.version)
+            })
             .map(|v| v.version.clone());
         for version in lost.collect::<Vec<_>>() {
             let denied = denylisted(&version);
@@ -49,6 +54,10 @@ impl RolloutAgent {
                 store::update_version(&mut client, &self.group, &version, |current| {
                     applied = None;
                     let mut next = current?.clone();
+                    // A place claimed again since the read is judged afresh.
+                    if !next.lost_place_of(me, &self.claimant, self.started) {
+                        return None;
+                    }
                     let rule = next.lost_canary(me, running, denied)?;
                     applied = Some(rule);
                     next.settle_lost_canary(me, rule, now).then_some(next)

@@ -80,6 +80,16 @@ impl DbusUnitControl {
         })
     }
 
+    /// The kind of `unit` as systemd reports it (its `SourcePath`), as [`DbusUnitControl::new`]
+    /// reads it.
+    pub async fn kind_of(conn: &Connection, unit: &str) -> Result<UnitKind, ControlError> {
+        let manager = ManagerProxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        unit_kind(conn, &manager, unit).await
+    }
+
     /// Where the drop-in is written.
     pub fn dropin_path(&self) -> &Path {
         &self.dropin
@@ -193,16 +203,25 @@ async fn forget(manager: &ManagerProxy<'_>, unit: &str) {
     }
 }
 
-/// Stops the transient unit when its caller stops waiting for it (the future is dropped, e.g.
-/// when the swap is abandoned), unless [`StopOnDrop::disarm`] was called. A process that exits
-/// right after may not get to send the stop.
-struct StopOnDrop {
+/// Stops a pre-pull unit (transient, or the environment-file mode's template) when its caller
+/// stops waiting for it (the future is dropped, e.g. when the swap is abandoned), unless
+/// [`StopOnDrop::disarm`] was called. A process that exits right after may not get to send the
+/// stop.
+pub(super) struct StopOnDrop {
     manager: ManagerProxy<'static>,
     unit: Option<String>,
 }
 
 impl StopOnDrop {
-    fn disarm(&mut self) {
+    /// Armed for `unit`: arm it before the call that starts the unit.
+    pub(super) fn new(manager: ManagerProxy<'static>, unit: &str) -> StopOnDrop {
+        StopOnDrop {
+            manager,
+            unit: Some(unit.to_string()),
+        }
+    }
+
+    pub(super) fn disarm(&mut self) {
         self.unit = None;
     }
 }
@@ -215,12 +234,12 @@ impl Drop for StopOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             warn!(
                 unit,
-                "abandoned transient unit left running: no runtime to stop it"
+                "abandoned pre-pull unit left running: no runtime to stop it"
             );
             return;
         };
         let manager = self.manager.clone();
-        info!(unit, "stopping the abandoned transient unit");
+        info!(unit, "stopping the abandoned pre-pull unit");
         runtime.spawn(async move { stop_transient(&manager, &unit).await });
     }
 }
@@ -317,10 +336,7 @@ impl UnitControl for DbusUnitControl {
         let properties = transient::properties(&program, argv, description)?;
         let mut removed = job_signals(&self.manager).await?;
         // Armed before the call: a caller that gives up while it is in flight stops the unit.
-        let mut guard = StopOnDrop {
-            manager: self.manager.clone(),
-            unit: Some(name.clone()),
-        };
+        let mut guard = StopOnDrop::new(self.manager.clone(), &name);
         let job = match self
             .manager
             .start_transient_unit(name.clone(), "fail".into(), properties, Vec::new())

@@ -65,6 +65,27 @@ impl UnitKind {
         })
     }
 
+    /// The kind of `unit` from the files `swap.quadlet_dir` holds, for when systemd cannot be
+    /// asked for its `SourcePath` (a dry run with no system bus): Quadlet when the directory
+    /// holds `<unit name>.container`, refused as [`UnitKind::from_source_path`] refuses it when
+    /// it holds only the template's `<name>@.container`, else a unit file of its own. A
+    /// `.container` file in another of Quadlet's directories is not seen.
+    pub fn from_quadlet_dir(unit: &str, quadlet_dir: &Path) -> Result<UnitKind, ControlError> {
+        let stem = unit.strip_suffix(".service").unwrap_or(unit);
+        let own = quadlet_dir.join(format!("{stem}{CONTAINER_SUFFIX}"));
+        let template = stem
+            .split_once('@')
+            .map(|(name, _)| quadlet_dir.join(format!("{name}@{CONTAINER_SUFFIX}")));
+        match [Some(own), template]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file())
+        {
+            Some(file) => UnitKind::from_source_path(unit, &file.to_string_lossy()),
+            None => Ok(UnitKind::Service),
+        }
+    }
+
     /// Where the drop-in for `unit` of this kind lives.
     pub fn dropin_path(&self, unit: &str, dropin_dir: &Path, quadlet_dir: &Path) -> PathBuf {
         match self {
@@ -128,6 +149,20 @@ mod tests {
             kind("web.service", "/usr/share/containers/systemd/web.container"),
             quadlet("web.container")
         );
+    }
+
+    #[test]
+    fn without_systemd_the_kind_comes_from_the_files_in_the_quadlet_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = |unit| UnitKind::from_quadlet_dir(unit, dir.path());
+        assert_eq!(kind("web@1.service").unwrap(), UnitKind::Service);
+        std::fs::write(dir.path().join("web@.container"), "[Container]\n").unwrap();
+        assert_eq!(kind("web@1.service").unwrap_err().kind(), "invalid");
+        std::fs::write(dir.path().join("web@1.container"), "[Container]\n").unwrap();
+        assert_eq!(kind("web@1.service").unwrap(), quadlet("web@1.container"));
+        assert_eq!(kind("api.service").unwrap(), UnitKind::Service);
+        std::fs::write(dir.path().join("api.container"), "[Container]\n").unwrap();
+        assert_eq!(kind("api.service").unwrap(), quadlet("api.container"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! [`EnvFileUnitControl`]: the [`UnitControl`] of `swap.handoff = "environment-file"`. Restart and
 //! the unit's state go through the D-Bus control as in drop-in mode; the version goes through
 //! `sidekick-version@.service` and the pre-pull through `sidekick-prepull@.service` (both started
-//! with `StartUnit`, as the polkit rule allows), and there is nothing to reload.
+//! with `StartUnit`, as the polkit rule allows; a pre-pull the swap gives up on is stopped with
+//! `StopUnit`, as the transient one is), and there is nothing to reload.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,7 +202,17 @@ impl UnitControl for EnvFileUnitControl {
         timeout: Duration,
     ) -> Result<(), ControlError> {
         let unit = super::template_unit(PREPULL_TEMPLATE, image)?;
-        self.run_unit(&unit, timeout).await
+        // Armed before the start, as for the transient pre-pull: a swap that gives up on the
+        // pull (the daemon stops, the swap is canceled) drops this future and the unit stops
+        // (`StopUnit`, which the polkit rule grants for `sidekick-prepull@*`). A timeout stops it
+        // in `run_unit`.
+        let mut guard = dbus::StopOnDrop::new(self.dbus.manager().clone(), &unit);
+        let pulled = self.run_unit(&unit, timeout).await;
+        // Lost track of it (the bus went away): the guard stops it if it can.
+        if !matches!(pulled, Err(ControlError::Bus(_))) {
+            guard.disarm();
+        }
+        pulled
     }
 
     /// The unit's `Environment` with the environment file's values over it, as systemd applies
