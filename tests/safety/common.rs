@@ -1,5 +1,6 @@
-//! Steps the safety cases share: app versions beyond the four the support builds, finding the
-//! slot holder, waiting for a rollout to end, and the checks every case makes at its end.
+//! Steps the safety cases share: app versions beyond the four the support builds, each
+//! sidekick's etcd paths behind cuttable proxies, finding the slot holder, waiting for a rollout
+//! to end, and the checks every case makes at its end.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::fleet::{Fleet, FleetSpec, HALT_PREFIX, SERVERS_PREFIX, SLOTS_PREFIX};
 use crate::load::LoadReport;
 use crate::rotation::{KeyWatch, count_keys, server_instance, slot_holds};
+use crate::support::blackhole::Blackhole;
 use crate::support::images::{self, REPOSITORY};
 use crate::support::{poll_until, run, temp_dir};
 use crate::unit_watch::{UnitWatch, holder};
@@ -93,6 +95,59 @@ pub async fn allow_concurrent_updates(fleet: &Fleet, n: u32) {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     assert!(status.is_success(), "PUT {url}: {status} {text}");
+}
+
+/// Puts each sidekick's path to each etcd member behind its own cuttable proxy
+/// (`[sidekick][member]`): stops it, points its config at its proxies, starts it again, and waits
+/// until all are registered again.
+pub async fn behind_member_paths(fleet: &mut Fleet) -> Vec<Vec<Blackhole>> {
+    let members = fleet.etcd.endpoints();
+    let mut paths = Vec::new();
+    for i in 0..fleet.instances.len() {
+        let mut mine = Vec::new();
+        for member in &members {
+            mine.push(Blackhole::start(member.trim_start_matches("http://")).await);
+        }
+        fleet.stop_sidekick(i);
+        let config = &fleet.instances[i].config;
+        let mut text = std::fs::read_to_string(config).expect("read sidekick config");
+        for (member, path) in members.iter().zip(&mine) {
+            let quoted = format!("\"{member}\"");
+            assert!(
+                text.contains(&quoted),
+                "no {quoted} in {}",
+                config.display()
+            );
+            text = text.replace(&quoted, &format!("\"{}\"", path.endpoint()));
+        }
+        std::fs::write(config, text).expect("write sidekick config");
+        fleet.start_sidekick(i);
+        paths.push(mine);
+    }
+    fleet
+        .wait_registered(fleet.instances.len(), Duration::from_secs(90))
+        .await;
+    paths
+}
+
+/// The most of `stretches` (each from, until; `None`: not over) that overlap at one moment; one
+/// ending as another begins does not count as overlapping.
+pub fn most_at_once(stretches: impl IntoIterator<Item = (Instant, Option<Instant>)>) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::new();
+    for (from, until) in stretches {
+        edges.push((from, 1));
+        if let Some(until) = until {
+            edges.push((until, -1));
+        }
+    }
+    // An end and a beginning at the same instant: the end first.
+    edges.sort_by_key(|&(at, delta)| (at, delta));
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
 }
 
 /// The index of the instance named `name`.
