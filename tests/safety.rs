@@ -1,9 +1,9 @@
-//! Safety end to end (issue 16, "End to end"; issue 19 part 2, case 1): the rollout fleet of
+//! Safety end to end (issue 16, "End to end"; issue 19 part 2, cases 1 to 3): the rollout fleet of
 //! `tests/rollout/` (etcd, the systemd container with Docker, the local registry, Traefik, the
 //! example update service, three app units and three `sidekick run` processes, load through
 //! Traefik) with faults: the slot holder SIGKILLed at each visible step and kept down past its
-//! slot's TTL, SIGTERM and SIGKILL right after a failed verification, and the slot holder cut
-//! from etcd mid-drain. Besides the requests, every case watches systemd's own view of the app
+//! slot's TTL, SIGTERM and SIGKILL right after a failed verification, the slot holder cut from
+//! etcd mid-drain and mid-verify (also with `slot.max = 2`), an app host cut from etcd. Besides the requests, every case watches systemd's own view of the app
 //! units (no more than `slot.max` restarting or not active at once, no restart without a slot).
 
 mod support;
@@ -41,6 +41,10 @@ mod unit_watch;
 #[path = "safety/common.rs"]
 mod common;
 
+/// What the dying-version and halt cases watch and check.
+#[path = "safety/dying.rs"]
+mod dying;
+
 /// The slot holder SIGKILLed at each visible step (`tests/safety/kill.rs`).
 #[path = "safety/kill.rs"]
 mod kill;
@@ -59,6 +63,10 @@ mod late_failure;
 #[path = "safety/monitor_failure.rs"]
 mod monitor_failure;
 
-/// The slot holder cut from etcd mid-drain (`tests/safety/partition.rs`).
+/// The slot holder cut from etcd mid-drain and mid-verify (`tests/safety/partition.rs`).
 #[path = "safety/partition.rs"]
 mod partition;
+
+/// An app host cut from etcd before a rollout (`tests/safety/partition_host.rs`).
+#[path = "safety/partition_host.rs"]
+mod partition_host;

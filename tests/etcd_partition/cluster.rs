@@ -12,11 +12,11 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Observed, finish_after_traefik_caught_up, start_fault_fleet, wait_new_holder, wait_rolled_to,
+    Observed, behind_member_paths, finish_after_traefik_caught_up, most_at_once, start_fault_fleet,
+    wait_new_holder, wait_rolled_to,
 };
 use crate::fleet::{Fleet, SERVERS_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{KeyWatch, SlotHold, rotation, slot_holds};
-use crate::support::blackhole::Blackhole;
 use crate::support::etcd::connect;
 use crate::support::{poll_until, prerequisites_met};
 use crate::unit_watch::{UnitWatch, holder};
@@ -109,7 +109,7 @@ async fn leader_isolated_then_killed(instances: usize, max: u32) {
         })
         .collect();
     let holds = slot_holds(&slots);
-    let most_holders = most_at_once(&holds);
+    let most_holders = most_at_once(holds.iter().map(|h| (h.from, h.until)));
     let lost = registrations_lost(&servers, &holds);
     eprintln!(
         "{what}: the first holder {first}; a new leader {:.2} s after the cut; m0 killed {:.1} s \
@@ -210,7 +210,7 @@ async fn minority_member_cut_off_requests_move_to_the_majority_and_no_lease_is_l
         })
         .collect();
     let holds = slot_holds(&slots);
-    let most_holders = most_at_once(&holds);
+    let most_holders = most_at_once(holds.iter().map(|h| (h.from, h.until)));
     let lost = registrations_lost(&servers, &holds);
     let (mut lease_lost, mut left_out) = (Vec::new(), Vec::new());
     for i in 0..fleet.instances.len() {
@@ -280,39 +280,6 @@ fn links(fleet: &Fleet) -> &crate::support::peer_links::PeerLinks {
     fleet.etcd.links().expect("a linked etcd cluster")
 }
 
-/// Puts each sidekick's path to each member behind its own cuttable proxy (`[sidekick][member]`):
-/// stops it, points its config at its proxies, starts it again, and waits until all are
-/// registered again.
-async fn behind_member_paths(fleet: &mut Fleet) -> Vec<Vec<Blackhole>> {
-    let members = fleet.etcd.endpoints();
-    let mut paths = Vec::new();
-    for i in 0..fleet.instances.len() {
-        let mut mine = Vec::new();
-        for member in &members {
-            mine.push(Blackhole::start(member.trim_start_matches("http://")).await);
-        }
-        fleet.stop_sidekick(i);
-        let config = &fleet.instances[i].config;
-        let mut text = std::fs::read_to_string(config).expect("read sidekick config");
-        for (member, path) in members.iter().zip(&mine) {
-            let quoted = format!("\"{member}\"");
-            assert!(
-                text.contains(&quoted),
-                "no {quoted} in {}",
-                config.display()
-            );
-            text = text.replace(&quoted, &format!("\"{}\"", path.endpoint()));
-        }
-        std::fs::write(config, text).expect("write sidekick config");
-        fleet.start_sidekick(i);
-        paths.push(mine);
-    }
-    fleet
-        .wait_registered(fleet.instances.len(), Duration::from_secs(90))
-        .await;
-    paths
-}
-
 /// Each member's id, by index (from its own `Status`).
 async fn member_ids(fleet: &Fleet) -> Vec<u64> {
     let mut ids = Vec::new();
@@ -378,25 +345,6 @@ async fn lead_or_not(fleet: &Fleet, lead: bool) {
     })
     .await;
     settled.unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// The most slot holds at once.
-fn most_at_once(holds: &[SlotHold]) -> usize {
-    let mut edges: Vec<(Instant, i32)> = Vec::new();
-    for hold in holds {
-        edges.push((hold.from, 1));
-        if let Some(until) = hold.until {
-            edges.push((until, -1));
-        }
-    }
-    // A release and a take at the same instant: the release first.
-    edges.sort_by_key(|&(at, delta)| (at, delta));
-    let (mut now, mut most) = (0, 0);
-    for (_, delta) in edges {
-        now += delta;
-        most = most.max(now);
-    }
-    most as usize
 }
 
 /// Every stretch an instance was out of rotation that no slot hold of its own covers (its

@@ -6,9 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    Observed, finish_after_traefik_caught_up, index_of, wait_halted_and_back, wait_new_holder,
-};
+use crate::common::{Observed, finish_after_traefik_caught_up, index_of, wait_new_holder};
+use crate::dying::wait_halted_and_back;
 use crate::fleet::{
     FIRST_VERSION, Fleet, FleetSpec, HALT_PREFIX, SLOTS_PREFIX, SWAP_START_TIMEOUT,
 };

@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    Departure, Observed, Watches, assert_failure_recorded, finish_after_traefik_caught_up,
-    index_of, update_ends, wait_halted_and_back, wait_new_holder,
+use crate::common::{Observed, finish_after_traefik_caught_up, index_of, wait_new_holder};
+use crate::dying::{
+    Departure, Watches, assert_failure_recorded, update_ends, wait_halted_and_back,
 };
 use crate::fleet::{Fleet, FleetSpec, SWAP_START_TIMEOUT};
 use crate::load::Load;

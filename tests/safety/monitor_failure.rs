@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    Departure, Watches, assert_failure_recorded, finish_after_traefik_caught_up, index_of,
-    update_ends, wait_halted_and_back, wait_new_holder,
+use crate::common::{finish_after_traefik_caught_up, index_of, wait_new_holder};
+use crate::dying::{
+    Departure, Watches, assert_failure_recorded, update_ends, wait_halted_and_back,
 };
 use crate::fleet::{FIRST_VERSION, FleetSpec, SLOTS_PREFIX, SWAP_START_TIMEOUT};
 use crate::rotation::{count_keys, slot_holds};
