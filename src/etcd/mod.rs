@@ -355,10 +355,16 @@ impl EtcdConnection {
         if let Some(at) = link.next_attempt {
             tokio::time::sleep_until(at).await;
         }
-        if settings.auth.is_some() {
-            self.count(); // Authenticate, made by connect.
+        // What connect sends: with several endpoints a `Status` probe to each (each
+        // authenticating first when auth is on), then the proving `Status` (the same).
+        let probes = match endpoints(settings).len() {
+            1 => 0,
+            n => n,
+        };
+        let per_connect = 1 + u64::from(settings.auth.is_some());
+        for _ in 0..(probes as u64 + 1) * per_connect {
+            self.count();
         }
-        self.count();
         match connect(settings).await {
             Ok(client) => {
                 link.backoff.reset();
