@@ -378,6 +378,18 @@ async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
     );
 }
 
+/// How long a step of the daemon's wait lasts in these tests (the daemon's is 30 s).
+const STEP: Duration = Duration::from_millis(200);
+
+/// An etcd, and three holders of one slot of which `a` holds it.
+async fn a_holds_b_and_c_contend() -> (Etcd, [EtcdSlots; 3]) {
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let [a, b, c] = ["a", "b", "c"].map(|name| slots(&client, one(), name));
+    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    (etcd, [a, b, c])
+}
+
 /// The daemon waits in line in steps (`AnySlots::acquire_in_line`: a first call that joins and
 /// answers at once, then waits of up to 30 s that answer busy and keep the place): a step that
 /// ends with nothing changed parks its watch, and the next goes on with it. So a waiter in steps
@@ -387,13 +399,7 @@ async fn a_wait_in_steps_goes_on_with_its_watch_and_costs_what_one_long_wait_doe
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
-    const STEP: Duration = Duration::from_millis(200);
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let a = slots(&client, one(), "a");
-    let b = slots(&client, one(), "b");
-    let c = slots(&client, one(), "c");
-    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    let (_etcd, [a, b, c]) = a_holds_b_and_c_contend().await;
     let busy = |outcome: Result<Acquisition, _>| {
         assert!(
             matches!(outcome, Ok(Acquisition::Busy { .. })),
@@ -464,13 +470,7 @@ async fn a_place_given_up_between_steps_is_not_resumed() {
     if !prerequisites_met(etcd::NEEDS) {
         return;
     }
-    const STEP: Duration = Duration::from_millis(200);
-    let etcd = Etcd::start().await;
-    let client = etcd.client().await;
-    let a = slots(&client, one(), "a");
-    let b = slots(&client, one(), "b");
-    let c = slots(&client, one(), "c");
-    assert_eq!(a.acquire("2.0.0").await.unwrap(), Acquisition::Acquired);
+    let (_etcd, [a, b, c]) = a_holds_b_and_c_contend().await;
     assert!(matches!(
         b.acquire_within("2.0.0", STEP).await.unwrap(),
         Acquisition::Busy { .. }
