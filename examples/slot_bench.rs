@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo run --release --example slot_bench`
 
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::process::{Child, Command, Stdio};
@@ -45,7 +49,9 @@ async fn start_etcd() -> anyhow::Result<(EtcdProcess, String)> {
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-    let child = Command::new("etcd")
+    // The version the tests default to (`SIDEKICK_ETCD_VERSION` picks another), as `fleet_sim`.
+    let binary = support::etcd::binary().map_err(anyhow::Error::msg)?;
+    let child = Command::new(binary)
         .args(["--name", "bench", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--listen-client-urls", &client_url])
@@ -91,6 +97,9 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        sidekick::logging::init(sidekick::logging::LogTarget::Stderr, 0);
+    }
     let (_etcd, endpoint) = start_etcd().await?;
 
     // 1. A slot is free: one holder acquires and releases, again and again.
@@ -112,7 +121,10 @@ async fn main() -> anyhow::Result<()> {
         rows.push(contended(&endpoint, contenders, rounds).await?);
     }
 
-    println!("slot_bench: max = {MAX}, hold {HOLD:?}, etcd on loopback");
+    println!(
+        "slot_bench: max = {MAX}, hold {HOLD:?}, etcd {} on loopback",
+        support::etcd::version()
+    );
     println!();
     println!("| measure | p50 | p99 | samples |");
     println!("| --- | --- | --- | --- |");

@@ -377,6 +377,7 @@ impl EtcdSlots {
                 None => self.watch_slots(&mut watch, &mut snap, max).await,
             }
         };
+        let waited = Instant::now();
         let wake = tokio::select! {
             wake = watched => match wake {
                 Ok(wake) => Ok(wake),
@@ -395,6 +396,16 @@ impl EtcdSlots {
             _ = sleep_until(recheck_at) => Ok(Wake::Recheck),
             _ = sleep_until(end) => Ok(Wake::Deadline),
         };
+        let woke = match &wake {
+            Ok(Wake::Freed(())) => "a slot freed",
+            Ok(Wake::AheadGone) => "the key ahead gone",
+            Ok(Wake::Changed) => "a change to read",
+            Ok(Wake::Recheck) => "a recheck",
+            Ok(Wake::Deadline) => "the deadline",
+            Err(_) => "an error",
+        };
+        tracing::debug!(group = %self.group, waited = ?waited.elapsed(), ahead = ?ahead,
+            "slot queue: woke on {woke}");
         match wake {
             Ok(Wake::Freed(())) => Ok(Wake::Freed(snap)),
             Ok(Wake::Deadline) => {
