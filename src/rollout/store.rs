@@ -21,8 +21,12 @@ pub const PAUSED_PREFIX: &str = "/sidekick/paused/";
 pub const ROLLOUTS_PREFIX: &str = "/sidekick/rollouts/";
 /// Versions whose state a group keeps; older ones are deleted when a new one starts.
 pub const KEPT_VERSIONS: usize = 50;
-/// Compare-and-swap attempts before a change gives up.
-const CAS_TRIES: u32 = 16;
+/// Compare-and-swap attempts before a change gives up. Each lost attempt means another writer's
+/// change went in, so the attempts a change needs grow with the writers at once: every holder of
+/// a round records its swap's start and end on the version's one key, and with `slot.max = 50`
+/// and swaps of one length, 50 of them write within a few milliseconds (`fleet_sim` saw 16
+/// attempts run out). The bound stops a change only when far more instances write at once.
+const CAS_TRIES: u32 = 128;
 
 pub fn policy_key(group: &str) -> String {
     format!("{POLICY_PREFIX}{group}")
@@ -285,9 +289,18 @@ pub async fn get_version(
 ) -> Result<Option<(VersionState, i64)>, RolloutError> {
     let key = version_key(group, version);
     let resp = client.get(key.as_str(), None).await?;
-    match resp.kvs().first() {
+    decode_version(&key, version, resp.kvs().first())
+}
+
+/// `version`'s state and its mod revision from `kv`, the key's value as read (`None`: absent).
+fn decode_version(
+    key: &str,
+    version: &str,
+    kv: Option<&etcd_client::KeyValue>,
+) -> Result<Option<(VersionState, i64)>, RolloutError> {
+    match kv {
         Some(kv) => Ok(Some((
-            VersionState::decode(&key, version, kv.value())?,
+            VersionState::decode(key, version, kv.value())?,
             kv.mod_revision(),
         ))),
         None => Ok(None),
@@ -309,8 +322,8 @@ where
     F: FnMut(Option<&VersionState>) -> Option<VersionState>,
 {
     let key = version_key(group, version);
+    let mut current = get_version(client, group, version).await?;
     for _ in 0..CAS_TRIES {
-        let current = get_version(client, group, version).await?;
         let Some(next) = change(current.as_ref().map(|(s, _)| s)) else {
             return Ok(current.map(|(s, _)| s));
         };
@@ -318,16 +331,24 @@ where
             Some((_, revision)) => Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision),
             None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
         };
-        let txn =
-            Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key.as_str(), next.encode(), None)]);
-        if client.txn(txn).await?.succeeded() {
+        // A lost race answers with the state the other writer left, to go on from: one request
+        // per try, which counts when every holder of a round records its release at once.
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key.as_str(), next.encode(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let resp = client.txn(txn).await?;
+        if resp.succeeded() {
             if current.is_none() {
                 prune(client, group).await?;
             }
             return Ok(Some(next));
         }
+        let now = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        });
+        current = decode_version(&key, version, now.as_ref().and_then(|g| g.kvs().first()))?;
     }
     Err(RolloutError::Contended { key })
 }

@@ -126,6 +126,9 @@ async fn replay(flavour: Flavour, file: &str) {
         exchanges.len()
     );
     let (base, state) = serve_at(flavour, "").await;
+    // reqwest is built without a default provider: install ring here, not rely on another test
+    // of the same process having done it first (alone, under nextest, none has).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -504,3 +504,70 @@ async fn a_place_given_up_between_steps_is_not_resumed() {
         Acquisition::Acquired
     );
 }
+
+/// A take checks that its own place is still there as created, not the whole line (which costs
+/// etcd a read of every waiter's key inside its write path): a waiter whose queue key was deleted
+/// (by hand, or a lapse of its lease) while it waited first in line does not take a freed slot
+/// on that place. Its transaction fails, and it joins again at the end, behind the waiter that
+/// moved up meanwhile. (A compare over the whole line let it take: nobody older was left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_place_was_deleted_does_not_take_a_slot_on_it() {
+    if !prerequisites_met(etcd::NEEDS) {
+        return;
+    }
+    let (etcd, [a, b, c]) = a_holds_b_and_c_contend().await;
+    let client = etcd.client().await;
+    let busy = |outcome: Result<Acquisition, _>| {
+        assert!(
+            matches!(outcome, Ok(Acquisition::Busy { .. })),
+            "{outcome:?}"
+        )
+    };
+    let line = || {
+        let mut client = client.clone();
+        async move {
+            let options = etcd_client::GetOptions::new().with_prefix().with_sort(
+                etcd_client::SortTarget::Create,
+                etcd_client::SortOrder::Ascend,
+            );
+            let resp = client
+                .get(queue_prefix(GROUP), Some(options))
+                .await
+                .unwrap();
+            resp.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key().to_vec(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // b first in line, c behind it; both wait a step, b on the slots, c on b's key.
+    busy(b.acquire_within("2.0.0", Duration::ZERO).await);
+    busy(c.acquire_within("2.0.0", Duration::ZERO).await);
+    busy(b.acquire_within("2.0.0", STEP).await);
+    // b's place goes; c's next step sees it go and moves up to watch the slots.
+    let (b_key, first) = line().await.swap_remove(0);
+    assert!(first.contains("\"holder\":\"b\""), "{first}");
+    client.clone().delete(b_key, None).await.unwrap();
+    busy(c.acquire_within("2.0.0", STEP).await);
+    a.release().await.unwrap();
+    // b's kept watch reports the freed slot; its take on the deleted place fails.
+    busy(b.acquire_within("2.0.0", STEP).await);
+    let queued: Vec<String> = line().await.into_iter().map(|(_, value)| value).collect();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(
+        queued[0].contains("\"holder\":\"c\"") && queued[1].contains("\"holder\":\"b\""),
+        "b joined again behind c: {queued:?}"
+    );
+    assert_eq!(
+        c.acquire_within("2.0.0", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Acquisition::Acquired
+    );
+    busy(b.acquire_within("2.0.0", STEP).await);
+}

@@ -289,10 +289,11 @@ impl EtcdSlots {
             },
             match queued {
                 None => Compare::create_revision(queue.as_str(), CompareOp::Equal, 0).with_prefix(),
-                Some(q) => {
-                    Compare::create_revision(queue.as_str(), CompareOp::Greater, q.revision - 1)
-                        .with_prefix()
-                }
+                // First in line as read: no key older than ours was left, and none can come
+                // (a key created later has a later revision), so ours still being there as
+                // created is enough. A compare over the whole line would cost etcd a read of
+                // every waiter's key, inside its write path, at each take.
+                Some(q) => Compare::create_revision(q.key.as_str(), CompareOp::Equal, q.revision),
             },
         ]
     }
