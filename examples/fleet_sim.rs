@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use etcd_client::GetOptions;
-use observe::{keepalive_probe, monitor};
+use observe::{SlotChanges, keepalive_probe, monitor, slot_changes};
 use sidekick::etcd::EtcdConnection;
 use sidekick::etcd::EtcdOptions;
 use sidekick::registry::record::{self, InstanceRecord};
@@ -106,6 +106,8 @@ struct Shared {
     acquires: Mutex<Vec<(Instant, u64)>>,
     /// Each release: when it was called and when it returned.
     releases: Mutex<Vec<(Instant, Instant)>>,
+    /// Each slot key's delete and creation, when a watcher of the slots saw it.
+    slot_changes: Arc<Mutex<SlotChanges>>,
     swapped: AtomicUsize,
     /// Agents whose task ended in an error (the rollout waits for swapped + ended).
     ended: AtomicUsize,
@@ -299,6 +301,11 @@ async fn main() -> anyhow::Result<()> {
     ));
     let probe = tokio::spawn(keepalive_probe(probe_client, phase.clone(), probes.clone()));
     let shared = Arc::new(Shared::default());
+    let watcher = tokio::spawn(slot_changes(
+        etcd.client().await,
+        GROUP.to_string(),
+        shared.slot_changes.clone(),
+    ));
     let (offer_tx, offer) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let started = Instant::now();
@@ -372,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
     }
     mon.abort();
     probe.abort();
+    watcher.abort();
     stop_tx.send(true)?;
     let mut errors = Vec::new();
     for a in agents {

@@ -130,3 +130,33 @@ pub async fn keepalive_probe(
         }
     }
 }
+
+/// Watches the group's slot keys from now on (a watch opened at the current revision gets each
+/// event as it commits) and notes when each delete and each creation arrived: a slot freed and
+/// taken in etcd, without the rollout's writes around them (the swap's start after the take,
+/// its end before the release's delete).
+pub async fn slot_changes(mut client: Client, group: String, out: Arc<Mutex<SlotChanges>>) {
+    let prefix = sidekick::slot::keys::group_prefix(&group);
+    let options = etcd_client::WatchOptions::new().with_prefix();
+    let Ok(mut stream) = client.watch(prefix, Some(options)).await else {
+        return;
+    };
+    while let Ok(Some(resp)) = stream.message().await {
+        let at = Instant::now();
+        let mut out = out.lock().unwrap();
+        for event in resp.events() {
+            match (event.event_type(), event.kv()) {
+                (etcd_client::EventType::Delete, _) => out.freed.push(at),
+                (etcd_client::EventType::Put, Some(kv)) if kv.version() == 1 => out.taken.push(at),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// When a watcher of the group's slots saw each slot key deleted and each one created.
+#[derive(Default)]
+pub struct SlotChanges {
+    pub freed: Vec<Instant>,
+    pub taken: Vec<Instant>,
+}

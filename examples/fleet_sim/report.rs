@@ -148,6 +148,41 @@ pub fn print(
                 percentile(&ms, 0.99)
             );
         }
+        // In etcd, as one watcher saw it: from a slot key's delete to the next slot key's
+        // creation, the queue's own hand-over, without the rollout's writes on the version's key
+        // (the swap's end before the delete, its start after the take).
+        let changes = shared.slot_changes.lock().unwrap();
+        let mut ms: Vec<f64> = changes
+            .taken
+            .iter()
+            .skip(sim.max as usize)
+            .filter_map(|at| {
+                let before = changes.freed.iter().filter(|f| *f <= at).max()?;
+                Some(at.duration_since(*before).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        drop(changes);
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "| slot hand-over p50 / p99 in etcd, a slot key's delete to the next one's creation, as a watcher saw them ({} hand-overs) | {:.1} ms / {:.1} ms | p99 ≤ 20 ms |",
+            ms.len(),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99)
+        );
+        let mut took: Vec<f64> = shared
+            .releases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(called, returned)| returned.duration_since(*called).as_secs_f64() * 1000.0)
+            .collect();
+        took.sort_by(f64::total_cmp);
+        println!(
+            "| release call, called to returned, p50 / p99 ({} releases) | {:.1} ms / {:.1} ms | |",
+            took.len(),
+            percentile(&took, 0.5),
+            percentile(&took, 0.99)
+        );
         // The second round on: without the start, when every agent asked at once.
         let (ms, _) = handovers(shared, 2 * sim.max as usize, true);
         println!(
