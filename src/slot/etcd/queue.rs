@@ -4,8 +4,9 @@
 //! its place in line. Each waiter watches only the key just ahead of it; the first in line watches
 //! the group's slots. A release therefore wakes one waiter, not all of them, and the etcd requests
 //! per contended acquire do not grow with the number of waiters. Only the first in
-//! line may take a slot (its transaction checks that no queue key is older than its own, and
-//! deletes its own key as it takes the slot), so slots are granted first come, first served.
+//! line may take a slot (it takes only when its read showed no queue key older than its own,
+//! which no later key can be; its transaction checks its own key is still there as created, and
+//! deletes it as it takes the slot), so slots are granted first come, first served.
 //!
 //! The first in line keeps the group's slots as its snapshot read them and applies every event of
 //! its watch (from the revision after that snapshot, so nothing between the read and the watch is
