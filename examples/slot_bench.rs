@@ -360,17 +360,24 @@ async fn contended(
 }
 
 /// The upper bound of the histogram bucket that holds the 99th percentile of the Prometheus
-/// histogram whose bucket lines start with `name` in `metrics`, and its sample count.
+/// histogram whose bucket lines start with `name` in `metrics` (the series it matches summed,
+/// bucket by bucket), and its sample count.
 fn bucket_p99(metrics: &str, name: &str) -> (Duration, u64) {
-    let mut buckets: Vec<(f64, u64)> = metrics
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for (le, count) in metrics
         .lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let count = l.rsplit(' ').next()?.parse().ok()?;
+            let count: u64 = l.rsplit(' ').next()?.parse().ok()?;
             Some((le.parse().unwrap_or(f64::INFINITY), count))
         })
-        .collect();
+    {
+        match buckets.iter_mut().find(|b| b.0 == le) {
+            Some(bucket) => bucket.1 += count,
+            None => buckets.push((le, count)),
+        }
+    }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last().map_or(0, |b| b.1);
     let p99 = buckets
