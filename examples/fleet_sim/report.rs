@@ -41,6 +41,16 @@ fn probe_p99(probes: &[(u8, f64)], phase: u8) -> String {
     format!("{:.1} ms ({} probes)", percentile(&ms, 0.99), ms.len())
 }
 
+/// A table row of `ms`'s p50 and p99 (sorted): `what`, then the count of `of` in brackets.
+fn p50_p99_row(what: &str, of: &str, ms: &[f64], goal: &str) {
+    println!(
+        "| {what} ({} {of}) | {:.1} ms / {:.1} ms | {goal} |",
+        ms.len(),
+        percentile(ms, 0.5),
+        percentile(ms, 0.99)
+    );
+}
+
 /// Hand-over: each acquire after the first `skip` against the latest release before it, counted
 /// from the release's call (`from_call`: the slot may be free before the release returns, which
 /// also revokes the lease) or from its return (the figure before issue 19's change).
@@ -141,12 +151,8 @@ pub fn print(
         );
         for (from_call, from) in [(true, "release called"), (false, "release returned")] {
             let (ms, _) = handovers(shared, sim.max as usize, from_call);
-            println!(
-                "| slot hand-over p50 / p99 from the {from} ({} hand-overs) | {:.1} ms / {:.1} ms | p99 ≤ 20 ms |",
-                ms.len(),
-                percentile(&ms, 0.5),
-                percentile(&ms, 0.99)
-            );
+            let what = format!("slot hand-over p50 / p99 from the {from}");
+            p50_p99_row(&what, "hand-overs", &ms, "p99 ≤ 20 ms");
         }
         // In etcd, as one watcher saw it: from a slot key's delete to the next slot key's
         // creation, the queue's own hand-over, without the rollout's writes on the version's key
@@ -163,11 +169,11 @@ pub fn print(
             .collect();
         drop(changes);
         ms.sort_by(f64::total_cmp);
-        println!(
-            "| slot hand-over p50 / p99 in etcd, a slot key's delete to the next one's creation, as a watcher saw them ({} hand-overs) | {:.1} ms / {:.1} ms | p99 ≤ 20 ms |",
-            ms.len(),
-            percentile(&ms, 0.5),
-            percentile(&ms, 0.99)
+        p50_p99_row(
+            "slot hand-over p50 / p99 in etcd, a slot key's delete to the next one's creation, as a watcher saw them",
+            "hand-overs",
+            &ms,
+            "p99 ≤ 20 ms",
         );
         let mut took: Vec<f64> = shared
             .releases
@@ -177,19 +183,19 @@ pub fn print(
             .map(|(called, returned)| returned.duration_since(*called).as_secs_f64() * 1000.0)
             .collect();
         took.sort_by(f64::total_cmp);
-        println!(
-            "| release call, called to returned, p50 / p99 ({} releases) | {:.1} ms / {:.1} ms | |",
-            took.len(),
-            percentile(&took, 0.5),
-            percentile(&took, 0.99)
+        p50_p99_row(
+            "release call, called to returned, p50 / p99",
+            "releases",
+            &took,
+            "",
         );
         // The second round on: without the start, when every agent asked at once.
         let (ms, _) = handovers(shared, 2 * sim.max as usize, true);
-        println!(
-            "| slot hand-over p50 / p99 from the release called, from the second round ({} hand-overs) | {:.1} ms / {:.1} ms | p99 ≤ 20 ms |",
-            ms.len(),
-            percentile(&ms, 0.5),
-            percentile(&ms, 0.99)
+        p50_p99_row(
+            "slot hand-over p50 / p99 from the release called, from the second round",
+            "hand-overs",
+            &ms,
+            "p99 ≤ 20 ms",
         );
         let (_, per_acquire) = handovers(shared, sim.max as usize, true);
         println!("| etcd requests per contended acquire (client side) | {per_acquire:.1} | ≤ 6 |");
