@@ -381,6 +381,14 @@ async fn a_waiter_takes_a_released_slot_from_the_delete_event_without_a_poll() {
 /// How long a step of the daemon's wait lasts in these tests (the daemon's is 30 s).
 const STEP: Duration = Duration::from_millis(200);
 
+/// Asserts a wait answered busy.
+fn busy(outcome: Result<Acquisition, sidekick::slot::SlotError>) {
+    assert!(
+        matches!(outcome, Ok(Acquisition::Busy { .. })),
+        "{outcome:?}"
+    )
+}
+
 /// An etcd, and three holders of one slot of which `a` holds it.
 async fn a_holds_b_and_c_contend() -> (Etcd, [EtcdSlots; 3]) {
     let etcd = Etcd::start().await;
@@ -400,12 +408,6 @@ async fn a_wait_in_steps_goes_on_with_its_watch_and_costs_what_one_long_wait_doe
         return;
     }
     let (_etcd, [a, b, c]) = a_holds_b_and_c_contend().await;
-    let busy = |outcome: Result<Acquisition, _>| {
-        assert!(
-            matches!(outcome, Ok(Acquisition::Busy { .. })),
-            "{outcome:?}"
-        )
-    };
     busy(b.acquire_within("2.0.0", Duration::ZERO).await);
     busy(c.acquire_within("2.0.0", Duration::ZERO).await);
     assert_eq!(
@@ -517,12 +519,6 @@ async fn a_waiter_whose_place_was_deleted_does_not_take_a_slot_on_it() {
     }
     let (etcd, [a, b, c]) = a_holds_b_and_c_contend().await;
     let client = etcd.client().await;
-    let busy = |outcome: Result<Acquisition, _>| {
-        assert!(
-            matches!(outcome, Ok(Acquisition::Busy { .. })),
-            "{outcome:?}"
-        )
-    };
     let line = || {
         let mut client = client.clone();
         async move {
